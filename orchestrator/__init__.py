@@ -1,0 +1,1 @@
+"""Launch backends (local tdxsim, qemu-tdx), run configurations, remote runs over SSH."""

@@ -1,0 +1,4 @@
+"""A software TDX 1.5 platform with TD partitioning: module model, L2 vCPUs, host VMM, attestation.
+
+Everything this package signs or attests is labelled as simulated.
+"""

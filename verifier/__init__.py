@@ -1,0 +1,1 @@
+"""The relying party: TD quote parsing and verification, and the combined vTPM attestation chain."""
