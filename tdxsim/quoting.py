@@ -1,0 +1,330 @@
+"""The SIMULATED quoting service: TDREPORT in, version-4 TD quote out (reference 7.2).
+
+It stands in for Intel's TD quoting enclave and QGS. It checks the TDREPORT's simulated MAC,
+copies the report into a TD quote body, signs header and body with its ECDSA P-256 attestation key,
+and attaches certification data type 6: a QE report body (SGX REPORTBODY) binding the attestation
+key, signed with the simulated PCK leaf key, and nested type 5 with the PEM chain leaf|intermediate|
+root. The QE vendor ID, QE identity and header user_data are tdxsim's own, never Intel's.
+
+The GetQuote shared buffer (reference 1.3 and 6.1 "Attestation binding") is framed as the ISV
+paravisor does it: a 24-byte header, then a big-endian u32 length and a QGS message.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import struct
+import uuid
+from dataclasses import astuple, dataclass
+from typing import ClassVar, Self
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
+from tdxsim.abi import TDREPORT_SIZE
+from tdxsim.pck import PckChain, generate_pck_chain, new_p256_key
+from tdxsim.report import ReportMacKey, TdReport, TdReportBuilder, TdReportError, verify_tdreport
+from verifier.quote import (
+    ATT_KEY_TYPE_ECDSA_P256,
+    CERT_TYPE_PCK_CERT_CHAIN,
+    CERT_TYPE_QE_REPORT,
+    QE_AUTH_DATA_SIZE,
+    QUOTE_VERSION_4,
+    SIGNATURE_DATA_LEN,
+    TEE_TYPE_TDX,
+    CertificationData,
+    QuoteHeader,
+    SgxReportBody,
+    TdQuoteBody,
+    qe_report_data_binding,
+)
+
+# The simulation's QE vendor ID: a name-based UUID of our own, documented here; Intel's is
+# 939a7233-f79c-4ca9-940a-0db3957f0607 and is never used.
+SIM_QE_VENDOR_ID = uuid.uuid5(uuid.NAMESPACE_URL, "urn:tdxsim:simulated-quoting-enclave").bytes
+SIM_USER_DATA = b"tdxsim SIMULATED".ljust(20, b"\x00")
+SIM_QE_MRENCLAVE = hashlib.sha256(b"tdxsim SIMULATED quoting enclave").digest()
+SIM_QE_MRSIGNER = hashlib.sha256(b"tdxsim SIMULATED quoting enclave signer").digest()
+SIM_QE_AUTH_DATA = hashlib.sha256(b"tdxsim SIMULATED QE authentication data").digest()
+SIM_QE_ISV_PROD_ID = 2
+SIM_QE_ISV_SVN = 1
+P256_COORDINATE_SIZE = 32
+
+# --- GetQuote shared buffer (reference 6.1) ------------------------------------------------------
+GET_QUOTE_BUF_VERSION = 1
+GET_QUOTE_SUCCESS = 0
+GET_QUOTE_IN_FLIGHT = 0xFFFFFFFFFFFFFFFF
+# Error statuses [not in reference]: GHCI GetQuote, as the Linux tdx-guest uapi defines them.
+GET_QUOTE_ERROR = 0x8000000000000000
+GET_QUOTE_SERVICE_UNAVAILABLE = 0x8000000000000001
+GET_QUOTE_DEFAULT_BUFFER_SIZE = 2 * 4096  # the ISV paravisor's two shared pages
+QGS_MSG_MAJOR_VERSION = 1
+QGS_MSG_MINOR_VERSION = 0
+# QGS message types [not in reference]: qgs_msg_type_t of the DCAP QGS message library.
+QGS_GET_QUOTE_REQ = 0
+QGS_GET_QUOTE_RESP = 1
+QGS_MSG_SUCCESS = 0
+
+MESSAGE_LENGTH = struct.Struct(">I")  # big-endian, unlike everything else
+GET_QUOTE_REQ_FIELDS = struct.Struct("<II")  # report_size, id_list_size
+GET_QUOTE_RESP_FIELDS = struct.Struct("<II")  # selected_id_size, quote_size
+
+
+@dataclass(frozen=True)
+class GetQuoteHeader:
+    """The shared buffer header: version u64, status u64, in_len u32, out_len u32."""
+
+    FORMAT: ClassVar[struct.Struct] = struct.Struct("<QQII")
+
+    version: int
+    status: int
+    in_len: int
+    out_len: int
+
+    def pack(self) -> bytes:
+        return self.FORMAT.pack(*astuple(self))
+
+    @classmethod
+    def unpack(cls, raw: bytes) -> Self:
+        return cls(*cls.FORMAT.unpack(raw))
+
+
+@dataclass(frozen=True)
+class QgsMsgHeader:
+    """qgs_msg_header_t: major u16, minor u16, type u32, size u32 (all of it), error_code u32."""
+
+    FORMAT: ClassVar[struct.Struct] = struct.Struct("<HHIII")
+
+    major_version: int
+    minor_version: int
+    type: int
+    size: int
+    error_code: int
+
+    def pack(self) -> bytes:
+        return self.FORMAT.pack(*astuple(self))
+
+    @classmethod
+    def unpack(cls, raw: bytes) -> Self:
+        return cls(*cls.FORMAT.unpack(raw))
+
+
+PAYLOAD_OFFSET = GetQuoteHeader.FORMAT.size
+STATUS_OFFSET, IN_LEN_OFFSET, OUT_LEN_OFFSET = 8, 16, 20
+QGS_TYPE_AT, QGS_SIZE_AT, QGS_ERROR_AT = 4, 8, 12  # within the QGS message header
+REQ_ID_LIST_SIZE_AT = RESP_QUOTE_SIZE_AT = 4  # within GET_QUOTE_REQ / GET_QUOTE_RESP
+QGS_MSG_OFFSET = PAYLOAD_OFFSET + MESSAGE_LENGTH.size
+QGS_BODY_OFFSET = QGS_MSG_OFFSET + QgsMsgHeader.FORMAT.size
+
+
+class GetQuoteFormatError(ValueError):
+    """A GetQuote shared buffer breaks the format; names the field and its offset in the buffer."""
+
+    def __init__(self, field: str, offset: int, reason: str) -> None:
+        super().__init__(f"GetQuote buffer {field} at offset {offset}: {reason}")
+        self.field = field
+        self.offset = offset
+
+
+class QuoteRequestRefused(ValueError):
+    """The quoting service refuses a TDREPORT (bad MAC, bad hashes, wrong size)."""
+
+
+def _need(buffer: bytes, offset: int, size: int, field: str) -> bytes:
+    if offset + size > len(buffer):
+        raise GetQuoteFormatError(field, offset,
+                                  f"needs {size} bytes, buffer ends at {len(buffer)}")
+    return buffer[offset : offset + size]
+
+
+def _frame(msg_type: int, body: bytes) -> bytes:
+    header = QgsMsgHeader(QGS_MSG_MAJOR_VERSION, QGS_MSG_MINOR_VERSION, msg_type,
+                          QgsMsgHeader.FORMAT.size + len(body), QGS_MSG_SUCCESS)
+    message = header.pack() + body
+    return MESSAGE_LENGTH.pack(len(message)) + message
+
+
+def _unframe(buffer: bytes, payload_len: int, msg_type: int) -> bytes:
+    """The QGS message body after checking length prefix and header against `payload_len`."""
+    (msg_len,) = MESSAGE_LENGTH.unpack(_need(buffer, PAYLOAD_OFFSET, MESSAGE_LENGTH.size,
+                                              "message length"))
+    if msg_len + MESSAGE_LENGTH.size != payload_len:
+        raise GetQuoteFormatError("message length", PAYLOAD_OFFSET,
+                                  f"{msg_len} + 4 does not equal the payload length {payload_len}")
+    header = QgsMsgHeader.unpack(_need(buffer, QGS_MSG_OFFSET, QgsMsgHeader.FORMAT.size,
+                                       "QGS message header"))
+    if header.major_version != QGS_MSG_MAJOR_VERSION:
+        raise GetQuoteFormatError("QGS major_version", QGS_MSG_OFFSET,
+                                  f"{header.major_version}, expected {QGS_MSG_MAJOR_VERSION}")
+    if header.type != msg_type:
+        raise GetQuoteFormatError("QGS type", QGS_MSG_OFFSET + QGS_TYPE_AT,
+                                  f"{header.type}, expected {msg_type}")
+    if header.size != msg_len:
+        raise GetQuoteFormatError("QGS size", QGS_MSG_OFFSET + QGS_SIZE_AT,
+                                  f"{header.size}, but the message length is {msg_len}")
+    if header.error_code != QGS_MSG_SUCCESS:
+        raise GetQuoteFormatError("QGS error_code", QGS_MSG_OFFSET + QGS_ERROR_AT,
+                                  f"{header.error_code:#x} (the service reported an error)")
+    return _need(buffer, QGS_BODY_OFFSET, msg_len - QgsMsgHeader.FORMAT.size, "QGS body")
+
+
+def _read_header(buffer: bytes) -> GetQuoteHeader:
+    header = GetQuoteHeader.unpack(_need(buffer, 0, GetQuoteHeader.FORMAT.size, "header"))
+    if header.version != GET_QUOTE_BUF_VERSION:
+        raise GetQuoteFormatError("version", 0, f"{header.version}, expected 1")
+    return header
+
+
+def encode_get_quote_request(tdreport: bytes, buffer_size: int = GET_QUOTE_DEFAULT_BUFFER_SIZE
+                             ) -> bytes:
+    """The shared buffer L1 hands to GetQuote: header (status 0, out_len 0) and GET_QUOTE_REQ."""
+    body = GET_QUOTE_REQ_FIELDS.pack(len(tdreport), 0) + tdreport
+    payload = _frame(QGS_GET_QUOTE_REQ, body)
+    if PAYLOAD_OFFSET + len(payload) > buffer_size:
+        raise ValueError(f"GetQuote request needs {PAYLOAD_OFFSET + len(payload)} bytes, "
+                         f"buffer has {buffer_size}")
+    header = GetQuoteHeader(GET_QUOTE_BUF_VERSION, GET_QUOTE_SUCCESS, len(payload), 0)
+    return (header.pack() + payload).ljust(buffer_size, b"\x00")
+
+
+def decode_get_quote_request(buffer: bytes) -> bytes:
+    """The TDREPORT in a GetQuote request buffer (host side; the buffer is untrusted)."""
+    header = _read_header(buffer)
+    if PAYLOAD_OFFSET + header.in_len > len(buffer):
+        raise GetQuoteFormatError("in_len", IN_LEN_OFFSET, f"{header.in_len} overruns the buffer "
+                                  f"({len(buffer) - PAYLOAD_OFFSET} bytes after the header)")
+    body = _unframe(buffer, header.in_len, QGS_GET_QUOTE_REQ)
+    report_size, id_list_size = GET_QUOTE_REQ_FIELDS.unpack(
+        _need(body, 0, GET_QUOTE_REQ_FIELDS.size, "GET_QUOTE_REQ"))
+    if report_size != TDREPORT_SIZE:
+        raise GetQuoteFormatError("report_size", QGS_BODY_OFFSET,
+                                  f"{report_size}, expected {TDREPORT_SIZE}")
+    if GET_QUOTE_REQ_FIELDS.size + report_size + id_list_size != len(body):
+        raise GetQuoteFormatError("id_list_size", QGS_BODY_OFFSET + REQ_ID_LIST_SIZE_AT,
+                                  f"{id_list_size} does not fill the message exactly")
+    return body[GET_QUOTE_REQ_FIELDS.size : GET_QUOTE_REQ_FIELDS.size + report_size]
+
+
+def encode_get_quote_response(request: bytes, status: int, quote: bytes = b"") -> bytes:
+    """`request` rewritten as the host answers it: status, out_len and GET_QUOTE_RESP."""
+    header = GetQuoteHeader.unpack(request[: GetQuoteHeader.FORMAT.size])
+    payload = _frame(QGS_GET_QUOTE_RESP, GET_QUOTE_RESP_FIELDS.pack(0, len(quote)) + quote
+                     ) if status == GET_QUOTE_SUCCESS else b""
+    if PAYLOAD_OFFSET + len(payload) > len(request):
+        raise ValueError(f"quote of {len(quote)} bytes does not fit a {len(request)}-byte buffer")
+    answered = GetQuoteHeader(header.version, status, header.in_len, len(payload))
+    return answered.pack() + payload + request[PAYLOAD_OFFSET + len(payload) :]
+
+
+def decode_get_quote_response(buffer: bytes) -> bytes:
+    """The quote in an answered GetQuote buffer (TD side: status, lengths, framing all checked)."""
+    header = _read_header(buffer)
+    if header.status == GET_QUOTE_IN_FLIGHT:
+        raise GetQuoteFormatError("status", STATUS_OFFSET, "still in flight")
+    if header.status != GET_QUOTE_SUCCESS:
+        raise GetQuoteFormatError("status", STATUS_OFFSET,
+                                  f"{header.status:#x} (host reports an error)")
+    if PAYLOAD_OFFSET + header.out_len > len(buffer):
+        raise GetQuoteFormatError("out_len", OUT_LEN_OFFSET,
+                                  f"{header.out_len} overruns the buffer "
+                                  f"({len(buffer) - PAYLOAD_OFFSET} bytes after the header)")
+    body = _unframe(buffer, header.out_len, QGS_GET_QUOTE_RESP)
+    id_size, quote_size = GET_QUOTE_RESP_FIELDS.unpack(
+        _need(body, 0, GET_QUOTE_RESP_FIELDS.size, "GET_QUOTE_RESP"))
+    if GET_QUOTE_RESP_FIELDS.size + id_size + quote_size != len(body):
+        raise GetQuoteFormatError("quote_size", QGS_BODY_OFFSET + RESP_QUOTE_SIZE_AT,
+                                  f"selected_id_size {id_size} + quote_size {quote_size} do not "
+                                  "fill the message exactly")
+    return body[GET_QUOTE_RESP_FIELDS.size + id_size :]
+
+
+def _sign_raw(key: ec.EllipticCurvePrivateKey, data: bytes) -> bytes:
+    """ECDSA P-256 with SHA-256, as r||s big-endian (the quote's signature encoding)."""
+    r, s = decode_dss_signature(key.sign(data, ec.ECDSA(hashes.SHA256())))
+    return r.to_bytes(P256_COORDINATE_SIZE, "big") + s.to_bytes(P256_COORDINATE_SIZE, "big")
+
+
+def _raw_public_key(key: ec.EllipticCurvePrivateKey) -> bytes:
+    numbers = key.public_key().public_numbers()
+    return numbers.x.to_bytes(P256_COORDINATE_SIZE, "big") + numbers.y.to_bytes(
+        P256_COORDINATE_SIZE, "big")
+
+
+def quote_body_from_report(report: TdReport) -> TdQuoteBody:
+    """The TD quote body is TEE_TCB_INFO and TDINFO fields plus REPORTDATA, copied over."""
+    tcb, info = report.tee_tcb_info, report.td_info
+    return TdQuoteBody(
+        tee_tcb_svn=tcb.tee_tcb_svn, mrseam=tcb.mrseam, mrsignerseam=tcb.mrsignerseam,
+        seamattributes=tcb.attributes, tdattributes=info.attributes, xfam=info.xfam,
+        mrtd=info.mrtd, mrconfigid=info.mrconfigid, mrowner=info.mrowner,
+        mrownerconfig=info.mrownerconfig, rtmr0=info.rtmr0, rtmr1=info.rtmr1, rtmr2=info.rtmr2,
+        rtmr3=info.rtmr3, reportdata=report.report_mac.reportdata,
+    )
+
+
+class QuotingService:
+    """One simulated platform's quoting service (attestation key, PCK chain, report MAC key)."""
+
+    def __init__(self, report_key: ReportMacKey, pck: PckChain | None = None, *,
+                 seed: bytes | None = None) -> None:
+        self.report_key = report_key
+        self.pck = pck if pck is not None else generate_pck_chain(seed)
+        self.attestation_key = new_p256_key(seed, "tdxsim attestation key")
+        self.attestation_key_raw = _raw_public_key(self.attestation_key)
+        self.certification = self._certification_data()
+
+    @property
+    def trusted_root_der(self) -> bytes:
+        """The simulated root a verifier must be given to accept this service's quotes."""
+        return self.pck.root_der()
+
+    def _certification_data(self) -> bytes:
+        qe_report = dataclasses.replace(
+            SgxReportBody.unpack(bytes(SgxReportBody.FORMAT.size)),
+            mr_enclave=SIM_QE_MRENCLAVE, mr_signer=SIM_QE_MRSIGNER,
+            isv_prod_id=SIM_QE_ISV_PROD_ID, isv_svn=SIM_QE_ISV_SVN,
+            report_data=qe_report_data_binding(self.attestation_key_raw, SIM_QE_AUTH_DATA),
+        ).pack()
+        nested = CertificationData(CERT_TYPE_PCK_CERT_CHAIN, self.pck.pem_chain()).pack()
+        qe_data = (qe_report + _sign_raw(self.pck.leaf_key, qe_report)
+                   + QE_AUTH_DATA_SIZE.pack(len(SIM_QE_AUTH_DATA)) + SIM_QE_AUTH_DATA + nested)
+        return CertificationData(CERT_TYPE_QE_REPORT, qe_data).pack()
+
+    def quote(self, tdreport: bytes) -> bytes:
+        """A v4 TD quote for a TDREPORT whose MAC this platform's key verifies."""
+        try:
+            report = verify_tdreport(tdreport, self.report_key)
+        except TdReportError as exc:
+            raise QuoteRequestRefused(f"quoting service refuses the TDREPORT: {exc}") from exc
+        header = QuoteHeader(QUOTE_VERSION_4, ATT_KEY_TYPE_ECDSA_P256, TEE_TYPE_TDX, 0,
+                             SIM_QE_VENDOR_ID, SIM_USER_DATA).pack()
+        body = quote_body_from_report(report).pack()
+        signature = _sign_raw(self.attestation_key, header + body)
+        signature_data = signature + self.attestation_key_raw + self.certification
+        return header + body + SIGNATURE_DATA_LEN.pack(len(signature_data)) + signature_data
+
+    def serve_get_quote(self, buffer: bytes) -> bytes:
+        """Answer a GetQuote shared buffer: the quote on success, GET_QUOTE_ERROR otherwise."""
+        try:
+            quote = self.quote(decode_get_quote_request(buffer))
+            return encode_get_quote_response(buffer, GET_QUOTE_SUCCESS, quote)
+        except ValueError:  # GetQuoteFormatError, QuoteRequestRefused, a quote too big
+            if len(buffer) < GetQuoteHeader.FORMAT.size:
+                return buffer
+            return encode_get_quote_response(buffer, GET_QUOTE_ERROR)
+
+
+@dataclass
+class SimulatedAttestation:
+    """A simulated platform's attestation half: the MR.REPORT builder and its quoting service."""
+
+    reports: TdReportBuilder
+    quoting: QuotingService
+
+    @classmethod
+    def create(cls, seed: bytes | None = None) -> Self:
+        """Fresh keys per instance, or every key derived from `seed` (reproducible tests)."""
+        key = ReportMacKey() if seed is None else ReportMacKey.from_seed(seed)
+        return cls(TdReportBuilder(key), QuotingService(key, seed=seed))
