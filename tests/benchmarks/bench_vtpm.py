@@ -1,0 +1,292 @@
+"""Benchmark: `vtpm serve` against swtpm through the same tpm2-pytss workload and the `swtpm:` TCTI.
+
+Both servers run in this process tree; rounds alternate between them so machine load hits both
+alike. Prints the median per command and the ratio ours/swtpm (target <= 1.0 each), then the time
+from process start to a provisioned, serving vTPM with both EK certificates next to swtpm_setup
+--create-ek-cert plus swtpm start on the same machine. Targets are reported, never enforced.
+
+Usage: python tests/benchmarks/bench_vtpm.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from tpm2_pytss import ESAPI, TCTILdr
+from tpm2_pytss.constants import ESYS_TR, TPM2_ALG, TPMA_OBJECT
+from tpm2_pytss.types import (
+    TPM2B_DATA,
+    TPM2B_PUBLIC,
+    TPM2B_SENSITIVE_CREATE,
+    TPML_DIGEST_VALUES,
+    TPML_PCR_SELECTION,
+    TPMT_HA,
+    TPMT_SIG_SCHEME,
+    TPMU_HA,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))  # run as a script from anywhere: `vtpm` comes from the checkout
+READY = re.compile(r"vtpm: ready on \S+ command port (\d+)")
+TARGET_RATIO = 1.0
+START_TIMEOUT = 60.0
+RSA_EK_CERT_INDEX = 0x01C00002
+ECC_EK_CERT_INDEX = 0x01C0000A
+SWTPM_ECC_EK_CERT_INDEX = 0x01C00016
+AK_ATTRIBUTES = (TPMA_OBJECT.SIGN_ENCRYPT | TPMA_OBJECT.RESTRICTED | TPMA_OBJECT.FIXEDTPM
+                 | TPMA_OBJECT.FIXEDPARENT | TPMA_OBJECT.SENSITIVEDATAORIGIN
+                 | TPMA_OBJECT.USERWITHAUTH)
+
+
+def free_port_pair() -> int:
+    """A port P with P and P+1 free on loopback (checked, then released)."""
+    for _ in range(100):
+        with socket.socket() as a:
+            a.bind(("127.0.0.1", 0))
+            port = int(a.getsockname()[1])
+            with socket.socket() as b:
+                try:
+                    b.bind(("127.0.0.1", port + 1))
+                except OSError:
+                    continue
+            return port
+    raise OSError("no free pair of adjacent ports")
+
+
+def wait_port(port: int, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode} before listening")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.005)
+    raise TimeoutError(f"nothing listening on {port}")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@contextmanager
+def swtpm_server(state: Path) -> Iterator[int]:
+    port = free_port_pair()
+    proc = subprocess.Popen(
+        ["swtpm", "socket", "--tpm2", "--server", f"type=tcp,port={port}",
+         "--ctrl", f"type=tcp,port={port + 1}", "--tpmstate", f"dir={state}",
+         "--flags", "not-need-init,startup-clear"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_port(port, proc)
+        wait_port(port + 1, proc)
+        yield port
+    finally:
+        stop(proc)
+
+
+def start_vtpm(*args: str) -> tuple[subprocess.Popen[bytes], int, float]:
+    """Start `python -m vtpm serve`; return the process, its port and seconds to the ready line."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "vtpm", "serve", "--port", "0", *args],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None
+    for raw in proc.stdout:
+        match = READY.search(raw.decode())
+        if match:
+            return proc, int(match[1]), time.perf_counter() - t0
+    stop(proc)
+    err = proc.stderr.read().decode() if proc.stderr else ""
+    raise RuntimeError(f"vtpm serve did not become ready: {err}")
+
+
+@contextmanager
+def vtpm_server() -> Iterator[int]:
+    proc, port, _ = start_vtpm()
+    try:
+        yield port
+    finally:
+        stop(proc)
+
+
+class Workload:
+    """The benchmarked commands on one ESAPI context; each call is one timed operation."""
+
+    def __init__(self, port: int) -> None:
+        self.esapi = ESAPI(TCTILdr("swtpm", f"host=127.0.0.1,port={port}"))
+        template = TPM2B_PUBLIC.parse("ecc256:ecdsa-sha256:null", objectAttributes=AK_ATTRIBUTES)
+        self.ak, *_ = self.esapi.create_primary(TPM2B_SENSITIVE_CREATE(), template)
+        self.ecc_template = TPM2B_PUBLIC.parse("ecc256")
+        self.extend_values = TPML_DIGEST_VALUES([
+            TPMT_HA(hashAlg=TPM2_ALG.SHA256, digest=TPMU_HA(sha256=bytes(range(32))))
+        ])
+        self.selection = TPML_PCR_SELECTION.parse("sha256:0,1,2,3,16")
+        self.scheme = TPMT_SIG_SCHEME(scheme=TPM2_ALG.NULL)
+        self.nonce = TPM2B_DATA(b"bench-nonce")
+
+    def get_random(self) -> None:
+        self.esapi.get_random(32)
+
+    def pcr_extend(self) -> None:
+        self.esapi.pcr_extend(ESYS_TR.PCR16, self.extend_values)
+
+    def quote(self) -> None:
+        self.esapi.quote(self.ak, self.selection, self.nonce, self.scheme)
+
+    def create_primary_ecc(self) -> None:
+        handle, *_ = self.esapi.create_primary(TPM2B_SENSITIVE_CREATE(), self.ecc_template)
+        self.esapi.flush_context(handle)
+
+    def close(self) -> None:
+        self.esapi.flush_context(self.ak)
+        self.esapi.close()
+
+
+COMMANDS: dict[str, Callable[[Workload], None]] = {
+    "GetRandom(32)": Workload.get_random,
+    "PCR_Extend": Workload.pcr_extend,
+    "Quote (ECDSA P-256)": Workload.quote,
+    "CreatePrimary ECC (+flush)": Workload.create_primary_ecc,
+}
+
+
+def measure(port: int, iterations: int, samples: dict[str, list[float]]) -> None:
+    work = Workload(port)
+    try:
+        for name, op in COMMANDS.items():
+            op(work)  # warm-up
+            for _ in range(iterations):
+                t0 = time.perf_counter()
+                op(work)
+                samples[name].append(time.perf_counter() - t0)
+    finally:
+        work.close()
+
+
+def command_latency(rounds: int, iterations: int) -> None:
+    ours: dict[str, list[float]] = {name: [] for name in COMMANDS}
+    theirs: dict[str, list[float]] = {name: [] for name in COMMANDS}
+    with tempfile.TemporaryDirectory() as state, swtpm_server(Path(state)) as swtpm_port, \
+            vtpm_server() as vtpm_port:
+        for _ in range(rounds):
+            measure(swtpm_port, iterations, theirs)
+            measure(vtpm_port, iterations, ours)
+    print(f"per-command latency, tpm2-pytss ESAPI over the swtpm: TCTI "
+          f"({rounds} alternating rounds x {iterations} per server), median:")
+    print(f"  {'command':28} {'swtpm':>10} {'vtpm':>10} {'ratio':>7}  target")
+    for name in COMMANDS:
+        s = statistics.median(theirs[name]) * 1e6
+        o = statistics.median(ours[name]) * 1e6
+        ratio = o / s
+        verdict = "met" if ratio <= TARGET_RATIO else "MISSED"
+        print(f"  {name:28} {s:8.0f}us {o:8.0f}us {ratio:7.2f}  <= {TARGET_RATIO:.1f} {verdict}")
+    in_process_figures(iterations * rounds)
+
+
+def in_process_figures(iterations: int) -> None:
+    """The same GetRandom straight into the engine: what libtpms itself costs, without sockets."""
+    from vtpm.engine import TpmEngine
+
+    command = struct.pack(">HIIH", 0x8001, 12, 0x17B, 32)
+    with TpmEngine() as engine:
+        engine.power_on()
+        engine.startup_clear()
+        times = []
+        for _ in range(iterations):
+            t0 = time.perf_counter()
+            engine.process(command)
+            times.append(time.perf_counter() - t0)
+    print(f"  in-process TpmEngine.process(GetRandom(32)), no socket, no ESAPI: "
+          f"{statistics.median(times) * 1e6:.1f} us (the rest of the vtpm figure is socket, "
+          f"event loop and client)")
+
+
+def has_nv_index(port: int, index: int) -> bool:
+    esapi = ESAPI(TCTILdr("swtpm", f"host=127.0.0.1,port={port}"))
+    try:
+        esapi.tr_from_tpmpublic(index)
+        return True
+    except Exception:
+        return False
+    finally:
+        esapi.close()
+
+
+def provisioning_time(repeats: int) -> None:
+    print(f"process start -> provisioned and serving with both EK certificates, median of "
+          f"{repeats}:")
+    ours: list[float] = []
+    for _ in range(repeats):
+        proc, port, elapsed = start_vtpm()
+        try:
+            if not all(has_nv_index(port, i) for i in (RSA_EK_CERT_INDEX, ECC_EK_CERT_INDEX)):
+                print("  vtpm serve: figure unavailable (EK certificates missing: manufacture "
+                      "is not ready)")
+                return
+            ours.append(elapsed)
+        finally:
+            stop(proc)
+    theirs: list[float] = []
+    setup_only: list[float] = []
+    if shutil.which("swtpm_setup"):
+        for _ in range(repeats):
+            with tempfile.TemporaryDirectory() as state:
+                t0 = time.perf_counter()
+                subprocess.run(["swtpm_setup", "--tpm2", "--create-ek-cert", "--tpmstate", state,
+                                "--overwrite"], check=True, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+                setup_only.append(time.perf_counter() - t0)
+                with swtpm_server(Path(state)) as port:
+                    theirs.append(time.perf_counter() - t0)
+                    assert has_nv_index(port, RSA_EK_CERT_INDEX)
+                    assert has_nv_index(port, SWTPM_ECC_EK_CERT_INDEX)
+    o = statistics.median(ours) * 1e3
+    print(f"  vtpm serve (manufacture in memory, RSA-2048 + ECC P-256 EKs, CA):  {o:7.0f} ms")
+    if theirs:
+        s = statistics.median(theirs) * 1e3
+        print(f"  swtpm_setup --create-ek-cert, then swtpm socket listening:      {s:7.0f} ms "
+              f"(swtpm_setup alone {statistics.median(setup_only) * 1e3:.0f} ms)")
+        verdict = "met" if o <= s else "MISSED"
+        print(f"  ratio vtpm/swtpm {o / s:.2f}  target <= {TARGET_RATIO:.1f} {verdict}")
+    else:
+        print("  swtpm_setup not installed: no comparison")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small workload (under ~30 s)")
+    args = parser.parse_args()
+    if shutil.which("swtpm") is None:
+        print("swtpm is not installed: nothing to compare against")
+        return 0
+    if args.quick:
+        command_latency(rounds=2, iterations=25)
+        provisioning_time(repeats=1)
+    else:
+        command_latency(rounds=5, iterations=100)
+        provisioning_time(repeats=5)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

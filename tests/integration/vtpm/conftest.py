@@ -1,0 +1,160 @@
+"""Fixtures for the vTPM tests: a `python -m vtpm serve` process on a free port, and an in-process
+engine reachable through tpm2-pytss."""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from tpm2_pytss import ESAPI, TCTILdr
+from tpm2_pytss.TCTI import PyTCTI
+
+from vtpm.engine import TpmEngine
+
+ROOT = Path(__file__).resolve().parents[3]
+READY = re.compile(r"vtpm: ready on (\S+) command port (\d+) platform port (\d+)")
+START_TIMEOUT = 60.0
+STOP_TIMEOUT = 15.0
+
+
+@dataclass
+class VtpmProcess:
+    """A running `vtpm serve` and the TCTI strings that reach it."""
+
+    proc: subprocess.Popen[str]
+    host: str
+    port: int
+    platform_port: int
+    banner: list[str] = field(default_factory=list)
+    lines: queue.Queue[str | None] = field(default_factory=queue.Queue)
+    reader: threading.Thread | None = None
+
+    @property
+    def mssim(self) -> str:
+        return f"mssim:host={self.host},port={self.port}"
+
+    @property
+    def swtpm(self) -> str:
+        return f"swtpm:host={self.host},port={self.port}"
+
+    def esapi(self, tcti: str) -> ESAPI:
+        """An ESAPI context over `tcti` ("mssim" or "swtpm")."""
+        return ESAPI(TCTILdr(tcti, f"host={self.host},port={self.port}"))
+
+    def stop(self, sig: int = signal.SIGTERM) -> tuple[int, str, str]:
+        """Signal the server, wait, and return (exit code, rest of stdout, stderr)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            self.proc.wait(timeout=STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        if self.reader is not None:
+            self.reader.join(timeout=STOP_TIMEOUT)
+        rest = []
+        while not self.lines.empty():
+            line = self.lines.get()
+            if line is not None:
+                rest.append(line)
+        assert self.proc.stderr is not None
+        err = self.proc.stderr.read()
+        return self.proc.returncode, "\n".join(rest), err
+
+
+def launch_vtpm(
+    *args: str, cwd: Path | None = None, extra_env: dict[str, str] | None = None
+) -> VtpmProcess:
+    """Start `python -m vtpm serve --port 0 ARGS` and wait for its ready line."""
+    env = dict(os.environ, **(extra_env or {}))
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vtpm", "serve", "--port", "0", *args],
+        cwd=cwd or ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.put(line.rstrip("\n"))
+        lines.put(None)
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    banner: list[str] = []
+    while True:
+        try:
+            line = lines.get(timeout=START_TIMEOUT)
+        except queue.Empty:
+            break
+        if line is None:
+            break
+        banner.append(line)
+        match = READY.search(line)
+        if match:
+            return VtpmProcess(proc, match[1], int(match[2]), int(match[3]), banner, lines, reader)
+    proc.kill()
+    _out, err = proc.communicate()
+    raise RuntimeError(f"vtpm serve did not become ready: stdout={banner!r} stderr={err!r}")
+
+
+@pytest.fixture
+def vtpm_factory() -> Iterator[Callable[..., VtpmProcess]]:
+    """Start `vtpm serve` processes with the given arguments; all are stopped afterwards."""
+    started: list[VtpmProcess] = []
+
+    def start(
+        *args: str, cwd: Path | None = None, extra_env: dict[str, str] | None = None
+    ) -> VtpmProcess:
+        server = launch_vtpm(*args, cwd=cwd, extra_env=extra_env)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def vtpm_server() -> Iterator[VtpmProcess]:
+    """One provisioned `vtpm serve` (default arguments) shared by a test module."""
+    server = launch_vtpm()
+    yield server
+    server.stop()
+
+
+class EngineTcti(PyTCTI):  # type: ignore[misc]
+    """A tpm2-pytss TCTI that hands each command straight to an in-process TpmEngine."""
+
+    def __init__(self, engine: TpmEngine) -> None:
+        super().__init__(max_size=4096)
+        self._engine = engine
+        self._response = b""
+
+    def do_transmit(self, command: bytes) -> None:
+        self._response = self._engine.process(bytes(command))
+
+    def do_receive(self, timeout: int) -> bytes:
+        return self._response
+
+
+@pytest.fixture
+def engine() -> Iterator[TpmEngine]:
+    """A powered-on, started in-process engine, closed afterwards."""
+    eng = TpmEngine()
+    try:
+        eng.power_on()
+        eng.startup_clear()
+        yield eng
+    finally:
+        eng.close()

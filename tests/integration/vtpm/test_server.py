@@ -1,0 +1,353 @@
+"""`vtpm serve` through tpm2-pytss (mssim and swtpm TCTIs) and tpm2-tools."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from tpm2_pytss import ESAPI, TSS2_Exception
+from tpm2_pytss.constants import ESYS_TR, TPM2_ALG, TPM2_RC, TPM2_SU, TPMA_NV
+from tpm2_pytss.types import (
+    TPM2B_AUTH,
+    TPM2B_NV_PUBLIC,
+    TPML_DIGEST_VALUES,
+    TPML_PCR_SELECTION,
+    TPMS_NV_PUBLIC,
+    TPMT_HA,
+    TPMU_HA,
+)
+
+from tests.integration.vtpm.conftest import VtpmProcess
+from vtpm.protocol import MssimCommand
+
+pytestmark = pytest.mark.integration
+
+TCTIS = ("swtpm", "mssim")
+BANKS = {"sha256": (TPM2_ALG.SHA256, hashlib.sha256), "sha384": (TPM2_ALG.SHA384, hashlib.sha384)}
+RSA_EK_CERT_INDEX = 0x01C00002
+ECC_EK_CERT_INDEX = 0x01C0000A
+STARTUP_CLEAR = struct.pack(">HIIH", 0x8001, 12, 0x144, 0)
+GET_RANDOM_16 = struct.pack(">HIIH", 0x8001, 12, 0x17B, 16)
+NV_ATTRS = TPMA_NV.OWNERWRITE | TPMA_NV.OWNERREAD | TPMA_NV.AUTHREAD | TPMA_NV.AUTHWRITE
+
+
+def platform(server: VtpmProcess, *signals: MssimCommand) -> list[int]:
+    """Send mssim platform signals to port+1 and return the acks."""
+    acks = []
+    with socket.create_connection((server.host, server.platform_port), timeout=30) as sock:
+        for sig in signals:
+            sock.sendall(struct.pack(">I", sig))
+            acks.append(struct.unpack(">I", _recv_exact(sock, 4))[0])
+        sock.sendall(struct.pack(">I", MssimCommand.SESSION_END))
+    return acks
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            raise ConnectionError(f"closed after {len(data)} of {n} bytes")
+        data += chunk
+    return data
+
+
+def swtpm_raw(server: VtpmProcess, command: bytes) -> bytes:
+    """One command over the swtpm data channel with a plain socket."""
+    with socket.create_connection((server.host, server.port), timeout=30) as sock:
+        sock.sendall(command)
+        header = _recv_exact(sock, 10)
+        size = struct.unpack(">I", header[2:6])[0]
+        return header + _recv_exact(sock, size - 10)
+
+
+def ha(bank: str, digest: bytes) -> TPMT_HA:
+    """A TPMT_HA for one bank."""
+    return TPMT_HA(hashAlg=BANKS[bank][0], digest=TPMU_HA(**{bank: digest}))
+
+
+def define_nv(esapi: ESAPI, index: int, data: bytes) -> None:
+    public = TPM2B_NV_PUBLIC(nvPublic=TPMS_NV_PUBLIC(
+        nvIndex=index, nameAlg=TPM2_ALG.SHA256, attributes=NV_ATTRS, dataSize=len(data)))
+    handle = esapi.nv_define_space(TPM2B_AUTH(b""), public)
+    esapi.nv_write(handle, data, 0)
+
+
+def read_nv(esapi: ESAPI, index: int, size: int) -> bytes:
+    return bytes(esapi.nv_read(esapi.tr_from_tpmpublic(index), size, 0))
+
+
+def read_pcr(esapi: ESAPI, bank: str, pcr: int) -> bytes:
+    selection = TPML_PCR_SELECTION.parse(f"{bank}:{pcr}")
+    _counter, _sel, digests = esapi.pcr_read(selection)
+    values = digests  # keep the parent alive while reading (tpm2-pytss pitfall)
+    return bytes(values[0])
+
+
+def test_banner_names_both_tcti_strings(vtpm_server: VtpmProcess) -> None:
+    text = "\n".join(vtpm_server.banner)
+    assert f"mssim:host=127.0.0.1,port={vtpm_server.port}" in text
+    assert f"swtpm:host=127.0.0.1,port={vtpm_server.port}" in text
+    assert vtpm_server.platform_port == vtpm_server.port + 1
+    assert "NV in memory only" in text
+
+
+@pytest.mark.parametrize("tcti", TCTIS)
+def test_tpm_is_started_and_gives_random(vtpm_server: VtpmProcess, tcti: str) -> None:
+    startup = swtpm_raw(vtpm_server, STARTUP_CLEAR)
+    # The server already started it (like swtpm --flags startup-clear).
+    assert struct.unpack(">I", startup[6:10])[0] == TPM2_RC.INITIALIZE
+    esapi = vtpm_server.esapi(tcti)
+    a, b = bytes(esapi.get_random(32)), bytes(esapi.get_random(32))
+    assert len(a) == 32 and a != b
+    esapi.close()
+
+
+@pytest.mark.parametrize(("tcti", "pcr"), [("swtpm", 16), ("mssim", 23)])
+def test_pcr_extend_and_read_in_sha256_and_sha384(
+    vtpm_server: VtpmProcess, tcti: str, pcr: int
+) -> None:
+    esapi = vtpm_server.esapi(tcti)
+    esapi.pcr_reset(ESYS_TR.parse(f"PCR{pcr}"))
+    measurements = [b"first", b"second"]
+    for m in measurements:
+        esapi.pcr_extend(ESYS_TR.parse(f"PCR{pcr}"), TPML_DIGEST_VALUES([
+            ha(bank, fn(m).digest()) for bank, (_alg, fn) in BANKS.items()
+        ]))
+    for bank, (_alg, fn) in BANKS.items():
+        expected = bytes(fn().digest_size)
+        for m in measurements:
+            expected = fn(expected + fn(m).digest()).digest()
+        assert read_pcr(esapi, bank, pcr) == expected, bank
+    esapi.close()
+
+
+@pytest.mark.parametrize(("tcti", "index"), [("swtpm", 0x01500020), ("mssim", 0x01500021)])
+def test_nv_define_write_read(vtpm_server: VtpmProcess, tcti: str, index: int) -> None:
+    esapi = vtpm_server.esapi(tcti)
+    data = os.urandom(48)
+    define_nv(esapi, index, data)
+    assert read_nv(esapi, index, len(data)) == data
+    esapi.nv_undefine_space(esapi.tr_from_tpmpublic(index))
+    with pytest.raises(TSS2_Exception):
+        esapi.tr_from_tpmpublic(index)
+    esapi.close()
+
+
+@pytest.mark.parametrize("tcti", TCTIS)
+def test_tpm2_pcrread(vtpm_server: VtpmProcess, tcti: str) -> None:
+    env = dict(os.environ, TPM2TOOLS_TCTI=getattr(vtpm_server, tcti))
+    out = subprocess.run(["tpm2_pcrread", "sha256:0,7+sha384:0"], env=env, capture_output=True,
+                         text=True, timeout=60, check=True).stdout
+    assert "sha256:" in out and "sha384:" in out
+    assert "0 : 0x" + "0" * 64 in out  # nothing measured PCR0 on a bare vTPM
+
+
+def test_ek_certificates_are_in_nv(vtpm_server: VtpmProcess) -> None:
+    if "UNPROVISIONED" in "\n".join(vtpm_server.banner):
+        pytest.skip("vtpm.manufacture is not available: the server runs unprovisioned")
+    esapi = vtpm_server.esapi("swtpm")
+    for index in (RSA_EK_CERT_INDEX, ECC_EK_CERT_INDEX):
+        public, _name = esapi.nv_read_public(esapi.tr_from_tpmpublic(index))
+        assert public.nvPublic.dataSize > 300
+    esapi.close()
+
+
+def test_concurrent_clients_get_consistent_results(vtpm_server: VtpmProcess) -> None:
+    """Several clients at once: commands are serialized and nobody sees anyone else's state."""
+    rounds = 40
+    errors: list[BaseException] = []
+    pcr_of = {"swtpm": 16, "mssim": 23}
+
+    def extender(tcti: str) -> None:
+        try:
+            esapi = vtpm_server.esapi(tcti)
+            handle = ESYS_TR.parse(f"PCR{pcr_of[tcti]}")
+            esapi.pcr_reset(handle)
+            for i in range(rounds):
+                esapi.pcr_extend(handle, TPML_DIGEST_VALUES([
+                    ha("sha256", hashlib.sha256(b"%d" % i).digest())
+                ]))
+            expected = bytes(32)
+            for i in range(rounds):
+                expected = hashlib.sha256(expected + hashlib.sha256(b"%d" % i).digest()).digest()
+            assert read_pcr(esapi, "sha256", pcr_of[tcti]) == expected
+            esapi.close()
+        except BaseException as exc:
+            errors.append(exc)
+
+    def randomizer() -> None:
+        try:
+            esapi = vtpm_server.esapi("mssim")
+            seen = {bytes(esapi.get_random(16)) for _ in range(rounds)}
+            assert len(seen) == rounds
+            esapi.close()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=extender, args=(t,)) for t in TCTIS]
+    threads += [threading.Thread(target=randomizer) for _ in range(2)]
+    threads += [threading.Thread(target=lambda: [swtpm_raw(vtpm_server, GET_RANDOM_16)
+                                                 for _ in range(rounds)])]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors, errors
+
+
+def test_client_vanishing_mid_command_loses_nothing_for_others(vtpm_server: VtpmProcess) -> None:
+    esapi = vtpm_server.esapi("mssim")
+    define_nv(esapi, 0x01500022, b"stays intact")
+    before = read_pcr(esapi, "sha256", 0)
+    # Half a command, then gone.
+    with socket.create_connection((vtpm_server.host, vtpm_server.port)) as sock:
+        sock.sendall(GET_RANDOM_16[:7])
+    # A whole command, gone before reading the answer.
+    for _ in range(20):
+        with socket.create_connection((vtpm_server.host, vtpm_server.port)) as sock:
+            sock.sendall(GET_RANDOM_16)
+    assert read_nv(esapi, 0x01500022, 12) == b"stays intact"
+    assert read_pcr(esapi, "sha256", 0) == before
+    assert len(swtpm_raw(vtpm_server, GET_RANDOM_16)) == 10 + 2 + 16
+    esapi.nv_undefine_space(esapi.tr_from_tpmpublic(0x01500022))
+    esapi.close()
+
+
+def test_power_cycle_keeps_nv_by_default(vtpm_factory: Callable[..., VtpmProcess]) -> None:
+    server = vtpm_factory("--no-provision")
+    esapi = server.esapi("mssim")
+    define_nv(esapi, 0x01500030, b"persists")
+    esapi.pcr_extend(ESYS_TR.PCR16, TPML_DIGEST_VALUES([
+        ha("sha256", bytes(32))]))
+    esapi.close()
+    assert platform(server, MssimCommand.POWER_OFF) == [0]
+    off = swtpm_raw(server, GET_RANDOM_16)
+    assert struct.unpack(">I", off[6:10])[0] == 0x101  # TPM_RC_FAILURE while powered off
+    assert platform(server, MssimCommand.POWER_ON, MssimCommand.NV_ON) == [0, 0]
+    esapi = server.esapi("mssim")
+    esapi.startup(TPM2_SU.CLEAR)  # a power-on wants TPM2_Startup, as hardware does
+    assert read_nv(esapi, 0x01500030, 8) == b"persists"
+    assert read_pcr(esapi, "sha256", 16) == bytes(32)
+    esapi.close()
+
+
+def test_wipe_on_power_cycle_remanufactures(vtpm_factory: Callable[..., VtpmProcess]) -> None:
+    server = vtpm_factory("--wipe-on-power-cycle")
+    provisioned = "UNPROVISIONED" not in "\n".join(server.banner)
+    esapi = server.esapi("swtpm")
+    define_nv(esapi, 0x01500031, b"forgotten")
+    esapi.close()
+    assert platform(server, MssimCommand.POWER_OFF, MssimCommand.POWER_ON) == [0, 0]
+    esapi = server.esapi("mssim")
+    esapi.startup(TPM2_SU.CLEAR)
+    with pytest.raises(TSS2_Exception):
+        esapi.tr_from_tpmpublic(0x01500031)
+    if provisioned:
+        esapi.tr_from_tpmpublic(RSA_EK_CERT_INDEX)
+        esapi.tr_from_tpmpublic(ECC_EK_CERT_INDEX)
+    esapi.close()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_stops_cleanly_on_signal(vtpm_factory: Callable[..., VtpmProcess], sig: int) -> None:
+    server = vtpm_factory("--no-provision")
+    assert len(swtpm_raw(server, GET_RANDOM_16)) == 28
+    code, out, err = server.stop(sig)
+    assert code == 0, err
+    assert "vtpm: stopped" in out
+    assert "Traceback" not in err
+
+
+def test_platform_stop_ends_the_server(vtpm_factory: Callable[..., VtpmProcess]) -> None:
+    server = vtpm_factory("--no-provision")
+    with socket.create_connection((server.host, server.platform_port), timeout=30) as sock:
+        sock.sendall(struct.pack(">I", MssimCommand.STOP))
+        assert _recv_exact(sock, 4) == bytes(4)
+    assert server.proc.wait(timeout=15) == 0
+
+
+def test_no_file_is_ever_written(vtpm_factory: Callable[..., VtpmProcess], tmp_path: Path) -> None:
+    """Run in an empty read-only directory (also as HOME and TMPDIR), exercise NV, manufacture
+    and power cycles: nothing appears anywhere we pointed it."""
+    workdir = tmp_path / "ro"
+    workdir.mkdir()
+    workdir.chmod(0o555)
+    try:
+        server = vtpm_factory("--wipe-on-power-cycle", cwd=workdir,
+                              extra_env={"HOME": str(workdir), "TMPDIR": str(workdir),
+                                         "PYTHONDONTWRITEBYTECODE": "1"})
+        esapi = server.esapi("mssim")
+        define_nv(esapi, 0x01500032, b"nv write")
+        esapi.close()
+        platform(server, MssimCommand.POWER_OFF, MssimCommand.POWER_ON)
+        esapi = server.esapi("swtpm")
+        esapi.startup(TPM2_SU.CLEAR)
+        define_nv(esapi, 0x01500033, b"again")
+        esapi.close()
+        code, _out, err = server.stop()
+        assert code == 0, err
+        assert list(workdir.iterdir()) == []
+    finally:
+        workdir.chmod(0o755)
+
+
+def _vtpm_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[3]))
+    return subprocess.run([sys.executable, "-m", "vtpm", *args], env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_unknown_attester_is_refused_by_name() -> None:
+    result = _vtpm_cli("serve", "--port", "0", "--attester", "no-such-attester")
+    assert result.returncode == 2
+    assert "no-such-attester" in result.stderr
+
+
+def test_busy_port_is_reported(vtpm_server: VtpmProcess) -> None:
+    result = _vtpm_cli("serve", "--port", str(vtpm_server.port))
+    assert result.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{vtpm_server.port}" in result.stderr
+
+
+def test_ek_option_selects_the_eks(vtpm_factory: Callable[..., VtpmProcess]) -> None:
+    server = vtpm_factory("--ek", "ecc")
+    if "UNPROVISIONED" in "\n".join(server.banner):
+        pytest.skip("vtpm.manufacture is not available")
+    esapi = server.esapi("mssim")
+    esapi.tr_from_tpmpublic(ECC_EK_CERT_INDEX)
+    with pytest.raises(TSS2_Exception):
+        esapi.tr_from_tpmpublic(RSA_EK_CERT_INDEX)
+    esapi.close()
+
+
+def test_info_command_describes_the_running_tpm(vtpm_server: VtpmProcess) -> None:
+    result = _vtpm_cli("info", "--tcti", vtpm_server.mssim)
+    assert result.returncode == 0, result.stderr
+    assert "sha256" in result.stdout and "sha384" in result.stdout
+
+
+def test_swtpm_control_channel_on_the_platform_port(vtpm_server: VtpmProcess) -> None:
+    """What the swtpm TCTI sends to port+1: CMD_SET_LOCALITY (5), and CMD_GET_CAPABILITY (1)."""
+    def control(payload: bytes, reply_size: int) -> bytes:
+        with socket.create_connection((vtpm_server.host, vtpm_server.platform_port)) as sock:
+            sock.sendall(payload)
+            return _recv_exact(sock, reply_size)
+
+    assert control(struct.pack(">IB", 5, 0), 4) == bytes(4)
+    assert control(struct.pack(">IB", 5, 9), 4) == struct.pack(">I", 9)  # no locality 9: TPM_FAIL
+    reply = control(struct.pack(">IB", 5, 0) + struct.pack(">I", 1), 16)
+    assert reply[:8] == bytes(8)
+    assert struct.unpack(">Q", reply[8:])[0] & 0x10  # PTM_CAP_SET_LOCALITY
+    esapi = vtpm_server.esapi("swtpm")
+    assert len(bytes(esapi.get_random(8))) == 8
+    esapi.close()

@@ -1,0 +1,303 @@
+"""Attesters: what turns the vTPM CA's REPORTDATA into a TD quote, and the fake one for tests.
+
+REPORTDATA (reference tdx-partitioning-abi.md 6.1) is SHA-384 of the CA public key, as an
+uncompressed SEC1 point 0x04||X||Y, followed by 16 zero bytes. [CONFLICT] The ISV design guide
+(2.6) says the EK hash; its 6.1.3 and its code use the CA public key, and so do we.
+
+`FakeAttester` returns a quote with the TDX quote v4 layout (reference 7.2) signed by a throwaway
+attestation key, with "FAKE" in the QE vendor ID, the user data and the certification data, so no
+verifier can mistake it for a real one. It is only ever chosen by name
+(`attester_from_name("fake")`): nothing falls back to it. `TsmAttester` ("tsm") asks the Linux
+configfs-tsm interface of a real TD guest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
+REPORT_DATA_SIZE = 64
+REPORT_DATA_HASH_SIZE = 48
+SHA384_SIZE = 48
+
+# --- TDX quote v4 (reference 7.2) ---------------------------------------------------------------
+
+QUOTE_VERSION_4 = 4
+ATT_KEY_TYPE_ECDSA_P256 = 2
+TEE_TYPE_TDX = 0x81
+# Header: version u16, att_key_type u16, tee_type u32, reserved u32, qe_vendor_id, user_data.
+QUOTE_HEADER = struct.Struct("<HHII16s20s")
+# TD quote body (sgx_report2_body_t): tee_tcb_svn, mrseam, mrsignerseam, seam_attributes,
+# td_attributes, xfam, mrtd, mrconfigid, mrowner, mrownerconfig, rtmr0..3, report_data.
+TD_QUOTE_BODY = struct.Struct("<16s48s48s8s8s8s48s48s48s48s48s48s48s48s64s")
+QUOTE_SIGNED_SIZE = QUOTE_HEADER.size + TD_QUOTE_BODY.size  # 632: what the ECDSA signature covers
+REPORT_DATA_OFFSET = QUOTE_HEADER.size + 520
+SIGNATURE_DATA_LEN = struct.Struct("<I")
+CERT_DATA_HEADER = struct.Struct("<HI")  # certification data type, size
+CERT_DATA_PCK_CHAIN = 5
+CERT_DATA_QE_REPORT = 6
+SGX_REPORT_BODY_SIZE = 384
+SGX_REPORT_BODY_REPORT_DATA_OFFSET = 320
+QE_AUTH_DATA_SIZE = struct.Struct("<H")
+ECDSA_P256_COORD = 32
+
+FAKE_QE_VENDOR_ID = b"FAKE-QE-VENDOR!!"
+FAKE_USER_DATA = b"FAKE TD QUOTE NO TDX"
+FAKE_PCK_CHAIN = b"FAKE: test attester, no PCK certificate chain, not bound to any TD\n"
+assert len(FAKE_QE_VENDOR_ID) == 16 and len(FAKE_USER_DATA) == 20
+
+# --- CC event log (TCG PC Client crypto-agile format, SHA-384 only; reference 6.1) --------------
+
+EV_NO_ACTION = 0x00000003
+EV_SEPARATOR = 0x00000004
+TCG_PCR_EVENT_HEADER = struct.Struct("<II20sI")  # pcrIndex, eventType, SHA-1 digest, eventSize
+SPEC_ID_SIGNATURE = b"Spec ID Event03\0"
+SPEC_ID_EVENT = struct.Struct("<16sIBBBBI")  # signature, platformClass, minor, major, errata,
+# uintnSize, numberOfAlgorithms; then (algorithmId u16, digestSize u16) per algorithm
+SPEC_ID_ALGORITHM = struct.Struct("<HH")
+SPEC_ID_VENDOR_INFO_SIZE = struct.Struct("<B")
+TCG_PCR_EVENT2_HEAD = struct.Struct("<IIIH")  # pcrIndex (MR index), eventType, digest count, alg
+EVENT_SIZE = struct.Struct("<I")
+TPM_ALG_SHA384 = 0x000C
+SPEC_VERSION_MAJOR = 2
+UINTN_SIZE_64BIT = 2
+SEPARATOR_EVENT = b"\0\0\0\0"
+RTMR_COUNT = 4
+
+
+class AttesterError(RuntimeError):
+    """An attester could not produce a quote or an event log; manufacture must stop."""
+
+
+class UnknownAttesterError(AttesterError, LookupError):
+    """No attester is registered under the name asked for."""
+
+
+class BindingError(ValueError):
+    """A quote does not carry the REPORTDATA that binds it to the vTPM CA key."""
+
+
+@runtime_checkable
+class Attester(Protocol):
+    """Produces a TD quote over REPORTDATA and the CC event log that explains its RTMRs."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def simulated(self) -> bool:
+        """True when the quote is not from real TDX hardware (fake or simulated)."""
+        ...
+
+    def quote(self, report_data: bytes) -> bytes: ...
+
+    def event_log(self) -> bytes: ...
+
+
+def report_data_for(ca_public_point: bytes) -> bytes:
+    """REPORTDATA binding the CA key: SHA-384 of its uncompressed SEC1 point, then 16 zero bytes."""
+    if not ca_public_point or ca_public_point[0] != 0x04:
+        raise BindingError("CA public key must be an uncompressed SEC1 point (0x04||X||Y)")
+    digest = hashlib.sha384(ca_public_point).digest()
+    return digest + bytes(REPORT_DATA_SIZE - len(digest))
+
+
+@dataclass(frozen=True)
+class QuoteV4:
+    """The fields of a TDX quote v4 that the vTPM looks at."""
+
+    version: int
+    att_key_type: int
+    tee_type: int
+    qe_vendor_id: bytes
+    user_data: bytes
+    mrtd: bytes
+    rtmrs: tuple[bytes, bytes, bytes, bytes]
+    report_data: bytes
+
+
+def parse_quote_v4(quote: bytes) -> QuoteV4:
+    """Parse the header and TD body of a TDX quote v4 (no signature check)."""
+    if len(quote) < QUOTE_SIGNED_SIZE:
+        raise BindingError(
+            f"TD quote is {len(quote)} bytes, shorter than header plus body ({QUOTE_SIGNED_SIZE})"
+        )
+    version, key_type, tee_type, _res, vendor, user = QUOTE_HEADER.unpack_from(quote)
+    if version != QUOTE_VERSION_4 or tee_type != TEE_TYPE_TDX:
+        raise BindingError(
+            f"TD quote header: version {version} (want 4), tee_type 0x{tee_type:x} (want 0x81)"
+        )
+    body = TD_QUOTE_BODY.unpack_from(quote, QUOTE_HEADER.size)
+    return QuoteV4(
+        version, key_type, tee_type, vendor, user, body[6],
+        (body[10], body[11], body[12], body[13]), body[14],
+    )
+
+
+def check_binding(quote: bytes, ca_public_point: bytes) -> None:
+    """Raise BindingError unless the quote's REPORTDATA is the one for this CA public key."""
+    expected = report_data_for(ca_public_point)
+    got = parse_quote_v4(quote).report_data
+    if got != expected:
+        raise BindingError(
+            f"TD quote REPORTDATA (offset {REPORT_DATA_OFFSET}) is {got[:8].hex()}..., "
+            f"expected SHA-384 of the CA public key {expected[:8].hex()}..."
+        )
+
+
+def is_fake_quote(quote: bytes) -> bool:
+    """True for quotes made by FakeAttester (its marker in the QE vendor ID or user data)."""
+    if len(quote) < QUOTE_HEADER.size:
+        return False
+    _v, _k, _t, _r, vendor, user = QUOTE_HEADER.unpack_from(quote)
+    return bool(vendor == FAKE_QE_VENDOR_ID or user == FAKE_USER_DATA)
+
+
+def cc_event_log_separators() -> bytes:
+    """A SHA-384 CC event log holding one separator per RTMR (MR index = RTMR + 1)."""
+    spec = (
+        SPEC_ID_EVENT.pack(SPEC_ID_SIGNATURE, 0, 0, SPEC_VERSION_MAJOR, 0, UINTN_SIZE_64BIT, 1)
+        + SPEC_ID_ALGORITHM.pack(TPM_ALG_SHA384, SHA384_SIZE)
+        + SPEC_ID_VENDOR_INFO_SIZE.pack(0)
+    )
+    log = TCG_PCR_EVENT_HEADER.pack(0, EV_NO_ACTION, bytes(20), len(spec)) + spec
+    digest = hashlib.sha384(SEPARATOR_EVENT).digest()
+    for rtmr in range(RTMR_COUNT):
+        log += (
+            TCG_PCR_EVENT2_HEAD.pack(rtmr + 1, EV_SEPARATOR, 1, TPM_ALG_SHA384) + digest
+            + EVENT_SIZE.pack(len(SEPARATOR_EVENT)) + SEPARATOR_EVENT
+        )
+    return log
+
+
+def _separator_rtmr() -> bytes:
+    """An RTMR after one separator extend from zero: SHA-384(0^48 || SHA-384(00000000))."""
+    return hashlib.sha384(bytes(SHA384_SIZE) + hashlib.sha384(SEPARATOR_EVENT).digest()).digest()
+
+
+class FakeAttester:
+    """Test attester: a structurally valid, signed, clearly fake TDX quote v4. Never production."""
+
+    name = "fake"
+    simulated = True
+
+    def quote(self, report_data: bytes) -> bytes:
+        if len(report_data) != REPORT_DATA_SIZE:
+            raise AttesterError(
+                f"REPORTDATA must be {REPORT_DATA_SIZE} bytes, got {len(report_data)}"
+            )
+        header = QUOTE_HEADER.pack(
+            QUOTE_VERSION_4, ATT_KEY_TYPE_ECDSA_P256, TEE_TYPE_TDX, 0, FAKE_QE_VENDOR_ID,
+            FAKE_USER_DATA,
+        )
+        rtmr = _separator_rtmr()
+        zero48 = bytes(SHA384_SIZE)
+        body = TD_QUOTE_BODY.pack(
+            bytes(16), zero48, zero48, bytes(8), bytes(8), bytes(8),
+            hashlib.sha384(b"FAKE MRTD").digest(), zero48, zero48, zero48,
+            rtmr, rtmr, rtmr, rtmr, report_data,
+        )
+        attestation_key = ec.generate_private_key(ec.SECP256R1())
+        r, s = decode_dss_signature(
+            attestation_key.sign(header + body, ec.ECDSA(hashes.SHA256()))
+        )
+        numbers = attestation_key.public_key().public_numbers()
+        att_pub = numbers.x.to_bytes(ECDSA_P256_COORD, "big") + numbers.y.to_bytes(
+            ECDSA_P256_COORD, "big"
+        )
+        qe_auth = b""
+        qe_report = bytearray(SGX_REPORT_BODY_SIZE)
+        bound = hashlib.sha256(att_pub + qe_auth).digest()
+        start = SGX_REPORT_BODY_REPORT_DATA_OFFSET
+        qe_report[start:start + len(bound)] = bound
+        pck = CERT_DATA_HEADER.pack(CERT_DATA_PCK_CHAIN, len(FAKE_PCK_CHAIN)) + FAKE_PCK_CHAIN
+        qe_cert_data = (
+            bytes(qe_report) + bytes(2 * ECDSA_P256_COORD)
+            + QE_AUTH_DATA_SIZE.pack(len(qe_auth)) + qe_auth + pck
+        )
+        signature_data = (
+            r.to_bytes(ECDSA_P256_COORD, "big") + s.to_bytes(ECDSA_P256_COORD, "big") + att_pub
+            + CERT_DATA_HEADER.pack(CERT_DATA_QE_REPORT, len(qe_cert_data)) + qe_cert_data
+        )
+        return header + body + SIGNATURE_DATA_LEN.pack(len(signature_data)) + signature_data
+
+    def event_log(self) -> bytes:
+        return cc_event_log_separators()
+
+
+# Linux configfs-tsm (Documentation/ABI/testing/configfs-tsm) and the CCEL ACPI table's log area.
+TSM_REPORT_ROOT = Path("/sys/kernel/config/tsm/report")
+CCEL_LOG_PATH = Path("/sys/firmware/acpi/tables/data/CCEL")
+TSM_PROVIDER_TDX = "tdx_guest"
+
+
+class TsmAttester:
+    """Real TDX quotes through a TD guest kernel's configfs-tsm (for `vtpm serve` inside a TD).
+
+    Untested on hardware here (no TDX); only its failure path is tested. Any failure is an error."""
+
+    name = "tsm"
+    simulated = False
+
+    def __init__(self, root: Path = TSM_REPORT_ROOT, log_path: Path = CCEL_LOG_PATH) -> None:
+        self.root = root
+        self.log_path = log_path
+
+    def quote(self, report_data: bytes) -> bytes:
+        if len(report_data) != REPORT_DATA_SIZE:
+            raise AttesterError(
+                f"REPORTDATA must be {REPORT_DATA_SIZE} bytes, got {len(report_data)}"
+            )
+        if not self.root.is_dir():
+            raise AttesterError(f"configfs-tsm not available at {self.root} (not in a TD?)")
+        entry = self.root / f"vtpm-{uuid.uuid4().hex}"
+        try:
+            entry.mkdir()
+            provider = (entry / "provider").read_text().strip()
+            if provider != TSM_PROVIDER_TDX:
+                raise AttesterError(f"{entry}/provider is {provider!r}, not {TSM_PROVIDER_TDX!r}")
+            (entry / "inblob").write_bytes(report_data)
+            quote = (entry / "outblob").read_bytes()
+            generation = int((entry / "generation").read_text())
+        except OSError as exc:
+            raise AttesterError(f"configfs-tsm report at {entry}: {exc}") from exc
+        finally:
+            if entry.exists():
+                os.rmdir(entry)
+        if generation != 1:
+            raise AttesterError(f"{entry}: generation {generation}, another writer raced us")
+        if not quote:
+            raise AttesterError(f"{entry}/outblob is empty")
+        return quote
+
+    def event_log(self) -> bytes:
+        try:
+            return self.log_path.read_bytes()
+        except OSError as exc:
+            raise AttesterError(f"CC event log {self.log_path}: {exc}") from exc
+
+
+ATTESTERS: dict[str, type[FakeAttester] | type[TsmAttester]] = {
+    "fake": FakeAttester,
+    "tsm": TsmAttester,
+}
+
+
+def attester_from_name(name: str) -> Attester:
+    """The attester registered under `name`; an error naming the known ones otherwise."""
+    factory = ATTESTERS.get(name)
+    if factory is None:
+        raise UnknownAttesterError(
+            f"unknown attester {name!r}; known: {', '.join(sorted(ATTESTERS))} (the L1 paravisor "
+            "passes its own TDX attester object)"
+        )
+    return factory()

@@ -1,0 +1,130 @@
+"""`vtpm` command line: `serve` runs the socket server, `info` describes a running TPM."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from types import FrameType
+
+from vtpm.engine import TpmEngine
+from vtpm.server import Provisioner, VtpmServer
+
+DEFAULT_PORT = 2321
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_EKS = "rsa,ecc"
+# The standalone server has no TD to quote, so its default attester is the clearly fake one.
+DEFAULT_ATTESTER = "fake"
+READY_PREFIX = "vtpm: ready"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vtpm", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="serve a fresh in-memory vTPM (swtpm and mssim sockets)")
+    serve.add_argument("--port", type=int, default=DEFAULT_PORT,
+                       help=f"command port; the platform port is port+1 (default {DEFAULT_PORT}; "
+                            "0 picks a free pair)")
+    serve.add_argument("--host", default=DEFAULT_HOST, help=f"address (default {DEFAULT_HOST})")
+    serve.add_argument("--wipe-on-power-cycle", action="store_true",
+                       help="forget all NV and re-manufacture on every platform power cycle")
+    serve.add_argument("--ek", default=DEFAULT_EKS,
+                       help=f"EK kinds to manufacture, comma-separated (default {DEFAULT_EKS})")
+    serve.add_argument("--attester", default=DEFAULT_ATTESTER,
+                       help=f"attester that quotes the CA key (default {DEFAULT_ATTESTER!r})")
+    serve.add_argument("--no-provision", action="store_true",
+                       help="skip manufacture: serve a started TPM without EKs or certificates")
+    serve.add_argument("-v", "--verbose", action="store_true", help="log every connection error")
+    info = sub.add_parser("info", help="print EK names, certificate subjects and PCR banks")
+    info.add_argument("--tcti", required=True, help="TCTI string, e.g. mssim:host=...,port=...")
+    return parser
+
+
+def _provisioner(eks: list[str], attester_name: str) -> tuple[Provisioner | None, str]:
+    """The manufacture step for the server, and a line saying what it is (or why it is absent)."""
+    try:
+        from vtpm import attest, manufacture
+    except ImportError as exc:
+        return None, f"provisioning unavailable ({exc}): serving an UNPROVISIONED TPM"
+    if not hasattr(manufacture, "manufacture") or not hasattr(attest, "attester_from_name"):
+        return None, "provisioning unavailable (manufacture API missing): UNPROVISIONED TPM"
+    attester = attest.attester_from_name(attester_name)
+
+    def provision(engine: TpmEngine) -> object:
+        return manufacture.manufacture(engine, ek=eks, attester=attester)
+
+    note = f"provisioning: EKs {','.join(eks)}, attester {attester_name!r}"
+    if attester_name == "fake":
+        note += " (FAKE quote: the CA is not bound to any TD)"
+    return provision, note
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Run the server until SIGTERM/SIGINT or a TPM_STOP signal."""
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="vtpm: %(message)s", stream=sys.stderr)
+    eks = [k.strip() for k in args.ek.split(",") if k.strip()]
+    if args.no_provision:
+        provision, note = None, "provisioning: skipped (--no-provision): UNPROVISIONED TPM"
+    else:
+        try:
+            provision, note = _provisioner(eks, args.attester)
+        except (KeyError, ValueError, LookupError) as exc:
+            print(f"vtpm serve: {exc}", file=sys.stderr)
+            return 2
+    engine = TpmEngine()
+    try:
+        try:
+            server = VtpmServer(engine, args.host, args.port,
+                                wipe_on_power_cycle=args.wipe_on_power_cycle, provision=provision)
+        except OSError as exc:
+            print(f"vtpm serve: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+            return 1
+        print(f"vtpm: libtpms TPM 2.0, NV in memory only; {note}", flush=True)
+        try:
+            server.start_tpm()
+        except Exception as exc:
+            print(f"vtpm serve: bringing up the TPM failed: {exc}", file=sys.stderr)
+            return 1
+
+        def stop(signum: int, _frame: FrameType | None) -> None:
+            server.request_stop()
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        mode = "wipe on power cycle" if args.wipe_on_power_cycle else "state kept until exit"
+        for name, tcti in server.tcti_strings().items():
+            print(f"vtpm: TCTI {name}: {tcti}", flush=True)
+        print(f"{READY_PREFIX} on {args.host} command port {server.port} platform port "
+              f"{server.platform_port} ({mode})", flush=True)
+        server.serve_forever()
+        print("vtpm: stopped", flush=True)
+        return 0
+    finally:
+        engine.close()
+
+
+def info(args: argparse.Namespace) -> int:
+    """Print vtpm.info.describe(tcti)."""
+    try:
+        describe = importlib.import_module("vtpm.info").describe
+    except (ImportError, AttributeError) as exc:
+        print(f"vtpm info: not available ({exc})", file=sys.stderr)
+        return 2
+    try:
+        print(str(describe(args.tcti)))
+    except Exception as exc:
+        print(f"vtpm info: {args.tcti}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `python -m vtpm` and the `vtpm` console script."""
+    args = _parser().parse_args(argv)
+    if args.command == "serve":
+        return serve(args)
+    return info(args)

@@ -1,0 +1,405 @@
+"""The vTPM socket server: swtpm data channel and mssim on one port, mssim platform on port+1.
+
+One thread, one epoll loop: every TPM command runs on the loop, so commands from all clients
+are serialized and a client that vanishes mid-command affects nobody else. Sockets get TCP_NODELAY,
+and TCP_QUICKACK is re-armed after every receive so the tss2 mssim TCTI's small writes do not stall
+on Nagle plus delayed ACK.
+
+Port+1 also answers the swtpm TCTI, which opens its own connection there for CMD_SET_LOCALITY
+(and CMD_INIT): a platform connection that starts with command 5, which is no mssim platform signal,
+is parsed as swtpm control (see `vtpm.protocol.PlatformChannel`). The locality it sets applies to
+swtpm-framed commands; mssim frames carry their own.
+
+At start the TPM is powered on and provisioned (or just started), so it serves like swtpm with
+`--flags startup-clear`. A platform POWER_OFF then POWER_ON behaves like hardware: the client must
+send TPM2_Startup. With `wipe_on_power_cycle` the power-on first forgets all NV and re-provisions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import logging
+import select
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from vtpm.engine import MAX_LOCALITY, TpmEngine
+from vtpm.libtpms import TPM_FAIL, TPM_SUCCESS
+from vtpm.protocol import (
+    SWTPM_CAP_INIT,
+    SWTPM_CAP_SET_LOCALITY,
+    SWTPM_CAPABILITIES,
+    U32,
+    CommandChannel,
+    ControlRequest,
+    Framing,
+    MssimCommand,
+    PlatformChannel,
+    ProtocolError,
+    SwtpmControl,
+    SwtpmControlRequest,
+    TpmRequest,
+    ack,
+    handshake_response,
+    mssim_response,
+)
+
+log = logging.getLogger("vtpm.server")
+
+Provisioner = Callable[[TpmEngine], object]
+
+RECV_SIZE = 65536
+LISTEN_BACKLOG = 64
+# Stop parsing a connection's frames while this much output waits for the client to read it.
+OUTPUT_HIGH_WATER = 65536
+# Reply to a platform signal that failed (the mssim TCTI treats any non-zero as an error).
+PLATFORM_FAILURE = 1
+PORT_PAIR_ATTEMPTS = 50
+# Connections beyond this are closed at once, so descriptor exhaustion cannot wedge the loop.
+MAX_CONNECTIONS = 512
+HAVE_QUICKACK = hasattr(socket, "TCP_QUICKACK")
+
+
+class Port(enum.Enum):
+    """Which listening port a connection came in on."""
+
+    COMMAND = "command"
+    PLATFORM = "platform"
+
+
+@dataclass(slots=True)
+class _Connection:
+    sock: socket.socket
+    port: Port
+    address: tuple[str, int]
+    channel: CommandChannel | PlatformChannel
+    output: bytearray = field(default_factory=bytearray)
+    close_after_flush: bool = False
+    writing: bool = False  # registered for EPOLLOUT instead of EPOLLIN
+
+    @property
+    def peer(self) -> str:
+        return f"{self.address[0]}:{self.address[1]}"
+
+
+class VtpmServer:
+    """Serve one TpmEngine on a command port and the platform port right above it."""
+
+    def __init__(
+        self,
+        engine: TpmEngine,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        wipe_on_power_cycle: bool = False,
+        provision: Provisioner | None = None,
+    ) -> None:
+        self.engine = engine
+        self.host = host
+        self.wipe_on_power_cycle = wipe_on_power_cycle
+        self.provision = provision
+        self.provision_result: object = None
+        self._epoll = select.epoll()
+        self._stop = threading.Event()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._connections: dict[int, _Connection] = {}
+        self._swtpm_locality = 0  # set through the swtpm control channel, used for swtpm framing
+        self._command_listener, self._platform_listener = _bind_pair(host, port)
+        self.port: int = self._command_listener.getsockname()[1]
+
+    # -- public API -----------------------------------------------------------------------------
+
+    @property
+    def platform_port(self) -> int:
+        """The mssim platform port (always command port + 1)."""
+        return self.port + 1
+
+    def tcti_strings(self) -> dict[str, str]:
+        """The TCTI configuration strings clients use to reach this server."""
+        return {
+            "mssim": f"mssim:host={self.host},port={self.port}",
+            "swtpm": f"swtpm:host={self.host},port={self.port}",
+        }
+
+    def start_tpm(self) -> None:
+        """Power the TPM on and provision it (or send TPM2_Startup(CLEAR) if there is nothing to
+        provision with)."""
+        self.engine.power_on()
+        self._provision_or_start()
+
+    def serve_forever(self) -> None:
+        """Run the event loop until request_stop() or a TPM_STOP signal."""
+        ep = self._epoll
+        listeners = {
+            self._command_listener.fileno(): (self._command_listener, Port.COMMAND),
+            self._platform_listener.fileno(): (self._platform_listener, Port.PLATFORM),
+        }
+        wake_fd = self._wake_r.fileno()
+        for fd in listeners:
+            ep.register(fd, select.EPOLLIN)
+        ep.register(wake_fd, select.EPOLLIN)
+        connections = self._connections
+        try:
+            while not self._stop.is_set():
+                for fd, events in ep.poll():
+                    conn = connections.get(fd)
+                    if conn is not None:
+                        self._service(conn, events)
+                    elif fd in listeners:
+                        self._accept(*listeners[fd])
+                    elif fd == wake_fd:
+                        with contextlib.suppress(OSError):
+                            self._wake_r.recv(RECV_SIZE)
+        finally:
+            self._shutdown()
+
+    def request_stop(self) -> None:
+        """Ask the loop to stop; safe from signal handlers and other threads."""
+        self._stop.set()
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"\0")
+
+    # -- connections ----------------------------------------------------------------------------
+
+    def _accept(self, listener: socket.socket, port: Port) -> None:
+        """Accept one connection (epoll is level-triggered: more pending ones wake us again)."""
+        try:
+            sock, addr = listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            log.warning("accept on %s port failed: %s", port.value, exc)
+            return
+        if len(self._connections) >= MAX_CONNECTIONS:
+            log.warning("%s port: %d connections open; refusing %s:%d", port.value,
+                        MAX_CONNECTIONS, addr[0], addr[1])
+            sock.close()
+            return
+        sock.setblocking(False)  # TCP_NODELAY is inherited from the listener (Linux)
+        channel: CommandChannel | PlatformChannel = (
+            CommandChannel() if port is Port.COMMAND else PlatformChannel()
+        )
+        conn = _Connection(sock, port, addr, channel)
+        self._connections[sock.fileno()] = conn
+        self._epoll.register(sock.fileno(), select.EPOLLIN)
+
+    def _service(self, conn: _Connection, events: int) -> None:
+        try:
+            if conn.writing:
+                self._flush(conn)
+            else:
+                self._receive(conn)
+        except Exception as exc:  # one client's failure must never take the server down
+            log.warning("%s connection %s: %s: closing", conn.port.value, conn.peer, exc)
+            self._close(conn)
+
+    def _receive(self, conn: _Connection) -> None:
+        try:
+            data = conn.sock.recv(RECV_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._close(conn)
+            return
+        if not data:
+            if self._has_backlog(conn):
+                log.info("command connection %s closed mid-frame; frame dropped", conn.peer)
+            self._close(conn)
+            return
+        if HAVE_QUICKACK:
+            conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+        channel = conn.channel
+        if (isinstance(channel, CommandChannel) and not conn.output
+                and channel.whole_command(data)):
+            conn.output += self.engine.process(data, self._swtpm_locality)
+        else:
+            channel.feed(data)
+            self._run_requests(conn)
+        self._flush(conn)
+
+    def _run_requests(self, conn: _Connection) -> None:
+        while len(conn.output) < OUTPUT_HIGH_WATER and not conn.close_after_flush:
+            try:
+                request = conn.channel.next_request()
+            except ProtocolError as exc:
+                log.warning("%s connection %s: %s", conn.port.value, conn.peer, exc)
+                conn.output += exc.reply
+                conn.close_after_flush = True
+                return
+            if request is None:
+                return
+            if isinstance(request, TpmRequest):
+                assert isinstance(conn.channel, CommandChannel)
+                locality = (request.locality if conn.channel.framing is Framing.MSSIM
+                            else self._swtpm_locality)
+                response = self.engine.process(request.command, locality)
+                if conn.channel.framing is Framing.MSSIM:
+                    conn.output += mssim_response(response)
+                else:
+                    conn.output += response
+            elif isinstance(request, SwtpmControlRequest):
+                self._swtpm_control(conn, request)
+            elif conn.port is Port.COMMAND:
+                self._command_control(conn, request)
+            else:
+                self._platform_signal(conn, request)
+
+    def _command_control(self, conn: _Connection, request: ControlRequest) -> None:
+        if request.code is MssimCommand.REMOTE_HANDSHAKE:
+            conn.output += handshake_response()
+        elif request.code is MssimCommand.SESSION_END:
+            conn.close_after_flush = True
+        elif request.code is MssimCommand.STOP:
+            conn.output += ack()
+            conn.close_after_flush = True
+            log.info("TPM_STOP from %s", conn.peer)
+            self.request_stop()
+
+    def _platform_signal(self, conn: _Connection, request: ControlRequest) -> None:
+        code = request.code
+        status = 0
+        try:
+            if code is MssimCommand.POWER_ON:
+                self._power_on()
+            elif code is MssimCommand.POWER_OFF:
+                self.engine.power_off()
+            elif code in (MssimCommand.RESET, MssimCommand.RESTART):
+                self.engine.power_off()
+                self._power_on()
+            elif code is MssimCommand.SESSION_END:
+                conn.close_after_flush = True
+                return
+            elif code is MssimCommand.STOP:
+                log.info("TPM_STOP from %s", conn.peer)
+                conn.close_after_flush = True
+                self.request_stop()
+            elif code is MssimCommand.ACT_GET_SIGNALED:
+                conn.output += U32.pack(0)  # no authenticated countdown timer is signalled
+        except Exception as exc:
+            log.error("platform signal %s from %s failed: %s", code.name, conn.peer, exc)
+            status = PLATFORM_FAILURE
+        conn.output += U32.pack(status)
+
+    def _swtpm_control(self, conn: _Connection, request: SwtpmControlRequest) -> None:
+        result = TPM_SUCCESS
+        if request.code is SwtpmControl.GET_CAPABILITY:
+            conn.output += U32.pack(result)
+            conn.output += SWTPM_CAPABILITIES.pack(SWTPM_CAP_INIT | SWTPM_CAP_SET_LOCALITY)
+            return
+        if request.code is SwtpmControl.SET_LOCALITY:
+            if request.argument > MAX_LOCALITY:
+                result = TPM_FAIL
+            else:
+                self._swtpm_locality = request.argument
+        else:  # INIT: re-initialize the TPM, as swtpm's CMD_INIT does
+            try:
+                self.engine.power_off()
+                self._power_on()
+            except Exception as exc:
+                log.error("swtpm CMD_INIT from %s failed: %s", conn.peer, exc)
+                result = TPM_FAIL
+        conn.output += U32.pack(result)
+
+    def _power_on(self) -> None:
+        if self.engine.powered:
+            return
+        if not self.wipe_on_power_cycle:
+            self.engine.power_on()
+            return
+        self.engine.wipe()
+        self.engine.power_on()
+        self._provision_or_start()
+        # A platform power-on hands the client a TPM waiting for TPM2_Startup, as hardware does.
+        self.engine.reset()
+
+    def _provision_or_start(self) -> None:
+        if self.provision is None:
+            self.engine.startup_clear()
+        else:
+            self.provision_result = self.provision(self.engine)
+
+    def _flush(self, conn: _Connection) -> None:
+        if conn.output:
+            try:
+                sent = conn.sock.send(conn.output)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                self._close(conn)
+                return
+            del conn.output[:sent]
+        if conn.output:
+            self._want_write(conn, True)
+            return
+        if conn.close_after_flush:
+            self._close(conn)
+            return
+        # Output drained: resume frames parsed but held back, then listen again.
+        if conn.writing and self._has_backlog(conn):
+            self._run_requests(conn)
+            if conn.output:
+                self._flush(conn)
+                return
+        self._want_write(conn, False)
+
+    def _want_write(self, conn: _Connection, writing: bool) -> None:
+        if conn.writing != writing:
+            conn.writing = writing
+            self._epoll.modify(conn.sock.fileno(), select.EPOLLOUT if writing else select.EPOLLIN)
+
+    @staticmethod
+    def _has_backlog(conn: _Connection) -> bool:
+        return isinstance(conn.channel, CommandChannel) and conn.channel.pending > 0
+
+    def _close(self, conn: _Connection) -> None:
+        fd = conn.sock.fileno()
+        if fd < 0 or self._connections.pop(fd, None) is None:
+            return
+        with contextlib.suppress(OSError, ValueError):
+            self._epoll.unregister(fd)
+        conn.sock.close()
+
+    def _shutdown(self) -> None:
+        for conn in list(self._connections.values()):
+            self._close(conn)
+        for sock in (self._command_listener, self._platform_listener, self._wake_r, self._wake_w):
+            sock.close()
+        self._epoll.close()
+
+
+def _listener(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.bind((host, port))
+        sock.listen(LISTEN_BACKLOG)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _bind_pair(host: str, port: int) -> tuple[socket.socket, socket.socket]:
+    """Bind the command port and the platform port right above it (any free pair for port 0)."""
+    if port:
+        command = _listener(host, port)
+        try:
+            return command, _listener(host, port + 1)
+        except OSError as exc:
+            command.close()
+            raise OSError(f"platform port {port + 1} on {host}: {exc}") from exc
+    for _ in range(PORT_PAIR_ATTEMPTS):
+        command = _listener(host, 0)
+        chosen = command.getsockname()[1]
+        try:
+            return command, _listener(host, chosen + 1)
+        except OSError:
+            command.close()
+    raise OSError(f"no free pair of adjacent ports on {host} after {PORT_PAIR_ATTEMPTS} tries")

@@ -1,0 +1,624 @@
+"""TPM 2.0 wire format: the few structures and commands the vTPM itself sends (TPM 2.0 Parts 1-3).
+
+Only stdlib: this runs inside L1. Layouts are `struct` formats or dataclasses with pack/unpack,
+named as TPM 2.0 Part 2 names them. `TpmClient` sends commands through any transport with
+`process(command) -> response` (a `TpmEngine`, or a socket to swtpm) and raises `TpmError`, which
+names the command, its code and the response code, when the TPM refuses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+# --- constants (Part 2) -------------------------------------------------------------------------
+
+TPM_ST_NO_SESSIONS = 0x8001
+TPM_ST_SESSIONS = 0x8002
+TPM_ST_HASHCHECK = 0x8024
+
+TPM_RC_SUCCESS = 0x000
+TPM_RC_INITIALIZE = 0x100
+TPM_RC_HANDLE = 0x08B  # format-one handle error; the handle number is in bits 8..10
+TPM_RC_NV_DEFINED = 0x14C
+RC_FMT1 = 0x080
+RC_FMT1_ERROR_MASK = 0x0BF
+
+TPM_SU_CLEAR = 0x0000
+
+TPM_RH_OWNER = 0x40000001
+TPM_RH_NULL = 0x40000007
+TPM_RS_PW = 0x40000009
+TPM_RH_ENDORSEMENT = 0x4000000B
+TPM_RH_PLATFORM = 0x4000000C
+
+TPM_ALG_RSA = 0x0001
+TPM_ALG_SHA1 = 0x0004
+TPM_ALG_AES = 0x0006
+TPM_ALG_SHA256 = 0x000B
+TPM_ALG_SHA384 = 0x000C
+TPM_ALG_SHA512 = 0x000D
+TPM_ALG_NULL = 0x0010
+TPM_ALG_RSASSA = 0x0014
+TPM_ALG_ECDSA = 0x0018
+TPM_ALG_ECC = 0x0023
+TPM_ALG_CFB = 0x0043
+
+TPM_ECC_NIST_P256 = 0x0003
+TPM_ECC_NIST_P384 = 0x0004
+
+HASH_ALGS: dict[int, str] = {
+    TPM_ALG_SHA1: "sha1",
+    TPM_ALG_SHA256: "sha256",
+    TPM_ALG_SHA384: "sha384",
+    TPM_ALG_SHA512: "sha512",
+}
+
+# TPMA_OBJECT bits (Part 2, 8.3).
+TPMA_OBJECT_FIXEDTPM = 1 << 1
+TPMA_OBJECT_STCLEAR = 1 << 2
+TPMA_OBJECT_FIXEDPARENT = 1 << 4
+TPMA_OBJECT_SENSITIVEDATAORIGIN = 1 << 5
+TPMA_OBJECT_USERWITHAUTH = 1 << 6
+TPMA_OBJECT_ADMINWITHPOLICY = 1 << 7
+TPMA_OBJECT_NODA = 1 << 10
+TPMA_OBJECT_RESTRICTED = 1 << 16
+TPMA_OBJECT_DECRYPT = 1 << 17
+TPMA_OBJECT_SIGN = 1 << 18
+
+# TPMA_NV bits (Part 2, 13.4).
+TPMA_NV_PPWRITE = 1 << 0
+TPMA_NV_WRITELOCKED = 1 << 11
+TPMA_NV_WRITEDEFINE = 1 << 13
+TPMA_NV_PPREAD = 1 << 16
+TPMA_NV_OWNERREAD = 1 << 17
+TPMA_NV_AUTHREAD = 1 << 18
+TPMA_NV_NO_DA = 1 << 25
+TPMA_NV_WRITTEN = 1 << 29
+TPMA_NV_PLATFORMCREATE = 1 << 30
+
+TPMA_SESSION_CONTINUESESSION = 0x01
+
+TPM_CAP_TPM_PROPERTIES = 0x00000006
+TPM_PT_FIXED = 0x100
+TPM_PT_MANUFACTURER = TPM_PT_FIXED + 5
+TPM_PT_VENDOR_STRING_1 = TPM_PT_FIXED + 6
+TPM_PT_VENDOR_STRING_2 = TPM_PT_FIXED + 7
+TPM_PT_VENDOR_STRING_3 = TPM_PT_FIXED + 8
+TPM_PT_VENDOR_STRING_4 = TPM_PT_FIXED + 9
+TPM_PT_FIRMWARE_VERSION_1 = TPM_PT_FIXED + 11
+TPM_PT_FIRMWARE_VERSION_2 = TPM_PT_FIXED + 12
+TPM_PT_NV_INDEX_MAX = TPM_PT_FIXED + 23
+TPM_PT_NV_BUFFER_MAX = TPM_PT_FIXED + 44
+
+# Command codes (Part 2, 6.5.2).
+TPM_CC_NV_UNDEFINE_SPACE = 0x00000122
+TPM_CC_NV_DEFINE_SPACE = 0x0000012A
+TPM_CC_CREATE_PRIMARY = 0x00000131
+TPM_CC_NV_WRITE = 0x00000137
+TPM_CC_NV_WRITE_LOCK = 0x00000138
+TPM_CC_STARTUP = 0x00000144
+TPM_CC_NV_READ = 0x0000014E
+TPM_CC_SIGN = 0x0000015D
+TPM_CC_FLUSH_CONTEXT = 0x00000165
+TPM_CC_NV_READ_PUBLIC = 0x00000169
+TPM_CC_GET_CAPABILITY = 0x0000017A
+TPM_CC_CREATE_LOADED = 0x00000191
+
+COMMAND_NAMES: dict[int, str] = {
+    TPM_CC_NV_UNDEFINE_SPACE: "TPM2_NV_UndefineSpace",
+    TPM_CC_NV_DEFINE_SPACE: "TPM2_NV_DefineSpace",
+    TPM_CC_CREATE_PRIMARY: "TPM2_CreatePrimary",
+    TPM_CC_NV_WRITE: "TPM2_NV_Write",
+    TPM_CC_NV_WRITE_LOCK: "TPM2_NV_WriteLock",
+    TPM_CC_STARTUP: "TPM2_Startup",
+    TPM_CC_NV_READ: "TPM2_NV_Read",
+    TPM_CC_SIGN: "TPM2_Sign",
+    TPM_CC_FLUSH_CONTEXT: "TPM2_FlushContext",
+    TPM_CC_NV_READ_PUBLIC: "TPM2_NV_ReadPublic",
+    TPM_CC_GET_CAPABILITY: "TPM2_GetCapability",
+    TPM_CC_CREATE_LOADED: "TPM2_CreateLoaded",
+}
+
+# --- fixed layouts (Part 1, 18; Part 2) ---------------------------------------------------------
+
+TPM_HEADER = struct.Struct(">HII")  # tag, commandSize/responseSize, commandCode/responseCode
+TPM_HEADER_SIZE = TPM_HEADER.size
+UINT8 = struct.Struct(">B")
+UINT16 = struct.Struct(">H")
+UINT32 = struct.Struct(">I")
+TPMS_TAGGED_PROPERTY = struct.Struct(">II")  # property, value
+GET_CAPABILITY_PARAMS = struct.Struct(">III")  # capability, property, propertyCount
+TPMT_TK_HASHCHECK_NULL = struct.Struct(">HIH")  # tag, hierarchy, digest.size (= 0)
+
+
+class WireError(ValueError):
+    """Bytes from the TPM do not parse as the structure expected; says which field and offset."""
+
+
+class TpmError(RuntimeError):
+    """The TPM answered a command with a response code other than TPM_RC_SUCCESS."""
+
+    def __init__(self, command_code: int, rc: int, detail: str = "") -> None:
+        self.command_code = command_code
+        self.rc = rc
+        name = COMMAND_NAMES.get(command_code, "TPM2 command")
+        extra = f" ({detail})" if detail else ""
+        super().__init__(f"{name} (cc 0x{command_code:08x}) failed: rc=0x{rc:03x}{extra}")
+
+
+class Transport(Protocol):
+    """Anything that runs one TPM 2.0 command and returns the response bytes."""
+
+    def process(self, command: bytes) -> bytes: ...
+
+
+def tpm2b(data: bytes) -> bytes:
+    """A TPM2B: a 16-bit big-endian size followed by that many bytes."""
+    if len(data) > 0xFFFF:
+        raise WireError(f"TPM2B payload of {len(data)} bytes does not fit a 16-bit size")
+    return UINT16.pack(len(data)) + data
+
+
+class Reader:
+    """Sequential unmarshalling with offsets in every error."""
+
+    def __init__(self, data: bytes, what: str = "response") -> None:
+        self.data = data
+        self.offset = 0
+        self.what = what
+
+    def take(self, size: int, name: str) -> bytes:
+        end = self.offset + size
+        if end > len(self.data):
+            raise WireError(
+                f"{self.what}: field {name} at offset {self.offset} needs {size} bytes, "
+                f"only {len(self.data) - self.offset} left"
+            )
+        chunk = self.data[self.offset:end]
+        self.offset = end
+        return chunk
+
+    def u8(self, name: str) -> int:
+        return int(UINT8.unpack(self.take(UINT8.size, name))[0])
+
+    def u16(self, name: str) -> int:
+        return int(UINT16.unpack(self.take(UINT16.size, name))[0])
+
+    def u32(self, name: str) -> int:
+        return int(UINT32.unpack(self.take(UINT32.size, name))[0])
+
+    def tpm2b(self, name: str) -> bytes:
+        return self.take(self.u16(f"{name}.size"), name)
+
+    def rest(self) -> bytes:
+        chunk = self.data[self.offset:]
+        self.offset = len(self.data)
+        return chunk
+
+    def expect_end(self) -> None:
+        if self.offset != len(self.data):
+            raise WireError(
+                f"{self.what}: {len(self.data) - self.offset} trailing bytes "
+                f"at offset {self.offset}"
+            )
+
+
+# --- object structures (Part 2, 12) -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SymDefObject:
+    """TPMT_SYM_DEF_OBJECT: algorithm, keyBits and mode (the last two absent for TPM_ALG_NULL)."""
+
+    algorithm: int = TPM_ALG_NULL
+    key_bits: int = 0
+    mode: int = 0
+
+    def pack(self) -> bytes:
+        if self.algorithm == TPM_ALG_NULL:
+            return UINT16.pack(TPM_ALG_NULL)
+        return struct.pack(">HHH", self.algorithm, self.key_bits, self.mode)
+
+    @classmethod
+    def unpack(cls, r: Reader) -> SymDefObject:
+        algorithm = r.u16("symmetric.algorithm")
+        if algorithm == TPM_ALG_NULL:
+            return cls()
+        return cls(algorithm, r.u16("symmetric.keyBits"), r.u16("symmetric.mode"))
+
+
+@dataclass(frozen=True)
+class Scheme:
+    """TPMT_RSA_SCHEME / TPMT_ECC_SCHEME / TPMT_KDF_SCHEME / TPMT_SIG_SCHEME: scheme + hashAlg."""
+
+    scheme: int = TPM_ALG_NULL
+    hash_alg: int = TPM_ALG_NULL
+
+    def pack(self) -> bytes:
+        if self.scheme == TPM_ALG_NULL:
+            return UINT16.pack(TPM_ALG_NULL)
+        return struct.pack(">HH", self.scheme, self.hash_alg)
+
+    @classmethod
+    def unpack(cls, r: Reader, name: str) -> Scheme:
+        scheme = r.u16(f"{name}.scheme")
+        if scheme == TPM_ALG_NULL:
+            return cls()
+        return cls(scheme, r.u16(f"{name}.details.hashAlg"))
+
+
+@dataclass(frozen=True)
+class RsaParms:
+    """TPMS_RSA_PARMS; exponent 0 means the default 65537."""
+
+    symmetric: SymDefObject = SymDefObject()
+    scheme: Scheme = Scheme()
+    key_bits: int = 2048
+    exponent: int = 0
+
+    def pack(self) -> bytes:
+        return (
+            self.symmetric.pack() + self.scheme.pack()
+            + struct.pack(">HI", self.key_bits, self.exponent)
+        )
+
+    @classmethod
+    def unpack(cls, r: Reader) -> RsaParms:
+        return cls(
+            SymDefObject.unpack(r), Scheme.unpack(r, "scheme"),
+            r.u16("keyBits"), r.u32("exponent"),
+        )
+
+
+@dataclass(frozen=True)
+class EccParms:
+    """TPMS_ECC_PARMS."""
+
+    symmetric: SymDefObject = SymDefObject()
+    scheme: Scheme = Scheme()
+    curve_id: int = TPM_ECC_NIST_P256
+    kdf: Scheme = Scheme()
+
+    def pack(self) -> bytes:
+        return (
+            self.symmetric.pack() + self.scheme.pack() + UINT16.pack(self.curve_id)
+            + self.kdf.pack()
+        )
+
+    @classmethod
+    def unpack(cls, r: Reader) -> EccParms:
+        return cls(
+            SymDefObject.unpack(r), Scheme.unpack(r, "scheme"), r.u16("curveID"),
+            Scheme.unpack(r, "kdf"),
+        )
+
+
+@dataclass(frozen=True)
+class Public:
+    """TPMT_PUBLIC for RSA and ECC keys. `unique` is the RSA modulus, or (x, y) for ECC."""
+
+    type: int
+    name_alg: int
+    object_attributes: int
+    auth_policy: bytes
+    parameters: RsaParms | EccParms
+    unique: bytes | tuple[bytes, bytes]
+
+    def pack(self) -> bytes:
+        head = struct.pack(">HHI", self.type, self.name_alg, self.object_attributes)
+        if isinstance(self.unique, tuple):
+            unique = tpm2b(self.unique[0]) + tpm2b(self.unique[1])
+        else:
+            unique = tpm2b(self.unique)
+        return head + tpm2b(self.auth_policy) + self.parameters.pack() + unique
+
+    @classmethod
+    def unpack(cls, r: Reader) -> Public:
+        key_type = r.u16("type")
+        name_alg = r.u16("nameAlg")
+        attributes = r.u32("objectAttributes")
+        policy = r.tpm2b("authPolicy")
+        parameters: RsaParms | EccParms
+        unique: bytes | tuple[bytes, bytes]
+        if key_type == TPM_ALG_RSA:
+            parameters = RsaParms.unpack(r)
+            unique = r.tpm2b("unique.rsa")
+        elif key_type == TPM_ALG_ECC:
+            parameters = EccParms.unpack(r)
+            unique = (r.tpm2b("unique.ecc.x"), r.tpm2b("unique.ecc.y"))
+        else:
+            raise WireError(f"{r.what}: TPMT_PUBLIC.type 0x{key_type:04x} is neither RSA nor ECC")
+        return cls(key_type, name_alg, attributes, policy, parameters, unique)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Public:
+        """Unpack a marshalled TPMT_PUBLIC that must fill `data` exactly."""
+        r = Reader(data, "TPMT_PUBLIC")
+        public = cls.unpack(r)
+        r.expect_end()
+        return public
+
+    def name(self) -> bytes:
+        """The object's Name: nameAlg, then the nameAlg digest of the marshalled TPMT_PUBLIC."""
+        return name_of(self.name_alg, self.pack())
+
+
+def name_of(name_alg: int, marshalled_public: bytes) -> bytes:
+    """TPM2B_NAME contents for an object or NV index whose public area is `marshalled_public`."""
+    if name_alg not in HASH_ALGS:
+        raise WireError(f"nameAlg 0x{name_alg:04x} is not a supported hash")
+    return UINT16.pack(name_alg) + hashlib.new(HASH_ALGS[name_alg], marshalled_public).digest()
+
+
+@dataclass(frozen=True)
+class SensitiveCreate:
+    """TPMS_SENSITIVE_CREATE: userAuth and data (both TPM2B)."""
+
+    user_auth: bytes = b""
+    data: bytes = b""
+
+    def pack(self) -> bytes:
+        return tpm2b(self.user_auth) + tpm2b(self.data)
+
+
+@dataclass(frozen=True)
+class NvPublic:
+    """TPMS_NV_PUBLIC."""
+
+    nv_index: int
+    name_alg: int
+    attributes: int
+    auth_policy: bytes
+    data_size: int
+
+    def pack(self) -> bytes:
+        return (
+            struct.pack(">IHI", self.nv_index, self.name_alg, self.attributes)
+            + tpm2b(self.auth_policy) + UINT16.pack(self.data_size)
+        )
+
+    @classmethod
+    def unpack(cls, r: Reader) -> NvPublic:
+        return cls(
+            r.u32("nvIndex"), r.u16("nameAlg"), r.u32("attributes"), r.tpm2b("authPolicy"),
+            r.u16("dataSize"),
+        )
+
+
+@dataclass(frozen=True)
+class EcdsaSignature:
+    """TPMT_SIGNATURE with sigAlg TPM_ALG_ECDSA: hash and the (r, s) integers."""
+
+    hash_alg: int
+    r: int
+    s: int
+
+
+def unpack_signature(r: Reader) -> EcdsaSignature:
+    """TPMT_SIGNATURE; only ECDSA, the one scheme the vTPM signs its certificates with."""
+    sig_alg = r.u16("signature.sigAlg")
+    if sig_alg != TPM_ALG_ECDSA:
+        raise WireError(f"{r.what}: signature.sigAlg 0x{sig_alg:04x}, expected ECDSA")
+    hash_alg = r.u16("signature.hash")
+    sig_r = int.from_bytes(r.tpm2b("signature.signatureR"), "big")
+    sig_s = int.from_bytes(r.tpm2b("signature.signatureS"), "big")
+    return EcdsaSignature(hash_alg, sig_r, sig_s)
+
+
+# --- commands and responses (Part 1, 18) --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PasswordAuth:
+    """TPMS_AUTH_COMMAND for the password session TPM_RS_PW."""
+
+    password: bytes = b""
+
+    def pack(self) -> bytes:
+        return (
+            UINT32.pack(TPM_RS_PW) + tpm2b(b"") + UINT8.pack(TPMA_SESSION_CONTINUESESSION)
+            + tpm2b(self.password)
+        )
+
+
+def build_command(
+    code: int, handles: Sequence[int] = (), params: bytes = b"",
+    auths: Sequence[PasswordAuth] = (),
+) -> bytes:
+    """Marshal a command: header, handles, authorization area (if any), parameters."""
+    body = b"".join(UINT32.pack(h) for h in handles)
+    if auths:
+        area = b"".join(a.pack() for a in auths)
+        body += UINT32.pack(len(area)) + area
+    body += params
+    tag = TPM_ST_SESSIONS if auths else TPM_ST_NO_SESSIONS
+    return TPM_HEADER.pack(tag, TPM_HEADER_SIZE + len(body), code) + body
+
+
+@dataclass
+class Response:
+    """A successful response split into its handles and its parameter area."""
+
+    handles: list[int] = field(default_factory=list)
+    params: bytes = b""
+
+
+def parse_response(code: int, response: bytes, n_handles: int = 0) -> Response:
+    """Check the header and response code, then split handles, parameterSize and parameters."""
+    what = f"{COMMAND_NAMES.get(code, 'TPM2 command')} response"
+    r = Reader(response, what)
+    tag = r.u16("tag")
+    size = r.u32("responseSize")
+    rc = r.u32("responseCode")
+    if size != len(response):
+        raise WireError(f"{what}: responseSize {size} but {len(response)} bytes arrived")
+    if rc != TPM_RC_SUCCESS:
+        raise TpmError(code, rc)
+    if tag not in (TPM_ST_NO_SESSIONS, TPM_ST_SESSIONS):
+        raise WireError(f"{what}: bad tag 0x{tag:04x} at offset 0")
+    handles = [r.u32(f"handle[{i}]") for i in range(n_handles)]
+    has_sessions = tag == TPM_ST_SESSIONS
+    params = r.take(r.u32("parameterSize"), "parameters") if has_sessions else r.rest()
+    return Response(handles, params)
+
+
+def rc_base(rc: int) -> int:
+    """The error number without the handle/parameter/session position bits."""
+    return rc & RC_FMT1_ERROR_MASK if rc & RC_FMT1 else rc
+
+
+# --- the commands the vTPM sends ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CreatedObject:
+    """What TPM2_CreatePrimary / TPM2_CreateLoaded return that the vTPM keeps."""
+
+    handle: int
+    public: Public
+    name: bytes
+
+
+class TpmClient:
+    """TPM 2.0 commands over a `Transport`, with password authorization."""
+
+    def __init__(self, transport: Transport) -> None:
+        self.transport = transport
+
+    def call(
+        self, code: int, handles: Sequence[int] = (), params: bytes = b"",
+        auths: Sequence[PasswordAuth] = (), n_out_handles: int = 0,
+    ) -> Response:
+        command = build_command(code, handles, params, auths)
+        return parse_response(code, self.transport.process(command), n_out_handles)
+
+    def startup_clear(self) -> bool:
+        """TPM2_Startup(CLEAR); False if the TPM had already been started."""
+        try:
+            self.call(TPM_CC_STARTUP, params=UINT16.pack(TPM_SU_CLEAR))
+        except TpmError as exc:
+            if exc.rc == TPM_RC_INITIALIZE:
+                return False
+            raise
+        return True
+
+    def get_properties(self, first: int, count: int) -> dict[int, int]:
+        """TPM2_GetCapability(TPM_PROPERTIES): property -> value for up to `count` properties."""
+        resp = self.call(
+            TPM_CC_GET_CAPABILITY,
+            params=GET_CAPABILITY_PARAMS.pack(TPM_CAP_TPM_PROPERTIES, first, count),
+        )
+        r = Reader(resp.params, "TPM2_GetCapability response")
+        r.u8("moreData")
+        capability = r.u32("capabilityData.capability")
+        if capability != TPM_CAP_TPM_PROPERTIES:
+            raise WireError(f"TPM2_GetCapability: capability 0x{capability:x} returned")
+        out = {}
+        for i in range(r.u32("tpmProperties.count")):
+            prop, value = TPMS_TAGGED_PROPERTY.unpack(
+                r.take(TPMS_TAGGED_PROPERTY.size, f"tpmProperty[{i}]")
+            )
+            out[prop] = value
+        return out
+
+    def create_primary(
+        self, hierarchy: int, template: Public, sensitive: SensitiveCreate = SensitiveCreate(),
+        hierarchy_auth: bytes = b"",
+    ) -> CreatedObject:
+        """TPM2_CreatePrimary with no outsideInfo and no creation PCRs."""
+        params = (
+            tpm2b(sensitive.pack()) + tpm2b(template.pack()) + tpm2b(b"") + UINT32.pack(0)
+        )
+        resp = self.call(
+            TPM_CC_CREATE_PRIMARY, [hierarchy], params, [PasswordAuth(hierarchy_auth)], 1
+        )
+        r = Reader(resp.params, "TPM2_CreatePrimary response")
+        public = Public.from_bytes(r.tpm2b("outPublic"))
+        r.tpm2b("creationData")
+        r.tpm2b("creationHash")
+        r.u16("creationTicket.tag")
+        r.u32("creationTicket.hierarchy")
+        r.tpm2b("creationTicket.digest")
+        name = r.tpm2b("name")
+        return CreatedObject(resp.handles[0], public, name)
+
+    def create_loaded(
+        self, parent: int, template: Public, sensitive: SensitiveCreate = SensitiveCreate(),
+        parent_auth: bytes = b"",
+    ) -> CreatedObject:
+        """TPM2_CreateLoaded: an ordinary key from the TPM RNG, loaded; its private blob dropped."""
+        params = tpm2b(sensitive.pack()) + tpm2b(template.pack())
+        resp = self.call(
+            TPM_CC_CREATE_LOADED, [parent], params, [PasswordAuth(parent_auth)], 1
+        )
+        r = Reader(resp.params, "TPM2_CreateLoaded response")
+        r.tpm2b("outPrivate")
+        public = Public.from_bytes(r.tpm2b("outPublic"))
+        name = r.tpm2b("name")
+        return CreatedObject(resp.handles[0], public, name)
+
+    def sign(self, key: int, digest: bytes, key_auth: bytes = b"") -> EcdsaSignature:
+        """TPM2_Sign of a digest with the key's own scheme and a NULL hashcheck ticket."""
+        params = (
+            tpm2b(digest) + Scheme().pack()
+            + TPMT_TK_HASHCHECK_NULL.pack(TPM_ST_HASHCHECK, TPM_RH_NULL, 0)
+        )
+        resp = self.call(TPM_CC_SIGN, [key], params, [PasswordAuth(key_auth)])
+        return unpack_signature(Reader(resp.params, "TPM2_Sign response"))
+
+    def flush(self, handle: int) -> None:
+        """TPM2_FlushContext."""
+        self.call(TPM_CC_FLUSH_CONTEXT, params=UINT32.pack(handle))
+
+    def nv_define(self, public: NvPublic, auth_handle: int = TPM_RH_PLATFORM) -> None:
+        """TPM2_NV_DefineSpace with an empty index authValue."""
+        params = tpm2b(b"") + tpm2b(public.pack())
+        self.call(TPM_CC_NV_DEFINE_SPACE, [auth_handle], params, [PasswordAuth()])
+
+    def nv_undefine(self, index: int, auth_handle: int = TPM_RH_PLATFORM) -> None:
+        """TPM2_NV_UndefineSpace."""
+        self.call(TPM_CC_NV_UNDEFINE_SPACE, [auth_handle, index], auths=[PasswordAuth()])
+
+    def nv_read_public(self, index: int) -> NvPublic | None:
+        """TPM2_NV_ReadPublic, or None if no index of that handle is defined."""
+        try:
+            resp = self.call(TPM_CC_NV_READ_PUBLIC, [index])
+        except TpmError as exc:
+            if rc_base(exc.rc) == TPM_RC_HANDLE:
+                return None
+            raise
+        r = Reader(resp.params, "TPM2_NV_ReadPublic response")
+        inner = Reader(r.tpm2b("nvPublic"), "TPMS_NV_PUBLIC")
+        return NvPublic.unpack(inner)
+
+    def nv_write(
+        self, index: int, data: bytes, chunk: int, auth_handle: int = TPM_RH_PLATFORM,
+    ) -> None:
+        """TPM2_NV_Write of `data` from offset 0, `chunk` bytes (TPM_PT_NV_BUFFER_MAX) at a time."""
+        for offset in range(0, len(data), chunk):
+            params = tpm2b(data[offset:offset + chunk]) + UINT16.pack(offset)
+            self.call(TPM_CC_NV_WRITE, [auth_handle, index], params, [PasswordAuth()])
+
+    def nv_write_lock(self, index: int, auth_handle: int = TPM_RH_PLATFORM) -> None:
+        """TPM2_NV_WriteLock; with TPMA_NV_WRITEDEFINE it holds until the index is undefined."""
+        self.call(TPM_CC_NV_WRITE_LOCK, [auth_handle, index], auths=[PasswordAuth()])
+
+    def nv_read(
+        self, index: int, size: int, chunk: int, auth_handle: int | None = None,
+    ) -> bytes:
+        """TPM2_NV_Read of `size` bytes from offset 0; by default authorized by the index itself."""
+        out = b""
+        auth = index if auth_handle is None else auth_handle
+        while len(out) < size:
+            n = min(chunk, size - len(out))
+            params = UINT16.pack(n) + UINT16.pack(len(out))
+            resp = self.call(TPM_CC_NV_READ, [auth, index], params, [PasswordAuth()])
+            data = Reader(resp.params, "TPM2_NV_Read response").tpm2b("data")
+            if len(data) != n:
+                raise WireError(f"TPM2_NV_Read of index 0x{index:08x}: asked {n}, got {len(data)}")
+            out += data
+        return out
