@@ -1,0 +1,1150 @@
+"""One L2 vCPU: real x86-64 code under unicorn over the TD's shared RAM (reference 2.5, 3.3, 4).
+
+The TD RAM is mapped into unicorn once (mem_map_ptr over the memfd, private and shared views);
+each page's unicorn protection is this VM's alias (R/W/X), or none when the alias is missing or
+the L1 SEPT page is not mapped. A protection fault becomes an EPT-violation exit; shared and
+unbacked GPAs become host-routed exits. No memory-access hooks are installed on RAM.
+
+Unicorn runs in virtual-TLB mode: its TLB misses call `_on_tlb_fill`, which walks L2's own page
+tables (identity while CR0.PG is clear). Every paging-structure read is checked against the
+alias, as the EPT checks it on hardware, so L2 cannot use L1-only memory as page tables; the
+exit then has the translated-access bit clear. A non-present entry is a #PF for L2.
+
+Unicorn has no hook that stops before CPUID, IN/OUT or RDMSR/WRMSR (its CPUID/IO hooks run the
+rest of the translation block, and MSR hooks are not supported), so a per-instruction code hook
+reads the opcode bytes and stops precisely before the exiting ones (about 1.3 M instructions/s
+here). It also counts the instruction budget (a runaway L2 ends in a host-routed timer exit)
+and watches RFLAGS.IF while an interrupt window is wanted.
+
+Simulator choices, documented: paging-entry permission bits (R/W, U/S, NX) and accessed/dirty
+bits are not modelled, only presence and the EPT side; event delivery through the IDT handles
+same-privilege (CPL0) 64-bit gates only; the error code of a #GP raised inside unicorn is
+delivered as 0; EPT-violation exits report instruction length 0 (the SDM leaves it undefined);
+virtualize-x2APIC mode behaves as fixed to 1 (the reference's write mask for secondary controls
+leaves bit 4 out); a host-routed L2 TDVMCALL completes (RIP advanced) before L1 sees
+TDX_L2_EXIT_HOST_ROUTED_TDVMCALL; L1 and host writes to pages L2 executed from are detected at
+the next entry and drop unicorn's stale translations of those pages.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any, cast
+
+from unicorn import (
+    UC_ARCH_X86,
+    UC_HOOK_CODE,
+    UC_HOOK_INSN_INVALID,
+    UC_HOOK_INTR,
+    UC_HOOK_MEM_FETCH_PROT,
+    UC_HOOK_MEM_FETCH_UNMAPPED,
+    UC_HOOK_MEM_READ_PROT,
+    UC_HOOK_MEM_READ_UNMAPPED,
+    UC_HOOK_MEM_WRITE_PROT,
+    UC_HOOK_MEM_WRITE_UNMAPPED,
+    UC_HOOK_TLB_FILL,
+    UC_MEM_FETCH,
+    UC_MEM_FETCH_PROT,
+    UC_MEM_FETCH_UNMAPPED,
+    UC_MEM_WRITE,
+    UC_MEM_WRITE_PROT,
+    UC_MEM_WRITE_UNMAPPED,
+    UC_MODE_64,
+    UC_PROT_ALL,
+    UC_PROT_EXEC,
+    UC_PROT_NONE,
+    UC_PROT_READ,
+    UC_PROT_WRITE,
+    UC_TLB_VIRTUAL,
+)
+from unicorn import x86_const as X
+from unicorn.unicorn import Uc, UcError
+
+from tdxsim.abi import (
+    ATTR_R,
+    ATTR_VALID,
+    ATTR_W,
+    ATTR_XS,
+    ATTR_XU,
+    EEQ_PEND_EPT_VIOLATION,
+    EPTV_EXECUTABLE,
+    EPTV_FETCH,
+    EPTV_GLA_VALID,
+    EPTV_READ,
+    EPTV_READABLE,
+    EPTV_TRANSLATED,
+    EPTV_USER_EXECUTABLE,
+    EPTV_WRITABLE,
+    EPTV_WRITE,
+    EXCEPTIONS_WITH_ERROR_CODE,
+    INTERRUPTIBILITY_MOV_SS,
+    INTERRUPTIBILITY_STI,
+    INTR_INFO_DELIVER_ERROR,
+    INTR_INFO_TYPE_MASK,
+    INTR_INFO_TYPE_SHIFT,
+    INTR_INFO_VALID,
+    INTR_INFO_VECTOR_MASK,
+    INTR_TYPE_EXTERNAL,
+    INTR_TYPE_HW_EXCEPTION,
+    INTR_TYPE_NMI,
+    INTR_TYPE_SW_EXCEPTION,
+    INTR_TYPE_SW_INTERRUPT,
+    IOQ_IMMEDIATE,
+    IOQ_IN,
+    IOQ_PORT_SHIFT,
+    IOQ_REP,
+    IOQ_STRING,
+    L2_CTLS_ENABLE_SHARED_EPTP,
+    L2_CTLS_ENABLE_TDVMCALL,
+    PAGE_SHIFT,
+    PAGE_SIZE,
+    PROC_INTERRUPT_WINDOW_EXITING,
+    PROC_PAUSE_EXITING,
+    PROC_RDTSC_EXITING,
+    PROC_USE_MSR_BITMAPS,
+    RFLAGS_FIXED,
+    RFLAGS_IF,
+    RFLAGS_NT,
+    RFLAGS_RF,
+    RFLAGS_TF,
+    SEC_VIRTUAL_INTR_DELIVERY,
+    TDX_L2_EXIT_HOST_ROUTED_ASYNC,
+    TDX_L2_EXIT_HOST_ROUTED_TDVMCALL,
+    TDX_L2_EXIT_PENDING_INTERRUPT,
+    TDX_SUCCESS,
+    U16_MASK,
+    U32_MASK,
+    VAPIC_IRR,
+    VAPIC_ISR,
+    VAPIC_PPR,
+    VAPIC_REG_STRIDE,
+    VAPIC_TPR,
+    VECTOR_DF,
+    VECTOR_PF,
+    VECTOR_UD,
+    VM_ENTRY_FAILURE,
+    X2APIC_MSR_EOI,
+    X2APIC_MSR_TPR,
+    ExitReason,
+    pack_intr_status,
+    pack_u32_pair,
+    unpack_intr_status,
+)
+from tdxsim.interfaces import Regs, TdExit
+from tdxsim.memory import PageState, TdMemory
+from tdxsim.sept import AliasTable
+from tdxsim.vmcs import L2Vmcs, Vmcs
+
+UNICORN: Any = Uc  # the binding is untyped
+
+# --- L2_ENTER_GUEST_STATE (reference 3.3): 16 GPRs, RFLAGS, RIP, SSP, u16 RVI|SVI<<8 ----------
+GUEST_STATE = struct.Struct("<16QQQQH")
+U64 = (1 << 64) - 1
+RUN_FOREVER = U64
+DEFAULT_INSTRUCTION_BUDGET = 5_000_000
+MAX_STOPS_PER_ENTRY = 10_000
+MAX_INSN_LEN = 15
+IDT_GATE_SIZE = 16
+IDT_GATE = struct.Struct("<HHBBHIxxxx")  # offset 15:0, selector, IST, type/attr, 31:16, 63:32
+GATE_PRESENT = 0x80
+GATE_TYPE_MASK = 0x0F
+GATE_TYPE_INTERRUPT = 0x0E
+GATE_TYPE_TRAP = 0x0F
+STACK_ALIGN = ~0xF & U64
+CPL_MASK = 0x3
+BITS_PER_APIC_REG = 32
+VAPIC_BIT_REGS = 8
+APIC_PRIORITY_CLASS = 0xF0
+VECTOR_COUNT = 256
+
+UC_GPRS = (
+    X.UC_X86_REG_RAX, X.UC_X86_REG_RCX, X.UC_X86_REG_RDX, X.UC_X86_REG_RBX,
+    X.UC_X86_REG_RSP, X.UC_X86_REG_RBP, X.UC_X86_REG_RSI, X.UC_X86_REG_RDI,
+    X.UC_X86_REG_R8, X.UC_X86_REG_R9, X.UC_X86_REG_R10, X.UC_X86_REG_R11,
+    X.UC_X86_REG_R12, X.UC_X86_REG_R13, X.UC_X86_REG_R14, X.UC_X86_REG_R15,
+)  # fmt: skip
+UC_STATE_REGS = (*UC_GPRS, X.UC_X86_REG_RFLAGS, X.UC_X86_REG_RIP)
+UC_CRS = (X.UC_X86_REG_CR0, X.UC_X86_REG_CR3, X.UC_X86_REG_CR4)
+CR_FIELDS = (Vmcs.GUEST_CR0, Vmcs.GUEST_CR3, Vmcs.GUEST_CR4)
+
+# --- opcodes the code hook recognizes ---------------------------------------------------------
+LEGACY_PREFIXES = frozenset({0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65, 0x66, 0x67, 0xF0, 0xF2, 0xF3})
+PREFIX_OPSIZE = 0x66
+PREFIX_REP = 0xF3
+PREFIX_REPNE = 0xF2
+REX_FIRST, REX_LAST = 0x40, 0x4F
+OP_TWO_BYTE = 0x0F
+OP_HLT = 0xF4
+OP_STI = 0xFB
+OP_MOV_SREG = 0x8E
+OP_NOP_PAUSE = 0x90
+MODRM_REG_SHIFT = 3
+MODRM_REG_MASK = 0x7
+SREG_SS = 2
+OP_INT3, OP_INTN, OP_INTO, OP_INT1 = 0xCC, 0xCD, 0xCE, 0xF1
+SOFTWARE_INT_OPS = frozenset({OP_INT3, OP_INTN, OP_INTO, OP_INT1})
+IO_IMM = {0xE4: (True, 1), 0xE5: (True, 0), 0xE6: (False, 1), 0xE7: (False, 0)}
+IO_DX = {0xEC: (True, 1), 0xED: (True, 0), 0xEE: (False, 1), 0xEF: (False, 0)}
+IO_STRING = {0x6C: (True, 1), 0x6D: (True, 0), 0x6E: (False, 1), 0x6F: (False, 0)}
+OP2_WRMSR, OP2_RDTSC, OP2_RDMSR, OP2_CPUID = 0x30, 0x31, 0x32, 0xA2
+OP2_INVD, OP2_WBINVD, OP2_GROUP7 = 0x08, 0x09, 0x01
+MODRM_VMCALL, MODRM_TDCALL, MODRM_XSETBV = 0xC1, 0xCC, 0xD1
+MODRM_MONITOR, MODRM_MWAIT = 0xC8, 0xC9
+GROUP7_OPCODE_LEN = 3  # 0F 01 modrm, after any prefixes
+FIRST_BYTES = (
+    LEGACY_PREFIXES
+    | set(range(REX_FIRST, REX_LAST + 1))
+    | {OP_TWO_BYTE, OP_HLT, OP_STI, OP_MOV_SREG, OP_NOP_PAUSE}
+    | set(IO_IMM) | set(IO_DX) | set(IO_STRING)
+)  # fmt: skip
+FIRST_BYTES_AFTER_REX = FIRST_BYTES - set(range(REX_FIRST, REX_LAST + 1)) - LEGACY_PREFIXES
+IO_SIZE_BYTE, IO_SIZE_WORD, IO_SIZE_DWORD = 1, 2, 4
+PAGE_OFFSET_MASK = 0xFFF
+OP2_MOV_TO_CR = 0x22
+
+# --- paging walk (4-level) ---------------------------------------------------------------------
+CR0_PG = 1 << 31
+PTE_PRESENT = 1
+PTE_LARGE = 1 << 7
+PTE_ADDR = 0x000FFFFFFFFFF000
+PT_INDEX_MASK = 0x1FF
+PT_LEVEL_SHIFTS = (39, 30, 21, 12)
+PT_ENTRY_SIZE = 8
+LARGE_PAGE_DEPTHS = (1, 2)  # PS in a PDPTE (1G) or PDE (2M)
+PF_WRITE = 1 << 1
+PF_FETCH = 1 << 4
+TRAP_GPA = (1 << 51) - PAGE_SIZE  # never mapped: below the GPAW-52 shared bit, above any RAM
+
+WRITE_ACCESSES = frozenset({UC_MEM_WRITE_PROT, UC_MEM_WRITE_UNMAPPED})
+FETCH_ACCESSES = frozenset({UC_MEM_FETCH_PROT, UC_MEM_FETCH_UNMAPPED})
+
+
+class StopKind(IntEnum):
+    """Why unicorn was stopped."""
+
+    EXIT = 0
+    EXCEPTION = 1
+    WINDOW = 2
+    VIRT_EOI = 3
+    EMULATE_MSR = 4
+
+
+@dataclass
+class ExitInfo:
+    """Everything TDG.VP.ENTER reports on an L2->L1 exit (reference 3.3 output registers)."""
+
+    status: int
+    reason: int
+    qualification: int = 0
+    gla: int = 0
+    gpa: int = 0
+    intr_info: int = 0
+    intr_error: int = 0
+    idt_info: int = 0
+    idt_error: int = 0
+    instr_info: int = 0
+    instr_len: int = 0
+    eeq: int = 0
+
+
+@dataclass
+class _Stop:
+    kind: StopKind
+    exit: ExitInfo | None = None
+    vector: int = 0
+    error_code: int | None = None
+    rip: int = 0
+    next_rip: int = 0
+    msr: int = 0
+    value: int = 0
+    write: bool = False
+    cr2: int | None = None
+
+
+class RegisterBlock:
+    """Batch access to a fixed list of 64-bit registers with preallocated ctypes buffers.
+
+    The binding's per-register path costs microseconds of Python per register; entry and exit
+    move 18 registers, so they go through uc_reg_{read,write}_batch with buffers made once.
+    """
+
+    def __init__(self, uc: Any, regs: tuple[int, ...]) -> None:
+        self._uc = uc
+        self._count = ctypes.c_int(len(regs))
+        self._ids = (ctypes.c_int * len(regs))(*regs)
+        self._vals = (ctypes.c_uint64 * len(regs))()
+        base = ctypes.addressof(self._vals)
+        self._ptrs = (ctypes.c_void_p * len(regs))(*(base + 8 * i for i in range(len(regs))))
+
+    def read(self) -> list[int]:
+        """Current values, in the order given at construction."""
+        status = self._uc._do_reg_read_batch(self._ids, self._ptrs, self._count)
+        if status:
+            raise cast(Any, UcError)(status)
+        return list(self._vals)
+
+    def write(self, values: list[int] | tuple[int, ...]) -> None:
+        """Set every register of the block."""
+        for i, v in enumerate(values):
+            self._vals[i] = v & U64
+        status = self._uc._do_reg_write_batch(self._ids, self._ptrs, self._count)
+        if status:
+            raise cast(Any, UcError)(status)
+
+
+class FastRegs:
+    """Single-register reads and writes through the batch path (see RegisterBlock)."""
+
+    def __init__(self, uc: Any) -> None:
+        self._uc = uc
+        self._blocks: dict[int, RegisterBlock] = {}
+
+    def _block(self, reg: int) -> RegisterBlock:
+        block = self._blocks.get(reg)
+        if block is None:
+            block = self._blocks[reg] = RegisterBlock(self._uc, (reg,))
+        return block
+
+    def read(self, reg: int) -> int:
+        """One 64-bit register."""
+        return self._block(reg).read()[0]
+
+    def write(self, reg: int, value: int) -> None:
+        """Set one 64-bit register."""
+        self._block(reg).write((value,))
+
+
+class L2Vcpu:
+    """One L2 VM's vCPU: one unicorn instance kept across entries."""
+
+    def __init__(
+        self,
+        memory: TdMemory,
+        aliases: AliasTable,
+        vm: int,
+        vmcs: L2Vmcs,
+        host: Any,
+        instruction_budget: int = DEFAULT_INSTRUCTION_BUDGET,
+    ) -> None:
+        self.memory = memory
+        self.aliases = aliases
+        self.vm = vm
+        self.vmcs = vmcs
+        self.host = host
+        self.instruction_budget = instruction_budget
+        self.kick_requested = False
+        self.rvi = 0
+        self.svi = 0
+        self.instructions_retired = 0
+        self.uc: Any = UNICORN(UC_ARCH_X86, UC_MODE_64)
+        for region in memory.regions:
+            for view in (region.gpa, region.gpa | memory.shared_bit):
+                self.uc.mem_map_ptr(
+                    view, region.size, UC_PROT_NONE, memory.host_address + region.offset
+                )
+        self._prot = bytearray(len(memory.state))
+        self._shared_prot = bytearray(len(memory.state))
+        self._shared_eptp = False
+        self._state_regs = RegisterBlock(self.uc, UC_STATE_REGS)
+        self._gprs = RegisterBlock(self.uc, UC_GPRS)
+        self._crs = RegisterBlock(self.uc, UC_CRS)
+        self.reg = FastRegs(self.uc)
+        self._sync_range(0, len(memory.state))
+        memory.on_change(self._sync_range)
+        aliases.on_change(self._on_alias_change)
+        self._stop: _Stop | None = None
+        self._budget = 0
+        self._watch_window = False
+        self._shadow = False
+        self._last_addr = 0
+        self._last_size = 0
+        self._code_off = -1
+        self._code_page = -1
+        self._code_pages: set[int] = set()
+        self._code_snapshot: dict[int, tuple[int, bytes]] = {}
+        self.uc.hook_add(UC_HOOK_CODE, self._on_insn)
+        self.uc.hook_add(
+            UC_HOOK_MEM_READ_PROT
+            | UC_HOOK_MEM_WRITE_PROT
+            | UC_HOOK_MEM_FETCH_PROT
+            | UC_HOOK_MEM_READ_UNMAPPED
+            | UC_HOOK_MEM_WRITE_UNMAPPED
+            | UC_HOOK_MEM_FETCH_UNMAPPED,
+            self._on_fault,
+        )
+        self.uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
+        self._gla_of_gpa_page: dict[int, int] = {}
+        self._fill_was_data = False
+        self.uc.ctl_set_tlb_mode(UC_TLB_VIRTUAL)
+        self.uc.hook_add(UC_HOOK_TLB_FILL, self._on_tlb_fill)
+        self.uc.hook_add(UC_HOOK_INSN_INVALID, self._on_invalid)
+
+    # --- page protections from the alias -------------------------------------------------------
+    def _prot_of(self, index: int) -> int:
+        if self.memory.state[index] != PageState.MAPPED:
+            return UC_PROT_NONE
+        word = self.aliases.word(index, self.vm)
+        if not word & ATTR_VALID:
+            return UC_PROT_NONE
+        prot = UC_PROT_NONE
+        if word & ATTR_R:
+            prot |= UC_PROT_READ
+        if word & ATTR_W:
+            prot |= UC_PROT_WRITE
+        if word & (ATTR_XS | ATTR_XU):
+            prot |= UC_PROT_EXEC
+        return prot
+
+    def _shared_prot_of(self, index: int) -> int:
+        """Shared view: R/W when L2_CTLS lets L2 use the shared EPT and the host mapped it."""
+        if self._shared_eptp and self.memory.shared[index]:
+            return UC_PROT_READ | UC_PROT_WRITE
+        return UC_PROT_NONE
+
+    def _sync_range(self, first: int, count: int) -> None:
+        """Re-derive unicorn protections for pages [first, first+count), one call per run."""
+        self._sync_view(first, count, self._prot, self._prot_of, 0)
+        self._sync_view(
+            first, count, self._shared_prot, self._shared_prot_of, self.memory.shared_bit
+        )
+
+    def _sync_view(
+        self,
+        first: int,
+        count: int,
+        current: bytearray,
+        wanted: Callable[[int], int],
+        view_bit: int,
+    ) -> None:
+        end = first + count
+        for region in self.memory.regions:
+            lo = max(first, region.offset >> PAGE_SHIFT)
+            hi = min(end, (region.offset + region.size) >> PAGE_SHIFT)
+            i = lo
+            while i < hi:
+                prot = wanted(i)
+                j = i + 1
+                while j < hi and wanted(j) == prot:
+                    j += 1
+                if any(current[k] != prot for k in range(i, j)):
+                    gpa = (region.gpa + (i << PAGE_SHIFT) - region.offset) | view_bit
+                    self.uc.mem_protect(gpa, (j - i) << PAGE_SHIFT, prot)
+                    current[i:j] = bytes([prot]) * (j - i)
+                i = j
+
+    def _on_alias_change(self, index: int, vm: int) -> None:
+        if vm == self.vm:
+            prot = self._prot_of(index)
+            if prot != self._prot[index]:
+                self.uc.mem_protect(self.memory.page_gpa(index), PAGE_SIZE, prot)
+                self._prot[index] = prot
+
+    # --- address translation and guest memory access ---------------------------------------
+    def gla_to_gpa(self, gla: int) -> int | None:
+        """Translate through L2's own page tables if paging is on; None if it does not map."""
+        gpa, _fault = self._walk(gla, EPTV_READ)
+        return gpa
+
+    def _walk(self, gla: int, kind: int) -> tuple[int | None, _Stop | None]:
+        """4-level walk of L2's page tables. Every paging-structure read goes through the EPT
+        (the alias) like on hardware: a table in a page L2 may not read is an EPT violation
+        with the translated-access bit clear, never a way to read L1 memory. A non-present
+        entry is a #PF for L2. Permission bits of the entries are not enforced (documented)."""
+        if not self.reg.read(X.UC_X86_REG_CR0) & CR0_PG:
+            return gla, None
+        table = int(self.reg.read(X.UC_X86_REG_CR3)) & PTE_ADDR
+        for depth, shift in enumerate(PT_LEVEL_SHIFTS):
+            entry_gpa = table + ((gla >> shift) & PT_INDEX_MASK) * PT_ENTRY_SIZE
+            index = self.memory.page_index(entry_gpa)
+            if (
+                index is None
+                or self.memory.is_shared(entry_gpa)
+                or not (self._prot[index] & UC_PROT_READ)
+            ):
+                exit_ = self._ept_exit(entry_gpa, gla, EPTV_READ)
+                exit_.qualification &= ~EPTV_TRANSLATED
+                return None, _Stop(StopKind.EXIT, exit_)
+            entry = int.from_bytes(self.memory.read(entry_gpa, PT_ENTRY_SIZE), "little")
+            if not entry & PTE_PRESENT:
+                error = (PF_WRITE if kind == EPTV_WRITE else 0) | (
+                    PF_FETCH if kind == EPTV_FETCH else 0
+                )
+                return None, _Stop(StopKind.EXCEPTION, vector=VECTOR_PF, error_code=error, cr2=gla)
+            if entry & PTE_LARGE and depth in LARGE_PAGE_DEPTHS:
+                page_mask = (1 << shift) - 1
+                return (entry & PTE_ADDR & ~page_mask) | (gla & page_mask), None
+            table = entry & PTE_ADDR
+        return table | (gla & (PAGE_SIZE - 1)), None
+
+    def _on_tlb_fill(self, uc: Any, vaddr: int, access: int, entry: Any, _data: object) -> bool:
+        """Virtual-TLB mode: unicorn asks us for every GLA->GPA translation it caches."""
+        kind = (
+            EPTV_FETCH
+            if access == UC_MEM_FETCH
+            else EPTV_WRITE
+            if access == UC_MEM_WRITE
+            else EPTV_READ
+        )
+        gpa, fault = self._walk(vaddr, kind)
+        entry.perms = UC_PROT_ALL  # the EPT part is the region protection unicorn checks next
+        lookahead = vaddr >> PAGE_SHIFT == RUN_FOREVER >> PAGE_SHIFT  # unicorn probes `until`
+        if gpa is None or lookahead:
+            entry.paddr = TRAP_GPA  # unmapped: the access faults and _on_fault keeps our stop
+            if fault is not None and self._stop is None and not lookahead:
+                fault.rip = self._last_addr
+                self._fill_was_data = kind != EPTV_FETCH
+                if kind == EPTV_FETCH:
+                    # a fetch faults at a TB start, where unicorn's RIP is exact
+                    rip = self.reg.read(X.UC_X86_REG_RIP)
+                    fault.rip = rip if rip >> PAGE_SHIFT == vaddr >> PAGE_SHIFT else vaddr
+                    if fault.exit is not None:
+                        fault.exit.gla = fault.rip
+                    if fault.cr2 is not None:
+                        fault.cr2 = fault.rip
+                self._stop = fault
+                uc.emu_stop()
+            return True
+        entry.paddr = gpa & ~(PAGE_SIZE - 1)
+        self._gla_of_gpa_page[gpa >> PAGE_SHIFT] = vaddr >> PAGE_SHIFT
+        return True
+
+    def _fetch(self, gla: int, length: int) -> bytes:
+        gpa = self.gla_to_gpa(gla)
+        if gpa is None:
+            return b""
+        try:
+            return self.memory.read(gpa, length)
+        except Exception:
+            try:
+                return self.memory.read(gpa, PAGE_SIZE - (gpa & (PAGE_SIZE - 1)))
+            except Exception:
+                return b""
+
+    def _l2_access(self, gla: int, length: int, write: bool) -> tuple[int, ExitInfo | None]:
+        """GPA of an L2 access made by event delivery, or the EPT-violation exit it causes."""
+        gpa = self.gla_to_gpa(gla)
+        if gpa is None:
+            return 0, ExitInfo(TDX_SUCCESS, ExitReason.TRIPLE_FAULT)
+        for page in {gpa & ~(PAGE_SIZE - 1), (gpa + length - 1) & ~(PAGE_SIZE - 1)}:
+            need = UC_PROT_WRITE if write else UC_PROT_READ
+            index = self.memory.page_index(page)
+            if index is None or self.memory.is_shared(page) or not self._prot[index] & need:
+                fault = max(page, gpa)
+                return 0, self._ept_exit(fault, gla, EPTV_WRITE if write else EPTV_READ)
+        return gpa, None
+
+    # --- hooks ---------------------------------------------------------------------------------
+    def _halt(self, stop: _Stop) -> None:
+        self._stop = stop
+        self.uc.emu_stop()
+
+    def _on_insn(self, uc: Any, address: int, size: int, _data: object) -> None:
+        """Per-instruction hook; the common case reads one or two opcode bytes and returns."""
+        self._budget -= 1
+        if (self._budget < 0 or self.kick_requested or self._watch_window or self._shadow) and (
+            self._slow_checks(address)
+        ):
+            return
+        self._last_addr = address
+        self._last_size = size
+        page = address >> PAGE_SHIFT
+        if page != self._code_page:
+            self._enter_code_page(page)
+        off = self._code_off + (address & PAGE_OFFSET_MASK)
+        if self._code_off < 0 or (address & PAGE_OFFSET_MASK) > PAGE_SIZE - MAX_INSN_LEN:
+            code = self._fetch(address, MAX_INSN_LEN)  # page edge or unbacked: careful path
+            if not code or code[0] not in FIRST_BYTES:
+                return
+        else:
+            buf = self.memory.buf
+            first = buf[off]
+            if first not in FIRST_BYTES:
+                return
+            if REX_FIRST <= first <= REX_LAST and buf[off + 1] not in FIRST_BYTES_AFTER_REX:
+                return
+            code = buf[off : off + MAX_INSN_LEN]
+        # unicorn reports a poison size for opcodes it cannot decode (VMCALL, TDCALL)
+        self._decode(code, address, size)
+
+    def _slow_checks(self, address: int) -> bool:
+        """Budget, L1-interrupt kick and interrupt-window checks; True if L2 must stop here."""
+        if self._budget < 0:
+            self._halt(_Stop(StopKind.EXIT, self._timer_exit(), rip=address))
+            return True
+        if self.kick_requested:
+            exit_ = ExitInfo(TDX_L2_EXIT_PENDING_INTERRUPT, ExitReason.EXTERNAL_INTERRUPT)
+            self._halt(_Stop(StopKind.EXIT, exit_, rip=address))
+            return True
+        was_shadow = self._shadow
+        self._shadow = False
+        if self._watch_window and not was_shadow and self.reg.read(X.UC_X86_REG_RFLAGS) & RFLAGS_IF:
+            self._halt(_Stop(StopKind.WINDOW, rip=address))
+            return True
+        return False
+
+    def _enter_code_page(self, page: int) -> None:
+        """Cache where the code page now executing lives in the memfd (-1 if nowhere)."""
+        self._code_page = page
+        self._code_pages.add(page)
+        gpa = self.gla_to_gpa(page << PAGE_SHIFT)
+        self._code_off = -1
+        if gpa is not None and not self.memory.is_shared(gpa):
+            region = self.memory.region_of(gpa)
+            if region is not None:
+                self._code_off = region.offset + gpa - region.gpa
+
+    def _decode(self, code: bytes, address: int, size: int) -> None:
+        i = 0
+        prefixes: set[int] = set()
+        while i < len(code) and code[i] in LEGACY_PREFIXES:
+            prefixes.add(code[i])
+            i += 1
+        if i < len(code) and REX_FIRST <= code[i] <= REX_LAST:
+            i += 1
+        if i >= len(code):
+            return
+        op = code[i]
+        rest = code[i + 1 :]
+        if op == OP_STI or (
+            op == OP_MOV_SREG and rest and (rest[0] >> MODRM_REG_SHIFT) & MODRM_REG_MASK == SREG_SS
+        ):
+            self._shadow = True
+        elif op == OP_HLT:
+            self._exit(ExitReason.HLT, address, size)
+        elif op == OP_NOP_PAUSE and PREFIX_REP in prefixes:
+            if self.vmcs.read(Vmcs.PROC_BASED_CONTROLS) & PROC_PAUSE_EXITING:
+                self._exit(ExitReason.PAUSE, address, size)
+        elif op in IO_IMM or op in IO_DX or op in IO_STRING:
+            self._io_exit(op, rest, prefixes, address, size)
+        elif op == OP_TWO_BYTE and rest:
+            if size > MAX_INSN_LEN:
+                size = i + GROUP7_OPCODE_LEN
+            self._decode_two_byte(rest, prefixes, address, size, address + size)
+
+    def _decode_two_byte(
+        self, rest: bytes, prefixes: set[int], address: int, size: int, nxt: int
+    ) -> None:
+        op2 = rest[0]
+        if op2 == OP2_MOV_TO_CR:
+            self._code_page = -1  # paging may change: re-translate the code page next time
+        elif op2 == OP2_CPUID:
+            self._exit(ExitReason.CPUID, address, size)
+        elif op2 == OP2_INVD:
+            self._exit(ExitReason.INVD, address, size)
+        elif op2 == OP2_WBINVD:
+            self._exit(ExitReason.WBINVD, address, size)
+        elif op2 == OP2_RDTSC:
+            if self.vmcs.read(Vmcs.PROC_BASED_CONTROLS) & PROC_RDTSC_EXITING:
+                self._exit(ExitReason.RDTSC, address, size)
+        elif op2 in (OP2_RDMSR, OP2_WRMSR):
+            self._msr(op2 == OP2_WRMSR, address, size, nxt)
+        elif op2 == OP2_GROUP7 and len(rest) > 1:
+            modrm = rest[1]
+            if modrm == MODRM_VMCALL and not prefixes:
+                self._exit(ExitReason.VMCALL, address, size)
+            elif modrm == MODRM_TDCALL and PREFIX_OPSIZE in prefixes:
+                self._tdcall(address, size)
+            elif modrm == MODRM_XSETBV:
+                self._exit(ExitReason.XSETBV, address, size)
+            elif modrm == MODRM_MONITOR:
+                self._exit(ExitReason.MONITOR, address, size)
+            elif modrm == MODRM_MWAIT:
+                self._exit(ExitReason.MWAIT, address, size)
+
+    def _exit(self, reason: int, address: int, size: int, qualification: int = 0) -> None:
+        info = ExitInfo(TDX_SUCCESS, reason, qualification=qualification, instr_len=size)
+        self._halt(_Stop(StopKind.EXIT, info, rip=address))
+
+    def _io_exit(self, op: int, rest: bytes, prefixes: set[int], address: int, size: int) -> None:
+        table = IO_IMM if op in IO_IMM else IO_DX if op in IO_DX else IO_STRING
+        is_in, is_byte = table[op]
+        width = (
+            IO_SIZE_BYTE
+            if is_byte
+            else IO_SIZE_WORD
+            if PREFIX_OPSIZE in prefixes
+            else IO_SIZE_DWORD
+        )
+        qual = (width - 1) | (IOQ_IN if is_in else 0)
+        if op in IO_IMM:
+            port = rest[0] if rest else 0
+            qual |= IOQ_IMMEDIATE
+        else:
+            port = self.reg.read(X.UC_X86_REG_RDX) & U16_MASK
+        if op in IO_STRING:
+            qual |= IOQ_STRING
+            if prefixes & {PREFIX_REP, PREFIX_REPNE}:
+                qual |= IOQ_REP
+        self._exit(ExitReason.IO, address, size, qual | (port << IOQ_PORT_SHIFT))
+
+    def _msr(self, write: bool, address: int, size: int, nxt: int) -> None:
+        msr = self.reg.read(X.UC_X86_REG_RCX) & U32_MASK
+        uses_bitmap = self.vmcs.read(Vmcs.PROC_BASED_CONTROLS) & PROC_USE_MSR_BITMAPS
+        if not uses_bitmap or self.vmcs.msr_exits(msr, write):
+            self._exit(ExitReason.MSR_WRITE if write else ExitReason.MSR_READ, address, size)
+            return
+        # The reference's write mask for secondary controls leaves out "virtualize x2APIC
+        # mode" (bit 4); the model treats it as fixed to 1, so x2APIC MSRs are virtualized.
+        if msr in (X2APIC_MSR_EOI, X2APIC_MSR_TPR):
+            value = pack_u32_pair(self.reg.read(X.UC_X86_REG_RAX), self.reg.read(X.UC_X86_REG_RDX))
+            kind = StopKind.VIRT_EOI if write and msr == X2APIC_MSR_EOI else StopKind.EMULATE_MSR
+            self._halt(_Stop(kind, rip=address, next_rip=nxt, msr=msr, value=value, write=write))
+
+    def _tdcall(self, address: int, size: int) -> None:
+        if self.vmcs.l2_ctls & L2_CTLS_ENABLE_TDVMCALL and self.reg.read(X.UC_X86_REG_RAX) == 0:
+            info = ExitInfo(TDX_L2_EXIT_HOST_ROUTED_TDVMCALL, ExitReason.TDCALL, instr_len=size)
+            self._halt(_Stop(StopKind.EXIT, info, rip=address, next_rip=address + size))
+            return
+        self._exit(ExitReason.TDCALL, address, size)
+
+    def _on_fault(
+        self, uc: Uc, access: int, address: int, size: int, value: int, _data: object
+    ) -> bool:
+        """A protection or unmapped fault; in virtual-TLB mode `address` is the GPA."""
+        stop = self._stop
+        if stop is not None:  # a translation fault recorded by _on_tlb_fill
+            if self._fill_was_data and TRAP_GPA <= address < TRAP_GPA + PAGE_SIZE:
+                offset = address - TRAP_GPA  # the fill saw only the page; this is the byte
+                if stop.cr2 is not None:
+                    stop.cr2 = (stop.cr2 & ~(PAGE_SIZE - 1)) | offset
+                if stop.exit is not None:
+                    stop.exit.gla = (stop.exit.gla & ~(PAGE_SIZE - 1)) | offset
+            return False
+        kind = (
+            EPTV_FETCH
+            if access in FETCH_ACCESSES
+            else EPTV_WRITE
+            if access in WRITE_ACCESSES
+            else EPTV_READ
+        )
+        gpa = address
+        index = self.memory.page_index(gpa)
+        last = (gpa + max(size, 1) - 1) & ~(PAGE_SIZE - 1)
+        crosses = last != gpa & ~(PAGE_SIZE - 1)
+        if index is not None and crosses and self._prot[index] & self._need(kind):
+            gpa = last
+        gla_page = self._gla_of_gpa_page.get(gpa >> PAGE_SHIFT, gpa >> PAGE_SHIFT)
+        gla = (gla_page << PAGE_SHIFT) | (gpa & (PAGE_SIZE - 1))
+        rip = self._last_addr if kind != EPTV_FETCH else gla
+        self._stop = _Stop(StopKind.EXIT, self._ept_exit(gpa, gla, kind), rip=rip)
+        return False
+
+    @staticmethod
+    def _need(kind: int) -> int:
+        return {EPTV_READ: UC_PROT_READ, EPTV_WRITE: UC_PROT_WRITE, EPTV_FETCH: UC_PROT_EXEC}[kind]
+
+    def _ept_exit(self, gpa: int, gla: int, kind: int) -> ExitInfo:
+        """The exit an L2 access to `gpa` causes, per reference 2.5."""
+        state = self.memory.page_state(gpa)
+        qual = kind | EPTV_GLA_VALID | EPTV_TRANSLATED
+        if self.memory.is_shared(gpa) or state in (PageState.NOT_PRESENT, PageState.BLOCKED):
+            self.host.td_exit(
+                TdExit("l2_host_routed", gpa=gpa, vm=self.vm, exit_reason=ExitReason.EPT_VIOLATION,
+                       qualification=qual)
+            )  # fmt: skip
+            return ExitInfo(TDX_L2_EXIT_HOST_ROUTED_ASYNC, ExitReason.EPT_VIOLATION, qual, gla, gpa)
+        if state == PageState.PENDING:
+            return ExitInfo(
+                TDX_SUCCESS, ExitReason.EPT_VIOLATION, qual, gla, gpa, eeq=EEQ_PEND_EPT_VIOLATION
+            )
+        index = self.memory.page_index(gpa)
+        assert index is not None
+        word = self.aliases.word(index, self.vm)
+        if word & ATTR_VALID:
+            qual |= EPTV_READABLE if word & ATTR_R else 0
+            qual |= EPTV_WRITABLE if word & ATTR_W else 0
+            qual |= EPTV_EXECUTABLE if word & ATTR_XS else 0
+            qual |= EPTV_USER_EXECUTABLE if word & ATTR_XU else 0
+        return ExitInfo(TDX_SUCCESS, ExitReason.EPT_VIOLATION, qual, gla, gpa)
+
+    def _timer_exit(self) -> ExitInfo:
+        self.host.td_exit(TdExit("timer", vm=self.vm, exit_reason=ExitReason.EXTERNAL_INTERRUPT))
+        return ExitInfo(TDX_L2_EXIT_HOST_ROUTED_ASYNC, ExitReason.EXTERNAL_INTERRUPT)
+
+    def _on_interrupt(self, uc: Any, intno: int, _data: object) -> None:
+        if self._stop is not None:
+            return
+        address, size = self._last_addr, self._last_size
+        code = self._fetch(address, 1)
+        software = bool(code) and code[0] in SOFTWARE_INT_OPS
+        error = 0 if intno in EXCEPTIONS_WITH_ERROR_CODE else None
+        rip = address + size if software else address
+        self._halt(_Stop(StopKind.EXCEPTION, vector=intno, error_code=error, rip=rip))
+
+    def _on_invalid(self, uc: Any, _data: object) -> bool:
+        self._stop = _Stop(StopKind.EXCEPTION, vector=VECTOR_UD, rip=self._last_addr)
+        return False
+
+    # --- virtual APIC ------------------------------------------------------------------------
+    def _vapic(self) -> int | None:
+        gpa = self.vmcs.read(Vmcs.VIRTUAL_APIC_PAGE_ADDR)
+        return gpa if self.memory.page_state(gpa) == PageState.MAPPED else None
+
+    def _vapic_bit(self, base: int, vector: int, value: bool | None = None) -> bool:
+        page = self._vapic()
+        if page is None:
+            return False
+        gpa = page + base + (vector // BITS_PER_APIC_REG) * VAPIC_REG_STRIDE
+        reg = int.from_bytes(self.memory.read(gpa, 4), "little")
+        bit = 1 << (vector % BITS_PER_APIC_REG)
+        if value is not None:
+            reg = reg | bit if value else reg & ~bit
+            self.memory.write(gpa, reg.to_bytes(4, "little"))
+        return bool(reg & bit)
+
+    def _highest(self, base: int) -> int:
+        """Highest vector set in the 256-bit IRR or ISR (8 registers at a 16-byte stride)."""
+        page = self._vapic()
+        if page is None:
+            return 0
+        raw = self.memory.read(page + base, VAPIC_REG_STRIDE * VAPIC_BIT_REGS)
+        for reg in range(VAPIC_BIT_REGS - 1, -1, -1):
+            word = int.from_bytes(
+                raw[reg * VAPIC_REG_STRIDE : reg * VAPIC_REG_STRIDE + 4], "little"
+            )
+            if word:
+                return reg * BITS_PER_APIC_REG + word.bit_length() - 1
+        return 0
+
+    def _vapic_byte(self, offset: int, value: int | None = None) -> int:
+        page = self._vapic()
+        if page is None:
+            return 0
+        if value is not None:
+            self.memory.write(page + offset, value.to_bytes(4, "little"))
+        return self.memory.read(page + offset, 1)[0]
+
+    def _update_ppr(self) -> int:
+        tpr = self._vapic_byte(VAPIC_TPR)
+        ppr = (
+            tpr
+            if (tpr & APIC_PRIORITY_CLASS) >= (self.svi & APIC_PRIORITY_CLASS)
+            else (self.svi & APIC_PRIORITY_CLASS)
+        )
+        self._vapic_byte(VAPIC_PPR, ppr)
+        return ppr
+
+    def _virtual_delivery_on(self) -> bool:
+        return bool(self.vmcs.read(Vmcs.SECONDARY_CONTROLS) & SEC_VIRTUAL_INTR_DELIVERY)
+
+    def _virtual_interrupt_pending(self) -> bool:
+        if not self._virtual_delivery_on() or not self.rvi:
+            return False
+        return (self.rvi & APIC_PRIORITY_CLASS) > (self._update_ppr() & APIC_PRIORITY_CLASS)
+
+    def _virtual_eoi(self) -> ExitInfo | None:
+        vector = self.svi
+        self._vapic_bit(VAPIC_ISR, vector, False)
+        self.svi = self._highest(VAPIC_ISR)
+        self._update_ppr()
+        bitmap_field = Vmcs.EOI_EXIT_BITMAP0 + 2 * (vector // 64)
+        if self.vmcs.read(bitmap_field) >> (vector % 64) & 1:
+            return ExitInfo(TDX_SUCCESS, ExitReason.VIRTUALIZED_EOI, qualification=vector)
+        return None
+
+    # --- event delivery through the L2 IDT (64-bit gates) ----------------------------------
+    def _deliver(self, vector: int, error: int | None, rip: int, idt_info: int) -> ExitInfo | None:
+        """Deliver one event through the IDT; an exit if delivery itself exits."""
+        uc = self.uc
+        _, idt_base, idt_limit, _ = uc.reg_read(X.UC_X86_REG_IDTR)
+        gate_gla = idt_base + vector * IDT_GATE_SIZE
+        if gate_gla + IDT_GATE_SIZE - 1 > idt_base + idt_limit:
+            return ExitInfo(TDX_SUCCESS, ExitReason.TRIPLE_FAULT)
+        gate_gpa, fault = self._l2_access(gate_gla, IDT_GATE_SIZE, write=False)
+        if fault is not None:
+            fault.idt_info = idt_info
+            fault.idt_error = error or 0
+            return fault
+        lo, selector, _ist, type_attr, mid, hi = IDT_GATE.unpack(
+            self.memory.read(gate_gpa, IDT_GATE_SIZE)
+        )
+        gate_type = type_attr & GATE_TYPE_MASK
+        if not type_attr & GATE_PRESENT or gate_type not in (GATE_TYPE_INTERRUPT, GATE_TYPE_TRAP):
+            return ExitInfo(TDX_SUCCESS, ExitReason.TRIPLE_FAULT)
+        cs = uc.reg_read(X.UC_X86_REG_CS)
+        if cs & CPL_MASK:
+            return ExitInfo(TDX_SUCCESS, ExitReason.TRIPLE_FAULT)
+        rsp = self.reg.read(X.UC_X86_REG_RSP)
+        rflags = self.reg.read(X.UC_X86_REG_RFLAGS)
+        frame = [rip, cs, rflags, rsp, uc.reg_read(X.UC_X86_REG_SS)]
+        if error is not None:
+            frame.insert(0, error)
+        new_rsp = ((rsp & STACK_ALIGN) - 8 * len(frame)) & U64
+        data = b"".join(v.to_bytes(8, "little") for v in frame)
+        stack_gpa, fault = self._l2_access(new_rsp, len(data), write=True)
+        if fault is not None:
+            fault.idt_info = idt_info
+            fault.idt_error = error or 0
+            return fault
+        self.memory.write(stack_gpa, data)
+        rflags &= ~(RFLAGS_TF | RFLAGS_NT | RFLAGS_RF)
+        if gate_type == GATE_TYPE_INTERRUPT:
+            rflags &= ~RFLAGS_IF
+        try:
+            if selector != cs:
+                uc.reg_write(X.UC_X86_REG_CS, selector)
+            uc.reg_write_batch(
+                [
+                    (X.UC_X86_REG_RSP, new_rsp),
+                    (X.UC_X86_REG_RFLAGS, rflags | RFLAGS_FIXED),
+                    (X.UC_X86_REG_RIP, lo | (mid << 16) | (hi << 32)),
+                ]
+            )
+        except UcError:
+            return ExitInfo(TDX_SUCCESS, ExitReason.TRIPLE_FAULT)
+        return None
+
+    def _deliver_virtual_interrupt(self) -> ExitInfo | None:
+        vector = self.rvi
+        self._vapic_bit(VAPIC_IRR, vector, False)
+        self._vapic_bit(VAPIC_ISR, vector, True)
+        self.svi = vector
+        self.rvi = self._highest(VAPIC_IRR)
+        self._update_ppr()
+        info = vector | (INTR_TYPE_EXTERNAL << INTR_INFO_TYPE_SHIFT) | INTR_INFO_VALID
+        return self._deliver(vector, None, self.reg.read(X.UC_X86_REG_RIP), info)
+
+    # --- translation cache coherence ----------------------------------------------------------
+    def _snapshot_code_pages(self) -> None:
+        """Remember the bytes of every page L2 executed from, to spot later writes by L1/host."""
+        for page in self._code_pages:
+            if page in self._code_snapshot:
+                continue  # a stale snapshot only costs one needless cache drop later
+            gpa = self.gla_to_gpa(page << PAGE_SHIFT)
+            if gpa is not None and self.memory.page_index(gpa) is not None:
+                self._code_snapshot[page] = (gpa, self.memory.read(gpa, PAGE_SIZE))
+        self._code_pages.clear()
+        self._code_page = -1
+
+    def _drop_stale_translations(self) -> None:
+        """L1 and the host write TD memory behind unicorn's back: drop translations of changed
+        code pages (unicorn itself tracks L2's own writes to its code)."""
+        buf = self.memory.buf  # mmap slices are bytes: one memcmp (memoryview compares per item)
+        for page, (gpa, data) in list(self._code_snapshot.items()):
+            off = self.memory.offset_of(gpa)
+            if buf[off : off + PAGE_SIZE] != data:
+                self.uc.ctl_remove_cache(page << PAGE_SHIFT, (page + 1) << PAGE_SHIFT)
+                del self._code_snapshot[page]
+
+    # --- entry and run loop ----------------------------------------------------------------
+    def _load_guest_state_fields(self) -> None:
+        """Apply guest-state VMCS fields L1 wrote since the last entry."""
+        v = self.vmcs
+        dirty = v.dirty_guest
+        uc = self.uc
+        if dirty & {Vmcs.GUEST_GDTR_BASE, Vmcs.GUEST_GDTR_LIMIT}:
+            uc.reg_write(X.UC_X86_REG_GDTR, (0, v.read(Vmcs.GUEST_GDTR_BASE),
+                                             v.read(Vmcs.GUEST_GDTR_LIMIT), 0))  # fmt: skip
+        if dirty & {Vmcs.GUEST_IDTR_BASE, Vmcs.GUEST_IDTR_LIMIT}:
+            uc.reg_write(X.UC_X86_REG_IDTR, (0, v.read(Vmcs.GUEST_IDTR_BASE),
+                                             v.read(Vmcs.GUEST_IDTR_LIMIT), 0))  # fmt: skip
+        for enc, reg in (
+            (Vmcs.GUEST_CR3, X.UC_X86_REG_CR3),
+            (Vmcs.GUEST_CR4, X.UC_X86_REG_CR4),
+            (Vmcs.GUEST_CR0, X.UC_X86_REG_CR0),
+            (Vmcs.GUEST_CS_SELECTOR, X.UC_X86_REG_CS),
+            (Vmcs.GUEST_SS_SELECTOR, X.UC_X86_REG_SS),
+            (Vmcs.GUEST_DS_SELECTOR, X.UC_X86_REG_DS),
+            (Vmcs.GUEST_ES_SELECTOR, X.UC_X86_REG_ES),
+        ):
+            if enc in dirty:
+                uc.reg_write(reg, v.read(enc))
+        dirty.clear()
+
+    def run(self, guest_state: bytes) -> tuple[ExitInfo, bytes]:
+        """Enter L2 with the 256-byte guest-state block; return the exit and the updated block."""
+        fields = GUEST_STATE.unpack_from(guest_state)
+        gprs, rflags, rip, ssp, intr_status = (
+            fields[:16],
+            fields[16],
+            fields[17],
+            fields[18],
+            fields[19],
+        )
+        self.rvi, self.svi = unpack_intr_status(intr_status)
+        self._stop = None
+        self.kick_requested = False
+        self._code_page = -1  # CR3 or memory may have changed since the last exit
+        self._shadow = bool(
+            self.vmcs.read(Vmcs.GUEST_INTERRUPTIBILITY)
+            & (INTERRUPTIBILITY_STI | INTERRUPTIBILITY_MOV_SS)
+        )
+        try:
+            if self.vmcs.dirty_guest:
+                self._load_guest_state_fields()
+            shared_eptp = bool(self.vmcs.l2_ctls & L2_CTLS_ENABLE_SHARED_EPTP)
+            if shared_eptp != self._shared_eptp:
+                self._shared_eptp = shared_eptp
+                self._sync_range(0, len(self._prot))
+            self._drop_stale_translations()
+            self._state_regs.write((*gprs, rflags | RFLAGS_FIXED, rip))
+            exit_ = self._inject_from_vmcs()
+            if exit_ is None:
+                exit_ = self._loop()
+        except UcError:
+            exit_ = ExitInfo(TDX_SUCCESS, ExitReason.INVALID_GUEST_STATE | VM_ENTRY_FAILURE)
+        self._write_exit_fields(exit_)
+        self._snapshot_code_pages()
+        values = self._state_regs.read()
+        status = pack_intr_status(self.rvi, self.svi)
+        block = GUEST_STATE.pack(*values[:16], values[16], values[17], ssp, status)
+        return exit_, block
+
+    def _inject_from_vmcs(self) -> ExitInfo | None:
+        """VM-entry event injection from VMCS 0x4016 (reference 4a)."""
+        info = self.vmcs.read(Vmcs.ENTRY_INTR_INFO)
+        if not info & INTR_INFO_VALID:
+            return None
+        self.vmcs.set(Vmcs.ENTRY_INTR_INFO, info & ~INTR_INFO_VALID)
+        vector = info & INTR_INFO_VECTOR_MASK
+        kind = (info >> INTR_INFO_TYPE_SHIFT) & INTR_INFO_TYPE_MASK
+        if kind == INTR_TYPE_EXTERNAL:
+            rflags = self.reg.read(X.UC_X86_REG_RFLAGS)
+            if not rflags & RFLAGS_IF or self._shadow:
+                return ExitInfo(TDX_SUCCESS, ExitReason.INVALID_GUEST_STATE | VM_ENTRY_FAILURE)
+        error = (
+            self.vmcs.read(Vmcs.ENTRY_EXCEPTION_ERROR_CODE)
+            if info & INTR_INFO_DELIVER_ERROR
+            else None
+        )
+        rip = self.reg.read(X.UC_X86_REG_RIP)
+        if kind in (INTR_TYPE_SW_INTERRUPT, INTR_TYPE_SW_EXCEPTION):
+            rip += self.vmcs.read(Vmcs.ENTRY_INSTRUCTION_LENGTH)
+        elif kind not in (INTR_TYPE_EXTERNAL, INTR_TYPE_NMI, INTR_TYPE_HW_EXCEPTION):
+            return ExitInfo(TDX_SUCCESS, ExitReason.INVALID_GUEST_STATE | VM_ENTRY_FAILURE)
+        self._shadow = False
+        return self._deliver(vector, error, rip, info)
+
+    def _loop(self) -> ExitInfo:
+        uc = self.uc
+        self._budget = self.instruction_budget
+        for _ in range(MAX_STOPS_PER_ENTRY):
+            early = self._evaluate_pending()
+            if early is not None:
+                return early
+            self._stop = None
+            rip = self.reg.read(X.UC_X86_REG_RIP)
+            with contextlib.suppress(UcError):  # faults were recorded by the hooks
+                uc.emu_start(rip, RUN_FOREVER)
+            self.instructions_retired += max(self.instruction_budget - self._budget, 0)
+            stop = self._stop
+            if stop is None:
+                return ExitInfo(TDX_SUCCESS, ExitReason.TRIPLE_FAULT)
+            result = self._handle_stop(stop)
+            if result is not None:
+                return result
+        return self._timer_exit()
+
+    def _evaluate_pending(self) -> ExitInfo | None:
+        """Interrupt-window exit or virtual-interrupt delivery at an instruction boundary."""
+        window = self.vmcs.read(Vmcs.PROC_BASED_CONTROLS) & PROC_INTERRUPT_WINDOW_EXITING
+        pending = self._virtual_interrupt_pending()
+        self._watch_window = bool(window or pending)
+        if not self._watch_window:
+            return None
+        if self._shadow or not self.reg.read(X.UC_X86_REG_RFLAGS) & RFLAGS_IF:
+            return None
+        self._watch_window = False
+        if window:
+            return ExitInfo(TDX_SUCCESS, ExitReason.INTERRUPT_WINDOW)
+        return self._deliver_virtual_interrupt()
+
+    def _handle_stop(self, stop: _Stop) -> ExitInfo | None:
+        if stop.kind == StopKind.EXIT:
+            assert stop.exit is not None
+            self.reg.write(X.UC_X86_REG_RIP, stop.rip)
+            if stop.exit.status == TDX_L2_EXIT_HOST_ROUTED_TDVMCALL:
+                self._host_tdvmcall()
+                self.reg.write(X.UC_X86_REG_RIP, stop.next_rip)
+            return stop.exit
+        if stop.kind == StopKind.WINDOW:
+            self.reg.write(X.UC_X86_REG_RIP, stop.rip)
+            return None
+        if stop.kind == StopKind.VIRT_EOI:
+            self.reg.write(X.UC_X86_REG_RIP, stop.next_rip)
+            return self._virtual_eoi()
+        if stop.kind == StopKind.EMULATE_MSR:
+            self._emulate_x2apic_msr(stop)
+            return None
+        return self._handle_exception(stop)
+
+    def _emulate_x2apic_msr(self, stop: _Stop) -> None:
+        """Virtualized x2APIC TPR write/read through the vAPIC page (EOI read returns 0)."""
+        if stop.write:
+            if stop.msr == X2APIC_MSR_TPR:
+                self._vapic_byte(VAPIC_TPR, stop.value & INTR_INFO_VECTOR_MASK)
+                self._update_ppr()
+        else:
+            value = self._vapic_byte(VAPIC_TPR) if stop.msr == X2APIC_MSR_TPR else 0
+            self.reg.write(X.UC_X86_REG_RAX, value)
+            self.reg.write(X.UC_X86_REG_RDX, 0)
+        self.reg.write(X.UC_X86_REG_RIP, stop.next_rip)
+
+    def _handle_exception(self, stop: _Stop) -> ExitInfo | None:
+        vector = stop.vector
+        kind = INTR_TYPE_HW_EXCEPTION
+        code = self._fetch(self._last_addr, 1)
+        if code and code[0] in SOFTWARE_INT_OPS and vector != VECTOR_UD:
+            kind = INTR_TYPE_SW_EXCEPTION if code[0] != OP_INTN else INTR_TYPE_SW_INTERRUPT
+        info = vector | (kind << INTR_INFO_TYPE_SHIFT) | INTR_INFO_VALID
+        if stop.error_code is not None:
+            info |= INTR_INFO_DELIVER_ERROR
+        self.reg.write(X.UC_X86_REG_RIP, stop.rip)
+        if stop.cr2 is not None:
+            self.uc.reg_write(X.UC_X86_REG_CR2, stop.cr2)
+        if self.vmcs.read(Vmcs.EXCEPTION_BITMAP) >> vector & 1 and kind == INTR_TYPE_HW_EXCEPTION:
+            return ExitInfo(
+                TDX_SUCCESS,
+                ExitReason.EXCEPTION_NMI,
+                intr_info=info,
+                intr_error=stop.error_code or 0,
+            )
+        if vector == VECTOR_DF:
+            return ExitInfo(TDX_SUCCESS, ExitReason.TRIPLE_FAULT)
+        return self._deliver(vector, stop.error_code, stop.rip, info)
+
+    def _host_tdvmcall(self) -> None:
+        """L2 TDVMCALL straight to the host (L2_CTLS.ENABLE_TDVMCALL, leaf 0)."""
+        values = self._gprs.read()
+        regs = Regs.from_list(values)
+        out = self.host.tdvmcall(regs.copy())
+        exposed = regs.rcx
+        for index in range(len(UC_GPRS)):
+            if exposed >> index & 1:
+                values[index] = out.get(index)
+        values[0] = 0
+        self._gprs.write(values)
+
+    def _write_exit_fields(self, exit_: ExitInfo) -> None:
+        v = self.vmcs
+        v.values[Vmcs.EXIT_REASON] = exit_.reason
+        v.values[Vmcs.EXIT_QUALIFICATION] = exit_.qualification
+        v.values[Vmcs.GUEST_LINEAR_ADDRESS] = exit_.gla
+        v.values[Vmcs.GUEST_PHYSICAL_ADDRESS] = exit_.gpa
+        v.values[Vmcs.EXIT_INTR_INFO] = exit_.intr_info
+        v.values[Vmcs.EXIT_INTR_ERROR_CODE] = exit_.intr_error
+        v.values[Vmcs.IDT_VECTORING_INFO] = exit_.idt_info
+        v.values[Vmcs.IDT_VECTORING_ERROR_CODE] = exit_.idt_error
+        v.values[Vmcs.EXIT_INSTRUCTION_LENGTH] = exit_.instr_len
+        v.values[Vmcs.EXIT_INSTRUCTION_INFO] = exit_.instr_info
+        v.values[Vmcs.GUEST_INTERRUPTIBILITY] = INTERRUPTIBILITY_STI if self._shadow else 0
+        for enc, value in zip(CR_FIELDS, self._crs.read(), strict=True):
+            v.values[enc] = value
+
+    def cs_state(self) -> tuple[int, int, int, int]:
+        """(CS selector, CS access rights, CS limit, CS base) for the exit registers."""
+        return (
+            self.reg.read(X.UC_X86_REG_CS),
+            self.vmcs.read(Vmcs.GUEST_CS_AR),
+            self.vmcs.read(Vmcs.GUEST_CS_LIMIT),
+            self.vmcs.read(Vmcs.GUEST_CS_BASE),
+        )
+
+    def kick(self) -> None:
+        """Ask a running L2 to exit to L1 at the next instruction (L1 interrupt pending)."""
+        self.kick_requested = True

@@ -1,0 +1,183 @@
+"""Build a TD from an IGVM file: PAGE.ADD / MR.EXTEND in directive order, the rest of RAM pending.
+
+Follows reference igvm.md 4.2 (the microsoft/igvm walk): headers whose compatibility mask does not
+cover the TDX platform's are skipped; shared PAGE_DATA is not added; measured PAGE_DATA gets
+PAGE.ADD plus 16 MR.EXTENDs; unmeasured PAGE_DATA and every page of a PARAMETER_INSERT get
+PAGE.ADD only, the latter with the host-filled parameter area (memory map, VP count) as content.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from igvm import format as igvm_format
+from igvm import headers
+from igvm.headers import SupportedPlatform
+from tdxsim.abi import GPAW_48, GPAW_52, PAGE_SIZE
+from tdxsim.build import BuildError, TdBuilder, TdConfig
+from tdxsim.interfaces import AttestationInterface, HostInterface
+
+SHARED_BOUNDARY_GPAW = {0: GPAW_48, 1 << 47: GPAW_48, 1 << 51: GPAW_52}
+DEFAULT_RAM = 64 << 20
+HUGE = 2 << 20
+MEMORY_TYPE_RAM = 0
+
+
+class IgvmLoadError(BuildError):
+    """The IGVM file cannot be loaded as a TDX TD (names the directive and GPA)."""
+
+
+def tdx_mask(source: Any) -> tuple[int, int]:
+    """(compatibility mask, GPAW) of the TDX platform of an IgvmFile, IgvmScan or platform."""
+    platform = getattr(source, "tdx_platform", source)
+    if not isinstance(platform, SupportedPlatform):
+        raise IgvmLoadError("IGVM file has no TDX SUPPORTED_PLATFORM header")
+    boundary = platform.shared_gpa_boundary
+    if boundary not in SHARED_BOUNDARY_GPAW:
+        raise IgvmLoadError(f"TDX platform: unsupported shared_gpa_boundary {boundary:#x}")
+    return platform.compatibility_mask, SHARED_BOUNDARY_GPAW[boundary]
+
+
+def applies(directive: Any, mask: int) -> bool:
+    """True if a header's compatibility mask covers the TDX platform's (or it has none)."""
+    own = getattr(directive, "compatibility_mask", None)
+    return own is None or own & mask == mask
+
+
+_tdx_mask = tdx_mask  # older names, used by tdxsim.vmm
+_applies = applies
+
+
+def default_ram(pages: list[int]) -> list[tuple[int, int]]:
+    """RAM regions for a file: 64 MiB at 0 plus 2M-aligned islands for pages above it."""
+    regions = [(0, DEFAULT_RAM)]
+    islands: set[int] = {gpa & ~(HUGE - 1) for gpa in pages if gpa >= DEFAULT_RAM}
+    for base in sorted(islands):
+        last_base, last_size = regions[-1]
+        if last_base + last_size == base:
+            regions[-1] = (last_base, last_size + HUGE)
+        else:
+            regions.append((base, HUGE))
+    return regions
+
+
+def _memory_map(regions: list[tuple[int, int]], size: int) -> bytes:
+    out = bytearray()
+    for gpa, length in regions:
+        out += (gpa // PAGE_SIZE).to_bytes(8, "little")
+        out += (length // PAGE_SIZE).to_bytes(8, "little")
+        out += MEMORY_TYPE_RAM.to_bytes(2, "little") + bytes(6)
+    out += bytes(headers.MEMORY_MAP_ENTRY_BYTES)  # terminator: number_of_pages 0
+    if len(out) > size:
+        raise IgvmLoadError(f"memory map of {len(regions)} entries does not fit in {size} bytes")
+    return bytes(out)
+
+
+def load_igvm(
+    path: str | Path,
+    ram: list[tuple[int, int]] | None = None,
+    num_l2_vms: int = 1,
+    vcpus: int = 1,
+    *,
+    host: HostInterface | None = None,
+    attestation: AttestationInterface | None = None,
+    strict: bool = False,
+    instruction_budget: int | None = None,
+) -> TdBuilder:
+    """Create the TD and replay the file's directives; the caller finalizes.
+
+    With `ram` given the file is streamed (memory stays flat, reading overlaps hashing);
+    without it the whole file is read first to size RAM around the pages it loads.
+    """
+    if ram is None:
+        igvm_file = igvm_format.read(path)
+        mask, gpaw = tdx_mask(igvm_file)
+        directives: Iterable[Any] = igvm_file.directives
+        ram = default_ram(
+            [
+                d.gpa
+                for d in igvm_file.directives
+                if isinstance(d, headers.PageData) and applies(d, mask)
+            ]
+        )
+        return _replay(directives, mask, gpaw, ram, num_l2_vms, vcpus, host, attestation,
+                       strict, instruction_budget)  # fmt: skip
+    with igvm_format.scan(path) as scan:
+        mask, gpaw = tdx_mask(scan)
+        return _replay(scan.directives(), mask, gpaw, ram, num_l2_vms, vcpus, host,
+                       attestation, strict, instruction_budget)  # fmt: skip
+
+
+def _replay(
+    directives: Iterable[Any],
+    mask: int,
+    gpaw: int,
+    ram: list[tuple[int, int]],
+    num_l2_vms: int,
+    vcpus: int,
+    host: HostInterface | None,
+    attestation: AttestationInterface | None,
+    strict: bool,
+    instruction_budget: int | None,
+) -> TdBuilder:
+    builder = TdBuilder(
+        TdConfig(ram=ram, num_l2_vms=num_l2_vms, max_vcpus=vcpus, gpaw=gpaw),
+        host,
+        attestation,
+        strict=strict,
+        instruction_budget=instruction_budget,
+    )
+    areas: dict[int, bytearray] = {}
+    for d in directives:
+        if not applies(d, mask):
+            continue
+        if isinstance(d, headers.PageData):
+            if d.shared:  # host-visible: mapped in the shared EPT with its contents, not measured
+                builder.memory.write(d.gpa, bytes(d.data).ljust(PAGE_SIZE, b"\0"))
+                builder.memory.set_shared(d.gpa, 1, True)
+                continue
+            if d.unmeasured:
+                builder.page_add(d.gpa, bytes(d.data))
+            else:
+                builder.add_measured_page(d.gpa, bytes(d.data))
+        elif isinstance(d, headers.ParameterArea):
+            areas[d.parameter_area_index] = bytearray(
+                d.initial_data.ljust(d.number_of_bytes, b"\0")
+            )
+        elif isinstance(d, headers.ParameterInsert):
+            area = areas.get(d.parameter_area_index)
+            if area is None:
+                raise IgvmLoadError(
+                    f"PARAMETER_INSERT at GPA {d.gpa:#x}: area {d.parameter_area_index} undeclared"
+                )
+            for offset in range(0, len(area), PAGE_SIZE):
+                builder.page_add(d.gpa + offset, bytes(area[offset : offset + PAGE_SIZE]))
+        else:
+            _fill_parameter(d, areas, ram, vcpus)
+    for _ in range(vcpus):
+        builder.add_vcpu()
+    builder.aug_rest()
+    return builder
+
+
+def _fill_parameter(
+    directive: Any, areas: dict[int, bytearray], ram: list[tuple[int, int]], vcpus: int
+) -> None:
+    """Deposit host-supplied parameters (VP count, memory map) into their parameter area."""
+    if not isinstance(directive, (headers.VpCount, headers.MemoryMap)):
+        return  # other directives contribute nothing to a TDX TD (igvm.md 4.2)
+    kind = directive.NAME
+    index = directive.parameter_area_index
+    area = areas.get(index)
+    if area is None:
+        raise IgvmLoadError(f"{kind}: parameter area {index} was not declared")
+    offset = directive.byte_offset
+    if isinstance(directive, headers.VpCount):
+        data = vcpus.to_bytes(headers.VP_COUNT_BYTES, "little")
+    else:
+        data = _memory_map(ram, len(area) - offset)
+    if offset + len(data) > len(area):
+        raise IgvmLoadError(f"{kind}: offset {offset} + {len(data)} bytes overflows area {index}")
+    area[offset : offset + len(data)] = data
