@@ -1,0 +1,147 @@
+"""Fault injection for the untrusted host: the switches that make it misbehave on purpose, per run.
+
+A run's switch set is a `FaultSet`, built in code or parsed from a string such as
+"getquote-status=error,irq-storm=100". The switches, and what L1 sees with each:
+
+- `vmcall-status=retry|invalid|inuse|align|N`: every GHCI call the host would answer with
+  SUCCESS returns this R10 status instead.
+- `getquote-status=error|unavailable|inflight|N`: the GetQuote buffer's status field gets this
+  value and no quote.
+- `getquote-length=long|short|N`: the answered buffer's out_len lies (past the buffer, 16 short,
+  or the given value).
+- `getquote-rewrite=N`: after answering, a host thread rewrites a REPORTDATA byte of the quote
+  in the shared buffer N times while L1 reads it, ending tampered for odd N.
+- `mapgpa-retry=N|always`: MapGPA answers RETRY with R11 = the start GPA (no progress) N times,
+  or forever.
+- `io-wide=1`: IO and MMIO reads return data wider than the access size (high bits set).
+- `irq-spurious=V`: the host posts vector V to L1 once, at its first return to the TD, whether
+  or not L1 asked for it.
+- `irq-storm=N`: the host posts the notification vector (0xEC if none was set up) at each of its
+  next N returns to the TD.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from tdxsim.abi import (
+    TDVMCALL_ALIGN_ERROR,
+    TDVMCALL_GPA_INUSE,
+    TDVMCALL_OPERAND_INVALID,
+    TDVMCALL_RETRY,
+)
+from tdxsim.quoting import GET_QUOTE_ERROR, GET_QUOTE_IN_FLIGHT, GET_QUOTE_SERVICE_UNAVAILABLE
+
+U64 = (1 << 64) - 1
+VECTOR_MAX = 0xFF
+FOREVER = -1
+GETQUOTE_LENGTH_SHORTFALL = 16
+LENGTH_LONG = "long"
+LENGTH_SHORT = "short"
+
+VMCALL_STATUS_NAMES = {
+    "retry": TDVMCALL_RETRY,
+    "invalid": TDVMCALL_OPERAND_INVALID,
+    "inuse": TDVMCALL_GPA_INUSE,
+    "align": TDVMCALL_ALIGN_ERROR,
+}
+GETQUOTE_STATUS_NAMES = {
+    "error": GET_QUOTE_ERROR,
+    "unavailable": GET_QUOTE_SERVICE_UNAVAILABLE,
+    "inflight": GET_QUOTE_IN_FLIGHT,
+}
+
+
+class FaultSpecError(ValueError):
+    """A fault switch string that cannot be parsed (names the switch and the value)."""
+
+
+@dataclass
+class FaultSet:
+    """The switches of one run; None (or 0) means the host behaves."""
+
+    vmcall_status: int | None = None
+    getquote_status: int | None = None
+    getquote_length: str | int | None = None
+    getquote_rewrite: int = 0
+    mapgpa_retry: int = 0
+    io_wide: bool = False
+    irq_spurious: int | None = None
+    irq_storm: int = 0
+
+    def __post_init__(self) -> None:
+        if self.irq_spurious is not None and not 0 <= self.irq_spurious <= VECTOR_MAX:
+            raise FaultSpecError(f"irq-spurious: vector {self.irq_spurious} outside 0..255")
+        if self.irq_storm < 0 or self.getquote_rewrite < 0:
+            raise FaultSpecError("irq-storm and getquote-rewrite counts must not be negative")
+        if self.mapgpa_retry < FOREVER:
+            raise FaultSpecError(f"mapgpa-retry: {self.mapgpa_retry} is not a count or 'always'")
+
+    @property
+    def active(self) -> bool:
+        """True if any switch is on."""
+        return self != FaultSet()
+
+    def describe(self) -> str:
+        """The switch string that parses back to this set."""
+        parts = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value in (None, 0, False):
+                continue
+            name = f.name.replace("_", "-")
+            if f.name == "mapgpa_retry" and value == FOREVER:
+                parts.append(f"{name}=always")
+            elif isinstance(value, bool):
+                parts.append(f"{name}=1")
+            elif isinstance(value, int) and f.name.endswith("status"):
+                parts.append(f"{name}={value:#x}")
+            else:
+                parts.append(f"{name}={value}")
+        return ",".join(parts)
+
+    @classmethod
+    def parse(cls, spec: str) -> FaultSet:
+        """Parse "switch=value,switch=value"; an empty string is the well-behaved host."""
+        out = cls()
+        for item in filter(None, (part.strip() for part in spec.split(","))):
+            name, sep, raw = item.partition("=")
+            name, raw = name.strip(), raw.strip()
+            if not sep or not raw:
+                raise FaultSpecError(f"fault switch {item!r}: expected name=value")
+            _apply(out, name, raw)
+        out.__post_init__()
+        return out
+
+
+def _number(name: str, raw: str) -> int:
+    try:
+        value = int(raw, 0)
+    except ValueError:
+        raise FaultSpecError(f"fault switch {name}: {raw!r} is not a number") from None
+    if not 0 <= value <= U64:
+        raise FaultSpecError(f"fault switch {name}: {raw!r} does not fit 64 bits")
+    return value
+
+
+def _apply(out: FaultSet, name: str, raw: str) -> None:
+    if name == "vmcall-status":
+        out.vmcall_status = VMCALL_STATUS_NAMES.get(raw) or _number(name, raw)
+    elif name == "getquote-status":
+        out.getquote_status = GETQUOTE_STATUS_NAMES.get(raw) or _number(name, raw)
+    elif name == "getquote-length":
+        out.getquote_length = raw if raw in (LENGTH_LONG, LENGTH_SHORT) else _number(name, raw)
+    elif name == "getquote-rewrite":
+        out.getquote_rewrite = _number(name, raw)
+    elif name == "mapgpa-retry":
+        out.mapgpa_retry = FOREVER if raw == "always" else _number(name, raw)
+    elif name == "io-wide":
+        out.io_wide = bool(_number(name, raw))
+    elif name == "irq-spurious":
+        out.irq_spurious = _number(name, raw)
+    elif name == "irq-storm":
+        out.irq_storm = _number(name, raw)
+    else:
+        known = "vmcall-status, getquote-status, getquote-length, getquote-rewrite, mapgpa-retry, "
+        raise FaultSpecError(f"unknown fault switch {name!r} (known: {known}io-wide, "
+                             "irq-spurious, irq-storm)")

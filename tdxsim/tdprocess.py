@@ -1,0 +1,344 @@
+"""The TD process ("the CPU running the TD"): module model, L2 vCPUs and L1, driven by the host.
+
+Started by `tdxsim.vmm` as `python -I -S` with a bootstrap that lets only the module model's
+packages (tdxsim, igvm, verifier) come from the checkout and puts only third-party site-packages on
+sys.path. It builds the TD from host-side calls, and after FINALIZE reads the L1 image out of TD
+private memory at the GPA the host names. Every page of the image must have been PAGE.ADDed and
+fully MR.EXTENDed (so MRTD covers it) and its header must check, else FINALIZE is answered with an
+error and L1 never runs. At the first ENTER it writes the payload zip to a private temporary file,
+switches the checkout finder off, and imports L1's entry module from that zip alone; L1 gets an
+`L1Platform`: a register-level `tdcall`, views of TD memory, and the path of the payload zip (for
+the vTPM workers L1 starts from the same measured bytes), nothing else.
+
+Limits of the simulation, documented: L1 runs in the same interpreter as the module model, so
+Python code could reach the model through `sys.modules`; L1's memory view is the whole memfd, with
+no #VE on a pending page; host interrupts reach L1 only when it is in a TDCALL or at a TD exit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import importlib
+import os
+import signal
+import socket
+import sys
+import tempfile
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Protocol
+
+from tdxsim.abi import PAGE_SIZE
+from tdxsim.build import MR_EXTEND_CHUNK, BuildError, TdBuilder, TdConfig
+from tdxsim.channel import (
+    ADD_PAGE_FORMAT,
+    AUG_FORMAT,
+    CONVERT_FORMAT,
+    CREATE_FORMAT,
+    DONE_FORMAT,
+    ENTER_FIXED,
+    ENTER_FORMAT,
+    ENTER_GPRS_AT,
+    ENTER_MSG,
+    EXIT_KINDS,
+    EXTEND_FORMAT,
+    FINALIZE_FORMAT,
+    FINALIZED_FORMAT,
+    GPR_COUNT,
+    INTERRUPT_FORMAT,
+    MAX_TEXT,
+    REGION,
+    Channel,
+    ChannelClosed,
+    ChannelError,
+    ExitKind,
+    Message,
+    MsgType,
+    regs_of,
+)
+from tdxsim.interfaces import Regs, TdExit
+from tdxsim.l1image import L1Image, L1ImageError
+from tdxsim.memory import PageState
+from tdxsim.module import TdxModule
+from tdxsim.report import ReportMacKey, TdReportBuilder
+
+CHUNKS_PER_PAGE = PAGE_SIZE // MR_EXTEND_CHUNK
+L1_EXIT_OK = 0
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+class HostShutdown(BaseException):
+    """The host ended the TD while L1 was inside a TD exit (not catchable as Exception by L1)."""
+
+
+class CheckoutFinder(Protocol):
+    """The bootstrap's meta-path finder for the module model's packages."""
+
+    enabled: bool
+
+
+class L1Platform:
+    """What L1 gets: a register-level TDCALL and TD memory views; nothing from the checkout."""
+
+    def __init__(self, module: TdxModule, image_path: str) -> None:
+        self._module = module
+        self.image_path = image_path  # the measured payload zip, for workers L1 starts from it
+        memory = module.memory
+        self.memory: memoryview = memory.view
+        self.regions: list[tuple[int, int, int]] = [(r.gpa, r.size, r.offset)
+                                                    for r in memory.regions]
+        self.shared_bit: int = memory.shared_bit
+        self.gpaw: int = memory.gpaw
+        self._handler: Callable[[int], None] | None = None
+        self._vcpu = module.td.vcpus[0]
+
+    def tdcall(self, regs: Sequence[int]) -> list[int]:
+        """TDCALL on vCPU 0: 16 GPRs in architectural order in (leaf in RAX), 16 out (status in
+        RAX). A deliverable host interrupt is taken after the TDCALL returns, as on hardware."""
+        out = self._module.tdcall(Regs.from_list(list(regs)), 0).as_list()
+        if self._handler is not None and self._vcpu.l1_interrupt_deliverable():
+            vector = self._vcpu.l1_rvi
+            self._module.l1_interrupt_taken(0)
+            self._handler(vector)
+        return out
+
+    def set_interrupt_handler(self, handler: Callable[[int], None] | None) -> None:
+        """L1's interrupt handler, called with the vector when a host interrupt is taken."""
+        self._handler = handler
+
+    def offset(self, gpa: int) -> int:
+        """Offset in `memory` of a GPA (shared bit ignored: both views alias one page)."""
+        private = gpa & ~self.shared_bit
+        for base, size, off in self.regions:
+            if base <= private < base + size:
+                return off + private - base
+        raise ValueError(f"GPA {gpa:#x} is not TD RAM")
+
+
+class ChannelHost:
+    """`HostInterface` in the TD process: each call is one round trip to the host process."""
+
+    def __init__(self, process: TdProcess) -> None:
+        self.process = process
+
+    def tdvmcall(self, regs: Regs) -> Regs:
+        try:
+            self.process.channel.send_exit(ExitKind.TDVMCALL, regs.as_list())
+            _flags, answer = self.process.serve_until_enter()
+        except ChannelClosed as exc:
+            raise HostShutdown(str(exc)) from exc  # past the module's and L1's handlers
+        return answer
+
+    def td_exit(self, event: TdExit) -> bool:
+        kind = EXIT_KINDS.get(event.kind, ExitKind.TIMER)
+        try:
+            self.process.channel.send_exit(kind, [0] * GPR_COUNT, event.vm, event.eeq_type,
+                                           event.exit_reason, event.gpa, event.qualification)
+            flags, _answer = self.process.serve_until_enter()
+        except ChannelClosed as exc:
+            raise HostShutdown(str(exc)) from exc
+        return bool(flags & ENTER_FIXED)
+
+
+class TdProcess:
+    """The TD process's state and its host-side call handlers."""
+
+    def __init__(self, channel: Channel, finder: CheckoutFinder | None = None) -> None:
+        self.channel = channel
+        self.finder = finder
+        self.builder: TdBuilder | None = None
+        self.module: TdxModule | None = None
+        self.image: L1Image | None = None
+        self.extended: dict[int, int] = {}
+        self.started = False
+
+    # --- host-side calls -----------------------------------------------------------------------
+    def _create(self, msg: Message) -> None:
+        gpaw, vms, vcpus, count, attributes, xfam, budget, key = msg.fields(CREATE_FORMAT)
+        rest = msg.rest(CREATE_FORMAT)
+        regions = [REGION.unpack_from(rest, i * REGION.size)[:2] for i in range(int(count))]
+        config = TdConfig(ram=[(int(g), int(s)) for g, s in regions], attributes=int(attributes),
+                          xfam=int(xfam), num_l2_vms=int(vms), max_vcpus=int(vcpus),
+                          gpaw=int(gpaw))
+        self.builder = TdBuilder(config, ChannelHost(self),
+                                 TdReportBuilder(ReportMacKey(bytes(key))),
+                                 instruction_budget=int(budget) or None)
+        for _ in range(int(vcpus)):
+            self.builder.add_vcpu()
+        memory = self.builder.memory
+        payload = b"".join(REGION.pack(r.gpa, r.size, r.offset) for r in memory.regions)
+        self.channel.send(MsgType.CREATED, payload, fds=[memory.fd])
+
+    def _need_builder(self) -> TdBuilder:
+        if self.builder is None:
+            raise BuildError("no TD: CREATE first")
+        return self.builder
+
+    def _extend(self, msg: Message) -> None:
+        gpa, chunks = (int(v) for v in msg.fields(EXTEND_FORMAT))
+        builder = self._need_builder()
+        for i in range(chunks):
+            chunk = gpa + i * MR_EXTEND_CHUNK
+            builder.mr_extend(chunk)
+            page = chunk & ~(PAGE_SIZE - 1)
+            self.extended[page] = self.extended.get(page, 0) + 1
+
+    def _finalize(self, msg: Message) -> None:
+        gpa, size = (int(v) for v in msg.fields(FINALIZE_FORMAT))
+        builder = self._need_builder()
+        if gpa % PAGE_SIZE or size <= 0:
+            raise BuildError(f"FINALIZE: L1 image at GPA {gpa:#x} size {size} is not a page range")
+        for page in range(gpa, gpa + size, PAGE_SIZE):
+            if (builder.memory.page_state(page) != PageState.MAPPED
+                    or self.extended.get(page, 0) < CHUNKS_PER_PAGE):
+                raise BuildError(f"FINALIZE: L1 image page at GPA {page:#x} is not fully measured")
+        self.module = builder.finalize()
+        try:
+            self.image = L1Image.unpack(builder.memory.read(gpa, size))
+        except L1ImageError as exc:
+            raise BuildError(f"FINALIZE: L1 image at GPA {gpa:#x}: {exc}") from exc
+        self.channel.send(MsgType.FINALIZED, FINALIZED_FORMAT.pack(self.module.td.mrtd))
+
+    def handle(self, msg: Message) -> tuple[int, Regs] | None:
+        """Serve one host-side call; returns (flags, regs) for ENTER. A malformed call is
+        answered REPLY refused, never taken down the TD process."""
+        try:
+            return self._handle(msg)
+        except ChannelError as exc:
+            self.channel.send_reply(False, str(exc))
+            return None
+
+    def _handle(self, msg: Message) -> tuple[int, Regs] | None:
+        kind = msg.type
+        if kind == MsgType.ENTER:
+            values = msg.fields(ENTER_FORMAT)
+            return int(values[1]), regs_of(values)
+        if kind == MsgType.SHUTDOWN:
+            raise HostShutdown()
+        if kind == MsgType.INTERRUPT:
+            vcpu, vector = (int(v) for v in msg.fields(INTERRUPT_FORMAT))
+            if self.module is not None and 0 <= vcpu < len(self.module.td.vcpus):
+                self.module.post_l1_interrupt(vcpu, vector)
+            return None
+        try:
+            if kind == MsgType.CREATE:
+                self._create(msg)
+                return None
+            if kind == MsgType.FINALIZE:
+                self._finalize(msg)
+                return None
+            builder = self._need_builder()
+            if kind == MsgType.ADD_PAGE:
+                (gpa,) = msg.fields(ADD_PAGE_FORMAT)
+                builder.page_add(int(gpa), msg.rest(ADD_PAGE_FORMAT))
+            elif kind == MsgType.EXTEND:
+                self._extend(msg)
+            elif kind == MsgType.AUG_REST:
+                builder.aug_rest()
+            elif kind == MsgType.AUG:
+                (gpa,) = msg.fields(AUG_FORMAT)
+                self.channel.send_reply(self._aug(int(gpa)))
+                return None
+            elif kind == MsgType.CONVERT:
+                gpa, npages, to_shared = (int(v) for v in msg.fields(CONVERT_FORMAT))
+                if to_shared:
+                    builder.module.host_convert_to_shared(gpa, npages)
+                else:
+                    builder.module.host_convert_to_private(gpa, npages)
+            else:
+                raise BuildError(f"unexpected message {kind.name}")
+        except (BuildError, ValueError) as exc:
+            self.channel.send_reply(False, str(exc))
+            return None
+        self.channel.send_reply(True)
+        return None
+
+    def _aug(self, gpa: int) -> bool:
+        memory = self._need_builder().memory
+        index = memory.page_index(gpa)
+        if index is None or memory.state[index] != PageState.NOT_PRESENT or memory.shared[index]:
+            return False
+        memory.set_state(gpa & ~(PAGE_SIZE - 1), PageState.PENDING)
+        return True
+
+    def receive(self, data: bytes | None = None) -> Message | None:
+        """The next message (or `data` parsed), or None (after a refusal) if it was malformed."""
+        try:
+            return Channel.parse(data if data is not None else self.channel.recv_raw())
+        except ChannelError as exc:
+            self.channel.send_reply(False, str(exc))
+            return None
+
+    def serve_until_enter(self) -> tuple[int, Regs]:
+        """Serve host-side calls until the host enters the TD again (ENTER decoded inline)."""
+        while True:
+            data = self.channel.recv_raw()
+            if len(data) == ENTER_MSG.size and data[0] == MsgType.ENTER and not data[1]:
+                values = ENTER_MSG.unpack(data)
+                return values[ENTER_GPRS_AT - 1], Regs(*values[ENTER_GPRS_AT:])
+            msg = self.receive(data)
+            entered = self.handle(msg) if msg is not None else None
+            if entered is not None:
+                return entered
+
+    # --- L1 --------------------------------------------------------------------------------------
+    def run_l1(self, workdir: Path) -> bytes:
+        """Import L1 from the measured image alone and call its entry point."""
+        if self.module is None or self.image is None:
+            raise BuildError("ENTER before FINALIZE")
+        zip_path = workdir / "l1image.zip"
+        fd = os.open(zip_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(self.image.payload)
+        if self.finder is not None:
+            self.finder.enabled = False
+        sys.path.insert(0, str(zip_path))
+        importlib.invalidate_caches()
+        module = importlib.import_module(self.image.module)
+        origin = getattr(module, "__file__", "") or ""
+        if not origin.startswith(str(zip_path)):
+            raise ImportError(f"L1 module {self.image.module} came from {origin}, not the image")
+        entry = getattr(module, self.image.function)
+        result = entry(L1Platform(self.module, str(zip_path)))
+        if isinstance(result, str):
+            return result.encode()
+        return bytes(result) if isinstance(result, bytes | bytearray) else repr(result).encode()
+
+
+def _die_with_parent() -> None:
+    """PR_SET_PDEATHSIG: if the host process dies, so does the TD (no orphan L1 left running)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def main(sock_fd: int, finder: CheckoutFinder | None = None) -> int:
+    """Serve the channel on `sock_fd` until SHUTDOWN; runs L1 at the first ENTER."""
+    _die_with_parent()
+    channel = Channel(socket.socket(fileno=sock_fd))
+    process = TdProcess(channel, finder)
+    with tempfile.TemporaryDirectory(prefix="tdxsim-l1-") as workdir:
+        try:
+            while True:
+                msg = process.receive()
+                if msg is None:
+                    continue
+                if msg.type == MsgType.ENTER:
+                    if process.image is None:
+                        channel.send(MsgType.FAILED, b"ENTER before a successful FINALIZE")
+                        continue
+                    try:
+                        result = process.run_l1(Path(workdir))
+                    except HostShutdown:
+                        raise
+                    except BaseException:  # L1's failure is reported, not fatal to the TD
+                        channel.send(MsgType.FAILED, traceback.format_exc().encode()[-MAX_TEXT:])
+                        continue
+                    channel.send(MsgType.DONE, DONE_FORMAT.pack(L1_EXIT_OK) + result[:MAX_TEXT])
+                    continue
+                process.handle(msg)
+        except HostShutdown:
+            return 0
+        except ChannelClosed:
+            return 1  # the host is gone; nothing left to run for

@@ -1,0 +1,107 @@
+"""The host VMM touches shared memory only, and bad input from either side breaks nothing."""
+
+from __future__ import annotations
+
+import struct
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tdxsim.abi import PAGE_SIZE, TDVMCALL_OPERAND_INVALID, TDVMCALL_SUCCESS
+from tdxsim.channel import HEADER, REPLY_FORMAT, MsgType
+from tdxsim.host import Ghci
+from tdxsim.l1image import build_l1_image
+from tdxsim.shared import HostAccessDenied
+from tdxsim.vmm import HostCallRefused, Vmm, simulated_platform
+from tests.unit.tdxsim.test_host import BUF, SHARED_BIT, HostTd
+
+SECRET = b"L1 private key material"
+PRIVATE = 0x120000
+L1_MIN = Path(__file__).parents[2] / "integration" / "tdxsim" / "l1_min"
+MAC_KEY, QUOTING = simulated_platform(b"test_host_isolation")
+
+
+def test_host_cannot_read_a_private_page() -> None:
+    td = HostTd()
+    td.h.write(PRIVATE, SECRET)
+    with pytest.raises(HostAccessDenied, match=f"{PRIVATE:#x}.*private GPA"):
+        td.shared.read(PRIVATE, len(SECRET))
+    with pytest.raises(HostAccessDenied, match="not converted to shared"):
+        td.shared.read(PRIVATE | SHARED_BIT, len(SECRET))  # the shared alias is not mapped
+    with pytest.raises(HostAccessDenied):
+        td.shared.write(PRIVATE, b"x")
+    assert td.h.read(PRIVATE, len(SECRET)) == SECRET
+
+
+def test_a_range_crossing_into_private_memory_is_denied() -> None:
+    td = HostTd()
+    td.map_shared(BUF, PAGE_SIZE)
+    td.h.write(BUF + PAGE_SIZE, SECRET)  # the next page stays private
+    with pytest.raises(HostAccessDenied, match=f"{(BUF + PAGE_SIZE) | SHARED_BIT:#x}"):
+        td.shared.read(BUF | SHARED_BIT, 2 * PAGE_SIZE)
+
+
+def test_conversion_to_shared_does_not_leak_private_contents() -> None:
+    td = HostTd()
+    td.h.write(BUF, SECRET)
+    td.map_shared(BUF, PAGE_SIZE)
+    assert td.shared.read(BUF | SHARED_BIT, PAGE_SIZE) == bytes(PAGE_SIZE)
+
+
+def test_tdvmcalls_pointing_at_private_memory_neither_read_nor_write_it() -> None:
+    td = HostTd()
+    td.h.write(PRIVATE, SECRET)
+    for sub, regs in ((Ghci.GET_QUOTE, {"r12": PRIVATE, "r13": PAGE_SIZE}),
+                      (Ghci.SERVICE, {"r12": PRIVATE, "r13": PRIVATE}),
+                      (Ghci.REPORT_FATAL_ERROR, {"r12": 1 << 63, "r13": PRIVATE})):
+        assert td.vmcall(sub, **regs).r10 == TDVMCALL_OPERAND_INVALID
+    assert td.h.read(PRIVATE, len(SECRET)) == SECRET
+    assert td.host.log.fatal is None and not td.host.log.quotes
+    assert all("denied" in line for line in td.host.log.refused)
+
+
+def test_register_values_of_every_width_never_crash_the_host() -> None:
+    td = HostTd()
+    hostile = [0, 1, PAGE_SIZE - 1, SHARED_BIT, (1 << 64) - 1, 1 << 63, SHARED_BIT | 0xFFF]
+    for sub in Ghci:
+        for value in hostile:
+            out = td.vmcall(sub, r12=value, r13=value, r14=value, r15=value)
+            assert out.r10 in (TDVMCALL_SUCCESS, TDVMCALL_OPERAND_INVALID, 1, 1 << 63 | 2)
+
+
+@pytest.fixture
+def vmm() -> Iterator[Vmm]:
+    with Vmm(QUOTING) as v:
+        v.create([(0, 8 << 20)], mac_key=MAC_KEY)
+        yield v
+
+
+def test_host_process_cannot_read_the_td_process_private_memory(vmm: Vmm) -> None:
+    vmm.load_l1_image(build_l1_image([L1_MIN], "l1_min.main:entry"), 0x100000)
+    assert vmm.shared is not None
+    for gpa in (0x100000, 0x100000 | SHARED_BIT):
+        with pytest.raises(HostAccessDenied):
+            vmm.shared.read(gpa, 16)
+
+
+def test_malformed_host_calls_are_refused_and_the_td_process_survives(vmm: Vmm) -> None:
+    sock = vmm.channel.sock
+    for raw in (b"\x01", HEADER.pack(999, 0, 0), HEADER.pack(MsgType.ADD_PAGE, 0, 50) + b"x",
+                HEADER.pack(MsgType.EXTEND, 0, 2) + b"ab"):
+        sock.send(raw)
+        with pytest.raises(HostCallRefused):
+            _expect_refusal(vmm)
+    with pytest.raises(HostCallRefused, match="more than a page"):
+        vmm.call(MsgType.ADD_PAGE, struct.pack("<Q", 0x1000) + bytes(PAGE_SIZE + 1))
+    vmm.add_page(0x1000, b"still alive")  # the TD process still serves correct calls
+    assert vmm.proc.poll() is None
+
+
+def _expect_refusal(vmm: Vmm) -> None:
+    """Read the TD process's answer to a raw message; raise HostCallRefused if it refused."""
+    reply = vmm.recv(time.monotonic() + 5)
+    (status,) = reply.fields(REPLY_FORMAT)
+    if reply.type == MsgType.REPLY and status:
+        raise HostCallRefused(reply.rest(REPLY_FORMAT).decode())
