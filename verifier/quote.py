@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import re
 import struct
 from dataclasses import astuple, dataclass
 from typing import ClassVar, Self
@@ -47,6 +48,7 @@ QE_REPORT_DATA_BINDING_SIZE = 32
 SGX_REPORT_DATA_SIZE = 64
 MAX_CERT_NESTING = 1
 PEM_PADDING = b"\x00"
+PEM_BLOCK = re.compile(rb"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----", re.DOTALL)
 
 
 class QuoteParseError(VerificationError, ValueError):
@@ -285,6 +287,10 @@ class ParsedQuote:
 
 def _parse_pem_chain(data: bytes, offset: int) -> tuple[x509.Certificate, ...]:
     pem = data.rstrip(PEM_PADDING)
+    stray = PEM_BLOCK.sub(b"", pem).strip()
+    if stray:
+        at = offset + pem.find(stray[:1])
+        raise QuoteParseError("pck_cert_chain", at, "bytes outside the PEM certificate blocks")
     try:
         certs = x509.load_pem_x509_certificates(pem)
     except ValueError as exc:

@@ -205,3 +205,15 @@ def test_length_fields_claiming_huge_sizes(quote: bytes) -> None:
         bad = quote[:offset] + b"\xff" * width + quote[offset + width :]
         with pytest.raises(QuoteParseError, match=field):
             parse_quote(bad)
+
+
+def test_bytes_after_the_last_pem_block_are_refused(
+    sim: SimulatedAttestation, quote: bytes
+) -> None:
+    end = quote.rindex(b"-----END CERTIFICATE-----") + len(b"-----END CERTIFICATE-----")
+    assert end < len(quote), "the chain should end with a newline or padding"
+    for offset in range(end, len(quote)):
+        tampered = bytearray(quote)
+        tampered[offset] ^= 0xFF
+        with pytest.raises(VerificationError):
+            verify_quote(bytes(tampered), sim.quoting.trusted_root_der)
