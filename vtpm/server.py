@@ -61,6 +61,13 @@ PORT_PAIR_ATTEMPTS = 50
 # Connections beyond this are closed at once, so descriptor exhaustion cannot wedge the loop.
 MAX_CONNECTIONS = 512
 HAVE_QUICKACK = hasattr(socket, "TCP_QUICKACK")
+# Wake accept() only once the client's first bytes are in (seconds to wait for them): every client
+# of both ports speaks first, so the accept fast path finds its command already there.
+DEFER_ACCEPT_S = 1
+HAVE_DEFER_ACCEPT = hasattr(socket, "TCP_DEFER_ACCEPT")
+# Connection sockets stay in blocking mode (no extra fcntl per connection); every recv and send
+# is made non-blocking by this flag instead.
+NOWAIT = socket.MSG_DONTWAIT
 
 
 class Port(enum.Enum):
@@ -78,7 +85,8 @@ class _Connection:
     channel: CommandChannel | PlatformChannel
     output: bytearray = field(default_factory=bytearray)
     close_after_flush: bool = False
-    writing: bool = False  # registered for EPOLLOUT instead of EPOLLIN
+    writing: bool = False  # wants EPOLLOUT instead of EPOLLIN
+    registered: bool = False  # known to epoll (not yet during the accept fast path)
 
     @property
     def peer(self) -> str:
@@ -180,13 +188,22 @@ class VtpmServer:
                         MAX_CONNECTIONS, addr[0], addr[1])
             sock.close()
             return
-        sock.setblocking(False)  # TCP_NODELAY is inherited from the listener (Linux)
+        if sock.gettimeout() is not None:  # a default timeout would make recv poll first
+            sock.setblocking(False)
+        # TCP_NODELAY is inherited from the listener (Linux).
         channel: CommandChannel | PlatformChannel = (
             CommandChannel() if port is Port.COMMAND else PlatformChannel()
         )
         conn = _Connection(sock, port, addr, channel)
-        self._connections[sock.fileno()] = conn
-        self._epoll.register(sock.fileno(), select.EPOLLIN)
+        fd = sock.fileno()
+        self._connections[fd] = conn
+        # Fast path: the client's first frame is usually already here (TCP_DEFER_ACCEPT), so
+        # answer it before registering with epoll; the swtpm TCTI sends one command per
+        # connection. A non-blocking read that finds nothing just leaves it to the loop.
+        self._service(conn, select.EPOLLIN)
+        if fd in self._connections:
+            conn.registered = True
+            self._epoll.register(fd, select.EPOLLOUT if conn.writing else select.EPOLLIN)
 
     def _service(self, conn: _Connection, events: int) -> None:
         try:
@@ -200,7 +217,7 @@ class VtpmServer:
 
     def _receive(self, conn: _Connection) -> None:
         try:
-            data = conn.sock.recv(RECV_SIZE)
+            data = conn.sock.recv(RECV_SIZE, NOWAIT)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
@@ -211,13 +228,30 @@ class VtpmServer:
                 log.info("command connection %s closed mid-frame; frame dropped", conn.peer)
             self._close(conn)
             return
-        if HAVE_QUICKACK:
-            conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+        self._handle(conn, data)
+
+    def _handle(self, conn: _Connection, data: bytes) -> None:
         channel = conn.channel
         if (isinstance(channel, CommandChannel) and not conn.output
                 and channel.whole_command(data)):
-            conn.output += self.engine.process(data, self._swtpm_locality)
+            # One whole swtpm command in one segment: the answer carries the ACK, so no
+            # QUICKACK is needed (only mssim's several small writes per frame need it).
+            response = self.engine.process(data, self._swtpm_locality)
+            try:
+                sent = conn.sock.send(response, NOWAIT)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                self._close(conn)
+                return
+            if sent == len(response):
+                if conn.writing:
+                    self._want_write(conn, False)
+                return
+            conn.output += response[sent:]
         else:
+            if HAVE_QUICKACK:
+                conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
             channel.feed(data)
             self._run_requests(conn)
         self._flush(conn)
@@ -326,7 +360,7 @@ class VtpmServer:
     def _flush(self, conn: _Connection) -> None:
         if conn.output:
             try:
-                sent = conn.sock.send(conn.output)
+                sent = conn.sock.send(conn.output, NOWAIT)
             except (BlockingIOError, InterruptedError):
                 sent = 0
             except OSError:
@@ -350,7 +384,9 @@ class VtpmServer:
     def _want_write(self, conn: _Connection, writing: bool) -> None:
         if conn.writing != writing:
             conn.writing = writing
-            self._epoll.modify(conn.sock.fileno(), select.EPOLLOUT if writing else select.EPOLLIN)
+            if conn.registered:
+                mask = select.EPOLLOUT if writing else select.EPOLLIN
+                self._epoll.modify(conn.sock.fileno(), mask)
 
     @staticmethod
     def _has_backlog(conn: _Connection) -> bool:
@@ -360,8 +396,7 @@ class VtpmServer:
         fd = conn.sock.fileno()
         if fd < 0 or self._connections.pop(fd, None) is None:
             return
-        with contextlib.suppress(OSError, ValueError):
-            self._epoll.unregister(fd)
+        # close() also drops the descriptor from epoll: it is never duplicated.
         conn.sock.close()
 
     def _shutdown(self) -> None:
@@ -377,6 +412,8 @@ def _listener(host: str, port: int) -> socket.socket:
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if HAVE_DEFER_ACCEPT:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, DEFER_ACCEPT_S)
         sock.bind((host, port))
         sock.listen(LISTEN_BACKLOG)
         sock.setblocking(False)
