@@ -9,6 +9,8 @@ definition of the 128-byte extension blocks (reference igvm.md 4.1).
 from __future__ import annotations
 
 import hashlib
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -20,6 +22,7 @@ from tdxsim.td import TdState
 
 MR_EXTEND_CHUNK = 256
 HUGE_PAGE = PAGE_SIZE * PAGES_PER_2M
+FREE_RUN = re.compile(rb"\0+")  # a run of free pages in a page map
 
 
 class BuildError(Exception):
@@ -98,27 +101,66 @@ class TdBuilder:
 
     def page_add(self, gpa: int, data: bytes = b"") -> None:
         """TDH.MEM.PAGE.ADD: copy `data` (zero padded) into a new private page; extends MRTD."""
-        self._add(gpa, data)
-        self.mrtd.page_add(gpa)
+        self.add_page_run(gpa, (data,), measured=False)
 
     def add_measured_page(self, gpa: int, data: bytes) -> None:
         """PAGE.ADD followed by the page's 16 MR.EXTENDs (KVM's single-pass order), in one step."""
-        page = self._add(gpa, data)
-        self.mrtd.add_measured_page(gpa, page)
+        self.add_page_run(gpa, (data,), measured=True)
 
-    def _add(self, gpa: int, data: bytes) -> bytes:
+    def add_page_run(self, gpa: int, pages: Sequence[bytes], *, measured: bool) -> None:
+        """PAGE.ADD of consecutive pages from `gpa`, each with its 16 MR.EXTENDs if `measured`.
+
+        The same as one page_add/add_measured_page per page in order (a refused page raises after
+        the ones before it were added), with one copy and one SEPT update per contiguous run.
+        """
+        while pages:
+            count = self._addable(gpa, pages)
+            if count == 0:
+                raise self._refusal(gpa, pages[0])
+            run = [
+                page if len(page) == PAGE_SIZE else bytes(page).ljust(PAGE_SIZE, b"\0")
+                for page in pages[:count]
+            ]
+            self.memory.write_pages(gpa, run)
+            self.memory.set_range_state(gpa, count, PageState.MAPPED, LEVEL_4K)
+            mrtd = self.mrtd
+            if measured:
+                for i, page in enumerate(run):
+                    mrtd.add_measured_page(gpa + i * PAGE_SIZE, page)
+            else:
+                for i in range(count):
+                    mrtd.page_add(gpa + i * PAGE_SIZE)
+            gpa += count * PAGE_SIZE
+            pages = pages[count:]
+
+    def _addable(self, gpa: int, pages: Sequence[bytes]) -> int:
+        """How many of `pages` from `gpa` PAGE.ADD accepts as one run inside one region."""
+        memory = self.memory
+        region = memory.region_of(gpa)
+        if self.td.finalized or gpa % PAGE_SIZE or memory.is_shared(gpa) or region is None:
+            return 0
+        first = region.offset // PAGE_SIZE + (gpa - region.gpa) // PAGE_SIZE
+        count = min(len(pages), (region.end - gpa) // PAGE_SIZE)
+        free = bytes(count)
+        if (
+            memory.state[first : first + count] == free
+            and memory.shared[first : first + count] == free
+            and max(map(len, pages[:count])) <= PAGE_SIZE
+        ):
+            return count
+        for i in range(count):  # find the first page to refuse
+            if memory.state[first + i] or memory.shared[first + i] or len(pages[i]) > PAGE_SIZE:
+                return i
+        return count
+
+    def _refusal(self, gpa: int, data: bytes) -> BuildError:
+        """Why PAGE.ADD of `data` at `gpa` is refused."""
         self._check_open("PAGE.ADD", gpa)
         if len(data) > PAGE_SIZE:
-            raise BuildError(f"PAGE.ADD at GPA {gpa:#x}: {len(data)} bytes is more than a page")
-        index = self.memory.page_index(gpa)
-        if index is None:
-            raise BuildError(f"PAGE.ADD at GPA {gpa:#x}: outside the TD's RAM regions")
-        if self.memory.state[index] != PageState.NOT_PRESENT or self.memory.shared[index]:
-            raise BuildError(f"PAGE.ADD at GPA {gpa:#x}: page already present")
-        page = bytes(data).ljust(PAGE_SIZE, b"\0")
-        self.memory.write(gpa, page)
-        self.memory.set_state(gpa, PageState.MAPPED, LEVEL_4K)
-        return page
+            return BuildError(f"PAGE.ADD at GPA {gpa:#x}: {len(data)} bytes is more than a page")
+        if self.memory.page_index(gpa) is None:
+            return BuildError(f"PAGE.ADD at GPA {gpa:#x}: outside the TD's RAM regions")
+        return BuildError(f"PAGE.ADD at GPA {gpa:#x}: page already present")
 
     def mr_extend(self, gpa: int) -> None:
         """TDH.MR.EXTEND of one 256-byte chunk of an added page."""
@@ -148,36 +190,31 @@ class TdBuilder:
 
     def aug_rest(self) -> int:
         """AUG every RAM page not yet present: 2M blocks where a whole block is free, else 4K."""
-        state, shared = self.memory.state, self.memory.shared
+        memory = self.memory
         count = 0
-        for region in self.memory.regions:
-            first, npages = region.offset // PAGE_SIZE, region.size // PAGE_SIZE
-            i = 0
-            while i < npages:
-                index, gpa = first + i, region.gpa + i * PAGE_SIZE
-                block = slice(index, index + PAGES_PER_2M)
-                if (
-                    gpa % HUGE_PAGE == 0
-                    and i + PAGES_PER_2M <= npages
-                    and not any(state[block])
-                    and not any(shared[block])
-                ):
-                    self.memory.set_range_state(gpa, PAGES_PER_2M, PageState.PENDING, LEVEL_2M)
-                    i += PAGES_PER_2M
-                    count += PAGES_PER_2M
-                    continue
-                run = 0
-                while (
-                    i + run < npages
-                    and not state[index + run]
-                    and not shared[index + run]
-                    and (run == 0 or (gpa + run * PAGE_SIZE) % HUGE_PAGE)
-                ):
-                    run += 1
-                if run:
-                    self.memory.set_range_state(gpa, run, PageState.PENDING, LEVEL_4K)
-                    count += run
-                i += max(run, 1)
+        for region in memory.regions:
+            gpa = region.gpa
+            while gpa < region.end:
+                end = min((gpa // HUGE_PAGE + 1) * HUGE_PAGE, region.end)  # next 2M boundary
+                first = (region.offset + gpa - region.gpa) // PAGE_SIZE
+                npages = (end - gpa) // PAGE_SIZE
+                span = slice(first, first + npages)
+                # Byte-wise OR of the state and shared bytes (values < 0x80, so no carries):
+                # zero exactly where a page is free.
+                busy = int.from_bytes(memory.state[span], "little") | int.from_bytes(
+                    memory.shared[span], "little"
+                )
+                if not busy and npages == PAGES_PER_2M:
+                    memory.set_range_state(gpa, npages, PageState.PENDING, LEVEL_2M)
+                    count += npages
+                else:
+                    for free in FREE_RUN.finditer(busy.to_bytes(npages, "little")):
+                        start, run = free.start(), free.end() - free.start()
+                        memory.set_range_state(
+                            gpa + start * PAGE_SIZE, run, PageState.PENDING, LEVEL_4K
+                        )
+                        count += run
+                gpa = end
         return count
 
     def _free(self, gpa: int) -> bool:

@@ -14,7 +14,10 @@ from typing import Any
 
 from igvm import format as igvm_format
 from igvm import headers
-from igvm.headers import SupportedPlatform
+from igvm.headers import IGVM_PAGE_FLAG_SHARED as SHARED
+from igvm.headers import IGVM_PAGE_FLAG_UNMEASURED as UNMEASURED
+from igvm.headers import PageData, SupportedPlatform
+from igvm.measure import FLUSH_BYTES, MEASURED_PAGE_BYTES
 from tdxsim.abi import GPAW_48, GPAW_52, PAGE_SIZE
 from tdxsim.build import BuildError, TdBuilder, TdConfig
 from tdxsim.interfaces import AttestationInterface, HostInterface
@@ -23,6 +26,8 @@ SHARED_BOUNDARY_GPAW = {0: GPAW_48, 1 << 47: GPAW_48, 1 << 51: GPAW_52}
 DEFAULT_RAM = 64 << 20
 HUGE = 2 << 20
 MEMORY_TYPE_RAM = 0
+# Pages added as one run: one accumulator batch, so hashing starts while the file is still read.
+MAX_RUN_PAGES = FLUSH_BYTES // MEASURED_PAGE_BYTES
 
 
 class IgvmLoadError(BuildError):
@@ -130,18 +135,31 @@ def _replay(
         instruction_budget=instruction_budget,
     )
     areas: dict[int, bytearray] = {}
+    # Consecutive PAGE_DATA of one kind are added as one run (still in file order): one copy
+    # and one SEPT update per run instead of per page.
+    run: list[bytes] = []
+    run_gpa, run_end, run_measured = 0, -1, False
     for d in directives:
+        if type(d) is PageData and d.compatibility_mask & mask == mask and not d.flags & SHARED:
+            measured = not d.flags & UNMEASURED
+            if d.gpa != run_end or measured != run_measured or len(run) == MAX_RUN_PAGES:
+                if run:
+                    builder.add_page_run(run_gpa, run, measured=run_measured)
+                run, run_gpa, run_measured = [], d.gpa, measured
+            run.append(d.data)
+            run_end = d.gpa + PAGE_SIZE
+            continue
         if not applies(d, mask):
             continue
-        if isinstance(d, headers.PageData):
+        if run:  # every other directive comes after the pages before it
+            builder.add_page_run(run_gpa, run, measured=run_measured)
+            run, run_end = [], -1
+        if isinstance(d, PageData):
             if d.shared:  # host-visible: mapped in the shared EPT with its contents, not measured
                 builder.memory.write(d.gpa, bytes(d.data).ljust(PAGE_SIZE, b"\0"))
                 builder.memory.set_shared(d.gpa, 1, True)
-                continue
-            if d.unmeasured:
-                builder.page_add(d.gpa, bytes(d.data))
             else:
-                builder.add_measured_page(d.gpa, bytes(d.data))
+                builder.add_page_run(d.gpa, (d.data,), measured=not d.unmeasured)
         elif isinstance(d, headers.ParameterArea):
             areas[d.parameter_area_index] = bytearray(
                 d.initial_data.ljust(d.number_of_bytes, b"\0")
@@ -152,10 +170,12 @@ def _replay(
                 raise IgvmLoadError(
                     f"PARAMETER_INSERT at GPA {d.gpa:#x}: area {d.parameter_area_index} undeclared"
                 )
-            for offset in range(0, len(area), PAGE_SIZE):
-                builder.page_add(d.gpa + offset, bytes(area[offset : offset + PAGE_SIZE]))
+            pages = [bytes(area[at : at + PAGE_SIZE]) for at in range(0, len(area), PAGE_SIZE)]
+            builder.add_page_run(d.gpa, pages, measured=False)
         else:
             _fill_parameter(d, areas, ram, vcpus)
+    if run:
+        builder.add_page_run(run_gpa, run, measured=run_measured)
     for _ in range(vcpus):
         builder.add_vcpu()
     builder.aug_rest()
