@@ -27,10 +27,13 @@ MAX_MESSAGE = 64 * 1024
 # Adaptive spinning before a blocking receive: waking a process on an idle core costs tens of
 # microseconds, an answer usually comes sooner. But when the two processes share one core (a
 # loaded machine), spinning only delays the peer, so failed spins halve the budget down to none,
-# and a probe every SPIN_PROBE_EVERY receives finds out whether spinning pays again.
+# and a probe every SPIN_PROBE_EVERY receives finds out whether spinning pays again. A blocking
+# wait longer than IDLE_WAIT_NS (far above any wake-up delay) means the peer was busy, not starved
+# by our spinning: the failed spins were no sign of a shared core, so spinning resumes at once.
 SPIN_MAX_NS = 50_000
 SPIN_MIN_NS = 5_000
 SPIN_PROBE_EVERY = 128
+IDLE_WAIT_NS = 1_000_000
 MAX_TEXT = MAX_MESSAGE - 64
 GPR_COUNT = 16
 MAC_KEY_SIZE = 32
@@ -160,10 +163,12 @@ class Channel:
         """One message's bytes, unparsed (the hot path decodes ENTER/EXIT itself)."""
         data = self.spin_recv()
         if data is None:
+            start = time.perf_counter_ns()
             try:
                 data = self.sock.recv(MAX_MESSAGE)
             except ConnectionResetError as exc:
                 raise ChannelClosed(f"peer gone ({exc})") from exc
+            self.blocked_for(time.perf_counter_ns() - start)
         if not data:
             raise ChannelClosed("peer closed the channel")
         return data
@@ -182,6 +187,12 @@ class Channel:
         else:
             self.spin_ns = self.spin_ns // 2 if self.spin_ns // 2 >= SPIN_MIN_NS else 0
         return data
+
+    def blocked_for(self, waited_ns: int) -> None:
+        """Account a blocking wait of `waited_ns` after the spin (see IDLE_WAIT_NS)."""
+        if waited_ns >= IDLE_WAIT_NS:
+            self.spin_ns = SPIN_MAX_NS
+            self._since_probe = 0
 
     def try_recv(self, spin_ns: int) -> bytes | None:
         """A message if one arrives within `spin_ns` (busy polling), else None."""

@@ -144,6 +144,12 @@ UNICORN: Any = Uc  # the binding is untyped
 
 # --- L2_ENTER_GUEST_STATE (reference 3.3): 16 GPRs, RFLAGS, RIP, SSP, u16 RVI|SVI<<8 ----------
 GUEST_STATE = struct.Struct("<16QQQQH")
+# Its parts as entry and exit move them: GPRs, RFLAGS and RIP are copied as bytes between the
+# block and the batch-register buffer (same order, both little-endian on an x86-64 host).
+GUEST_STATE_REGS_SIZE = 18 * 8
+GUEST_STATE_TAIL = struct.Struct("<QQQH")  # RFLAGS, RIP, SSP, RVI|SVI<<8
+GUEST_STATE_TAIL_AT = 16 * 8
+GUEST_STATE_STATUS = struct.Struct("<QH")  # SSP, RVI|SVI<<8
 U64 = (1 << 64) - 1
 RUN_FOREVER = U64
 DEFAULT_INSTRUCTION_BUDGET = 5_000_000
@@ -171,6 +177,18 @@ UC_GPRS = (
 UC_STATE_REGS = (*UC_GPRS, X.UC_X86_REG_RFLAGS, X.UC_X86_REG_RIP)
 UC_CRS = (X.UC_X86_REG_CR0, X.UC_X86_REG_CR3, X.UC_X86_REG_CR4)
 CR_FIELDS = (Vmcs.GUEST_CR0, Vmcs.GUEST_CR3, Vmcs.GUEST_CR4)
+# VMCS fields an exit writes, in the order _write_exit_fields gives their values
+EXIT_FIELDS = (
+    Vmcs.EXIT_REASON, Vmcs.EXIT_QUALIFICATION, Vmcs.GUEST_LINEAR_ADDRESS,
+    Vmcs.GUEST_PHYSICAL_ADDRESS, Vmcs.EXIT_INTR_INFO, Vmcs.EXIT_INTR_ERROR_CODE,
+    Vmcs.IDT_VECTORING_INFO, Vmcs.IDT_VECTORING_ERROR_CODE, Vmcs.EXIT_INSTRUCTION_LENGTH,
+    Vmcs.EXIT_INSTRUCTION_INFO, Vmcs.GUEST_INTERRUPTIBILITY, *CR_FIELDS,
+)  # fmt: skip
+# What an exit reads in one batch: the guest-state block's registers, the CRs, CS.
+UC_EXIT_REGS = (*UC_STATE_REGS, *UC_CRS, X.UC_X86_REG_CS)
+RFLAGS_AT, RIP_AT = len(UC_GPRS), len(UC_GPRS) + 1
+EXIT_TAIL = struct.Struct("=5Q")  # RIP, CR0, CR3, CR4, CS: the end of UC_EXIT_REGS
+GUEST_CR_FIELDS = frozenset({*CR_FIELDS})
 
 # --- opcodes the code hook recognizes ---------------------------------------------------------
 LEGACY_PREFIXES = frozenset({0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65, 0x66, 0x67, 0xF0, 0xF2, 0xF3})
@@ -196,6 +214,11 @@ OP2_INVD, OP2_WBINVD, OP2_GROUP7 = 0x08, 0x09, 0x01
 MODRM_VMCALL, MODRM_TDCALL, MODRM_XSETBV = 0xC1, 0xCC, 0xD1
 MODRM_MONITOR, MODRM_MWAIT = 0xC8, 0xC9
 GROUP7_OPCODE_LEN = 3  # 0F 01 modrm, after any prefixes
+UNCONDITIONAL_TWO_BYTE_EXITS = {
+    OP2_CPUID: ExitReason.CPUID,
+    OP2_INVD: ExitReason.INVD,
+    OP2_WBINVD: ExitReason.WBINVD,
+}
 FIRST_BYTES = (
     LEGACY_PREFIXES
     | set(range(REX_FIRST, REX_LAST + 1))
@@ -219,6 +242,7 @@ LARGE_PAGE_DEPTHS = (1, 2)  # PS in a PDPTE (1G) or PDE (2M)
 PF_WRITE = 1 << 1
 PF_FETCH = 1 << 4
 TRAP_GPA = (1 << 51) - PAGE_SIZE  # never mapped: below the GPAW-52 shared bit, above any RAM
+LOOKAHEAD_GPA = TRAP_GPA - PAGE_SIZE  # a no-access page unicorn owns, for the `until` probe
 
 WRITE_ACCESSES = frozenset({UC_MEM_WRITE_PROT, UC_MEM_WRITE_UNMAPPED})
 FETCH_ACCESSES = frozenset({UC_MEM_FETCH_PROT, UC_MEM_FETCH_UNMAPPED})
@@ -234,7 +258,7 @@ class StopKind(IntEnum):
     EMULATE_MSR = 4
 
 
-@dataclass
+@dataclass(slots=True)
 class ExitInfo:
     """Everything TDG.VP.ENTER reports on an L2->L1 exit (reference 3.3 output registers)."""
 
@@ -252,7 +276,7 @@ class ExitInfo:
     eeq: int = 0
 
 
-@dataclass
+@dataclass(slots=True)
 class _Stop:
     kind: StopKind
     exit: ExitInfo | None = None
@@ -278,20 +302,37 @@ class RegisterBlock:
         self._count = ctypes.c_int(len(regs))
         self._ids = (ctypes.c_int * len(regs))(*regs)
         self._vals = (ctypes.c_uint64 * len(regs))()
+        self._layout = struct.Struct(f"<{len(regs)}Q")  # unpacks the buffer in one C call
         base = ctypes.addressof(self._vals)
         self._ptrs = (ctypes.c_void_p * len(regs))(*(base + 8 * i for i in range(len(regs))))
+        self.raw = memoryview(self._vals).cast("B")  # the values' bytes, native order
+
+    def load(self) -> None:
+        """Read every register of the block into `raw`."""
+        status = self._uc._do_reg_read_batch(self._ids, self._ptrs, self._count)
+        if status:
+            raise cast(Any, UcError)(status)
+
+    def store(self) -> None:
+        """Write every register of the block from `raw`."""
+        status = self._uc._do_reg_write_batch(self._ids, self._ptrs, self._count)
+        if status:
+            raise cast(Any, UcError)(status)
+
+    def set(self, index: int, value: int) -> None:
+        """Change one value in `raw` (truncated to 64 bits), without writing it to unicorn."""
+        self._vals[index] = value
 
     def read(self) -> list[int]:
         """Current values, in the order given at construction."""
         status = self._uc._do_reg_read_batch(self._ids, self._ptrs, self._count)
         if status:
             raise cast(Any, UcError)(status)
-        return list(self._vals)
+        return list(self._layout.unpack_from(self._vals))
 
     def write(self, values: list[int] | tuple[int, ...]) -> None:
-        """Set every register of the block."""
-        for i, v in enumerate(values):
-            self._vals[i] = v & U64
+        """Set every register of the block (ctypes truncates each value to 64 bits)."""
+        cast(Any, self._vals)[:] = values
         status = self._uc._do_reg_write_batch(self._ids, self._ptrs, self._count)
         if status:
             raise cast(Any, UcError)(status)
@@ -347,12 +388,21 @@ class L2Vcpu:
                 self.uc.mem_map_ptr(
                     view, region.size, UC_PROT_NONE, memory.host_address + region.offset
                 )
+        self.uc.mem_map(LOOKAHEAD_GPA, PAGE_SIZE, UC_PROT_NONE)
         self._prot = bytearray(len(memory.state))
         self._shared_prot = bytearray(len(memory.state))
         self._shared_eptp = False
         self._state_regs = RegisterBlock(self.uc, UC_STATE_REGS)
         self._gprs = RegisterBlock(self.uc, UC_GPRS)
         self._crs = RegisterBlock(self.uc, UC_CRS)
+        self._exit_regs = RegisterBlock(self.uc, UC_EXIT_REGS)
+        # CR0 and CR3 as of the last exit, for page walks: None once L1 loads new CRs or L2
+        # executes a MOV to CR in this entry (then every walk reads them afresh).
+        self._cr_cache: tuple[int, int] | None = None
+        self._cr_volatile = False
+        self._rip_dirty = False  # RIP changed by event delivery since the entry
+        self._exit_rip: int | None = None  # where an exiting instruction stopped
+        self._exit_cs = 0
         self.reg = FastRegs(self.uc)
         self._sync_range(0, len(memory.state))
         memory.on_change(self._sync_range)
@@ -366,7 +416,7 @@ class L2Vcpu:
         self._code_off = -1
         self._code_page = -1
         self._code_pages: set[int] = set()
-        self._code_snapshot: dict[int, tuple[int, bytes]] = {}
+        self._code_snapshot: dict[int, tuple[int, bytes]] = {}  # GLA page -> memfd offset, bytes
         self.uc.hook_add(UC_HOOK_CODE, self._on_insn)
         self.uc.hook_add(
             UC_HOOK_MEM_READ_PROT
@@ -455,9 +505,16 @@ class L2Vcpu:
         (the alias) like on hardware: a table in a page L2 may not read is an EPT violation
         with the translated-access bit clear, never a way to read L1 memory. A non-present
         entry is a #PF for L2. Permission bits of the entries are not enforced (documented)."""
-        if not self.reg.read(X.UC_X86_REG_CR0) & CR0_PG:
+        crs = self._cr_cache
+        if crs is None:
+            cr0, cr3, _cr4 = self._crs.read()
+            if not self._cr_volatile:
+                self._cr_cache = (cr0, cr3)
+        else:
+            cr0, cr3 = crs
+        if not cr0 & CR0_PG:
             return gla, None
-        table = int(self.reg.read(X.UC_X86_REG_CR3)) & PTE_ADDR
+        table = cr3 & PTE_ADDR
         for depth, shift in enumerate(PT_LEVEL_SHIFTS):
             entry_gpa = table + ((gla >> shift) & PT_INDEX_MASK) * PT_ENTRY_SIZE
             index = self.memory.page_index(entry_gpa)
@@ -483,6 +540,10 @@ class L2Vcpu:
 
     def _on_tlb_fill(self, uc: Any, vaddr: int, access: int, entry: Any, _data: object) -> bool:
         """Virtual-TLB mode: unicorn asks us for every GLA->GPA translation it caches."""
+        if vaddr >> PAGE_SHIFT == RUN_FOREVER >> PAGE_SHIFT:  # emu_start probes `until`
+            entry.perms = UC_PROT_ALL
+            entry.paddr = LOOKAHEAD_GPA  # backed (never accessible), so unicorn caches it
+            return True
         kind = (
             EPTV_FETCH
             if access == UC_MEM_FETCH
@@ -492,10 +553,9 @@ class L2Vcpu:
         )
         gpa, fault = self._walk(vaddr, kind)
         entry.perms = UC_PROT_ALL  # the EPT part is the region protection unicorn checks next
-        lookahead = vaddr >> PAGE_SHIFT == RUN_FOREVER >> PAGE_SHIFT  # unicorn probes `until`
-        if gpa is None or lookahead:
+        if gpa is None:
             entry.paddr = TRAP_GPA  # unmapped: the access faults and _on_fault keeps our stop
-            if fault is not None and self._stop is None and not lookahead:
+            if fault is not None and self._stop is None:
                 fault.rip = self._last_addr
                 self._fill_was_data = kind != EPTV_FETCH
                 if kind == EPTV_FETCH:
@@ -599,6 +659,9 @@ class L2Vcpu:
                 self._code_off = region.offset + gpa - region.gpa
 
     def _decode(self, code: bytes, address: int, size: int) -> None:
+        if code[0] == OP_TWO_BYTE and len(code) > 1 and size <= MAX_INSN_LEN:  # no prefix
+            self._decode_two_byte(code[1:], set(), address, size, address + size)
+            return
         i = 0
         prefixes: set[int] = set()
         while i < len(code) and code[i] in LEGACY_PREFIXES:
@@ -630,14 +693,13 @@ class L2Vcpu:
         self, rest: bytes, prefixes: set[int], address: int, size: int, nxt: int
     ) -> None:
         op2 = rest[0]
-        if op2 == OP2_MOV_TO_CR:
+        reason = UNCONDITIONAL_TWO_BYTE_EXITS.get(op2)
+        if reason is not None:
+            self._exit(reason, address, size)
+        elif op2 == OP2_MOV_TO_CR:
             self._code_page = -1  # paging may change: re-translate the code page next time
-        elif op2 == OP2_CPUID:
-            self._exit(ExitReason.CPUID, address, size)
-        elif op2 == OP2_INVD:
-            self._exit(ExitReason.INVD, address, size)
-        elif op2 == OP2_WBINVD:
-            self._exit(ExitReason.WBINVD, address, size)
+            self._cr_cache = None
+            self._cr_volatile = True
         elif op2 == OP2_RDTSC:
             if self.vmcs.read(Vmcs.PROC_BASED_CONTROLS) & PROC_RDTSC_EXITING:
                 self._exit(ExitReason.RDTSC, address, size)
@@ -885,6 +947,7 @@ class L2Vcpu:
         rflags &= ~(RFLAGS_TF | RFLAGS_NT | RFLAGS_RF)
         if gate_type == GATE_TYPE_INTERRUPT:
             rflags &= ~RFLAGS_IF
+        self._rip_dirty = True
         try:
             if selector != cs:
                 uc.reg_write(X.UC_X86_REG_CS, selector)
@@ -917,19 +980,19 @@ class L2Vcpu:
                 continue  # a stale snapshot only costs one needless cache drop later
             gpa = self.gla_to_gpa(page << PAGE_SHIFT)
             if gpa is not None and self.memory.page_index(gpa) is not None:
-                self._code_snapshot[page] = (gpa, self.memory.read(gpa, PAGE_SIZE))
+                off = self.memory.offset_of(gpa & ~(PAGE_SIZE - 1))
+                self._code_snapshot[page] = (off, self.memory.buf[off : off + PAGE_SIZE])
         self._code_pages.clear()
-        self._code_page = -1
 
     def _drop_stale_translations(self) -> None:
         """L1 and the host write TD memory behind unicorn's back: drop translations of changed
         code pages (unicorn itself tracks L2's own writes to its code)."""
         buf = self.memory.buf  # mmap slices are bytes: one memcmp (memoryview compares per item)
-        for page, (gpa, data) in list(self._code_snapshot.items()):
-            off = self.memory.offset_of(gpa)
+        for page, (off, data) in list(self._code_snapshot.items()):
             if buf[off : off + PAGE_SIZE] != data:
                 self.uc.ctl_remove_cache(page << PAGE_SHIFT, (page + 1) << PAGE_SHIFT)
                 del self._code_snapshot[page]
+                self._code_page = -1  # so the page is snapshotted again at the next exit
 
     # --- entry and run loop ----------------------------------------------------------------
     def _load_guest_state_fields(self) -> None:
@@ -943,6 +1006,8 @@ class L2Vcpu:
         if dirty & {Vmcs.GUEST_IDTR_BASE, Vmcs.GUEST_IDTR_LIMIT}:
             uc.reg_write(X.UC_X86_REG_IDTR, (0, v.read(Vmcs.GUEST_IDTR_BASE),
                                              v.read(Vmcs.GUEST_IDTR_LIMIT), 0))  # fmt: skip
+        if dirty & GUEST_CR_FIELDS:
+            self._cr_cache = None
         for enc, reg in (
             (Vmcs.GUEST_CR3, X.UC_X86_REG_CR3),
             (Vmcs.GUEST_CR4, X.UC_X86_REG_CR4),
@@ -956,44 +1021,56 @@ class L2Vcpu:
                 uc.reg_write(reg, v.read(enc))
         dirty.clear()
 
-    def run(self, guest_state: bytes) -> tuple[ExitInfo, bytes]:
-        """Enter L2 with the 256-byte guest-state block; return the exit and the updated block."""
-        fields = GUEST_STATE.unpack_from(guest_state)
-        gprs, rflags, rip, ssp, intr_status = (
-            fields[:16],
-            fields[16],
-            fields[17],
-            fields[18],
-            fields[19],
+    def run_at(self, view: memoryview, offset: int) -> ExitInfo:
+        """Enter L2 with the 256-byte guest-state block at `offset` in `view` (TD memory); write
+        the updated block back in place and return the exit."""
+        rflags, rip, ssp, intr_status = GUEST_STATE_TAIL.unpack_from(
+            view, offset + GUEST_STATE_TAIL_AT
         )
         self.rvi, self.svi = unpack_intr_status(intr_status)
         self._stop = None
+        self._rip_dirty = False
+        self._exit_rip = None
         self.kick_requested = False
-        self._code_page = -1  # CR3 or memory may have changed since the last exit
         self._shadow = bool(
-            self.vmcs.read(Vmcs.GUEST_INTERRUPTIBILITY)
+            self.vmcs.values.get(Vmcs.GUEST_INTERRUPTIBILITY, 0)
             & (INTERRUPTIBILITY_STI | INTERRUPTIBILITY_MOV_SS)
         )
         try:
             if self.vmcs.dirty_guest:
                 self._load_guest_state_fields()
+            crs = self._cr_cache
+            if crs is None or crs[0] & CR0_PG:
+                self._code_page = -1  # CR3 or L2's page tables may have changed since the exit
             shared_eptp = bool(self.vmcs.l2_ctls & L2_CTLS_ENABLE_SHARED_EPTP)
             if shared_eptp != self._shared_eptp:
                 self._shared_eptp = shared_eptp
                 self._sync_range(0, len(self._prot))
             self._drop_stale_translations()
-            self._state_regs.write((*gprs, rflags | RFLAGS_FIXED, rip))
+            state = self._state_regs
+            state.raw[:] = view[offset : offset + GUEST_STATE_REGS_SIZE]
+            state.set(RFLAGS_AT, rflags | RFLAGS_FIXED)
+            state.store()
             exit_ = self._inject_from_vmcs()
             if exit_ is None:
-                exit_ = self._loop()
+                exit_ = self._loop(rip)
         except UcError:
             exit_ = ExitInfo(TDX_SUCCESS, ExitReason.INVALID_GUEST_STATE | VM_ENTRY_FAILURE)
-        self._write_exit_fields(exit_)
+        regs = self._exit_regs
+        regs.load()
+        rip, cr0, cr3, cr4, self._exit_cs = EXIT_TAIL.unpack_from(regs.raw, RIP_AT * 8)
+        if self._exit_rip is not None and rip != self._exit_rip:
+            self.reg.write(X.UC_X86_REG_RIP, self._exit_rip)
+            regs.set(RIP_AT, self._exit_rip)
+        self._cr_cache = (cr0, cr3)
+        self._cr_volatile = False
+        self._write_exit_fields(exit_, cr0, cr3, cr4)
         self._snapshot_code_pages()
-        values = self._state_regs.read()
-        status = pack_intr_status(self.rvi, self.svi)
-        block = GUEST_STATE.pack(*values[:16], values[16], values[17], ssp, status)
-        return exit_, block
+        view[offset : offset + GUEST_STATE_REGS_SIZE] = regs.raw[:GUEST_STATE_REGS_SIZE]
+        GUEST_STATE_STATUS.pack_into(
+            view, offset + GUEST_STATE_REGS_SIZE, ssp, pack_intr_status(self.rvi, self.svi)
+        )
+        return exit_
 
     def _inject_from_vmcs(self) -> ExitInfo | None:
         """VM-entry event injection from VMCS 0x4016 (reference 4a)."""
@@ -1020,15 +1097,18 @@ class L2Vcpu:
         self._shadow = False
         return self._deliver(vector, error, rip, info)
 
-    def _loop(self) -> ExitInfo:
+    def _loop(self, entry_rip: int) -> ExitInfo:
         uc = self.uc
         self._budget = self.instruction_budget
+        rip: int | None = entry_rip
         for _ in range(MAX_STOPS_PER_ENTRY):
             early = self._evaluate_pending()
             if early is not None:
                 return early
             self._stop = None
-            rip = self.reg.read(X.UC_X86_REG_RIP)
+            if rip is None or self._rip_dirty:
+                rip = self.reg.read(X.UC_X86_REG_RIP)
+                self._rip_dirty = False
             with contextlib.suppress(UcError):  # faults were recorded by the hooks
                 uc.emu_start(rip, RUN_FOREVER)
             self.instructions_retired += max(self.instruction_budget - self._budget, 0)
@@ -1038,12 +1118,13 @@ class L2Vcpu:
             result = self._handle_stop(stop)
             if result is not None:
                 return result
+            rip = None
         return self._timer_exit()
 
     def _evaluate_pending(self) -> ExitInfo | None:
         """Interrupt-window exit or virtual-interrupt delivery at an instruction boundary."""
-        window = self.vmcs.read(Vmcs.PROC_BASED_CONTROLS) & PROC_INTERRUPT_WINDOW_EXITING
-        pending = self._virtual_interrupt_pending()
+        window = self.vmcs.values.get(Vmcs.PROC_BASED_CONTROLS, 0) & PROC_INTERRUPT_WINDOW_EXITING
+        pending = self.rvi and self._virtual_interrupt_pending()
         self._watch_window = bool(window or pending)
         if not self._watch_window:
             return None
@@ -1057,10 +1138,12 @@ class L2Vcpu:
     def _handle_stop(self, stop: _Stop) -> ExitInfo | None:
         if stop.kind == StopKind.EXIT:
             assert stop.exit is not None
-            self.reg.write(X.UC_X86_REG_RIP, stop.rip)
             if stop.exit.status == TDX_L2_EXIT_HOST_ROUTED_TDVMCALL:
+                self.reg.write(X.UC_X86_REG_RIP, stop.rip)
                 self._host_tdvmcall()
                 self.reg.write(X.UC_X86_REG_RIP, stop.next_rip)
+            else:
+                self._exit_rip = stop.rip  # set (if unicorn is not already there) at the exit
             return stop.exit
         if stop.kind == StopKind.WINDOW:
             self.reg.write(X.UC_X86_REG_RIP, stop.rip)
@@ -1120,29 +1203,39 @@ class L2Vcpu:
         values[0] = 0
         self._gprs.write(values)
 
-    def _write_exit_fields(self, exit_: ExitInfo) -> None:
-        v = self.vmcs
-        v.values[Vmcs.EXIT_REASON] = exit_.reason
-        v.values[Vmcs.EXIT_QUALIFICATION] = exit_.qualification
-        v.values[Vmcs.GUEST_LINEAR_ADDRESS] = exit_.gla
-        v.values[Vmcs.GUEST_PHYSICAL_ADDRESS] = exit_.gpa
-        v.values[Vmcs.EXIT_INTR_INFO] = exit_.intr_info
-        v.values[Vmcs.EXIT_INTR_ERROR_CODE] = exit_.intr_error
-        v.values[Vmcs.IDT_VECTORING_INFO] = exit_.idt_info
-        v.values[Vmcs.IDT_VECTORING_ERROR_CODE] = exit_.idt_error
-        v.values[Vmcs.EXIT_INSTRUCTION_LENGTH] = exit_.instr_len
-        v.values[Vmcs.EXIT_INSTRUCTION_INFO] = exit_.instr_info
-        v.values[Vmcs.GUEST_INTERRUPTIBILITY] = INTERRUPTIBILITY_STI if self._shadow else 0
-        for enc, value in zip(CR_FIELDS, self._crs.read(), strict=True):
-            v.values[enc] = value
+    def _write_exit_fields(self, exit_: ExitInfo, cr0: int, cr3: int, cr4: int) -> None:
+        self.vmcs.values.update(
+            zip(
+                EXIT_FIELDS,
+                (
+                    exit_.reason,
+                    exit_.qualification,
+                    exit_.gla,
+                    exit_.gpa,
+                    exit_.intr_info,
+                    exit_.intr_error,
+                    exit_.idt_info,
+                    exit_.idt_error,
+                    exit_.instr_len,
+                    exit_.instr_info,
+                    INTERRUPTIBILITY_STI if self._shadow else 0,
+                    cr0,
+                    cr3,
+                    cr4,
+                ),
+                strict=True,
+            )
+        )
 
     def cs_state(self) -> tuple[int, int, int, int]:
-        """(CS selector, CS access rights, CS limit, CS base) for the exit registers."""
+        """(CS selector, CS access rights, CS limit, CS base) for the exit registers (as of the
+        last exit)."""
+        values = self.vmcs.values
         return (
-            self.reg.read(X.UC_X86_REG_CS),
-            self.vmcs.read(Vmcs.GUEST_CS_AR),
-            self.vmcs.read(Vmcs.GUEST_CS_LIMIT),
-            self.vmcs.read(Vmcs.GUEST_CS_BASE),
+            self._exit_cs,
+            values.get(Vmcs.GUEST_CS_AR, 0),
+            values.get(Vmcs.GUEST_CS_LIMIT, 0),
+            values.get(Vmcs.GUEST_CS_BASE, 0),
         )
 
     def kick(self) -> None:

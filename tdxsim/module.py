@@ -19,6 +19,7 @@ Host-side operations on a running TD (the host VMM of part 2 calls these): `post
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 from tdxsim.abi import (
@@ -39,7 +40,6 @@ from tdxsim.abi import (
     INVVPID_LIST,
     INVVPID_RESERVED,
     L2_ENTER_GUEST_STATE_ALIGN,
-    L2_ENTER_GUEST_STATE_SIZE,
     LEAF_MASK,
     LEAF_VERSION_MASK,
     LEAF_VERSION_SHIFT,
@@ -50,6 +50,7 @@ from tdxsim.abi import (
     NO_NEXT_FIELD,
     NOTIFY_ENABLES_FIELD,
     NUM_L2_VMS_FIELD,
+    PAGE_SHIFT,
     PAGE_SIZE,
     REPORTDATA_ALIGN,
     REPORTDATA_SIZE,
@@ -79,7 +80,14 @@ from tdxsim.abi import (
     pack_cs_info,
     pack_u32_pair,
 )
-from tdxsim.interfaces import AttestationInterface, HostInterface, NullHost, Regs, TdExit
+from tdxsim.interfaces import (
+    GPR_NAMES,
+    AttestationInterface,
+    HostInterface,
+    NullHost,
+    Regs,
+    TdExit,
+)
 from tdxsim.l2cpu import DEFAULT_INSTRUCTION_BUDGET, L2Vcpu
 from tdxsim.memory import PAGES_PER_2M, PageState, TdMemory
 from tdxsim.sept import AliasTable, check_attr_operands
@@ -118,6 +126,12 @@ class TdcallError(Exception):
 
 def _fail(status: int, operand: int | None = None) -> TdcallError:
     return TdcallError(status, operand)
+
+
+@functools.cache
+def _exposed_indexes(bitmap: int) -> tuple[int, ...]:
+    """The GPR indexes a TDG.VP.VMCALL RCX bitmap exposes to the host."""
+    return tuple(index for index in range(len(GPR_NAMES)) if bitmap >> index & 1)
 
 
 def _canonical(gla: int) -> bool:
@@ -269,15 +283,15 @@ class TdxModule:
         bitmap = r.rcx
         if bitmap & ~VMCALL_GPR_BITS or bitmap & VMCALL_RESERVED_GPRS:
             raise _fail(TDX_OPERAND_INVALID, OperandId.RCX)
-        exposed = Regs()
-        for index in range(len(r.as_list())):
-            if bitmap >> index & 1:
-                exposed.set(index, r.get(index))
-        exposed.rcx = bitmap
-        result = self.host.tdvmcall(exposed)
-        for index in range(len(r.as_list())):
-            if bitmap >> index & 1:
-                r.set(index, result.get(index))
+        indexes = _exposed_indexes(bitmap)
+        values = r.as_list()
+        exposed = [0] * len(values)
+        for index in indexes:
+            exposed[index] = values[index] & U64
+        exposed[OperandId.RCX] = bitmap
+        answer = self.host.tdvmcall(Regs(*exposed)).as_list()
+        for index in indexes:
+            setattr(r, GPR_NAMES[index], answer[index] & U64)
         r.rax = TDX_SUCCESS
 
     def _vp_info(self, r: Regs, vcpu: VcpuState) -> None:
@@ -493,24 +507,20 @@ class TdxModule:
         vm = (r.rcx >> VM_INDEX_SHIFT) & VM_INDEX_MASK
         if not 1 <= vm <= self.td.num_l2_vms:
             raise _fail(TDX_OPERAND_INVALID, OperandId.RCX)
-        self._private_mapped(
-            r.rdx, OperandId.RDX, L2_ENTER_GUEST_STATE_ALIGN, L2_ENTER_GUEST_STATE_SIZE
-        )
-        vapic = vcpu.vmcs[vm].read(Vmcs.VIRTUAL_APIC_PAGE_ADDR)
-        if (
-            not self.memory.in_gpaw(vapic)
-            or self.memory.is_shared(vapic)
-            or self.memory.page_state(vapic) != PageState.MAPPED
-        ):
+        state_gpa = r.rdx
+        # 256-byte aligned, so the block lies in one page: private, in GPAW, accepted
+        state_offset = self._mapped_private_offset(state_gpa)
+        if state_gpa % L2_ENTER_GUEST_STATE_ALIGN or state_offset is None:
+            raise _fail(TDX_OPERAND_INVALID, OperandId.RDX)
+        vmcs = vcpu.vmcs[vm]
+        if self._mapped_private_offset(vmcs.values.get(Vmcs.VIRTUAL_APIC_PAGE_ADDR, 0)) is None:
             raise _fail(TDX_OPERAND_INVALID, OperandId.L2_VAPIC_GPA)
         if vcpu.l1_interrupt_deliverable():
             raise _fail(TDX_PENDING_INTERRUPT)
-        invd = r.rcx & VP_ENTER_INVD_MASK
-        if invd:
+        if r.rcx & VP_ENTER_INVD_MASK:
             self.invept_requests.append(1 << vm)
-        l2 = self.l2_vcpu(vcpu.index, vm)
-        exit_, block = l2.run(self.memory.read(r.rdx, L2_ENTER_GUEST_STATE_SIZE))
-        self.memory.write(r.rdx, block)
+        l2 = self._l2.get((vcpu.index, vm)) or self.l2_vcpu(vcpu.index, vm)
+        exit_ = l2.run_at(self.memory.view, state_offset)
         cs_sel, cs_ar, cs_limit, cs_base = l2.cs_state()
         r.rax = exit_.status | exit_.reason
         r.rbx = 0
@@ -526,6 +536,18 @@ class TdxModule:
         r.r13 = exit_.eeq
         r.r14 = 0
         r.r15 = 0
+
+    def _mapped_private_offset(self, gpa: int) -> int | None:
+        """memfd offset of `gpa` if it is a private GPA inside GPAW, in RAM, on a mapped
+        (accepted) page; else None."""
+        memory = self.memory
+        if not 0 <= gpa < 1 << memory.gpaw or gpa & memory.shared_bit:
+            return None
+        region = memory.region_of(gpa)
+        if region is None:
+            return None
+        offset = region.offset + gpa - region.gpa
+        return offset if memory.state[offset >> PAGE_SHIFT] == PageState.MAPPED else None
 
     def _invept(self, r: Regs, vcpu: VcpuState) -> None:
         allowed = ((1 << (self.td.num_l2_vms + 1)) - 1) & ~1

@@ -97,7 +97,7 @@ class L1Platform:
     def tdcall(self, regs: Sequence[int]) -> list[int]:
         """TDCALL on vCPU 0: 16 GPRs in architectural order in (leaf in RAX), 16 out (status in
         RAX). A deliverable host interrupt is taken after the TDCALL returns, as on hardware."""
-        out = self._module.tdcall(Regs.from_list(list(regs)), 0).as_list()
+        out = self._module.tdcall(Regs.from_list(regs), 0).as_list()
         if self._handler is not None and self._vcpu.l1_interrupt_deliverable():
             vector = self._vcpu.l1_rvi
             self._module.l1_interrupt_taken(0)

@@ -191,7 +191,9 @@ class Vmm:
             data = self.channel.spin_recv()
             if data is not None:
                 return data
+            start = time.perf_counter_ns()
             self._wait(deadline)
+            self.channel.blocked_for(time.perf_counter_ns() - start)
             return self.channel.recv_raw()
         except ChannelClosed:
             raise self._died("closed the channel") from None
