@@ -8,9 +8,9 @@ PAGE.ADD only, the latter with the host-filled parameter area (memory map, VP co
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from igvm import format as igvm_format
 from igvm import headers
@@ -49,10 +49,6 @@ def applies(directive: Any, mask: int) -> bool:
     """True if a header's compatibility mask covers the TDX platform's (or it has none)."""
     own = getattr(directive, "compatibility_mask", None)
     return own is None or own & mask == mask
-
-
-_tdx_mask = tdx_mask  # older names, used by tdxsim.vmm
-_applies = applies
 
 
 def default_ram(pages: list[int]) -> list[tuple[int, int]]:
@@ -115,6 +111,81 @@ def load_igvm(
                        attestation, strict, instruction_budget)  # fmt: skip
 
 
+class PageSink(Protocol):
+    """Where a directive walk puts pages: the in-process TdBuilder, or the host-process Vmm."""
+
+    def add_page_run(self, gpa: int, pages: Sequence[bytes], *, measured: bool) -> None:
+        """PAGE.ADD consecutive private pages from `gpa` (and MR.EXTEND them if `measured`)."""
+        ...
+
+    def add_shared_page(self, gpa: int, data: bytes) -> None:
+        """A shared (host-visible, unmeasured) PAGE_DATA page with its contents."""
+        ...
+
+
+class _BuilderSink:
+    """PageSink over an in-process TdBuilder."""
+
+    def __init__(self, builder: TdBuilder) -> None:
+        self.builder = builder
+
+    def add_page_run(self, gpa: int, pages: Sequence[bytes], *, measured: bool) -> None:
+        self.builder.add_page_run(gpa, pages, measured=measured)
+
+    def add_shared_page(self, gpa: int, data: bytes) -> None:
+        self.builder.memory.write(gpa, bytes(data).ljust(PAGE_SIZE, b"\0"))
+        self.builder.memory.set_shared(gpa, 1, True)
+
+
+def replay_directives(
+    directives: Iterable[Any], mask: int, ram: list[tuple[int, int]], vcpus: int, sink: PageSink
+) -> None:
+    """Walk directives in file order (igvm.md 4.2) and hand their pages to `sink`.
+
+    Consecutive PAGE_DATA of one kind go as one run (still in file order); parameter areas are
+    filled with the host's VP count and memory map and inserted unmeasured.
+    """
+    areas: dict[int, bytearray] = {}
+    run: list[bytes] = []
+    run_gpa, run_end, run_measured = 0, -1, False
+    for d in directives:
+        if type(d) is PageData and d.compatibility_mask & mask == mask and not d.flags & SHARED:
+            measured = not d.flags & UNMEASURED
+            if d.gpa != run_end or measured != run_measured or len(run) == MAX_RUN_PAGES:
+                if run:
+                    sink.add_page_run(run_gpa, run, measured=run_measured)
+                run, run_gpa, run_measured = [], d.gpa, measured
+            run.append(d.data)
+            run_end = d.gpa + PAGE_SIZE
+            continue
+        if not applies(d, mask):
+            continue
+        if run:  # every other directive comes after the pages before it
+            sink.add_page_run(run_gpa, run, measured=run_measured)
+            run, run_end = [], -1
+        if isinstance(d, PageData):
+            if d.shared:
+                sink.add_shared_page(d.gpa, bytes(d.data))
+            else:
+                sink.add_page_run(d.gpa, (d.data,), measured=not d.unmeasured)
+        elif isinstance(d, headers.ParameterArea):
+            areas[d.parameter_area_index] = bytearray(
+                d.initial_data.ljust(d.number_of_bytes, b"\0")
+            )
+        elif isinstance(d, headers.ParameterInsert):
+            area = areas.get(d.parameter_area_index)
+            if area is None:
+                raise IgvmLoadError(
+                    f"PARAMETER_INSERT at GPA {d.gpa:#x}: area {d.parameter_area_index} undeclared"
+                )
+            pages = [bytes(area[at : at + PAGE_SIZE]) for at in range(0, len(area), PAGE_SIZE)]
+            sink.add_page_run(d.gpa, pages, measured=False)
+        else:
+            _fill_parameter(d, areas, ram, vcpus)
+    if run:
+        sink.add_page_run(run_gpa, run, measured=run_measured)
+
+
 def _replay(
     directives: Iterable[Any],
     mask: int,
@@ -134,48 +205,7 @@ def _replay(
         strict=strict,
         instruction_budget=instruction_budget,
     )
-    areas: dict[int, bytearray] = {}
-    # Consecutive PAGE_DATA of one kind are added as one run (still in file order): one copy
-    # and one SEPT update per run instead of per page.
-    run: list[bytes] = []
-    run_gpa, run_end, run_measured = 0, -1, False
-    for d in directives:
-        if type(d) is PageData and d.compatibility_mask & mask == mask and not d.flags & SHARED:
-            measured = not d.flags & UNMEASURED
-            if d.gpa != run_end or measured != run_measured or len(run) == MAX_RUN_PAGES:
-                if run:
-                    builder.add_page_run(run_gpa, run, measured=run_measured)
-                run, run_gpa, run_measured = [], d.gpa, measured
-            run.append(d.data)
-            run_end = d.gpa + PAGE_SIZE
-            continue
-        if not applies(d, mask):
-            continue
-        if run:  # every other directive comes after the pages before it
-            builder.add_page_run(run_gpa, run, measured=run_measured)
-            run, run_end = [], -1
-        if isinstance(d, PageData):
-            if d.shared:  # host-visible: mapped in the shared EPT with its contents, not measured
-                builder.memory.write(d.gpa, bytes(d.data).ljust(PAGE_SIZE, b"\0"))
-                builder.memory.set_shared(d.gpa, 1, True)
-            else:
-                builder.add_page_run(d.gpa, (d.data,), measured=not d.unmeasured)
-        elif isinstance(d, headers.ParameterArea):
-            areas[d.parameter_area_index] = bytearray(
-                d.initial_data.ljust(d.number_of_bytes, b"\0")
-            )
-        elif isinstance(d, headers.ParameterInsert):
-            area = areas.get(d.parameter_area_index)
-            if area is None:
-                raise IgvmLoadError(
-                    f"PARAMETER_INSERT at GPA {d.gpa:#x}: area {d.parameter_area_index} undeclared"
-                )
-            pages = [bytes(area[at : at + PAGE_SIZE]) for at in range(0, len(area), PAGE_SIZE)]
-            builder.add_page_run(d.gpa, pages, measured=False)
-        else:
-            _fill_parameter(d, areas, ram, vcpus)
-    if run:
-        builder.add_page_run(run_gpa, run, measured=run_measured)
+    replay_directives(directives, mask, ram, vcpus, _BuilderSink(builder))
     for _ in range(vcpus):
         builder.add_vcpu()
     builder.aug_rest()

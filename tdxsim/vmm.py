@@ -19,6 +19,7 @@ import subprocess
 import sys
 import sysconfig
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -264,41 +265,33 @@ class Vmm:
         self.l1_location = (gpa, len(image))
 
     def load_igvm(self, path: str | Path, ram: list[tuple[int, int]], vcpus: int = 1) -> None:
-        """Replay an IGVM file's directives in file order as tdxsim.loader does (PAGE_DATA
-        added, and extended unless unmeasured; parameter areas filled with the memory map and VP
-        count and added unmeasured), and find the L1 image: the first measured PAGE_DATA whose
-        page starts with the image magic (the image's pages follow it)."""
+        """Replay an IGVM file's directives in file order exactly as tdxsim.loader does, over
+        the channel, and find the L1 image: the first measured PAGE_DATA whose page starts with
+        the image magic (the image's pages follow it)."""
         from igvm import format as igvm_format
-        from igvm import headers
-        from tdxsim.loader import _applies, _fill_parameter, _tdx_mask
+        from tdxsim.loader import replay_directives, tdx_mask
 
         igvm_file = igvm_format.read(path)
-        mask, _gpaw = _tdx_mask(igvm_file)
-        areas: dict[int, bytearray] = {}
-        for d in igvm_file.directives:
-            if not _applies(d, mask):
-                continue
-            if isinstance(d, headers.PageData):
-                if d.shared:
-                    continue
-                data = bytes(d.data)
-                self.add_page(d.gpa, data, measure=not d.unmeasured)
-                if self.l1_location is None and not d.unmeasured and data.startswith(
-                        L1IMAGE_MAGIC):
-                    h = L1ImageHeader.unpack(data[:HEADER_SIZE])
-                    self.l1_location = (d.gpa, HEADER_SIZE + h.payload_size)
-            elif isinstance(d, headers.ParameterArea):
-                areas[d.parameter_area_index] = bytearray(d.number_of_bytes)
-            elif isinstance(d, headers.ParameterInsert):
-                area = areas.get(d.parameter_area_index)
-                if area is None:
-                    raise HostCallRefused(f"PARAMETER_INSERT at GPA {d.gpa:#x}: area "
-                                          f"{d.parameter_area_index} undeclared")
-                for offset in range(0, len(area), PAGE_SIZE):
-                    self.add_page(d.gpa + offset, bytes(area[offset : offset + PAGE_SIZE]),
-                                  measure=False)
-            else:
-                _fill_parameter(d, areas, ram, vcpus)
+        mask, _gpaw = tdx_mask(igvm_file)
+        replay_directives(igvm_file.directives, mask, ram, vcpus, self)
+
+    def add_page_run(self, gpa: int, pages: Sequence[bytes], *, measured: bool) -> None:
+        """PageSink: PAGE.ADD (and MR.EXTEND if `measured`) each page; note the L1 image."""
+        for index, page in enumerate(pages):
+            data = bytes(page)
+            if self.l1_location is None and measured and data.startswith(L1IMAGE_MAGIC):
+                header = L1ImageHeader.unpack(data[:HEADER_SIZE])
+                self.l1_location = (gpa + index * PAGE_SIZE, HEADER_SIZE + header.payload_size)
+            self.add_page(gpa + index * PAGE_SIZE, data, measure=measured)
+
+    def add_shared_page(self, gpa: int, data: bytes) -> None:
+        """PageSink: shared PAGE_DATA is not part of the TD's private memory; this backend does
+        not pre-fill shared pages yet, so one with contents is refused rather than dropped."""
+        if any(data):
+            raise HostCallRefused(
+                f"shared PAGE_DATA at GPA {gpa:#x} has contents; the process backend cannot "
+                "pre-fill shared memory yet"
+            )
 
     def finalize(self) -> bytes:
         """TDH.MR.FINALIZE; the TD process checks and reads the L1 image. Returns MRTD."""
