@@ -1,14 +1,19 @@
 """`invoke run` on the local backend: the boot flow of DESIGN.md, step by step, with a timing each.
 
-What exists runs for real: the IGVM image is built and measured offline, the simulated TDX module
-builds the TD from it, the vTPM (libtpms) is manufactured with EK certificates and a CA bound to a
-simulated TD quote, a relying party verifies quote -> CA -> EK certificates, and tpm2-pytss talks
-to the vTPM over the mssim TCTI. Steps whose parts do not exist yet are printed as such.
+What exists runs for real: the L1 image (svsm + vtpm) is built and placed in the IGVM image, which
+is measured offline; the host VMM builds the TD in its own process on the simulated TDX module and
+checks MRTD; L1 boots from the measured image and does boot steps 2-4 (memory, NUM_L2_VMS, RTMR0,
+a libtpms vTPM with EKs and a CA bound to a SIMULATED TD quote, PCR0, separators); a relying party
+verifies quote -> CA -> EK certificates and replays the RTMRs; and tpm2-pytss talks over the mssim
+TCTI to a directly served vTPM (`vtpm serve`, fake attester), since the CRB path through L2 does
+not exist yet. Steps whose parts do not exist yet are printed as such.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import sys
 import threading
 import time
@@ -16,33 +21,68 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from igvm.build import build as build_igvm
 from igvm.measure import mrtd as offline_mrtd
-from igvm.measure import rtmr_predict
-from orchestrator.local_attester import SimulatedTdAttester, separator_events
-from tdxsim.loader import load_igvm
-from tdxsim.quoting import SimulatedAttestation
+from svsm import eventlog
+from tdxsim.faults import FaultSet
+from tdxsim.l1image import build_l1_image
+from tdxsim.quoting import QuotingService
+from tdxsim.vmm import RunResult, Vmm, simulated_platform
 from verifier.quote import verify_quote
-from vtpm.attest import check_binding
-from vtpm.certs import OID_TD_QUOTE, verify_issued_by
+from vtpm.attest import EV_SEPARATOR, attester_from_name, check_binding
+from vtpm.certs import OID_EVENT_LOG, OID_TD_QUOTE, sec1_point, verify_issued_by
 from vtpm.engine import TpmEngine
 from vtpm.manufacture import ManufactureResult, manufacture
 from vtpm.server import VtpmServer
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_RECIPE = ROOT / "igvm" / "recipes" / "test-image.yaml"
+DEFAULT_RECIPE = Path(__file__).resolve().parent / "recipes" / "tdp.yaml"
+L1_IMAGE = ROOT / "out" / "l1.img"  # tdp.yaml's paravisor component
+L1_PACKAGES = (ROOT / "svsm", ROOT / "vtpm")
+L1_ENTRY = "svsm.boot:main"
+TD_RAM = [(0, 32 << 20)]
+NUM_L2_VMS = 1
+L1_TIMEOUT_S = 120.0
 NOT_YET = (
-    "L1 paravisor boot from the measured image (svsm/): not built yet",
     "L2 guests, the TPM CRB path and the host relay (l2-firmware/, svsm/): not built yet",
+    "L1 measuring the L2 firmware into PCR0: no L2 firmware yet",
 )
 PCR_DEBUG = 16
 
 
 class BootError(RuntimeError):
     """A boot step failed; the message names the step."""
+
+
+@dataclass
+class L1Summary:
+    """What L1 returned (its JSON summary) and what the host saw of the run."""
+
+    num_l2_vms: int
+    ca_certificate: bytes
+    ek_certificates: dict[str, bytes]
+    cc_event_log: bytes
+    raw: dict[str, Any]
+    run: RunResult
+    uart: str
+
+    @classmethod
+    def parse(cls, run: RunResult, uart: str) -> L1Summary:
+        """Parse L1's output; anything malformed is a BootError naming the key."""
+        try:
+            raw = json.loads(run.output)
+            return cls(
+                int(raw["num_l2_vms"]), bytes.fromhex(raw["ca_certificate"]),
+                {k: bytes.fromhex(v) for k, v in raw["ek_certificates"].items()},
+                bytes.fromhex(raw["cc_event_log"]), raw, run, uart,
+            )
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise BootError(f"L1's summary is malformed: {exc!r}") from exc
 
 
 @dataclass
@@ -53,6 +93,7 @@ class BootReport:
     mrtd_offline: bytes = b""
     mrtd_td: bytes = b""
     tcti: str = ""
+    l1: L1Summary | None = None
     manufactured: ManufactureResult | None = None
     steps: list[tuple[str, float]] = field(default_factory=list)
 
@@ -70,57 +111,83 @@ def _step(report: BootReport, title: str, out: Callable[[str], None]) -> Iterato
     out(f"    done in {elapsed * 1000:.1f} ms")
 
 
-def _quote_of(ca_der: bytes) -> bytes:
-    """The TD quote a relying party finds in the vTPM CA certificate."""
-    ext = x509.load_der_x509_certificate(ca_der).extensions.get_extension_for_oid(OID_TD_QUOTE)
+def _extension(cert_der: bytes, oid: x509.ObjectIdentifier, what: str) -> bytes:
+    """The raw bytes of a vTPM CA certificate extension."""
+    ext = x509.load_der_x509_certificate(cert_der).extensions.get_extension_for_oid(oid)
     value = ext.value
     if not isinstance(value, x509.UnrecognizedExtension):
-        raise BootError("the CA certificate's TD quote extension is not raw bytes")
+        raise BootError(f"the CA certificate's {what} extension is not raw bytes")
     return value.value
+
+
+def write_l1_image(path: Path = L1_IMAGE) -> bytes:
+    """Build the L1 image (svsm and vtpm, entry svsm.boot:main) and write it atomically."""
+    image = build_l1_image(list(L1_PACKAGES), L1_ENTRY)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_bytes(image)
+    tmp.replace(path)
+    return image
 
 
 def run_local(
     recipe: Path = DEFAULT_RECIPE,
     image: Path = ROOT / "out" / "tdp.igvm",
     out: Callable[[str], None] = print,
+    *,
+    faults: FaultSet | None = None,
 ) -> BootReport:
-    """Run every boot step that exists; raises BootError naming the step that failed."""
+    """Run every boot step that exists; raises BootError naming the step that failed. `faults`
+    makes the untrusted host misbehave on purpose (tdxsim.faults)."""
     report = BootReport(image=image)
-    platform = SimulatedAttestation.create()
+    mac_key, quoting = simulated_platform()
 
-    with _step(report, f"build the IGVM image from {recipe.name}", out):
+    with _step(report, f"build the L1 image and the IGVM image from {recipe.name}", out):
+        l1 = write_l1_image()
+        packages = ", ".join(p.name for p in L1_PACKAGES)
+        out(f"    {L1_IMAGE}: {len(l1)} bytes ({packages}; entry {L1_ENTRY})")
         image.parent.mkdir(parents=True, exist_ok=True)
         report.mrtd_offline = build_igvm(recipe, image)
         out(f"    {image}: MRTD (offline) {report.mrtd_offline.hex()}")
 
-    with _step(report, "host builds the TD on the simulated TDX module (PAGE.ADD/MR.EXTEND)", out):
-        module = load_igvm(image, attestation=platform.reports).finalize()
-        report.mrtd_td = module.td.mrtd
-        if report.mrtd_td != offline_mrtd(image):
-            raise BootError(f"TD MRTD {report.mrtd_td.hex()} differs from the offline one")
-        out("    MRTD of the TD equals `igvm measure` of the file")
+    with Vmm(quoting, faults) as vmm:
+        with _step(report, "host VMM builds the TD in its own process (PAGE.ADD/MR.EXTEND, "
+                   "parameter areas, finalize)", out):  # fmt: skip
+            vmm.create(TD_RAM, mac_key=mac_key, num_l2_vms=NUM_L2_VMS)
+            vmm.load_igvm(image, TD_RAM)
+            vmm.aug_rest()
+            report.mrtd_td = vmm.finalize()
+            if report.mrtd_td != offline_mrtd(image):
+                raise BootError(f"TD MRTD {report.mrtd_td.hex()} differs from the offline one")
+            out("    MRTD of the TD equals `igvm measure` of the file")
+        title = ("L1 (svsm) boots from the measured image: accept, NUM_L2_VMS, RTMR0; vTPM with "
+                 "EKs and a CA bound to a TD quote; PCR0, separators")
+        with _step(report, title, out):
+            run = vmm.run(L1_TIMEOUT_S)
+            uart = bytes(vmm.host.uart.output).decode(errors="replace") if vmm.host else ""
+            for line in uart.splitlines():
+                out(f"    L1| {line}")
+            if run.status != "done":
+                raise BootError(f"L1 run {run.status}: {run.detail}")
+            report.l1 = L1Summary.parse(run, uart)
+            out(f"    L1 returned after {run.exits} TD exits in {run.seconds * 1000:.0f} ms")
+    _verify(report, quoting, out)
 
     engine = TpmEngine()
     try:
-        attester = SimulatedTdAttester(module, platform.quoting)
         results: list[ManufactureResult] = []
 
         def provision(tpm: TpmEngine) -> object:
-            results.append(manufacture(tpm, attester=attester))
+            results.append(manufacture(tpm, attester=attester_from_name("fake")))
             return results[-1]
 
         server = VtpmServer(engine, "127.0.0.1", 0, provision=provision)
-        with _step(report, "vTPM: libtpms, EKs (RSA-2048 L-1, ECC P-256 L-2), CA bound to a "
-                   "TD quote [host stands in for L1 here]", out):  # fmt: skip
-            server.start_tpm()
-            report.manufactured = results[-1]
-            report.tcti = server.tcti_strings()["mssim"]
-            for kind, ek in report.manufactured.eks.items():
-                out(f"    EK {kind}: name {ek.name.hex()}")
+        server.start_tpm()
+        report.manufactured = results[-1]
+        report.tcti = server.tcti_strings()["mssim"]
         thread = threading.Thread(target=server.serve_forever, name="vtpm", daemon=True)
         thread.start()
         try:
-            _verify(report, platform, out)
             _exercise(report, out)
         finally:
             server.request_stop()
@@ -135,24 +202,39 @@ def run_local(
     return report
 
 
-def _verify(report: BootReport, platform: SimulatedAttestation, out: Callable[[str], None]) -> None:
-    made = report.manufactured
-    assert made is not None
-    with _step(report, "relying party: TD quote -> vTPM CA -> EK certificates", out):
-        quote = _quote_of(made.ca_certificate)
-        parsed = verify_quote(quote, platform.quoting.trusted_root_der)
+def _verify(report: BootReport, quoting: QuotingService, out: Callable[[str], None]) -> None:
+    l1 = report.l1
+    assert l1 is not None
+    with _step(report, "relying party: TD quote -> vTPM CA -> EK certificates, RTMR replay", out):
+        ca = l1.ca_certificate
+        quote = _extension(ca, OID_TD_QUOTE, "TD quote")
+        parsed = verify_quote(quote, quoting.trusted_root_der)
         out("    quote signature and PCK chain verify against the tdxsim SIMULATION root")
-        check_binding(quote, made.ca_public_point)
+        ca_key = x509.load_der_x509_certificate(ca).public_key()
+        if not isinstance(ca_key, ec.EllipticCurvePublicKey):
+            raise BootError("the CA certificate's key is not an EC key")
+        check_binding(quote, sec1_point(ca_key))
         out("    REPORTDATA = SHA-384(CA public key)")
         if parsed.body.mrtd != report.mrtd_offline:
-            raise BootError("the quote's MRTD is not the image's MRTD")
+            raise BootError("the quote's MRTD is not the image's offline MRTD")
         out("    quote MRTD equals the image's offline MRTD")
-        if tuple(parsed.body.rtmrs) != rtmr_predict(separator_events()):
-            raise BootError("the quote's RTMRs do not replay from the event log")
-        out("    RTMR0..3 replay from the separator events")
-        for kind, ek in made.eks.items():
-            verify_issued_by(ek.certificate, made.ca_certificate)
+        quoted_log = eventlog.parse(_extension(ca, OID_EVENT_LOG, "event log"))
+        if tuple(parsed.body.rtmrs) != eventlog.replay(quoted_log):
+            raise BootError("the quote's RTMRs do not replay from the CA certificate's event log")
+        out(f"    RTMR0..3 of the quote replay from the CA certificate's event log "
+            f"({len(quoted_log)} events)")
+        full = eventlog.parse(l1.cc_event_log)
+        later = full[len(quoted_log):]
+        if full[: len(quoted_log)] != quoted_log or [e.event_type for e in later] != [
+                EV_SEPARATOR] * 4:
+            raise BootError("L1's event log is not the quoted log followed by 4 separators")
+        out("    L1's event log: the quoted events, then separators into RTMR0..3 after the quote")
+        for kind, der in l1.ek_certificates.items():
+            verify_issued_by(der, ca)
             out(f"    EK certificate ({kind}) is issued by the CA")
+        if l1.num_l2_vms != NUM_L2_VMS:
+            raise BootError(f"L1 read NUM_L2_VMS = {l1.num_l2_vms}, the TD has {NUM_L2_VMS}")
+        out(f"    NUM_L2_VMS read by L1 = {l1.num_l2_vms}, as created")
 
 
 def _exercise(report: BootReport, out: Callable[[str], None]) -> None:
@@ -160,7 +242,9 @@ def _exercise(report: BootReport, out: Callable[[str], None]) -> None:
     from tpm2_pytss.constants import ESYS_TR, TPM2_ALG
     from tpm2_pytss.types import TPML_DIGEST_VALUES, TPML_PCR_SELECTION, TPMT_HA, TPMU_HA
 
-    with _step(report, f"tpm2-pytss over {report.tcti}", out), ESAPI(report.tcti) as ectx:
+    title = (f"tpm2-pytss over {report.tcti} to a directly served vTPM (`vtpm serve`, fake "
+             "attester): NOT the L1 vTPM, whose CRB path through L2 does not exist yet")
+    with _step(report, title, out), ESAPI(report.tcti) as ectx:
         out(f"    GetRandom(16): {bytes(ectx.get_random(16)).hex()}")
         digest = hashlib.sha256(b"tdpvtpm run").digest()
         handle = ESYS_TR.parse(f"PCR{PCR_DEBUG}")

@@ -107,6 +107,8 @@ TPM_CC_FLUSH_CONTEXT = 0x00000165
 TPM_CC_NV_READ_PUBLIC = 0x00000169
 TPM_CC_GET_CAPABILITY = 0x0000017A
 TPM_CC_CREATE_LOADED = 0x00000191
+TPM_CC_PCR_READ = 0x0000017E
+TPM_CC_PCR_EXTEND = 0x00000182
 
 COMMAND_NAMES: dict[int, str] = {
     TPM_CC_NV_UNDEFINE_SPACE: "TPM2_NV_UndefineSpace",
@@ -121,6 +123,8 @@ COMMAND_NAMES: dict[int, str] = {
     TPM_CC_NV_READ_PUBLIC: "TPM2_NV_ReadPublic",
     TPM_CC_GET_CAPABILITY: "TPM2_GetCapability",
     TPM_CC_CREATE_LOADED: "TPM2_CreateLoaded",
+    TPM_CC_PCR_READ: "TPM2_PCR_Read",
+    TPM_CC_PCR_EXTEND: "TPM2_PCR_Extend",
 }
 
 # --- fixed layouts (Part 1, 18; Part 2) ---------------------------------------------------------
@@ -622,3 +626,45 @@ class TpmClient:
                 raise WireError(f"TPM2_NV_Read of index 0x{index:08x}: asked {n}, got {len(data)}")
             out += data
         return out
+
+
+# --- PCRs (Part 3, 22.2 TPM2_PCR_Extend and 22.4 TPM2_PCR_Read) ---------------------------------
+
+TPMT_HA_ALG = struct.Struct(">H")  # hashAlg, then the digest of that algorithm's size
+PCR_SELECT_SIZE = 3  # sizeofSelect for PCRs 0..23
+PCR_COUNT = PCR_SELECT_SIZE * 8
+DIGEST_SIZES = {TPM_ALG_SHA1: 20, TPM_ALG_SHA256: 32, TPM_ALG_SHA384: 48, TPM_ALG_SHA512: 64}
+
+
+def pcr_selection(bank: int, pcr: int) -> bytes:
+    """TPML_PCR_SELECTION of one PCR in one bank."""
+    if not 0 <= pcr < PCR_COUNT:
+        raise WireError(f"PCR {pcr} outside 0..{PCR_COUNT - 1}")
+    select = bytearray(PCR_SELECT_SIZE)
+    select[pcr // 8] |= 1 << (pcr % 8)
+    return UINT32.pack(1) + UINT16.pack(bank) + UINT8.pack(PCR_SELECT_SIZE) + bytes(select)
+
+
+def pcr_extend(tpm: TpmClient, pcr: int, digests: dict[int, bytes]) -> None:
+    """TPM2_PCR_Extend of `pcr` with one digest per bank (hash algorithm -> digest)."""
+    values = b""
+    for alg, digest in digests.items():
+        if DIGEST_SIZES.get(alg) != len(digest):
+            raise WireError(f"TPM2_PCR_Extend: digest of {len(digest)} bytes for alg 0x{alg:04x}")
+        values += TPMT_HA_ALG.pack(alg) + digest
+    params = UINT32.pack(len(digests)) + values
+    tpm.call(TPM_CC_PCR_EXTEND, [pcr], params, [PasswordAuth()])
+
+
+def pcr_read(tpm: TpmClient, bank: int, pcr: int) -> bytes:
+    """TPM2_PCR_Read of one PCR in one bank; its current value."""
+    resp = tpm.call(TPM_CC_PCR_READ, params=pcr_selection(bank, pcr))
+    r = Reader(resp.params, "TPM2_PCR_Read response")
+    r.u32("pcrUpdateCounter")
+    for i in range(r.u32("pcrSelectionOut.count")):
+        r.u16(f"pcrSelectionOut[{i}].hash")
+        r.take(r.u8(f"pcrSelectionOut[{i}].sizeofSelect"), f"pcrSelectionOut[{i}].pcrSelect")
+    count = r.u32("pcrValues.count")
+    if count != 1:
+        raise WireError(f"TPM2_PCR_Read of PCR {pcr} bank 0x{bank:04x}: {count} values returned")
+    return r.tpm2b("pcrValues[0]")

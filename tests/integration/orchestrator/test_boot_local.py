@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from igvm.measure import mrtd
+from tdxsim.l1image import build_l1_image
 
 ROOT = Path(__file__).resolve().parents[3]
 pytestmark = pytest.mark.integration
@@ -33,17 +34,26 @@ def test_run_builds_boots_attests_and_talks_to_the_vtpm(tmp_path: Path) -> None:
     assert offline.group(1) == mrtd(image).hex()
     for claim in (
         "MRTD of the TD equals `igvm measure` of the file",
+        "L1| svsm step 2 (accept memory, NUM_L2_VMS, launch parameters into RTMR0) done in",
+        "L1| svsm step 3 (vTPM manufacture: EKs, CA bound to a TD quote) done in",
+        "L1| svsm step 4 (PCR0 svsm version, separators into RTMR0..3) done in",
         "verify against the tdxsim SIMULATION root",
         "REPORTDATA = SHA-384(CA public key)",
         "quote MRTD equals the image's offline MRTD",
-        "RTMR0..3 replay from the separator events",
+        "RTMR0..3 of the quote replay from the CA certificate's event log (1 events)",
+        "separators into RTMR0..3 after the quote",
         "EK certificate (rsa) is issued by the CA",
         "EK certificate (ecc) is issued by the CA",
+        "NUM_L2_VMS read by L1 = 1, as created",
+        "to a directly served vTPM (`vtpm serve`, fake attester): NOT the L1 vTPM",
         "(as computed)",
         "quotes are SIMULATED",
     ):
         assert claim in out
     assert "not built yet" in out  # the missing parts are said, not hidden
+    # L1 ran from the measured image that the recipe placed: the image on disk is this checkout's
+    assert (ROOT / "out" / "l1.img").read_bytes() == build_l1_image(
+        [ROOT / "svsm", ROOT / "vtpm"], "svsm.boot:main")
 
 
 def test_broken_recipe_fails_naming_the_step(tmp_path: Path) -> None:
@@ -51,4 +61,19 @@ def test_broken_recipe_fails_naming_the_step(tmp_path: Path) -> None:
     recipe.write_text("platform: {compatibility_mask: 3}\ncomponents: []\n")
     result = _run(str(recipe), str(tmp_path / "x.igvm"))
     assert result.returncode == 1
-    assert "step 1 (build the IGVM image from bad.yaml) failed" in result.stderr
+    assert "step 1 (build the L1 image and the IGVM image from bad.yaml) failed" in result.stderr
+
+
+def test_a_lying_host_fails_the_l1_step_with_a_clear_message(tmp_path: Path) -> None:
+    code = ("import sys; from pathlib import Path; from orchestrator.boot import BootError, "
+            "run_local, DEFAULT_RECIPE; from tdxsim.faults import FaultSet\n"
+            "try:\n    run_local(DEFAULT_RECIPE, Path(sys.argv[1]), "
+            "faults=FaultSet.parse('getquote-status=error'))\n"
+            "except BootError as exc:\n    print(exc); sys.exit(1)")
+    result = subprocess.run([sys.executable, "-c", code, str(tmp_path / "t.igvm")], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert "step 3 (L1 (svsm) boots from the measured image" in result.stdout
+    assert "L1 run failed: svsm.boot.BootError: svsm step 3 (vTPM manufacture" in result.stdout
+    assert "GetQuote buffer status at offset 8: 0x8000000000000000" in result.stdout
+    assert "[4]" not in result.stdout  # the relying party never sees an unbound CA
