@@ -67,7 +67,9 @@ def build(c: Context, recipe: str = "", output: str = str(DEFAULT_IMAGE)) -> Non
         raise Exit(code=code)
 
 
-@task(help={"recipe": "YAML image recipe with an L1 image (default: orchestrator/recipes/tdp.yaml)"})
+@task(
+    help={"recipe": "YAML image recipe with an L1 image (default: orchestrator/recipes/tdp.yaml)"}
+)
 def run(c: Context, recipe: str = "") -> None:
     """Build the image, boot the TD on the embedded simulator and show the vTPM working."""
     from orchestrator.boot import main
