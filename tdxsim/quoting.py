@@ -16,7 +16,7 @@ import dataclasses
 import hashlib
 import struct
 import uuid
-from dataclasses import astuple, dataclass
+from dataclasses import dataclass
 from typing import ClassVar, Self
 
 from cryptography.hazmat.primitives import hashes
@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from tdxsim.abi import TDREPORT_SIZE
 from tdxsim.pck import PckChain, generate_pck_chain, new_p256_key
 from tdxsim.report import ReportMacKey, TdReport, TdReportBuilder, TdReportError, verify_tdreport
+from verifier.layout import StructLayout
 from verifier.quote import (
     ATT_KEY_TYPE_ECDSA_P256,
     CERT_TYPE_PCK_CERT_CHAIN,
@@ -73,7 +74,7 @@ GET_QUOTE_RESP_FIELDS = struct.Struct("<II")  # selected_id_size, quote_size
 
 
 @dataclass(frozen=True)
-class GetQuoteHeader:
+class GetQuoteHeader(StructLayout):
     """The shared buffer header: version u64, status u64, in_len u32, out_len u32."""
 
     FORMAT: ClassVar[struct.Struct] = struct.Struct("<QQII")
@@ -83,16 +84,9 @@ class GetQuoteHeader:
     in_len: int
     out_len: int
 
-    def pack(self) -> bytes:
-        return self.FORMAT.pack(*astuple(self))
-
-    @classmethod
-    def unpack(cls, raw: bytes) -> Self:
-        return cls(*cls.FORMAT.unpack(raw))
-
 
 @dataclass(frozen=True)
-class QgsMsgHeader:
+class QgsMsgHeader(StructLayout):
     """qgs_msg_header_t: major u16, minor u16, type u32, size u32 (all of it), error_code u32."""
 
     FORMAT: ClassVar[struct.Struct] = struct.Struct("<HHIII")
@@ -102,13 +96,6 @@ class QgsMsgHeader:
     type: int
     size: int
     error_code: int
-
-    def pack(self) -> bytes:
-        return self.FORMAT.pack(*astuple(self))
-
-    @classmethod
-    def unpack(cls, raw: bytes) -> Self:
-        return cls(*cls.FORMAT.unpack(raw))
 
 
 PAYLOAD_OFFSET = GetQuoteHeader.FORMAT.size

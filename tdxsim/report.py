@@ -15,11 +15,12 @@ import hashlib
 import hmac
 import os
 import struct
-from dataclasses import astuple, dataclass
+from dataclasses import dataclass
 from typing import ClassVar, Self
 
 from tdxsim.abi import REPORTDATA_SIZE, RTMR_COUNT, SHA384_SIZE, TDREPORT_SIZE
 from tdxsim.interfaces import TdInfo
+from verifier.layout import StructLayout
 
 TEE_TYPE_TDX = 0x81
 REPORT_SUBTYPE_TD = 0
@@ -52,7 +53,7 @@ class TdReportError(ValueError):
 
 
 @dataclass(frozen=True)
-class ReportMacStruct:
+class ReportMacStruct(StructLayout):
     """REPORTMACSTRUCT: 256 bytes at offset 0."""
 
     FORMAT: ClassVar[struct.Struct] = struct.Struct("<BBBB12s16s48s48s64s32s32s")
@@ -70,16 +71,9 @@ class ReportMacStruct:
     reserved2: bytes
     mac: bytes
 
-    def pack(self) -> bytes:
-        return self.FORMAT.pack(*astuple(self))
-
-    @classmethod
-    def unpack(cls, raw: bytes) -> Self:
-        return cls(*cls.FORMAT.unpack(raw))
-
 
 @dataclass(frozen=True)
-class TeeTcbInfo:
+class TeeTcbInfo(StructLayout):
     """TEE_TCB_INFO: 256 bytes at offset 256 (TEE_TCB_SVN2 kept inside the reserved area)."""
 
     FORMAT: ClassVar[struct.Struct] = struct.Struct("<Q16s48s48sQ128s")
@@ -102,16 +96,9 @@ class TeeTcbInfo:
                 bits |= 1 << granule
         return bits
 
-    def pack(self) -> bytes:
-        return self.FORMAT.pack(*astuple(self))
-
-    @classmethod
-    def unpack(cls, raw: bytes) -> Self:
-        return cls(*cls.FORMAT.unpack(raw))
-
 
 @dataclass(frozen=True)
-class TdInfoStruct:
+class TdInfoStruct(StructLayout):
     """TDINFO_STRUCT: 512 bytes at offset 512."""
 
     FORMAT: ClassVar[struct.Struct] = struct.Struct("<QQ48s48s48s48s48s48s48s48s48s64s")
@@ -132,13 +119,6 @@ class TdInfoStruct:
     @property
     def rtmrs(self) -> tuple[bytes, bytes, bytes, bytes]:
         return (self.rtmr0, self.rtmr1, self.rtmr2, self.rtmr3)
-
-    def pack(self) -> bytes:
-        return self.FORMAT.pack(*astuple(self))
-
-    @classmethod
-    def unpack(cls, raw: bytes) -> Self:
-        return cls(*cls.FORMAT.unpack(raw))
 
 
 REPORTMACSTRUCT_OFFSET = 0

@@ -12,8 +12,8 @@ import datetime
 import hashlib
 import re
 import struct
-from dataclasses import astuple, dataclass
-from typing import ClassVar, Self
+from dataclasses import dataclass
+from typing import ClassVar
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from verifier.chain import MalformedCertificateError, check_well_formed, verify_chain
 from verifier.errors import VerificationError
+from verifier.layout import StructLayout
 
 # --- 7.2 constants -------------------------------------------------------------------------------
 QUOTE_VERSION_4 = 4
@@ -110,7 +111,7 @@ class _Reader:
 
 
 @dataclass(frozen=True)
-class QuoteHeader:
+class QuoteHeader(StructLayout):
     """sgx_quote4_header_t: 48 bytes at offset 0 (reference 7.2 "Header")."""
 
     FORMAT: ClassVar[struct.Struct] = struct.Struct("<HHII16s20s")
@@ -122,16 +123,9 @@ class QuoteHeader:
     qe_vendor_id: bytes
     user_data: bytes
 
-    def pack(self) -> bytes:
-        return self.FORMAT.pack(*astuple(self))
-
-    @classmethod
-    def unpack(cls, raw: bytes) -> Self:
-        return cls(*cls.FORMAT.unpack(raw))
-
 
 @dataclass(frozen=True)
-class TdQuoteBody:
+class TdQuoteBody(StructLayout):
     """sgx_report2_body_t, the TD quote body: 584 bytes at offset 48 (reference 7.2)."""
 
     FORMAT: ClassVar[struct.Struct] = struct.Struct("<16s48s48sQQQ48s48s48s48s48s48s48s48s64s")
@@ -161,16 +155,9 @@ class TdQuoteBody:
     def rtmrs(self) -> tuple[bytes, bytes, bytes, bytes]:
         return (self.rtmr0, self.rtmr1, self.rtmr2, self.rtmr3)
 
-    def pack(self) -> bytes:
-        return self.FORMAT.pack(*astuple(self))
-
-    @classmethod
-    def unpack(cls, raw: bytes) -> Self:
-        return cls(*cls.FORMAT.unpack(raw))
-
 
 @dataclass(frozen=True)
-class SgxReportBody:
+class SgxReportBody(StructLayout):
     """sgx_report_body_t, 384 bytes: the QE report body inside certification data type 6."""
 
     FORMAT: ClassVar[struct.Struct] = struct.Struct("<16sI12s16s16s32s32s32s32s64sHHH42s16s64s")
@@ -191,13 +178,6 @@ class SgxReportBody:
     reserved4: bytes
     isv_family_id: bytes
     report_data: bytes
-
-    def pack(self) -> bytes:
-        return self.FORMAT.pack(*astuple(self))
-
-    @classmethod
-    def unpack(cls, raw: bytes) -> Self:
-        return cls(*cls.FORMAT.unpack(raw))
 
 
 CERT_DATA_HEADER = struct.Struct("<HI")  # certification data type u16, size u32
