@@ -23,7 +23,9 @@ delivered as 0; EPT-violation exits report instruction length 0 (the SDM leaves 
 virtualize-x2APIC mode behaves as fixed to 1 (the reference's write mask for secondary controls
 leaves bit 4 out); a host-routed L2 TDVMCALL completes (RIP advanced) before L1 sees
 TDX_L2_EXIT_HOST_ROUTED_TDVMCALL; L1 and host writes to pages L2 executed from are detected at
-the next entry and drop unicorn's stale translations of those pages.
+the next entry and drop unicorn's stale translations of those pages. GETSEC, the VMX instructions,
+INVEPT/INVVPID/VMFUNC exit to L1 as 3.3 routes them, with no CR4.SMXE/VMXE #UD check first and
+the VMX instruction-information field left 0; their lengths come from the opcode bytes.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import contextlib
 import ctypes
 import struct
 from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, cast
@@ -104,7 +107,9 @@ from tdxsim.abi import (
     PAGE_SHIFT,
     PAGE_SIZE,
     PROC_INTERRUPT_WINDOW_EXITING,
+    PROC_INVLPG_EXITING,
     PROC_PAUSE_EXITING,
+    PROC_RDPMC_EXITING,
     PROC_RDTSC_EXITING,
     PROC_USE_MSR_BITMAPS,
     RFLAGS_FIXED,
@@ -210,15 +215,56 @@ IO_IMM = {0xE4: (True, 1), 0xE5: (True, 0), 0xE6: (False, 1), 0xE7: (False, 0)}
 IO_DX = {0xEC: (True, 1), 0xED: (True, 0), 0xEE: (False, 1), 0xEF: (False, 0)}
 IO_STRING = {0x6C: (True, 1), 0x6D: (True, 0), 0x6E: (False, 1), 0x6F: (False, 0)}
 OP2_WRMSR, OP2_RDTSC, OP2_RDMSR, OP2_CPUID = 0x30, 0x31, 0x32, 0xA2
-OP2_INVD, OP2_WBINVD, OP2_GROUP7 = 0x08, 0x09, 0x01
+OP2_INVD, OP2_WBINVD, OP2_GROUP7, OP2_MOV_TO_CR = 0x08, 0x09, 0x01, 0x22
+OP2_RDPMC, OP2_GETSEC, OP2_VMREAD, OP2_VMWRITE = 0x33, 0x37, 0x78, 0x79
+OP2_GROUP9, OP2_ESCAPE_38 = 0xC7, 0x38
+OP3_INVEPT, OP3_INVVPID = 0x80, 0x81
 MODRM_VMCALL, MODRM_TDCALL, MODRM_XSETBV = 0xC1, 0xCC, 0xD1
 MODRM_MONITOR, MODRM_MWAIT = 0xC8, 0xC9
+MODRM_VMLAUNCH, MODRM_VMRESUME, MODRM_VMXOFF, MODRM_VMFUNC = 0xC2, 0xC3, 0xC4, 0xD4
 GROUP7_OPCODE_LEN = 3  # 0F 01 modrm, after any prefixes
+GROUP7_INVLPG = 7  # 0F 01 /7 with a memory operand
+GROUP9_VMPTRLD = 6  # 0F C7 /6 memory form: VMPTRLD, 66: VMCLEAR, F3: VMXON
+GROUP9_VMPTRST = 7  # 0F C7 /7 memory form, no mandatory prefix
+PREFIX_ADDR32, PREFIX_FS, PREFIX_GS = 0x67, 0x64, 0x65
+MANDATORY_PREFIXES = frozenset({PREFIX_OPSIZE, PREFIX_REP, PREFIX_REPNE})
+NO_PREFIXES: frozenset[int] = frozenset()
+# ModRM / SIB fields, 64-bit mode (0x67 keeps the same encoding, with 32-bit arithmetic)
+MODRM_MOD_SHIFT = 6
+MODRM_RM_MASK = 0x7
+MOD_INDIRECT, MOD_DISP8, MOD_DISP32, MOD_REGISTER = 0, 1, 2, 3
+RM_SIB = 4
+RM_RIP_RELATIVE = 5  # with mod 0
+SIB_SCALE_SHIFT, SIB_INDEX_SHIFT = 6, 3
+SIB_NO_INDEX = 4  # index 100b without REX.X
+SIB_NO_BASE = 5  # base 101b with mod 0: disp32, no base register
+REX_B, REX_X = 1 << 0, 1 << 1
+REX_REG_EXTEND = 8
+DISP8, DISP32 = struct.Struct("<b"), struct.Struct("<i")
+U32 = (1 << 32) - 1
 UNCONDITIONAL_TWO_BYTE_EXITS = {
     OP2_CPUID: ExitReason.CPUID,
     OP2_INVD: ExitReason.INVD,
     OP2_WBINVD: ExitReason.WBINVD,
+    OP2_GETSEC: ExitReason.GETSEC,
 }
+# 0F 01 register forms that always exit (prefixes only add to the length)
+GROUP7_REGISTER_EXITS = {
+    MODRM_XSETBV: ExitReason.XSETBV,
+    MODRM_MONITOR: ExitReason.MONITOR,
+    MODRM_MWAIT: ExitReason.MWAIT,
+    MODRM_VMLAUNCH: ExitReason.VMLAUNCH,
+    MODRM_VMRESUME: ExitReason.VMRESUME,
+    MODRM_VMXOFF: ExitReason.VMXOFF,
+    MODRM_VMFUNC: ExitReason.VMFUNC,
+}
+VMREAD_VMWRITE = {OP2_VMREAD: ExitReason.VMREAD, OP2_VMWRITE: ExitReason.VMWRITE}
+INVEPT_INVVPID = {OP3_INVEPT: ExitReason.INVEPT, OP3_INVVPID: ExitReason.INVVPID}
+# every second opcode byte _decode_two_byte acts on; the others return at once
+TWO_BYTE_OPS = frozenset(
+    {*UNCONDITIONAL_TWO_BYTE_EXITS, *VMREAD_VMWRITE, OP2_GROUP7, OP2_GROUP9, OP2_ESCAPE_38}
+    | {OP2_MOV_TO_CR, OP2_RDTSC, OP2_RDPMC, OP2_RDMSR, OP2_WRMSR}
+)
 FIRST_BYTES = (
     LEGACY_PREFIXES
     | set(range(REX_FIRST, REX_LAST + 1))
@@ -228,7 +274,6 @@ FIRST_BYTES = (
 FIRST_BYTES_AFTER_REX = FIRST_BYTES - set(range(REX_FIRST, REX_LAST + 1)) - LEGACY_PREFIXES
 IO_SIZE_BYTE, IO_SIZE_WORD, IO_SIZE_DWORD = 1, 2, 4
 PAGE_OFFSET_MASK = 0xFFF
-OP2_MOV_TO_CR = 0x22
 
 # --- paging walk (4-level) ---------------------------------------------------------------------
 CR0_PG = 1 << 31
@@ -246,6 +291,26 @@ LOOKAHEAD_GPA = TRAP_GPA - PAGE_SIZE  # a no-access page unicorn owns, for the `
 
 WRITE_ACCESSES = frozenset({UC_MEM_WRITE_PROT, UC_MEM_WRITE_UNMAPPED})
 FETCH_ACCESSES = frozenset({UC_MEM_FETCH_PROT, UC_MEM_FETCH_UNMAPPED})
+
+
+def modrm_operand_length(code: bytes, at: int) -> int:
+    """Bytes the ModRM byte at `at` takes with its SIB and displacement (64-bit mode encoding)."""
+    modrm = code[at]
+    mod, rm = modrm >> MODRM_MOD_SHIFT, modrm & MODRM_RM_MASK
+    if mod == MOD_REGISTER:
+        return 1
+    length = 1
+    if rm == RM_SIB:
+        length += 1
+        if mod == MOD_INDIRECT and code[at + 1] & MODRM_RM_MASK == SIB_NO_BASE:
+            return length + DISP32.size
+    elif mod == MOD_INDIRECT and rm == RM_RIP_RELATIVE:
+        return length + DISP32.size
+    if mod == MOD_DISP8:
+        return length + DISP8.size
+    if mod == MOD_DISP32:
+        return length + DISP32.size
+    return length
 
 
 class StopKind(IntEnum):
@@ -660,7 +725,8 @@ class L2Vcpu:
 
     def _decode(self, code: bytes, address: int, size: int) -> None:
         if code[0] == OP_TWO_BYTE and len(code) > 1 and size <= MAX_INSN_LEN:  # no prefix
-            self._decode_two_byte(code[1:], set(), address, size, address + size)
+            if code[1] in TWO_BYTE_OPS:
+                self._decode_two_byte(code, 1, NO_PREFIXES, address, size)
             return
         i = 0
         prefixes: set[int] = set()
@@ -684,18 +750,23 @@ class L2Vcpu:
                 self._exit(ExitReason.PAUSE, address, size)
         elif op in IO_IMM or op in IO_DX or op in IO_STRING:
             self._io_exit(op, rest, prefixes, address, size)
-        elif op == OP_TWO_BYTE and rest:
+        elif op == OP_TWO_BYTE and rest and rest[0] in TWO_BYTE_OPS:
             if size > MAX_INSN_LEN:
                 size = i + GROUP7_OPCODE_LEN
-            self._decode_two_byte(rest, prefixes, address, size, address + size)
+            self._decode_two_byte(code, i + 1, prefixes, address, size)
 
     def _decode_two_byte(
-        self, rest: bytes, prefixes: set[int], address: int, size: int, nxt: int
+        self, code: bytes, at: int, prefixes: AbstractSet[int], address: int, size: int
     ) -> None:
-        op2 = rest[0]
+        """Exit before the 0F-map instruction whose second opcode byte is code[at], if it exits.
+
+        `size` is unicorn's length, good for the opcodes it decodes; exiting instructions it
+        cannot decode (VMX, GETSEC) get their length from the bytes (`at` counts the prefixes).
+        """
+        op2 = code[at]
         reason = UNCONDITIONAL_TWO_BYTE_EXITS.get(op2)
         if reason is not None:
-            self._exit(reason, address, size)
+            self._exit(reason, address, at + 1)
         elif op2 == OP2_MOV_TO_CR:
             self._code_page = -1  # paging may change: re-translate the code page next time
             self._cr_cache = None
@@ -704,19 +775,123 @@ class L2Vcpu:
             if self.vmcs.read(Vmcs.PROC_BASED_CONTROLS) & PROC_RDTSC_EXITING:
                 self._exit(ExitReason.RDTSC, address, size)
         elif op2 in (OP2_RDMSR, OP2_WRMSR):
-            self._msr(op2 == OP2_WRMSR, address, size, nxt)
-        elif op2 == OP2_GROUP7 and len(rest) > 1:
-            modrm = rest[1]
-            if modrm == MODRM_VMCALL and not prefixes:
-                self._exit(ExitReason.VMCALL, address, size)
-            elif modrm == MODRM_TDCALL and PREFIX_OPSIZE in prefixes:
-                self._tdcall(address, size)
-            elif modrm == MODRM_XSETBV:
-                self._exit(ExitReason.XSETBV, address, size)
-            elif modrm == MODRM_MONITOR:
-                self._exit(ExitReason.MONITOR, address, size)
-            elif modrm == MODRM_MWAIT:
-                self._exit(ExitReason.MWAIT, address, size)
+            self._msr(op2 == OP2_WRMSR, address, size, address + size)
+        elif op2 == OP2_RDPMC:
+            if self.vmcs.read(Vmcs.PROC_BASED_CONTROLS) & PROC_RDPMC_EXITING:
+                self._exit(ExitReason.RDPMC, address, at + 1)
+        elif len(code) <= at + 1:
+            return  # truncated at the end of backed memory: unicorn's fetch fault comes first
+        elif op2 == OP2_GROUP7:
+            self._group7(code, at, prefixes, address, size)
+        elif op2 in VMREAD_VMWRITE:
+            if not prefixes & MANDATORY_PREFIXES:
+                self._operand_exit(VMREAD_VMWRITE[op2], code, at + 1, address)
+        elif op2 == OP2_GROUP9:
+            self._group9(code, at + 1, prefixes, address)
+        elif op2 == OP2_ESCAPE_38:
+            reason = INVEPT_INVVPID.get(code[at + 1])
+            memory_form = len(code) > at + 2 and code[at + 2] >> MODRM_MOD_SHIFT != MOD_REGISTER
+            only_66 = PREFIX_OPSIZE in prefixes and not prefixes & {PREFIX_REP, PREFIX_REPNE}
+            if reason is not None and memory_form and only_66:
+                self._operand_exit(reason, code, at + 2, address)
+
+    def _group7(
+        self, code: bytes, at: int, prefixes: AbstractSet[int], address: int, size: int
+    ) -> None:
+        """0F 01: VMCALL, TDCALL, the register forms that always exit, and INVLPG."""
+        modrm = code[at + 1]
+        reason = GROUP7_REGISTER_EXITS.get(modrm)
+        if reason is not None:
+            self._exit(reason, address, at + 2)
+        elif modrm == MODRM_VMCALL and not prefixes:
+            self._exit(ExitReason.VMCALL, address, size)
+        elif modrm == MODRM_TDCALL and PREFIX_OPSIZE in prefixes:
+            self._tdcall(address, size)
+        elif (
+            modrm >> MODRM_MOD_SHIFT != MOD_REGISTER
+            and (modrm >> MODRM_REG_SHIFT) & MODRM_REG_MASK == GROUP7_INVLPG
+            and self.vmcs.read(Vmcs.PROC_BASED_CONTROLS) & PROC_INVLPG_EXITING
+        ):
+            length = at + 1 + modrm_operand_length(code, at + 1) if len(code) > at + 2 else 0
+            if 0 < length <= min(len(code), MAX_INSN_LEN):
+                linear = self._operand_address(code, at - 1, prefixes, address + length)
+                self._exit(ExitReason.INVLPG, address, length, qualification=linear)
+
+    def _group9(self, code: bytes, at: int, prefixes: AbstractSet[int], address: int) -> None:
+        """0F C7 memory forms /6 (VMPTRLD, 66: VMCLEAR, F3: VMXON) and /7 (VMPTRST)."""
+        modrm = code[at]
+        if modrm >> MODRM_MOD_SHIFT == MOD_REGISTER or PREFIX_REPNE in prefixes:
+            return  # RDRAND/RDSEED/RDPID, or no VMX instruction
+        reg = (modrm >> MODRM_REG_SHIFT) & MODRM_REG_MASK
+        if reg == GROUP9_VMPTRST and not prefixes & MANDATORY_PREFIXES:
+            self._operand_exit(ExitReason.VMPTRST, code, at, address)
+        elif reg == GROUP9_VMPTRLD:
+            reason = (
+                ExitReason.VMXON
+                if PREFIX_REP in prefixes
+                else ExitReason.VMCLEAR
+                if PREFIX_OPSIZE in prefixes
+                else ExitReason.VMPTRLD
+            )
+            self._operand_exit(reason, code, at, address)
+
+    def _operand_exit(self, reason: int, code: bytes, modrm_at: int, address: int) -> None:
+        """Exit for an instruction ending in a ModRM operand; its length comes from the bytes."""
+        if len(code) <= modrm_at + 1:
+            return
+        length = modrm_at + modrm_operand_length(code, modrm_at)
+        if length <= min(len(code), MAX_INSN_LEN):  # longer: truncated or #GP, unicorn's to raise
+            self._exit(reason, address, length)
+
+    def _operand_address(
+        self, code: bytes, opcode_at: int, prefixes: AbstractSet[int], nxt: int
+    ) -> int:
+        """Linear address of the memory operand of the 0F xx /r instruction at code[opcode_at]."""
+        rex = code[opcode_at - 1] if opcode_at else 0
+        if not REX_FIRST <= rex <= REX_LAST:
+            rex = 0
+        modrm_at = opcode_at + 2
+        modrm = code[modrm_at]
+        mod, rm = modrm >> MODRM_MOD_SHIFT, modrm & MODRM_RM_MASK
+        at = modrm_at + 1
+        if mod == MOD_INDIRECT and rm == RM_RIP_RELATIVE:
+            ea = nxt + DISP32.unpack_from(code, at)[0]
+            at += DISP32.size
+        else:
+            ea = 0
+            base = rm | (REX_REG_EXTEND if rex & REX_B else 0)
+            if rm == RM_SIB:
+                sib = code[at]
+                at += 1
+                index = (sib >> SIB_INDEX_SHIFT) & MODRM_RM_MASK
+                index |= REX_REG_EXTEND if rex & REX_X else 0
+                if index != SIB_NO_INDEX:
+                    ea += self.reg.read(UC_GPRS[index]) << (sib >> SIB_SCALE_SHIFT)
+                base = sib & MODRM_RM_MASK | (REX_REG_EXTEND if rex & REX_B else 0)
+                if mod == MOD_INDIRECT and sib & MODRM_RM_MASK == SIB_NO_BASE:
+                    base = -1
+            if base >= 0:
+                ea += self.reg.read(UC_GPRS[base])
+            if mod == MOD_DISP8:
+                ea += DISP8.unpack_from(code, at)[0]
+            elif mod == MOD_DISP32 or base < 0:
+                ea += DISP32.unpack_from(code, at)[0]
+        ea &= U32 if PREFIX_ADDR32 in prefixes else U64
+        segment = self._segment_override(code[:opcode_at])
+        if segment is not None:
+            ea += self.reg.read(segment)
+        return int(ea) & U64
+
+    @staticmethod
+    def _segment_override(prefixes: bytes) -> int | None:
+        """The base register of the last FS/GS prefix (64-bit mode ignores the other segments)."""
+        segment = None
+        for byte in prefixes:
+            if byte == PREFIX_FS:
+                segment = X.UC_X86_REG_FS_BASE
+            elif byte == PREFIX_GS:
+                segment = X.UC_X86_REG_GS_BASE
+        return segment
 
     def _exit(self, reason: int, address: int, size: int, qualification: int = 0) -> None:
         info = ExitInfo(TDX_SUCCESS, reason, qualification=qualification, instr_len=size)

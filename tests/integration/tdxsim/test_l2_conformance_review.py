@@ -17,7 +17,9 @@ OPERAND_INVALID = 0xC000010000000000
 PENDING_INTERRUPT = 0x0000112000000000
 # VMX exit reasons (3.3)
 CPUID, GETSEC, HLT, INVD, INVLPG, RDPMC, RDTSC = 10, 11, 12, 13, 14, 15, 16
-VMCALL, VMLAUNCH, VMRESUME, VMXOFF, MSR_READ, MSR_WRITE = 18, 20, 24, 26, 31, 32
+VMCALL, VMCLEAR, VMLAUNCH, VMPTRLD, VMPTRST, VMREAD = 18, 19, 20, 21, 22, 23
+VMRESUME, VMWRITE, VMXOFF, VMXON, MSR_READ, MSR_WRITE = 24, 25, 26, 27, 31, 32
+INVEPT, INVVPID, VMFUNC = 50, 53, 59
 INVALID_GUEST_STATE, PAUSE, EPT_VIOLATION, TDCALL = 33, 40, 48, 77
 ENTRY_FAILURE = 1 << 31
 # L2 VMCS encodings (3.1, 4)
@@ -189,19 +191,12 @@ def test_msr_outside_both_ranges_always_exits(h: TdHarness, l2: L2Context) -> No
 
 
 # --- 3.3 routing: conditional and unconditional instruction exits --------------------------------
-RDPMC_XFAIL = pytest.mark.xfail(
-    strict=True,
-    reason="RDPMC exiting (primary bit 11, L1-writable per 3.1 mask 0x48F99A04) is ignored: "
-    "RDPMC faults and the L2 triple-faults (exit 2) instead of exiting 15 to L1 (3.3)",
-)
-
-
 @pytest.mark.parametrize(
     ("source", "control", "reason", "length"),
     [
         ("rdtsc", PROC_RDTSC, RDTSC, 2),
         ("pause", PROC_PAUSE, PAUSE, 2),
-        pytest.param("mov ecx, 0\nrdpmc", PROC_RDPMC, RDPMC, 2, marks=RDPMC_XFAIL),
+        ("mov ecx, 0\nrdpmc", PROC_RDPMC, RDPMC, 2),
     ],
 )
 def test_control_enabled_exits(
@@ -214,11 +209,6 @@ def test_control_enabled_exits(
     assert ex.instr_len == length
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="INVLPG exiting (primary bit 9, L1-writable per 3.1 mask 0x48F99A04) is ignored: "
-    "INVLPG runs in L2 with no exit 14 to L1 (3.3 routing table)",
-)
 def test_invlpg_exit_qualification_is_linear_address(h: TdHarness, l2: L2Context) -> None:
     vmcs_wr(h, PROC_BASED, PROC_INVLPG, PROC_INVLPG)
     ex = run(l2, f"invlpg [{DATA + 0x123:#x}]\nhlt")
@@ -226,26 +216,69 @@ def test_invlpg_exit_qualification_is_linear_address(h: TdHarness, l2: L2Context
     assert ex.qualification == DATA + 0x123
 
 
-UNCOND_XFAIL = pytest.mark.xfail(
-    strict=True,
-    reason="GETSEC (11) and the VMX instructions (19-27) exit unconditionally and are routed "
-    "to L1 (3.3); the module lets them raise #UD, and with no handler L2 triple-faults (exit 2)",
-)
-
-
 @pytest.mark.parametrize(
     ("source", "reason", "length"),
     [
         ("invd", INVD, 2),
-        pytest.param("getsec", GETSEC, 2, marks=UNCOND_XFAIL),
-        pytest.param("vmlaunch", VMLAUNCH, 3, marks=UNCOND_XFAIL),
-        pytest.param("vmresume", VMRESUME, 3, marks=UNCOND_XFAIL),
-        pytest.param("vmxoff", VMXOFF, 3, marks=UNCOND_XFAIL),
+        ("getsec", GETSEC, 2),
+        ("vmlaunch", VMLAUNCH, 3),
+        ("vmresume", VMRESUME, 3),
+        ("vmxoff", VMXOFF, 3),
+        # the other VMX instructions (3.3: 19-27, 50, 53, 59); lengths counted from the SDM
+        # encodings: prefixes + opcode + ModRM + SIB + displacement
+        ("vmfunc", VMFUNC, 3),  # 0F 01 D4
+        ("invept rax, [rbx]", INVEPT, 5),  # 66 0F 38 80 /r
+        ("invvpid rcx, [rbx + 8]", INVVPID, 6),  # 66 0F 38 81 /r disp8
+        ("vmptrld [rax + rcx*8 + 0x12345678]", VMPTRLD, 8),  # 0F C7 /6, SIB, disp32
+        ("vmptrld [rcx*8 + 0x40000]", VMPTRLD, 8),  # SIB with no base: disp32 even at mod 0
+        (".byte 0x2e, 0x41, 0x0f, 0xc7, 0x74, 0x24, 0x10", VMPTRLD, 7),  # CS, REX.B, [r12+16]
+        ("vmclear [rbx]", VMCLEAR, 4),  # 66 0F C7 /6
+        ("vmxon [rbx]", VMXON, 4),  # F3 0F C7 /6
+        ("vmptrst [rbx + 0x10]", VMPTRST, 4),  # 0F C7 /7 disp8
+        ("vmread rax, rbx", VMREAD, 3),  # 0F 78 /r, register form
+        ("vmwrite rax, [rip + 0x100]", VMWRITE, 7),  # 0F 79 /r, RIP-relative disp32
     ],
 )
 def test_unconditional_exits_go_to_l1(l2: L2Context, source: str, reason: int, length: int) -> None:
     ex = run(l2, f"nop\n{source}\nhlt")
     assert ex.regs.rax == SUCCESS | reason
+    assert ex.instr_len == length and ex.rip == CODE + 1
+
+
+def test_group9_non_vmx_forms_do_not_exit(l2: L2Context) -> None:
+    # 0F C7 /1 (CMPXCHG16B) shares the opcode with VMPTRLD/VMPTRST but is no VMX instruction
+    ex = run(l2, f"mov rbx, {DATA:#x}\ncmpxchg16b [rbx]\nhlt")
+    assert ex.reason == HLT
+
+
+def test_register_form_invept_raises_ud_not_an_exit(h: TdHarness, l2: L2Context) -> None:
+    install_idt(h, f"mov qword ptr [{DATA:#x}], 6\nhlt", vector=6)
+    ex = run(l2, ".byte 0x66, 0x0f, 0x38, 0x80, 0xc3\nhlt")  # INVEPT needs a memory operand
+    assert ex.reason == HLT
+    assert h.read(DATA, 8) == (6).to_bytes(8, "little")  # the #UD handler ran
+
+
+INVLPG_REGS = {"rbx": 0x40000, "rsi": 3, "r13": 0x7000_0000_0000, "r12": 0x10, "rdi": 1 << 32}
+
+
+@pytest.mark.parametrize(
+    ("source", "length", "linear"),
+    [
+        ("invlpg [rbx + rsi*4 + 0x10]", 5, 0x40000 + 3 * 4 + 0x10),  # 0F 01 /7 SIB disp8
+        ("invlpg [rip + 0x200]", 7, CODE + 1 + 7 + 0x200),  # after the NOP; next RIP + disp
+        ("invlpg [rbx - 0x20]", 4, 0x40000 - 0x20),  # negative disp8 is sign-extended
+        ("invlpg [r13 + r12*2 + 0x12345]", 9, 0x7000_0000_0000 + 0x20 + 0x12345),  # REX.XB
+        ("invlpg [edi + ebx]", 5, 0x40000),  # 67: 32-bit address arithmetic drops bit 32
+    ],
+)
+def test_invlpg_exit_length_and_address_forms(
+    h: TdHarness, l2: L2Context, source: str, length: int, linear: int
+) -> None:
+    assert run(l2, f"nop\n{source}\nhlt", **INVLPG_REGS).reason == HLT  # off by default
+    vmcs_wr(h, PROC_BASED, PROC_INVLPG, PROC_INVLPG)
+    ex = run(l2, f"nop\n{source}\nhlt", **INVLPG_REGS)
+    assert ex.regs.rax == SUCCESS | INVLPG
+    assert ex.qualification == linear
     assert ex.instr_len == length and ex.rip == CODE + 1
 
 
