@@ -27,14 +27,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from igvm.build import build as build_igvm
-from igvm.measure import mrtd as offline_mrtd
 from svsm import eventlog
 from tdxsim.faults import FaultSet
 from tdxsim.l1image import build_l1_image
 from tdxsim.quoting import QuotingService
 from tdxsim.vmm import RunResult, Vmm, simulated_platform
 from verifier.quote import verify_quote
-from vtpm.attest import EV_SEPARATOR, attester_from_name, check_binding
+from vtpm.attest import EV_SEPARATOR, RTMR_COUNT, attester_from_name, check_binding
 from vtpm.certs import OID_EVENT_LOG, OID_TD_QUOTE, sec1_point, verify_issued_by
 from vtpm.engine import TpmEngine
 from vtpm.manufacture import ManufactureResult, manufacture
@@ -157,7 +156,7 @@ def run_local(
             vmm.load_igvm(image, TD_RAM)
             vmm.aug_rest()
             report.mrtd_td = vmm.finalize()
-            if report.mrtd_td != offline_mrtd(image):
+            if report.mrtd_td != report.mrtd_offline:
                 raise BootError(f"TD MRTD {report.mrtd_td.hex()} differs from the offline one")
             out("    MRTD of the TD equals `igvm measure` of the file")
         title = ("L1 (svsm) boots from the measured image: accept, NUM_L2_VMS, RTMR0; vTPM with "
@@ -175,15 +174,13 @@ def run_local(
 
     engine = TpmEngine()
     try:
-        results: list[ManufactureResult] = []
-
-        def provision(tpm: TpmEngine) -> object:
-            results.append(manufacture(tpm, attester=attester_from_name("fake")))
-            return results[-1]
+        def provision(tpm: TpmEngine) -> ManufactureResult:
+            return manufacture(tpm, attester=attester_from_name("fake"))
 
         server = VtpmServer(engine, "127.0.0.1", 0, provision=provision)
         server.start_tpm()
-        report.manufactured = results[-1]
+        assert isinstance(server.provision_result, ManufactureResult)
+        report.manufactured = server.provision_result
         report.tcti = server.tcti_strings()["mssim"]
         thread = threading.Thread(target=server.serve_forever, name="vtpm", daemon=True)
         thread.start()
@@ -225,8 +222,9 @@ def _verify(report: BootReport, quoting: QuotingService, out: Callable[[str], No
             f"({len(quoted_log)} events)")
         full = eventlog.parse(l1.cc_event_log)
         later = full[len(quoted_log):]
-        if full[: len(quoted_log)] != quoted_log or [e.event_type for e in later] != [
-                EV_SEPARATOR] * 4:
+        separators = [(index, EV_SEPARATOR) for index in range(RTMR_COUNT)]
+        if full[: len(quoted_log)] != quoted_log or [
+                (e.rtmr, e.event_type) for e in later] != separators:
             raise BootError("L1's event log is not the quoted log followed by 4 separators")
         out("    L1's event log: the quoted events, then separators into RTMR0..3 after the quote")
         for kind, der in l1.ek_certificates.items():

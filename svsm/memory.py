@@ -164,10 +164,12 @@ class Memory:
                 return SharedBuffer(self, gpa | self.shared_bit, size)
             resume = out[R11]
             if not start <= resume < end or resume % PAGE_SIZE:
+                self._forget(gpa, gpa + size)  # part may be shared now: never trust it as private
                 raise L1MemoryError(f"MapGPA of {gpa | self.shared_bit:#x} (+{size:#x}): RETRY "
                                     f"with resume GPA {resume:#x} (R11) outside [{start:#x}, "
                                     f"{end:#x}) or not page aligned")
             start = resume
+        self._forget(gpa, gpa + size)
         raise L1MemoryError(f"MapGPA of {gpa | self.shared_bit:#x} (+{size:#x}): the host "
                             f"answered RETRY {MAPGPA_MAX_RETRIES + 1} times; giving up at "
                             f"{start:#x}")

@@ -219,13 +219,13 @@ def manufacture(
         try:
             quote = attester.quote(report_data)
             event_log = attester.event_log()
+            if not isinstance(quote, bytes) or not quote:
+                raise AttesterError(f"attester {attester.name!r} returned no quote")
+            check_binding(quote, ca_point)
         except Exception as exc:
             raise ManufactureError(
                 f"manufacture: attester {attester.name!r} failed: {exc}"
             ) from exc
-        if not isinstance(quote, bytes) or not quote:
-            raise AttesterError(f"attester {attester.name!r} returned no quote")
-        check_binding(quote, ca_point)
         fake = is_fake_quote(quote)
 
         def signer(digest: bytes) -> tuple[int, int]:

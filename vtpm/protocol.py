@@ -3,7 +3,8 @@
 Command port: the first bytes of a connection choose its framing. swtpm's data channel carries bare
 TPM 2.0 commands (tag 0x8001/0x8002 first); the TCG simulator ("mssim") protocol starts every
 frame with a big-endian u32 command such as TPM_SEND_COMMAND = 8. Platform port (command port + 1):
-mssim platform signals, each a u32 answered by a u32 zero. Framing facts follow the TCG reference
+mssim platform signals, each a u32 answered by a u32 status (0 success, 1 failure; SESSION_END
+gets no answer). Framing facts follow the TCG reference
 simulator's TcpServer protocol as spoken by the tss2 3.2.1 mssim TCTI.
 """
 

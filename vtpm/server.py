@@ -374,7 +374,7 @@ class VtpmServer:
             self._close(conn)
             return
         # Output drained: resume frames parsed but held back, then listen again.
-        if conn.writing and self._has_backlog(conn):
+        if self._has_backlog(conn):
             self._run_requests(conn)
             if conn.output:
                 self._flush(conn)

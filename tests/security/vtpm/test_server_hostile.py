@@ -220,3 +220,17 @@ def test_random_garbage_fuzz(server: VtpmProcess) -> None:
                     pass
             except (TimeoutError, ConnectionResetError):
                 pass
+
+
+def test_pipelined_commands_all_get_answers(server: VtpmProcess) -> None:
+    """A burst larger than the output backlog: every held-back frame is answered, none stranded."""
+    count, answer_size = 3000, 10 + 2 + 16
+    with _connect(server) as sock:
+        sock.sendall(GET_RANDOM_16 * count)
+        received = b""
+        while len(received) < count * answer_size:
+            chunk = sock.recv(65536)  # a stranded frame shows as a timeout here
+            assert chunk, "server closed the connection"
+            received += chunk
+    assert len(received) == count * answer_size
+    assert all(_rc(received, i * answer_size) == 0 for i in range(count))

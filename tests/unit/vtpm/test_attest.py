@@ -123,7 +123,7 @@ def test_attester_from_name() -> None:
 def test_garbage_quotes_only_raise_binding_error(data: bytes) -> None:
     with contextlib.suppress(attest.BindingError):
         attest.check_binding(data, b"\x04" + bytes(96))
-    assert attest.is_fake_quote(data) in (True, False)
+    attest.is_fake_quote(data)  # must not raise on any bytes
 
 
 def test_tsm_attester_outside_a_td_fails_loudly(tmp_path: Path) -> None:
