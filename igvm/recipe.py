@@ -281,7 +281,7 @@ def _component(raw: Any, key: str, base: Path, names: set[str]) -> Component:
     measured = _bool(spec.get("measured", True), f"{key}.measured")
     shared = _bool(spec.get("shared", False), f"{key}.shared")
     data_type_name = spec.get("data_type", "normal")
-    if data_type_name not in DATA_TYPES:
+    if not isinstance(data_type_name, str) or data_type_name not in DATA_TYPES:
         raise RecipeError(f"{key}.data_type", f"must be one of {', '.join(DATA_TYPES)}, "
                                               f"got {data_type_name!r}")
     return Component(name, kind, gpa, data, size, measured, shared, DATA_TYPES[data_type_name])

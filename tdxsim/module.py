@@ -246,12 +246,21 @@ class TdxModule:
         """L1 took its pending interrupt (clears RVI in this simple L1 interrupt model)."""
         self.td.vcpus[vcpu].l1_rvi = 0
 
+    def _convertible_range(self, gpa: int, npages: int, what: str) -> int:
+        """Index of the first page of [gpa, gpa + npages pages), all in one RAM region; checked
+        before anything changes, so a bad range from the host alters no state."""
+        first = self.memory.page_index(gpa)
+        region = self.memory.region_of(gpa)
+        if first is None or region is None or gpa % PAGE_SIZE or npages <= 0:
+            raise ValueError(f"{what}: GPA {gpa:#x} ({npages} pages) is not a RAM page range")
+        if gpa + npages * PAGE_SIZE > region.end:
+            raise ValueError(f"{what}: GPA {gpa:#x} + {npages} pages runs past its RAM region")
+        return first
+
     def host_convert_to_shared(self, gpa: int, npages: int = 1) -> None:
         """MapGPA to shared, host side: remove the private pages (and their aliases), then map
         the shared view. Contents are not preserved across a conversion on hardware."""
-        first = self.memory.page_index(gpa)
-        if first is None or gpa % PAGE_SIZE:
-            raise ValueError(f"convert to shared: GPA {gpa:#x} is not a RAM page")
+        first = self._convertible_range(gpa, npages, "convert to shared")
         for i in range(first, first + npages):
             self.aliases.store(i, 0, 0, self.td.num_l2_vms)
         self.memory.set_range_state(gpa, npages, PageState.NOT_PRESENT, LEVEL_4K)
@@ -261,8 +270,7 @@ class TdxModule:
 
     def host_convert_to_private(self, gpa: int, npages: int = 1) -> None:
         """MapGPA to private, host side: unmap the shared view and AUG pending private pages."""
-        if self.memory.page_index(gpa) is None or gpa % PAGE_SIZE:
-            raise ValueError(f"convert to private: GPA {gpa:#x} is not a RAM page")
+        self._convertible_range(gpa, npages, "convert to private")
         self.memory.set_shared(gpa, npages, False)
         self.memory.set_range_state(gpa, npages, PageState.PENDING, LEVEL_4K)
 

@@ -60,11 +60,12 @@ from tdxsim.channel import (
 )
 from tdxsim.interfaces import Regs, TdExit
 from tdxsim.l1image import L1Image, L1ImageError
-from tdxsim.memory import PageState
+from tdxsim.memory import PageState, TdMemoryError
 from tdxsim.module import TdxModule
 from tdxsim.report import ReportMacKey, TdReportBuilder
 
 CHUNKS_PER_PAGE = PAGE_SIZE // MR_EXTEND_CHUNK
+ALL_CHUNKS_EXTENDED = (1 << CHUNKS_PER_PAGE) - 1  # one bit per 256-byte chunk of a page
 L1_EXIT_OK = 0
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
@@ -183,7 +184,8 @@ class TdProcess:
             chunk = gpa + i * MR_EXTEND_CHUNK
             builder.mr_extend(chunk)
             page = chunk & ~(PAGE_SIZE - 1)
-            self.extended[page] = self.extended.get(page, 0) + 1
+            bit = 1 << ((chunk % PAGE_SIZE) // MR_EXTEND_CHUNK)
+            self.extended[page] = self.extended.get(page, 0) | bit
 
     def _finalize(self, msg: Message) -> None:
         gpa, size = (int(v) for v in msg.fields(FINALIZE_FORMAT))
@@ -192,13 +194,13 @@ class TdProcess:
             raise BuildError(f"FINALIZE: L1 image at GPA {gpa:#x} size {size} is not a page range")
         for page in range(gpa, gpa + size, PAGE_SIZE):
             if (builder.memory.page_state(page) != PageState.MAPPED
-                    or self.extended.get(page, 0) < CHUNKS_PER_PAGE):
+                    or self.extended.get(page, 0) != ALL_CHUNKS_EXTENDED):
                 raise BuildError(f"FINALIZE: L1 image page at GPA {page:#x} is not fully measured")
-        self.module = builder.finalize()
         try:
             self.image = L1Image.unpack(builder.memory.read(gpa, size))
         except L1ImageError as exc:
             raise BuildError(f"FINALIZE: L1 image at GPA {gpa:#x}: {exc}") from exc
+        self.module = builder.finalize()
         self.channel.send(MsgType.FINALIZED, FINALIZED_FORMAT.pack(self.module.td.mrtd))
 
     def handle(self, msg: Message) -> tuple[int, Regs] | None:
@@ -249,7 +251,7 @@ class TdProcess:
                     builder.module.host_convert_to_private(gpa, npages)
             else:
                 raise BuildError(f"unexpected message {kind.name}")
-        except (BuildError, ValueError) as exc:
+        except (BuildError, ValueError, TdMemoryError) as exc:
             self.channel.send_reply(False, str(exc))
             return None
         self.channel.send_reply(True)

@@ -347,7 +347,7 @@ class Vmm:
                     return result("done", msg.rest(DONE_FORMAT))
                 elif msg.type == MsgType.FAILED:
                     text = msg.payload.decode(errors="replace")
-                    return result("failed", msg.payload, text.strip().splitlines()[-1])
+                    return result("failed", msg.payload, (text.strip().splitlines() or [""])[-1])
                 else:
                     raise HostCallRefused(f"unexpected {msg.type.name} while the TD runs")
         except TdProcessDied as exc:

@@ -10,10 +10,18 @@ from pathlib import Path
 import pytest
 
 from tdxsim.abi import PAGE_SIZE, TDVMCALL_OPERAND_INVALID, TDVMCALL_SUCCESS
-from tdxsim.channel import HEADER, REPLY_FORMAT, MsgType
+from tdxsim.channel import (
+    CONVERT_FORMAT,
+    EXTEND_FORMAT,
+    FINALIZE_FORMAT,
+    HEADER,
+    REPLY_FORMAT,
+    MsgType,
+)
 from tdxsim.host import Ghci
 from tdxsim.l1image import build_l1_image
 from tdxsim.shared import HostAccessDenied
+from tdxsim.tdprocess import CHUNKS_PER_PAGE
 from tdxsim.vmm import HostCallRefused, Vmm, simulated_platform
 from tests.unit.tdxsim.test_host import BUF, SHARED_BIT, HostTd
 
@@ -105,3 +113,26 @@ def _expect_refusal(vmm: Vmm) -> None:
     (status,) = reply.fields(REPLY_FORMAT)
     if reply.type == MsgType.REPLY and status:
         raise HostCallRefused(reply.rest(REPLY_FORMAT).decode())
+
+
+def test_convert_of_a_bad_range_is_refused_without_killing_the_td(vmm: Vmm) -> None:
+    ram_end = 8 << 20
+    for gpa, npages in ((ram_end - PAGE_SIZE, 2), (0x1000, 0), (ram_end, 1), (0x1001, 1)):
+        with pytest.raises(HostCallRefused):
+            vmm.call(MsgType.CONVERT, CONVERT_FORMAT.pack(gpa, npages, 1))
+    vmm.add_page(0x1000, b"still alive")
+    assert vmm.proc.poll() is None
+
+
+def test_l1_image_chunks_each_measured_once_or_finalize_refuses(vmm: Vmm) -> None:
+    """Sixteen MR.EXTENDs of one chunk do not stand for the sixteen chunks of the page."""
+    image = build_l1_image([L1_MIN], "l1_min.main:entry")
+    gpa = 0x100000
+    for offset in range(0, len(image), PAGE_SIZE):
+        page = image[offset : offset + PAGE_SIZE]
+        vmm.call(MsgType.ADD_PAGE, struct.pack("<Q", gpa + offset) + page)
+        for _ in range(CHUNKS_PER_PAGE):  # always chunk 0 of the page
+            vmm.call(MsgType.EXTEND, EXTEND_FORMAT.pack(gpa + offset, 1))
+    with pytest.raises(HostCallRefused, match="not fully measured"):
+        vmm.call(MsgType.FINALIZE, FINALIZE_FORMAT.pack(gpa, len(image)))
+    assert vmm.proc.poll() is None

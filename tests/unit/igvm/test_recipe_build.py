@@ -105,6 +105,8 @@ ERRORS = [
      "components[0].measured", "true or false"),
     ("components: [{name: a, kind: blob, gpa: 0, size: 1, data_type: weird}]\n",
      "components[0].data_type", "one of"),
+    ("components: [{name: a, kind: blob, gpa: 0, size: 1, data_type: [x]}]\n",
+     "components[0].data_type", "one of"),
     ("components: [{name: a, kind: blob, gpa: 0, size: 8KiB}, "
      "{name: b, kind: blob, gpa: 0x1000, size: 1}]\n", "components[1].gpa", "overlaps"),
     ("components: [{name: a, kind: blob, gpa: 0, size: 1}, {name: a, kind: blob, gpa: 0x1000, "
