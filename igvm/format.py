@@ -541,6 +541,7 @@ class IgvmScan:
 
 def scan(source: str | os.PathLike[str] | BinaryIO) -> IgvmScan:
     """Open a file for streaming: fixed header and checksum checked, directives pending."""
+    owned = isinstance(source, str | os.PathLike)
     stream: BinaryIO = (open(source, "rb") if isinstance(source, str | os.PathLike)  # noqa: SIM115
                         else source)
     try:
@@ -559,7 +560,8 @@ def scan(source: str | os.PathLike[str] | BinaryIO) -> IgvmScan:
                 first = (index, offset, header)  # type: ignore[assignment]
                 break
     except BaseException:
-        stream.close()
+        if owned:  # a caller's stream is the caller's to close
+            stream.close()
         raise
     return IgvmScan(fixed, platforms, initializations, walker, first, stream)
 

@@ -254,7 +254,8 @@ def _resolve(
         opened = scan(source)
         platform = opened.tdx_platform
         directives = ((index, header) for index, _offset, header in opened.indexed_directives())
-        closer = opened
+        # close only what was opened here: a caller's stream stays open for the caller
+        closer = opened if isinstance(source, str | os.PathLike) else None
     if mask is None:
         if variant == "td-shim":
             mask = 0
@@ -284,11 +285,9 @@ def mrtd(
         areas: dict[int, int] = {}
         try:
             for _index, header in directives:
-                pieces, adds, extends, _note = _operations(header, mask, variant, areas)  # type: ignore[arg-type]
+                pieces, _adds, _extends, _note = _operations(header, mask, variant, areas)  # type: ignore[arg-type]
                 for piece in pieces:
                     accumulator.feed(piece)
-                accumulator.page_adds += adds
-                accumulator.extends += extends
         finally:
             digest = accumulator.digest()
         return digest

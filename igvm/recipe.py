@@ -14,7 +14,8 @@ Schema (every number may be written as an int or a string such as "0x100000" or 
       - name: l1                    # unique; [A-Za-z0-9_.-]+
         kind: paravisor             # paravisor (L1 image) | firmware (L2 image) | blob
         file: l1.bin                # path relative to the recipe; or `fill: 0x00` (one byte
-                                    #   repeated) or neither (zero pages, need `size`)
+                                    #   repeated over every page of `size`, which it needs)
+                                    #   or neither (zero pages, need `size`)
         gpa: 0x100000               # 4 KiB aligned
         size: 64KiB                 # optional; pads with zero pages (>= the file's length)
         measured: true              # default true; false gives PAGE_DATA unmeasured
@@ -272,10 +273,11 @@ def _component(raw: Any, key: str, base: Path, names: set[str]) -> Component:
             raise RecipeError(f"{key}.fill", f"must be one byte (got {fill:#x})")
         if "size" not in spec:
             raise RecipeError(f"{key}.size", "is required with fill")
-        data = bytes([fill]) * size
     if size == 0:
         raise RecipeError(f"{key}.size", "the component is empty; give a file or a size")
     size = (size + PAGE_SIZE - 1) // PAGE_SIZE * PAGE_SIZE
+    if "fill" in spec:
+        data = bytes([fill]) * size  # whole pages: the last one is the fill byte throughout
     if gpa + size > 1 << MAX_GPA_BITS:
         raise RecipeError(f"{key}.gpa", "the component runs past the 64-bit GPA space")
     measured = _bool(spec.get("measured", True), f"{key}.measured")

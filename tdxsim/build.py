@@ -34,7 +34,6 @@ class Accumulator(Protocol):
 
     def page_add(self, gpa: int) -> None: ...
     def mr_extend(self, gpa: int, chunk: bytes) -> None: ...
-    def extend_page(self, gpa: int, page4k: bytes) -> None: ...
     def add_measured_page(self, gpa: int, page4k: bytes) -> None: ...
     def digest(self) -> bytes: ...
 
@@ -171,14 +170,6 @@ class TdBuilder:
             raise BuildError(f"MR.EXTEND at GPA {gpa:#x}: not a 256-byte chunk of an added page")
         self.mrtd.mr_extend(gpa, self.memory.read(gpa, MR_EXTEND_CHUNK))
 
-    def extend_page(self, gpa: int) -> None:
-        """The 16 MR.EXTENDs that measure a whole page, in chunk order."""
-        if self.td.finalized:
-            raise BuildError(f"MR.EXTEND at GPA {gpa:#x}: the TD is already finalized")
-        if gpa % PAGE_SIZE or self.memory.page_state(gpa) != PageState.MAPPED:
-            raise BuildError(f"MR.EXTEND at GPA {gpa:#x}: not an added page")
-        self.mrtd.extend_page(gpa, self.memory.read(gpa, PAGE_SIZE))
-
     def page_aug(self, gpa: int, level: int = LEVEL_4K) -> None:
         """TDH.MEM.PAGE.AUG: a pending page (or 2M block) L1 must accept; not measured."""
         npages = PAGES_PER_2M if level == LEVEL_2M else 1
@@ -217,15 +208,6 @@ class TdBuilder:
                         count += run
                 gpa = end
         return count
-
-    def _free(self, gpa: int) -> bool:
-        """Neither a private page nor a host-shared one."""
-        index = self.memory.page_index(gpa)
-        return (
-            index is not None
-            and self.memory.state[index] == PageState.NOT_PRESENT
-            and not self.memory.shared[index]
-        )
 
     def add_vcpu(self) -> int:
         """TDH.VP.CREATE/INIT: returns the new vCPU index."""

@@ -36,7 +36,6 @@ from tdxsim.abi import (
 )
 from tdxsim.faults import FOREVER, GETQUOTE_LENGTH_SHORTFALL, LENGTH_LONG, LENGTH_SHORT, FaultSet
 from tdxsim.interfaces import Regs, TdExit
-from tdxsim.memory import PageState
 from tdxsim.module import TdxModule
 from tdxsim.quoting import (
     GET_QUOTE_RESP_FIELDS,
@@ -118,13 +117,7 @@ class ModuleControl:
         self.module.host_convert_to_private(gpa, npages)
 
     def page_aug(self, gpa: int) -> bool:
-        """TDH.MEM.PAGE.AUG of one 4K page, if it is RAM, not present and not mapped shared."""
-        memory = self.module.memory
-        index = memory.page_index(gpa)
-        if index is None or memory.state[index] != PageState.NOT_PRESENT or memory.shared[index]:
-            return False
-        memory.set_state(gpa & ~(PAGE_SIZE - 1), PageState.PENDING)
-        return True
+        return self.module.host_page_aug(gpa)
 
     def post_interrupt(self, vcpu: int, vector: int) -> None:
         self.module.post_l1_interrupt(vcpu, vector)

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 
-from tdxsim.abi import GPAW_48, GPAW_52, LEVEL_2M, LEVEL_4K, PAGE_SHIFT, PAGE_SIZE
+from tdxsim.abi import GPAW_48, GPAW_52, LEVEL_4K, PAGE_SHIFT, PAGE_SIZE
 
 PAGES_PER_2M = 512
 # Buffers one pwritev may take (POSIX IOV_MAX); Linux gives 1024.
@@ -188,10 +188,6 @@ class TdMemory:
         if r is None or base + PAGES_PER_2M * PAGE_SIZE > r.end:
             return None
         return (r.offset + base - r.gpa) >> PAGE_SHIFT, base
-
-    def is_huge_mapped(self, gpa: int) -> bool:
-        """True if the page is part of a 2M mapping."""
-        return self.page_level(gpa) == LEVEL_2M
 
     # --- raw byte access (no policy: callers check state first) -----------------------------
     def _span(self, gpa: int, length: int) -> int:

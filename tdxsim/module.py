@@ -274,6 +274,16 @@ class TdxModule:
         self.memory.set_shared(gpa, npages, False)
         self.memory.set_range_state(gpa, npages, PageState.PENDING, LEVEL_4K)
 
+    def host_page_aug(self, gpa: int) -> bool:
+        """TDH.MEM.PAGE.AUG of one 4K page: pending if it is RAM, not present and not mapped
+        shared; False (nothing changed) otherwise."""
+        memory = self.memory
+        index = memory.page_index(gpa)
+        if index is None or memory.state[index] != PageState.NOT_PRESENT or memory.shared[index]:
+            return False
+        memory.set_state(gpa & ~(PAGE_SIZE - 1), PageState.PENDING)
+        return True
+
     def host_block(self, gpa: int) -> None:
         """TDH.MEM.RANGE.BLOCK of one mapped 4K page: L1 and L2 accesses fault until unblocked."""
         if self.memory.page_state(gpa) != PageState.MAPPED:
@@ -527,7 +537,7 @@ class TdxModule:
             raise _fail(TDX_PENDING_INTERRUPT)
         if r.rcx & VP_ENTER_INVD_MASK:
             self.invept_requests.append(1 << vm)
-        l2 = self._l2.get((vcpu.index, vm)) or self.l2_vcpu(vcpu.index, vm)
+        l2 = self.l2_vcpu(vcpu.index, vm)
         exit_ = l2.run_at(self.memory.view, state_offset)
         cs_sel, cs_ar, cs_limit, cs_base = l2.cs_state()
         r.rax = exit_.status | exit_.reason

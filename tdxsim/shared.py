@@ -33,23 +33,33 @@ class RamRegion:
 
 
 class SharedMemory:
-    """TD RAM as the host may touch it: shared GPAs of pages converted to shared."""
+    """TD RAM as the host may touch it: shared GPAs of pages converted to shared.
 
-    def __init__(self, fd: int, regions: list[RamRegion], gpaw: int) -> None:
+    `mapped` (one byte per memfd page) is the shared-page map to use; a host in another process
+    than the TD keeps its own, built up by MapGPA."""
+
+    def __init__(self, fd: int, regions: list[RamRegion], gpaw: int,
+                 mapped: bytearray | None = None) -> None:
         self.regions = sorted(regions, key=lambda r: r.gpa)
         self._starts = [r.gpa for r in self.regions]
         self.shared_bit = 1 << (gpaw - 1)
         self.gpaw = gpaw
         total = max((r.offset + r.size for r in self.regions), default=PAGE_SIZE)
+        npages = total // PAGE_SIZE
+        if mapped is not None and len(mapped) != npages:
+            raise ValueError(f"shared-page map has {len(mapped)} entries for {npages} RAM pages")
         self._map = mmap.mmap(fd, max(total, PAGE_SIZE))
         self._view = memoryview(self._map)
-        self._mapped = bytearray(total // PAGE_SIZE)
+        # one byte per memfd page, 1 = the shared-GPA view is mapped (the host's half of MapGPA)
+        self._mapped = bytearray(npages) if mapped is None else mapped
 
     @classmethod
     def of_memory(cls, memory: TdMemory) -> SharedMemory:
-        """The host view of an in-process `TdMemory` (maps the same memfd a second time)."""
+        """The host view of an in-process `TdMemory` (maps the same memfd a second time); its
+        shared-page map is `memory.shared` itself, so pages the loader or the module mapped
+        shared are the host's too (one source of truth, not a copy)."""
         return cls(memory.fd, [RamRegion(r.gpa, r.size, r.offset) for r in memory.regions],
-                   memory.gpaw)
+                   memory.gpaw, memory.shared)
 
     def _offset(self, gpa: int) -> int | None:
         private = gpa & ~self.shared_bit

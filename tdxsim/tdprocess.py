@@ -241,7 +241,7 @@ class TdProcess:
                 builder.aug_rest()
             elif kind == MsgType.AUG:
                 (gpa,) = msg.fields(AUG_FORMAT)
-                self.channel.send_reply(self._aug(int(gpa)))
+                self.channel.send_reply(builder.module.host_page_aug(int(gpa)))
                 return None
             elif kind == MsgType.CONVERT:
                 gpa, npages, to_shared = (int(v) for v in msg.fields(CONVERT_FORMAT))
@@ -256,14 +256,6 @@ class TdProcess:
             return None
         self.channel.send_reply(True)
         return None
-
-    def _aug(self, gpa: int) -> bool:
-        memory = self._need_builder().memory
-        index = memory.page_index(gpa)
-        if index is None or memory.state[index] != PageState.NOT_PRESENT or memory.shared[index]:
-            return False
-        memory.set_state(gpa & ~(PAGE_SIZE - 1), PageState.PENDING)
-        return True
 
     def receive(self, data: bytes | None = None) -> Message | None:
         """The next message (or `data` parsed), or None (after a refusal) if it was malformed."""

@@ -14,6 +14,7 @@ from igvm import headers, measure
 from tdxsim.build import BuildError
 from tdxsim.loader import IgvmLoadError
 from tdxsim.memory import PageState
+from tdxsim.shared import HostAccessDenied, SharedMemory
 from tdxsim.testing import TdHarness
 
 TDX_MASK, SNP_MASK = 1, 2
@@ -83,6 +84,19 @@ def test_directives_replayed_in_order(igvm_path: Path) -> None:
     assert int.from_bytes(first_entry[8:16], "little") == (64 << 20) // 4096
     assert mem.page_state(0x300000) == PageState.PENDING  # the rest of RAM waits for ACCEPT
     assert len(h.td.vcpus) == 2
+
+
+def test_shared_page_data_is_open_to_the_host_view(igvm_path: Path) -> None:
+    h = TdHarness.from_igvm(igvm_path)
+    host = SharedMemory.of_memory(h.memory)
+    try:
+        assert host.is_mapped(SHARED_GPA | (1 << 47))
+        host.write(SHARED_GPA | (1 << 47), b"from the host")
+        assert h.read(SHARED_GPA | (1 << 47), 13) == b"from the host"
+        with pytest.raises(HostAccessDenied, match="not converted to shared"):
+            host.read(CODE_GPA | (1 << 47), 1)  # a measured private page stays closed
+    finally:
+        host.close()
 
 
 def test_changed_page_changes_mrtd(tmp_path: Path, igvm_path: Path) -> None:

@@ -25,7 +25,7 @@ def _page(seed: int) -> bytes:
 
 def test_long_runs_across_adjacent_regions_match_offline_mrtd(tmp_path: Path) -> None:
     base = 0x100000
-    directives = [
+    directives: list[headers.DirectiveHeader] = [
         headers.PageData(base + i * PAGE, TDX_MASK, data=_page(i)) for i in range(RUN_PAGES)
     ]
     directives += [

@@ -86,7 +86,11 @@ def vmm() -> Iterator[Vmm]:
         yield v
 
 
-def test_host_process_cannot_read_the_td_process_private_memory(vmm: Vmm) -> None:
+def test_host_vmm_gpa_gate_denies_private_gpas_of_a_separate_td_process(vmm: Vmm) -> None:
+    """The host process's VMM view (`Vmm.shared`) refuses the private GPA of an added L1 page
+    and its unconverted shared alias. This is the VMM's GPA access gate only: the host process
+    maps the whole memfd, so nothing stops its other code from reading private bytes (on
+    hardware, encryption with the TD's key does that)."""
     vmm.load_l1_image(build_l1_image([L1_MIN], "l1_min.main:entry"), 0x100000)
     assert vmm.shared is not None
     for gpa in (0x100000, 0x100000 | SHARED_BIT):

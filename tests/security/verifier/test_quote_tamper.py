@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import struct
 import time
@@ -139,9 +140,26 @@ def test_attacker_chain_under_a_lookalike_root_fails(sim: SimulatedAttestation) 
         verify_quote(forged, sim.quoting.trusted_root_der)
 
 
-def test_qe_report_data_upper_half_must_be_zero() -> None:
-    binding = qe_report_data_binding(b"k" * 64, b"auth")
-    assert binding[32:] == bytes(32) and len(binding) == 64
+def _with_qe_report(sim: SimulatedAttestation, quote: bytes, report_data: bytes) -> bytes:
+    """The quote with its QE report's report_data replaced and the QE report re-signed by the
+    platform's own PCK leaf key, so chain and QE signature still verify."""
+    qe = parse_quote(quote).qe_report
+    body = dataclasses.replace(qe.report_body, report_data=report_data).pack()
+    qe_data = (body + _sign_raw(sim.quoting.pck.leaf_key, body)
+               + struct.pack("<H", len(qe.auth_data)) + qe.auth_data + qe.certification.pack())
+    return quote[:764] + CertificationData(6, qe_data).pack()
+
+
+def test_qe_report_data_upper_half_must_be_zero(sim: SimulatedAttestation, quote: bytes) -> None:
+    root = sim.quoting.trusted_root_der
+    parsed = parse_quote(quote)
+    binding = qe_report_data_binding(parsed.attestation_key, parsed.qe_report.auth_data)
+    assert parsed.qe_report.report_body.report_data == binding
+    verify_quote(_with_qe_report(sim, quote, binding), root)  # re-signing alone breaks nothing
+    for upper in (b"\x01" + bytes(31), bytes(31) + b"\x80", b"\xff" * 32):
+        forged = _with_qe_report(sim, quote, binding[:32] + upper)
+        with pytest.raises(QeReportBindingError, match="32 zero bytes"):
+            verify_quote(forged, root)
 
 
 def test_truncation_at_every_length_raises_the_parser_error(quote: bytes) -> None:

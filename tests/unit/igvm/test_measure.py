@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 from pathlib import Path
 
 import pytest
@@ -113,6 +114,30 @@ def test_v4_sample_file(tmp_path: Path) -> None:
     # td-shim: zero page gets ADD only, the parameter insert is ignored.
     td_shim = hashlib.sha384(hand_page(0x1000, PATTERN_PAGE) + hand_add(0) + hand_add(0x2000))
     assert mrtd(path, variant="td-shim") == td_shim.digest()
+
+
+def test_a_callers_stream_stays_open(tmp_path: Path) -> None:
+    """mrtd and measurement_log close only files they opened: the caller's stream stays usable,
+    even when the file is refused."""
+    raw = v4_image().to_bytes()
+    stream = io.BytesIO(raw)
+    assert mrtd(stream).hex() == V4_MRTD
+    assert not stream.closed
+    stream.seek(0)
+    assert mrtd(stream).hex() == V4_MRTD  # usable again after a rewind
+    stream.seek(0)
+    assert list(measurement_log(stream))[-1].mrtd_after.hex() == V4_MRTD
+    assert not stream.closed
+    snp_only = IgvmFile([SupportedPlatform(1, 0, IGVM_PLATFORM_SEV_SNP, 1, 0)], [],
+                        [PageData(0, 1)]).to_bytes()
+    refused = io.BytesIO(snp_only)
+    with pytest.raises(IgvmError, match="no TDX SUPPORTED_PLATFORM"):
+        mrtd(refused)
+    assert not refused.closed
+    garbage = io.BytesIO(b"not an IGVM file at all")
+    with pytest.raises(IgvmError):
+        mrtd(garbage)
+    assert not garbage.closed
 
 
 def test_shared_page_is_skipped_entirely() -> None:

@@ -13,6 +13,7 @@ from igvm.headers import (
     IGVM_PAGE_FLAG_SHARED,
     IGVM_PAGE_FLAG_UNMEASURED,
     IGVM_PLATFORM_TDX,
+    PAGE_SIZE,
     TDX_POLICY_SEPT_VE_DISABLE,
     CommandLine,
     GuestPolicy,
@@ -65,6 +66,19 @@ def test_blob_change_changes_mrtd(tmp_path: Path) -> None:
     first = build_image(load_recipe_text(text, tmp_path))
     (tmp_path / "blob.bin").write_bytes(b"two")
     assert mrtd(first) != mrtd(build_image(load_recipe_text(text, tmp_path)))
+
+
+def test_fill_covers_whole_pages_when_size_is_not_a_page_multiple(tmp_path: Path) -> None:
+    text = "components: [{name: a, kind: blob, fill: 0xCC, size: 0x1800, gpa: 0x1000}]\n"
+    recipe = load_recipe_text(text, tmp_path)
+    assert recipe.components[0].size == 0x2000
+    assert recipe.components[0].data == b"\xcc" * 0x2000
+    pages = [d for d in build_image(recipe).directives if isinstance(d, PageData)]
+    assert [(p.gpa, p.data) for p in pages] == [(0x1000, b"\xcc" * PAGE_SIZE),
+                                                (0x2000, b"\xcc" * PAGE_SIZE)]
+    by_hand = hashlib.sha384(hand_page(0x1000, b"\xcc" * PAGE_SIZE)
+                             + hand_page(0x2000, b"\xcc" * PAGE_SIZE)).digest()
+    assert mrtd(build_image(recipe)) == by_hand
 
 
 def test_numbers_accept_hex_and_units() -> None:

@@ -37,7 +37,7 @@ from tdxsim.quoting import (
     decode_get_quote_response,
     encode_get_quote_request,
 )
-from tdxsim.shared import SharedMemory
+from tdxsim.shared import HostAccessDenied, SharedMemory
 from tdxsim.testing import TdHarness
 from verifier.quote import verify_quote
 
@@ -320,6 +320,34 @@ def test_accept_of_a_missing_page_is_fixed_by_the_host_with_page_aug() -> None:
     assert td.h.memory.page_state(0x300000) == PageState.MAPPED
     assert [e.kind for e in td.host.log.exits] == ["ept_violation"]
     assert td.h.tdcall(Leaf.MEM_PAGE_ACCEPT, rcx=0x5000000).rax != TDX_SUCCESS  # not RAM
+
+
+def test_host_page_aug_refuses_pages_that_are_not_free_ram() -> None:
+    builder = TdBuilder(TdConfig(ram=[(0, 0x400000)]), strict=True)
+    builder.add_vcpu()
+    builder.page_add(0x1000, b"added")
+    module = builder.finalize()
+    module.host_convert_to_shared(0x2000)
+    for gpa, state in ((0x1000, PageState.MAPPED), (0x2000, PageState.NOT_PRESENT)):
+        assert not module.host_page_aug(gpa)  # present, or mapped shared: nothing changes
+        assert module.memory.page_state(gpa) == state
+    assert not module.host_page_aug(0x5000000)  # not RAM
+    assert module.host_page_aug(0x3123)  # any GPA in the page: the whole page goes pending
+    assert module.memory.page_state(0x3000) == PageState.PENDING
+    assert not module.host_page_aug(0x3000)  # already pending
+    assert ModuleControl(module).page_aug(0x4000)  # the in-process host's path is the same
+    assert module.memory.page_state(0x4000) == PageState.PENDING
+
+
+def test_host_view_shares_the_module_s_map_of_shared_pages(td: HostTd) -> None:
+    """The in-process host reads `TdMemory.shared` itself: pages mapped shared without the host
+    (the loader, the module) are the host's to touch, and unmapped ones are not."""
+    td.h.module.host_convert_to_shared(BUF)
+    assert td.shared.is_mapped(BUF | SHARED_BIT)
+    td.shared.write(BUF | SHARED_BIT, b"host")
+    td.h.module.host_convert_to_private(BUF)
+    with pytest.raises(HostAccessDenied, match="not converted to shared"):
+        td.shared.read(BUF | SHARED_BIT, 4)
 
 
 def test_the_host_log_stays_bounded_over_a_long_run(td: HostTd) -> None:
