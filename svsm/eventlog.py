@@ -1,8 +1,9 @@
 """The CC event log (TCG PC Client crypto-agile format, SHA-384 only) that explains the RTMRs.
 
-The layouts are `vtpm.attest`'s (the same log goes into the vTPM CA certificate); a log with only
-the four separators is byte for byte `vtpm.attest.cc_event_log_separators()`. MR index = RTMR + 1
-(reference 6.1). `parse` checks every length against the bytes present and names the offset.
+The layouts and their builders are `vtpm.attest`'s (the same log goes into the vTPM CA
+certificate), so a log with only the four separators is `vtpm.attest.cc_event_log_separators()`.
+MR index = RTMR + 1 (reference 6.1). `parse` checks every length against the bytes present and
+names the offset.
 """
 
 from __future__ import annotations
@@ -15,25 +16,23 @@ from vtpm.attest import (
     EV_NO_ACTION,
     EV_SEPARATOR,
     EVENT_SIZE,
+    MR_INDEX_OF_RTMR0,
+    ONE_DIGEST,
     RTMR_COUNT,
     SEPARATOR_EVENT,
     SHA384_SIZE,
     SPEC_ID_ALGORITHM,
     SPEC_ID_EVENT,
     SPEC_ID_SIGNATURE,
-    SPEC_ID_VENDOR_INFO_SIZE,
-    SPEC_VERSION_MAJOR,
     TCG_PCR_EVENT2_HEAD,
     TCG_PCR_EVENT_HEADER,
     TPM_ALG_SHA384,
-    UINTN_SIZE_64BIT,
+    cc_event,
+    cc_event_log_header,
 )
 
 EV_S_CRTM_VERSION = 0x00000008
 EV_PLATFORM_CONFIG_FLAGS = 0x0000000A
-SHA1_SIZE = 20
-MR_INDEX_OF_RTMR0 = 1
-ONE_DIGEST = 1
 
 
 class EventLogError(ValueError):
@@ -50,9 +49,7 @@ class CcEvent:
     data: bytes
 
     def pack(self) -> bytes:
-        return (TCG_PCR_EVENT2_HEAD.pack(self.rtmr + MR_INDEX_OF_RTMR0, self.event_type,
-                                         ONE_DIGEST, TPM_ALG_SHA384)
-                + self.digest + EVENT_SIZE.pack(len(self.data)) + self.data)
+        return cc_event(self.rtmr, self.event_type, self.digest, self.data)
 
 
 def separator(rtmr: int) -> CcEvent:
@@ -60,18 +57,9 @@ def separator(rtmr: int) -> CcEvent:
     return CcEvent(rtmr, EV_SEPARATOR, hashlib.sha384(SEPARATOR_EVENT).digest(), SEPARATOR_EVENT)
 
 
-def header() -> bytes:
-    """The TCG_PCR_EVENT header carrying the Spec ID Event03 (SHA-384 only)."""
-    spec = (SPEC_ID_EVENT.pack(SPEC_ID_SIGNATURE, 0, 0, SPEC_VERSION_MAJOR, 0, UINTN_SIZE_64BIT,
-                               1)
-            + SPEC_ID_ALGORITHM.pack(TPM_ALG_SHA384, SHA384_SIZE)
-            + SPEC_ID_VENDOR_INFO_SIZE.pack(0))
-    return TCG_PCR_EVENT_HEADER.pack(0, EV_NO_ACTION, bytes(SHA1_SIZE), len(spec)) + spec
-
-
 def encode(events: Iterable[CcEvent]) -> bytes:
     """The whole log: header then events."""
-    return header() + b"".join(event.pack() for event in events)
+    return cc_event_log_header() + b"".join(event.pack() for event in events)
 
 
 def _take(log: bytes, offset: int, size: int, field: str) -> bytes:

@@ -19,7 +19,6 @@ from vtpm.attest import SHA384_SIZE
 
 DIGEST_ALIGNMENT = 64  # TDG.MR.RTMR.EXTEND wants the digest 64-byte aligned (reference 1.2)
 PCR_BANKS = (wire.TPM_ALG_SHA256, wire.TPM_ALG_SHA384)
-BANK_HASHES = {wire.TPM_ALG_SHA256: "sha256", wire.TPM_ALG_SHA384: "sha384"}
 
 
 class MeasurementError(RuntimeError):
@@ -79,7 +78,7 @@ class PcrEvent:
 
 def extend_pcr(tpm: wire.TpmClient, pcr: int, event_type: int, data: bytes) -> PcrEvent:
     """TPM2_PCR_Extend of `pcr` with the digest of `data` in the SHA-256 and SHA-384 banks."""
-    digests = {bank: hashlib.new(BANK_HASHES[bank], data).digest() for bank in PCR_BANKS}
+    digests = {bank: hashlib.new(wire.HASH_ALGS[bank], data).digest() for bank in PCR_BANKS}
     try:
         wire.pcr_extend(tpm, pcr, digests)
     except (wire.TpmError, wire.WireError) as exc:

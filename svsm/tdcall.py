@@ -8,7 +8,6 @@ RAX). Every helper raises `TdcallError` naming the leaf, the TDVMCALL sub-functi
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from enum import IntEnum
 from typing import Protocol
 
@@ -110,9 +109,6 @@ STATUS_NAMES = {
 EXPOSE_R10_R15 = 0xFC00  # VP.VMCALL RCX: the GPRs the host may see and write
 GHCI_STANDARD = 0  # VP.VMCALL R10 on input: a GHCI-standard call
 LEVEL_4K, LEVEL_2M = 0, 1  # MEM.PAGE.ACCEPT RCX[2:0]
-GPAW_MASK = 0x3F  # VP.INFO RCX[5:0]
-VCPUS_SHIFT = 32  # VP.INFO R8 = NUM_VCPUS[31:0] | MAX_VCPUS[63:32]
-VCPUS_MASK = 0xFFFFFFFF
 TDREPORT_SUBTYPE_0 = 0  # MR.REPORT R8
 NUM_L2_VMS_FIELD = 0x9010000100000005  # TDG.VM.RD field ID of NUM_L2_VMS (reference 3.1)
 RTMR_COUNT = 4
@@ -166,17 +162,6 @@ class Platform(Protocol):
     def offset(self, gpa: int) -> int: ...
 
 
-@dataclass(frozen=True)
-class VpInfo:
-    """TDG.VP.INFO outputs L1 uses."""
-
-    gpaw: int
-    attributes: int
-    num_vcpus: int
-    max_vcpus: int
-    vcpu_index: int
-
-
 class Tdcall:
     """Typed TDCALLs over the register-level entry point."""
 
@@ -200,12 +185,6 @@ class Tdcall:
         if is_error(out[RAX]):
             raise TdcallError(leaf, out[RAX])
         return out
-
-    def vp_info(self) -> VpInfo:
-        """TDG.VP.INFO."""
-        out = self.call(Leaf.VP_INFO)
-        return VpInfo(out[RCX] & GPAW_MASK, out[RDX], out[R8] & VCPUS_MASK,
-                      out[R8] >> VCPUS_SHIFT, out[R9])
 
     def vm_rd(self, field_id: int) -> int:
         """TDG.VM.RD of one TD-scope metadata field; its value (R8)."""

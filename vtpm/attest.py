@@ -26,7 +26,6 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 REPORT_DATA_SIZE = 64
-REPORT_DATA_HASH_SIZE = 48
 SHA384_SIZE = 48
 
 # --- TDX quote v4 (reference 7.2) ---------------------------------------------------------------
@@ -72,6 +71,9 @@ SPEC_VERSION_MAJOR = 2
 UINTN_SIZE_64BIT = 2
 SEPARATOR_EVENT = b"\0\0\0\0"
 RTMR_COUNT = 4
+SHA1_SIZE = 20  # the TCG_PCR_EVENT header's SHA-1 digest field, zero for the Spec ID event
+MR_INDEX_OF_RTMR0 = 1
+ONE_DIGEST = 1
 
 
 class AttesterError(RuntimeError):
@@ -162,21 +164,33 @@ def is_fake_quote(quote: bytes) -> bool:
     return bool(vendor == FAKE_QE_VENDOR_ID or user == FAKE_USER_DATA)
 
 
-def cc_event_log_separators() -> bytes:
-    """A SHA-384 CC event log holding one separator per RTMR (MR index = RTMR + 1)."""
+def cc_event_log_header() -> bytes:
+    """The TCG_PCR_EVENT header that opens a CC event log: Spec ID Event03, SHA-384 only."""
     spec = (
-        SPEC_ID_EVENT.pack(SPEC_ID_SIGNATURE, 0, 0, SPEC_VERSION_MAJOR, 0, UINTN_SIZE_64BIT, 1)
+        SPEC_ID_EVENT.pack(SPEC_ID_SIGNATURE, 0, 0, SPEC_VERSION_MAJOR, 0, UINTN_SIZE_64BIT,
+                           ONE_DIGEST)
         + SPEC_ID_ALGORITHM.pack(TPM_ALG_SHA384, SHA384_SIZE)
         + SPEC_ID_VENDOR_INFO_SIZE.pack(0)
     )
-    log = TCG_PCR_EVENT_HEADER.pack(0, EV_NO_ACTION, bytes(20), len(spec)) + spec
-    digest = hashlib.sha384(SEPARATOR_EVENT).digest()
-    for rtmr in range(RTMR_COUNT):
-        log += (
-            TCG_PCR_EVENT2_HEAD.pack(rtmr + 1, EV_SEPARATOR, 1, TPM_ALG_SHA384) + digest
-            + EVENT_SIZE.pack(len(SEPARATOR_EVENT)) + SEPARATOR_EVENT
-        )
-    return log
+    return TCG_PCR_EVENT_HEADER.pack(0, EV_NO_ACTION, bytes(SHA1_SIZE), len(spec)) + spec
+
+
+def cc_event(rtmr: int, event_type: int, digest: bytes, data: bytes) -> bytes:
+    """One TCG_PCR_EVENT2 with a single SHA-384 digest, logged at MR index RTMR + 1."""
+    return (
+        TCG_PCR_EVENT2_HEAD.pack(rtmr + MR_INDEX_OF_RTMR0, event_type, ONE_DIGEST, TPM_ALG_SHA384)
+        + digest + EVENT_SIZE.pack(len(data)) + data
+    )
+
+
+def cc_separator_event(rtmr: int) -> bytes:
+    """The SEPARATOR event (four zero bytes) for one RTMR."""
+    return cc_event(rtmr, EV_SEPARATOR, hashlib.sha384(SEPARATOR_EVENT).digest(), SEPARATOR_EVENT)
+
+
+def cc_event_log_separators() -> bytes:
+    """A SHA-384 CC event log holding one separator per RTMR."""
+    return cc_event_log_header() + b"".join(cc_separator_event(r) for r in range(RTMR_COUNT))
 
 
 def _separator_rtmr() -> bytes:

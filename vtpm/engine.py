@@ -9,32 +9,29 @@ they are replaced, wiped or the engine is closed.
 from __future__ import annotations
 
 import ctypes
-import struct
 import threading
 from types import TracebackType
 from typing import Any
 
 from vtpm import libtpms
+from vtpm.wire import (
+    COMMAND_TAGS,
+    TPM_CC_STARTUP,
+    TPM_HEADER,
+    TPM_HEADER_SIZE,
+    TPM_RC_BAD_TAG,
+    TPM_RC_COMMAND_SIZE,
+    TPM_RC_FAILURE,
+    TPM_RC_INITIALIZE,
+    TPM_RC_SUCCESS,
+    TPM_ST_NO_SESSIONS,
+    TPM_SU_CLEAR,
+    UINT16,
+    build_command,
+)
 
-# TPM 2.0 command/response header (TPM 2.0 Part 1, 18.2: tag, commandSize/responseSize, code).
-TPM_HEADER = struct.Struct(">HII")
-TPM_HEADER_SIZE = TPM_HEADER.size
-TPM_ST_NO_SESSIONS = 0x8001
-TPM_ST_SESSIONS = 0x8002
-COMMAND_TAGS = frozenset({TPM_ST_NO_SESSIONS, TPM_ST_SESSIONS})
 # Largest command or response libtpms 0.9 accepts (its default TPM2 buffer size).
 TPM_MAX_COMMAND_SIZE = 4096
-
-# TPM_RC values (TPM 2.0 Part 2, 6.6.3).
-TPM_RC_SUCCESS = 0x000
-TPM_RC_BAD_TAG = 0x01E
-TPM_RC_INITIALIZE = 0x100
-TPM_RC_FAILURE = 0x101
-TPM_RC_COMMAND_SIZE = 0x142
-
-TPM_CC_STARTUP = 0x00000144
-TPM_SU_CLEAR = 0x0000
-STARTUP_PARAMS = struct.Struct(">H")
 
 MAX_LOCALITY = 4
 
@@ -93,12 +90,6 @@ class _NvStore:
 _active_store: _NvStore | None = None
 _live_lock = threading.Lock()
 _live_engine: TpmEngine | None = None
-
-
-def _store() -> _NvStore:
-    if _active_store is None:
-        raise TpmEngineError("libtpms called back with no engine open")
-    return _active_store
 
 
 def _cb_nvram_init() -> int:
@@ -320,10 +311,7 @@ class TpmEngine:
 
     def startup_clear(self) -> int:
         """Send TPM2_Startup(CLEAR); return its RC (SUCCESS, or INITIALIZE if already started)."""
-        params = STARTUP_PARAMS.pack(TPM_SU_CLEAR)
-        command = TPM_HEADER.pack(
-            TPM_ST_NO_SESSIONS, TPM_HEADER_SIZE + len(params), TPM_CC_STARTUP
-        ) + params
+        command = build_command(TPM_CC_STARTUP, params=UINT16.pack(TPM_SU_CLEAR))
         rc = response_code(self.process(command))
         if rc not in (TPM_RC_SUCCESS, TPM_RC_INITIALIZE):
             raise TpmEngineError(f"TPM2_Startup(CLEAR) failed: rc=0x{rc:x}")

@@ -20,15 +20,6 @@ TPM_RETRY = 0x800
 # enum TPMLIB_TPMVersion
 TPMLIB_TPM_VERSION_2 = 1
 
-# enum TPMLIB_StateType
-TPMLIB_STATE_PERMANENT = 1 << 0
-TPMLIB_STATE_VOLATILE = 1 << 1
-
-# Names libtpms passes to the nvram callbacks (tpm_nvfilename.h).
-TPM_PERMANENT_ALL_NAME = "permall"
-TPM_VOLATILESTATE_NAME = "volatilestate"
-TPM_SAVESTATE_NAME = "savestate"
-
 TPM_RESULT = ctypes.c_uint32
 TPM_BOOL = ctypes.c_ubyte
 TPM_MODIFIER_INDICATOR = ctypes.c_uint32
@@ -72,8 +63,6 @@ class LibtpmsNotFoundError(OSError):
 
 def _declare(lib: Any) -> None:
     """Attach argument and result types to the functions the engine calls."""
-    lib.TPMLIB_GetVersion.argtypes = []
-    lib.TPMLIB_GetVersion.restype = ctypes.c_uint32
     lib.TPMLIB_ChooseTPMVersion.argtypes = [ctypes.c_int]
     lib.TPMLIB_ChooseTPMVersion.restype = TPM_RESULT
     lib.TPMLIB_RegisterCallbacks.argtypes = [ctypes.POINTER(LibtpmsCallbacks)]
@@ -87,10 +76,6 @@ def _declare(lib: Any) -> None:
         ctypes.POINTER(ctypes.c_uint32), ctypes.c_char_p, ctypes.c_uint32,
     ]
     lib.TPMLIB_Process.restype = TPM_RESULT
-    lib.TPMLIB_SetBufferSize.argtypes = [
-        ctypes.c_uint32, ctypes.POINTER(ctypes.c_uint32), ctypes.POINTER(ctypes.c_uint32),
-    ]
-    lib.TPMLIB_SetBufferSize.restype = ctypes.c_uint32
     lib.TPM_Malloc.argtypes = [ctypes.POINTER(BytePtr), ctypes.c_uint32]
     lib.TPM_Malloc.restype = TPM_RESULT
     lib.TPM_Free.argtypes = [BytePtr]

@@ -4,8 +4,8 @@ Command port: the first bytes of a connection choose its framing. swtpm's data c
 TPM 2.0 commands (tag 0x8001/0x8002 first); the TCG simulator ("mssim") protocol starts every
 frame with a big-endian u32 command such as TPM_SEND_COMMAND = 8. Platform port (command port + 1):
 mssim platform signals, each a u32 answered by a u32 status (0 success, 1 failure; SESSION_END
-gets no answer). Framing facts follow the TCG reference
-simulator's TcpServer protocol as spoken by the tss2 3.2.1 mssim TCTI.
+gets no answer), and the swtpm TCTI's CMD_SET_LOCALITY (see `PlatformChannel`). Framing facts
+follow the TCG reference simulator's TcpServer protocol as spoken by the tss2 3.2.1 mssim TCTI.
 """
 
 from __future__ import annotations
@@ -14,16 +14,15 @@ import enum
 import struct
 from dataclasses import dataclass
 
-from vtpm.engine import (
+from vtpm.engine import TPM_MAX_COMMAND_SIZE, error_response
+from vtpm.libtpms import TPM_FAIL
+from vtpm.wire import (
     COMMAND_TAGS,
     TPM_HEADER,
     TPM_HEADER_SIZE,
-    TPM_MAX_COMMAND_SIZE,
     TPM_RC_BAD_TAG,
     TPM_RC_COMMAND_SIZE,
-    error_response,
 )
-from vtpm.libtpms import TPM_FAIL
 
 U32 = struct.Struct(">I")
 TAG = struct.Struct(">H")
@@ -78,19 +77,14 @@ COMMAND_PORT_CONTROLS = frozenset({
 
 
 class SwtpmControl(enum.IntEnum):
-    """swtpm control-channel commands the swtpm TCTI sends to port+1 (swtpm tpm_ioctl.h)."""
+    """swtpm control commands served on port+1 (swtpm tpm_ioctl.h); `PlatformChannel` says why
+    CMD_INIT and CMD_GET_CAPABILITY are not among them."""
 
-    GET_CAPABILITY = 0x01
-    INIT = 0x02
     SET_LOCALITY = 0x05
 
 
-# swtpm control request payloads after the u32 command, and GET_CAPABILITY's ptm_cap reply.
+# CMD_SET_LOCALITY payload after the u32 command: the locality (u8). The reply is a TPM_RESULT.
 SWTPM_LOCALITY = struct.Struct(">B")
-SWTPM_INIT_FLAGS = struct.Struct(">I")
-SWTPM_CAPABILITIES = struct.Struct(">Q")
-SWTPM_CAP_INIT = 0x1
-SWTPM_CAP_SET_LOCALITY = 0x10
 
 
 class Framing(enum.Enum):
@@ -131,7 +125,7 @@ class ControlRequest:
 
 @dataclass(frozen=True)
 class SwtpmControlRequest:
-    """A swtpm control-channel command that arrived on the platform port, with its argument."""
+    """A swtpm CMD_SET_LOCALITY that arrived on the platform port, with the locality asked for."""
 
     code: SwtpmControl
     argument: int = 0
@@ -256,10 +250,13 @@ class CommandChannel:
 
 
 class PlatformChannel:
-    """Parser for one platform-port connection: mssim signals, or swtpm control commands.
+    """Parser for one platform-port connection: mssim signals, or swtpm CMD_SET_LOCALITY.
 
-    The swtpm TCTI opens its own connection to port+1 and starts it with CMD_SET_LOCALITY (5),
-    which is no mssim platform signal; such a connection is parsed as swtpm control from then on.
+    The swtpm TCTI opens a new connection to port+1 for every control command. One that starts
+    with CMD_SET_LOCALITY (5, no mssim platform signal) is parsed as swtpm control from then on.
+    Every other connection is mssim: the codes collide (swtpm CMD_INIT 2 + u32 flags is mssim
+    POWER_OFF followed by another signal; CMD_GET_CAPABILITY 1 is POWER_ON) and nothing on the
+    wire tells them apart, so those swtpm commands are not served as such.
     """
 
     def __init__(self) -> None:
@@ -302,22 +299,15 @@ class PlatformChannel:
         return ControlRequest(MssimCommand(raw))
 
     def _next_swtpm(self, raw: int) -> SwtpmControlRequest | None:
-        payload = {
-            SwtpmControl.SET_LOCALITY: SWTPM_LOCALITY,
-            SwtpmControl.INIT: SWTPM_INIT_FLAGS,
-            SwtpmControl.GET_CAPABILITY: None,
-        }
-        if raw not in payload:
+        if raw != SwtpmControl.SET_LOCALITY:
             raise ProtocolError(
-                f"unsupported swtpm control command 0x{raw:08x} at stream offset {self._offset}",
-                U32.pack(TPM_FAIL)  # swtpm control replies carry a TPM_RESULT,
+                f"unsupported swtpm control command 0x{raw:08x} at stream offset {self._offset}"
+                " (only CMD_SET_LOCALITY is served)",
+                U32.pack(TPM_FAIL),  # swtpm control replies carry a TPM_RESULT
             )
-        code = SwtpmControl(raw)
-        fmt = payload[code]
-        size = U32.size + (fmt.size if fmt else 0)
+        size = U32.size + SWTPM_LOCALITY.size
         if len(self._buf) < size:
             return None
-        argument = int(fmt.unpack_from(self._buf, U32.size)[0]) if fmt else 0
+        locality = int(SWTPM_LOCALITY.unpack_from(self._buf, U32.size)[0])
         self._take(size)
-        return SwtpmControlRequest(code, argument)
-
+        return SwtpmControlRequest(SwtpmControl.SET_LOCALITY, locality)

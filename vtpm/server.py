@@ -5,10 +5,13 @@ are serialized and a client that vanishes mid-command affects nobody else. Socke
 and TCP_QUICKACK is re-armed after every receive so the tss2 mssim TCTI's small writes do not stall
 on Nagle plus delayed ACK.
 
-Port+1 also answers the swtpm TCTI, which opens its own connection there for CMD_SET_LOCALITY
-(and CMD_INIT): a platform connection that starts with command 5, which is no mssim platform signal,
-is parsed as swtpm control (see `vtpm.protocol.PlatformChannel`). The locality it sets applies to
-swtpm-framed commands; mssim frames carry their own.
+Port+1 also answers the swtpm TCTI's CMD_SET_LOCALITY: the TCTI opens a new connection for each
+control command, and one that starts with command 5, no mssim platform signal, is parsed as swtpm
+control (see `vtpm.protocol.PlatformChannel`). The locality it sets is one for the whole server,
+applies to swtpm-framed commands only (mssim frames carry their own), and goes back to 0 when the
+platform powers the TPM off. Other swtpm control commands share their codes with mssim signals and
+are served as those: Tss2_Tcti_Swtpm_Reset's CMD_INIT with PTM_INIT_FLAG_DELETE_VOLATILE (tss2
+3.2.1 sends u32 2, u32 1) reads as POWER_OFF, POWER_ON, a power cycle that succeeds.
 
 At start the TPM is powered on and provisioned (or just started), so it serves like swtpm with
 `--flags startup-clear`. A platform POWER_OFF then POWER_ON behaves like hardware: the client must
@@ -29,9 +32,6 @@ from dataclasses import dataclass, field
 from vtpm.engine import MAX_LOCALITY, TpmEngine
 from vtpm.libtpms import TPM_FAIL, TPM_SUCCESS
 from vtpm.protocol import (
-    SWTPM_CAP_INIT,
-    SWTPM_CAP_SET_LOCALITY,
-    SWTPM_CAPABILITIES,
     U32,
     CommandChannel,
     ControlRequest,
@@ -39,7 +39,6 @@ from vtpm.protocol import (
     MssimCommand,
     PlatformChannel,
     ProtocolError,
-    SwtpmControl,
     SwtpmControlRequest,
     TpmRequest,
     ack,
@@ -116,7 +115,8 @@ class VtpmServer:
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self._connections: dict[int, _Connection] = {}
-        self._swtpm_locality = 0  # set through the swtpm control channel, used for swtpm framing
+        # Set by swtpm CMD_SET_LOCALITY, used for swtpm framing; 0 again after a power-off.
+        self._swtpm_locality = 0
         self._command_listener, self._platform_listener = _bind_pair(host, port)
         self.port: int = self._command_listener.getsockname()[1]
 
@@ -301,9 +301,9 @@ class VtpmServer:
             if code is MssimCommand.POWER_ON:
                 self._power_on()
             elif code is MssimCommand.POWER_OFF:
-                self.engine.power_off()
+                self._power_off()
             elif code in (MssimCommand.RESET, MssimCommand.RESTART):
-                self.engine.power_off()
+                self._power_off()
                 self._power_on()
             elif code is MssimCommand.SESSION_END:
                 conn.close_after_flush = True
@@ -320,24 +320,17 @@ class VtpmServer:
         conn.output += U32.pack(status)
 
     def _swtpm_control(self, conn: _Connection, request: SwtpmControlRequest) -> None:
+        """CMD_SET_LOCALITY: reply TPM_SUCCESS, or TPM_FAIL for a locality the TPM lacks."""
         result = TPM_SUCCESS
-        if request.code is SwtpmControl.GET_CAPABILITY:
-            conn.output += U32.pack(result)
-            conn.output += SWTPM_CAPABILITIES.pack(SWTPM_CAP_INIT | SWTPM_CAP_SET_LOCALITY)
-            return
-        if request.code is SwtpmControl.SET_LOCALITY:
-            if request.argument > MAX_LOCALITY:
-                result = TPM_FAIL
-            else:
-                self._swtpm_locality = request.argument
-        else:  # INIT: re-initialize the TPM, as swtpm's CMD_INIT does
-            try:
-                self.engine.power_off()
-                self._power_on()
-            except Exception as exc:
-                log.error("swtpm CMD_INIT from %s failed: %s", conn.peer, exc)
-                result = TPM_FAIL
+        if request.argument > MAX_LOCALITY:
+            result = TPM_FAIL
+        else:
+            self._swtpm_locality = request.argument
         conn.output += U32.pack(result)
+
+    def _power_off(self) -> None:
+        self.engine.power_off()
+        self._swtpm_locality = 0
 
     def _power_on(self) -> None:
         if self.engine.powered:

@@ -13,16 +13,13 @@ from tpm2_pytss.constants import TPM2_ALG, TPM2_RC, TPM2_SU, TPMA_NV
 from tpm2_pytss.types import TPM2B_AUTH, TPM2B_NV_PUBLIC, TPMS_NV_PUBLIC
 
 from tests.integration.vtpm.conftest import EngineTcti
-from vtpm.engine import (
-    TPM_MAX_COMMAND_SIZE,
+from vtpm.engine import TPM_MAX_COMMAND_SIZE, EngineBusyError, TpmEngine, response_code
+from vtpm.wire import (
     TPM_RC_BAD_TAG,
     TPM_RC_COMMAND_SIZE,
     TPM_RC_FAILURE,
     TPM_RC_INITIALIZE,
     TPM_RC_SUCCESS,
-    EngineBusyError,
-    TpmEngine,
-    response_code,
 )
 
 pytestmark = pytest.mark.integration

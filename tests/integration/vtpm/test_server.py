@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
 import signal
@@ -27,7 +28,9 @@ from tpm2_pytss.types import (
 )
 
 from tests.integration.vtpm.conftest import VtpmProcess
-from vtpm.protocol import MssimCommand
+from vtpm import wire
+from vtpm.libtpms import TPM_FAIL, TPM_SUCCESS
+from vtpm.protocol import MssimCommand, SwtpmControl
 
 pytestmark = pytest.mark.integration
 
@@ -37,6 +40,7 @@ RSA_EK_CERT_INDEX = 0x01C00002
 ECC_EK_CERT_INDEX = 0x01C0000A
 STARTUP_CLEAR = struct.pack(">HIIH", 0x8001, 12, 0x144, 0)
 GET_RANDOM_16 = struct.pack(">HIIH", 0x8001, 12, 0x17B, 16)
+DRTM_PCR = 20  # PC Client: extended from localities 1-3, not 0
 NV_ATTRS = TPMA_NV.OWNERWRITE | TPMA_NV.OWNERREAD | TPMA_NV.AUTHREAD | TPMA_NV.AUTHWRITE
 
 
@@ -331,18 +335,92 @@ def test_info_command_describes_the_running_tpm(vtpm_server: VtpmProcess) -> Non
     assert "sha256" in result.stdout and "sha384" in result.stdout
 
 
-def test_swtpm_control_channel_on_the_platform_port(vtpm_server: VtpmProcess) -> None:
-    """What the swtpm TCTI sends to port+1: CMD_SET_LOCALITY (5), and CMD_GET_CAPABILITY (1)."""
-    def control(payload: bytes, reply_size: int) -> bytes:
-        with socket.create_connection((vtpm_server.host, vtpm_server.platform_port)) as sock:
-            sock.sendall(payload)
-            return _recv_exact(sock, reply_size)
+def swtpm_control(server: VtpmProcess, command: bytes) -> bytes:
+    """One swtpm control command on its own platform-port connection, as the swtpm TCTI sends
+    every one; returns the TPM_RESULT reply."""
+    with socket.create_connection((server.host, server.platform_port), timeout=30) as sock:
+        sock.sendall(command)
+        return _recv_exact(sock, 4)
 
-    assert control(struct.pack(">IB", 5, 0), 4) == bytes(4)
-    assert control(struct.pack(">IB", 5, 9), 4) == struct.pack(">I", 9)  # no locality 9: TPM_FAIL
-    reply = control(struct.pack(">IB", 5, 0) + struct.pack(">I", 1), 16)
-    assert reply[:8] == bytes(8)
-    assert struct.unpack(">Q", reply[8:])[0] & 0x10  # PTM_CAP_SET_LOCALITY
+
+def set_locality(locality: int) -> bytes:
+    return struct.pack(">IB", SwtpmControl.SET_LOCALITY, locality)
+
+
+class SwtpmSocket:
+    """A `vtpm.wire.Transport` that sends each command on a new swtpm data connection."""
+
+    def __init__(self, server: VtpmProcess) -> None:
+        self.server = server
+
+    def process(self, command: bytes) -> bytes:
+        return swtpm_raw(self.server, command)
+
+
+def test_swtpm_control_channel_on_the_platform_port(vtpm_server: VtpmProcess) -> None:
+    """What the swtpm TCTI sends to port+1: CMD_SET_LOCALITY (5), one command per connection."""
+    assert swtpm_control(vtpm_server, set_locality(0)) == struct.pack(">I", TPM_SUCCESS)
+    assert swtpm_control(vtpm_server, set_locality(9)) == struct.pack(">I", TPM_FAIL)
     esapi = vtpm_server.esapi("swtpm")
     assert len(bytes(esapi.get_random(8))) == 8
     esapi.close()
+
+
+def test_swtpm_control_connection_refuses_init(vtpm_server: VtpmProcess) -> None:
+    """CMD_INIT (2) is mssim POWER_OFF on the wire, so it is not served as swtpm control: after
+    a CMD_SET_LOCALITY it gets TPM_FAIL and the TPM keeps running."""
+    cmd_init = struct.pack(">II", 2, 1)  # swtpm CMD_INIT, PTM_INIT_FLAG_DELETE_VOLATILE
+    with socket.create_connection((vtpm_server.host, vtpm_server.platform_port),
+                                  timeout=30) as sock:
+        sock.sendall(set_locality(0) + cmd_init)
+        assert _recv_exact(sock, 8) == struct.pack(">II", TPM_SUCCESS, TPM_FAIL)
+        assert sock.recv(1) == b""
+    assert len(swtpm_raw(vtpm_server, GET_RANDOM_16)) == 28
+
+
+def test_swtpm_locality_returns_to_zero_on_power_off(
+    vtpm_factory: Callable[..., VtpmProcess],
+) -> None:
+    """PC Client PCR 20 extends from localities 1-3 only: it shows which locality is in force."""
+    server = vtpm_factory("--no-provision")
+    tpm = wire.TpmClient(SwtpmSocket(server))
+    digest = {wire.TPM_ALG_SHA256: hashlib.sha256(b"locality").digest()}
+    assert swtpm_control(server, set_locality(3)) == struct.pack(">I", TPM_SUCCESS)
+    wire.pcr_extend(tpm, DRTM_PCR, digest)
+    assert platform(server, MssimCommand.POWER_OFF, MssimCommand.POWER_ON) == [0, 0]
+    assert tpm.startup_clear()
+    with pytest.raises(wire.TpmError) as refused:
+        wire.pcr_extend(tpm, DRTM_PCR, digest)
+    assert wire.rc_base(refused.value.rc) == TPM2_RC.LOCALITY
+
+
+class TctiCommon(ctypes.Structure):
+    """The head of TSS2_TCTI_CONTEXT_COMMON_V1 (tss2_tcti.h), up to the finalize function."""
+
+    _fields_ = [("magic", ctypes.c_uint64), ("version", ctypes.c_uint32),
+                ("transmit", ctypes.c_void_p), ("receive", ctypes.c_void_p),
+                ("finalize", ctypes.CFUNCTYPE(None, ctypes.c_void_p))]
+
+
+def test_tss2_swtpm_reset_power_cycles_the_tpm(vtpm_factory: Callable[..., VtpmProcess]) -> None:
+    """Tss2_Tcti_Swtpm_Reset's CMD_INIT is served as mssim POWER_OFF, POWER_ON: it succeeds and
+    the TPM then waits for TPM2_Startup, with the swtpm locality back at 0."""
+    server = vtpm_factory("--no-provision")
+    lib = ctypes.CDLL("libtss2-tcti-swtpm.so.0")
+    conf = f"host={server.host},port={server.port}".encode()
+    size = ctypes.c_size_t()
+    assert lib.Tss2_Tcti_Swtpm_Init(None, ctypes.byref(size), conf) == 0
+    context = ctypes.create_string_buffer(size.value)
+    assert lib.Tss2_Tcti_Swtpm_Init(context, ctypes.byref(size), conf) == 0
+    try:
+        assert swtpm_control(server, set_locality(3)) == struct.pack(">I", TPM_SUCCESS)
+        assert lib.Tss2_Tcti_Swtpm_Reset(context) == 0
+    finally:
+        TctiCommon.from_buffer(context).finalize(ctypes.addressof(context))
+    rc = struct.unpack(">I", swtpm_raw(server, GET_RANDOM_16)[6:10])[0]
+    assert rc == TPM2_RC.INITIALIZE
+    tpm = wire.TpmClient(SwtpmSocket(server))
+    assert tpm.startup_clear()
+    with pytest.raises(wire.TpmError) as refused:
+        wire.pcr_extend(tpm, DRTM_PCR, {wire.TPM_ALG_SHA256: bytes(32)})
+    assert wire.rc_base(refused.value.rc) == TPM2_RC.LOCALITY
