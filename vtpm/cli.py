@@ -11,7 +11,13 @@ from types import FrameType
 
 from vtpm import attest, manufacture
 from vtpm.engine import TpmEngine
-from vtpm.server import Provisioner, VtpmServer
+from vtpm.server import (
+    DEFAULT_BUSY_POLL_US,
+    MAX_BUSY_POLL_US,
+    Provisioner,
+    VtpmServer,
+    default_busy_poll_us,
+)
 
 DEFAULT_PORT = 2321
 DEFAULT_HOST = "127.0.0.1"
@@ -37,6 +43,10 @@ def _parser() -> argparse.ArgumentParser:
                        help=f"attester that quotes the CA key (default {DEFAULT_ATTESTER!r})")
     serve.add_argument("--no-provision", action="store_true",
                        help="skip manufacture: serve a started TPM without EKs or certificates")
+    serve.add_argument("--busy-poll-us", type=int, default=None, metavar="US",
+                       help="after each command, poll this long for the next one before sleeping "
+                            f"(default {DEFAULT_BUSY_POLL_US} with two or more CPUs, else 0; "
+                            "0 disables; costs CPU, saves a process wake-up per command)")
     serve.add_argument("-v", "--verbose", action="store_true", help="log every connection error")
     info = sub.add_parser("info", help="print EK names, certificate subjects and PCR banks")
     info.add_argument("--tcti", required=True, help="TCTI string, e.g. mssim:host=...,port=...")
@@ -69,11 +79,17 @@ def serve(args: argparse.Namespace) -> int:
         except (KeyError, ValueError, LookupError) as exc:
             print(f"vtpm serve: {exc}", file=sys.stderr)
             return 2
+    busy_poll_us = default_busy_poll_us() if args.busy_poll_us is None else args.busy_poll_us
+    if not 0 <= busy_poll_us <= MAX_BUSY_POLL_US:
+        print(f"vtpm serve: --busy-poll-us {busy_poll_us}: must be 0..{MAX_BUSY_POLL_US}",
+              file=sys.stderr)
+        return 2
     engine = TpmEngine()
     try:
         try:
             server = VtpmServer(engine, args.host, args.port,
-                                wipe_on_power_cycle=args.wipe_on_power_cycle, provision=provision)
+                                wipe_on_power_cycle=args.wipe_on_power_cycle, provision=provision,
+                                busy_poll_us=busy_poll_us)
         except OSError as exc:
             print(f"vtpm serve: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
             return 1
@@ -90,6 +106,9 @@ def serve(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
         mode = "wipe on power cycle" if args.wipe_on_power_cycle else "state kept until exit"
+        polling = f"busy-polls {busy_poll_us} us after each command" if busy_poll_us else \
+            "sleeps between commands (no busy polling)"
+        print(f"vtpm: {polling}", flush=True)
         for name, tcti in server.tcti_strings().items():
             print(f"vtpm: TCTI {name}: {tcti}", flush=True)
         print(f"{READY_PREFIX} on {args.host} command port {server.port} platform port "

@@ -11,7 +11,7 @@ from __future__ import annotations
 import ctypes
 import threading
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 from vtpm import libtpms
 from vtpm.wire import (
@@ -156,16 +156,26 @@ def _cb_io_getphysicalpresence(present: Any, _tpm_number: int) -> int:
 
 
 # The CFUNCTYPE objects must outlive every libtpms call, so they live as long as the module.
-_CALLBACKS = libtpms.LibtpmsCallbacks(
-    ctypes.sizeof(libtpms.LibtpmsCallbacks),
-    libtpms.NvramInitFn(_cb_nvram_init),
-    libtpms.NvramLoadDataFn(_cb_nvram_loaddata),
-    libtpms.NvramStoreDataFn(_cb_nvram_storedata),
-    libtpms.NvramDeleteNameFn(_cb_nvram_deletename),
-    libtpms.IoInitFn(_cb_io_init),
-    libtpms.IoGetLocalityFn(_cb_io_getlocality),
-    libtpms.IoGetPhysicalPresenceFn(_cb_io_getphysicalpresence),
-)
+_NVRAM_INIT = libtpms.NvramInitFn(_cb_nvram_init)
+_NVRAM_LOADDATA = libtpms.NvramLoadDataFn(_cb_nvram_loaddata)
+_NVRAM_STOREDATA = libtpms.NvramStoreDataFn(_cb_nvram_storedata)
+_NVRAM_DELETENAME = libtpms.NvramDeleteNameFn(_cb_nvram_deletename)
+_IO_INIT = libtpms.IoInitFn(_cb_io_init)
+_IO_GETPHYSICALPRESENCE = libtpms.IoGetPhysicalPresenceFn(_cb_io_getphysicalpresence)
+
+
+def _callbacks(getlocality: Any) -> Any:
+    return libtpms.LibtpmsCallbacks(
+        ctypes.sizeof(libtpms.LibtpmsCallbacks), _NVRAM_INIT, _NVRAM_LOADDATA, _NVRAM_STOREDATA,
+        _NVRAM_DELETENAME, _IO_INIT, getlocality, _IO_GETPHYSICALPRESENCE,
+    )
+
+
+_CALLBACKS_WITH_LOCALITY = _callbacks(libtpms.IoGetLocalityFn(_cb_io_getlocality))
+# Without tpm_io_getlocality, TPM2_Process runs the command at locality 0 and never calls back
+# into Python for it: process() registers this set for locality 0 (nearly every command) and
+# swaps the other in only while a client asks for a higher locality.
+_CALLBACKS_LOCALITY_0 = _callbacks(libtpms.IoGetLocalityFn())
 
 
 class TpmEngine:
@@ -188,7 +198,7 @@ class TpmEngine:
             self._lock = threading.Lock()
             self._powered = False
             self._closed = False
-            self._resp = libtpms.BytePtr()
+            self._resp = libtpms.CharPtr()
             self._resp_len = ctypes.c_uint32(0)
             self._resp_bufsize = ctypes.c_uint32(0)
             self._resp_ref = ctypes.byref(self._resp)
@@ -197,9 +207,8 @@ class TpmEngine:
             rc = int(self._lib.TPMLIB_ChooseTPMVersion(libtpms.TPMLIB_TPM_VERSION_2))
             if rc != libtpms.TPM_SUCCESS:
                 raise TpmEngineError(f"TPMLIB_ChooseTPMVersion(TPM 2) failed: rc=0x{rc:x}")
-            rc = int(self._lib.TPMLIB_RegisterCallbacks(ctypes.byref(_CALLBACKS)))
-            if rc != libtpms.TPM_SUCCESS:
-                raise TpmEngineError(f"TPMLIB_RegisterCallbacks failed: rc=0x{rc:x}")
+            self._locality_callback = False
+            self._register_callbacks(with_locality=False)
             _active_store = self._nv
             _live_engine = self
 
@@ -214,6 +223,14 @@ class TpmEngine:
     def closed(self) -> bool:
         """True once close() has run; the engine can no longer be used."""
         return self._closed
+
+    def _register_callbacks(self, *, with_locality: bool) -> None:
+        """Point libtpms at our callbacks (it copies the structure), with or without locality."""
+        table = _CALLBACKS_WITH_LOCALITY if with_locality else _CALLBACKS_LOCALITY_0
+        rc = int(self._lib.TPMLIB_RegisterCallbacks(ctypes.byref(table)))
+        if rc != libtpms.TPM_SUCCESS:
+            raise TpmEngineError(f"TPMLIB_RegisterCallbacks failed: rc=0x{rc:x}")
+        self._locality_callback = with_locality
 
     def _check_open(self) -> None:
         if self._closed:
@@ -268,7 +285,7 @@ class TpmEngine:
             if self._resp:
                 ctypes.memset(self._resp, 0, self._resp_bufsize.value)
                 self._lib.TPM_Free(self._resp)
-                self._resp = libtpms.BytePtr()
+                self._resp = libtpms.CharPtr()
             self._closed = True
             with _live_lock:
                 if _live_engine is self:
@@ -300,6 +317,8 @@ class TpmEngine:
         with self._lock:
             if not self._powered or self._closed:
                 return error_response(TPM_RC_FAILURE)
+            if (locality != 0) is not self._locality_callback:
+                self._register_callbacks(with_locality=locality != 0)
             self._nv.locality = locality
             rc = int(self._lib.TPMLIB_Process(
                 self._resp_ref, self._resp_len_ref, self._resp_bufsize_ref, command, len(command)
@@ -307,7 +326,8 @@ class TpmEngine:
             size = self._resp_len.value
             if rc != libtpms.TPM_SUCCESS or size < TPM_HEADER_SIZE:
                 return error_response(TPM_RC_FAILURE)
-            return ctypes.string_at(self._resp, size)
+            # Slicing a c_char pointer copies into bytes (typeshed knows only the list case).
+            return cast(bytes, self._resp[:size])
 
     def startup_clear(self) -> int:
         """Send TPM2_Startup(CLEAR); return its RC (SUCCESS, or INITIALIZE if already started)."""

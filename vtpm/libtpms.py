@@ -24,6 +24,8 @@ TPM_RESULT = ctypes.c_uint32
 TPM_BOOL = ctypes.c_ubyte
 TPM_MODIFIER_INDICATOR = ctypes.c_uint32
 BytePtr = ctypes.POINTER(ctypes.c_ubyte)
+# The response buffer pointer: slicing a c_char pointer yields bytes in one C call.
+CharPtr = ctypes.POINTER(ctypes.c_char)
 
 # struct libtpms_callbacks members, in declaration order.
 NvramInitFn = ctypes.CFUNCTYPE(TPM_RESULT)
@@ -72,13 +74,13 @@ def _declare(lib: Any) -> None:
     lib.TPMLIB_Terminate.argtypes = []
     lib.TPMLIB_Terminate.restype = None
     lib.TPMLIB_Process.argtypes = [
-        ctypes.POINTER(BytePtr), ctypes.POINTER(ctypes.c_uint32),
+        ctypes.POINTER(CharPtr), ctypes.POINTER(ctypes.c_uint32),
         ctypes.POINTER(ctypes.c_uint32), ctypes.c_char_p, ctypes.c_uint32,
     ]
     lib.TPMLIB_Process.restype = TPM_RESULT
     lib.TPM_Malloc.argtypes = [ctypes.POINTER(BytePtr), ctypes.c_uint32]
     lib.TPM_Malloc.restype = TPM_RESULT
-    lib.TPM_Free.argtypes = [BytePtr]
+    lib.TPM_Free.argtypes = [ctypes.c_void_p]
     lib.TPM_Free.restype = None
 
 

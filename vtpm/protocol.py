@@ -149,6 +149,14 @@ def ack() -> bytes:
     return U32.pack(MSSIM_ACK)
 
 
+def is_whole_swtpm_command(data: bytes) -> bool:
+    """True if `data` is exactly one well-framed TPM 2.0 command (swtpm framing: no wrapper)."""
+    if len(data) < TPM_HEADER_SIZE:
+        return False
+    tag, size, _code = TPM_HEADER.unpack_from(data)
+    return tag in COMMAND_TAGS and size == len(data) and size <= TPM_MAX_COMMAND_SIZE
+
+
 class CommandChannel:
     """Parser for one command-port connection; detects its framing from the first bytes."""
 
@@ -167,13 +175,10 @@ class CommandChannel:
         The fast path for the swtpm TCTI, which sends each command in one write; anything else
         goes through feed() and next_request().
         """
-        if self._buf or self.framing is Framing.MSSIM or len(data) < TPM_HEADER_SIZE:
-            return False
-        tag, size, _code = TPM_HEADER.unpack_from(data)
-        if tag not in COMMAND_TAGS or size != len(data) or size > TPM_MAX_COMMAND_SIZE:
+        if self._buf or self.framing is Framing.MSSIM or not is_whole_swtpm_command(data):
             return False
         self.framing = Framing.SWTPM
-        self._offset += size
+        self._offset += len(data)
         return True
 
     @property

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import struct
 import threading
 
@@ -13,6 +14,7 @@ from tpm2_pytss.constants import TPM2_ALG, TPM2_RC, TPM2_SU, TPMA_NV
 from tpm2_pytss.types import TPM2B_AUTH, TPM2B_NV_PUBLIC, TPMS_NV_PUBLIC
 
 from tests.integration.vtpm.conftest import EngineTcti
+from vtpm import wire
 from vtpm.engine import TPM_MAX_COMMAND_SIZE, EngineBusyError, TpmEngine, response_code
 from vtpm.wire import (
     TPM_RC_BAD_TAG,
@@ -25,6 +27,7 @@ from vtpm.wire import (
 pytestmark = pytest.mark.integration
 
 NV_INDEX = 0x01500010
+PCR_LOCALITY_1_TO_3 = 20  # PC Client: extendable from localities 1, 2 and 3 only
 GET_RANDOM_32 = struct.pack(">HIIH", 0x8001, 12, 0x17B, 32)
 
 
@@ -167,3 +170,29 @@ def test_arbitrary_bytes_never_break_the_engine(engine: TpmEngine, data: bytes, 
         assert struct.unpack(">I", response[2:6])[0] == len(response)
     engine.startup_clear()  # a random Shutdown/Startup must not leave it unusable
     assert response_code(engine.process(GET_RANDOM_32)) in (TPM_RC_SUCCESS, TPM_RC_INITIALIZE)
+
+
+class _AtLocality:
+    """A `vtpm.wire.Transport` that runs every command at one locality."""
+
+    def __init__(self, engine: TpmEngine, locality: int) -> None:
+        self.engine = engine
+        self.locality = locality
+
+    def process(self, command: bytes) -> bytes:
+        return self.engine.process(command, self.locality)
+
+
+def test_each_command_runs_at_its_own_locality(engine: TpmEngine) -> None:
+    """PC Client PCR 20 extends from localities 1-3 only. Alternating localities command by
+    command shows each one in force: locality 0 runs without libtpms' locality callback, the
+    others with it, and the switch between the two must never leak a locality."""
+    digest = {wire.TPM_ALG_SHA256: hashlib.sha256(b"locality").digest()}
+    for locality in (0, 3, 0, 0, 1, 2, 0, 4, 3):
+        tpm = wire.TpmClient(_AtLocality(engine, locality))
+        if 1 <= locality <= 3:
+            wire.pcr_extend(tpm, PCR_LOCALITY_1_TO_3, digest)
+        else:
+            with pytest.raises(wire.TpmError) as refused:
+                wire.pcr_extend(tpm, PCR_LOCALITY_1_TO_3, digest)
+            assert wire.rc_base(refused.value.rc) == TPM2_RC.LOCALITY

@@ -11,6 +11,7 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from tests.integration.vtpm.conftest import VtpmProcess
 from vtpm import wire
 from vtpm.libtpms import TPM_FAIL, TPM_SUCCESS
 from vtpm.protocol import MssimCommand, SwtpmControl
+from vtpm.server import DEFAULT_BUSY_POLL_US, MAX_BUSY_POLL_US, default_busy_poll_us
 
 pytestmark = pytest.mark.integration
 
@@ -41,6 +43,8 @@ ECC_EK_CERT_INDEX = 0x01C0000A
 STARTUP_CLEAR = struct.pack(">HIIH", 0x8001, 12, 0x144, 0)
 GET_RANDOM_16 = struct.pack(">HIIH", 0x8001, 12, 0x17B, 16)
 DRTM_PCR = 20  # PC Client: extended from localities 1-3, not 0
+IDLE_SETTLE_S = 0.2  # more than the busy-poll windows of the idle test's server
+IDLE_MEASURE_S = 1.0
 NV_ATTRS = TPMA_NV.OWNERWRITE | TPMA_NV.OWNERREAD | TPMA_NV.AUTHREAD | TPMA_NV.AUTHWRITE
 
 
@@ -424,3 +428,43 @@ def test_tss2_swtpm_reset_power_cycles_the_tpm(vtpm_factory: Callable[..., VtpmP
     with pytest.raises(wire.TpmError) as refused:
         wire.pcr_extend(tpm, DRTM_PCR, {wire.TPM_ALG_SHA256: bytes(32)})
     assert wire.rc_base(refused.value.rc) == TPM2_RC.LOCALITY
+
+
+@pytest.mark.parametrize("value", ["-1", str(MAX_BUSY_POLL_US + 1)])
+def test_busy_poll_option_is_checked(value: str) -> None:
+    result = _vtpm_cli("serve", "--port", "0", "--no-provision", "--busy-poll-us", value)
+    assert result.returncode == 2
+    assert f"--busy-poll-us {value}: must be 0..{MAX_BUSY_POLL_US}" in result.stderr
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_busy_polling_server_sleeps_once_idle(vtpm_factory: Callable[..., VtpmProcess]) -> None:
+    """Busy polling spins only between commands: a second after the last one the server is
+    asleep again, and it answers the next command as before."""
+    server = vtpm_factory("--no-provision", "--busy-poll-us", "5000")
+    assert any("busy-polls 5000 us" in line for line in server.banner)
+    for _ in range(200):
+        assert len(swtpm_raw(server, GET_RANDOM_16)) == 28
+    time.sleep(IDLE_SETTLE_S)
+    before = _cpu_seconds(server.proc.pid)
+    time.sleep(IDLE_MEASURE_S)
+    assert _cpu_seconds(server.proc.pid) - before < IDLE_MEASURE_S / 4
+    assert len(swtpm_raw(server, GET_RANDOM_16)) == 28
+
+
+def test_busy_polling_off_by_request(vtpm_factory: Callable[..., VtpmProcess]) -> None:
+    server = vtpm_factory("--no-provision", "--busy-poll-us", "0")
+    assert any("sleeps between commands" in line for line in server.banner)
+    assert len(swtpm_raw(server, GET_RANDOM_16)) == 28
+
+
+def test_no_busy_polling_on_a_single_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Spinning on the only CPU would starve the client it waits for."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0})
+    assert default_busy_poll_us() == 0
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0, 1})
+    assert default_busy_poll_us() == DEFAULT_BUSY_POLL_US
