@@ -45,6 +45,10 @@ def setup(c: Context) -> None:
 
     for dist in ("invoke", "cryptography", "tpm2-pytss", "unicorn", "paramiko", "pyyaml"):
         print(f"{dist:14} {version(dist)}")
+    from vtpm.fastpath import FastPath
+
+    fastpath, why_not = FastPath.load()
+    print(f"{'vtpm fastpath':14} {fastpath.library if fastpath else 'missing: ' + why_not}")
 
 
 @task(

@@ -9,6 +9,9 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV="$ROOT/.venv"
 STAMP="$VENV/.tdp-bootstrap-stamp"
+# The vTPM's native swtpm-channel fast path (vtpm/fastpath.py), built with Debian's gcc.
+NATIVE_SRC="$ROOT/native/vtpm_fastpath.c"
+NATIVE_LIB="$ROOT/build/native/libvtpm_fastpath.so"
 LOG="${TMPDIR:-/tmp}/tdp-bootstrap.$(id -u).log"
 
 # Debian packages (shared/reference/tpm-and-tools.md), plus the compiler and
@@ -80,7 +83,13 @@ main() {
     [ ${#missing[@]} -eq 0 ] || install_apt_packages "${missing[@]}"
     python=$(find_python) || die "Python 3.11 or newer not found after installing python3"
 
-    local want_stamp
+    install_python_packages "$python"
+    build_native
+}
+
+# The pinned Python packages in .venv, unless the stamp says they are there already.
+install_python_packages() {
+    local python=$1 want_stamp
     want_stamp="$("$python" -c 'import sys; print(sys.version)' | head -n1) $(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)"
     if [ -x "$VENV/bin/python" ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want_stamp" ]; then
         verbose && progress "nothing to install"
@@ -94,6 +103,19 @@ main() {
     run_logged "$VENV/bin/python" -m pip install --disable-pip-version-check -q -e "$ROOT[dev]" \
         || die "pip install failed; the failing package is named in the log"
     echo "$want_stamp" >"$STAMP"
+}
+
+# Rebuilt whenever the source is newer than the library; a failed build is an error, because a
+# silently missing fast path would only show as a slower vTPM.
+build_native() {
+    if [ -f "$NATIVE_LIB" ] && [ "$NATIVE_LIB" -nt "$NATIVE_SRC" ]; then
+        return 0
+    fi
+    progress "compiling the vTPM fast path: $NATIVE_LIB"
+    mkdir -p "$(dirname "$NATIVE_LIB")"
+    run_logged gcc -O2 -Wall -Wextra -Werror -shared -fPIC -o "$NATIVE_LIB.tmp" "$NATIVE_SRC" -ltpms \
+        || die "gcc could not build $NATIVE_LIB from $NATIVE_SRC (libtpms-dev installed?)"
+    mv "$NATIVE_LIB.tmp" "$NATIVE_LIB"
 }
 
 main "$@"

@@ -11,6 +11,7 @@ from types import FrameType
 
 from vtpm import attest, manufacture
 from vtpm.engine import TpmEngine
+from vtpm.fastpath import FastPath
 from vtpm.server import (
     DEFAULT_BUSY_POLL_US,
     MAX_BUSY_POLL_US,
@@ -47,6 +48,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="after each command, poll this long for the next one before sleeping "
                             f"(default {DEFAULT_BUSY_POLL_US} with two or more CPUs, else 0; "
                             "0 disables; costs CPU, saves a process wake-up per command)")
+    serve.add_argument("--no-fastpath", action="store_true",
+                       help="answer swtpm-framed commands in Python, not through the native "
+                            "fast path (build/native/libvtpm_fastpath.so, built by ./tdp setup)")
     serve.add_argument("-v", "--verbose", action="store_true", help="log every connection error")
     info = sub.add_parser("info", help="print EK names, certificate subjects and PCR banks")
     info.add_argument("--tcti", required=True, help="TCTI string, e.g. mssim:host=...,port=...")
@@ -84,12 +88,16 @@ def serve(args: argparse.Namespace) -> int:
         print(f"vtpm serve: --busy-poll-us {busy_poll_us}: must be 0..{MAX_BUSY_POLL_US}",
               file=sys.stderr)
         return 2
+    if args.no_fastpath:
+        fastpath, why_not = None, "--no-fastpath"
+    else:
+        fastpath, why_not = FastPath.load()
     engine = TpmEngine()
     try:
         try:
             server = VtpmServer(engine, args.host, args.port,
                                 wipe_on_power_cycle=args.wipe_on_power_cycle, provision=provision,
-                                busy_poll_us=busy_poll_us)
+                                busy_poll_us=busy_poll_us, fastpath=fastpath)
         except OSError as exc:
             print(f"vtpm serve: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
             return 1
@@ -109,6 +117,10 @@ def serve(args: argparse.Namespace) -> int:
         polling = f"busy-polls {busy_poll_us} us after each command" if busy_poll_us else \
             "sleeps between commands (no busy polling)"
         print(f"vtpm: {polling}", flush=True)
+        if fastpath is not None:
+            print(f"vtpm: swtpm data channel: native fast path {fastpath.library}", flush=True)
+        else:
+            print(f"vtpm: swtpm data channel: Python path ({why_not})", flush=True)
         for name, tcti in server.tcti_strings().items():
             print(f"vtpm: TCTI {name}: {tcti}", flush=True)
         print(f"{READY_PREFIX} on {args.host} command port {server.port} platform port "

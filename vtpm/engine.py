@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import ctypes
 import threading
+from collections.abc import Callable
+from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from vtpm import libtpms
 from vtpm.wire import (
@@ -29,6 +31,8 @@ from vtpm.wire import (
     UINT16,
     build_command,
 )
+
+T = TypeVar("T")
 
 # Largest command or response libtpms 0.9 accepts (its default TPM2 buffer size).
 TPM_MAX_COMMAND_SIZE = 4096
@@ -178,6 +182,23 @@ _CALLBACKS_WITH_LOCALITY = _callbacks(libtpms.IoGetLocalityFn(_cb_io_getlocality
 _CALLBACKS_LOCALITY_0 = _callbacks(libtpms.IoGetLocalityFn())
 
 
+@dataclass(frozen=True)
+class ResponseBuffer:
+    """libtpms' response buffer as TPMLIB_Process takes it (by reference: it may reallocate).
+
+    Valid only inside TpmEngine.run_native(); `read` copies response bytes out of it.
+    """
+
+    pointer: Any  # the CharPtr that libtpms points at its buffer
+    pointer_ref: Any
+    length_ref: Any
+    size_ref: Any
+
+    def read(self, start: int, end: int) -> bytes:
+        """Bytes start..end of the last response."""
+        return cast(bytes, self.pointer[start:end])
+
+
 class TpmEngine:
     """A libtpms TPM 2.0 with in-memory NV; all operations are serialized by one lock.
 
@@ -317,9 +338,7 @@ class TpmEngine:
         with self._lock:
             if not self._powered or self._closed:
                 return error_response(TPM_RC_FAILURE)
-            if (locality != 0) is not self._locality_callback:
-                self._register_callbacks(with_locality=locality != 0)
-            self._nv.locality = locality
+            self._set_locality(locality)
             rc = int(self._lib.TPMLIB_Process(
                 self._resp_ref, self._resp_len_ref, self._resp_bufsize_ref, command, len(command)
             ))
@@ -328,6 +347,25 @@ class TpmEngine:
                 return error_response(TPM_RC_FAILURE)
             # Slicing a c_char pointer copies into bytes (typeshed knows only the list case).
             return cast(bytes, self._resp[:size])
+
+    def run_native(self, locality: int, call: Callable[[ResponseBuffer | None], T]) -> T:
+        """Run `call` holding the TPM, for native code that calls TPMLIB_Process itself.
+
+        `call` gets the response buffer with `locality` in force, or None when the TPM must not
+        process (powered off, closed, or a locality it lacks): then it may only read input and
+        hand it to process(), which answers with the error. Nothing else runs libtpms meanwhile.
+        """
+        with self._lock:
+            if not self._powered or self._closed or not 0 <= locality <= MAX_LOCALITY:
+                return call(None)
+            self._set_locality(locality)
+            return call(ResponseBuffer(self._resp, self._resp_ref, self._resp_len_ref,
+                                       self._resp_bufsize_ref))
+
+    def _set_locality(self, locality: int) -> None:
+        if (locality != 0) is not self._locality_callback:
+            self._register_callbacks(with_locality=locality != 0)
+        self._nv.locality = locality
 
     def startup_clear(self) -> int:
         """Send TPM2_Startup(CLEAR); return its RC (SUCCESS, or INITIALIZE if already started)."""

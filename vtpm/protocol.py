@@ -177,9 +177,13 @@ class CommandChannel:
         """
         if self._buf or self.framing is Framing.MSSIM or not is_whole_swtpm_command(data):
             return False
-        self.framing = Framing.SWTPM
-        self._offset += len(data)
+        self.took_whole_command(len(data))
         return True
+
+    def took_whole_command(self, size: int) -> None:
+        """Record a whole swtpm-framed command of `size` bytes answered outside this parser."""
+        self.framing = Framing.SWTPM
+        self._offset += size
 
     @property
     def pending(self) -> int:

@@ -34,7 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vtpm.busypoll import BusyPoll
-from vtpm.engine import MAX_LOCALITY, TpmEngine
+from vtpm.engine import MAX_LOCALITY, TpmEngine, error_response
+from vtpm.fastpath import FastPath, Status
 from vtpm.libtpms import TPM_FAIL, TPM_SUCCESS
 from vtpm.protocol import (
     U32,
@@ -51,6 +52,7 @@ from vtpm.protocol import (
     is_whole_swtpm_command,
     mssim_response,
 )
+from vtpm.wire import TPM_RC_FAILURE
 
 log = logging.getLogger("vtpm.server")
 
@@ -70,6 +72,8 @@ LOW_PORT_FLOOR = 10000
 MAX_CONNECTIONS = 512
 # Both listeners are IPv4 (see _listener); accepted sockets are built with this family.
 LISTEN_FAMILY = socket.AF_INET
+# The peer of a connection that closed before we asked its address.
+UNKNOWN_PEER = ("?", 0)
 HAVE_QUICKACK = hasattr(socket, "TCP_QUICKACK")
 # Wake accept() only once the client's first bytes are in (seconds to wait for them): every client
 # of both ports speaks first, so the accept fast path finds its command already there.
@@ -127,11 +131,13 @@ class VtpmServer:
         wipe_on_power_cycle: bool = False,
         provision: Provisioner | None = None,
         busy_poll_us: int = 0,
+        fastpath: FastPath | None = None,
     ) -> None:
         if not 0 <= busy_poll_us <= MAX_BUSY_POLL_US:
             raise ValueError(f"busy_poll_us {busy_poll_us} outside 0..{MAX_BUSY_POLL_US}")
         self.engine = engine
         self.busy_poll_us = busy_poll_us
+        self.fastpath = fastpath
         self.host = host
         self.wipe_on_power_cycle = wipe_on_power_cycle
         self.provision = provision
@@ -188,6 +194,7 @@ class VtpmServer:
                 elif spin.spinning(clock()):
                     ready = ep.poll(0)
                     if not ready:
+                        os.sched_yield()
                         continue
                     spin.caught()
                 else:
@@ -221,6 +228,9 @@ class VtpmServer:
 
     def _accept(self, listener: socket.socket, port: Port) -> None:
         """Accept one connection (epoll is level-triggered: more pending ones wake us again)."""
+        if port is Port.COMMAND and self.fastpath is not None:
+            self._accept_native(listener, self.fastpath)
+            return
         try:
             # socket.accept() is _accept() plus a family lookup and a timeout check that cost
             # microseconds on every swtpm-TCTI command; build the socket ourselves instead.
@@ -285,6 +295,47 @@ class VtpmServer:
                 conn.writing = True
             self._epoll.register(fd, select.EPOLLOUT if conn.writing else select.EPOLLIN)
 
+    def _accept_native(self, listener: socket.socket, fastpath: FastPath) -> None:
+        """The command-port accept through vtpm.fastpath: a whole swtpm-framed command is
+        answered inside that one call, so everything here runs after the client has its reply."""
+        try:
+            accepted = fastpath.accept(self.engine, listener.fileno(), self._swtpm_locality)
+        except OSError as exc:
+            log.warning("accept on command port failed: %s", exc)
+            return
+        if accepted is None:
+            return
+        sock = socket.socket(LISTEN_FAMILY, socket.SOCK_STREAM, 0, accepted.fd)
+        if accepted.status is Status.CLOSED:
+            sock.close()
+            return
+        try:
+            addr = sock.getpeername()
+        except OSError:
+            addr = UNKNOWN_PEER
+        if len(self._connections) >= MAX_CONNECTIONS:
+            log.warning("command port: %d connections open; refusing %s:%d", MAX_CONNECTIONS,
+                        addr[0], addr[1])
+            sock.close()
+            return
+        channel = CommandChannel()
+        output = b""
+        if accepted.status is Status.ANSWERED:
+            channel.took_whole_command(accepted.received)
+            output = accepted.unsent
+        elif accepted.status is Status.TPM_FAILED:
+            channel.took_whole_command(accepted.received)
+            output = error_response(TPM_RC_FAILURE)
+        conn = _Connection(sock, Port.COMMAND, addr, channel, bytearray(output))
+        self._connections[accepted.fd] = conn
+        if accepted.status is Status.RECEIVED:
+            self._service_data(conn, accepted.data)
+        elif output:
+            self._service_output(conn)
+        if accepted.fd in self._connections:
+            conn.registered = True
+            self._epoll.register(accepted.fd, select.EPOLLOUT if conn.writing else select.EPOLLIN)
+
     def _service(self, conn: _Connection, events: int) -> None:
         try:
             if conn.writing:
@@ -309,6 +360,14 @@ class VtpmServer:
             self._close(conn)
             return
         self._handle(conn, data)
+
+    def _service_output(self, conn: _Connection) -> None:
+        """_flush() with the same containment as _service()."""
+        try:
+            self._flush(conn)
+        except Exception as exc:
+            log.warning("%s connection %s: %s: closing", conn.port.value, conn.peer, exc)
+            self._close(conn)
 
     def _service_data(self, conn: _Connection, data: bytes) -> None:
         """_handle() with the same containment as _service(): a failure closes this connection."""

@@ -108,6 +108,22 @@ def launch_vtpm(
     raise RuntimeError(f"vtpm serve did not become ready: stdout={banner!r} stderr={err!r}")
 
 
+# The two ways `vtpm serve` answers the swtpm data channel; server tests run against both.
+CHANNEL_PATHS = {"native": (), "python": ("--no-fastpath",)}
+CHANNEL_BANNERS = {"native": "swtpm data channel: native fast path",
+                   "python": "swtpm data channel: Python path"}
+
+
+def launch_on_path(path: str, *args: str) -> VtpmProcess:
+    """launch_vtpm() answering the swtpm channel on `path`, checked against its banner (so a
+    missing native library fails here instead of quietly testing the Python path twice)."""
+    server = launch_vtpm(*CHANNEL_PATHS[path], *args)
+    if not any(CHANNEL_BANNERS[path] in line for line in server.banner):
+        server.stop()
+        raise AssertionError(f"vtpm serve is not on the {path} path: {server.banner}")
+    return server
+
+
 @pytest.fixture
 def vtpm_factory() -> Iterator[Callable[..., VtpmProcess]]:
     """Start `vtpm serve` processes with the given arguments; all are stopped afterwards."""

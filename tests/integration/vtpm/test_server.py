@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -28,7 +28,7 @@ from tpm2_pytss.types import (
     TPMU_HA,
 )
 
-from tests.integration.vtpm.conftest import VtpmProcess
+from tests.integration.vtpm.conftest import CHANNEL_PATHS, VtpmProcess, launch_on_path
 from vtpm import wire
 from vtpm.libtpms import TPM_FAIL, TPM_SUCCESS
 from vtpm.protocol import MssimCommand, SwtpmControl
@@ -46,6 +46,14 @@ DRTM_PCR = 20  # PC Client: extended from localities 1-3, not 0
 IDLE_SETTLE_S = 0.2  # more than the busy-poll windows of the idle test's server
 IDLE_MEASURE_S = 1.0
 NV_ATTRS = TPMA_NV.OWNERWRITE | TPMA_NV.OWNERREAD | TPMA_NV.AUTHREAD | TPMA_NV.AUTHWRITE
+
+
+@pytest.fixture(scope="module", params=sorted(CHANNEL_PATHS))
+def vtpm_server(request: pytest.FixtureRequest) -> Iterator[VtpmProcess]:
+    """One provisioned `vtpm serve` per swtpm-channel path (native fast path, Python)."""
+    server = launch_on_path(request.param)
+    yield server
+    server.stop()
 
 
 def platform(server: VtpmProcess, *signals: MssimCommand) -> list[int]:

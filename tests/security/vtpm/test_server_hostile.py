@@ -13,7 +13,7 @@ import pytest
 from tpm2_pytss.constants import TPM2_ALG, TPMA_NV
 from tpm2_pytss.types import TPM2B_AUTH, TPM2B_NV_PUBLIC, TPMS_NV_PUBLIC
 
-from tests.integration.vtpm.conftest import VtpmProcess, launch_vtpm
+from tests.integration.vtpm.conftest import CHANNEL_PATHS, VtpmProcess, launch_on_path
 from vtpm.protocol import MssimCommand
 
 pytestmark = [pytest.mark.security, pytest.mark.integration]
@@ -28,10 +28,11 @@ FUZZ_CASES = 300
 FUZZ_SECONDS = 20.0
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[VtpmProcess]:
-    """A provisioned server with an NV canary written before the hostile clients arrive."""
-    srv = launch_vtpm()
+@pytest.fixture(scope="module", params=sorted(CHANNEL_PATHS))
+def server(request: pytest.FixtureRequest) -> Iterator[VtpmProcess]:
+    """A provisioned server with an NV canary written before the hostile clients arrive; once
+    with the native swtpm-channel fast path, once with the Python one."""
+    srv = launch_on_path(request.param)
     esapi = srv.esapi("mssim")
     public = TPM2B_NV_PUBLIC(nvPublic=TPMS_NV_PUBLIC(
         nvIndex=CANARY_INDEX, nameAlg=TPM2_ALG.SHA256, dataSize=len(CANARY),
