@@ -10,9 +10,9 @@
  * Contract (the caller holds the engine's lock, so libtpms is called by one thread at a time):
  *   - resp, resp_len, resp_bufsize: the engine's libtpms response buffer, or all NULL when the
  *     TPM must not process (powered off): then the bytes are only read and handed back.
- *   - Nothing is ever parsed beyond the 10-byte header: any frame that is not exactly one
- *     complete command of 10..4096 bytes with tag 0x8001/0x8002 goes back to Python unread,
- *     which answers it with the TPM error the Python path gives.
+ *   - Nothing is parsed beyond the 10-byte header: bytes that are not exactly one complete
+ *     command of 10..4096 bytes with tag 0x8001/0x8002 are handed back to Python as received,
+ *     unprocessed, and the Python path answers them (an error, or mssim framing).
  */
 #define _GNU_SOURCE
 #include <errno.h>

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Bring this machine up to what the project needs: Debian packages, a virtual
-# environment in .venv and the Python packages pinned in pyproject.toml.
+# environment in .venv, the Python packages pinned in pyproject.toml, and the
+# vTPM's native fast path (build/native/libvtpm_fastpath.so, from native/).
 # Idempotent: each step checks first and does nothing when it is already done.
 # Quiet unless TDP_VERBOSE=1; one progress line per install step; one clear
 # line naming the missing piece when something cannot be installed.

@@ -33,6 +33,7 @@ from vtpm.wire import (
 )
 
 T = TypeVar("T")
+A = TypeVar("A")
 
 # Largest command or response libtpms 0.9 accepts (its default TPM2 buffer size).
 TPM_MAX_COMMAND_SIZE = 4096
@@ -225,11 +226,12 @@ class TpmEngine:
             self._resp_ref = ctypes.byref(self._resp)
             self._resp_len_ref = ctypes.byref(self._resp_len)
             self._resp_bufsize_ref = ctypes.byref(self._resp_bufsize)
+            self._response_buffer = ResponseBuffer(self._resp, self._resp_ref, self._resp_len_ref,
+                                                   self._resp_bufsize_ref)
             rc = int(self._lib.TPMLIB_ChooseTPMVersion(libtpms.TPMLIB_TPM_VERSION_2))
             if rc != libtpms.TPM_SUCCESS:
                 raise TpmEngineError(f"TPMLIB_ChooseTPMVersion(TPM 2) failed: rc=0x{rc:x}")
-            self._locality_callback = False
-            self._register_callbacks(with_locality=False)
+            self._register_callbacks(with_locality=self._nv.locality != 0)
             _active_store = self._nv
             _live_engine = self
 
@@ -251,7 +253,6 @@ class TpmEngine:
         rc = int(self._lib.TPMLIB_RegisterCallbacks(ctypes.byref(table)))
         if rc != libtpms.TPM_SUCCESS:
             raise TpmEngineError(f"TPMLIB_RegisterCallbacks failed: rc=0x{rc:x}")
-        self._locality_callback = with_locality
 
     def _check_open(self) -> None:
         if self._closed:
@@ -348,22 +349,24 @@ class TpmEngine:
             # Slicing a c_char pointer copies into bytes (typeshed knows only the list case).
             return cast(bytes, self._resp[:size])
 
-    def run_native(self, locality: int, call: Callable[[ResponseBuffer | None], T]) -> T:
-        """Run `call` holding the TPM, for native code that calls TPMLIB_Process itself.
+    def run_native(self, locality: int, call: Callable[[ResponseBuffer | None, A], T],
+                   arg: A) -> T:
+        """Run `call(buffer, arg)` holding the TPM, for native code that calls TPMLIB_Process.
 
-        `call` gets the response buffer with `locality` in force, or None when the TPM must not
-        process (powered off, closed, or a locality it lacks): then it may only read input and
-        hand it to process(), which answers with the error. Nothing else runs libtpms meanwhile.
+        `buffer` is the response buffer with `locality` in force, or None when the TPM must not
+        process (powered off, closed, or a locality it lacks): then the call may only read input
+        and hand it to process(), which answers with the error. Nothing else runs libtpms
+        meanwhile.
         """
         with self._lock:
             if not self._powered or self._closed or not 0 <= locality <= MAX_LOCALITY:
-                return call(None)
+                return call(None, arg)
             self._set_locality(locality)
-            return call(ResponseBuffer(self._resp, self._resp_ref, self._resp_len_ref,
-                                       self._resp_bufsize_ref))
+            return call(self._response_buffer, arg)
 
     def _set_locality(self, locality: int) -> None:
-        if (locality != 0) is not self._locality_callback:
+        """Make `locality` the one libtpms sees, swapping the callback table when it crosses 0."""
+        if (locality != 0) is not (self._nv.locality != 0):
             self._register_callbacks(with_locality=locality != 0)
         self._nv.locality = locality
 

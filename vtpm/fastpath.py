@@ -21,12 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from vtpm.engine import ResponseBuffer, TpmEngine
+from vtpm.protocol import RECV_SIZE
 
 LIBRARY_ENV = "VTPM_FASTPATH"
 LIBRARY_OFF = "off"
 DEFAULT_LIBRARY = Path(__file__).resolve().parents[1] / "build" / "native" / "libvtpm_fastpath.so"
-# What one recv() may take: a whole command is at most 4096 bytes, the rest is for mssim frames.
-RECEIVE_BUFFER_SIZE = 65536
 
 
 class Status(enum.IntEnum):
@@ -74,7 +73,7 @@ class FastPath:
                        ctypes.c_void_p, ctypes.c_void_p, ctypes.POINTER(FastpathResult)]
         fn.restype = ctypes.c_int
         self._accept: Any = fn
-        self._buffer = (ctypes.c_ubyte * RECEIVE_BUFFER_SIZE)()
+        self._buffer = (ctypes.c_ubyte * RECV_SIZE)()
         self._result = FastpathResult()
         self._result_ref = ctypes.byref(self._result)
 
@@ -96,22 +95,26 @@ class FastPath:
         """Accept one connection on `listener_fd`; answer its command if it is one whole
         swtpm-framed command and the TPM is on. None if nothing was waiting; OSError if accept
         failed."""
-        return engine.run_native(locality, lambda tpm: self._accept_locked(listener_fd, tpm))
+        return engine.run_native(locality, self._accept_locked, listener_fd)
 
-    def _accept_locked(self, listener_fd: int, tpm: ResponseBuffer | None) -> Accepted | None:
+    def _accept_locked(self, tpm: ResponseBuffer | None, listener_fd: int) -> Accepted | None:
         refs = (None, None, None) if tpm is None else (
             tpm.pointer_ref, tpm.length_ref, tpm.size_ref)
-        fd = self._accept(listener_fd, self._buffer, RECEIVE_BUFFER_SIZE, *refs, self._result_ref)
+        fd = self._accept(listener_fd, self._buffer, RECV_SIZE, *refs, self._result_ref)
         result = self._result
         if fd < 0:
             if result.error in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR):
                 return None
             raise OSError(result.error, os.strerror(result.error))
-        status = Status(result.status)
-        if status is Status.RECEIVED:
-            return Accepted(fd, status, result.received,
-                            data=bytes(memoryview(self._buffer)[:result.received]))
-        if status is Status.ANSWERED and tpm is not None and result.sent < result.response_len:
-            return Accepted(fd, status, result.received,
-                            unsent=tpm.read(result.sent, result.response_len))
-        return Accepted(fd, status, result.received)
+        try:
+            status = Status(result.status)
+            if status is Status.RECEIVED:
+                return Accepted(fd, status, result.received,
+                                data=bytes(memoryview(self._buffer)[:result.received]))
+            if status is Status.ANSWERED and tpm is not None and result.sent < result.response_len:
+                return Accepted(fd, status, result.received,
+                                unsent=tpm.read(result.sent, result.response_len))
+            return Accepted(fd, status, result.received)
+        except BaseException:  # the descriptor is ours until a socket object adopts it
+            os.close(fd)
+            raise

@@ -14,7 +14,7 @@ import enum
 import struct
 from dataclasses import dataclass
 
-from vtpm.engine import TPM_MAX_COMMAND_SIZE, error_response
+from vtpm.engine import TPM_MAX_COMMAND_SIZE, check_command, error_response
 from vtpm.libtpms import TPM_FAIL
 from vtpm.wire import (
     COMMAND_TAGS,
@@ -22,10 +22,13 @@ from vtpm.wire import (
     TPM_HEADER_SIZE,
     TPM_RC_BAD_TAG,
     TPM_RC_COMMAND_SIZE,
+    TPM_RC_SUCCESS,
 )
 
 U32 = struct.Struct(">I")
 TAG = struct.Struct(">H")
+# What one recv() takes: a whole command is at most 4096 bytes, the rest is for pipelined frames.
+RECV_SIZE = 65536
 # TPM_SEND_COMMAND frame after the u32 command: locality (u8), command size (u32).
 MSSIM_SEND_HEADER = struct.Struct(">BI")
 # TPM_REMOTE_HANDSHAKE reply: server version, then the "tpm plays nice" capability flags.
@@ -151,10 +154,7 @@ def ack() -> bytes:
 
 def is_whole_swtpm_command(data: bytes) -> bool:
     """True if `data` is exactly one well-framed TPM 2.0 command (swtpm framing: no wrapper)."""
-    if len(data) < TPM_HEADER_SIZE:
-        return False
-    tag, size, _code = TPM_HEADER.unpack_from(data)
-    return tag in COMMAND_TAGS and size == len(data) and size <= TPM_MAX_COMMAND_SIZE
+    return check_command(data) == TPM_RC_SUCCESS
 
 
 class CommandChannel:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import errno
 import logging
 import os
 import random
@@ -38,6 +39,7 @@ from vtpm.engine import MAX_LOCALITY, TpmEngine, error_response
 from vtpm.fastpath import FastPath, Status
 from vtpm.libtpms import TPM_FAIL, TPM_SUCCESS
 from vtpm.protocol import (
+    RECV_SIZE,
     U32,
     CommandChannel,
     ControlRequest,
@@ -58,7 +60,6 @@ log = logging.getLogger("vtpm.server")
 
 Provisioner = Callable[[TpmEngine], object]
 
-RECV_SIZE = 65536
 LISTEN_BACKLOG = 64
 # Stop parsing a connection's frames while this much output waits for the client to read it.
 OUTPUT_HIGH_WATER = 65536
@@ -134,7 +135,7 @@ class VtpmServer:
         fastpath: FastPath | None = None,
     ) -> None:
         if not 0 <= busy_poll_us <= MAX_BUSY_POLL_US:
-            raise ValueError(f"busy_poll_us {busy_poll_us} outside 0..{MAX_BUSY_POLL_US}")
+            raise ValueError(f"busy polling of {busy_poll_us} us: must be 0..{MAX_BUSY_POLL_US}")
         self.engine = engine
         self.busy_poll_us = busy_poll_us
         self.fastpath = fastpath
@@ -148,6 +149,7 @@ class VtpmServer:
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self._connections: dict[int, _Connection] = {}
+        self._requests = 0  # requests served (TPM commands, signals): what busy polling waits for
         # Set by swtpm CMD_SET_LOCALITY, used for swtpm framing; 0 again after a power-off.
         self._swtpm_locality = 0
         self._command_listener, self._platform_listener = _bind_pair(host, port)
@@ -194,14 +196,12 @@ class VtpmServer:
                 elif spin.spinning(clock()):
                     ready = ep.poll(0)
                     if not ready:
-                        os.sched_yield()
+                        os.sched_yield()  # give way if the client was woken on this CPU
                         continue
-                    spin.caught()
                 else:
                     spin.expired()
-                    asleep = clock()
                     ready = ep.poll()
-                    spin.woke(clock() - asleep)
+                requests_before = self._requests
                 if len(ready) > 1:  # a waiting client first, other connections' EOFs after
                     ready.sort(key=lambda event: event[0] not in listeners)
                 for fd, events in ready:
@@ -213,7 +213,7 @@ class VtpmServer:
                     elif fd == wake_fd:
                         with contextlib.suppress(OSError):
                             self._wake_r.recv(RECV_SIZE)
-                if spin is not None:
+                if spin is not None and self._requests != requests_before:
                     spin.served(clock())
         finally:
             self._shutdown()
@@ -228,7 +228,9 @@ class VtpmServer:
 
     def _accept(self, listener: socket.socket, port: Port) -> None:
         """Accept one connection (epoll is level-triggered: more pending ones wake us again)."""
-        if port is Port.COMMAND and self.fastpath is not None:
+        # At the connection limit the Python path below refuses before anything runs.
+        if (port is Port.COMMAND and self.fastpath is not None
+                and len(self._connections) < MAX_CONNECTIONS):
             self._accept_native(listener, self.fastpath)
             return
         try:
@@ -266,6 +268,7 @@ class VtpmServer:
             # before any bookkeeping: the only work between the client's write and our reply.
             try:
                 response = self.engine.process(data, self._swtpm_locality)
+                self._requests += 1
                 try:
                     sent = sock.send(response, NOWAIT)
                 except (BlockingIOError, InterruptedError):
@@ -278,7 +281,7 @@ class VtpmServer:
                 sock.close()
                 return
             command_channel = CommandChannel()
-            command_channel.whole_command(data)  # records the framing and stream offset
+            command_channel.took_whole_command(len(data))
             channel: CommandChannel | PlatformChannel = command_channel
             pending, data = response[sent:], None
         elif port is Port.COMMAND:
@@ -300,12 +303,14 @@ class VtpmServer:
         answered inside that one call, so everything here runs after the client has its reply."""
         try:
             accepted = fastpath.accept(self.engine, listener.fileno(), self._swtpm_locality)
-        except OSError as exc:
+        except Exception as exc:  # one client's failure must never take the server down
             log.warning("accept on command port failed: %s", exc)
             return
         if accepted is None:
             return
         sock = socket.socket(LISTEN_FAMILY, socket.SOCK_STREAM, 0, accepted.fd)
+        if accepted.status in (Status.ANSWERED, Status.TPM_FAILED):
+            self._requests += 1
         if accepted.status is Status.CLOSED:
             sock.close()
             return
@@ -313,11 +318,6 @@ class VtpmServer:
             addr = sock.getpeername()
         except OSError:
             addr = UNKNOWN_PEER
-        if len(self._connections) >= MAX_CONNECTIONS:
-            log.warning("command port: %d connections open; refusing %s:%d", MAX_CONNECTIONS,
-                        addr[0], addr[1])
-            sock.close()
-            return
         channel = CommandChannel()
         output = b""
         if accepted.status is Status.ANSWERED:
@@ -384,6 +384,7 @@ class VtpmServer:
             # One whole swtpm command in one segment: the answer carries the ACK, so no
             # QUICKACK is needed (only mssim's several small writes per frame need it).
             response = self.engine.process(data, self._swtpm_locality)
+            self._requests += 1
             try:
                 sent = conn.sock.send(response, NOWAIT)
             except (BlockingIOError, InterruptedError):
@@ -414,6 +415,7 @@ class VtpmServer:
                 return
             if request is None:
                 return
+            self._requests += 1
             if isinstance(request, TpmRequest):
                 assert isinstance(conn.channel, CommandChannel)
                 locality = (request.locality if conn.channel.framing is Framing.MSSIM
@@ -586,13 +588,17 @@ def _bind_pair(host: str, port: int) -> tuple[socket.socket, socket.socket]:
         candidate = 0 if attempt < PORT_PAIR_ATTEMPTS // 2 else random.choice(low_ports)
         try:
             command = _listener(host, candidate)
-        except OSError:
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
             continue
         chosen = command.getsockname()[1]
         try:
             return command, _listener(host, chosen + 1)
-        except OSError:
+        except OSError as exc:
             command.close()
+            if exc.errno != errno.EADDRINUSE:
+                raise
     raise OSError(f"no free pair of adjacent ports on {host} after {PORT_PAIR_ATTEMPTS} tries")
 
 

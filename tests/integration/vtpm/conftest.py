@@ -114,25 +114,28 @@ CHANNEL_BANNERS = {"native": "swtpm data channel: native fast path",
                    "python": "swtpm data channel: Python path"}
 
 
-def launch_on_path(path: str, *args: str) -> VtpmProcess:
+def launch_on_path(
+    path: str, *args: str, cwd: Path | None = None, extra_env: dict[str, str] | None = None
+) -> VtpmProcess:
     """launch_vtpm() answering the swtpm channel on `path`, checked against its banner (so a
     missing native library fails here instead of quietly testing the Python path twice)."""
-    server = launch_vtpm(*CHANNEL_PATHS[path], *args)
+    server = launch_vtpm(*CHANNEL_PATHS[path], *args, cwd=cwd, extra_env=extra_env)
     if not any(CHANNEL_BANNERS[path] in line for line in server.banner):
         server.stop()
         raise AssertionError(f"vtpm serve is not on the {path} path: {server.banner}")
     return server
 
 
-@pytest.fixture
-def vtpm_factory() -> Iterator[Callable[..., VtpmProcess]]:
-    """Start `vtpm serve` processes with the given arguments; all are stopped afterwards."""
+@pytest.fixture(params=sorted(CHANNEL_PATHS))
+def vtpm_factory(request: pytest.FixtureRequest) -> Iterator[Callable[..., VtpmProcess]]:
+    """Start `vtpm serve` processes with the given arguments, on each swtpm-channel path in
+    turn (native fast path, Python); all are stopped afterwards."""
     started: list[VtpmProcess] = []
 
     def start(
         *args: str, cwd: Path | None = None, extra_env: dict[str, str] | None = None
     ) -> VtpmProcess:
-        server = launch_vtpm(*args, cwd=cwd, extra_env=extra_env)
+        server = launch_on_path(request.param, *args, cwd=cwd, extra_env=extra_env)
         started.append(server)
         return server
 

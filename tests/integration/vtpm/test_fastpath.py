@@ -4,9 +4,11 @@ it hands back to Python untouched, and that it never runs a command the Python p
 from __future__ import annotations
 
 import hashlib
+import os
 import socket
 import struct
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 
 import pytest
 from tpm2_pytss.constants import TPM2_RC
@@ -14,13 +16,10 @@ from tpm2_pytss.constants import TPM2_RC
 from vtpm import wire
 from vtpm.engine import TpmEngine, response_code
 from vtpm.fastpath import DEFAULT_LIBRARY, LIBRARY_ENV, Accepted, FastPath, Status
-from vtpm.wire import TPM_RC_SUCCESS
+from vtpm.server import VtpmServer
+from vtpm.wire import TPM_RC_FAILURE, TPM_RC_SUCCESS
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(not DEFAULT_LIBRARY.is_file(),
-                       reason=f"{DEFAULT_LIBRARY} not built (./tdp setup builds it)"),
-]
+pytestmark = pytest.mark.integration
 
 GET_RANDOM_16 = struct.pack(">HIIH", 0x8001, 12, 0x17B, 16)
 PCR_LOCALITY_1_TO_3 = 20  # PC Client: extendable from localities 1, 2 and 3 only
@@ -29,8 +28,9 @@ CONNECT_TIMEOUT_S = 10
 
 @pytest.fixture
 def fastpath() -> FastPath:
+    """The built library; its absence is a failure (./tdp setup builds it), never a skip."""
     loaded, why_not = FastPath.load()
-    assert loaded is not None, why_not
+    assert loaded is not None, f"{DEFAULT_LIBRARY}: {why_not}"
     return loaded
 
 
@@ -164,3 +164,70 @@ def test_load_says_why_not(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(LIBRARY_ENV, "/nonexistent/libvtpm_fastpath.so")
     loaded, why_not = FastPath.load()
     assert loaded is None and "/nonexistent/libvtpm_fastpath.so not built" in why_not
+
+
+class ScriptedFastPath:
+    """Stands in for the native library to drive VtpmServer through outcomes the real one gives
+    only when something fails (libtpms refusing, a full socket buffer): it accepts and reads
+    for real, then reports `status` with `unsent` as the untaken tail of an answer."""
+
+    library = DEFAULT_LIBRARY
+
+    def __init__(self, status: Status, unsent: bytes = b"") -> None:
+        self.status = status
+        self.unsent = unsent
+
+    def accept(self, engine: TpmEngine, listener_fd: int, locality: int) -> Accepted | None:
+        with socket.socket(fileno=os.dup(listener_fd)) as listener:
+            try:
+                conn, _addr = listener.accept()
+            except BlockingIOError:
+                return None
+        conn.settimeout(CONNECT_TIMEOUT_S)
+        received = len(conn.recv(65536))
+        return Accepted(conn.detach(), self.status, received, unsent=self.unsent)
+
+
+@pytest.fixture
+def serve_scripted(engine: TpmEngine) -> Iterator[Callable[[ScriptedFastPath], VtpmServer]]:
+    """A VtpmServer in a thread on the engine, with a scripted fast path."""
+    running: list[tuple[VtpmServer, threading.Thread]] = []
+
+    def start(fastpath: ScriptedFastPath) -> VtpmServer:
+        server = VtpmServer(engine, fastpath=fastpath)  # type: ignore[arg-type]
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        running.append((server, thread))
+        return server
+
+    yield start
+    for server, thread in running:
+        server.request_stop()
+        thread.join(timeout=CONNECT_TIMEOUT_S)
+        assert not thread.is_alive()
+
+
+def ask(server: VtpmServer, command: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", server.port), timeout=CONNECT_TIMEOUT_S) as c:
+        c.sendall(command)
+        c.shutdown(socket.SHUT_WR)
+        data = b""
+        while chunk := c.recv(65536):
+            data += chunk
+        return data
+
+
+def test_server_answers_a_failed_libtpms_call_with_tpm_rc_failure(
+    serve_scripted: Callable[[ScriptedFastPath], VtpmServer],
+) -> None:
+    server = serve_scripted(ScriptedFastPath(Status.TPM_FAILED))
+    response = ask(server, GET_RANDOM_16)
+    assert len(response) == 10 and response_code(response) == TPM_RC_FAILURE
+
+
+def test_server_sends_the_tail_the_socket_did_not_take(
+    serve_scripted: Callable[[ScriptedFastPath], VtpmServer],
+) -> None:
+    tail = b"the rest of a long answer"
+    server = serve_scripted(ScriptedFastPath(Status.ANSWERED, unsent=tail))
+    assert ask(server, GET_RANDOM_16) == tail

@@ -45,6 +45,9 @@ GET_RANDOM_16 = struct.pack(">HIIH", 0x8001, 12, 0x17B, 16)
 DRTM_PCR = 20  # PC Client: extended from localities 1-3, not 0
 IDLE_SETTLE_S = 0.2  # more than the busy-poll windows of the idle test's server
 IDLE_MEASURE_S = 1.0
+SLOW_WINDOW_US = 2000  # busy-poll window of the slow-client test's server
+SLOW_GAP_S = 0.006  # its client's think time: longer than the window
+SLOW_COMMANDS = 150
 NV_ATTRS = TPMA_NV.OWNERWRITE | TPMA_NV.OWNERREAD | TPMA_NV.AUTHREAD | TPMA_NV.AUTHWRITE
 
 
@@ -442,7 +445,7 @@ def test_tss2_swtpm_reset_power_cycles_the_tpm(vtpm_factory: Callable[..., VtpmP
 def test_busy_poll_option_is_checked(value: str) -> None:
     result = _vtpm_cli("serve", "--port", "0", "--no-provision", "--busy-poll-us", value)
     assert result.returncode == 2
-    assert f"--busy-poll-us {value}: must be 0..{MAX_BUSY_POLL_US}" in result.stderr
+    assert f"busy polling of {value} us: must be 0..{MAX_BUSY_POLL_US}" in result.stderr
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -462,6 +465,21 @@ def test_busy_polling_server_sleeps_once_idle(vtpm_factory: Callable[..., VtpmPr
     time.sleep(IDLE_MEASURE_S)
     assert _cpu_seconds(server.proc.pid) - before < IDLE_MEASURE_S / 4
     assert len(swtpm_raw(server, GET_RANDOM_16)) == 28
+
+
+def test_busy_polling_backs_off_for_a_slow_client(
+    vtpm_factory: Callable[..., VtpmProcess],
+) -> None:
+    """The swtpm TCTI closes its connection after every answer; that is not a request. A client
+    sending a command every few milliseconds gets no spinning after the first few windows, so
+    the server's CPU stays far below one busy-poll window per command."""
+    server = vtpm_factory("--no-provision", "--busy-poll-us", str(SLOW_WINDOW_US))
+    before = _cpu_seconds(server.proc.pid)
+    for _ in range(SLOW_COMMANDS):
+        assert len(swtpm_raw(server, GET_RANDOM_16)) == 28
+        time.sleep(SLOW_GAP_S)
+    spent = _cpu_seconds(server.proc.pid) - before
+    assert spent < SLOW_COMMANDS * SLOW_WINDOW_US * 1e-6 / 4, f"{spent:.3f} s of CPU"
 
 
 def test_busy_polling_off_by_request(vtpm_factory: Callable[..., VtpmProcess]) -> None:

@@ -1,5 +1,5 @@
-"""The adaptive busy-poll window: it shrinks only for a client that keeps it waiting, and
-comes back as soon as a spin would have paid."""
+"""The adaptive busy-poll window: it shrinks only for a client whose requests keep it waiting,
+and comes back as soon as a request arrives that a spin would have caught."""
 
 from __future__ import annotations
 
@@ -10,19 +10,24 @@ import pytest
 from vtpm.busypoll import MIN_WINDOW_NS, PATIENCE, BusyPoll
 
 WINDOW = 1_000_000
+EOF_AFTER_NS = 30_000  # the swtpm TCTI closes its connection right after reading the answer
 
 
-def idle_spell(poll: BusyPoll, now: int, slept_ns: int) -> int:
-    """Serve at `now`, let the window run out, sleep `slept_ns`; return the time after."""
-    poll.served(now)
-    end = now + poll.window_ns
-    assert not poll.spinning(end)
-    poll.expired()
-    poll.woke(slept_ns)
-    return end + slept_ns
+def slow_client(poll: BusyPoll, commands: int, gap_ns: int) -> list[int]:
+    """Requests `gap_ns` apart, each followed by the client's EOF (which is not a request);
+    returns the window in force after each, and checks the loop sleeps before the next."""
+    windows, now = [], 0
+    for _ in range(commands):
+        poll.served(now)
+        assert poll.spinning(now + EOF_AFTER_NS) or poll.window_ns < EOF_AFTER_NS
+        assert not poll.spinning(now + poll.window_ns)
+        poll.expired()
+        windows.append(poll.window_ns)
+        now += gap_ns
+    return windows
 
 
-def test_spins_for_the_window_after_work() -> None:
+def test_spins_for_the_window_after_a_request() -> None:
     poll = BusyPoll(WINDOW)
     poll.served(100)
     assert poll.spinning(100) and poll.spinning(100 + WINDOW - 1)
@@ -30,54 +35,40 @@ def test_spins_for_the_window_after_work() -> None:
 
 
 def test_one_quiet_spell_does_not_shrink_the_window() -> None:
-    poll = BusyPoll(WINDOW)
-    now = 0
-    for _ in range(PATIENCE - 1):
-        now = idle_spell(poll, now, slept_ns=50 * WINDOW)
-    assert poll.window_ns == WINDOW
+    windows = slow_client(BusyPoll(WINDOW), PATIENCE - 1, gap_ns=50 * WINDOW)
+    assert windows == [WINDOW] * (PATIENCE - 1)
 
 
 def test_a_slow_client_shrinks_the_window_to_nothing() -> None:
-    poll = BusyPoll(WINDOW)
-    now, windows = 0, []
-    for _ in range(PATIENCE + 10):
-        now = idle_spell(poll, now, slept_ns=50 * WINDOW)
-        windows.append(poll.window_ns)
+    windows = slow_client(BusyPoll(WINDOW), PATIENCE + 10, gap_ns=10 * WINDOW)
     assert windows[PATIENCE - 1] == WINDOW // 2
     assert all(b <= a for a, b in itertools.pairwise(windows))
     assert windows[-1] == 0
-    # CPU spent spinning for this client in all: bounded by a few windows.
+    # CPU spent spinning for this client in all: bounded by a few windows, not one per request.
     assert sum(windows) < (PATIENCE + 2) * WINDOW
 
 
 def test_no_window_below_the_minimum() -> None:
-    poll = BusyPoll(MIN_WINDOW_NS * 3)
-    now = 0
-    for _ in range(PATIENCE + 1):
-        now = idle_spell(poll, now, slept_ns=10**9)
-    assert poll.window_ns == 0
+    windows = slow_client(BusyPoll(MIN_WINDOW_NS * 3), PATIENCE + 1, gap_ns=10**9)
+    assert windows[-1] == 0
 
 
-def test_a_short_sleep_restores_the_full_window() -> None:
+def test_a_request_within_the_full_window_restores_it() -> None:
     poll = BusyPoll(WINDOW)
-    now = 0
-    for _ in range(PATIENCE + 3):
-        now = idle_spell(poll, now, slept_ns=50 * WINDOW)
+    slow_client(poll, PATIENCE + 3, gap_ns=10 * WINDOW)
     assert poll.window_ns < WINDOW
-    idle_spell(poll, now, slept_ns=WINDOW // 4)
-    assert poll.window_ns == WINDOW
-
-
-def test_work_caught_while_spinning_resets_the_patience() -> None:
-    poll = BusyPoll(WINDOW)
-    now = 0
-    for _ in range(PATIENCE - 1):
-        now = idle_spell(poll, now, slept_ns=50 * WINDOW)
+    now = 10**12
     poll.served(now)
-    assert poll.spinning(now + 1)
-    poll.caught()
-    for _ in range(PATIENCE - 1):
-        now = idle_spell(poll, now + 2, slept_ns=50 * WINDOW)
+    assert poll.window_ns < WINDOW  # the first request after a long gap proves nothing
+    poll.expired()
+    poll.served(now + WINDOW // 2)  # a spin of the full window would have caught this one
+    assert poll.window_ns == WINDOW and poll.spinning(now + WINDOW // 2 + 1)
+
+
+def test_a_chatty_client_keeps_the_full_window() -> None:
+    poll = BusyPoll(WINDOW)
+    for i in range(100):
+        poll.served(i * WINDOW // 10)
     assert poll.window_ns == WINDOW
 
 
