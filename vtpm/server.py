@@ -1,7 +1,10 @@
 """The vTPM socket server: swtpm data channel and mssim on one port, mssim platform on port+1.
 
 One thread, one epoll loop: every TPM command runs on the loop, so commands from all clients
-are serialized and a client that vanishes mid-command affects nobody else. Sockets get TCP_NODELAY,
+are serialized and a client that vanishes mid-command affects nobody else. A new command-port
+connection whose first bytes are one whole swtpm-framed command is answered before any
+bookkeeping, in one native call when vtpm.fastpath is loaded; the loop can busy-poll between
+commands (see VtpmServer). Sockets get TCP_NODELAY,
 and TCP_QUICKACK is re-armed after every receive so the tss2 mssim TCTI's small writes do not stall
 on Nagle plus delayed ACK.
 
