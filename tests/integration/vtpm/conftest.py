@@ -7,6 +7,7 @@ import os
 import queue
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -106,6 +107,46 @@ def launch_vtpm(
     proc.kill()
     _out, err = proc.communicate()
     raise RuntimeError(f"vtpm serve did not become ready: stdout={banner!r} stderr={err!r}")
+
+
+IO_TIMEOUT_S = 30
+TPM_HEADER_SIZE = 10  # tag u16, size u32, code u32
+TPM_SIZE_FIELD = slice(2, 6)
+
+
+def recv_exact(sock: socket.socket, n: int) -> bytes:
+    """Exactly `n` bytes from `sock`; ConnectionError if it closes first."""
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            raise ConnectionError(f"closed after {len(data)} of {n} bytes")
+        data += chunk
+    return data
+
+
+def recv_response(sock: socket.socket) -> bytes:
+    """One whole TPM response: the header, then as many bytes as its size field says."""
+    header = recv_exact(sock, TPM_HEADER_SIZE)
+    size = int.from_bytes(header[TPM_SIZE_FIELD], "big")
+    return header + recv_exact(sock, size - TPM_HEADER_SIZE)
+
+
+def swtpm_raw(server: VtpmProcess, command: bytes) -> bytes:
+    """One command over the swtpm data channel with a plain socket, as the swtpm TCTI does."""
+    with socket.create_connection((server.host, server.port), timeout=IO_TIMEOUT_S) as sock:
+        sock.sendall(command)
+        return recv_response(sock)
+
+
+class SwtpmSocket:
+    """A `vtpm.wire.Transport` that sends each command on a new swtpm data connection."""
+
+    def __init__(self, server: VtpmProcess) -> None:
+        self.server = server
+
+    def process(self, command: bytes) -> bytes:
+        return swtpm_raw(self.server, command)
 
 
 # The two ways `vtpm serve` answers the swtpm data channel; server tests run against both.

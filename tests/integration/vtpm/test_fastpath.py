@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from tpm2_pytss.constants import TPM2_RC
 
+from tests.integration.vtpm.conftest import recv_response
 from vtpm import wire
 from vtpm.engine import TpmEngine, response_code
 from vtpm.fastpath import DEFAULT_LIBRARY, LIBRARY_ENV, Accepted, FastPath, Status
@@ -60,15 +61,6 @@ def accept(fastpath: FastPath, engine: TpmEngine, listener: socket.socket,
         if accepted is not None:
             return accepted
     raise AssertionError("the fast path accepted nothing")
-
-
-def recv_response(client: socket.socket) -> bytes:
-    header = client.recv(10)
-    size = struct.unpack(">I", header[2:6])[0]
-    body = b""
-    while len(body) < size - 10:
-        body += client.recv(size - 10 - len(body))
-    return header + body
 
 
 def test_whole_command_is_answered_in_the_call(

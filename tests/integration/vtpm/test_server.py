@@ -28,7 +28,14 @@ from tpm2_pytss.types import (
     TPMU_HA,
 )
 
-from tests.integration.vtpm.conftest import CHANNEL_PATHS, VtpmProcess, launch_on_path
+from tests.integration.vtpm.conftest import (
+    CHANNEL_PATHS,
+    SwtpmSocket,
+    VtpmProcess,
+    launch_on_path,
+    recv_exact,
+    swtpm_raw,
+)
 from vtpm import wire
 from vtpm.libtpms import TPM_FAIL, TPM_SUCCESS
 from vtpm.protocol import MssimCommand, SwtpmControl
@@ -65,28 +72,9 @@ def platform(server: VtpmProcess, *signals: MssimCommand) -> list[int]:
     with socket.create_connection((server.host, server.platform_port), timeout=30) as sock:
         for sig in signals:
             sock.sendall(struct.pack(">I", sig))
-            acks.append(struct.unpack(">I", _recv_exact(sock, 4))[0])
+            acks.append(struct.unpack(">I", recv_exact(sock, 4))[0])
         sock.sendall(struct.pack(">I", MssimCommand.SESSION_END))
     return acks
-
-
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
-    data = b""
-    while len(data) < n:
-        chunk = sock.recv(n - len(data))
-        if not chunk:
-            raise ConnectionError(f"closed after {len(data)} of {n} bytes")
-        data += chunk
-    return data
-
-
-def swtpm_raw(server: VtpmProcess, command: bytes) -> bytes:
-    """One command over the swtpm data channel with a plain socket."""
-    with socket.create_connection((server.host, server.port), timeout=30) as sock:
-        sock.sendall(command)
-        header = _recv_exact(sock, 10)
-        size = struct.unpack(">I", header[2:6])[0]
-        return header + _recv_exact(sock, size - 10)
 
 
 def ha(bank: str, digest: bytes) -> TPMT_HA:
@@ -288,7 +276,7 @@ def test_platform_stop_ends_the_server(vtpm_factory: Callable[..., VtpmProcess])
     server = vtpm_factory("--no-provision")
     with socket.create_connection((server.host, server.platform_port), timeout=30) as sock:
         sock.sendall(struct.pack(">I", MssimCommand.STOP))
-        assert _recv_exact(sock, 4) == bytes(4)
+        assert recv_exact(sock, 4) == bytes(4)
     assert server.proc.wait(timeout=15) == 0
 
 
@@ -355,21 +343,11 @@ def swtpm_control(server: VtpmProcess, command: bytes) -> bytes:
     every one; returns the TPM_RESULT reply."""
     with socket.create_connection((server.host, server.platform_port), timeout=30) as sock:
         sock.sendall(command)
-        return _recv_exact(sock, 4)
+        return recv_exact(sock, 4)
 
 
 def set_locality(locality: int) -> bytes:
     return struct.pack(">IB", SwtpmControl.SET_LOCALITY, locality)
-
-
-class SwtpmSocket:
-    """A `vtpm.wire.Transport` that sends each command on a new swtpm data connection."""
-
-    def __init__(self, server: VtpmProcess) -> None:
-        self.server = server
-
-    def process(self, command: bytes) -> bytes:
-        return swtpm_raw(self.server, command)
 
 
 def test_swtpm_control_channel_on_the_platform_port(vtpm_server: VtpmProcess) -> None:
@@ -388,7 +366,7 @@ def test_swtpm_control_connection_refuses_init(vtpm_server: VtpmProcess) -> None
     with socket.create_connection((vtpm_server.host, vtpm_server.platform_port),
                                   timeout=30) as sock:
         sock.sendall(set_locality(0) + cmd_init)
-        assert _recv_exact(sock, 8) == struct.pack(">II", TPM_SUCCESS, TPM_FAIL)
+        assert recv_exact(sock, 8) == struct.pack(">II", TPM_SUCCESS, TPM_FAIL)
         assert sock.recv(1) == b""
     assert len(swtpm_raw(vtpm_server, GET_RANDOM_16)) == 28
 

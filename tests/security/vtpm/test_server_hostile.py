@@ -14,7 +14,13 @@ import pytest
 from tpm2_pytss.constants import TPM2_ALG, TPMA_NV
 from tpm2_pytss.types import TPM2B_AUTH, TPM2B_NV_PUBLIC, TPMS_NV_PUBLIC
 
-from tests.integration.vtpm.conftest import CHANNEL_PATHS, VtpmProcess, launch_on_path
+from tests.integration.vtpm.conftest import (
+    CHANNEL_PATHS,
+    SwtpmSocket,
+    VtpmProcess,
+    launch_on_path,
+    recv_response,
+)
 from vtpm import wire
 from vtpm.protocol import MssimCommand
 from vtpm.server import MAX_CONNECTIONS
@@ -242,30 +248,8 @@ def test_pipelined_commands_all_get_answers(server: VtpmProcess) -> None:
 
 
 def _pcr16(server: VtpmProcess) -> bytes:
-    tpm = wire.TpmClient(_SwtpmSocket(server))
+    tpm = wire.TpmClient(SwtpmSocket(server))
     return wire.pcr_read(tpm, wire.TPM_ALG_SHA256, DEBUG_PCR)
-
-
-class _SwtpmSocket:
-    """A `vtpm.wire.Transport`: one command per new swtpm data connection."""
-
-    def __init__(self, server: VtpmProcess) -> None:
-        self.server = server
-
-    def process(self, command: bytes) -> bytes:
-        with _connect(self.server) as sock:
-            sock.sendall(command)
-            return _read_response(sock)
-
-
-def _read_response(sock: socket.socket) -> bytes:
-    data = b""
-    while len(data) < 10 or len(data) < struct.unpack_from(">I", data, 2)[0]:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise ConnectionError(f"closed after {len(data)} bytes")
-        data += chunk
-    return data
 
 
 def test_connection_limit_refuses_before_running_anything(server: VtpmProcess) -> None:
@@ -284,7 +268,7 @@ def test_connection_limit_refuses_before_running_anything(server: VtpmProcess) -
             held.append(sock)
             sock.sendall(GET_RANDOM_16)
             try:
-                assert len(_read_response(sock)) == 28
+                assert len(recv_response(sock)) == 28
             except (ConnectionError, ConnectionResetError):
                 break
         else:
