@@ -108,11 +108,12 @@ def test(
         raise Exit(code=code)
 
 
-@task(help={"only": "run one check: ruff, mypy or imports"})
+@task(help={"only": "run one check: ruff, format, mypy or imports"})
 def lint(c: Context, only: str = "") -> None:
-    """ruff, mypy --strict on the project's packages, and the layering contracts."""
+    """ruff, ruff format --check, mypy --strict on the project's packages, and the layering contracts."""
     checks = {
         "ruff": [PYTHON, "-m", "ruff", "check", "."],
+        "format": [PYTHON, "-m", "ruff", "format", "--check", "."],
         "mypy": [PYTHON, "-m", "mypy"],
         "imports": [str(Path(PYTHON).parent / "lint-imports"), "--no-cache", "--no-logo"],
     }

@@ -32,7 +32,7 @@ def _pages(component: Component, mask: int) -> list[PageData]:
         flags |= IGVM_PAGE_FLAG_UNMEASURED
     pages = []
     for offset in range(0, component.size, PAGE_SIZE):
-        chunk = component.data[offset:offset + PAGE_SIZE]
+        chunk = component.data[offset : offset + PAGE_SIZE]
         # An all-zero page needs no file data: a zero page measures the same (igvm variant).
         data = chunk if chunk.strip(b"\0") else b""
         pages.append(PageData(component.gpa + offset, mask, flags, component.data_type, data))
@@ -42,8 +42,9 @@ def _pages(component: Component, mask: int) -> list[PageData]:
 def build_image(recipe: Recipe) -> IgvmFile:
     """The IGVM image a recipe describes: TDX platform, optional policy, areas, pages, inserts."""
     mask = recipe.compatibility_mask
-    platform = SupportedPlatform(mask, recipe.highest_vtl, IGVM_PLATFORM_TDX,
-                                 shared_gpa_boundary=recipe.shared_gpa_boundary)
+    platform = SupportedPlatform(
+        mask, recipe.highest_vtl, IGVM_PLATFORM_TDX, shared_gpa_boundary=recipe.shared_gpa_boundary
+    )
     initializations: list[InitializationHeader] = []
     if recipe.policy is not None:
         initializations.append(GuestPolicy(recipe.policy, mask))
@@ -53,8 +54,9 @@ def build_image(recipe: Recipe) -> IgvmFile:
         directives.extend(p.kind(area.index, p.offset) for p in area.parameters)
     for component in recipe.components:
         directives.extend(_pages(component, mask))
-    directives.extend(ParameterInsert(area.gpa, mask, area.index)
-                      for area in recipe.parameter_areas)
+    directives.extend(
+        ParameterInsert(area.gpa, mask, area.index) for area in recipe.parameter_areas
+    )
     return IgvmFile([platform], initializations, directives)
 
 

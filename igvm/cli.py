@@ -50,21 +50,27 @@ def _cmd_dump(args: argparse.Namespace, out: TextIO) -> int:
             headers: list[dict[str, Any]] = [h.to_json() for h in opened.platforms]
             headers += [h.to_json() for h in opened.initializations]
             headers += [h.to_json() for h in opened.directives()]
-            json.dump({
-                "format_version": fixed.format_version,
-                "architecture": ARCH_NAMES[fixed.architecture],
-                "variable_header_offset": fixed.variable_header_offset,
-                "variable_header_size": fixed.variable_header_size,
-                "total_file_size": fixed.total_file_size,
-                "checksum": f"{fixed.checksum:#010x}",
-                "headers": headers,
-            }, out, indent=2)
+            json.dump(
+                {
+                    "format_version": fixed.format_version,
+                    "architecture": ARCH_NAMES[fixed.architecture],
+                    "variable_header_offset": fixed.variable_header_offset,
+                    "variable_header_size": fixed.variable_header_size,
+                    "total_file_size": fixed.total_file_size,
+                    "checksum": f"{fixed.checksum:#010x}",
+                    "headers": headers,
+                },
+                out,
+                indent=2,
+            )
             out.write("\n")
             return EXIT_OK
-        out.write(f"IGVM v{fixed.format_version} {ARCH_NAMES[fixed.architecture]}, "
-                  f"{fixed.total_file_size} bytes, variable headers "
-                  f"{fixed.variable_header_size} bytes at {fixed.variable_header_offset:#x}, "
-                  f"CRC-32 {fixed.checksum:#010x}\n")
+        out.write(
+            f"IGVM v{fixed.format_version} {ARCH_NAMES[fixed.architecture]}, "
+            f"{fixed.total_file_size} bytes, variable headers "
+            f"{fixed.variable_header_size} bytes at {fixed.variable_header_offset:#x}, "
+            f"CRC-32 {fixed.checksum:#010x}\n"
+        )
         index = 0
         sections: list[tuple[str, list[AnyHeader]]] = [
             ("platform", list(opened.platforms)),
@@ -96,8 +102,10 @@ def _cmd_check(args: argparse.Namespace, out: TextIO) -> int:
 def _cmd_measure(args: argparse.Namespace, out: TextIO) -> int:
     digest = mrtd(args.file, args.mask, args.variant)
     if args.json:
-        json.dump({"file": args.file, "variant": args.variant, "mask": args.mask,
-                   "mrtd": digest.hex()}, out)
+        json.dump(
+            {"file": args.file, "variant": args.variant, "mask": args.mask, "mrtd": digest.hex()},
+            out,
+        )
         out.write("\n")
     else:
         out.write(digest.hex() + "\n")
@@ -117,16 +125,20 @@ def _key(record: DirectiveMeasurement) -> tuple[str, bytes]:
 def _effect(record: DirectiveMeasurement) -> str:
     if not record.contribution:
         return f"no MRTD effect ({record.note})"
-    return (f"MRTD input {record.page_adds} PAGE.ADD + {record.extends} MR.EXTEND, "
-            f"digest {record.contribution.hex()[:16]}... ({record.note})")
+    return (
+        f"MRTD input {record.page_adds} PAGE.ADD + {record.extends} MR.EXTEND, "
+        f"digest {record.contribution.hex()[:16]}... ({record.note})"
+    )
 
 
-def _opcodes(log_a: list[DirectiveMeasurement], log_b: list[DirectiveMeasurement]
-             ) -> list[tuple[str, int, int, int, int]]:
+def _opcodes(
+    log_a: list[DirectiveMeasurement], log_b: list[DirectiveMeasurement]
+) -> list[tuple[str, int, int, int, int]]:
     """Alignment of the two logs; position by position when they are too long to align."""
     if max(len(log_a), len(log_b)) <= DIFF_ALIGN_LIMIT:
-        matcher = difflib.SequenceMatcher(None, [_key(r) for r in log_a],
-                                          [_key(r) for r in log_b], autojunk=False)
+        matcher = difflib.SequenceMatcher(
+            None, [_key(r) for r in log_a], [_key(r) for r in log_b], autojunk=False
+        )
         return [(tag, a0, a1, b0, b1) for tag, a0, a1, b0, b1 in matcher.get_opcodes()]
     opcodes = []
     common = min(len(log_a), len(log_b))
@@ -150,16 +162,20 @@ def _cmd_diff(args: argparse.Namespace, out: TextIO) -> int:
     measured_b = [r for r in log_b if r.contribution]
     for step, (ra, rb) in enumerate(zip(measured_a, measured_b, strict=False)):
         if ra.contribution != rb.contribution:
-            out.write(f"MRTD input diverges at measured step {step}: A directive #{ra.index} "
-                      f"{ra.description} vs B directive #{rb.index} {rb.description}\n")
+            out.write(
+                f"MRTD input diverges at measured step {step}: A directive #{ra.index} "
+                f"{ra.description} vs B directive #{rb.index} {rb.description}\n"
+            )
             break
     else:
         if len(measured_a) != len(measured_b):
             shorter = min(len(measured_a), len(measured_b))
             longer = measured_a if len(measured_a) > shorter else measured_b
-            out.write(f"MRTD input diverges after {shorter} measured steps: "
-                      f"{'A' if longer is measured_a else 'B'} goes on with directive "
-                      f"#{longer[shorter].index} {longer[shorter].description}\n")
+            out.write(
+                f"MRTD input diverges after {shorter} measured steps: "
+                f"{'A' if longer is measured_a else 'B'} goes on with directive "
+                f"#{longer[shorter].index} {longer[shorter].description}\n"
+            )
     differing = 0
     for tag, a0, a1, b0, b1 in _opcodes(log_a, log_b):
         if tag == "equal":
@@ -167,13 +183,15 @@ def _cmd_diff(args: argparse.Namespace, out: TextIO) -> int:
         for record in log_a[a0:a1]:
             differing += 1
             label = "changed" if tag == "replace" else "only in A"
-            out.write(f"- A #{record.index} [{label}] {record.description}\n"
-                      f"    {_effect(record)}\n")
+            out.write(
+                f"- A #{record.index} [{label}] {record.description}\n    {_effect(record)}\n"
+            )
         for record in log_b[b0:b1]:
             label = "changed" if tag == "replace" else "only in B"
             differing += 1 if tag == "insert" else 0
-            out.write(f"+ B #{record.index} [{label}] {record.description}\n"
-                      f"    {_effect(record)}\n")
+            out.write(
+                f"+ B #{record.index} [{label}] {record.description}\n    {_effect(record)}\n"
+            )
     if differing == 0:
         out.write("directives are identical\n")
     out.write("MRTD " + ("matches" if final_a == final_b else "differs") + "\n")
@@ -189,7 +207,8 @@ def _mask(text: str) -> int:
 
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="igvm", description="Read, check, measure (TDX MRTD), build and compare IGVM files.")
+        prog="igvm", description="Read, check, measure (TDX MRTD), build and compare IGVM files."
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     dump = commands.add_parser("dump", help="print every header of FILE")
     dump.add_argument("file")
@@ -198,14 +217,25 @@ def make_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check", help="validate FILE; exit 1 naming the broken rule")
     check.add_argument("file")
     check.set_defaults(handler=_cmd_check)
-    measure = commands.add_parser("measure", help="print the TDX MRTD of FILE",
-                                  description=MEASURE_HELP,
-                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    measure = commands.add_parser(
+        "measure",
+        help="print the TDX MRTD of FILE",
+        description=MEASURE_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     measure.add_argument("file")
-    measure.add_argument("--mask", type=_mask, default=None,
-                         help="compatibility mask to measure for (default: the TDX platform's)")
-    measure.add_argument("--variant", choices=VARIANTS, default="igvm",
-                         help="measurement mapping (see above; default igvm)")
+    measure.add_argument(
+        "--mask",
+        type=_mask,
+        default=None,
+        help="compatibility mask to measure for (default: the TDX platform's)",
+    )
+    measure.add_argument(
+        "--variant",
+        choices=VARIANTS,
+        default="igvm",
+        help="measurement mapping (see above; default igvm)",
+    )
     measure.add_argument("--json", action="store_true", help="print a JSON object")
     measure.set_defaults(handler=_cmd_measure)
     build_cmd = commands.add_parser("build", help="build an image from a YAML recipe")
@@ -213,10 +243,12 @@ def make_parser() -> argparse.ArgumentParser:
     build_cmd.add_argument("-o", "--output", required=True)
     build_cmd.set_defaults(handler=_cmd_build)
     diff = commands.add_parser(
-        "diff", help="which directives differ between A and B and how that changes MRTD",
+        "diff",
+        help="which directives differ between A and B and how that changes MRTD",
         description="Walk both measurement logs, report where the MRTD input first diverges "
-                    "and every directive that differs, with its MRTD effect. Exit 1 if they "
-                    "differ.")
+        "and every directive that differs, with its MRTD effect. Exit 1 if they "
+        "differ.",
+    )
     diff.add_argument("a")
     diff.add_argument("b")
     diff.add_argument("--mask", type=_mask, default=None)
@@ -235,8 +267,10 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
             result: int = args.handler(args, stream)
             return result
     except IgvmError as exc:
-        _print_error(exc, getattr(args, "file", None) or getattr(args, "recipe", "") or
-                     f"{args.a} / {args.b}")
+        _print_error(
+            exc,
+            getattr(args, "file", None) or getattr(args, "recipe", "") or f"{args.a} / {args.b}",
+        )
         return EXIT_INVALID
     except OSError as exc:
         print(f"igvm: {exc}", file=sys.stderr)

@@ -129,9 +129,14 @@ class FixedHeader:
     def pack(self, checksum: int | None = None) -> bytes:
         """The fixed header bytes, with `checksum` substituted when given (0 for the CRC input)."""
         value = self.checksum if checksum is None else checksum
-        raw = IGVM_FIXED_HEADER.pack(IGVM_MAGIC, self.format_version,
-                                     self.variable_header_offset, self.variable_header_size,
-                                     self.total_file_size, value)
+        raw = IGVM_FIXED_HEADER.pack(
+            IGVM_MAGIC,
+            self.format_version,
+            self.variable_header_offset,
+            self.variable_header_size,
+            self.total_file_size,
+            value,
+        )
         if self.format_version >= 2:
             raw += IGVM_FIXED_HEADER_V2_EXTRA.pack(self.architecture, self.page_size)
         return raw
@@ -140,12 +145,14 @@ class FixedHeader:
     def unpack(cls, raw: bytes, file_size: int) -> FixedHeader:
         """Decode and check the fixed header against the actual file size."""
         if len(raw) < IGVM_FIXED_HEADER.size:
-            raise IgvmError(f"file is {len(raw)} bytes, shorter than the 24-byte fixed header",
-                            None, 0)
+            raise IgvmError(
+                f"file is {len(raw)} bytes, shorter than the 24-byte fixed header", None, 0
+            )
         magic, version, vh_offset, vh_size, total, checksum = IGVM_FIXED_HEADER.unpack_from(raw)
         if magic != IGVM_MAGIC:
-            raise IgvmError(f"magic is {magic:#010x}, expected {IGVM_MAGIC:#010x} ('IGVM')",
-                            None, 0)
+            raise IgvmError(
+                f"magic is {magic:#010x}, expected {IGVM_MAGIC:#010x} ('IGVM')", None, 0
+            )
         if version not in (IGVM_FORMAT_VERSION_1, IGVM_FORMAT_VERSION_2):
             raise IgvmError(f"format_version {version} is not 1 or 2", None, 4)
         header = cls(version, vh_offset, vh_size, total, checksum)
@@ -159,17 +166,26 @@ class FixedHeader:
                 raise IgvmError(f"v2 page_size {page_size} is unsupported (only 4096)", None, 28)
             header = cls(version, vh_offset, vh_size, total, checksum, arch, page_size)
         if total != file_size:
-            raise IgvmError(f"total_file_size {total} does not match the file length {file_size}",
-                            None, 16)
+            raise IgvmError(
+                f"total_file_size {total} does not match the file length {file_size}", None, 16
+            )
         if vh_offset < header.size or vh_offset % VARIABLE_HEADER_ALIGNMENT:
-            raise IgvmError(f"variable_header_offset {vh_offset} must be >= {header.size} and "
-                            "8-byte aligned", None, 8)
+            raise IgvmError(
+                f"variable_header_offset {vh_offset} must be >= {header.size} and 8-byte aligned",
+                None,
+                8,
+            )
         if vh_offset >= file_size:
-            raise IgvmError(f"variable_header_offset {vh_offset} is past the end of the file",
-                            None, 8)
+            raise IgvmError(
+                f"variable_header_offset {vh_offset} is past the end of the file", None, 8
+            )
         if vh_offset + vh_size >= file_size:
-            raise IgvmError(f"variable header section ends at {vh_offset + vh_size}, leaving no "
-                            f"file data before the end of the file ({file_size})", None, 12)
+            raise IgvmError(
+                f"variable header section ends at {vh_offset + vh_size}, leaving no "
+                f"file data before the end of the file ({file_size})",
+                None,
+                12,
+            )
         return header
 
     @property
@@ -191,7 +207,7 @@ class _BytesReader:
         self.size = len(data)
 
     def read(self, offset: int, length: int) -> bytes:
-        return self._data[offset:offset + length]
+        return self._data[offset : offset + length]
 
 
 class _FileReader:
@@ -211,12 +227,12 @@ class _FileReader:
             if start >= 0 and start + length <= len(window):
                 if position:
                     self._windows.reverse()
-                return window[start:start + length]
+                return window[start : start + length]
         self._stream.seek(offset)
         if length >= READ_WINDOW:
             return self._stream.read(length)
         window = self._stream.read(READ_WINDOW)
-        self._windows = [(offset, window), *self._windows[:READ_WINDOWS - 1]]
+        self._windows = [(offset, window), *self._windows[: READ_WINDOWS - 1]]
         return window[:length]
 
 
@@ -241,8 +257,12 @@ def _read_fixed(reader: _Reader) -> FixedHeader:
         crc = zlib.crc32(chunk, crc)
         position += len(chunk)
     if crc != fixed.checksum:
-        raise IgvmError(f"checksum {fixed.checksum:#010x} does not match the CRC-32 of the fixed "
-                        f"and variable headers ({crc:#010x})", None, CHECKSUM_OFFSET)
+        raise IgvmError(
+            f"checksum {fixed.checksum:#010x} does not match the CRC-32 of the fixed "
+            f"and variable headers ({crc:#010x})",
+            None,
+            CHECKSUM_OFFSET,
+        )
     return fixed
 
 
@@ -270,13 +290,20 @@ class _Validator:
         if section is None:
             return
         if section < self.section:
-            raise IgvmError(f"type {base_type:#x} ({SECTION_NAMES[section]} section) appears after "
-                            f"the {SECTION_NAMES[self.section]} section; sections must be in order "
-                            "platform, initialization, directive", index, offset)
+            raise IgvmError(
+                f"type {base_type:#x} ({SECTION_NAMES[section]} section) appears after "
+                f"the {SECTION_NAMES[self.section]} section; sections must be in order "
+                "platform, initialization, directive",
+                index,
+                offset,
+            )
         if section > SECTION_PLATFORM and not self.platform_types:
-            raise IgvmError("no SUPPORTED_PLATFORM header before the first "
-                            f"{SECTION_NAMES[section]} header; at least one is required",
-                            index, offset)
+            raise IgvmError(
+                "no SUPPORTED_PLATFORM header before the first "
+                f"{SECTION_NAMES[section]} header; at least one is required",
+                index,
+                offset,
+            )
         self.section = section
 
     def accept(self, header: AnyHeader, index: int, offset: int) -> None:
@@ -292,71 +319,111 @@ class _Validator:
             return
         mask = getattr(header, "compatibility_mask", None)
         if mask is not None and mask & ~self.all_masks:
-            raise fail(f"{header.NAME}.compatibility_mask {mask:#x} names platforms the file does "
-                       f"not declare (declared {self.all_masks:#x})", "compatibility_mask")
-        if (isinstance(header, GuestPolicy) and mask is not None and mask & self.tdx_mask
-                and header.policy & ~TDX_POLICY_DEFINED):
-                raise fail(f"GUEST_POLICY.policy {header.policy:#x} sets TdxPolicy reserved bits "
-                           "3-63", "policy")
+            raise fail(
+                f"{header.NAME}.compatibility_mask {mask:#x} names platforms the file does "
+                f"not declare (declared {self.all_masks:#x})",
+                "compatibility_mask",
+            )
+        if (
+            isinstance(header, GuestPolicy)
+            and mask is not None
+            and mask & self.tdx_mask
+            and header.policy & ~TDX_POLICY_DEFINED
+        ):
+            raise fail(
+                f"GUEST_POLICY.policy {header.policy:#x} sets TdxPolicy reserved bits 3-63",
+                "policy",
+            )
         if isinstance(header, VpContext) and mask is not None and mask & self.tdx_mask:
-            raise fail("VP_CONTEXT is invalid for TDX (architectural reset state)",
-                       "compatibility_mask")
+            raise fail(
+                "VP_CONTEXT is invalid for TDX (architectural reset state)", "compatibility_mask"
+            )
         if isinstance(header, PageTableRelocation):
             if any(mask & header.compatibility_mask for mask, _s, _e in self.page_table_regions):
-                raise fail("second PAGE_TABLE_RELOCATION_REGION for the same compatibility mask; "
-                           "at most one per mask", "compatibility_mask")
+                raise fail(
+                    "second PAGE_TABLE_RELOCATION_REGION for the same compatibility mask; "
+                    "at most one per mask",
+                    "compatibility_mask",
+                )
             self.page_table_regions.append(
-                (header.compatibility_mask, header.gpa, header.gpa + header.size))
+                (header.compatibility_mask, header.gpa, header.gpa + header.size)
+            )
         elif isinstance(header, RelocatableRegion):
             start = header.relocation_region_gpa
             end = start + header.relocation_region_size
             for mask, other_start, other_end in self.relocatable_regions:
                 if mask & header.compatibility_mask and start < other_end and other_start < end:
-                    raise fail(f"RELOCATABLE_REGION [{start:#x}, {end:#x}) overlaps another "
-                               f"region [{other_start:#x}, {other_end:#x}) for the same mask",
-                               "relocation_region_gpa")
+                    raise fail(
+                        f"RELOCATABLE_REGION [{start:#x}, {end:#x}) overlaps another "
+                        f"region [{other_start:#x}, {other_end:#x}) for the same mask",
+                        "relocation_region_gpa",
+                    )
             self.relocatable_regions.append((header.compatibility_mask, start, end))
         elif isinstance(header, ParameterInsert):
             for mask, start, end in self.page_table_regions:
                 if mask & header.compatibility_mask and start <= header.gpa < end:
-                    raise fail(f"PARAMETER_INSERT gpa {header.gpa:#x} is inside the page table "
-                               f"relocation region [{start:#x}, {end:#x})", "gpa")
+                    raise fail(
+                        f"PARAMETER_INSERT gpa {header.gpa:#x} is inside the page table "
+                        f"relocation region [{start:#x}, {end:#x})",
+                        "gpa",
+                    )
         if isinstance(header, ParameterArea):
             if header.parameter_area_index in self.areas:
-                raise fail(f"PARAMETER_AREA index {header.parameter_area_index} is declared twice",
-                           "parameter_area_index")
+                raise fail(
+                    f"PARAMETER_AREA index {header.parameter_area_index} is declared twice",
+                    "parameter_area_index",
+                )
             self.areas[header.parameter_area_index] = _AreaState(header.number_of_bytes)
         elif isinstance(header, ParameterInsert | ParameterHeader):
             area = self.areas.get(header.parameter_area_index)
             if area is None:
-                raise fail(f"{header.NAME} uses parameter area {header.parameter_area_index}, "
-                           "which is not declared before it", "parameter_area_index")
+                raise fail(
+                    f"{header.NAME} uses parameter area {header.parameter_area_index}, "
+                    "which is not declared before it",
+                    "parameter_area_index",
+                )
             if area.inserted:
-                raise fail(f"{header.NAME} uses parameter area {header.parameter_area_index} "
-                           "after it was already inserted", "parameter_area_index")
+                raise fail(
+                    f"{header.NAME} uses parameter area {header.parameter_area_index} "
+                    "after it was already inserted",
+                    "parameter_area_index",
+                )
             if isinstance(header, ParameterInsert):
                 area.inserted = True
             elif header.byte_offset + header.MIN_BYTES > area.number_of_bytes:
-                raise fail(f"{header.NAME}.byte_offset {header.byte_offset:#x} leaves less than "
-                           f"{header.MIN_BYTES} bytes in parameter area "
-                           f"{header.parameter_area_index} ({area.number_of_bytes:#x} bytes)",
-                           "byte_offset")
+                raise fail(
+                    f"{header.NAME}.byte_offset {header.byte_offset:#x} leaves less than "
+                    f"{header.MIN_BYTES} bytes in parameter area "
+                    f"{header.parameter_area_index} ({area.number_of_bytes:#x} bytes)",
+                    "byte_offset",
+                )
 
     def _platform(self, header: SupportedPlatform, fail: _Fail) -> None:
         if header.platform_type in self.platform_types:
-            raise fail(f"second SUPPORTED_PLATFORM for platform "
-                       f"{PLATFORM_NAMES[header.platform_type]}; one per type", "platform_type")
+            raise fail(
+                f"second SUPPORTED_PLATFORM for platform "
+                f"{PLATFORM_NAMES[header.platform_type]}; one per type",
+                "platform_type",
+            )
         if header.compatibility_mask & self.all_masks:
-            raise fail(f"SUPPORTED_PLATFORM.compatibility_mask {header.compatibility_mask:#x} is "
-                       "already owned by another platform", "compatibility_mask")
+            raise fail(
+                f"SUPPORTED_PLATFORM.compatibility_mask {header.compatibility_mask:#x} is "
+                "already owned by another platform",
+                "compatibility_mask",
+            )
         arch = self.fixed.architecture
-        needs = ARCH_AARCH64 if header.platform_type == IGVM_PLATFORM_CCA else (
-            ARCH_X64 if header.platform_type in X86_PLATFORMS else None)
+        needs = (
+            ARCH_AARCH64
+            if header.platform_type == IGVM_PLATFORM_CCA
+            else (ARCH_X64 if header.platform_type in X86_PLATFORMS else None)
+        )
         if needs is not None and needs != arch:
-            raise fail(f"platform {PLATFORM_NAMES[header.platform_type]} needs architecture "
-                       f"{ARCH_NAMES[needs]}, the file is {ARCH_NAMES[arch]}"
-                       + (" (v1 files are X64)" if self.fixed.format_version == 1 else ""),
-                       "platform_type")
+            raise fail(
+                f"platform {PLATFORM_NAMES[header.platform_type]} needs architecture "
+                f"{ARCH_NAMES[needs]}, the file is {ARCH_NAMES[arch]}"
+                + (" (v1 files are X64)" if self.fixed.format_version == 1 else ""),
+                "platform_type",
+            )
         self.platform_types.add(header.platform_type)
         self.all_masks |= header.compatibility_mask
         if header.platform_type == IGVM_PLATFORM_TDX:
@@ -375,21 +442,37 @@ def _walk(reader: _Reader, fixed: FixedHeader) -> Iterator[tuple[int, int, int, 
     data_start, file_size = fixed.data_start, reader.size
     while offset < end:
         if end - offset < IGVM_VHS_VARIABLE_HEADER.size:
-            raise IgvmError(f"{end - offset} stray bytes at the end of the variable header section "
-                            "(too short for a TLV header)", index, offset)
+            raise IgvmError(
+                f"{end - offset} stray bytes at the end of the variable header section "
+                "(too short for a TLV header)",
+                index,
+                offset,
+            )
         head = reader.read(offset, PAGE_DATA_ENTRY_SIZE)
         header_type, length = IGVM_VHS_VARIABLE_HEADER.unpack_from(head)
-        if (header_type == IGVM_VHT_PAGE_DATA and len(head) == PAGE_DATA_ENTRY_SIZE
-                and validator.section == SECTION_DIRECTIVE
-                and offset + PAGE_DATA_ENTRY_SIZE <= end):
+        if (
+            header_type == IGVM_VHT_PAGE_DATA
+            and len(head) == PAGE_DATA_ENTRY_SIZE
+            and validator.section == SECTION_DIRECTIVE
+            and offset + PAGE_DATA_ENTRY_SIZE <= end
+        ):
             # Fast path for the common valid PAGE_DATA; anything unusual takes the checked path.
             size, gpa, mask, file_offset, flags, data_type, reserved = PAGE_DATA_ENTRY.unpack_from(
-                head, 4)
-            if (size == PAGE_DATA_PAYLOAD and not reserved and not flags & ~PAGE_FLAGS_4K
-                    and not gpa % PAGE_SIZE and mask and not mask & ~validator.all_masks
-                    and data_type in PAGE_DATA_TYPE_NAMES
-                    and (not file_offset or (file_offset >= data_start
-                                             and file_offset + PAGE_SIZE <= file_size))):
+                head, 4
+            )
+            if (
+                size == PAGE_DATA_PAYLOAD
+                and not reserved
+                and not flags & ~PAGE_FLAGS_4K
+                and not gpa % PAGE_SIZE
+                and mask
+                and not mask & ~validator.all_masks
+                and data_type in PAGE_DATA_TYPE_NAMES
+                and (
+                    not file_offset
+                    or (file_offset >= data_start and file_offset + PAGE_SIZE <= file_size)
+                )
+            ):
                 data = reader.read(file_offset, PAGE_SIZE) if file_offset else b""
                 yield SECTION_DIRECTIVE, index, offset, PageData(gpa, mask, flags, data_type, data)
                 offset += PAGE_DATA_ENTRY_SIZE
@@ -397,40 +480,59 @@ def _walk(reader: _Reader, fixed: FixedHeader) -> Iterator[tuple[int, int, int, 
                 continue
         padded_end = offset + align8(IGVM_VHS_VARIABLE_HEADER.size + length)
         if padded_end > end or length > end:
-            raise IgvmError(f"header type {header_type:#x} length {length} runs past the end of "
-                            f"the variable header section ({end:#x})", index, offset + 4)
+            raise IgvmError(
+                f"header type {header_type:#x} length {length} runs past the end of "
+                f"the variable header section ({end:#x})",
+                index,
+                offset + 4,
+            )
         base_type = header_type & ~IGVM_VHT_OPTIONAL_BIT
         cls = HEADER_CLASSES.get(base_type)
         section = section_of(base_type)
         if base_type == IGVM_VHT_RESERVED_DO_NOT_USE:
             raise IgvmError("header type 0x306 is RESERVED_DO_NOT_USE", index, offset)
         if cls is None and not header_type & IGVM_VHT_OPTIONAL_BIT:
-            raise IgvmError(f"unknown mandatory header type {header_type:#x} (set bit 31 to make "
-                            "it optional)", index, offset)
+            raise IgvmError(
+                f"unknown mandatory header type {header_type:#x} (set bit 31 to make it optional)",
+                index,
+                offset,
+            )
         validator.enter(section, base_type, index, offset)
-        entry = head if padded_end - offset == len(head) else reader.read(offset,
-                                                                           padded_end - offset)
-        body = entry[8:8 + length]
-        if any(entry[8 + length:]):
-            raise IgvmError("padding after the header payload must be zero", index,
-                            offset + 8 + length)
+        entry = (
+            head if padded_end - offset == len(head) else reader.read(offset, padded_end - offset)
+        )
+        body = entry[8 : 8 + length]
+        if any(entry[8 + length :]):
+            raise IgvmError(
+                "padding after the header payload must be zero", index, offset + 8 + length
+            )
         header: AnyHeader
         if cls is None:
-            warnings.warn(f"IGVM header {index} at offset {offset:#x}: unknown optional type "
-                          f"{header_type:#x} skipped", IgvmWarning, stacklevel=3)
+            warnings.warn(
+                f"IGVM header {index} at offset {offset:#x}: unknown optional type "
+                f"{header_type:#x} skipped",
+                IgvmWarning,
+                stacklevel=3,
+            )
             header = UnknownOptionalHeader(header_type, body)
         else:
             if length != cls.payload_size():
-                raise IgvmError(f"{cls.NAME} length is {length}, must be {cls.payload_size()}",
-                                index, offset + 4)
+                raise IgvmError(
+                    f"{cls.NAME} length is {length}, must be {cls.payload_size()}",
+                    index,
+                    offset + 4,
+                )
             file_offset, data_length = cls.file_data_span(body)
             data = b""
             if file_offset:
                 if file_offset < fixed.data_start or file_offset + data_length > reader.size:
-                    raise IgvmError(f"{cls.NAME} file_offset {file_offset:#x} (+{data_length:#x} "
-                                    f"bytes) is outside the file data section "
-                                    f"[{fixed.data_start:#x}, {reader.size:#x})",
-                                    index, offset + 8 + cls.OFFSETS["file_offset"])
+                    raise IgvmError(
+                        f"{cls.NAME} file_offset {file_offset:#x} (+{data_length:#x} "
+                        f"bytes) is outside the file data section "
+                        f"[{fixed.data_start:#x}, {reader.size:#x})",
+                        index,
+                        offset + 8 + cls.OFFSETS["file_offset"],
+                    )
                 data = reader.read(file_offset, data_length)
             try:
                 header = cls.unpack(body, data)  # type: ignore[assignment]
@@ -442,8 +544,9 @@ def _walk(reader: _Reader, fixed: FixedHeader) -> Iterator[tuple[int, int, int, 
         offset = padded_end
         index += 1
     if not validator.platform_types:
-        raise IgvmError("the file has no SUPPORTED_PLATFORM header", None,
-                        fixed.variable_header_offset)
+        raise IgvmError(
+            "the file has no SUPPORTED_PLATFORM header", None, fixed.variable_header_offset
+        )
 
 
 @dataclass
@@ -542,8 +645,10 @@ class IgvmScan:
 def scan(source: str | os.PathLike[str] | BinaryIO) -> IgvmScan:
     """Open a file for streaming: fixed header and checksum checked, directives pending."""
     owned = isinstance(source, str | os.PathLike)
-    stream: BinaryIO = (open(source, "rb") if isinstance(source, str | os.PathLike)  # noqa: SIM115
-                        else source)
+    if isinstance(source, str | os.PathLike):
+        stream: BinaryIO = open(source, "rb")  # noqa: SIM115 (closed by IgvmScan.close)
+    else:
+        stream = source
     try:
         reader = _FileReader(stream)
         fixed = _read_fixed(reader)

@@ -151,12 +151,14 @@ class _Header:
             cls.OFFSETS = offsets
         has_data = cls.DATA_FIELD is not None
         cls.FIELD_POSITIONS = tuple(
-            (position, name) for position, (name, _code) in enumerate(cls.WIRE)
+            (position, name)
+            for position, (name, _code) in enumerate(cls.WIRE)
             if not name.startswith("reserved")
             and not (has_data and name in ("file_offset", "size_bytes"))
         )
         cls.RESERVED_POSITIONS = tuple(
-            (position, name) for position, (name, _code) in enumerate(cls.WIRE)
+            (position, name)
+            for position, (name, _code) in enumerate(cls.WIRE)
             if name.startswith("reserved")
         )
 
@@ -224,8 +226,11 @@ class _Header:
                 digest = hashlib.sha256(value).hexdigest()[:16]
                 parts.append(f"{field.name}=<{len(value)} B sha256:{digest}>")
             else:
-                parts.append(f"{field.name}={value:#x}" if isinstance(value, int) else
-                             f"{field.name}={value!r}")
+                parts.append(
+                    f"{field.name}={value:#x}"
+                    if isinstance(value, int)
+                    else f"{field.name}={value!r}"
+                )
         return f"{self.NAME} " + " ".join(parts)
 
     def to_json(self) -> dict[str, Any]:
@@ -243,8 +248,10 @@ class _Header:
     def _check_mask(self) -> None:
         mask = getattr(self, "compatibility_mask", None)
         if mask == 0:
-            raise _rule(f"{self.NAME}.compatibility_mask must not be zero",
-                        self.OFFSETS["compatibility_mask"])
+            raise _rule(
+                f"{self.NAME}.compatibility_mask must not be zero",
+                self.OFFSETS["compatibility_mask"],
+            )
 
 
 # ---------------------------------------------------------------- platform section (0x001-0x100)
@@ -257,8 +264,11 @@ class SupportedPlatform(_Header):
     TYPE: ClassVar[int] = IGVM_VHT_SUPPORTED_PLATFORM
     NAME: ClassVar[str] = "SUPPORTED_PLATFORM"
     WIRE: ClassVar[tuple[tuple[str, str], ...]] = (
-        ("compatibility_mask", "I"), ("highest_vtl", "B"), ("platform_type", "B"),
-        ("platform_version", "H"), ("shared_gpa_boundary", "Q"),
+        ("compatibility_mask", "I"),
+        ("highest_vtl", "B"),
+        ("platform_type", "B"),
+        ("platform_version", "H"),
+        ("shared_gpa_boundary", "Q"),
     )
     compatibility_mask: int
     highest_vtl: int
@@ -269,21 +279,33 @@ class SupportedPlatform(_Header):
     def check(self) -> None:
         mask = self.compatibility_mask
         if mask == 0 or mask & (mask - 1):
-            raise _rule(f"SUPPORTED_PLATFORM.compatibility_mask must have exactly one bit set "
-                        f"(got {mask:#x})", self.OFFSETS["compatibility_mask"])
+            raise _rule(
+                f"SUPPORTED_PLATFORM.compatibility_mask must have exactly one bit set "
+                f"(got {mask:#x})",
+                self.OFFSETS["compatibility_mask"],
+            )
         if self.highest_vtl not in ALLOWED_HIGHEST_VTL:
-            raise _rule(f"SUPPORTED_PLATFORM.highest_vtl must be 0 or 2 (got {self.highest_vtl})",
-                        self.OFFSETS["highest_vtl"])
+            raise _rule(
+                f"SUPPORTED_PLATFORM.highest_vtl must be 0 or 2 (got {self.highest_vtl})",
+                self.OFFSETS["highest_vtl"],
+            )
         if self.platform_type not in PLATFORM_NAMES:
-            raise _rule(f"SUPPORTED_PLATFORM.platform_type {self.platform_type} is unknown",
-                        self.OFFSETS["platform_type"])
+            raise _rule(
+                f"SUPPORTED_PLATFORM.platform_type {self.platform_type} is unknown",
+                self.OFFSETS["platform_type"],
+            )
         if self.platform_version != IGVM_PLATFORM_VERSION:
-            raise _rule(f"SUPPORTED_PLATFORM.platform_version must be {IGVM_PLATFORM_VERSION} "
-                        f"(got {self.platform_version})", self.OFFSETS["platform_version"])
+            raise _rule(
+                f"SUPPORTED_PLATFORM.platform_version must be {IGVM_PLATFORM_VERSION} "
+                f"(got {self.platform_version})",
+                self.OFFSETS["platform_version"],
+            )
         enlightened = (IGVM_PLATFORM_NATIVE, IGVM_PLATFORM_VSM_ISOLATION)
         if self.platform_type in enlightened and self.shared_gpa_boundary != 0:
-            raise _rule("SUPPORTED_PLATFORM.shared_gpa_boundary must be 0 for NATIVE and VSM",
-                        self.OFFSETS["shared_gpa_boundary"])
+            raise _rule(
+                "SUPPORTED_PLATFORM.shared_gpa_boundary must be 0 for NATIVE and VSM",
+                self.OFFSETS["shared_gpa_boundary"],
+            )
 
 
 # ------------------------------------------------------------ initialization section (0x101-0x200)
@@ -296,7 +318,9 @@ class GuestPolicy(_Header):
     TYPE: ClassVar[int] = IGVM_VHT_GUEST_POLICY
     NAME: ClassVar[str] = "GUEST_POLICY"
     WIRE: ClassVar[tuple[tuple[str, str], ...]] = (
-        ("policy", "Q"), ("compatibility_mask", "I"), ("reserved", "I"),
+        ("policy", "Q"),
+        ("compatibility_mask", "I"),
+        ("reserved", "I"),
     )
     policy: int
     compatibility_mask: int
@@ -312,9 +336,14 @@ class RelocatableRegion(_Header):
     TYPE: ClassVar[int] = IGVM_VHT_RELOCATABLE_REGION
     NAME: ClassVar[str] = "RELOCATABLE_REGION"
     WIRE: ClassVar[tuple[tuple[str, str], ...]] = (
-        ("compatibility_mask", "I"), ("vp_index", "H"), ("vtl", "B"), ("flags", "B"),
-        ("relocation_alignment", "Q"), ("relocation_region_gpa", "Q"),
-        ("relocation_region_size", "Q"), ("minimum_relocation_gpa", "Q"),
+        ("compatibility_mask", "I"),
+        ("vp_index", "H"),
+        ("vtl", "B"),
+        ("flags", "B"),
+        ("relocation_alignment", "Q"),
+        ("relocation_region_gpa", "Q"),
+        ("relocation_region_size", "Q"),
+        ("minimum_relocation_gpa", "Q"),
         ("maximum_relocation_gpa", "Q"),
     )
     compatibility_mask: int
@@ -333,15 +362,21 @@ class RelocatableRegion(_Header):
             raise _rule("RELOCATABLE_REGION.flags has reserved bits set", self.OFFSETS["flags"])
         for name in ("relocation_alignment", "relocation_region_size"):
             if not _is_pow2_page_multiple(getattr(self, name)):
-                raise _rule(f"RELOCATABLE_REGION.{name} must be a non-zero multiple of 4 KiB",
-                            self.OFFSETS[name])
+                raise _rule(
+                    f"RELOCATABLE_REGION.{name} must be a non-zero multiple of 4 KiB",
+                    self.OFFSETS[name],
+                )
         for name in ("relocation_region_gpa", "minimum_relocation_gpa", "maximum_relocation_gpa"):
             if getattr(self, name) % self.relocation_alignment:
-                raise _rule(f"RELOCATABLE_REGION.{name} must be aligned to relocation_alignment",
-                            self.OFFSETS[name])
+                raise _rule(
+                    f"RELOCATABLE_REGION.{name} must be aligned to relocation_alignment",
+                    self.OFFSETS[name],
+                )
         if self.minimum_relocation_gpa > self.maximum_relocation_gpa:
-            raise _rule("RELOCATABLE_REGION.minimum_relocation_gpa exceeds maximum",
-                        self.OFFSETS["minimum_relocation_gpa"])
+            raise _rule(
+                "RELOCATABLE_REGION.minimum_relocation_gpa exceeds maximum",
+                self.OFFSETS["minimum_relocation_gpa"],
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -351,8 +386,13 @@ class PageTableRelocation(_Header):
     TYPE: ClassVar[int] = IGVM_VHT_PAGE_TABLE_RELOCATION_REGION
     NAME: ClassVar[str] = "PAGE_TABLE_RELOCATION_REGION"
     WIRE: ClassVar[tuple[tuple[str, str], ...]] = (
-        ("compatibility_mask", "I"), ("vp_index", "H"), ("vtl", "B"), ("reserved", "B"),
-        ("gpa", "Q"), ("size", "Q"), ("used_size", "Q"),
+        ("compatibility_mask", "I"),
+        ("vp_index", "H"),
+        ("vtl", "B"),
+        ("reserved", "B"),
+        ("gpa", "Q"),
+        ("size", "Q"),
+        ("used_size", "Q"),
     )
     compatibility_mask: int
     vp_index: int
@@ -365,11 +405,13 @@ class PageTableRelocation(_Header):
         self._check_mask()
         for name in ("gpa", "size", "used_size"):
             if getattr(self, name) % PAGE_SIZE:
-                raise _rule(f"PAGE_TABLE_RELOCATION_REGION.{name} must be 4 KiB aligned",
-                            self.OFFSETS[name])
+                raise _rule(
+                    f"PAGE_TABLE_RELOCATION_REGION.{name} must be 4 KiB aligned", self.OFFSETS[name]
+                )
         if self.used_size > self.size:
-            raise _rule("PAGE_TABLE_RELOCATION_REGION.used_size exceeds size",
-                        self.OFFSETS["used_size"])
+            raise _rule(
+                "PAGE_TABLE_RELOCATION_REGION.used_size exceeds size", self.OFFSETS["used_size"]
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -377,7 +419,10 @@ class _CorimData(_Header):
     """IGVM_VHS_CORIM_DATA (16 bytes): a CoRIM blob in file data (size_bytes = len(data))."""
 
     WIRE: ClassVar[tuple[tuple[str, str], ...]] = (
-        ("compatibility_mask", "I"), ("file_offset", "I"), ("size_bytes", "I"), ("reserved", "I"),
+        ("compatibility_mask", "I"),
+        ("file_offset", "I"),
+        ("size_bytes", "I"),
+        ("reserved", "I"),
     )
     DATA_FIELD: ClassVar[str | None] = "data"
     compatibility_mask: int
@@ -418,8 +463,12 @@ class CcaPolicy(_Header):
     TYPE: ClassVar[int] = IGVM_VHT_CCA_POLICY
     NAME: ClassVar[str] = "CCA_POLICY"
     WIRE: ClassVar[tuple[tuple[str, str], ...]] = (
-        ("compatibility_mask", "I"), ("reserved", "I"), ("attributes_required_zeroes", "Q"),
-        ("attributes_required_ones", "Q"), ("hash_algorithm", "B"), ("lfa_policy", "B"),
+        ("compatibility_mask", "I"),
+        ("reserved", "I"),
+        ("attributes_required_zeroes", "Q"),
+        ("attributes_required_ones", "Q"),
+        ("hash_algorithm", "B"),
+        ("lfa_policy", "B"),
         ("reserved2", "6s"),
     )
     compatibility_mask: int
@@ -433,11 +482,15 @@ class CcaPolicy(_Header):
     def check(self) -> None:
         self._check_mask()
         if self.hash_algorithm not in self.CCA_HASH_ALGORITHMS:
-            raise _rule(f"CCA_POLICY.hash_algorithm {self.hash_algorithm} is unknown",
-                        self.OFFSETS["hash_algorithm"])
+            raise _rule(
+                f"CCA_POLICY.hash_algorithm {self.hash_algorithm} is unknown",
+                self.OFFSETS["hash_algorithm"],
+            )
         if self.attributes_required_zeroes & self.attributes_required_ones:
-            raise _rule("CCA_POLICY requires the same attribute bits both zero and one",
-                        self.OFFSETS["attributes_required_ones"])
+            raise _rule(
+                "CCA_POLICY requires the same attribute bits both zero and one",
+                self.OFFSETS["attributes_required_ones"],
+            )
 
 
 # ----------------------------------------------------------------- directive section (0x301-0x400)
@@ -450,7 +503,9 @@ class ParameterArea(_Header):
     TYPE: ClassVar[int] = IGVM_VHT_PARAMETER_AREA
     NAME: ClassVar[str] = "PARAMETER_AREA"
     WIRE: ClassVar[tuple[tuple[str, str], ...]] = (
-        ("number_of_bytes", "Q"), ("parameter_area_index", "I"), ("file_offset", "I"),
+        ("number_of_bytes", "Q"),
+        ("parameter_area_index", "I"),
+        ("file_offset", "I"),
     )
     DATA_FIELD: ClassVar[str | None] = "initial_data"
     number_of_bytes: int
@@ -469,15 +524,22 @@ class ParameterArea(_Header):
 
     def check(self) -> None:
         if not _is_pow2_page_multiple(self.number_of_bytes):
-            raise _rule(f"PARAMETER_AREA.number_of_bytes must be a non-zero multiple of 4 KiB "
-                        f"(got {self.number_of_bytes:#x})", self.OFFSETS["number_of_bytes"])
+            raise _rule(
+                f"PARAMETER_AREA.number_of_bytes must be a non-zero multiple of 4 KiB "
+                f"(got {self.number_of_bytes:#x})",
+                self.OFFSETS["number_of_bytes"],
+            )
         if self.number_of_bytes > MAX_PARAMETER_AREA_BYTES:
-            raise _rule(f"PARAMETER_AREA.number_of_bytes {self.number_of_bytes:#x} exceeds the "
-                        f"{MAX_PARAMETER_AREA_BYTES:#x}-byte limit",
-                        self.OFFSETS["number_of_bytes"])
+            raise _rule(
+                f"PARAMETER_AREA.number_of_bytes {self.number_of_bytes:#x} exceeds the "
+                f"{MAX_PARAMETER_AREA_BYTES:#x}-byte limit",
+                self.OFFSETS["number_of_bytes"],
+            )
         if len(self.initial_data) > self.number_of_bytes:
-            raise _rule("PARAMETER_AREA initial data is longer than number_of_bytes",
-                        self.OFFSETS["file_offset"])
+            raise _rule(
+                "PARAMETER_AREA initial data is longer than number_of_bytes",
+                self.OFFSETS["file_offset"],
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -487,8 +549,12 @@ class PageData(_Header):
     TYPE: ClassVar[int] = IGVM_VHT_PAGE_DATA
     NAME: ClassVar[str] = "PAGE_DATA"
     WIRE: ClassVar[tuple[tuple[str, str], ...]] = (
-        ("gpa", "Q"), ("compatibility_mask", "I"), ("file_offset", "I"), ("flags", "I"),
-        ("data_type", "H"), ("reserved", "H"),
+        ("gpa", "Q"),
+        ("compatibility_mask", "I"),
+        ("file_offset", "I"),
+        ("flags", "I"),
+        ("data_type", "H"),
+        ("reserved", "H"),
     )
     DATA_FIELD: ClassVar[str | None] = "data"
     gpa: int
@@ -534,19 +600,25 @@ class PageData(_Header):
     def check(self) -> None:
         self._check_mask()
         if self.flags & ~IGVM_PAGE_FLAGS_DEFINED:
-            raise _rule(f"PAGE_DATA.flags has reserved bits set ({self.flags:#x})",
-                        self.OFFSETS["flags"])
+            raise _rule(
+                f"PAGE_DATA.flags has reserved bits set ({self.flags:#x})", self.OFFSETS["flags"]
+            )
         alignment = PAGE_SIZE_2MB if self.is_2mb_page else PAGE_SIZE
         if self.gpa % alignment:
-            raise _rule(f"PAGE_DATA.gpa {self.gpa:#x} must be "
-                        f"{'2 MiB' if self.is_2mb_page else '4 KiB'} aligned",
-                        self.OFFSETS["gpa"])
+            raise _rule(
+                f"PAGE_DATA.gpa {self.gpa:#x} must be "
+                f"{'2 MiB' if self.is_2mb_page else '4 KiB'} aligned",
+                self.OFFSETS["gpa"],
+            )
         if self.data_type not in PAGE_DATA_TYPE_NAMES:
-            raise _rule(f"PAGE_DATA.data_type {self.data_type} is unknown",
-                        self.OFFSETS["data_type"])
+            raise _rule(
+                f"PAGE_DATA.data_type {self.data_type} is unknown", self.OFFSETS["data_type"]
+            )
         if len(self.data) > PAGE_SIZE:
-            raise _rule(f"PAGE_DATA data is {len(self.data)} bytes; at most 4096",
-                        self.OFFSETS["file_offset"])
+            raise _rule(
+                f"PAGE_DATA data is {len(self.data)} bytes; at most 4096",
+                self.OFFSETS["file_offset"],
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -556,7 +628,9 @@ class ParameterInsert(_Header):
     TYPE: ClassVar[int] = IGVM_VHT_PARAMETER_INSERT
     NAME: ClassVar[str] = "PARAMETER_INSERT"
     WIRE: ClassVar[tuple[tuple[str, str], ...]] = (
-        ("gpa", "Q"), ("compatibility_mask", "I"), ("parameter_area_index", "I"),
+        ("gpa", "Q"),
+        ("compatibility_mask", "I"),
+        ("parameter_area_index", "I"),
     )
     gpa: int
     compatibility_mask: int
@@ -565,8 +639,9 @@ class ParameterInsert(_Header):
     def check(self) -> None:
         self._check_mask()
         if self.gpa % PAGE_SIZE:
-            raise _rule(f"PARAMETER_INSERT.gpa {self.gpa:#x} must be 4 KiB aligned",
-                        self.OFFSETS["gpa"])
+            raise _rule(
+                f"PARAMETER_INSERT.gpa {self.gpa:#x} must be 4 KiB aligned", self.OFFSETS["gpa"]
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -576,7 +651,10 @@ class VpContext(_Header):
     TYPE: ClassVar[int] = IGVM_VHT_VP_CONTEXT
     NAME: ClassVar[str] = "VP_CONTEXT"
     WIRE: ClassVar[tuple[tuple[str, str], ...]] = (
-        ("gpa", "Q"), ("compatibility_mask", "I"), ("file_offset", "I"), ("vp_index", "H"),
+        ("gpa", "Q"),
+        ("compatibility_mask", "I"),
+        ("file_offset", "I"),
+        ("vp_index", "H"),
         ("reserved", "H"),
     )
     DATA_FIELD: ClassVar[str | None] = "data"
@@ -606,7 +684,10 @@ class RequiredMemory(_Header):
     TYPE: ClassVar[int] = IGVM_VHT_REQUIRED_MEMORY
     NAME: ClassVar[str] = "REQUIRED_MEMORY"
     WIRE: ClassVar[tuple[tuple[str, str], ...]] = (
-        ("gpa", "Q"), ("compatibility_mask", "I"), ("number_of_bytes", "I"), ("flags", "I"),
+        ("gpa", "Q"),
+        ("compatibility_mask", "I"),
+        ("number_of_bytes", "I"),
+        ("flags", "I"),
         ("reserved", "I"),
     )
     gpa: int
@@ -619,8 +700,10 @@ class RequiredMemory(_Header):
         if self.gpa % PAGE_SIZE:
             raise _rule("REQUIRED_MEMORY.gpa must be 4 KiB aligned", self.OFFSETS["gpa"])
         if not _is_pow2_page_multiple(self.number_of_bytes):
-            raise _rule("REQUIRED_MEMORY.number_of_bytes must be a non-zero multiple of 4 KiB",
-                        self.OFFSETS["number_of_bytes"])
+            raise _rule(
+                "REQUIRED_MEMORY.number_of_bytes must be a non-zero multiple of 4 KiB",
+                self.OFFSETS["number_of_bytes"],
+            )
         if self.flags & ~IGVM_REQUIRED_MEMORY_FLAG_VTL2_PROTECTABLE:
             raise _rule("REQUIRED_MEMORY.flags has reserved bits set", self.OFFSETS["flags"])
 
@@ -630,7 +713,8 @@ class ParameterHeader(_Header):
     """IGVM_VHS_PARAMETER (8 bytes): where in a parameter area the loader writes one item."""
 
     WIRE: ClassVar[tuple[tuple[str, str], ...]] = (
-        ("parameter_area_index", "I"), ("byte_offset", "I"),
+        ("parameter_area_index", "I"),
+        ("byte_offset", "I"),
     )
     MIN_BYTES: ClassVar[int] = 1
     parameter_area_index: int
@@ -733,11 +817,20 @@ class SnpIdBlock(_Header):
     TYPE: ClassVar[int] = IGVM_VHT_SNP_ID_BLOCK
     NAME: ClassVar[str] = "SNP_ID_BLOCK"
     WIRE: ClassVar[tuple[tuple[str, str], ...]] = (
-        ("compatibility_mask", "I"), ("author_key_enabled", "B"), ("reserved", "3s"),
-        ("ld", "48s"), ("family_id", "16s"), ("image_id", "16s"), ("version", "I"),
-        ("guest_svn", "I"), ("id_key_algorithm", "I"), ("author_key_algorithm", "I"),
-        ("id_key_signature", "144s"), ("id_public_key", "152s"),
-        ("author_key_signature", "144s"), ("author_public_key", "152s"),
+        ("compatibility_mask", "I"),
+        ("author_key_enabled", "B"),
+        ("reserved", "3s"),
+        ("ld", "48s"),
+        ("family_id", "16s"),
+        ("image_id", "16s"),
+        ("version", "I"),
+        ("guest_svn", "I"),
+        ("id_key_algorithm", "I"),
+        ("author_key_algorithm", "I"),
+        ("id_key_signature", "144s"),
+        ("id_public_key", "152s"),
+        ("author_key_signature", "144s"),
+        ("author_public_key", "152s"),
     )
     compatibility_mask: int
     author_key_enabled: int
@@ -764,7 +857,9 @@ class ErrorRange(_Header):
     TYPE: ClassVar[int] = IGVM_VHT_ERROR_RANGE
     NAME: ClassVar[str] = "ERROR_RANGE"
     WIRE: ClassVar[tuple[tuple[str, str], ...]] = (
-        ("gpa", "Q"), ("compatibility_mask", "I"), ("size_bytes", "I"),
+        ("gpa", "Q"),
+        ("compatibility_mask", "I"),
+        ("size_bytes", "I"),
     )
     gpa: int
     compatibility_mask: int
@@ -781,9 +876,16 @@ class VbsMeasurement(_Header):
     TYPE: ClassVar[int] = IGVM_VHT_VBS_MEASUREMENT
     NAME: ClassVar[str] = "VBS_MEASUREMENT"
     WIRE: ClassVar[tuple[tuple[str, str], ...]] = (
-        ("compatibility_mask", "I"), ("version", "I"), ("product_id", "I"), ("module_id", "I"),
-        ("security_version", "I"), ("policy_flags", "I"), ("boot_digest_algo", "I"),
-        ("signing_algo", "I"), ("boot_measurement_digest", "64s"), ("signature", "256s"),
+        ("compatibility_mask", "I"),
+        ("version", "I"),
+        ("product_id", "I"),
+        ("module_id", "I"),
+        ("security_version", "I"),
+        ("policy_flags", "I"),
+        ("boot_digest_algo", "I"),
+        ("signing_algo", "I"),
+        ("boot_measurement_digest", "64s"),
+        ("signature", "256s"),
         ("public_key", "512s"),
     )
     compatibility_mask: int
@@ -830,23 +932,57 @@ class UnknownOptionalHeader:
 
 PlatformHeader = SupportedPlatform | UnknownOptionalHeader
 InitializationHeader = (
-    GuestPolicy | RelocatableRegion | PageTableRelocation | CorimDocument | CorimSignature
-    | CcaPolicy | UnknownOptionalHeader
+    GuestPolicy
+    | RelocatableRegion
+    | PageTableRelocation
+    | CorimDocument
+    | CorimSignature
+    | CcaPolicy
+    | UnknownOptionalHeader
 )
 DirectiveHeader = (
-    ParameterArea | PageData | ParameterInsert | VpContext | RequiredMemory | ParameterHeader
-    | SnpIdBlock | ErrorRange | VbsMeasurement | UnknownOptionalHeader
+    ParameterArea
+    | PageData
+    | ParameterInsert
+    | VpContext
+    | RequiredMemory
+    | ParameterHeader
+    | SnpIdBlock
+    | ErrorRange
+    | VbsMeasurement
+    | UnknownOptionalHeader
 )
 AnyHeader = PlatformHeader | InitializationHeader | DirectiveHeader
 
 PARAMETER_TYPES: tuple[type[ParameterHeader], ...] = (
-    VpCount, Srat, Madt, MmioRanges, MemoryMap, CommandLine, Slit, Pptt, DeviceTree,
+    VpCount,
+    Srat,
+    Madt,
+    MmioRanges,
+    MemoryMap,
+    CommandLine,
+    Slit,
+    Pptt,
+    DeviceTree,
     EnvironmentInfo,
 )
 KNOWN_HEADER_CLASSES: tuple[type[_Header], ...] = (
-    SupportedPlatform, GuestPolicy, RelocatableRegion, PageTableRelocation, CorimDocument,
-    CorimSignature, CcaPolicy, ParameterArea, PageData, ParameterInsert, VpContext,
-    RequiredMemory, SnpIdBlock, ErrorRange, VbsMeasurement, *PARAMETER_TYPES,
+    SupportedPlatform,
+    GuestPolicy,
+    RelocatableRegion,
+    PageTableRelocation,
+    CorimDocument,
+    CorimSignature,
+    CcaPolicy,
+    ParameterArea,
+    PageData,
+    ParameterInsert,
+    VpContext,
+    RequiredMemory,
+    SnpIdBlock,
+    ErrorRange,
+    VbsMeasurement,
+    *PARAMETER_TYPES,
 )
 HEADER_CLASSES: dict[int, type[_Header]] = {cls.TYPE: cls for cls in KNOWN_HEADER_CLASSES}
 
@@ -865,8 +1001,9 @@ class MemoryMapEntry:
     flags: int = 0
 
     def pack(self) -> bytes:
-        return self.LAYOUT.pack(self.starting_gpa_page_number, self.number_of_pages,
-                                self.entry_type, self.flags, 0)
+        return self.LAYOUT.pack(
+            self.starting_gpa_page_number, self.number_of_pages, self.entry_type, self.flags, 0
+        )
 
     @classmethod
     def unpack(cls, raw: bytes) -> MemoryMapEntry:

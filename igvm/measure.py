@@ -78,9 +78,16 @@ def mr_extend_block(gpa: int) -> bytes:
 def measured_page_stream(gpa: int, page4k: bytes) -> bytes:
     """PAGE.ADD plus the 16 MR.EXTENDs of one page: the 6272 bytes it feeds into MRTD."""
     return MEASURED_PAGE.pack(
-        PAGE_ADD_TAG, gpa,
-        *chain.from_iterable(zip(_EXTEND_TAGS, range(gpa, gpa + PAGE_SIZE, MR_EXTEND_CHUNK),
-                                 PAGE_CHUNKS.unpack(page4k), strict=True)),
+        PAGE_ADD_TAG,
+        gpa,
+        *chain.from_iterable(
+            zip(
+                _EXTEND_TAGS,
+                range(gpa, gpa + PAGE_SIZE, MR_EXTEND_CHUNK),
+                PAGE_CHUNKS.unpack(page4k),
+                strict=True,
+            )
+        ),
     )
 
 
@@ -156,8 +163,10 @@ class MrtdAccumulator:
     def mr_extend(self, gpa: int, chunk256: bytes) -> None:
         """TDH.MR.EXTEND of one 256-byte chunk at `gpa`."""
         if len(chunk256) != MR_EXTEND_CHUNK:
-            raise ValueError(f"TDH.MR.EXTEND: chunk at GPA {gpa:#x} is {len(chunk256)} bytes, "
-                             f"must be {MR_EXTEND_CHUNK}")
+            raise ValueError(
+                f"TDH.MR.EXTEND: chunk at GPA {gpa:#x} is {len(chunk256)} bytes, "
+                f"must be {MR_EXTEND_CHUNK}"
+            )
         self.feed(mr_extend_block(gpa) + bytes(chunk256))
         self.extends += 1
 
@@ -211,11 +220,19 @@ def _operations(
     header: DirectiveHeader, mask: int, variant: Variant, areas: dict[int, int]
 ) -> tuple[list[bytes], int, int, str]:
     """(byte pieces fed to MRTD, page adds, extends, note) for one directive."""
-    if (type(header) is PageData and variant == "igvm"
-            and header.compatibility_mask & mask == mask and not header.flags & _NOT_EXTENDED):
+    if (
+        type(header) is PageData
+        and variant == "igvm"
+        and header.compatibility_mask & mask == mask
+        and not header.flags & _NOT_EXTENDED
+    ):
         # The common case first, without the generic checks below.
-        return ([measured_page_stream(header.gpa, _page_bytes(header))], 1, CHUNKS_PER_PAGE,
-                "measured page" if header.data else "measured zero page")
+        return (
+            [measured_page_stream(header.gpa, _page_bytes(header))],
+            1,
+            CHUNKS_PER_PAGE,
+            "measured page" if header.data else "measured zero page",
+        )
     if isinstance(header, ParameterArea):
         areas[header.parameter_area_index] = header.number_of_bytes
         return [], 0, 0, "parameter area declared (not measured)"
@@ -229,8 +246,7 @@ def _operations(
             note = "unmeasured page" if header.unmeasured else "zero page (td-shim: add only)"
             return [page_add_block(header.gpa)], 1, 0, note
         note = "measured page" if header.data else "measured zero page"
-        return ([measured_page_stream(header.gpa, _page_bytes(header))], 1, CHUNKS_PER_PAGE,
-                note)
+        return ([measured_page_stream(header.gpa, _page_bytes(header))], 1, CHUNKS_PER_PAGE, note)
     if isinstance(header, ParameterInsert):
         if variant == "td-shim":
             return [], 0, 0, "parameter insert (ignored by td-shim)"
@@ -248,7 +264,8 @@ def _resolve(
     if isinstance(source, IgvmFile):
         platform = source.tdx_platform
         directives: Iterator[tuple[int, DirectiveHeader]] = enumerate(
-            source.directives, len(source.platforms) + len(source.initializations))
+            source.directives, len(source.platforms) + len(source.initializations)
+        )
         closer = None
     else:
         opened = scan(source)
@@ -312,9 +329,15 @@ def measurement_log(
             for piece in pieces:
                 contribution.update(piece)
                 running.update(piece)
-            yield DirectiveMeasurement(index, header.describe(), adds, extends,
-                                       contribution.digest() if pieces else b"",
-                                       running.digest(), note)
+            yield DirectiveMeasurement(
+                index,
+                header.describe(),
+                adds,
+                extends,
+                contribution.digest() if pieces else b"",
+                running.digest(),
+                note,
+            )
     finally:
         if closer is not None:
             closer.close()
@@ -323,8 +346,9 @@ def measurement_log(
 def rtmr_extend(current: bytes, event_digest: bytes) -> bytes:
     """RTMR[i] = SHA-384(RTMR[i] || digest), as TDG.MR.RTMR.EXTEND does."""
     if len(current) != MRTD_SIZE or len(event_digest) != MRTD_SIZE:
-        raise ValueError(f"RTMR extend needs 48-byte values (got {len(current)} and "
-                         f"{len(event_digest)})")
+        raise ValueError(
+            f"RTMR extend needs 48-byte values (got {len(current)} and {len(event_digest)})"
+        )
     return hashlib.sha384(current + event_digest).digest()
 
 

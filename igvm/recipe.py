@@ -182,8 +182,10 @@ def _mapping(value: Any, key: str, allowed: set[str], required: set[str]) -> dic
         raise RecipeError(key or "(document)", f"expected a mapping, got {type(value).__name__}")
     for name in value:
         if name not in allowed:
-            raise RecipeError(f"{key}.{name}" if key else str(name),
-                              f"unknown key; allowed: {', '.join(sorted(allowed))}")
+            raise RecipeError(
+                f"{key}.{name}" if key else str(name),
+                f"unknown key; allowed: {', '.join(sorted(allowed))}",
+            )
     for name in sorted(required - set(value)):
         raise RecipeError(f"{key}.{name}" if key else name, "is required")
     return value
@@ -219,19 +221,22 @@ def _platform(raw: Any) -> tuple[int, int, int, int | None]:
     spec = _mapping(raw if raw is not None else {}, "platform", PLATFORM_KEYS, set())
     mask = parse_number(spec.get("compatibility_mask", DEFAULT_MASK), "platform.compatibility_mask")
     if mask == 0 or mask & (mask - 1) or mask > 0xFFFF_FFFF:
-        raise RecipeError("platform.compatibility_mask",
-                          f"must be one bit of a u32 (got {mask:#x})")
+        raise RecipeError(
+            "platform.compatibility_mask", f"must be one bit of a u32 (got {mask:#x})"
+        )
     vtl = parse_number(spec.get("highest_vtl", DEFAULT_HIGHEST_VTL), "platform.highest_vtl")
     if vtl not in ALLOWED_HIGHEST_VTL:
         raise RecipeError("platform.highest_vtl", f"must be 0 or 2 (got {vtl})")
-    boundary = parse_number(spec.get("shared_gpa_boundary", DEFAULT_SHARED_GPA_BIT),
-                            "platform.shared_gpa_boundary")
+    boundary = parse_number(
+        spec.get("shared_gpa_boundary", DEFAULT_SHARED_GPA_BIT), "platform.shared_gpa_boundary"
+    )
     if boundary < MAX_GPA_BITS:
         boundary = 1 << boundary
     elif boundary & (boundary - 1) or boundary >= 1 << MAX_GPA_BITS:
-        raise RecipeError("platform.shared_gpa_boundary",
-                          f"must be a bit number below 64 or a power-of-two address "
-                          f"(got {boundary:#x})")
+        raise RecipeError(
+            "platform.shared_gpa_boundary",
+            f"must be a bit number below 64 or a power-of-two address (got {boundary:#x})",
+        )
     policy: int | None = None
     if "policy" in spec:
         bits = _mapping(spec["policy"], "platform.policy", set(POLICY_BITS), set())
@@ -247,8 +252,9 @@ def _component(raw: Any, key: str, base: Path, names: set[str]) -> Component:
     name = _name(spec["name"], f"{key}.name", names)
     kind = spec["kind"]
     if kind not in COMPONENT_KINDS:
-        raise RecipeError(f"{key}.kind", f"must be one of {', '.join(COMPONENT_KINDS)}, "
-                                         f"got {kind!r}")
+        raise RecipeError(
+            f"{key}.kind", f"must be one of {', '.join(COMPONENT_KINDS)}, got {kind!r}"
+        )
     gpa = _aligned(spec["gpa"], f"{key}.gpa")
     if "file" in spec and "fill" in spec:
         raise RecipeError(f"{key}.fill", "give either file or fill, not both")
@@ -265,8 +271,9 @@ def _component(raw: Any, key: str, base: Path, names: set[str]) -> Component:
     if "size" in spec:
         size = parse_number(spec["size"], f"{key}.size")
         if size < len(data):
-            raise RecipeError(f"{key}.size", f"{size:#x} is smaller than the file "
-                                             f"({len(data):#x} bytes)")
+            raise RecipeError(
+                f"{key}.size", f"{size:#x} is smaller than the file ({len(data):#x} bytes)"
+            )
     if "fill" in spec:
         fill = parse_number(spec["fill"], f"{key}.fill")
         if fill > BYTE_MAX:
@@ -284,8 +291,9 @@ def _component(raw: Any, key: str, base: Path, names: set[str]) -> Component:
     shared = _bool(spec.get("shared", False), f"{key}.shared")
     data_type_name = spec.get("data_type", "normal")
     if not isinstance(data_type_name, str) or data_type_name not in DATA_TYPES:
-        raise RecipeError(f"{key}.data_type", f"must be one of {', '.join(DATA_TYPES)}, "
-                                              f"got {data_type_name!r}")
+        raise RecipeError(
+            f"{key}.data_type", f"must be one of {', '.join(DATA_TYPES)}, got {data_type_name!r}"
+        )
     return Component(name, kind, gpa, data, size, measured, shared, DATA_TYPES[data_type_name])
 
 
@@ -303,28 +311,36 @@ def _area(raw: Any, key: str, index: int, names: set[str]) -> ParameterAreaSpec:
         entry = _mapping(item, item_key, PARAMETER_KEYS, {"type", "offset"})
         kind = PARAMETER_KINDS.get(entry["type"]) if isinstance(entry["type"], str) else None
         if kind is None:
-            raise RecipeError(f"{item_key}.type", f"must be one of {', '.join(PARAMETER_KINDS)}, "
-                                                  f"got {entry['type']!r}")
+            raise RecipeError(
+                f"{item_key}.type",
+                f"must be one of {', '.join(PARAMETER_KINDS)}, got {entry['type']!r}",
+            )
         offset = parse_number(entry["offset"], f"{item_key}.offset")
         if offset + kind.MIN_BYTES > size:
-            raise RecipeError(f"{item_key}.offset", f"{offset:#x} leaves less than "
-                                                    f"{kind.MIN_BYTES} bytes in the {size:#x}-byte "
-                                                    "area")
+            raise RecipeError(
+                f"{item_key}.offset",
+                f"{offset:#x} leaves less than {kind.MIN_BYTES} bytes in the {size:#x}-byte area",
+            )
         parameters.append(Parameter(kind, offset))
     return ParameterAreaSpec(name, index, gpa, size, tuple(parameters))
 
 
 def _check_overlaps(recipe: Recipe) -> None:
-    regions = [(c.gpa, c.gpa + c.size, f"components[{i}] ({c.name})")
-               for i, c in enumerate(recipe.components)]
-    regions += [(a.gpa, a.gpa + a.size, f"parameter_areas[{i}] ({a.name})")
-                for i, a in enumerate(recipe.parameter_areas)]
+    regions = [
+        (c.gpa, c.gpa + c.size, f"components[{i}] ({c.name})")
+        for i, c in enumerate(recipe.components)
+    ]
+    regions += [
+        (a.gpa, a.gpa + a.size, f"parameter_areas[{i}] ({a.name})")
+        for i, a in enumerate(recipe.parameter_areas)
+    ]
     regions.sort()
     for (start_a, end_a, key_a), (start_b, _end_b, key_b) in itertools.pairwise(regions):
         if start_b < end_a:
-            raise RecipeError(f"{key_b.split(' ')[0]}.gpa",
-                              f"{key_b} at {start_b:#x} overlaps {key_a} "
-                              f"[{start_a:#x}, {end_a:#x})")
+            raise RecipeError(
+                f"{key_b.split(' ')[0]}.gpa",
+                f"{key_b} at {start_b:#x} overlaps {key_a} [{start_a:#x}, {end_a:#x})",
+            )
 
 
 def load_recipe_text(text: str, base: Path) -> Recipe:
@@ -339,13 +355,15 @@ def load_recipe_text(text: str, base: Path) -> Recipe:
     if not isinstance(raw_components, list) or not raw_components:
         raise RecipeError("components", "expected a non-empty list")
     names: set[str] = set()
-    components = tuple(_component(item, f"components[{i}]", base, names)
-                       for i, item in enumerate(raw_components))
+    components = tuple(
+        _component(item, f"components[{i}]", base, names) for i, item in enumerate(raw_components)
+    )
     raw_areas = top.get("parameter_areas", [])
     if not isinstance(raw_areas, list):
         raise RecipeError("parameter_areas", "expected a list")
-    areas = tuple(_area(item, f"parameter_areas[{i}]", i, names)
-                  for i, item in enumerate(raw_areas))
+    areas = tuple(
+        _area(item, f"parameter_areas[{i}]", i, names) for i, item in enumerate(raw_areas)
+    )
     recipe = Recipe(mask, vtl, boundary, policy, components, areas)
     _check_overlaps(recipe)
     return recipe

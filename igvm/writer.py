@@ -41,8 +41,7 @@ FILE_SIZE_LIMIT = 1 << 32
 def format_version_for(igvm: IgvmFile) -> int:
     """v1 unless the content needs the v2 fixed header."""
     needs_v2 = igvm.architecture != ARCH_X64 or any(
-        isinstance(p, SupportedPlatform) and p.platform_type in V2_PLATFORMS
-        for p in igvm.platforms
+        isinstance(p, SupportedPlatform) and p.platform_type in V2_PLATFORMS for p in igvm.platforms
     )
     return IGVM_FORMAT_VERSION_2 if needs_v2 else IGVM_FORMAT_VERSION_1
 
@@ -55,8 +54,9 @@ def _tlv(header: AnyHeader, payload: bytes) -> bytes:
 def serialize(igvm: IgvmFile, *, verify: bool = True) -> bytes:
     """The file's bytes; raises IgvmError (header index of the offending header) if invalid."""
     version = format_version_for(igvm)
-    fixed_size = IGVM_FIXED_HEADER_V2_SIZE if version == IGVM_FORMAT_VERSION_2 else (
-        IGVM_FIXED_HEADER.size)
+    fixed_size = (
+        IGVM_FIXED_HEADER_V2_SIZE if version == IGVM_FORMAT_VERSION_2 else (IGVM_FIXED_HEADER.size)
+    )
     headers = igvm.headers()
     sizes = [align8(IGVM_VHS_VARIABLE_HEADER.size + len(h.pack(0))) for h in headers]
     vh_size = sum(sizes)

@@ -76,9 +76,13 @@ class L1Summary:
         try:
             raw = json.loads(run.output)
             return cls(
-                int(raw["num_l2_vms"]), bytes.fromhex(raw["ca_certificate"]),
+                int(raw["num_l2_vms"]),
+                bytes.fromhex(raw["ca_certificate"]),
                 {k: bytes.fromhex(v) for k, v in raw["ek_certificates"].items()},
-                bytes.fromhex(raw["cc_event_log"]), raw, run, uart,
+                bytes.fromhex(raw["cc_event_log"]),
+                raw,
+                run,
+                uart,
             )
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise BootError(f"L1's summary is malformed: {exc!r}") from exc
@@ -159,8 +163,10 @@ def run_local(
             if report.mrtd_td != report.mrtd_offline:
                 raise BootError(f"TD MRTD {report.mrtd_td.hex()} differs from the offline one")
             out("    MRTD of the TD equals `igvm measure` of the file")
-        title = ("L1 (svsm) boots from the measured image: accept, NUM_L2_VMS, RTMR0; vTPM with "
-                 "EKs and a CA bound to a TD quote; PCR0, separators")
+        title = (
+            "L1 (svsm) boots from the measured image: accept, NUM_L2_VMS, RTMR0; vTPM with "
+            "EKs and a CA bound to a TD quote; PCR0, separators"
+        )
         with _step(report, title, out):
             run = vmm.run(L1_TIMEOUT_S)
             uart = bytes(vmm.host.uart.output).decode(errors="replace") if vmm.host else ""
@@ -174,6 +180,7 @@ def run_local(
 
     engine = TpmEngine()
     try:
+
         def provision(tpm: TpmEngine) -> ManufactureResult:
             return manufacture(tpm, attester=attester_from_name("fake"))
 
@@ -218,13 +225,17 @@ def _verify(report: BootReport, quoting: QuotingService, out: Callable[[str], No
         quoted_log = eventlog.parse(_extension(ca, OID_EVENT_LOG, "event log"))
         if tuple(parsed.body.rtmrs) != eventlog.replay(quoted_log):
             raise BootError("the quote's RTMRs do not replay from the CA certificate's event log")
-        out(f"    RTMR0..3 of the quote replay from the CA certificate's event log "
-            f"({len(quoted_log)} events)")
+        out(
+            f"    RTMR0..3 of the quote replay from the CA certificate's event log "
+            f"({len(quoted_log)} events)"
+        )
         full = eventlog.parse(l1.cc_event_log)
-        later = full[len(quoted_log):]
+        later = full[len(quoted_log) :]
         separators = [(index, EV_SEPARATOR) for index in range(RTMR_COUNT)]
-        if full[: len(quoted_log)] != quoted_log or [
-                (e.rtmr, e.event_type) for e in later] != separators:
+        if (
+            full[: len(quoted_log)] != quoted_log
+            or [(e.rtmr, e.event_type) for e in later] != separators
+        ):
             raise BootError("L1's event log is not the quoted log followed by 4 separators")
         out("    L1's event log: the quoted events, then separators into RTMR0..3 after the quote")
         for kind, der in l1.ek_certificates.items():
@@ -240,8 +251,10 @@ def _exercise(report: BootReport, out: Callable[[str], None]) -> None:
     from tpm2_pytss.constants import ESYS_TR, TPM2_ALG
     from tpm2_pytss.types import TPML_DIGEST_VALUES, TPML_PCR_SELECTION, TPMT_HA, TPMU_HA
 
-    title = (f"tpm2-pytss over {report.tcti} to a directly served vTPM (`vtpm serve`, fake "
-             "attester): NOT the L1 vTPM, whose CRB path through L2 does not exist yet")
+    title = (
+        f"tpm2-pytss over {report.tcti} to a directly served vTPM (`vtpm serve`, fake "
+        "attester): NOT the L1 vTPM, whose CRB path through L2 does not exist yet"
+    )
     with _step(report, title, out), ESAPI(report.tcti) as ectx:
         out(f"    GetRandom(16): {bytes(ectx.get_random(16)).hex()}")
         digest = hashlib.sha256(b"tdpvtpm run").digest()

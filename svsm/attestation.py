@@ -59,13 +59,21 @@ class GetQuoteError(AttesterError):
 def encode_request(tdreport: bytes, buffer_size: int) -> bytes:
     """The GetQuote buffer L1 hands the host: header (in flight ends at status 0) and request."""
     body = GET_QUOTE_REQ.pack(len(tdreport), 0) + tdreport
-    message = QGS_MSG_HEADER.pack(QGS_MSG_MAJOR_VERSION, QGS_MSG_MINOR_VERSION,
-                                  QGS_GET_QUOTE_REQ, QGS_MSG_HEADER.size + len(body),
-                                  QGS_MSG_SUCCESS) + body
+    message = (
+        QGS_MSG_HEADER.pack(
+            QGS_MSG_MAJOR_VERSION,
+            QGS_MSG_MINOR_VERSION,
+            QGS_GET_QUOTE_REQ,
+            QGS_MSG_HEADER.size + len(body),
+            QGS_MSG_SUCCESS,
+        )
+        + body
+    )
     payload = MESSAGE_LENGTH.pack(len(message)) + message
     if GET_QUOTE_HEADER.size + len(payload) > buffer_size:
-        raise AttesterError(f"GetQuote request of {len(payload)} bytes does not fit the "
-                            f"{buffer_size}-byte buffer")
+        raise AttesterError(
+            f"GetQuote request of {len(payload)} bytes does not fit the {buffer_size}-byte buffer"
+        )
     header = GET_QUOTE_HEADER.pack(GET_QUOTE_BUF_VERSION, GET_QUOTE_SUCCESS, len(payload), 0)
     return (header + payload).ljust(buffer_size, b"\0")
 
@@ -83,16 +91,25 @@ def decode_response(answer: bytes) -> bytes:
         raise GetQuoteError("status", STATUS_OFFSET, f"{status:#x} (host reports an error)")
     room = len(answer) - GET_QUOTE_HEADER.size
     if not MIN_OUT_LEN <= out_len <= room:
-        raise GetQuoteError("out_len", OUT_LEN_OFFSET, f"{out_len} is outside [{MIN_OUT_LEN}, "
-                            f"{room}] (the buffer after its header)")
+        raise GetQuoteError(
+            "out_len",
+            OUT_LEN_OFFSET,
+            f"{out_len} is outside [{MIN_OUT_LEN}, {room}] (the buffer after its header)",
+        )
     (msg_len,) = MESSAGE_LENGTH.unpack_from(answer, GET_QUOTE_HEADER.size)
     if msg_len + MESSAGE_LENGTH.size != out_len:
-        raise GetQuoteError("message length", GET_QUOTE_HEADER.size,
-                            f"{msg_len} + 4 does not equal out_len {out_len}")
+        raise GetQuoteError(
+            "message length",
+            GET_QUOTE_HEADER.size,
+            f"{msg_len} + 4 does not equal out_len {out_len}",
+        )
     major, _minor, msg_type, size, error = QGS_MSG_HEADER.unpack_from(answer, QGS_MSG_OFFSET)
     if major != QGS_MSG_MAJOR_VERSION or msg_type != QGS_GET_QUOTE_RESP:
-        raise GetQuoteError("QGS header", QGS_MSG_OFFSET,
-                            f"version {major}, type {msg_type}: not a GET_QUOTE_RESP v1")
+        raise GetQuoteError(
+            "QGS header",
+            QGS_MSG_OFFSET,
+            f"version {major}, type {msg_type}: not a GET_QUOTE_RESP v1",
+        )
     if size != msg_len:
         raise GetQuoteError("QGS size", QGS_MSG_OFFSET + 8, f"{size}, message length {msg_len}")
     if error != QGS_MSG_SUCCESS:
@@ -101,9 +118,12 @@ def decode_response(answer: bytes) -> bytes:
     start = QGS_BODY_OFFSET + GET_QUOTE_RESP.size + id_size
     end = start + quote_size
     if quote_size == 0 or end != QGS_MSG_OFFSET + size:
-        raise GetQuoteError("quote_size", QGS_BODY_OFFSET + 4,
-                            f"selected_id_size {id_size} + quote_size {quote_size} does not fill "
-                            f"the {size}-byte message")
+        raise GetQuoteError(
+            "quote_size",
+            QGS_BODY_OFFSET + 4,
+            f"selected_id_size {id_size} + quote_size {quote_size} does not fill "
+            f"the {size}-byte message",
+        )
     return answer[start:end]
 
 
@@ -121,10 +141,14 @@ class TdxAttester:
 
     name = "tdx"
 
-    def __init__(self, tdcall: Tdcall, memory: Memory, buffers: AttestationBuffers,
-                 event_log: Callable[[], bytes]) -> None:
-        if buffers.report_gpa % TDREPORT_ALIGNMENT or buffers.reportdata_gpa % \
-                REPORTDATA_ALIGNMENT:
+    def __init__(
+        self,
+        tdcall: Tdcall,
+        memory: Memory,
+        buffers: AttestationBuffers,
+        event_log: Callable[[], bytes],
+    ) -> None:
+        if buffers.report_gpa % TDREPORT_ALIGNMENT or buffers.reportdata_gpa % REPORTDATA_ALIGNMENT:
             raise AttesterError("TDREPORT must be 1024-byte and REPORTDATA 64-byte aligned")
         self._tdcall = tdcall
         self._memory = memory
@@ -161,17 +185,23 @@ class TdxAttester:
             self.waits += 1
             answer = buffer.snapshot()
         else:
-            raise GetQuoteError("status", STATUS_OFFSET,
-                                f"still in flight after {GETQUOTE_WAIT_MAX} waits; giving up")
+            raise GetQuoteError(
+                "status",
+                STATUS_OFFSET,
+                f"still in flight after {GETQUOTE_WAIT_MAX} waits; giving up",
+            )
         quote = decode_response(answer)
         try:
             got = parse_quote_v4(quote).report_data
         except ValueError as exc:
             raise GetQuoteError("quote", QGS_BODY_OFFSET + GET_QUOTE_RESP.size, str(exc)) from exc
         if got != report_data:
-            raise GetQuoteError("quote REPORTDATA", QGS_BODY_OFFSET + GET_QUOTE_RESP.size,
-                                f"{got[:8].hex()}... is not the REPORTDATA L1 asked for "
-                                f"({report_data[:8].hex()}...)")
+            raise GetQuoteError(
+                "quote REPORTDATA",
+                QGS_BODY_OFFSET + GET_QUOTE_RESP.size,
+                f"{got[:8].hex()}... is not the REPORTDATA L1 asked for "
+                f"({report_data[:8].hex()}...)",
+            )
         self.last_quote = quote
         return quote
 

@@ -68,8 +68,7 @@ class Boot:
     def say(self, line: str) -> None:
         """One line on the debug UART: an IO TDVMCALL (a TD exit) per byte."""
         for byte in (line + "\n").encode():
-            self.tdcall.tdvmcall(Tdvmcall.IO, r12=IO_SIZE_1, r13=IO_WRITE, r14=UART_PORT,
-                                 r15=byte)
+            self.tdcall.tdvmcall(Tdvmcall.IO, r12=IO_SIZE_1, r13=IO_WRITE, r14=UART_PORT, r15=byte)
 
     @contextmanager
     def step(self, title: str) -> Iterator[None]:
@@ -93,32 +92,41 @@ class Boot:
         num_l2_vms = self.tdcall.vm_rd(NUM_L2_VMS_FIELD)
         area = self.memory.read_measured(PARAMETER_AREA_GPA, PARAMETER_AREA_SIZE)
         description = f"IGVM parameter area at {PARAMETER_AREA_GPA:#x}, {len(area)} bytes\0"
-        self.rtmrs.extend(RTMR_LAUNCH, EV_PLATFORM_CONFIG_FLAGS, description.encode(),
-                          hashlib.sha384(area).digest())
+        self.rtmrs.extend(
+            RTMR_LAUNCH,
+            EV_PLATFORM_CONFIG_FLAGS,
+            description.encode(),
+            hashlib.sha384(area).digest(),
+        )
         return num_l2_vms
 
     def vtpm(self, engine: TpmEngine) -> tuple[ManufactureResult, TdxAttester]:
         """Step 3: vTPM manufacture, its CA bound to a TD quote."""
         self.platform_interrupts()
         quote_buffer = self.memory.share(QUOTE_BUFFER_GPA, QUOTE_BUFFER_SIZE)
-        attester = TdxAttester(self.tdcall, self.memory,
-                               AttestationBuffers(TDREPORT_GPA, REPORTDATA_GPA, quote_buffer),
-                               self.rtmrs.event_log)
+        attester = TdxAttester(
+            self.tdcall,
+            self.memory,
+            AttestationBuffers(TDREPORT_GPA, REPORTDATA_GPA, quote_buffer),
+            self.rtmrs.event_log,
+        )
         engine.power_on()
         return manufacture(engine, attester=attester), attester
 
     def platform_interrupts(self) -> None:
         """Ask the host to notify GetQuote completion; record the vectors taken."""
         set_handler: Callable[[Callable[[int], None]], None] | None = getattr(
-            self.platform, "set_interrupt_handler", None)
+            self.platform, "set_interrupt_handler", None
+        )
         if set_handler is not None:
             set_handler(self.interrupts.append)
         self.tdcall.tdvmcall(Tdvmcall.SETUP_EVENT_NOTIFY_INTERRUPT, r12=NOTIFY_VECTOR)
 
     def seal(self, engine: TpmEngine) -> list[PcrEvent]:
         """Step 4: the svsm version into PCR0, then a separator into RTMR0..3."""
-        version = extend_pcr(wire.TpmClient(engine), PCR_SVSM, EV_S_CRTM_VERSION,
-                             SVSM_VERSION.encode() + b"\0")
+        version = extend_pcr(
+            wire.TpmClient(engine), PCR_SVSM, EV_S_CRTM_VERSION, SVSM_VERSION.encode() + b"\0"
+        )
         self.rtmrs.separators()
         return [version]
 
@@ -131,12 +139,13 @@ def main(platform: Platform) -> bytes:
     try:
         with boot.step("accept memory, NUM_L2_VMS, launch parameters into RTMR0"):
             num_l2_vms = boot.launch()
-            boot.say(f"  accepted {WORK_SIZE:#x} bytes at {WORK_GPA:#x}; NUM_L2_VMS = "
-                     f"{num_l2_vms}")
+            boot.say(f"  accepted {WORK_SIZE:#x} bytes at {WORK_GPA:#x}; NUM_L2_VMS = {num_l2_vms}")
         with boot.step("vTPM manufacture: EKs, CA bound to a TD quote"):
             made, attester = boot.vtpm(engine)
-            boot.say(f"  EKs {', '.join(made.eks)}; CA certificate {len(made.ca_certificate)} "
-                     f"bytes in NV {made.ca_nv_indices[0]:#x}; quote {len(made.quote)} bytes")
+            boot.say(
+                f"  EKs {', '.join(made.eks)}; CA certificate {len(made.ca_certificate)} "
+                f"bytes in NV {made.ca_nv_indices[0]:#x}; quote {len(made.quote)} bytes"
+            )
         with boot.step("PCR0 svsm version, separators into RTMR0..3"):
             pcr_events = boot.seal(engine)
     finally:
@@ -147,9 +156,15 @@ def main(platform: Platform) -> bytes:
         "ca_certificate": made.ca_certificate.hex(),
         "ek_certificates": {kind: ek.certificate.hex() for kind, ek in made.eks.items()},
         "cc_event_log": boot.rtmrs.event_log().hex(),
-        "pcr_events": [{"pcr": e.pcr, "event_type": e.event_type, "data": e.data.hex(),
-                        "digests": {f"{alg:#06x}": d.hex() for alg, d in e.digests.items()}}
-                       for e in pcr_events],
+        "pcr_events": [
+            {
+                "pcr": e.pcr,
+                "event_type": e.event_type,
+                "data": e.data.hex(),
+                "digests": {f"{alg:#06x}": d.hex() for alg, d in e.digests.items()},
+            }
+            for e in pcr_events
+        ],
         "simulated_quote": attester.simulated,
         "quote_waits": attester.waits,
         "interrupts": boot.interrupts,

@@ -64,37 +64,48 @@ def encode(events: Iterable[CcEvent]) -> bytes:
 
 def _take(log: bytes, offset: int, size: int, field: str) -> bytes:
     if offset + size > len(log):
-        raise EventLogError(f"CC event log offset {offset}: {field} needs {size} bytes, "
-                            f"{max(len(log) - offset, 0)} left")
+        raise EventLogError(
+            f"CC event log offset {offset}: {field} needs {size} bytes, "
+            f"{max(len(log) - offset, 0)} left"
+        )
     return log[offset : offset + size]
 
 
 def parse(log: bytes) -> list[CcEvent]:
     """The events of a log, after checking its Spec ID header says SHA-384 only."""
     _pcr, event_type, _sha1, spec_size = TCG_PCR_EVENT_HEADER.unpack(
-        _take(log, 0, TCG_PCR_EVENT_HEADER.size, "TCG_PCR_EVENT header"))
+        _take(log, 0, TCG_PCR_EVENT_HEADER.size, "TCG_PCR_EVENT header")
+    )
     if event_type != EV_NO_ACTION:
-        raise EventLogError(f"CC event log offset 4: first event type {event_type:#x}, "
-                            "expected EV_NO_ACTION (Spec ID event)")
+        raise EventLogError(
+            f"CC event log offset 4: first event type {event_type:#x}, "
+            "expected EV_NO_ACTION (Spec ID event)"
+        )
     spec = _take(log, TCG_PCR_EVENT_HEADER.size, spec_size, "Spec ID event")
     signature, *_rest, algorithms = SPEC_ID_EVENT.unpack(
-        _take(spec, 0, SPEC_ID_EVENT.size, "Spec ID event fields"))
-    alg = SPEC_ID_ALGORITHM.unpack(_take(spec, SPEC_ID_EVENT.size, SPEC_ID_ALGORITHM.size,
-                                         "Spec ID algorithm"))
-    if signature != SPEC_ID_SIGNATURE or algorithms != 1 or alg != (TPM_ALG_SHA384,
-                                                                     SHA384_SIZE):
-        raise EventLogError(f"CC event log offset {TCG_PCR_EVENT_HEADER.size}: Spec ID event is "
-                            f"not 'Spec ID Event03' with SHA-384 only ({algorithms} algorithms)")
+        _take(spec, 0, SPEC_ID_EVENT.size, "Spec ID event fields")
+    )
+    alg = SPEC_ID_ALGORITHM.unpack(
+        _take(spec, SPEC_ID_EVENT.size, SPEC_ID_ALGORITHM.size, "Spec ID algorithm")
+    )
+    if signature != SPEC_ID_SIGNATURE or algorithms != 1 or alg != (TPM_ALG_SHA384, SHA384_SIZE):
+        raise EventLogError(
+            f"CC event log offset {TCG_PCR_EVENT_HEADER.size}: Spec ID event is "
+            f"not 'Spec ID Event03' with SHA-384 only ({algorithms} algorithms)"
+        )
     offset = TCG_PCR_EVENT_HEADER.size + spec_size
     events = []
     while offset < len(log):
         mr_index, event_type, count, alg_id = TCG_PCR_EVENT2_HEAD.unpack(
-            _take(log, offset, TCG_PCR_EVENT2_HEAD.size, "TCG_PCR_EVENT2 head"))
+            _take(log, offset, TCG_PCR_EVENT2_HEAD.size, "TCG_PCR_EVENT2 head")
+        )
         if not MR_INDEX_OF_RTMR0 <= mr_index <= RTMR_COUNT:
             raise EventLogError(f"CC event log offset {offset}: MR index {mr_index} is not 1-4")
         if count != ONE_DIGEST or alg_id != TPM_ALG_SHA384:
-            raise EventLogError(f"CC event log offset {offset + 8}: {count} digests of alg "
-                                f"{alg_id:#x}, expected one SHA-384")
+            raise EventLogError(
+                f"CC event log offset {offset + 8}: {count} digests of alg "
+                f"{alg_id:#x}, expected one SHA-384"
+            )
         at = offset + TCG_PCR_EVENT2_HEAD.size
         digest = _take(log, at, SHA384_SIZE, "digest")
         (size,) = EVENT_SIZE.unpack(_take(log, at + SHA384_SIZE, EVENT_SIZE.size, "eventSize"))

@@ -36,15 +36,18 @@ class Rtmrs:
         self._digest_gpa = digest_gpa
         self.events: list[CcEvent] = []
 
-    def extend(self, rtmr: int, event_type: int, data: bytes, digest: bytes | None = None
-               ) -> CcEvent:
+    def extend(
+        self, rtmr: int, event_type: int, data: bytes, digest: bytes | None = None
+    ) -> CcEvent:
         """Extend RTMR `rtmr` with `digest` (default SHA-384 of `data`) and log the event."""
         if not 0 <= rtmr < RTMR_COUNT:
             raise MeasurementError(f"RTMR index {rtmr} is not 0-3")
         value = hashlib.sha384(data).digest() if digest is None else digest
         if len(value) != SHA384_SIZE:
-            raise MeasurementError(f"RTMR{rtmr} event {event_type:#x}: digest of {len(value)} "
-                                   "bytes, must be 48 (SHA-384)")
+            raise MeasurementError(
+                f"RTMR{rtmr} event {event_type:#x}: digest of {len(value)} "
+                "bytes, must be 48 (SHA-384)"
+            )
         self._memory.write(self._digest_gpa, value)
         self._tdcall.rtmr_extend(self._digest_gpa, rtmr)
         event = CcEvent(rtmr, event_type, value, data)

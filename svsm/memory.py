@@ -43,8 +43,10 @@ class SharedBuffer:
     def write(self, offset: int, data: bytes) -> None:
         """Write into the buffer (the host sees it at once)."""
         if offset < 0 or offset + len(data) > self.size:
-            raise L1MemoryError(f"shared buffer {self.gpa:#x}: write of {len(data)} bytes at "
-                                f"offset {offset} overruns its {self.size} bytes")
+            raise L1MemoryError(
+                f"shared buffer {self.gpa:#x}: write of {len(data)} bytes at "
+                f"offset {offset} overruns its {self.size} bytes"
+            )
         self.memory.raw_write(self.gpa + offset, data)
 
     def snapshot(self) -> bytes:
@@ -157,19 +159,24 @@ class Memory:
         start = gpa | self.shared_bit
         end = start + size
         for _attempt in range(MAPGPA_MAX_RETRIES + 1):
-            out = self._tdcall.tdvmcall(Tdvmcall.MAP_GPA, allow=(TdvmcallStatus.RETRY,),
-                                        r12=start, r13=end - start)
+            out = self._tdcall.tdvmcall(
+                Tdvmcall.MAP_GPA, allow=(TdvmcallStatus.RETRY,), r12=start, r13=end - start
+            )
             if out[R10] == TdvmcallStatus.SUCCESS:
                 self._forget(gpa, gpa + size)
                 return SharedBuffer(self, gpa | self.shared_bit, size)
             resume = out[R11]
             if not start <= resume < end or resume % PAGE_SIZE:
                 self._forget(gpa, gpa + size)  # part may be shared now: never trust it as private
-                raise L1MemoryError(f"MapGPA of {gpa | self.shared_bit:#x} (+{size:#x}): RETRY "
-                                    f"with resume GPA {resume:#x} (R11) outside [{start:#x}, "
-                                    f"{end:#x}) or not page aligned")
+                raise L1MemoryError(
+                    f"MapGPA of {gpa | self.shared_bit:#x} (+{size:#x}): RETRY "
+                    f"with resume GPA {resume:#x} (R11) outside [{start:#x}, "
+                    f"{end:#x}) or not page aligned"
+                )
             start = resume
         self._forget(gpa, gpa + size)
-        raise L1MemoryError(f"MapGPA of {gpa | self.shared_bit:#x} (+{size:#x}): the host "
-                            f"answered RETRY {MAPGPA_MAX_RETRIES + 1} times; giving up at "
-                            f"{start:#x}")
+        raise L1MemoryError(
+            f"MapGPA of {gpa | self.shared_bit:#x} (+{size:#x}): the host "
+            f"answered RETRY {MAPGPA_MAX_RETRIES + 1} times; giving up at "
+            f"{start:#x}"
+        )

@@ -15,8 +15,18 @@ from typing import Protocol
 RAX, RCX, RDX, RBX, RSP, RBP, RSI, RDI = range(8)
 R8, R9, R10, R11, R12, R13, R14, R15 = range(8, 16)
 GPR_COUNT = 16
-REGISTER_NAMES = {"rcx": RCX, "rdx": RDX, "r8": R8, "r9": R9, "r10": R10, "r11": R11,
-                  "r12": R12, "r13": R13, "r14": R14, "r15": R15}
+REGISTER_NAMES = {
+    "rcx": RCX,
+    "rdx": RDX,
+    "r8": R8,
+    "r9": R9,
+    "r10": R10,
+    "r11": R11,
+    "r12": R12,
+    "r13": R13,
+    "r14": R14,
+    "r15": R15,
+}
 U64 = (1 << 64) - 1
 
 
@@ -45,14 +55,24 @@ class Leaf(IntEnum):
 
 
 LEAF_NAMES: dict[int, str] = {
-    Leaf.VP_VMCALL: "TDG.VP.VMCALL", Leaf.VP_INFO: "TDG.VP.INFO",
-    Leaf.MR_RTMR_EXTEND: "TDG.MR.RTMR.EXTEND", Leaf.VP_VEINFO_GET: "TDG.VP.VEINFO.GET",
-    Leaf.MR_REPORT: "TDG.MR.REPORT", Leaf.VP_CPUIDVE_SET: "TDG.VP.CPUIDVE.SET",
-    Leaf.MEM_PAGE_ACCEPT: "TDG.MEM.PAGE.ACCEPT", Leaf.VM_RD: "TDG.VM.RD", Leaf.VM_WR: "TDG.VM.WR",
-    Leaf.VP_RD: "TDG.VP.RD", Leaf.VP_WR: "TDG.VP.WR", Leaf.SYS_RD: "TDG.SYS.RD",
-    Leaf.SYS_RDALL: "TDG.SYS.RDALL", Leaf.MR_VERIFYREPORT: "TDG.MR.VERIFYREPORT",
-    Leaf.MEM_PAGE_ATTR_RD: "TDG.MEM.PAGE.ATTR.RD", Leaf.MEM_PAGE_ATTR_WR: "TDG.MEM.PAGE.ATTR.WR",
-    Leaf.VP_ENTER: "TDG.VP.ENTER", Leaf.VP_INVEPT: "TDG.VP.INVEPT",
+    Leaf.VP_VMCALL: "TDG.VP.VMCALL",
+    Leaf.VP_INFO: "TDG.VP.INFO",
+    Leaf.MR_RTMR_EXTEND: "TDG.MR.RTMR.EXTEND",
+    Leaf.VP_VEINFO_GET: "TDG.VP.VEINFO.GET",
+    Leaf.MR_REPORT: "TDG.MR.REPORT",
+    Leaf.VP_CPUIDVE_SET: "TDG.VP.CPUIDVE.SET",
+    Leaf.MEM_PAGE_ACCEPT: "TDG.MEM.PAGE.ACCEPT",
+    Leaf.VM_RD: "TDG.VM.RD",
+    Leaf.VM_WR: "TDG.VM.WR",
+    Leaf.VP_RD: "TDG.VP.RD",
+    Leaf.VP_WR: "TDG.VP.WR",
+    Leaf.SYS_RD: "TDG.SYS.RD",
+    Leaf.SYS_RDALL: "TDG.SYS.RDALL",
+    Leaf.MR_VERIFYREPORT: "TDG.MR.VERIFYREPORT",
+    Leaf.MEM_PAGE_ATTR_RD: "TDG.MEM.PAGE.ATTR.RD",
+    Leaf.MEM_PAGE_ATTR_WR: "TDG.MEM.PAGE.ATTR.WR",
+    Leaf.VP_ENTER: "TDG.VP.ENTER",
+    Leaf.VP_INVEPT: "TDG.VP.INVEPT",
     Leaf.VP_INVVPID: "TDG.VP.INVVPID",
 }
 
@@ -98,8 +118,10 @@ STATUS_ERROR_BIT = 1 << 63
 STATUS_NON_RECOVERABLE_BIT = 1 << 62
 STATUS_CLASS_MASK = 0xFFFFFFFF00000000
 STATUS_NAMES = {
-    TDX_SUCCESS: "TDX_SUCCESS", TDX_OPERAND_INVALID: "TDX_OPERAND_INVALID",
-    TDX_OPERAND_BUSY: "TDX_OPERAND_BUSY", TDX_PAGE_ALREADY_ACCEPTED: "TDX_PAGE_ALREADY_ACCEPTED",
+    TDX_SUCCESS: "TDX_SUCCESS",
+    TDX_OPERAND_INVALID: "TDX_OPERAND_INVALID",
+    TDX_OPERAND_BUSY: "TDX_OPERAND_BUSY",
+    TDX_PAGE_ALREADY_ACCEPTED: "TDX_PAGE_ALREADY_ACCEPTED",
     TDX_PAGE_SIZE_MISMATCH: "TDX_PAGE_SIZE_MISMATCH",
     TDX_METADATA_FIELD_ID_INCORRECT: "TDX_METADATA_FIELD_ID_INCORRECT",
     TDX_METADATA_FIELD_NOT_READABLE: "TDX_METADATA_FIELD_NOT_READABLE",
@@ -133,8 +155,15 @@ def status_name(status: int) -> str:
 class TdcallError(RuntimeError):
     """A TDCALL or TDVMCALL did not succeed; names the leaf, the sub-function and the status."""
 
-    def __init__(self, leaf: int, status: int, *, subfunction: int | None = None,
-                 vmcall_status: int | None = None, detail: str = "") -> None:
+    def __init__(
+        self,
+        leaf: int,
+        status: int,
+        *,
+        subfunction: int | None = None,
+        vmcall_status: int | None = None,
+        detail: str = "",
+    ) -> None:
         self.leaf = leaf
         self.status = status
         self.subfunction = subfunction
@@ -204,23 +233,29 @@ class Tdcall:
         """TDG.MR.RTMR.EXTEND of RTMR `index` with the 48-byte digest at `digest_gpa`."""
         out = self.raw(Leaf.MR_RTMR_EXTEND, rcx=digest_gpa, rdx=index)
         if is_error(out[RAX]):
-            raise TdcallError(Leaf.MR_RTMR_EXTEND, out[RAX],
-                              detail=f"RTMR{index}, digest at GPA {digest_gpa:#x}")
+            raise TdcallError(
+                Leaf.MR_RTMR_EXTEND, out[RAX], detail=f"RTMR{index}, digest at GPA {digest_gpa:#x}"
+            )
 
     def mr_report(self, report_gpa: int, reportdata_gpa: int) -> None:
         """TDG.MR.REPORT (subtype 0): the TDREPORT at `report_gpa` over the REPORTDATA given."""
         out = self.raw(Leaf.MR_REPORT, rcx=report_gpa, rdx=reportdata_gpa, r8=TDREPORT_SUBTYPE_0)
         if is_error(out[RAX]):
-            raise TdcallError(Leaf.MR_REPORT, out[RAX],
-                              detail=f"TDREPORT {report_gpa:#x}, REPORTDATA {reportdata_gpa:#x}")
+            raise TdcallError(
+                Leaf.MR_REPORT,
+                out[RAX],
+                detail=f"TDREPORT {report_gpa:#x}, REPORTDATA {reportdata_gpa:#x}",
+            )
 
     def tdvmcall(self, subfunction: int, *, allow: Sequence[int] = (), **args: int) -> list[int]:
         """TDG.VP.VMCALL exposing R10..R15; raises unless R10 is SUCCESS or in `allow`."""
-        out = self.raw(Leaf.VP_VMCALL, rcx=EXPOSE_R10_R15, r10=GHCI_STANDARD, r11=subfunction,
-                       **args)
+        out = self.raw(
+            Leaf.VP_VMCALL, rcx=EXPOSE_R10_R15, r10=GHCI_STANDARD, r11=subfunction, **args
+        )
         if is_error(out[RAX]):
             raise TdcallError(Leaf.VP_VMCALL, out[RAX], subfunction=subfunction)
         if out[R10] != TdvmcallStatus.SUCCESS and out[R10] not in allow:
-            raise TdcallError(Leaf.VP_VMCALL, out[RAX], subfunction=subfunction,
-                              vmcall_status=out[R10])
+            raise TdcallError(
+                Leaf.VP_VMCALL, out[RAX], subfunction=subfunction, vmcall_status=out[R10]
+            )
         return out

@@ -165,8 +165,11 @@ class TdBuilder:
         """TDH.MR.EXTEND of one 256-byte chunk of an added page."""
         if self.td.finalized:
             raise BuildError(f"MR.EXTEND at GPA {gpa:#x}: the TD is already finalized")
-        if (gpa % MR_EXTEND_CHUNK or self.memory.is_shared(gpa)
-                or self.memory.page_state(gpa) != PageState.MAPPED):
+        if (
+            gpa % MR_EXTEND_CHUNK
+            or self.memory.is_shared(gpa)
+            or self.memory.page_state(gpa) != PageState.MAPPED
+        ):
             raise BuildError(f"MR.EXTEND at GPA {gpa:#x}: not a 256-byte chunk of an added page")
         self.mrtd.mr_extend(gpa, self.memory.read(gpa, MR_EXTEND_CHUNK))
 

@@ -121,8 +121,9 @@ class Message:
     def fields(self, fmt: struct.Struct) -> tuple[int | bytes, ...]:
         """Unpack the fixed part of the payload."""
         if len(self.payload) < fmt.size:
-            raise ChannelError(f"{self.type.name}: payload of {len(self.payload)} bytes, "
-                               f"need {fmt.size}")
+            raise ChannelError(
+                f"{self.type.name}: payload of {len(self.payload)} bytes, need {fmt.size}"
+            )
         return fmt.unpack_from(self.payload)
 
     def rest(self, fmt: struct.Struct) -> bytes:
@@ -149,8 +150,9 @@ class Channel:
             raise ChannelError(f"{msg_type.name}: {len(data)} bytes exceed {MAX_MESSAGE}")
         try:
             if fds:
-                self.sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
-                                            array.array("i", fds))])
+                self.sock.sendmsg(
+                    [data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
+                )
             else:
                 self.sock.send(data)
         except (BrokenPipeError, ConnectionResetError) as exc:
@@ -214,7 +216,8 @@ class Channel:
     def recv_with_fds(self) -> tuple[Message, list[int]]:
         fds = array.array("i")
         data, ancdata, _flags, _addr = self.sock.recvmsg(
-            MAX_MESSAGE, socket.CMSG_SPACE(4 * fds.itemsize))
+            MAX_MESSAGE, socket.CMSG_SPACE(4 * fds.itemsize)
+        )
         for level, kind, raw in ancdata:
             if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
                 fds.frombytes(raw[: len(raw) - len(raw) % fds.itemsize])
@@ -229,8 +232,9 @@ class Channel:
             raise ChannelError(f"message of {len(data)} bytes is shorter than its header")
         msg_type, _reserved, length = HEADER.unpack_from(data)
         if length != len(data) - HEADER.size:
-            raise ChannelError(f"message type {msg_type}: length field {length}, "
-                               f"payload {len(data) - HEADER.size}")
+            raise ChannelError(
+                f"message type {msg_type}: length field {length}, payload {len(data) - HEADER.size}"
+            )
         try:
             kind = MsgType(msg_type)
         except ValueError:
@@ -247,18 +251,46 @@ class Channel:
     def send_enter(self, regs: Regs | None, fixed: bool = False, vcpu: int = 0) -> None:
         """ENTER: resume the TD, with the TDVMCALL answer in `regs`."""
         values = regs.as_list() if regs is not None else [0] * GPR_COUNT
-        self._send_raw(ENTER_MSG.pack(MsgType.ENTER, 0, ENTER_FORMAT.size, vcpu,
-                                      ENTER_FIXED if fixed else 0, *values), "ENTER")
+        self._send_raw(
+            ENTER_MSG.pack(
+                MsgType.ENTER, 0, ENTER_FORMAT.size, vcpu, ENTER_FIXED if fixed else 0, *values
+            ),
+            "ENTER",
+        )
 
-    def send_exit(self, kind: int, values: list[int], vm: int = 0, eeq: int = 0, reason: int = 0,
-                  gpa: int = 0, qualification: int = 0) -> None:
+    def send_exit(
+        self,
+        kind: int,
+        values: list[int],
+        vm: int = 0,
+        eeq: int = 0,
+        reason: int = 0,
+        gpa: int = 0,
+        qualification: int = 0,
+    ) -> None:
         """EXIT: a TD exit to the host, with the GPRs of a TDVMCALL."""
-        self._send_raw(EXIT_MSG.pack(MsgType.EXIT, 0, EXIT_FORMAT.size, kind, 0, vm, eeq, reason,
-                                     gpa, qualification, *values), "EXIT")
+        self._send_raw(
+            EXIT_MSG.pack(
+                MsgType.EXIT,
+                0,
+                EXIT_FORMAT.size,
+                kind,
+                0,
+                vm,
+                eeq,
+                reason,
+                gpa,
+                qualification,
+                *values,
+            ),
+            "EXIT",
+        )
 
     def send_reply(self, ok: bool, text: str = "") -> None:
-        self.send(MsgType.REPLY, REPLY_FORMAT.pack(REPLY_OK if ok else REPLY_REFUSED)
-                  + text.encode()[:MAX_TEXT])
+        self.send(
+            MsgType.REPLY,
+            REPLY_FORMAT.pack(REPLY_OK if ok else REPLY_REFUSED) + text.encode()[:MAX_TEXT],
+        )
 
     def close(self) -> None:
         self.sock.close()

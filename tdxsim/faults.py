@@ -143,5 +143,6 @@ def _apply(out: FaultSet, name: str, raw: str) -> None:
         out.irq_storm = _number(name, raw)
     else:
         known = "vmcall-status, getquote-status, getquote-length, getquote-rewrite, mapgpa-retry, "
-        raise FaultSpecError(f"unknown fault switch {name!r} (known: {known}io-wide, "
-                             "irq-spurious, irq-storm)")
+        raise FaultSpecError(
+            f"unknown fault switch {name!r} (known: {known}io-wide, irq-spurious, irq-storm)"
+        )

@@ -68,8 +68,13 @@ FATAL_MESSAGE_MAX = PAGE_SIZE
 WIDE_DATA_FILL = U64  # io-wide: every bit above the access size set
 REWRITE_PERIOD_S = 0.0002
 # getquote-rewrite flips the first REPORTDATA byte of the quote in the answered buffer
-REWRITE_AT = (QGS_BODY_OFFSET + GET_QUOTE_RESP_FIELDS.size + BODY_OFFSET + TdQuoteBody.FORMAT.size
-              - REPORTDATA_SIZE)
+REWRITE_AT = (
+    QGS_BODY_OFFSET
+    + GET_QUOTE_RESP_FIELDS.size
+    + BODY_OFFSET
+    + TdQuoteBody.FORMAT.size
+    - REPORTDATA_SIZE
+)
 # [not in reference] GHCI 1.5 Service buffers: GUID, length, then reserved (command) or status
 SERVICE_HEADER = struct.Struct("<16sII")
 SERVICE_STATUS_UNSUPPORTED = 1  # [not in reference] GHCI 1.5 Service response "unsupported GUID"
@@ -416,12 +421,15 @@ class HostVmm:
         if cmd_gpa % PAGE_SIZE or rsp_gpa % PAGE_SIZE:
             return TDVMCALL_ALIGN_ERROR
         guid, cmd_len, _reserved = SERVICE_HEADER.unpack(
-            self.shared.read(cmd_gpa, SERVICE_HEADER.size))
+            self.shared.read(cmd_gpa, SERVICE_HEADER.size)
+        )
         _rsp_guid, rsp_len, _status = SERVICE_HEADER.unpack(
-            self.shared.read(rsp_gpa, SERVICE_HEADER.size))
+            self.shared.read(rsp_gpa, SERVICE_HEADER.size)
+        )
         if cmd_len < SERVICE_HEADER.size or rsp_len < SERVICE_HEADER.size:
             return TDVMCALL_OPERAND_INVALID
         self.shared.read(cmd_gpa, cmd_len)  # the whole command must be shared memory
-        self.shared.write(rsp_gpa, SERVICE_HEADER.pack(guid, SERVICE_HEADER.size,
-                                                       SERVICE_STATUS_UNSUPPORTED))
+        self.shared.write(
+            rsp_gpa, SERVICE_HEADER.pack(guid, SERVICE_HEADER.size, SERVICE_STATUS_UNSUPPORTED)
+        )
         return TDVMCALL_SUCCESS

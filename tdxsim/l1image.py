@@ -62,8 +62,15 @@ class L1ImageHeader:
     payload_sha384: bytes
 
     def pack(self) -> bytes:
-        return self.FORMAT.pack(self.magic, self.version, self.header_size, self.flags,
-                                self.entry, self.payload_size, self.payload_sha384)
+        return self.FORMAT.pack(
+            self.magic,
+            self.version,
+            self.header_size,
+            self.flags,
+            self.entry,
+            self.payload_size,
+            self.payload_sha384,
+        )
 
     @classmethod
     def unpack(cls, raw: bytes) -> Self:
@@ -83,11 +90,20 @@ class L1Image:
     def pack(self) -> bytes:
         """Header then payload."""
         if not ENTRY_PATTERN.match(self.entry) or len(self.entry) > ENTRY_SIZE:
-            raise L1ImageError("entry", ENTRY_OFFSET, f"{self.entry!r} is not module:function "
-                               f"of at most {ENTRY_SIZE} characters")
-        header = L1ImageHeader(L1IMAGE_MAGIC, L1IMAGE_VERSION, HEADER_SIZE, 0,
-                               self.entry.encode("ascii"), len(self.payload),
-                               hashlib.sha384(self.payload).digest())
+            raise L1ImageError(
+                "entry",
+                ENTRY_OFFSET,
+                f"{self.entry!r} is not module:function of at most {ENTRY_SIZE} characters",
+            )
+        header = L1ImageHeader(
+            L1IMAGE_MAGIC,
+            L1IMAGE_VERSION,
+            HEADER_SIZE,
+            0,
+            self.entry.encode("ascii"),
+            len(self.payload),
+            hashlib.sha384(self.payload).digest(),
+        )
         return header.pack() + self.payload
 
     @classmethod
@@ -105,8 +121,11 @@ class L1Image:
         if h.flags:
             raise L1ImageError("flags", 12, f"{h.flags:#x}, reserved bits must be 0")
         if HEADER_SIZE + h.payload_size > len(raw):
-            raise L1ImageError("payload_size", PAYLOAD_SIZE_OFFSET,
-                               f"{h.payload_size} overruns the {len(raw)}-byte image")
+            raise L1ImageError(
+                "payload_size",
+                PAYLOAD_SIZE_OFFSET,
+                f"{h.payload_size} overruns the {len(raw)}-byte image",
+            )
         payload = raw[HEADER_SIZE : HEADER_SIZE + h.payload_size]
         if hashlib.sha384(payload).digest() != h.payload_sha384:
             raise L1ImageError("payload_sha384", DIGEST_OFFSET, "does not match the payload")

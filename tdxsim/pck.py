@@ -47,11 +47,13 @@ def new_p256_key(seed: bytes | None, label: str) -> ec.EllipticCurvePrivateKey:
 
 
 def _name(common_name: str) -> x509.Name:
-    return x509.Name([
-        x509.NameAttribute(NameOID.COMMON_NAME, common_name),
-        x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, SIM_UNIT),
-        x509.NameAttribute(NameOID.ORGANIZATION_NAME, SIM_ORGANIZATION),
-    ])
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, SIM_UNIT),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, SIM_ORGANIZATION),
+        ]
+    )
 
 
 def _serial(seed: bytes | None, label: str) -> int:
@@ -71,9 +73,15 @@ def _issue(
     is_ca: bool,
 ) -> x509.Certificate:
     usage = x509.KeyUsage(
-        digital_signature=not is_ca, content_commitment=not is_ca, key_encipherment=False,
-        data_encipherment=False, key_agreement=False, key_cert_sign=is_ca, crl_sign=is_ca,
-        encipher_only=False, decipher_only=False,
+        digital_signature=not is_ca,
+        content_commitment=not is_ca,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=is_ca,
+        crl_sign=is_ca,
+        encipher_only=False,
+        decipher_only=False,
     )
     return (
         x509.CertificateBuilder()
@@ -104,8 +112,9 @@ class PckChain:
 
     def pem_chain(self) -> bytes:
         """leaf | intermediate | root in PEM, as certification data type 5 carries it."""
-        return b"".join(c.public_bytes(Encoding.PEM) for c in (self.leaf, self.intermediate,
-                                                               self.root))
+        return b"".join(
+            c.public_bytes(Encoding.PEM) for c in (self.leaf, self.intermediate, self.root)
+        )
 
     def root_pem(self) -> bytes:
         return self.root.public_bytes(Encoding.PEM)
@@ -119,10 +128,31 @@ def generate_pck_chain(seed: bytes | None = None) -> PckChain:
     root_key = new_p256_key(seed, "tdxsim pck root")
     inter_key = new_p256_key(seed, "tdxsim pck intermediate")
     leaf_key = new_p256_key(seed, "tdxsim pck leaf")
-    root = _issue(ROOT_CN, ROOT_CN, root_key.public_key(), root_key,
-                  _serial(seed, "root"), ca_path_length=1, is_ca=True)
-    intermediate = _issue(INTERMEDIATE_CN, ROOT_CN, inter_key.public_key(), root_key,
-                          _serial(seed, "intermediate"), ca_path_length=0, is_ca=True)
-    leaf = _issue(LEAF_CN, INTERMEDIATE_CN, leaf_key.public_key(), inter_key,
-                  _serial(seed, "leaf"), ca_path_length=None, is_ca=False)
+    root = _issue(
+        ROOT_CN,
+        ROOT_CN,
+        root_key.public_key(),
+        root_key,
+        _serial(seed, "root"),
+        ca_path_length=1,
+        is_ca=True,
+    )
+    intermediate = _issue(
+        INTERMEDIATE_CN,
+        ROOT_CN,
+        inter_key.public_key(),
+        root_key,
+        _serial(seed, "intermediate"),
+        ca_path_length=0,
+        is_ca=True,
+    )
+    leaf = _issue(
+        LEAF_CN,
+        INTERMEDIATE_CN,
+        leaf_key.public_key(),
+        inter_key,
+        _serial(seed, "leaf"),
+        ca_path_length=None,
+        is_ca=False,
+    )
     return PckChain(root, intermediate, leaf, leaf_key)

@@ -121,39 +121,60 @@ class QuoteRequestRefused(ValueError):
 
 def _need(buffer: bytes, offset: int, size: int, field: str) -> bytes:
     if offset + size > len(buffer):
-        raise GetQuoteFormatError(field, offset,
-                                  f"needs {size} bytes, buffer ends at {len(buffer)}")
+        raise GetQuoteFormatError(
+            field, offset, f"needs {size} bytes, buffer ends at {len(buffer)}"
+        )
     return buffer[offset : offset + size]
 
 
 def _frame(msg_type: int, body: bytes) -> bytes:
-    header = QgsMsgHeader(QGS_MSG_MAJOR_VERSION, QGS_MSG_MINOR_VERSION, msg_type,
-                          QgsMsgHeader.FORMAT.size + len(body), QGS_MSG_SUCCESS)
+    header = QgsMsgHeader(
+        QGS_MSG_MAJOR_VERSION,
+        QGS_MSG_MINOR_VERSION,
+        msg_type,
+        QgsMsgHeader.FORMAT.size + len(body),
+        QGS_MSG_SUCCESS,
+    )
     message = header.pack() + body
     return MESSAGE_LENGTH.pack(len(message)) + message
 
 
 def _unframe(buffer: bytes, payload_len: int, msg_type: int) -> bytes:
     """The QGS message body after checking length prefix and header against `payload_len`."""
-    (msg_len,) = MESSAGE_LENGTH.unpack(_need(buffer, PAYLOAD_OFFSET, MESSAGE_LENGTH.size,
-                                              "message length"))
+    (msg_len,) = MESSAGE_LENGTH.unpack(
+        _need(buffer, PAYLOAD_OFFSET, MESSAGE_LENGTH.size, "message length")
+    )
     if msg_len + MESSAGE_LENGTH.size != payload_len:
-        raise GetQuoteFormatError("message length", PAYLOAD_OFFSET,
-                                  f"{msg_len} + 4 does not equal the payload length {payload_len}")
-    header = QgsMsgHeader.unpack(_need(buffer, QGS_MSG_OFFSET, QgsMsgHeader.FORMAT.size,
-                                       "QGS message header"))
+        raise GetQuoteFormatError(
+            "message length",
+            PAYLOAD_OFFSET,
+            f"{msg_len} + 4 does not equal the payload length {payload_len}",
+        )
+    header = QgsMsgHeader.unpack(
+        _need(buffer, QGS_MSG_OFFSET, QgsMsgHeader.FORMAT.size, "QGS message header")
+    )
     if header.major_version != QGS_MSG_MAJOR_VERSION:
-        raise GetQuoteFormatError("QGS major_version", QGS_MSG_OFFSET,
-                                  f"{header.major_version}, expected {QGS_MSG_MAJOR_VERSION}")
+        raise GetQuoteFormatError(
+            "QGS major_version",
+            QGS_MSG_OFFSET,
+            f"{header.major_version}, expected {QGS_MSG_MAJOR_VERSION}",
+        )
     if header.type != msg_type:
-        raise GetQuoteFormatError("QGS type", QGS_MSG_OFFSET + QGS_TYPE_AT,
-                                  f"{header.type}, expected {msg_type}")
+        raise GetQuoteFormatError(
+            "QGS type", QGS_MSG_OFFSET + QGS_TYPE_AT, f"{header.type}, expected {msg_type}"
+        )
     if header.size != msg_len:
-        raise GetQuoteFormatError("QGS size", QGS_MSG_OFFSET + QGS_SIZE_AT,
-                                  f"{header.size}, but the message length is {msg_len}")
+        raise GetQuoteFormatError(
+            "QGS size",
+            QGS_MSG_OFFSET + QGS_SIZE_AT,
+            f"{header.size}, but the message length is {msg_len}",
+        )
     if header.error_code != QGS_MSG_SUCCESS:
-        raise GetQuoteFormatError("QGS error_code", QGS_MSG_OFFSET + QGS_ERROR_AT,
-                                  f"{header.error_code:#x} (the service reported an error)")
+        raise GetQuoteFormatError(
+            "QGS error_code",
+            QGS_MSG_OFFSET + QGS_ERROR_AT,
+            f"{header.error_code:#x} (the service reported an error)",
+        )
     return _need(buffer, QGS_BODY_OFFSET, msg_len - QgsMsgHeader.FORMAT.size, "QGS body")
 
 
@@ -164,14 +185,17 @@ def _read_header(buffer: bytes) -> GetQuoteHeader:
     return header
 
 
-def encode_get_quote_request(tdreport: bytes, buffer_size: int = GET_QUOTE_DEFAULT_BUFFER_SIZE
-                             ) -> bytes:
+def encode_get_quote_request(
+    tdreport: bytes, buffer_size: int = GET_QUOTE_DEFAULT_BUFFER_SIZE
+) -> bytes:
     """The shared buffer L1 hands to GetQuote: header (status 0, out_len 0) and GET_QUOTE_REQ."""
     body = GET_QUOTE_REQ_FIELDS.pack(len(tdreport), 0) + tdreport
     payload = _frame(QGS_GET_QUOTE_REQ, body)
     if PAYLOAD_OFFSET + len(payload) > buffer_size:
-        raise ValueError(f"GetQuote request needs {PAYLOAD_OFFSET + len(payload)} bytes, "
-                         f"buffer has {buffer_size}")
+        raise ValueError(
+            f"GetQuote request needs {PAYLOAD_OFFSET + len(payload)} bytes, "
+            f"buffer has {buffer_size}"
+        )
     header = GetQuoteHeader(GET_QUOTE_BUF_VERSION, GET_QUOTE_SUCCESS, len(payload), 0)
     return (header.pack() + payload).ljust(buffer_size, b"\x00")
 
@@ -180,25 +204,37 @@ def decode_get_quote_request(buffer: bytes) -> bytes:
     """The TDREPORT in a GetQuote request buffer (host side; the buffer is untrusted)."""
     header = _read_header(buffer)
     if PAYLOAD_OFFSET + header.in_len > len(buffer):
-        raise GetQuoteFormatError("in_len", IN_LEN_OFFSET, f"{header.in_len} overruns the buffer "
-                                  f"({len(buffer) - PAYLOAD_OFFSET} bytes after the header)")
+        raise GetQuoteFormatError(
+            "in_len",
+            IN_LEN_OFFSET,
+            f"{header.in_len} overruns the buffer "
+            f"({len(buffer) - PAYLOAD_OFFSET} bytes after the header)",
+        )
     body = _unframe(buffer, header.in_len, QGS_GET_QUOTE_REQ)
     report_size, id_list_size = GET_QUOTE_REQ_FIELDS.unpack(
-        _need(body, 0, GET_QUOTE_REQ_FIELDS.size, "GET_QUOTE_REQ"))
+        _need(body, 0, GET_QUOTE_REQ_FIELDS.size, "GET_QUOTE_REQ")
+    )
     if report_size != TDREPORT_SIZE:
-        raise GetQuoteFormatError("report_size", QGS_BODY_OFFSET,
-                                  f"{report_size}, expected {TDREPORT_SIZE}")
+        raise GetQuoteFormatError(
+            "report_size", QGS_BODY_OFFSET, f"{report_size}, expected {TDREPORT_SIZE}"
+        )
     if GET_QUOTE_REQ_FIELDS.size + report_size + id_list_size != len(body):
-        raise GetQuoteFormatError("id_list_size", QGS_BODY_OFFSET + REQ_ID_LIST_SIZE_AT,
-                                  f"{id_list_size} does not fill the message exactly")
+        raise GetQuoteFormatError(
+            "id_list_size",
+            QGS_BODY_OFFSET + REQ_ID_LIST_SIZE_AT,
+            f"{id_list_size} does not fill the message exactly",
+        )
     return body[GET_QUOTE_REQ_FIELDS.size : GET_QUOTE_REQ_FIELDS.size + report_size]
 
 
 def encode_get_quote_response(request: bytes, status: int, quote: bytes = b"") -> bytes:
     """`request` rewritten as the host answers it: status, out_len and GET_QUOTE_RESP."""
     header = GetQuoteHeader.unpack(request[: GetQuoteHeader.FORMAT.size])
-    payload = _frame(QGS_GET_QUOTE_RESP, GET_QUOTE_RESP_FIELDS.pack(0, len(quote)) + quote
-                     ) if status == GET_QUOTE_SUCCESS else b""
+    payload = (
+        _frame(QGS_GET_QUOTE_RESP, GET_QUOTE_RESP_FIELDS.pack(0, len(quote)) + quote)
+        if status == GET_QUOTE_SUCCESS
+        else b""
+    )
     if PAYLOAD_OFFSET + len(payload) > len(request):
         raise ValueError(f"quote of {len(quote)} bytes does not fit a {len(request)}-byte buffer")
     answered = GetQuoteHeader(header.version, status, header.in_len, len(payload))
@@ -211,19 +247,26 @@ def decode_get_quote_response(buffer: bytes) -> bytes:
     if header.status == GET_QUOTE_IN_FLIGHT:
         raise GetQuoteFormatError("status", STATUS_OFFSET, "still in flight")
     if header.status != GET_QUOTE_SUCCESS:
-        raise GetQuoteFormatError("status", STATUS_OFFSET,
-                                  f"{header.status:#x} (host reports an error)")
+        raise GetQuoteFormatError(
+            "status", STATUS_OFFSET, f"{header.status:#x} (host reports an error)"
+        )
     if PAYLOAD_OFFSET + header.out_len > len(buffer):
-        raise GetQuoteFormatError("out_len", OUT_LEN_OFFSET,
-                                  f"{header.out_len} overruns the buffer "
-                                  f"({len(buffer) - PAYLOAD_OFFSET} bytes after the header)")
+        raise GetQuoteFormatError(
+            "out_len",
+            OUT_LEN_OFFSET,
+            f"{header.out_len} overruns the buffer "
+            f"({len(buffer) - PAYLOAD_OFFSET} bytes after the header)",
+        )
     body = _unframe(buffer, header.out_len, QGS_GET_QUOTE_RESP)
     id_size, quote_size = GET_QUOTE_RESP_FIELDS.unpack(
-        _need(body, 0, GET_QUOTE_RESP_FIELDS.size, "GET_QUOTE_RESP"))
+        _need(body, 0, GET_QUOTE_RESP_FIELDS.size, "GET_QUOTE_RESP")
+    )
     if GET_QUOTE_RESP_FIELDS.size + id_size + quote_size != len(body):
-        raise GetQuoteFormatError("quote_size", QGS_BODY_OFFSET + RESP_QUOTE_SIZE_AT,
-                                  f"selected_id_size {id_size} + quote_size {quote_size} do not "
-                                  "fill the message exactly")
+        raise GetQuoteFormatError(
+            "quote_size",
+            QGS_BODY_OFFSET + RESP_QUOTE_SIZE_AT,
+            f"selected_id_size {id_size} + quote_size {quote_size} do not fill the message exactly",
+        )
     return body[GET_QUOTE_RESP_FIELDS.size + id_size :]
 
 
@@ -236,26 +279,38 @@ def _sign_raw(key: ec.EllipticCurvePrivateKey, data: bytes) -> bytes:
 def _raw_public_key(key: ec.EllipticCurvePrivateKey) -> bytes:
     numbers = key.public_key().public_numbers()
     return numbers.x.to_bytes(P256_COORDINATE_SIZE, "big") + numbers.y.to_bytes(
-        P256_COORDINATE_SIZE, "big")
+        P256_COORDINATE_SIZE, "big"
+    )
 
 
 def quote_body_from_report(report: TdReport) -> TdQuoteBody:
     """The TD quote body is TEE_TCB_INFO and TDINFO fields plus REPORTDATA, copied over."""
     tcb, info = report.tee_tcb_info, report.td_info
     return TdQuoteBody(
-        tee_tcb_svn=tcb.tee_tcb_svn, mrseam=tcb.mrseam, mrsignerseam=tcb.mrsignerseam,
-        seamattributes=tcb.attributes, tdattributes=info.attributes, xfam=info.xfam,
-        mrtd=info.mrtd, mrconfigid=info.mrconfigid, mrowner=info.mrowner,
-        mrownerconfig=info.mrownerconfig, rtmr0=info.rtmr0, rtmr1=info.rtmr1, rtmr2=info.rtmr2,
-        rtmr3=info.rtmr3, reportdata=report.report_mac.reportdata,
+        tee_tcb_svn=tcb.tee_tcb_svn,
+        mrseam=tcb.mrseam,
+        mrsignerseam=tcb.mrsignerseam,
+        seamattributes=tcb.attributes,
+        tdattributes=info.attributes,
+        xfam=info.xfam,
+        mrtd=info.mrtd,
+        mrconfigid=info.mrconfigid,
+        mrowner=info.mrowner,
+        mrownerconfig=info.mrownerconfig,
+        rtmr0=info.rtmr0,
+        rtmr1=info.rtmr1,
+        rtmr2=info.rtmr2,
+        rtmr3=info.rtmr3,
+        reportdata=report.report_mac.reportdata,
     )
 
 
 class QuotingService:
     """One simulated platform's quoting service (attestation key, PCK chain, report MAC key)."""
 
-    def __init__(self, report_key: ReportMacKey, pck: PckChain | None = None, *,
-                 seed: bytes | None = None) -> None:
+    def __init__(
+        self, report_key: ReportMacKey, pck: PckChain | None = None, *, seed: bytes | None = None
+    ) -> None:
         self.report_key = report_key
         self.pck = pck if pck is not None else generate_pck_chain(seed)
         self.attestation_key = new_p256_key(seed, "tdxsim attestation key")
@@ -270,13 +325,20 @@ class QuotingService:
     def _certification_data(self) -> bytes:
         qe_report = dataclasses.replace(
             SgxReportBody.unpack(bytes(SgxReportBody.FORMAT.size)),
-            mr_enclave=SIM_QE_MRENCLAVE, mr_signer=SIM_QE_MRSIGNER,
-            isv_prod_id=SIM_QE_ISV_PROD_ID, isv_svn=SIM_QE_ISV_SVN,
+            mr_enclave=SIM_QE_MRENCLAVE,
+            mr_signer=SIM_QE_MRSIGNER,
+            isv_prod_id=SIM_QE_ISV_PROD_ID,
+            isv_svn=SIM_QE_ISV_SVN,
             report_data=qe_report_data_binding(self.attestation_key_raw, SIM_QE_AUTH_DATA),
         ).pack()
         nested = CertificationData(CERT_TYPE_PCK_CERT_CHAIN, self.pck.pem_chain()).pack()
-        qe_data = (qe_report + _sign_raw(self.pck.leaf_key, qe_report)
-                   + QE_AUTH_DATA_SIZE.pack(len(SIM_QE_AUTH_DATA)) + SIM_QE_AUTH_DATA + nested)
+        qe_data = (
+            qe_report
+            + _sign_raw(self.pck.leaf_key, qe_report)
+            + QE_AUTH_DATA_SIZE.pack(len(SIM_QE_AUTH_DATA))
+            + SIM_QE_AUTH_DATA
+            + nested
+        )
         return CertificationData(CERT_TYPE_QE_REPORT, qe_data).pack()
 
     def quote(self, tdreport: bytes) -> bytes:
@@ -285,8 +347,14 @@ class QuotingService:
             report = verify_tdreport(tdreport, self.report_key)
         except TdReportError as exc:
             raise QuoteRequestRefused(f"quoting service refuses the TDREPORT: {exc}") from exc
-        header = QuoteHeader(QUOTE_VERSION_4, ATT_KEY_TYPE_ECDSA_P256, TEE_TYPE_TDX, 0,
-                             SIM_QE_VENDOR_ID, SIM_USER_DATA).pack()
+        header = QuoteHeader(
+            QUOTE_VERSION_4,
+            ATT_KEY_TYPE_ECDSA_P256,
+            TEE_TYPE_TDX,
+            0,
+            SIM_QE_VENDOR_ID,
+            SIM_USER_DATA,
+        ).pack()
         body = quote_body_from_report(report).pack()
         signature = _sign_raw(self.attestation_key, header + body)
         signature_data = signature + self.attestation_key_raw + self.certification

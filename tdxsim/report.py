@@ -191,8 +191,11 @@ def build_tdreport(
     if len(td.rtmr) != RTMR_COUNT:
         raise ValueError(f"TD info has {len(td.rtmr)} RTMRs, expected {RTMR_COUNT}")
     for name, value in (
-        ("MRTD", td.mrtd), ("MRCONFIGID", td.mrconfigid), ("MROWNER", td.mrowner),
-        ("MROWNERCONFIG", td.mrownerconfig), *((f"RTMR{i}", r) for i, r in enumerate(td.rtmr)),
+        ("MRTD", td.mrtd),
+        ("MRCONFIGID", td.mrconfigid),
+        ("MROWNER", td.mrowner),
+        ("MROWNERCONFIG", td.mrownerconfig),
+        *((f"RTMR{i}", r) for i, r in enumerate(td.rtmr)),
     ):
         _check_size(name, value, SHA384_SIZE)
     tcb = TeeTcbInfo(
@@ -204,8 +207,15 @@ def build_tdreport(
         reserved=bytes(TEE_TCB_INFO_RESERVED_SIZE),
     )
     info = TdInfoStruct(
-        td.attributes, td.xfam, td.mrtd, td.mrconfigid, td.mrowner, td.mrownerconfig,
-        *td.rtmr, bytes(SHA384_SIZE), bytes(TDINFO_RESERVED_SIZE),
+        td.attributes,
+        td.xfam,
+        td.mrtd,
+        td.mrconfigid,
+        td.mrowner,
+        td.mrownerconfig,
+        *td.rtmr,
+        bytes(SHA384_SIZE),
+        bytes(TDINFO_RESERVED_SIZE),
     )
     unsigned = ReportMacStruct(
         tee_type=TEE_TYPE_TDX,
@@ -230,18 +240,28 @@ def verify_tdreport(raw: bytes, key: ReportMacKey) -> TdReport:
     report = TdReport.unpack(raw)
     mac = report.report_mac
     if mac.tee_type != TEE_TYPE_TDX:
-        raise TdReportError("REPORTTYPE.type", REPORTMACSTRUCT_OFFSET,
-                            f"{mac.tee_type:#x}, expected {TEE_TYPE_TDX:#x}")
+        raise TdReportError(
+            "REPORTTYPE.type",
+            REPORTMACSTRUCT_OFFSET,
+            f"{mac.tee_type:#x}, expected {TEE_TYPE_TDX:#x}",
+        )
     expected = key.mac(raw[REPORTMACSTRUCT_OFFSET:MAC_FIELD_OFFSET])
     if not hmac.compare_digest(expected, mac.mac):
-        raise TdReportError("MAC", MAC_FIELD_OFFSET,
-                            "does not verify with this platform's report key")
+        raise TdReportError(
+            "MAC", MAC_FIELD_OFFSET, "does not verify with this platform's report key"
+        )
     if hashlib.sha384(raw[TEE_TCB_INFO_OFFSET:TDINFO_OFFSET]).digest() != mac.tee_tcb_info_hash:
-        raise TdReportError("TEE_TCB_INFO_HASH", REPORTMACSTRUCT_OFFSET + TEE_TCB_INFO_HASH_OFFSET,
-                            "does not match SHA-384 of TEE_TCB_INFO")
+        raise TdReportError(
+            "TEE_TCB_INFO_HASH",
+            REPORTMACSTRUCT_OFFSET + TEE_TCB_INFO_HASH_OFFSET,
+            "does not match SHA-384 of TEE_TCB_INFO",
+        )
     if hashlib.sha384(raw[TDINFO_OFFSET:TDREPORT_SIZE]).digest() != mac.tee_info_hash:
-        raise TdReportError("TEE_INFO_HASH", REPORTMACSTRUCT_OFFSET + TEE_INFO_HASH_OFFSET,
-                            "does not match SHA-384 of TDINFO_STRUCT")
+        raise TdReportError(
+            "TEE_INFO_HASH",
+            REPORTMACSTRUCT_OFFSET + TEE_INFO_HASH_OFFSET,
+            "does not match SHA-384 of TDINFO_STRUCT",
+        )
     return report
 
 

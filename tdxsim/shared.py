@@ -38,8 +38,9 @@ class SharedMemory:
     `mapped` (one byte per memfd page) is the shared-page map to use; a host in another process
     than the TD keeps its own, built up by MapGPA."""
 
-    def __init__(self, fd: int, regions: list[RamRegion], gpaw: int,
-                 mapped: bytearray | None = None) -> None:
+    def __init__(
+        self, fd: int, regions: list[RamRegion], gpaw: int, mapped: bytearray | None = None
+    ) -> None:
         self.regions = sorted(regions, key=lambda r: r.gpa)
         self._starts = [r.gpa for r in self.regions]
         self.shared_bit = 1 << (gpaw - 1)
@@ -58,8 +59,12 @@ class SharedMemory:
         """The host view of an in-process `TdMemory` (maps the same memfd a second time); its
         shared-page map is `memory.shared` itself, so pages the loader or the module mapped
         shared are the host's too (one source of truth, not a copy)."""
-        return cls(memory.fd, [RamRegion(r.gpa, r.size, r.offset) for r in memory.regions],
-                   memory.gpaw, memory.shared)
+        return cls(
+            memory.fd,
+            [RamRegion(r.gpa, r.size, r.offset) for r in memory.regions],
+            memory.gpaw,
+            memory.shared,
+        )
 
     def _offset(self, gpa: int) -> int | None:
         private = gpa & ~self.shared_bit

@@ -88,8 +88,9 @@ class L1Platform:
         self.image_path = image_path  # the measured payload zip, for workers L1 starts from it
         memory = module.memory
         self.memory: memoryview = memory.view
-        self.regions: list[tuple[int, int, int]] = [(r.gpa, r.size, r.offset)
-                                                    for r in memory.regions]
+        self.regions: list[tuple[int, int, int]] = [
+            (r.gpa, r.size, r.offset) for r in memory.regions
+        ]
         self.shared_bit: int = memory.shared_bit
         self.gpaw: int = memory.gpaw
         self._handler: Callable[[int], None] | None = None
@@ -135,8 +136,15 @@ class ChannelHost:
     def td_exit(self, event: TdExit) -> bool:
         kind = EXIT_KINDS.get(event.kind, ExitKind.TIMER)
         try:
-            self.process.channel.send_exit(kind, [0] * GPR_COUNT, event.vm, event.eeq_type,
-                                           event.exit_reason, event.gpa, event.qualification)
+            self.process.channel.send_exit(
+                kind,
+                [0] * GPR_COUNT,
+                event.vm,
+                event.eeq_type,
+                event.exit_reason,
+                event.gpa,
+                event.qualification,
+            )
             flags, _answer = self.process.serve_until_enter()
         except ChannelClosed as exc:
             raise HostShutdown(str(exc)) from exc
@@ -160,12 +168,20 @@ class TdProcess:
         gpaw, vms, vcpus, count, attributes, xfam, budget, key = msg.fields(CREATE_FORMAT)
         rest = msg.rest(CREATE_FORMAT)
         regions = [REGION.unpack_from(rest, i * REGION.size)[:2] for i in range(int(count))]
-        config = TdConfig(ram=[(int(g), int(s)) for g, s in regions], attributes=int(attributes),
-                          xfam=int(xfam), num_l2_vms=int(vms), max_vcpus=int(vcpus),
-                          gpaw=int(gpaw))
-        self.builder = TdBuilder(config, ChannelHost(self),
-                                 TdReportBuilder(ReportMacKey(bytes(key))),
-                                 instruction_budget=int(budget) or None)
+        config = TdConfig(
+            ram=[(int(g), int(s)) for g, s in regions],
+            attributes=int(attributes),
+            xfam=int(xfam),
+            num_l2_vms=int(vms),
+            max_vcpus=int(vcpus),
+            gpaw=int(gpaw),
+        )
+        self.builder = TdBuilder(
+            config,
+            ChannelHost(self),
+            TdReportBuilder(ReportMacKey(bytes(key))),
+            instruction_budget=int(budget) or None,
+        )
         for _ in range(int(vcpus)):
             self.builder.add_vcpu()
         memory = self.builder.memory
@@ -193,8 +209,10 @@ class TdProcess:
         if gpa % PAGE_SIZE or size <= 0:
             raise BuildError(f"FINALIZE: L1 image at GPA {gpa:#x} size {size} is not a page range")
         for page in range(gpa, gpa + size, PAGE_SIZE):
-            if (builder.memory.page_state(page) != PageState.MAPPED
-                    or self.extended.get(page, 0) != ALL_CHUNKS_EXTENDED):
+            if (
+                builder.memory.page_state(page) != PageState.MAPPED
+                or self.extended.get(page, 0) != ALL_CHUNKS_EXTENDED
+            ):
                 raise BuildError(f"FINALIZE: L1 image page at GPA {page:#x} is not fully measured")
         try:
             self.image = L1Image.unpack(builder.memory.read(gpa, size))

@@ -108,8 +108,11 @@ class RunResult:
 def simulated_platform(seed: bytes | None = None) -> tuple[bytes, QuotingService]:
     """A SIMULATED platform's report MAC key (for the TD process) and its quoting service (for
     the host): fresh per call, or derived from `seed` for reproducible tests."""
-    mac_key = (os.urandom(MAC_KEY_SIZE) if seed is None
-               else hashlib.sha256(b"tdxsim vmm report MAC key" + seed).digest())
+    mac_key = (
+        os.urandom(MAC_KEY_SIZE)
+        if seed is None
+        else hashlib.sha256(b"tdxsim vmm report MAC key" + seed).digest()
+    )
     return mac_key, QuotingService(ReportMacKey(mac_key), seed=seed)
 
 
@@ -145,16 +148,31 @@ class ChannelControl:
 class Vmm:
     """One TD process and the host VMM that serves it."""
 
-    def __init__(self, quoting: QuotingService | None = None, faults: FaultSet | None = None,
-                 *, python: str = sys.executable) -> None:
+    def __init__(
+        self,
+        quoting: QuotingService | None = None,
+        faults: FaultSet | None = None,
+        *,
+        python: str = sys.executable,
+    ) -> None:
         self.quoting = quoting
         self.faults = faults
         host_end, td_end = Channel.pair()
         self.channel = Channel(host_end)
         self.proc = subprocess.Popen(
-            [python, "-I", "-S", "-c", BOOTSTRAP, str(CHECKOUT), str(td_end.fileno()),
-             ",".join(MODEL_PACKAGES), *third_party_site_dirs()],
-            pass_fds=[td_end.fileno()], cwd="/",
+            [
+                python,
+                "-I",
+                "-S",
+                "-c",
+                BOOTSTRAP,
+                str(CHECKOUT),
+                str(td_end.fileno()),
+                ",".join(MODEL_PACKAGES),
+                *third_party_site_dirs(),
+            ],
+            pass_fds=[td_end.fileno()],
+            cwd="/",
         )
         td_end.close()
         self._poll = select.poll()
@@ -168,8 +186,9 @@ class Vmm:
     def _died(self, why: str) -> TdProcessDied:
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(DEATH_POLL_S)
-        return TdProcessDied(f"TD process {self.proc.pid} {why} (exit status "
-                             f"{self.proc.returncode})")
+        return TdProcessDied(
+            f"TD process {self.proc.pid} {why} (exit status {self.proc.returncode})"
+        )
 
     def recv(self, deadline: float) -> Message:
         """The next message; raises TdProcessDied or TimeoutError, never blocks past `deadline`."""
@@ -228,12 +247,22 @@ class Vmm:
         return status == REPLY_OK
 
     # --- host-side build calls ----------------------------------------------------------------
-    def create(self, ram: list[tuple[int, int]], *, mac_key: bytes, num_l2_vms: int = 1,
-               vcpus: int = 1, gpaw: int = GPAW_48, attributes: int = 0, xfam: int = 0,
-               instruction_budget: int = 0) -> HostVmm:
+    def create(
+        self,
+        ram: list[tuple[int, int]],
+        *,
+        mac_key: bytes,
+        num_l2_vms: int = 1,
+        vcpus: int = 1,
+        gpaw: int = GPAW_48,
+        attributes: int = 0,
+        xfam: int = 0,
+        instruction_budget: int = 0,
+    ) -> HostVmm:
         """TDH.MNG.CREATE/INIT and the vCPUs; maps the TD's memfd and returns the host VMM."""
-        payload = CREATE_FORMAT.pack(gpaw, num_l2_vms, vcpus, len(ram), attributes, xfam,
-                                     instruction_budget, mac_key)
+        payload = CREATE_FORMAT.pack(
+            gpaw, num_l2_vms, vcpus, len(ram), attributes, xfam, instruction_budget, mac_key
+        )
         payload += b"".join(REGION.pack(gpa, size, 0) for gpa, size in ram)
         self.send(MsgType.CREATE, payload)
         msg, fds = self._recv(time.monotonic() + CALL_TIMEOUT_S, with_fds=True)
@@ -241,8 +270,10 @@ class Vmm:
             for fd in fds:
                 os.close(fd)
             raise HostCallRefused(f"CREATE: {msg.rest(REPLY_FORMAT).decode(errors='replace')}")
-        regions = [RamRegion(*REGION.unpack_from(msg.payload, i * REGION.size))
-                   for i in range(len(msg.payload) // REGION.size)]
+        regions = [
+            RamRegion(*REGION.unpack_from(msg.payload, i * REGION.size))
+            for i in range(len(msg.payload) // REGION.size)
+        ]
         self.shared = SharedMemory(fds[0], regions, gpaw)
         os.close(fds[0])  # the mapping keeps the memory object alive
         self.host = HostVmm(self.shared, ChannelControl(self), self.quoting, self.faults)
@@ -332,14 +363,22 @@ class Vmm:
                         answer = host.tdvmcall(Regs(*values[EXIT_GPRS_AT - EXIT_FIELDS_AT :]))
                         if host.log.fatal is not None:
                             self.kill()
-                            return result("fatal", host.log.fatal.message,
-                                          f"ReportFatalError code {host.log.fatal.code:#x}")
+                            return result(
+                                "fatal",
+                                host.log.fatal.message,
+                                f"ReportFatalError code {host.log.fatal.code:#x}",
+                            )
                         self.channel.send_enter(answer)
                     else:
                         _k, _vcpu, vm, eeq, reason, gpa, qual = values[:7]
-                        event = TdExit(EXIT_KIND_NAMES.get(kind, "timer"), gpa=gpa,
-                                       eeq_type=eeq, vm=vm, exit_reason=reason,
-                                       qualification=qual)
+                        event = TdExit(
+                            EXIT_KIND_NAMES.get(kind, "timer"),
+                            gpa=gpa,
+                            eeq_type=eeq,
+                            vm=vm,
+                            exit_reason=reason,
+                            qualification=qual,
+                        )
                         self.channel.send_enter(None, fixed=host.td_exit(event))
                     continue
                 msg = Channel.parse(data)
@@ -385,6 +424,10 @@ class Vmm:
     def __enter__(self) -> Vmm:
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.close()

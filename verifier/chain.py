@@ -142,8 +142,9 @@ def verify_chain(
     if not chain:
         raise ChainError("certificate chain is empty")
     if len(chain) > MAX_CHAIN_LENGTH:
-        raise ChainError(f"certificate chain has {len(chain)} certificates, more than "
-                         f"{MAX_CHAIN_LENGTH}")
+        raise ChainError(
+            f"certificate chain has {len(chain)} certificates, more than {MAX_CHAIN_LENGTH}"
+        )
     check_well_formed(root, "trusted root")
     for index, cert in enumerate(chain):
         check_well_formed(cert, f"chain[{index}]")

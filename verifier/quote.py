@@ -96,7 +96,8 @@ class _Reader:
     def take(self, size: int, field: str) -> bytes:
         if size < 0 or self.pos + size > len(self.data):
             raise QuoteParseError(
-                field, self.offset,
+                field,
+                self.offset,
                 f"needs {size} bytes, only {len(self.data) - self.pos} left",
             )
         chunk = self.data[self.pos : self.pos + size]
@@ -292,7 +293,8 @@ def _parse_qe_report(data: bytes, base: int, depth: int) -> QeReportCertificatio
     nested = _parse_certification_data(reader, depth + 1)
     if reader.remaining():
         raise QuoteParseError(
-            "qe_report_certification_data", reader.offset,
+            "qe_report_certification_data",
+            reader.offset,
             f"{reader.remaining()} bytes after the nested certification data",
         )
     return QeReportCertificationData(
@@ -328,19 +330,22 @@ def parse_quote(quote: bytes) -> ParsedQuote:
         raise QuoteParseError("header.version", HEADER_OFFSET, f"{header.version}, expected 4")
     if header.att_key_type != ATT_KEY_TYPE_ECDSA_P256:
         raise QuoteParseError(
-            "header.att_key_type", ATT_KEY_TYPE_OFFSET,
+            "header.att_key_type",
+            ATT_KEY_TYPE_OFFSET,
             f"{header.att_key_type}, only {ATT_KEY_TYPE_ECDSA_P256} (ECDSA P-256) is supported",
         )
     if header.tee_type != TEE_TYPE_TDX:
         raise QuoteParseError(
-            "header.tee_type", TEE_TYPE_OFFSET,
+            "header.tee_type",
+            TEE_TYPE_OFFSET,
             f"{header.tee_type:#x}, expected {TEE_TYPE_TDX:#x} (TDX)",
         )
     body = TdQuoteBody.unpack(reader.take(TdQuoteBody.FORMAT.size, "td_quote_body"))
     (sig_len,) = reader.unpack(SIGNATURE_DATA_LEN, "signature_data_len")
     if sig_len != reader.remaining():
         raise QuoteParseError(
-            "signature_data_len", SIGNATURE_DATA_LEN_OFFSET,
+            "signature_data_len",
+            SIGNATURE_DATA_LEN_OFFSET,
             f"{sig_len}, but {reader.remaining()} bytes follow",
         )
     signature = reader.take(ECDSA_P256_SIGNATURE_SIZE, "signature_data.signature")
@@ -348,7 +353,8 @@ def parse_quote(quote: bytes) -> ParsedQuote:
     certification = _parse_certification_data(reader, 0)
     if reader.remaining():
         raise QuoteParseError(
-            "signature_data", reader.offset,
+            "signature_data",
+            reader.offset,
             f"{reader.remaining()} bytes after the certification data",
         )
     return ParsedQuote(header, body, signature, att_key, certification, bytes(quote))

@@ -140,8 +140,14 @@ def parse_quote_v4(quote: bytes) -> QuoteV4:
         )
     body = TD_QUOTE_BODY.unpack_from(quote, QUOTE_HEADER.size)
     return QuoteV4(
-        version, key_type, tee_type, vendor, user, body[6],
-        (body[10], body[11], body[12], body[13]), body[14],
+        version,
+        key_type,
+        tee_type,
+        vendor,
+        user,
+        body[6],
+        (body[10], body[11], body[12], body[13]),
+        body[14],
     )
 
 
@@ -167,8 +173,9 @@ def is_fake_quote(quote: bytes) -> bool:
 def cc_event_log_header() -> bytes:
     """The TCG_PCR_EVENT header that opens a CC event log: Spec ID Event03, SHA-384 only."""
     spec = (
-        SPEC_ID_EVENT.pack(SPEC_ID_SIGNATURE, 0, 0, SPEC_VERSION_MAJOR, 0, UINTN_SIZE_64BIT,
-                           ONE_DIGEST)
+        SPEC_ID_EVENT.pack(
+            SPEC_ID_SIGNATURE, 0, 0, SPEC_VERSION_MAJOR, 0, UINTN_SIZE_64BIT, ONE_DIGEST
+        )
         + SPEC_ID_ALGORITHM.pack(TPM_ALG_SHA384, SHA384_SIZE)
         + SPEC_ID_VENDOR_INFO_SIZE.pack(0)
     )
@@ -179,7 +186,9 @@ def cc_event(rtmr: int, event_type: int, digest: bytes, data: bytes) -> bytes:
     """One TCG_PCR_EVENT2 with a single SHA-384 digest, logged at MR index RTMR + 1."""
     return (
         TCG_PCR_EVENT2_HEAD.pack(rtmr + MR_INDEX_OF_RTMR0, event_type, ONE_DIGEST, TPM_ALG_SHA384)
-        + digest + EVENT_SIZE.pack(len(data)) + data
+        + digest
+        + EVENT_SIZE.pack(len(data))
+        + data
     )
 
 
@@ -210,20 +219,34 @@ class FakeAttester:
                 f"REPORTDATA must be {REPORT_DATA_SIZE} bytes, got {len(report_data)}"
             )
         header = QUOTE_HEADER.pack(
-            QUOTE_VERSION_4, ATT_KEY_TYPE_ECDSA_P256, TEE_TYPE_TDX, 0, FAKE_QE_VENDOR_ID,
+            QUOTE_VERSION_4,
+            ATT_KEY_TYPE_ECDSA_P256,
+            TEE_TYPE_TDX,
+            0,
+            FAKE_QE_VENDOR_ID,
             FAKE_USER_DATA,
         )
         rtmr = _separator_rtmr()
         zero48 = bytes(SHA384_SIZE)
         body = TD_QUOTE_BODY.pack(
-            bytes(16), zero48, zero48, bytes(8), bytes(8), bytes(8),
-            hashlib.sha384(b"FAKE MRTD").digest(), zero48, zero48, zero48,
-            rtmr, rtmr, rtmr, rtmr, report_data,
+            bytes(16),
+            zero48,
+            zero48,
+            bytes(8),
+            bytes(8),
+            bytes(8),
+            hashlib.sha384(b"FAKE MRTD").digest(),
+            zero48,
+            zero48,
+            zero48,
+            rtmr,
+            rtmr,
+            rtmr,
+            rtmr,
+            report_data,
         )
         attestation_key = ec.generate_private_key(ec.SECP256R1())
-        r, s = decode_dss_signature(
-            attestation_key.sign(header + body, ec.ECDSA(hashes.SHA256()))
-        )
+        r, s = decode_dss_signature(attestation_key.sign(header + body, ec.ECDSA(hashes.SHA256())))
         numbers = attestation_key.public_key().public_numbers()
         att_pub = numbers.x.to_bytes(ECDSA_P256_COORD, "big") + numbers.y.to_bytes(
             ECDSA_P256_COORD, "big"
@@ -232,15 +255,21 @@ class FakeAttester:
         qe_report = bytearray(SGX_REPORT_BODY_SIZE)
         bound = hashlib.sha256(att_pub + qe_auth).digest()
         start = SGX_REPORT_BODY_REPORT_DATA_OFFSET
-        qe_report[start:start + len(bound)] = bound
+        qe_report[start : start + len(bound)] = bound
         pck = CERT_DATA_HEADER.pack(CERT_DATA_PCK_CHAIN, len(FAKE_PCK_CHAIN)) + FAKE_PCK_CHAIN
         qe_cert_data = (
-            bytes(qe_report) + bytes(2 * ECDSA_P256_COORD)
-            + QE_AUTH_DATA_SIZE.pack(len(qe_auth)) + qe_auth + pck
+            bytes(qe_report)
+            + bytes(2 * ECDSA_P256_COORD)
+            + QE_AUTH_DATA_SIZE.pack(len(qe_auth))
+            + qe_auth
+            + pck
         )
         signature_data = (
-            r.to_bytes(ECDSA_P256_COORD, "big") + s.to_bytes(ECDSA_P256_COORD, "big") + att_pub
-            + CERT_DATA_HEADER.pack(CERT_DATA_QE_REPORT, len(qe_cert_data)) + qe_cert_data
+            r.to_bytes(ECDSA_P256_COORD, "big")
+            + s.to_bytes(ECDSA_P256_COORD, "big")
+            + att_pub
+            + CERT_DATA_HEADER.pack(CERT_DATA_QE_REPORT, len(qe_cert_data))
+            + qe_cert_data
         )
         return header + body + SIGNATURE_DATA_LEN.pack(len(signature_data)) + signature_data
 

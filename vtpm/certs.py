@@ -90,7 +90,7 @@ def der_elements(data: bytes) -> list[bytes]:
             header += count
             if count == 0 or offset + header > len(data):
                 raise CertificateError(f"DER: bad long-form length at offset {offset}")
-            length = int.from_bytes(data[offset + 2:offset + header], "big")
+            length = int.from_bytes(data[offset + 2 : offset + header], "big")
         end = offset + header + length
         if end > len(data):
             raise CertificateError(f"DER: element at offset {offset} runs past the end")
@@ -153,7 +153,8 @@ class TpmIdentity:
     def from_properties(cls, props: dict[int, int]) -> TpmIdentity:
         """From TPM_PT_MANUFACTURER, TPM_PT_VENDOR_STRING_1..4 and TPM_PT_FIRMWARE_VERSION_1."""
         missing = [
-            f"0x{p:x}" for p in (wire.TPM_PT_MANUFACTURER, wire.TPM_PT_FIRMWARE_VERSION_1)
+            f"0x{p:x}"
+            for p in (wire.TPM_PT_MANUFACTURER, wire.TPM_PT_FIRMWARE_VERSION_1)
             if p not in props
         ]
         if missing:
@@ -171,11 +172,17 @@ class TpmIdentity:
 
     def directory_name(self) -> x509.Name:
         """The SAN directoryName: one RDN with manufacturer, model and version."""
-        return x509.Name([x509.RelativeDistinguishedName([
-            x509.NameAttribute(OID_TPM_MANUFACTURER, self.manufacturer),
-            x509.NameAttribute(OID_TPM_MODEL, self.model),
-            x509.NameAttribute(OID_TPM_VERSION, self.version),
-        ])])
+        return x509.Name(
+            [
+                x509.RelativeDistinguishedName(
+                    [
+                        x509.NameAttribute(OID_TPM_MANUFACTURER, self.manufacturer),
+                        x509.NameAttribute(OID_TPM_MODEL, self.model),
+                        x509.NameAttribute(OID_TPM_VERSION, self.version),
+                    ]
+                )
+            ]
+        )
 
 
 # --- signing with a key that never leaves the TPM -----------------------------------------------
@@ -212,8 +219,12 @@ def ca_subject(attester_name: str, simulated: bool, fake: bool) -> x509.Name:
 
 
 def build_ca_certificate(
-    ca_key: ec.EllipticCurvePublicKey, subject: x509.Name, quote: bytes, event_log: bytes,
-    signer: DigestSigner, now: datetime.datetime,
+    ca_key: ec.EllipticCurvePublicKey,
+    subject: x509.Name,
+    quote: bytes,
+    event_log: bytes,
+    signer: DigestSigner,
+    now: datetime.datetime,
 ) -> bytes:
     """The self-signed CA certificate carrying the TD quote and the CC event log."""
     builder = (
@@ -225,11 +236,20 @@ def build_ca_certificate(
         .not_valid_before(now)
         .not_valid_after(NOT_AFTER)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.KeyUsage(
-            digital_signature=False, content_commitment=False, key_encipherment=False,
-            data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
-            encipher_only=False, decipher_only=False,
-        ), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
         .add_extension(x509.ExtendedKeyUsage([OID_VTPM_TD_CA]), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key), critical=False)
         .add_extension(x509.UnrecognizedExtension(OID_TD_QUOTE, quote), critical=False)
@@ -239,8 +259,12 @@ def build_ca_certificate(
 
 
 def build_ek_certificate(
-    ek_key: PublicKey, issuer: x509.Name, ca_key: ec.EllipticCurvePublicKey,
-    identity: TpmIdentity, signer: DigestSigner, now: datetime.datetime,
+    ek_key: PublicKey,
+    issuer: x509.Name,
+    ca_key: ec.EllipticCurvePublicKey,
+    identity: TpmIdentity,
+    signer: DigestSigner,
+    now: datetime.datetime,
 ) -> bytes:
     """An EK certificate per the TCG EK credential profile, issued by the CA key."""
     is_rsa = isinstance(ek_key, rsa.RSAPublicKey)
@@ -257,15 +281,22 @@ def build_ek_certificate(
             critical=True,
         )
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(
-            digital_signature=False, content_commitment=False, key_encipherment=is_rsa,
-            data_encipherment=False, key_agreement=not is_rsa, key_cert_sign=False,
-            crl_sign=False, encipher_only=False, decipher_only=False,
-        ), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([OID_TCG_KP_EK_CERTIFICATE]), critical=False)
         .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key), critical=False
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=is_rsa,
+                data_encipherment=False,
+                key_agreement=not is_rsa,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
         )
+        .add_extension(x509.ExtendedKeyUsage([OID_TCG_KP_EK_CERTIFICATE]), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key), critical=False)
     )
     return sign_certificate(builder, signer)
 

@@ -31,25 +31,49 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vtpm", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="serve a fresh in-memory vTPM (swtpm and mssim sockets)")
-    serve.add_argument("--port", type=int, default=DEFAULT_PORT,
-                       help=f"command port; the platform port is port+1 (default {DEFAULT_PORT}; "
-                            "0 picks a free pair)")
+    serve.add_argument(
+        "--port",
+        type=int,
+        default=DEFAULT_PORT,
+        help=f"command port; the platform port is port+1 (default {DEFAULT_PORT}; "
+        "0 picks a free pair)",
+    )
     serve.add_argument("--host", default=DEFAULT_HOST, help=f"address (default {DEFAULT_HOST})")
-    serve.add_argument("--wipe-on-power-cycle", action="store_true",
-                       help="forget all NV and re-manufacture on every platform power cycle")
-    serve.add_argument("--ek", default=DEFAULT_EKS,
-                       help=f"EK kinds to manufacture, comma-separated (default {DEFAULT_EKS})")
-    serve.add_argument("--attester", default=DEFAULT_ATTESTER,
-                       help=f"attester that quotes the CA key (default {DEFAULT_ATTESTER!r})")
-    serve.add_argument("--no-provision", action="store_true",
-                       help="skip manufacture: serve a started TPM without EKs or certificates")
-    serve.add_argument("--busy-poll-us", type=int, default=None, metavar="US",
-                       help="after each command, poll this long for the next one before sleeping "
-                            f"(default {DEFAULT_BUSY_POLL_US} with two or more CPUs, else 0; "
-                            "0 disables; costs CPU, saves a process wake-up per command)")
-    serve.add_argument("--no-fastpath", action="store_true",
-                       help="answer swtpm-framed commands in Python, not through the native "
-                            "fast path (build/native/libvtpm_fastpath.so, built by ./tdp setup)")
+    serve.add_argument(
+        "--wipe-on-power-cycle",
+        action="store_true",
+        help="forget all NV and re-manufacture on every platform power cycle",
+    )
+    serve.add_argument(
+        "--ek",
+        default=DEFAULT_EKS,
+        help=f"EK kinds to manufacture, comma-separated (default {DEFAULT_EKS})",
+    )
+    serve.add_argument(
+        "--attester",
+        default=DEFAULT_ATTESTER,
+        help=f"attester that quotes the CA key (default {DEFAULT_ATTESTER!r})",
+    )
+    serve.add_argument(
+        "--no-provision",
+        action="store_true",
+        help="skip manufacture: serve a started TPM without EKs or certificates",
+    )
+    serve.add_argument(
+        "--busy-poll-us",
+        type=int,
+        default=None,
+        metavar="US",
+        help="after each command, poll this long for the next one before sleeping "
+        f"(default {DEFAULT_BUSY_POLL_US} with two or more CPUs, else 0; "
+        "0 disables; costs CPU, saves a process wake-up per command)",
+    )
+    serve.add_argument(
+        "--no-fastpath",
+        action="store_true",
+        help="answer swtpm-framed commands in Python, not through the native "
+        "fast path (build/native/libvtpm_fastpath.so, built by ./tdp setup)",
+    )
     serve.add_argument("-v", "--verbose", action="store_true", help="log every connection error")
     info = sub.add_parser("info", help="print EK names, certificate subjects and PCR banks")
     info.add_argument("--tcti", required=True, help="TCTI string, e.g. mssim:host=...,port=...")
@@ -71,8 +95,11 @@ def _provisioner(eks: list[str], attester_name: str) -> tuple[Provisioner, str]:
 
 def serve(args: argparse.Namespace) -> int:
     """Run the server until SIGTERM/SIGINT or a TPM_STOP signal."""
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="vtpm: %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="vtpm: %(message)s",
+        stream=sys.stderr,
+    )
     eks = [k.strip() for k in args.ek.split(",") if k.strip()]
     if args.no_provision:
         provision, note = None, "provisioning: skipped (--no-provision): UNPROVISIONED TPM"
@@ -90,9 +117,15 @@ def serve(args: argparse.Namespace) -> int:
     engine = TpmEngine()
     try:
         try:
-            server = VtpmServer(engine, args.host, args.port,
-                                wipe_on_power_cycle=args.wipe_on_power_cycle, provision=provision,
-                                busy_poll_us=busy_poll_us, fastpath=fastpath)
+            server = VtpmServer(
+                engine,
+                args.host,
+                args.port,
+                wipe_on_power_cycle=args.wipe_on_power_cycle,
+                provision=provision,
+                busy_poll_us=busy_poll_us,
+                fastpath=fastpath,
+            )
         except ValueError as exc:  # an option out of range
             print(f"vtpm serve: {exc}", file=sys.stderr)
             return 2
@@ -112,8 +145,11 @@ def serve(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
         mode = "wipe on power cycle" if args.wipe_on_power_cycle else "state kept until exit"
-        polling = f"busy-polls {busy_poll_us} us after each command" if busy_poll_us else \
-            "sleeps between commands (no busy polling)"
+        polling = (
+            f"busy-polls {busy_poll_us} us after each command"
+            if busy_poll_us
+            else "sleeps between commands (no busy polling)"
+        )
         print(f"vtpm: {polling}", flush=True)
         if fastpath is not None:
             print(f"vtpm: swtpm data channel: native fast path {fastpath.library}", flush=True)
@@ -121,8 +157,11 @@ def serve(args: argparse.Namespace) -> int:
             print(f"vtpm: swtpm data channel: Python path ({why_not})", flush=True)
         for name, tcti in server.tcti_strings().items():
             print(f"vtpm: TCTI {name}: {tcti}", flush=True)
-        print(f"{READY_PREFIX} on {args.host} command port {server.port} platform port "
-              f"{server.platform_port} ({mode})", flush=True)
+        print(
+            f"{READY_PREFIX} on {args.host} command port {server.port} platform port "
+            f"{server.platform_port} ({mode})",
+            flush=True,
+        )
         server.serve_forever()
         print("vtpm: stopped", flush=True)
         return 0

@@ -171,8 +171,14 @@ _IO_GETPHYSICALPRESENCE = libtpms.IoGetPhysicalPresenceFn(_cb_io_getphysicalpres
 
 def _callbacks(getlocality: Any) -> Any:
     return libtpms.LibtpmsCallbacks(
-        ctypes.sizeof(libtpms.LibtpmsCallbacks), _NVRAM_INIT, _NVRAM_LOADDATA, _NVRAM_STOREDATA,
-        _NVRAM_DELETENAME, _IO_INIT, getlocality, _IO_GETPHYSICALPRESENCE,
+        ctypes.sizeof(libtpms.LibtpmsCallbacks),
+        _NVRAM_INIT,
+        _NVRAM_LOADDATA,
+        _NVRAM_STOREDATA,
+        _NVRAM_DELETENAME,
+        _IO_INIT,
+        getlocality,
+        _IO_GETPHYSICALPRESENCE,
     )
 
 
@@ -226,8 +232,9 @@ class TpmEngine:
             self._resp_ref = ctypes.byref(self._resp)
             self._resp_len_ref = ctypes.byref(self._resp_len)
             self._resp_bufsize_ref = ctypes.byref(self._resp_bufsize)
-            self._response_buffer = ResponseBuffer(self._resp, self._resp_ref, self._resp_len_ref,
-                                                   self._resp_bufsize_ref)
+            self._response_buffer = ResponseBuffer(
+                self._resp, self._resp_ref, self._resp_len_ref, self._resp_bufsize_ref
+            )
             rc = int(self._lib.TPMLIB_ChooseTPMVersion(libtpms.TPMLIB_TPM_VERSION_2))
             if rc != libtpms.TPM_SUCCESS:
                 raise TpmEngineError(f"TPMLIB_ChooseTPMVersion(TPM 2) failed: rc=0x{rc:x}")
@@ -318,7 +325,9 @@ class TpmEngine:
         return self
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
         self.close()
@@ -340,17 +349,22 @@ class TpmEngine:
             if not self._powered or self._closed:
                 return error_response(TPM_RC_FAILURE)
             self._set_locality(locality)
-            rc = int(self._lib.TPMLIB_Process(
-                self._resp_ref, self._resp_len_ref, self._resp_bufsize_ref, command, len(command)
-            ))
+            rc = int(
+                self._lib.TPMLIB_Process(
+                    self._resp_ref,
+                    self._resp_len_ref,
+                    self._resp_bufsize_ref,
+                    command,
+                    len(command),
+                )
+            )
             size = self._resp_len.value
             if rc != libtpms.TPM_SUCCESS or size < TPM_HEADER_SIZE:
                 return error_response(TPM_RC_FAILURE)
             # Slicing a c_char pointer copies into bytes (typeshed knows only the list case).
             return cast(bytes, self._resp[:size])
 
-    def run_native(self, locality: int, call: Callable[[ResponseBuffer | None, A], T],
-                   arg: A) -> T:
+    def run_native(self, locality: int, call: Callable[[ResponseBuffer | None, A], T], arg: A) -> T:
         """Run `call(buffer, arg)` holding the TPM, for native code that calls TPMLIB_Process.
 
         `buffer` is the response buffer with `locality` in force, or None when the TPM must not

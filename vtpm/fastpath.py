@@ -69,8 +69,15 @@ class FastPath:
         self.library = library
         lib = ctypes.CDLL(str(library))
         fn = lib.vtpm_fastpath_accept
-        fn.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_void_p,
-                       ctypes.c_void_p, ctypes.c_void_p, ctypes.POINTER(FastpathResult)]
+        fn.argtypes = [
+            ctypes.c_int,
+            ctypes.c_void_p,
+            ctypes.c_uint32,
+            ctypes.c_void_p,
+            ctypes.c_void_p,
+            ctypes.c_void_p,
+            ctypes.POINTER(FastpathResult),
+        ]
         fn.restype = ctypes.c_int
         self._accept: Any = fn
         self._buffer = (ctypes.c_ubyte * RECV_SIZE)()
@@ -98,8 +105,9 @@ class FastPath:
         return engine.run_native(locality, self._accept_locked, listener_fd)
 
     def _accept_locked(self, tpm: ResponseBuffer | None, listener_fd: int) -> Accepted | None:
-        refs = (None, None, None) if tpm is None else (
-            tpm.pointer_ref, tpm.length_ref, tpm.size_ref)
+        refs = (
+            (None, None, None) if tpm is None else (tpm.pointer_ref, tpm.length_ref, tpm.size_ref)
+        )
         fd = self._accept(listener_fd, self._buffer, RECV_SIZE, *refs, self._result_ref)
         result = self._result
         if fd < 0:
@@ -109,11 +117,16 @@ class FastPath:
         try:
             status = Status(result.status)
             if status is Status.RECEIVED:
-                return Accepted(fd, status, result.received,
-                                data=bytes(memoryview(self._buffer)[:result.received]))
+                return Accepted(
+                    fd,
+                    status,
+                    result.received,
+                    data=bytes(memoryview(self._buffer)[: result.received]),
+                )
             if status is Status.ANSWERED and tpm is not None and result.sent < result.response_len:
-                return Accepted(fd, status, result.received,
-                                unsent=tpm.read(result.sent, result.response_len))
+                return Accepted(
+                    fd, status, result.received, unsent=tpm.read(result.sent, result.response_len)
+                )
             return Accepted(fd, status, result.received)
         except BaseException:  # the descriptor is ours until a socket object adopts it
             os.close(fd)

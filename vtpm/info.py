@@ -108,9 +108,7 @@ def inspect(tcti: str) -> TpmDescription:
 
         for kind, (template_name, nv_index) in PYTSS_EK_TEMPLATES.items():
             cert_der, template = create_ek_template(template_name, nv_read)
-            handle, public, _cd, _ch, _ct = ectx.create_primary(
-                None, template, ESYS_TR.ENDORSEMENT
-            )
+            handle, public, _cd, _ch, _ct = ectx.create_primary(None, template, ESYS_TR.ENDORSEMENT)
             ectx.flush_context(handle)
             name = wire.Public.from_bytes(public.publicArea.marshal()).name()
             out.ek_names[kind] = name.hex()
@@ -154,7 +152,10 @@ def _describe_ca(ca_der: bytes, first: int, lines: list[str]) -> x509.Certificat
 
 
 def _describe_ek_cert(
-    cert_der: bytes, nv_index: int, public_area: bytes, ca: x509.Certificate | None,
+    cert_der: bytes,
+    nv_index: int,
+    public_area: bytes,
+    ca: x509.Certificate | None,
     lines: list[str],
 ) -> None:
     try:

@@ -30,7 +30,10 @@ CharPtr = ctypes.POINTER(ctypes.c_char)
 # struct libtpms_callbacks members, in declaration order.
 NvramInitFn = ctypes.CFUNCTYPE(TPM_RESULT)
 NvramLoadDataFn = ctypes.CFUNCTYPE(
-    TPM_RESULT, ctypes.POINTER(BytePtr), ctypes.POINTER(ctypes.c_uint32), ctypes.c_uint32,
+    TPM_RESULT,
+    ctypes.POINTER(BytePtr),
+    ctypes.POINTER(ctypes.c_uint32),
+    ctypes.c_uint32,
     ctypes.c_char_p,
 )
 NvramStoreDataFn = ctypes.CFUNCTYPE(
@@ -74,8 +77,11 @@ def _declare(lib: Any) -> None:
     lib.TPMLIB_Terminate.argtypes = []
     lib.TPMLIB_Terminate.restype = None
     lib.TPMLIB_Process.argtypes = [
-        ctypes.POINTER(CharPtr), ctypes.POINTER(ctypes.c_uint32),
-        ctypes.POINTER(ctypes.c_uint32), ctypes.c_char_p, ctypes.c_uint32,
+        ctypes.POINTER(CharPtr),
+        ctypes.POINTER(ctypes.c_uint32),
+        ctypes.POINTER(ctypes.c_uint32),
+        ctypes.c_char_p,
+        ctypes.c_uint32,
     ]
     lib.TPMLIB_Process.restype = TPM_RESULT
     lib.TPM_Malloc.argtypes = [ctypes.POINTER(BytePtr), ctypes.c_uint32]

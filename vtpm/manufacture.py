@@ -39,8 +39,13 @@ NV_EK_CHAIN_FIRST = 0x01C00100
 NV_EK_CHAIN_LAST = 0x01C001FF
 
 NV_CERT_ATTRIBUTES = (
-    wire.TPMA_NV_PLATFORMCREATE | wire.TPMA_NV_AUTHREAD | wire.TPMA_NV_OWNERREAD
-    | wire.TPMA_NV_PPREAD | wire.TPMA_NV_PPWRITE | wire.TPMA_NV_NO_DA | wire.TPMA_NV_WRITEDEFINE
+    wire.TPMA_NV_PLATFORMCREATE
+    | wire.TPMA_NV_AUTHREAD
+    | wire.TPMA_NV_OWNERREAD
+    | wire.TPMA_NV_PPREAD
+    | wire.TPMA_NV_PPWRITE
+    | wire.TPMA_NV_NO_DA
+    | wire.TPMA_NV_WRITEDEFINE
 )
 
 # TCG EK Credential Profile 2.x, B.3.3: PolicyA, SHA-256 (PolicySecret(TPM_RH_ENDORSEMENT)).
@@ -48,40 +53,63 @@ EK_POLICY_A_SHA256 = bytes.fromhex(
     "837197674484b3f81a90cc8d46a5d724fd52d76e06520b64f2a1da1b331469aa"
 )
 EK_ATTRIBUTES = (
-    wire.TPMA_OBJECT_FIXEDTPM | wire.TPMA_OBJECT_FIXEDPARENT
-    | wire.TPMA_OBJECT_SENSITIVEDATAORIGIN | wire.TPMA_OBJECT_ADMINWITHPOLICY
-    | wire.TPMA_OBJECT_RESTRICTED | wire.TPMA_OBJECT_DECRYPT
+    wire.TPMA_OBJECT_FIXEDTPM
+    | wire.TPMA_OBJECT_FIXEDPARENT
+    | wire.TPMA_OBJECT_SENSITIVEDATAORIGIN
+    | wire.TPMA_OBJECT_ADMINWITHPOLICY
+    | wire.TPMA_OBJECT_RESTRICTED
+    | wire.TPMA_OBJECT_DECRYPT
 )
 AES_128_CFB = wire.SymDefObject(wire.TPM_ALG_AES, 128, wire.TPM_ALG_CFB)
 RSA_2048_UNIQUE_SIZE = 256
 ECC_P256_UNIQUE_SIZE = 32
 
 EK_TEMPLATE_L1_RSA = wire.Public(
-    wire.TPM_ALG_RSA, wire.TPM_ALG_SHA256, EK_ATTRIBUTES, EK_POLICY_A_SHA256,
-    wire.RsaParms(AES_128_CFB, wire.Scheme(), 2048, 0), bytes(RSA_2048_UNIQUE_SIZE),
+    wire.TPM_ALG_RSA,
+    wire.TPM_ALG_SHA256,
+    EK_ATTRIBUTES,
+    EK_POLICY_A_SHA256,
+    wire.RsaParms(AES_128_CFB, wire.Scheme(), 2048, 0),
+    bytes(RSA_2048_UNIQUE_SIZE),
 )
 EK_TEMPLATE_L2_ECC = wire.Public(
-    wire.TPM_ALG_ECC, wire.TPM_ALG_SHA256, EK_ATTRIBUTES, EK_POLICY_A_SHA256,
+    wire.TPM_ALG_ECC,
+    wire.TPM_ALG_SHA256,
+    EK_ATTRIBUTES,
+    EK_POLICY_A_SHA256,
     wire.EccParms(AES_128_CFB, wire.Scheme(), wire.TPM_ECC_NIST_P256, wire.Scheme()),
     (bytes(ECC_P256_UNIQUE_SIZE), bytes(ECC_P256_UNIQUE_SIZE)),
 )
 
 STORAGE_PARENT_TEMPLATE = wire.Public(
-    wire.TPM_ALG_ECC, wire.TPM_ALG_SHA256,
-    wire.TPMA_OBJECT_FIXEDTPM | wire.TPMA_OBJECT_FIXEDPARENT
-    | wire.TPMA_OBJECT_SENSITIVEDATAORIGIN | wire.TPMA_OBJECT_USERWITHAUTH
-    | wire.TPMA_OBJECT_NODA | wire.TPMA_OBJECT_RESTRICTED | wire.TPMA_OBJECT_DECRYPT,
-    b"", wire.EccParms(AES_128_CFB, wire.Scheme(), wire.TPM_ECC_NIST_P256, wire.Scheme()),
+    wire.TPM_ALG_ECC,
+    wire.TPM_ALG_SHA256,
+    wire.TPMA_OBJECT_FIXEDTPM
+    | wire.TPMA_OBJECT_FIXEDPARENT
+    | wire.TPMA_OBJECT_SENSITIVEDATAORIGIN
+    | wire.TPMA_OBJECT_USERWITHAUTH
+    | wire.TPMA_OBJECT_NODA
+    | wire.TPMA_OBJECT_RESTRICTED
+    | wire.TPMA_OBJECT_DECRYPT,
+    b"",
+    wire.EccParms(AES_128_CFB, wire.Scheme(), wire.TPM_ECC_NIST_P256, wire.Scheme()),
     (b"", b""),
 )
 CA_KEY_TEMPLATE = wire.Public(
-    wire.TPM_ALG_ECC, wire.TPM_ALG_SHA384,
-    wire.TPMA_OBJECT_FIXEDTPM | wire.TPMA_OBJECT_FIXEDPARENT
-    | wire.TPMA_OBJECT_SENSITIVEDATAORIGIN | wire.TPMA_OBJECT_USERWITHAUTH
-    | wire.TPMA_OBJECT_NODA | wire.TPMA_OBJECT_SIGN,
-    b"", wire.EccParms(
-        wire.SymDefObject(), wire.Scheme(wire.TPM_ALG_ECDSA, wire.TPM_ALG_SHA384),
-        wire.TPM_ECC_NIST_P384, wire.Scheme(),
+    wire.TPM_ALG_ECC,
+    wire.TPM_ALG_SHA384,
+    wire.TPMA_OBJECT_FIXEDTPM
+    | wire.TPMA_OBJECT_FIXEDPARENT
+    | wire.TPMA_OBJECT_SENSITIVEDATAORIGIN
+    | wire.TPMA_OBJECT_USERWITHAUTH
+    | wire.TPMA_OBJECT_NODA
+    | wire.TPMA_OBJECT_SIGN,
+    b"",
+    wire.EccParms(
+        wire.SymDefObject(),
+        wire.Scheme(wire.TPM_ALG_ECDSA, wire.TPM_ALG_SHA384),
+        wire.TPM_ECC_NIST_P384,
+        wire.Scheme(),
     ),
     (b"", b""),
 )
@@ -165,14 +193,17 @@ def _store(tpm: wire.TpmClient, index: int, data: bytes, buffer_max: int) -> Non
 
 def chain_chunks(der: bytes, index_max: int) -> list[tuple[int, bytes]]:
     """Split a certificate over the EK chain range from 0x01C00100, index_max bytes per index."""
-    chunks = [der[i:i + index_max] for i in range(0, len(der), index_max)]
+    chunks = [der[i : i + index_max] for i in range(0, len(der), index_max)]
     if NV_EK_CHAIN_FIRST + len(chunks) - 1 > NV_EK_CHAIN_LAST:
         raise ManufactureError(f"CA certificate of {len(der)} bytes overflows the chain NV range")
     return [(NV_EK_CHAIN_FIRST + i, c) for i, c in enumerate(chunks)]
 
 
 def manufacture(
-    engine: wire.Transport, ek: Sequence[str] = EK_KINDS, *, attester: Attester,
+    engine: wire.Transport,
+    ek: Sequence[str] = EK_KINDS,
+    *,
+    attester: Attester,
     now: datetime.datetime | None = None,
 ) -> ManufactureResult:
     """Provision a powered-on TPM; raises ManufactureError (never falls back) on any failure."""
@@ -272,8 +303,16 @@ def manufacture(
         raise _step("storing certificates in NV", exc) from exc
 
     return ManufactureResult(
-        records, ca_der, tuple(i for i, _ in chunks), ca_point, report_data, quote, event_log,
-        attester.name, attester.simulated or fake, identity,
+        records,
+        ca_der,
+        tuple(i for i, _ in chunks),
+        ca_point,
+        report_data,
+        quote,
+        event_log,
+        attester.name,
+        attester.simulated or fake,
+        identity,
     )
 
 
@@ -289,4 +328,3 @@ def read_ca_certificate(tpm: wire.TpmClient) -> bytes:
             break
         data += tpm.nv_read(index, public.data_size, chunk)
     return data
-

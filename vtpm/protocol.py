@@ -66,17 +66,32 @@ class MssimCommand(enum.IntEnum):
 
 
 # Platform signals answered with a bare ack; each maps to what the server does.
-PLATFORM_SIGNALS = frozenset({
-    MssimCommand.POWER_ON, MssimCommand.POWER_OFF, MssimCommand.PHYS_PRES_ON,
-    MssimCommand.PHYS_PRES_OFF, MssimCommand.CANCEL_ON, MssimCommand.CANCEL_OFF,
-    MssimCommand.NV_ON, MssimCommand.NV_OFF, MssimCommand.KEY_CACHE_ON,
-    MssimCommand.KEY_CACHE_OFF, MssimCommand.RESET, MssimCommand.RESTART,
-    MssimCommand.SESSION_END, MssimCommand.STOP,
-})
+PLATFORM_SIGNALS = frozenset(
+    {
+        MssimCommand.POWER_ON,
+        MssimCommand.POWER_OFF,
+        MssimCommand.PHYS_PRES_ON,
+        MssimCommand.PHYS_PRES_OFF,
+        MssimCommand.CANCEL_ON,
+        MssimCommand.CANCEL_OFF,
+        MssimCommand.NV_ON,
+        MssimCommand.NV_OFF,
+        MssimCommand.KEY_CACHE_ON,
+        MssimCommand.KEY_CACHE_OFF,
+        MssimCommand.RESET,
+        MssimCommand.RESTART,
+        MssimCommand.SESSION_END,
+        MssimCommand.STOP,
+    }
+)
 # Command-port frames we accept besides SEND_COMMAND.
-COMMAND_PORT_CONTROLS = frozenset({
-    MssimCommand.REMOTE_HANDSHAKE, MssimCommand.SESSION_END, MssimCommand.STOP,
-})
+COMMAND_PORT_CONTROLS = frozenset(
+    {
+        MssimCommand.REMOTE_HANDSHAKE,
+        MssimCommand.SESSION_END,
+        MssimCommand.STOP,
+    }
+)
 
 
 class SwtpmControl(enum.IntEnum):

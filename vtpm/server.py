@@ -232,8 +232,11 @@ class VtpmServer:
     def _accept(self, listener: socket.socket, port: Port) -> None:
         """Accept one connection (epoll is level-triggered: more pending ones wake us again)."""
         # At the connection limit the Python path below refuses before anything runs.
-        if (port is Port.COMMAND and self.fastpath is not None
-                and len(self._connections) < MAX_CONNECTIONS):
+        if (
+            port is Port.COMMAND
+            and self.fastpath is not None
+            and len(self._connections) < MAX_CONNECTIONS
+        ):
             self._accept_native(listener, self.fastpath)
             return
         try:
@@ -249,8 +252,13 @@ class VtpmServer:
         if sock.gettimeout() is not None:  # a default timeout would make recv poll first
             sock.setblocking(False)
         if len(self._connections) >= MAX_CONNECTIONS:
-            log.warning("%s port: %d connections open; refusing %s:%d", port.value,
-                        MAX_CONNECTIONS, addr[0], addr[1])
+            log.warning(
+                "%s port: %d connections open; refusing %s:%d",
+                port.value,
+                MAX_CONNECTIONS,
+                addr[0],
+                addr[1],
+            )
             sock.close()
             return
         # TCP_NODELAY is inherited from the listener (Linux). With TCP_DEFER_ACCEPT the client's
@@ -382,8 +390,7 @@ class VtpmServer:
 
     def _handle(self, conn: _Connection, data: bytes) -> None:
         channel = conn.channel
-        if (isinstance(channel, CommandChannel) and not conn.output
-                and channel.whole_command(data)):
+        if isinstance(channel, CommandChannel) and not conn.output and channel.whole_command(data):
             # One whole swtpm command in one segment: the answer carries the ACK, so no
             # QUICKACK is needed (only mssim's several small writes per frame need it).
             response = self.engine.process(data, self._swtpm_locality)
@@ -421,8 +428,11 @@ class VtpmServer:
             self._requests += 1
             if isinstance(request, TpmRequest):
                 assert isinstance(conn.channel, CommandChannel)
-                locality = (request.locality if conn.channel.framing is Framing.MSSIM
-                            else self._swtpm_locality)
+                locality = (
+                    request.locality
+                    if conn.channel.framing is Framing.MSSIM
+                    else self._swtpm_locality
+                )
                 response = self.engine.process(request.command, locality)
                 if conn.channel.framing is Framing.MSSIM:
                     conn.output += mssim_response(response)

@@ -184,7 +184,7 @@ class Reader:
                 f"{self.what}: field {name} at offset {self.offset} needs {size} bytes, "
                 f"only {len(self.data) - self.offset} left"
             )
-        chunk = self.data[self.offset:end]
+        chunk = self.data[self.offset : end]
         self.offset = end
         return chunk
 
@@ -201,7 +201,7 @@ class Reader:
         return self.take(self.u16(f"{name}.size"), name)
 
     def rest(self) -> bytes:
-        chunk = self.data[self.offset:]
+        chunk = self.data[self.offset :]
         self.offset = len(self.data)
         return chunk
 
@@ -268,15 +268,18 @@ class RsaParms:
 
     def pack(self) -> bytes:
         return (
-            self.symmetric.pack() + self.scheme.pack()
+            self.symmetric.pack()
+            + self.scheme.pack()
             + struct.pack(">HI", self.key_bits, self.exponent)
         )
 
     @classmethod
     def unpack(cls, r: Reader) -> RsaParms:
         return cls(
-            SymDefObject.unpack(r), Scheme.unpack(r, "scheme"),
-            r.u16("keyBits"), r.u32("exponent"),
+            SymDefObject.unpack(r),
+            Scheme.unpack(r, "scheme"),
+            r.u16("keyBits"),
+            r.u32("exponent"),
         )
 
 
@@ -291,14 +294,18 @@ class EccParms:
 
     def pack(self) -> bytes:
         return (
-            self.symmetric.pack() + self.scheme.pack() + UINT16.pack(self.curve_id)
+            self.symmetric.pack()
+            + self.scheme.pack()
+            + UINT16.pack(self.curve_id)
             + self.kdf.pack()
         )
 
     @classmethod
     def unpack(cls, r: Reader) -> EccParms:
         return cls(
-            SymDefObject.unpack(r), Scheme.unpack(r, "scheme"), r.u16("curveID"),
+            SymDefObject.unpack(r),
+            Scheme.unpack(r, "scheme"),
+            r.u16("curveID"),
             Scheme.unpack(r, "kdf"),
         )
 
@@ -384,13 +391,17 @@ class NvPublic:
     def pack(self) -> bytes:
         return (
             struct.pack(">IHI", self.nv_index, self.name_alg, self.attributes)
-            + tpm2b(self.auth_policy) + UINT16.pack(self.data_size)
+            + tpm2b(self.auth_policy)
+            + UINT16.pack(self.data_size)
         )
 
     @classmethod
     def unpack(cls, r: Reader) -> NvPublic:
         return cls(
-            r.u32("nvIndex"), r.u16("nameAlg"), r.u32("attributes"), r.tpm2b("authPolicy"),
+            r.u32("nvIndex"),
+            r.u16("nameAlg"),
+            r.u32("attributes"),
+            r.tpm2b("authPolicy"),
             r.u16("dataSize"),
         )
 
@@ -426,13 +437,17 @@ class PasswordAuth:
 
     def pack(self) -> bytes:
         return (
-            UINT32.pack(TPM_RS_PW) + tpm2b(b"") + UINT8.pack(TPMA_SESSION_CONTINUESESSION)
+            UINT32.pack(TPM_RS_PW)
+            + tpm2b(b"")
+            + UINT8.pack(TPMA_SESSION_CONTINUESESSION)
             + tpm2b(self.password)
         )
 
 
 def build_command(
-    code: int, handles: Sequence[int] = (), params: bytes = b"",
+    code: int,
+    handles: Sequence[int] = (),
+    params: bytes = b"",
     auths: Sequence[PasswordAuth] = (),
 ) -> bytes:
     """Marshal a command: header, handles, authorization area (if any), parameters."""
@@ -496,8 +511,12 @@ class TpmClient:
         self.transport = transport
 
     def call(
-        self, code: int, handles: Sequence[int] = (), params: bytes = b"",
-        auths: Sequence[PasswordAuth] = (), n_out_handles: int = 0,
+        self,
+        code: int,
+        handles: Sequence[int] = (),
+        params: bytes = b"",
+        auths: Sequence[PasswordAuth] = (),
+        n_out_handles: int = 0,
     ) -> Response:
         command = build_command(code, handles, params, auths)
         return parse_response(code, self.transport.process(command), n_out_handles)
@@ -532,13 +551,14 @@ class TpmClient:
         return out
 
     def create_primary(
-        self, hierarchy: int, template: Public, sensitive: SensitiveCreate = SensitiveCreate(),
+        self,
+        hierarchy: int,
+        template: Public,
+        sensitive: SensitiveCreate = SensitiveCreate(),
         hierarchy_auth: bytes = b"",
     ) -> CreatedObject:
         """TPM2_CreatePrimary with no outsideInfo and no creation PCRs."""
-        params = (
-            tpm2b(sensitive.pack()) + tpm2b(template.pack()) + tpm2b(b"") + UINT32.pack(0)
-        )
+        params = tpm2b(sensitive.pack()) + tpm2b(template.pack()) + tpm2b(b"") + UINT32.pack(0)
         resp = self.call(
             TPM_CC_CREATE_PRIMARY, [hierarchy], params, [PasswordAuth(hierarchy_auth)], 1
         )
@@ -553,14 +573,15 @@ class TpmClient:
         return CreatedObject(resp.handles[0], public, name)
 
     def create_loaded(
-        self, parent: int, template: Public, sensitive: SensitiveCreate = SensitiveCreate(),
+        self,
+        parent: int,
+        template: Public,
+        sensitive: SensitiveCreate = SensitiveCreate(),
         parent_auth: bytes = b"",
     ) -> CreatedObject:
         """TPM2_CreateLoaded: an ordinary key from the TPM RNG, loaded; its private blob dropped."""
         params = tpm2b(sensitive.pack()) + tpm2b(template.pack())
-        resp = self.call(
-            TPM_CC_CREATE_LOADED, [parent], params, [PasswordAuth(parent_auth)], 1
-        )
+        resp = self.call(TPM_CC_CREATE_LOADED, [parent], params, [PasswordAuth(parent_auth)], 1)
         r = Reader(resp.params, "TPM2_CreateLoaded response")
         r.tpm2b("outPrivate")
         public = Public.from_bytes(r.tpm2b("outPublic"))
@@ -570,7 +591,8 @@ class TpmClient:
     def sign(self, key: int, digest: bytes, key_auth: bytes = b"") -> EcdsaSignature:
         """TPM2_Sign of a digest with the key's own scheme and a NULL hashcheck ticket."""
         params = (
-            tpm2b(digest) + Scheme().pack()
+            tpm2b(digest)
+            + Scheme().pack()
             + TPMT_TK_HASHCHECK_NULL.pack(TPM_ST_HASHCHECK, TPM_RH_NULL, 0)
         )
         resp = self.call(TPM_CC_SIGN, [key], params, [PasswordAuth(key_auth)])
@@ -602,11 +624,15 @@ class TpmClient:
         return NvPublic.unpack(inner)
 
     def nv_write(
-        self, index: int, data: bytes, chunk: int, auth_handle: int = TPM_RH_PLATFORM,
+        self,
+        index: int,
+        data: bytes,
+        chunk: int,
+        auth_handle: int = TPM_RH_PLATFORM,
     ) -> None:
         """TPM2_NV_Write of `data` from offset 0, `chunk` bytes (TPM_PT_NV_BUFFER_MAX) at a time."""
         for offset in range(0, len(data), chunk):
-            params = tpm2b(data[offset:offset + chunk]) + UINT16.pack(offset)
+            params = tpm2b(data[offset : offset + chunk]) + UINT16.pack(offset)
             self.call(TPM_CC_NV_WRITE, [auth_handle, index], params, [PasswordAuth()])
 
     def nv_write_lock(self, index: int, auth_handle: int = TPM_RH_PLATFORM) -> None:
@@ -614,7 +640,11 @@ class TpmClient:
         self.call(TPM_CC_NV_WRITE_LOCK, [auth_handle, index], auths=[PasswordAuth()])
 
     def nv_read(
-        self, index: int, size: int, chunk: int, auth_handle: int | None = None,
+        self,
+        index: int,
+        size: int,
+        chunk: int,
+        auth_handle: int | None = None,
     ) -> bytes:
         """TPM2_NV_Read of `size` bytes from offset 0; by default authorized by the index itself."""
         out = b""

@@ -40,14 +40,17 @@ REPEATS = 5
 def write_image(path: Path, pages: int) -> None:
     """A TDX image of `pages` distinct measured pages, written without holding it in memory."""
     platform = SupportedPlatform(1, 0, IGVM_PLATFORM_TDX, 1, 1 << 47)
-    entries = [IGVM_VHS_VARIABLE_HEADER.pack(platform.TYPE, platform.payload_size())
-               + platform.pack()]
-    variable_size = len(entries[0]) + pages * (IGVM_VHS_VARIABLE_HEADER.size
-                                               + PageData.payload_size())
+    entries = [
+        IGVM_VHS_VARIABLE_HEADER.pack(platform.TYPE, platform.payload_size()) + platform.pack()
+    ]
+    variable_size = len(entries[0]) + pages * (
+        IGVM_VHS_VARIABLE_HEADER.size + PageData.payload_size()
+    )
     data_start = 24 + variable_size
     tlv = IGVM_VHS_VARIABLE_HEADER.pack(PageData.TYPE, PageData.payload_size())
-    entries += [tlv + PageData(i * PAGE_SIZE, 1).pack(data_start + i * PAGE_SIZE)
-                for i in range(pages)]
+    entries += [
+        tlv + PageData(i * PAGE_SIZE, 1).pack(data_start + i * PAGE_SIZE) for i in range(pages)
+    ]
     variable = b"".join(entries)
     fixed = FixedHeader(1, 24, len(variable), data_start + pages * PAGE_SIZE, 0)
     checksum = zlib.crc32(fixed.pack(checksum=0) + variable)
@@ -59,7 +62,7 @@ def write_image(path: Path, pages: int) -> None:
         for number in range(0, pages, PAGES_PER_CHUNK):
             count = min(PAGES_PER_CHUNK, pages - number)
             chunk[:8] = number.to_bytes(8, "little")  # keep every chunk distinct
-            out.write(chunk[:count * PAGE_SIZE])
+            out.write(chunk[: count * PAGE_SIZE])
 
 
 def median_seconds(action: Callable[[], object], repeats: int = REPEATS) -> float:
@@ -78,12 +81,13 @@ def verdict(value: float, target: float, higher_is_better: bool = True) -> str:
 
 def throughput(path: Path, pages: int) -> None:
     raw = path.read_bytes()
-    page_data = raw[len(raw) - pages * PAGE_SIZE:]
+    page_data = raw[len(raw) - pages * PAGE_SIZE :]
     del raw
     # Same length as MRTD's input (6272 bytes per page); hashing cost does not depend on content.
     filler = bytes(MEASURED_PAGE_BYTES - PAGE_SIZE)
-    hashed_stream = b"".join(filler + page_data[i:i + PAGE_SIZE]
-                             for i in range(0, len(page_data), PAGE_SIZE))
+    hashed_stream = b"".join(
+        filler + page_data[i : i + PAGE_SIZE] for i in range(0, len(page_data), PAGE_SIZE)
+    )
     mib = len(page_data) / MIB
     t_mrtd = median_seconds(lambda: mrtd(path))
     t_page = median_seconds(lambda: hashlib.sha384(page_data).digest())
@@ -95,16 +99,24 @@ def throughput(path: Path, pages: int) -> None:
     ratio_page = rate_mrtd / rate_page
     ratio_stream = hashed_rate_mrtd / rate_stream
     print(f"image: {pages} measured pages, {mib:.0f} MiB of page data; medians of {REPEATS}")
-    print(f"  igvm measure (MRTD, streamed from file) {rate_mrtd:8.1f} MiB/s of page data "
-          f"({hashed_rate_mrtd:.1f} MiB/s hashed)")
+    print(
+        f"  igvm measure (MRTD, streamed from file) {rate_mrtd:8.1f} MiB/s of page data "
+        f"({hashed_rate_mrtd:.1f} MiB/s hashed)"
+    )
     print(f"  raw hashlib.sha384 over the page data   {rate_page:8.1f} MiB/s")
     print(f"  raw hashlib.sha384 over the 6272-B/page hashed stream {rate_stream:8.1f} MiB/s")
-    print(f"  ratio vs raw SHA-384 of the page data:    {ratio_page:5.2f} (ceiling "
-          f"{PAGE_SIZE / MEASURED_PAGE_BYTES:.2f}: MRTD hashes 6272 B per 4096-B page)")
-    print(f"  ratio vs raw SHA-384 of the hashed stream: {ratio_stream:5.2f}  target >= "
-          f"{THROUGHPUT_TARGET:.2f} -> {verdict(ratio_stream, THROUGHPUT_TARGET)}")
-    print("  (the target is checked against the hashed-stream ratio: the page-data ratio can "
-          "never exceed 0.65 by the definition of MRTD)")
+    print(
+        f"  ratio vs raw SHA-384 of the page data:    {ratio_page:5.2f} (ceiling "
+        f"{PAGE_SIZE / MEASURED_PAGE_BYTES:.2f}: MRTD hashes 6272 B per 4096-B page)"
+    )
+    print(
+        f"  ratio vs raw SHA-384 of the hashed stream: {ratio_stream:5.2f}  target >= "
+        f"{THROUGHPUT_TARGET:.2f} -> {verdict(ratio_stream, THROUGHPUT_TARGET)}"
+    )
+    print(
+        "  (the target is checked against the hashed-stream ratio: the page-data ratio can "
+        "never exceed 0.65 by the definition of MRTD)"
+    )
 
 
 # Peak RSS from /proc (VmHWM, per address space): ru_maxrss would include the parent's peak,
@@ -135,15 +147,18 @@ print(before, after, seconds, digest.hex())
 
 def memory(path: Path, pages: int) -> None:
     code = CHILD.format(root=str(ROOT), path=str(path))
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
     before, after, seconds, digest = result.stdout.split()
     growth = (int(after) - int(before)) / 1024
     size_mib = path.stat().st_size / MIB
-    print(f"memory: measuring a {size_mib:.0f} MiB image ({pages} pages) in a child process: "
-          f"peak RSS {int(after) / 1024:.1f} MiB, growth {growth:.1f} MiB over the imports; "
-          f"target < {MEMORY_TARGET_MIB} MiB -> {verdict(growth, MEMORY_TARGET_MIB, False)} "
-          f"({float(seconds):.1f} s, MRTD {digest[:16]}...)")
+    print(
+        f"memory: measuring a {size_mib:.0f} MiB image ({pages} pages) in a child process: "
+        f"peak RSS {int(after) / 1024:.1f} MiB, growth {growth:.1f} MiB over the imports; "
+        f"target < {MEMORY_TARGET_MIB} MiB -> {verdict(growth, MEMORY_TARGET_MIB, False)} "
+        f"({float(seconds):.1f} s, MRTD {digest[:16]}...)"
+    )
 
 
 def accumulator_paths() -> None:
@@ -155,7 +170,7 @@ def accumulator_paths() -> None:
         for i in range(count):
             acc.page_add(i * PAGE_SIZE)
             for k in range(16):
-                acc.mr_extend(i * PAGE_SIZE + 256 * k, page[256 * k:256 * (k + 1)])
+                acc.mr_extend(i * PAGE_SIZE + 256 * k, page[256 * k : 256 * (k + 1)])
         acc.digest()
 
     def per_page() -> None:
@@ -166,8 +181,10 @@ def accumulator_paths() -> None:
 
     slow = median_seconds(per_chunk) / count * 1e6
     fast = median_seconds(per_page) / count * 1e6
-    print(f"accumulator (tdxsim's path): per 4 KiB page {fast:.1f} us with add_measured_page vs "
-          f"{slow:.1f} us with 1 page_add + 16 mr_extend calls (x{slow / fast:.1f}); no target")
+    print(
+        f"accumulator (tdxsim's path): per 4 KiB page {fast:.1f} us with add_measured_page vs "
+        f"{slow:.1f} us with 1 page_add + 16 mr_extend calls (x{slow / fast:.1f}); no target"
+    )
 
 
 def main() -> int:
@@ -186,8 +203,10 @@ def main() -> int:
         memory(big, memory_pages)
     accumulator_paths()
     if args.quick:
-        print("(--quick: 16 MiB throughput image and a 128 MiB memory image; the 1 GiB target "
-              "is measured by the full run)")
+        print(
+            "(--quick: 16 MiB throughput image and a 128 MiB memory image; the 1 GiB target "
+            "is measured by the full run)"
+        )
     return 0
 
 

@@ -135,22 +135,33 @@ def main() -> None:
     local_vmcall, local_l2 = in_process(iterations)
     td_exit = median_us(samples["tdvmcall_ns"])
     l2_exit = median_us(samples["l2_exit_ns"])
-    print(f"TD process, minimal L1 image, {iterations} iterations each ({exits} TD exits, "
-          f"{run_s:.2f} s from spawn to end)")
+    print(
+        f"TD process, minimal L1 image, {iterations} iterations each ({exits} TD exits, "
+        f"{run_s:.2f} s from spawn to end)"
+    )
     print("TD exit round trip: TDVMCALL(HLT) from L1 answered by the host process")
-    print(f"  median {td_exit:8.1f} us   target < {TD_EXIT_TARGET_US:.0f} us: "
-          f"{verdict(td_exit < TD_EXIT_TARGET_US)}")
-    print(f"  same call in one process  {local_vmcall:8.1f} us   ratio "
-          f"{td_exit / local_vmcall:5.1f}x (the channel's cost)")
+    print(
+        f"  median {td_exit:8.1f} us   target < {TD_EXIT_TARGET_US:.0f} us: "
+        f"{verdict(td_exit < TD_EXIT_TARGET_US)}"
+    )
+    print(
+        f"  same call in one process  {local_vmcall:8.1f} us   ratio "
+        f"{td_exit / local_vmcall:5.1f}x (the channel's cost)"
+    )
     floor = bare_channel(iterations)
     print(f"  bare channel ping-pong    {floor:8.1f} us   (floor: two processes, no TD)")
     print("L2 exit round trip seen from L1 in the TD process: VP.ENTER -> CPUID exit -> L1")
-    print(f"  median {l2_exit:8.1f} us   target < {L2_EXIT_TARGET_US:.0f} us: "
-          f"{verdict(l2_exit < L2_EXIT_TARGET_US)}")
-    print(f"  raw module.tdcall in one process {local_l2:8.1f} us   ratio "
-          f"{l2_exit / local_l2:5.2f}x")
-    print(f"Boot of the minimal L1 (spawn, build, finalize, GetQuote, exit): "
-          f"{boot_seconds():.2f} s   (no target; reported)")
+    print(
+        f"  median {l2_exit:8.1f} us   target < {L2_EXIT_TARGET_US:.0f} us: "
+        f"{verdict(l2_exit < L2_EXIT_TARGET_US)}"
+    )
+    print(
+        f"  raw module.tdcall in one process {local_l2:8.1f} us   ratio {l2_exit / local_l2:5.2f}x"
+    )
+    print(
+        f"Boot of the minimal L1 (spawn, build, finalize, GetQuote, exit): "
+        f"{boot_seconds():.2f} s   (no target; reported)"
+    )
     print(f"(total {time.perf_counter() - t0:.1f} s)")
 
 

@@ -54,9 +54,14 @@ PORT_SEARCH_TRIES = 200
 RSA_EK_CERT_INDEX = 0x01C00002
 ECC_EK_CERT_INDEX = 0x01C0000A
 SWTPM_ECC_EK_CERT_INDEX = 0x01C00016
-AK_ATTRIBUTES = (TPMA_OBJECT.SIGN_ENCRYPT | TPMA_OBJECT.RESTRICTED | TPMA_OBJECT.FIXEDTPM
-                 | TPMA_OBJECT.FIXEDPARENT | TPMA_OBJECT.SENSITIVEDATAORIGIN
-                 | TPMA_OBJECT.USERWITHAUTH)
+AK_ATTRIBUTES = (
+    TPMA_OBJECT.SIGN_ENCRYPT
+    | TPMA_OBJECT.RESTRICTED
+    | TPMA_OBJECT.FIXEDTPM
+    | TPMA_OBJECT.FIXEDPARENT
+    | TPMA_OBJECT.SENSITIVEDATAORIGIN
+    | TPMA_OBJECT.USERWITHAUTH
+)
 
 
 def free_port_pair() -> int:
@@ -101,10 +106,21 @@ def swtpm_server(state: Path) -> Iterator[tuple[int, int]]:
     """swtpm on a free port pair; yields (port, pid)."""
     port = free_port_pair()
     proc = subprocess.Popen(
-        ["swtpm", "socket", "--tpm2", "--server", f"type=tcp,port={port}",
-         "--ctrl", f"type=tcp,port={port + 1}", "--tpmstate", f"dir={state}",
-         "--flags", "not-need-init,startup-clear"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            "swtpm",
+            "socket",
+            "--tpm2",
+            "--server",
+            f"type=tcp,port={port}",
+            "--ctrl",
+            f"type=tcp,port={port + 1}",
+            "--tpmstate",
+            f"dir={state}",
+            "--flags",
+            "not-need-init,startup-clear",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         wait_port(port, proc)
@@ -118,9 +134,13 @@ def start_vtpm(*args: str) -> tuple[subprocess.Popen[bytes], int, float]:
     """Start `python -m vtpm serve`; return the process, its port and seconds to the ready line."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "vtpm", "serve", "--port", str(free_port_pair()),
-                             *args],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vtpm", "serve", "--port", str(free_port_pair()), *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     assert proc.stdout is not None
     for raw in proc.stdout:
         match = READY.search(raw.decode())
@@ -155,9 +175,9 @@ class Workload:
         template = TPM2B_PUBLIC.parse("ecc256:ecdsa-sha256:null", objectAttributes=AK_ATTRIBUTES)
         self.ak, *_ = self.esapi.create_primary(TPM2B_SENSITIVE_CREATE(), template)
         self.ecc_template = TPM2B_PUBLIC.parse("ecc256")
-        self.extend_values = TPML_DIGEST_VALUES([
-            TPMT_HA(hashAlg=TPM2_ALG.SHA256, digest=TPMU_HA(sha256=bytes(range(32))))
-        ])
+        self.extend_values = TPML_DIGEST_VALUES(
+            [TPMT_HA(hashAlg=TPM2_ALG.SHA256, digest=TPMU_HA(sha256=bytes(range(32))))]
+        )
         self.selection = TPML_PCR_SELECTION.parse("sha256:0,1,2,3,16")
         self.scheme = TPMT_SIG_SCHEME(scheme=TPM2_ALG.NULL)
         self.nonce = TPM2B_DATA(b"bench-nonce")
@@ -233,7 +253,7 @@ def command_latency(batches: int, iterations: int) -> None:
                     run_batch(work, op, WARMUP_ITERATIONS)
             cpu_before = {side: cpu_seconds(pid) for side, (_port, pid) in servers.items()}
             for batch in range(batches):
-                order = SIDES[batch % len(SIDES):] + SIDES[:batch % len(SIDES)]
+                order = SIDES[batch % len(SIDES) :] + SIDES[: batch % len(SIDES)]
                 for name, op in COMMANDS.items():
                     medians: dict[str, float] = {}
                     for side in order:
@@ -242,18 +262,23 @@ def command_latency(batches: int, iterations: int) -> None:
                         medians[side] = statistics.median(times)
                     for side in SIDES[1:]:
                         batch_ratios[side][name].append(medians[side] / medians["swtpm"])
-            cpu = {side: cpu_seconds(pid) - cpu_before[side]
-                   for side, (_port, pid) in servers.items()}
+            cpu = {
+                side: cpu_seconds(pid) - cpu_before[side] for side, (_port, pid) in servers.items()
+            }
         finally:
             for work in works.values():
                 work.close()
     commands_per_side = batches * iterations * len(COMMANDS)
-    print(f"per-command latency, tpm2-pytss ESAPI over the swtpm: TCTI, one client process, "
-          f"{batches} interleaved batches x {iterations} per server and command; median, and "
-          f"the median of per-batch ratios to swtpm:")
+    print(
+        f"per-command latency, tpm2-pytss ESAPI over the swtpm: TCTI, one client process, "
+        f"{batches} interleaved batches x {iterations} per server and command; median, and "
+        f"the median of per-batch ratios to swtpm:"
+    )
     others = SIDES[2:]
-    print(f"  {'command':28} {'swtpm':>8} {'vtpm':>8} {'ratio':>6}  target      "
-          + " ".join(f"{side:>13} {'ratio':>5}" for side in others))
+    print(
+        f"  {'command':28} {'swtpm':>8} {'vtpm':>8} {'ratio':>6}  target      "
+        + " ".join(f"{side:>13} {'ratio':>5}" for side in others)
+    )
     for name in COMMANDS:
         s = statistics.median(samples["swtpm"][name]) * 1e6
         o = statistics.median(samples["vtpm"][name]) * 1e6
@@ -261,11 +286,17 @@ def command_latency(batches: int, iterations: int) -> None:
         verdict = "met" if ratio <= TARGET_RATIO else "MISSED"
         extra = " ".join(
             f"{statistics.median(samples[side][name]) * 1e6:11.0f}us "
-            f"{statistics.median(batch_ratios[side][name]):5.2f}" for side in others)
-        print(f"  {name:28} {s:6.0f}us {o:6.0f}us {ratio:6.2f}  <= {TARGET_RATIO:.1f} "
-              f"{verdict:6} {extra}")
-    print("  server CPU per command over the timed batches (the price of busy polling): "
-          + ", ".join(f"{side} {cpu[side] / commands_per_side * 1e6:.0f}us" for side in SIDES))
+            f"{statistics.median(batch_ratios[side][name]):5.2f}"
+            for side in others
+        )
+        print(
+            f"  {name:28} {s:6.0f}us {o:6.0f}us {ratio:6.2f}  <= {TARGET_RATIO:.1f} "
+            f"{verdict:6} {extra}"
+        )
+    print(
+        "  server CPU per command over the timed batches (the price of busy polling): "
+        + ", ".join(f"{side} {cpu[side] / commands_per_side * 1e6:.0f}us" for side in SIDES)
+    )
     for side in SIDES:
         print(f"    {side}: {SIDE_LABELS[side]}")
     in_process_figures(batches * iterations)
@@ -284,9 +315,11 @@ def in_process_figures(iterations: int) -> None:
             t0 = time.perf_counter()
             engine.process(command)
             times.append(time.perf_counter() - t0)
-    print(f"  in-process TpmEngine.process(GetRandom(32)), no socket, no ESAPI: "
-          f"{statistics.median(times) * 1e6:.1f} us (the rest of the vtpm figure is socket, "
-          f"event loop and client)")
+    print(
+        f"  in-process TpmEngine.process(GetRandom(32)), no socket, no ESAPI: "
+        f"{statistics.median(times) * 1e6:.1f} us (the rest of the vtpm figure is socket, "
+        f"event loop and client)"
+    )
 
 
 def has_nv_index(port: int, index: int) -> bool:
@@ -301,15 +334,18 @@ def has_nv_index(port: int, index: int) -> bool:
 
 
 def provisioning_time(repeats: int) -> None:
-    print(f"process start -> provisioned and serving with both EK certificates, median of "
-          f"{repeats}:")
+    print(
+        f"process start -> provisioned and serving with both EK certificates, median of {repeats}:"
+    )
     ours: list[float] = []
     for _ in range(repeats):
         proc, port, elapsed = start_vtpm()
         try:
             if not all(has_nv_index(port, i) for i in (RSA_EK_CERT_INDEX, ECC_EK_CERT_INDEX)):
-                print("  vtpm serve: figure unavailable (EK certificates missing: manufacture "
-                      "is not ready)")
+                print(
+                    "  vtpm serve: figure unavailable (EK certificates missing: manufacture "
+                    "is not ready)"
+                )
                 return
             ours.append(elapsed)
         finally:
@@ -320,9 +356,19 @@ def provisioning_time(repeats: int) -> None:
         for _ in range(repeats):
             with tempfile.TemporaryDirectory() as state:
                 t0 = time.perf_counter()
-                subprocess.run(["swtpm_setup", "--tpm2", "--create-ek-cert", "--tpmstate", state,
-                                "--overwrite"], check=True, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+                subprocess.run(
+                    [
+                        "swtpm_setup",
+                        "--tpm2",
+                        "--create-ek-cert",
+                        "--tpmstate",
+                        state,
+                        "--overwrite",
+                    ],
+                    check=True,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
                 setup_only.append(time.perf_counter() - t0)
                 with swtpm_server(Path(state)) as (port, _pid):
                     theirs.append(time.perf_counter() - t0)
@@ -332,8 +378,10 @@ def provisioning_time(repeats: int) -> None:
     print(f"  vtpm serve (manufacture in memory, RSA-2048 + ECC P-256 EKs, CA):  {o:7.0f} ms")
     if theirs:
         s = statistics.median(theirs) * 1e3
-        print(f"  swtpm_setup --create-ek-cert, then swtpm socket listening:      {s:7.0f} ms "
-              f"(swtpm_setup alone {statistics.median(setup_only) * 1e3:.0f} ms)")
+        print(
+            f"  swtpm_setup --create-ek-cert, then swtpm socket listening:      {s:7.0f} ms "
+            f"(swtpm_setup alone {statistics.median(setup_only) * 1e3:.0f} ms)"
+        )
         verdict = "met" if o <= s else "MISSED"
         print(f"  ratio vtpm/swtpm {o / s:.2f}  target <= {TARGET_RATIO:.1f} {verdict}")
     else:

@@ -54,3 +54,18 @@ def test_deliberate_cross_import_fails_lint(
     assert result.returncode != 0
     assert f"{contract} BROKEN" in result.stdout
     assert f"{importer}._deliberate_violation -> {imported}" in result.stdout
+
+
+def test_unformatted_code_fails_lint(tmp_path: Path) -> None:
+    _copy_tree(tmp_path)
+    (tmp_path / "igvm" / "_unformatted.py").write_text("x = {  'a':1 }\n")
+    result = subprocess.run(
+        [str(INVOKE), "lint", "--only", "format"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode != 0
+    assert "_unformatted.py" in result.stdout + result.stderr
+    assert "failed: format" in result.stdout + result.stderr

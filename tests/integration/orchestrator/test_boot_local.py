@@ -53,7 +53,8 @@ def test_run_builds_boots_attests_and_talks_to_the_vtpm(tmp_path: Path) -> None:
     assert "not built yet" in out  # the missing parts are said, not hidden
     # L1 ran from the measured image that the recipe placed: the image on disk is this checkout's
     assert (ROOT / "out" / "l1.img").read_bytes() == build_l1_image(
-        [ROOT / "svsm", ROOT / "vtpm"], "svsm.boot:main")
+        [ROOT / "svsm", ROOT / "vtpm"], "svsm.boot:main"
+    )
 
 
 def test_broken_recipe_fails_naming_the_step(tmp_path: Path) -> None:
@@ -65,13 +66,20 @@ def test_broken_recipe_fails_naming_the_step(tmp_path: Path) -> None:
 
 
 def test_a_lying_host_fails_the_l1_step_with_a_clear_message(tmp_path: Path) -> None:
-    code = ("import sys; from pathlib import Path; from orchestrator.boot import BootError, "
-            "run_local, DEFAULT_RECIPE; from tdxsim.faults import FaultSet\n"
-            "try:\n    run_local(DEFAULT_RECIPE, Path(sys.argv[1]), "
-            "faults=FaultSet.parse('getquote-status=error'))\n"
-            "except BootError as exc:\n    print(exc); sys.exit(1)")
-    result = subprocess.run([sys.executable, "-c", code, str(tmp_path / "t.igvm")], cwd=ROOT,
-                            capture_output=True, text=True, timeout=120)
+    code = (
+        "import sys; from pathlib import Path; from orchestrator.boot import BootError, "
+        "run_local, DEFAULT_RECIPE; from tdxsim.faults import FaultSet\n"
+        "try:\n    run_local(DEFAULT_RECIPE, Path(sys.argv[1]), "
+        "faults=FaultSet.parse('getquote-status=error'))\n"
+        "except BootError as exc:\n    print(exc); sys.exit(1)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "t.igvm")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 1
     assert "step 3 (L1 (svsm) boots from the measured image" in result.stdout
     assert "L1 run failed: svsm.boot.BootError: svsm step 3 (vTPM manufacture" in result.stdout

@@ -94,16 +94,23 @@ def test_full_boot_in_the_td_process(image: Path) -> None:
         assert f"svsm step {step} (" in uart and " done in " in uart
 
 
-@pytest.mark.parametrize(("faults", "message"), [
-    ("getquote-status=error", "svsm step 3 (vTPM manufacture: EKs, CA bound to a TD quote) failed: "
-     "manufacture: attester 'tdx' failed: GetQuote buffer status at offset 8: "
-     "0x8000000000000000 (host reports an error)"),
-    ("getquote-status=inflight", "GetQuote buffer status at offset 8: still in flight after"),
-    ("getquote-length=long", "GetQuote buffer out_len at offset 20"),
-    ("mapgpa-retry=always", "MapGPA of 0x800001200000 (+0x2000): the host answered RETRY"),
-])
-def test_lying_host_fails_the_boot_with_a_clear_message(image: Path, faults: str,
-                                                        message: str) -> None:
+@pytest.mark.parametrize(
+    ("faults", "message"),
+    [
+        (
+            "getquote-status=error",
+            "svsm step 3 (vTPM manufacture: EKs, CA bound to a TD quote) failed: "
+            "manufacture: attester 'tdx' failed: GetQuote buffer status at offset 8: "
+            "0x8000000000000000 (host reports an error)",
+        ),
+        ("getquote-status=inflight", "GetQuote buffer status at offset 8: still in flight after"),
+        ("getquote-length=long", "GetQuote buffer out_len at offset 20"),
+        ("mapgpa-retry=always", "MapGPA of 0x800001200000 (+0x2000): the host answered RETRY"),
+    ],
+)
+def test_lying_host_fails_the_boot_with_a_clear_message(
+    image: Path, faults: str, message: str
+) -> None:
     start = time.monotonic()
     result, _mrtd, uart = boot(image, faults)
     assert result.status == "failed"

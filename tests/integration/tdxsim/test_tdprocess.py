@@ -40,11 +40,17 @@ def image(entry: str = "l1_min.main:entry", source: Path = L1_MIN) -> bytes:
 
 def igvm_file(l1_image: bytes, path: Path) -> Path:
     """An IGVM file for TDX carrying the L1 image as measured pages at IMAGE_GPA."""
-    pages = [PageData(gpa=IMAGE_GPA + off, compatibility_mask=1,
-                      data=l1_image[off : off + PAGE_SIZE].ljust(PAGE_SIZE, b"\0"))
-             for off in range(0, len(l1_image), PAGE_SIZE)]
-    platform = SupportedPlatform(compatibility_mask=1, highest_vtl=0, platform_type=PLATFORM_TDX,
-                                 shared_gpa_boundary=1 << 47)
+    pages = [
+        PageData(
+            gpa=IMAGE_GPA + off,
+            compatibility_mask=1,
+            data=l1_image[off : off + PAGE_SIZE].ljust(PAGE_SIZE, b"\0"),
+        )
+        for off in range(0, len(l1_image), PAGE_SIZE)
+    ]
+    platform = SupportedPlatform(
+        compatibility_mask=1, highest_vtl=0, platform_type=PLATFORM_TDX, shared_gpa_boundary=1 << 47
+    )
     write(IgvmFile(platforms=[platform], directives=list(pages)), path)
     return path
 

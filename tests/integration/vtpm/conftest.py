@@ -80,7 +80,11 @@ def launch_vtpm(
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     proc = subprocess.Popen(
         [sys.executable, "-m", "vtpm", "serve", "--port", "0", *args],
-        cwd=cwd or ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=cwd or ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     lines: queue.Queue[str | None] = queue.Queue()
 
@@ -151,8 +155,10 @@ class SwtpmSocket:
 
 # The two ways `vtpm serve` answers the swtpm data channel; server tests run against both.
 CHANNEL_PATHS = {"native": (), "python": ("--no-fastpath",)}
-CHANNEL_BANNERS = {"native": "swtpm data channel: native fast path",
-                   "python": "swtpm data channel: Python path"}
+CHANNEL_BANNERS = {
+    "native": "swtpm data channel: native fast path",
+    "python": "swtpm data channel: Python path",
+}
 
 
 def launch_on_path(

@@ -39,7 +39,10 @@ def policy_session(ectx: Any) -> Any:
     from tpm2_pytss.types import TPMT_SYM_DEF
 
     return ectx.start_auth_session(
-        ESYS_TR.NONE, ESYS_TR.NONE, TPM2_SE.POLICY, TPMT_SYM_DEF(algorithm=TPM2_ALG.NULL),
+        ESYS_TR.NONE,
+        ESYS_TR.NONE,
+        TPM2_SE.POLICY,
+        TPMT_SYM_DEF(algorithm=TPM2_ALG.NULL),
         TPM2_ALG.SHA256,
     )
 
@@ -74,8 +77,12 @@ def ek_and_ak(ectx: Any) -> Iterator[tuple[Any, Any, Any, bytes]]:
     cert, template = create_ek_template("EK-ECC256", read)
     ek, ek_public, *_ = ectx.create_primary(None, template, ESYS_TR.ENDORSEMENT)
     attrs = (
-        TPMA_OBJECT.FIXEDTPM | TPMA_OBJECT.FIXEDPARENT | TPMA_OBJECT.SENSITIVEDATAORIGIN
-        | TPMA_OBJECT.USERWITHAUTH | TPMA_OBJECT.RESTRICTED | TPMA_OBJECT.SIGN_ENCRYPT
+        TPMA_OBJECT.FIXEDTPM
+        | TPMA_OBJECT.FIXEDPARENT
+        | TPMA_OBJECT.SENSITIVEDATAORIGIN
+        | TPMA_OBJECT.USERWITHAUTH
+        | TPMA_OBJECT.RESTRICTED
+        | TPMA_OBJECT.SIGN_ENCRYPT
     )
     ak_template = TPM2B_PUBLIC.parse("ecc256:ecdsa-sha256:null", objectAttributes=attrs)
     session = ek_session(ectx)
@@ -112,8 +119,9 @@ def test_ak_is_resident_with_the_certified_ek(ectx: Any, ek_and_ak: Any) -> None
     assert bytes(recovered) == credential
 
 
-def _verify_quote(ak_public: Any, attest: bytes, signature: Any, nonce: bytes,
-                  pcr_values: list[bytes]) -> None:
+def _verify_quote(
+    ak_public: Any, attest: bytes, signature: Any, nonce: bytes, pcr_values: list[bytes]
+) -> None:
     from tpm2_pytss.constants import TPM2_ST
     from tpm2_pytss.types import TPMS_ATTEST
 
@@ -172,7 +180,10 @@ def test_seal_unseal_with_pcr_policy(ectx: Any) -> None:
     ectx.pcr_reset(ESYS_TR.PCR16)
     selection = f"sha256:{DEBUG_PCR}"
     trial = ectx.start_auth_session(
-        ESYS_TR.NONE, ESYS_TR.NONE, TPM2_SE.TRIAL, TPMT_SYM_DEF(algorithm=TPM2_ALG.NULL),
+        ESYS_TR.NONE,
+        ESYS_TR.NONE,
+        TPM2_SE.TRIAL,
+        TPMT_SYM_DEF(algorithm=TPM2_ALG.NULL),
         TPM2_ALG.SHA256,
     )
     ectx.policy_pcr(trial, b"", selection)
@@ -185,9 +196,7 @@ def test_seal_unseal_with_pcr_policy(ectx: Any) -> None:
         objectAttributes=TPMA_OBJECT.FIXEDTPM | TPMA_OBJECT.FIXEDPARENT,
     )
     template.publicArea.authPolicy = policy
-    sensitive = TPM2B_SENSITIVE_CREATE(
-        TPMS_SENSITIVE_CREATE(data=TPM2B_SENSITIVE_DATA(SECRET))
-    )
+    sensitive = TPM2B_SENSITIVE_CREATE(TPMS_SENSITIVE_CREATE(data=TPM2B_SENSITIVE_DATA(SECRET)))
     private, public, *_ = ectx.create(srk, sensitive, template)
     sealed = ectx.load(srk, private, public)
 

@@ -32,10 +32,17 @@ GET_RANDOM_32 = struct.pack(">HIIH", 0x8001, 12, 0x17B, 32)
 
 
 def _define_nv(esapi: ESAPI, data: bytes) -> None:
-    public = TPM2B_NV_PUBLIC(nvPublic=TPMS_NV_PUBLIC(
-        nvIndex=NV_INDEX, nameAlg=TPM2_ALG.SHA256, dataSize=len(data),
-        attributes=TPMA_NV.OWNERWRITE | TPMA_NV.OWNERREAD | TPMA_NV.AUTHREAD | TPMA_NV.AUTHWRITE,
-    ))
+    public = TPM2B_NV_PUBLIC(
+        nvPublic=TPMS_NV_PUBLIC(
+            nvIndex=NV_INDEX,
+            nameAlg=TPM2_ALG.SHA256,
+            dataSize=len(data),
+            attributes=TPMA_NV.OWNERWRITE
+            | TPMA_NV.OWNERREAD
+            | TPMA_NV.AUTHREAD
+            | TPMA_NV.AUTHWRITE,
+        )
+    )
     handle = esapi.nv_define_space(TPM2B_AUTH(b""), public)
     esapi.nv_write(handle, data, 0)
 
@@ -116,8 +123,11 @@ def test_power_off_refuses_commands_without_reaching_libtpms(engine: TpmEngine) 
         (b"\x12\x34" + GET_RANDOM_32[2:], TPM_RC_BAD_TAG),
         (GET_RANDOM_32 + b"\x00", TPM_RC_COMMAND_SIZE),  # size field says 12, 13 bytes sent
         (GET_RANDOM_32[:11], TPM_RC_COMMAND_SIZE),
-        (struct.pack(">HII", 0x8001, TPM_MAX_COMMAND_SIZE + 1, 0x17B)
-         + bytes(TPM_MAX_COMMAND_SIZE + 1 - 10), TPM_RC_COMMAND_SIZE),
+        (
+            struct.pack(">HII", 0x8001, TPM_MAX_COMMAND_SIZE + 1, 0x17B)
+            + bytes(TPM_MAX_COMMAND_SIZE + 1 - 10),
+            TPM_RC_COMMAND_SIZE,
+        ),
     ],
     ids=["empty", "short-header", "bad-tag", "size-mismatch", "truncated", "over-4096"],
 )
@@ -160,8 +170,9 @@ def test_concurrent_process_calls_are_serialized(engine: TpmEngine) -> None:
     assert len({r[12:] for r in results}) == 800  # every caller got its own random bytes
 
 
-@settings(max_examples=300, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(data=st.binary(max_size=64), tag=st.sampled_from([0x8001, 0x8002, 0x0000]))
 def test_arbitrary_bytes_never_break_the_engine(engine: TpmEngine, data: bytes, tag: int) -> None:
     for command in (data, struct.pack(">HI", tag, len(data) + 6) + data):

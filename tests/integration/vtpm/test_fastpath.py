@@ -53,8 +53,9 @@ def connect_and_send(listener: socket.socket, data: bytes) -> socket.socket:
     return client
 
 
-def accept(fastpath: FastPath, engine: TpmEngine, listener: socket.socket,
-           locality: int = 0) -> Accepted:
+def accept(
+    fastpath: FastPath, engine: TpmEngine, listener: socket.socket, locality: int = 0
+) -> Accepted:
     """Accept the connection waiting on `listener` (the client's bytes are on loopback already)."""
     for _ in range(1000):
         accepted = fastpath.accept(engine, listener.fileno(), locality)
@@ -64,7 +65,9 @@ def accept(fastpath: FastPath, engine: TpmEngine, listener: socket.socket,
 
 
 def test_whole_command_is_answered_in_the_call(
-    fastpath: FastPath, engine: TpmEngine, listener: socket.socket,
+    fastpath: FastPath,
+    engine: TpmEngine,
+    listener: socket.socket,
 ) -> None:
     with connect_and_send(listener, GET_RANDOM_16) as client:
         accepted = accept(fastpath, engine, listener)
@@ -78,16 +81,23 @@ def test_whole_command_is_answered_in_the_call(
     assert len(response) == 10 + 2 + 16
 
 
-@pytest.mark.parametrize("data", [
-    GET_RANDOM_16[:7],                                            # truncated header
-    GET_RANDOM_16[:11],                                           # truncated body
-    struct.pack(">HIIH", 0x8001, 5000, 0x17B, 16) + bytes(4990),  # size over 4096
-    struct.pack(">HIIH", 0x4242, 12, 0x17B, 16),                  # bad tag
-    GET_RANDOM_16 + GET_RANDOM_16,                                # two commands at once
-    struct.pack(">I", 8) + bytes(8),                              # an mssim frame
-], ids=["short-header", "short-body", "oversized", "bad-tag", "pipelined", "mssim"])
+@pytest.mark.parametrize(
+    "data",
+    [
+        GET_RANDOM_16[:7],  # truncated header
+        GET_RANDOM_16[:11],  # truncated body
+        struct.pack(">HIIH", 0x8001, 5000, 0x17B, 16) + bytes(4990),  # size over 4096
+        struct.pack(">HIIH", 0x4242, 12, 0x17B, 16),  # bad tag
+        GET_RANDOM_16 + GET_RANDOM_16,  # two commands at once
+        struct.pack(">I", 8) + bytes(8),  # an mssim frame
+    ],
+    ids=["short-header", "short-body", "oversized", "bad-tag", "pipelined", "mssim"],
+)
 def test_anything_else_goes_back_to_python_unprocessed(
-    fastpath: FastPath, engine: TpmEngine, listener: socket.socket, data: bytes,
+    fastpath: FastPath,
+    engine: TpmEngine,
+    listener: socket.socket,
+    data: bytes,
 ) -> None:
     with connect_and_send(listener, data):
         accepted = accept(fastpath, engine, listener)
@@ -97,7 +107,9 @@ def test_anything_else_goes_back_to_python_unprocessed(
 
 
 def test_powered_off_tpm_is_never_reached(
-    fastpath: FastPath, engine: TpmEngine, listener: socket.socket,
+    fastpath: FastPath,
+    engine: TpmEngine,
+    listener: socket.socket,
 ) -> None:
     engine.power_off()
     with connect_and_send(listener, GET_RANDOM_16):
@@ -107,7 +119,9 @@ def test_powered_off_tpm_is_never_reached(
 
 
 def test_silent_and_vanished_clients(
-    fastpath: FastPath, engine: TpmEngine, listener: socket.socket,
+    fastpath: FastPath,
+    engine: TpmEngine,
+    listener: socket.socket,
 ) -> None:
     with connect_and_send(listener, b""):
         accepted = accept(fastpath, engine, listener)
@@ -120,7 +134,9 @@ def test_silent_and_vanished_clients(
 
 
 def test_nothing_waiting_accepts_nothing(
-    fastpath: FastPath, engine: TpmEngine, listener: socket.socket,
+    fastpath: FastPath,
+    engine: TpmEngine,
+    listener: socket.socket,
 ) -> None:
     assert fastpath.accept(engine, listener.fileno(), 0) is None
 
@@ -131,13 +147,18 @@ def test_a_bad_listener_is_an_error(fastpath: FastPath, engine: TpmEngine) -> No
 
 
 def test_commands_run_at_the_locality_given(
-    fastpath: FastPath, engine: TpmEngine, listener: socket.socket,
+    fastpath: FastPath,
+    engine: TpmEngine,
+    listener: socket.socket,
 ) -> None:
     """PC Client PCR 20 extends from localities 1-3 only."""
     digest = {wire.TPM_ALG_SHA256: hashlib.sha256(b"fast").digest()}
-    extend = wire.build_command(wire.TPM_CC_PCR_EXTEND, [PCR_LOCALITY_1_TO_3],
-                                struct.pack(">I", 1) + struct.pack(">H", wire.TPM_ALG_SHA256)
-                                + digest[wire.TPM_ALG_SHA256], [wire.PasswordAuth()])
+    extend = wire.build_command(
+        wire.TPM_CC_PCR_EXTEND,
+        [PCR_LOCALITY_1_TO_3],
+        struct.pack(">I", 1) + struct.pack(">H", wire.TPM_ALG_SHA256) + digest[wire.TPM_ALG_SHA256],
+        [wire.PasswordAuth()],
+    )
     results = {}
     for locality in (3, 0):
         with connect_and_send(listener, extend) as client:

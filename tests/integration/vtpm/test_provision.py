@@ -90,9 +90,11 @@ def ek_public_pem(ectx: Any, kind: str) -> tuple[bytes, bytes]:
 
 
 def spki(key: Any) -> bytes:
-    return bytes(key.public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    ))
+    return bytes(
+        key.public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
 
 
 @pytest.mark.parametrize("kind", ["rsa", "ecc"])
@@ -112,7 +114,9 @@ def test_ek_certificate_matches_ek_and_chains_to_ca(
         (tmp_path / "ek.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         result = subprocess.run(
             ["openssl", "verify", "-CAfile", str(tmp_path / "ca.pem"), str(tmp_path / "ek.pem")],
-            capture_output=True, text=True, check=False,
+            capture_output=True,
+            text=True,
+            check=False,
         )
         assert result.returncode == 0, result.stdout + result.stderr
 
@@ -152,9 +156,7 @@ def test_ek_certificate_follows_tcg_profile(
     ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
     assert aki.key_identifier == ski.digest
     # The issuer's key, not the EK's (the reference notes the ISV code gets this wrong).
-    assert aki.key_identifier != x509.SubjectKeyIdentifier.from_public_key(
-        cert.public_key()
-    ).digest
+    assert aki.key_identifier != x509.SubjectKeyIdentifier.from_public_key(cert.public_key()).digest
 
 
 @pytest.mark.parametrize("index", [NV_RSA_EK_CERT, NV_ECC_EK_CERT, NV_CHAIN_FIRST])
@@ -165,8 +167,14 @@ def test_nv_attributes(ectx: Any, index: int) -> None:
     public = ectx.nv_read_public(handle)[0].nvPublic
     ectx.tr_close(handle)
     expected = (
-        TPMA_NV.PLATFORMCREATE | TPMA_NV.AUTHREAD | TPMA_NV.OWNERREAD | TPMA_NV.PPREAD
-        | TPMA_NV.PPWRITE | TPMA_NV.NO_DA | TPMA_NV.WRITEDEFINE | TPMA_NV.WRITTEN
+        TPMA_NV.PLATFORMCREATE
+        | TPMA_NV.AUTHREAD
+        | TPMA_NV.OWNERREAD
+        | TPMA_NV.PPREAD
+        | TPMA_NV.PPWRITE
+        | TPMA_NV.NO_DA
+        | TPMA_NV.WRITEDEFINE
+        | TPMA_NV.WRITTEN
         | TPMA_NV.WRITELOCKED
     )
     assert int(public.attributes) == int(expected)
@@ -200,7 +208,11 @@ def test_ca_certificate_carries_bound_quote_and_event_log(ca_cert: x509.Certific
 def test_vtpm_info_cli(vtpm_server: VtpmProcess, ectx: Any, tcti: str) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "vtpm", "info", "--tcti", getattr(vtpm_server, tcti)],
-        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     out = result.stdout
@@ -221,7 +233,11 @@ def test_vtpm_info_cli(vtpm_server: VtpmProcess, ectx: Any, tcti: str) -> None:
 def test_vtpm_info_reports_unreachable_tpm() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "vtpm", "info", "--tcti", "mssim:host=127.0.0.1,port=1"],
-        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert result.returncode != 0
     assert "mssim:host=127.0.0.1,port=1" in result.stderr

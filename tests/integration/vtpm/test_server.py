@@ -83,8 +83,11 @@ def ha(bank: str, digest: bytes) -> TPMT_HA:
 
 
 def define_nv(esapi: ESAPI, index: int, data: bytes) -> None:
-    public = TPM2B_NV_PUBLIC(nvPublic=TPMS_NV_PUBLIC(
-        nvIndex=index, nameAlg=TPM2_ALG.SHA256, attributes=NV_ATTRS, dataSize=len(data)))
+    public = TPM2B_NV_PUBLIC(
+        nvPublic=TPMS_NV_PUBLIC(
+            nvIndex=index, nameAlg=TPM2_ALG.SHA256, attributes=NV_ATTRS, dataSize=len(data)
+        )
+    )
     handle = esapi.nv_define_space(TPM2B_AUTH(b""), public)
     esapi.nv_write(handle, data, 0)
 
@@ -127,9 +130,10 @@ def test_pcr_extend_and_read_in_sha256_and_sha384(
     esapi.pcr_reset(ESYS_TR.parse(f"PCR{pcr}"))
     measurements = [b"first", b"second"]
     for m in measurements:
-        esapi.pcr_extend(ESYS_TR.parse(f"PCR{pcr}"), TPML_DIGEST_VALUES([
-            ha(bank, fn(m).digest()) for bank, (_alg, fn) in BANKS.items()
-        ]))
+        esapi.pcr_extend(
+            ESYS_TR.parse(f"PCR{pcr}"),
+            TPML_DIGEST_VALUES([ha(bank, fn(m).digest()) for bank, (_alg, fn) in BANKS.items()]),
+        )
     for bank, (_alg, fn) in BANKS.items():
         expected = bytes(fn().digest_size)
         for m in measurements:
@@ -153,8 +157,14 @@ def test_nv_define_write_read(vtpm_server: VtpmProcess, tcti: str, index: int) -
 @pytest.mark.parametrize("tcti", TCTIS)
 def test_tpm2_pcrread(vtpm_server: VtpmProcess, tcti: str) -> None:
     env = dict(os.environ, TPM2TOOLS_TCTI=getattr(vtpm_server, tcti))
-    out = subprocess.run(["tpm2_pcrread", "sha256:0,7+sha384:0"], env=env, capture_output=True,
-                         text=True, timeout=60, check=True).stdout
+    out = subprocess.run(
+        ["tpm2_pcrread", "sha256:0,7+sha384:0"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
     assert "sha256:" in out and "sha384:" in out
     assert "0 : 0x" + "0" * 64 in out  # nothing measured PCR0 on a bare vTPM
 
@@ -179,9 +189,9 @@ def test_concurrent_clients_get_consistent_results(vtpm_server: VtpmProcess) -> 
             handle = ESYS_TR.parse(f"PCR{pcr_of[tcti]}")
             esapi.pcr_reset(handle)
             for i in range(rounds):
-                esapi.pcr_extend(handle, TPML_DIGEST_VALUES([
-                    ha("sha256", hashlib.sha256(b"%d" % i).digest())
-                ]))
+                esapi.pcr_extend(
+                    handle, TPML_DIGEST_VALUES([ha("sha256", hashlib.sha256(b"%d" % i).digest())])
+                )
             expected = bytes(32)
             for i in range(rounds):
                 expected = hashlib.sha256(expected + hashlib.sha256(b"%d" % i).digest()).digest()
@@ -201,8 +211,11 @@ def test_concurrent_clients_get_consistent_results(vtpm_server: VtpmProcess) -> 
 
     threads = [threading.Thread(target=extender, args=(t,)) for t in TCTIS]
     threads += [threading.Thread(target=randomizer) for _ in range(2)]
-    threads += [threading.Thread(target=lambda: [swtpm_raw(vtpm_server, GET_RANDOM_16)
-                                                 for _ in range(rounds)])]
+    threads += [
+        threading.Thread(
+            target=lambda: [swtpm_raw(vtpm_server, GET_RANDOM_16) for _ in range(rounds)]
+        )
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -232,8 +245,7 @@ def test_power_cycle_keeps_nv_by_default(vtpm_factory: Callable[..., VtpmProcess
     server = vtpm_factory("--no-provision")
     esapi = server.esapi("mssim")
     define_nv(esapi, 0x01500030, b"persists")
-    esapi.pcr_extend(ESYS_TR.PCR16, TPML_DIGEST_VALUES([
-        ha("sha256", bytes(32))]))
+    esapi.pcr_extend(ESYS_TR.PCR16, TPML_DIGEST_VALUES([ha("sha256", bytes(32))]))
     esapi.close()
     assert platform(server, MssimCommand.POWER_OFF) == [0]
     off = swtpm_raw(server, GET_RANDOM_16)
@@ -287,9 +299,15 @@ def test_no_file_is_ever_written(vtpm_factory: Callable[..., VtpmProcess], tmp_p
     workdir.mkdir()
     workdir.chmod(0o555)
     try:
-        server = vtpm_factory("--wipe-on-power-cycle", cwd=workdir,
-                              extra_env={"HOME": str(workdir), "TMPDIR": str(workdir),
-                                         "PYTHONDONTWRITEBYTECODE": "1"})
+        server = vtpm_factory(
+            "--wipe-on-power-cycle",
+            cwd=workdir,
+            extra_env={
+                "HOME": str(workdir),
+                "TMPDIR": str(workdir),
+                "PYTHONDONTWRITEBYTECODE": "1",
+            },
+        )
         esapi = server.esapi("mssim")
         define_nv(esapi, 0x01500032, b"nv write")
         esapi.close()
@@ -307,8 +325,9 @@ def test_no_file_is_ever_written(vtpm_factory: Callable[..., VtpmProcess], tmp_p
 
 def _vtpm_cli(*args: str) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[3]))
-    return subprocess.run([sys.executable, "-m", "vtpm", *args], env=env, capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "vtpm", *args], env=env, capture_output=True, text=True, timeout=120
+    )
 
 
 def test_unknown_attester_is_refused_by_name() -> None:
@@ -363,8 +382,9 @@ def test_swtpm_control_connection_refuses_init(vtpm_server: VtpmProcess) -> None
     """CMD_INIT (2) is mssim POWER_OFF on the wire, so it is not served as swtpm control: after
     a CMD_SET_LOCALITY it gets TPM_FAIL and the TPM keeps running."""
     cmd_init = struct.pack(">II", 2, 1)  # swtpm CMD_INIT, PTM_INIT_FLAG_DELETE_VOLATILE
-    with socket.create_connection((vtpm_server.host, vtpm_server.platform_port),
-                                  timeout=30) as sock:
+    with socket.create_connection(
+        (vtpm_server.host, vtpm_server.platform_port), timeout=30
+    ) as sock:
         sock.sendall(set_locality(0) + cmd_init)
         assert recv_exact(sock, 8) == struct.pack(">II", TPM_SUCCESS, TPM_FAIL)
         assert sock.recv(1) == b""
@@ -390,9 +410,13 @@ def test_swtpm_locality_returns_to_zero_on_power_off(
 class TctiCommon(ctypes.Structure):
     """The head of TSS2_TCTI_CONTEXT_COMMON_V1 (tss2_tcti.h), up to the finalize function."""
 
-    _fields_ = [("magic", ctypes.c_uint64), ("version", ctypes.c_uint32),
-                ("transmit", ctypes.c_void_p), ("receive", ctypes.c_void_p),
-                ("finalize", ctypes.CFUNCTYPE(None, ctypes.c_void_p))]
+    _fields_ = [
+        ("magic", ctypes.c_uint64),
+        ("version", ctypes.c_uint32),
+        ("transmit", ctypes.c_void_p),
+        ("receive", ctypes.c_void_p),
+        ("finalize", ctypes.CFUNCTYPE(None, ctypes.c_void_p)),
+    ]
 
 
 def test_tss2_swtpm_reset_power_cycles_the_tpm(vtpm_factory: Callable[..., VtpmProcess]) -> None:

@@ -26,7 +26,12 @@ def tool(
 ) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, TPM2TOOLS_TCTI=getattr(server, tcti), TSS2_LOG="all+none")
     result = subprocess.run(
-        list(args), cwd=cwd, env=env, capture_output=True, text=True, timeout=TOOL_TIMEOUT_S,
+        list(args),
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TOOL_TIMEOUT_S,
         check=False,
     )
     if ok:
@@ -41,16 +46,27 @@ def spki(key: object) -> bytes:
 
 
 @pytest.mark.parametrize("tcti", ["mssim", "swtpm"])
-def test_getekcertificate_and_createek(
-    vtpm_server: VtpmProcess, tmp_path: Path, tcti: str
-) -> None:
+def test_getekcertificate_and_createek(vtpm_server: VtpmProcess, tmp_path: Path, tcti: str) -> None:
     # With two -o files, tpm2_getekcertificate writes the RSA certificate first, then the ECC one.
-    tool(vtpm_server, tmp_path, "tpm2_getekcertificate", "-o", "rsa.der", "-o", "ecc.der",
-         tcti=tcti)
+    tool(
+        vtpm_server, tmp_path, "tpm2_getekcertificate", "-o", "rsa.der", "-o", "ecc.der", tcti=tcti
+    )
     for kind, alg in (("rsa", "rsa"), ("ecc", "ecc")):
         cert = x509.load_der_x509_certificate((tmp_path / f"{kind}.der").read_bytes())
-        tool(vtpm_server, tmp_path, "tpm2_createek", "-G", alg, "-c", f"{kind}.ctx",
-             "-u", f"{kind}.pem", "-f", "pem", tcti=tcti)
+        tool(
+            vtpm_server,
+            tmp_path,
+            "tpm2_createek",
+            "-G",
+            alg,
+            "-c",
+            f"{kind}.ctx",
+            "-u",
+            f"{kind}.pem",
+            "-f",
+            "pem",
+            tcti=tcti,
+        )
         ek_key = serialization.load_pem_public_key((tmp_path / f"{kind}.pem").read_bytes())
         assert spki(cert.public_key()) == spki(ek_key), f"{kind} EK certificate key mismatch"
         tool(vtpm_server, tmp_path, "tpm2_flushcontext", "-t", tcti=tcti)
@@ -64,8 +80,17 @@ def test_getekcertificate_chain_verifies_with_openssl(
     index = 0x01C00100
     while True:
         out = tmp_path / f"chain{index:x}.bin"
-        result = tool(vtpm_server, tmp_path, "tpm2_nvread", "-C", "o", "-o", str(out),
-                      f"0x{index:08X}", ok=False)
+        result = tool(
+            vtpm_server,
+            tmp_path,
+            "tpm2_nvread",
+            "-C",
+            "o",
+            "-o",
+            str(out),
+            f"0x{index:08X}",
+            ok=False,
+        )
         if result.returncode:
             break
         chain += out.read_bytes()
@@ -78,7 +103,9 @@ def test_getekcertificate_chain_verifies_with_openssl(
         pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         result = subprocess.run(
             ["openssl", "verify", "-CAfile", str(tmp_path / "ca.pem"), str(pem)],
-            capture_output=True, text=True, check=False,
+            capture_output=True,
+            text=True,
+            check=False,
         )
         assert result.returncode == 0, result.stdout + result.stderr
 
@@ -90,19 +117,98 @@ def test_quote_and_checkquote(vtpm_server: VtpmProcess, tmp_path: Path) -> None:
     # Without a resource manager the tools leave objects loaded: start from none.
     run("tpm2_flushcontext", "-t")
     run("tpm2_createek", "-G", "ecc", "-c", "ek.ctx", "-u", "ek.pub")
-    run("tpm2_createak", "-C", "ek.ctx", "-G", "ecc", "-g", "sha256", "-s", "ecdsa",
-        "-c", "ak.ctx", "-u", "ak.pub", "-f", "pem", "-n", "ak.name")
+    run(
+        "tpm2_createak",
+        "-C",
+        "ek.ctx",
+        "-G",
+        "ecc",
+        "-g",
+        "sha256",
+        "-s",
+        "ecdsa",
+        "-c",
+        "ak.ctx",
+        "-u",
+        "ak.pub",
+        "-f",
+        "pem",
+        "-n",
+        "ak.name",
+    )
     run("tpm2_flushcontext", "-t")  # ak.ctx is a saved context; tpm2_quote loads it again
     run("tpm2_pcrextend", "16:sha256=" + "ab" * 32)
-    run("tpm2_quote", "-c", "ak.ctx", "-l", "sha256:0,1,16", "-q", "a1b2c3d4",
-        "-m", "msg", "-s", "sig", "-o", "pcrs", "-g", "sha256")
-    run("tpm2_checkquote", "-u", "ak.pub", "-m", "msg", "-s", "sig", "-f", "pcrs",
-        "-g", "sha256", "-q", "a1b2c3d4")
+    run(
+        "tpm2_quote",
+        "-c",
+        "ak.ctx",
+        "-l",
+        "sha256:0,1,16",
+        "-q",
+        "a1b2c3d4",
+        "-m",
+        "msg",
+        "-s",
+        "sig",
+        "-o",
+        "pcrs",
+        "-g",
+        "sha256",
+    )
+    run(
+        "tpm2_checkquote",
+        "-u",
+        "ak.pub",
+        "-m",
+        "msg",
+        "-s",
+        "sig",
+        "-f",
+        "pcrs",
+        "-g",
+        "sha256",
+        "-q",
+        "a1b2c3d4",
+    )
     # A different nonce, or PCR values that are not the quoted ones, must be refused.
-    assert run("tpm2_checkquote", "-u", "ak.pub", "-m", "msg", "-s", "sig", "-f", "pcrs",
-               "-g", "sha256", "-q", "deadbeef", ok=False).returncode != 0
+    assert (
+        run(
+            "tpm2_checkquote",
+            "-u",
+            "ak.pub",
+            "-m",
+            "msg",
+            "-s",
+            "sig",
+            "-f",
+            "pcrs",
+            "-g",
+            "sha256",
+            "-q",
+            "deadbeef",
+            ok=False,
+        ).returncode
+        != 0
+    )
     run("tpm2_pcrextend", "16:sha256=" + "cd" * 32)
     run("tpm2_pcrread", "sha256:0,1,16", "-o", "pcrs-now")
-    assert run("tpm2_checkquote", "-u", "ak.pub", "-m", "msg", "-s", "sig", "-f", "pcrs-now",
-               "-g", "sha256", "-q", "a1b2c3d4", ok=False).returncode != 0
+    assert (
+        run(
+            "tpm2_checkquote",
+            "-u",
+            "ak.pub",
+            "-m",
+            "msg",
+            "-s",
+            "sig",
+            "-f",
+            "pcrs-now",
+            "-g",
+            "sha256",
+            "-q",
+            "a1b2c3d4",
+            ok=False,
+        ).returncode
+        != 0
+    )
     run("tpm2_flushcontext", "-t")

@@ -41,8 +41,9 @@ def _shared_server() -> VtpmProcess:
 
 def power_cycle(server: VtpmProcess) -> None:
     """POWER_OFF then POWER_ON (+NV_ON) on the platform port; fail loudly on a non-zero ack."""
-    with socket.create_connection((server.host, server.platform_port),
-                                  timeout=PLATFORM_TIMEOUT) as sock:
+    with socket.create_connection(
+        (server.host, server.platform_port), timeout=PLATFORM_TIMEOUT
+    ) as sock:
         for sig in (MssimCommand.POWER_OFF, MssimCommand.POWER_ON, MssimCommand.NV_ON):
             sock.sendall(struct.pack(">I", sig))
             reply = b""

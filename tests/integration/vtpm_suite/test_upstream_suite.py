@@ -36,9 +36,20 @@ def fetch_suite() -> Path:
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
     if not (CACHE_DIR / SDIST).is_file():
         subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", "tpm2-pytss",
-             f"tpm2-pytss=={SUITE_VERSION}", "-d", str(CACHE_DIR)],
-            check=True, timeout=300,
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--no-binary",
+                "tpm2-pytss",
+                f"tpm2-pytss=={SUITE_VERSION}",
+                "-d",
+                str(CACHE_DIR),
+            ],
+            check=True,
+            timeout=300,
         )
     with tarfile.open(CACHE_DIR / SDIST) as tar:
         tar.extractall(CACHE_DIR, filter="data")
@@ -54,16 +65,30 @@ def run_suite(root: Path, workdir: Path, *, ours: bool) -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT) if ours else ""
     env["VTPM_SUITE_ROOT"] = str(root)
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-c", str(ini),
-           "--rootdir", str(root), f"--junitxml={junit}", "test"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "-c",
+        str(ini),
+        "--rootdir",
+        str(root),
+        f"--junitxml={junit}",
+        "test",
+    ]
     if ours:
         cmd[3:3] = ["-p", PLUGIN]
-    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True,
-                          timeout=SUITE_TIMEOUT)
+    proc = subprocess.run(
+        cmd, cwd=root, env=env, capture_output=True, text=True, timeout=SUITE_TIMEOUT
+    )
     (workdir / f"{name}.log").write_text(proc.stdout + proc.stderr)
     if not junit.is_file():
-        raise AssertionError(f"{name} run produced no report:\n{proc.stdout[-3000:]}"
-                             f"\n{proc.stderr[-3000:]}")
+        raise AssertionError(
+            f"{name} run produced no report:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        )
     return outcomes(junit)
 
 
@@ -82,8 +107,9 @@ def outcomes(junit: Path) -> dict[str, str]:
 
 
 def _count(results: dict[str, str]) -> str:
-    return ", ".join(f"{k} {list(results.values()).count(k)}"
-                     for k in ("passed", "failed", "skipped"))
+    return ", ".join(
+        f"{k} {list(results.values()).count(k)}" for k in ("passed", "failed", "skipped")
+    )
 
 
 @pytest.mark.timeout(2 * SUITE_TIMEOUT + 600)

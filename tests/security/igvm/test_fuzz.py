@@ -37,9 +37,15 @@ def _seeds() -> list[bytes]:
     multi = IgvmFile(
         [tdx_platform(1), SupportedPlatform(2, 0, IGVM_PLATFORM_SEV_SNP, 1, 0)],
         [GuestPolicy(0x2, 1)],
-        [ParameterArea(0x2000, 0, b"init"), VpCount(0, 0), MemoryMap(0, 0x100),
-         PageData(0x1000, 3, data=b"code"), VpContext(0xFFFFFFFFF000, 2, 0, b"vmsa"),
-         RequiredMemory(0x100000, 1, 0x10000), ParameterInsert(0x8000, 1, 0)],
+        [
+            ParameterArea(0x2000, 0, b"init"),
+            VpCount(0, 0),
+            MemoryMap(0, 0x100),
+            PageData(0x1000, 3, data=b"code"),
+            VpContext(0xFFFFFFFFF000, 2, 0, b"vmsa"),
+            RequiredMemory(0x100000, 1, 0x10000),
+            ParameterInsert(0x8000, 1, 0),
+        ],
     )
     return [v4_image().to_bytes(), multi.to_bytes()]
 
@@ -48,8 +54,8 @@ def _fix_crc(raw: bytearray) -> None:
     if len(raw) < 24:
         return
     vh_offset, vh_size = struct.unpack_from("<II", raw, 8)
-    head = bytes(raw[:20]) + bytes(4) + bytes(raw[24:min(vh_offset, 32)])
-    raw[20:24] = struct.pack("<I", zlib.crc32(head + bytes(raw[vh_offset:vh_offset + vh_size])))
+    head = bytes(raw[:20]) + bytes(4) + bytes(raw[24 : min(vh_offset, 32)])
+    raw[20:24] = struct.pack("<I", zlib.crc32(head + bytes(raw[vh_offset : vh_offset + vh_size])))
 
 
 def _mutate(rng: random.Random, seed: bytes) -> bytes:
@@ -66,15 +72,18 @@ def _mutate(rng: random.Random, seed: bytes) -> bytes:
         elif kind < 0.6:
             raw[where] = rng.choice((0, 1, 0x7F, 0x80, 0xFF, rng.randrange(256)))
         elif kind < 0.7:
-            struct.pack_into("<I", raw, min(where, len(raw) - 4) & ~3,
-                             rng.choice((0, 1, 0x1000, 0x8000_0000, 0xFFFF_FFFF,
-                                         rng.getrandbits(32))))
+            struct.pack_into(
+                "<I",
+                raw,
+                min(where, len(raw) - 4) & ~3,
+                rng.choice((0, 1, 0x1000, 0x8000_0000, 0xFFFF_FFFF, rng.getrandbits(32))),
+            )
         elif kind < 0.8:
             del raw[where:]
         elif kind < 0.9:
             raw[where:where] = rng.randbytes(rng.choice((1, 4, 8, 16)))
         else:
-            del raw[where:where + rng.choice((1, 4, 8, 24))]
+            del raw[where : where + rng.choice((1, 4, 8, 24))]
     if rng.random() < 0.7:
         _fix_crc(raw)
     return bytes(raw)

@@ -30,8 +30,9 @@ def test_huge_variable_header_size_claim() -> None:
 
 
 def test_huge_tlv_length() -> None:
-    _timed_reject(assemble([platform_entry(), struct.pack("<II", 0x302, 0xFFFF_FFF0)]),
-                  "runs past the end")
+    _timed_reject(
+        assemble([platform_entry(), struct.pack("<II", 0x302, 0xFFFF_FFF0)]), "runs past the end"
+    )
 
 
 def test_parameter_area_claiming_gigabytes_of_file_data() -> None:

@@ -61,9 +61,11 @@ def test_conversion_to_shared_does_not_leak_private_contents() -> None:
 def test_tdvmcalls_pointing_at_private_memory_neither_read_nor_write_it() -> None:
     td = HostTd()
     td.h.write(PRIVATE, SECRET)
-    for sub, regs in ((Ghci.GET_QUOTE, {"r12": PRIVATE, "r13": PAGE_SIZE}),
-                      (Ghci.SERVICE, {"r12": PRIVATE, "r13": PRIVATE}),
-                      (Ghci.REPORT_FATAL_ERROR, {"r12": 1 << 63, "r13": PRIVATE})):
+    for sub, regs in (
+        (Ghci.GET_QUOTE, {"r12": PRIVATE, "r13": PAGE_SIZE}),
+        (Ghci.SERVICE, {"r12": PRIVATE, "r13": PRIVATE}),
+        (Ghci.REPORT_FATAL_ERROR, {"r12": 1 << 63, "r13": PRIVATE}),
+    ):
         assert td.vmcall(sub, **regs).r10 == TDVMCALL_OPERAND_INVALID
     assert td.h.read(PRIVATE, len(SECRET)) == SECRET
     assert td.host.log.fatal is None and not td.host.log.quotes
@@ -100,8 +102,12 @@ def test_host_vmm_gpa_gate_denies_private_gpas_of_a_separate_td_process(vmm: Vmm
 
 def test_malformed_host_calls_are_refused_and_the_td_process_survives(vmm: Vmm) -> None:
     sock = vmm.channel.sock
-    for raw in (b"\x01", HEADER.pack(999, 0, 0), HEADER.pack(MsgType.ADD_PAGE, 0, 50) + b"x",
-                HEADER.pack(MsgType.EXTEND, 0, 2) + b"ab"):
+    for raw in (
+        b"\x01",
+        HEADER.pack(999, 0, 0),
+        HEADER.pack(MsgType.ADD_PAGE, 0, 50) + b"x",
+        HEADER.pack(MsgType.EXTEND, 0, 2) + b"ab",
+    ):
         sock.send(raw)
         with pytest.raises(HostCallRefused):
             _expect_refusal(vmm)

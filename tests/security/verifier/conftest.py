@@ -9,9 +9,15 @@ from tdxsim.quoting import SimulatedAttestation
 
 REPORTDATA = b"\x5a" * 64
 TD = TdInfo(
-    attributes=0, xfam=0xE7, mrtd=b"\x11" * 48, mrconfigid=bytes(48), mrowner=bytes(48),
-    mrownerconfig=bytes(48), rtmr=(b"\xa0" * 48, b"\xa1" * 48, b"\xa2" * 48, b"\xa3" * 48),
-    num_l2_vms=1, num_vcpus=1,
+    attributes=0,
+    xfam=0xE7,
+    mrtd=b"\x11" * 48,
+    mrconfigid=bytes(48),
+    mrowner=bytes(48),
+    mrownerconfig=bytes(48),
+    rtmr=(b"\xa0" * 48, b"\xa1" * 48, b"\xa2" * 48, b"\xa3" * 48),
+    num_l2_vms=1,
+    num_vcpus=1,
 )
 
 

@@ -33,9 +33,16 @@ from .conftest import REPORTDATA, TD
 
 pytestmark = pytest.mark.security
 
-HEADER_PARSED_FIELDS = {0: "header.version", 1: "header.version", 2: "header.att_key_type",
-                        3: "header.att_key_type", 4: "header.tee_type", 5: "header.tee_type",
-                        6: "header.tee_type", 7: "header.tee_type"}
+HEADER_PARSED_FIELDS = {
+    0: "header.version",
+    1: "header.version",
+    2: "header.att_key_type",
+    3: "header.att_key_type",
+    4: "header.tee_type",
+    5: "header.tee_type",
+    6: "header.tee_type",
+    7: "header.tee_type",
+}
 MUTATION_COUNT = 1500
 MUTATION_SECONDS = 20.0
 
@@ -67,8 +74,9 @@ def test_every_byte_of_header_and_body_is_covered(sim: SimulatedAttestation, quo
             assert "quote signature over header and TD quote body" in str(err.value)
 
 
-def test_samples_of_signature_and_certification_data(sim: SimulatedAttestation,
-                                                     quote: bytes) -> None:
+def test_samples_of_signature_and_certification_data(
+    sim: SimulatedAttestation, quote: bytes
+) -> None:
     root = sim.quoting.trusted_root_der
     parsed = parse_quote(quote)
     qe_at = parsed.certification.offset
@@ -125,8 +133,13 @@ def test_qe_report_signed_by_a_non_pck_key_fails(sim: SimulatedAttestation, quot
     parsed = parse_quote(quote)
     qe = parsed.qe_report
     rogue = ec.generate_private_key(ec.SECP256R1())
-    qe_data = (qe.report_body_raw + _sign_raw(rogue, qe.report_body_raw)
-               + struct.pack("<H", len(qe.auth_data)) + qe.auth_data + qe.certification.pack())
+    qe_data = (
+        qe.report_body_raw
+        + _sign_raw(rogue, qe.report_body_raw)
+        + struct.pack("<H", len(qe.auth_data))
+        + qe.auth_data
+        + qe.certification.pack()
+    )
     forged = quote[:764] + CertificationData(6, qe_data).pack()
     with pytest.raises(QeReportSignatureError, match="PCK leaf"):
         verify_quote(forged, sim.quoting.trusted_root_der)
@@ -145,8 +158,13 @@ def _with_qe_report(sim: SimulatedAttestation, quote: bytes, report_data: bytes)
     platform's own PCK leaf key, so chain and QE signature still verify."""
     qe = parse_quote(quote).qe_report
     body = dataclasses.replace(qe.report_body, report_data=report_data).pack()
-    qe_data = (body + _sign_raw(sim.quoting.pck.leaf_key, body)
-               + struct.pack("<H", len(qe.auth_data)) + qe.auth_data + qe.certification.pack())
+    qe_data = (
+        body
+        + _sign_raw(sim.quoting.pck.leaf_key, body)
+        + struct.pack("<H", len(qe.auth_data))
+        + qe.auth_data
+        + qe.certification.pack()
+    )
     return quote[:764] + CertificationData(6, qe_data).pack()
 
 
@@ -188,8 +206,9 @@ def _mutate(rng: random.Random, quote: bytes, size_fields: list[tuple[int, int]]
     return bytes(data)
 
 
-def test_random_mutations_raise_only_verification_errors(sim: SimulatedAttestation,
-                                                         quote: bytes) -> None:
+def test_random_mutations_raise_only_verification_errors(
+    sim: SimulatedAttestation, quote: bytes
+) -> None:
     rng = random.Random(0x7D5)
     root = sim.quoting.trusted_root_der
     parsed = parse_quote(quote)
@@ -217,9 +236,12 @@ def test_length_fields_claiming_huge_sizes(quote: bytes) -> None:
     parsed = parse_quote(quote)
     auth_at = parsed.certification.offset + 384 + 64
     nested_size_at = parsed.qe_report.certification.offset - 4
-    for offset, width, field in ((632, 4, "signature_data_len"), (766, 4, "certification_data"),
-                                 (auth_at, 2, "qe_auth_data"),
-                                 (nested_size_at, 4, "qe_report_certification_data.nested")):
+    for offset, width, field in (
+        (632, 4, "signature_data_len"),
+        (766, 4, "certification_data"),
+        (auth_at, 2, "qe_auth_data"),
+        (nested_size_at, 4, "qe_report_certification_data.nested"),
+    ):
         bad = quote[:offset] + b"\xff" * width + quote[offset + width :]
         with pytest.raises(QuoteParseError, match=field):
             parse_quote(bad)

@@ -95,7 +95,7 @@ def transient_handles(tpm: wire.TpmClient) -> list[int]:
         params=struct.pack(">III", TPM_CAP_HANDLES, TPM_HT_TRANSIENT_FIRST, 64),
     )
     count = int.from_bytes(resp.params[5:9], "big")
-    return [int.from_bytes(resp.params[9 + 4 * i:13 + 4 * i], "big") for i in range(count)]
+    return [int.from_bytes(resp.params[9 + 4 * i : 13 + 4 * i], "big") for i in range(count)]
 
 
 def test_lying_attester_is_refused(transport: SocketTransport) -> None:
@@ -187,7 +187,9 @@ def test_tampered_certificates_fail_verification(
         ek_pem.write_bytes(_pem(bytes(tampered)))
         result = subprocess.run(
             ["openssl", "verify", "-CAfile", str(ca_pem), str(ek_pem)],
-            capture_output=True, text=True, check=False,
+            capture_output=True,
+            text=True,
+            check=False,
         )
         assert result.returncode != 0
 

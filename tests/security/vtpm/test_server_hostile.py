@@ -44,9 +44,17 @@ def server(request: pytest.FixtureRequest) -> Iterator[VtpmProcess]:
     with the native swtpm-channel fast path, once with the Python one."""
     srv = launch_on_path(request.param)
     esapi = srv.esapi("mssim")
-    public = TPM2B_NV_PUBLIC(nvPublic=TPMS_NV_PUBLIC(
-        nvIndex=CANARY_INDEX, nameAlg=TPM2_ALG.SHA256, dataSize=len(CANARY),
-        attributes=TPMA_NV.OWNERWRITE | TPMA_NV.OWNERREAD | TPMA_NV.AUTHREAD | TPMA_NV.AUTHWRITE))
+    public = TPM2B_NV_PUBLIC(
+        nvPublic=TPMS_NV_PUBLIC(
+            nvIndex=CANARY_INDEX,
+            nameAlg=TPM2_ALG.SHA256,
+            dataSize=len(CANARY),
+            attributes=TPMA_NV.OWNERWRITE
+            | TPMA_NV.OWNERREAD
+            | TPMA_NV.AUTHREAD
+            | TPMA_NV.AUTHWRITE,
+        )
+    )
     handle = esapi.nv_define_space(TPM2B_AUTH(b""), public)
     esapi.nv_write(handle, CANARY, 0)
     esapi.close()
@@ -207,8 +215,12 @@ def test_random_garbage_fuzz(server: VtpmProcess) -> None:
     """Bounded fuzz: random frames in both framings and on the platform port."""
     rng = random.Random(0x7D7)
     deadline = time.monotonic() + FUZZ_SECONDS
-    safe_platform = [s for s in MssimCommand if s not in (
-        MssimCommand.STOP, MssimCommand.POWER_OFF, MssimCommand.RESET, MssimCommand.RESTART)]
+    safe_platform = [
+        s
+        for s in MssimCommand
+        if s
+        not in (MssimCommand.STOP, MssimCommand.POWER_OFF, MssimCommand.RESET, MssimCommand.RESTART)
+    ]
     for case in range(FUZZ_CASES):
         if time.monotonic() > deadline:
             break
@@ -217,8 +229,12 @@ def test_random_garbage_fuzz(server: VtpmProcess) -> None:
         if kind == 0:
             data = struct.pack(">HI", rng.choice((0x8001, 0x8002)), rng.randrange(0, 6000)) + body
         elif kind == 1:
-            data = struct.pack(">IBI", MssimCommand.SEND_COMMAND, rng.randrange(256),
-                               rng.randrange(0, 6000)) + body
+            data = (
+                struct.pack(
+                    ">IBI", MssimCommand.SEND_COMMAND, rng.randrange(256), rng.randrange(0, 6000)
+                )
+                + body
+            )
         elif kind == 2:
             data = rng.randbytes(rng.randrange(1, 128))
         else:
@@ -257,8 +273,11 @@ def test_connection_limit_refuses_before_running_anything(server: VtpmProcess) -
     the TPM (the native fast path included); the server serves again once clients leave."""
     before = _pcr16(server)
     extend = wire.build_command(
-        wire.TPM_CC_PCR_EXTEND, [DEBUG_PCR],
-        struct.pack(">IH", 1, wire.TPM_ALG_SHA256) + bytes(range(32)), [wire.PasswordAuth()])
+        wire.TPM_CC_PCR_EXTEND,
+        [DEBUG_PCR],
+        struct.pack(">IH", 1, wire.TPM_ALG_SHA256) + bytes(range(32)),
+        [wire.PasswordAuth()],
+    )
     held: list[socket.socket] = []
     try:
         # Connections answered once and kept open until one is refused: that is the limit (some

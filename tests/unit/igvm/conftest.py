@@ -21,9 +21,11 @@ from igvm.headers import (
 TDX_SHARED_BOUNDARY = 1 << 47
 PATTERN_PAGE = bytes(i % 256 for i in range(4096))
 V4_SHA256 = "b4264dfd031e778f738f5c11b5d1469f2dc81d03103ad781a1d6a6df924dd84d"
-V4_FIXED_HEADER = bytes.fromhex("4947564d01000000" "18000000c8000000" "e010000094715198")
-V4_MRTD = ("1faa7ca89266c27b09943dd749060ff82f84461fc330f6e94e9629818d5da5ea"
-           "7734ecce63342839a0ffca0deda11846")
+V4_FIXED_HEADER = bytes.fromhex("4947564d0100000018000000c8000000e010000094715198")
+V4_MRTD = (
+    "1faa7ca89266c27b09943dd749060ff82f84461fc330f6e94e9629818d5da5ea"
+    "7734ecce63342839a0ffca0deda11846"
+)
 
 
 def tdx_platform(mask: int = 1) -> SupportedPlatform:
@@ -32,27 +34,40 @@ def tdx_platform(mask: int = 1) -> SupportedPlatform:
 
 def v4_image() -> IgvmFile:
     """Reference section 5, V4: sample_tdx.igvm rebuilt from its description."""
-    return IgvmFile([tdx_platform()], [], [
-        ParameterArea(4096, 0),
-        PageData(0x1000, 1, data=PATTERN_PAGE),
-        PageData(0x0, 1),
-        PageData(0x2000, 1, IGVM_PAGE_FLAG_UNMEASURED),
-        PageData(0x3000, 1, IGVM_PAGE_FLAG_SHARED, data=PATTERN_PAGE),
-        ParameterInsert(0x4000, 1, 0),
-    ])
+    return IgvmFile(
+        [tdx_platform()],
+        [],
+        [
+            ParameterArea(4096, 0),
+            PageData(0x1000, 1, data=PATTERN_PAGE),
+            PageData(0x0, 1),
+            PageData(0x2000, 1, IGVM_PAGE_FLAG_UNMEASURED),
+            PageData(0x3000, 1, IGVM_PAGE_FLAG_SHARED, data=PATTERN_PAGE),
+            ParameterInsert(0x4000, 1, 0),
+        ],
+    )
 
 
-def tlv(header_type: int, payload: bytes, length: int | None = None, pad: bytes | None = None
-        ) -> bytes:
+def tlv(
+    header_type: int, payload: bytes, length: int | None = None, pad: bytes | None = None
+) -> bytes:
     """One variable-header entry, padded to 8 bytes (override length or padding to break it)."""
     raw = struct.pack("<II", header_type, len(payload) if length is None else length) + payload
     padding = bytes((-len(raw)) % 8) if pad is None else pad
     return raw + padding
 
 
-def assemble(entries: list[bytes], data: bytes = bytes(4096), *, version: int = 1,
-             arch: int = 0, vh_offset: int | None = None, total: int | None = None,
-             magic: int = 0x4D564749, crc: int | None = None) -> bytes:
+def assemble(
+    entries: list[bytes],
+    data: bytes = bytes(4096),
+    *,
+    version: int = 1,
+    arch: int = 0,
+    vh_offset: int | None = None,
+    total: int | None = None,
+    magic: int = 0x4D564749,
+    crc: int | None = None,
+) -> bytes:
     """A raw file from TLV entries, with a correct CRC unless one is given."""
     fixed_size = 32 if version == 2 else 24
     offset = fixed_size if vh_offset is None else vh_offset

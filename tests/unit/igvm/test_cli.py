@@ -56,8 +56,9 @@ def test_dump_human_and_json(v4_path: Path) -> None:
     assert doc["headers"][2]["type"] == "PAGE_DATA" and doc["headers"][2]["gpa"] == 0x1000
 
 
-def test_check_reports_the_broken_rule(v4_path: Path, tmp_path: Path,
-                                       capsys: pytest.CaptureFixture[str]) -> None:
+def test_check_reports_the_broken_rule(
+    v4_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert run("check", str(v4_path)) == (0, f"{v4_path}: valid IGVM (7 headers)\n")
     broken = tmp_path / "broken.igvm"
     raw = bytearray(v4_path.read_bytes())
@@ -95,18 +96,22 @@ def test_diff_names_differing_directives_and_mrtd_effect(v4_path: Path, tmp_path
     # An unmeasured page's contents do not reach MRTD: the diff says so.
     assert "MRTD matches" in text
     reordered = v4_image()
-    reordered.directives[1], reordered.directives[2] = (reordered.directives[2],
-                                                        reordered.directives[1])
+    reordered.directives[1], reordered.directives[2] = (
+        reordered.directives[2],
+        reordered.directives[1],
+    )
     third = tmp_path / "third.igvm"
     third.write_bytes(reordered.to_bytes())
     code, text = run("diff", str(v4_path), str(third))
     assert code == 1 and "diverges at measured step 0" in text and "MRTD differs" in text
-    assert run("diff", str(v4_path), str(v4_path))[1].endswith("directives are identical\n"
-                                                               "MRTD matches\n")
+    assert run("diff", str(v4_path), str(v4_path))[1].endswith(
+        "directives are identical\nMRTD matches\n"
+    )
 
 
 def test_diff_of_long_logs_compares_position_by_position(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import igvm.cli
 
     monkeypatch.setattr(igvm.cli, "DIFF_ALIGN_LIMIT", 2)
@@ -122,8 +127,13 @@ def test_diff_of_long_logs_compares_position_by_position(
 
 
 def test_python_dash_m_igvm_runs(v4_path: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "igvm", "measure", str(v4_path)],
-                            capture_output=True, text=True, cwd=ROOT, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "igvm", "measure", str(v4_path)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
     assert result.returncode == 0 and result.stdout.strip() == V4_MRTD
 
 
@@ -131,8 +141,11 @@ def test_measure_file_without_tdx_platform_fails_cleanly(tmp_path: Path) -> None
     from igvm.headers import IGVM_PLATFORM_SEV_SNP, SupportedPlatform
 
     path = tmp_path / "snp.igvm"
-    path.write_bytes(IgvmFile([SupportedPlatform(1, 0, IGVM_PLATFORM_SEV_SNP, 1, 0)], [],
-                              [PageData(0, 1)]).to_bytes())
+    path.write_bytes(
+        IgvmFile(
+            [SupportedPlatform(1, 0, IGVM_PLATFORM_SEV_SNP, 1, 0)], [], [PageData(0, 1)]
+        ).to_bytes()
+    )
     assert run("measure", str(path))[0] == 1
     assert run("measure", str(path), "--mask", "1")[0] == 0
     assert tdx_platform().compatibility_mask == 1

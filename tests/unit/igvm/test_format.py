@@ -45,8 +45,9 @@ def _area(index: int = 0, size: int = 0x1000) -> bytes:
     return tlv(0x301, struct.pack("<QII", size, index, 0))
 
 
-def _reject(raw: bytes, message: str, index: int | None = None, offset: int | None = None
-            ) -> IgvmError:
+def _reject(
+    raw: bytes, message: str, index: int | None = None, offset: int | None = None
+) -> IgvmError:
     with pytest.raises(IgvmError) as caught:
         IgvmFile.from_bytes(raw)
     assert message in caught.value.rule, caught.value
@@ -67,9 +68,8 @@ def test_v4_sample_file_reproduced_byte_for_byte(v4_bytes: bytes) -> None:
     assert parsed.tdx_platform is not None and parsed.tdx_platform.compatibility_mask == 1
 
 
-def test_crc_covers_fixed_header_with_zeroed_checksum_and_variable_headers(v4_bytes: bytes
-                                                                           ) -> None:
-    covered = v4_bytes[:20] + bytes(4) + v4_bytes[24:24 + 0xC8]
+def test_crc_covers_fixed_header_with_zeroed_checksum_and_variable_headers(v4_bytes: bytes) -> None:
+    covered = v4_bytes[:20] + bytes(4) + v4_bytes[24 : 24 + 0xC8]
     assert zlib.crc32(covered) == 0x98517194
     tampered_data = v4_bytes[:-1] + b"\x01"  # file data is not covered by the CRC
     assert IgvmFile.from_bytes(tampered_data).directives[4].data[-1] == 1  # type: ignore[union-attr]
@@ -88,7 +88,7 @@ def test_read_and_stream_from_path(tmp_path: Path, v4_bytes: bytes) -> None:
 def test_error_string_names_index_offset_and_rule(v4_bytes: bytes) -> None:
     broken = bytearray(v4_bytes)
     broken[24 + 24 + 24 + 8] = 0x01  # PAGE_DATA #2 gpa low byte -> unaligned
-    raw = assemble([bytes(broken[24:24 + 0xC8])], bytes(broken[224:]))
+    raw = assemble([bytes(broken[24 : 24 + 0xC8])], bytes(broken[224:]))
     error = _reject(raw, "4 KiB aligned", index=2, offset=24 + 24 + 24 + 8)
     assert "header index 2" in str(error) and "file offset 0x50" in str(error)
     assert "PAGE_DATA.gpa" in str(error)
@@ -107,8 +107,11 @@ FIXED_HEADER_CASES = [
 ]
 
 
-@pytest.mark.parametrize(("raw", "message", "offset"), [c[1:] for c in FIXED_HEADER_CASES],
-                         ids=[c[0] for c in FIXED_HEADER_CASES])
+@pytest.mark.parametrize(
+    ("raw", "message", "offset"),
+    [c[1:] for c in FIXED_HEADER_CASES],
+    ids=[c[0] for c in FIXED_HEADER_CASES],
+)
 def test_fixed_header_rules(raw: bytes, message: str, offset: int) -> None:
     _reject(raw, message, offset=offset)
 
@@ -130,54 +133,126 @@ def test_v2_cca_needs_aarch64_and_v1_cannot_hold_it() -> None:
 TLV_CASES = [
     ("length_mismatch", [tlv(0x001, bytes(16), length=15)], "SUPPORTED_PLATFORM length is 15", 0),
     ("runs_past_section", [tlv(0x001, bytes(16), length=400)], "runs past the end", 0),
-    ("nonzero_padding", [platform_entry(), tlv(0x304, bytes(20), pad=b"\x00\x00\x00\x01")],
-     "padding", 1),
-    ("stray_bytes", [platform_entry(), b"\x01\x00\x00\x00"],
-     "stray bytes", 1),
+    (
+        "nonzero_padding",
+        [platform_entry(), tlv(0x304, bytes(20), pad=b"\x00\x00\x00\x01")],
+        "padding",
+        1,
+    ),
+    ("stray_bytes", [platform_entry(), b"\x01\x00\x00\x00"], "stray bytes", 1),
     ("unknown_mandatory", [platform_entry(), tlv(0x250, b"")], "unknown mandatory", 1),
     ("reserved_0x306", [platform_entry(), tlv(0x306, bytes(8))], "RESERVED_DO_NOT_USE", 1),
-    ("section_order", [platform_entry(), _page(), tlv(0x101, GuestPolicy(0, 1).pack())],
-     "sections must be in order", 2),
+    (
+        "section_order",
+        [platform_entry(), _page(), tlv(0x101, GuestPolicy(0, 1).pack())],
+        "sections must be in order",
+        2,
+    ),
     ("no_platform_first", [_page()], "no SUPPORTED_PLATFORM", 0),
     ("duplicate_platform_type", [platform_entry(1), platform_entry(2)], "one per type", 1),
-    ("duplicate_platform_mask",
-     [platform_entry(1), platform_entry(1, platform_type=IGVM_PLATFORM_SEV_SNP)],
-     "already owned", 1),
+    (
+        "duplicate_platform_mask",
+        [platform_entry(1), platform_entry(1, platform_type=IGVM_PLATFORM_SEV_SNP)],
+        "already owned",
+        1,
+    ),
     ("mask_not_declared", [platform_entry(1), _page(mask=3)], "does not declare", 1),
-    ("page_offset_in_headers", [platform_entry(), _page(file_offset=24)],
-     "outside the file data", 1),
-    ("page_offset_past_end", [platform_entry(), _page(file_offset=0x10000)],
-     "outside the file data", 1),
+    (
+        "page_offset_in_headers",
+        [platform_entry(), _page(file_offset=24)],
+        "outside the file data",
+        1,
+    ),
+    (
+        "page_offset_past_end",
+        [platform_entry(), _page(file_offset=0x10000)],
+        "outside the file data",
+        1,
+    ),
     ("area_declared_twice", [platform_entry(), _area(0), _area(0)], "declared twice", 2),
-    ("insert_undeclared", [platform_entry(), tlv(0x303, struct.pack("<QII", 0x1000, 1, 5))],
-     "not declared before", 1),
-    ("insert_twice", [platform_entry(), _area(), tlv(0x303, struct.pack("<QII", 0x1000, 1, 0)),
-                      tlv(0x303, struct.pack("<QII", 0x2000, 1, 0))], "already inserted", 3),
-    ("parameter_after_insert", [platform_entry(), _area(),
-                                tlv(0x303, struct.pack("<QII", 0x1000, 1, 0)),
-                                tlv(0x307, struct.pack("<II", 0, 0))], "already inserted", 3),
-    ("parameter_past_area", [platform_entry(), _area(), tlv(0x307, struct.pack("<II", 0, 4094))],
-     "leaves less than 4 bytes", 2),
-    ("vp_context_for_tdx", [platform_entry(), tlv(0x304, VpContext(0, 1, 0).pack())],
-     "invalid for TDX", 1),
-    ("page_table_relocation_twice",
-     [platform_entry(), tlv(0x103, PageTableRelocation(1, 0, 0, 0x10000, 0x4000, 0).pack()),
-      tlv(0x103, PageTableRelocation(1, 0, 0, 0x20000, 0x4000, 0).pack())], "at most one", 2),
-    ("insert_inside_page_tables",
-     [platform_entry(), tlv(0x103, PageTableRelocation(1, 0, 0, 0x10000, 0x4000, 0).pack()),
-      _area(), tlv(0x303, struct.pack("<QII", 0x11000, 1, 0))], "inside the page table", 3),
-    ("relocatable_regions_overlap",
-     [platform_entry(),
-      tlv(0x102, RelocatableRegion(1, 0, 0, 0, 0x1000, 0x10000, 0x4000, 0, 0x100000).pack()),
-      tlv(0x102, RelocatableRegion(1, 1, 0, 0, 0x1000, 0x12000, 0x4000, 0, 0x100000).pack())],
-     "overlaps another region", 2),
-    ("tdx_policy_reserved_bits", [platform_entry(), tlv(0x101, GuestPolicy(0x8, 1).pack())],
-     "TdxPolicy reserved", 1),
+    (
+        "insert_undeclared",
+        [platform_entry(), tlv(0x303, struct.pack("<QII", 0x1000, 1, 5))],
+        "not declared before",
+        1,
+    ),
+    (
+        "insert_twice",
+        [
+            platform_entry(),
+            _area(),
+            tlv(0x303, struct.pack("<QII", 0x1000, 1, 0)),
+            tlv(0x303, struct.pack("<QII", 0x2000, 1, 0)),
+        ],
+        "already inserted",
+        3,
+    ),
+    (
+        "parameter_after_insert",
+        [
+            platform_entry(),
+            _area(),
+            tlv(0x303, struct.pack("<QII", 0x1000, 1, 0)),
+            tlv(0x307, struct.pack("<II", 0, 0)),
+        ],
+        "already inserted",
+        3,
+    ),
+    (
+        "parameter_past_area",
+        [platform_entry(), _area(), tlv(0x307, struct.pack("<II", 0, 4094))],
+        "leaves less than 4 bytes",
+        2,
+    ),
+    (
+        "vp_context_for_tdx",
+        [platform_entry(), tlv(0x304, VpContext(0, 1, 0).pack())],
+        "invalid for TDX",
+        1,
+    ),
+    (
+        "page_table_relocation_twice",
+        [
+            platform_entry(),
+            tlv(0x103, PageTableRelocation(1, 0, 0, 0x10000, 0x4000, 0).pack()),
+            tlv(0x103, PageTableRelocation(1, 0, 0, 0x20000, 0x4000, 0).pack()),
+        ],
+        "at most one",
+        2,
+    ),
+    (
+        "insert_inside_page_tables",
+        [
+            platform_entry(),
+            tlv(0x103, PageTableRelocation(1, 0, 0, 0x10000, 0x4000, 0).pack()),
+            _area(),
+            tlv(0x303, struct.pack("<QII", 0x11000, 1, 0)),
+        ],
+        "inside the page table",
+        3,
+    ),
+    (
+        "relocatable_regions_overlap",
+        [
+            platform_entry(),
+            tlv(0x102, RelocatableRegion(1, 0, 0, 0, 0x1000, 0x10000, 0x4000, 0, 0x100000).pack()),
+            tlv(0x102, RelocatableRegion(1, 1, 0, 0, 0x1000, 0x12000, 0x4000, 0, 0x100000).pack()),
+        ],
+        "overlaps another region",
+        2,
+    ),
+    (
+        "tdx_policy_reserved_bits",
+        [platform_entry(), tlv(0x101, GuestPolicy(0x8, 1).pack())],
+        "TdxPolicy reserved",
+        1,
+    ),
 ]
 
 
-@pytest.mark.parametrize(("entries", "message", "index"), [c[1:] for c in TLV_CASES],
-                         ids=[c[0] for c in TLV_CASES])
+@pytest.mark.parametrize(
+    ("entries", "message", "index"), [c[1:] for c in TLV_CASES], ids=[c[0] for c in TLV_CASES]
+)
 def test_variable_header_rules(entries: list[bytes], message: str, index: int) -> None:
     error = _reject(assemble(entries), message, index=index)
     assert error.offset is not None and error.offset >= 24
@@ -198,10 +273,16 @@ def test_unknown_optional_header_is_kept_with_a_warning() -> None:
 
 
 def test_valid_file_with_every_directive_kind_reads_back() -> None:
-    image = IgvmFile([SupportedPlatform(1, 2, IGVM_PLATFORM_TDX, 1, 1 << 47)],
-                     [GuestPolicy(0x2, 1)],
-                     [ParameterArea(0x2000, 0), VpCount(0, 0), PageData(0, 1, data=b"x"),
-                      ParameterInsert(0x10000, 1, 0)])
+    image = IgvmFile(
+        [SupportedPlatform(1, 2, IGVM_PLATFORM_TDX, 1, 1 << 47)],
+        [GuestPolicy(0x2, 1)],
+        [
+            ParameterArea(0x2000, 0),
+            VpCount(0, 0),
+            PageData(0, 1, data=b"x"),
+            ParameterInsert(0x10000, 1, 0),
+        ],
+    )
     parsed = IgvmFile.from_bytes(image.to_bytes())
     assert parsed.directives[2] == PageData(0, 1, data=b"x".ljust(4096, b"\0"))
     assert parsed.initializations == [GuestPolicy(0x2, 1)]

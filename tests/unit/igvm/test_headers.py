@@ -46,10 +46,31 @@ from igvm.headers import (
 
 # Reference section 2, "Type codes": code -> TLV length.
 REFERENCE_SIZES = {
-    0x001: 16, 0x101: 16, 0x102: 48, 0x103: 32, 0x104: 16, 0x105: 16, 0x106: 32,
-    0x301: 16, 0x302: 24, 0x303: 16, 0x304: 20, 0x305: 24, 0x307: 8, 0x308: 8, 0x309: 8,
-    0x30A: 8, 0x30B: 696, 0x30C: 8, 0x30D: 16, 0x30E: 8, 0x30F: 8, 0x310: 8, 0x311: 864,
-    0x312: 8, 0x313: 8,
+    0x001: 16,
+    0x101: 16,
+    0x102: 48,
+    0x103: 32,
+    0x104: 16,
+    0x105: 16,
+    0x106: 32,
+    0x301: 16,
+    0x302: 24,
+    0x303: 16,
+    0x304: 20,
+    0x305: 24,
+    0x307: 8,
+    0x308: 8,
+    0x309: 8,
+    0x30A: 8,
+    0x30B: 696,
+    0x30C: 8,
+    0x30D: 16,
+    0x30E: 8,
+    0x30F: 8,
+    0x310: 8,
+    0x311: 864,
+    0x312: 8,
+    0x313: 8,
 }
 
 SAMPLES = [
@@ -65,12 +86,38 @@ SAMPLES = [
     ParameterInsert(0x9000, 1, 7),
     VpContext(0, 2, 1, b"\x55" * 4096),
     RequiredMemory(0x100000, 1, 0x200000, 1),
-    SnpIdBlock(1, 1, b"L" * 48, b"F" * 16, b"I" * 16, 1, 2, 1, 1, b"s" * 144, b"k" * 152,
-               b"t" * 144, b"a" * 152),
+    SnpIdBlock(
+        1,
+        1,
+        b"L" * 48,
+        b"F" * 16,
+        b"I" * 16,
+        1,
+        2,
+        1,
+        1,
+        b"s" * 144,
+        b"k" * 152,
+        b"t" * 144,
+        b"a" * 152,
+    ),
     ErrorRange(0x7000, 1, 0x1000),
     VbsMeasurement(1, 1, 2, 3, 4, 5, 1, 1, b"d" * 64, b"s" * 256, b"p" * 512),
-    *(cls(3, 0x40) for cls in (VpCount, Srat, Madt, MmioRanges, MemoryMap, CommandLine, Slit,
-                               Pptt, DeviceTree, EnvironmentInfo)),
+    *(
+        cls(3, 0x40)
+        for cls in (
+            VpCount,
+            Srat,
+            Madt,
+            MmioRanges,
+            MemoryMap,
+            CommandLine,
+            Slit,
+            Pptt,
+            DeviceTree,
+            EnvironmentInfo,
+        )
+    ),
 ]
 
 
@@ -100,7 +147,7 @@ def test_page_data_layout_is_the_reference_layout() -> None:
 
 def test_supported_platform_layout() -> None:
     raw = SupportedPlatform(1, 0, IGVM_PLATFORM_TDX, 1, 1 << 47).pack()
-    assert raw == bytes.fromhex("01000000" "00" "03" "0100" "0000000000800000")
+    assert raw == bytes.fromhex("01000000000301000000000000800000")
 
 
 def test_vp_context_payload_is_20_bytes_with_unaligned_u64() -> None:
@@ -130,8 +177,11 @@ NEGATIVE: list[tuple[Any, dict[str, Any], str]] = [
     (SupportedPlatform(1, 0, 3, 1, 0), {"highest_vtl": 1}, "highest_vtl"),
     (SupportedPlatform(1, 0, 3, 1, 0), {"platform_type": 9}, "platform_type"),
     (SupportedPlatform(1, 0, 3, 1, 0), {"platform_version": 2}, "platform_version"),
-    (SupportedPlatform(1, 0, IGVM_PLATFORM_NATIVE, 1, 0), {"shared_gpa_boundary": 1 << 47},
-     "must be 0 for NATIVE"),
+    (
+        SupportedPlatform(1, 0, IGVM_PLATFORM_NATIVE, 1, 0),
+        {"shared_gpa_boundary": 1 << 47},
+        "must be 0 for NATIVE",
+    ),
     (GuestPolicy(0, 1), {"reserved": 1}, "reserved must be zero"),
     (GuestPolicy(0, 1), {"compatibility_mask": 0}, "must not be zero"),
     (PageData(0x1000, 1), {"gpa": 0x1001}, "4 KiB aligned"),
@@ -151,25 +201,43 @@ NEGATIVE: list[tuple[Any, dict[str, Any], str]] = [
     (PageTableRelocation(1, 0, 0, 0x1000, 0x2000, 0x1000), {"used_size": 0x3000}, "exceeds"),
     (PageTableRelocation(1, 0, 0, 0x1000, 0x2000, 0x1000), {"gpa": 0x1100}, "aligned"),
     (PageTableRelocation(1, 0, 0, 0x1000, 0x2000, 0x1000), {"reserved": 1}, "reserved"),
-    (RelocatableRegion(1, 0, 0, 0, 0x1000, 0x1000, 0x1000, 0, 0x10000), {"flags": 0x10},
-     "reserved bits"),
-    (RelocatableRegion(1, 0, 0, 0, 0x2000, 0x2000, 0x1000, 0, 0x10000),
-     {"relocation_region_gpa": 0x3000}, "aligned to relocation_alignment"),
-    (RelocatableRegion(1, 0, 0, 0, 0x1000, 0x1000, 0x1000, 0, 0x10000),
-     {"minimum_relocation_gpa": 0x20000}, "exceeds maximum"),
+    (
+        RelocatableRegion(1, 0, 0, 0, 0x1000, 0x1000, 0x1000, 0, 0x10000),
+        {"flags": 0x10},
+        "reserved bits",
+    ),
+    (
+        RelocatableRegion(1, 0, 0, 0, 0x2000, 0x2000, 0x1000, 0, 0x10000),
+        {"relocation_region_gpa": 0x3000},
+        "aligned to relocation_alignment",
+    ),
+    (
+        RelocatableRegion(1, 0, 0, 0, 0x1000, 0x1000, 0x1000, 0, 0x10000),
+        {"minimum_relocation_gpa": 0x20000},
+        "exceeds maximum",
+    ),
     (CcaPolicy(1, 0, 0, 0, 0), {"hash_algorithm": 3}, "hash_algorithm"),
     (CcaPolicy(1, 0, 0, 0, 0), {"reserved2": b"\x01"}, "reserved2 must be zero"),
-    (CcaPolicy(1, 0, 0, 0, 0), {"attributes_required_zeroes": 1, "attributes_required_ones": 1},
-     "both zero and one"),
-    (SnpIdBlock(1, 0, b"", b"", b"", 0, 0, 0, 0, b"", b"", b"", b""), {"reserved": b"\x01"},
-     "reserved must be zero"),
+    (
+        CcaPolicy(1, 0, 0, 0, 0),
+        {"attributes_required_zeroes": 1, "attributes_required_ones": 1},
+        "both zero and one",
+    ),
+    (
+        SnpIdBlock(1, 0, b"", b"", b"", 0, 0, 0, 0, b"", b"", b"", b""),
+        {"reserved": b"\x01"},
+        "reserved must be zero",
+    ),
     (ErrorRange(0, 1, 0), {"compatibility_mask": 0}, "must not be zero"),
     (CorimDocument(1, b"x"), {"reserved": 1}, "reserved must be zero"),
 ]
 
 
-@pytest.mark.parametrize(("header", "overrides", "message"), NEGATIVE,
-                         ids=[f"{h.NAME}-{'-'.join(o)}" for h, o, _ in NEGATIVE])
+@pytest.mark.parametrize(
+    ("header", "overrides", "message"),
+    NEGATIVE,
+    ids=[f"{h.NAME}-{'-'.join(o)}" for h, o, _ in NEGATIVE],
+)
 def test_header_rule_rejects(header: object, overrides: dict[str, int], message: str) -> None:
     cls = type(header)
     with pytest.raises(IgvmError) as caught:

@@ -30,16 +30,26 @@ from igvm.measure import (
 )
 from tests.unit.igvm.conftest import PATTERN_PAGE, V4_MRTD, tdx_platform, v4_image
 
-V0 = ("38b060a751ac96384cd9327eb1b1e36a21fdb71114be0743"
-      "4c0cc7bf63f6e1da274edebfe76f65fbd51ad2f14898b95b")
-V1 = ("8d411e4377a0da03b249acbe9a7939b44b4483b5a6c81341"
-      "f00d60c1f417257f9a5c1c03f2f223c59f010f4933f238b8")
-V2 = ("236f0efa607ff8843f1855d7ef80dc3dda8fb455787a186b"
-      "8787212951eab0096e3193bb26f817c2b63c21f5e10f9938")
-V2B = ("8f3e9a8aca6784eab874f7aa4dda5d49104a88047f1f8669"
-       "5ef2a88f5691a90e34aac48ce45ffa1f5a23c7d62980d570")
-V3 = ("15a8464628b6214951c4a1b57775507dd950263654e8790e"
-      "257995b45013c84aba1d87a3bcbc1929b5f7db6d3e92cad6")
+V0 = (
+    "38b060a751ac96384cd9327eb1b1e36a21fdb71114be0743"
+    "4c0cc7bf63f6e1da274edebfe76f65fbd51ad2f14898b95b"
+)
+V1 = (
+    "8d411e4377a0da03b249acbe9a7939b44b4483b5a6c81341"
+    "f00d60c1f417257f9a5c1c03f2f223c59f010f4933f238b8"
+)
+V2 = (
+    "236f0efa607ff8843f1855d7ef80dc3dda8fb455787a186b"
+    "8787212951eab0096e3193bb26f817c2b63c21f5e10f9938"
+)
+V2B = (
+    "8f3e9a8aca6784eab874f7aa4dda5d49104a88047f1f8669"
+    "5ef2a88f5691a90e34aac48ce45ffa1f5a23c7d62980d570"
+)
+V3 = (
+    "15a8464628b6214951c4a1b57775507dd950263654e8790e"
+    "257995b45013c84aba1d87a3bcbc1929b5f7db6d3e92cad6"
+)
 
 
 def hand_add(gpa: int) -> bytes:
@@ -53,8 +63,9 @@ def hand_extend(gpa: int, chunk: bytes) -> bytes:
 
 
 def hand_page(gpa: int, data: bytes) -> bytes:
-    return hand_add(gpa) + b"".join(hand_extend(gpa + 256 * k, data[256 * k:256 * (k + 1)])
-                                    for k in range(16))
+    return hand_add(gpa) + b"".join(
+        hand_extend(gpa + 256 * k, data[256 * k : 256 * (k + 1)]) for k in range(16)
+    )
 
 
 def image(*directives: object) -> IgvmFile:
@@ -104,8 +115,12 @@ def test_short_page_data_is_zero_padded() -> None:
 def test_v4_sample_file(tmp_path: Path) -> None:
     path = tmp_path / "sample_tdx.igvm"
     path.write_bytes(v4_image().to_bytes())
-    by_hand = hashlib.sha384(hand_page(0x1000, PATTERN_PAGE) + hand_page(0, bytes(4096))
-                             + hand_add(0x2000) + hand_add(0x4000)).hexdigest()
+    by_hand = hashlib.sha384(
+        hand_page(0x1000, PATTERN_PAGE)
+        + hand_page(0, bytes(4096))
+        + hand_add(0x2000)
+        + hand_add(0x4000)
+    ).hexdigest()
     assert by_hand == V4_MRTD
     assert mrtd(path).hex() == V4_MRTD
     assert mrtd(v4_image()).hex() == V4_MRTD
@@ -128,8 +143,9 @@ def test_a_callers_stream_stays_open(tmp_path: Path) -> None:
     stream.seek(0)
     assert list(measurement_log(stream))[-1].mrtd_after.hex() == V4_MRTD
     assert not stream.closed
-    snp_only = IgvmFile([SupportedPlatform(1, 0, IGVM_PLATFORM_SEV_SNP, 1, 0)], [],
-                        [PageData(0, 1)]).to_bytes()
+    snp_only = IgvmFile(
+        [SupportedPlatform(1, 0, IGVM_PLATFORM_SEV_SNP, 1, 0)], [], [PageData(0, 1)]
+    ).to_bytes()
     refused = io.BytesIO(snp_only)
     with pytest.raises(IgvmError, match="no TDX SUPPORTED_PLATFORM"):
         mrtd(refused)
@@ -158,26 +174,34 @@ def test_directive_order_matters() -> None:
 
 def test_mask_selects_headers_and_td_shim_ignores_masks() -> None:
     snp = SupportedPlatform(2, 0, IGVM_PLATFORM_SEV_SNP, 1, 0)
-    both = IgvmFile([tdx_platform(1), snp], [], [
-        PageData(0x1000, 3, data=PATTERN_PAGE),          # both platforms
-        PageData(0x5000, 2, data=b"snp only"),            # SNP only
-        PageData(0xFFFFF000, 1, IGVM_PAGE_FLAG_UNMEASURED),
-    ])
+    both = IgvmFile(
+        [tdx_platform(1), snp],
+        [],
+        [
+            PageData(0x1000, 3, data=PATTERN_PAGE),  # both platforms
+            PageData(0x5000, 2, data=b"snp only"),  # SNP only
+            PageData(0xFFFFF000, 1, IGVM_PAGE_FLAG_UNMEASURED),
+        ],
+    )
     tdx = hashlib.sha384(hand_page(0x1000, PATTERN_PAGE) + hand_add(0xFFFFF000)).digest()
     assert mrtd(both) == tdx
     assert mrtd(both, mask=1) == tdx
-    snp_view = hashlib.sha384(hand_page(0x1000, PATTERN_PAGE)
-                              + hand_page(0x5000, b"snp only".ljust(4096, b"\0"))).digest()
+    snp_view = hashlib.sha384(
+        hand_page(0x1000, PATTERN_PAGE) + hand_page(0x5000, b"snp only".ljust(4096, b"\0"))
+    ).digest()
     assert mrtd(both, mask=2) == snp_view
-    everything = hashlib.sha384(hand_page(0x1000, PATTERN_PAGE)
-                                + hand_page(0x5000, b"snp only".ljust(4096, b"\0"))
-                                + hand_add(0xFFFFF000)).digest()
+    everything = hashlib.sha384(
+        hand_page(0x1000, PATTERN_PAGE)
+        + hand_page(0x5000, b"snp only".ljust(4096, b"\0"))
+        + hand_add(0xFFFFF000)
+    ).digest()
     assert mrtd(both, variant="td-shim") == everything
 
 
 def test_no_tdx_platform_needs_an_explicit_mask() -> None:
-    snp_only = IgvmFile([SupportedPlatform(1, 0, IGVM_PLATFORM_SEV_SNP, 1, 0)], [],
-                        [PageData(0, 1)])
+    snp_only = IgvmFile(
+        [SupportedPlatform(1, 0, IGVM_PLATFORM_SEV_SNP, 1, 0)], [], [PageData(0, 1)]
+    )
     with pytest.raises(IgvmError, match="no TDX SUPPORTED_PLATFORM"):
         mrtd(snp_only)
     assert mrtd(snp_only, mask=1).hex() == V2
@@ -189,7 +213,7 @@ def test_accumulator_operations_match_the_module_view() -> None:
     one_by_one = MrtdAccumulator()
     one_by_one.page_add(0x1000)
     for k in range(16):
-        one_by_one.mr_extend(0x1000 + 256 * k, PATTERN_PAGE[256 * k:256 * (k + 1)])
+        one_by_one.mr_extend(0x1000 + 256 * k, PATTERN_PAGE[256 * k : 256 * (k + 1)])
     fast = MrtdAccumulator()
     fast.page_add(0x1000)
     fast.extend_page(0x1000, PATTERN_PAGE)
@@ -219,7 +243,13 @@ def test_many_pages_through_batches_equal_the_hand_stream() -> None:
 def test_measurement_log_explains_each_directive() -> None:
     records = list(measurement_log(v4_image()))
     assert [(r.index, r.page_adds, r.extends) for r in records] == [
-        (1, 0, 0), (2, 1, 16), (3, 1, 16), (4, 1, 0), (5, 0, 0), (6, 1, 0)]
+        (1, 0, 0),
+        (2, 1, 16),
+        (3, 1, 16),
+        (4, 1, 0),
+        (5, 0, 0),
+        (6, 1, 0),
+    ]
     assert records[-1].mrtd_after.hex() == V4_MRTD
     assert records[1].contribution.hex() == V3
     assert "shared" in records[4].note and records[4].contribution == b""

@@ -35,14 +35,20 @@ from igvm.measure import mrtd
 
 MASKS = st.sampled_from([1, 2, 3])
 PAGE_NUMBERS = st.integers(min_value=0, max_value=(1 << 40) - 1)
-DATA = st.one_of(st.just(b""), st.binary(min_size=1, max_size=64),
-                 st.binary(min_size=PAGE_SIZE, max_size=PAGE_SIZE))
+DATA = st.one_of(
+    st.just(b""),
+    st.binary(min_size=1, max_size=64),
+    st.binary(min_size=PAGE_SIZE, max_size=PAGE_SIZE),
+)
 
 
 @st.composite
 def page_data(draw: st.DrawFn) -> PageData:
-    flags = draw(st.sampled_from([0, IGVM_PAGE_FLAG_UNMEASURED, IGVM_PAGE_FLAG_SHARED,
-                                  IGVM_PAGE_FLAG_IS_2MB_PAGE]))
+    flags = draw(
+        st.sampled_from(
+            [0, IGVM_PAGE_FLAG_UNMEASURED, IGVM_PAGE_FLAG_SHARED, IGVM_PAGE_FLAG_IS_2MB_PAGE]
+        )
+    )
     unit = PAGE_SIZE_2MB if flags & IGVM_PAGE_FLAG_IS_2MB_PAGE else PAGE_SIZE
     gpa = draw(PAGE_NUMBERS) * PAGE_SIZE // unit * unit
     return PageData(gpa, draw(MASKS), flags, draw(st.integers(0, 3)), draw(DATA))
@@ -63,8 +69,10 @@ def parameter_block(draw: st.DrawFn, index: int) -> list[DirectiveHeader]:
 def images(draw: st.DrawFn) -> IgvmFile:
     vtl = draw(st.sampled_from([0, 2]))
     boundary = draw(st.sampled_from([0, 1 << 47]))
-    platforms: list[PlatformHeader] = [SupportedPlatform(1, vtl, IGVM_PLATFORM_TDX, 1, boundary),
-                                       SupportedPlatform(2, 0, IGVM_PLATFORM_SEV_SNP, 1, 0)]
+    platforms: list[PlatformHeader] = [
+        SupportedPlatform(1, vtl, IGVM_PLATFORM_TDX, 1, boundary),
+        SupportedPlatform(2, 0, IGVM_PLATFORM_SEV_SNP, 1, 0),
+    ]
     inits: list[InitializationHeader] = []
     if draw(st.booleans()):
         inits.append(GuestPolicy(draw(st.integers(0, 7)), 1))
@@ -73,8 +81,13 @@ def images(draw: st.DrawFn) -> IgvmFile:
         directives.extend(draw(parameter_block(index)))
     others = st.one_of(
         page_data(),
-        st.builds(RequiredMemory, st.builds(lambda n: n * PAGE_SIZE, PAGE_NUMBERS), MASKS,
-                  st.integers(1, 16).map(lambda n: n * PAGE_SIZE), st.integers(0, 1)),
+        st.builds(
+            RequiredMemory,
+            st.builds(lambda n: n * PAGE_SIZE, PAGE_NUMBERS),
+            MASKS,
+            st.integers(1, 16).map(lambda n: n * PAGE_SIZE),
+            st.integers(0, 1),
+        ),
         st.builds(ErrorRange, PAGE_NUMBERS, MASKS, st.integers(0, 0xFFFF)),
     )
     directives.extend(draw(st.lists(others, max_size=12)))
@@ -96,16 +109,22 @@ def test_random_valid_images_round_trip_byte_for_byte(image: IgvmFile) -> None:
     assert mrtd(io.BytesIO(raw)) == mrtd(parsed) == mrtd(image)
 
 
-MUTATIONS = st.lists(st.tuples(st.sampled_from(["flip", "set", "cut", "insert", "delete"]),
-                               st.integers(0, 1 << 16), st.integers(0, 255)),
-                     min_size=1, max_size=6)
+MUTATIONS = st.lists(
+    st.tuples(
+        st.sampled_from(["flip", "set", "cut", "insert", "delete"]),
+        st.integers(0, 1 << 16),
+        st.integers(0, 255),
+    ),
+    min_size=1,
+    max_size=6,
+)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(images(), MUTATIONS, st.booleans())
-def test_mutated_files_parse_or_raise_igvm_error(image: IgvmFile,
-                                                 mutations: list[tuple[str, int, int]],
-                                                 fix_crc: bool) -> None:
+def test_mutated_files_parse_or_raise_igvm_error(
+    image: IgvmFile, mutations: list[tuple[str, int, int]], fix_crc: bool
+) -> None:
     import struct
     import zlib
 
@@ -123,13 +142,14 @@ def test_mutated_files_parse_or_raise_igvm_error(image: IgvmFile,
         elif kind == "insert":
             raw[where:where] = bytes([value]) * (value % 9)
         else:
-            del raw[where:where + value % 9]
+            del raw[where : where + value % 9]
     if fix_crc and len(raw) >= 24:
         # Recompute the CRC so mutations reach the header walk instead of the checksum check.
         vh_offset, vh_size = struct.unpack_from("<II", raw, 8)
-        fixed = raw[:20] + bytes(4) + raw[24:min(vh_offset, 32)]
-        raw[20:24] = struct.pack("<I", zlib.crc32(bytes(fixed) + bytes(raw[vh_offset:
-                                                                           vh_offset + vh_size])))
+        fixed = raw[:20] + bytes(4) + raw[24 : min(vh_offset, 32)]
+        raw[20:24] = struct.pack(
+            "<I", zlib.crc32(bytes(fixed) + bytes(raw[vh_offset : vh_offset + vh_size]))
+        )
     try:
         parsed = IgvmFile.from_bytes(bytes(raw))
     except IgvmError as exc:

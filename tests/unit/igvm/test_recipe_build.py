@@ -38,16 +38,22 @@ def test_project_test_recipe_builds_the_documented_image(tmp_path: Path) -> None
     image = read(out)
     assert image.platforms == [SupportedPlatform(1, 2, IGVM_PLATFORM_TDX, 1, 1 << 47)]
     assert image.initializations == [GuestPolicy(TDX_POLICY_SEPT_VE_DISABLE, 1)]
-    assert image.directives[:4] == [ParameterArea(0x1000, 0), VpCount(0, 0), MemoryMap(0, 0x100),
-                                    CommandLine(0, 0x800)]
+    assert image.directives[:4] == [
+        ParameterArea(0x1000, 0),
+        VpCount(0, 0),
+        MemoryMap(0, 0x100),
+        CommandLine(0, 0x800),
+    ]
     assert image.directives[-1] == ParameterInsert(0x9000, 1, 0)
     l1 = (ROOT / "igvm/recipes/test-blobs/l1.bin").read_bytes()
     firmware = (ROOT / "igvm/recipes/test-blobs/l2-firmware.bin").read_bytes()
     l1_pages = l1.ljust(0x4000, b"\0")
-    stream = b"".join(hand_page(0x100000 + i, l1_pages[i:i + 4096]) for i in range(0, 0x4000, 4096))
+    stream = b"".join(
+        hand_page(0x100000 + i, l1_pages[i : i + 4096]) for i in range(0, 0x4000, 4096)
+    )
     stream += hand_page(0xFFFFF000, firmware)
     stream += hand_add(0x210000)  # the unmeasured scratch page; the shared ring adds nothing
-    stream += hand_add(0x9000)    # the parameter insert
+    stream += hand_add(0x9000)  # the parameter insert
     assert digest == hashlib.sha384(stream).digest() == mrtd(out)
     flags = {d.gpa: d.flags for d in image.directives if isinstance(d, PageData)}
     assert flags[0x200000] == flags[0x201000] == IGVM_PAGE_FLAG_SHARED
@@ -74,10 +80,13 @@ def test_fill_covers_whole_pages_when_size_is_not_a_page_multiple(tmp_path: Path
     assert recipe.components[0].size == 0x2000
     assert recipe.components[0].data == b"\xcc" * 0x2000
     pages = [d for d in build_image(recipe).directives if isinstance(d, PageData)]
-    assert [(p.gpa, p.data) for p in pages] == [(0x1000, b"\xcc" * PAGE_SIZE),
-                                                (0x2000, b"\xcc" * PAGE_SIZE)]
-    by_hand = hashlib.sha384(hand_page(0x1000, b"\xcc" * PAGE_SIZE)
-                             + hand_page(0x2000, b"\xcc" * PAGE_SIZE)).digest()
+    assert [(p.gpa, p.data) for p in pages] == [
+        (0x1000, b"\xcc" * PAGE_SIZE),
+        (0x2000, b"\xcc" * PAGE_SIZE),
+    ]
+    by_hand = hashlib.sha384(
+        hand_page(0x1000, b"\xcc" * PAGE_SIZE) + hand_page(0x2000, b"\xcc" * PAGE_SIZE)
+    ).digest()
     assert mrtd(build_image(recipe)) == by_hand
 
 
@@ -95,49 +104,97 @@ ERRORS = [
     (BASE + "extra: 1\n", "extra", "unknown key"),
     (BASE + "platform: {compatibility_mask: 3}\n", "platform.compatibility_mask", "one bit"),
     (BASE + "platform: {highest_vtl: 1}\n", "platform.highest_vtl", "0 or 2"),
-    (BASE + "platform: {shared_gpa_boundary: 0x3000}\n", "platform.shared_gpa_boundary",
-     "power-of-two"),
-    (BASE + "platform: {policy: {debug_allowed: 1}}\n", "platform.policy.debug_allowed",
-     "true or false"),
+    (
+        BASE + "platform: {shared_gpa_boundary: 0x3000}\n",
+        "platform.shared_gpa_boundary",
+        "power-of-two",
+    ),
+    (
+        BASE + "platform: {policy: {debug_allowed: 1}}\n",
+        "platform.policy.debug_allowed",
+        "true or false",
+    ),
     (BASE + "platform: {policy: {bogus: true}}\n", "platform.policy.bogus", "unknown key"),
     ("components: []\n", "components", "non-empty list"),
-    ("components: [{name: a, kind: rom, gpa: 0, size: 4096}]\n", "components[0].kind",
-     "one of"),
-    ("components: [{name: a, kind: blob, gpa: 0x1001, size: 4096}]\n", "components[0].gpa",
-     "multiple of 4 KiB"),
+    ("components: [{name: a, kind: rom, gpa: 0, size: 4096}]\n", "components[0].kind", "one of"),
+    (
+        "components: [{name: a, kind: blob, gpa: 0x1001, size: 4096}]\n",
+        "components[0].gpa",
+        "multiple of 4 KiB",
+    ),
     ("components: [{name: a, kind: blob, gpa: 0}]\n", "components[0].size", "empty"),
-    ("components: [{name: 'a b', kind: blob, gpa: 0, size: 1}]\n", "components[0].name",
-     "letters"),
+    ("components: [{name: 'a b', kind: blob, gpa: 0, size: 1}]\n", "components[0].name", "letters"),
     ("components: [{kind: blob, gpa: 0, size: 1}]\n", "components[0].name", "is required"),
-    ("components: [{name: a, kind: blob, gpa: 0, file: missing.bin}]\n", "components[0].file",
-     "cannot read"),
-    ("components: [{name: a, kind: blob, gpa: 0, fill: 300, size: 1}]\n", "components[0].fill",
-     "one byte"),
-    ("components: [{name: a, kind: blob, gpa: 0, fill: 1}]\n", "components[0].size",
-     "required with fill"),
-    ("components: [{name: a, kind: blob, gpa: 0, size: 1, measured: 'yes'}]\n",
-     "components[0].measured", "true or false"),
-    ("components: [{name: a, kind: blob, gpa: 0, size: 1, data_type: weird}]\n",
-     "components[0].data_type", "one of"),
-    ("components: [{name: a, kind: blob, gpa: 0, size: 1, data_type: [x]}]\n",
-     "components[0].data_type", "one of"),
-    ("components: [{name: a, kind: blob, gpa: 0, size: 8KiB}, "
-     "{name: b, kind: blob, gpa: 0x1000, size: 1}]\n", "components[1].gpa", "overlaps"),
-    ("components: [{name: a, kind: blob, gpa: 0, size: 1}, {name: a, kind: blob, gpa: 0x1000, "
-     "size: 1}]\n", "components[1].name", "used twice"),
-    (BASE + "parameter_areas: [{name: p, gpa: 0x1000, size: 4KiB}]\n", "parameter_areas[0].gpa",
-     "overlaps"),
-    (BASE + "parameter_areas: [{name: p, gpa: 0x9000, size: 100}]\n", "parameter_areas[0].size",
-     "multiple of 4 KiB"),
-    (BASE + "parameter_areas: [{name: p, gpa: 0x9000, size: 4KiB, parameters: "
-     "[{type: vp_count, offset: 4094}]}]\n", "parameter_areas[0].parameters[0].offset",
-     "leaves less than 4 bytes"),
-    (BASE + "parameter_areas: [{name: p, gpa: 0x9000, size: 4KiB, parameters: "
-     "[{type: acpi, offset: 0}]}]\n", "parameter_areas[0].parameters[0].type", "one of"),
-    ("components: [{name: a, kind: blob, gpa: -4096, size: 1}]\n", "components[0].gpa",
-     "negative"),
-    ("components: [{name: a, kind: blob, gpa: '12 parsecs', size: 1}]\n", "components[0].gpa",
-     "expected a number"),
+    (
+        "components: [{name: a, kind: blob, gpa: 0, file: missing.bin}]\n",
+        "components[0].file",
+        "cannot read",
+    ),
+    (
+        "components: [{name: a, kind: blob, gpa: 0, fill: 300, size: 1}]\n",
+        "components[0].fill",
+        "one byte",
+    ),
+    (
+        "components: [{name: a, kind: blob, gpa: 0, fill: 1}]\n",
+        "components[0].size",
+        "required with fill",
+    ),
+    (
+        "components: [{name: a, kind: blob, gpa: 0, size: 1, measured: 'yes'}]\n",
+        "components[0].measured",
+        "true or false",
+    ),
+    (
+        "components: [{name: a, kind: blob, gpa: 0, size: 1, data_type: weird}]\n",
+        "components[0].data_type",
+        "one of",
+    ),
+    (
+        "components: [{name: a, kind: blob, gpa: 0, size: 1, data_type: [x]}]\n",
+        "components[0].data_type",
+        "one of",
+    ),
+    (
+        "components: [{name: a, kind: blob, gpa: 0, size: 8KiB}, "
+        "{name: b, kind: blob, gpa: 0x1000, size: 1}]\n",
+        "components[1].gpa",
+        "overlaps",
+    ),
+    (
+        "components: [{name: a, kind: blob, gpa: 0, size: 1}, {name: a, kind: blob, gpa: 0x1000, "
+        "size: 1}]\n",
+        "components[1].name",
+        "used twice",
+    ),
+    (
+        BASE + "parameter_areas: [{name: p, gpa: 0x1000, size: 4KiB}]\n",
+        "parameter_areas[0].gpa",
+        "overlaps",
+    ),
+    (
+        BASE + "parameter_areas: [{name: p, gpa: 0x9000, size: 100}]\n",
+        "parameter_areas[0].size",
+        "multiple of 4 KiB",
+    ),
+    (
+        BASE + "parameter_areas: [{name: p, gpa: 0x9000, size: 4KiB, parameters: "
+        "[{type: vp_count, offset: 4094}]}]\n",
+        "parameter_areas[0].parameters[0].offset",
+        "leaves less than 4 bytes",
+    ),
+    (
+        BASE + "parameter_areas: [{name: p, gpa: 0x9000, size: 4KiB, parameters: "
+        "[{type: acpi, offset: 0}]}]\n",
+        "parameter_areas[0].parameters[0].type",
+        "one of",
+    ),
+    ("components: [{name: a, kind: blob, gpa: -4096, size: 1}]\n", "components[0].gpa", "negative"),
+    (
+        "components: [{name: a, kind: blob, gpa: '12 parsecs', size: 1}]\n",
+        "components[0].gpa",
+        "expected a number",
+    ),
     ("components: {name: a\n", "(document)", "not valid YAML"),
 ]
 

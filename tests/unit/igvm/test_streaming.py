@@ -34,17 +34,26 @@ print(peak_kib() - before, digest.hex())
 
 
 def test_measuring_a_96_mib_file_grows_memory_by_less_than_32_mib(tmp_path: Path) -> None:
-    image = IgvmFile([tdx_platform()], [], [
-        PageData(n * PAGE_SIZE, 1, data=n.to_bytes(4, "little") * (PAGE_SIZE // 4))
-        for n in range(PAGES)
-    ])
+    image = IgvmFile(
+        [tdx_platform()],
+        [],
+        [
+            PageData(n * PAGE_SIZE, 1, data=n.to_bytes(4, "little") * (PAGE_SIZE // 4))
+            for n in range(PAGES)
+        ],
+    )
     path = tmp_path / "large.igvm"
     path.write_bytes(image.to_bytes())
     assert path.stat().st_size > PAGES * PAGE_SIZE
     expected = mrtd(image)
     del image
-    result = subprocess.run([sys.executable, "-c", CHILD, str(ROOT), str(path)],
-                            capture_output=True, text=True, timeout=120, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", CHILD, str(ROOT), str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     growth_kib, digest = result.stdout.split()
     assert digest == expected.hex()
     assert int(growth_kib) < MAX_GROWTH_KIB, f"measure grew memory by {growth_kib} KiB"

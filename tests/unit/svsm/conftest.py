@@ -28,8 +28,9 @@ class HarnessPlatform:
         memory = harness.memory
         self.memory: memoryview = memory.view
         self.shared_bit: int = memory.shared_bit
-        self.regions: list[tuple[int, int, int]] = [(r.gpa, r.size, r.offset)
-                                                    for r in memory.regions]
+        self.regions: list[tuple[int, int, int]] = [
+            (r.gpa, r.size, r.offset) for r in memory.regions
+        ]
         self.handler: Callable[[int], None] | None = None
 
     def tdcall(self, regs: Sequence[int]) -> list[int]:
@@ -49,13 +50,18 @@ class HarnessPlatform:
 class Td:
     """A TD (all RAM pending) with an in-process host VMM and svsm's Tdcall and Memory on it."""
 
-    def __init__(self, faults: FaultSet | None = None, *, chunk: int = 512,
-                 ram_mib: int = 8) -> None:
+    def __init__(
+        self, faults: FaultSet | None = None, *, chunk: int = 512, ram_mib: int = 8
+    ) -> None:
         self.harness = TdHarness.default(ram_mib=ram_mib, num_l2_vms=2)
         self.harness.module.attestation = ATTESTATION.reports
-        self.host = HostVmm(SharedMemory.of_memory(self.harness.memory),
-                            ModuleControl(self.harness.module), ATTESTATION.quoting, faults,
-                            mapgpa_chunk_pages=chunk)
+        self.host = HostVmm(
+            SharedMemory.of_memory(self.harness.memory),
+            ModuleControl(self.harness.module),
+            ATTESTATION.quoting,
+            faults,
+            mapgpa_chunk_pages=chunk,
+        )
         self.harness.module.host = self.host
         self.platform = HarnessPlatform(self.harness)
         self.tdcall = Tdcall(self.platform.tdcall)

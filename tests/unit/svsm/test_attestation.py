@@ -53,15 +53,19 @@ def test_honest_host_gives_a_quote_that_verifies(td: Td) -> None:
     assert a.waits == 0
 
 
-@pytest.mark.parametrize(("spec", "field", "text"), [
-    ("getquote-status=error", "status", "0x8000000000000000 (host reports an error)"),
-    ("getquote-status=unavailable", "status", "0x8000000000000001"),
-    ("getquote-length=long", "out_len", "is outside"),
-    ("getquote-length=short", "message length", "does not equal out_len"),
-    ("getquote-length=0", "out_len", "0 is outside"),
-])
+@pytest.mark.parametrize(
+    ("spec", "field", "text"),
+    [
+        ("getquote-status=error", "status", "0x8000000000000000 (host reports an error)"),
+        ("getquote-status=unavailable", "status", "0x8000000000000001"),
+        ("getquote-length=long", "out_len", "is outside"),
+        ("getquote-length=short", "message length", "does not equal out_len"),
+        ("getquote-length=0", "out_len", "0 is outside"),
+    ],
+)
 def test_lying_host_gives_an_error_naming_the_field(
-        make_td: Callable[..., Td], spec: str, field: str, text: str) -> None:
+    make_td: Callable[..., Td], spec: str, field: str, text: str
+) -> None:
     a = attester(make_td(FaultSet.parse(spec)))
     with pytest.raises(GetQuoteError, match=re.escape(text)) as info:
         a.quote(REPORT_DATA)
@@ -114,8 +118,9 @@ def _answer(quote: bytes, *, qgs_type: int = 1, error: int = 0, id_size: int = 0
     body = struct.pack("<II", id_size, len(quote)) + quote
     message = struct.pack("<HHIII", 1, 0, qgs_type, 16 + len(body), error) + body
     payload = struct.pack(">I", len(message)) + message
-    return bytearray((GET_QUOTE_HEADER.pack(1, 0, len(payload), len(payload)) + payload)
-                     .ljust(0x2000, b"\0"))
+    return bytearray(
+        (GET_QUOTE_HEADER.pack(1, 0, len(payload), len(payload)) + payload).ljust(0x2000, b"\0")
+    )
 
 
 def test_decode_checks_the_qgs_framing() -> None:

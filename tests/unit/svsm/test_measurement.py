@@ -54,8 +54,9 @@ def test_a_tampered_log_no_longer_replays(td: Td) -> None:
     assert eventlog.replay(eventlog.parse(bytes(log)))[0] != tdreport_rtmrs(td)[0]
 
 
-@pytest.mark.parametrize(("cut", "field"), [(10, "TCG_PCR_EVENT header"), (-3, "event data"),
-                                            (-60, "digest")])
+@pytest.mark.parametrize(
+    ("cut", "field"), [(10, "TCG_PCR_EVENT header"), (-3, "event data"), (-60, "digest")]
+)
 def test_truncated_log_names_offset_and_field(td: Td, cut: int, field: str) -> None:
     td.memory.accept(WORK, 0x200000)
     rtmrs = Rtmrs(td.tdcall, td.memory, WORK)
@@ -95,8 +96,10 @@ def tpm() -> Iterator[wire.TpmClient]:
 
 def test_pcr0_extended_in_sha256_and_sha384(tpm: wire.TpmClient) -> None:
     event = extend_pcr(tpm, 0, eventlog.EV_S_CRTM_VERSION, b"tdp-svsm 0.1.0\0")
-    for bank, name, size in ((wire.TPM_ALG_SHA256, "sha256", 32),
-                             (wire.TPM_ALG_SHA384, "sha384", 48)):
+    for bank, name, size in (
+        (wire.TPM_ALG_SHA256, "sha256", 32),
+        (wire.TPM_ALG_SHA384, "sha384", 48),
+    ):
         digest = hashlib.new(name, b"tdp-svsm 0.1.0\0").digest()
         assert event.digests[bank] == digest
         assert wire.pcr_read(tpm, bank, 0) == hashlib.new(name, bytes(size) + digest).digest()

@@ -36,8 +36,10 @@ def test_parse_the_documented_example() -> None:
 
 
 def test_parse_every_switch_and_round_trip() -> None:
-    spec = ("vmcall-status=inuse, getquote-status=inflight, getquote-length=long, "
-            "getquote-rewrite=5, mapgpa-retry=always, io-wide=1, irq-spurious=0x33, irq-storm=2")
+    spec = (
+        "vmcall-status=inuse, getquote-status=inflight, getquote-length=long, "
+        "getquote-rewrite=5, mapgpa-retry=always, io-wide=1, irq-spurious=0x33, irq-storm=2"
+    )
     faults = FaultSet.parse(spec)
     assert faults.vmcall_status == TDVMCALL_GPA_INUSE
     assert faults.getquote_status == GET_QUOTE_IN_FLIGHT
@@ -115,8 +117,7 @@ def test_mapgpa_retry_keeps_asking_to_retry_without_progress() -> None:
 
 def test_mapgpa_retry_always_never_completes() -> None:
     td = HostTd(FaultSet.parse("mapgpa-retry=always"))
-    statuses = {td.vmcall(Ghci.MAP_GPA, r12=BUF | SHARED_BIT, r13=PAGE_SIZE).r10
-                for _ in range(50)}
+    statuses = {td.vmcall(Ghci.MAP_GPA, r12=BUF | SHARED_BIT, r13=PAGE_SIZE).r10 for _ in range(50)}
     assert statuses == {TDVMCALL_RETRY}  # an L1 must bound its retry loop
 
 

@@ -53,16 +53,22 @@ _ATTESTATION = SimulatedAttestation.create(SEED)
 class HostTd:
     """A TD with the test as L1 and a `HostVmm` as its host, in one process."""
 
-    def __init__(self, faults: FaultSet | None = None, *, chunk: int = 512,
-                 harness: TdHarness | None = None) -> None:
+    def __init__(
+        self, faults: FaultSet | None = None, *, chunk: int = 512, harness: TdHarness | None = None
+    ) -> None:
         self.h = harness if harness is not None else TdHarness.default(ram_mib=4, num_l2_vms=1)
         if harness is None:
             self.h.accept(0, 0x200000)
         self.att = _ATTESTATION
         self.h.module.attestation = self.att.reports
         self.shared = SharedMemory.of_memory(self.h.memory)
-        self.host = HostVmm(self.shared, ModuleControl(self.h.module), self.att.quoting, faults,
-                            mapgpa_chunk_pages=chunk)
+        self.host = HostVmm(
+            self.shared,
+            ModuleControl(self.h.module),
+            self.att.quoting,
+            faults,
+            mapgpa_chunk_pages=chunk,
+        )
         self.h.module.host = self.host
 
     def vmcall(self, sub: int, *, r10: int = 0, **regs: int) -> Regs:
@@ -162,15 +168,18 @@ def test_get_quote_with_garbage_buffer_answers_error_status(td: HostTd) -> None:
 def test_get_quote_refuses_bad_buffers(td: HostTd) -> None:
     td.quote_request()
     size = GET_QUOTE_DEFAULT_BUFFER_SIZE
-    assert td.vmcall(Ghci.GET_QUOTE, r12=(BUF | SHARED_BIT) + 8, r13=size).r10 == \
-        TDVMCALL_ALIGN_ERROR
+    assert (
+        td.vmcall(Ghci.GET_QUOTE, r12=(BUF | SHARED_BIT) + 8, r13=size).r10 == TDVMCALL_ALIGN_ERROR
+    )
     assert td.vmcall(Ghci.GET_QUOTE, r12=BUF | SHARED_BIT, r13=8).r10 == TDVMCALL_OPERAND_INVALID
     assert td.vmcall(Ghci.GET_QUOTE, r12=REPORT, r13=size).r10 == TDVMCALL_OPERAND_INVALID
     unconverted = 0x180000 | SHARED_BIT
     assert td.vmcall(Ghci.GET_QUOTE, r12=unconverted, r13=size).r10 == TDVMCALL_OPERAND_INVALID
     # three pages where only two are shared: the host does not read past what L1 converted
-    assert td.vmcall(Ghci.GET_QUOTE, r12=BUF | SHARED_BIT, r13=size + PAGE_SIZE).r10 == \
-        TDVMCALL_OPERAND_INVALID
+    assert (
+        td.vmcall(Ghci.GET_QUOTE, r12=BUF | SHARED_BIT, r13=size + PAGE_SIZE).r10
+        == TDVMCALL_OPERAND_INVALID
+    )
     assert not td.host.log.quotes
 
 
@@ -203,8 +212,8 @@ def test_io_reaches_the_debug_uart(td: HostTd) -> None:
 
 
 @pytest.mark.parametrize(
-    ("size", "direction", "port"), [(3, 0, 0x80), (8, 0, 0x80), (1, 2, 0x80), (1, 0, 0x10000),
-                                    (4, 0, 0xFFFE)],
+    ("size", "direction", "port"),
+    [(3, 0, 0x80), (8, 0, 0x80), (1, 2, 0x80), (1, 0, 0x10000), (4, 0, 0xFFFE)],
 )
 def test_io_rejects_bad_operands(td: HostTd, size: int, direction: int, port: int) -> None:
     out = td.vmcall(Ghci.IO, r12=size, r13=direction, r14=port, r15=0x41)
@@ -281,8 +290,11 @@ def test_service_with_unknown_guid_is_unsupported(td: HostTd) -> None:
     td.h.write(rsp, SERVICE_HEADER.pack(bytes(16), PAGE_SIZE, 0xFFFF))
     out = td.vmcall(Ghci.SERVICE, r12=cmd, r13=rsp)
     assert out.r10 == TDVMCALL_SUCCESS
-    assert SERVICE_HEADER.unpack(td.h.read(rsp, SERVICE_HEADER.size)) == \
-        (guid, SERVICE_HEADER.size, SERVICE_STATUS_UNSUPPORTED)
+    assert SERVICE_HEADER.unpack(td.h.read(rsp, SERVICE_HEADER.size)) == (
+        guid,
+        SERVICE_HEADER.size,
+        SERVICE_STATUS_UNSUPPORTED,
+    )
 
 
 def test_service_rejects_bad_buffers(td: HostTd) -> None:

@@ -111,8 +111,9 @@ def _field(image: bytes, offset: int, fmt: str, value: int | bytes) -> bytes:
         (16, "<64s", b"\xff\xfe:x", "entry at offset 16"),
     ],
 )
-def test_bad_image_headers_name_the_field(offset: int, fmt: str, value: int | bytes,
-                                          named: str) -> None:
+def test_bad_image_headers_name_the_field(
+    offset: int, fmt: str, value: int | bytes, named: str
+) -> None:
     image = build_l1_image([L1_MIN], "l1_min.main:entry")
     with pytest.raises(L1ImageError, match=named):
         L1Image.unpack(_field(image, offset, fmt, value))

@@ -9,9 +9,15 @@ from tdxsim.quoting import SimulatedAttestation
 
 REPORTDATA = bytes(range(64))
 TD = TdInfo(
-    attributes=0x10000000, xfam=0xE7, mrtd=b"\x11" * 48, mrconfigid=b"\x22" * 48,
-    mrowner=b"\x33" * 48, mrownerconfig=b"\x44" * 48,
-    rtmr=(b"\xa0" * 48, b"\xa1" * 48, b"\xa2" * 48, b"\xa3" * 48), num_l2_vms=1, num_vcpus=1,
+    attributes=0x10000000,
+    xfam=0xE7,
+    mrtd=b"\x11" * 48,
+    mrconfigid=b"\x22" * 48,
+    mrowner=b"\x33" * 48,
+    mrownerconfig=b"\x44" * 48,
+    rtmr=(b"\xa0" * 48, b"\xa1" * 48, b"\xa2" * 48, b"\xa3" * 48),
+    num_l2_vms=1,
+    num_vcpus=1,
 )
 
 

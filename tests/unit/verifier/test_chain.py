@@ -25,9 +25,16 @@ END = datetime.datetime(2030, 1, 1, tzinfo=datetime.UTC)
 NOW = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
 
 
-def _cert(subject: str, issuer: x509.Certificate | None, issuer_key: ec.EllipticCurvePrivateKey,
-          key: ec.EllipticCurvePrivateKey, *, ca: bool, start: datetime.datetime = START,
-          end: datetime.datetime = END) -> x509.Certificate:
+def _cert(
+    subject: str,
+    issuer: x509.Certificate | None,
+    issuer_key: ec.EllipticCurvePrivateKey,
+    key: ec.EllipticCurvePrivateKey,
+    *,
+    ca: bool,
+    start: datetime.datetime = START,
+    end: datetime.datetime = END,
+) -> x509.Certificate:
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
     return (
         x509.CertificateBuilder()
@@ -82,13 +89,22 @@ def test_trusted_root_must_be_a_ca(pck: PckChain) -> None:
 
 def test_expired_and_not_yet_valid_certificates(pck: PckChain) -> None:
     key = ec.generate_private_key(ec.SECP256R1())
-    old = _cert("old leaf", pck.intermediate, pck.leaf_key, key, ca=False,
-                end=datetime.datetime(2025, 1, 1, tzinfo=datetime.UTC))
+    old = _cert(
+        "old leaf",
+        pck.intermediate,
+        pck.leaf_key,
+        key,
+        ca=False,
+        end=datetime.datetime(2025, 1, 1, tzinfo=datetime.UTC),
+    )
     with pytest.raises(CertificateValidityError, match=r"leaf certificate .* not valid"):
         verify_chain([old, pck.intermediate, pck.root], pck.root, at=NOW)
     with pytest.raises(CertificateValidityError, match="not valid at 2023"):
-        verify_chain([pck.leaf, pck.intermediate, pck.root], pck.root,
-                     at=datetime.datetime(2023, 6, 1, tzinfo=datetime.UTC))
+        verify_chain(
+            [pck.leaf, pck.intermediate, pck.root],
+            pck.root,
+            at=datetime.datetime(2023, 6, 1, tzinfo=datetime.UTC),
+        )
 
 
 def test_degenerate_chains(pck: PckChain) -> None:

@@ -67,8 +67,9 @@ def test_layouts_pack_what_they_unpack(quote: bytes) -> None:
     assert parsed.qe_report.report_body.pack() == parsed.qe_report.report_body_raw
 
 
-def test_verify_against_simulated_root_in_any_encoding(sim: SimulatedAttestation,
-                                                       quote: bytes) -> None:
+def test_verify_against_simulated_root_in_any_encoding(
+    sim: SimulatedAttestation, quote: bytes
+) -> None:
     for root in (sim.quoting.pck.root_der(), sim.quoting.pck.root_pem(), sim.quoting.pck.root):
         assert verify_quote(quote, root).body.mrtd == TD.mrtd
 
@@ -113,8 +114,9 @@ def test_quote_without_qe_report_is_refused(sim: SimulatedAttestation, quote: by
         (770 + 384 + 64, b"\xff\xff", "qe_auth_data at offset 1220"),
     ],
 )
-def test_malformed_fields_are_named_with_offsets(quote: bytes, offset: int, value: bytes,
-                                                 field: str) -> None:
+def test_malformed_fields_are_named_with_offsets(
+    quote: bytes, offset: int, value: bytes, field: str
+) -> None:
     bad = quote[:offset] + value + quote[offset + len(value) :]
     with pytest.raises(QuoteParseError, match=field):
         parse_quote(bad)
@@ -128,15 +130,18 @@ def test_trailing_bytes_are_refused(quote: bytes) -> None:
 def test_pck_chain_must_be_pem(quote: bytes) -> None:
     parsed = parse_quote(quote)
     nested = parsed.qe_report.certification
-    bad_pem = quote[: nested.offset] + b"X" * len(nested.data) + quote[nested.offset + len(
-        nested.data):]
+    bad_pem = (
+        quote[: nested.offset] + b"X" * len(nested.data) + quote[nested.offset + len(nested.data) :]
+    )
     with pytest.raises(QuoteParseError, match=f"pck_cert_chain at offset {nested.offset}"):
         parse_quote(bad_pem)
 
 
 def test_chain_is_decoded_leaf_first(sim: SimulatedAttestation, quote: bytes) -> None:
     chain = parse_quote(quote).pck_chain
-    assert [c.subject for c in chain] == [sim.quoting.pck.leaf.subject,
-                                          sim.quoting.pck.intermediate.subject,
-                                          sim.quoting.pck.root.subject]
+    assert [c.subject for c in chain] == [
+        sim.quoting.pck.leaf.subject,
+        sim.quoting.pck.intermediate.subject,
+        sim.quoting.pck.root.subject,
+    ]
     assert all(isinstance(c, x509.Certificate) for c in chain)

@@ -26,7 +26,7 @@ def test_fake_quote_layout_from_reference_offsets() -> None:
     assert (version, key_type, tee_type) == (4, 2, 0x81)
     assert quote[12:28] == b"FAKE-QE-VENDOR!!"  # QE vendor ID
     assert b"FAKE" in quote[28:48]  # user_data
-    assert quote[48 + 520:48 + 584] == REPORT_DATA  # body REPORTDATA
+    assert quote[48 + 520 : 48 + 584] == REPORT_DATA  # body REPORTDATA
     (sig_len,) = struct.unpack_from("<I", quote, 632)
     assert len(quote) == 636 + sig_len
     assert attest.is_fake_quote(quote)
@@ -47,7 +47,7 @@ def test_fake_quote_signature_verifies_and_detects_tampering() -> None:
     # QE certification data (type 6): QE report REPORTDATA = SHA-256(attestation key || auth data).
     cert_type, _size = struct.unpack_from("<HI", quote, 764)
     assert cert_type == 6
-    qe_report = quote[770:770 + 384]
+    qe_report = quote[770 : 770 + 384]
     assert qe_report[320:352] == hashlib.sha256(bytes(x + y)).digest()
 
 
@@ -65,8 +65,11 @@ def test_report_data_binding() -> None:
     quote = attest.FakeAttester().quote(rd)
     attest.check_binding(quote, point)
     other = ec.generate_private_key(ec.SECP384R1()).public_key()
-    other_point = b"\x04" + other.public_numbers().x.to_bytes(48, "big") + other.public_numbers(
-    ).y.to_bytes(48, "big")
+    other_point = (
+        b"\x04"
+        + other.public_numbers().x.to_bytes(48, "big")
+        + other.public_numbers().y.to_bytes(48, "big")
+    )
     with pytest.raises(attest.BindingError, match="REPORTDATA"):
         attest.check_binding(quote, other_point)
 
@@ -100,9 +103,9 @@ def test_event_log_has_spec_id_and_four_rtmr_separators() -> None:
     seen = []
     while offset < len(log):
         mr, etype, count, alg = struct.unpack_from("<IIIH", log, offset)
-        digest = log[offset + 14:offset + 62]
+        digest = log[offset + 14 : offset + 62]
         (event_size,) = struct.unpack_from("<I", log, offset + 62)
-        event = log[offset + 66:offset + 66 + event_size]
+        event = log[offset + 66 : offset + 66 + event_size]
         assert (etype, count, alg) == (4, 1, 0x000C)
         assert digest == hashlib.sha384(event).digest()
         seen.append(mr)

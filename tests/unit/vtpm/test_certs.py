@@ -107,8 +107,12 @@ def test_verify_issued_by_rejects_other_issuer_and_tampering() -> None:
 
 def test_public_key_of_rejects_unsupported_curve() -> None:
     public = wire.Public(
-        wire.TPM_ALG_ECC, wire.TPM_ALG_SHA256, 0, b"",
-        wire.EccParms(curve_id=0x0020), (b"\x01", b"\x02"),
+        wire.TPM_ALG_ECC,
+        wire.TPM_ALG_SHA256,
+        0,
+        b"",
+        wire.EccParms(curve_id=0x0020),
+        (b"\x01", b"\x02"),
     )
     with pytest.raises(certs.CertificateError, match="curve 0x0020"):
         certs.public_key_of(public)

@@ -26,9 +26,7 @@ def be32(v: int) -> bytes:
 
 def test_get_capability_command_bytes() -> None:
     # Part 3, 30.2: tag NO_SESSIONS, size, TPM_CC_GetCapability, capability, property, count.
-    expected = (
-        be16(0x8001) + be32(22) + be32(0x17A) + be32(6) + be32(0x105) + be32(1)
-    )
+    expected = be16(0x8001) + be32(22) + be32(0x17A) + be32(6) + be32(0x105) + be32(1)
     cmd = wire.build_command(
         wire.TPM_CC_GET_CAPABILITY, params=wire.GET_CAPABILITY_PARAMS.pack(6, 0x105, 1)
     )
@@ -50,23 +48,40 @@ def test_password_session_command_layout() -> None:
 def test_ek_template_l1_rsa_layout() -> None:
     # TCG EK Credential Profile, template L-1: TPMT_PUBLIC field by field.
     expected = (
-        be16(0x0001) + be16(0x000B) + be32(0x000300B2) + be16(32) + POLICY_A
-        + be16(0x0006) + be16(128) + be16(0x0043)  # AES-128-CFB
+        be16(0x0001)
+        + be16(0x000B)
+        + be32(0x000300B2)
+        + be16(32)
+        + POLICY_A
+        + be16(0x0006)
+        + be16(128)
+        + be16(0x0043)  # AES-128-CFB
         + be16(0x0010)  # scheme NULL
-        + be16(2048) + be32(0)  # keyBits, exponent
-        + be16(256) + bytes(256)  # unique
+        + be16(2048)
+        + be32(0)  # keyBits, exponent
+        + be16(256)
+        + bytes(256)  # unique
     )
     assert EK_TEMPLATE_L1_RSA.pack() == expected
 
 
 def test_ek_template_l2_ecc_layout() -> None:
     expected = (
-        be16(0x0023) + be16(0x000B) + be32(0x000300B2) + be16(32) + POLICY_A
-        + be16(0x0006) + be16(128) + be16(0x0043)
+        be16(0x0023)
+        + be16(0x000B)
+        + be32(0x000300B2)
+        + be16(32)
+        + POLICY_A
+        + be16(0x0006)
+        + be16(128)
+        + be16(0x0043)
         + be16(0x0010)  # scheme NULL
         + be16(0x0003)  # NIST P-256
         + be16(0x0010)  # kdf NULL
-        + be16(32) + bytes(32) + be16(32) + bytes(32)
+        + be16(32)
+        + bytes(32)
+        + be16(32)
+        + bytes(32)
     )
     assert EK_TEMPLATE_L2_ECC.pack() == expected
 

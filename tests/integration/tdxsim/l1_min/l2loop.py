@@ -41,16 +41,24 @@ def field_id(encoding: int, elem: int) -> int:
 
 def setup(l1: L1) -> None:
     l1.tdcall(LEAF_ACCEPT, rcx=BASE | LEVEL_2M)
-    writes = ((VIRTUAL_APIC_PAGE_ADDR, ELEM_64, VAPIC), (GUEST_GDTR_BASE, ELEM_64, GDT),
-              (GUEST_GDTR_LIMIT, ELEM_32, 8 * len(GDT_ENTRIES) - 1),
-              (GUEST_CS_SELECTOR, ELEM_16, SEL_CODE), (GUEST_SS_SELECTOR, ELEM_16, SEL_DATA))
+    writes = (
+        (VIRTUAL_APIC_PAGE_ADDR, ELEM_64, VAPIC),
+        (GUEST_GDTR_BASE, ELEM_64, GDT),
+        (GUEST_GDTR_LIMIT, ELEM_32, 8 * len(GDT_ENTRIES) - 1),
+        (GUEST_CS_SELECTOR, ELEM_16, SEL_CODE),
+        (GUEST_SS_SELECTOR, ELEM_16, SEL_DATA),
+    )
     for encoding, elem, value in writes:
         l1.tdcall(LEAF_VP_WR, rcx=0, rdx=field_id(encoding, elem), r8=value, r9=(1 << 64) - 1)
     l1.write(GDT, b"".join(v.to_bytes(8, "little") for v in GDT_ENTRIES))
     l1.write(CODE, L2_CODE)
     for page, attrs in ((GDT, ATTR_R), (CODE, ATTR_R | ATTR_W | ATTR_XS)):
-        l1.tdcall(LEAF_ATTR_WR, rcx=page, rdx=(attrs | ATTR_VALID) << (16 * VM),
-                  r8=(ATTR_R | ATTR_W | ATTR_XS) << (16 * VM))
+        l1.tdcall(
+            LEAF_ATTR_WR,
+            rcx=page,
+            rdx=(attrs | ATTR_VALID) << (16 * VM),
+            r8=(ATTR_R | ATTR_W | ATTR_XS) << (16 * VM),
+        )
     block = GUEST_STATE.pack(*([0] * 16), RFLAGS_FIXED, CODE, 0, 0)
     l1.write(STATE, block.ljust(GUEST_STATE_SIZE, b"\0"))
 

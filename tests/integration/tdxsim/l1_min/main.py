@@ -43,8 +43,18 @@ class L1:
     def tdcall(self, leaf: int, **regs: int) -> list[int]:
         values = [0] * 16
         values[RAX] = leaf
-        names = {"rcx": RCX, "rdx": RDX, "r8": R8, "r9": R9, "r10": R10, "r11": R11, "r12": R12,
-                 "r13": R13, "r14": R14, "r15": R15}
+        names = {
+            "rcx": RCX,
+            "rdx": RDX,
+            "r8": R8,
+            "r9": R9,
+            "r10": R10,
+            "r11": R11,
+            "r12": R12,
+            "r13": R13,
+            "r14": R14,
+            "r15": R15,
+        }
         for name, value in regs.items():
             values[names[name]] = value
         out: list[int] = self.p.tdcall(values)
@@ -76,8 +86,9 @@ def get_quote(l1: L1, tdreport: bytes) -> bytes:
     shared = QUOTE_BUF | l1.p.shared_bit
     start, end = shared, shared + QUOTE_BUF_SIZE
     for _attempt in range(64):
-        out = l1.tdcall(LEAF_VMCALL, rcx=EXPOSE_R10_R15, r10=0, r11=GHCI_MAP_GPA, r12=start,
-                        r13=end - start)
+        out = l1.tdcall(
+            LEAF_VMCALL, rcx=EXPOSE_R10_R15, r10=0, r11=GHCI_MAP_GPA, r12=start, r13=end - start
+        )
         if out[R10] == 0:
             break
         if out[R10] != 1:
@@ -124,17 +135,19 @@ def entry(platform: Any) -> str:
             checkout_reachable.append(name)
         except ImportError:
             pass
-    return json.dumps({
-        "marker": MARKER,
-        "checkout_reachable": checkout_reachable,
-        "image_path": platform.image_path,
-        "gpaw": info[RCX] & 0x3F,
-        "module_file": __file__,
-        "sys_path": sys.path,
-        "quote": quote.hex(),
-        "report_data": report_data.hex(),
-        "interrupts": interrupts,
-    })
+    return json.dumps(
+        {
+            "marker": MARKER,
+            "checkout_reachable": checkout_reachable,
+            "image_path": platform.image_path,
+            "gpaw": info[RCX] & 0x3F,
+            "module_file": __file__,
+            "sys_path": sys.path,
+            "quote": quote.hex(),
+            "report_data": report_data.hex(),
+            "interrupts": interrupts,
+        }
+    )
 
 
 def fail(platform: Any) -> str:
