@@ -140,10 +140,11 @@ from tdxsim.abi import (
     pack_u32_pair,
     unpack_intr_status,
 )
-from tdxsim.interfaces import Regs, TdExit
-from tdxsim.memory import PageState, TdMemory
-from tdxsim.sept import AliasTable
-from tdxsim.vmcs import L2Vmcs, Vmcs
+from tdxsim.module.host_interface import TdExit
+from tdxsim.module.memory import PageState, TdMemory
+from tdxsim.module.registers import Regs
+from tdxsim.module.sept import AliasTable
+from tdxsim.module.vmcs import L2Vmcs, Vmcs
 
 UNICORN: Any = Uc  # the binding is untyped
 

@@ -55,13 +55,15 @@ from tdxsim.abi import (
     pack_intr_status,
     unpack_intr_status,
 )
-from tdxsim.build import Accumulator, TdBuilder, TdConfig
-from tdxsim.interfaces import AttestationInterface, HostInterface, Regs
 from tdxsim.l2cpu import DEFAULT_INSTRUCTION_BUDGET, GUEST_STATE
-from tdxsim.memory import PAGES_PER_2M, PageState
-from tdxsim.module import TdxModule
-from tdxsim.td import VeInfo
-from tdxsim.vmcs import ELEM_SIZE_OF_WIDTH, Vmcs, width_of
+from tdxsim.module.attestation_interface import AttestationInterface
+from tdxsim.module.build import Accumulator, TdBuilder, TdConfig
+from tdxsim.module.dispatch import TdxModule
+from tdxsim.module.host_interface import HostInterface
+from tdxsim.module.memory import PAGES_PER_2M, PageState
+from tdxsim.module.registers import Regs
+from tdxsim.module.td_state import VeInfo
+from tdxsim.module.vmcs import ELEM_SIZE_OF_WIDTH, Vmcs, width_of
 
 MIB = 1 << 20
 BITS_PER_BYTE = 8
@@ -290,7 +292,7 @@ class TdHarness:
         instruction_budget: int = DEFAULT_INSTRUCTION_BUDGET,
     ) -> TdHarness:
         """A TD built from an IGVM file in directive order; the rest of RAM pending."""
-        from tdxsim.loader import load_igvm
+        from tdxsim.host.igvm_loader import load_igvm
 
         builder = load_igvm(
             path,

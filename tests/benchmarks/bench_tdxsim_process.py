@@ -21,13 +21,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from tdxsim.abi import Leaf
-from tdxsim.channel import Channel, ChannelClosed
-from tdxsim.host import Ghci, HostVmm, ModuleControl
-from tdxsim.interfaces import Regs
-from tdxsim.l1image import build_l1_image
-from tdxsim.shared import SharedMemory
+from tdxsim.host.channel import Channel, ChannelClosed
+from tdxsim.host.l1_image import build_l1_image
+from tdxsim.host.services import Ghci, HostVmm, ModuleControl
+from tdxsim.host.shared_memory import SharedMemory
+from tdxsim.host.vmm import Vmm, simulated_platform
+from tdxsim.module.registers import Regs
 from tdxsim.testing import TdHarness, assemble
-from tdxsim.vmm import Vmm, simulated_platform
 
 TD_EXIT_TARGET_US = 40.0
 L2_EXIT_TARGET_US = 30.0

@@ -18,9 +18,9 @@ from igvm.build import build
 from orchestrator.boot import DEFAULT_RECIPE
 from svsm import eventlog
 from svsm.boot import SVSM_VERSION
-from tdxsim.faults import FaultSet
-from tdxsim.l1image import build_l1_image
-from tdxsim.vmm import RunResult, Vmm, simulated_platform
+from tdxsim.host.faults import FaultSet
+from tdxsim.host.l1_image import build_l1_image
+from tdxsim.host.vmm import RunResult, Vmm, simulated_platform
 from verifier.quote import verify_quote
 from vtpm.attest import EV_SEPARATOR, check_binding
 from vtpm.certs import OID_EVENT_LOG, OID_TD_QUOTE, sec1_point, verify_issued_by

@@ -36,9 +36,10 @@ from tdxsim.abi import (
     Leaf,
     OperandId,
 )
-from tdxsim.interfaces import NullHost, Regs
+from tdxsim.module.host_interface import NullHost
+from tdxsim.module.registers import Regs
+from tdxsim.module.vmcs import Vmcs
 from tdxsim.testing import L2Context, TdHarness, assemble
-from tdxsim.vmcs import Vmcs
 
 CODE = 0x10000
 STACK_PAGE = 0x20000

@@ -20,10 +20,10 @@ from igvm.format import IgvmFile
 from igvm.headers import PageData, SupportedPlatform
 from igvm.writer import write
 from tdxsim.abi import PAGE_SIZE, TDX_L2_EXIT_HOST_ROUTED_ASYNC, ExitReason
-from tdxsim.faults import FaultSet
-from tdxsim.host import DEFAULT_STORM_VECTOR
-from tdxsim.l1image import HEADER_SIZE, build_l1_image
-from tdxsim.vmm import CHECKOUT, HostCallRefused, RunResult, Vmm, simulated_platform
+from tdxsim.host.faults import FaultSet
+from tdxsim.host.l1_image import HEADER_SIZE, build_l1_image
+from tdxsim.host.services import DEFAULT_STORM_VECTOR
+from tdxsim.host.vmm import CHECKOUT, HostCallRefused, RunResult, Vmm, simulated_platform
 from verifier.quote import verify_quote
 
 L1_MIN = Path(__file__).parent / "l1_min"

@@ -15,14 +15,14 @@ from tdxsim.abi import (
     TDX_PENDING_INTERRUPT,
     Leaf,
 )
-from tdxsim.faults import FOREVER, FaultSet, FaultSpecError
-from tdxsim.host import DEFAULT_STORM_VECTOR, UART_LSR, Ghci
-from tdxsim.quoting import (
+from tdxsim.attestation.quoting import (
     GET_QUOTE_ERROR,
     GET_QUOTE_IN_FLIGHT,
     GetQuoteFormatError,
     decode_get_quote_response,
 )
+from tdxsim.host.faults import FOREVER, FaultSet, FaultSpecError
+from tdxsim.host.services import DEFAULT_STORM_VECTOR, UART_LSR, Ghci
 from tests.unit.tdxsim.test_host import BUF, SHARED_BIT, HostTd
 from verifier.errors import VerificationError
 from verifier.quote import verify_quote

@@ -15,9 +15,15 @@ from tdxsim.abi import (
     TDX_SUCCESS,
     Leaf,
 )
-from tdxsim.build import TdBuilder, TdConfig
-from tdxsim.faults import FaultSet
-from tdxsim.host import (
+from tdxsim.attestation.quoting import (
+    GET_QUOTE_DEFAULT_BUFFER_SIZE,
+    GET_QUOTE_ERROR,
+    SimulatedAttestation,
+    decode_get_quote_response,
+    encode_get_quote_request,
+)
+from tdxsim.host.faults import FaultSet
+from tdxsim.host.services import (
     LOG_KEEP,
     SERVICE_HEADER,
     SERVICE_STATUS_UNSUPPORTED,
@@ -28,16 +34,10 @@ from tdxsim.host import (
     HostVmm,
     ModuleControl,
 )
-from tdxsim.interfaces import Regs
-from tdxsim.memory import PageState
-from tdxsim.quoting import (
-    GET_QUOTE_DEFAULT_BUFFER_SIZE,
-    GET_QUOTE_ERROR,
-    SimulatedAttestation,
-    decode_get_quote_response,
-    encode_get_quote_request,
-)
-from tdxsim.shared import HostAccessDenied, SharedMemory
+from tdxsim.host.shared_memory import HostAccessDenied, SharedMemory
+from tdxsim.module.build import TdBuilder, TdConfig
+from tdxsim.module.memory import PageState
+from tdxsim.module.registers import Regs
 from tdxsim.testing import TdHarness
 from verifier.quote import verify_quote
 

@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from enum import IntEnum
 
-from tdxsim.interfaces import Regs
+from tdxsim.module.registers import Regs
 
 MAX_MESSAGE = 64 * 1024
 # Adaptive spinning before a blocking receive: waking a process on an idle core costs tens of

@@ -80,19 +80,14 @@ from tdxsim.abi import (
     pack_cs_info,
     pack_u32_pair,
 )
-from tdxsim.interfaces import (
-    GPR_NAMES,
-    AttestationInterface,
-    HostInterface,
-    NullHost,
-    Regs,
-    TdExit,
-)
 from tdxsim.l2cpu import DEFAULT_INSTRUCTION_BUDGET, L2Vcpu
-from tdxsim.memory import PAGES_PER_2M, PageState, TdMemory
-from tdxsim.sept import AliasTable, check_attr_operands
-from tdxsim.td import TdState, VcpuState
-from tdxsim.vmcs import (
+from tdxsim.module.attestation_interface import AttestationInterface
+from tdxsim.module.host_interface import HostInterface, NullHost, TdExit
+from tdxsim.module.memory import PAGES_PER_2M, PageState, TdMemory
+from tdxsim.module.registers import GPR_NAMES, Regs
+from tdxsim.module.sept import AliasTable, check_attr_operands
+from tdxsim.module.td_state import TdState, VcpuState
+from tdxsim.module.vmcs import (
     ELEM_SIZE_OF_WIDTH,
     KNOWN,
     READ_ONLY,

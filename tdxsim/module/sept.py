@@ -27,7 +27,7 @@ from tdxsim.abi import (
     MAX_L2_VMS,
     attr_word,
 )
-from tdxsim.memory import PageState, TdMemory
+from tdxsim.module.memory import PageState, TdMemory
 
 AliasListener = Callable[[int, int], None]
 

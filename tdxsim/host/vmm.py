@@ -26,8 +26,9 @@ from types import TracebackType
 
 import tdxsim
 from tdxsim.abi import GPAW_48, PAGE_SIZE
-from tdxsim.build import MR_EXTEND_CHUNK
-from tdxsim.channel import (
+from tdxsim.attestation.quoting import QuotingService
+from tdxsim.attestation.report import ReportMacKey
+from tdxsim.host.channel import (
     ADD_PAGE_FORMAT,
     AUG_FORMAT,
     CONVERT_FORMAT,
@@ -50,13 +51,13 @@ from tdxsim.channel import (
     Message,
     MsgType,
 )
-from tdxsim.faults import FaultSet
-from tdxsim.host import HostVmm
-from tdxsim.interfaces import Regs, TdExit
-from tdxsim.l1image import HEADER_SIZE, L1IMAGE_MAGIC, L1ImageHeader
-from tdxsim.quoting import QuotingService
-from tdxsim.report import ReportMacKey
-from tdxsim.shared import RamRegion, SharedMemory
+from tdxsim.host.faults import FaultSet
+from tdxsim.host.l1_image import HEADER_SIZE, L1IMAGE_MAGIC, L1ImageHeader
+from tdxsim.host.services import HostVmm
+from tdxsim.host.shared_memory import RamRegion, SharedMemory
+from tdxsim.module.build import MR_EXTEND_CHUNK
+from tdxsim.module.host_interface import TdExit
+from tdxsim.module.registers import Regs
 
 CHECKOUT = Path(tdxsim.__file__).resolve().parent.parent
 MODEL_PACKAGES = ("tdxsim", "igvm", "verifier")
@@ -80,7 +81,7 @@ class CheckoutFinder:
         return None
 sys.meta_path.append(CheckoutFinder)
 sys.path.extend(sys.argv[4:])
-from tdxsim.tdprocess import main
+from tdxsim.host.td_process import main
 sys.exit(main(fd, CheckoutFinder))
 """
 
@@ -296,11 +297,11 @@ class Vmm:
         self.l1_location = (gpa, len(image))
 
     def load_igvm(self, path: str | Path, ram: list[tuple[int, int]], vcpus: int = 1) -> None:
-        """Replay an IGVM file's directives in file order exactly as tdxsim.loader does, over
-        the channel, and find the L1 image: the first measured PAGE_DATA whose page starts with
-        the image magic (the image's pages follow it)."""
+        """Replay an IGVM file's directives in file order exactly as tdxsim.host.igvm_loader does,
+        over the channel, and find the L1 image: the first measured PAGE_DATA whose page starts
+        with the image magic (the image's pages follow it)."""
         from igvm import format as igvm_format
-        from tdxsim.loader import replay_directives, tdx_mask
+        from tdxsim.host.igvm_loader import replay_directives, tdx_mask
 
         igvm_file = igvm_format.read(path)
         mask, _gpaw = tdx_mask(igvm_file)

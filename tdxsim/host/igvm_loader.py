@@ -19,8 +19,9 @@ from igvm.headers import IGVM_PAGE_FLAG_UNMEASURED as UNMEASURED
 from igvm.headers import PageData, SupportedPlatform
 from igvm.measure import FLUSH_BYTES, MEASURED_PAGE_BYTES
 from tdxsim.abi import GPAW_48, GPAW_52, PAGE_SIZE
-from tdxsim.build import BuildError, TdBuilder, TdConfig
-from tdxsim.interfaces import AttestationInterface, HostInterface
+from tdxsim.module.attestation_interface import AttestationInterface
+from tdxsim.module.build import BuildError, TdBuilder, TdConfig
+from tdxsim.module.host_interface import HostInterface
 
 SHARED_BOUNDARY_GPAW = {0: GPAW_48, 1 << 47: GPAW_48, 1 << 51: GPAW_52}
 DEFAULT_RAM = 64 << 20

@@ -12,7 +12,7 @@ import mmap
 from dataclasses import dataclass
 
 from tdxsim.abi import PAGE_SHIFT, PAGE_SIZE
-from tdxsim.memory import TdMemory
+from tdxsim.module.memory import TdMemory
 
 
 class HostAccessDenied(Exception):

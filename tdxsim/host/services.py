@@ -4,7 +4,7 @@
 (R10 status, R11 return value, R12..R15 arguments, reference 1.3), touches TD memory only through
 `SharedMemory` (shared GPAs the TD converted), and reaches the module's host-side operations
 (conversions, PAGE.AUG, interrupt posting) through a `TdControl`: in process `ModuleControl`, across
-processes the channel (tdxsim.vmm). Misbehaviour on purpose comes from a `FaultSet`.
+processes the channel (tdxsim.host.vmm). Misbehaviour on purpose comes from a `FaultSet`.
 
 Choices where the reference is silent, documented: GetQuote is answered synchronously (status set
 before the TDVMCALL returns), then the notification vector is posted if L1 set one up. Register
@@ -34,10 +34,7 @@ from tdxsim.abi import (
     TDVMCALL_RETRY,
     TDVMCALL_SUCCESS,
 )
-from tdxsim.faults import FOREVER, GETQUOTE_LENGTH_SHORTFALL, LENGTH_LONG, LENGTH_SHORT, FaultSet
-from tdxsim.interfaces import Regs, TdExit
-from tdxsim.module import TdxModule
-from tdxsim.quoting import (
+from tdxsim.attestation.quoting import (
     GET_QUOTE_RESP_FIELDS,
     OUT_LEN_OFFSET,
     PAYLOAD_OFFSET,
@@ -46,7 +43,17 @@ from tdxsim.quoting import (
     GetQuoteHeader,
     QuotingService,
 )
-from tdxsim.shared import HostAccessDenied, SharedMemory
+from tdxsim.host.faults import (
+    FOREVER,
+    GETQUOTE_LENGTH_SHORTFALL,
+    LENGTH_LONG,
+    LENGTH_SHORT,
+    FaultSet,
+)
+from tdxsim.host.shared_memory import HostAccessDenied, SharedMemory
+from tdxsim.module.dispatch import TdxModule
+from tdxsim.module.host_interface import TdExit
+from tdxsim.module.registers import Regs
 from verifier.quote import BODY_OFFSET, TdQuoteBody
 
 U64 = (1 << 64) - 1

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import ClassVar, Self
 
 from tdxsim.abi import REPORTDATA_SIZE, RTMR_COUNT, SHA384_SIZE, TDREPORT_SIZE
-from tdxsim.interfaces import TdInfo
+from tdxsim.module.attestation_interface import TdInfo
 from verifier.layout import StructLayout
 
 TEE_TYPE_TDX = 0x81

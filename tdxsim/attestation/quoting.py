@@ -24,8 +24,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from tdxsim.abi import TDREPORT_SIZE
-from tdxsim.pck import PckChain, generate_pck_chain, new_p256_key
-from tdxsim.report import ReportMacKey, TdReport, TdReportBuilder, TdReportError, verify_tdreport
+from tdxsim.attestation.pck import PckChain, generate_pck_chain, new_p256_key
+from tdxsim.attestation.report import (
+    ReportMacKey,
+    TdReport,
+    TdReportBuilder,
+    TdReportError,
+    verify_tdreport,
+)
 from verifier.layout import StructLayout
 from verifier.quote import (
     ATT_KEY_TYPE_ECDSA_P256,

@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from tdxsim.abi import GPAW_48, LEVEL_2M, LEVEL_4K, PAGE_SIZE
-from tdxsim.interfaces import AttestationInterface, HostInterface
-from tdxsim.memory import PAGES_PER_2M, PageState, TdMemory
-from tdxsim.module import TdxModule
-from tdxsim.td import TdState
+from tdxsim.module.attestation_interface import AttestationInterface
+from tdxsim.module.dispatch import TdxModule
+from tdxsim.module.host_interface import HostInterface
+from tdxsim.module.memory import PAGES_PER_2M, PageState, TdMemory
+from tdxsim.module.td_state import TdState
 
 MR_EXTEND_CHUNK = 256
 HUGE_PAGE = PAGE_SIZE * PAGES_PER_2M

@@ -30,7 +30,11 @@ from tdxsim.abi import (
     TDVMCALL_OPERAND_INVALID,
     TDVMCALL_RETRY,
 )
-from tdxsim.quoting import GET_QUOTE_ERROR, GET_QUOTE_IN_FLIGHT, GET_QUOTE_SERVICE_UNAVAILABLE
+from tdxsim.attestation.quoting import (
+    GET_QUOTE_ERROR,
+    GET_QUOTE_IN_FLIGHT,
+    GET_QUOTE_SERVICE_UNAVAILABLE,
+)
 
 U64 = (1 << 64) - 1
 VECTOR_MAX = 0xFF
