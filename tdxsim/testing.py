@@ -55,6 +55,7 @@ from tdxsim.abi import (
     pack_intr_status,
     unpack_intr_status,
 )
+from tdxsim.errors import TdxsimError
 from tdxsim.l2cpu import DEFAULT_INSTRUCTION_BUDGET, GUEST_STATE
 from tdxsim.module.attestation_interface import AttestationInterface
 from tdxsim.module.build import Accumulator, TdBuilder, TdConfig
@@ -77,11 +78,11 @@ SEL_CODE, SEL_DATA = 0x08, 0x10
 GDT_LIMIT = 3 * 8 - 1
 
 
-class TdcallFailed(AssertionError):
+class TdcallFailed(TdxsimError, AssertionError):
     """A harness convenience call got an error status (names the leaf and the status)."""
 
 
-class PendingPageAccess(Exception):
+class PendingPageAccess(TdxsimError):
     """L1 touched a page it has not accepted: on hardware a #VE (EPT violation, pending)."""
 
     def __init__(self, gpa: int) -> None:
@@ -89,7 +90,7 @@ class PendingPageAccess(Exception):
         self.gpa = gpa
 
 
-class UnmappedPageAccess(Exception):
+class UnmappedPageAccess(TdxsimError):
     """L1 touched a private GPA the host never added: on hardware a TD exit to the host."""
 
     def __init__(self, gpa: int) -> None:

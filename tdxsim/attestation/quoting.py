@@ -32,6 +32,7 @@ from tdxsim.attestation.report import (
     TdReportError,
     verify_tdreport,
 )
+from tdxsim.errors import TdxsimError
 from verifier.layout import StructLayout
 from verifier.quote import (
     ATT_KEY_TYPE_ECDSA_P256,
@@ -112,7 +113,7 @@ QGS_MSG_OFFSET = PAYLOAD_OFFSET + MESSAGE_LENGTH.size
 QGS_BODY_OFFSET = QGS_MSG_OFFSET + QgsMsgHeader.FORMAT.size
 
 
-class GetQuoteFormatError(ValueError):
+class GetQuoteFormatError(TdxsimError, ValueError):
     """A GetQuote shared buffer breaks the format; names the field and its offset in the buffer."""
 
     def __init__(self, field: str, offset: int, reason: str) -> None:
@@ -121,7 +122,7 @@ class GetQuoteFormatError(ValueError):
         self.offset = offset
 
 
-class QuoteRequestRefused(ValueError):
+class QuoteRequestRefused(TdxsimError, ValueError):
     """The quoting service refuses a TDREPORT (bad MAC, bad hashes, wrong size)."""
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import ClassVar, Self
 
 from tdxsim.abi import REPORTDATA_SIZE, RTMR_COUNT, SHA384_SIZE, TDREPORT_SIZE
+from tdxsim.errors import TdxsimError
 from tdxsim.module.attestation_interface import TdInfo
 from verifier.layout import StructLayout
 
@@ -43,7 +44,7 @@ SIMULATED_TEE_TCB_SVN = bytes([1, 5] + [0] * (TEE_TCB_SVN_SIZE - 2))  # minor 1,
 SIMULATED_CPUSVN = bytes(CPUSVN_SIZE)
 
 
-class TdReportError(ValueError):
+class TdReportError(TdxsimError, ValueError):
     """A TDREPORT is malformed or its MAC/hashes do not verify; names the field."""
 
     def __init__(self, field: str, offset: int, reason: str) -> None:

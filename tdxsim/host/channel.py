@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass
 from enum import IntEnum
 
+from tdxsim.errors import TdxsimError
 from tdxsim.module.registers import Regs
 
 MAX_MESSAGE = 64 * 1024
@@ -103,11 +104,11 @@ ENTER_GPRS_AT = 5  # index of RAX in ENTER_MSG's fields
 EXIT_GPRS_AT = 10  # index of RAX in EXIT_MSG's fields
 
 
-class ChannelClosed(ConnectionError):
+class ChannelClosed(TdxsimError, ConnectionError):
     """The other side closed the channel (its process ended)."""
 
 
-class ChannelError(ValueError):
+class ChannelError(TdxsimError, ValueError):
     """A malformed message (names the type and what was wrong)."""
 
 

@@ -35,6 +35,7 @@ from tdxsim.attestation.quoting import (
     GET_QUOTE_IN_FLIGHT,
     GET_QUOTE_SERVICE_UNAVAILABLE,
 )
+from tdxsim.errors import TdxsimError
 
 U64 = (1 << 64) - 1
 VECTOR_MAX = 0xFF
@@ -56,7 +57,7 @@ GETQUOTE_STATUS_NAMES = {
 }
 
 
-class FaultSpecError(ValueError):
+class FaultSpecError(TdxsimError, ValueError):
     """A fault switch string that cannot be parsed (names the switch and the value)."""
 
 

@@ -75,8 +75,9 @@ class HostShutdown(BaseException):
     """The host ended the TD while L1 was inside a TD exit (not catchable as Exception by L1)."""
 
 
-class CheckoutFinder(Protocol):
-    """The bootstrap's meta-path finder for the module model's packages."""
+class SwitchableFinder(Protocol):
+    """The bootstrap's meta-path finder for the module model's packages: the TD process switches it
+    off before importing L1, so L1 comes from its measured image alone."""
 
     enabled: bool
 
@@ -155,7 +156,7 @@ class ChannelHost:
 class TdProcess:
     """The TD process's state and its host-side call handlers."""
 
-    def __init__(self, channel: Channel, finder: CheckoutFinder | None = None) -> None:
+    def __init__(self, channel: Channel, finder: SwitchableFinder | None = None) -> None:
         self.channel = channel
         self.finder = finder
         self.builder: TdBuilder | None = None
@@ -326,7 +327,7 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-def main(sock_fd: int, finder: CheckoutFinder | None = None) -> int:
+def main(sock_fd: int, finder: SwitchableFinder | None = None) -> int:
     """Serve the channel on `sock_fd` until SHUTDOWN; runs L1 at the first ENTER."""
     _die_with_parent()
     channel = Channel(socket.socket(fileno=sock_fd))

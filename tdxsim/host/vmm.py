@@ -28,6 +28,7 @@ import tdxsim
 from tdxsim.abi import GPAW_48, PAGE_SIZE
 from tdxsim.attestation.quoting import QuotingService
 from tdxsim.attestation.report import ReportMacKey
+from tdxsim.errors import TdxsimError
 from tdxsim.host.channel import (
     ADD_PAGE_FORMAT,
     AUG_FORMAT,
@@ -72,25 +73,25 @@ BOOTSTRAP = """
 import sys
 from importlib.machinery import PathFinder
 root, fd, packages = sys.argv[1], int(sys.argv[2]), set(sys.argv[3].split(","))
-class CheckoutFinder:
+class ModelPackageFinder:
     enabled = True
     @classmethod
     def find_spec(cls, name, path=None, target=None):
         if cls.enabled and path is None and name in packages:
             return PathFinder.find_spec(name, [root])
         return None
-sys.meta_path.append(CheckoutFinder)
+sys.meta_path.append(ModelPackageFinder)
 sys.path.extend(sys.argv[4:])
 from tdxsim.host.td_process import main
-sys.exit(main(fd, CheckoutFinder))
+sys.exit(main(fd, ModelPackageFinder))
 """
 
 
-class TdProcessDied(RuntimeError):
+class TdProcessDied(TdxsimError, RuntimeError):
     """The TD process ended without being asked to (crash, kill)."""
 
 
-class HostCallRefused(RuntimeError):
+class HostCallRefused(TdxsimError, RuntimeError):
     """The TD process refused a host-side call (the text names the operation and the GPA)."""
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from tdxsim.abi import GPAW_48, LEVEL_2M, LEVEL_4K, PAGE_SIZE
+from tdxsim.errors import TdxsimError
 from tdxsim.module.attestation_interface import AttestationInterface
 from tdxsim.module.dispatch import TdxModule
 from tdxsim.module.host_interface import HostInterface
@@ -26,7 +27,7 @@ HUGE_PAGE = PAGE_SIZE * PAGES_PER_2M
 FREE_RUN = re.compile(rb"\0+")  # a run of free pages in a page map
 
 
-class BuildError(Exception):
+class BuildError(TdxsimError):
     """A host build operation the module refuses (names the operation and the GPA)."""
 
 

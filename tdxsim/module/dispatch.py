@@ -80,6 +80,7 @@ from tdxsim.abi import (
     pack_cs_info,
     pack_u32_pair,
 )
+from tdxsim.errors import TdxsimError
 from tdxsim.l2cpu import DEFAULT_INSTRUCTION_BUDGET, L2Vcpu
 from tdxsim.module.attestation_interface import AttestationInterface
 from tdxsim.module.host_interface import HostInterface, NullHost, TdExit
@@ -111,16 +112,16 @@ LEVEL_PAGES = {LEVEL_4K: 1, LEVEL_2M: PAGES_PER_2M}
 LEVEL_ALIGN = {LEVEL_4K: PAGE_SIZE, LEVEL_2M: PAGE_SIZE << 9, LEVEL_1G: PAGE_SIZE << 18}
 
 
-class TdcallError(Exception):
-    """Internal: a leaf handler's way to finish with a status (never leaves the module)."""
+class LeafStatusError(TdxsimError):
+    """A leaf handler ends the TDCALL with this completion status (caught inside the module)."""
 
     def __init__(self, status: int, operand: int | None = None) -> None:
         super().__init__(f"{status:#x}")
         self.status = status | (operand if operand is not None else 0)
 
 
-def _fail(status: int, operand: int | None = None) -> TdcallError:
-    return TdcallError(status, operand)
+def _fail(status: int, operand: int | None = None) -> LeafStatusError:
+    return LeafStatusError(status, operand)
 
 
 @functools.cache
@@ -190,7 +191,7 @@ class TdxModule:
                 raise _fail(TDX_OPERAND_INVALID, OperandId.RAX)
             out.rax = TDX_SUCCESS
             handler(out, self.td.vcpus[vcpu])
-        except TdcallError as err:
+        except LeafStatusError as err:
             out.rax = err.status
         except Exception as exc:
             if self.strict:
