@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 
 from tdxsim.errors import TdxsimError
+from tdxsim.module.host_interface import TdExitKind
 from tdxsim.module.registers import Regs
 
 MAX_MESSAGE = 64 * 1024
@@ -63,7 +64,7 @@ class MsgType(IntEnum):
 
 
 class ExitKind(IntEnum):
-    """TD exit kinds in EXIT (the `TdExit.kind` strings, plus TDVMCALL)."""
+    """TD exit kinds on the wire in EXIT (each `TdExitKind`, plus TDVMCALL)."""
 
     TDVMCALL = 0
     EPT_VIOLATION = 1
@@ -71,10 +72,10 @@ class ExitKind(IntEnum):
     TIMER = 3
 
 
-EXIT_KIND_NAMES: dict[int, str] = {
-    ExitKind.EPT_VIOLATION: "ept_violation",
-    ExitKind.L2_HOST_ROUTED: "l2_host_routed",
-    ExitKind.TIMER: "timer",
+EXIT_KIND_NAMES: dict[int, TdExitKind] = {
+    ExitKind.EPT_VIOLATION: TdExitKind.EPT_VIOLATION,
+    ExitKind.L2_HOST_ROUTED: TdExitKind.L2_HOST_ROUTED,
+    ExitKind.TIMER: TdExitKind.TIMER,
 }
 EXIT_KINDS = {name: kind for kind, name in EXIT_KIND_NAMES.items()}
 

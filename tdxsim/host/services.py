@@ -46,13 +46,12 @@ from tdxsim.attestation.quoting import (
 from tdxsim.host.faults import (
     FOREVER,
     GETQUOTE_LENGTH_SHORTFALL,
-    LENGTH_LONG,
-    LENGTH_SHORT,
     FaultSet,
+    GetQuoteLength,
 )
 from tdxsim.host.shared_memory import HostAccessDenied, SharedMemory
 from tdxsim.module.dispatch import TdxModule
-from tdxsim.module.host_interface import TdExit
+from tdxsim.module.host_interface import TdExit, TdExitKind
 from tdxsim.module.registers import Regs
 from verifier.quote import BODY_OFFSET, TdQuoteBody
 
@@ -265,9 +264,9 @@ class HostVmm:
         """A TD exit: AUG a page L1 wants to accept; host-routed L2 exits resume L1."""
         self.log.exits.append(event)
         fixed = False
-        if event.kind == "ept_violation":
+        if event.kind == TdExitKind.EPT_VIOLATION:
             fixed = self.control.page_aug(event.gpa)
-        elif event.kind in ("l2_host_routed", "timer"):
+        elif event.kind in (TdExitKind.L2_HOST_ROUTED, TdExitKind.TIMER):
             fixed = True  # resume L1 (TDH.VP.ENTER RESUME_L1), it sees L2_EXIT_HOST_ROUTED_ASYNC
         self._deliver()
         return fixed
@@ -374,9 +373,9 @@ class HostVmm:
             struct.pack_into("<Q", answer, STATUS_OFFSET, faults.getquote_status)
         if faults.getquote_length is not None:
             real = GetQuoteHeader.unpack(bytes(answer[:PAYLOAD_OFFSET])).out_len
-            if faults.getquote_length == LENGTH_LONG:
+            if faults.getquote_length == GetQuoteLength.LONG:
                 lie = size
-            elif faults.getquote_length == LENGTH_SHORT:
+            elif faults.getquote_length == GetQuoteLength.SHORT:
                 lie = max(real - GETQUOTE_LENGTH_SHORTFALL, 0)
             else:
                 lie = int(faults.getquote_length)

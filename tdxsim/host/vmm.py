@@ -21,6 +21,7 @@ import sysconfig
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from types import TracebackType
 
@@ -57,7 +58,7 @@ from tdxsim.host.l1_image import HEADER_SIZE, L1IMAGE_MAGIC, L1ImageHeader
 from tdxsim.host.services import HostVmm
 from tdxsim.host.shared_memory import RamRegion, SharedMemory
 from tdxsim.module.build import MR_EXTEND_CHUNK
-from tdxsim.module.host_interface import TdExit
+from tdxsim.module.host_interface import TdExit, TdExitKind
 from tdxsim.module.registers import Regs
 
 CHECKOUT = Path(tdxsim.__file__).resolve().parent.parent
@@ -95,12 +96,21 @@ class HostCallRefused(TdxsimError, RuntimeError):
     """The TD process refused a host-side call (the text names the operation and the GPA)."""
 
 
+class RunStatus(StrEnum):
+    """How a run of L1 ended."""
+
+    DONE = "done"  # L1 returned
+    FAILED = "failed"  # L1 raised
+    FATAL = "fatal"  # L1 sent a GHCI ReportFatalError
+    DIED = "died"  # the TD process ended on its own or closed the channel
+    TIMEOUT = "timeout"  # no end within the run's time limit
+
+
 @dataclass
 class RunResult:
-    """How a run ended: "done", "failed" (L1 raised), "fatal" (ReportFatalError), "died" or
-    "timeout"."""
+    """How a run ended, L1's result payload, the TD exits served, the time taken and why."""
 
-    status: str
+    status: RunStatus
     output: bytes
     exits: int
     seconds: float
@@ -349,7 +359,7 @@ class Vmm:
         deadline = start + timeout
         exits = 0
 
-        def result(status: str, output: bytes = b"", detail: str = "") -> RunResult:
+        def result(status: RunStatus, output: bytes = b"", detail: str = "") -> RunResult:
             host.join_rewriters()
             return RunResult(status, output, exits, time.monotonic() - start, detail)
 
@@ -366,7 +376,7 @@ class Vmm:
                         if host.log.fatal is not None:
                             self.kill()
                             return result(
-                                "fatal",
+                                RunStatus.FATAL,
                                 host.log.fatal.message,
                                 f"ReportFatalError code {host.log.fatal.code:#x}",
                             )
@@ -374,7 +384,7 @@ class Vmm:
                     else:
                         _k, _vcpu, vm, eeq, reason, gpa, qual = values[:7]
                         event = TdExit(
-                            EXIT_KIND_NAMES.get(kind, "timer"),
+                            EXIT_KIND_NAMES.get(kind, TdExitKind.TIMER),
                             gpa=gpa,
                             eeq_type=eeq,
                             vm=vm,
@@ -385,19 +395,21 @@ class Vmm:
                     continue
                 msg = Channel.parse(data)
                 if msg.type == MsgType.DONE:
-                    return result("done", msg.rest(DONE_FORMAT))
+                    return result(RunStatus.DONE, msg.rest(DONE_FORMAT))
                 elif msg.type == MsgType.FAILED:
                     text = msg.payload.decode(errors="replace")
-                    return result("failed", msg.payload, (text.strip().splitlines() or [""])[-1])
+                    return result(
+                        RunStatus.FAILED, msg.payload, (text.strip().splitlines() or [""])[-1]
+                    )
                 else:
                     raise HostCallRefused(f"unexpected {msg.type.name} while the TD runs")
         except TdProcessDied as exc:
-            return result("died", b"", str(exc))
+            return result(RunStatus.DIED, b"", str(exc))
         except ChannelClosed as exc:
-            return result("died", b"", str(self._died(f"closed the channel ({exc})")))
+            return result(RunStatus.DIED, b"", str(self._died(f"closed the channel ({exc})")))
         except TimeoutError:
             self.kill()
-            return result("timeout", b"", f"no end within {timeout} s")
+            return result(RunStatus.TIMEOUT, b"", f"no end within {timeout} s")
 
     # --- teardown -------------------------------------------------------------------------------
     def kill(self) -> None:

@@ -83,7 +83,7 @@ from tdxsim.abi import (
 from tdxsim.errors import TdxsimError
 from tdxsim.l2cpu import DEFAULT_INSTRUCTION_BUDGET, L2Vcpu
 from tdxsim.module.attestation_interface import AttestationInterface
-from tdxsim.module.host_interface import HostInterface, NullHost, TdExit
+from tdxsim.module.host_interface import HostInterface, NullHost, TdExit, TdExitKind
 from tdxsim.module.memory import PAGES_PER_2M, PageState, TdMemory
 from tdxsim.module.registers import GPR_NAMES, Regs
 from tdxsim.module.sept import AliasTable, check_attr_operands
@@ -360,7 +360,7 @@ class TdxModule:
             state = self.memory.page_state(gpa)
             if state not in (PageState.NOT_PRESENT, PageState.BLOCKED):
                 break
-            if not self._host_fix(TdExit("ept_violation", gpa=gpa, eeq_type=EEQ_ACCEPT)):
+            if not self._host_fix(TdExit(TdExitKind.EPT_VIOLATION, gpa=gpa, eeq_type=EEQ_ACCEPT)):
                 raise _fail(TDX_OPERAND_INVALID, OperandId.RCX)
         else:
             raise _fail(TDX_OPERAND_INVALID, OperandId.RCX)
@@ -482,7 +482,7 @@ class TdxModule:
         for _attempt in range(2):
             if self.memory.page_state(gpa) not in (PageState.NOT_PRESENT, PageState.BLOCKED):
                 break
-            if not self._host_fix(TdExit("ept_violation", gpa=gpa, eeq_type=EEQ_ATTR_WR)):
+            if not self._host_fix(TdExit(TdExitKind.EPT_VIOLATION, gpa=gpa, eeq_type=EEQ_ATTR_WR)):
                 raise _fail(TDX_OPERAND_INVALID, OperandId.RCX)
         else:
             raise _fail(TDX_OPERAND_INVALID, OperandId.RCX)
@@ -512,7 +512,7 @@ class TdxModule:
         block = self.memory.huge_block(gpa)
         assert block is not None
         first, _base = block
-        self.host.td_exit(TdExit("ept_violation", gpa=gpa, eeq_type=EEQ_ATTR_WR))
+        self.host.td_exit(TdExit(TdExitKind.EPT_VIOLATION, gpa=gpa, eeq_type=EEQ_ATTR_WR))
         self.memory.level[first : first + PAGES_PER_2M] = bytes([LEVEL_4K]) * PAGES_PER_2M
 
     def _vp_enter(self, r: Regs, vcpu: VcpuState) -> None:

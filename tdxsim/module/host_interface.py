@@ -8,20 +8,26 @@ Intel TDX Module TD Partitioning Architecture Specification) leave the TD throug
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Protocol
 
 from tdxsim.abi import TDVMCALL_OPERAND_INVALID
 from tdxsim.module.registers import Regs
 
 
+class TdExitKind(StrEnum):
+    """Why the TD exits to the host (a TDVMCALL goes through `HostInterface.tdvmcall` instead)."""
+
+    EPT_VIOLATION = "ept_violation"  # L1 touched a page the host has not mapped (ACCEPT, ATTR.WR)
+    L2_HOST_ROUTED = "l2_host_routed"  # an L2 exit the TD partitioning rules route to the host
+    TIMER = "timer"  # L2 used its instruction budget: the host's timer interrupt preempts it
+
+
 @dataclass(frozen=True)
 class TdExit:
-    """A TD exit to the host: why, for which GPA, and (for L2 exits) which VM.
+    """A TD exit to the host: why, for which GPA, and (for L2 exits) which VM."""
 
-    `kind` is one of "ept_violation", "tdvmcall", "l2_host_routed", "timer".
-    """
-
-    kind: str
+    kind: TdExitKind
     gpa: int = 0
     eeq_type: int = 0
     vm: int = 0
