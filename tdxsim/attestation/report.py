@@ -1,4 +1,7 @@
-"""TDREPORT_STRUCT (reference 7.1), as TDG.MR.REPORT writes it, with a simulated MAC.
+"""TDREPORT_STRUCT as TDG.MR.REPORT writes it, with a simulated MAC.
+
+Layout: Intel TDX Module v1.5 ABI Specification, TDREPORT_STRUCT, REPORTMACSTRUCT, TEE_TCB_INFO
+and TDINFO_STRUCT.
 
 On hardware the MAC is computed and checked inside the CPU with a key that never leaves it; here it
 is SIMULATED: HMAC-SHA-256 under a key held by one simulated platform instance, over REPORTMACSTRUCT

@@ -3,7 +3,8 @@
 These are the SEAMCALLs the host VMM issues before the TD runs (TDH.MNG.CREATE/INIT,
 TDH.MEM.PAGE.ADD, TDH.MR.EXTEND, TDH.MEM.PAGE.AUG, TDH.MR.FINALIZE, TDH.VP.CREATE). MRTD is
 accumulated with `igvm.measure.MrtdAccumulator`, so the build and the offline prediction share one
-definition of the 128-byte extension blocks (reference igvm.md 4.1).
+definition of the 128-byte extension blocks (Intel TDX Module Base Architecture Specification,
+MRTD measurement by TDH.MEM.PAGE.ADD and TDH.MR.EXTEND).
 """
 
 from __future__ import annotations

@@ -1,8 +1,11 @@
-"""The simulated TDX 1.5 module: the TDCALL dispatcher L1 talks to (reference sections 1 to 4).
+"""The simulated TDX 1.5 module: the TDCALL dispatcher L1 talks to.
+
+Leaves, operands and completion statuses: Intel TDX Module v1.5 ABI Specification (TDCALL leaves);
+the L2 leaves and rules: Intel TDX Module TD Partitioning Architecture Specification.
 
 `TdxModule.tdcall(regs, vcpu=0) -> Regs` takes the leaf in RAX and operands in the other GPRs and
-returns every register as the module leaves it, status in RAX. Bad operands produce the exact
-status of the reference with the operand id in RAX[31:0]; no Python exception escapes (an
+returns every register as the module leaves it, status in RAX. Bad operands produce the exact status
+the TDX module source returns, with the operand id in RAX[31:0]; no Python exception escapes (an
 internal error is recorded in `internal_errors` and reported as TDX_OPERAND_INVALID naming RAX,
 unless `strict` asks for it to be raised, which tests do).
 
@@ -13,7 +16,7 @@ naming the GPA operand instead of spinning forever. ATTR.WR at 4K inside a 2M ma
 mapping (the host's job on hardware, transparent to L1). Only leaf version 0 is supported.
 L2 SEPT paging pages are not modelled, so TDX_L2_SEPT_WALK_FAILED never occurs.
 
-Host-side operations on a running TD (the host VMM of part 2 calls these): `post_l1_interrupt`,
+Host-side operations on a running TD (the host VMM calls these): `post_l1_interrupt`,
 `host_convert_to_shared` / `host_convert_to_private` (MapGPA), `host_block` / `host_unblock`.
 """
 
@@ -228,7 +231,7 @@ class TdxModule:
             )
         return self._l2[key]
 
-    # --- host side (part 2 drives these) ---------------------------------------------------
+    # --- host side (the host VMM drives these) ---------------------------------------------------
     def post_l1_interrupt(self, vcpu: int, vector: int) -> None:
         """A host interrupt posted to L1: raise L1's RVI and make a running L2 exit."""
         state = self.td.vcpus[vcpu]
