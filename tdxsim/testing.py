@@ -1,6 +1,6 @@
 """Test harness: build a TD on the simulated module and act as its L1, in-process.
 
-Every later part (the L1 paravisor) is tested through this. A test builds a TD, issues raw
+The L1 paravisor is tested through this. A test builds a TD, issues raw
 TDCALLs with register values, reads and writes L1 memory (a pending page refuses, as a #VE
 would), and places L2 code at a GPA::
 
