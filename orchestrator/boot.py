@@ -28,10 +28,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from igvm.build import build as build_igvm
 from svsm import eventlog
-from tdxsim.faults import FaultSet
-from tdxsim.l1image import build_l1_image
-from tdxsim.quoting import QuotingService
-from tdxsim.vmm import RunResult, Vmm, simulated_platform
+from tdxsim.attestation.quoting import QuotingService
+from tdxsim.host.faults import FaultSet
+from tdxsim.host.l1_image import build_l1_image
+from tdxsim.host.vmm import RunResult, RunStatus, Vmm, simulated_platform
 from verifier.quote import verify_quote
 from vtpm.attest import EV_SEPARATOR, RTMR_COUNT, attester_from_name, check_binding
 from vtpm.certs import OID_EVENT_LOG, OID_TD_QUOTE, sec1_point, verify_issued_by
@@ -141,7 +141,7 @@ def run_local(
     faults: FaultSet | None = None,
 ) -> BootReport:
     """Run every boot step that exists; raises BootError naming the step that failed. `faults`
-    makes the untrusted host misbehave on purpose (tdxsim.faults)."""
+    makes the untrusted host misbehave on purpose (tdxsim.host.faults)."""
     report = BootReport(image=image)
     mac_key, quoting = simulated_platform()
 
@@ -172,7 +172,7 @@ def run_local(
             uart = bytes(vmm.host.uart.output).decode(errors="replace") if vmm.host else ""
             for line in uart.splitlines():
                 out(f"    L1| {line}")
-            if run.status != "done":
+            if run.status != RunStatus.DONE:
                 raise BootError(f"L1 run {run.status}: {run.detail}")
             report.l1 = L1Summary.parse(run, uart)
             out(f"    L1 returned after {run.exits} TD exits in {run.seconds * 1000:.0f} ms")

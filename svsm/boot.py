@@ -49,7 +49,7 @@ IO_SIZE_1, IO_WRITE = 1, 1
 MS_PER_S = 1000
 
 
-class BootError(RuntimeError):
+class BootStepError(RuntimeError):
     """A boot step of L1 failed; the message names the step and the cause."""
 
 
@@ -72,7 +72,7 @@ class Boot:
 
     @contextmanager
     def step(self, title: str) -> Iterator[None]:
-        """Time a step, log it on the UART, and turn any failure into a BootError naming it."""
+        """Time a step, log it on the UART, and turn any failure into a BootStepError naming it."""
         self.step_number += 1
         label = f"svsm step {self.step_number} ({title})"
         start = time.perf_counter()
@@ -81,7 +81,7 @@ class Boot:
         except Exception as exc:
             with contextlib.suppress(Exception):  # the UART is the host's; the real error wins
                 self.say(f"{label} FAILED: {exc}")
-            raise BootError(f"{label} failed: {exc}") from exc
+            raise BootStepError(f"{label} failed: {exc}") from exc
         elapsed = (time.perf_counter() - start) * MS_PER_S
         self.timings[title] = round(elapsed, 3)
         self.say(f"{label} done in {elapsed:.1f} ms")

@@ -140,10 +140,11 @@ from tdxsim.abi import (
     pack_u32_pair,
     unpack_intr_status,
 )
-from tdxsim.interfaces import Regs, TdExit
-from tdxsim.memory import PageState, TdMemory
-from tdxsim.sept import AliasTable
-from tdxsim.vmcs import L2Vmcs, Vmcs
+from tdxsim.module.host_interface import TdExit, TdExitKind
+from tdxsim.module.memory import PageState, TdMemory
+from tdxsim.module.registers import Regs
+from tdxsim.module.sept import AliasTable
+from tdxsim.module.vmcs import L2Vmcs, Vmcs
 
 UNICORN: Any = Uc  # the binding is untyped
 
@@ -981,8 +982,8 @@ class L2Vcpu:
         qual = kind | EPTV_GLA_VALID | EPTV_TRANSLATED
         if self.memory.is_shared(gpa) or state in (PageState.NOT_PRESENT, PageState.BLOCKED):
             self.host.td_exit(
-                TdExit("l2_host_routed", gpa=gpa, vm=self.vm, exit_reason=ExitReason.EPT_VIOLATION,
-                       qualification=qual)
+                TdExit(TdExitKind.L2_HOST_ROUTED, gpa=gpa, vm=self.vm,
+                       exit_reason=ExitReason.EPT_VIOLATION, qualification=qual)
             )  # fmt: skip
             return ExitInfo(TDX_L2_EXIT_HOST_ROUTED_ASYNC, ExitReason.EPT_VIOLATION, qual, gla, gpa)
         if state == PageState.PENDING:
@@ -1000,7 +1001,8 @@ class L2Vcpu:
         return ExitInfo(TDX_SUCCESS, ExitReason.EPT_VIOLATION, qual, gla, gpa)
 
     def _timer_exit(self) -> ExitInfo:
-        self.host.td_exit(TdExit("timer", vm=self.vm, exit_reason=ExitReason.EXTERNAL_INTERRUPT))
+        exit_reason = ExitReason.EXTERNAL_INTERRUPT
+        self.host.td_exit(TdExit(TdExitKind.TIMER, vm=self.vm, exit_reason=exit_reason))
         return ExitInfo(TDX_L2_EXIT_HOST_ROUTED_ASYNC, ExitReason.EXTERNAL_INTERRUPT)
 
     def _on_interrupt(self, uc: Any, intno: int, _data: object) -> None:

@@ -1,6 +1,6 @@
 """Test harness: build a TD on the simulated module and act as its L1, in-process.
 
-Every later part (the L1 paravisor) is tested through this. A test builds a TD, issues raw
+The L1 paravisor is tested through this. A test builds a TD, issues raw
 TDCALLs with register values, reads and writes L1 memory (a pending page refuses, as a #VE
 would), and places L2 code at a GPA::
 
@@ -55,13 +55,16 @@ from tdxsim.abi import (
     pack_intr_status,
     unpack_intr_status,
 )
-from tdxsim.build import Accumulator, TdBuilder, TdConfig
-from tdxsim.interfaces import AttestationInterface, HostInterface, Regs
+from tdxsim.errors import TdxsimError
 from tdxsim.l2cpu import DEFAULT_INSTRUCTION_BUDGET, GUEST_STATE
-from tdxsim.memory import PAGES_PER_2M, PageState
-from tdxsim.module import TdxModule
-from tdxsim.td import VeInfo
-from tdxsim.vmcs import ELEM_SIZE_OF_WIDTH, Vmcs, width_of
+from tdxsim.module.attestation_interface import AttestationInterface
+from tdxsim.module.build import Accumulator, TdBuilder, TdConfig
+from tdxsim.module.dispatch import TdxModule
+from tdxsim.module.host_interface import HostInterface
+from tdxsim.module.memory import PAGES_PER_2M, PageState
+from tdxsim.module.registers import Regs
+from tdxsim.module.td_state import VeInfo
+from tdxsim.module.vmcs import ELEM_SIZE_OF_WIDTH, Vmcs, width_of
 
 MIB = 1 << 20
 BITS_PER_BYTE = 8
@@ -75,11 +78,11 @@ SEL_CODE, SEL_DATA = 0x08, 0x10
 GDT_LIMIT = 3 * 8 - 1
 
 
-class TdcallFailed(AssertionError):
+class TdcallFailed(TdxsimError, AssertionError):
     """A harness convenience call got an error status (names the leaf and the status)."""
 
 
-class PendingPageAccess(Exception):
+class PendingPageAccess(TdxsimError):
     """L1 touched a page it has not accepted: on hardware a #VE (EPT violation, pending)."""
 
     def __init__(self, gpa: int) -> None:
@@ -87,7 +90,7 @@ class PendingPageAccess(Exception):
         self.gpa = gpa
 
 
-class UnmappedPageAccess(Exception):
+class UnmappedPageAccess(TdxsimError):
     """L1 touched a private GPA the host never added: on hardware a TD exit to the host."""
 
     def __init__(self, gpa: int) -> None:
@@ -290,7 +293,7 @@ class TdHarness:
         instruction_budget: int = DEFAULT_INSTRUCTION_BUDGET,
     ) -> TdHarness:
         """A TD built from an IGVM file in directive order; the rest of RAM pending."""
-        from tdxsim.loader import load_igvm
+        from tdxsim.host.igvm_loader import load_igvm
 
         builder = load_igvm(
             path,

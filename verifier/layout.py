@@ -1,7 +1,7 @@
 """Fixed binary layouts: a frozen dataclass whose struct FORMAT lists its fields in order.
 
 The TDX structures (reference tdx-partitioning-abi.md section 7) are declared as such dataclasses
-in `verifier.quote` and `tdxsim.report`; this base gives each its pack/unpack.
+in `verifier.quote` and `tdxsim.attestation.report`; this base gives each its pack/unpack.
 """
 
 from __future__ import annotations

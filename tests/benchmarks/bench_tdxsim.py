@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from tdxsim.abi import ATTR_R, ATTR_VALID, ATTR_W, ATTR_XS, PAGE_SIZE, Leaf, pack_attr
-from tdxsim.memory import TdMemory
+from tdxsim.module.memory import TdMemory
 from tdxsim.testing import TdHarness, assemble
 
 ROUND_TRIP_TARGET_US = 50.0
@@ -145,7 +145,7 @@ def bench_build(quick: bool) -> None:
 def bench_build_image(pages: int, repeats: int) -> None:
     from igvm import format as igvm_format
     from igvm import headers, measure
-    from tdxsim.loader import load_igvm
+    from tdxsim.host.igvm_loader import load_igvm
 
     data = [bytes([i % 251]) * PAGE_SIZE for i in range(pages)]
     image = igvm_format.IgvmFile(

@@ -21,13 +21,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from tdxsim.abi import Leaf
-from tdxsim.channel import Channel, ChannelClosed
-from tdxsim.host import Ghci, HostVmm, ModuleControl
-from tdxsim.interfaces import Regs
-from tdxsim.l1image import build_l1_image
-from tdxsim.shared import SharedMemory
+from tdxsim.host.channel import Channel, ChannelClosed
+from tdxsim.host.l1_image import build_l1_image
+from tdxsim.host.services import Ghci, HostVmm, ModuleControl
+from tdxsim.host.shared_memory import SharedMemory
+from tdxsim.host.vmm import RunStatus, Vmm, simulated_platform
+from tdxsim.module.registers import Regs
 from tdxsim.testing import TdHarness, assemble
-from tdxsim.vmm import Vmm, simulated_platform
 
 TD_EXIT_TARGET_US = 40.0
 L2_EXIT_TARGET_US = 30.0
@@ -104,7 +104,7 @@ def td_process(entry: str) -> tuple[dict[str, list[int]], float, int]:
         vmm.aug_rest()
         vmm.finalize()
         result = vmm.run(120)
-    if result.status != "done":
+    if result.status != RunStatus.DONE:
         raise SystemExit(f"TD process run {result.status}: {result.detail}")
     return json.loads(result.output), time.perf_counter() - t0, result.exits
 
@@ -120,7 +120,7 @@ def boot_seconds() -> float:
         vmm.aug_rest()
         vmm.finalize()
         result = vmm.run(60)
-    assert result.status == "done", result.detail
+    assert result.status == RunStatus.DONE, result.detail
     return time.perf_counter() - t0
 
 

@@ -12,6 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("igvm", "vtpm", "tdxsim", "svsm", "orchestrator", "verifier")
 INVOKE = Path(sys.executable).parent / "invoke"
+TDXSIM_LAYERS = "tdxsim layers: the host side above attestation above the module model"
 
 
 def _copy_tree(dest: Path) -> None:
@@ -43,13 +44,17 @@ def test_project_tree_keeps_every_contract(tmp_path: Path) -> None:
     [
         ("svsm", "tdxsim", "svsm (L1) never reaches the simulated platform"),
         ("tdxsim", "svsm", "tdxsim never imports the paravisor or the vTPM"),
+        ("tdxsim.module", "tdxsim.host", TDXSIM_LAYERS),
+        ("tdxsim.attestation", "tdxsim.host.vmm", TDXSIM_LAYERS),
     ],
 )
 def test_deliberate_cross_import_fails_lint(
     tmp_path: Path, importer: str, imported: str, contract: str
 ) -> None:
     _copy_tree(tmp_path)
-    (tmp_path / importer / "_deliberate_violation.py").write_text(f"import {imported}\n")
+    (tmp_path / importer.replace(".", "/") / "_deliberate_violation.py").write_text(
+        f"import {imported}\n"
+    )
     result = _lint_imports(tmp_path)
     assert result.returncode != 0
     assert f"{contract} BROKEN" in result.stdout

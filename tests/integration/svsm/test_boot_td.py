@@ -18,9 +18,9 @@ from igvm.build import build
 from orchestrator.boot import DEFAULT_RECIPE
 from svsm import eventlog
 from svsm.boot import SVSM_VERSION
-from tdxsim.faults import FaultSet
-from tdxsim.l1image import build_l1_image
-from tdxsim.vmm import RunResult, Vmm, simulated_platform
+from tdxsim.host.faults import FaultSet
+from tdxsim.host.l1_image import build_l1_image
+from tdxsim.host.vmm import RunResult, RunStatus, Vmm, simulated_platform
 from verifier.quote import verify_quote
 from vtpm.attest import EV_SEPARATOR, check_binding
 from vtpm.certs import OID_EVENT_LOG, OID_TD_QUOTE, sec1_point, verify_issued_by
@@ -62,7 +62,7 @@ def _ext(cert: x509.Certificate, oid: x509.ObjectIdentifier) -> bytes:
 
 def test_full_boot_in_the_td_process(image: Path) -> None:
     result, mrtd, uart = boot(image)
-    assert result.status == "done", result.detail
+    assert result.status == RunStatus.DONE, result.detail
     out = json.loads(result.output)
     assert out["num_l2_vms"] == 2  # read with TDG.VM.RD, as the host created the TD
     ca = x509.load_der_x509_certificate(bytes.fromhex(out["ca_certificate"]))
@@ -113,7 +113,7 @@ def test_lying_host_fails_the_boot_with_a_clear_message(
 ) -> None:
     start = time.monotonic()
     result, _mrtd, uart = boot(image, faults)
-    assert result.status == "failed"
+    assert result.status == RunStatus.FAILED
     assert message in result.detail
     assert "FAILED" in uart  # L1 also said so on its UART
     assert time.monotonic() - start < 30  # bounded: no hang

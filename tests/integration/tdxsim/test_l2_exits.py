@@ -36,9 +36,10 @@ from tdxsim.abi import (
     Leaf,
     OperandId,
 )
-from tdxsim.interfaces import NullHost, Regs
+from tdxsim.module.host_interface import NullHost, TdExitKind
+from tdxsim.module.registers import Regs
+from tdxsim.module.vmcs import Vmcs
 from tdxsim.testing import L2Context, TdHarness, assemble
-from tdxsim.vmcs import Vmcs
 
 CODE = 0x10000
 STACK_PAGE = 0x20000
@@ -123,7 +124,7 @@ def test_unbacked_or_shared_gpa_is_host_routed(h: TdHarness, l2: L2Context, gpa:
     assert ex.gpa == gpa
     host = h.module.host
     assert isinstance(host, NullHost)
-    assert host.exits[-1].kind == "l2_host_routed" and host.exits[-1].gpa == gpa
+    assert host.exits[-1].kind == TdExitKind.L2_HOST_ROUTED and host.exits[-1].gpa == gpa
 
 
 # --- exit routing and instruction lengths (reference 3.3) -----------------------------------

@@ -16,8 +16,8 @@ from tdxsim.abi import (
     INTR_INFO_VALID,
     ExitReason,
 )
+from tdxsim.module.vmcs import Vmcs
 from tdxsim.testing import L2Context, TdHarness, assemble
-from tdxsim.vmcs import Vmcs
 
 CODE = 0x10000
 PML4, PDPT, PD, PD_HIGH, PT = 0x70000, 0x71000, 0x72000, 0x74000, 0x73000

@@ -11,10 +11,10 @@ import pytest
 
 from igvm import format as igvm_format
 from igvm import headers, measure
-from tdxsim.build import BuildError
-from tdxsim.loader import IgvmLoadError
-from tdxsim.memory import PageState
-from tdxsim.shared import HostAccessDenied, SharedMemory
+from tdxsim.host.igvm_loader import IgvmLoadError
+from tdxsim.host.shared_memory import HostAccessDenied, SharedMemory
+from tdxsim.module.build import BuildError
+from tdxsim.module.memory import PageState
 from tdxsim.testing import TdHarness
 
 TDX_MASK, SNP_MASK = 1, 2

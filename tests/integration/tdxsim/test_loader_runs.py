@@ -9,9 +9,9 @@ import pytest
 
 from igvm import format as igvm_format
 from igvm import headers, measure
-from tdxsim.build import BuildError, TdBuilder, TdConfig
-from tdxsim.loader import load_igvm
-from tdxsim.memory import PageState
+from tdxsim.host.igvm_loader import load_igvm
+from tdxsim.module.build import BuildError, TdBuilder, TdConfig
+from tdxsim.module.memory import PageState
 
 PAGE = 0x1000
 TDX_MASK = 1

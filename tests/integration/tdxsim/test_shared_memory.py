@@ -16,7 +16,7 @@ from tdxsim.abi import (
     Leaf,
     OperandId,
 )
-from tdxsim.memory import PageState
+from tdxsim.module.memory import PageState
 from tdxsim.testing import TdHarness, UnmappedPageAccess, assemble
 
 CODE = 0x10000

@@ -20,10 +20,11 @@ from igvm.format import IgvmFile
 from igvm.headers import PageData, SupportedPlatform
 from igvm.writer import write
 from tdxsim.abi import PAGE_SIZE, TDX_L2_EXIT_HOST_ROUTED_ASYNC, ExitReason
-from tdxsim.faults import FaultSet
-from tdxsim.host import DEFAULT_STORM_VECTOR
-from tdxsim.l1image import HEADER_SIZE, build_l1_image
-from tdxsim.vmm import CHECKOUT, HostCallRefused, RunResult, Vmm, simulated_platform
+from tdxsim.host.faults import FaultSet
+from tdxsim.host.l1_image import HEADER_SIZE, build_l1_image
+from tdxsim.host.services import DEFAULT_STORM_VECTOR
+from tdxsim.host.vmm import CHECKOUT, HostCallRefused, RunResult, RunStatus, Vmm, simulated_platform
+from tdxsim.module.host_interface import TdExitKind
 from verifier.quote import verify_quote
 
 L1_MIN = Path(__file__).parent / "l1_min"
@@ -76,7 +77,7 @@ def test_l1_boots_from_the_measured_igvm_and_gets_a_quote(vmm: Vmm, tmp_path: Pa
     mrtd = vmm.finalize()
     assert mrtd == measure.mrtd(path)  # the TD's MRTD is what the offline prediction says
     result = vmm.run(30)
-    assert result.status == "done", result.detail
+    assert result.status == RunStatus.DONE, result.detail
     out = json.loads(result.output)
     assert out["marker"] == "l1-min-A"
     # L1 was imported from the image's zip, not from the checkout, and the checkout is not on
@@ -106,7 +107,7 @@ def test_one_changed_byte_changes_mrtd_and_is_what_runs(tmp_path: Path) -> None:
         with Vmm(QUOTING) as v:
             v.create(RAM, mac_key=MAC_KEY)
             result = boot(v, image(source=source))
-            assert result.status == "done", result.detail
+            assert result.status == RunStatus.DONE, result.detail
             results[name] = (v.mrtd, json.loads(result.output)["marker"])
     assert results["A"][0] != results["B"][0]
     assert results["A"][1] == "l1-min-A" and results["B"][1] == "l1-min-B"
@@ -120,7 +121,7 @@ def test_unmeasured_image_pages_are_refused_at_finalize(vmm: Vmm) -> None:
     vmm.l1_location = (IMAGE_GPA, len(l1_image))
     with pytest.raises(HostCallRefused, match=f"{IMAGE_GPA:#x} is not fully measured"):
         vmm.finalize()
-    assert vmm.run(5).status == "failed"  # L1 never runs
+    assert vmm.run(5).status == RunStatus.FAILED  # L1 never runs
 
 
 def test_a_tampered_image_header_is_refused_naming_the_field(vmm: Vmm) -> None:
@@ -140,20 +141,20 @@ def test_host_side_calls_with_bad_gpas_are_refused(vmm: Vmm) -> None:
 
 def test_l1_exception_is_reported_as_failed(vmm: Vmm) -> None:
     result = boot(vmm, image("l1_min.main:fail"))
-    assert result.status == "failed"
+    assert result.status == RunStatus.FAILED
     assert "l1_min gives up on purpose" in result.detail
 
 
 def test_report_fatal_error_ends_the_run_with_the_message(vmm: Vmm) -> None:
     result = boot(vmm, image("l1_min.main:fatal"))
-    assert result.status == "fatal"
+    assert result.status == RunStatus.FATAL
     assert result.output == b"l1_min: fatal on purpose" and "0x51" in result.detail
     assert vmm.proc.poll() is not None  # the host killed the TD; it was not resumed
 
 
 def test_l2_exits_and_host_tdvmcalls_from_l1_in_the_td_process(vmm: Vmm) -> None:
     result = boot(vmm, image("l1_min.l2loop:quick"))
-    assert result.status == "done", result.detail
+    assert result.status == RunStatus.DONE, result.detail
     samples = json.loads(result.output)
     assert len(samples["l2_exit_ns"]) == len(samples["tdvmcall_ns"]) == 20
     assert result.exits >= 20  # each HLT TDVMCALL reached the host process; L2 exits did not
@@ -163,7 +164,7 @@ def test_getquote_fault_reaches_l1_across_processes() -> None:
     with Vmm(QUOTING, FaultSet.parse("getquote-status=error")) as v:
         v.create(RAM, mac_key=MAC_KEY)
         result = boot(v, image())
-    assert result.status == "failed"
+    assert result.status == RunStatus.FAILED
     assert "GetQuote status 0x8000000000000000" in result.detail
 
 
@@ -171,7 +172,7 @@ def test_mapgpa_retry_forever_is_bounded_by_l1() -> None:
     with Vmm(QUOTING, FaultSet.parse("mapgpa-retry=always")) as v:
         v.create(RAM, mac_key=MAC_KEY)
         result = boot(v, image())
-    assert result.status == "failed" and "MapGPA kept asking to retry" in result.detail
+    assert result.status == RunStatus.FAILED and "MapGPA kept asking to retry" in result.detail
 
 
 def test_killed_td_process_is_reported_within_a_second(vmm: Vmm) -> None:
@@ -184,7 +185,7 @@ def test_killed_td_process_is_reported_within_a_second(vmm: Vmm) -> None:
 
     threading.Thread(target=kill, daemon=True).start()
     result = boot(vmm, image("l1_min.main:spin"), timeout=20)
-    assert result.status == "died"
+    assert result.status == RunStatus.DIED
     assert time.monotonic() - killed_at[0] < 1.0
     assert str(vmm.proc.pid) in result.detail and "-9" in result.detail
 
@@ -192,7 +193,7 @@ def test_killed_td_process_is_reported_within_a_second(vmm: Vmm) -> None:
 def test_a_td_that_never_ends_is_stopped_at_the_deadline(vmm: Vmm) -> None:
     start = time.monotonic()
     result = boot(vmm, image("l1_min.main:spin"), timeout=1.0)
-    assert result.status == "timeout"
+    assert result.status == RunStatus.TIMEOUT
     assert time.monotonic() - start < 4.0
     assert vmm.proc.poll() is not None
 
@@ -207,7 +208,7 @@ def test_td_process_killed_before_create_is_reported() -> None:
 
 def test_notification_interrupt_reaches_l1_in_the_td_process(vmm: Vmm) -> None:
     result = boot(vmm, image())
-    assert result.status == "done", result.detail
+    assert result.status == RunStatus.DONE, result.detail
     assert json.loads(result.output)["interrupts"] == [0x40]  # posted when the quote was ready
     assert list(vmm.host.log.injected) == [(0, 0x40)]  # type: ignore[union-attr]
 
@@ -216,7 +217,7 @@ def test_irq_storm_reaches_l1_in_the_td_process() -> None:
     with Vmm(QUOTING, FaultSet.parse("irq-storm=5")) as v:
         v.create(RAM, mac_key=MAC_KEY)
         result = boot(v, image())
-    assert result.status == "done", result.detail
+    assert result.status == RunStatus.DONE, result.detail
     seen = json.loads(result.output)["interrupts"]
     assert seen.count(DEFAULT_STORM_VECTOR) + seen.count(0x40) >= 5
 
@@ -225,18 +226,18 @@ def test_accept_of_a_missing_page_is_fixed_by_the_host_process(vmm: Vmm) -> None
     vmm.load_l1_image(image("l1_min.main:accept4k"), IMAGE_GPA)
     vmm.finalize()  # no AUG: only the image pages exist
     result = vmm.run(30)
-    assert result.status == "done" and result.output == b"0x0"
-    assert [e.kind for e in vmm.host.log.exits] == ["ept_violation"]  # type: ignore[union-attr]
+    assert result.status == RunStatus.DONE and result.output == b"0x0"
+    assert [e.kind for e in vmm.host.log.exits] == [TdExitKind.EPT_VIOLATION]  # type: ignore[union-attr]
 
 
 def test_host_routed_l2_exit_is_seen_by_the_host_and_l1_resumed(vmm: Vmm) -> None:
     result = boot(vmm, image("l1_min.l2loop:host_routed"))
-    assert result.status == "done", result.detail
+    assert result.status == RunStatus.DONE, result.detail
     out = json.loads(result.output)
     assert out["rax"] == TDX_L2_EXIT_HOST_ROUTED_ASYNC | ExitReason.EPT_VIOLATION
     assert out["gpa"] == (1 << 47) | 0x700000
     exits = vmm.host.log.exits  # type: ignore[union-attr]
-    routed = [(e.gpa, e.vm) for e in exits if e.kind == "l2_host_routed"]
+    routed = [(e.gpa, e.vm) for e in exits if e.kind == TdExitKind.L2_HOST_ROUTED]
     assert routed == [((1 << 47) | 0x700000, 1)]
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tdxsim.abi import PAGE_SIZE, TDVMCALL_OPERAND_INVALID, TDVMCALL_SUCCESS
-from tdxsim.channel import (
+from tdxsim.host.channel import (
     CONVERT_FORMAT,
     EXTEND_FORMAT,
     FINALIZE_FORMAT,
@@ -18,11 +18,11 @@ from tdxsim.channel import (
     REPLY_FORMAT,
     MsgType,
 )
-from tdxsim.host import Ghci
-from tdxsim.l1image import build_l1_image
-from tdxsim.shared import HostAccessDenied
-from tdxsim.tdprocess import CHUNKS_PER_PAGE
-from tdxsim.vmm import HostCallRefused, Vmm, simulated_platform
+from tdxsim.host.l1_image import build_l1_image
+from tdxsim.host.services import Ghci
+from tdxsim.host.shared_memory import HostAccessDenied
+from tdxsim.host.td_process import CHUNKS_PER_PAGE
+from tdxsim.host.vmm import HostCallRefused, Vmm, simulated_platform
 from tests.unit.tdxsim.test_host import BUF, SHARED_BIT, HostTd
 
 SECRET = b"L1 private key material"

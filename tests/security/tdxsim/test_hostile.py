@@ -19,10 +19,10 @@ from tdxsim.abi import (
     Leaf,
     attr_word,
 )
-from tdxsim.interfaces import Regs
-from tdxsim.memory import PageState
+from tdxsim.module.memory import PageState
+from tdxsim.module.registers import Regs
+from tdxsim.module.vmcs import Vmcs
 from tdxsim.testing import L2Context, TdHarness, assemble
-from tdxsim.vmcs import Vmcs
 
 pytestmark = pytest.mark.security
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tdxsim.interfaces import TdInfo
-from tdxsim.quoting import SimulatedAttestation
+from tdxsim.attestation.quoting import SimulatedAttestation
+from tdxsim.module.attestation_interface import TdInfo
 
 REPORTDATA = b"\x5a" * 64
 TD = TdInfo(

@@ -13,8 +13,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from tdxsim.pck import generate_pck_chain
-from tdxsim.quoting import QuotingService, SimulatedAttestation
+from tdxsim.attestation.pck import generate_pck_chain
+from tdxsim.attestation.quoting import QuotingService, SimulatedAttestation
 from verifier.chain import ChainError, UntrustedRootError
 from verifier.errors import VerificationError
 from verifier.quote import (

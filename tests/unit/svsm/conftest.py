@@ -9,11 +9,11 @@ import pytest
 
 from svsm.memory import Memory
 from svsm.tdcall import Tdcall
-from tdxsim.faults import FaultSet
-from tdxsim.host import HostVmm, ModuleControl
-from tdxsim.interfaces import Regs
-from tdxsim.quoting import SimulatedAttestation
-from tdxsim.shared import SharedMemory
+from tdxsim.attestation.quoting import SimulatedAttestation
+from tdxsim.host.faults import FaultSet
+from tdxsim.host.services import HostVmm, ModuleControl
+from tdxsim.host.shared_memory import SharedMemory
+from tdxsim.module.registers import Regs
 from tdxsim.testing import TdHarness
 
 SEED = b"svsm unit tests"
@@ -21,7 +21,7 @@ ATTESTATION = SimulatedAttestation.create(SEED)
 
 
 class HarnessPlatform:
-    """`svsm.tdcall.Platform` over a TdHarness: what tdxsim.tdprocess.L1Platform gives L1."""
+    """`svsm.tdcall.Platform` over a TdHarness: what tdxsim.host.td_process.L1Platform gives L1."""
 
     def __init__(self, harness: TdHarness) -> None:
         self.harness = harness

@@ -23,8 +23,8 @@ from svsm.attestation import (
     decode_response,
 )
 from svsm.tdcall import TdcallError
-from tdxsim.faults import FaultSet
-from tdxsim.quoting import encode_get_quote_response
+from tdxsim.attestation.quoting import encode_get_quote_response
+from tdxsim.host.faults import FaultSet
 from verifier.quote import verify_quote
 from vtpm.attest import Attester, AttesterError
 

@@ -8,9 +8,9 @@ import pytest
 
 from svsm.memory import MAPGPA_MAX_RETRIES, PAGE_SIZE, L1MemoryError
 from svsm.tdcall import TdcallError, TdvmcallStatus
-from tdxsim.faults import FaultSet
-from tdxsim.interfaces import Regs
-from tdxsim.memory import PageState
+from tdxsim.host.faults import FaultSet
+from tdxsim.module.memory import PageState
+from tdxsim.module.registers import Regs
 
 from .conftest import Td
 

@@ -15,14 +15,14 @@ from tdxsim.abi import (
     TDX_PENDING_INTERRUPT,
     Leaf,
 )
-from tdxsim.faults import FOREVER, FaultSet, FaultSpecError
-from tdxsim.host import DEFAULT_STORM_VECTOR, UART_LSR, Ghci
-from tdxsim.quoting import (
+from tdxsim.attestation.quoting import (
     GET_QUOTE_ERROR,
     GET_QUOTE_IN_FLIGHT,
     GetQuoteFormatError,
     decode_get_quote_response,
 )
+from tdxsim.host.faults import FOREVER, FaultSet, FaultSpecError, GetQuoteLength
+from tdxsim.host.services import DEFAULT_STORM_VECTOR, UART_LSR, Ghci
 from tests.unit.tdxsim.test_host import BUF, SHARED_BIT, HostTd
 from verifier.errors import VerificationError
 from verifier.quote import verify_quote
@@ -43,7 +43,7 @@ def test_parse_every_switch_and_round_trip() -> None:
     faults = FaultSet.parse(spec)
     assert faults.vmcall_status == TDVMCALL_GPA_INUSE
     assert faults.getquote_status == GET_QUOTE_IN_FLIGHT
-    assert faults.getquote_length == "long"
+    assert faults.getquote_length == GetQuoteLength.LONG
     assert faults.mapgpa_retry == FOREVER and faults.io_wide and faults.irq_spurious == 0x33
     assert FaultSet.parse(faults.describe()) == faults
     assert FaultSet.parse("") == FaultSet() and not FaultSet().active

@@ -15,9 +15,15 @@ from tdxsim.abi import (
     TDX_SUCCESS,
     Leaf,
 )
-from tdxsim.build import TdBuilder, TdConfig
-from tdxsim.faults import FaultSet
-from tdxsim.host import (
+from tdxsim.attestation.quoting import (
+    GET_QUOTE_DEFAULT_BUFFER_SIZE,
+    GET_QUOTE_ERROR,
+    SimulatedAttestation,
+    decode_get_quote_response,
+    encode_get_quote_request,
+)
+from tdxsim.host.faults import FaultSet
+from tdxsim.host.services import (
     LOG_KEEP,
     SERVICE_HEADER,
     SERVICE_STATUS_UNSUPPORTED,
@@ -28,16 +34,11 @@ from tdxsim.host import (
     HostVmm,
     ModuleControl,
 )
-from tdxsim.interfaces import Regs
-from tdxsim.memory import PageState
-from tdxsim.quoting import (
-    GET_QUOTE_DEFAULT_BUFFER_SIZE,
-    GET_QUOTE_ERROR,
-    SimulatedAttestation,
-    decode_get_quote_response,
-    encode_get_quote_request,
-)
-from tdxsim.shared import HostAccessDenied, SharedMemory
+from tdxsim.host.shared_memory import HostAccessDenied, SharedMemory
+from tdxsim.module.build import TdBuilder, TdConfig
+from tdxsim.module.host_interface import TdExitKind
+from tdxsim.module.memory import PageState
+from tdxsim.module.registers import Regs
 from tdxsim.testing import TdHarness
 from verifier.quote import verify_quote
 
@@ -330,7 +331,7 @@ def test_accept_of_a_missing_page_is_fixed_by_the_host_with_page_aug() -> None:
     assert td.h.memory.page_state(0x300000) == PageState.NOT_PRESENT
     assert td.h.tdcall(Leaf.MEM_PAGE_ACCEPT, rcx=0x300000).rax == TDX_SUCCESS
     assert td.h.memory.page_state(0x300000) == PageState.MAPPED
-    assert [e.kind for e in td.host.log.exits] == ["ept_violation"]
+    assert [e.kind for e in td.host.log.exits] == [TdExitKind.EPT_VIOLATION]
     assert td.h.tdcall(Leaf.MEM_PAGE_ACCEPT, rcx=0x5000000).rax != TDX_SUCCESS  # not RAM
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tdxsim.channel import (
+from tdxsim.host.channel import (
     ENTER_FORMAT,
     HEADER,
     MAX_MESSAGE,
@@ -19,8 +19,8 @@ from tdxsim.channel import (
     ChannelError,
     MsgType,
 )
-from tdxsim.interfaces import Regs
-from tdxsim.l1image import HEADER_SIZE, L1Image, L1ImageError, build_l1_image, zip_packages
+from tdxsim.host.l1_image import HEADER_SIZE, L1Image, L1ImageError, build_l1_image, zip_packages
+from tdxsim.module.registers import Regs
 
 L1_MIN = Path(__file__).parents[2] / "integration" / "tdxsim" / "l1_min"
 

@@ -18,8 +18,8 @@ from tdxsim.abi import (
     pack_attr,
     vmcs_class,
 )
-from tdxsim.sept import attr_is_legal
-from tdxsim.vmcs import FieldKind, L2Vmcs, Vmcs, decode_vp_field
+from tdxsim.module.sept import attr_is_legal
+from tdxsim.module.vmcs import FieldKind, L2Vmcs, Vmcs, decode_vp_field
 
 
 def test_attr_packing_round_trip() -> None:

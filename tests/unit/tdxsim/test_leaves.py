@@ -31,10 +31,12 @@ from tdxsim.abi import (
     l2_vmcs_field_id,
     msr_bitmap_field_id,
 )
-from tdxsim.interfaces import NullHost, Regs, TdExit, TdInfo
-from tdxsim.memory import PageState
+from tdxsim.module.attestation_interface import TdInfo
+from tdxsim.module.host_interface import NullHost, TdExit
+from tdxsim.module.memory import PageState
+from tdxsim.module.registers import Regs
+from tdxsim.module.vmcs import Vmcs
 from tdxsim.testing import PendingPageAccess, TdHarness
-from tdxsim.vmcs import Vmcs
 
 INVALID_RAX = TDX_OPERAND_INVALID | OperandId.RAX
 INVALID_RCX = TDX_OPERAND_INVALID | OperandId.RCX
@@ -270,7 +272,7 @@ def test_vmcs_write_masks_apply(h: TdHarness) -> None:
     [Vmcs.PIN_BASED_CONTROLS, Vmcs.EXIT_CONTROLS, Vmcs.POSTED_INTR_NV, Vmcs.GUEST_ACTIVITY_STATE],
 )
 def test_read_only_vmcs_fields(h: TdHarness, encoding: int) -> None:
-    from tdxsim.vmcs import ELEM_SIZE_OF_WIDTH, width_of
+    from tdxsim.module.vmcs import ELEM_SIZE_OF_WIDTH, width_of
 
     fid = l2_vmcs_field_id(1, encoding, ELEM_SIZE_OF_WIDTH[width_of(encoding)])
     before = h.tdcall(Leaf.VP_RD, rdx=fid)

@@ -7,8 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
-from tdxsim.interfaces import TdInfo
-from tdxsim.quoting import (
+from tdxsim.attestation.quoting import (
     GET_QUOTE_ERROR,
     GET_QUOTE_IN_FLIGHT,
     GET_QUOTE_SUCCESS,
@@ -22,7 +21,8 @@ from tdxsim.quoting import (
     encode_get_quote_request,
     encode_get_quote_response,
 )
-from tdxsim.report import ReportMacKey, build_tdreport
+from tdxsim.attestation.report import ReportMacKey, build_tdreport
+from tdxsim.module.attestation_interface import TdInfo
 from verifier.quote import (
     INTEL_QE_VENDOR_ID,
     QuoteParseError,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from tdxsim.pck import derive_p256_key, generate_pck_chain
+from tdxsim.attestation.pck import derive_p256_key, generate_pck_chain
 from verifier.chain import verify_chain
 
 

@@ -7,8 +7,7 @@ import hashlib
 import pytest
 
 from tdxsim.abi import Leaf
-from tdxsim.interfaces import TdInfo
-from tdxsim.report import (
+from tdxsim.attestation.report import (
     SIMULATED_MRSEAM,
     ReportMacKey,
     ReportMacStruct,
@@ -19,6 +18,7 @@ from tdxsim.report import (
     build_tdreport,
     verify_tdreport,
 )
+from tdxsim.module.attestation_interface import TdInfo
 from tdxsim.testing import TdHarness
 
 KEY = ReportMacKey.from_seed(b"report tests")

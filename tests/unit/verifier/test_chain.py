@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tdxsim.pck import PckChain, generate_pck_chain
+from tdxsim.attestation.pck import PckChain, generate_pck_chain
 from verifier.chain import (
     CertificateProfileError,
     CertificateSignatureError,

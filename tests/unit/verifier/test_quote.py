@@ -8,7 +8,7 @@ import struct
 import pytest
 from cryptography import x509
 
-from tdxsim.quoting import SimulatedAttestation
+from tdxsim.attestation.quoting import SimulatedAttestation
 from verifier.chain import UntrustedRootError
 from verifier.errors import VerificationError
 from verifier.quote import (

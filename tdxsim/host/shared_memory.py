@@ -12,10 +12,11 @@ import mmap
 from dataclasses import dataclass
 
 from tdxsim.abi import PAGE_SHIFT, PAGE_SIZE
-from tdxsim.memory import TdMemory
+from tdxsim.errors import TdxsimError
+from tdxsim.module.memory import TdMemory
 
 
-class HostAccessDenied(Exception):
+class HostAccessDenied(TdxsimError):
     """The host touched a GPA it may not (private, or not converted to shared)."""
 
     def __init__(self, gpa: int, reason: str) -> None:

@@ -1,4 +1,7 @@
-"""TDREPORT_STRUCT (reference 7.1), as TDG.MR.REPORT writes it, with a simulated MAC.
+"""TDREPORT_STRUCT as TDG.MR.REPORT writes it, with a simulated MAC.
+
+Layout: Intel TDX Module v1.5 ABI Specification, TDREPORT_STRUCT, REPORTMACSTRUCT, TEE_TCB_INFO
+and TDINFO_STRUCT.
 
 On hardware the MAC is computed and checked inside the CPU with a key that never leaves it; here it
 is SIMULATED: HMAC-SHA-256 under a key held by one simulated platform instance, over REPORTMACSTRUCT
@@ -19,7 +22,8 @@ from dataclasses import dataclass
 from typing import ClassVar, Self
 
 from tdxsim.abi import REPORTDATA_SIZE, RTMR_COUNT, SHA384_SIZE, TDREPORT_SIZE
-from tdxsim.interfaces import TdInfo
+from tdxsim.errors import TdxsimError
+from tdxsim.module.attestation_interface import TdInfo
 from verifier.layout import StructLayout
 
 TEE_TYPE_TDX = 0x81
@@ -43,7 +47,7 @@ SIMULATED_TEE_TCB_SVN = bytes([1, 5] + [0] * (TEE_TCB_SVN_SIZE - 2))  # minor 1,
 SIMULATED_CPUSVN = bytes(CPUSVN_SIZE)
 
 
-class TdReportError(ValueError):
+class TdReportError(TdxsimError, ValueError):
     """A TDREPORT is malformed or its MAC/hashes do not verify; names the field."""
 
     def __init__(self, field: str, offset: int, reason: str) -> None:

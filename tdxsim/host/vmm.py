@@ -21,13 +21,16 @@ import sysconfig
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from types import TracebackType
 
 import tdxsim
 from tdxsim.abi import GPAW_48, PAGE_SIZE
-from tdxsim.build import MR_EXTEND_CHUNK
-from tdxsim.channel import (
+from tdxsim.attestation.quoting import QuotingService
+from tdxsim.attestation.report import ReportMacKey
+from tdxsim.errors import TdxsimError
+from tdxsim.host.channel import (
     ADD_PAGE_FORMAT,
     AUG_FORMAT,
     CONVERT_FORMAT,
@@ -50,13 +53,13 @@ from tdxsim.channel import (
     Message,
     MsgType,
 )
-from tdxsim.faults import FaultSet
-from tdxsim.host import HostVmm
-from tdxsim.interfaces import Regs, TdExit
-from tdxsim.l1image import HEADER_SIZE, L1IMAGE_MAGIC, L1ImageHeader
-from tdxsim.quoting import QuotingService
-from tdxsim.report import ReportMacKey
-from tdxsim.shared import RamRegion, SharedMemory
+from tdxsim.host.faults import FaultSet
+from tdxsim.host.l1_image import HEADER_SIZE, L1IMAGE_MAGIC, L1ImageHeader
+from tdxsim.host.services import HostVmm
+from tdxsim.host.shared_memory import RamRegion, SharedMemory
+from tdxsim.module.build import MR_EXTEND_CHUNK
+from tdxsim.module.host_interface import TdExit, TdExitKind
+from tdxsim.module.registers import Regs
 
 CHECKOUT = Path(tdxsim.__file__).resolve().parent.parent
 MODEL_PACKAGES = ("tdxsim", "igvm", "verifier")
@@ -71,34 +74,43 @@ BOOTSTRAP = """
 import sys
 from importlib.machinery import PathFinder
 root, fd, packages = sys.argv[1], int(sys.argv[2]), set(sys.argv[3].split(","))
-class CheckoutFinder:
+class ModelPackageFinder:
     enabled = True
     @classmethod
     def find_spec(cls, name, path=None, target=None):
         if cls.enabled and path is None and name in packages:
             return PathFinder.find_spec(name, [root])
         return None
-sys.meta_path.append(CheckoutFinder)
+sys.meta_path.append(ModelPackageFinder)
 sys.path.extend(sys.argv[4:])
-from tdxsim.tdprocess import main
-sys.exit(main(fd, CheckoutFinder))
+from tdxsim.host.td_process import main
+sys.exit(main(fd, ModelPackageFinder))
 """
 
 
-class TdProcessDied(RuntimeError):
+class TdProcessDied(TdxsimError, RuntimeError):
     """The TD process ended without being asked to (crash, kill)."""
 
 
-class HostCallRefused(RuntimeError):
+class HostCallRefused(TdxsimError, RuntimeError):
     """The TD process refused a host-side call (the text names the operation and the GPA)."""
+
+
+class RunStatus(StrEnum):
+    """How a run of L1 ended."""
+
+    DONE = "done"  # L1 returned
+    FAILED = "failed"  # L1 raised
+    FATAL = "fatal"  # L1 sent a GHCI ReportFatalError
+    DIED = "died"  # the TD process ended on its own or closed the channel
+    TIMEOUT = "timeout"  # no end within the run's time limit
 
 
 @dataclass
 class RunResult:
-    """How a run ended: "done", "failed" (L1 raised), "fatal" (ReportFatalError), "died" or
-    "timeout"."""
+    """How a run ended, L1's result payload, the TD exits served, the time taken and why."""
 
-    status: str
+    status: RunStatus
     output: bytes
     exits: int
     seconds: float
@@ -296,11 +308,11 @@ class Vmm:
         self.l1_location = (gpa, len(image))
 
     def load_igvm(self, path: str | Path, ram: list[tuple[int, int]], vcpus: int = 1) -> None:
-        """Replay an IGVM file's directives in file order exactly as tdxsim.loader does, over
-        the channel, and find the L1 image: the first measured PAGE_DATA whose page starts with
-        the image magic (the image's pages follow it)."""
+        """Replay an IGVM file's directives in file order exactly as tdxsim.host.igvm_loader does,
+        over the channel, and find the L1 image: the first measured PAGE_DATA whose page starts
+        with the image magic (the image's pages follow it)."""
         from igvm import format as igvm_format
-        from tdxsim.loader import replay_directives, tdx_mask
+        from tdxsim.host.igvm_loader import replay_directives, tdx_mask
 
         igvm_file = igvm_format.read(path)
         mask, _gpaw = tdx_mask(igvm_file)
@@ -347,7 +359,7 @@ class Vmm:
         deadline = start + timeout
         exits = 0
 
-        def result(status: str, output: bytes = b"", detail: str = "") -> RunResult:
+        def result(status: RunStatus, output: bytes = b"", detail: str = "") -> RunResult:
             host.join_rewriters()
             return RunResult(status, output, exits, time.monotonic() - start, detail)
 
@@ -364,7 +376,7 @@ class Vmm:
                         if host.log.fatal is not None:
                             self.kill()
                             return result(
-                                "fatal",
+                                RunStatus.FATAL,
                                 host.log.fatal.message,
                                 f"ReportFatalError code {host.log.fatal.code:#x}",
                             )
@@ -372,7 +384,7 @@ class Vmm:
                     else:
                         _k, _vcpu, vm, eeq, reason, gpa, qual = values[:7]
                         event = TdExit(
-                            EXIT_KIND_NAMES.get(kind, "timer"),
+                            EXIT_KIND_NAMES.get(kind, TdExitKind.TIMER),
                             gpa=gpa,
                             eeq_type=eeq,
                             vm=vm,
@@ -383,19 +395,21 @@ class Vmm:
                     continue
                 msg = Channel.parse(data)
                 if msg.type == MsgType.DONE:
-                    return result("done", msg.rest(DONE_FORMAT))
+                    return result(RunStatus.DONE, msg.rest(DONE_FORMAT))
                 elif msg.type == MsgType.FAILED:
                     text = msg.payload.decode(errors="replace")
-                    return result("failed", msg.payload, (text.strip().splitlines() or [""])[-1])
+                    return result(
+                        RunStatus.FAILED, msg.payload, (text.strip().splitlines() or [""])[-1]
+                    )
                 else:
                     raise HostCallRefused(f"unexpected {msg.type.name} while the TD runs")
         except TdProcessDied as exc:
-            return result("died", b"", str(exc))
+            return result(RunStatus.DIED, b"", str(exc))
         except ChannelClosed as exc:
-            return result("died", b"", str(self._died(f"closed the channel ({exc})")))
+            return result(RunStatus.DIED, b"", str(self._died(f"closed the channel ({exc})")))
         except TimeoutError:
             self.kill()
-            return result("timeout", b"", f"no end within {timeout} s")
+            return result(RunStatus.TIMEOUT, b"", f"no end within {timeout} s")
 
     # --- teardown -------------------------------------------------------------------------------
     def kill(self) -> None:

@@ -1,4 +1,4 @@
-"""The SIMULATED quoting service: TDREPORT in, version-4 TD quote out (reference 7.2).
+"""The SIMULATED quoting service: TDREPORT in, version-4 TD quote out (the DCAP TD quote format).
 
 It stands in for Intel's TD quoting enclave and QGS. It checks the TDREPORT's simulated MAC,
 copies the report into a TD quote body, signs header and body with its ECDSA P-256 attestation key,
@@ -6,8 +6,9 @@ and attaches certification data type 6: a QE report body (SGX REPORTBODY) bindin
 key, signed with the simulated PCK leaf key, and nested type 5 with the PEM chain leaf|intermediate|
 root. The QE vendor ID, QE identity and header user_data are tdxsim's own, never Intel's.
 
-The GetQuote shared buffer (reference 1.3 and 6.1 "Attestation binding") is framed as the ISV
-paravisor does it: a 24-byte header, then a big-endian u32 length and a QGS message.
+The GetQuote shared buffer (GHCI v1.5, TDG.VP.VMCALL<GetQuote>) is framed as Intel's
+TD-partitioning vTPM prototype frames it: a 24-byte header, then a big-endian u32 length and a
+message of the quote generation service (QGS).
 """
 
 from __future__ import annotations
@@ -24,8 +25,15 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from tdxsim.abi import TDREPORT_SIZE
-from tdxsim.pck import PckChain, generate_pck_chain, new_p256_key
-from tdxsim.report import ReportMacKey, TdReport, TdReportBuilder, TdReportError, verify_tdreport
+from tdxsim.attestation.pck import PckChain, generate_pck_chain, new_p256_key
+from tdxsim.attestation.report import (
+    ReportMacKey,
+    TdReport,
+    TdReportBuilder,
+    TdReportError,
+    verify_tdreport,
+)
+from tdxsim.errors import TdxsimError
 from verifier.layout import StructLayout
 from verifier.quote import (
     ATT_KEY_TYPE_ECDSA_P256,
@@ -53,17 +61,17 @@ SIM_QE_ISV_PROD_ID = 2
 SIM_QE_ISV_SVN = 1
 P256_COORDINATE_SIZE = 32
 
-# --- GetQuote shared buffer (reference 6.1) ------------------------------------------------------
+# --- GetQuote shared buffer (GHCI v1.5, TDG.VP.VMCALL<GetQuote>) ----------------------------------
 GET_QUOTE_BUF_VERSION = 1
 GET_QUOTE_SUCCESS = 0
 GET_QUOTE_IN_FLIGHT = 0xFFFFFFFFFFFFFFFF
-# Error statuses [not in reference]: GHCI GetQuote, as the Linux tdx-guest uapi defines them.
+# Error statuses: GHCI v1.5 GetQuote, as the Linux tdx-guest uapi defines them.
 GET_QUOTE_ERROR = 0x8000000000000000
 GET_QUOTE_SERVICE_UNAVAILABLE = 0x8000000000000001
-GET_QUOTE_DEFAULT_BUFFER_SIZE = 2 * 4096  # the ISV paravisor's two shared pages
+GET_QUOTE_DEFAULT_BUFFER_SIZE = 2 * 4096  # two shared pages, as Intel's TD-partitioning vTPM uses
 QGS_MSG_MAJOR_VERSION = 1
 QGS_MSG_MINOR_VERSION = 0
-# QGS message types [not in reference]: qgs_msg_type_t of the DCAP QGS message library.
+# QGS message types: qgs_msg_type_t of the DCAP QGS message library.
 QGS_GET_QUOTE_REQ = 0
 QGS_GET_QUOTE_RESP = 1
 QGS_MSG_SUCCESS = 0
@@ -106,7 +114,7 @@ QGS_MSG_OFFSET = PAYLOAD_OFFSET + MESSAGE_LENGTH.size
 QGS_BODY_OFFSET = QGS_MSG_OFFSET + QgsMsgHeader.FORMAT.size
 
 
-class GetQuoteFormatError(ValueError):
+class GetQuoteFormatError(TdxsimError, ValueError):
     """A GetQuote shared buffer breaks the format; names the field and its offset in the buffer."""
 
     def __init__(self, field: str, offset: int, reason: str) -> None:
@@ -115,7 +123,7 @@ class GetQuoteFormatError(ValueError):
         self.offset = offset
 
 
-class QuoteRequestRefused(ValueError):
+class QuoteRequestRefused(TdxsimError, ValueError):
     """The quoting service refuses a TDREPORT (bad MAC, bad hashes, wrong size)."""
 
 

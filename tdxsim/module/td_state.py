@@ -9,8 +9,8 @@ import hashlib
 from dataclasses import dataclass, field
 
 from tdxsim.abi import MAX_L2_VMS, RTMR_COUNT, SHA384_SIZE
-from tdxsim.interfaces import TdInfo
-from tdxsim.vmcs import L2Vmcs
+from tdxsim.module.attestation_interface import TdInfo
+from tdxsim.module.vmcs import L2Vmcs
 
 ZERO48 = bytes(SHA384_SIZE)
 

@@ -1,14 +1,14 @@
-"""The untrusted host VMM: GHCI TDVMCALL services and TD-exit handling (reference 1.3, 2.5, 4, 6.1).
+"""The untrusted host VMM's services: GHCI v1.5 TDVMCALL sub-functions and TD-exit handling.
 
 `HostVmm` implements `HostInterface`. It answers TDG.VP.VMCALL with R10 = 0 by sub-function in R11
-(R10 status, R11 return value, R12..R15 arguments, reference 1.3), touches TD memory only through
-`SharedMemory` (shared GPAs the TD converted), and reaches the module's host-side operations
+(R10 status, R11 return value, R12..R15 arguments; GHCI v1.5, TDG.VP.VMCALL), touches TD memory only
+through `SharedMemory` (shared GPAs the TD converted), and reaches the module's host-side operations
 (conversions, PAGE.AUG, interrupt posting) through a `TdControl`: in process `ModuleControl`, across
-processes the channel (tdxsim.vmm). Misbehaviour on purpose comes from a `FaultSet`.
+processes the channel (tdxsim.host.vmm). Misbehaviour on purpose comes from a `FaultSet`.
 
-Choices where the reference is silent, documented: GetQuote is answered synchronously (status set
+Choices GHCI leaves to the host, documented: GetQuote is answered synchronously (status set
 before the TDVMCALL returns), then the notification vector is posted if L1 set one up. Register
-layouts the reference does not give follow GHCI 1.5 and are marked [not in reference]:
+layouts per GHCI v1.5:
 ReportFatalError (R12 = error code, bit 63 = R13 holds the shared GPA of a NUL-terminated message),
 Service (R12/R13 = shared command/response buffer GPAs; buffers start with GUID[16], length u32,
 then reserved u32 in a command, status u32 in a response). MapGPA converts at most
@@ -34,10 +34,7 @@ from tdxsim.abi import (
     TDVMCALL_RETRY,
     TDVMCALL_SUCCESS,
 )
-from tdxsim.faults import FOREVER, GETQUOTE_LENGTH_SHORTFALL, LENGTH_LONG, LENGTH_SHORT, FaultSet
-from tdxsim.interfaces import Regs, TdExit
-from tdxsim.module import TdxModule
-from tdxsim.quoting import (
+from tdxsim.attestation.quoting import (
     GET_QUOTE_RESP_FIELDS,
     OUT_LEN_OFFSET,
     PAYLOAD_OFFSET,
@@ -46,7 +43,16 @@ from tdxsim.quoting import (
     GetQuoteHeader,
     QuotingService,
 )
-from tdxsim.shared import HostAccessDenied, SharedMemory
+from tdxsim.host.faults import (
+    FOREVER,
+    GETQUOTE_LENGTH_SHORTFALL,
+    FaultSet,
+    GetQuoteLength,
+)
+from tdxsim.host.shared_memory import HostAccessDenied, SharedMemory
+from tdxsim.module.dispatch import TdxModule
+from tdxsim.module.host_interface import TdExit, TdExitKind
+from tdxsim.module.registers import Regs
 from verifier.quote import BODY_OFFSET, TdQuoteBody
 
 U64 = (1 << 64) - 1
@@ -75,9 +81,9 @@ REWRITE_AT = (
     + TdQuoteBody.FORMAT.size
     - REPORTDATA_SIZE
 )
-# [not in reference] GHCI 1.5 Service buffers: GUID, length, then reserved (command) or status
+# GHCI v1.5 Service buffers: GUID, length, then reserved (command) or status
 SERVICE_HEADER = struct.Struct("<16sII")
-SERVICE_STATUS_UNSUPPORTED = 1  # [not in reference] GHCI 1.5 Service response "unsupported GUID"
+SERVICE_STATUS_UNSUPPORTED = 1  # GHCI v1.5 Service response "unsupported GUID"
 LOG_KEEP = 1024
 UART_BASE = 0x3F8
 UART_LSR = UART_BASE + 5
@@ -85,7 +91,7 @@ UART_LSR_THR_EMPTY = 0x60
 
 
 class Ghci(IntEnum):
-    """TDVMCALL sub-functions in R11 (reference 1.3)."""
+    """TDVMCALL sub-functions in R11 (GHCI v1.5, TDG.VP.VMCALL leaves)."""
 
     CPUID = 0x0A
     HLT = 0x0C
@@ -258,9 +264,9 @@ class HostVmm:
         """A TD exit: AUG a page L1 wants to accept; host-routed L2 exits resume L1."""
         self.log.exits.append(event)
         fixed = False
-        if event.kind == "ept_violation":
+        if event.kind == TdExitKind.EPT_VIOLATION:
             fixed = self.control.page_aug(event.gpa)
-        elif event.kind in ("l2_host_routed", "timer"):
+        elif event.kind in (TdExitKind.L2_HOST_ROUTED, TdExitKind.TIMER):
             fixed = True  # resume L1 (TDH.VP.ENTER RESUME_L1), it sees L2_EXIT_HOST_ROUTED_ASYNC
         self._deliver()
         return fixed
@@ -367,9 +373,9 @@ class HostVmm:
             struct.pack_into("<Q", answer, STATUS_OFFSET, faults.getquote_status)
         if faults.getquote_length is not None:
             real = GetQuoteHeader.unpack(bytes(answer[:PAYLOAD_OFFSET])).out_len
-            if faults.getquote_length == LENGTH_LONG:
+            if faults.getquote_length == GetQuoteLength.LONG:
                 lie = size
-            elif faults.getquote_length == LENGTH_SHORT:
+            elif faults.getquote_length == GetQuoteLength.SHORT:
                 lie = max(real - GETQUOTE_LENGTH_SHORTFALL, 0)
             else:
                 lie = int(faults.getquote_length)

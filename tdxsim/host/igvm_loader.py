@@ -1,9 +1,10 @@
 """Build a TD from an IGVM file: PAGE.ADD / MR.EXTEND in directive order, the rest of RAM pending.
 
-Follows reference igvm.md 4.2 (the microsoft/igvm walk): headers whose compatibility mask does not
-cover the TDX platform's are skipped; shared PAGE_DATA is not added; measured PAGE_DATA gets
-PAGE.ADD plus 16 MR.EXTENDs; unmeasured PAGE_DATA and every page of a PARAMETER_INSERT get
-PAGE.ADD only, the latter with the host-filled parameter area (memory map, VP count) as content.
+Follows the IGVM file format's directive walk as the microsoft/igvm crate does it: headers whose
+compatibility mask does not cover the TDX platform's are skipped; shared PAGE_DATA is not added;
+measured PAGE_DATA gets PAGE.ADD plus 16 MR.EXTENDs; unmeasured PAGE_DATA and every page of a
+PARAMETER_INSERT get PAGE.ADD only, the latter with the host-filled parameter area (memory map,
+VP count) as content.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from igvm.headers import IGVM_PAGE_FLAG_UNMEASURED as UNMEASURED
 from igvm.headers import PageData, SupportedPlatform
 from igvm.measure import FLUSH_BYTES, MEASURED_PAGE_BYTES
 from tdxsim.abi import GPAW_48, GPAW_52, PAGE_SIZE
-from tdxsim.build import BuildError, TdBuilder, TdConfig
-from tdxsim.interfaces import AttestationInterface, HostInterface
+from tdxsim.module.attestation_interface import AttestationInterface
+from tdxsim.module.build import BuildError, TdBuilder, TdConfig
+from tdxsim.module.host_interface import HostInterface
 
 SHARED_BOUNDARY_GPAW = {0: GPAW_48, 1 << 47: GPAW_48, 1 << 51: GPAW_52}
 DEFAULT_RAM = 64 << 20
@@ -140,7 +142,7 @@ class _BuilderSink:
 def replay_directives(
     directives: Iterable[Any], mask: int, ram: list[tuple[int, int]], vcpus: int, sink: PageSink
 ) -> None:
-    """Walk directives in file order (igvm.md 4.2) and hand their pages to `sink`.
+    """Walk directives in file order (as the microsoft/igvm crate does); hand their pages to `sink`.
 
     Consecutive PAGE_DATA of one kind go as one run (still in file order); parameter areas are
     filled with the host's VP count and memory map and inserted unmeasured.
@@ -217,7 +219,7 @@ def _fill_parameter(
 ) -> None:
     """Deposit host-supplied parameters (VP count, memory map) into their parameter area."""
     if not isinstance(directive, (headers.VpCount, headers.MemoryMap)):
-        return  # other directives contribute nothing to a TDX TD (igvm.md 4.2)
+        return  # other directives contribute nothing to a TDX TD
     kind = directive.NAME
     index = directive.parameter_area_index
     area = areas.get(index)

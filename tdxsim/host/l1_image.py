@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Self
 
+from tdxsim.errors import TdxsimError
+
 L1IMAGE_MAGIC = b"TDXSIML1"
 L1IMAGE_VERSION = 1
 ENTRY_SIZE = 64
@@ -38,7 +40,7 @@ SKIPPED_PARTS = ("__pycache__",)
 ENTRY_OFFSET, PAYLOAD_SIZE_OFFSET, DIGEST_OFFSET = 16, 80, 88
 
 
-class L1ImageError(ValueError):
+class L1ImageError(TdxsimError, ValueError):
     """An L1 image that cannot be used (names the field and its offset)."""
 
     def __init__(self, field: str, offset: int, reason: str) -> None:

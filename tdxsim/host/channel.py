@@ -21,7 +21,9 @@ import time
 from dataclasses import dataclass
 from enum import IntEnum
 
-from tdxsim.interfaces import Regs
+from tdxsim.errors import TdxsimError
+from tdxsim.module.host_interface import TdExitKind
+from tdxsim.module.registers import Regs
 
 MAX_MESSAGE = 64 * 1024
 # Adaptive spinning before a blocking receive: waking a process on an idle core costs tens of
@@ -62,7 +64,7 @@ class MsgType(IntEnum):
 
 
 class ExitKind(IntEnum):
-    """TD exit kinds in EXIT (the `TdExit.kind` strings, plus TDVMCALL)."""
+    """TD exit kinds on the wire in EXIT (each `TdExitKind`, plus TDVMCALL)."""
 
     TDVMCALL = 0
     EPT_VIOLATION = 1
@@ -70,10 +72,10 @@ class ExitKind(IntEnum):
     TIMER = 3
 
 
-EXIT_KIND_NAMES: dict[int, str] = {
-    ExitKind.EPT_VIOLATION: "ept_violation",
-    ExitKind.L2_HOST_ROUTED: "l2_host_routed",
-    ExitKind.TIMER: "timer",
+EXIT_KIND_NAMES: dict[int, TdExitKind] = {
+    ExitKind.EPT_VIOLATION: TdExitKind.EPT_VIOLATION,
+    ExitKind.L2_HOST_ROUTED: TdExitKind.L2_HOST_ROUTED,
+    ExitKind.TIMER: TdExitKind.TIMER,
 }
 EXIT_KINDS = {name: kind for kind, name in EXIT_KIND_NAMES.items()}
 
@@ -103,11 +105,11 @@ ENTER_GPRS_AT = 5  # index of RAX in ENTER_MSG's fields
 EXIT_GPRS_AT = 10  # index of RAX in EXIT_MSG's fields
 
 
-class ChannelClosed(ConnectionError):
+class ChannelClosed(TdxsimError, ConnectionError):
     """The other side closed the channel (its process ended)."""
 
 
-class ChannelError(ValueError):
+class ChannelError(TdxsimError, ValueError):
     """A malformed message (names the type and what was wrong)."""
 
 

@@ -1,6 +1,6 @@
 """The TD process ("the CPU running the TD"): module model, L2 vCPUs and L1, driven by the host.
 
-Started by `tdxsim.vmm` as `python -I -S` with a bootstrap that lets only the module model's
+Started by `tdxsim.host.vmm` as `python -I -S` with a bootstrap that lets only the module model's
 packages (tdxsim, igvm, verifier) come from the checkout and puts only third-party site-packages on
 sys.path. It builds the TD from host-side calls, and after FINALIZE reads the L1 image out of TD
 private memory at the GPA the host names. Every page of the image must have been PAGE.ADDed and
@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Protocol
 
 from tdxsim.abi import PAGE_SIZE
-from tdxsim.build import MR_EXTEND_CHUNK, BuildError, TdBuilder, TdConfig
-from tdxsim.channel import (
+from tdxsim.attestation.report import ReportMacKey, TdReportBuilder
+from tdxsim.host.channel import (
     ADD_PAGE_FORMAT,
     AUG_FORMAT,
     CONVERT_FORMAT,
@@ -58,11 +58,12 @@ from tdxsim.channel import (
     MsgType,
     regs_of,
 )
-from tdxsim.interfaces import Regs, TdExit
-from tdxsim.l1image import L1Image, L1ImageError
-from tdxsim.memory import PageState, TdMemoryError
-from tdxsim.module import TdxModule
-from tdxsim.report import ReportMacKey, TdReportBuilder
+from tdxsim.host.l1_image import L1Image, L1ImageError
+from tdxsim.module.build import MR_EXTEND_CHUNK, BuildError, TdBuilder, TdConfig
+from tdxsim.module.dispatch import TdxModule
+from tdxsim.module.host_interface import TdExit
+from tdxsim.module.memory import PageState, TdMemoryError
+from tdxsim.module.registers import Regs
 
 CHUNKS_PER_PAGE = PAGE_SIZE // MR_EXTEND_CHUNK
 ALL_CHUNKS_EXTENDED = (1 << CHUNKS_PER_PAGE) - 1  # one bit per 256-byte chunk of a page
@@ -74,8 +75,9 @@ class HostShutdown(BaseException):
     """The host ended the TD while L1 was inside a TD exit (not catchable as Exception by L1)."""
 
 
-class CheckoutFinder(Protocol):
-    """The bootstrap's meta-path finder for the module model's packages."""
+class SwitchableFinder(Protocol):
+    """The bootstrap's meta-path finder for the module model's packages: the TD process switches it
+    off before importing L1, so L1 comes from its measured image alone."""
 
     enabled: bool
 
@@ -154,7 +156,7 @@ class ChannelHost:
 class TdProcess:
     """The TD process's state and its host-side call handlers."""
 
-    def __init__(self, channel: Channel, finder: CheckoutFinder | None = None) -> None:
+    def __init__(self, channel: Channel, finder: SwitchableFinder | None = None) -> None:
         self.channel = channel
         self.finder = finder
         self.builder: TdBuilder | None = None
@@ -325,7 +327,7 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-def main(sock_fd: int, finder: CheckoutFinder | None = None) -> int:
+def main(sock_fd: int, finder: SwitchableFinder | None = None) -> int:
     """Serve the channel on `sock_fd` until SHUTDOWN; runs L1 at the first ENTER."""
     _die_with_parent()
     channel = Channel(socket.socket(fileno=sock_fd))

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 
 from tdxsim.abi import GPAW_48, GPAW_52, LEVEL_4K, PAGE_SHIFT, PAGE_SIZE
+from tdxsim.errors import TdxsimError
 
 PAGES_PER_2M = 512
 # Buffers one pwritev may take (POSIX IOV_MAX); Linux gives 1024.
@@ -32,7 +33,7 @@ class PageState(IntEnum):
     BLOCKED = 3
 
 
-class TdMemoryError(Exception):
+class TdMemoryError(TdxsimError):
     """Base class for TD memory access errors."""
 
 

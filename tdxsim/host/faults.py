@@ -23,6 +23,7 @@ A run's switch set is a `FaultSet`, built in code or parsed from a string such a
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from enum import StrEnum
 
 from tdxsim.abi import (
     TDVMCALL_ALIGN_ERROR,
@@ -30,14 +31,39 @@ from tdxsim.abi import (
     TDVMCALL_OPERAND_INVALID,
     TDVMCALL_RETRY,
 )
-from tdxsim.quoting import GET_QUOTE_ERROR, GET_QUOTE_IN_FLIGHT, GET_QUOTE_SERVICE_UNAVAILABLE
+from tdxsim.attestation.quoting import (
+    GET_QUOTE_ERROR,
+    GET_QUOTE_IN_FLIGHT,
+    GET_QUOTE_SERVICE_UNAVAILABLE,
+)
+from tdxsim.errors import TdxsimError
 
 U64 = (1 << 64) - 1
 VECTOR_MAX = 0xFF
 FOREVER = -1
 GETQUOTE_LENGTH_SHORTFALL = 16
-LENGTH_LONG = "long"
-LENGTH_SHORT = "short"
+MAPGPA_RETRY_ALWAYS = "always"
+
+
+class FaultSwitch(StrEnum):
+    """The switch names of a fault string, in the order the error for an unknown one lists them."""
+
+    VMCALL_STATUS = "vmcall-status"
+    GETQUOTE_STATUS = "getquote-status"
+    GETQUOTE_LENGTH = "getquote-length"
+    GETQUOTE_REWRITE = "getquote-rewrite"
+    MAPGPA_RETRY = "mapgpa-retry"
+    IO_WIDE = "io-wide"
+    IRQ_SPURIOUS = "irq-spurious"
+    IRQ_STORM = "irq-storm"
+
+
+class GetQuoteLength(StrEnum):
+    """The named lies of `getquote-length` (a number is the third kind)."""
+
+    LONG = "long"  # out_len points past the shared buffer
+    SHORT = "short"  # out_len is GETQUOTE_LENGTH_SHORTFALL bytes short of the real quote
+
 
 VMCALL_STATUS_NAMES = {
     "retry": TDVMCALL_RETRY,
@@ -52,7 +78,7 @@ GETQUOTE_STATUS_NAMES = {
 }
 
 
-class FaultSpecError(ValueError):
+class FaultSpecError(TdxsimError, ValueError):
     """A fault switch string that cannot be parsed (names the switch and the value)."""
 
 
@@ -62,7 +88,7 @@ class FaultSet:
 
     vmcall_status: int | None = None
     getquote_status: int | None = None
-    getquote_length: str | int | None = None
+    getquote_length: GetQuoteLength | int | None = None
     getquote_rewrite: int = 0
     mapgpa_retry: int = 0
     io_wide: bool = False
@@ -89,9 +115,9 @@ class FaultSet:
             value = getattr(self, f.name)
             if value in (None, 0, False):
                 continue
-            name = f.name.replace("_", "-")
-            if f.name == "mapgpa_retry" and value == FOREVER:
-                parts.append(f"{name}=always")
+            name = FaultSwitch(f.name.replace("_", "-"))
+            if name == FaultSwitch.MAPGPA_RETRY and value == FOREVER:
+                parts.append(f"{name}={MAPGPA_RETRY_ALWAYS}")
             elif isinstance(value, bool):
                 parts.append(f"{name}=1")
             elif isinstance(value, int) and f.name.endswith("status"):
@@ -125,24 +151,32 @@ def _number(name: str, raw: str) -> int:
 
 
 def _apply(out: FaultSet, name: str, raw: str) -> None:
-    if name == "vmcall-status":
-        out.vmcall_status = VMCALL_STATUS_NAMES.get(raw) or _number(name, raw)
-    elif name == "getquote-status":
-        out.getquote_status = GETQUOTE_STATUS_NAMES.get(raw) or _number(name, raw)
-    elif name == "getquote-length":
-        out.getquote_length = raw if raw in (LENGTH_LONG, LENGTH_SHORT) else _number(name, raw)
-    elif name == "getquote-rewrite":
-        out.getquote_rewrite = _number(name, raw)
-    elif name == "mapgpa-retry":
-        out.mapgpa_retry = FOREVER if raw == "always" else _number(name, raw)
-    elif name == "io-wide":
-        out.io_wide = bool(_number(name, raw))
-    elif name == "irq-spurious":
-        out.irq_spurious = _number(name, raw)
-    elif name == "irq-storm":
-        out.irq_storm = _number(name, raw)
-    else:
-        known = "vmcall-status, getquote-status, getquote-length, getquote-rewrite, mapgpa-retry, "
-        raise FaultSpecError(
-            f"unknown fault switch {name!r} (known: {known}io-wide, irq-spurious, irq-storm)"
-        )
+    try:
+        switch = FaultSwitch(name)
+    except ValueError:
+        known = ", ".join(FaultSwitch)
+        raise FaultSpecError(f"unknown fault switch {name!r} (known: {known})") from None
+    match switch:
+        case FaultSwitch.VMCALL_STATUS:
+            out.vmcall_status = VMCALL_STATUS_NAMES.get(raw) or _number(name, raw)
+        case FaultSwitch.GETQUOTE_STATUS:
+            out.getquote_status = GETQUOTE_STATUS_NAMES.get(raw) or _number(name, raw)
+        case FaultSwitch.GETQUOTE_LENGTH:
+            out.getquote_length = _length_lie(name, raw)
+        case FaultSwitch.GETQUOTE_REWRITE:
+            out.getquote_rewrite = _number(name, raw)
+        case FaultSwitch.MAPGPA_RETRY:
+            out.mapgpa_retry = FOREVER if raw == MAPGPA_RETRY_ALWAYS else _number(name, raw)
+        case FaultSwitch.IO_WIDE:
+            out.io_wide = bool(_number(name, raw))
+        case FaultSwitch.IRQ_SPURIOUS:
+            out.irq_spurious = _number(name, raw)
+        case FaultSwitch.IRQ_STORM:
+            out.irq_storm = _number(name, raw)
+
+
+def _length_lie(name: str, raw: str) -> GetQuoteLength | int:
+    try:
+        return GetQuoteLength(raw)
+    except ValueError:
+        return _number(name, raw)

@@ -1,4 +1,7 @@
-"""L2 page aliases: the GPA_ATTR words of VM1..VM3 for every private page (reference 2.1-2.3).
+"""L2 page aliases: the GPA_ATTR words of VM1..VM3 for every private page.
+
+Intel TDX Module TD Partitioning Architecture Specification (GPA attributes) and the v1.5 ABI
+Specification, TDG.MEM.PAGE.ATTR.RD and TDG.MEM.PAGE.ATTR.WR.
 
 Aliases are identity mapped (L2 GPA == L1 GPA), so the only per-page L2 state is one 16-bit
 attribute word per L2 VM. VM0's word is derived from the L1 SEPT entry and never stored.
@@ -27,13 +30,14 @@ from tdxsim.abi import (
     MAX_L2_VMS,
     attr_word,
 )
-from tdxsim.memory import PageState, TdMemory
+from tdxsim.module.memory import PageState, TdMemory
 
 AliasListener = Callable[[int, int], None]
 
 
 def attr_is_legal(word: int) -> bool:
-    """Legality of a resulting per-VM word (MOD is_gpa_attr_legal): W/PWA need R, no SVE."""
+    """Legality of a resulting per-VM word: W/PWA need R, no SVE (the TDX module source,
+    is_gpa_attr_legal)."""
     if word & ATTR_RESERVED or word & ATTR_SVE:
         return False
     if word & (ATTR_W | ATTR_PWA) and not word & ATTR_R:
@@ -50,7 +54,7 @@ class AttrCheck:
 
 
 def check_attr_operands(new_attr: int, flags: int, num_l2_vms: int) -> AttrCheck:
-    """Operand checks of reference 2.3: VM0 and absent VMs zero; VALID=0 words empty."""
+    """Operand checks of TDG.MEM.PAGE.ATTR.WR: VM0 and absent VMs zero; VALID=0 words empty."""
     for vm in range(MAX_L2_VMS + 1):
         word = attr_word(new_attr, vm)
         mask = attr_word(flags, vm)

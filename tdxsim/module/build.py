@@ -3,7 +3,8 @@
 These are the SEAMCALLs the host VMM issues before the TD runs (TDH.MNG.CREATE/INIT,
 TDH.MEM.PAGE.ADD, TDH.MR.EXTEND, TDH.MEM.PAGE.AUG, TDH.MR.FINALIZE, TDH.VP.CREATE). MRTD is
 accumulated with `igvm.measure.MrtdAccumulator`, so the build and the offline prediction share one
-definition of the 128-byte extension blocks (reference igvm.md 4.1).
+definition of the 128-byte extension blocks (Intel TDX Module Base Architecture Specification,
+MRTD measurement by TDH.MEM.PAGE.ADD and TDH.MR.EXTEND).
 """
 
 from __future__ import annotations
@@ -15,17 +16,19 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from tdxsim.abi import GPAW_48, LEVEL_2M, LEVEL_4K, PAGE_SIZE
-from tdxsim.interfaces import AttestationInterface, HostInterface
-from tdxsim.memory import PAGES_PER_2M, PageState, TdMemory
-from tdxsim.module import TdxModule
-from tdxsim.td import TdState
+from tdxsim.errors import TdxsimError
+from tdxsim.module.attestation_interface import AttestationInterface
+from tdxsim.module.dispatch import TdxModule
+from tdxsim.module.host_interface import HostInterface
+from tdxsim.module.memory import PAGES_PER_2M, PageState, TdMemory
+from tdxsim.module.td_state import TdState
 
 MR_EXTEND_CHUNK = 256
 HUGE_PAGE = PAGE_SIZE * PAGES_PER_2M
 FREE_RUN = re.compile(rb"\0+")  # a run of free pages in a page map
 
 
-class BuildError(Exception):
+class BuildError(TdxsimError):
     """A host build operation the module refuses (names the operation and the GPA)."""
 
 

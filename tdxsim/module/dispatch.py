@@ -1,8 +1,11 @@
-"""The simulated TDX 1.5 module: the TDCALL dispatcher L1 talks to (reference sections 1 to 4).
+"""The simulated TDX 1.5 module: the TDCALL dispatcher L1 talks to.
+
+Leaves, operands and completion statuses: Intel TDX Module v1.5 ABI Specification (TDCALL leaves);
+the L2 leaves and rules: Intel TDX Module TD Partitioning Architecture Specification.
 
 `TdxModule.tdcall(regs, vcpu=0) -> Regs` takes the leaf in RAX and operands in the other GPRs and
-returns every register as the module leaves it, status in RAX. Bad operands produce the exact
-status of the reference with the operand id in RAX[31:0]; no Python exception escapes (an
+returns every register as the module leaves it, status in RAX. Bad operands produce the exact status
+the TDX module source returns, with the operand id in RAX[31:0]; no Python exception escapes (an
 internal error is recorded in `internal_errors` and reported as TDX_OPERAND_INVALID naming RAX,
 unless `strict` asks for it to be raised, which tests do).
 
@@ -13,7 +16,7 @@ naming the GPA operand instead of spinning forever. ATTR.WR at 4K inside a 2M ma
 mapping (the host's job on hardware, transparent to L1). Only leaf version 0 is supported.
 L2 SEPT paging pages are not modelled, so TDX_L2_SEPT_WALK_FAILED never occurs.
 
-Host-side operations on a running TD (the host VMM of part 2 calls these): `post_l1_interrupt`,
+Host-side operations on a running TD (the host VMM calls these): `post_l1_interrupt`,
 `host_convert_to_shared` / `host_convert_to_private` (MapGPA), `host_block` / `host_unblock`.
 """
 
@@ -80,19 +83,15 @@ from tdxsim.abi import (
     pack_cs_info,
     pack_u32_pair,
 )
-from tdxsim.interfaces import (
-    GPR_NAMES,
-    AttestationInterface,
-    HostInterface,
-    NullHost,
-    Regs,
-    TdExit,
-)
+from tdxsim.errors import TdxsimError
 from tdxsim.l2cpu import DEFAULT_INSTRUCTION_BUDGET, L2Vcpu
-from tdxsim.memory import PAGES_PER_2M, PageState, TdMemory
-from tdxsim.sept import AliasTable, check_attr_operands
-from tdxsim.td import TdState, VcpuState
-from tdxsim.vmcs import (
+from tdxsim.module.attestation_interface import AttestationInterface
+from tdxsim.module.host_interface import HostInterface, NullHost, TdExit, TdExitKind
+from tdxsim.module.memory import PAGES_PER_2M, PageState, TdMemory
+from tdxsim.module.registers import GPR_NAMES, Regs
+from tdxsim.module.sept import AliasTable, check_attr_operands
+from tdxsim.module.td_state import TdState, VcpuState
+from tdxsim.module.vmcs import (
     ELEM_SIZE_OF_WIDTH,
     KNOWN,
     READ_ONLY,
@@ -116,16 +115,16 @@ LEVEL_PAGES = {LEVEL_4K: 1, LEVEL_2M: PAGES_PER_2M}
 LEVEL_ALIGN = {LEVEL_4K: PAGE_SIZE, LEVEL_2M: PAGE_SIZE << 9, LEVEL_1G: PAGE_SIZE << 18}
 
 
-class TdcallError(Exception):
-    """Internal: a leaf handler's way to finish with a status (never leaves the module)."""
+class LeafStatusError(TdxsimError):
+    """A leaf handler ends the TDCALL with this completion status (caught inside the module)."""
 
     def __init__(self, status: int, operand: int | None = None) -> None:
         super().__init__(f"{status:#x}")
         self.status = status | (operand if operand is not None else 0)
 
 
-def _fail(status: int, operand: int | None = None) -> TdcallError:
-    return TdcallError(status, operand)
+def _fail(status: int, operand: int | None = None) -> LeafStatusError:
+    return LeafStatusError(status, operand)
 
 
 @functools.cache
@@ -195,7 +194,7 @@ class TdxModule:
                 raise _fail(TDX_OPERAND_INVALID, OperandId.RAX)
             out.rax = TDX_SUCCESS
             handler(out, self.td.vcpus[vcpu])
-        except TdcallError as err:
+        except LeafStatusError as err:
             out.rax = err.status
         except Exception as exc:
             if self.strict:
@@ -232,7 +231,7 @@ class TdxModule:
             )
         return self._l2[key]
 
-    # --- host side (part 2 drives these) ---------------------------------------------------
+    # --- host side (the host VMM drives these) ---------------------------------------------------
     def post_l1_interrupt(self, vcpu: int, vector: int) -> None:
         """A host interrupt posted to L1: raise L1's RVI and make a running L2 exit."""
         state = self.td.vcpus[vcpu]
@@ -364,7 +363,7 @@ class TdxModule:
             state = self.memory.page_state(gpa)
             if state not in (PageState.NOT_PRESENT, PageState.BLOCKED):
                 break
-            if not self._host_fix(TdExit("ept_violation", gpa=gpa, eeq_type=EEQ_ACCEPT)):
+            if not self._host_fix(TdExit(TdExitKind.EPT_VIOLATION, gpa=gpa, eeq_type=EEQ_ACCEPT)):
                 raise _fail(TDX_OPERAND_INVALID, OperandId.RCX)
         else:
             raise _fail(TDX_OPERAND_INVALID, OperandId.RCX)
@@ -486,7 +485,7 @@ class TdxModule:
         for _attempt in range(2):
             if self.memory.page_state(gpa) not in (PageState.NOT_PRESENT, PageState.BLOCKED):
                 break
-            if not self._host_fix(TdExit("ept_violation", gpa=gpa, eeq_type=EEQ_ATTR_WR)):
+            if not self._host_fix(TdExit(TdExitKind.EPT_VIOLATION, gpa=gpa, eeq_type=EEQ_ATTR_WR)):
                 raise _fail(TDX_OPERAND_INVALID, OperandId.RCX)
         else:
             raise _fail(TDX_OPERAND_INVALID, OperandId.RCX)
@@ -516,7 +515,7 @@ class TdxModule:
         block = self.memory.huge_block(gpa)
         assert block is not None
         first, _base = block
-        self.host.td_exit(TdExit("ept_violation", gpa=gpa, eeq_type=EEQ_ATTR_WR))
+        self.host.td_exit(TdExit(TdExitKind.EPT_VIOLATION, gpa=gpa, eeq_type=EEQ_ATTR_WR))
         self.memory.level[first : first + PAGES_PER_2M] = bytes([LEVEL_4K]) * PAGES_PER_2M
 
     def _vp_enter(self, r: Regs, vcpu: VcpuState) -> None:

@@ -1,4 +1,5 @@
-"""The SIMULATED PCK certificate chain: root CA, intermediate CA, PCK leaf (ECDSA P-256).
+"""The SIMULATED PCK (Provisioning Certification Key) certificate chain: root CA, intermediate CA,
+PCK leaf (ECDSA P-256).
 
 Every subject says it is a tdxsim simulation; nothing here claims to be Intel, and a verifier only
 accepts this chain if it is handed this root on purpose. Keys are fresh per platform instance, or

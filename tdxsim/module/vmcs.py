@@ -1,7 +1,10 @@
-"""The L2 VMCS of each L2 VM as L1 sees it through TDG.VP.RD/WR (reference 3.1, 3.2).
+"""The L2 VMCS of each L2 VM as L1 sees it through TDG.VP.RD/WR.
 
-Field lists and write masks are the ones the reference gives from ISV and LTDP code
-([UNCONFIRMED against the spec table]); fields outside the list are TDX_METADATA_FIELD_ID_INCORRECT.
+Intel TDX Module TD Partitioning Architecture Specification (L2 VMCS fields, L2_CTLS); field IDs per
+the Intel TDX Module v1.5 ABI Specification (metadata field identifiers). Field lists and write
+masks follow the TDX module source, Intel's TD-partitioning vTPM prototype and Intel's
+TD-partitioning Linux L1 VMM (not yet checked against the specification's field table); fields
+outside the list are TDX_METADATA_FIELD_ID_INCORRECT.
 Guest-state fields written by L1 are loaded into the L2 vCPU at the next TDG.VP.ENTER.
 """
 
@@ -172,7 +175,7 @@ class Vmcs(IntEnum):
     GUEST_SYSENTER_EIP = 0x6826
 
 
-# Write masks of reference 3.1; writable fields without a listed mask take the whole width.
+# Write masks of the L2 VMCS fields; writable fields without a listed mask take the whole width.
 WRITE_MASKS: dict[int, int] = {
     Vmcs.EPT_POINTER: 0x80,
     Vmcs.VIRTUAL_APIC_PAGE_ADDR: 0xFFFFFFFFFFFFF000,
@@ -351,5 +354,5 @@ class L2Vmcs:
 
 
 def l2_ctls_valid(value: int) -> bool:
-    """Only bits 0 and 1 are allowed in 1.5.01 (reference 3.2)."""
+    """L2_CTLS: only bits 0 and 1 are allowed in TDX module 1.5.01 (TD Partitioning spec)."""
     return not value & ~ALLOWED_L2_VCPU_CTLS
