@@ -1,0 +1,67 @@
+/* The L2 firmware's own definitions: port and MSR access, console, exception hooks.
+ *
+ * Freestanding (no libc). Everything here follows the L2 contract in ../README.md.
+ */
+#ifndef L2FW_H
+#define L2FW_H
+
+typedef unsigned char u8;
+typedef unsigned short u16;
+typedef unsigned int u32;
+typedef unsigned long u64;
+
+#define COM1_PORT 0x3F8u      /* console: every byte written appears in the host log */
+#define DEBUG_EXIT_PORT 0xF4u /* QEMU isa-debug-exit: a byte V ends this L2 with code V */
+
+#define X2APIC_EOI 0x80Bu      /* x2APIC EOI register (Intel SDM Vol. 3, 11.12.1.2) */
+#define X2APIC_SELF_IPI 0x83Fu /* x2APIC SELF IPI register */
+
+#define TPM_CRB_BASE 0xFED40000ul /* TCG PC Client Platform TPM Profile, CRB, locality 0 */
+#define TPM_CRB_INTF_ID 0x30u     /* TPM_CRB_INTF_ID_0: InterfaceType in bits 3:0 */
+
+#define SELFTEST_VECTOR 0x40u /* the fixed interrupt the self-test asks L1 to inject */
+
+/* Exit codes (the byte written to DEBUG_EXIT_PORT). */
+#define EXIT_PASS 0u
+#define EXIT_SELFTEST_FAILED 1u
+#define EXIT_UNEXPECTED_EXCEPTION 3u
+
+static inline void outb(u16 port, u8 value) {
+    __asm__ volatile("outb %0, %1" : : "a"(value), "Nd"(port));
+}
+
+static inline void cpuid(u32 leaf, u32 subleaf, u32 *a, u32 *b, u32 *c, u32 *d) {
+    __asm__ volatile("cpuid" : "=a"(*a), "=b"(*b), "=c"(*c), "=d"(*d) : "a"(leaf), "c"(subleaf));
+}
+
+static inline void wrmsr(u32 msr, u64 value) {
+    __asm__ volatile("wrmsr" : : "c"(msr), "a"((u32)value), "d"((u32)(value >> 32)));
+}
+
+static inline u32 mmio_read32(u64 address) {
+    return *(volatile u32 *)address;
+}
+
+/* console.c */
+void console_putc(char c);
+void console_puts(const char *s);
+void console_hex(u64 value);
+void console_line(const char *label, const char *text);
+
+/* exit.c */
+__attribute__((noreturn)) void l2_exit(u8 code);
+
+/* idt.c: install the IDT; arm_fault makes the next exception with `vector` resume at `resume`. */
+struct trap_frame {
+    u64 r15, r14, r13, r12, r11, r10, r9, r8, rbp, rdi, rsi, rdx, rcx, rbx, rax;
+    u64 vector, error, rip, cs, rflags, rsp, ss;
+};
+void idt_install(void);
+void arm_fault(u32 vector, void *resume);
+int fault_taken(void);
+extern volatile u32 selftest_interrupts;
+
+/* selftest.c */
+int selftest_run(void);
+
+#endif

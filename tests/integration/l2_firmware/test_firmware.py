@@ -1,0 +1,243 @@
+"""l2-firmware: a reproducible gcc build, and the firmware's own behaviour on the simulated module.
+
+The test acts as a minimal L1 (tdxsim.testing): it builds the L2 contract's identity paging,
+aliases code R+X and data R+W from the image header, forwards COM1 to a console string and
+ends the run on the isa-debug-exit port. Everything else the firmware asks for is answered (or
+deliberately not) by each test, so the firmware's own reactions are what is checked.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from orchestrator.firmware import SOURCE_DIR, Firmware, FirmwareBuildError, build_firmware
+from svsm.l2image import L2ImageLayout
+from tdxsim.abi import (
+    ATTR_R,
+    ATTR_VALID,
+    ATTR_W,
+    ATTR_XS,
+    EPTV_WRITE,
+    INTR_INFO_DELIVER_ERROR,
+    INTR_INFO_TYPE_SHIFT,
+    INTR_INFO_VALID,
+    INTR_TYPE_HW_EXCEPTION,
+    SEC_VIRTUAL_INTR_DELIVERY,
+    ExitReason,
+)
+from tdxsim.testing import L2Context, L2Exit, TdHarness
+from tdxsim.vmcs import Vmcs
+
+L2_RAM = 0x400000
+L2_RAM_END = 0x600000
+PML4 = 0x100000
+PDPT = PML4 + 0x1000
+PDS = PML4 + 0x2000  # four page directories: 0..4 GiB in 2 MiB pages
+PTE_PRESENT_WRITABLE = 0x3
+PDE_LARGE = 0x80
+CR0_PE_PG = 0x80000001
+CR4_PAE = 0x20
+COM1, DEBUG_EXIT = 0x3F8, 0xF4
+X2APIC_SELF_IPI = 0x83F
+VAPIC_IRR = 0x200
+GP_VECTOR = 13
+CRB_INTF_ID_GPA = 0xFED40030
+RO_X = ATTR_R | ATTR_XS | ATTR_VALID
+RW = ATTR_R | ATTR_W | ATTR_VALID
+TDX_CPUID_21 = {0: (0, 0x65746E49, 0x20202020, 0x5844546C), 1: (0, 1, 0, 0)}
+MAX_EXITS = 20_000
+
+
+@pytest.fixture(scope="module")
+def firmware(tmp_path_factory: pytest.TempPathFactory) -> Firmware:
+    return build_firmware(output=tmp_path_factory.mktemp("fw") / "l2-firmware.bin")
+
+
+@dataclass
+class Run:
+    """What a run of the firmware showed: its console, its exit code, and the exit it stopped at."""
+
+    console: str = ""
+    exit_code: int | None = None
+    stopped_at: L2Exit | None = None
+    exits: list[int] = field(default_factory=list)
+
+
+def inject_gp(l2: L2Context) -> None:
+    """L1's answer to an access the L2 may not make: #GP(0) through the VM-entry interruption."""
+    info = INTR_INFO_VALID | INTR_INFO_DELIVER_ERROR | GP_VECTOR
+    l2.vmcs_write(Vmcs.ENTRY_INTR_INFO, info | (INTR_TYPE_HW_EXCEPTION << INTR_INFO_TYPE_SHIFT))
+    l2.vmcs_write(Vmcs.ENTRY_EXCEPTION_ERROR_CODE, 0)
+
+
+def boot(firmware: Firmware) -> tuple[TdHarness, L2Context]:
+    h = TdHarness.default(ram_mib=8, num_l2_vms=1)
+    h.accept(0, 8 << 20)
+    l2 = h.l2(vm=1)
+    h.write(PML4, (PDPT | PTE_PRESENT_WRITABLE).to_bytes(8, "little"))
+    for gib in range(4):
+        pd = PDS + gib * 0x1000
+        h.write(PDPT + gib * 8, (pd | PTE_PRESENT_WRITABLE).to_bytes(8, "little"))
+        entries = b"".join(
+            (((gib << 30) + (i << 21)) | PTE_PRESENT_WRITABLE | PDE_LARGE).to_bytes(8, "little")
+            for i in range(512)
+        )
+        h.write(pd, entries)
+    for page in range(PML4, PDS + 4 * 0x1000, 0x1000):
+        h.set_alias(1, page, ATTR_R | ATTR_VALID)  # L1 builds the tables; L2 may only read them
+    layout = firmware.layout
+    h.write(L2_RAM, firmware.image)
+    for page in range(L2_RAM, L2_RAM_END, 0x1000):
+        h.set_alias(1, page, RO_X if page - L2_RAM < layout.text_end else RW)
+    l2.vmcs_write(Vmcs.GUEST_CR3, PML4)
+    l2.vmcs_write(Vmcs.GUEST_CR4, CR4_PAE)
+    l2.vmcs_write(Vmcs.GUEST_CR0, CR0_PE_PG)
+    l2.vmcs_write(Vmcs.SECONDARY_CONTROLS, SEC_VIRTUAL_INTR_DELIVERY)
+    l2.allow_msr(0x80B, read=False, write=True)  # x2APIC EOI: virtualized
+    l2.rip, l2.regs.rsp, l2.rflags = L2_RAM, L2_RAM_END, 0x2
+    return h, l2
+
+
+def run(
+    firmware: Firmware,
+    cpuid: dict[int, tuple[int, int, int, int]] | None = None,
+    on_ept: Callable[[L2Context, L2Exit], bool] | None = None,
+    deliver_self_ipi: bool = True,
+) -> Run:
+    """Run until the firmware writes the exit port, or stops at an exit this L1 does not handle."""
+    h, l2 = boot(firmware)
+    answers = TDX_CPUID_21 if cpuid is None else cpuid
+    out = Run()
+    for _ in range(MAX_EXITS):
+        ex = l2.enter()
+        out.exits.append(ex.reason)
+        if ex.reason == ExitReason.IO:
+            port, is_in = ex.qualification >> 16, (ex.qualification >> 3) & 1
+            if is_in:
+                out.stopped_at = ex
+                return out
+            if port == DEBUG_EXIT:
+                out.exit_code = ex.guest.rax & 0xFF
+                return out
+            if port == COM1:
+                out.console += chr(ex.guest.rax & 0xFF)
+        elif ex.reason == ExitReason.CPUID and ex.guest.rax == 0x21:
+            a, b, c, d = answers.get(ex.guest.rcx, (0, 0, 0, 0))
+            l2.regs.rax, l2.regs.rbx, l2.regs.rcx, l2.regs.rdx = a, b, c, d
+        elif ex.reason == ExitReason.MSR_WRITE and ex.guest.rcx == X2APIC_SELF_IPI:
+            vector = ex.guest.rax & 0xFF
+            if deliver_self_ipi:
+                irr = l2.vapic_gpa + VAPIC_IRR + (vector // 32) * 16
+                h.write(irr, (1 << (vector % 32)).to_bytes(4, "little"))
+                l2.rvi = vector
+        elif ex.reason == ExitReason.HLT:
+            pass
+        elif ex.reason == ExitReason.EPT_VIOLATION and on_ept is not None and on_ept(l2, ex):
+            continue  # the policy injected an event; the instruction is retried after it
+        else:
+            out.stopped_at = ex
+            return out
+        l2.skip(ex)
+    raise AssertionError(f"the firmware made {MAX_EXITS} exits without ending: {out.console!r}")
+
+
+def refuse_code_writes(l2: L2Context, ex: L2Exit) -> bool:
+    if ex.qualification & EPTV_WRITE and L2_RAM <= ex.gpa < L2_RAM + 0x1000:
+        inject_gp(l2)
+        return True
+    return False
+
+
+# --- the build --------------------------------------------------------------------------------
+def test_build_is_reproducible_wherever_the_sources_live(
+    firmware: Firmware, tmp_path: Path
+) -> None:
+    again = build_firmware(output=tmp_path / "again.bin")
+    copy = tmp_path / "elsewhere" / "l2-firmware"
+    shutil.copytree(SOURCE_DIR, copy)
+    moved = build_firmware(copy, tmp_path / "moved.bin")
+    assert again.image == firmware.image == moved.image
+    assert (tmp_path / "again.bin").read_bytes() == firmware.image
+
+
+def test_one_changed_character_changes_the_image(firmware: Firmware, tmp_path: Path) -> None:
+    copy = tmp_path / "l2-firmware"
+    shutil.copytree(SOURCE_DIR, copy)
+    main = copy / "src" / "main.c"
+    main.write_text(main.read_text().replace('"started"', '"startet"'))
+    assert build_firmware(copy, tmp_path / "x.bin").image != firmware.image
+
+
+def test_image_layout_separates_code_from_data(firmware: Firmware) -> None:
+    layout = firmware.layout
+    assert layout.has_header and layout.text_end % 0x1000 == 0
+    assert layout.text_end <= layout.data_end == len(firmware.image) <= layout.bss_end
+    assert firmware.image[layout.payload_start : layout.payload_end].startswith(
+        b"tdpvtpm L2 payload"
+    )
+    assert L2ImageLayout.parse(firmware.image) == layout
+
+
+def test_absolute_relocation_fails_the_build(tmp_path: Path) -> None:
+    copy = tmp_path / "l2-firmware"
+    shutil.copytree(SOURCE_DIR, copy)
+    (copy / "src" / "table.c").write_text(
+        'static const char *const names[] = {"a", "b"};\n'
+        "const char *pick(int i);\nconst char *pick(int i) { return names[i]; }\n"
+    )
+    with pytest.raises(FirmwareBuildError, match="without relocations"):
+        build_firmware(copy, tmp_path / "x.bin")
+
+
+def test_compiler_error_names_the_file(tmp_path: Path) -> None:
+    copy = tmp_path / "l2-firmware"
+    shutil.copytree(SOURCE_DIR, copy)
+    (copy / "src" / "broken.c").write_text("int broken(void) { return }\n")
+    with pytest.raises(FirmwareBuildError, match=r"broken\.c"):
+        build_firmware(copy, tmp_path / "x.bin")
+
+
+# --- the firmware on the simulated module ------------------------------------------------------
+def test_selftest_lines_and_the_first_unanswered_exit(firmware: Firmware) -> None:
+    out = run(firmware, on_ept=refuse_code_writes)
+    lines = out.console.splitlines()
+    assert lines[:5] == [
+        "L2 firmware: started",
+        "selftest: cpuid-tdx-vendor ok",
+        "selftest: cpuid-tdp-guest ok",
+        "selftest: interrupt ok",
+        "selftest: code-read-only ok",
+    ]
+    # The MMIO read of the CRB interface register is the next exit: this L1 has no CRB model.
+    assert out.stopped_at is not None
+    assert out.stopped_at.reason == ExitReason.EPT_VIOLATION
+    assert out.stopped_at.gpa == CRB_INTF_ID_GPA
+
+
+def test_wrong_cpuid_answers_fail_those_checks_only(firmware: Firmware) -> None:
+    out = run(firmware, cpuid={}, on_ept=refuse_code_writes)
+    assert "selftest: cpuid-tdx-vendor FAIL (ebx=0x0)" in out.console
+    assert "selftest: cpuid-tdp-guest FAIL (ebx=0x0)" in out.console
+    assert "selftest: interrupt ok" in out.console
+
+
+def test_undelivered_interrupt_fails_after_bounded_waits(firmware: Firmware) -> None:
+    out = run(firmware, on_ept=refuse_code_writes, deliver_self_ipi=False)
+    assert "selftest: interrupt FAIL (delivered=0x0)" in out.console
+    assert out.exits.count(ExitReason.HLT) == 64  # waits in HLT, bounded, never spins
+
+
+def test_unexpected_exception_is_reported_and_ends_with_code_3(firmware: Firmware) -> None:
+    def gp_everywhere(l2: L2Context, ex: L2Exit) -> bool:
+        inject_gp(l2)
+        return True
+
+    out = run(firmware, on_ept=gp_everywhere)
+    assert out.exit_code == 3
+    last = out.console.splitlines()[-1]
+    assert last.startswith("L2 firmware: unexpected exception vector 0xd error 0x0 rip 0x")
