@@ -31,7 +31,7 @@ from tdxsim.abi import (
     ExitReason,
 )
 from tdxsim.testing import L2Context, L2Exit, TdHarness
-from tdxsim.vmcs import Vmcs
+from tdxsim.module.vmcs import Vmcs
 
 L2_RAM = 0x400000
 L2_RAM_END = 0x600000
