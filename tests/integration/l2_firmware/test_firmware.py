@@ -30,8 +30,8 @@ from tdxsim.abi import (
     SEC_VIRTUAL_INTR_DELIVERY,
     ExitReason,
 )
-from tdxsim.testing import L2Context, L2Exit, TdHarness
 from tdxsim.module.vmcs import Vmcs
+from tdxsim.testing import L2Context, L2Exit, TdHarness
 
 L2_RAM = 0x400000
 L2_RAM_END = 0x600000
