@@ -110,6 +110,14 @@ def event_type_name(value: int) -> str:
         return f"{value:#010x}"
 
 
+def algorithm_name(value: int) -> str:
+    """The TPM name of a digest algorithm (SHA384), or its hex ID."""
+    try:
+        return TpmAlgorithm(value).name
+    except ValueError:
+        return f"{value:#06x}"
+
+
 class EventLogError(VerificationError, ValueError):
     """A CC event log that does not parse; names the byte offset and the field."""
 
