@@ -107,8 +107,8 @@ class AttestationReport:
         }
 
 
-class _Stop(Exception):
-    """Ends the chain at a failed step (internal)."""
+class _Stop(VerificationError):
+    """Ends the chain at a failed step; never leaves `verify_td_attestation`."""
 
 
 def ca_extension(ca: x509.Certificate, oid: x509.ObjectIdentifier, what: str) -> bytes:

@@ -18,6 +18,7 @@ from tdxsim.faults import FaultSet
 from tdxsim.l1image import build_l1_image
 from tdxsim.vmm import RunResult, Vmm, simulated_platform
 from verifier.eventlog import EventType
+from verifier.reference import reference_values
 from verifier.td_attestation import verify_td_attestation
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -77,9 +78,18 @@ def test_full_boot_in_the_td_process(image: Path) -> None:
     quoted = verdict.quoted_log.events
     assert [(e.rtmr, e.event_type) for e in quoted] == [(0, EventType.EV_PLATFORM_CONFIG_FLAGS)]
     assert verdict.quote.body.rtmrs[1:] == (bytes(48),) * 3
+    # the relying party's reference values, computed from the image alone, match what L1 measured
+    reference = reference_values(image, ram=RAM, vcpus=1, l1_version=SVSM_VERSION)
+    assert reference.mrtd == mrtd
+    assert reference.rtmrs_at_quote == verdict.quote.body.rtmrs
+    assert verdict.later_log is not None
+    assert reference.rtmrs_after_boot == verdict.later_log.replay()
     (pcr,) = out["pcr_events"]
     assert bytes.fromhex(pcr["data"]) == SVSM_VERSION.encode() + b"\0"
     assert pcr["digests"]["0x000c"] == hashlib.sha384(SVSM_VERSION.encode() + b"\0").hexdigest()
+    for bank, size in (("sha256", 32), ("sha384", 48)):
+        extended = bytes.fromhex(pcr["digests"][f"{0x000B if size == 32 else 0x000C:#06x}"])
+        assert reference.pcr0[bank] == hashlib.new(bank, bytes(size) + extended).digest()
     assert out["simulated_quote"] is True
     assert list(out["timings_ms"]) == [
         "accept memory, NUM_L2_VMS, launch parameters into RTMR0",
