@@ -1,6 +1,6 @@
 """`python -m verifier`: check TD evidence offline from files.
 
-  eventlog LOG [--quote QUOTE] [--json]   list a CC event log's records, replay RTMR0..3 and
+  eventlog LOG [--table T] [--quote Q]    list a CC event log's records, replay RTMR0..3 and
                                           compare them with a TD quote's
   reference IMAGE.igvm [--json] ...       the values a relying party pins for a built image
 
@@ -91,7 +91,18 @@ def _event_dict(event: eventlog.CcEvent) -> dict[str, Any]:
 
 
 def _cmd_eventlog(args: argparse.Namespace, out: TextIO) -> int:
-    log, source = load_event_log(Path(args.log).read_bytes())
+    data = Path(args.log).read_bytes()
+    if args.table:
+        table = eventlog.parse_ccel_table(Path(args.table).read_bytes())
+        data = eventlog.log_area(data, table)
+        out.write(
+            f"{args.table}: CCEL table, CC type {table.cc_type}"
+            f"{' (TDX)' if table.cc_type == eventlog.CC_TYPE_TDX else ''}, log area "
+            f"{table.log_area_minimum_length} bytes at {table.log_area_start_address:#x}\n"
+            if not args.json
+            else ""
+        )
+    log, source = load_event_log(data)
     replayed = log.replay()
     expected = quote_rtmrs(Path(args.quote).read_bytes()) if args.quote else None
     bad = eventlog.mismatched_rtmrs(replayed, expected) if expected is not None else []
@@ -198,6 +209,11 @@ def make_parser() -> argparse.ArgumentParser:
         "--quote, compare them with a TD quote's RTMRs: exit 1 naming each RTMR that differs.",
     )
     log.add_argument("log", help="CCEL data file, or a PEM/DER vTPM CA certificate")
+    log.add_argument(
+        "--table",
+        metavar="ACPI-TABLE",
+        help="the ACPI CCEL table (/sys/firmware/acpi/tables/CCEL): parse only its log area",
+    )
     log.add_argument("--quote", help="a TD quote (v4) whose RTMR0..3 the log must replay to")
     log.add_argument("--json", action="store_true", help="print JSON instead of text")
     log.set_defaults(run=_cmd_eventlog)

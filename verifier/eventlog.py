@@ -46,6 +46,15 @@ MR_INDEX_OF_RTMR0 = 1  # MR index = RTMR index + 1; MR index 0 is MRTD
 SEPARATOR_EVENT_DATA = b"\0\0\0\0"
 PADDING_BYTES = (0x00, 0xFF)  # what follows the last record in a CCEL log area
 FILL_WORDS = tuple(bytes([b]) * 4 for b in PADDING_BYTES)
+# ACPI CCEL table (ACPI 6.5, section 5.2.34): the 36-byte system description header, then CC type
+# u8, CC subtype u8, reserved u16, log area minimum length (LAML) u64, log area start address
+# (LASA) u64. Linux exposes it as /sys/firmware/acpi/tables/CCEL.
+CCEL_TABLE = struct.Struct("<4sIBB6s8sI4sI" + "BBHQQ")
+CCEL_SIGNATURE = b"CCEL"
+CCEL_LAML_OFFSET = 40
+CCEL_CHECKSUM_OFFSET = 9  # every byte of an ACPI table sums to 0 modulo 256
+CHECKSUM_MODULUS = 256
+CC_TYPE_TDX = 2
 # TPM 2.0 defines about a dozen hash algorithms: a larger count is corruption, refused before the
 # table is read.
 MAX_ALGORITHMS = 16
@@ -188,6 +197,51 @@ class EventLog:
 
     def replay(self) -> tuple[bytes, bytes, bytes, bytes]:
         return replay(self.events)
+
+
+@dataclass(frozen=True)
+class CcelTable:
+    """The fields of the ACPI CCEL table that locate the log area."""
+
+    revision: int
+    cc_type: int
+    cc_subtype: int
+    log_area_minimum_length: int
+    log_area_start_address: int
+
+
+class CcelTableError(VerificationError, ValueError):
+    """An ACPI CCEL table that does not parse, or does not fit the log data it should describe."""
+
+
+def parse_ccel_table(table: bytes) -> CcelTable:
+    """Parse the ACPI CCEL table (its signature, length and the log area it names)."""
+    if len(table) < CCEL_TABLE.size:
+        raise CcelTableError(
+            f"CCEL table offset 0: {len(table)} bytes, the table has {CCEL_TABLE.size}"
+        )
+    fields = CCEL_TABLE.unpack_from(table)
+    signature, length, revision = fields[0], fields[1], fields[2]
+    cc_type, cc_subtype, _reserved, laml, lasa = fields[9:]
+    if signature != CCEL_SIGNATURE:
+        raise CcelTableError(f"CCEL table offset 0: signature {signature!r}, expected b'CCEL'")
+    if length != len(table):
+        raise CcelTableError(f"CCEL table offset 4: length {length}, the file has {len(table)}")
+    if sum(table) % CHECKSUM_MODULUS:
+        raise CcelTableError(
+            f"CCEL table offset {CCEL_CHECKSUM_OFFSET}: checksum does not make the bytes sum to 0"
+        )
+    return CcelTable(revision, cc_type, cc_subtype, laml, lasa)
+
+
+def log_area(data: bytes, table: CcelTable) -> bytes:
+    """The log area the table names, out of the CCEL data Linux exposes (at least LAML bytes)."""
+    if table.log_area_minimum_length > len(data):
+        raise CcelTableError(
+            f"CCEL table offset {CCEL_LAML_OFFSET}: log area length "
+            f"{table.log_area_minimum_length}, the log data has {len(data)} bytes"
+        )
+    return data[: table.log_area_minimum_length]
 
 
 def _take(data: bytes, offset: int, size: int, what: str) -> bytes:

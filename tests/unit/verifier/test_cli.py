@@ -168,3 +168,33 @@ def test_reference_of_a_file_that_is_no_image_exits_1(
     path.write_bytes(b"not an image")
     assert run("reference", str(path))[0] == 1
     assert capsys.readouterr().err.startswith("verifier reference: ")
+
+
+def ccel_table(laml: int, cc_type: int = 2) -> bytes:
+    """An ACPI CCEL table (ACPI 6.5, 5.2.34) written by hand, with a correct checksum."""
+    header = struct.pack("<4sIBB6s8sI4sI", b"CCEL", 56, 1, 0, b"OEMID ", b"TABLE ID", 1, b"TEST", 1)
+    table = bytearray(header + struct.pack("<BBHQQ", cc_type, 0, 0, laml, 0x7F000000))
+    table[9] = (-sum(table)) % 256
+    return bytes(table)
+
+
+def test_the_ccel_table_bounds_the_log_area(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    table = tmp_path / "CCEL"
+    table.write_bytes(ccel_table(4096))
+    log = str(DATA / "ccel_data.bin")
+    status, out = run("eventlog", log, "--table", str(table))
+    assert status == 0
+    assert "CCEL table, CC type 2 (TDX), log area 4096 bytes at 0x7f000000" in out
+    assert "20 events in 2120 bytes (1976 bytes of fill after them)" in out
+    table.write_bytes(ccel_table(1 << 20))
+    assert run("eventlog", log, "--table", str(table))[0] == 1
+    assert "CCEL table offset 40: log area length 1048576, the log data has 65536" in (
+        capsys.readouterr().err
+    )
+    broken = bytearray(ccel_table(4096))
+    broken[20] ^= 1
+    table.write_bytes(bytes(broken))
+    assert run("eventlog", log, "--table", str(table))[0] == 1
+    assert "CCEL table offset 9: checksum" in capsys.readouterr().err
