@@ -37,8 +37,8 @@ from verifier.errors import VerificationError
 from verifier.eventlog import CcEvent, EventLog
 from verifier.quote import ParsedQuote, verify_quote
 
-# Extensions of the vTPM CA certificate (in Intel's arc under 2.16.840.1.113741.1.5.5, as Intel's
-# TD-partitioning vTPM design assigns them).
+# Extensions of the vTPM CA certificate, in Intel's OID arc: the numbers Intel's TD-partitioning
+# vTPM prototype code uses (its design guide lists 2.16.840.1.113741.1.5.5.4.x instead).
 OID_TD_QUOTE = x509.ObjectIdentifier("2.16.840.1.113741.1.5.5.2.2")
 OID_EVENT_LOG = x509.ObjectIdentifier("2.16.840.1.113741.1.5.5.2.3")
 REPORT_DATA_SIZE = 64
