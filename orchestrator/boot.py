@@ -23,18 +23,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import ec
-
 from igvm.build import build as build_igvm
-from svsm import eventlog
+from orchestrator.errors import LocalBootError
 from tdxsim.attestation.quoting import QuotingService
 from tdxsim.host.faults import FaultSet
 from tdxsim.host.l1_image import build_l1_image
 from tdxsim.host.vmm import RunResult, RunStatus, Vmm, simulated_platform
-from verifier.quote import verify_quote
-from vtpm.attest import EV_SEPARATOR, RTMR_COUNT, attester_from_name, check_binding
-from vtpm.certs import OID_EVENT_LOG, OID_TD_QUOTE, sec1_point, verify_issued_by
+from verifier.td_attestation import verify_td_attestation
+from vtpm.attest import attester_from_name
 from vtpm.engine import TpmEngine
 from vtpm.manufacture import ManufactureResult, manufacture
 from vtpm.server import VtpmServer
@@ -54,10 +50,6 @@ NOT_YET = (
 PCR_DEBUG = 16
 
 
-class BootError(RuntimeError):
-    """A boot step failed; the message names the step."""
-
-
 @dataclass
 class L1Summary:
     """What L1 returned (its JSON summary) and what the host saw of the run."""
@@ -72,7 +64,7 @@ class L1Summary:
 
     @classmethod
     def parse(cls, run: RunResult, uart: str) -> L1Summary:
-        """Parse L1's output; anything malformed is a BootError naming the key."""
+        """Parse L1's output; anything malformed is a LocalBootError naming the key."""
         try:
             raw = json.loads(run.output)
             return cls(
@@ -85,7 +77,7 @@ class L1Summary:
                 uart,
             )
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise BootError(f"L1's summary is malformed: {exc!r}") from exc
+            raise LocalBootError(f"L1's summary is malformed: {exc!r}") from exc
 
 
 @dataclass
@@ -108,19 +100,10 @@ def _step(report: BootReport, title: str, out: Callable[[str], None]) -> Iterato
     try:
         yield
     except Exception as exc:
-        raise BootError(f"step {len(report.steps) + 1} ({title}) failed: {exc}") from exc
+        raise LocalBootError(f"step {len(report.steps) + 1} ({title}) failed: {exc}") from exc
     elapsed = time.perf_counter() - start
     report.steps.append((title, elapsed))
     out(f"    done in {elapsed * 1000:.1f} ms")
-
-
-def _extension(cert_der: bytes, oid: x509.ObjectIdentifier, what: str) -> bytes:
-    """The raw bytes of a vTPM CA certificate extension."""
-    ext = x509.load_der_x509_certificate(cert_der).extensions.get_extension_for_oid(oid)
-    value = ext.value
-    if not isinstance(value, x509.UnrecognizedExtension):
-        raise BootError(f"the CA certificate's {what} extension is not raw bytes")
-    return value.value
 
 
 def write_l1_image(path: Path = L1_IMAGE) -> bytes:
@@ -140,8 +123,8 @@ def run_local(
     *,
     faults: FaultSet | None = None,
 ) -> BootReport:
-    """Run every boot step that exists; raises BootError naming the step that failed. `faults`
-    makes the untrusted host misbehave on purpose (tdxsim.host.faults)."""
+    """Run every boot step that exists; raises LocalBootError naming the step that failed.
+    `faults` makes the untrusted host misbehave on purpose (tdxsim.host.faults)."""
     report = BootReport(image=image)
     mac_key, quoting = simulated_platform()
 
@@ -161,7 +144,7 @@ def run_local(
             vmm.aug_rest()
             report.mrtd_td = vmm.finalize()
             if report.mrtd_td != report.mrtd_offline:
-                raise BootError(f"TD MRTD {report.mrtd_td.hex()} differs from the offline one")
+                raise LocalBootError(f"TD MRTD {report.mrtd_td.hex()} differs from the offline one")
             out("    MRTD of the TD equals `igvm measure` of the file")
         title = (
             "L1 (svsm) boots from the measured image: accept, NUM_L2_VMS, RTMR0; vTPM with "
@@ -173,7 +156,7 @@ def run_local(
             for line in uart.splitlines():
                 out(f"    L1| {line}")
             if run.status != RunStatus.DONE:
-                raise BootError(f"L1 run {run.status}: {run.detail}")
+                raise LocalBootError(f"L1 run {run.status}: {run.detail}")
             report.l1 = L1Summary.parse(run, uart)
             out(f"    L1 returned after {run.exits} TD exits in {run.seconds * 1000:.0f} ms")
     _verify(report, quoting, out)
@@ -207,42 +190,23 @@ def run_local(
 
 
 def _verify(report: BootReport, quoting: QuotingService, out: Callable[[str], None]) -> None:
+    """The relying party (verifier.td_attestation) decides; this prints its steps."""
     l1 = report.l1
     assert l1 is not None
     with _step(report, "relying party: TD quote -> vTPM CA -> EK certificates, RTMR replay", out):
-        ca = l1.ca_certificate
-        quote = _extension(ca, OID_TD_QUOTE, "TD quote")
-        parsed = verify_quote(quote, quoting.trusted_root_der)
-        out("    quote signature and PCK chain verify against the tdxsim SIMULATION root")
-        ca_key = x509.load_der_x509_certificate(ca).public_key()
-        if not isinstance(ca_key, ec.EllipticCurvePublicKey):
-            raise BootError("the CA certificate's key is not an EC key")
-        check_binding(quote, sec1_point(ca_key))
-        out("    REPORTDATA = SHA-384(CA public key)")
-        if parsed.body.mrtd != report.mrtd_offline:
-            raise BootError("the quote's MRTD is not the image's offline MRTD")
-        out("    quote MRTD equals the image's offline MRTD")
-        quoted_log = eventlog.parse(_extension(ca, OID_EVENT_LOG, "event log"))
-        if tuple(parsed.body.rtmrs) != eventlog.replay(quoted_log):
-            raise BootError("the quote's RTMRs do not replay from the CA certificate's event log")
-        out(
-            f"    RTMR0..3 of the quote replay from the CA certificate's event log "
-            f"({len(quoted_log)} events)"
+        verdict = verify_td_attestation(
+            l1.ca_certificate,
+            l1.ek_certificates,
+            trusted_root=quoting.trusted_root_der,
+            root_label="the tdxsim SIMULATION root",
+            expected_mrtd=report.mrtd_offline,
+            later_event_log=l1.cc_event_log,
         )
-        full = eventlog.parse(l1.cc_event_log)
-        later = full[len(quoted_log) :]
-        separators = [(index, EV_SEPARATOR) for index in range(RTMR_COUNT)]
-        if (
-            full[: len(quoted_log)] != quoted_log
-            or [(e.rtmr, e.event_type) for e in later] != separators
-        ):
-            raise BootError("L1's event log is not the quoted log followed by 4 separators")
-        out("    L1's event log: the quoted events, then separators into RTMR0..3 after the quote")
-        for kind, der in l1.ek_certificates.items():
-            verify_issued_by(der, ca)
-            out(f"    EK certificate ({kind}) is issued by the CA")
+        for check in verdict.steps:
+            out(f"    {'ok' if check.ok else 'FAILED'}: {check.detail}")
+        verdict.raise_for_failure()
         if l1.num_l2_vms != NUM_L2_VMS:
-            raise BootError(f"L1 read NUM_L2_VMS = {l1.num_l2_vms}, the TD has {NUM_L2_VMS}")
+            raise LocalBootError(f"L1 read NUM_L2_VMS = {l1.num_l2_vms}, the TD has {NUM_L2_VMS}")
         out(f"    NUM_L2_VMS read by L1 = {l1.num_l2_vms}, as created")
 
 
@@ -264,7 +228,7 @@ def _exercise(report: BootReport, out: Callable[[str], None]) -> None:
         _, _, digests = ectx.pcr_read(TPML_PCR_SELECTION.parse(f"sha256:{PCR_DEBUG}"))
         value = bytes(digests[0])  # `digests` stays referenced while read (tpm2-pytss pitfall)
         if value != hashlib.sha256(bytes(32) + digest).digest():
-            raise BootError(f"PCR{PCR_DEBUG} is {value.hex()}, not the extended value")
+            raise LocalBootError(f"PCR{PCR_DEBUG} is {value.hex()}, not the extended value")
         out(f"    PCR_Extend + PCR_Read sha256:{PCR_DEBUG} = {value.hex()} (as computed)")
 
 
@@ -275,7 +239,7 @@ def main(recipe: str = "", image: str = "") -> int:
             Path(recipe) if recipe else DEFAULT_RECIPE,
             Path(image) if image else ROOT / "out" / "tdp.igvm",
         )
-    except BootError as exc:
+    except LocalBootError as exc:
         print(f"run: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -40,6 +40,10 @@ class MalformedCertificateError(ChainError):
     """A certificate decodes only partly: a field the verification reads does not parse."""
 
 
+class TrustedRootFormatError(ChainError, ValueError):
+    """The trusted root the caller gave is not one PEM or DER X.509 certificate."""
+
+
 class CertificateProfileError(ChainError):
     """A certificate is used in a role its extensions do not allow (an issuer that is no CA)."""
 
@@ -53,7 +57,9 @@ def load_certificate(data: bytes | x509.Certificate) -> x509.Certificate:
             return x509.load_pem_x509_certificate(data)
         return x509.load_der_x509_certificate(data)
     except ValueError as exc:
-        raise ValueError(f"trusted root is not a PEM or DER X.509 certificate: {exc}") from exc
+        raise TrustedRootFormatError(
+            f"trusted root is not a PEM or DER X.509 certificate: {exc}"
+        ) from exc
 
 
 def check_well_formed(cert: x509.Certificate, role: str) -> None:

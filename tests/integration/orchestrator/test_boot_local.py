@@ -67,11 +67,12 @@ def test_broken_recipe_fails_naming_the_step(tmp_path: Path) -> None:
 
 def test_a_lying_host_fails_the_l1_step_with_a_clear_message(tmp_path: Path) -> None:
     code = (
-        "import sys; from pathlib import Path; from orchestrator.boot import BootError, "
-        "run_local, DEFAULT_RECIPE; from tdxsim.host.faults import FaultSet\n"
+        "import sys; from pathlib import Path; from orchestrator.errors import LocalBootError\n"
+        "from orchestrator.boot import run_local, DEFAULT_RECIPE\n"
+        "from tdxsim.host.faults import FaultSet\n"
         "try:\n    run_local(DEFAULT_RECIPE, Path(sys.argv[1]), "
         "faults=FaultSet.parse('getquote-status=error'))\n"
-        "except BootError as exc:\n    print(exc); sys.exit(1)"
+        "except LocalBootError as exc:\n    print(exc); sys.exit(1)"
     )
     result = subprocess.run(
         [sys.executable, "-c", code, str(tmp_path / "t.igvm")],
@@ -82,6 +83,6 @@ def test_a_lying_host_fails_the_l1_step_with_a_clear_message(tmp_path: Path) -> 
     )
     assert result.returncode == 1
     assert "step 3 (L1 (svsm) boots from the measured image" in result.stdout
-    assert "L1 run failed: svsm.boot.BootStepError: svsm step 3 (vTPM manufacture" in result.stdout
+    assert "L1 run failed: svsm.boot.BootError: svsm step 3 (vTPM manufacture" in result.stdout
     assert "GetQuote buffer status at offset 8: 0x8000000000000000" in result.stdout
     assert "[4]" not in result.stdout  # the relying party never sees an unbound CA

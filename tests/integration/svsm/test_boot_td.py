@@ -10,20 +10,16 @@ from pathlib import Path
 
 import pytest
 import yaml
-from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.serialization import Encoding
 
 from igvm.build import build
 from orchestrator.boot import DEFAULT_RECIPE
-from svsm import eventlog
 from svsm.boot import SVSM_VERSION
 from tdxsim.host.faults import FaultSet
 from tdxsim.host.l1_image import build_l1_image
 from tdxsim.host.vmm import RunResult, RunStatus, Vmm, simulated_platform
-from verifier.quote import verify_quote
-from vtpm.attest import EV_SEPARATOR, check_binding
-from vtpm.certs import OID_EVENT_LOG, OID_TD_QUOTE, sec1_point, verify_issued_by
+from verifier.eventlog import EventType
+from verifier.reference import reference_values
+from verifier.td_attestation import verify_td_attestation
 
 ROOT = Path(__file__).resolve().parents[3]
 RAM = [(0, 32 << 20)]
@@ -54,36 +50,46 @@ def boot(image: Path, faults: str = "") -> tuple[RunResult, bytes, str]:
         return result, mrtd, bytes(vmm.host.uart.output).decode()
 
 
-def _ext(cert: x509.Certificate, oid: x509.ObjectIdentifier) -> bytes:
-    value = cert.extensions.get_extension_for_oid(oid).value
-    assert isinstance(value, x509.UnrecognizedExtension)
-    return value.value
-
-
 def test_full_boot_in_the_td_process(image: Path) -> None:
     result, mrtd, uart = boot(image)
     assert result.status == RunStatus.DONE, result.detail
     out = json.loads(result.output)
     assert out["num_l2_vms"] == 2  # read with TDG.VM.RD, as the host created the TD
-    ca = x509.load_der_x509_certificate(bytes.fromhex(out["ca_certificate"]))
-    quote = verify_quote(_ext(ca, OID_TD_QUOTE), QUOTING.trusted_root_der)
-    public = ca.public_key()
-    assert isinstance(public, ec.EllipticCurvePublicKey)
-    assert quote.body.mrtd == mrtd
-    check_binding(_ext(ca, OID_TD_QUOTE), sec1_point(public))
-    quoted = eventlog.parse(_ext(ca, OID_EVENT_LOG))
-    assert eventlog.replay(quoted) == quote.body.rtmrs
+    eks = {kind: bytes.fromhex(der) for kind, der in out["ek_certificates"].items()}
+    verdict = verify_td_attestation(
+        bytes.fromhex(out["ca_certificate"]),
+        eks,
+        trusted_root=QUOTING.trusted_root_der,
+        expected_mrtd=mrtd,
+        later_event_log=bytes.fromhex(out["cc_event_log"]),
+    )
+    verdict.raise_for_failure()
+    assert [step.name for step in verdict.steps] == [
+        "quote chain",
+        "REPORTDATA binding",
+        "MRTD",
+        "RTMR replay",
+        "later event log",
+        "EK certificate (rsa)",
+        "EK certificate (ecc)",
+    ]
+    assert verdict.quote is not None and verdict.quoted_log is not None
     # RTMR0 at quote time: the launch parameters only; separators come after the quote
-    assert [(e.rtmr, e.event_type) for e in quoted] == [(0, eventlog.EV_PLATFORM_CONFIG_FLAGS)]
-    assert quote.body.rtmrs[1:] == (bytes(48),) * 3
-    full = eventlog.parse(bytes.fromhex(out["cc_event_log"]))
-    assert full[:1] == quoted and [e.event_type for e in full[1:]] == [EV_SEPARATOR] * 4
-    for der in out["ek_certificates"].values():
-        verify_issued_by(bytes.fromhex(der), ca.public_bytes(Encoding.DER))
-    assert set(out["ek_certificates"]) == {"rsa", "ecc"}
+    quoted = verdict.quoted_log.events
+    assert [(e.rtmr, e.event_type) for e in quoted] == [(0, EventType.EV_PLATFORM_CONFIG_FLAGS)]
+    assert verdict.quote.body.rtmrs[1:] == (bytes(48),) * 3
+    # the relying party's reference values, computed from the image alone, match what L1 measured
+    reference = reference_values(image, ram=RAM, vcpus=1, l1_version=SVSM_VERSION)
+    assert reference.mrtd == mrtd
+    assert reference.rtmrs_at_quote == verdict.quote.body.rtmrs
+    assert verdict.later_log is not None
+    assert reference.rtmrs_after_boot == verdict.later_log.replay()
     (pcr,) = out["pcr_events"]
     assert bytes.fromhex(pcr["data"]) == SVSM_VERSION.encode() + b"\0"
     assert pcr["digests"]["0x000c"] == hashlib.sha384(SVSM_VERSION.encode() + b"\0").hexdigest()
+    for bank, size in (("sha256", 32), ("sha384", 48)):
+        extended = bytes.fromhex(pcr["digests"][f"{0x000B if size == 32 else 0x000C:#06x}"])
+        assert reference.pcr0[bank] == hashlib.new(bank, bytes(size) + extended).digest()
     assert out["simulated_quote"] is True
     assert list(out["timings_ms"]) == [
         "accept memory, NUM_L2_VMS, launch parameters into RTMR0",

@@ -1,0 +1,159 @@
+"""Reference values a relying party pins for a built image: MRTD, the expected RTMRs, PCR0.
+
+- MRTD: what TDH.MEM.PAGE.ADD/TDH.MR.EXTEND of the image's pages give (`igvm.measure.mrtd`).
+- RTMR0 at quote time: L1 extends SHA-384 of the IGVM parameter area the host filled in (VP count
+  and memory map, IGVM specification, IGVM_VHT_VP_COUNT_PARAMETER and IGVM_VHT_MEMORY_MAP) as its
+  first event, before the vTPM CA's quote; RTMR1..3 are still zero then. These launch parameters
+  come from the host, so the prediction takes the memory map and VP count the host is expected to
+  give (the local backend: 32 MiB of RAM at GPA 0, one VP).
+- RTMR0..3 after boot: each then gets one EV_SEPARATOR (SHA-384 of four zero bytes).
+- PCR0 (SHA-256 and SHA-384 banks): L1 extends its version string, NUL terminated, as
+  EV_S_CRTM_VERSION. The image carries no version record a verifier can read (L1 is a zip of Python
+  sources inside a component), so the version is an input; the L2 firmware is not measured yet.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from igvm import headers
+from igvm.format import IgvmFile
+from igvm.format import read as read_igvm
+from igvm.measure import mrtd, rtmr_predict
+from verifier import eventlog
+from verifier.errors import VerificationError
+
+PAGE_SIZE = 4096
+LOCAL_BACKEND_RAM = ((0, 32 << 20),)  # the memory map the local backend gives a TD
+LOCAL_BACKEND_VCPUS = 1
+PCR0_BANKS = ("sha256", "sha384")
+L1_PARAMETER_AREA_RTMR = 0
+
+
+class ReferenceError(VerificationError):
+    """Reference values cannot be computed from this image (names what is missing)."""
+
+
+@dataclass(frozen=True)
+class ReferenceValues:
+    """What a relying party compares a TD's quote and PCRs with."""
+
+    mrtd: bytes
+    launch_event: bytes | None  # SHA-384 of the filled parameter area, L1's first RTMR0 event
+    rtmrs_at_quote: tuple[bytes, bytes, bytes, bytes] | None
+    rtmrs_after_boot: tuple[bytes, bytes, bytes, bytes] | None
+    pcr0: dict[str, bytes]  # bank name -> value; empty without an L1 version
+    notes: tuple[str, ...]
+
+    def as_dict(self) -> dict[str, object]:
+        def rtmrs(values: Sequence[bytes] | None) -> list[str] | None:
+            return None if values is None else [v.hex() for v in values]
+
+        return {
+            "mrtd": self.mrtd.hex(),
+            "launch_event_sha384": self.launch_event.hex() if self.launch_event else None,
+            "rtmrs_at_quote": rtmrs(self.rtmrs_at_quote),
+            "rtmrs_after_boot": rtmrs(self.rtmrs_after_boot),
+            "pcr0": {bank: value.hex() for bank, value in self.pcr0.items()},
+            "notes": list(self.notes),
+        }
+
+
+def _tdx_mask(image: IgvmFile) -> int:
+    platform = image.tdx_platform
+    if platform is None:
+        raise ReferenceError("the image has no TDX SUPPORTED_PLATFORM header")
+    return platform.compatibility_mask
+
+
+def _memory_map(ram: Sequence[tuple[int, int]]) -> bytes:
+    entries = [headers.MemoryMapEntry(gpa // PAGE_SIZE, size // PAGE_SIZE) for gpa, size in ram]
+    return b"".join(e.pack() for e in entries) + bytes(headers.MEMORY_MAP_ENTRY_BYTES)
+
+
+def inserted_parameter_areas(
+    image: IgvmFile, ram: Sequence[tuple[int, int]], vcpus: int
+) -> list[tuple[int, bytes]]:
+    """(GPA, contents) of each parameter area the image inserts for TDX, filled as a host does."""
+    mask = _tdx_mask(image)
+    areas: dict[int, bytearray] = {}
+    inserted: list[tuple[int, bytes]] = []
+    for d in image.directives:
+        if isinstance(d, headers.ParameterArea):
+            areas[d.parameter_area_index] = bytearray(
+                d.initial_data.ljust(d.number_of_bytes, b"\0")
+            )
+        elif isinstance(d, (headers.VpCount, headers.MemoryMap)):
+            area = areas.get(d.parameter_area_index)
+            if area is None:
+                raise ReferenceError(
+                    f"{d.NAME}: parameter area {d.parameter_area_index} undeclared"
+                )
+            if isinstance(d, headers.VpCount):
+                data = vcpus.to_bytes(headers.VP_COUNT_BYTES, "little")
+            else:
+                data = _memory_map(ram)
+            if d.byte_offset + len(data) > len(area):
+                raise ReferenceError(
+                    f"{d.NAME}: {len(data)} bytes at offset {d.byte_offset} overflow parameter "
+                    f"area {d.parameter_area_index} ({len(area)} bytes)"
+                )
+            area[d.byte_offset : d.byte_offset + len(data)] = data
+        elif isinstance(d, headers.ParameterInsert) and d.compatibility_mask & mask == mask:
+            area = areas.get(d.parameter_area_index)
+            if area is None:
+                raise ReferenceError(
+                    f"PARAMETER_INSERT at {d.gpa:#x}: area {d.parameter_area_index} undeclared"
+                )
+            inserted.append((d.gpa, bytes(area)))
+    return inserted
+
+
+def pcr0_for_version(version: str) -> dict[str, bytes]:
+    """PCR0 after one extend of `version` + NUL in each bank, from zero."""
+    data = version.encode() + b"\0"
+    values = {}
+    for bank in PCR0_BANKS:
+        size = hashlib.new(bank).digest_size
+        values[bank] = hashlib.new(bank, bytes(size) + hashlib.new(bank, data).digest()).digest()
+    return values
+
+
+def reference_values(
+    path: str | os.PathLike[str],
+    *,
+    ram: Sequence[tuple[int, int]] = LOCAL_BACKEND_RAM,
+    vcpus: int = LOCAL_BACKEND_VCPUS,
+    l1_version: str | None = None,
+) -> ReferenceValues:
+    """The reference values of the image at `path`, for a host giving `ram` and `vcpus`."""
+    image = read_igvm(path)
+    notes: list[str] = []
+    areas = inserted_parameter_areas(image, ram, vcpus)
+    launch: bytes | None = None
+    at_quote = after = None
+    if len(areas) == 1:
+        launch = hashlib.sha384(areas[0][1]).digest()
+        at_quote = rtmr_predict([(L1_PARAMETER_AREA_RTMR, launch)])
+        seal = eventlog.separator(0).sha384
+        assert seal is not None
+        after = rtmr_predict(
+            [(L1_PARAMETER_AREA_RTMR, launch)] + [(r, seal) for r in range(eventlog.RTMR_COUNT)]
+        )
+        ram_text = ", ".join(f"{size >> 20} MiB at {gpa:#x}" for gpa, size in ram)
+        notes.append(
+            f"RTMRs assume the host's launch parameters: {vcpus} VP(s), RAM {ram_text}; "
+            f"parameter area at {areas[0][0]:#x}"
+        )
+    else:
+        notes.append(
+            f"RTMRs not computed: the image inserts {len(areas)} parameter areas, L1 measures one"
+        )
+    pcr0 = pcr0_for_version(l1_version) if l1_version is not None else {}
+    if l1_version is None:
+        notes.append("PCR0 not computed: the image carries no L1 version record; pass the version")
+    notes.append("PCR0 holds the L1 version only: no L2 firmware is measured yet")
+    return ReferenceValues(mrtd(image), launch, at_quote, after, pcr0, tuple(notes))
