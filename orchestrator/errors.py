@@ -10,5 +10,5 @@ class OrchestratorError(Exception):
 class LocalBootError(OrchestratorError):
     """A step of `invoke run` on the local backend failed; the message names the step.
 
-    Distinct from `svsm.boot.BootError`, which L1 raises inside the TD for its own boot steps.
+    Distinct from `svsm.boot.BootStepError`, which L1 raises inside the TD for its own boot steps.
     """

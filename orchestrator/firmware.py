@@ -14,6 +14,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from orchestrator.errors import OrchestratorError
 from svsm.l2image import L2ImageError, L2ImageLayout
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,7 +45,7 @@ NO_RELOCATIONS = "There are no relocations in this file."
 BUILD_TIMEOUT_S = 120
 
 
-class FirmwareBuildError(RuntimeError):
+class FirmwareBuildError(OrchestratorError):
     """The firmware did not build; the message names the tool, the file and the compiler's words."""
 
 

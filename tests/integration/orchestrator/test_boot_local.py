@@ -83,6 +83,6 @@ def test_a_lying_host_fails_the_l1_step_with_a_clear_message(tmp_path: Path) -> 
     )
     assert result.returncode == 1
     assert "step 3 (L1 (svsm) boots from the measured image" in result.stdout
-    assert "L1 run failed: svsm.boot.BootError: svsm step 3 (vTPM manufacture" in result.stdout
+    assert "L1 run failed: svsm.boot.BootStepError: svsm step 3 (vTPM manufacture" in result.stdout
     assert "GetQuote buffer status at offset 8: 0x8000000000000000" in result.stdout
     assert "[4]" not in result.stdout  # the relying party never sees an unbound CA

@@ -14,7 +14,7 @@ import orchestrator
 import svsm
 from orchestrator.boot import BootReport, L1Summary, _step
 from orchestrator.errors import LocalBootError, OrchestratorError
-from tdxsim.host.vmm import RunResult
+from tdxsim.host.vmm import RunResult, RunStatus
 
 
 def exceptions_of(package: ModuleType) -> list[type[BaseException]]:
@@ -38,12 +38,12 @@ def test_every_orchestrator_exception_derives_from_the_root() -> None:
 def test_no_orchestrator_exception_shares_a_name_with_a_paravisor_one() -> None:
     ours = {cls.__name__ for cls in exceptions_of(orchestrator)}
     theirs = {cls.__name__ for cls in exceptions_of(svsm)}
-    assert "BootError" in theirs
+    assert "BootStepError" in theirs and "LocalBootError" in ours
     assert ours & theirs == set()
 
 
 def test_malformed_l1_output_is_a_local_boot_error_naming_the_key() -> None:
-    run = RunResult("done", b'{"num_l2_vms": 1}', 0, 0.0)
+    run = RunResult(RunStatus.DONE, b'{"num_l2_vms": 1}', 0, 0.0)
     with pytest.raises(OrchestratorError, match="L1's summary is malformed: KeyError"):
         L1Summary.parse(run, "")
 
