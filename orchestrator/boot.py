@@ -33,7 +33,9 @@ from tdxsim.l1image import build_l1_image
 from tdxsim.quoting import QuotingService
 from tdxsim.vmm import RunResult, Vmm, simulated_platform
 from verifier.quote import verify_quote
-from vtpm.attest import EV_SEPARATOR, RTMR_COUNT, attester_from_name, check_binding
+from tdxdefs.eventlog import EV_SEPARATOR
+from tdxdefs.tdcall import RTMR_COUNT
+from vtpm.attest import attester_from_name, check_binding
 from vtpm.certs import OID_EVENT_LOG, OID_TD_QUOTE, sec1_point, verify_issued_by
 from vtpm.engine import TpmEngine
 from vtpm.manufacture import ManufactureResult, manufacture
@@ -42,7 +44,7 @@ from vtpm.server import VtpmServer
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_RECIPE = Path(__file__).resolve().parent / "recipes" / "tdp.yaml"
 L1_IMAGE = ROOT / "out" / "l1.img"  # tdp.yaml's paravisor component
-L1_PACKAGES = (ROOT / "svsm", ROOT / "vtpm")
+L1_PACKAGES = (ROOT / "svsm", ROOT / "vtpm", ROOT / "tdxdefs")
 L1_ENTRY = "svsm.boot:main"
 TD_RAM = [(0, 32 << 20)]
 NUM_L2_VMS = 1

@@ -11,17 +11,18 @@ import hashlib
 from dataclasses import dataclass
 
 from svsm import eventlog
+from svsm.errors import SvsmError
 from svsm.eventlog import CcEvent
 from svsm.memory import Memory
-from svsm.tdcall import RTMR_COUNT, Tdcall
+from svsm.tdcall import Tdcall
+from tdxdefs.tdcall import RTMR_COUNT, SHA384_SIZE
 from vtpm import wire
-from vtpm.attest import SHA384_SIZE
 
 DIGEST_ALIGNMENT = 64  # TDG.MR.RTMR.EXTEND wants the digest 64-byte aligned (reference 1.2)
 PCR_BANKS = (wire.TPM_ALG_SHA256, wire.TPM_ALG_SHA384)
 
 
-class MeasurementError(RuntimeError):
+class MeasurementError(SvsmError):
     """A measurement could not be taken; names the register and the event."""
 
 

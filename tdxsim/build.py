@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from tdxsim.abi import GPAW_48, LEVEL_2M, LEVEL_4K, PAGE_SIZE
+from tdxdefs.tdcall import GPAW_48, LEVEL_2M, LEVEL_4K, PAGE_SIZE
 from tdxsim.interfaces import AttestationInterface, HostInterface
 from tdxsim.memory import PAGES_PER_2M, PageState, TdMemory
 from tdxsim.module import TdxModule

@@ -24,13 +24,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from tdxsim.abi import (
+from tdxdefs.getquote import GET_QUOTE_ERROR, GET_QUOTE_IN_FLIGHT, GET_QUOTE_SERVICE_UNAVAILABLE
+from tdxdefs.tdvmcall import (
     TDVMCALL_ALIGN_ERROR,
     TDVMCALL_GPA_INUSE,
     TDVMCALL_OPERAND_INVALID,
     TDVMCALL_RETRY,
 )
-from tdxsim.quoting import GET_QUOTE_ERROR, GET_QUOTE_IN_FLIGHT, GET_QUOTE_SERVICE_UNAVAILABLE
 
 U64 = (1 << 64) - 1
 VECTOR_MAX = 0xFF

@@ -26,9 +26,22 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any, Protocol
 
-from tdxsim.abi import (
-    PAGE_SIZE,
-    REPORTDATA_SIZE,
+from tdxdefs.getquote import (
+    OUT_LEN_OFFSET,
+    PAYLOAD_OFFSET,
+    QGS_BODY_OFFSET,
+    STATUS_OFFSET,
+    GetQuoteHeader,
+    GetQuoteResp,
+)
+from tdxdefs.quote import REPORTDATA_OFFSET
+from tdxdefs.tdcall import PAGE_SIZE
+from tdxdefs.tdvmcall import (
+    FATAL_CODE_MASK,
+    FATAL_MESSAGE_VALID,
+    GHCI_STANDARD,
+    IO_DIRECTION_READ,
+    IO_DIRECTION_WRITE,
     TDVMCALL_ALIGN_ERROR,
     TDVMCALL_OPERAND_INVALID,
     TDVMCALL_RETRY,
@@ -37,44 +50,24 @@ from tdxsim.abi import (
 from tdxsim.faults import FOREVER, GETQUOTE_LENGTH_SHORTFALL, LENGTH_LONG, LENGTH_SHORT, FaultSet
 from tdxsim.interfaces import Regs, TdExit
 from tdxsim.module import TdxModule
-from tdxsim.quoting import (
-    GET_QUOTE_RESP_FIELDS,
-    OUT_LEN_OFFSET,
-    PAYLOAD_OFFSET,
-    QGS_BODY_OFFSET,
-    STATUS_OFFSET,
-    GetQuoteHeader,
-    QuotingService,
-)
+from tdxsim.quoting import QuotingService
 from tdxsim.shared import HostAccessDenied, SharedMemory
-from verifier.quote import BODY_OFFSET, TdQuoteBody
 
 U64 = (1 << 64) - 1
-GHCI_STANDARD = 0
 IO_SIZES = (1, 2, 4)
 MMIO_SIZES = (1, 2, 4, 8)
 IO_PORT_MAX = 0xFFFF
-DIRECTION_READ = 0
-DIRECTION_WRITE = 1
 HLT_FLAGS = (0, 1)
 VECTOR_MIN = 32  # vectors 0..31 are exceptions; GHCI SetupEventNotifyInterrupt needs 32..255
 VECTOR_MAX = 255
 DEFAULT_STORM_VECTOR = 0xEC
 DEFAULT_MAPGPA_CHUNK_PAGES = 512
 GETQUOTE_MAX_SIZE = 64 * PAGE_SIZE
-FATAL_MESSAGE_VALID = 1 << 63
-FATAL_CODE_MASK = 0xFFFFFFFF
 FATAL_MESSAGE_MAX = PAGE_SIZE
 WIDE_DATA_FILL = U64  # io-wide: every bit above the access size set
 REWRITE_PERIOD_S = 0.0002
 # getquote-rewrite flips the first REPORTDATA byte of the quote in the answered buffer
-REWRITE_AT = (
-    QGS_BODY_OFFSET
-    + GET_QUOTE_RESP_FIELDS.size
-    + BODY_OFFSET
-    + TdQuoteBody.FORMAT.size
-    - REPORTDATA_SIZE
-)
+REWRITE_AT = QGS_BODY_OFFSET + GetQuoteResp.SIZE + REPORTDATA_OFFSET
 # [not in reference] GHCI 1.5 Service buffers: GUID, length, then reserved (command) or status
 SERVICE_HEADER = struct.Struct("<16sII")
 SERVICE_STATUS_UNSUPPORTED = 1  # [not in reference] GHCI 1.5 Service response "unsupported GUID"
@@ -295,13 +288,13 @@ class HostVmm:
 
     def _io(self, r: Regs) -> int:
         size, direction, port = r.r12, r.r13, r.r14
-        if size not in IO_SIZES or direction not in (DIRECTION_READ, DIRECTION_WRITE):
+        if size not in IO_SIZES or direction not in (IO_DIRECTION_READ, IO_DIRECTION_WRITE):
             return TDVMCALL_OPERAND_INVALID
         if port > IO_PORT_MAX or port + size - 1 > IO_PORT_MAX:
             return TDVMCALL_OPERAND_INVALID
         mask = (1 << (8 * size)) - 1
         route = self.io.get(port)
-        if direction == DIRECTION_WRITE:
+        if direction == IO_DIRECTION_WRITE:
             if route is not None:
                 route[1].write(port - route[0], size, r.r15 & mask)
             return TDVMCALL_SUCCESS
@@ -311,7 +304,7 @@ class HostVmm:
 
     def _mmio(self, r: Regs) -> int:
         size, direction, gpa = r.r12, r.r13, r.r14
-        if size not in MMIO_SIZES or direction not in (DIRECTION_READ, DIRECTION_WRITE):
+        if size not in MMIO_SIZES or direction not in (IO_DIRECTION_READ, IO_DIRECTION_WRITE):
             return TDVMCALL_OPERAND_INVALID
         if gpa % size:
             return TDVMCALL_ALIGN_ERROR
@@ -320,7 +313,7 @@ class HostVmm:
         for base, length, device in self.mmio:
             if base <= gpa and gpa + size <= base + length:
                 mask = (1 << (8 * size)) - 1
-                if direction == DIRECTION_WRITE:
+                if direction == IO_DIRECTION_WRITE:
                     device.write(gpa - base, size, r.r15 & mask)
                 else:
                     r.r11 = self._wide(device.read(gpa - base, size) & mask, size)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, fields
 from operator import attrgetter
 from typing import Protocol
 
-from tdxsim.abi import TDVMCALL_OPERAND_INVALID
+from tdxdefs.tdvmcall import TDVMCALL_OPERAND_INVALID
 
 GPR_NAMES = (
     "rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",

@@ -22,14 +22,18 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 
-from tdxsim.abi import (
-    BYTE_MASK,
-    CPL_MASK,
-    EEQ_ACCEPT,
-    EEQ_ATTR_WR,
+from tdxdefs.guest_state import L2_ENTER_GUEST_STATE_ALIGN
+from tdxdefs.metadata import (
     FIELD_CODE_MASK,
     FIELD_ELEM_SIZE_MASK,
     FIELD_ELEM_SIZE_SHIFT,
+    NO_NEXT_FIELD,
+    NOTIFY_ENABLES_FIELD,
+    NUM_L2_VMS_FIELD,
+)
+from tdxdefs.tdcall import (
+    BYTE_MASK,
+    CPL_MASK,
     GLA_LIST_INFO_FIRST_ENTRY_MASK,
     GLA_LIST_INFO_NUM_MASK,
     GLA_LIST_INFO_NUM_SHIFT,
@@ -39,7 +43,6 @@ from tdxsim.abi import (
     GPA_PAGE_MASK,
     INVVPID_LIST,
     INVVPID_RESERVED,
-    L2_ENTER_GUEST_STATE_ALIGN,
     LEAF_MASK,
     LEAF_VERSION_MASK,
     LEAF_VERSION_SHIFT,
@@ -47,9 +50,6 @@ from tdxsim.abi import (
     LEVEL_2M,
     LEVEL_4K,
     LEVEL_MASK,
-    NO_NEXT_FIELD,
-    NOTIFY_ENABLES_FIELD,
-    NUM_L2_VMS_FIELD,
     PAGE_SHIFT,
     PAGE_SIZE,
     REPORTDATA_ALIGN,
@@ -80,6 +80,7 @@ from tdxsim.abi import (
     pack_cs_info,
     pack_u32_pair,
 )
+from tdxdefs.vmcs import EEQ_ACCEPT, EEQ_ATTR_WR, Vmcs, width_of
 from tdxsim.interfaces import (
     GPR_NAMES,
     AttestationInterface,
@@ -98,11 +99,9 @@ from tdxsim.vmcs import (
     READ_ONLY,
     VALUE_MASK_OF_WIDTH,
     FieldKind,
-    Vmcs,
     decode_vp_field,
     is_guest_state,
     l2_ctls_valid,
-    width_of,
 )
 
 U64 = (1 << 64) - 1

@@ -6,7 +6,9 @@ sys.path. It builds the TD from host-side calls, and after FINALIZE reads the L1
 private memory at the GPA the host names. Every page of the image must have been PAGE.ADDed and
 fully MR.EXTENDed (so MRTD covers it) and its header must check, else FINALIZE is answered with an
 error and L1 never runs. At the first ENTER it writes the payload zip to a private temporary file,
-switches the checkout finder off, and imports L1's entry module from that zip alone; L1 gets an
+switches the checkout finder off, drops the model's copies of any package the image carries (the
+shared definitions, tdxdefs, are imported by both), and imports L1's entry module from that zip
+alone; L1 gets an
 `L1Platform`: a register-level `tdcall`, views of TD memory, and the path of the payload zip (for
 the vTPM workers L1 starts from the same measured bytes), nothing else.
 
@@ -30,7 +32,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
-from tdxsim.abi import PAGE_SIZE
+from tdxdefs.tdcall import PAGE_SIZE
 from tdxsim.build import MR_EXTEND_CHUNK, BuildError, TdBuilder, TdConfig
 from tdxsim.channel import (
     ADD_PAGE_FORMAT,
@@ -72,6 +74,9 @@ PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 class HostShutdown(BaseException):
     """The host ended the TD while L1 was inside a TD exit (not catchable as Exception by L1)."""
+
+
+SHARED_WITH_L1 = frozenset({"tdxdefs"})  # the model imports it too; L1 must take the image's
 
 
 class CheckoutFinder(Protocol):
@@ -306,12 +311,17 @@ class TdProcess:
             out.write(self.image.payload)
         if self.finder is not None:
             self.finder.enabled = False
+        image_packages = self.image.packages()
+        for name in list(sys.modules):  # the model's copies (e.g. tdxdefs) are not L1's to use
+            if name.partition(".")[0] in image_packages | SHARED_WITH_L1:
+                del sys.modules[name]
         sys.path.insert(0, str(zip_path))
         importlib.invalidate_caches()
         module = importlib.import_module(self.image.module)
-        origin = getattr(module, "__file__", "") or ""
-        if not origin.startswith(str(zip_path)):
-            raise ImportError(f"L1 module {self.image.module} came from {origin}, not the image")
+        for name, loaded in list(sys.modules.items()):
+            origin = getattr(loaded, "__file__", "") or ""
+            if name.partition(".")[0] in image_packages and not origin.startswith(str(zip_path)):
+                raise ImportError(f"L1 module {name} came from {origin}, not the image")
         entry = getattr(module, self.image.function)
         result = entry(L1Platform(self.module, str(zip_path)))
         if isinstance(result, str):

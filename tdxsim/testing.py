@@ -4,7 +4,8 @@ Every later part (the L1 paravisor) is tested through this. A test builds a TD, 
 TDCALLs with register values, reads and writes L1 memory (a pending page refuses, as a #VE
 would), and places L2 code at a GPA::
 
-    from tdxsim.abi import Leaf, ExitReason
+    from tdxdefs.tdcall import Leaf
+    from tdxdefs.vmcs import ExitReason
     from tdxsim.testing import TdHarness, assemble
 
     h = TdHarness.default(ram_mib=8, num_l2_vms=1)   # all RAM pending; L1 accepts what it uses
@@ -29,31 +30,28 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tdxsim.abi import (
-    ATTR_R,
-    ATTR_VALID,
-    ATTR_W,
-    ATTR_XS,
-    ELEM_SIZE_64,
-    EPTV_READ,
-    EPTV_WRITE,
+from tdxdefs.attributes import ATTR_R, ATTR_VALID, ATTR_W, ATTR_XS, pack_attr
+from tdxdefs.metadata import ELEM_SIZE_64, l2_ctls_field_id, l2_vmcs_field_id, msr_bitmap_field_id
+from tdxdefs.tdcall import (
     LEVEL_2M,
     LEVEL_4K,
-    MSR_BITMAP_READ_LOW,
-    MSR_BITMAP_WRITE_LOW,
     PAGE_SIZE,
     STATUS_DETAILS_MASK,
     TDX_SUCCESS,
     VM_INDEX_SHIFT,
-    ExitReason,
     Leaf,
     is_error,
-    l2_ctls_field_id,
-    l2_vmcs_field_id,
-    msr_bitmap_field_id,
-    pack_attr,
+)
+from tdxdefs.vmcs import (
+    EPTV_READ,
+    EPTV_WRITE,
+    MSR_BITMAP_READ_LOW,
+    MSR_BITMAP_WRITE_LOW,
+    ExitReason,
+    Vmcs,
     pack_intr_status,
     unpack_intr_status,
+    width_of,
 )
 from tdxsim.build import Accumulator, TdBuilder, TdConfig
 from tdxsim.interfaces import AttestationInterface, HostInterface, Regs
@@ -61,7 +59,7 @@ from tdxsim.l2cpu import DEFAULT_INSTRUCTION_BUDGET, GUEST_STATE
 from tdxsim.memory import PAGES_PER_2M, PageState
 from tdxsim.module import TdxModule
 from tdxsim.td import VeInfo
-from tdxsim.vmcs import ELEM_SIZE_OF_WIDTH, Vmcs, width_of
+from tdxsim.vmcs import ELEM_SIZE_OF_WIDTH
 
 MIB = 1 << 20
 BITS_PER_BYTE = 8

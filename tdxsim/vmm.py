@@ -25,7 +25,7 @@ from pathlib import Path
 from types import TracebackType
 
 import tdxsim
-from tdxsim.abi import GPAW_48, PAGE_SIZE
+from tdxdefs.tdcall import GPAW_48, PAGE_SIZE
 from tdxsim.build import MR_EXTEND_CHUNK
 from tdxsim.channel import (
     ADD_PAGE_FORMAT,
@@ -59,7 +59,7 @@ from tdxsim.report import ReportMacKey
 from tdxsim.shared import RamRegion, SharedMemory
 
 CHECKOUT = Path(tdxsim.__file__).resolve().parent.parent
-MODEL_PACKAGES = ("tdxsim", "igvm", "verifier")
+MODEL_PACKAGES = ("tdxsim", "tdxdefs", "igvm", "verifier")
 DEATH_POLL_S = 0.1
 CALL_TIMEOUT_S = 30.0
 SHUTDOWN_WAIT_S = 2.0

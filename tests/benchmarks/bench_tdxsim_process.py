@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tdxsim.abi import Leaf
+from tdxdefs.tdcall import Leaf
 from tdxsim.channel import Channel, ChannelClosed
 from tdxsim.host import Ghci, HostVmm, ModuleControl
 from tdxsim.interfaces import Regs

@@ -15,14 +15,15 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from igvm.build import build
-from orchestrator.boot import DEFAULT_RECIPE
+from orchestrator.boot import DEFAULT_RECIPE, L1_PACKAGES
 from svsm import eventlog
 from svsm.boot import SVSM_VERSION
+from tdxdefs.eventlog import EV_PLATFORM_CONFIG_FLAGS, EV_SEPARATOR
 from tdxsim.faults import FaultSet
 from tdxsim.l1image import build_l1_image
 from tdxsim.vmm import RunResult, Vmm, simulated_platform
 from verifier.quote import verify_quote
-from vtpm.attest import EV_SEPARATOR, check_binding
+from vtpm.attest import check_binding
 from vtpm.certs import OID_EVENT_LOG, OID_TD_QUOTE, sec1_point, verify_issued_by
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -35,7 +36,7 @@ pytestmark = pytest.mark.integration
 def image(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The project recipe with the L1 image built from this checkout."""
     tmp = tmp_path_factory.mktemp("svsm")
-    (tmp / "l1.img").write_bytes(build_l1_image([ROOT / "svsm", ROOT / "vtpm"], "svsm.boot:main"))
+    (tmp / "l1.img").write_bytes(build_l1_image(list(L1_PACKAGES), "svsm.boot:main"))
     recipe = yaml.safe_load(DEFAULT_RECIPE.read_text())
     recipe["components"][0]["file"] = str(tmp / "l1.img")
     (tmp / "tdp.yaml").write_text(yaml.safe_dump(recipe))
@@ -74,7 +75,7 @@ def test_full_boot_in_the_td_process(image: Path) -> None:
     quoted = eventlog.parse(_ext(ca, OID_EVENT_LOG))
     assert eventlog.replay(quoted) == quote.body.rtmrs
     # RTMR0 at quote time: the launch parameters only; separators come after the quote
-    assert [(e.rtmr, e.event_type) for e in quoted] == [(0, eventlog.EV_PLATFORM_CONFIG_FLAGS)]
+    assert [(e.rtmr, e.event_type) for e in quoted] == [(0, EV_PLATFORM_CONFIG_FLAGS)]
     assert quote.body.rtmrs[1:] == (bytes(48),) * 3
     full = eventlog.parse(bytes.fromhex(out["cc_event_log"]))
     assert full[:1] == quoted and [e.event_type for e in full[1:]] == [EV_SEPARATOR] * 4

@@ -5,19 +5,17 @@ from __future__ import annotations
 import pytest
 from unicorn.x86_const import UC_X86_REG_CR2
 
-from tdxsim.abi import (
-    ATTR_R,
-    ATTR_VALID,
-    ATTR_W,
+from tdxdefs.attributes import ATTR_R, ATTR_VALID, ATTR_W
+from tdxdefs.vmcs import (
     EPTV_GLA_VALID,
     EPTV_READ,
     EPTV_TRANSLATED,
     EPTV_WRITE,
     INTR_INFO_VALID,
     ExitReason,
+    Vmcs,
 )
 from tdxsim.testing import L2Context, TdHarness, assemble
-from tdxsim.vmcs import Vmcs
 
 CODE = 0x10000
 PML4, PDPT, PD, PD_HIGH, PT = 0x70000, 0x71000, 0x72000, 0x74000, 0x73000

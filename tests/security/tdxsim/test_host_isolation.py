@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tdxsim.abi import PAGE_SIZE, TDVMCALL_OPERAND_INVALID, TDVMCALL_SUCCESS
+from tdxdefs.tdcall import PAGE_SIZE
+from tdxdefs.tdvmcall import TDVMCALL_OPERAND_INVALID, TDVMCALL_SUCCESS
 from tdxsim.channel import (
     CONVERT_FORMAT,
     EXTEND_FORMAT,

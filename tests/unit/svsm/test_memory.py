@@ -7,7 +7,8 @@ from collections.abc import Callable
 import pytest
 
 from svsm.memory import MAPGPA_MAX_RETRIES, PAGE_SIZE, L1MemoryError
-from svsm.tdcall import TdcallError, TdvmcallStatus
+from svsm.tdcall import TdcallError
+from tdxdefs.tdvmcall import TdvmcallStatus
 from tdxsim.faults import FaultSet
 from tdxsim.interfaces import Regs
 from tdxsim.memory import PageState

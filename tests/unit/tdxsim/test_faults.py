@@ -6,14 +6,12 @@ import time
 
 import pytest
 
-from tdxsim.abi import (
-    PAGE_SIZE,
+from tdxdefs.tdcall import PAGE_SIZE, TDX_PENDING_INTERRUPT, Leaf
+from tdxdefs.tdvmcall import (
     TDVMCALL_GPA_INUSE,
     TDVMCALL_OPERAND_INVALID,
     TDVMCALL_RETRY,
     TDVMCALL_SUCCESS,
-    TDX_PENDING_INTERRUPT,
-    Leaf,
 )
 from tdxsim.faults import FOREVER, FaultSet, FaultSpecError
 from tdxsim.host import DEFAULT_STORM_VECTOR, UART_LSR, Ghci

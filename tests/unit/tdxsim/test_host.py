@@ -6,14 +6,12 @@ import struct
 
 import pytest
 
-from tdxsim.abi import (
-    PAGE_SIZE,
+from tdxdefs.tdcall import PAGE_SIZE, TDX_SUCCESS, Leaf
+from tdxdefs.tdvmcall import (
     TDVMCALL_ALIGN_ERROR,
     TDVMCALL_OPERAND_INVALID,
     TDVMCALL_RETRY,
     TDVMCALL_SUCCESS,
-    TDX_SUCCESS,
-    Leaf,
 )
 from tdxsim.build import TdBuilder, TdConfig
 from tdxsim.faults import FaultSet

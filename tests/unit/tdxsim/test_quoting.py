@@ -7,14 +7,12 @@ from collections.abc import Callable
 
 import pytest
 
+from tdxdefs.getquote import GET_QUOTE_ERROR, GET_QUOTE_IN_FLIGHT, GET_QUOTE_SUCCESS, GetQuoteHeader
+from tdxdefs.quote import INTEL_QE_VENDOR_ID
 from tdxsim.interfaces import TdInfo
 from tdxsim.quoting import (
-    GET_QUOTE_ERROR,
-    GET_QUOTE_IN_FLIGHT,
-    GET_QUOTE_SUCCESS,
     SIM_QE_VENDOR_ID,
     GetQuoteFormatError,
-    GetQuoteHeader,
     QuoteRequestRefused,
     SimulatedAttestation,
     decode_get_quote_request,
@@ -24,7 +22,6 @@ from tdxsim.quoting import (
 )
 from tdxsim.report import ReportMacKey, build_tdreport
 from verifier.quote import (
-    INTEL_QE_VENDOR_ID,
     QuoteParseError,
     parse_quote,
     qe_report_data_binding,
