@@ -16,7 +16,7 @@ from invoke.tasks import task
 
 ROOT = Path(__file__).resolve().parent
 PYTHON = sys.executable
-PACKAGES = ("igvm", "vtpm", "tdxsim", "svsm", "orchestrator", "verifier")
+PACKAGES = ("tdxdefs", "igvm", "vtpm", "tdxsim", "svsm", "orchestrator", "verifier")
 BENCH_DIR = ROOT / "tests" / "benchmarks"
 DEFAULT_IMAGE = ROOT / "out" / "tdp.igvm"
 TEST_RECIPE = ROOT / "igvm" / "recipes" / "test-image.yaml"
@@ -110,7 +110,7 @@ def test(
 
 @task(help={"only": "run one check: ruff, format, mypy or imports"})
 def lint(c: Context, only: str = "") -> None:
-    """ruff, ruff format --check, mypy --strict on the project's packages, and the layering contracts."""
+    """ruff, ruff format --check, mypy --strict on the packages, and the layering contracts."""
     checks = {
         "ruff": [PYTHON, "-m", "ruff", "check", "."],
         "format": [PYTHON, "-m", "ruff", "format", "--check", "."],

@@ -28,13 +28,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from igvm.build import build as build_igvm
 from svsm import eventlog
+from tdxdefs.eventlog import EV_SEPARATOR
+from tdxdefs.tdcall import RTMR_COUNT
 from tdxsim.faults import FaultSet
 from tdxsim.l1image import build_l1_image
 from tdxsim.quoting import QuotingService
 from tdxsim.vmm import RunResult, Vmm, simulated_platform
 from verifier.quote import verify_quote
-from tdxdefs.eventlog import EV_SEPARATOR
-from tdxdefs.tdcall import RTMR_COUNT
 from vtpm.attest import attester_from_name, check_binding
 from vtpm.certs import OID_EVENT_LOG, OID_TD_QUOTE, sec1_point, verify_issued_by
 from vtpm.engine import TpmEngine

@@ -27,10 +27,11 @@ from typing import Any
 from svsm.attestation import AttestationBuffers, TdxAttester
 from svsm.errors import SvsmError
 from svsm.measurement import PcrEvent, Rtmrs, extend_pcr
-from svsm.memory import PAGE_SIZE, PAGE_SIZE_2M, Memory
+from svsm.memory import PAGE_SIZE_2M, Memory
 from svsm.tdcall import Platform, Tdcall
 from tdxdefs.eventlog import EV_PLATFORM_CONFIG_FLAGS, EV_S_CRTM_VERSION
 from tdxdefs.metadata import NUM_L2_VMS_FIELD
+from tdxdefs.tdcall import PAGE_SIZE
 from tdxdefs.tdvmcall import Tdvmcall
 from vtpm import wire
 from vtpm.engine import TpmEngine
