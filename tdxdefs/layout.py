@@ -72,9 +72,11 @@ class Layout:
             raise LayoutError(
                 name, "SIZE", 0, f"declared {cls.SIZE} bytes, the fields add up to {compiled.size}"
             )
-        declared = [
+        declared = [  # a layout may extend another: its fields follow the base's
             field
-            for field, annotation in inspect.get_annotations(cls).items()
+            for klass in reversed(cls.__mro__)
+            if issubclass(klass, Layout)
+            for field, annotation in inspect.get_annotations(klass).items()
             if "ClassVar" not in str(annotation)
         ]
         wanted = [field for field, _ in cls.FIELDS]

@@ -151,9 +151,9 @@ class QuoteBodyDescriptor(Layout):
 
 
 @dataclass(frozen=True, slots=True)
-class TdQuoteBody15(Layout):
-    """TD quote body for TD report 1.5 (version 5, body type 3): the 1.0 body, TEE_TCB_SVN2 and
-    MRSERVICETD; 648 bytes."""
+class TdQuoteBody15(TdQuoteBody):
+    """TD quote body for TD report 1.5 (version 5, body type 3): the 1.0 body, then TEE_TCB_SVN2
+    and MRSERVICETD; 648 bytes."""
 
     NAME: ClassVar[str] = "td_quote_body_1_5"
     FIELDS: ClassVar[tuple[tuple[str, str], ...]] = (
@@ -163,21 +163,6 @@ class TdQuoteBody15(Layout):
     )
     SIZE: ClassVar[int] = 648
 
-    tee_tcb_svn: bytes
-    mrseam: bytes
-    mrsignerseam: bytes
-    seamattributes: int
-    tdattributes: int
-    xfam: int
-    mrtd: bytes
-    mrconfigid: bytes
-    mrowner: bytes
-    mrownerconfig: bytes
-    rtmr0: bytes
-    rtmr1: bytes
-    rtmr2: bytes
-    rtmr3: bytes
-    reportdata: bytes
     tee_tcb_svn2: bytes
     mrservicetd: bytes
 

@@ -8,7 +8,11 @@ GetQuote, ReportFatalError, SetupEventNotifyInterrupt, Service).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import IntEnum
+from typing import ClassVar
+
+from tdxdefs.layout import Layout
 
 GHCI_STANDARD = 0  # TDG.VP.VMCALL R10 on input: a GHCI-standard call
 EXPOSE_R10_R15 = 0xFC00  # TDG.VP.VMCALL RCX: the GPRs the host may see and write
@@ -56,3 +60,26 @@ IO_DIRECTION_WRITE = 1
 # --- ReportFatalError (GHCI v1.5, section 3.4): R12 error code, R13 GPA of the message ---------
 FATAL_MESSAGE_VALID = 1 << 63
 FATAL_CODE_MASK = 0xFFFFFFFF
+
+
+# --- Service (GHCI v1.5, section 3.12): command and response buffers start with this header ----
+SERVICE_STATUS_SUCCESS = 0
+SERVICE_STATUS_UNSUPPORTED = 1  # the response status for a GUID the host does not serve
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceBufferHeader(Layout):
+    """Header of a Service command or response buffer: the service GUID, the buffer's length
+    (header included), then the status in a response (reserved in a command, not checked)."""
+
+    NAME: ClassVar[str] = "Service buffer header"
+    FIELDS: ClassVar[tuple[tuple[str, str], ...]] = (
+        ("guid", "16s"),
+        ("length", "I"),
+        ("status", "I"),
+    )
+    SIZE: ClassVar[int] = 24
+
+    guid: bytes
+    length: int
+    status: int

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tdxdefs.attributes import ATTR_R, ATTR_VALID, ATTR_W, ATTR_XS, pack_attr
+from tdxdefs.guest_state import L2_ENTER_GUEST_STATE_SIZE, L2EnterGuestState
 from tdxdefs.metadata import ELEM_SIZE_64, l2_ctls_field_id, l2_vmcs_field_id, msr_bitmap_field_id
 from tdxdefs.tdcall import (
     LEVEL_2M,
@@ -55,7 +56,7 @@ from tdxdefs.vmcs import (
 )
 from tdxsim.build import Accumulator, TdBuilder, TdConfig
 from tdxsim.interfaces import AttestationInterface, HostInterface, Regs
-from tdxsim.l2cpu import DEFAULT_INSTRUCTION_BUDGET, GUEST_STATE
+from tdxsim.l2cpu import DEFAULT_INSTRUCTION_BUDGET
 from tdxsim.memory import PAGES_PER_2M, PageState
 from tdxsim.module import TdxModule
 from tdxsim.td import VeInfo
@@ -210,16 +211,18 @@ class L2Context:
                 self.rflags = value
             else:
                 setattr(self.regs, name, value)
-        block = GUEST_STATE.pack(
+        block = L2EnterGuestState(
             *self.regs.as_list(), self.rflags, self.rip, 0, pack_intr_status(self.rvi, self.svi)
-        )
-        self.harness.memory.write(self.state_gpa, block.ljust(256, b"\0"))
+        ).pack()
+        self.harness.memory.write(self.state_gpa, block.ljust(L2_ENTER_GUEST_STATE_SIZE, b"\0"))
         rcx = (self.vm << VM_INDEX_SHIFT) | flags
         out = self.harness.tdcall(Leaf.VP_ENTER, rcx=rcx, rdx=self.state_gpa, vcpu=self.vcpu)
-        values = GUEST_STATE.unpack_from(self.harness.memory.read(self.state_gpa, GUEST_STATE.size))
-        self.regs = Regs.from_list(list(values[:16]))
-        self.rflags, self.rip = values[16], values[17]
-        self.rvi, self.svi = unpack_intr_status(values[19])
+        state = L2EnterGuestState.unpack(
+            self.harness.memory.read(self.state_gpa, L2EnterGuestState.SIZE)
+        )
+        self.regs = Regs.from_list(list(state.gprs))
+        self.rflags, self.rip = state.rflags, state.rip
+        self.rvi, self.svi = unpack_intr_status(state.guest_interrupt_status)
         return L2Exit(out, self.regs.copy(), self.rflags, self.rip, self.rvi, self.svi)
 
     def skip(self, exit_: L2Exit) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tdxdefs.tdcall import PAGE_SIZE
-from tdxdefs.tdvmcall import TDVMCALL_OPERAND_INVALID, TDVMCALL_SUCCESS
+from tdxdefs.tdvmcall import TDVMCALL_OPERAND_INVALID, TDVMCALL_SUCCESS, Tdvmcall
 from tdxsim.channel import (
     CONVERT_FORMAT,
     EXTEND_FORMAT,
@@ -19,7 +19,6 @@ from tdxsim.channel import (
     REPLY_FORMAT,
     MsgType,
 )
-from tdxsim.host import Ghci
 from tdxsim.l1image import build_l1_image
 from tdxsim.shared import HostAccessDenied
 from tdxsim.tdprocess import CHUNKS_PER_PAGE
@@ -63,9 +62,9 @@ def test_tdvmcalls_pointing_at_private_memory_neither_read_nor_write_it() -> Non
     td = HostTd()
     td.h.write(PRIVATE, SECRET)
     for sub, regs in (
-        (Ghci.GET_QUOTE, {"r12": PRIVATE, "r13": PAGE_SIZE}),
-        (Ghci.SERVICE, {"r12": PRIVATE, "r13": PRIVATE}),
-        (Ghci.REPORT_FATAL_ERROR, {"r12": 1 << 63, "r13": PRIVATE}),
+        (Tdvmcall.GET_QUOTE, {"r12": PRIVATE, "r13": PAGE_SIZE}),
+        (Tdvmcall.SERVICE, {"r12": PRIVATE, "r13": PRIVATE}),
+        (Tdvmcall.REPORT_FATAL_ERROR, {"r12": 1 << 63, "r13": PRIVATE}),
     ):
         assert td.vmcall(sub, **regs).r10 == TDVMCALL_OPERAND_INVALID
     assert td.h.read(PRIVATE, len(SECRET)) == SECRET
@@ -76,7 +75,7 @@ def test_tdvmcalls_pointing_at_private_memory_neither_read_nor_write_it() -> Non
 def test_register_values_of_every_width_never_crash_the_host() -> None:
     td = HostTd()
     hostile = [0, 1, PAGE_SIZE - 1, SHARED_BIT, (1 << 64) - 1, 1 << 63, SHARED_BIT | 0xFFF]
-    for sub in Ghci:
+    for sub in Tdvmcall:
         for value in hostile:
             out = td.vmcall(sub, r12=value, r13=value, r14=value, r15=value)
             assert out.r10 in (TDVMCALL_SUCCESS, TDVMCALL_OPERAND_INVALID, 1, 1 << 63 | 2)
