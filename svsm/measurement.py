@@ -15,10 +15,9 @@ from svsm.errors import SvsmError
 from svsm.eventlog import CcEvent
 from svsm.memory import Memory
 from svsm.tdcall import Tdcall
-from tdxdefs.tdcall import RTMR_COUNT, SHA384_SIZE
+from tdxdefs.tdcall import RTMR_COUNT, RTMR_EXTEND_ALIGN, SHA384_SIZE
 from vtpm import wire
 
-DIGEST_ALIGNMENT = 64  # TDG.MR.RTMR.EXTEND wants the digest 64-byte aligned (reference 1.2)
 PCR_BANKS = (wire.TPM_ALG_SHA256, wire.TPM_ALG_SHA384)
 
 
@@ -30,7 +29,7 @@ class Rtmrs:
     """RTMR0..3 as L1 extends them, with the CC event log of every extend."""
 
     def __init__(self, tdcall: Tdcall, memory: Memory, digest_gpa: int) -> None:
-        if digest_gpa % DIGEST_ALIGNMENT:
+        if digest_gpa % RTMR_EXTEND_ALIGN:
             raise MeasurementError(f"RTMR digest buffer {digest_gpa:#x} is not 64-byte aligned")
         self._tdcall = tdcall
         self._memory = memory

@@ -90,6 +90,11 @@ class Layout:
         cls._GETTER = attrgetter(*wanted) if len(wanted) > 1 else None
 
     @classmethod
+    def from_values(cls, *values: Any) -> Self:
+        """The structure from its field values in wire order."""
+        return cls(*values)
+
+    @classmethod
     def offset(cls, field: str) -> int:
         """Byte offset of `field` from the start of the structure."""
         try:

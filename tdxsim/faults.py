@@ -31,9 +31,9 @@ from tdxdefs.tdvmcall import (
     TDVMCALL_OPERAND_INVALID,
     TDVMCALL_RETRY,
 )
+from tdxdefs.x86 import LAST_VECTOR
 
 U64 = (1 << 64) - 1
-VECTOR_MAX = 0xFF
 FOREVER = -1
 GETQUOTE_LENGTH_SHORTFALL = 16
 LENGTH_LONG = "long"
@@ -70,7 +70,7 @@ class FaultSet:
     irq_storm: int = 0
 
     def __post_init__(self) -> None:
-        if self.irq_spurious is not None and not 0 <= self.irq_spurious <= VECTOR_MAX:
+        if self.irq_spurious is not None and not 0 <= self.irq_spurious <= LAST_VECTOR:
             raise FaultSpecError(f"irq-spurious: vector {self.irq_spurious} outside 0..255")
         if self.irq_storm < 0 or self.getquote_rewrite < 0:
             raise FaultSpecError("irq-storm and getquote-rewrite counts must not be negative")

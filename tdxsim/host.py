@@ -47,6 +47,7 @@ from tdxdefs.tdvmcall import (
     ServiceBufferHeader,
     Tdvmcall,
 )
+from tdxdefs.x86 import FIRST_EXTERNAL_VECTOR, LAST_VECTOR
 from tdxsim.faults import FOREVER, GETQUOTE_LENGTH_SHORTFALL, LENGTH_LONG, LENGTH_SHORT, FaultSet
 from tdxsim.interfaces import Regs, TdExit
 from tdxsim.module import TdxModule
@@ -58,8 +59,8 @@ IO_SIZES = (1, 2, 4)
 MMIO_SIZES = (1, 2, 4, 8)
 IO_PORT_MAX = 0xFFFF
 HLT_FLAGS = (0, 1)
-VECTOR_MIN = 32  # vectors 0..31 are exceptions; GHCI SetupEventNotifyInterrupt needs 32..255
-VECTOR_MAX = 255
+VECTOR_MIN = FIRST_EXTERNAL_VECTOR  # GHCI SetupEventNotifyInterrupt needs 32..255
+VECTOR_MAX = LAST_VECTOR
 DEFAULT_STORM_VECTOR = 0xEC
 DEFAULT_MAPGPA_CHUNK_PAGES = 512
 GETQUOTE_MAX_SIZE = 64 * PAGE_SIZE

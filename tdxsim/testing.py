@@ -211,7 +211,7 @@ class L2Context:
                 self.rflags = value
             else:
                 setattr(self.regs, name, value)
-        block = L2EnterGuestState(
+        block = L2EnterGuestState.from_values(
             *self.regs.as_list(), self.rflags, self.rip, 0, pack_intr_status(self.rvi, self.svi)
         ).pack()
         self.harness.memory.write(self.state_gpa, block.ljust(L2_ENTER_GUEST_STATE_SIZE, b"\0"))
