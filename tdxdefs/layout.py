@@ -103,6 +103,12 @@ class Layout:
             raise LayoutError(cls.NAME, field, 0, "no such field") from None
 
     @classmethod
+    def index(cls, field: str) -> int:
+        """Position of `field` in the wire order (its index in `STRUCT.unpack` output)."""
+        cls.offset(field)
+        return next(i for i, (name, _code) in enumerate(cls.FIELDS) if name == field)
+
+    @classmethod
     def field_size(cls, field: str) -> int:
         """Size in bytes of `field`."""
         cls.offset(field)
