@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import inspect
 import struct
+from dataclasses import dataclass
 from operator import attrgetter
 from typing import Any, ClassVar, Self
 
@@ -25,6 +26,45 @@ LITTLE_ENDIAN = "<"
 BIG_ENDIAN = ">"
 RESERVED_PREFIX = "reserved"
 _BYTE_ORDERS = (LITTLE_ENDIAN, BIG_ENDIAN)
+
+
+@dataclass(frozen=True)
+class CompiledFields:
+    """A field list compiled once: its struct, each field's offset and size, the reserved ones
+    as (index, name, offset, zero value)."""
+
+    struct: struct.Struct
+    offsets: dict[str, int]
+    sizes: dict[str, int]
+    reserved: tuple[tuple[int, str, int, object], ...]
+
+
+def compile_fields(
+    name: str, fields: tuple[tuple[str, str], ...], byte_order: str = LITTLE_ENDIAN
+) -> CompiledFields:
+    """Compile (field name, struct code) pairs in wire order; `LayoutError` names a bad field."""
+    if byte_order not in _BYTE_ORDERS:
+        raise LayoutError(name, "BYTE_ORDER", 0, f"{byte_order!r} is not '<' or '>'")
+    offsets: dict[str, int] = {}
+    sizes: dict[str, int] = {}
+    reserved: list[tuple[int, str, int, object]] = []
+    position = 0
+    for index, (field, code) in enumerate(fields):
+        if field in offsets:
+            raise LayoutError(name, field, position, "declared twice")
+        try:
+            size = struct.calcsize(byte_order + code)
+        except struct.error as exc:
+            raise LayoutError(name, field, position, f"bad struct code {code!r}") from exc
+        offsets[field] = position
+        sizes[field] = size
+        if field.startswith(RESERVED_PREFIX):
+            reserved.append((index, field, position, bytes(size) if code.endswith("s") else 0))
+        position += size
+    compiled = struct.Struct(byte_order + "".join(code for _, code in fields))
+    if compiled.size != position:
+        raise LayoutError(name, "FIELDS", 0, f"codes need alignment padding ({compiled.size})")
+    return CompiledFields(compiled, offsets, sizes, tuple(reserved))
 
 
 class Layout:
@@ -47,30 +87,13 @@ class Layout:
         if "FIELDS" not in cls.__dict__:
             return
         name = cls.NAME or cls.__name__
-        if cls.BYTE_ORDER not in _BYTE_ORDERS:
-            raise LayoutError(name, "BYTE_ORDER", 0, f"{cls.BYTE_ORDER!r} is not '<' or '>'")
-        offsets: dict[str, int] = {}
-        sizes: dict[str, int] = {}
-        reserved: list[tuple[int, str, int, object]] = []
-        position = 0
-        for index, (field, code) in enumerate(cls.FIELDS):
-            if field in offsets:
-                raise LayoutError(name, field, position, "declared twice")
-            try:
-                size = struct.calcsize(cls.BYTE_ORDER + code)
-            except struct.error as exc:
-                raise LayoutError(name, field, position, f"bad struct code {code!r}") from exc
-            offsets[field] = position
-            sizes[field] = size
-            if field.startswith(RESERVED_PREFIX):
-                reserved.append((index, field, position, bytes(size) if code.endswith("s") else 0))
-            position += size
-        compiled = struct.Struct(cls.BYTE_ORDER + "".join(code for _, code in cls.FIELDS))
-        if compiled.size != position:
-            raise LayoutError(name, "FIELDS", 0, f"codes need alignment padding ({compiled.size})")
-        if compiled.size != cls.SIZE:
+        compiled = compile_fields(name, cls.FIELDS, cls.BYTE_ORDER)
+        if compiled.struct.size != cls.SIZE:
             raise LayoutError(
-                name, "SIZE", 0, f"declared {cls.SIZE} bytes, the fields add up to {compiled.size}"
+                name,
+                "SIZE",
+                0,
+                f"declared {cls.SIZE} bytes, the fields add up to {compiled.struct.size}",
             )
         declared = [  # a layout may extend another: its fields follow the base's
             field
@@ -83,10 +106,10 @@ class Layout:
         if declared != wanted:
             raise LayoutError(name, "FIELDS", 0, f"attributes {declared} are not fields {wanted}")
         cls.NAME = name
-        cls.STRUCT = compiled
-        cls.OFFSETS = offsets
-        cls.SIZES = sizes
-        cls._RESERVED = tuple(reserved)
+        cls.STRUCT = compiled.struct
+        cls.OFFSETS = compiled.offsets
+        cls.SIZES = compiled.sizes
+        cls._RESERVED = compiled.reserved
         cls._GETTER = attrgetter(*wanted) if len(wanted) > 1 else None
 
     @classmethod
