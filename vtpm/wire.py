@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar, Protocol
 
+from tdxdefs.eventlog import TPM_ALG_SHA384 as TPM_ALG_SHA384  # declared once, in tdxdefs
 from tdxdefs.layout import BIG_ENDIAN, Layout
 
 # --- constants (Part 2) -------------------------------------------------------------------------
@@ -46,7 +47,6 @@ TPM_ALG_RSA = 0x0001
 TPM_ALG_SHA1 = 0x0004
 TPM_ALG_AES = 0x0006
 TPM_ALG_SHA256 = 0x000B
-TPM_ALG_SHA384 = 0x000C
 TPM_ALG_SHA512 = 0x000D
 TPM_ALG_NULL = 0x0010
 TPM_ALG_RSASSA = 0x0014
