@@ -1,16 +1,15 @@
 """The TD process ("the CPU running the TD"): module model, L2 vCPUs and L1, driven by the host.
 
 Started by `tdxsim.vmm` as `python -I -S` with a bootstrap that lets only the module model's
-packages (tdxsim, igvm, verifier) come from the checkout and puts only third-party site-packages on
-sys.path. It builds the TD from host-side calls, and after FINALIZE reads the L1 image out of TD
-private memory at the GPA the host names. Every page of the image must have been PAGE.ADDed and
-fully MR.EXTENDed (so MRTD covers it) and its header must check, else FINALIZE is answered with an
-error and L1 never runs. At the first ENTER it writes the payload zip to a private temporary file,
-switches the checkout finder off, drops the model's copies of any package the image carries (the
-shared definitions, tdxdefs, are imported by both), and imports L1's entry module from that zip
-alone; L1 gets an
-`L1Platform`: a register-level `tdcall`, views of TD memory, and the path of the payload zip (for
-the vTPM workers L1 starts from the same measured bytes), nothing else.
+packages (tdxsim, tdxdefs, igvm, verifier) come from the checkout and puts only third-party
+site-packages on sys.path. It builds the TD from host-side calls, and after FINALIZE reads the L1
+image out of TD private memory at the GPA the host names. Every page of the image must have been
+PAGE.ADDed and fully MR.EXTENDed (so MRTD covers it) and its header must check, else FINALIZE is
+answered with an error and L1 never runs. At the first ENTER it writes the payload zip to a private
+temporary file, switches the checkout finder off, drops the model's copies of any package the image
+carries (the shared definitions, tdxdefs, are imported by both), and imports L1's entry module from
+that zip alone; L1 gets an `L1Platform`: a register-level `tdcall`, views of TD memory, and the path
+of the payload zip (for the vTPM workers L1 starts from the same measured bytes), nothing else.
 
 Limits of the simulation, documented: L1 runs in the same interpreter as the module model, so
 Python code could reach the model through `sys.modules`; L1's memory view is the whole memfd, with
