@@ -16,7 +16,7 @@ from invoke.tasks import task
 
 ROOT = Path(__file__).resolve().parent
 PYTHON = sys.executable
-PACKAGES = ("igvm", "vtpm", "tdxsim", "svsm", "orchestrator", "verifier")
+PACKAGES = ("tdxdefs", "igvm", "vtpm", "tdxsim", "svsm", "orchestrator", "verifier")
 BENCH_DIR = ROOT / "tests" / "benchmarks"
 DEFAULT_IMAGE = ROOT / "out" / "tdp.igvm"
 TEST_RECIPE = ROOT / "igvm" / "recipes" / "test-image.yaml"

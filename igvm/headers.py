@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Self
 
 from igvm.errors import IgvmError
+from tdxdefs.layout import compile_fields
 
 PAGE_SIZE = 4096
 PAGE_SIZE_2MB = 2 * 1024 * 1024
@@ -141,14 +142,10 @@ class _Header:
     RESERVED_POSITIONS: ClassVar[tuple[tuple[int, str], ...]] = ()
 
     def __init_subclass__(cls) -> None:
-        if "WIRE" in cls.__dict__:
-            cls.LAYOUT = struct.Struct("<" + "".join(code for _, code in cls.WIRE))
-            offsets: dict[str, int] = {}
-            prefix = "<"
-            for name, code in cls.WIRE:
-                offsets[name] = struct.calcsize(prefix)
-                prefix += code
-            cls.OFFSETS = offsets
+        if "WIRE" in cls.__dict__:  # compiled as every binary layout is (tdxdefs.layout)
+            compiled = compile_fields(cls.NAME or cls.__name__, cls.WIRE)
+            cls.LAYOUT = compiled.struct
+            cls.OFFSETS = compiled.offsets
         has_data = cls.DATA_FIELD is not None
         cls.FIELD_POSITIONS = tuple(
             (position, name)

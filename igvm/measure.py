@@ -37,9 +37,9 @@ from igvm.headers import (
     ParameterArea,
     ParameterInsert,
 )
+from tdxdefs.tdcall import RTMR_COUNT
 
 MRTD_SIZE = 48
-RTMR_COUNT = 4
 BLOCK_SIZE = 128
 MR_EXTEND_CHUNK = 256
 CHUNKS_PER_PAGE = PAGE_SIZE // MR_EXTEND_CHUNK

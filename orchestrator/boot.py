@@ -38,7 +38,7 @@ from vtpm.server import VtpmServer
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_RECIPE = Path(__file__).resolve().parent / "recipes" / "tdp.yaml"
 L1_IMAGE = ROOT / "out" / "l1.img"  # tdp.yaml's paravisor component
-L1_PACKAGES = (ROOT / "svsm", ROOT / "vtpm")
+L1_PACKAGES = (ROOT / "svsm", ROOT / "vtpm", ROOT / "tdxdefs")
 L1_ENTRY = "svsm.boot:main"
 TD_RAM = [(0, 32 << 20)]
 NUM_L2_VMS = 1

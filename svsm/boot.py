@@ -25,10 +25,14 @@ from contextlib import contextmanager
 from typing import Any
 
 from svsm.attestation import AttestationBuffers, TdxAttester
-from svsm.eventlog import EV_PLATFORM_CONFIG_FLAGS, EV_S_CRTM_VERSION
+from svsm.errors import SvsmError
 from svsm.measurement import PcrEvent, Rtmrs, extend_pcr
-from svsm.memory import PAGE_SIZE, PAGE_SIZE_2M, Memory
-from svsm.tdcall import NUM_L2_VMS_FIELD, Platform, Tdcall, Tdvmcall
+from svsm.memory import PAGE_SIZE_2M, Memory
+from svsm.tdcall import Platform, Tdcall
+from tdxdefs.eventlog import EV_PLATFORM_CONFIG_FLAGS, EV_S_CRTM_VERSION
+from tdxdefs.metadata import NUM_L2_VMS_FIELD
+from tdxdefs.tdcall import PAGE_SIZE
+from tdxdefs.tdvmcall import Tdvmcall
 from vtpm import wire
 from vtpm.engine import TpmEngine
 from vtpm.manufacture import ManufactureResult, manufacture
@@ -49,7 +53,7 @@ IO_SIZE_1, IO_WRITE = 1, 1
 MS_PER_S = 1000
 
 
-class BootStepError(RuntimeError):
+class BootStepError(SvsmError):
     """A boot step of L1 failed; the message names the step and the cause."""
 
 

@@ -29,13 +29,15 @@ from iced_x86 import (
     RegisterExt,
 )
 
+from svsm.errors import SvsmError
+
 MAX_INSTRUCTION_LENGTH = 15  # Intel SDM Vol. 2, 2.3.11
 GPR_COUNT = 16
 MASK64 = (1 << 64) - 1
 HIGH_BYTE_REGISTERS = {Register.AH: 0, Register.CH: 1, Register.DH: 2, Register.BH: 3}
 
 
-class NotEmulatable(ValueError):
+class NotEmulatable(SvsmError, ValueError):
     """The bytes are not an MMIO access L1 emulates; the message names the bytes and why."""
 
 

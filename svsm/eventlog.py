@@ -1,9 +1,10 @@
 """The CC event log (TCG PC Client crypto-agile format, SHA-384 only) that explains the RTMRs.
 
-The layouts and their builders are `vtpm.attest`'s (the same log goes into the vTPM CA
-certificate), so a log with only the four separators is `vtpm.attest.cc_event_log_separators()`.
-MR index = RTMR + 1 (reference 6.1). `parse` checks every length against the bytes present and
-names the offset.
+The record layouts are `tdxdefs.eventlog`; the builders are `vtpm.attest`'s (the same log goes into
+the vTPM CA certificate), so a log with only the four separators is
+`vtpm.attest.cc_event_log_separators()`. MR index = RTMR + 1 (TCG PC Client Platform Firmware
+Profile event log, as the TDX CC event log uses it). `parse` checks every length against the bytes
+present and names the offset.
 """
 
 from __future__ import annotations
@@ -11,31 +12,32 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TypeVar
 
-from vtpm.attest import (
+from svsm.errors import SvsmError
+from tdxdefs.errors import LayoutError
+from tdxdefs.eventlog import (
     EV_NO_ACTION,
     EV_SEPARATOR,
-    EVENT_SIZE,
     MR_INDEX_OF_RTMR0,
     ONE_DIGEST,
-    RTMR_COUNT,
     SEPARATOR_EVENT,
-    SHA384_SIZE,
-    SPEC_ID_ALGORITHM,
-    SPEC_ID_EVENT,
     SPEC_ID_SIGNATURE,
-    TCG_PCR_EVENT2_HEAD,
-    TCG_PCR_EVENT_HEADER,
     TPM_ALG_SHA384,
-    cc_event,
-    cc_event_log_header,
+    EventSize,
+    SpecIdAlgorithm,
+    SpecIdEvent,
+    TcgPcrEvent,
+    TcgPcrEvent2Head,
 )
+from tdxdefs.layout import Layout
+from tdxdefs.tdcall import RTMR_COUNT, SHA384_SIZE
+from vtpm.attest import cc_event, cc_event_log_header
 
-EV_S_CRTM_VERSION = 0x00000008
-EV_PLATFORM_CONFIG_FLAGS = 0x0000000A
+L = TypeVar("L", bound=Layout)
 
 
-class EventLogError(ValueError):
+class EventLogError(SvsmError, ValueError):
     """A CC event log that does not parse; names the offset and the field."""
 
 
@@ -71,34 +73,43 @@ def _take(log: bytes, offset: int, size: int, field: str) -> bytes:
     return log[offset : offset + size]
 
 
+def _layout(layout: type[L], log: bytes, offset: int) -> L:
+    try:
+        return layout.unpack(log, offset)
+    except LayoutError as exc:
+        raise EventLogError(
+            f"CC event log offset {exc.offset}: {exc.structure}.{exc.field}: {exc.reason}"
+        ) from exc
+
+
 def parse(log: bytes) -> list[CcEvent]:
     """The events of a log, after checking its Spec ID header says SHA-384 only."""
-    _pcr, event_type, _sha1, spec_size = TCG_PCR_EVENT_HEADER.unpack(
-        _take(log, 0, TCG_PCR_EVENT_HEADER.size, "TCG_PCR_EVENT header")
-    )
-    if event_type != EV_NO_ACTION:
+    first = _layout(TcgPcrEvent, log, 0)
+    if first.event_type != EV_NO_ACTION:
         raise EventLogError(
-            f"CC event log offset 4: first event type {event_type:#x}, "
-            "expected EV_NO_ACTION (Spec ID event)"
+            f"CC event log offset {TcgPcrEvent.offset('event_type')}: first event type "
+            f"{first.event_type:#x}, expected EV_NO_ACTION (Spec ID event)"
         )
-    spec = _take(log, TCG_PCR_EVENT_HEADER.size, spec_size, "Spec ID event")
-    signature, *_rest, algorithms = SPEC_ID_EVENT.unpack(
-        _take(spec, 0, SPEC_ID_EVENT.size, "Spec ID event fields")
-    )
-    alg = SPEC_ID_ALGORITHM.unpack(
-        _take(spec, SPEC_ID_EVENT.size, SPEC_ID_ALGORITHM.size, "Spec ID algorithm")
-    )
-    if signature != SPEC_ID_SIGNATURE or algorithms != 1 or alg != (TPM_ALG_SHA384, SHA384_SIZE):
+    spec_at = TcgPcrEvent.SIZE
+    spec = _take(log, spec_at, first.event_size, "Spec ID event")
+    head = _layout(SpecIdEvent, log[: spec_at + len(spec)], spec_at)
+    alg = _layout(SpecIdAlgorithm, log[: spec_at + len(spec)], spec_at + SpecIdEvent.SIZE)
+    algorithms = head.number_of_algorithms
+    if (
+        head.signature != SPEC_ID_SIGNATURE
+        or algorithms != 1
+        or (alg.algorithm_id, alg.digest_size) != (TPM_ALG_SHA384, SHA384_SIZE)
+    ):
         raise EventLogError(
-            f"CC event log offset {TCG_PCR_EVENT_HEADER.size}: Spec ID event is "
+            f"CC event log offset {spec_at}: Spec ID event is "
             f"not 'Spec ID Event03' with SHA-384 only ({algorithms} algorithms)"
         )
-    offset = TCG_PCR_EVENT_HEADER.size + spec_size
+    offset = spec_at + first.event_size
     events = []
     while offset < len(log):
-        mr_index, event_type, count, alg_id = TCG_PCR_EVENT2_HEAD.unpack(
-            _take(log, offset, TCG_PCR_EVENT2_HEAD.size, "TCG_PCR_EVENT2 head")
-        )
+        event = _layout(TcgPcrEvent2Head, log, offset)
+        mr_index, event_type = event.pcr_index, event.event_type
+        count, alg_id = event.digest_count, event.algorithm_id
         if not MR_INDEX_OF_RTMR0 <= mr_index <= RTMR_COUNT:
             raise EventLogError(f"CC event log offset {offset}: MR index {mr_index} is not 1-4")
         if count != ONE_DIGEST or alg_id != TPM_ALG_SHA384:
@@ -106,12 +117,12 @@ def parse(log: bytes) -> list[CcEvent]:
                 f"CC event log offset {offset + 8}: {count} digests of alg "
                 f"{alg_id:#x}, expected one SHA-384"
             )
-        at = offset + TCG_PCR_EVENT2_HEAD.size
+        at = offset + TcgPcrEvent2Head.SIZE
         digest = _take(log, at, SHA384_SIZE, "digest")
-        (size,) = EVENT_SIZE.unpack(_take(log, at + SHA384_SIZE, EVENT_SIZE.size, "eventSize"))
-        data = _take(log, at + SHA384_SIZE + EVENT_SIZE.size, size, "event data")
+        size = _layout(EventSize, log, at + SHA384_SIZE).size
+        data = _take(log, at + SHA384_SIZE + EventSize.SIZE, size, "event data")
         events.append(CcEvent(mr_index - MR_INDEX_OF_RTMR0, event_type, digest, data))
-        offset = at + SHA384_SIZE + EVENT_SIZE.size + size
+        offset = at + SHA384_SIZE + EventSize.SIZE + size
     return events
 
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from svsm.errors import SvsmError
+
 PAGE_SIZE = 0x1000
 MAGIC = b"TDPL2FW1"
 HEADER = struct.Struct("<8s8sIIIIIII20s")
@@ -20,7 +22,7 @@ HEADER_VERSION = 1
 _MAGIC_AT = 8
 
 
-class L2ImageError(ValueError):
+class L2ImageError(SvsmError, ValueError):
     """An L2 image's header is inconsistent; the message names the field and its value."""
 
 

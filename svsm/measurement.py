@@ -11,17 +11,17 @@ import hashlib
 from dataclasses import dataclass
 
 from svsm import eventlog
+from svsm.errors import SvsmError
 from svsm.eventlog import CcEvent
 from svsm.memory import Memory
-from svsm.tdcall import RTMR_COUNT, Tdcall
+from svsm.tdcall import Tdcall
+from tdxdefs.tdcall import RTMR_COUNT, RTMR_EXTEND_ALIGN, SHA384_SIZE
 from vtpm import wire
-from vtpm.attest import SHA384_SIZE
 
-DIGEST_ALIGNMENT = 64  # TDG.MR.RTMR.EXTEND wants the digest 64-byte aligned (reference 1.2)
 PCR_BANKS = (wire.TPM_ALG_SHA256, wire.TPM_ALG_SHA384)
 
 
-class MeasurementError(RuntimeError):
+class MeasurementError(SvsmError):
     """A measurement could not be taken; names the register and the event."""
 
 
@@ -29,7 +29,7 @@ class Rtmrs:
     """RTMR0..3 as L1 extends them, with the CC event log of every extend."""
 
     def __init__(self, tdcall: Tdcall, memory: Memory, digest_gpa: int) -> None:
-        if digest_gpa % DIGEST_ALIGNMENT:
+        if digest_gpa % RTMR_EXTEND_ALIGN:
             raise MeasurementError(f"RTMR digest buffer {digest_gpa:#x} is not 64-byte aligned")
         self._tdcall = tdcall
         self._memory = memory

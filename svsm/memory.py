@@ -9,26 +9,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from svsm.tdcall import (
+from svsm.errors import SvsmError
+from svsm.tdcall import Platform, Tdcall, TdcallError
+from tdxdefs.tdcall import (
     LEVEL_2M,
     LEVEL_4K,
+    PAGE_SIZE,
     R10,
     R11,
     TDX_PAGE_SIZE_MISMATCH,
-    Platform,
-    Tdcall,
-    TdcallError,
-    Tdvmcall,
-    TdvmcallStatus,
     status_class,
 )
+from tdxdefs.tdvmcall import Tdvmcall, TdvmcallStatus
 
-PAGE_SIZE = 0x1000
 PAGE_SIZE_2M = 0x200000
 MAPGPA_MAX_RETRIES = 64  # a host that never makes progress gets an error, not a hang
 
 
-class L1MemoryError(RuntimeError):
+class L1MemoryError(SvsmError):
     """L1 memory misuse or a host answer that breaks the MapGPA contract; names the GPA."""
 
 

@@ -4,7 +4,8 @@ The L1 paravisor is tested through this. A test builds a TD, issues raw
 TDCALLs with register values, reads and writes L1 memory (a pending page refuses, as a #VE
 would), and places L2 code at a GPA::
 
-    from tdxsim.abi import Leaf, ExitReason
+    from tdxdefs.tdcall import Leaf
+    from tdxdefs.vmcs import ExitReason
     from tdxsim.testing import TdHarness, assemble
 
     h = TdHarness.default(ram_mib=8, num_l2_vms=1)   # all RAM pending; L1 accepts what it uses
@@ -29,34 +30,33 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tdxsim.abi import (
-    ATTR_R,
-    ATTR_VALID,
-    ATTR_W,
-    ATTR_XS,
-    ELEM_SIZE_64,
-    EPTV_READ,
-    EPTV_WRITE,
+from tdxdefs.attributes import ATTR_R, ATTR_VALID, ATTR_W, ATTR_XS, pack_attr
+from tdxdefs.guest_state import L2_ENTER_GUEST_STATE_SIZE, L2EnterGuestState
+from tdxdefs.metadata import ELEM_SIZE_64, l2_ctls_field_id, l2_vmcs_field_id, msr_bitmap_field_id
+from tdxdefs.tdcall import (
+    GPR_COUNT,
     LEVEL_2M,
     LEVEL_4K,
-    MSR_BITMAP_READ_LOW,
-    MSR_BITMAP_WRITE_LOW,
     PAGE_SIZE,
     STATUS_DETAILS_MASK,
     TDX_SUCCESS,
     VM_INDEX_SHIFT,
-    ExitReason,
     Leaf,
     is_error,
-    l2_ctls_field_id,
-    l2_vmcs_field_id,
-    msr_bitmap_field_id,
-    pack_attr,
+)
+from tdxdefs.vmcs import (
+    EPTV_READ,
+    EPTV_WRITE,
+    MSR_BITMAP_READ_LOW,
+    MSR_BITMAP_WRITE_LOW,
+    ExitReason,
+    Vmcs,
     pack_intr_status,
     unpack_intr_status,
+    width_of,
 )
 from tdxsim.errors import TdxsimError
-from tdxsim.l2cpu import DEFAULT_INSTRUCTION_BUDGET, GUEST_STATE
+from tdxsim.l2cpu import DEFAULT_INSTRUCTION_BUDGET
 from tdxsim.module.attestation_interface import AttestationInterface
 from tdxsim.module.build import Accumulator, TdBuilder, TdConfig
 from tdxsim.module.dispatch import TdxModule
@@ -64,11 +64,15 @@ from tdxsim.module.host_interface import HostInterface
 from tdxsim.module.memory import PAGES_PER_2M, PageState
 from tdxsim.module.registers import Regs
 from tdxsim.module.td_state import VeInfo
-from tdxsim.module.vmcs import ELEM_SIZE_OF_WIDTH, Vmcs, width_of
+from tdxsim.module.vmcs import ELEM_SIZE_OF_WIDTH
 
 MIB = 1 << 20
 BITS_PER_BYTE = 8
 QWORD_BITS = 64
+GUEST_STATE = L2EnterGuestState.STRUCT
+RFLAGS_AT, RIP_AT, INTR_STATUS_AT = (
+    L2EnterGuestState.index(name) for name in ("rflags", "rip", "guest_interrupt_status")
+)
 ALL_ONES = (1 << 64) - 1
 RWX = ATTR_R | ATTR_W | ATTR_XS | ATTR_VALID
 ATTR_MASK_RWX = ATTR_R | ATTR_W | ATTR_XS
@@ -215,16 +219,16 @@ class L2Context:
                 self.rflags = value
             else:
                 setattr(self.regs, name, value)
-        block = GUEST_STATE.pack(
+        block = GUEST_STATE.pack(  # the layout's compiled struct: enter() is benchmarked
             *self.regs.as_list(), self.rflags, self.rip, 0, pack_intr_status(self.rvi, self.svi)
         )
-        self.harness.memory.write(self.state_gpa, block.ljust(256, b"\0"))
+        self.harness.memory.write(self.state_gpa, block.ljust(L2_ENTER_GUEST_STATE_SIZE, b"\0"))
         rcx = (self.vm << VM_INDEX_SHIFT) | flags
         out = self.harness.tdcall(Leaf.VP_ENTER, rcx=rcx, rdx=self.state_gpa, vcpu=self.vcpu)
         values = GUEST_STATE.unpack_from(self.harness.memory.read(self.state_gpa, GUEST_STATE.size))
-        self.regs = Regs.from_list(list(values[:16]))
-        self.rflags, self.rip = values[16], values[17]
-        self.rvi, self.svi = unpack_intr_status(values[19])
+        self.regs = Regs.from_list(list(values[:GPR_COUNT]))
+        self.rflags, self.rip = values[RFLAGS_AT], values[RIP_AT]
+        self.rvi, self.svi = unpack_intr_status(values[INTR_STATUS_AT])
         return L2Exit(out, self.regs.copy(), self.rflags, self.rip, self.rvi, self.svi)
 
     def skip(self, exit_: L2Exit) -> None:

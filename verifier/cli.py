@@ -20,17 +20,11 @@ from typing import Any, TextIO
 from cryptography import x509
 
 from igvm.errors import IgvmError
+from tdxdefs.quote import BODY_OFFSET, HEADER_OFFSET, QUOTE_VERSION_4, QuoteHeader, TdQuoteBody
 from verifier import eventlog
 from verifier.errors import VerificationError
 from verifier.eventlog import EventLog
-from verifier.quote import (
-    BODY_OFFSET,
-    HEADER_OFFSET,
-    QUOTE_VERSION_4,
-    QuoteHeader,
-    QuoteParseError,
-    TdQuoteBody,
-)
+from verifier.quote import QuoteParseError
 from verifier.reference import (
     LOCAL_BACKEND_RAM,
     LOCAL_BACKEND_VCPUS,
@@ -66,7 +60,7 @@ def load_event_log(data: bytes) -> tuple[EventLog, str]:
 
 def quote_rtmrs(quote: bytes) -> tuple[bytes, bytes, bytes, bytes]:
     """RTMR0..3 of a v4 TD quote's body; the signature is not checked here (see `quote`)."""
-    end = BODY_OFFSET + TdQuoteBody.FORMAT.size
+    end = BODY_OFFSET + TdQuoteBody.SIZE
     if len(quote) < end:
         raise QuoteParseError("td_quote_body", BODY_OFFSET, f"quote is {len(quote)} bytes")
     header = QuoteHeader.unpack(quote[HEADER_OFFSET:BODY_OFFSET])

@@ -1,8 +1,8 @@
 """TDX quote version 4: layouts, a bounds-checked parser, and verification against a chosen root.
 
-Layouts follow reference/tdx-partitioning-abi.md 7.2 (DCAP `sgx_quote_4.h`/`sgx_quote_3.h`). The
-parser accepts any v4 TD quote, real or simulated; `verify_quote` checks the PCK chain up to the
-root the caller passes (no default trust), the QE report signature, the QE report's binding of the
+Layouts are `tdxdefs.quote` (Intel SGX ECDSA Quote Library API, DCAP quote format). The parser
+accepts any v4 TD quote, real or simulated; `verify_quote` checks the PCK chain up to the root the
+caller passes (no default trust), the QE report signature, the QE report's binding of the
 attestation key, and the quote signature. Every parse error names the field and its offset.
 """
 
@@ -11,9 +11,8 @@ from __future__ import annotations
 import datetime
 import hashlib
 import re
-import struct
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TypeVar
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -21,35 +20,41 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
+from tdxdefs.errors import LayoutError
+from tdxdefs.layout import Layout
+from tdxdefs.quote import (
+    ATT_KEY_TYPE_ECDSA_P256,
+    ATT_KEY_TYPE_OFFSET,
+    ECDSA_P256_KEY_SIZE,
+    ECDSA_P256_SIGNATURE_SIZE,
+    HEADER_OFFSET,
+    QE_REPORT_DATA_BINDING_SIZE,
+    QUOTE_VERSION_4,
+    SGX_REPORT_DATA_SIZE,
+    SIGNATURE_DATA_LEN_OFFSET,
+    TEE_TYPE_OFFSET,
+    CertificationDataHeader,
+    CertificationDataType,
+    QeAuthDataSize,
+    QuoteHeader,
+    SgxReportBody,
+    SignatureDataLength,
+    TdQuoteBody,
+)
+from tdxdefs.report import TEE_TYPE_TDX
 from verifier.chain import MalformedCertificateError, check_well_formed, verify_chain
 from verifier.errors import VerificationError
-from verifier.layout import StructLayout
 
-# --- 7.2 constants -------------------------------------------------------------------------------
-QUOTE_VERSION_4 = 4
-ATT_KEY_TYPE_ECDSA_P256 = 2
-ATT_KEY_TYPE_ECDSA_P384 = 3
-TEE_TYPE_SGX = 0x00
-TEE_TYPE_TDX = 0x81
-INTEL_QE_VENDOR_ID = bytes.fromhex("939a7233f79c4ca9940a0db3957f0607")
-
-CERT_TYPE_PPID_CLEARTEXT = 1
-CERT_TYPE_PPID_RSA2048 = 2
-CERT_TYPE_PPID_RSA3072 = 3
-CERT_TYPE_PCK_LEAF = 4
-CERT_TYPE_PCK_CERT_CHAIN = 5
-CERT_TYPE_QE_REPORT = 6
-CERT_TYPE_PLATFORM_MANIFEST = 7
-KNOWN_CERT_TYPES = range(CERT_TYPE_PPID_CLEARTEXT, CERT_TYPE_PLATFORM_MANIFEST + 1)
-
-ECDSA_P256_SIGNATURE_SIZE = 64
-ECDSA_P256_KEY_SIZE = 64
+KNOWN_CERT_TYPES = frozenset(int(t) for t in CertificationDataType)
+CERT_TYPE_PCK_CERT_CHAIN = int(CertificationDataType.PCK_CERT_CHAIN)
+CERT_TYPE_QE_REPORT = int(CertificationDataType.QE_REPORT)
 SEC1_UNCOMPRESSED = b"\x04"
-QE_REPORT_DATA_BINDING_SIZE = 32
-SGX_REPORT_DATA_SIZE = 64
 MAX_CERT_NESTING = 1
 PEM_PADDING = b"\x00"
 PEM_BLOCK = re.compile(rb"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----", re.DOTALL)
+
+
+L = TypeVar("L", bound=Layout)
 
 
 class QuoteParseError(VerificationError, ValueError):
@@ -104,94 +109,20 @@ class _Reader:
         self.pos += size
         return chunk
 
-    def unpack(self, fmt: struct.Struct, field: str) -> tuple[int, ...]:
-        return tuple(fmt.unpack(self.take(fmt.size, field)))
+    def layout(self, layout: type[L], field: str) -> L:
+        """Parse `layout` at the current position; errors name `field` and the quote offset."""
+        raw = self.take(layout.SIZE, field)
+        try:
+            return layout.unpack(raw)
+        except LayoutError as exc:
+            at = self.offset - layout.SIZE + (exc.offset or 0)
+            raise QuoteParseError(f"{field}.{exc.field}", at, exc.reason) from exc
 
     def remaining(self) -> int:
         return len(self.data) - self.pos
 
 
-@dataclass(frozen=True)
-class QuoteHeader(StructLayout):
-    """sgx_quote4_header_t: 48 bytes at offset 0 (reference 7.2 "Header")."""
-
-    FORMAT: ClassVar[struct.Struct] = struct.Struct("<HHII16s20s")
-
-    version: int
-    att_key_type: int
-    tee_type: int
-    reserved: int
-    qe_vendor_id: bytes
-    user_data: bytes
-
-
-@dataclass(frozen=True)
-class TdQuoteBody(StructLayout):
-    """sgx_report2_body_t, the TD quote body: 584 bytes at offset 48 (reference 7.2)."""
-
-    FORMAT: ClassVar[struct.Struct] = struct.Struct("<16s48s48sQQQ48s48s48s48s48s48s48s48s64s")
-
-    tee_tcb_svn: bytes
-    mrseam: bytes
-    mrsignerseam: bytes
-    seamattributes: int
-    tdattributes: int
-    xfam: int
-    mrtd: bytes
-    mrconfigid: bytes
-    mrowner: bytes
-    mrownerconfig: bytes
-    rtmr0: bytes
-    rtmr1: bytes
-    rtmr2: bytes
-    rtmr3: bytes
-    reportdata: bytes
-
-    @property
-    def attributes(self) -> int:
-        """The TD's ATTRIBUTES (TDATTRIBUTES in the quote body)."""
-        return self.tdattributes
-
-    @property
-    def rtmrs(self) -> tuple[bytes, bytes, bytes, bytes]:
-        return (self.rtmr0, self.rtmr1, self.rtmr2, self.rtmr3)
-
-
-@dataclass(frozen=True)
-class SgxReportBody(StructLayout):
-    """sgx_report_body_t, 384 bytes: the QE report body inside certification data type 6."""
-
-    FORMAT: ClassVar[struct.Struct] = struct.Struct("<16sI12s16s16s32s32s32s32s64sHHH42s16s64s")
-
-    cpu_svn: bytes
-    misc_select: int
-    reserved1: bytes
-    isv_ext_prod_id: bytes
-    attributes: bytes
-    mr_enclave: bytes
-    reserved2: bytes
-    mr_signer: bytes
-    reserved3: bytes
-    config_id: bytes
-    isv_prod_id: int
-    isv_svn: int
-    config_svn: int
-    reserved4: bytes
-    isv_family_id: bytes
-    report_data: bytes
-
-
-CERT_DATA_HEADER = struct.Struct("<HI")  # certification data type u16, size u32
-SIGNATURE_DATA_LEN = struct.Struct("<I")
-QE_AUTH_DATA_SIZE = struct.Struct("<H")
-
-HEADER_OFFSET = 0
-ATT_KEY_TYPE_OFFSET = HEADER_OFFSET + 2
-TEE_TYPE_OFFSET = HEADER_OFFSET + 4
-BODY_OFFSET = HEADER_OFFSET + QuoteHeader.FORMAT.size
-SIGNATURE_DATA_LEN_OFFSET = BODY_OFFSET + TdQuoteBody.FORMAT.size
-SIGNATURE_DATA_OFFSET = SIGNATURE_DATA_LEN_OFFSET + SIGNATURE_DATA_LEN.size
-SGX_REPORT_BODY_SIZE = SgxReportBody.FORMAT.size
+SGX_REPORT_BODY_SIZE = SgxReportBody.SIZE
 
 
 @dataclass(frozen=True)
@@ -208,7 +139,7 @@ class QeReportCertificationData:
         return (
             self.report_body_raw
             + self.report_signature
-            + QE_AUTH_DATA_SIZE.pack(len(self.auth_data))
+            + QeAuthDataSize(len(self.auth_data)).pack()
             + self.auth_data
             + self.certification.pack()
         )
@@ -225,7 +156,7 @@ class CertificationData:
     pck_chain: tuple[x509.Certificate, ...] = ()
 
     def pack(self) -> bytes:
-        return CERT_DATA_HEADER.pack(self.cert_type, len(self.data)) + self.data
+        return CertificationDataHeader(self.cert_type, len(self.data)).pack() + self.data
 
 
 @dataclass(frozen=True)
@@ -288,7 +219,7 @@ def _parse_qe_report(data: bytes, base: int, depth: int) -> QeReportCertificatio
     reader = _Reader(data, base)
     raw_body = reader.take(SGX_REPORT_BODY_SIZE, "qe_report_body")
     signature = reader.take(ECDSA_P256_SIGNATURE_SIZE, "qe_report_signature")
-    (auth_size,) = reader.unpack(QE_AUTH_DATA_SIZE, "qe_auth_data.size")
+    auth_size = reader.layout(QeAuthDataSize, "qe_auth_data").size
     auth_data = reader.take(auth_size, "qe_auth_data")
     nested = _parse_certification_data(reader, depth + 1)
     if reader.remaining():
@@ -297,15 +228,18 @@ def _parse_qe_report(data: bytes, base: int, depth: int) -> QeReportCertificatio
             reader.offset,
             f"{reader.remaining()} bytes after the nested certification data",
         )
-    return QeReportCertificationData(
-        SgxReportBody.unpack(raw_body), raw_body, signature, auth_data, nested
-    )
+    try:
+        body = SgxReportBody.unpack(raw_body)
+    except LayoutError as exc:
+        raise QuoteParseError(f"qe_report_body.{exc.field}", base + exc.offset, exc.reason) from exc
+    return QeReportCertificationData(body, raw_body, signature, auth_data, nested)
 
 
 def _parse_certification_data(reader: _Reader, depth: int) -> CertificationData:
     name = "certification_data" if depth == 0 else "qe_report_certification_data.nested"
     type_offset = reader.offset
-    cert_type, size = reader.unpack(CERT_DATA_HEADER, f"{name}.header")
+    header = reader.layout(CertificationDataHeader, f"{name}.header")
+    cert_type, size = header.cert_type, header.size
     if cert_type not in KNOWN_CERT_TYPES:
         raise QuoteParseError(f"{name}.type", type_offset, f"unknown type {cert_type}")
     data_offset = reader.offset
@@ -324,8 +258,7 @@ def _parse_certification_data(reader: _Reader, depth: int) -> CertificationData:
 def parse_quote(quote: bytes) -> ParsedQuote:
     """Parse a v4 TD quote (any issuer); raise QuoteParseError naming field and offset."""
     reader = _Reader(bytes(quote))
-    header_raw = reader.take(QuoteHeader.FORMAT.size, "header")
-    header = QuoteHeader.unpack(header_raw)
+    header = reader.layout(QuoteHeader, "header")
     if header.version != QUOTE_VERSION_4:
         raise QuoteParseError("header.version", HEADER_OFFSET, f"{header.version}, expected 4")
     if header.att_key_type != ATT_KEY_TYPE_ECDSA_P256:
@@ -340,8 +273,8 @@ def parse_quote(quote: bytes) -> ParsedQuote:
             TEE_TYPE_OFFSET,
             f"{header.tee_type:#x}, expected {TEE_TYPE_TDX:#x} (TDX)",
         )
-    body = TdQuoteBody.unpack(reader.take(TdQuoteBody.FORMAT.size, "td_quote_body"))
-    (sig_len,) = reader.unpack(SIGNATURE_DATA_LEN, "signature_data_len")
+    body = reader.layout(TdQuoteBody, "td_quote_body")
+    sig_len = reader.layout(SignatureDataLength, "signature_data_len").length
     if sig_len != reader.remaining():
         raise QuoteParseError(
             "signature_data_len",

@@ -1,10 +1,10 @@
 """Attesters: what turns the vTPM CA's REPORTDATA into a TD quote, and the fake one for tests.
 
-REPORTDATA (reference tdx-partitioning-abi.md 6.1) is SHA-384 of the CA public key, as an
-uncompressed SEC1 point 0x04||X||Y, followed by 16 zero bytes. [CONFLICT] The ISV design guide
-(2.6) says the EK hash; its 6.1.3 and its code use the CA public key, and so do we.
+REPORTDATA is SHA-384 of the CA public key, as an uncompressed SEC1 point 0x04||X||Y, followed by
+16 zero bytes, as Intel's TD-partitioning vTPM prototype computes it (its design guide names the EK
+hash in one place; its code and its other sections use the CA public key, and so do we).
 
-`FakeAttester` returns a quote with the TDX quote v4 layout (reference 7.2) signed by a throwaway
+`FakeAttester` returns a quote with the TDX quote v4 layout (`tdxdefs.quote`) signed by a throwaway
 attestation key, with "FAKE" in the QE vendor ID, the user data and the certification data, so no
 verifier can mistake it for a real one. It is only ever chosen by name
 (`attester_from_name("fake")`): nothing falls back to it. `TsmAttester` ("tsm") asks the Linux
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import struct
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,55 +24,49 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
-REPORT_DATA_SIZE = 64
-SHA384_SIZE = 48
+from tdxdefs.errors import LayoutError
+from tdxdefs.eventlog import (
+    EV_NO_ACTION,
+    EV_SEPARATOR,
+    MR_INDEX_OF_RTMR0,
+    ONE_DIGEST,
+    SEPARATOR_EVENT,
+    SHA1_SIZE,
+    SPEC_ID_SIGNATURE,
+    SPEC_VERSION_MAJOR,
+    TPM_ALG_SHA384,
+    UINTN_SIZE_64BIT,
+    EventSize,
+    SpecIdAlgorithm,
+    SpecIdEvent,
+    TcgPcrEvent,
+    TcgPcrEvent2Head,
+    VendorInfoSize,
+)
+from tdxdefs.quote import (
+    ATT_KEY_TYPE_ECDSA_P256,
+    BODY_OFFSET,
+    ECDSA_P256_COORDINATE_SIZE,
+    ECDSA_P256_SIGNATURE_SIZE,
+    QUOTE_V4_SIGNED_SIZE,
+    QUOTE_VERSION_4,
+    REPORTDATA_OFFSET,
+    CertificationDataHeader,
+    CertificationDataType,
+    QeAuthDataSize,
+    QuoteHeader,
+    SgxReportBody,
+    SignatureDataLength,
+    TdQuoteBody,
+)
+from tdxdefs.report import TEE_TYPE_TDX
+from tdxdefs.tdcall import REPORTDATA_SIZE, RTMR_COUNT, SHA384_SIZE
 
-# --- TDX quote v4 (reference 7.2) ---------------------------------------------------------------
-
-QUOTE_VERSION_4 = 4
-ATT_KEY_TYPE_ECDSA_P256 = 2
-TEE_TYPE_TDX = 0x81
-# Header: version u16, att_key_type u16, tee_type u32, reserved u32, qe_vendor_id, user_data.
-QUOTE_HEADER = struct.Struct("<HHII16s20s")
-# TD quote body (sgx_report2_body_t): tee_tcb_svn, mrseam, mrsignerseam, seam_attributes,
-# td_attributes, xfam, mrtd, mrconfigid, mrowner, mrownerconfig, rtmr0..3, report_data.
-TD_QUOTE_BODY = struct.Struct("<16s48s48s8s8s8s48s48s48s48s48s48s48s48s64s")
-QUOTE_SIGNED_SIZE = QUOTE_HEADER.size + TD_QUOTE_BODY.size  # 632: what the ECDSA signature covers
-REPORT_DATA_OFFSET = QUOTE_HEADER.size + 520
-SIGNATURE_DATA_LEN = struct.Struct("<I")
-CERT_DATA_HEADER = struct.Struct("<HI")  # certification data type, size
-CERT_DATA_PCK_CHAIN = 5
-CERT_DATA_QE_REPORT = 6
-SGX_REPORT_BODY_SIZE = 384
-SGX_REPORT_BODY_REPORT_DATA_OFFSET = 320
-QE_AUTH_DATA_SIZE = struct.Struct("<H")
-ECDSA_P256_COORD = 32
-
+REPORT_DATA_SIZE = REPORTDATA_SIZE
 FAKE_QE_VENDOR_ID = b"FAKE-QE-VENDOR!!"
 FAKE_USER_DATA = b"FAKE TD QUOTE NO TDX"
 FAKE_PCK_CHAIN = b"FAKE: test attester, no PCK certificate chain, not bound to any TD\n"
 assert len(FAKE_QE_VENDOR_ID) == 16 and len(FAKE_USER_DATA) == 20
-
-# --- CC event log (TCG PC Client crypto-agile format, SHA-384 only; reference 6.1) --------------
-
-EV_NO_ACTION = 0x00000003
-EV_SEPARATOR = 0x00000004
-TCG_PCR_EVENT_HEADER = struct.Struct("<II20sI")  # pcrIndex, eventType, SHA-1 digest, eventSize
-SPEC_ID_SIGNATURE = b"Spec ID Event03\0"
-SPEC_ID_EVENT = struct.Struct("<16sIBBBBI")  # signature, platformClass, minor, major, errata,
-# uintnSize, numberOfAlgorithms; then (algorithmId u16, digestSize u16) per algorithm
-SPEC_ID_ALGORITHM = struct.Struct("<HH")
-SPEC_ID_VENDOR_INFO_SIZE = struct.Struct("<B")
-TCG_PCR_EVENT2_HEAD = struct.Struct("<IIIH")  # pcrIndex (MR index), eventType, digest count, alg
-EVENT_SIZE = struct.Struct("<I")
-TPM_ALG_SHA384 = 0x000C
-SPEC_VERSION_MAJOR = 2
-UINTN_SIZE_64BIT = 2
-SEPARATOR_EVENT = b"\0\0\0\0"
-RTMR_COUNT = 4
-SHA1_SIZE = 20  # the TCG_PCR_EVENT header's SHA-1 digest field, zero for the Spec ID event
-MR_INDEX_OF_RTMR0 = 1
-ONE_DIGEST = 1
 
 
 class AttesterError(RuntimeError):
@@ -129,25 +122,30 @@ class QuoteV4:
 
 def parse_quote_v4(quote: bytes) -> QuoteV4:
     """Parse the header and TD body of a TDX quote v4 (no signature check)."""
-    if len(quote) < QUOTE_SIGNED_SIZE:
+    if len(quote) < QUOTE_V4_SIGNED_SIZE:
         raise BindingError(
-            f"TD quote is {len(quote)} bytes, shorter than header plus body ({QUOTE_SIGNED_SIZE})"
+            f"TD quote is {len(quote)} bytes, shorter than header plus body "
+            f"({QUOTE_V4_SIGNED_SIZE})"
         )
-    version, key_type, tee_type, _res, vendor, user = QUOTE_HEADER.unpack_from(quote)
-    if version != QUOTE_VERSION_4 or tee_type != TEE_TYPE_TDX:
+    try:
+        header = QuoteHeader.unpack(quote)
+        body = TdQuoteBody.unpack(quote, BODY_OFFSET)
+    except LayoutError as exc:
+        raise BindingError(f"TD quote: {exc}") from exc
+    if header.version != QUOTE_VERSION_4 or header.tee_type != TEE_TYPE_TDX:
         raise BindingError(
-            f"TD quote header: version {version} (want 4), tee_type 0x{tee_type:x} (want 0x81)"
+            f"TD quote header: version {header.version} (want 4), "
+            f"tee_type 0x{header.tee_type:x} (want 0x81)"
         )
-    body = TD_QUOTE_BODY.unpack_from(quote, QUOTE_HEADER.size)
     return QuoteV4(
-        version,
-        key_type,
-        tee_type,
-        vendor,
-        user,
-        body[6],
-        (body[10], body[11], body[12], body[13]),
-        body[14],
+        header.version,
+        header.att_key_type,
+        header.tee_type,
+        header.qe_vendor_id,
+        header.user_data,
+        body.mrtd,
+        body.rtmrs,
+        body.reportdata,
     )
 
 
@@ -157,37 +155,38 @@ def check_binding(quote: bytes, ca_public_point: bytes) -> None:
     got = parse_quote_v4(quote).report_data
     if got != expected:
         raise BindingError(
-            f"TD quote REPORTDATA (offset {REPORT_DATA_OFFSET}) is {got[:8].hex()}..., "
+            f"TD quote REPORTDATA (offset {REPORTDATA_OFFSET}) is {got[:8].hex()}..., "
             f"expected SHA-384 of the CA public key {expected[:8].hex()}..."
         )
 
 
 def is_fake_quote(quote: bytes) -> bool:
     """True for quotes made by FakeAttester (its marker in the QE vendor ID or user data)."""
-    if len(quote) < QUOTE_HEADER.size:
+    if len(quote) < QuoteHeader.SIZE:
         return False
-    _v, _k, _t, _r, vendor, user = QUOTE_HEADER.unpack_from(quote)
+    header = QuoteHeader.STRUCT.unpack_from(quote)  # reserved bytes are not the question here
+    vendor, user = header[-2], header[-1]
     return bool(vendor == FAKE_QE_VENDOR_ID or user == FAKE_USER_DATA)
 
 
 def cc_event_log_header() -> bytes:
     """The TCG_PCR_EVENT header that opens a CC event log: Spec ID Event03, SHA-384 only."""
     spec = (
-        SPEC_ID_EVENT.pack(
+        SpecIdEvent(
             SPEC_ID_SIGNATURE, 0, 0, SPEC_VERSION_MAJOR, 0, UINTN_SIZE_64BIT, ONE_DIGEST
-        )
-        + SPEC_ID_ALGORITHM.pack(TPM_ALG_SHA384, SHA384_SIZE)
-        + SPEC_ID_VENDOR_INFO_SIZE.pack(0)
+        ).pack()
+        + SpecIdAlgorithm(TPM_ALG_SHA384, SHA384_SIZE).pack()
+        + VendorInfoSize(0).pack()
     )
-    return TCG_PCR_EVENT_HEADER.pack(0, EV_NO_ACTION, bytes(SHA1_SIZE), len(spec)) + spec
+    return TcgPcrEvent(0, EV_NO_ACTION, bytes(SHA1_SIZE), len(spec)).pack() + spec
 
 
 def cc_event(rtmr: int, event_type: int, digest: bytes, data: bytes) -> bytes:
     """One TCG_PCR_EVENT2 with a single SHA-384 digest, logged at MR index RTMR + 1."""
     return (
-        TCG_PCR_EVENT2_HEAD.pack(rtmr + MR_INDEX_OF_RTMR0, event_type, ONE_DIGEST, TPM_ALG_SHA384)
+        TcgPcrEvent2Head(rtmr + MR_INDEX_OF_RTMR0, event_type, ONE_DIGEST, TPM_ALG_SHA384).pack()
         + digest
-        + EVENT_SIZE.pack(len(data))
+        + EventSize(len(data)).pack()
         + data
     )
 
@@ -218,23 +217,24 @@ class FakeAttester:
             raise AttesterError(
                 f"REPORTDATA must be {REPORT_DATA_SIZE} bytes, got {len(report_data)}"
             )
-        header = QUOTE_HEADER.pack(
+        header = QuoteHeader(
             QUOTE_VERSION_4,
             ATT_KEY_TYPE_ECDSA_P256,
             TEE_TYPE_TDX,
             0,
+            0,
             FAKE_QE_VENDOR_ID,
             FAKE_USER_DATA,
-        )
+        ).pack()
         rtmr = _separator_rtmr()
         zero48 = bytes(SHA384_SIZE)
-        body = TD_QUOTE_BODY.pack(
+        body = TdQuoteBody(
             bytes(16),
             zero48,
             zero48,
-            bytes(8),
-            bytes(8),
-            bytes(8),
+            0,
+            0,
+            0,
             hashlib.sha384(b"FAKE MRTD").digest(),
             zero48,
             zero48,
@@ -244,34 +244,39 @@ class FakeAttester:
             rtmr,
             rtmr,
             report_data,
-        )
+        ).pack()
         attestation_key = ec.generate_private_key(ec.SECP256R1())
         r, s = decode_dss_signature(attestation_key.sign(header + body, ec.ECDSA(hashes.SHA256())))
         numbers = attestation_key.public_key().public_numbers()
-        att_pub = numbers.x.to_bytes(ECDSA_P256_COORD, "big") + numbers.y.to_bytes(
-            ECDSA_P256_COORD, "big"
+        att_pub = numbers.x.to_bytes(ECDSA_P256_COORDINATE_SIZE, "big") + numbers.y.to_bytes(
+            ECDSA_P256_COORDINATE_SIZE, "big"
         )
         qe_auth = b""
-        qe_report = bytearray(SGX_REPORT_BODY_SIZE)
+        qe_report = bytearray(SgxReportBody.SIZE)
         bound = hashlib.sha256(att_pub + qe_auth).digest()
-        start = SGX_REPORT_BODY_REPORT_DATA_OFFSET
+        start = SgxReportBody.offset("report_data")
         qe_report[start : start + len(bound)] = bound
-        pck = CERT_DATA_HEADER.pack(CERT_DATA_PCK_CHAIN, len(FAKE_PCK_CHAIN)) + FAKE_PCK_CHAIN
+        pck = (
+            CertificationDataHeader(
+                CertificationDataType.PCK_CERT_CHAIN, len(FAKE_PCK_CHAIN)
+            ).pack()
+            + FAKE_PCK_CHAIN
+        )
         qe_cert_data = (
             bytes(qe_report)
-            + bytes(2 * ECDSA_P256_COORD)
-            + QE_AUTH_DATA_SIZE.pack(len(qe_auth))
+            + bytes(ECDSA_P256_SIGNATURE_SIZE)
+            + QeAuthDataSize(len(qe_auth)).pack()
             + qe_auth
             + pck
         )
         signature_data = (
-            r.to_bytes(ECDSA_P256_COORD, "big")
-            + s.to_bytes(ECDSA_P256_COORD, "big")
+            r.to_bytes(ECDSA_P256_COORDINATE_SIZE, "big")
+            + s.to_bytes(ECDSA_P256_COORDINATE_SIZE, "big")
             + att_pub
-            + CERT_DATA_HEADER.pack(CERT_DATA_QE_REPORT, len(qe_cert_data))
+            + CertificationDataHeader(CertificationDataType.QE_REPORT, len(qe_cert_data)).pack()
             + qe_cert_data
         )
-        return header + body + SIGNATURE_DATA_LEN.pack(len(signature_data)) + signature_data
+        return header + body + SignatureDataLength(len(signature_data)).pack() + signature_data
 
     def event_log(self) -> bytes:
         return cc_event_log_separators()

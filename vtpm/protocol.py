@@ -13,7 +13,9 @@ from __future__ import annotations
 import enum
 import struct
 from dataclasses import dataclass
+from typing import ClassVar
 
+from tdxdefs.layout import BIG_ENDIAN, Layout
 from vtpm.engine import TPM_MAX_COMMAND_SIZE, check_command, error_response
 from vtpm.libtpms import TPM_FAIL
 from vtpm.wire import (
@@ -29,8 +31,22 @@ U32 = struct.Struct(">I")
 TAG = struct.Struct(">H")
 # What one recv() takes: a whole command is at most 4096 bytes, the rest is for pipelined frames.
 RECV_SIZE = 65536
-# TPM_SEND_COMMAND frame after the u32 command: locality (u8), command size (u32).
-MSSIM_SEND_HEADER = struct.Struct(">BI")
+
+
+@dataclass(frozen=True, slots=True)
+class MssimSendHeader(Layout):
+    """TPM_SEND_COMMAND frame of the Microsoft TPM simulator protocol, after the u32 command."""
+
+    NAME: ClassVar[str] = "TPM_SEND_COMMAND"
+    FIELDS: ClassVar[tuple[tuple[str, str], ...]] = (("locality", "B"), ("command_size", "I"))
+    SIZE: ClassVar[int] = 5
+    BYTE_ORDER: ClassVar[str] = BIG_ENDIAN
+
+    locality: int
+    command_size: int
+
+
+MSSIM_SEND_HEADER = MssimSendHeader.STRUCT  # per-command path: the compiled struct
 # TPM_REMOTE_HANDSHAKE reply: server version, then the "tpm plays nice" capability flags.
 MSSIM_SERVER_VERSION = 1
 MSSIM_TPM_PLAYS_NICE = 0x1

@@ -1,7 +1,8 @@
 """TPM 2.0 wire format: the few structures and commands the vTPM itself sends (TPM 2.0 Parts 1-3).
 
-Only stdlib: this runs inside L1. Layouts are `struct` formats or dataclasses with pack/unpack,
-named as TPM 2.0 Part 2 names them. `TpmClient` sends commands through any transport with
+Only stdlib and `tdxdefs`: this runs inside L1. Fixed layouts are declared with
+`tdxdefs.layout.Layout` (big-endian), variable ones are dataclasses with pack/unpack, named as
+TPM 2.0 Part 2 names them. `TpmClient` sends commands through any transport with
 `process(command) -> response` (a `TpmEngine`, or a socket to swtpm) and raises `TpmError`, which
 names the command, its code and the response code, when the TPM refuses.
 """
@@ -12,7 +13,10 @@ import hashlib
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import ClassVar, Protocol
+
+from tdxdefs.eventlog import TPM_ALG_SHA384 as TPM_ALG_SHA384  # declared once, in tdxdefs
+from tdxdefs.layout import BIG_ENDIAN, Layout
 
 # --- constants (Part 2) -------------------------------------------------------------------------
 
@@ -43,7 +47,6 @@ TPM_ALG_RSA = 0x0001
 TPM_ALG_SHA1 = 0x0004
 TPM_ALG_AES = 0x0006
 TPM_ALG_SHA256 = 0x000B
-TPM_ALG_SHA384 = 0x000C
 TPM_ALG_SHA512 = 0x000D
 TPM_ALG_NULL = 0x0010
 TPM_ALG_RSASSA = 0x0014
@@ -131,14 +134,79 @@ COMMAND_NAMES: dict[int, str] = {
 
 # --- fixed layouts (Part 1, 18; Part 2) ---------------------------------------------------------
 
-TPM_HEADER = struct.Struct(">HII")  # tag, commandSize/responseSize, commandCode/responseCode
-TPM_HEADER_SIZE = TPM_HEADER.size
+
+@dataclass(frozen=True, slots=True)
+class TpmHeader(Layout):
+    """Command and response header (Part 1, 18): the size counts the whole command or response."""
+
+    NAME: ClassVar[str] = "TPM header"
+    FIELDS: ClassVar[tuple[tuple[str, str], ...]] = (("tag", "H"), ("size", "I"), ("code", "I"))
+    SIZE: ClassVar[int] = 10
+    BYTE_ORDER: ClassVar[str] = BIG_ENDIAN
+
+    tag: int
+    size: int
+    code: int
+
+
+@dataclass(frozen=True, slots=True)
+class TpmsTaggedProperty(Layout):
+    """TPMS_TAGGED_PROPERTY (Part 2, 10.8.2)."""
+
+    NAME: ClassVar[str] = "TPMS_TAGGED_PROPERTY"
+    FIELDS: ClassVar[tuple[tuple[str, str], ...]] = (("property", "I"), ("value", "I"))
+    SIZE: ClassVar[int] = 8
+    BYTE_ORDER: ClassVar[str] = BIG_ENDIAN
+
+    property: int
+    value: int
+
+
+@dataclass(frozen=True, slots=True)
+class GetCapabilityParameters(Layout):
+    """TPM2_GetCapability command parameters (Part 3, 30.2)."""
+
+    NAME: ClassVar[str] = "TPM2_GetCapability parameters"
+    FIELDS: ClassVar[tuple[tuple[str, str], ...]] = (
+        ("capability", "I"),
+        ("property", "I"),
+        ("property_count", "I"),
+    )
+    SIZE: ClassVar[int] = 12
+    BYTE_ORDER: ClassVar[str] = BIG_ENDIAN
+
+    capability: int
+    property: int
+    property_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class TpmtTkHashcheckNull(Layout):
+    """TPMT_TK_HASHCHECK (Part 2, 10.7.6) as the NULL ticket: tag, hierarchy, an empty digest."""
+
+    NAME: ClassVar[str] = "TPMT_TK_HASHCHECK"
+    FIELDS: ClassVar[tuple[tuple[str, str], ...]] = (
+        ("tag", "H"),
+        ("hierarchy", "I"),
+        ("digest_size", "H"),
+    )
+    SIZE: ClassVar[int] = 8
+    BYTE_ORDER: ClassVar[str] = BIG_ENDIAN
+
+    tag: int
+    hierarchy: int
+    digest_size: int
+
+
+# The compiled structs of the layouts above, for the per-command paths (no object per call).
+TPM_HEADER = TpmHeader.STRUCT
+TPM_HEADER_SIZE = TpmHeader.SIZE
+TPMS_TAGGED_PROPERTY = TpmsTaggedProperty.STRUCT
+GET_CAPABILITY_PARAMS = GetCapabilityParameters.STRUCT
+TPMT_TK_HASHCHECK_NULL = TpmtTkHashcheckNull.STRUCT
 UINT8 = struct.Struct(">B")
 UINT16 = struct.Struct(">H")
 UINT32 = struct.Struct(">I")
-TPMS_TAGGED_PROPERTY = struct.Struct(">II")  # property, value
-GET_CAPABILITY_PARAMS = struct.Struct(">III")  # capability, property, propertyCount
-TPMT_TK_HASHCHECK_NULL = struct.Struct(">HIH")  # tag, hierarchy, digest.size (= 0)
 
 
 class WireError(ValueError):

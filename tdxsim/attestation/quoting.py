@@ -1,4 +1,4 @@
-"""The SIMULATED quoting service: TDREPORT in, version-4 TD quote out (the DCAP TD quote format).
+"""The SIMULATED quoting service: TDREPORT in, version-4 TD quote out (layouts: `tdxdefs.quote`).
 
 It stands in for Intel's TD quoting enclave and QGS. It checks the TDREPORT's simulated MAC,
 copies the report into a TD quote body, signs header and body with its ECDSA P-256 attestation key,
@@ -6,25 +6,60 @@ and attaches certification data type 6: a QE report body (SGX REPORTBODY) bindin
 key, signed with the simulated PCK leaf key, and nested type 5 with the PEM chain leaf|intermediate|
 root. The QE vendor ID, QE identity and header user_data are tdxsim's own, never Intel's.
 
-The GetQuote shared buffer (GHCI v1.5, TDG.VP.VMCALL<GetQuote>) is framed as Intel's
-TD-partitioning vTPM prototype frames it: a 24-byte header, then a big-endian u32 length and a
-message of the quote generation service (QGS).
+The GetQuote shared buffer (`tdxdefs.getquote`; GHCI v1.5, section 3.3) is framed as Intel's
+TD-partitioning vTPM prototype frames it: a 24-byte header, then a big-endian u32 length and a QGS
+message.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import struct
 import uuid
 from dataclasses import dataclass
-from typing import ClassVar, Self
+from typing import Self, TypeVar
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
-from tdxsim.abi import TDREPORT_SIZE
+from tdxdefs.errors import LayoutError
+from tdxdefs.getquote import (
+    GET_QUOTE_BUF_VERSION,
+    GET_QUOTE_ERROR,
+    GET_QUOTE_IN_FLIGHT,
+    GET_QUOTE_SUCCESS,
+    IN_LEN_OFFSET,
+    OUT_LEN_OFFSET,
+    PAYLOAD_OFFSET,
+    QGS_BODY_OFFSET,
+    QGS_GET_QUOTE_REQ,
+    QGS_GET_QUOTE_RESP,
+    QGS_MSG_MAJOR_VERSION,
+    QGS_MSG_MINOR_VERSION,
+    QGS_MSG_OFFSET,
+    QGS_MSG_SUCCESS,
+    STATUS_OFFSET,
+    GetQuoteHeader,
+    GetQuoteReq,
+    GetQuoteResp,
+    MessageLength,
+    QgsMsgHeader,
+)
+from tdxdefs.layout import Layout
+from tdxdefs.quote import (
+    ATT_KEY_TYPE_ECDSA_P256,
+    ECDSA_P256_COORDINATE_SIZE,
+    QUOTE_VERSION_4,
+    CertificationDataType,
+    QeAuthDataSize,
+    QuoteHeader,
+    SgxReportBody,
+    SignatureDataLength,
+    TdQuoteBody,
+)
+from tdxdefs.report import TEE_TYPE_TDX
+from tdxdefs.tdcall import TDREPORT_SIZE
 from tdxsim.attestation.pck import PckChain, generate_pck_chain, new_p256_key
 from tdxsim.attestation.report import (
     ReportMacKey,
@@ -34,21 +69,7 @@ from tdxsim.attestation.report import (
     verify_tdreport,
 )
 from tdxsim.errors import TdxsimError
-from verifier.layout import StructLayout
-from verifier.quote import (
-    ATT_KEY_TYPE_ECDSA_P256,
-    CERT_TYPE_PCK_CERT_CHAIN,
-    CERT_TYPE_QE_REPORT,
-    QE_AUTH_DATA_SIZE,
-    QUOTE_VERSION_4,
-    SIGNATURE_DATA_LEN,
-    TEE_TYPE_TDX,
-    CertificationData,
-    QuoteHeader,
-    SgxReportBody,
-    TdQuoteBody,
-    qe_report_data_binding,
-)
+from verifier.quote import CertificationData, qe_report_data_binding
 
 # The simulation's QE vendor ID: a name-based UUID of our own, documented here; Intel's is
 # 939a7233-f79c-4ca9-940a-0db3957f0607 and is never used.
@@ -59,59 +80,16 @@ SIM_QE_MRSIGNER = hashlib.sha256(b"tdxsim SIMULATED quoting enclave signer").dig
 SIM_QE_AUTH_DATA = hashlib.sha256(b"tdxsim SIMULATED QE authentication data").digest()
 SIM_QE_ISV_PROD_ID = 2
 SIM_QE_ISV_SVN = 1
-P256_COORDINATE_SIZE = 32
 
-# --- GetQuote shared buffer (GHCI v1.5, TDG.VP.VMCALL<GetQuote>) ----------------------------------
-GET_QUOTE_BUF_VERSION = 1
-GET_QUOTE_SUCCESS = 0
-GET_QUOTE_IN_FLIGHT = 0xFFFFFFFFFFFFFFFF
-# Error statuses: GHCI v1.5 GetQuote, as the Linux tdx-guest uapi defines them.
-GET_QUOTE_ERROR = 0x8000000000000000
-GET_QUOTE_SERVICE_UNAVAILABLE = 0x8000000000000001
 GET_QUOTE_DEFAULT_BUFFER_SIZE = 2 * 4096  # two shared pages, as Intel's TD-partitioning vTPM uses
-QGS_MSG_MAJOR_VERSION = 1
-QGS_MSG_MINOR_VERSION = 0
-# QGS message types: qgs_msg_type_t of the DCAP QGS message library.
-QGS_GET_QUOTE_REQ = 0
-QGS_GET_QUOTE_RESP = 1
-QGS_MSG_SUCCESS = 0
-
-MESSAGE_LENGTH = struct.Struct(">I")  # big-endian, unlike everything else
-GET_QUOTE_REQ_FIELDS = struct.Struct("<II")  # report_size, id_list_size
-GET_QUOTE_RESP_FIELDS = struct.Struct("<II")  # selected_id_size, quote_size
+QGS_TYPE_AT = QgsMsgHeader.offset("type")
+QGS_SIZE_AT = QgsMsgHeader.offset("size")
+QGS_ERROR_AT = QgsMsgHeader.offset("error_code")
+REQ_ID_LIST_SIZE_AT = GetQuoteReq.offset("id_list_size")
+RESP_QUOTE_SIZE_AT = GetQuoteResp.offset("quote_size")
 
 
-@dataclass(frozen=True)
-class GetQuoteHeader(StructLayout):
-    """The shared buffer header: version u64, status u64, in_len u32, out_len u32."""
-
-    FORMAT: ClassVar[struct.Struct] = struct.Struct("<QQII")
-
-    version: int
-    status: int
-    in_len: int
-    out_len: int
-
-
-@dataclass(frozen=True)
-class QgsMsgHeader(StructLayout):
-    """qgs_msg_header_t: major u16, minor u16, type u32, size u32 (all of it), error_code u32."""
-
-    FORMAT: ClassVar[struct.Struct] = struct.Struct("<HHIII")
-
-    major_version: int
-    minor_version: int
-    type: int
-    size: int
-    error_code: int
-
-
-PAYLOAD_OFFSET = GetQuoteHeader.FORMAT.size
-STATUS_OFFSET, IN_LEN_OFFSET, OUT_LEN_OFFSET = 8, 16, 20
-QGS_TYPE_AT, QGS_SIZE_AT, QGS_ERROR_AT = 4, 8, 12  # within the QGS message header
-REQ_ID_LIST_SIZE_AT = RESP_QUOTE_SIZE_AT = 4  # within GET_QUOTE_REQ / GET_QUOTE_RESP
-QGS_MSG_OFFSET = PAYLOAD_OFFSET + MESSAGE_LENGTH.size
-QGS_BODY_OFFSET = QGS_MSG_OFFSET + QgsMsgHeader.FORMAT.size
+L = TypeVar("L", bound=Layout)
 
 
 class GetQuoteFormatError(TdxsimError, ValueError):
@@ -135,32 +113,38 @@ def _need(buffer: bytes, offset: int, size: int, field: str) -> bytes:
     return buffer[offset : offset + size]
 
 
+def _parse(layout: type[L], buffer: bytes, offset: int, base: int = 0) -> L:
+    """`layout` at `offset` of `buffer`; a short or bad one raises GetQuoteFormatError naming the
+    field and its offset in the shared buffer (`base` is where `buffer` starts in it)."""
+    try:
+        return layout.unpack(buffer, offset)
+    except LayoutError as exc:
+        field = f"{exc.structure} {exc.field}"
+        raise GetQuoteFormatError(field, base + exc.offset, exc.reason) from exc
+
+
 def _frame(msg_type: int, body: bytes) -> bytes:
     header = QgsMsgHeader(
         QGS_MSG_MAJOR_VERSION,
         QGS_MSG_MINOR_VERSION,
         msg_type,
-        QgsMsgHeader.FORMAT.size + len(body),
+        QgsMsgHeader.SIZE + len(body),
         QGS_MSG_SUCCESS,
     )
     message = header.pack() + body
-    return MESSAGE_LENGTH.pack(len(message)) + message
+    return MessageLength(len(message)).pack() + message
 
 
 def _unframe(buffer: bytes, payload_len: int, msg_type: int) -> bytes:
     """The QGS message body after checking length prefix and header against `payload_len`."""
-    (msg_len,) = MESSAGE_LENGTH.unpack(
-        _need(buffer, PAYLOAD_OFFSET, MESSAGE_LENGTH.size, "message length")
-    )
-    if msg_len + MESSAGE_LENGTH.size != payload_len:
+    msg_len = _parse(MessageLength, buffer, PAYLOAD_OFFSET).length
+    if msg_len + MessageLength.SIZE != payload_len:
         raise GetQuoteFormatError(
             "message length",
             PAYLOAD_OFFSET,
             f"{msg_len} + 4 does not equal the payload length {payload_len}",
         )
-    header = QgsMsgHeader.unpack(
-        _need(buffer, QGS_MSG_OFFSET, QgsMsgHeader.FORMAT.size, "QGS message header")
-    )
+    header = _parse(QgsMsgHeader, buffer, QGS_MSG_OFFSET)
     if header.major_version != QGS_MSG_MAJOR_VERSION:
         raise GetQuoteFormatError(
             "QGS major_version",
@@ -183,11 +167,11 @@ def _unframe(buffer: bytes, payload_len: int, msg_type: int) -> bytes:
             QGS_MSG_OFFSET + QGS_ERROR_AT,
             f"{header.error_code:#x} (the service reported an error)",
         )
-    return _need(buffer, QGS_BODY_OFFSET, msg_len - QgsMsgHeader.FORMAT.size, "QGS body")
+    return _need(buffer, QGS_BODY_OFFSET, msg_len - QgsMsgHeader.SIZE, "QGS body")
 
 
 def _read_header(buffer: bytes) -> GetQuoteHeader:
-    header = GetQuoteHeader.unpack(_need(buffer, 0, GetQuoteHeader.FORMAT.size, "header"))
+    header = _parse(GetQuoteHeader, buffer, 0)
     if header.version != GET_QUOTE_BUF_VERSION:
         raise GetQuoteFormatError("version", 0, f"{header.version}, expected 1")
     return header
@@ -197,7 +181,7 @@ def encode_get_quote_request(
     tdreport: bytes, buffer_size: int = GET_QUOTE_DEFAULT_BUFFER_SIZE
 ) -> bytes:
     """The shared buffer L1 hands to GetQuote: header (status 0, out_len 0) and GET_QUOTE_REQ."""
-    body = GET_QUOTE_REQ_FIELDS.pack(len(tdreport), 0) + tdreport
+    body = GetQuoteReq(len(tdreport), 0).pack() + tdreport
     payload = _frame(QGS_GET_QUOTE_REQ, body)
     if PAYLOAD_OFFSET + len(payload) > buffer_size:
         raise ValueError(
@@ -219,27 +203,26 @@ def decode_get_quote_request(buffer: bytes) -> bytes:
             f"({len(buffer) - PAYLOAD_OFFSET} bytes after the header)",
         )
     body = _unframe(buffer, header.in_len, QGS_GET_QUOTE_REQ)
-    report_size, id_list_size = GET_QUOTE_REQ_FIELDS.unpack(
-        _need(body, 0, GET_QUOTE_REQ_FIELDS.size, "GET_QUOTE_REQ")
-    )
+    request = _parse(GetQuoteReq, body, 0, QGS_BODY_OFFSET)
+    report_size, id_list_size = request.report_size, request.id_list_size
     if report_size != TDREPORT_SIZE:
         raise GetQuoteFormatError(
             "report_size", QGS_BODY_OFFSET, f"{report_size}, expected {TDREPORT_SIZE}"
         )
-    if GET_QUOTE_REQ_FIELDS.size + report_size + id_list_size != len(body):
+    if GetQuoteReq.SIZE + report_size + id_list_size != len(body):
         raise GetQuoteFormatError(
             "id_list_size",
             QGS_BODY_OFFSET + REQ_ID_LIST_SIZE_AT,
             f"{id_list_size} does not fill the message exactly",
         )
-    return body[GET_QUOTE_REQ_FIELDS.size : GET_QUOTE_REQ_FIELDS.size + report_size]
+    return body[GetQuoteReq.SIZE : GetQuoteReq.SIZE + report_size]
 
 
 def encode_get_quote_response(request: bytes, status: int, quote: bytes = b"") -> bytes:
     """`request` rewritten as the host answers it: status, out_len and GET_QUOTE_RESP."""
-    header = GetQuoteHeader.unpack(request[: GetQuoteHeader.FORMAT.size])
+    header = _parse(GetQuoteHeader, request, 0)
     payload = (
-        _frame(QGS_GET_QUOTE_RESP, GET_QUOTE_RESP_FIELDS.pack(0, len(quote)) + quote)
+        _frame(QGS_GET_QUOTE_RESP, GetQuoteResp(0, len(quote)).pack() + quote)
         if status == GET_QUOTE_SUCCESS
         else b""
     )
@@ -266,28 +249,29 @@ def decode_get_quote_response(buffer: bytes) -> bytes:
             f"({len(buffer) - PAYLOAD_OFFSET} bytes after the header)",
         )
     body = _unframe(buffer, header.out_len, QGS_GET_QUOTE_RESP)
-    id_size, quote_size = GET_QUOTE_RESP_FIELDS.unpack(
-        _need(body, 0, GET_QUOTE_RESP_FIELDS.size, "GET_QUOTE_RESP")
-    )
-    if GET_QUOTE_RESP_FIELDS.size + id_size + quote_size != len(body):
+    response = _parse(GetQuoteResp, body, 0, QGS_BODY_OFFSET)
+    id_size, quote_size = response.selected_id_size, response.quote_size
+    if GetQuoteResp.SIZE + id_size + quote_size != len(body):
         raise GetQuoteFormatError(
             "quote_size",
             QGS_BODY_OFFSET + RESP_QUOTE_SIZE_AT,
             f"selected_id_size {id_size} + quote_size {quote_size} do not fill the message exactly",
         )
-    return body[GET_QUOTE_RESP_FIELDS.size + id_size :]
+    return body[GetQuoteResp.SIZE + id_size :]
 
 
 def _sign_raw(key: ec.EllipticCurvePrivateKey, data: bytes) -> bytes:
     """ECDSA P-256 with SHA-256, as r||s big-endian (the quote's signature encoding)."""
     r, s = decode_dss_signature(key.sign(data, ec.ECDSA(hashes.SHA256())))
-    return r.to_bytes(P256_COORDINATE_SIZE, "big") + s.to_bytes(P256_COORDINATE_SIZE, "big")
+    return r.to_bytes(ECDSA_P256_COORDINATE_SIZE, "big") + s.to_bytes(
+        ECDSA_P256_COORDINATE_SIZE, "big"
+    )
 
 
 def _raw_public_key(key: ec.EllipticCurvePrivateKey) -> bytes:
     numbers = key.public_key().public_numbers()
-    return numbers.x.to_bytes(P256_COORDINATE_SIZE, "big") + numbers.y.to_bytes(
-        P256_COORDINATE_SIZE, "big"
+    return numbers.x.to_bytes(ECDSA_P256_COORDINATE_SIZE, "big") + numbers.y.to_bytes(
+        ECDSA_P256_COORDINATE_SIZE, "big"
     )
 
 
@@ -332,22 +316,24 @@ class QuotingService:
 
     def _certification_data(self) -> bytes:
         qe_report = dataclasses.replace(
-            SgxReportBody.unpack(bytes(SgxReportBody.FORMAT.size)),
+            SgxReportBody.unpack(bytes(SgxReportBody.SIZE)),
             mr_enclave=SIM_QE_MRENCLAVE,
             mr_signer=SIM_QE_MRSIGNER,
             isv_prod_id=SIM_QE_ISV_PROD_ID,
             isv_svn=SIM_QE_ISV_SVN,
             report_data=qe_report_data_binding(self.attestation_key_raw, SIM_QE_AUTH_DATA),
         ).pack()
-        nested = CertificationData(CERT_TYPE_PCK_CERT_CHAIN, self.pck.pem_chain()).pack()
+        nested = CertificationData(
+            CertificationDataType.PCK_CERT_CHAIN, self.pck.pem_chain()
+        ).pack()
         qe_data = (
             qe_report
             + _sign_raw(self.pck.leaf_key, qe_report)
-            + QE_AUTH_DATA_SIZE.pack(len(SIM_QE_AUTH_DATA))
+            + QeAuthDataSize(len(SIM_QE_AUTH_DATA)).pack()
             + SIM_QE_AUTH_DATA
             + nested
         )
-        return CertificationData(CERT_TYPE_QE_REPORT, qe_data).pack()
+        return CertificationData(CertificationDataType.QE_REPORT, qe_data).pack()
 
     def quote(self, tdreport: bytes) -> bytes:
         """A v4 TD quote for a TDREPORT whose MAC this platform's key verifies."""
@@ -360,13 +346,14 @@ class QuotingService:
             ATT_KEY_TYPE_ECDSA_P256,
             TEE_TYPE_TDX,
             0,
+            0,
             SIM_QE_VENDOR_ID,
             SIM_USER_DATA,
         ).pack()
         body = quote_body_from_report(report).pack()
         signature = _sign_raw(self.attestation_key, header + body)
         signature_data = signature + self.attestation_key_raw + self.certification
-        return header + body + SIGNATURE_DATA_LEN.pack(len(signature_data)) + signature_data
+        return header + body + SignatureDataLength(len(signature_data)).pack() + signature_data
 
     def serve_get_quote(self, buffer: bytes) -> bytes:
         """Answer a GetQuote shared buffer: the quote on success, GET_QUOTE_ERROR otherwise."""
@@ -374,7 +361,7 @@ class QuotingService:
             quote = self.quote(decode_get_quote_request(buffer))
             return encode_get_quote_response(buffer, GET_QUOTE_SUCCESS, quote)
         except ValueError:  # GetQuoteFormatError, QuoteRequestRefused, a quote too big
-            if len(buffer) < GetQuoteHeader.FORMAT.size:
+            if len(buffer) < GetQuoteHeader.SIZE:
                 return buffer
             return encode_get_quote_response(buffer, GET_QUOTE_ERROR)
 

@@ -1,7 +1,7 @@
 """TDREPORT_STRUCT as TDG.MR.REPORT writes it, with a simulated MAC.
 
-Layout: Intel TDX Module v1.5 ABI Specification, TDREPORT_STRUCT, REPORTMACSTRUCT, TEE_TCB_INFO
-and TDINFO_STRUCT.
+Layout: `tdxdefs.report`, after the Intel TDX Module v1.5 ABI Specification (TDREPORT_STRUCT,
+REPORTMACSTRUCT, TEE_TCB_INFO and TDINFO_STRUCT).
 
 On hardware the MAC is computed and checked inside the CPU with a key that never leaves it; here it
 is SIMULATED: HMAC-SHA-256 under a key held by one simulated platform instance, over REPORTMACSTRUCT
@@ -17,29 +17,32 @@ import dataclasses
 import hashlib
 import hmac
 import os
-import struct
 from dataclasses import dataclass
-from typing import ClassVar, Self
+from typing import Self
 
-from tdxsim.abi import REPORTDATA_SIZE, RTMR_COUNT, SHA384_SIZE, TDREPORT_SIZE
+from tdxdefs.errors import LayoutError
+from tdxdefs.report import (
+    CPUSVN_SIZE,
+    MAC_FIELD_OFFSET,
+    MAC_SIZE,
+    REPORT_SUBTYPE_TD,
+    REPORT_VERSION_NO_SERVTD_HASH,
+    REPORTMACSTRUCT_OFFSET,
+    TDINFO_OFFSET,
+    TEE_INFO_HASH_OFFSET,
+    TEE_TCB_INFO_HASH_OFFSET,
+    TEE_TCB_INFO_OFFSET,
+    TEE_TCB_SVN_SIZE,
+    TEE_TYPE_TDX,
+    ReportMacStruct,
+    TdInfoStruct,
+    TeeTcbInfo,
+)
+from tdxdefs.tdcall import REPORTDATA_SIZE, RTMR_COUNT, SHA384_SIZE, TDREPORT_SIZE
 from tdxsim.errors import TdxsimError
 from tdxsim.module.attestation_interface import TdInfo
-from verifier.layout import StructLayout
 
-TEE_TYPE_TDX = 0x81
-REPORT_SUBTYPE_TD = 0
-REPORT_VERSION_NO_SERVTD_HASH = 0
 MAC_KEY_SIZE = 32
-MAC_SIZE = 32
-CPUSVN_SIZE = 16
-TEE_TCB_SVN_SIZE = 16
-VALID_BIT_GRANULE = 8
-REPORTMAC_RESERVED1_SIZE = 12
-REPORTMAC_RESERVED2_SIZE = 32
-TEE_TCB_INFO_RESERVED_SIZE = 128
-TDINFO_RESERVED_SIZE = 64
-TEE_TCB_INFO_HASH_OFFSET = 32
-TEE_INFO_HASH_OFFSET = 80
 
 SIMULATED_MRSEAM = hashlib.sha384(b"tdxsim SIMULATED TDX module: no real MRSEAM").digest()
 SIMULATED_MRSIGNERSEAM = bytes(SHA384_SIZE)  # 0, as for an Intel-signed module
@@ -57,81 +60,6 @@ class TdReportError(TdxsimError, ValueError):
 
 
 @dataclass(frozen=True)
-class ReportMacStruct(StructLayout):
-    """REPORTMACSTRUCT: 256 bytes at offset 0."""
-
-    FORMAT: ClassVar[struct.Struct] = struct.Struct("<BBBB12s16s48s48s64s32s32s")
-    MAC_OFFSET: ClassVar[int] = 224
-
-    tee_type: int
-    subtype: int
-    version: int
-    reserved_type: int
-    reserved1: bytes
-    cpusvn: bytes
-    tee_tcb_info_hash: bytes
-    tee_info_hash: bytes
-    reportdata: bytes
-    reserved2: bytes
-    mac: bytes
-
-
-@dataclass(frozen=True)
-class TeeTcbInfo(StructLayout):
-    """TEE_TCB_INFO: 256 bytes at offset 256 (TEE_TCB_SVN2 kept inside the reserved area)."""
-
-    FORMAT: ClassVar[struct.Struct] = struct.Struct("<Q16s48s48sQ128s")
-    # (offset, size) of the fields that VALID marks, relative to TEE_TCB_INFO.
-    VALID_FIELDS: ClassVar[tuple[tuple[int, int], ...]] = ((8, 16), (24, 48), (72, 48), (120, 8))
-
-    valid: int
-    tee_tcb_svn: bytes
-    mrseam: bytes
-    mrsignerseam: bytes
-    attributes: int
-    reserved: bytes
-
-    @classmethod
-    def valid_bitmap(cls) -> int:
-        """Bit i set for each 8-byte granule of a valid field."""
-        bits = 0
-        for offset, size in cls.VALID_FIELDS:
-            for granule in range(offset // VALID_BIT_GRANULE, (offset + size) // VALID_BIT_GRANULE):
-                bits |= 1 << granule
-        return bits
-
-
-@dataclass(frozen=True)
-class TdInfoStruct(StructLayout):
-    """TDINFO_STRUCT: 512 bytes at offset 512."""
-
-    FORMAT: ClassVar[struct.Struct] = struct.Struct("<QQ48s48s48s48s48s48s48s48s48s64s")
-
-    attributes: int
-    xfam: int
-    mrtd: bytes
-    mrconfigid: bytes
-    mrowner: bytes
-    mrownerconfig: bytes
-    rtmr0: bytes
-    rtmr1: bytes
-    rtmr2: bytes
-    rtmr3: bytes
-    servtd_hash: bytes
-    reserved: bytes
-
-    @property
-    def rtmrs(self) -> tuple[bytes, bytes, bytes, bytes]:
-        return (self.rtmr0, self.rtmr1, self.rtmr2, self.rtmr3)
-
-
-REPORTMACSTRUCT_OFFSET = 0
-TEE_TCB_INFO_OFFSET = REPORTMACSTRUCT_OFFSET + ReportMacStruct.FORMAT.size
-TDINFO_OFFSET = TEE_TCB_INFO_OFFSET + TeeTcbInfo.FORMAT.size
-MAC_FIELD_OFFSET = REPORTMACSTRUCT_OFFSET + ReportMacStruct.MAC_OFFSET
-
-
-@dataclass(frozen=True)
 class TdReport:
     """TDREPORT_STRUCT: 1024 bytes = REPORTMACSTRUCT, TEE_TCB_INFO, TDINFO_STRUCT."""
 
@@ -146,11 +74,14 @@ class TdReport:
     def unpack(cls, raw: bytes) -> Self:
         if len(raw) != TDREPORT_SIZE:
             raise TdReportError("TDREPORT_STRUCT", 0, f"{len(raw)} bytes, expected {TDREPORT_SIZE}")
-        return cls(
-            ReportMacStruct.unpack(raw[REPORTMACSTRUCT_OFFSET:TEE_TCB_INFO_OFFSET]),
-            TeeTcbInfo.unpack(raw[TEE_TCB_INFO_OFFSET:TDINFO_OFFSET]),
-            TdInfoStruct.unpack(raw[TDINFO_OFFSET:TDREPORT_SIZE]),
-        )
+        try:
+            return cls(
+                ReportMacStruct.unpack(raw, REPORTMACSTRUCT_OFFSET),
+                TeeTcbInfo.unpack(raw, TEE_TCB_INFO_OFFSET),
+                TdInfoStruct.unpack(raw, TDINFO_OFFSET),
+            )
+        except LayoutError as exc:
+            raise TdReportError(f"{exc.structure}.{exc.field}", exc.offset, exc.reason) from exc
 
 
 class ReportMacKey:
@@ -208,7 +139,8 @@ def build_tdreport(
         mrseam=mrseam,
         mrsignerseam=SIMULATED_MRSIGNERSEAM,
         attributes=0,
-        reserved=bytes(TEE_TCB_INFO_RESERVED_SIZE),
+        tee_tcb_svn2=bytes(TEE_TCB_SVN_SIZE),
+        reserved=bytes(TeeTcbInfo.field_size("reserved")),
     )
     info = TdInfoStruct(
         td.attributes,
@@ -219,22 +151,22 @@ def build_tdreport(
         td.mrownerconfig,
         *td.rtmr,
         bytes(SHA384_SIZE),
-        bytes(TDINFO_RESERVED_SIZE),
+        bytes(TdInfoStruct.field_size("reserved")),
     )
     unsigned = ReportMacStruct(
         tee_type=TEE_TYPE_TDX,
         subtype=REPORT_SUBTYPE_TD,
         version=REPORT_VERSION_NO_SERVTD_HASH,
         reserved_type=0,
-        reserved1=bytes(REPORTMAC_RESERVED1_SIZE),
+        reserved1=bytes(ReportMacStruct.field_size("reserved1")),
         cpusvn=cpusvn,
         tee_tcb_info_hash=hashlib.sha384(tcb.pack()).digest(),
         tee_info_hash=hashlib.sha384(info.pack()).digest(),
         reportdata=report_data,
-        reserved2=bytes(REPORTMAC_RESERVED2_SIZE),
+        reserved2=bytes(ReportMacStruct.field_size("reserved2")),
         mac=bytes(MAC_SIZE),
     )
-    mac = key.mac(unsigned.pack()[: ReportMacStruct.MAC_OFFSET])
+    mac = key.mac(unsigned.pack()[:MAC_FIELD_OFFSET])
     signed = dataclasses.replace(unsigned, mac=mac)
     return TdReport(signed, tcb, info).pack()
 

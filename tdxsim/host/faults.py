@@ -25,21 +25,17 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from enum import StrEnum
 
-from tdxsim.abi import (
+from tdxdefs.getquote import GET_QUOTE_ERROR, GET_QUOTE_IN_FLIGHT, GET_QUOTE_SERVICE_UNAVAILABLE
+from tdxdefs.tdvmcall import (
     TDVMCALL_ALIGN_ERROR,
     TDVMCALL_GPA_INUSE,
     TDVMCALL_OPERAND_INVALID,
     TDVMCALL_RETRY,
 )
-from tdxsim.attestation.quoting import (
-    GET_QUOTE_ERROR,
-    GET_QUOTE_IN_FLIGHT,
-    GET_QUOTE_SERVICE_UNAVAILABLE,
-)
+from tdxdefs.x86 import LAST_VECTOR
 from tdxsim.errors import TdxsimError
 
 U64 = (1 << 64) - 1
-VECTOR_MAX = 0xFF
 FOREVER = -1
 GETQUOTE_LENGTH_SHORTFALL = 16
 MAPGPA_RETRY_ALWAYS = "always"
@@ -96,7 +92,7 @@ class FaultSet:
     irq_storm: int = 0
 
     def __post_init__(self) -> None:
-        if self.irq_spurious is not None and not 0 <= self.irq_spurious <= VECTOR_MAX:
+        if self.irq_spurious is not None and not 0 <= self.irq_spurious <= LAST_VECTOR:
             raise FaultSpecError(f"irq-spurious: vector {self.irq_spurious} outside 0..255")
         if self.irq_storm < 0 or self.getquote_rewrite < 0:
             raise FaultSpecError("irq-storm and getquote-rewrite counts must not be negative")

@@ -19,7 +19,7 @@ from igvm.headers import IGVM_PAGE_FLAG_SHARED as SHARED
 from igvm.headers import IGVM_PAGE_FLAG_UNMEASURED as UNMEASURED
 from igvm.headers import PageData, SupportedPlatform
 from igvm.measure import FLUSH_BYTES, MEASURED_PAGE_BYTES
-from tdxsim.abi import GPAW_48, GPAW_52, PAGE_SIZE
+from tdxdefs.tdcall import GPAW_48, GPAW_52, PAGE_SIZE
 from tdxsim.module.attestation_interface import AttestationInterface
 from tdxsim.module.build import BuildError, TdBuilder, TdConfig
 from tdxsim.module.host_interface import HostInterface

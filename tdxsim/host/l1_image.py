@@ -22,22 +22,21 @@ from __future__ import annotations
 import hashlib
 import io
 import re
-import struct
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Self
 
+from tdxdefs.layout import Layout
+from tdxdefs.tdcall import SHA384_SIZE
 from tdxsim.errors import TdxsimError
 
 L1IMAGE_MAGIC = b"TDXSIML1"
 L1IMAGE_VERSION = 1
 ENTRY_SIZE = 64
-SHA384_SIZE = 48
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 ENTRY_PATTERN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 SKIPPED_PARTS = ("__pycache__",)
-ENTRY_OFFSET, PAYLOAD_SIZE_OFFSET, DIGEST_OFFSET = 16, 80, 88
 
 
 class L1ImageError(TdxsimError, ValueError):
@@ -49,11 +48,21 @@ class L1ImageError(TdxsimError, ValueError):
         self.offset = offset
 
 
-@dataclass(frozen=True)
-class L1ImageHeader:
+@dataclass(frozen=True, slots=True)
+class L1ImageHeader(Layout):
     """The 136-byte header in front of the payload."""
 
-    FORMAT: ClassVar[struct.Struct] = struct.Struct("<8sHHI64sQ48s")
+    NAME: ClassVar[str] = "L1 image header"
+    FIELDS: ClassVar[tuple[tuple[str, str], ...]] = (
+        ("magic", "8s"),
+        ("version", "H"),
+        ("header_size", "H"),
+        ("flags", "I"),
+        ("entry", f"{ENTRY_SIZE}s"),
+        ("payload_size", "Q"),
+        ("payload_sha384", f"{SHA384_SIZE}s"),
+    )
+    SIZE: ClassVar[int] = 136
 
     magic: bytes
     version: int
@@ -63,23 +72,11 @@ class L1ImageHeader:
     payload_size: int
     payload_sha384: bytes
 
-    def pack(self) -> bytes:
-        return self.FORMAT.pack(
-            self.magic,
-            self.version,
-            self.header_size,
-            self.flags,
-            self.entry,
-            self.payload_size,
-            self.payload_sha384,
-        )
 
-    @classmethod
-    def unpack(cls, raw: bytes) -> Self:
-        return cls(*cls.FORMAT.unpack(raw))
-
-
-HEADER_SIZE = L1ImageHeader.FORMAT.size
+HEADER_SIZE = L1ImageHeader.SIZE
+ENTRY_OFFSET = L1ImageHeader.offset("entry")
+PAYLOAD_SIZE_OFFSET = L1ImageHeader.offset("payload_size")
+DIGEST_OFFSET = L1ImageHeader.offset("payload_sha384")
 
 
 @dataclass(frozen=True)
@@ -117,11 +114,21 @@ class L1Image:
         if h.magic != L1IMAGE_MAGIC:
             raise L1ImageError("magic", 0, f"{h.magic!r}, expected {L1IMAGE_MAGIC!r}")
         if h.version != L1IMAGE_VERSION:
-            raise L1ImageError("version", 8, f"{h.version}, expected {L1IMAGE_VERSION}")
+            raise L1ImageError(
+                "version",
+                L1ImageHeader.offset("version"),
+                f"{h.version}, expected {L1IMAGE_VERSION}",
+            )
         if h.header_size != HEADER_SIZE:
-            raise L1ImageError("header_size", 10, f"{h.header_size}, expected {HEADER_SIZE}")
+            raise L1ImageError(
+                "header_size",
+                L1ImageHeader.offset("header_size"),
+                f"{h.header_size}, expected {HEADER_SIZE}",
+            )
         if h.flags:
-            raise L1ImageError("flags", 12, f"{h.flags:#x}, reserved bits must be 0")
+            raise L1ImageError(
+                "flags", L1ImageHeader.offset("flags"), f"{h.flags:#x}, reserved bits must be 0"
+            )
         if HEADER_SIZE + h.payload_size > len(raw):
             raise L1ImageError(
                 "payload_size",
@@ -138,6 +145,11 @@ class L1Image:
         if not ENTRY_PATTERN.match(entry):
             raise L1ImageError("entry", ENTRY_OFFSET, f"{entry!r} is not module:function")
         return cls(entry, payload)
+
+    def packages(self) -> frozenset[str]:
+        """The top-level packages the payload zip carries (what L1 imports from the image)."""
+        with zipfile.ZipFile(io.BytesIO(self.payload)) as archive:
+            return frozenset(name.partition("/")[0] for name in archive.namelist() if "/" in name)
 
     @property
     def module(self) -> str:

@@ -17,32 +17,38 @@ then reserved u32 in a command, status u32 in a response). MapGPA converts at mo
 
 from __future__ import annotations
 
-import struct
+import dataclasses
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import IntEnum
 from typing import Any, Protocol
 
-from tdxsim.abi import (
-    PAGE_SIZE,
-    REPORTDATA_SIZE,
+from tdxdefs.getquote import (
+    PAYLOAD_OFFSET,
+    QGS_BODY_OFFSET,
+    GetQuoteHeader,
+    GetQuoteResp,
+)
+from tdxdefs.quote import REPORTDATA_OFFSET
+from tdxdefs.tdcall import PAGE_SIZE
+from tdxdefs.tdvmcall import (
+    FATAL_CODE_MASK,
+    FATAL_MESSAGE_VALID,
+    GHCI_STANDARD,
+    IO_DIRECTION_READ,
+    IO_DIRECTION_WRITE,
+    SERVICE_STATUS_UNSUPPORTED,
     TDVMCALL_ALIGN_ERROR,
     TDVMCALL_OPERAND_INVALID,
     TDVMCALL_RETRY,
     TDVMCALL_SUCCESS,
+    ServiceBufferHeader,
+    Tdvmcall,
 )
-from tdxsim.attestation.quoting import (
-    GET_QUOTE_RESP_FIELDS,
-    OUT_LEN_OFFSET,
-    PAYLOAD_OFFSET,
-    QGS_BODY_OFFSET,
-    STATUS_OFFSET,
-    GetQuoteHeader,
-    QuotingService,
-)
+from tdxdefs.x86 import FIRST_EXTERNAL_VECTOR, LAST_VECTOR
+from tdxsim.attestation.quoting import QuotingService
 from tdxsim.host.faults import (
     FOREVER,
     GETQUOTE_LENGTH_SHORTFALL,
@@ -53,57 +59,27 @@ from tdxsim.host.shared_memory import HostAccessDenied, SharedMemory
 from tdxsim.module.dispatch import TdxModule
 from tdxsim.module.host_interface import TdExit, TdExitKind
 from tdxsim.module.registers import Regs
-from verifier.quote import BODY_OFFSET, TdQuoteBody
 
 U64 = (1 << 64) - 1
-GHCI_STANDARD = 0
 IO_SIZES = (1, 2, 4)
 MMIO_SIZES = (1, 2, 4, 8)
 IO_PORT_MAX = 0xFFFF
-DIRECTION_READ = 0
-DIRECTION_WRITE = 1
 HLT_FLAGS = (0, 1)
-VECTOR_MIN = 32  # vectors 0..31 are exceptions; GHCI SetupEventNotifyInterrupt needs 32..255
-VECTOR_MAX = 255
+VECTOR_MIN = FIRST_EXTERNAL_VECTOR  # GHCI SetupEventNotifyInterrupt needs 32..255
+VECTOR_MAX = LAST_VECTOR
 DEFAULT_STORM_VECTOR = 0xEC
 DEFAULT_MAPGPA_CHUNK_PAGES = 512
 GETQUOTE_MAX_SIZE = 64 * PAGE_SIZE
-FATAL_MESSAGE_VALID = 1 << 63
-FATAL_CODE_MASK = 0xFFFFFFFF
 FATAL_MESSAGE_MAX = PAGE_SIZE
 WIDE_DATA_FILL = U64  # io-wide: every bit above the access size set
 REWRITE_PERIOD_S = 0.0002
 # getquote-rewrite flips the first REPORTDATA byte of the quote in the answered buffer
-REWRITE_AT = (
-    QGS_BODY_OFFSET
-    + GET_QUOTE_RESP_FIELDS.size
-    + BODY_OFFSET
-    + TdQuoteBody.FORMAT.size
-    - REPORTDATA_SIZE
-)
+REWRITE_AT = QGS_BODY_OFFSET + GetQuoteResp.SIZE + REPORTDATA_OFFSET
 # GHCI v1.5 Service buffers: GUID, length, then reserved (command) or status
-SERVICE_HEADER = struct.Struct("<16sII")
-SERVICE_STATUS_UNSUPPORTED = 1  # GHCI v1.5 Service response "unsupported GUID"
 LOG_KEEP = 1024
 UART_BASE = 0x3F8
 UART_LSR = UART_BASE + 5
 UART_LSR_THR_EMPTY = 0x60
-
-
-class Ghci(IntEnum):
-    """TDVMCALL sub-functions in R11 (GHCI v1.5, TDG.VP.VMCALL leaves)."""
-
-    CPUID = 0x0A
-    HLT = 0x0C
-    IO = 0x1E
-    RDMSR = 0x1F
-    WRMSR = 0x20
-    REQUEST_MMIO = 0x30
-    MAP_GPA = 0x10001
-    GET_QUOTE = 0x10002
-    REPORT_FATAL_ERROR = 0x10003
-    SETUP_EVENT_NOTIFY_INTERRUPT = 0x10004
-    SERVICE = 0x10005
 
 
 class TdControl(Protocol):
@@ -280,14 +256,14 @@ class HostVmm:
 
     def _handler_table(self) -> dict[int, Callable[[Regs], int]]:
         return {
-            Ghci.HLT: self._hlt,
-            Ghci.IO: self._io,
-            Ghci.REQUEST_MMIO: self._mmio,
-            Ghci.MAP_GPA: self._map_gpa,
-            Ghci.GET_QUOTE: self._get_quote,
-            Ghci.REPORT_FATAL_ERROR: self._fatal,
-            Ghci.SETUP_EVENT_NOTIFY_INTERRUPT: self._setup_notify,
-            Ghci.SERVICE: self._service,
+            Tdvmcall.HLT: self._hlt,
+            Tdvmcall.IO: self._io,
+            Tdvmcall.REQUEST_MMIO: self._mmio,
+            Tdvmcall.MAP_GPA: self._map_gpa,
+            Tdvmcall.GET_QUOTE: self._get_quote,
+            Tdvmcall.REPORT_FATAL_ERROR: self._fatal,
+            Tdvmcall.SETUP_EVENT_NOTIFY_INTERRUPT: self._setup_notify,
+            Tdvmcall.SERVICE: self._service,
         }
 
     def _hlt(self, r: Regs) -> int:
@@ -301,13 +277,13 @@ class HostVmm:
 
     def _io(self, r: Regs) -> int:
         size, direction, port = r.r12, r.r13, r.r14
-        if size not in IO_SIZES or direction not in (DIRECTION_READ, DIRECTION_WRITE):
+        if size not in IO_SIZES or direction not in (IO_DIRECTION_READ, IO_DIRECTION_WRITE):
             return TDVMCALL_OPERAND_INVALID
         if port > IO_PORT_MAX or port + size - 1 > IO_PORT_MAX:
             return TDVMCALL_OPERAND_INVALID
         mask = (1 << (8 * size)) - 1
         route = self.io.get(port)
-        if direction == DIRECTION_WRITE:
+        if direction == IO_DIRECTION_WRITE:
             if route is not None:
                 route[1].write(port - route[0], size, r.r15 & mask)
             return TDVMCALL_SUCCESS
@@ -317,7 +293,7 @@ class HostVmm:
 
     def _mmio(self, r: Regs) -> int:
         size, direction, gpa = r.r12, r.r13, r.r14
-        if size not in MMIO_SIZES or direction not in (DIRECTION_READ, DIRECTION_WRITE):
+        if size not in MMIO_SIZES or direction not in (IO_DIRECTION_READ, IO_DIRECTION_WRITE):
             return TDVMCALL_OPERAND_INVALID
         if gpa % size:
             return TDVMCALL_ALIGN_ERROR
@@ -326,7 +302,7 @@ class HostVmm:
         for base, length, device in self.mmio:
             if base <= gpa and gpa + size <= base + length:
                 mask = (1 << (8 * size)) - 1
-                if direction == DIRECTION_WRITE:
+                if direction == IO_DIRECTION_WRITE:
                     device.write(gpa - base, size, r.r15 & mask)
                 else:
                     r.r11 = self._wide(device.read(gpa - base, size) & mask, size)
@@ -370,16 +346,18 @@ class HostVmm:
         answer = bytearray(self.quoting.serve_get_quote(buffer))
         faults = self.faults
         if faults.getquote_status is not None:
-            struct.pack_into("<Q", answer, STATUS_OFFSET, faults.getquote_status)
+            header = GetQuoteHeader.unpack(answer)
+            dataclasses.replace(header, status=faults.getquote_status).pack_into(answer)
         if faults.getquote_length is not None:
-            real = GetQuoteHeader.unpack(bytes(answer[:PAYLOAD_OFFSET])).out_len
+            header = GetQuoteHeader.unpack(answer)
+            real = header.out_len
             if faults.getquote_length == GetQuoteLength.LONG:
                 lie = size
             elif faults.getquote_length == GetQuoteLength.SHORT:
                 lie = max(real - GETQUOTE_LENGTH_SHORTFALL, 0)
             else:
                 lie = int(faults.getquote_length)
-            struct.pack_into("<I", answer, OUT_LEN_OFFSET, lie & 0xFFFFFFFF)
+            dataclasses.replace(header, out_len=lie & 0xFFFFFFFF).pack_into(answer)
         self.log.quotes.append(bytes(answer))
         self.shared.write(gpa, bytes(answer))
         if faults.getquote_rewrite:
@@ -426,16 +404,14 @@ class HostVmm:
         cmd_gpa, rsp_gpa = r.r12, r.r13
         if cmd_gpa % PAGE_SIZE or rsp_gpa % PAGE_SIZE:
             return TDVMCALL_ALIGN_ERROR
-        guid, cmd_len, _reserved = SERVICE_HEADER.unpack(
-            self.shared.read(cmd_gpa, SERVICE_HEADER.size)
-        )
-        _rsp_guid, rsp_len, _status = SERVICE_HEADER.unpack(
-            self.shared.read(rsp_gpa, SERVICE_HEADER.size)
-        )
-        if cmd_len < SERVICE_HEADER.size or rsp_len < SERVICE_HEADER.size:
+        command = ServiceBufferHeader.unpack(self.shared.read(cmd_gpa, ServiceBufferHeader.SIZE))
+        response = ServiceBufferHeader.unpack(self.shared.read(rsp_gpa, ServiceBufferHeader.SIZE))
+        guid, cmd_len, rsp_len = command.guid, command.length, response.length
+        if cmd_len < ServiceBufferHeader.SIZE or rsp_len < ServiceBufferHeader.SIZE:
             return TDVMCALL_OPERAND_INVALID
         self.shared.read(cmd_gpa, cmd_len)  # the whole command must be shared memory
         self.shared.write(
-            rsp_gpa, SERVICE_HEADER.pack(guid, SERVICE_HEADER.size, SERVICE_STATUS_UNSUPPORTED)
+            rsp_gpa,
+            ServiceBufferHeader(guid, ServiceBufferHeader.SIZE, SERVICE_STATUS_UNSUPPORTED).pack(),
         )
         return TDVMCALL_SUCCESS

@@ -11,7 +11,7 @@ import bisect
 import mmap
 from dataclasses import dataclass
 
-from tdxsim.abi import PAGE_SHIFT, PAGE_SIZE
+from tdxdefs.tdcall import PAGE_SHIFT, PAGE_SIZE
 from tdxsim.errors import TdxsimError
 from tdxsim.module.memory import TdMemory
 

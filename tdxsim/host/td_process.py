@@ -1,14 +1,15 @@
 """The TD process ("the CPU running the TD"): module model, L2 vCPUs and L1, driven by the host.
 
 Started by `tdxsim.host.vmm` as `python -I -S` with a bootstrap that lets only the module model's
-packages (tdxsim, igvm, verifier) come from the checkout and puts only third-party site-packages on
-sys.path. It builds the TD from host-side calls, and after FINALIZE reads the L1 image out of TD
-private memory at the GPA the host names. Every page of the image must have been PAGE.ADDed and
-fully MR.EXTENDed (so MRTD covers it) and its header must check, else FINALIZE is answered with an
-error and L1 never runs. At the first ENTER it writes the payload zip to a private temporary file,
-switches the checkout finder off, and imports L1's entry module from that zip alone; L1 gets an
-`L1Platform`: a register-level `tdcall`, views of TD memory, and the path of the payload zip (for
-the vTPM workers L1 starts from the same measured bytes), nothing else.
+packages (tdxsim, tdxdefs, igvm, verifier) come from the checkout and puts only third-party
+site-packages on sys.path. It builds the TD from host-side calls, and after FINALIZE reads the L1
+image out of TD private memory at the GPA the host names. Every page of the image must have been
+PAGE.ADDed and fully MR.EXTENDed (so MRTD covers it) and its header must check, else FINALIZE is
+answered with an error and L1 never runs. At the first ENTER it writes the payload zip to a private
+temporary file, switches the checkout finder off, drops the model's copies of any package the image
+carries (the shared definitions, tdxdefs, are imported by both), and imports L1's entry module from
+that zip alone; L1 gets an `L1Platform`: a register-level `tdcall`, views of TD memory, and the path
+of the payload zip (for the vTPM workers L1 starts from the same measured bytes), nothing else.
 
 Limits of the simulation, documented: L1 runs in the same interpreter as the module model, so
 Python code could reach the model through `sys.modules`; L1's memory view is the whole memfd, with
@@ -30,7 +31,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
-from tdxsim.abi import PAGE_SIZE
+from tdxdefs.tdcall import PAGE_SIZE
 from tdxsim.attestation.report import ReportMacKey, TdReportBuilder
 from tdxsim.host.channel import (
     ADD_PAGE_FORMAT,
@@ -73,6 +74,9 @@ PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 class HostShutdown(BaseException):
     """The host ended the TD while L1 was inside a TD exit (not catchable as Exception by L1)."""
+
+
+SHARED_WITH_L1 = frozenset({"tdxdefs"})  # the model imports it too; L1 must take the image's
 
 
 class SwitchableFinder(Protocol):
@@ -308,12 +312,17 @@ class TdProcess:
             out.write(self.image.payload)
         if self.finder is not None:
             self.finder.enabled = False
+        image_packages = self.image.packages()
+        for name in list(sys.modules):  # the model's copies (e.g. tdxdefs) are not L1's to use
+            if name.partition(".")[0] in image_packages | SHARED_WITH_L1:
+                del sys.modules[name]
         sys.path.insert(0, str(zip_path))
         importlib.invalidate_caches()
         module = importlib.import_module(self.image.module)
-        origin = getattr(module, "__file__", "") or ""
-        if not origin.startswith(str(zip_path)):
-            raise ImportError(f"L1 module {self.image.module} came from {origin}, not the image")
+        for name, loaded in list(sys.modules.items()):
+            origin = getattr(loaded, "__file__", "") or ""
+            if name.partition(".")[0] in image_packages and not origin.startswith(str(zip_path)):
+                raise ImportError(f"L1 module {name} came from {origin}, not the image")
         entry = getattr(module, self.image.function)
         result = entry(L1Platform(self.module, str(zip_path)))
         if isinstance(result, str):

@@ -26,7 +26,7 @@ from pathlib import Path
 from types import TracebackType
 
 import tdxsim
-from tdxsim.abi import GPAW_48, PAGE_SIZE
+from tdxdefs.tdcall import GPAW_48, PAGE_SIZE
 from tdxsim.attestation.quoting import QuotingService
 from tdxsim.attestation.report import ReportMacKey
 from tdxsim.errors import TdxsimError
@@ -62,7 +62,7 @@ from tdxsim.module.host_interface import TdExit, TdExitKind
 from tdxsim.module.registers import Regs
 
 CHECKOUT = Path(tdxsim.__file__).resolve().parent.parent
-MODEL_PACKAGES = ("tdxsim", "igvm", "verifier")
+MODEL_PACKAGES = ("tdxsim", "tdxdefs", "igvm", "verifier")
 DEATH_POLL_S = 0.1
 CALL_TIMEOUT_S = 30.0
 SHUTDOWN_WAIT_S = 2.0

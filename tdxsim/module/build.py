@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from tdxsim.abi import GPAW_48, LEVEL_2M, LEVEL_4K, PAGE_SIZE
+from tdxdefs.tdcall import GPAW_48, LEVEL_2M, LEVEL_4K, PAGE_SIZE
 from tdxsim.errors import TdxsimError
 from tdxsim.module.attestation_interface import AttestationInterface
 from tdxsim.module.dispatch import TdxModule

@@ -25,14 +25,18 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 
-from tdxsim.abi import (
-    BYTE_MASK,
-    CPL_MASK,
-    EEQ_ACCEPT,
-    EEQ_ATTR_WR,
+from tdxdefs.guest_state import L2_ENTER_GUEST_STATE_ALIGN
+from tdxdefs.metadata import (
     FIELD_CODE_MASK,
     FIELD_ELEM_SIZE_MASK,
     FIELD_ELEM_SIZE_SHIFT,
+    NO_NEXT_FIELD,
+    NOTIFY_ENABLES_FIELD,
+    NUM_L2_VMS_FIELD,
+)
+from tdxdefs.tdcall import (
+    BYTE_MASK,
+    CPL_MASK,
     GLA_LIST_INFO_FIRST_ENTRY_MASK,
     GLA_LIST_INFO_NUM_MASK,
     GLA_LIST_INFO_NUM_SHIFT,
@@ -42,7 +46,6 @@ from tdxsim.abi import (
     GPA_PAGE_MASK,
     INVVPID_LIST,
     INVVPID_RESERVED,
-    L2_ENTER_GUEST_STATE_ALIGN,
     LEAF_MASK,
     LEAF_VERSION_MASK,
     LEAF_VERSION_SHIFT,
@@ -50,9 +53,6 @@ from tdxsim.abi import (
     LEVEL_2M,
     LEVEL_4K,
     LEVEL_MASK,
-    NO_NEXT_FIELD,
-    NOTIFY_ENABLES_FIELD,
-    NUM_L2_VMS_FIELD,
     PAGE_SHIFT,
     PAGE_SIZE,
     REPORTDATA_ALIGN,
@@ -83,6 +83,7 @@ from tdxsim.abi import (
     pack_cs_info,
     pack_u32_pair,
 )
+from tdxdefs.vmcs import EEQ_ACCEPT, EEQ_ATTR_WR, Vmcs, width_of
 from tdxsim.errors import TdxsimError
 from tdxsim.l2cpu import DEFAULT_INSTRUCTION_BUDGET, L2Vcpu
 from tdxsim.module.attestation_interface import AttestationInterface
@@ -97,11 +98,9 @@ from tdxsim.module.vmcs import (
     READ_ONLY,
     VALUE_MASK_OF_WIDTH,
     FieldKind,
-    Vmcs,
     decode_vp_field,
     is_guest_state,
     l2_ctls_valid,
-    width_of,
 )
 
 U64 = (1 << 64) - 1

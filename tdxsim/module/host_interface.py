@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
-from tdxsim.abi import TDVMCALL_OPERAND_INVALID
+from tdxdefs.tdvmcall import TDVMCALL_OPERAND_INVALID
 from tdxsim.module.registers import Regs
 
 

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 
-from tdxsim.abi import GPAW_48, GPAW_52, LEVEL_4K, PAGE_SHIFT, PAGE_SIZE
+from tdxdefs.tdcall import GPAW_48, GPAW_52, LEVEL_4K, PAGE_SHIFT, PAGE_SIZE
 from tdxsim.errors import TdxsimError
 
 PAGES_PER_2M = 512

@@ -13,7 +13,7 @@ from array import array
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from tdxsim.abi import (
+from tdxdefs.attributes import (
     ATTR_ACCESS,
     ATTR_FLAGS_INVEPT,
     ATTR_FLAGS_MASK_BITS,
@@ -27,9 +27,9 @@ from tdxsim.abi import (
     ATTR_WORD_MASK,
     GUEST_L2_GPA_ATTR_MASK,
     L1_FULL_ATTR,
-    MAX_L2_VMS,
     attr_word,
 )
+from tdxdefs.tdcall import MAX_L2_VMS
 from tdxsim.module.memory import PageState, TdMemory
 
 AliasListener = Callable[[int, int], None]

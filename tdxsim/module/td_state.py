@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
-from tdxsim.abi import MAX_L2_VMS, RTMR_COUNT, SHA384_SIZE
+from tdxdefs.tdcall import MAX_L2_VMS, RTMR_COUNT, SHA384_SIZE
 from tdxsim.module.attestation_interface import TdInfo
 from tdxsim.module.vmcs import L2Vmcs
 

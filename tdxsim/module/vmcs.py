@@ -1,10 +1,8 @@
 """The L2 VMCS of each L2 VM as L1 sees it through TDG.VP.RD/WR.
 
-Intel TDX Module TD Partitioning Architecture Specification (L2 VMCS fields, L2_CTLS); field IDs per
-the Intel TDX Module v1.5 ABI Specification (metadata field identifiers). Field lists and write
-masks follow the TDX module source, Intel's TD-partitioning vTPM prototype and Intel's
-TD-partitioning Linux L1 VMM (not yet checked against the specification's field table); fields
-outside the list are TDX_METADATA_FIELD_ID_INCORRECT.
+Field encodings are `tdxdefs.vmcs`; the field lists and write masks here are the module's behaviour
+(Intel TDX Module TD Partitioning Architecture Specification, "L2 VMCS fields"; not checked against
+the specification's table); fields outside the list are TDX_METADATA_FIELD_ID_INCORRECT.
 Guest-state fields written by L1 are loaded into the L2 vCPU at the next TDG.VP.ENTER.
 """
 
@@ -13,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import IntEnum
 
-from tdxsim.abi import (
+from tdxdefs.metadata import (
     ALLOWED_L2_VCPU_CTLS,
     CLASS_L2_MSR_BITMAP_BASE,
     CLASS_L2_VMCS_BASE,
@@ -32,7 +30,9 @@ from tdxsim.abi import (
     FIELD_ELEM_SIZE_SHIFT,
     L2_CTLS_CODE_BASE,
     L2_VAPIC_GPA_CODE_BASE,
-    MAX_L2_VMS,
+)
+from tdxdefs.tdcall import MAX_L2_VMS, PAGE_SIZE
+from tdxdefs.vmcs import (
     MSR_BITMAP_READ_HIGH,
     MSR_BITMAP_READ_LOW,
     MSR_BITMAP_WRITE_HIGH,
@@ -40,26 +40,17 @@ from tdxsim.abi import (
     MSR_HIGH_BASE,
     MSR_LOW_LIMIT,
     NULL_PA,
-    PAGE_SIZE,
     PROC_HLT_EXITING,
     PROC_USE_MSR_BITMAPS,
+    VMCS_HIGH_ACCESS,
+    Width,
+    width_of,
 )
+from tdxdefs.vmcs import Vmcs as Vmcs  # re-exported for tdxsim.l2cpu until it imports tdxdefs
 
 ALL_ONES_64 = 0xFFFFFFFFFFFFFFFF
-VMCS_WIDTH_SHIFT = 13
-VMCS_WIDTH_MASK = 0x3
-VMCS_HIGH_ACCESS = 1
 MSR_BITMAP_QWORDS = PAGE_SIZE // 8
 MSR_BITS_PER_BYTE = 8
-
-
-class Width(IntEnum):
-    """VMCS field width, encoding bits 14:13."""
-
-    W16 = 0
-    W64 = 1
-    W32 = 2
-    NATURAL = 3
 
 
 ELEM_SIZE_OF_WIDTH = {
@@ -74,105 +65,6 @@ VALUE_MASK_OF_WIDTH = {
     Width.W32: 0xFFFFFFFF,
     Width.NATURAL: ALL_ONES_64,
 }
-
-
-class Vmcs(IntEnum):
-    """VMCS field encodings (Intel SDM appendix B) used by the L2 model."""
-
-    POSTED_INTR_NV = 0x0002
-    GUEST_ES_SELECTOR = 0x0800
-    GUEST_CS_SELECTOR = 0x0802
-    GUEST_SS_SELECTOR = 0x0804
-    GUEST_DS_SELECTOR = 0x0806
-    GUEST_FS_SELECTOR = 0x0808
-    GUEST_GS_SELECTOR = 0x080A
-    GUEST_LDTR_SELECTOR = 0x080C
-    GUEST_TR_SELECTOR = 0x080E
-    GUEST_INTR_STATUS = 0x0810
-    IO_BITMAP_A = 0x2000
-    IO_BITMAP_B = 0x2002
-    MSR_BITMAP = 0x2004
-    VIRTUAL_APIC_PAGE_ADDR = 0x2012
-    POSTED_INTR_DESC_ADDR = 0x2016
-    VM_FUNCTION_CONTROLS = 0x2018
-    EPT_POINTER = 0x201A
-    EOI_EXIT_BITMAP0 = 0x201C
-    EOI_EXIT_BITMAP1 = 0x201E
-    EOI_EXIT_BITMAP2 = 0x2020
-    EOI_EXIT_BITMAP3 = 0x2022
-    VE_INFO_ADDR = 0x202A
-    XSS_EXIT_BITMAP = 0x202C
-    TERTIARY_CONTROLS = 0x2034
-    SHARED_EPTP = 0x203C
-    GUEST_PHYSICAL_ADDRESS = 0x2400
-    GUEST_IA32_DEBUGCTL = 0x2802
-    GUEST_IA32_PAT = 0x2804
-    GUEST_IA32_EFER = 0x2806
-    PIN_BASED_CONTROLS = 0x4000
-    PROC_BASED_CONTROLS = 0x4002
-    EXCEPTION_BITMAP = 0x4004
-    PF_ERROR_CODE_MASK = 0x4006
-    PF_ERROR_CODE_MATCH = 0x4008
-    CR3_TARGET_COUNT = 0x400A
-    EXIT_CONTROLS = 0x400C
-    ENTRY_CONTROLS = 0x4012
-    ENTRY_INTR_INFO = 0x4016
-    ENTRY_EXCEPTION_ERROR_CODE = 0x4018
-    ENTRY_INSTRUCTION_LENGTH = 0x401A
-    TPR_THRESHOLD = 0x401C
-    SECONDARY_CONTROLS = 0x401E
-    PLE_GAP = 0x4020
-    PLE_WINDOW = 0x4022
-    VM_INSTRUCTION_ERROR = 0x4400
-    EXIT_REASON = 0x4402
-    EXIT_INTR_INFO = 0x4404
-    EXIT_INTR_ERROR_CODE = 0x4406
-    IDT_VECTORING_INFO = 0x4408
-    IDT_VECTORING_ERROR_CODE = 0x440A
-    EXIT_INSTRUCTION_LENGTH = 0x440C
-    EXIT_INSTRUCTION_INFO = 0x440E
-    GUEST_ES_LIMIT = 0x4800
-    GUEST_CS_LIMIT = 0x4802
-    GUEST_SS_LIMIT = 0x4804
-    GUEST_DS_LIMIT = 0x4806
-    GUEST_FS_LIMIT = 0x4808
-    GUEST_GS_LIMIT = 0x480A
-    GUEST_LDTR_LIMIT = 0x480C
-    GUEST_TR_LIMIT = 0x480E
-    GUEST_GDTR_LIMIT = 0x4810
-    GUEST_IDTR_LIMIT = 0x4812
-    GUEST_ES_AR = 0x4814
-    GUEST_CS_AR = 0x4816
-    GUEST_SS_AR = 0x4818
-    GUEST_DS_AR = 0x481A
-    GUEST_FS_AR = 0x481C
-    GUEST_GS_AR = 0x481E
-    GUEST_LDTR_AR = 0x4820
-    GUEST_TR_AR = 0x4822
-    GUEST_INTERRUPTIBILITY = 0x4824
-    GUEST_ACTIVITY_STATE = 0x4826
-    GUEST_SYSENTER_CS = 0x482A
-    EXIT_QUALIFICATION = 0x6400
-    GUEST_LINEAR_ADDRESS = 0x640A
-    GUEST_CR0 = 0x6800
-    GUEST_CR3 = 0x6802
-    GUEST_CR4 = 0x6804
-    GUEST_ES_BASE = 0x6806
-    GUEST_CS_BASE = 0x6808
-    GUEST_SS_BASE = 0x680A
-    GUEST_DS_BASE = 0x680C
-    GUEST_FS_BASE = 0x680E
-    GUEST_GS_BASE = 0x6810
-    GUEST_LDTR_BASE = 0x6812
-    GUEST_TR_BASE = 0x6814
-    GUEST_GDTR_BASE = 0x6816
-    GUEST_IDTR_BASE = 0x6818
-    GUEST_DR7 = 0x681A
-    GUEST_RSP = 0x681C
-    GUEST_RIP = 0x681E
-    GUEST_RFLAGS = 0x6820
-    GUEST_SYSENTER_ESP = 0x6824
-    GUEST_SYSENTER_EIP = 0x6826
 
 
 # Write masks of the L2 VMCS fields; writable fields without a listed mask take the whole width.
@@ -240,11 +132,6 @@ DEFAULTS: dict[int, int] = {
     Vmcs.GUEST_SS_AR: DATA_AR,
     Vmcs.GUEST_SS_LIMIT: FLAT_LIMIT,
 }
-
-
-def width_of(encoding: int) -> Width:
-    """Width of a VMCS field from its encoding."""
-    return Width((encoding >> VMCS_WIDTH_SHIFT) & VMCS_WIDTH_MASK)
 
 
 def is_guest_state(encoding: int) -> bool:

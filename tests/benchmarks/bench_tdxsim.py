@@ -19,7 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tdxsim.abi import ATTR_R, ATTR_VALID, ATTR_W, ATTR_XS, PAGE_SIZE, Leaf, pack_attr
+from tdxdefs.attributes import ATTR_R, ATTR_VALID, ATTR_W, ATTR_XS, pack_attr
+from tdxdefs.tdcall import PAGE_SIZE, Leaf
 from tdxsim.module.memory import TdMemory
 from tdxsim.testing import TdHarness, assemble
 

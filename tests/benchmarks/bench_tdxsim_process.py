@@ -20,10 +20,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tdxsim.abi import Leaf
+from tdxdefs.tdcall import Leaf
+from tdxdefs.tdvmcall import Tdvmcall
 from tdxsim.host.channel import Channel, ChannelClosed
 from tdxsim.host.l1_image import build_l1_image
-from tdxsim.host.services import Ghci, HostVmm, ModuleControl
+from tdxsim.host.services import HostVmm, ModuleControl
 from tdxsim.host.shared_memory import SharedMemory
 from tdxsim.host.vmm import RunStatus, Vmm, simulated_platform
 from tdxsim.module.registers import Regs
@@ -54,7 +55,7 @@ def in_process(iterations: int) -> tuple[float, float]:
     code = 0x10000
     l2.load(code, assemble("cpuid", code))
     assert l2.enter(rip=code).reason == 10
-    vmcall = Regs(rax=Leaf.VP_VMCALL, rcx=EXPOSE_R10_R15, r11=Ghci.HLT)
+    vmcall = Regs(rax=Leaf.VP_VMCALL, rcx=EXPOSE_R10_R15, r11=Tdvmcall.HLT)
     enter = Regs(rax=Leaf.VP_ENTER, rcx=1 << 52, rdx=l2.state_gpa)
     out = []
     for regs in (vmcall, enter):

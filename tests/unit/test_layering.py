@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("igvm", "vtpm", "tdxsim", "svsm", "orchestrator", "verifier")
+PACKAGES = ("tdxdefs", "igvm", "vtpm", "tdxsim", "svsm", "orchestrator", "verifier")
 INVOKE = Path(sys.executable).parent / "invoke"
 TDXSIM_LAYERS = "tdxsim layers: the host side above attestation above the module model"
 
@@ -46,6 +46,8 @@ def test_project_tree_keeps_every_contract(tmp_path: Path) -> None:
         ("tdxsim", "svsm", "tdxsim never imports the paravisor or the vTPM"),
         ("tdxsim.module", "tdxsim.host", TDXSIM_LAYERS),
         ("tdxsim.attestation", "tdxsim.host.vmm", TDXSIM_LAYERS),
+        ("tdxdefs", "svsm", "tdxdefs imports nothing of the project"),
+        ("tdxdefs", "tdxsim", "tdxdefs imports nothing of the project"),
     ],
 )
 def test_deliberate_cross_import_fails_lint(

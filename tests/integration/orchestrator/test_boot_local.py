@@ -53,7 +53,7 @@ def test_run_builds_boots_attests_and_talks_to_the_vtpm(tmp_path: Path) -> None:
     assert "not built yet" in out  # the missing parts are said, not hidden
     # L1 ran from the measured image that the recipe placed: the image on disk is this checkout's
     assert (ROOT / "out" / "l1.img").read_bytes() == build_l1_image(
-        [ROOT / "svsm", ROOT / "vtpm"], "svsm.boot:main"
+        [ROOT / "svsm", ROOT / "vtpm", ROOT / "tdxdefs"], "svsm.boot:main"
     )
 
 

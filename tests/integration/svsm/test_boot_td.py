@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from igvm.build import build
-from orchestrator.boot import DEFAULT_RECIPE
+from orchestrator.boot import DEFAULT_RECIPE, L1_PACKAGES
 from svsm.boot import SVSM_VERSION
 from tdxsim.host.faults import FaultSet
 from tdxsim.host.l1_image import build_l1_image
@@ -31,7 +31,7 @@ pytestmark = pytest.mark.integration
 def image(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The project recipe with the L1 image built from this checkout."""
     tmp = tmp_path_factory.mktemp("svsm")
-    (tmp / "l1.img").write_bytes(build_l1_image([ROOT / "svsm", ROOT / "vtpm"], "svsm.boot:main"))
+    (tmp / "l1.img").write_bytes(build_l1_image(list(L1_PACKAGES), "svsm.boot:main"))
     recipe = yaml.safe_load(DEFAULT_RECIPE.read_text())
     recipe["components"][0]["file"] = str(tmp / "l1.img")
     (tmp / "tdp.yaml").write_text(yaml.safe_dump(recipe))

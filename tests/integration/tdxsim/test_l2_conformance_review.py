@@ -1,6 +1,6 @@
 """Independent conformance review, L2 side: real x86-64 code under TDG.VP.ENTER (reference 2.5,
 3.3 and 4). Fills the gaps the review found in test_l2_exits.py. Expected values come from the
-reference and the VMX architecture, spelled out here (not imported from tdxsim.abi)."""
+reference and the VMX architecture, spelled out here (not imported from tdxdefs)."""
 
 from __future__ import annotations
 

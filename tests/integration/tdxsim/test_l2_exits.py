@@ -5,11 +5,19 @@ from __future__ import annotations
 
 import pytest
 
-from tdxsim.abi import (
-    ATTR_R,
-    ATTR_VALID,
-    ATTR_W,
-    ATTR_XS,
+from tdxdefs.attributes import ATTR_R, ATTR_VALID, ATTR_W, ATTR_XS
+from tdxdefs.metadata import L2_CTLS_ENABLE_TDVMCALL
+from tdxdefs.tdcall import (
+    TDX_L2_EXIT_HOST_ROUTED_ASYNC,
+    TDX_L2_EXIT_HOST_ROUTED_TDVMCALL,
+    TDX_L2_EXIT_PENDING_INTERRUPT,
+    TDX_OPERAND_INVALID,
+    TDX_PENDING_INTERRUPT,
+    TDX_SUCCESS,
+    Leaf,
+    OperandId,
+)
+from tdxdefs.vmcs import (
     EEQ_PEND_EPT_VIOLATION,
     EPTV_EXECUTABLE,
     EPTV_FETCH,
@@ -20,25 +28,16 @@ from tdxsim.abi import (
     EPTV_WRITABLE,
     EPTV_WRITE,
     INTR_INFO_VALID,
-    L2_CTLS_ENABLE_TDVMCALL,
     PROC_INTERRUPT_WINDOW_EXITING,
     PROC_USE_MSR_BITMAPS,
     SEC_VIRTUAL_INTR_DELIVERY,
-    TDX_L2_EXIT_HOST_ROUTED_ASYNC,
-    TDX_L2_EXIT_HOST_ROUTED_TDVMCALL,
-    TDX_L2_EXIT_PENDING_INTERRUPT,
-    TDX_OPERAND_INVALID,
-    TDX_PENDING_INTERRUPT,
-    TDX_SUCCESS,
-    VAPIC_IRR,
     VM_ENTRY_FAILURE,
     ExitReason,
-    Leaf,
-    OperandId,
+    Vmcs,
 )
+from tdxdefs.x86 import VAPIC_IRR
 from tdxsim.module.host_interface import NullHost, TdExitKind
 from tdxsim.module.registers import Regs
-from tdxsim.module.vmcs import Vmcs
 from tdxsim.testing import L2Context, TdHarness, assemble
 
 CODE = 0x10000

@@ -5,18 +5,16 @@ from __future__ import annotations
 import pytest
 from unicorn.x86_const import UC_X86_REG_CR2
 
-from tdxsim.abi import (
-    ATTR_R,
-    ATTR_VALID,
-    ATTR_W,
+from tdxdefs.attributes import ATTR_R, ATTR_VALID, ATTR_W
+from tdxdefs.vmcs import (
     EPTV_GLA_VALID,
     EPTV_READ,
     EPTV_TRANSLATED,
     EPTV_WRITE,
     INTR_INFO_VALID,
     ExitReason,
+    Vmcs,
 )
-from tdxsim.module.vmcs import Vmcs
 from tdxsim.testing import L2Context, TdHarness, assemble
 
 CODE = 0x10000

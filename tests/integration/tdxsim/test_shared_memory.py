@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from tdxsim.abi import (
-    ATTR_R,
-    ATTR_VALID,
-    ATTR_W,
-    L2_CTLS_ENABLE_SHARED_EPTP,
+from tdxdefs.attributes import ATTR_R, ATTR_VALID, ATTR_W
+from tdxdefs.metadata import L2_CTLS_ENABLE_SHARED_EPTP
+from tdxdefs.tdcall import (
     TDX_L2_EXIT_HOST_ROUTED_ASYNC,
     TDX_OPERAND_INVALID,
     TDX_SUCCESS,
-    ExitReason,
     Leaf,
     OperandId,
 )
+from tdxdefs.vmcs import ExitReason
 from tdxsim.module.memory import PageState
 from tdxsim.testing import TdHarness, UnmappedPageAccess, assemble
 

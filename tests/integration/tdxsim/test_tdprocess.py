@@ -19,7 +19,8 @@ from igvm import measure
 from igvm.format import IgvmFile
 from igvm.headers import PageData, SupportedPlatform
 from igvm.writer import write
-from tdxsim.abi import PAGE_SIZE, TDX_L2_EXIT_HOST_ROUTED_ASYNC, ExitReason
+from tdxdefs.tdcall import PAGE_SIZE, TDX_L2_EXIT_HOST_ROUTED_ASYNC
+from tdxdefs.vmcs import ExitReason
 from tdxsim.host.faults import FaultSet
 from tdxsim.host.l1_image import HEADER_SIZE, build_l1_image
 from tdxsim.host.services import DEFAULT_STORM_VECTOR
@@ -111,6 +112,45 @@ def test_one_changed_byte_changes_mrtd_and_is_what_runs(tmp_path: Path) -> None:
             results[name] = (v.mrtd, json.loads(result.output)["marker"])
     assert results["A"][0] != results["B"][0]
     assert results["A"][1] == "l1-min-A" and results["B"][1] == "l1-min-B"
+
+
+def _defs_image(defs: Path, tmp_path: Path) -> bytes:
+    """An image of l1_min plus a copy of `defs` (a tdxdefs tree) under the name tdxdefs."""
+    copy = tmp_path / "tdxdefs"
+    if defs != copy:
+        shutil.copytree(defs, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    return build_l1_image([L1_MIN, copy], "l1_min.main:definitions")
+
+
+def test_l1_imports_tdxdefs_from_the_image_and_a_changed_byte_changes_mrtd(
+    tmp_path: Path,
+) -> None:
+    runs = {}
+    for name in ("A", "B"):
+        work = tmp_path / name
+        work.mkdir()
+        shutil.copytree(
+            CHECKOUT / "tdxdefs", work / "tdxdefs", ignore=shutil.ignore_patterns("__pycache__")
+        )
+        if name == "B":  # one byte of the definitions' docstring
+            init = work / "tdxdefs" / "__init__.py"
+            init.write_bytes(init.read_bytes().replace(b"TDX architecture", b"TDX Architecture", 1))
+        with Vmm(QUOTING) as v:
+            v.create(RAM, mac_key=MAC_KEY)
+            result = boot(v, _defs_image(work / "tdxdefs", work))
+            assert result.status == "done", result.detail
+            out = json.loads(result.output)
+            assert out["file"] == out["image_path"] + "/tdxdefs/__init__.py"  # not the checkout's
+            assert out["vp_enter"] == 25
+            runs[name] = (v.mrtd, out["doc_sha256"])
+    assert runs["A"][0] != runs["B"][0]  # MRTD covers the definitions
+    assert runs["A"][1] != runs["B"][1]  # and the changed copy is the one L1 ran
+
+
+def test_l1_without_tdxdefs_in_its_image_cannot_import_the_model_copy(vmm: Vmm) -> None:
+    result = boot(vmm, image("l1_min.main:definitions"))
+    assert result.status == "failed"
+    assert "No module named 'tdxdefs'" in result.detail, result.detail
 
 
 def test_unmeasured_image_pages_are_refused_at_finalize(vmm: Vmm) -> None:

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tdxsim.abi import PAGE_SIZE, TDVMCALL_OPERAND_INVALID, TDVMCALL_SUCCESS
+from tdxdefs.tdcall import PAGE_SIZE
+from tdxdefs.tdvmcall import TDVMCALL_OPERAND_INVALID, TDVMCALL_SUCCESS, Tdvmcall
 from tdxsim.host.channel import (
     CONVERT_FORMAT,
     EXTEND_FORMAT,
@@ -19,7 +20,6 @@ from tdxsim.host.channel import (
     MsgType,
 )
 from tdxsim.host.l1_image import build_l1_image
-from tdxsim.host.services import Ghci
 from tdxsim.host.shared_memory import HostAccessDenied
 from tdxsim.host.td_process import CHUNKS_PER_PAGE
 from tdxsim.host.vmm import HostCallRefused, Vmm, simulated_platform
@@ -62,9 +62,9 @@ def test_tdvmcalls_pointing_at_private_memory_neither_read_nor_write_it() -> Non
     td = HostTd()
     td.h.write(PRIVATE, SECRET)
     for sub, regs in (
-        (Ghci.GET_QUOTE, {"r12": PRIVATE, "r13": PAGE_SIZE}),
-        (Ghci.SERVICE, {"r12": PRIVATE, "r13": PRIVATE}),
-        (Ghci.REPORT_FATAL_ERROR, {"r12": 1 << 63, "r13": PRIVATE}),
+        (Tdvmcall.GET_QUOTE, {"r12": PRIVATE, "r13": PAGE_SIZE}),
+        (Tdvmcall.SERVICE, {"r12": PRIVATE, "r13": PRIVATE}),
+        (Tdvmcall.REPORT_FATAL_ERROR, {"r12": 1 << 63, "r13": PRIVATE}),
     ):
         assert td.vmcall(sub, **regs).r10 == TDVMCALL_OPERAND_INVALID
     assert td.h.read(PRIVATE, len(SECRET)) == SECRET
@@ -75,7 +75,7 @@ def test_tdvmcalls_pointing_at_private_memory_neither_read_nor_write_it() -> Non
 def test_register_values_of_every_width_never_crash_the_host() -> None:
     td = HostTd()
     hostile = [0, 1, PAGE_SIZE - 1, SHARED_BIT, (1 << 64) - 1, 1 << 63, SHARED_BIT | 0xFFF]
-    for sub in Ghci:
+    for sub in Tdvmcall:
         for value in hostile:
             out = td.vmcall(sub, r12=value, r13=value, r14=value, r15=value)
             assert out.r10 in (TDVMCALL_SUCCESS, TDVMCALL_OPERAND_INVALID, 1, 1 << 63 | 2)

@@ -6,22 +6,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tdxsim.abi import (
-    ATTR_R,
-    ATTR_VALID,
-    ATTR_W,
-    ATTR_XS,
-    INTR_INFO_VALID,
-    MAX_L2_VMS,
-    TDX_L2_EXIT_HOST_ROUTED_ASYNC,
-    TDX_SUCCESS,
-    ExitReason,
-    Leaf,
-    attr_word,
-)
+from tdxdefs.attributes import ATTR_R, ATTR_VALID, ATTR_W, ATTR_XS, attr_word
+from tdxdefs.tdcall import MAX_L2_VMS, TDX_L2_EXIT_HOST_ROUTED_ASYNC, TDX_SUCCESS, Leaf
+from tdxdefs.vmcs import INTR_INFO_VALID, ExitReason, Vmcs
 from tdxsim.module.memory import PageState
 from tdxsim.module.registers import Regs
-from tdxsim.module.vmcs import Vmcs
 from tdxsim.testing import L2Context, TdHarness, assemble
 
 pytestmark = pytest.mark.security

@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from tdxdefs.quote import SgxReportBody
 from tdxsim.attestation.pck import generate_pck_chain
 from tdxsim.attestation.quoting import QuotingService, SimulatedAttestation
 from verifier.chain import ChainError, UntrustedRootError
@@ -74,6 +75,15 @@ def test_every_byte_of_header_and_body_is_covered(sim: SimulatedAttestation, quo
             assert "quote signature over header and TD quote body" in str(err.value)
 
 
+def _qe_body_spans(*, reserved: bool) -> list[tuple[int, int]]:
+    """(start, end) of the QE report body's reserved fields, or of its other fields."""
+    return [
+        (SgxReportBody.offset(name), SgxReportBody.offset(name) + SgxReportBody.field_size(name))
+        for name, _code in SgxReportBody.FIELDS
+        if name.startswith("reserved") == reserved
+    ]
+
+
 def test_samples_of_signature_and_certification_data(
     sim: SimulatedAttestation, quote: bytes
 ) -> None:
@@ -87,7 +97,14 @@ def test_samples_of_signature_and_certification_data(
         (range(636, 700), (QuoteSignatureError,)),  # quote signature
         (range(700, 764), (QeReportBindingError,)),  # attestation key
         (range(764, 770), (QuoteParseError, CertificationDataError)),  # type, size
-        (range(qe_at, qe_at + 384, 3), (QeReportSignatureError,)),  # QE report body
+        *(
+            (range(qe_at + start, qe_at + end, 3), (QeReportSignatureError,))
+            for start, end in _qe_body_spans(reserved=False)
+        ),  # QE report body: the signature covers it
+        *(
+            (range(qe_at + start, qe_at + end), (QuoteParseError,))
+            for start, end in _qe_body_spans(reserved=True)
+        ),  # QE report body reserved fields: nonzero is malformed before any signature check
         (range(qe_at + 384, auth_at), (QeReportSignatureError,)),  # QE report signature
         (range(auth_at, auth_at + 2), (QuoteParseError,)),  # QE auth data size
         (range(auth_at + 2, nested.offset - 6), (QeReportBindingError,)),  # QE auth data

@@ -13,16 +13,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from svsm.attestation import (
-    GET_QUOTE_HEADER,
     GETQUOTE_WAIT_MAX,
-    QGS_BODY_OFFSET,
-    QGS_MSG_OFFSET,
     AttestationBuffers,
     GetQuoteError,
     TdxAttester,
     decode_response,
 )
 from svsm.tdcall import TdcallError
+from tdxdefs.getquote import QGS_BODY_OFFSET, QGS_MSG_OFFSET, GetQuoteHeader
 from tdxsim.attestation.quoting import encode_get_quote_response
 from tdxsim.host.faults import FaultSet
 from verifier.quote import verify_quote
@@ -119,7 +117,7 @@ def _answer(quote: bytes, *, qgs_type: int = 1, error: int = 0, id_size: int = 0
     message = struct.pack("<HHIII", 1, 0, qgs_type, 16 + len(body), error) + body
     payload = struct.pack(">I", len(message)) + message
     return bytearray(
-        (GET_QUOTE_HEADER.pack(1, 0, len(payload), len(payload)) + payload).ljust(0x2000, b"\0")
+        (GetQuoteHeader(1, 0, len(payload), len(payload)).pack() + payload).ljust(0x2000, b"\0")
     )
 
 

@@ -10,6 +10,7 @@ import pytest
 from svsm import eventlog
 from svsm.measurement import MeasurementError, Rtmrs, extend_pcr
 from svsm.tdcall import TdcallError
+from tdxdefs.eventlog import EV_PLATFORM_CONFIG_FLAGS, EV_S_CRTM_VERSION
 from vtpm import wire
 from vtpm.attest import cc_event_log_separators
 from vtpm.engine import TpmEngine
@@ -30,8 +31,8 @@ def tdreport_rtmrs(td: Td) -> tuple[bytes, ...]:
 def test_event_log_replays_to_the_rtmrs_in_a_tdreport(td: Td) -> None:
     td.memory.accept(WORK, 0x200000)
     rtmrs = Rtmrs(td.tdcall, td.memory, WORK + 0x40)
-    rtmrs.extend(0, eventlog.EV_PLATFORM_CONFIG_FLAGS, b"launch parameters")
-    rtmrs.extend(2, eventlog.EV_PLATFORM_CONFIG_FLAGS, b"x", hashlib.sha384(b"other").digest())
+    rtmrs.extend(0, EV_PLATFORM_CONFIG_FLAGS, b"launch parameters")
+    rtmrs.extend(2, EV_PLATFORM_CONFIG_FLAGS, b"x", hashlib.sha384(b"other").digest())
     rtmrs.separators()
     measured = tdreport_rtmrs(td)
     assert measured == rtmrs.expected()
@@ -48,19 +49,19 @@ def test_separators_only_log_is_the_vtpm_one() -> None:
 def test_a_tampered_log_no_longer_replays(td: Td) -> None:
     td.memory.accept(WORK, 0x200000)
     rtmrs = Rtmrs(td.tdcall, td.memory, WORK)
-    rtmrs.extend(0, eventlog.EV_PLATFORM_CONFIG_FLAGS, b"launch parameters")
+    rtmrs.extend(0, EV_PLATFORM_CONFIG_FLAGS, b"launch parameters")
     log = bytearray(rtmrs.event_log())
     log[-30] ^= 1  # a byte of the digest
     assert eventlog.replay(eventlog.parse(bytes(log)))[0] != tdreport_rtmrs(td)[0]
 
 
 @pytest.mark.parametrize(
-    ("cut", "field"), [(10, "TCG_PCR_EVENT header"), (-3, "event data"), (-60, "digest")]
+    ("cut", "field"), [(10, "TCG_PCR_EVENT.digest"), (-3, "event data"), (-60, "digest")]
 )
 def test_truncated_log_names_offset_and_field(td: Td, cut: int, field: str) -> None:
     td.memory.accept(WORK, 0x200000)
     rtmrs = Rtmrs(td.tdcall, td.memory, WORK)
-    rtmrs.extend(1, eventlog.EV_PLATFORM_CONFIG_FLAGS, b"some event data")
+    rtmrs.extend(1, EV_PLATFORM_CONFIG_FLAGS, b"some event data")
     with pytest.raises(eventlog.EventLogError, match=f"offset \\d+: {field}"):
         eventlog.parse(rtmrs.event_log()[:cut])
 
@@ -95,7 +96,7 @@ def tpm() -> Iterator[wire.TpmClient]:
 
 
 def test_pcr0_extended_in_sha256_and_sha384(tpm: wire.TpmClient) -> None:
-    event = extend_pcr(tpm, 0, eventlog.EV_S_CRTM_VERSION, b"tdp-svsm 0.1.0\0")
+    event = extend_pcr(tpm, 0, EV_S_CRTM_VERSION, b"tdp-svsm 0.1.0\0")
     for bank, name, size in (
         (wire.TPM_ALG_SHA256, "sha256", 32),
         (wire.TPM_ALG_SHA384, "sha384", 48),
@@ -107,4 +108,4 @@ def test_pcr0_extended_in_sha256_and_sha384(tpm: wire.TpmClient) -> None:
 
 def test_pcr_extend_refusal_is_named(tpm: wire.TpmClient) -> None:
     with pytest.raises(MeasurementError, match="PCR30 event 0x8"):
-        extend_pcr(tpm, 30, eventlog.EV_S_CRTM_VERSION, b"v")
+        extend_pcr(tpm, 30, EV_S_CRTM_VERSION, b"v")

@@ -7,7 +7,8 @@ from collections.abc import Callable
 import pytest
 
 from svsm.memory import MAPGPA_MAX_RETRIES, PAGE_SIZE, L1MemoryError
-from svsm.tdcall import TdcallError, TdvmcallStatus
+from svsm.tdcall import TdcallError
+from tdxdefs.tdvmcall import TdvmcallStatus
 from tdxsim.host.faults import FaultSet
 from tdxsim.module.memory import PageState
 from tdxsim.module.registers import Regs

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tdxsim.abi import (
+from tdxdefs.attributes import (
     ATTR_FLAGS_INVEPT,
     ATTR_PWA,
     ATTR_R,
@@ -13,8 +13,12 @@ from tdxsim.abi import (
     ATTR_W,
     ATTR_XS,
     ATTR_XU,
-    GPA_MAPPING_PENDING,
     L1_FULL_ATTR,
+    attr_word,
+    pack_attr,
+)
+from tdxdefs.tdcall import (
+    GPA_MAPPING_PENDING,
     LEVEL_2M,
     TDX_OPERAND_INVALID,
     TDX_PAGE_ATTR_INVALID,
@@ -22,8 +26,6 @@ from tdxsim.abi import (
     TDX_SUCCESS,
     Leaf,
     OperandId,
-    attr_word,
-    pack_attr,
 )
 from tdxsim.testing import TdHarness
 

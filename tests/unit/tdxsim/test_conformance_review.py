@@ -2,7 +2,7 @@
 
 Fills the gaps the review found in test_leaves.py / test_attrs.py. Every expected number is
 taken from tdx-partitioning-abi.md (field IDs, masks, status codes are spelled out here from
-the reference, not imported from tdxsim.abi), so a wrong constant in the module shows up.
+the reference, not imported from tdxdefs), so a wrong constant in the module shows up.
 """
 
 from __future__ import annotations

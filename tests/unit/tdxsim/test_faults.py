@@ -6,14 +6,13 @@ import time
 
 import pytest
 
-from tdxsim.abi import (
-    PAGE_SIZE,
+from tdxdefs.tdcall import PAGE_SIZE, TDX_PENDING_INTERRUPT, Leaf
+from tdxdefs.tdvmcall import (
     TDVMCALL_GPA_INUSE,
     TDVMCALL_OPERAND_INVALID,
     TDVMCALL_RETRY,
     TDVMCALL_SUCCESS,
-    TDX_PENDING_INTERRUPT,
-    Leaf,
+    Tdvmcall,
 )
 from tdxsim.attestation.quoting import (
     GET_QUOTE_ERROR,
@@ -22,7 +21,7 @@ from tdxsim.attestation.quoting import (
     decode_get_quote_response,
 )
 from tdxsim.host.faults import FOREVER, FaultSet, FaultSpecError, GetQuoteLength
-from tdxsim.host.services import DEFAULT_STORM_VECTOR, UART_LSR, Ghci
+from tdxsim.host.services import DEFAULT_STORM_VECTOR, UART_LSR
 from tests.unit.tdxsim.test_host import BUF, SHARED_BIT, HostTd
 from verifier.errors import VerificationError
 from verifier.quote import verify_quote
@@ -67,8 +66,8 @@ def test_parse_errors_name_the_switch(spec: str, named: str) -> None:
 # --- what L1 sees --------------------------------------------------------------------------------
 def test_vmcall_status_overrides_every_successful_answer() -> None:
     td = HostTd(FaultSet.parse("vmcall-status=retry"))
-    assert td.vmcall(Ghci.HLT, r12=0).r10 == TDVMCALL_RETRY
-    assert td.vmcall(Ghci.HLT, r12=9).r10 == TDVMCALL_OPERAND_INVALID  # real errors stay errors
+    assert td.vmcall(Tdvmcall.HLT, r12=0).r10 == TDVMCALL_RETRY
+    assert td.vmcall(Tdvmcall.HLT, r12=9).r10 == TDVMCALL_OPERAND_INVALID  # real errors stay errors
 
 
 @pytest.mark.parametrize("value", ["error", "unavailable", "inflight", "0x1234"])
@@ -109,21 +108,23 @@ def test_mapgpa_retry_keeps_asking_to_retry_without_progress() -> None:
     td = HostTd(FaultSet.parse("mapgpa-retry=2"))
     start = BUF | SHARED_BIT
     for _ in range(2):
-        out = td.vmcall(Ghci.MAP_GPA, r12=start, r13=PAGE_SIZE)
+        out = td.vmcall(Tdvmcall.MAP_GPA, r12=start, r13=PAGE_SIZE)
         assert out.r10 == TDVMCALL_RETRY and out.r11 == start  # resume GPA: no progress
         assert not td.shared.is_mapped(start)
-    assert td.vmcall(Ghci.MAP_GPA, r12=start, r13=PAGE_SIZE).r10 == TDVMCALL_SUCCESS
+    assert td.vmcall(Tdvmcall.MAP_GPA, r12=start, r13=PAGE_SIZE).r10 == TDVMCALL_SUCCESS
 
 
 def test_mapgpa_retry_always_never_completes() -> None:
     td = HostTd(FaultSet.parse("mapgpa-retry=always"))
-    statuses = {td.vmcall(Ghci.MAP_GPA, r12=BUF | SHARED_BIT, r13=PAGE_SIZE).r10 for _ in range(50)}
+    statuses = {
+        td.vmcall(Tdvmcall.MAP_GPA, r12=BUF | SHARED_BIT, r13=PAGE_SIZE).r10 for _ in range(50)
+    }
     assert statuses == {TDVMCALL_RETRY}  # an L1 must bound its retry loop
 
 
 def test_io_wide_returns_bits_beyond_the_access_size() -> None:
     td = HostTd(FaultSet.parse("io-wide=1"))
-    out = td.vmcall(Ghci.IO, r12=1, r13=0, r14=UART_LSR)
+    out = td.vmcall(Tdvmcall.IO, r12=1, r13=0, r14=UART_LSR)
     assert out.r11 > 0xFF and out.r11 & 0xFF == 0x60  # L1 must mask to the size it asked
 
 
@@ -136,11 +137,11 @@ def _vp_enter_sees_pending_interrupt(td: HostTd) -> bool:
 def test_irq_spurious_posts_a_vector_l1_never_asked_for() -> None:
     td = HostTd(FaultSet.parse("irq-spurious=0x33"))
     assert td.host.notify_vector is None
-    td.vmcall(Ghci.HLT, r12=0)
+    td.vmcall(Tdvmcall.HLT, r12=0)
     assert td.h.td.vcpus[0].l1_rvi == 0x33
     assert _vp_enter_sees_pending_interrupt(td)  # L1 cannot enter L2 until it takes it
     td.h.module.l1_interrupt_taken(0)
-    td.vmcall(Ghci.HLT, r12=0)
+    td.vmcall(Tdvmcall.HLT, r12=0)
     assert td.h.td.vcpus[0].l1_rvi == 0  # once only
 
 
@@ -149,7 +150,7 @@ def test_irq_storm_posts_at_every_return_for_the_count() -> None:
     seen = []
     start = time.monotonic()
     for _ in range(5):
-        td.vmcall(Ghci.HLT, r12=0)
+        td.vmcall(Tdvmcall.HLT, r12=0)
         seen.append(td.h.td.vcpus[0].l1_rvi)
         td.h.module.l1_interrupt_taken(0)
     assert seen == [DEFAULT_STORM_VECTOR] * 3 + [0, 0]
@@ -158,8 +159,8 @@ def test_irq_storm_posts_at_every_return_for_the_count() -> None:
 
 def test_irq_storm_uses_the_notification_vector_once_set_up() -> None:
     td = HostTd(FaultSet.parse("irq-storm=2"))
-    td.vmcall(Ghci.SETUP_EVENT_NOTIFY_INTERRUPT, r12=0x51)
+    td.vmcall(Tdvmcall.SETUP_EVENT_NOTIFY_INTERRUPT, r12=0x51)
     td.h.module.l1_interrupt_taken(0)
-    td.vmcall(Ghci.HLT, r12=0)
+    td.vmcall(Tdvmcall.HLT, r12=0)
     assert td.h.td.vcpus[0].l1_rvi == 0x51
     assert _vp_enter_sees_pending_interrupt(td)

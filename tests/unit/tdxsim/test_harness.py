@@ -7,7 +7,7 @@ import textwrap
 import pytest
 
 import tdxsim.testing
-from tdxsim.abi import TDX_SUCCESS, Leaf
+from tdxdefs.tdcall import TDX_SUCCESS, Leaf
 from tdxsim.testing import PendingPageAccess, TdcallFailed, TdHarness, UnmappedPageAccess
 
 

@@ -6,15 +6,16 @@ import struct
 
 import pytest
 
-from tdxsim.abi import (
-    PAGE_SIZE,
+from tdxdefs.tdcall import PAGE_SIZE, TDX_SUCCESS, Leaf
+from tdxdefs.tdvmcall import (
+    SERVICE_STATUS_UNSUPPORTED,
     TDVMCALL_ALIGN_ERROR,
     TDVMCALL_OPERAND_INVALID,
     TDVMCALL_RETRY,
     TDVMCALL_SUCCESS,
-    TDX_SUCCESS,
-    Leaf,
+    Tdvmcall,
 )
+from tdxdefs.tdvmcall import ServiceBufferHeader as Header
 from tdxsim.attestation.quoting import (
     GET_QUOTE_DEFAULT_BUFFER_SIZE,
     GET_QUOTE_ERROR,
@@ -25,12 +26,9 @@ from tdxsim.attestation.quoting import (
 from tdxsim.host.faults import FaultSet
 from tdxsim.host.services import (
     LOG_KEEP,
-    SERVICE_HEADER,
-    SERVICE_STATUS_UNSUPPORTED,
     UART_BASE,
     UART_LSR,
     UART_LSR_THR_EMPTY,
-    Ghci,
     HostVmm,
     ModuleControl,
 )
@@ -83,7 +81,7 @@ class HostTd:
         start = gpa | SHARED_BIT
         end = start + length
         while True:
-            out = self.vmcall(Ghci.MAP_GPA, r12=start, r13=end - start)
+            out = self.vmcall(Tdvmcall.MAP_GPA, r12=start, r13=end - start)
             if out.r10 == TDVMCALL_SUCCESS:
                 return
             assert out.r10 == TDVMCALL_RETRY
@@ -99,7 +97,9 @@ class HostTd:
         return request
 
     def get_quote(self) -> Regs:
-        return self.vmcall(Ghci.GET_QUOTE, r12=BUF | SHARED_BIT, r13=GET_QUOTE_DEFAULT_BUFFER_SIZE)
+        return self.vmcall(
+            Tdvmcall.GET_QUOTE, r12=BUF | SHARED_BIT, r13=GET_QUOTE_DEFAULT_BUFFER_SIZE
+        )
 
     def buffer(self) -> bytes:
         return self.h.read(BUF | SHARED_BIT, GET_QUOTE_DEFAULT_BUFFER_SIZE)
@@ -112,12 +112,12 @@ def td() -> HostTd:
 
 # --- MapGPA ------------------------------------------------------------------------------------
 def test_map_gpa_to_shared_and_back(td: HostTd) -> None:
-    out = td.vmcall(Ghci.MAP_GPA, r12=BUF | SHARED_BIT, r13=2 * PAGE_SIZE)
+    out = td.vmcall(Tdvmcall.MAP_GPA, r12=BUF | SHARED_BIT, r13=2 * PAGE_SIZE)
     assert out.r10 == TDVMCALL_SUCCESS
     assert td.h.memory.page_state(BUF) == PageState.NOT_PRESENT
     td.shared.write(BUF | SHARED_BIT, b"from host")
     assert td.h.read(BUF | SHARED_BIT, 9) == b"from host"  # L1 sees what the host wrote
-    out = td.vmcall(Ghci.MAP_GPA, r12=BUF, r13=2 * PAGE_SIZE)
+    out = td.vmcall(Tdvmcall.MAP_GPA, r12=BUF, r13=2 * PAGE_SIZE)
     assert out.r10 == TDVMCALL_SUCCESS
     assert td.h.memory.page_state(BUF) == PageState.PENDING  # L1 must accept it again
     assert not td.shared.is_mapped(BUF | SHARED_BIT)
@@ -125,7 +125,7 @@ def test_map_gpa_to_shared_and_back(td: HostTd) -> None:
 
 def test_map_gpa_in_chunks_answers_retry_with_resume_gpa() -> None:
     td = HostTd(chunk=1)
-    out = td.vmcall(Ghci.MAP_GPA, r12=BUF | SHARED_BIT, r13=3 * PAGE_SIZE)
+    out = td.vmcall(Tdvmcall.MAP_GPA, r12=BUF | SHARED_BIT, r13=3 * PAGE_SIZE)
     assert out.r10 == TDVMCALL_RETRY and out.r11 == (BUF | SHARED_BIT) + PAGE_SIZE
     td.map_shared(BUF + PAGE_SIZE, 2 * PAGE_SIZE)
     assert all(td.shared.is_mapped((BUF + i * PAGE_SIZE) | SHARED_BIT) for i in range(3))
@@ -143,7 +143,7 @@ def test_map_gpa_in_chunks_answers_retry_with_resume_gpa() -> None:
     ],
 )
 def test_map_gpa_rejects_bad_ranges(td: HostTd, gpa: int, length: int, status: int) -> None:
-    out = td.vmcall(Ghci.MAP_GPA, r12=gpa, r13=length)
+    out = td.vmcall(Tdvmcall.MAP_GPA, r12=gpa, r13=length)
     assert out.r10 == status
     assert td.h.memory.page_state(BUF) == PageState.MAPPED  # nothing converted
 
@@ -170,15 +170,18 @@ def test_get_quote_refuses_bad_buffers(td: HostTd) -> None:
     td.quote_request()
     size = GET_QUOTE_DEFAULT_BUFFER_SIZE
     assert (
-        td.vmcall(Ghci.GET_QUOTE, r12=(BUF | SHARED_BIT) + 8, r13=size).r10 == TDVMCALL_ALIGN_ERROR
+        td.vmcall(Tdvmcall.GET_QUOTE, r12=(BUF | SHARED_BIT) + 8, r13=size).r10
+        == TDVMCALL_ALIGN_ERROR
     )
-    assert td.vmcall(Ghci.GET_QUOTE, r12=BUF | SHARED_BIT, r13=8).r10 == TDVMCALL_OPERAND_INVALID
-    assert td.vmcall(Ghci.GET_QUOTE, r12=REPORT, r13=size).r10 == TDVMCALL_OPERAND_INVALID
+    assert (
+        td.vmcall(Tdvmcall.GET_QUOTE, r12=BUF | SHARED_BIT, r13=8).r10 == TDVMCALL_OPERAND_INVALID
+    )
+    assert td.vmcall(Tdvmcall.GET_QUOTE, r12=REPORT, r13=size).r10 == TDVMCALL_OPERAND_INVALID
     unconverted = 0x180000 | SHARED_BIT
-    assert td.vmcall(Ghci.GET_QUOTE, r12=unconverted, r13=size).r10 == TDVMCALL_OPERAND_INVALID
+    assert td.vmcall(Tdvmcall.GET_QUOTE, r12=unconverted, r13=size).r10 == TDVMCALL_OPERAND_INVALID
     # three pages where only two are shared: the host does not read past what L1 converted
     assert (
-        td.vmcall(Ghci.GET_QUOTE, r12=BUF | SHARED_BIT, r13=size + PAGE_SIZE).r10
+        td.vmcall(Tdvmcall.GET_QUOTE, r12=BUF | SHARED_BIT, r13=size + PAGE_SIZE).r10
         == TDVMCALL_OPERAND_INVALID
     )
     assert not td.host.log.quotes
@@ -186,7 +189,7 @@ def test_get_quote_refuses_bad_buffers(td: HostTd) -> None:
 
 # --- SetupEventNotifyInterrupt -----------------------------------------------------------------
 def test_notify_vector_is_posted_when_the_quote_is_ready(td: HostTd) -> None:
-    assert td.vmcall(Ghci.SETUP_EVENT_NOTIFY_INTERRUPT, r12=0x40).r10 == TDVMCALL_SUCCESS
+    assert td.vmcall(Tdvmcall.SETUP_EVENT_NOTIFY_INTERRUPT, r12=0x40).r10 == TDVMCALL_SUCCESS
     td.quote_request()
     assert td.h.td.vcpus[0].l1_rvi == 0
     td.get_quote()
@@ -196,7 +199,7 @@ def test_notify_vector_is_posted_when_the_quote_is_ready(td: HostTd) -> None:
 
 @pytest.mark.parametrize("vector", [0, 31, 256, 1 << 63])
 def test_notify_vector_outside_32_to_255_is_refused(td: HostTd, vector: int) -> None:
-    out = td.vmcall(Ghci.SETUP_EVENT_NOTIFY_INTERRUPT, r12=vector)
+    out = td.vmcall(Tdvmcall.SETUP_EVENT_NOTIFY_INTERRUPT, r12=vector)
     assert out.r10 == TDVMCALL_OPERAND_INVALID
     assert td.host.notify_vector is None
 
@@ -204,11 +207,11 @@ def test_notify_vector_outside_32_to_255_is_refused(td: HostTd, vector: int) -> 
 # --- IO and MMIO -------------------------------------------------------------------------------
 def test_io_reaches_the_debug_uart(td: HostTd) -> None:
     for ch in b"hi":
-        assert td.vmcall(Ghci.IO, r12=1, r13=1, r14=UART_BASE, r15=ch | 0x100).r10 == 0
+        assert td.vmcall(Tdvmcall.IO, r12=1, r13=1, r14=UART_BASE, r15=ch | 0x100).r10 == 0
     assert bytes(td.host.uart.output) == b"hi"  # data masked to the access size
-    out = td.vmcall(Ghci.IO, r12=1, r13=0, r14=UART_LSR)
+    out = td.vmcall(Tdvmcall.IO, r12=1, r13=0, r14=UART_LSR)
     assert out.r10 == TDVMCALL_SUCCESS and out.r11 == UART_LSR_THR_EMPTY
-    out = td.vmcall(Ghci.IO, r12=2, r13=0, r14=0x80)  # nothing there: all ones
+    out = td.vmcall(Tdvmcall.IO, r12=2, r13=0, r14=0x80)  # nothing there: all ones
     assert out.r10 == TDVMCALL_SUCCESS and out.r11 == 0xFFFF
 
 
@@ -217,7 +220,7 @@ def test_io_reaches_the_debug_uart(td: HostTd) -> None:
     [(3, 0, 0x80), (8, 0, 0x80), (1, 2, 0x80), (1, 0, 0x10000), (4, 0, 0xFFFE)],
 )
 def test_io_rejects_bad_operands(td: HostTd, size: int, direction: int, port: int) -> None:
-    out = td.vmcall(Ghci.IO, r12=size, r13=direction, r14=port, r15=0x41)
+    out = td.vmcall(Tdvmcall.IO, r12=size, r13=direction, r14=port, r15=0x41)
     assert out.r10 == TDVMCALL_OPERAND_INVALID
 
 
@@ -238,8 +241,8 @@ def test_mmio_on_a_shared_device(td: HostTd) -> None:
     dev = Register()
     base = 0xFEB00000 | SHARED_BIT
     td.host.attach_mmio(base, PAGE_SIZE, dev)
-    assert td.vmcall(Ghci.REQUEST_MMIO, r12=8, r13=1, r14=base, r15=0x1122334455667788).r10 == 0
-    out = td.vmcall(Ghci.REQUEST_MMIO, r12=4, r13=0, r14=base + 4)
+    assert td.vmcall(Tdvmcall.REQUEST_MMIO, r12=8, r13=1, r14=base, r15=0x1122334455667788).r10 == 0
+    out = td.vmcall(Tdvmcall.REQUEST_MMIO, r12=4, r13=0, r14=base + 4)
     assert out.r10 == TDVMCALL_SUCCESS and out.r11 == 0x11223344
 
 
@@ -254,21 +257,21 @@ def test_mmio_on_a_shared_device(td: HostTd) -> None:
 )
 def test_mmio_rejects_bad_operands(td: HostTd, size: int, gpa: int, status: int) -> None:
     td.host.attach_mmio(0xFEB00000 | SHARED_BIT, PAGE_SIZE, Register())
-    assert td.vmcall(Ghci.REQUEST_MMIO, r12=size, r13=0, r14=gpa).r10 == status
+    assert td.vmcall(Tdvmcall.REQUEST_MMIO, r12=size, r13=0, r14=gpa).r10 == status
 
 
 # --- HLT, ReportFatalError, Service, unknown calls --------------------------------------------
 def test_hlt(td: HostTd) -> None:
-    assert td.vmcall(Ghci.HLT, r12=0).r10 == TDVMCALL_SUCCESS
-    assert td.vmcall(Ghci.HLT, r12=1).r10 == TDVMCALL_SUCCESS
-    assert td.vmcall(Ghci.HLT, r12=2).r10 == TDVMCALL_OPERAND_INVALID
+    assert td.vmcall(Tdvmcall.HLT, r12=0).r10 == TDVMCALL_SUCCESS
+    assert td.vmcall(Tdvmcall.HLT, r12=1).r10 == TDVMCALL_SUCCESS
+    assert td.vmcall(Tdvmcall.HLT, r12=2).r10 == TDVMCALL_OPERAND_INVALID
     assert td.host.log.halts == 2
 
 
 def test_report_fatal_error_with_message(td: HostTd) -> None:
     td.map_shared(BUF, PAGE_SIZE)
     td.h.write(BUF | SHARED_BIT, b"L1 gave up: no memory\0trailing")
-    out = td.vmcall(Ghci.REPORT_FATAL_ERROR, r12=(1 << 63) | 0x1234, r13=BUF | SHARED_BIT)
+    out = td.vmcall(Tdvmcall.REPORT_FATAL_ERROR, r12=(1 << 63) | 0x1234, r13=BUF | SHARED_BIT)
     assert out.r10 == TDVMCALL_SUCCESS
     assert td.host.log.fatal is not None
     assert td.host.log.fatal.code == 0x1234
@@ -277,7 +280,7 @@ def test_report_fatal_error_with_message(td: HostTd) -> None:
 
 def test_report_fatal_error_with_private_message_gpa_is_refused(td: HostTd) -> None:
     td.h.write(REPORT, b"private secret\0")
-    out = td.vmcall(Ghci.REPORT_FATAL_ERROR, r12=(1 << 63) | 7, r13=REPORT)
+    out = td.vmcall(Tdvmcall.REPORT_FATAL_ERROR, r12=(1 << 63) | 7, r13=REPORT)
     assert out.r10 == TDVMCALL_OPERAND_INVALID
     assert td.host.log.fatal is None
     assert "0x110000" in td.host.log.refused[0]
@@ -287,13 +290,13 @@ def test_service_with_unknown_guid_is_unsupported(td: HostTd) -> None:
     td.map_shared(BUF, 2 * PAGE_SIZE)
     guid = bytes(range(16))
     cmd, rsp = BUF | SHARED_BIT, (BUF + PAGE_SIZE) | SHARED_BIT
-    td.h.write(cmd, SERVICE_HEADER.pack(guid, SERVICE_HEADER.size + 4, 0) + b"ping")
-    td.h.write(rsp, SERVICE_HEADER.pack(bytes(16), PAGE_SIZE, 0xFFFF))
-    out = td.vmcall(Ghci.SERVICE, r12=cmd, r13=rsp)
+    td.h.write(cmd, Header.STRUCT.pack(guid, Header.SIZE + 4, 0) + b"ping")
+    td.h.write(rsp, Header.STRUCT.pack(bytes(16), PAGE_SIZE, 0xFFFF))
+    out = td.vmcall(Tdvmcall.SERVICE, r12=cmd, r13=rsp)
     assert out.r10 == TDVMCALL_SUCCESS
-    assert SERVICE_HEADER.unpack(td.h.read(rsp, SERVICE_HEADER.size)) == (
+    assert Header.STRUCT.unpack(td.h.read(rsp, Header.SIZE)) == (
         guid,
-        SERVICE_HEADER.size,
+        Header.SIZE,
         SERVICE_STATUS_UNSUPPORTED,
     )
 
@@ -301,16 +304,16 @@ def test_service_with_unknown_guid_is_unsupported(td: HostTd) -> None:
 def test_service_rejects_bad_buffers(td: HostTd) -> None:
     td.map_shared(BUF, 2 * PAGE_SIZE)
     cmd, rsp = BUF | SHARED_BIT, (BUF + PAGE_SIZE) | SHARED_BIT
-    td.h.write(cmd, SERVICE_HEADER.pack(bytes(16), 3 * PAGE_SIZE, 0))  # past the shared pages
-    td.h.write(rsp, SERVICE_HEADER.pack(bytes(16), PAGE_SIZE, 0))
-    assert td.vmcall(Ghci.SERVICE, r12=cmd, r13=rsp).r10 == TDVMCALL_OPERAND_INVALID
-    assert td.vmcall(Ghci.SERVICE, r12=cmd + 8, r13=rsp).r10 == TDVMCALL_ALIGN_ERROR
-    assert td.vmcall(Ghci.SERVICE, r12=REPORT, r13=rsp).r10 == TDVMCALL_OPERAND_INVALID
-    td.h.write(cmd, SERVICE_HEADER.pack(bytes(16), 4, 0))  # shorter than its own header
-    assert td.vmcall(Ghci.SERVICE, r12=cmd, r13=rsp).r10 == TDVMCALL_OPERAND_INVALID
+    td.h.write(cmd, Header.STRUCT.pack(bytes(16), 3 * PAGE_SIZE, 0))  # past the shared pages
+    td.h.write(rsp, Header.STRUCT.pack(bytes(16), PAGE_SIZE, 0))
+    assert td.vmcall(Tdvmcall.SERVICE, r12=cmd, r13=rsp).r10 == TDVMCALL_OPERAND_INVALID
+    assert td.vmcall(Tdvmcall.SERVICE, r12=cmd + 8, r13=rsp).r10 == TDVMCALL_ALIGN_ERROR
+    assert td.vmcall(Tdvmcall.SERVICE, r12=REPORT, r13=rsp).r10 == TDVMCALL_OPERAND_INVALID
+    td.h.write(cmd, Header.STRUCT.pack(bytes(16), 4, 0))  # shorter than its own header
+    assert td.vmcall(Tdvmcall.SERVICE, r12=cmd, r13=rsp).r10 == TDVMCALL_OPERAND_INVALID
 
 
-@pytest.mark.parametrize(("r10", "sub"), [(0, 0x99), (0, Ghci.CPUID), (1, Ghci.HLT)])
+@pytest.mark.parametrize(("r10", "sub"), [(0, 0x99), (0, Tdvmcall.CPUID), (1, Tdvmcall.HLT)])
 def test_unknown_or_vendor_calls_are_refused(td: HostTd, r10: int, sub: int) -> None:
     out = td.vmcall(sub, r10=r10, r12=0)
     assert out.r10 == TDVMCALL_OPERAND_INVALID
@@ -318,7 +321,7 @@ def test_unknown_or_vendor_calls_are_refused(td: HostTd, r10: int, sub: int) -> 
 
 
 def test_only_exposed_registers_reach_the_host(td: HostTd) -> None:
-    out = td.h.tdcall(Leaf.VP_VMCALL, rcx=0x1C00, r10=0, r11=Ghci.HLT, r12=0, r13=0x77)
+    out = td.h.tdcall(Leaf.VP_VMCALL, rcx=0x1C00, r10=0, r11=Tdvmcall.HLT, r12=0, r13=0x77)
     assert out.r10 == TDVMCALL_SUCCESS and out.r13 == 0x77  # R13 was not exposed, kept by L1
 
 
@@ -365,5 +368,5 @@ def test_host_view_shares_the_module_s_map_of_shared_pages(td: HostTd) -> None:
 
 def test_the_host_log_stays_bounded_over_a_long_run(td: HostTd) -> None:
     for _ in range(LOG_KEEP + 10):
-        td.vmcall(Ghci.HLT, r12=0)
+        td.vmcall(Tdvmcall.HLT, r12=0)
     assert len(td.host.log.calls) == LOG_KEEP and td.host.log.halts == LOG_KEEP + 10

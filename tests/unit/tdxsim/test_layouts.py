@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tdxsim.abi import (
+from tdxdefs.attributes import (
     ATTR_PWA,
     ATTR_R,
     ATTR_SVE,
@@ -12,14 +12,12 @@ from tdxsim.abi import (
     ATTR_W,
     ATTR_XS,
     attr_word,
-    l2_ctls_field_id,
-    l2_vmcs_field_id,
-    msr_bitmap_class,
     pack_attr,
-    vmcs_class,
 )
+from tdxdefs.metadata import l2_ctls_field_id, l2_vmcs_field_id, msr_bitmap_class, vmcs_class
+from tdxdefs.vmcs import Vmcs
 from tdxsim.module.sept import attr_is_legal
-from tdxsim.module.vmcs import FieldKind, L2Vmcs, Vmcs, decode_vp_field
+from tdxsim.module.vmcs import FieldKind, L2Vmcs, decode_vp_field
 
 
 def test_attr_packing_round_trip() -> None:

@@ -6,13 +6,18 @@ import hashlib
 
 import pytest
 
-from tdxsim.abi import (
-    LEVEL_1G,
-    LEVEL_2M,
+from tdxdefs.metadata import (
     NO_NEXT_FIELD,
     NOTIFY_ENABLES_FIELD,
     NUM_L2_VMS_FIELD,
-    TDVMCALL_SUCCESS,
+    l2_ctls_field_id,
+    l2_vapic_gpa_field_id,
+    l2_vmcs_field_id,
+    msr_bitmap_field_id,
+)
+from tdxdefs.tdcall import (
+    LEVEL_1G,
+    LEVEL_2M,
     TDX_GLA_NOT_CANONICAL,
     TDX_METADATA_FIELD_ID_INCORRECT,
     TDX_METADATA_FIELD_NOT_WRITABLE,
@@ -22,20 +27,16 @@ from tdxsim.abi import (
     TDX_PAGE_ALREADY_ACCEPTED,
     TDX_PAGE_SIZE_MISMATCH,
     TDX_SUCCESS,
-    ExitReason,
     Leaf,
     OperandId,
     is_error,
-    l2_ctls_field_id,
-    l2_vapic_gpa_field_id,
-    l2_vmcs_field_id,
-    msr_bitmap_field_id,
 )
+from tdxdefs.tdvmcall import TDVMCALL_SUCCESS
+from tdxdefs.vmcs import ExitReason, Vmcs
 from tdxsim.module.attestation_interface import TdInfo
 from tdxsim.module.host_interface import NullHost, TdExit
 from tdxsim.module.memory import PageState
 from tdxsim.module.registers import Regs
-from tdxsim.module.vmcs import Vmcs
 from tdxsim.testing import PendingPageAccess, TdHarness
 
 INVALID_RAX = TDX_OPERAND_INVALID | OperandId.RAX
@@ -272,7 +273,8 @@ def test_vmcs_write_masks_apply(h: TdHarness) -> None:
     [Vmcs.PIN_BASED_CONTROLS, Vmcs.EXIT_CONTROLS, Vmcs.POSTED_INTR_NV, Vmcs.GUEST_ACTIVITY_STATE],
 )
 def test_read_only_vmcs_fields(h: TdHarness, encoding: int) -> None:
-    from tdxsim.module.vmcs import ELEM_SIZE_OF_WIDTH, width_of
+    from tdxdefs.vmcs import width_of
+    from tdxsim.module.vmcs import ELEM_SIZE_OF_WIDTH
 
     fid = l2_vmcs_field_id(1, encoding, ELEM_SIZE_OF_WIDTH[width_of(encoding)])
     before = h.tdcall(Leaf.VP_RD, rdx=fid)

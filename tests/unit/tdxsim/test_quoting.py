@@ -7,13 +7,11 @@ from collections.abc import Callable
 
 import pytest
 
+from tdxdefs.getquote import GET_QUOTE_ERROR, GET_QUOTE_IN_FLIGHT, GET_QUOTE_SUCCESS, GetQuoteHeader
+from tdxdefs.quote import INTEL_QE_VENDOR_ID
 from tdxsim.attestation.quoting import (
-    GET_QUOTE_ERROR,
-    GET_QUOTE_IN_FLIGHT,
-    GET_QUOTE_SUCCESS,
     SIM_QE_VENDOR_ID,
     GetQuoteFormatError,
-    GetQuoteHeader,
     QuoteRequestRefused,
     SimulatedAttestation,
     decode_get_quote_request,
@@ -24,7 +22,6 @@ from tdxsim.attestation.quoting import (
 from tdxsim.attestation.report import ReportMacKey, build_tdreport
 from tdxsim.module.attestation_interface import TdInfo
 from verifier.quote import (
-    INTEL_QE_VENDOR_ID,
     QuoteParseError,
     parse_quote,
     qe_report_data_binding,

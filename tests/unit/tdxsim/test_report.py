@@ -6,15 +6,13 @@ import hashlib
 
 import pytest
 
-from tdxsim.abi import Leaf
+from tdxdefs.report import ReportMacStruct, TdInfoStruct, TeeTcbInfo
+from tdxdefs.tdcall import Leaf
 from tdxsim.attestation.report import (
     SIMULATED_MRSEAM,
     ReportMacKey,
-    ReportMacStruct,
-    TdInfoStruct,
     TdReportBuilder,
     TdReportError,
-    TeeTcbInfo,
     build_tdreport,
     verify_tdreport,
 )
@@ -42,9 +40,9 @@ def _td(**changes: object) -> TdInfo:
 
 
 def test_struct_sizes_follow_reference() -> None:
-    assert ReportMacStruct.FORMAT.size == 256
-    assert TeeTcbInfo.FORMAT.size == 256
-    assert TdInfoStruct.FORMAT.size == 512
+    assert ReportMacStruct.SIZE == 256
+    assert TeeTcbInfo.SIZE == 256
+    assert TdInfoStruct.SIZE == 512
 
 
 def test_fields_sit_at_reference_offsets() -> None:
@@ -91,6 +89,16 @@ def test_verify_reads_back_fields() -> None:
     assert report.td_info.rtmrs[3] == b"\xa3" * 48
 
 
+def _reserved_field_at(offset: int) -> str:
+    """The reserved field (as "STRUCTURE.field") holding TDREPORT byte `offset`, or ""."""
+    for base, layout in ((0, ReportMacStruct), (256, TeeTcbInfo), (512, TdInfoStruct)):
+        for name, _code in layout.FIELDS:
+            start = base + layout.offset(name)
+            if name.startswith("reserved") and start <= offset < start + layout.field_size(name):
+                return f"{layout.NAME}.{name}"
+    return ""
+
+
 def test_every_flipped_byte_is_caught_and_named() -> None:
     raw = build_tdreport(_td(), REPORTDATA, KEY)
     for offset in range(len(raw)):
@@ -98,7 +106,10 @@ def test_every_flipped_byte_is_caught_and_named() -> None:
         tampered[offset] ^= 0x01
         with pytest.raises(TdReportError) as err:
             verify_tdreport(bytes(tampered), KEY)
-        if offset < 256:
+        if _reserved_field_at(offset):
+            assert err.value.field == _reserved_field_at(offset), offset
+            assert err.value.offset <= offset
+        elif offset < 256:
             assert err.value.field in ("MAC", "REPORTTYPE.type"), offset
         elif offset < 512:
             assert err.value.field == "TEE_TCB_INFO_HASH", offset

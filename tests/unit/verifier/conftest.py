@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
 from svsm import eventlog as svsm_eventlog
-from svsm.eventlog import EV_PLATFORM_CONFIG_FLAGS
+from tdxdefs.eventlog import EV_PLATFORM_CONFIG_FLAGS
 from tdxsim.attestation.quoting import SimulatedAttestation
 from tdxsim.module.attestation_interface import TdInfo
 from vtpm.attest import cc_event, cc_event_log_header, cc_separator_event, report_data_for

@@ -8,18 +8,15 @@ import struct
 import pytest
 from cryptography import x509
 
+from tdxdefs.quote import SIGNATURE_DATA_LEN_OFFSET, QuoteHeader, SgxReportBody, TdQuoteBody
 from tdxsim.attestation.quoting import SimulatedAttestation
 from verifier.chain import UntrustedRootError
 from verifier.errors import VerificationError
 from verifier.quote import (
     SGX_REPORT_BODY_SIZE,
-    SIGNATURE_DATA_LEN_OFFSET,
     CertificationData,
     CertificationDataError,
-    QuoteHeader,
     QuoteParseError,
-    SgxReportBody,
-    TdQuoteBody,
     parse_quote,
     verify_quote,
 )
@@ -28,9 +25,9 @@ from .conftest import REPORTDATA, TD
 
 
 def test_layout_sizes_follow_reference() -> None:
-    assert QuoteHeader.FORMAT.size == 48
-    assert TdQuoteBody.FORMAT.size == 584
-    assert SgxReportBody.FORMAT.size == SGX_REPORT_BODY_SIZE == 384
+    assert QuoteHeader.SIZE == 48
+    assert TdQuoteBody.SIZE == 584
+    assert SgxReportBody.SIZE == SGX_REPORT_BODY_SIZE == 384
     assert SIGNATURE_DATA_LEN_OFFSET == 632
 
 

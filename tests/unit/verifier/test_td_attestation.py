@@ -10,7 +10,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from svsm.eventlog import EV_PLATFORM_CONFIG_FLAGS, EV_S_CRTM_VERSION
+from tdxdefs.eventlog import EV_PLATFORM_CONFIG_FLAGS, EV_S_CRTM_VERSION
 from tdxsim.attestation.quoting import SimulatedAttestation
 from verifier.quote import parse_quote
 from verifier.td_attestation import (

@@ -178,3 +178,18 @@ def accept4k(platform: Any) -> str:
     """ACCEPT of a page the host never added: a TD exit the host fixes with PAGE.AUG."""
     out = L1(platform).tdcall(LEAF_ACCEPT, rcx=0x700000)
     return f"{out[RAX]:#x}"
+
+
+def definitions(platform: Any) -> str:
+    """Import the shared TDX definitions (the image's, when it carries them); say where from."""
+    import tdxdefs
+    from tdxdefs.tdcall import Leaf
+
+    return json.dumps(
+        {
+            "file": tdxdefs.__file__,
+            "image_path": platform.image_path,
+            "doc_sha256": hashlib.sha256((tdxdefs.__doc__ or "").encode()).hexdigest(),
+            "vp_enter": int(Leaf.VP_ENTER),
+        }
+    )

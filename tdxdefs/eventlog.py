@@ -1,0 +1,143 @@
+"""CC event log records: the TCG crypto-agile log that explains the RTMRs.
+
+TCG PC Client Platform Firmware Profile Specification, section 10 ("Event logging": TCG_PCR_EVENT
+as the first record carrying the TCG_EfiSpecIDEvent "Spec ID Event03", then TCG_PCR_EVENT2 records
+with a TPML_DIGEST_VALUES and the event data) and section 10.4.1 (event types). A TDX CC event
+log uses SHA-384 only and logs RTMR n at MR index n + 1 (UEFI specification, EFI_CC_MEASUREMENT_
+PROTOCOL; Intel TDX Virtual Firmware Design Guide, "Event log").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import ClassVar
+
+from tdxdefs.layout import Layout
+
+
+class EventType(IntEnum):
+    """TCG event types (TCG PC Client Platform Firmware Profile, section 10.4.1)."""
+
+    EV_PREBOOT_CERT = 0x00000000
+    EV_POST_CODE = 0x00000001
+    EV_NO_ACTION = 0x00000003
+    EV_SEPARATOR = 0x00000004
+    EV_ACTION = 0x00000005
+    EV_EVENT_TAG = 0x00000006
+    EV_S_CRTM_CONTENTS = 0x00000007
+    EV_S_CRTM_VERSION = 0x00000008
+    EV_PLATFORM_CONFIG_FLAGS = 0x0000000A
+    EV_IPL = 0x0000000D
+
+
+EV_NO_ACTION = int(EventType.EV_NO_ACTION)
+EV_SEPARATOR = int(EventType.EV_SEPARATOR)
+EV_S_CRTM_VERSION = int(EventType.EV_S_CRTM_VERSION)
+EV_PLATFORM_CONFIG_FLAGS = int(EventType.EV_PLATFORM_CONFIG_FLAGS)
+
+TPM_ALG_SHA384 = 0x000C
+SHA1_SIZE = 20  # the TCG_PCR_EVENT digest field, zero for the Spec ID event
+SPEC_ID_SIGNATURE = b"Spec ID Event03\0"
+SPEC_VERSION_MAJOR = 2
+UINTN_SIZE_64BIT = 2
+SEPARATOR_EVENT = b"\0\0\0\0"
+MR_INDEX_OF_RTMR0 = 1
+ONE_DIGEST = 1
+
+
+@dataclass(frozen=True, slots=True)
+class TcgPcrEvent(Layout):
+    """TCG_PCR_EVENT header (the SHA-1 format of the first record); `event_size` bytes follow."""
+
+    NAME: ClassVar[str] = "TCG_PCR_EVENT"
+    FIELDS: ClassVar[tuple[tuple[str, str], ...]] = (
+        ("pcr_index", "I"),
+        ("event_type", "I"),
+        ("digest", "20s"),
+        ("event_size", "I"),
+    )
+    SIZE: ClassVar[int] = 32
+
+    pcr_index: int
+    event_type: int
+    digest: bytes
+    event_size: int
+
+
+@dataclass(frozen=True, slots=True)
+class SpecIdEvent(Layout):
+    """TCG_EfiSpecIDEvent up to its algorithm list (numberOfAlgorithms entries follow)."""
+
+    NAME: ClassVar[str] = "TCG_EfiSpecIDEvent"
+    FIELDS: ClassVar[tuple[tuple[str, str], ...]] = (
+        ("signature", "16s"),
+        ("platform_class", "I"),
+        ("spec_version_minor", "B"),
+        ("spec_version_major", "B"),
+        ("spec_errata", "B"),
+        ("uintn_size", "B"),
+        ("number_of_algorithms", "I"),
+    )
+    SIZE: ClassVar[int] = 28
+
+    signature: bytes
+    platform_class: int
+    spec_version_minor: int
+    spec_version_major: int
+    spec_errata: int
+    uintn_size: int
+    number_of_algorithms: int
+
+
+@dataclass(frozen=True, slots=True)
+class SpecIdAlgorithm(Layout):
+    """TCG_EfiSpecIdEventAlgorithmSize: one algorithm of the log and its digest size."""
+
+    NAME: ClassVar[str] = "TCG_EfiSpecIdEventAlgorithmSize"
+    FIELDS: ClassVar[tuple[tuple[str, str], ...]] = (("algorithm_id", "H"), ("digest_size", "H"))
+    SIZE: ClassVar[int] = 4
+
+    algorithm_id: int
+    digest_size: int
+
+
+@dataclass(frozen=True, slots=True)
+class VendorInfoSize(Layout):
+    """vendorInfoSize, the u8 that closes TCG_EfiSpecIDEvent (then that many bytes)."""
+
+    NAME: ClassVar[str] = "vendorInfoSize"
+    FIELDS: ClassVar[tuple[tuple[str, str], ...]] = (("size", "B"),)
+    SIZE: ClassVar[int] = 1
+
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class TcgPcrEvent2Head(Layout):
+    """TCG_PCR_EVENT2 up to its first digest: index, type, digest count and the first algorithm."""
+
+    NAME: ClassVar[str] = "TCG_PCR_EVENT2"
+    FIELDS: ClassVar[tuple[tuple[str, str], ...]] = (
+        ("pcr_index", "I"),
+        ("event_type", "I"),
+        ("digest_count", "I"),
+        ("algorithm_id", "H"),
+    )
+    SIZE: ClassVar[int] = 14
+
+    pcr_index: int
+    event_type: int
+    digest_count: int
+    algorithm_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class EventSize(Layout):
+    """The u32 eventSize after the digests of a TCG_PCR_EVENT2."""
+
+    NAME: ClassVar[str] = "eventSize"
+    FIELDS: ClassVar[tuple[tuple[str, str], ...]] = (("size", "I"),)
+    SIZE: ClassVar[int] = 4
+
+    size: int
