@@ -263,7 +263,7 @@ def _opcodes(
 def _log(path: str, mask: int | None, variant: str) -> tuple[list[DirectiveMeasurement], bytes]:
     """One side of a diff: its measurement log and MRTD; errors name the file."""
     try:
-        log = list(measurement_log(path, mask, variant))
+        log = list(measurement_log(path, mask, variant, running=False))
         final = log[-1].mrtd_after if log else mrtd(path, mask, variant)
     except (IgvmError, OSError) as exc:
         raise InputError(path, exc) from exc

@@ -15,6 +15,7 @@ The 2 MiB page flag is not expanded (only 4 KiB is measured), as in both referen
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import queue
@@ -335,28 +336,49 @@ def measurement_log(
     source: str | os.PathLike[str] | BinaryIO | IgvmFile,
     mask: int | None = None,
     variant: str = "igvm",
+    *,
+    running: bool = True,
 ) -> Iterator[DirectiveMeasurement]:
-    """Per directive: what it fed into MRTD and the running MRTD after it (for explaining diffs)."""
+    """Per directive: what it fed into MRTD and the running MRTD after it (for explaining diffs).
+
+    running=False gives mrtd_after only on the last record (the final MRTD; b"" before it) and
+    hashes the MRTD on a worker thread, overlapping the per-directive digests: what diff needs.
+    """
     directives, mask, closer = _resolve(source, mask, variant)
-    running = hashlib.sha384()
+    total = hashlib.sha384()
+    accumulator = None if running else MrtdAccumulator(background=True)
     areas: dict[int, int] = {}
+    pending: DirectiveMeasurement | None = None
     try:
         for index, header in directives:
             pieces, adds, extends, note = _operations(header, mask, variant, areas)  # type: ignore[arg-type]
             contribution = hashlib.sha384()
             for piece in pieces:
                 contribution.update(piece)
-                running.update(piece)
-            yield DirectiveMeasurement(
+                if accumulator is None:
+                    total.update(piece)
+                else:
+                    accumulator.feed(piece)
+            record = DirectiveMeasurement(
                 index,
                 header.describe(),
                 adds,
                 extends,
                 contribution.digest() if adds or extends else b"",
-                running.digest(),
+                total.digest() if accumulator is None else b"",
                 note,
             )
+            if accumulator is None:
+                yield record
+                continue
+            if pending is not None:
+                yield pending
+            pending = record
+        if pending is not None and accumulator is not None:
+            yield dataclasses.replace(pending, mrtd_after=accumulator.digest())
     finally:
+        if accumulator is not None:
+            accumulator.digest()  # stops the worker thread
         if closer is not None:
             closer.close()
 
