@@ -29,6 +29,7 @@ from igvm.headers import (  # noqa: E402
     IGVM_PAGE_FLAG_UNMEASURED,
     IGVM_PLATFORM_TDX,
     PAGE_SIZE,
+    DirectiveHeader,
     PageData,
     SupportedPlatform,
 )
@@ -196,7 +197,7 @@ def accumulator_paths() -> None:
 def diff_time(tmp: Path) -> None:
     """`igvm diff` on two ~500 KB files that differ in scattered places (alignment cost)."""
     platform = SupportedPlatform(1, 0, IGVM_PLATFORM_TDX, 1, 1 << 47)
-    pages = [PageData(i * PAGE_SIZE, 1) for i in range(DIFF_PAGES)]
+    pages: list[DirectiveHeader] = [PageData(i * PAGE_SIZE, 1) for i in range(DIFF_PAGES)]
     changed = list(pages)
     for i in range(0, DIFF_PAGES, 97):
         changed[i] = PageData(i * PAGE_SIZE, 1, IGVM_PAGE_FLAG_UNMEASURED)
