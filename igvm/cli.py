@@ -43,7 +43,7 @@ def _print_error(exc: IgvmError, path: str) -> None:
     print(f"{path}: invalid IGVM: {exc}", file=sys.stderr)
 
 
-class InputError(Exception):
+class InputError(IgvmError):
     """An IgvmError or OSError for one named input (diff reads two)."""
 
     def __init__(self, path: str, error: IgvmError | OSError) -> None:

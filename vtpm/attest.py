@@ -25,6 +25,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
+from vtpm.errors import VtpmError
+
 REPORT_DATA_SIZE = 64
 SHA384_SIZE = 48
 
@@ -76,7 +78,7 @@ MR_INDEX_OF_RTMR0 = 1
 ONE_DIGEST = 1
 
 
-class AttesterError(RuntimeError):
+class AttesterError(VtpmError, RuntimeError):
     """An attester could not produce a quote or an event log; manufacture must stop."""
 
 
@@ -84,7 +86,7 @@ class UnknownAttesterError(AttesterError, LookupError):
     """No attester is registered under the name asked for."""
 
 
-class BindingError(ValueError):
+class BindingError(VtpmError, ValueError):
     """A quote does not carry the REPORTDATA that binds it to the vTPM CA key."""
 
 

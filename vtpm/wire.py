@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from vtpm.errors import VtpmError
+
 # --- constants (Part 2) -------------------------------------------------------------------------
 
 TPM_ST_NO_SESSIONS = 0x8001
@@ -141,11 +143,11 @@ GET_CAPABILITY_PARAMS = struct.Struct(">III")  # capability, property, propertyC
 TPMT_TK_HASHCHECK_NULL = struct.Struct(">HIH")  # tag, hierarchy, digest.size (= 0)
 
 
-class WireError(ValueError):
+class WireError(VtpmError, ValueError):
     """Bytes from the TPM do not parse as the structure expected; says which field and offset."""
 
 
-class TpmError(RuntimeError):
+class TpmError(VtpmError, RuntimeError):
     """The TPM answered a command with a response code other than TPM_RC_SUCCESS."""
 
     def __init__(self, command_code: int, rc: int, detail: str = "") -> None:
