@@ -300,10 +300,15 @@ class _Validator:
     relocatable_regions: list[tuple[int, int, int]] = field(default_factory=list)
     total_area_bytes: int = 0
     tdx_boundary: int = TDX_DEFAULT_SHARED_GPA_BOUNDARY
-    # Private GPA ranges the TDX platform adds, as runs of consecutive pages:
-    # (start, end, header index, file offset) of each closed run, then the open run.
+    # Private GPA ranges the TDX platform adds, as runs of consecutive pages: each closed run as
+    # (start, end, header index, file offset), then the open run in the run_* fields. A page that
+    # extends the open run below the boundary only moves run_end (the streaming fast path does
+    # that inline).
     private_runs: list[tuple[int, int, int, int]] = field(default_factory=list)
-    run: tuple[int, int, int, int] = (0, 0, 0, 0)
+    run_start: int = 0
+    run_end: int = -1
+    run_index: int = 0
+    run_offset: int = 0
 
     def private_pages(self, start: int, size: int, index: int, offset: int, what: str) -> None:
         """Record GPAs [start, start+size) a TDX host PAGE.ADDs; refuse those it cannot add."""
@@ -315,18 +320,21 @@ class _Validator:
                 index,
                 offset,
             )
-        run_start, run_end, run_index, run_offset = self.run
-        if start == run_end and run_end > run_start:
-            self.run = (run_start, end, run_index, run_offset)
+        if start == self.run_end:
+            self.run_end = end
             return
-        if run_end > run_start:
-            self.private_runs.append(self.run)
-        self.run = (start, end, index, offset)
+        self._close_run()
+        self.run_start, self.run_end, self.run_index, self.run_offset = start, end, index, offset
+
+    def _close_run(self) -> None:
+        if self.run_end > self.run_start:
+            self.private_runs.append(
+                (self.run_start, self.run_end, self.run_index, self.run_offset)
+            )
 
     def finish(self) -> None:
         """Rules that need the whole file: no GPA is added twice for TDX (sorted runs)."""
-        if self.run[1] > self.run[0]:
-            self.private_runs.append(self.run)
+        self._close_run()
         runs = sorted(self.private_runs)
         for (_s, end_a, index_a, _o), (start_b, _e, index_b, offset_b) in itertools.pairwise(runs):
             if start_b < end_a:
@@ -558,7 +566,10 @@ def _walk(reader: _Reader, fixed: FixedHeader) -> Iterator[tuple[int, int, int, 
                 )
             ):
                 if mask & validator.tdx_mask and not flags & IGVM_PAGE_FLAG_SHARED:
-                    validator.private_pages(gpa, PAGE_SIZE, index, offset, "PAGE_DATA")
+                    if gpa == validator.run_end and gpa < validator.tdx_boundary - PAGE_SIZE:
+                        validator.run_end = gpa + PAGE_SIZE  # the open run goes on
+                    else:
+                        validator.private_pages(gpa, PAGE_SIZE, index, offset, "PAGE_DATA")
                 data = reader.read(file_offset, PAGE_SIZE) if file_offset else b""
                 yield SECTION_DIRECTIVE, index, offset, PageData(gpa, mask, flags, data_type, data)
                 offset += PAGE_DATA_ENTRY_SIZE
