@@ -231,17 +231,28 @@ def test_shared_pages_and_other_platforms_pages_are_not_tdx_loads(tmp_path: Path
     assert igvm("check", path).returncode == 0
 
 
-def test_the_tdxsim_loader_refuses_what_check_refuses(tmp_path: Path) -> None:
-    """check agrees with the TD builder: a GPA added twice fails both."""
-    from tdxsim.loader import load_igvm
+@pytest.mark.parametrize(
+    ("gpas", "builder_says", "check_says"),
+    [
+        ([0x5000, 0x5000], "page already present", "GPA 0x5000 is added twice for TDX"),
+        ([1 << 47], "shared GPA; only private pages are added", "shared-GPA boundary"),
+    ],
+    ids=["page_twice", "page_at_boundary"],
+)
+def test_check_agrees_with_the_tdx_module_simulator(
+    gpas: list[int], builder_says: str, check_says: str, tmp_path: Path
+) -> None:
+    """The TD builder (tdxsim, PAGE.ADD page by page, no IGVM parsing) refuses what check does."""
+    from tdxsim.abi import GPAW_48
+    from tdxsim.build import BuildError, TdBuilder, TdConfig
 
-    path = _write(
-        tmp_path, "twice.igvm", assemble([platform_entry(), _page(0x5000), _page(0x5000)])
-    )
-    assert igvm("check", path).returncode == 1
-    with pytest.raises(Exception) as caught:
-        load_igvm(path, ram=[(0, 1 << 20)])
-    assert "0x5000" in str(caught.value) or "twice" in str(caught.value), caught.value
+    builder = TdBuilder(TdConfig(ram=[(0, 1 << 20)], num_l2_vms=1, max_vcpus=1, gpaw=GPAW_48))
+    with pytest.raises(BuildError, match=builder_says):
+        for gpa in gpas:
+            builder.add_page_run(gpa, [b""], measured=True)
+    path = _write(tmp_path, "bad.igvm", assemble([platform_entry(), *map(_page, gpas)]))
+    result = igvm("check", path)
+    assert result.returncode == 1 and check_says in result.stderr
 
 
 @pytest.mark.parametrize(
