@@ -54,15 +54,19 @@ class InputError(IgvmError):
 
 @dataclass
 class WarningTally:
-    """Warnings counted by kind, so a file with a million odd headers prints one line per kind."""
+    """Warnings counted by kind, so a file with a million odd headers prints one line per kind.
 
-    counts: Counter[tuple[bool, str]] = field(default_factory=Counter)
-    first: dict[tuple[bool, str], str] = field(default_factory=dict)
+    `current` names the input being read (diff reads two); warnings are counted per input.
+    """
+
+    counts: Counter[tuple[str, bool, str]] = field(default_factory=Counter)
+    first: dict[tuple[str, bool, str], str] = field(default_factory=dict)
+    current: str = ""
 
     def record(self, message: Warning | str, *_args: Any, **_kwargs: Any) -> None:
         """A `warnings.showwarning` replacement: count instead of print."""
         if isinstance(message, IgvmWarning):
-            key = (isinstance(message, IgvmFinding), message.kind)
+            key = (self.current, isinstance(message, IgvmFinding), message.kind)
             where = ", ".join(
                 part
                 for part in (
@@ -72,21 +76,21 @@ class WarningTally:
                 if part
             )
         else:
-            key = (False, str(message))
+            key = (self.current, False, str(message))
             where = ""
         self.counts[key] += 1
         self.first.setdefault(key, where)
 
     @property
     def findings(self) -> int:
-        return sum(count for (finding, _kind), count in self.counts.items() if finding)
+        return sum(count for (_label, finding, _kind), count in self.counts.items() if finding)
 
-    def report(self, label: str, *, findings: bool) -> None:
-        """One line per kind on stderr; findings only when asked for (check --strict)."""
-        for (finding, kind), count in self.counts.items():
+    def report(self, *, findings: bool) -> None:
+        """One line per input and kind on stderr; findings only when asked (check --strict)."""
+        for (label, finding, kind), count in self.counts.items():
             if finding and not findings:
                 continue
-            where = self.first[(finding, kind)]
+            where = self.first[(label, finding, kind)]
             times = "once" if count == 1 else f"{count} times"
             print(
                 f"{label}: {'finding' if finding else 'warning'}: {kind} ({times}"
@@ -260,8 +264,11 @@ def _opcodes(
     return opcodes
 
 
-def _log(path: str, mask: int | None, variant: str) -> tuple[list[DirectiveMeasurement], bytes]:
-    """One side of a diff: its measurement log and MRTD; errors name the file."""
+def _log(
+    path: str, mask: int | None, variant: str, tally: WarningTally
+) -> tuple[list[DirectiveMeasurement], bytes]:
+    """One side of a diff: its measurement log and MRTD; errors and warnings name the file."""
+    tally.current = path
     try:
         log = list(measurement_log(path, mask, variant, running=False))
         final = log[-1].mrtd_after if log else mrtd(path, mask, variant)
@@ -271,8 +278,8 @@ def _log(path: str, mask: int | None, variant: str) -> tuple[list[DirectiveMeasu
 
 
 def _cmd_diff(args: argparse.Namespace, out: TextIO) -> int:
-    log_a, final_a = _log(args.a, args.mask, args.variant)
-    log_b, final_b = _log(args.b, args.mask, args.variant)
+    log_a, final_a = _log(args.a, args.mask, args.variant, args.tally)
+    log_b, final_b = _log(args.b, args.mask, args.variant, args.tally)
     out.write(f"A {args.a}: MRTD {final_a.hex()}\nB {args.b}: MRTD {final_b.hex()}\n")
     measured_a = [r for r in log_a if r.contribution]
     measured_b = [r for r in log_b if r.contribution]
@@ -398,7 +405,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     """Run the CLI; returns the exit status (0 ok, 1 invalid or different, 2 usage)."""
     args = make_parser().parse_args(argv)
     stream = out if out is not None else sys.stdout
-    tally = WarningTally()
+    tally = WarningTally(current=_label(args))
     args.tally = tally
     label = _label(args)
     try:
@@ -420,4 +427,4 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         print(f"igvm: {exc.filename or label}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_INVALID
     finally:
-        tally.report(label, findings=getattr(args, "strict", False))
+        tally.report(findings=getattr(args, "strict", False))

@@ -330,3 +330,25 @@ def test_every_error_names_the_file(tmp_path: Path) -> None:
     good = _write(tmp_path, "good.igvm", v4_image().to_bytes())
     result = igvm("diff", good, missing)
     assert result.returncode == 1 and str(missing) in result.stderr
+
+
+def test_diff_counts_warnings_per_file(tmp_path: Path) -> None:
+    noisy = _write(
+        tmp_path,
+        "noisy.igvm",
+        assemble([platform_entry()] + [tlv(0x8000_0400, b"")] * 10 + [_page(0x1000)]),
+    )
+    quiet = _write(tmp_path, "quiet.igvm", assemble([platform_entry(), _page(0x1000)]))
+    result = igvm("diff", quiet, noisy)
+    assert result.returncode == 1  # the directive lists differ
+    assert result.stderr.splitlines() == [
+        f"{noisy}: warning: unknown optional header type 0x80000400 skipped (10 times; "
+        "first at header 1, file offset 0x30)"
+    ]
+
+
+def test_check_strict_passes_a_clean_file(tmp_path: Path) -> None:
+    path = _write(tmp_path, "v4.igvm", v4_image().to_bytes())
+    result = igvm("check", "--strict", path)
+    assert result.returncode == 0 and result.stdout == f"{path}: valid IGVM (7 headers)\n"
+    assert result.stderr == ""
