@@ -72,13 +72,17 @@ def build(c: Context, recipe: str = "", output: str = str(DEFAULT_IMAGE)) -> Non
 
 
 @task(
-    help={"recipe": "YAML image recipe with an L1 image (default: orchestrator/recipes/tdp.yaml)"}
+    help={
+        "recipe": "YAML image recipe with an L1 image (default: orchestrator/recipes/tdp.yaml)",
+        "faults": "make the host VMM lie, e.g. 'irq-storm=100,vmcall-status=retry' "
+        "(switches in tdxsim/faults.py)",
+    }
 )
-def run(c: Context, recipe: str = "") -> None:
+def run(c: Context, recipe: str = "", faults: str = "") -> None:
     """Build the image, boot the TD on the embedded simulator and show the vTPM working."""
     from orchestrator.boot import main
 
-    code = main(recipe=recipe, image=str(DEFAULT_IMAGE))
+    code = main(recipe=recipe, image=str(DEFAULT_IMAGE), faults=faults)
     if code:
         raise Exit(code=code)
 

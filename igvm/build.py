@@ -32,7 +32,7 @@ def _pages(component: Component, mask: int) -> list[PageData]:
         flags |= IGVM_PAGE_FLAG_UNMEASURED
     pages = []
     for offset in range(0, component.size, PAGE_SIZE):
-        chunk = component.data[offset : offset + PAGE_SIZE]
+        chunk = component.page(offset)
         # An all-zero page needs no file data: a zero page measures the same (igvm variant).
         data = chunk if chunk.strip(b"\0") else b""
         pages.append(PageData(component.gpa + offset, mask, flags, component.data_type, data))

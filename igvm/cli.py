@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import difflib
+import bisect
 import json
 import sys
 import warnings
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from igvm.build import build
-from igvm.errors import IgvmError
+from igvm.errors import IgvmError, IgvmFinding, IgvmWarning
 from igvm.format import ARCH_NAMES, scan
 from igvm.headers import PLATFORM_NAMES, AnyHeader, SupportedPlatform
 from igvm.measure import VARIANTS, DirectiveMeasurement, measurement_log, mrtd
@@ -20,8 +22,6 @@ EXIT_OK = 0
 EXIT_INVALID = 1
 EXIT_USAGE = 2
 EXIT_DIFFERENT = 1
-# Sequence alignment is quadratic in the worst case; longer logs are compared position by position.
-DIFF_ALIGN_LIMIT = 20_000
 
 MEASURE_HELP = """\
 Print the TDX launch measurement (MRTD, 96 hex digits) a TDX host produces loading FILE.
@@ -41,6 +41,62 @@ The file is streamed: memory use does not grow with its size."""
 
 def _print_error(exc: IgvmError, path: str) -> None:
     print(f"{path}: invalid IGVM: {exc}", file=sys.stderr)
+
+
+class InputError(IgvmError):
+    """An IgvmError or OSError for one named input (diff reads two)."""
+
+    def __init__(self, path: str, error: IgvmError | OSError) -> None:
+        self.path = path
+        self.error = error
+        super().__init__(f"{path}: {error}")
+
+
+@dataclass
+class WarningTally:
+    """Warnings counted by kind, so a file with a million odd headers prints one line per kind.
+
+    `current` names the input being read (diff reads two); warnings are counted per input.
+    """
+
+    counts: Counter[tuple[str, bool, str]] = field(default_factory=Counter)
+    first: dict[tuple[str, bool, str], str] = field(default_factory=dict)
+    current: str = ""
+
+    def record(self, message: Warning | str, *_args: Any, **_kwargs: Any) -> None:
+        """A `warnings.showwarning` replacement: count instead of print."""
+        if isinstance(message, IgvmWarning):
+            key = (self.current, isinstance(message, IgvmFinding), message.kind)
+            where = ", ".join(
+                part
+                for part in (
+                    None if message.header_index is None else f"header {message.header_index}",
+                    None if message.offset is None else f"file offset {message.offset:#x}",
+                )
+                if part
+            )
+        else:
+            key = (self.current, False, str(message))
+            where = ""
+        self.counts[key] += 1
+        self.first.setdefault(key, where)
+
+    @property
+    def findings(self) -> int:
+        return sum(count for (_label, finding, _kind), count in self.counts.items() if finding)
+
+    def report(self, *, findings: bool) -> None:
+        """One line per input and kind on stderr; findings only when asked (check --strict)."""
+        for (label, finding, kind), count in self.counts.items():
+            if finding and not findings:
+                continue
+            where = self.first[(label, finding, kind)]
+            times = "once" if count == 1 else f"{count} times"
+            print(
+                f"{label}: {'finding' if finding else 'warning'}: {kind} ({times}"
+                + (f"; first at {where})" if where else ")"),
+                file=sys.stderr,
+            )
 
 
 def _cmd_dump(args: argparse.Namespace, out: TextIO) -> int:
@@ -95,6 +151,13 @@ def _cmd_check(args: argparse.Namespace, out: TextIO) -> int:
     with scan(args.file) as opened:
         count = len(opened.platforms) + len(opened.initializations)
         count += sum(1 for _ in opened.indexed_directives())
+    findings = args.tally.findings
+    if args.strict and findings:
+        out.write(
+            f"{args.file}: valid IGVM ({count} headers) for loaders, but not strictly: "
+            f"{findings} finding(s)\n"
+        )
+        return EXIT_INVALID
     out.write(f"{args.file}: valid IGVM ({count} headers)\n")
     return EXIT_OK
 
@@ -131,32 +194,92 @@ def _effect(record: DirectiveMeasurement) -> str:
     )
 
 
+def _anchors(keys_a: list[Any], keys_b: list[Any]) -> list[tuple[int, int]]:
+    """Pairs (i, j) of entries unique in both logs with equal keys, longest increasing run.
+
+    Patience alignment: the unique matches, then a longest increasing subsequence of their B
+    positions (O(n log n) with bisect) keeps the most matches that stay in order.
+    """
+    count_a = Counter(keys_a)
+    count_b = Counter(keys_b)
+    where_b = {key: j for j, key in enumerate(keys_b) if count_b[key] == 1}
+    pairs = [
+        (i, where_b[key]) for i, key in enumerate(keys_a) if count_a[key] == 1 and key in where_b
+    ]
+    tails: list[int] = []  # tails[k]: smallest B position ending an increasing run of k+1
+    tail_at: list[int] = []  # index into pairs of that tail
+    previous: list[int] = [-1] * len(pairs)
+    for number, (_i, j) in enumerate(pairs):
+        slot = bisect.bisect_left(tails, j)
+        if slot == len(tails):
+            tails.append(j)
+            tail_at.append(number)
+        else:
+            tails[slot] = j
+            tail_at[slot] = number
+        previous[number] = tail_at[slot - 1] if slot else -1
+    chain: list[tuple[int, int]] = []
+    number = tail_at[-1] if tail_at else -1
+    while number >= 0:
+        chain.append(pairs[number])
+        number = previous[number]
+    chain.reverse()
+    return chain
+
+
+def _gap_opcodes(
+    keys_a: list[Any], keys_b: list[Any], a0: int, a1: int, b0: int, b1: int
+) -> Iterator[tuple[str, int, int, int, int]]:
+    """Opcodes for an unaligned stretch: equal prefix and suffix, the rest replaced."""
+    while a0 < a1 and b0 < b1 and keys_a[a0] == keys_b[b0]:
+        yield ("equal", a0, a0 + 1, b0, b0 + 1)
+        a0, b0 = a0 + 1, b0 + 1
+    tail: list[tuple[str, int, int, int, int]] = []
+    while a1 > a0 and b1 > b0 and keys_a[a1 - 1] == keys_b[b1 - 1]:
+        tail.append(("equal", a1 - 1, a1, b1 - 1, b1))
+        a1, b1 = a1 - 1, b1 - 1
+    common = min(a1 - a0, b1 - b0)
+    if common:
+        yield ("replace", a0, a0 + common, b0, b0 + common)
+    if a1 - a0 > common:
+        yield ("delete", a0 + common, a1, b0 + common, b0 + common)
+    if b1 - b0 > common:
+        yield ("insert", a0 + common, a0 + common, b0 + common, b1)
+    yield from reversed(tail)
+
+
 def _opcodes(
     log_a: list[DirectiveMeasurement], log_b: list[DirectiveMeasurement]
 ) -> list[tuple[str, int, int, int, int]]:
-    """Alignment of the two logs; position by position when they are too long to align."""
-    if max(len(log_a), len(log_b)) <= DIFF_ALIGN_LIMIT:
-        matcher = difflib.SequenceMatcher(
-            None, [_key(r) for r in log_a], [_key(r) for r in log_b], autojunk=False
-        )
-        return [(tag, a0, a1, b0, b1) for tag, a0, a1, b0, b1 in matcher.get_opcodes()]
-    opcodes = []
-    common = min(len(log_a), len(log_b))
-    for position in range(common):
-        if _key(log_a[position]) != _key(log_b[position]):
-            opcodes.append(("replace", position, position + 1, position, position + 1))
-    if len(log_a) > common:
-        opcodes.append(("delete", common, len(log_a), common, common))
-    if len(log_b) > common:
-        opcodes.append(("insert", common, common, common, len(log_b)))
+    """Alignment of the two logs in O(n log n): patience anchors, then each gap in between."""
+    keys_a = [_key(r) for r in log_a]
+    keys_b = [_key(r) for r in log_b]
+    opcodes: list[tuple[str, int, int, int, int]] = []
+    a0 = b0 = 0
+    for i, j in [*_anchors(keys_a, keys_b), (len(keys_a), len(keys_b))]:
+        opcodes.extend(_gap_opcodes(keys_a, keys_b, a0, i, b0, j))
+        if i < len(keys_a):
+            opcodes.append(("equal", i, i + 1, j, j + 1))
+        a0, b0 = i + 1, j + 1
     return opcodes
 
 
+def _log(
+    path: str, mask: int | None, variant: str, tally: WarningTally
+) -> tuple[list[DirectiveMeasurement], bytes]:
+    """One side of a diff: its measurement log and MRTD; errors and warnings name the file."""
+    tally.current = path
+    try:
+        log = list(measurement_log(path, mask, variant, running=False))
+        final = log[-1].mrtd_after if log else mrtd(path, mask, variant)
+    except (IgvmError, OSError) as exc:
+        raise InputError(path, exc) from exc
+    return log, final
+
+
 def _cmd_diff(args: argparse.Namespace, out: TextIO) -> int:
-    log_a = list(measurement_log(args.a, args.mask, args.variant))
-    log_b = list(measurement_log(args.b, args.mask, args.variant))
-    final_a = log_a[-1].mrtd_after if log_a else mrtd(args.a, args.mask, args.variant)
-    final_b = log_b[-1].mrtd_after if log_b else mrtd(args.b, args.mask, args.variant)
+    log_a, final_a = _log(args.a, args.mask, args.variant, args.tally)
+    log_b, final_b = _log(args.b, args.mask, args.variant, args.tally)
     out.write(f"A {args.a}: MRTD {final_a.hex()}\nB {args.b}: MRTD {final_b.hex()}\n")
     measured_a = [r for r in log_a if r.contribution]
     measured_b = [r for r in log_b if r.contribution]
@@ -214,8 +337,20 @@ def make_parser() -> argparse.ArgumentParser:
     dump.add_argument("file")
     dump.add_argument("--json", action="store_true", help="machine-readable output")
     dump.set_defaults(handler=_cmd_dump)
-    check = commands.add_parser("check", help="validate FILE; exit 1 naming the broken rule")
+    check = commands.add_parser(
+        "check",
+        help="validate FILE; exit 1 naming the broken rule",
+        description="Validate FILE as a loader would, plus what a TDX host refuses at load time "
+        "(private pages at or above the shared-GPA boundary, a GPA added twice, areas past the "
+        "address space). Exit 1 naming the broken rule, header index and file offset.",
+    )
     check.add_argument("file")
+    check.add_argument(
+        "--strict",
+        action="store_true",
+        help="also report, as findings, what loaders accept but the specification forbids "
+        "(non-zero header padding, as Microsoft's igvm-tooling writes); exit 1 if any",
+    )
     check.set_defaults(handler=_cmd_check)
     measure = commands.add_parser(
         "measure",
@@ -257,21 +392,39 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _label(args: argparse.Namespace) -> str:
+    """The input an error or warning is about: the file, the recipe, or both diff inputs."""
+    if getattr(args, "file", None):
+        return str(args.file)
+    if getattr(args, "recipe", None):
+        return str(args.recipe)
+    return f"{args.a} / {args.b}"
+
+
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     """Run the CLI; returns the exit status (0 ok, 1 invalid or different, 2 usage)."""
     args = make_parser().parse_args(argv)
     stream = out if out is not None else sys.stdout
+    tally = WarningTally(current=_label(args))
+    args.tally = tally
+    label = _label(args)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("always")
+            warnings.showwarning = tally.record
             result: int = args.handler(args, stream)
             return result
+    except InputError as exc:
+        if isinstance(exc.error, IgvmError):
+            _print_error(exc.error, exc.path)
+        else:
+            print(f"igvm: {exc.path}: {exc.error.strerror or exc.error}", file=sys.stderr)
+        return EXIT_INVALID
     except IgvmError as exc:
-        _print_error(
-            exc,
-            getattr(args, "file", None) or getattr(args, "recipe", "") or f"{args.a} / {args.b}",
-        )
+        _print_error(exc, label)
         return EXIT_INVALID
     except OSError as exc:
-        print(f"igvm: {exc}", file=sys.stderr)
+        print(f"igvm: {exc.filename or label}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_INVALID
+    finally:
+        tally.report(findings=getattr(args, "strict", False))

@@ -24,4 +24,33 @@ class IgvmError(Exception):
 
 
 class IgvmWarning(UserWarning):
-    """A file is usable but has something a loader skips (an unknown optional header)."""
+    """A file is usable but has something a loader skips (an unknown optional header).
+
+    `kind` names the class of warning (the CLI prints one line per kind with a count), and
+    `header_index`/`offset` say where it occurred.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        kind: str = "warning",
+        header_index: int | None = None,
+        offset: int | None = None,
+    ) -> None:
+        self.kind = kind
+        self.header_index = header_index
+        self.offset = offset
+        super().__init__(message)
+
+    def __reduce__(
+        self,
+    ) -> tuple[type[IgvmWarning], tuple[str, str, int | None, int | None]]:
+        return (type(self), (str(self), self.kind, self.header_index, self.offset))
+
+
+class IgvmFinding(IgvmWarning):
+    """A file breaks a rule of the IGVM specification that loaders do not enforce.
+
+    Microsoft's Rust `igvm` crate (the parser QEMU and OpenVMM loaders build on) accepts such a
+    file, so reading does too; `igvm check --strict` reports each finding and fails.
+    """

@@ -7,21 +7,29 @@ Choices where the reference leaves room, written down as DESIGN.md asks:
 - Unknown types with IGVM_VHT_OPTIONAL_BIT are kept as UnknownOptionalHeader with an IgvmWarning
   (the spec's intent; microsoft/igvm#120), unknown mandatory types are rejected.
 - A blob a file_offset points at must lie wholly inside the file-data section.
+- Padding after a header's payload should be zero (the spec), but Microsoft's Rust `igvm` crate
+  does not check it and Microsoft's Python generator `igvm-tooling` fills it with text: reading
+  accepts it with an IgvmFinding, which `igvm check --strict` reports.
+- What a TDX host refuses at load time is refused here too, for headers that apply to the TDX
+  platform: a shared-GPA boundary other than 0, 2^47 or 2^51; a private page (PAGE_DATA or a
+  PARAMETER_INSERT page) at or above the boundary; one GPA added twice. A PARAMETER_INSERT whose
+  area runs past 2^64 is refused for every platform, and all parameter areas together are capped
+  at MAX_TOTAL_PARAMETER_AREA_BYTES.
 """
 
 from __future__ import annotations
 
 import io
+import itertools
 import os
 import struct
 import warnings
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from igvm.errors import IgvmError, IgvmWarning
+from igvm.errors import IgvmError, IgvmFinding, IgvmWarning
 from igvm.headers import (
     HEADER_CLASSES,
     IGVM_PAGE_FLAG_SHARED,
@@ -32,10 +40,13 @@ from igvm.headers import (
     IGVM_VHT_OPTIONAL_BIT,
     IGVM_VHT_PAGE_DATA,
     IGVM_VHT_RESERVED_DO_NOT_USE,
+    MAX_TOTAL_PARAMETER_AREA_BYTES,
     PAGE_DATA_TYPE_NAMES,
     PAGE_SIZE,
     PLATFORM_NAMES,
+    TDX_DEFAULT_SHARED_GPA_BOUNDARY,
     TDX_POLICY_DEFINED,
+    TDX_SHARED_GPA_BOUNDARIES,
     AnyHeader,
     DirectiveHeader,
     GuestPolicy,
@@ -51,6 +62,7 @@ from igvm.headers import (
     UnknownOptionalHeader,
     VpContext,
 )
+from igvm.source import open_regular
 
 __all__ = [
     "IgvmError",
@@ -92,6 +104,7 @@ PAGE_DATA_ENTRY_SIZE = IGVM_VHS_VARIABLE_HEADER.size + PAGE_DATA_PAYLOAD
 PAGE_DATA_ENTRY = struct.Struct("<I" + PageData.LAYOUT.format.lstrip("<"))
 PAGE_FLAGS_4K = IGVM_PAGE_FLAG_UNMEASURED | IGVM_PAGE_FLAG_SHARED
 READ_WINDOWS = 2
+GPA_SPACE_END = 1 << 64
 
 
 def align8(value: int) -> int:
@@ -285,6 +298,53 @@ class _Validator:
     # (mask, start, end) of PAGE_TABLE_RELOCATION_REGION and RELOCATABLE_REGION headers seen.
     page_table_regions: list[tuple[int, int, int]] = field(default_factory=list)
     relocatable_regions: list[tuple[int, int, int]] = field(default_factory=list)
+    total_area_bytes: int = 0
+    tdx_boundary: int = TDX_DEFAULT_SHARED_GPA_BOUNDARY
+    # Private GPA ranges the TDX platform adds, as runs of consecutive pages: each closed run as
+    # (start, end, header index, file offset), then the open run in the run_* fields. A page that
+    # extends the open run below the boundary only moves run_end (the streaming fast path does
+    # that inline).
+    private_runs: list[tuple[int, int, int, int]] = field(default_factory=list)
+    run_start: int = 0
+    run_end: int = -1
+    run_index: int = 0
+    run_offset: int = 0
+
+    def private_pages(self, start: int, size: int, index: int, offset: int, what: str) -> None:
+        """Record GPAs [start, start+size) a TDX host PAGE.ADDs; refuse those it cannot add."""
+        end = start + size
+        if end > self.tdx_boundary:
+            raise IgvmError(
+                f"{what} at GPA {start:#x} (+{size:#x} bytes) is private but reaches the "
+                f"TDX shared-GPA boundary {self.tdx_boundary:#x}; a TDX host cannot add it",
+                index,
+                offset,
+            )
+        if start == self.run_end:
+            self.run_end = end
+            return
+        self._close_run()
+        self.run_start, self.run_end, self.run_index, self.run_offset = start, end, index, offset
+
+    def _close_run(self) -> None:
+        if self.run_end > self.run_start:
+            self.private_runs.append(
+                (self.run_start, self.run_end, self.run_index, self.run_offset)
+            )
+
+    def finish(self) -> None:
+        """Rules that need the whole file: no GPA is added twice for TDX (sorted runs)."""
+        self._close_run()
+        runs = sorted(self.private_runs)
+        for (_s, end_a, index_a, _o), (start_b, _e, index_b, offset_b) in itertools.pairwise(runs):
+            if start_b < end_a:
+                first, second = sorted((index_a, index_b))
+                raise IgvmError(
+                    f"GPA {start_b:#x} is added twice for TDX (the pages from header "
+                    f"{first} and from header {second} overlap); a TDX host adds a page once",
+                    index_b,
+                    offset_b,
+                )
 
     def enter(self, section: int | None, base_type: int, index: int, offset: int) -> None:
         if section is None:
@@ -367,11 +427,24 @@ class _Validator:
                         f"relocation region [{start:#x}, {end:#x})",
                         "gpa",
                     )
+        if (
+            isinstance(header, PageData)
+            and header.compatibility_mask & self.tdx_mask
+            and not header.shared
+        ):
+            self.private_pages(header.gpa, PAGE_SIZE, index, offset, "PAGE_DATA")
         if isinstance(header, ParameterArea):
             if header.parameter_area_index in self.areas:
                 raise fail(
                     f"PARAMETER_AREA index {header.parameter_area_index} is declared twice",
                     "parameter_area_index",
+                )
+            self.total_area_bytes += header.number_of_bytes
+            if self.total_area_bytes > MAX_TOTAL_PARAMETER_AREA_BYTES:
+                raise fail(
+                    f"parameter areas total {self.total_area_bytes:#x} bytes with this one, "
+                    f"more than the {MAX_TOTAL_PARAMETER_AREA_BYTES:#x}-byte limit for a file",
+                    "number_of_bytes",
                 )
             self.areas[header.parameter_area_index] = _AreaState(header.number_of_bytes)
         elif isinstance(header, ParameterInsert | ParameterHeader):
@@ -390,6 +463,17 @@ class _Validator:
                 )
             if isinstance(header, ParameterInsert):
                 area.inserted = True
+                if header.gpa + area.number_of_bytes > GPA_SPACE_END:
+                    raise fail(
+                        f"PARAMETER_INSERT at GPA {header.gpa:#x}: its "
+                        f"{area.number_of_bytes:#x}-byte area {header.parameter_area_index} "
+                        "runs past the 64-bit GPA space",
+                        "gpa",
+                    )
+                if header.compatibility_mask & self.tdx_mask:
+                    self.private_pages(
+                        header.gpa, area.number_of_bytes, index, offset, "PARAMETER_INSERT"
+                    )
             elif header.byte_offset + header.MIN_BYTES > area.number_of_bytes:
                 raise fail(
                     f"{header.NAME}.byte_offset {header.byte_offset:#x} leaves less than "
@@ -427,7 +511,15 @@ class _Validator:
         self.platform_types.add(header.platform_type)
         self.all_masks |= header.compatibility_mask
         if header.platform_type == IGVM_PLATFORM_TDX:
+            if header.shared_gpa_boundary not in TDX_SHARED_GPA_BOUNDARIES:
+                raise fail(
+                    f"SUPPORTED_PLATFORM.shared_gpa_boundary {header.shared_gpa_boundary:#x} "
+                    "is not one a TDX host supports (0, 1 << 47 for a 48-bit GPA width, "
+                    "1 << 51 for 52 bits)",
+                    "shared_gpa_boundary",
+                )
             self.tdx_mask = header.compatibility_mask
+            self.tdx_boundary = header.shared_gpa_boundary or TDX_DEFAULT_SHARED_GPA_BOUNDARY
 
 
 class _Fail(Protocol):
@@ -473,6 +565,11 @@ def _walk(reader: _Reader, fixed: FixedHeader) -> Iterator[tuple[int, int, int, 
                     or (file_offset >= data_start and file_offset + PAGE_SIZE <= file_size)
                 )
             ):
+                if mask & validator.tdx_mask and not flags & IGVM_PAGE_FLAG_SHARED:
+                    if gpa == validator.run_end and gpa < validator.tdx_boundary - PAGE_SIZE:
+                        validator.run_end = gpa + PAGE_SIZE  # the open run goes on
+                    else:
+                        validator.private_pages(gpa, PAGE_SIZE, index, offset, "PAGE_DATA")
                 data = reader.read(file_offset, PAGE_SIZE) if file_offset else b""
                 yield SECTION_DIRECTIVE, index, offset, PageData(gpa, mask, flags, data_type, data)
                 offset += PAGE_DATA_ENTRY_SIZE
@@ -503,15 +600,26 @@ def _walk(reader: _Reader, fixed: FixedHeader) -> Iterator[tuple[int, int, int, 
         )
         body = entry[8 : 8 + length]
         if any(entry[8 + length :]):
-            raise IgvmError(
-                "padding after the header payload must be zero", index, offset + 8 + length
+            warnings.warn(
+                IgvmFinding(
+                    f"IGVM header {index} at offset {offset:#x}: padding after the payload "
+                    f"is not zero (at {offset + 8 + length:#x})",
+                    "padding after a header payload is not zero",
+                    index,
+                    offset + 8 + length,
+                ),
+                stacklevel=3,
             )
         header: AnyHeader
         if cls is None:
             warnings.warn(
-                f"IGVM header {index} at offset {offset:#x}: unknown optional type "
-                f"{header_type:#x} skipped",
-                IgvmWarning,
+                IgvmWarning(
+                    f"IGVM header {index} at offset {offset:#x}: unknown optional type "
+                    f"{header_type:#x} skipped",
+                    f"unknown optional header type {header_type:#x} skipped",
+                    index,
+                    offset,
+                ),
                 stacklevel=3,
             )
             header = UnknownOptionalHeader(header_type, body)
@@ -543,6 +651,7 @@ def _walk(reader: _Reader, fixed: FixedHeader) -> Iterator[tuple[int, int, int, 
         yield validator.section, index, offset, header
         offset = padded_end
         index += 1
+    validator.finish()
     if not validator.platform_types:
         raise IgvmError(
             "the file has no SUPPORTED_PLATFORM header", None, fixed.variable_header_offset
@@ -601,7 +710,8 @@ def _append(target: IgvmFile | IgvmScan, section: int, header: AnyHeader) -> Non
 
 def read(path: str | os.PathLike[str]) -> IgvmFile:
     """Read and validate a whole file into memory."""
-    return IgvmFile.from_bytes(Path(path).read_bytes())
+    with open_regular(path) as stream:
+        return IgvmFile.from_bytes(stream.read())
 
 
 @dataclass
@@ -646,7 +756,7 @@ def scan(source: str | os.PathLike[str] | BinaryIO) -> IgvmScan:
     """Open a file for streaming: fixed header and checksum checked, directives pending."""
     owned = isinstance(source, str | os.PathLike)
     if isinstance(source, str | os.PathLike):
-        stream: BinaryIO = open(source, "rb")  # noqa: SIM115 (closed by IgvmScan.close)
+        stream: BinaryIO = open_regular(source)  # closed by IgvmScan.close
     else:
         stream = source
     try:

@@ -24,6 +24,15 @@ VP_CONTEXT_DATA_SIZE = PAGE_SIZE
 # Our limit, not the spec's: an insert PAGE.ADDs every page of its area, so a hostile file with a
 # huge area would make a loader (and measure) add billions of pages.
 MAX_PARAMETER_AREA_BYTES = 1 << 30
+# The same bound over all areas of a file together: a thousand areas of 1 GiB each would
+# otherwise pass every per-area check and still make measure add a trillion bytes of pages.
+MAX_TOTAL_PARAMETER_AREA_BYTES = 1 << 30
+# Shared-GPA boundaries a TDX host can honour: the GPA width is 48 or 52 bits, and the shared bit
+# is its top bit (Intel TDX Module ABI Specification, TD_PARAMS.CONFIG_FLAGS.GPAW); 0 means the
+# platform leaves it to the host, which loads with GPAW 48.
+TDX_SHARED_GPA_BOUNDARIES = (0, 1 << 47, 1 << 51)
+TDX_DEFAULT_SHARED_GPA_BOUNDARY = 1 << 47
+_EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()[:16]
 
 # IgvmVariableHeaderType codes (section 2, "Type codes").
 IGVM_VHT_SUPPORTED_PLATFORM = 0x001
@@ -593,6 +602,15 @@ class PageData(_Header):
         if not self.data:
             return b""
         return self.data.ljust(PAGE_SIZE, b"\0")
+
+    def describe(self) -> str:
+        """The generic one-line form, written out: a large file is mostly PAGE_DATA."""
+        digest = _EMPTY_SHA256 if not self.data else hashlib.sha256(self.data).hexdigest()[:16]
+        return (
+            f"PAGE_DATA gpa={self.gpa:#x} compatibility_mask={self.compatibility_mask:#x} "
+            f"flags={self.flags:#x} data_type={self.data_type:#x} "
+            f"data=<{len(self.data)} B sha256:{digest}>"
+        )
 
     def check(self) -> None:
         self._check_mask()

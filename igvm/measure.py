@@ -15,6 +15,7 @@ The 2 MiB page flag is not expanded (only 4 KiB is measured), as in both referen
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import queue
@@ -216,9 +217,15 @@ def _page_bytes(page: PageData) -> bytes:
     return data.ljust(PAGE_SIZE, b"\0") if data else _ZERO_PAGE
 
 
+def _insert_blocks(gpa: int, size: int) -> Iterator[bytes]:
+    """The PAGE.ADD blocks of an inserted parameter area, one page at a time (memory stays flat)."""
+    for page in range(0, size, PAGE_SIZE):
+        yield page_add_block(gpa + page)
+
+
 def _operations(
     header: DirectiveHeader, mask: int, variant: Variant, areas: dict[int, int]
-) -> tuple[list[bytes], int, int, str]:
+) -> tuple[Iterable[bytes], int, int, str]:
     """(byte pieces fed to MRTD, page adds, extends, note) for one directive."""
     if (
         type(header) is PageData
@@ -251,8 +258,8 @@ def _operations(
         if variant == "td-shim":
             return [], 0, 0, "parameter insert (ignored by td-shim)"
         size = areas.get(header.parameter_area_index, 0)
-        pieces = [page_add_block(header.gpa + page) for page in range(0, size, PAGE_SIZE)]
-        return pieces, len(pieces), 0, "parameter insert (add only)"
+        pages = size // PAGE_SIZE
+        return _insert_blocks(header.gpa, size), pages, 0, "parameter insert (add only)"
     return [], 0, 0, "not measured"
 
 
@@ -263,6 +270,7 @@ def _resolve(
         raise ValueError(f"unknown MRTD variant {variant!r}; choose from {', '.join(VARIANTS)}")
     if isinstance(source, IgvmFile):
         platform = source.tdx_platform
+        platforms = source.platforms
         directives: Iterator[tuple[int, DirectiveHeader]] = enumerate(
             source.directives, len(source.platforms) + len(source.initializations)
         )
@@ -270,6 +278,7 @@ def _resolve(
     else:
         opened = scan(source)
         platform = opened.tdx_platform
+        platforms = opened.platforms
         directives = ((index, header) for index, _offset, header in opened.indexed_directives())
         # close only what was opened here: a caller's stream stays open for the caller
         closer = opened if isinstance(source, str | os.PathLike) else None
@@ -284,6 +293,16 @@ def _resolve(
             mask = platform.compatibility_mask
     if mask < 0:
         raise ValueError(f"compatibility mask {mask} must not be negative")
+    declared = 0
+    for declared_platform in platforms:
+        declared |= getattr(declared_platform, "compatibility_mask", 0)
+    if mask & ~declared:
+        if closer is not None:
+            closer.close()
+        raise IgvmError(
+            f"no SUPPORTED_PLATFORM has compatibility mask {mask:#x} (the file declares "
+            f"{declared:#x}); nothing would be measured"
+        )
     return directives, mask, closer
 
 
@@ -317,28 +336,49 @@ def measurement_log(
     source: str | os.PathLike[str] | BinaryIO | IgvmFile,
     mask: int | None = None,
     variant: str = "igvm",
+    *,
+    running: bool = True,
 ) -> Iterator[DirectiveMeasurement]:
-    """Per directive: what it fed into MRTD and the running MRTD after it (for explaining diffs)."""
+    """Per directive: what it fed into MRTD and the running MRTD after it (for explaining diffs).
+
+    running=False gives mrtd_after only on the last record (the final MRTD; b"" before it) and
+    hashes the MRTD on a worker thread, overlapping the per-directive digests: what diff needs.
+    """
     directives, mask, closer = _resolve(source, mask, variant)
-    running = hashlib.sha384()
+    total = hashlib.sha384()
+    accumulator = None if running else MrtdAccumulator(background=True)
     areas: dict[int, int] = {}
+    pending: DirectiveMeasurement | None = None
     try:
         for index, header in directives:
             pieces, adds, extends, note = _operations(header, mask, variant, areas)  # type: ignore[arg-type]
             contribution = hashlib.sha384()
             for piece in pieces:
                 contribution.update(piece)
-                running.update(piece)
-            yield DirectiveMeasurement(
+                if accumulator is None:
+                    total.update(piece)
+                else:
+                    accumulator.feed(piece)
+            record = DirectiveMeasurement(
                 index,
                 header.describe(),
                 adds,
                 extends,
-                contribution.digest() if pieces else b"",
-                running.digest(),
+                contribution.digest() if adds or extends else b"",
+                total.digest() if accumulator is None else b"",
                 note,
             )
+            if accumulator is None:
+                yield record
+                continue
+            if pending is not None:
+                yield pending
+            pending = record
+        if pending is not None and accumulator is not None:
+            yield dataclasses.replace(pending, mrtd_after=accumulator.digest())
     finally:
+        if accumulator is not None:
+            accumulator.digest()  # stops the worker thread
         if closer is not None:
             closer.close()
 

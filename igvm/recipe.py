@@ -5,7 +5,8 @@ Schema (every number may be written as an int or a string such as "0x100000" or 
     platform:                       # the TDX SUPPORTED_PLATFORM header (and GUEST_POLICY)
       compatibility_mask: 1         # optional, default 1; one bit
       highest_vtl: 2                # optional, 0 or 2; default 2 (TD partitioning: L1 is VTL2)
-      shared_gpa_boundary: 47       # bit number (< 64) or an address (power of two); default 47
+      shared_gpa_boundary: 47       # the shared bit: 47 or 51 (GPA width 48 or 52), or the
+                                    #   address 1 << 47 or 1 << 51; default 47
       policy:                       # optional TdxPolicy bits (an IGVM encoding)
         debug_allowed: false
         sept_ve_disable: true
@@ -31,8 +32,19 @@ Schema (every number may be written as an int or a string such as "0x100000" or 
           - {type: command_line, offset: 0x800}
 
 Parameter types: vp_count, memory_map, command_line, mmio_ranges, madt, srat, slit, pptt,
-device_tree, environment_info. Regions (components and inserted areas) must not overlap.
-Directive order in the image: parameter areas and their parameters, components, inserts.
+device_tree, environment_info. Regions (components and inserted areas) must not overlap, and
+private ones (everything but `shared: true`) must lie below the shared-GPA boundary, as a TDX
+host requires. Directive order in the image: parameter areas and their parameters, components,
+inserts.
+
+shared_gpa_boundary: a number below 64 is the shared bit's number, anything else an address. A
+TDX TD's shared bit is the top bit of its GPA width, 48 or 52 (Intel TDX Module ABI
+Specification, TD_PARAMS.CONFIG_FLAGS.GPAW), so only 47, 51, 1 << 47 and 1 << 51 are accepted:
+the other values (64 as a bit number, 0x40 as an address) are no boundary a TDX host loads.
+
+Bounds: the recipe and every file it names must be regular files (a device or FIFO is refused),
+and components plus parameter areas total at most MAX_IMAGE_BYTES. `fill` pages are made one at
+a time when the image is built.
 """
 
 from __future__ import annotations
@@ -68,6 +80,7 @@ from igvm.headers import (
     Srat,
     VpCount,
 )
+from igvm.source import read_regular
 
 COMPONENT_KINDS = ("paravisor", "firmware", "blob")
 DATA_TYPES = {
@@ -96,7 +109,11 @@ PARAMETER_KINDS: dict[str, type[ParameterHeader]] = {
 DEFAULT_MASK = 1
 DEFAULT_HIGHEST_VTL = 2
 DEFAULT_SHARED_GPA_BIT = 47
+TDX_SHARED_GPA_BITS = (47, 51)
 MAX_GPA_BITS = 64
+# Components and parameter areas together: an image is built in memory, so this bounds `build`.
+MAX_IMAGE_BYTES = 256 << 20
+MAX_RECIPE_BYTES = 1 << 20
 BYTE_MAX = 0xFF
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]+$")
 SIZE_SUFFIXES = {"": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}
@@ -129,6 +146,13 @@ class Component:
     measured: bool = True
     shared: bool = False
     data_type: int = IGVM_PAGE_DATA_TYPE_NORMAL
+    fill: int | None = None  # every page is this byte throughout (then `data` is empty)
+
+    def page(self, offset: int) -> bytes:
+        """The 4 KiB page at `offset` into the component (zero-padded past the data)."""
+        if self.fill is not None:
+            return bytes([self.fill]) * PAGE_SIZE
+        return self.data[offset : offset + PAGE_SIZE]
 
 
 @dataclass(frozen=True)
@@ -231,11 +255,15 @@ def _platform(raw: Any) -> tuple[int, int, int, int | None]:
         spec.get("shared_gpa_boundary", DEFAULT_SHARED_GPA_BIT), "platform.shared_gpa_boundary"
     )
     if boundary < MAX_GPA_BITS:
+        bit = boundary
         boundary = 1 << boundary
-    elif boundary & (boundary - 1) or boundary >= 1 << MAX_GPA_BITS:
+    else:
+        bit = boundary.bit_length() - 1 if boundary & (boundary - 1) == 0 else -1
+    if bit not in TDX_SHARED_GPA_BITS:
         raise RecipeError(
             "platform.shared_gpa_boundary",
-            f"must be a bit number below 64 or a power-of-two address (got {boundary:#x})",
+            f"{spec.get('shared_gpa_boundary')!r} is no boundary a TDX host supports: give the "
+            "shared bit 47 or 51, or the power-of-two address 1 << 47 or 1 << 51",
         )
     policy: int | None = None
     if "policy" in spec:
@@ -247,7 +275,8 @@ def _platform(raw: Any) -> tuple[int, int, int, int | None]:
     return mask, vtl, boundary, policy
 
 
-def _component(raw: Any, key: str, base: Path, names: set[str]) -> Component:
+def _component(raw: Any, key: str, base: Path, names: set[str], budget: int) -> Component:
+    """One component; `budget` is what is left of MAX_IMAGE_BYTES for it."""
     spec = _mapping(raw, key, COMPONENT_KEYS, {"name", "kind", "gpa"})
     name = _name(spec["name"], f"{key}.name", names)
     kind = spec["kind"]
@@ -264,16 +293,22 @@ def _component(raw: Any, key: str, base: Path, names: set[str]) -> Component:
             raise RecipeError(f"{key}.file", f"expected a path, got {spec['file']!r}")
         path = base / spec["file"]
         try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise RecipeError(f"{key}.file", f"cannot read {path}: {exc.strerror}") from exc
+            data = read_regular(path, budget)
+        except IgvmError as exc:
+            raise RecipeError(f"{key}.file", exc.rule) from exc
     size = len(data)
     if "size" in spec:
         size = parse_number(spec["size"], f"{key}.size")
+        if size > budget:
+            raise RecipeError(
+                f"{key}.size",
+                f"{size:#x} bytes would take the image past its {MAX_IMAGE_BYTES:#x}-byte limit",
+            )
         if size < len(data):
             raise RecipeError(
                 f"{key}.size", f"{size:#x} is smaller than the file ({len(data):#x} bytes)"
             )
+    fill: int | None = None
     if "fill" in spec:
         fill = parse_number(spec["fill"], f"{key}.fill")
         if fill > BYTE_MAX:
@@ -283,8 +318,6 @@ def _component(raw: Any, key: str, base: Path, names: set[str]) -> Component:
     if size == 0:
         raise RecipeError(f"{key}.size", "the component is empty; give a file or a size")
     size = (size + PAGE_SIZE - 1) // PAGE_SIZE * PAGE_SIZE
-    if "fill" in spec:
-        data = bytes([fill]) * size  # whole pages: the last one is the fill byte throughout
     if gpa + size > 1 << MAX_GPA_BITS:
         raise RecipeError(f"{key}.gpa", "the component runs past the 64-bit GPA space")
     measured = _bool(spec.get("measured", True), f"{key}.measured")
@@ -294,14 +327,23 @@ def _component(raw: Any, key: str, base: Path, names: set[str]) -> Component:
         raise RecipeError(
             f"{key}.data_type", f"must be one of {', '.join(DATA_TYPES)}, got {data_type_name!r}"
         )
-    return Component(name, kind, gpa, data, size, measured, shared, DATA_TYPES[data_type_name])
+    return Component(
+        name, kind, gpa, data, size, measured, shared, DATA_TYPES[data_type_name], fill
+    )
 
 
-def _area(raw: Any, key: str, index: int, names: set[str]) -> ParameterAreaSpec:
+def _area(raw: Any, key: str, index: int, names: set[str], budget: int) -> ParameterAreaSpec:
     spec = _mapping(raw, key, AREA_KEYS, {"name", "gpa", "size"})
     name = _name(spec["name"], f"{key}.name", names)
     gpa = _aligned(spec["gpa"], f"{key}.gpa")
     size = _aligned(spec["size"], f"{key}.size", nonzero=True)
+    if size > budget:
+        raise RecipeError(
+            f"{key}.size",
+            f"{size:#x} bytes would take the image past its {MAX_IMAGE_BYTES:#x}-byte limit",
+        )
+    if gpa + size > 1 << MAX_GPA_BITS:
+        raise RecipeError(f"{key}.gpa", "the area runs past the 64-bit GPA space")
     raw_parameters = spec.get("parameters", [])
     if not isinstance(raw_parameters, list):
         raise RecipeError(f"{key}.parameters", "expected a list")
@@ -334,6 +376,20 @@ def _check_overlaps(recipe: Recipe) -> None:
         (a.gpa, a.gpa + a.size, f"parameter_areas[{i}] ({a.name})")
         for i, a in enumerate(recipe.parameter_areas)
     ]
+    private = [
+        (c.gpa + c.size, f"components[{i}]")
+        for i, c in enumerate(recipe.components)
+        if not c.shared
+    ]
+    private += [(a.gpa + a.size, f"parameter_areas[{i}]")
+                for i, a in enumerate(recipe.parameter_areas)]  # fmt: skip
+    for end, key in private:
+        if end > recipe.shared_gpa_boundary:
+            raise RecipeError(
+                f"{key}.gpa",
+                f"private pages up to {end:#x} reach the shared-GPA boundary "
+                f"{recipe.shared_gpa_boundary:#x}; a TDX host cannot add them",
+            )
     regions.sort()
     for (start_a, end_a, key_a), (start_b, _end_b, key_b) in itertools.pairwise(regions):
         if start_b < end_a:
@@ -355,15 +411,22 @@ def load_recipe_text(text: str, base: Path) -> Recipe:
     if not isinstance(raw_components, list) or not raw_components:
         raise RecipeError("components", "expected a non-empty list")
     names: set[str] = set()
-    components = tuple(
-        _component(item, f"components[{i}]", base, names) for i, item in enumerate(raw_components)
-    )
+    budget = MAX_IMAGE_BYTES
+    components_list: list[Component] = []
+    for i, item in enumerate(raw_components):
+        component = _component(item, f"components[{i}]", base, names, budget)
+        budget -= component.size
+        components_list.append(component)
+    components = tuple(components_list)
     raw_areas = top.get("parameter_areas", [])
     if not isinstance(raw_areas, list):
         raise RecipeError("parameter_areas", "expected a list")
-    areas = tuple(
-        _area(item, f"parameter_areas[{i}]", i, names) for i, item in enumerate(raw_areas)
-    )
+    areas_list: list[ParameterAreaSpec] = []
+    for i, item in enumerate(raw_areas):
+        area = _area(item, f"parameter_areas[{i}]", i, names, budget)
+        budget -= area.size
+        areas_list.append(area)
+    areas = tuple(areas_list)
     recipe = Recipe(mask, vtl, boundary, policy, components, areas)
     _check_overlaps(recipe)
     return recipe
@@ -373,7 +436,9 @@ def load_recipe(path: str | Path) -> Recipe:
     """Load a recipe file; relative blob paths are relative to the recipe's directory."""
     recipe_path = Path(path)
     try:
-        text = recipe_path.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
+        text = read_regular(recipe_path, MAX_RECIPE_BYTES).decode()
+    except IgvmError as exc:
+        raise RecipeError("(file)", f"cannot read recipe: {exc.rule}") from exc
+    except UnicodeDecodeError as exc:
         raise RecipeError("(file)", f"cannot read recipe {recipe_path}: {exc}") from exc
     return load_recipe_text(text, recipe_path.parent)

@@ -26,7 +26,7 @@ from typing import Any
 from igvm.build import build as build_igvm
 from orchestrator.errors import LocalBootError
 from tdxsim.attestation.quoting import QuotingService
-from tdxsim.host.faults import FaultSet
+from tdxsim.host.faults import FaultSet, FaultSpecError
 from tdxsim.host.l1_image import build_l1_image
 from tdxsim.host.vmm import RunResult, RunStatus, Vmm, simulated_platform
 from verifier.td_attestation import verify_td_attestation
@@ -100,10 +100,21 @@ def _step(report: BootReport, title: str, out: Callable[[str], None]) -> Iterato
     try:
         yield
     except Exception as exc:
-        raise LocalBootError(f"step {len(report.steps) + 1} ({title}) failed: {exc}") from exc
+        raise LocalBootError(
+            f"step {len(report.steps) + 1} ({title}) failed: {reason(exc)}"
+        ) from exc
     elapsed = time.perf_counter() - start
     report.steps.append((title, elapsed))
     out(f"    done in {elapsed * 1000:.1f} ms")
+
+
+def reason(exc: BaseException) -> str:
+    """What went wrong, never empty: an exception without a message is named by its type."""
+    text = str(exc).strip()
+    if isinstance(exc, LocalBootError) and text:
+        return text
+    name = type(exc).__name__
+    return f"{name}: {text}" if text else f"{name} (no message)"
 
 
 def write_l1_image(path: Path = L1_IMAGE) -> bytes:
@@ -156,7 +167,8 @@ def run_local(
             for line in uart.splitlines():
                 out(f"    L1| {line}")
             if run.status != RunStatus.DONE:
-                raise LocalBootError(f"L1 run {run.status}: {run.detail}")
+                detail = run.detail or "the host gave no detail"
+                raise LocalBootError(f"L1 run {run.status}: {detail}")
             report.l1 = L1Summary.parse(run, uart)
             out(f"    L1 returned after {run.exits} TD exits in {run.seconds * 1000:.0f} ms")
     _verify(report, quoting, out)
@@ -232,14 +244,29 @@ def _exercise(report: BootReport, out: Callable[[str], None]) -> None:
         out(f"    PCR_Extend + PCR_Read sha256:{PCR_DEBUG} = {value.hex()} (as computed)")
 
 
-def main(recipe: str = "", image: str = "") -> int:
-    """Entry point of `invoke run`; returns the exit status."""
+def main(recipe: str = "", image: str = "", faults: str = "") -> int:
+    """Entry point of `invoke run`; returns the exit status (2: a bad --faults spec).
+
+    `faults` is a tdxsim.host.faults switch string ("getquote-status=error,irq-storm=100"): the host
+    VMM misbehaves that way, so a user can watch L1 cope with (or refuse) a lying host.
+    """
+    try:
+        fault_set = FaultSet.parse(faults)
+    except FaultSpecError as exc:
+        print(f"run: --faults: {reason(exc)}", file=sys.stderr)
+        return 2
+    if fault_set.active:
+        print(f"host faults on: {fault_set.describe()} (the untrusted host lies on purpose)")
     try:
         run_local(
             Path(recipe) if recipe else DEFAULT_RECIPE,
             Path(image) if image else ROOT / "out" / "tdp.igvm",
+            faults=fault_set if fault_set.active else None,
         )
     except LocalBootError as exc:
-        print(f"run: {exc}", file=sys.stderr)
+        print(f"run: {reason(exc)}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # outside any step: still a line saying what failed
+        print(f"run: failed outside a boot step: {reason(exc)}", file=sys.stderr)
         return 1
     return 0

@@ -61,6 +61,7 @@ from tdxdefs.quote import (
 )
 from tdxdefs.report import TEE_TYPE_TDX
 from tdxdefs.tdcall import REPORTDATA_SIZE, RTMR_COUNT, SHA384_SIZE
+from vtpm.errors import VtpmError
 
 REPORT_DATA_SIZE = REPORTDATA_SIZE
 FAKE_QE_VENDOR_ID = b"FAKE-QE-VENDOR!!"
@@ -69,7 +70,7 @@ FAKE_PCK_CHAIN = b"FAKE: test attester, no PCK certificate chain, not bound to a
 assert len(FAKE_QE_VENDOR_ID) == 16 and len(FAKE_USER_DATA) == 20
 
 
-class AttesterError(RuntimeError):
+class AttesterError(VtpmError, RuntimeError):
     """An attester could not produce a quote or an event log; manufacture must stop."""
 
 
@@ -77,7 +78,7 @@ class UnknownAttesterError(AttesterError, LookupError):
     """No attester is registered under the name asked for."""
 
 
-class BindingError(ValueError):
+class BindingError(VtpmError, ValueError):
     """A quote does not carry the REPORTDATA that binds it to the vTPM CA key."""
 
 

@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.x509.oid import NameOID, ObjectIdentifier
 
 from vtpm import wire
+from vtpm.errors import VtpmError
 
 OID_TD_QUOTE = ObjectIdentifier("2.16.840.1.113741.1.5.5.2.2")
 OID_EVENT_LOG = ObjectIdentifier("2.16.840.1.113741.1.5.5.2.3")
@@ -55,7 +56,7 @@ DER_LONG_LENGTH = 0x80
 DigestSigner = Callable[[bytes], tuple[int, int]]
 
 
-class CertificateError(ValueError):
+class CertificateError(VtpmError, ValueError):
     """A certificate or key could not be built or parsed; names what was wrong."""
 
 

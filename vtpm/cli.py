@@ -14,8 +14,12 @@ from vtpm.engine import TpmEngine
 from vtpm.fastpath import FastPath
 from vtpm.server import (
     DEFAULT_BUSY_POLL_US,
+    DEFAULT_IDLE_TIMEOUT_S,
+    MAX_PORT,
     Provisioner,
+    ServerConfigError,
     VtpmServer,
+    check_port,
     default_busy_poll_us,
 )
 
@@ -27,16 +31,52 @@ DEFAULT_ATTESTER = "fake"
 READY_PREFIX = "vtpm: ready"
 
 
+def _port(text: str) -> int:
+    """--port: a number 0..65534 (the platform port is one above it)."""
+    try:
+        port = int(text, 0)
+        check_port(port)
+    except ValueError as exc:  # ServerConfigError is a ValueError
+        detail = str(exc) if isinstance(exc, ServerConfigError) else f"port {text}: not a number"
+        raise argparse.ArgumentTypeError(detail) from exc
+    return port
+
+
+def _idle_timeout(text: str) -> float | None:
+    """--idle-timeout: seconds (> 0), or 0 for none."""
+    try:
+        seconds = float(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"idle timeout {text!r}: not a number") from exc
+    if seconds < 0 or seconds != seconds or seconds == float("inf"):
+        raise argparse.ArgumentTypeError(f"idle timeout {text}: must be 0 (none) or seconds > 0")
+    return seconds or None
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vtpm", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="serve a fresh in-memory vTPM (swtpm and mssim sockets)")
     serve.add_argument(
         "--port",
-        type=int,
+        type=_port,
         default=DEFAULT_PORT,
-        help=f"command port; the platform port is port+1 (default {DEFAULT_PORT}; "
+        help=f"command port 0..{MAX_PORT}; the platform port is port+1 (default {DEFAULT_PORT}; "
         "0 picks a free pair)",
+    )
+    serve.add_argument(
+        "--idle-timeout",
+        type=_idle_timeout,
+        default=DEFAULT_IDLE_TIMEOUT_S,
+        metavar="S",
+        help="close a connection silent for S seconds, so idle clients cannot hold every "
+        f"connection slot (default {DEFAULT_IDLE_TIMEOUT_S:g}; 0: never)",
+    )
+    serve.add_argument(
+        "--allow-stop",
+        action="store_true",
+        help="let a client end the server with the mssim TPM_STOP command (refused otherwise: "
+        "any local client could stop it)",
     )
     serve.add_argument("--host", default=DEFAULT_HOST, help=f"address (default {DEFAULT_HOST})")
     serve.add_argument(
@@ -94,7 +134,7 @@ def _provisioner(eks: list[str], attester_name: str) -> tuple[Provisioner, str]:
 
 
 def serve(args: argparse.Namespace) -> int:
-    """Run the server until SIGTERM/SIGINT or a TPM_STOP signal."""
+    """Run the server until SIGTERM/SIGINT (or, with --allow-stop, a TPM_STOP signal)."""
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="vtpm: %(message)s",
@@ -125,6 +165,8 @@ def serve(args: argparse.Namespace) -> int:
                 provision=provision,
                 busy_poll_us=busy_poll_us,
                 fastpath=fastpath,
+                idle_timeout_s=args.idle_timeout,
+                allow_stop=args.allow_stop,
             )
         except ValueError as exc:  # an option out of range
             print(f"vtpm serve: {exc}", file=sys.stderr)
@@ -145,6 +187,13 @@ def serve(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
         mode = "wipe on power cycle" if args.wipe_on_power_cycle else "state kept until exit"
+        idle = (
+            f"idle connections closed after {args.idle_timeout:g} s"
+            if args.idle_timeout
+            else "idle connections kept (--idle-timeout 0)"
+        )
+        stop_note = "TPM_STOP ends the server" if args.allow_stop else "TPM_STOP refused"
+        print(f"vtpm: {idle}; {stop_note}", flush=True)
         polling = (
             f"busy-polls {busy_poll_us} us after each command"
             if busy_poll_us

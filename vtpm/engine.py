@@ -16,6 +16,7 @@ from types import TracebackType
 from typing import Any, TypeVar, cast
 
 from vtpm import libtpms
+from vtpm.errors import VtpmError
 from vtpm.wire import (
     COMMAND_TAGS,
     TPM_CC_STARTUP,
@@ -41,7 +42,7 @@ TPM_MAX_COMMAND_SIZE = 4096
 MAX_LOCALITY = 4
 
 
-class TpmEngineError(RuntimeError):
+class TpmEngineError(VtpmError, RuntimeError):
     """A lifecycle operation of the engine failed (libtpms result code in the message)."""
 
 

@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from vtpm import attest, certs, wire
+from vtpm.errors import VtpmError
 from vtpm.manufacture import NV_ECC_EK_CERT, NV_EK_CHAIN_FIRST, NV_EK_CHAIN_LAST, NV_RSA_EK_CERT
 
 # tpm2-pytss EK template names (tpm2_pytss.utils.create_ek_template) for each of our EK kinds.
@@ -23,7 +24,7 @@ NV_INDEX_FIRST = 0x01000000  # TPM_HT_NV_INDEX << 24
 MAX_HANDLES = 1024
 
 
-class InfoError(RuntimeError):
+class InfoError(VtpmError, RuntimeError):
     """The TPM could not be queried; says which step."""
 
 

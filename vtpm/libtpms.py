@@ -10,6 +10,8 @@ import ctypes
 import ctypes.util
 from typing import Any
 
+from vtpm.errors import VtpmError
+
 LIBRARY_NAMES = ("libtpms.so.0", "libtpms.so")
 
 # TPM_RESULT values from libtpms/tpm_error.h.
@@ -62,7 +64,7 @@ class LibtpmsCallbacks(ctypes.Structure):
     ]
 
 
-class LibtpmsNotFoundError(OSError):
+class LibtpmsNotFoundError(VtpmError, OSError):
     """libtpms could not be loaded (the Debian package libtpms0 provides it)."""
 
 

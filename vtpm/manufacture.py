@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from vtpm import certs, wire
 from vtpm.attest import Attester, AttesterError, check_binding, is_fake_quote, report_data_for
+from vtpm.errors import VtpmError
 
 EK_KINDS = ("rsa", "ecc")
 NV_RSA_EK_CERT = 0x01C00002
@@ -132,7 +133,7 @@ EK_KIND_TABLE = {
 }
 
 
-class ManufactureError(RuntimeError):
+class ManufactureError(VtpmError, RuntimeError):
     """Manufacture could not complete; the message names the step that failed."""
 
 

@@ -17,6 +17,7 @@ from typing import ClassVar
 
 from tdxdefs.layout import BIG_ENDIAN, Layout
 from vtpm.engine import TPM_MAX_COMMAND_SIZE, check_command, error_response
+from vtpm.errors import VtpmError
 from vtpm.libtpms import TPM_FAIL
 from vtpm.wire import (
     COMMAND_TAGS,
@@ -129,7 +130,7 @@ class Framing(enum.Enum):
     MSSIM = "mssim"
 
 
-class ProtocolError(ValueError):
+class ProtocolError(VtpmError, ValueError):
     """The peer sent something that cannot be framed; the connection must be closed.
 
     `reply` is what to send before closing (a TPM error response in the connection's framing),

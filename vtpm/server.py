@@ -16,6 +16,12 @@ platform powers the TPM off. Other swtpm control commands share their codes with
 are served as those: Tss2_Tcti_Swtpm_Reset's CMD_INIT with PTM_INIT_FLAG_DELETE_VOLATILE (tss2
 3.2.1 sends u32 2, u32 1) reads as POWER_OFF, POWER_ON, a power cycle that succeeds.
 
+Limits: at most `max_connections` connections at once, and a connection with no traffic for
+`idle_timeout_s` is closed, so clients that connect and go quiet cannot hold every slot and keep
+others out for longer than that. TPM_STOP (mssim command 21, on either port) ends the server only
+when it was started with `allow_stop`; otherwise any local client could stop it, so it is refused
+with the simulator protocol's failure reply (a non-zero u32) and the server keeps serving.
+
 At start the TPM is powered on and provisioned (or just started), so it serves like swtpm with
 `--flags startup-clear`. A platform POWER_OFF then POWER_ON behaves like hardware: the client must
 send TPM2_Startup. With `wipe_on_power_cycle` the power-on first forgets all NV and re-provisions.
@@ -39,6 +45,7 @@ from pathlib import Path
 
 from vtpm.busypoll import BusyPoll
 from vtpm.engine import MAX_LOCALITY, TpmEngine, error_response
+from vtpm.errors import VtpmError
 from vtpm.fastpath import FastPath, Status
 from vtpm.libtpms import TPM_FAIL, TPM_SUCCESS
 from vtpm.protocol import (
@@ -74,6 +81,13 @@ DEFAULT_EPHEMERAL_LOW = 32768
 LOW_PORT_FLOOR = 10000
 # Connections beyond this are closed at once, so descriptor exhaustion cannot wedge the loop.
 MAX_CONNECTIONS = 512
+# A connection silent this long is closed. tpm2-pytss and tpm2-tools keep one connection open
+# between commands; a minute covers their pauses (key generation runs inside a command, not
+# between commands), while a slot held by a silent client frees within that minute.
+DEFAULT_IDLE_TIMEOUT_S = 60.0
+# How often idle connections are looked for, at most (and at least once per idle timeout).
+IDLE_SWEEP_S = 1.0
+MAX_PORT = 65534  # the platform port is port + 1, which must itself be a TCP port
 # Both listeners are IPv4 (see _listener); accepted sockets are built with this family.
 LISTEN_FAMILY = socket.AF_INET
 # The peer of a connection that closed before we asked its address.
@@ -93,6 +107,10 @@ MAX_BUSY_POLL_US = 100_000
 NS_PER_US = 1000
 
 
+class ServerConfigError(VtpmError, ValueError):
+    """An option of VtpmServer is out of range (a port, a timeout, a limit)."""
+
+
 class Port(enum.Enum):
     """Which listening port a connection came in on."""
 
@@ -110,6 +128,8 @@ class _Connection:
     close_after_flush: bool = False
     writing: bool = False  # wants EPOLLOUT instead of EPOLLIN
     registered: bool = False  # known to epoll (not yet during the accept fast path)
+    active: bool = True  # traffic since the last idle sweep
+    idle_since: float = 0.0  # monotonic seconds of the sweep that first found it silent
 
     @property
     def peer(self) -> str:
@@ -136,9 +156,27 @@ class VtpmServer:
         provision: Provisioner | None = None,
         busy_poll_us: int = 0,
         fastpath: FastPath | None = None,
+        idle_timeout_s: float | None = DEFAULT_IDLE_TIMEOUT_S,
+        allow_stop: bool = False,
+        max_connections: int = MAX_CONNECTIONS,
     ) -> None:
         if not 0 <= busy_poll_us <= MAX_BUSY_POLL_US:
-            raise ValueError(f"busy polling of {busy_poll_us} us: must be 0..{MAX_BUSY_POLL_US}")
+            raise ServerConfigError(
+                f"busy polling of {busy_poll_us} us: must be 0..{MAX_BUSY_POLL_US}"
+            )
+        check_port(port)
+        if idle_timeout_s is not None and not idle_timeout_s > 0:
+            raise ServerConfigError(
+                f"idle timeout {idle_timeout_s} s: must be more than 0 (or None for none)"
+            )
+        if not 1 <= max_connections <= MAX_CONNECTIONS:
+            raise ServerConfigError(
+                f"connection limit {max_connections}: must be 1..{MAX_CONNECTIONS}"
+            )
+        self.idle_timeout_s = idle_timeout_s
+        self.allow_stop = allow_stop
+        self.max_connections = max_connections
+        self._next_sweep = 0.0
         self.engine = engine
         self.busy_poll_us = busy_poll_us
         self.fastpath = fastpath
@@ -179,7 +217,7 @@ class VtpmServer:
         self._provision_or_start()
 
     def serve_forever(self) -> None:
-        """Run the event loop until request_stop() or a TPM_STOP signal."""
+        """Run the event loop until request_stop() or (with allow_stop) a TPM_STOP signal."""
         ep = self._epoll
         listeners = {
             self._command_listener.fileno(): (self._command_listener, Port.COMMAND),
@@ -192,10 +230,15 @@ class VtpmServer:
         connections = self._connections
         spin = BusyPoll(self.busy_poll_us * NS_PER_US) if self.busy_poll_us else None
         clock = time.monotonic_ns
+        sweep_every = (
+            -1.0 if self.idle_timeout_s is None else min(IDLE_SWEEP_S, self.idle_timeout_s / 2)
+        )
         try:
             while not self._stop.is_set():
+                # Block forever only when nothing could go idle; else wake to sweep.
+                wait = sweep_every if connections and sweep_every > 0 else -1.0
                 if spin is None:
-                    ready = ep.poll()
+                    ready = ep.poll(wait)
                 elif spin.spinning(clock()):
                     ready = ep.poll(0)
                     if not ready:
@@ -203,7 +246,9 @@ class VtpmServer:
                         continue
                 else:
                     spin.expired()
-                    ready = ep.poll()
+                    ready = ep.poll(wait)
+                if wait > 0:
+                    self._sweep_idle(time.monotonic())
                 requests_before = self._requests
                 if len(ready) > 1:  # a waiting client first, other connections' EOFs after
                     ready.sort(key=lambda event: event[0] not in listeners)
@@ -221,6 +266,29 @@ class VtpmServer:
         finally:
             self._shutdown()
 
+    def _sweep_idle(self, now: float) -> None:
+        """Close connections silent for idle_timeout_s (checked at most every IDLE_SWEEP_S).
+
+        Traffic only sets a flag on the connection (no clock read per command); a sweep that
+        finds the flag clear starts the connection's idle clock, one that finds it set clears it.
+        """
+        timeout = self.idle_timeout_s
+        if timeout is None or now < self._next_sweep:
+            return
+        self._next_sweep = now + min(IDLE_SWEEP_S, timeout / 2)
+        for conn in list(self._connections.values()):
+            if conn.active:
+                conn.active = False
+                conn.idle_since = now
+            elif now - conn.idle_since >= timeout:
+                log.info(
+                    "%s connection %s idle for %.0f s: closing",
+                    conn.port.value,
+                    conn.peer,
+                    now - conn.idle_since,
+                )
+                self._close(conn)
+
     def request_stop(self) -> None:
         """Ask the loop to stop; safe from signal handlers and other threads."""
         self._stop.set()
@@ -235,7 +303,7 @@ class VtpmServer:
         if (
             port is Port.COMMAND
             and self.fastpath is not None
-            and len(self._connections) < MAX_CONNECTIONS
+            and len(self._connections) < self.max_connections
         ):
             self._accept_native(listener, self.fastpath)
             return
@@ -251,11 +319,11 @@ class VtpmServer:
         sock = socket.socket(LISTEN_FAMILY, socket.SOCK_STREAM, 0, fd)
         if sock.gettimeout() is not None:  # a default timeout would make recv poll first
             sock.setblocking(False)
-        if len(self._connections) >= MAX_CONNECTIONS:
+        if len(self._connections) >= self.max_connections:
             log.warning(
                 "%s port: %d connections open; refusing %s:%d",
                 port.value,
-                MAX_CONNECTIONS,
+                self.max_connections,
                 addr[0],
                 addr[1],
             )
@@ -370,6 +438,7 @@ class VtpmServer:
                 log.info("command connection %s closed mid-frame; frame dropped", conn.peer)
             self._close(conn)
             return
+        conn.active = True
         self._handle(conn, data)
 
     def _service_output(self, conn: _Connection) -> None:
@@ -451,10 +520,20 @@ class VtpmServer:
         elif request.code is MssimCommand.SESSION_END:
             conn.close_after_flush = True
         elif request.code is MssimCommand.STOP:
+            if not self.allow_stop:
+                self._refuse_stop(conn)
+                return
             conn.output += ack()
             conn.close_after_flush = True
             log.info("TPM_STOP from %s", conn.peer)
             self.request_stop()
+
+    def _refuse_stop(self, conn: _Connection) -> None:
+        """TPM_STOP without allow_stop: the simulator's failure reply; the server serves on."""
+        log.warning(
+            "TPM_STOP from %s refused: the server was started without allow_stop", conn.peer
+        )
+        conn.output += U32.pack(PLATFORM_FAILURE)
 
     def _platform_signal(self, conn: _Connection, request: ControlRequest) -> None:
         code = request.code
@@ -471,6 +550,9 @@ class VtpmServer:
                 conn.close_after_flush = True
                 return
             elif code is MssimCommand.STOP:
+                if not self.allow_stop:
+                    self._refuse_stop(conn)
+                    return
                 log.info("TPM_STOP from %s", conn.peer)
                 conn.close_after_flush = True
                 self.request_stop()
@@ -522,6 +604,8 @@ class VtpmServer:
                 self._close(conn)
                 return
             del conn.output[:sent]
+            if sent:
+                conn.active = True
         if conn.output:
             self._want_write(conn, True)
             return
@@ -560,6 +644,15 @@ class VtpmServer:
         for sock in (self._command_listener, self._platform_listener, self._wake_r, self._wake_w):
             sock.close()
         self._epoll.close()
+
+
+def check_port(port: int) -> None:
+    """Refuse a command port whose platform port (port + 1) would not be a TCP port."""
+    if not 0 <= port <= MAX_PORT:
+        raise ServerConfigError(
+            f"port {port}: must be 0..{MAX_PORT} (0 picks a free pair; the platform port is "
+            "port + 1, so 65535 cannot be the command port)"
+        )
 
 
 def default_busy_poll_us() -> int:
@@ -606,6 +699,9 @@ def _bind_pair(host: str, port: int) -> tuple[socket.socket, socket.socket]:
                 raise
             continue
         chosen = command.getsockname()[1]
+        if chosen > MAX_PORT:  # no port above it for the platform channel
+            command.close()
+            continue
         try:
             return command, _listener(host, chosen + 1)
         except OSError as exc:

@@ -17,6 +17,7 @@ from typing import ClassVar, Protocol
 
 from tdxdefs.eventlog import TPM_ALG_SHA384 as TPM_ALG_SHA384  # declared once, in tdxdefs
 from tdxdefs.layout import BIG_ENDIAN, Layout
+from vtpm.errors import VtpmError
 
 # --- constants (Part 2) -------------------------------------------------------------------------
 
@@ -209,11 +210,11 @@ UINT16 = struct.Struct(">H")
 UINT32 = struct.Struct(">I")
 
 
-class WireError(ValueError):
+class WireError(VtpmError, ValueError):
     """Bytes from the TPM do not parse as the structure expected; says which field and offset."""
 
 
-class TpmError(RuntimeError):
+class TpmError(VtpmError, RuntimeError):
     """The TPM answered a command with a response code other than TPM_RC_SUCCESS."""
 
     def __init__(self, command_code: int, rc: int, detail: str = "") -> None:

@@ -285,7 +285,7 @@ def test_stops_cleanly_on_signal(vtpm_factory: Callable[..., VtpmProcess], sig: 
 
 
 def test_platform_stop_ends_the_server(vtpm_factory: Callable[..., VtpmProcess]) -> None:
-    server = vtpm_factory("--no-provision")
+    server = vtpm_factory("--no-provision", "--allow-stop")
     with socket.create_connection((server.host, server.platform_port), timeout=30) as sock:
         sock.sendall(struct.pack(">I", MssimCommand.STOP))
         assert recv_exact(sock, 4) == bytes(4)

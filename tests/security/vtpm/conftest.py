@@ -8,7 +8,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.integration.vtpm.conftest import VtpmProcess, launch_vtpm
+from tests.integration.vtpm.conftest import (
+    VtpmProcess,
+    engine,  # noqa: F401 (a fixture, shared by name)
+    launch_vtpm,
+    vtpm_factory,  # noqa: F401 (a fixture, shared by name)
+)
 
 IO_TIMEOUT_S = 30.0
 HEADER_SIZE = 10  # TPM 2.0 response header: tag u16, responseSize u32, responseCode u32

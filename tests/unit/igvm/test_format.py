@@ -133,12 +133,6 @@ def test_v2_cca_needs_aarch64_and_v1_cannot_hold_it() -> None:
 TLV_CASES = [
     ("length_mismatch", [tlv(0x001, bytes(16), length=15)], "SUPPORTED_PLATFORM length is 15", 0),
     ("runs_past_section", [tlv(0x001, bytes(16), length=400)], "runs past the end", 0),
-    (
-        "nonzero_padding",
-        [platform_entry(), tlv(0x304, bytes(20), pad=b"\x00\x00\x00\x01")],
-        "padding",
-        1,
-    ),
     ("stray_bytes", [platform_entry(), b"\x01\x00\x00\x00"], "stray bytes", 1),
     ("unknown_mandatory", [platform_entry(), tlv(0x250, b"")], "unknown mandatory", 1),
     ("reserved_0x306", [platform_entry(), tlv(0x306, bytes(8))], "RESERVED_DO_NOT_USE", 1),

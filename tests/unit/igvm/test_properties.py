@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 
 from hypothesis import HealthCheck, given, settings
@@ -34,7 +35,10 @@ from igvm.headers import (
 from igvm.measure import mrtd
 
 MASKS = st.sampled_from([1, 2, 3])
-PAGE_NUMBERS = st.integers(min_value=0, max_value=(1 << 40) - 1)
+# GPAs below 2^46: under the TDX shared-GPA boundary (2^47), with room above for _distinct().
+PAGE_NUMBERS = st.integers(min_value=0, max_value=(1 << 34) - 1)
+RELOCATED_BASE = 1 << 46
+RELOCATED_STRIDE = 4 << 20
 DATA = st.one_of(
     st.just(b""),
     st.binary(min_size=1, max_size=64),
@@ -91,7 +95,34 @@ def images(draw: st.DrawFn) -> IgvmFile:
         st.builds(ErrorRange, PAGE_NUMBERS, MASKS, st.integers(0, 0xFFFF)),
     )
     directives.extend(draw(st.lists(others, max_size=12)))
-    return IgvmFile(platforms, inits, directives)
+    return IgvmFile(platforms, inits, _distinct(directives))
+
+
+def _distinct(directives: list[DirectiveHeader]) -> list[DirectiveHeader]:
+    """Move pages the TDX platform (mask bit 1) would add twice to fresh GPAs: a TDX host
+    adds each GPA once, so a valid image never repeats one."""
+    used: set[int] = set()
+    sizes = {
+        d.parameter_area_index: d.number_of_bytes
+        for d in directives
+        if isinstance(d, ParameterArea)
+    }
+    result: list[DirectiveHeader] = []
+    for number, d in enumerate(directives):
+        if isinstance(d, PageData) and d.compatibility_mask & 1 and not d.shared:
+            pages = {d.gpa}
+        elif isinstance(d, ParameterInsert) and d.compatibility_mask & 1:
+            pages = set(range(d.gpa, d.gpa + sizes[d.parameter_area_index], PAGE_SIZE))
+        else:
+            result.append(d)
+            continue
+        if pages & used:
+            gpa = RELOCATED_BASE + number * RELOCATED_STRIDE
+            pages = {page - d.gpa + gpa for page in pages}
+            d = dataclasses.replace(d, gpa=gpa)
+        used |= pages
+        result.append(d)
+    return result
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
