@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from .conftest import VtpmProcess
+from tests.support.vtpm_process import VtpmProcess
 
 pytestmark = pytest.mark.integration
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from tpm2_pytss.constants import TPM2_RC
 
-from tests.integration.vtpm.conftest import recv_response
+from tests.support.tpm_socket import recv_response
 from vtpm import wire
 from vtpm.engine import TpmEngine, response_code
 from vtpm.fastpath import DEFAULT_LIBRARY, LIBRARY_ENV, Accepted, FastPath, Status

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, ObjectIdentifier
 
-from .conftest import VtpmProcess
+from tests.support.vtpm_process import VtpmProcess
 
 pytestmark = pytest.mark.integration
 

@@ -28,14 +28,8 @@ from tpm2_pytss.types import (
     TPMU_HA,
 )
 
-from tests.integration.vtpm.conftest import (
-    CHANNEL_PATHS,
-    SwtpmSocket,
-    VtpmProcess,
-    launch_on_path,
-    recv_exact,
-    swtpm_raw,
-)
+from tests.support.tpm_socket import SwtpmSocket, recv_exact, swtpm_raw
+from tests.support.vtpm_process import CHANNEL_PATHS, VtpmProcess, launch_on_path
 from vtpm import wire
 from vtpm.libtpms import TPM_FAIL, TPM_SUCCESS
 from vtpm.protocol import MssimCommand, SwtpmControl

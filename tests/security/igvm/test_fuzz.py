@@ -24,7 +24,7 @@ from igvm.headers import (
     VpContext,
     VpCount,
 )
-from tests.unit.igvm.conftest import tdx_platform, v4_image
+from tests.support.igvm_files import tdx_platform, v4_image
 
 pytestmark = pytest.mark.security
 

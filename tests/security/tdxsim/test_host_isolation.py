@@ -23,7 +23,7 @@ from tdxsim.l1image import build_l1_image
 from tdxsim.shared import HostAccessDenied
 from tdxsim.tdprocess import CHUNKS_PER_PAGE
 from tdxsim.vmm import HostCallRefused, Vmm, simulated_platform
-from tests.unit.tdxsim.test_host import BUF, SHARED_BIT, HostTd
+from tests.support.host_td import BUF, SHARED_BIT, HostTd
 
 SECRET = b"L1 private key material"
 PRIVATE = 0x120000

@@ -23,7 +23,7 @@ from tdxsim.quoting import (
     GetQuoteFormatError,
     decode_get_quote_response,
 )
-from tests.unit.tdxsim.test_host import BUF, SHARED_BIT, HostTd
+from tests.support.host_td import BUF, SHARED_BIT, HostTd
 from verifier.errors import VerificationError
 from verifier.quote import verify_quote
 
