@@ -28,7 +28,6 @@ from vtpm.certs import OID_EVENT_LOG, OID_TD_QUOTE, sec1_point, verify_issued_by
 ROOT = Path(__file__).resolve().parents[3]
 RAM = [(0, 32 << 20)]
 MAC_KEY, QUOTING = simulated_platform(b"svsm integration")
-pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")

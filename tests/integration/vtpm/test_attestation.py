@@ -18,8 +18,6 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from tests.support.vtpm_process import VtpmProcess
 
-pytestmark = pytest.mark.integration
-
 NV_ECC_EK_CERT = 0x01C0000A
 DEBUG_PCR = 16  # resettable at locality 0 (PC Client), so tests can start it from zeros
 SECRET = b"sealed to PCR 16"

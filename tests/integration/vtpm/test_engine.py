@@ -24,8 +24,6 @@ from vtpm.wire import (
     TPM_RC_SUCCESS,
 )
 
-pytestmark = pytest.mark.integration
-
 NV_INDEX = 0x01500010
 PCR_LOCALITY_1_TO_3 = 20  # PC Client: extendable from localities 1, 2 and 3 only
 GET_RANDOM_32 = struct.pack(">HIIH", 0x8001, 12, 0x17B, 32)

@@ -20,8 +20,6 @@ from vtpm.fastpath import DEFAULT_LIBRARY, LIBRARY_ENV, Accepted, FastPath, Stat
 from vtpm.server import VtpmServer
 from vtpm.wire import TPM_RC_FAILURE, TPM_RC_SUCCESS
 
-pytestmark = pytest.mark.integration
-
 GET_RANDOM_16 = struct.pack(">HIIH", 0x8001, 12, 0x17B, 16)
 PCR_LOCALITY_1_TO_3 = 20  # PC Client: extendable from localities 1, 2 and 3 only
 CONNECT_TIMEOUT_S = 10

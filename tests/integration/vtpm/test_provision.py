@@ -22,8 +22,6 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, ObjectIdentifier
 
 from tests.support.vtpm_process import VtpmProcess
 
-pytestmark = pytest.mark.integration
-
 ROOT = Path(__file__).resolve().parents[3]
 NV_RSA_EK_CERT = 0x01C00002
 NV_ECC_EK_CERT = 0x01C0000A

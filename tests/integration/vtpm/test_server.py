@@ -35,8 +35,6 @@ from vtpm.libtpms import TPM_FAIL, TPM_SUCCESS
 from vtpm.protocol import MssimCommand, SwtpmControl
 from vtpm.server import DEFAULT_BUSY_POLL_US, MAX_BUSY_POLL_US, default_busy_poll_us
 
-pytestmark = pytest.mark.integration
-
 TCTIS = ("swtpm", "mssim")
 BANKS = {"sha256": (TPM2_ALG.SHA256, hashlib.sha256), "sha384": (TPM2_ALG.SHA384, hashlib.sha384)}
 RSA_EK_CERT_INDEX = 0x01C00002

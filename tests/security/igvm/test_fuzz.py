@@ -8,8 +8,6 @@ import time
 import warnings
 import zlib
 
-import pytest
-
 from igvm.errors import IgvmError
 from igvm.format import IgvmFile
 from igvm.headers import (
@@ -25,8 +23,6 @@ from igvm.headers import (
     VpCount,
 )
 from tests.support.igvm_files import tdx_platform, v4_image
-
-pytestmark = pytest.mark.security
 
 MUTATED_INPUTS = 100_000
 TIME_BUDGET_SECONDS = 150.0

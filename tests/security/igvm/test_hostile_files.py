@@ -13,8 +13,6 @@ from igvm.format import IgvmFile, scan
 from igvm.measure import mrtd
 from tests.support.igvm_files import assemble, platform_entry, tlv
 
-pytestmark = pytest.mark.security
-
 
 def _timed_reject(raw: bytes, message: str) -> None:
     start = time.monotonic()

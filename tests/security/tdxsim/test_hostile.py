@@ -24,8 +24,6 @@ from tdxsim.memory import PageState
 from tdxsim.testing import L2Context, TdHarness, assemble
 from tdxsim.vmcs import Vmcs
 
-pytestmark = pytest.mark.security
-
 CODE = 0x10000
 L1_SECRET = 0x70000
 SECRET = b"L1-ONLY-SECRET!!" * 4

@@ -26,8 +26,6 @@ from vtpm.manufacture import (
     read_ca_certificate,
 )
 
-pytestmark = [pytest.mark.security, pytest.mark.integration]
-
 TPM_RC_NV_LOCKED = 0x148
 TPM_RC_NV_AUTHORIZATION = 0x149
 TPM_RC_AUTH_UNAVAILABLE = 0x12F

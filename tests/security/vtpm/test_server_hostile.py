@@ -16,8 +16,6 @@ from tpm2_pytss.types import TPM2B_AUTH, TPM2B_NV_PUBLIC, TPMS_NV_PUBLIC
 from tests.support.vtpm_process import CHANNEL_PATHS, VtpmProcess, launch_on_path
 from vtpm.protocol import MssimCommand
 
-pytestmark = [pytest.mark.security, pytest.mark.integration]
-
 GET_RANDOM_16 = struct.pack(">HIIH", 0x8001, 12, 0x17B, 16)
 TPM_RC_BAD_TAG = 0x01E
 TPM_RC_COMMAND_SIZE = 0x142
