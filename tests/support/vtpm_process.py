@@ -157,3 +157,13 @@ def vtpm_server() -> Iterator[VtpmProcess]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def ectx(vtpm_server: VtpmProcess) -> Iterator[ESAPI]:
+    """An ESAPI context over the mssim TCTI to the module's server, closed with its TCTI after."""
+    ctx = vtpm_server.esapi("mssim")
+    try:
+        yield ctx
+    finally:
+        ctx.close()
