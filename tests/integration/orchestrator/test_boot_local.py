@@ -7,13 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from igvm.measure import mrtd
 from tdxsim.host.l1_image import build_l1_image
 
 ROOT = Path(__file__).resolve().parents[3]
-pytestmark = pytest.mark.integration
 
 
 def _run(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:

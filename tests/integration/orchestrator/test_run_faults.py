@@ -15,7 +15,6 @@ from orchestrator.errors import LocalBootError
 
 ROOT = Path(__file__).resolve().parents[3]
 INVOKE = Path(sys.executable).parent / "invoke"
-pytestmark = pytest.mark.integration
 STEP_3 = "step 3 (L1 (svsm) boots from the measured image"
 
 

@@ -24,7 +24,6 @@ from verifier.td_attestation import verify_td_attestation
 ROOT = Path(__file__).resolve().parents[3]
 RAM = [(0, 32 << 20)]
 MAC_KEY, QUOTING = simulated_platform(b"svsm integration")
-pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")

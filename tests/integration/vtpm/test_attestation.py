@@ -16,22 +16,9 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from .conftest import VtpmProcess
-
-pytestmark = pytest.mark.integration
-
 NV_ECC_EK_CERT = 0x01C0000A
 DEBUG_PCR = 16  # resettable at locality 0 (PC Client), so tests can start it from zeros
 SECRET = b"sealed to PCR 16"
-
-
-@pytest.fixture(scope="module")
-def ectx(vtpm_server: VtpmProcess) -> Iterator[Any]:
-    ctx = vtpm_server.esapi("mssim")
-    try:
-        yield ctx
-    finally:
-        ctx.close()
 
 
 def policy_session(ectx: Any) -> Any:

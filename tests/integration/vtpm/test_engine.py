@@ -13,7 +13,7 @@ from tpm2_pytss import ESAPI, TSS2_Exception
 from tpm2_pytss.constants import TPM2_ALG, TPM2_RC, TPM2_SU, TPMA_NV
 from tpm2_pytss.types import TPM2B_AUTH, TPM2B_NV_PUBLIC, TPMS_NV_PUBLIC
 
-from tests.integration.vtpm.conftest import EngineTcti
+from tests.support.engine_tcti import EngineTcti
 from vtpm import wire
 from vtpm.engine import TPM_MAX_COMMAND_SIZE, EngineBusyError, TpmEngine, response_code
 from vtpm.wire import (
@@ -23,8 +23,6 @@ from vtpm.wire import (
     TPM_RC_INITIALIZE,
     TPM_RC_SUCCESS,
 )
-
-pytestmark = pytest.mark.integration
 
 NV_INDEX = 0x01500010
 PCR_LOCALITY_1_TO_3 = 20  # PC Client: extendable from localities 1, 2 and 3 only

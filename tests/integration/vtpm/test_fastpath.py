@@ -13,14 +13,12 @@ from collections.abc import Callable, Iterator
 import pytest
 from tpm2_pytss.constants import TPM2_RC
 
-from tests.integration.vtpm.conftest import recv_response
+from tests.support.tpm_socket import recv_response
 from vtpm import wire
 from vtpm.engine import TpmEngine, response_code
 from vtpm.fastpath import DEFAULT_LIBRARY, LIBRARY_ENV, Accepted, FastPath, Status
 from vtpm.server import VtpmServer
 from vtpm.wire import TPM_RC_FAILURE, TPM_RC_SUCCESS
-
-pytestmark = pytest.mark.integration
 
 GET_RANDOM_16 = struct.pack(">HIIH", 0x8001, 12, 0x17B, 16)
 PCR_LOCALITY_1_TO_3 = 20  # PC Client: extendable from localities 1, 2 and 3 only

@@ -10,7 +10,6 @@ import hashlib
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, ObjectIdentifier
 
-from .conftest import VtpmProcess
-
-pytestmark = pytest.mark.integration
+from tests.support.vtpm_process import VtpmProcess
 
 ROOT = Path(__file__).resolve().parents[3]
 NV_RSA_EK_CERT = 0x01C00002
@@ -34,15 +31,6 @@ OID_VTPM_CA = ObjectIdentifier("2.16.840.1.113741.1.5.5.2.5")
 OID_EK_CERT = ObjectIdentifier("2.23.133.8.1")
 EK_KINDS = {"rsa": ("EK-RSA2048", NV_RSA_EK_CERT), "ecc": ("EK-ECC256", NV_ECC_EK_CERT)}
 NV_BUFFER = 512
-
-
-@pytest.fixture(scope="module")
-def ectx(vtpm_server: VtpmProcess) -> Iterator[Any]:
-    ctx = vtpm_server.esapi("mssim")
-    try:
-        yield ctx
-    finally:
-        ctx.close()
 
 
 def nv_read(ectx: Any, index: int) -> bytes:

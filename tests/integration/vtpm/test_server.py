@@ -28,20 +28,12 @@ from tpm2_pytss.types import (
     TPMU_HA,
 )
 
-from tests.integration.vtpm.conftest import (
-    CHANNEL_PATHS,
-    SwtpmSocket,
-    VtpmProcess,
-    launch_on_path,
-    recv_exact,
-    swtpm_raw,
-)
+from tests.support.tpm_socket import SwtpmSocket, recv_exact, swtpm_raw
+from tests.support.vtpm_process import CHANNEL_PATHS, VtpmProcess, launch_on_path
 from vtpm import wire
 from vtpm.libtpms import TPM_FAIL, TPM_SUCCESS
 from vtpm.protocol import MssimCommand, SwtpmControl
 from vtpm.server import DEFAULT_BUSY_POLL_US, MAX_BUSY_POLL_US, default_busy_poll_us
-
-pytestmark = pytest.mark.integration
 
 TCTIS = ("swtpm", "mssim")
 BANKS = {"sha256": (TPM2_ALG.SHA256, hashlib.sha256), "sha384": (TPM2_ALG.SHA384, hashlib.sha384)}

@@ -11,7 +11,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from .conftest import VtpmProcess
+from tests.support.vtpm_process import VtpmProcess
 
 pytestmark = [
     pytest.mark.integration,

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from tpm2_pytss import TCTILdr  # bound now: the suite's test_import later unloads tpm2_pytss
 
-from tests.integration.vtpm.conftest import VtpmProcess, launch_vtpm
+from tests.support.vtpm_process import VtpmProcess, launch_vtpm
 from vtpm.protocol import MssimCommand
 
 SUITE_ROOT_ENV = "VTPM_SUITE_ROOT"

@@ -25,7 +25,7 @@ SDIST = f"tpm2_pytss-{SUITE_VERSION}.tar.gz"
 PLUGIN = "tests.integration.vtpm_suite.plugin"
 SUITE_TIMEOUT = 1500
 
-pytestmark = [pytest.mark.tpm_suite, pytest.mark.integration]
+pytestmark = pytest.mark.tpm_suite
 
 
 def fetch_suite() -> Path:

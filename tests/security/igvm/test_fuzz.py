@@ -8,8 +8,6 @@ import time
 import warnings
 import zlib
 
-import pytest
-
 from igvm.errors import IgvmError
 from igvm.format import IgvmFile
 from igvm.headers import (
@@ -24,9 +22,7 @@ from igvm.headers import (
     VpContext,
     VpCount,
 )
-from tests.unit.igvm.conftest import tdx_platform, v4_image
-
-pytestmark = pytest.mark.security
+from tests.support.igvm_files import tdx_platform, v4_image
 
 MUTATED_INPUTS = 100_000
 TIME_BUDGET_SECONDS = 150.0

@@ -11,9 +11,7 @@ import pytest
 from igvm.errors import IgvmError
 from igvm.format import IgvmFile, scan
 from igvm.measure import mrtd
-from tests.unit.igvm.conftest import assemble, platform_entry, tlv
-
-pytestmark = pytest.mark.security
+from tests.support.igvm_files import assemble, platform_entry, tlv
 
 
 def _timed_reject(raw: bytes, message: str) -> None:

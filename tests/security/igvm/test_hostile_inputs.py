@@ -18,9 +18,7 @@ from pathlib import Path
 import pytest
 
 from igvm.headers import IGVM_PLATFORM_TDX, SupportedPlatform
-from tests.unit.igvm.conftest import assemble, platform_entry, tlv, v4_image
-
-pytestmark = pytest.mark.security
+from tests.support.igvm_files import assemble, platform_entry, tlv, v4_image
 
 ROOT = Path(__file__).resolve().parents[3]
 MEMORY_LIMIT = 768 << 20  # address space of the child: far below what a runaway would take

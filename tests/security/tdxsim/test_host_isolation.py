@@ -23,7 +23,7 @@ from tdxsim.host.l1_image import build_l1_image
 from tdxsim.host.shared_memory import HostAccessDenied
 from tdxsim.host.td_process import CHUNKS_PER_PAGE
 from tdxsim.host.vmm import HostCallRefused, Vmm, simulated_platform
-from tests.unit.tdxsim.test_host import BUF, SHARED_BIT, HostTd
+from tests.support.host_td import BUF, SHARED_BIT, HostTd
 
 SECRET = b"L1 private key material"
 PRIVATE = 0x120000

@@ -13,8 +13,6 @@ from tdxsim.module.memory import PageState
 from tdxsim.module.registers import Regs
 from tdxsim.testing import L2Context, TdHarness, assemble
 
-pytestmark = pytest.mark.security
-
 CODE = 0x10000
 L1_SECRET = 0x70000
 SECRET = b"L1-ONLY-SECRET!!" * 4

@@ -32,8 +32,6 @@ from verifier.quote import (
 
 from .conftest import REPORTDATA, TD
 
-pytestmark = pytest.mark.security
-
 HEADER_PARSED_FIELDS = {
     0: "header.version",
     1: "header.version",

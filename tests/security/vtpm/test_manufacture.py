@@ -13,7 +13,8 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from tests.integration.vtpm.conftest import VtpmProcess
+from tests.support.tpm_socket import SocketTransport
+from tests.support.vtpm_process import VtpmProcess
 from vtpm import attest, certs, wire
 from vtpm.manufacture import (
     NV_ECC_EK_CERT,
@@ -24,10 +25,6 @@ from vtpm.manufacture import (
     manufacture,
     read_ca_certificate,
 )
-
-from .conftest import SocketTransport
-
-pytestmark = [pytest.mark.security, pytest.mark.integration]
 
 TPM_RC_NV_LOCKED = 0x148
 TPM_RC_NV_AUTHORIZATION = 0x149

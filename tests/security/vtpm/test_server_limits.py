@@ -15,11 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.vtpm.conftest import VtpmProcess, recv_exact, recv_response
+from tests.support.tpm_socket import recv_exact, recv_response
+from tests.support.vtpm_process import VtpmProcess
 from vtpm.protocol import MssimCommand
 from vtpm.server import MAX_CONNECTIONS, ServerConfigError, VtpmServer
-
-pytestmark = [pytest.mark.security, pytest.mark.integration]
 
 ROOT = Path(__file__).resolve().parents[3]
 GET_RANDOM_16 = struct.pack(">HIIH", 0x8001, 12, 0x17B, 16)

@@ -13,7 +13,7 @@ import pytest
 from igvm.cli import main
 from igvm.format import IgvmFile
 from igvm.headers import IGVM_PAGE_FLAG_UNMEASURED, PageData
-from tests.unit.igvm.conftest import V4_MRTD, tdx_platform, v4_image
+from tests.support.igvm_files import V4_MRTD, tdx_platform, v4_image
 
 ROOT = Path(__file__).resolve().parents[3]
 

@@ -27,7 +27,7 @@ from igvm.headers import (
     VpContext,
     VpCount,
 )
-from tests.unit.igvm.conftest import (
+from tests.support.igvm_files import (
     V4_FIXED_HEADER,
     V4_SHA256,
     assemble,

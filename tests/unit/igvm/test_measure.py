@@ -28,7 +28,8 @@ from igvm.measure import (
     rtmr_predict,
     rtmr_replay,
 )
-from tests.unit.igvm.conftest import PATTERN_PAGE, V4_MRTD, tdx_platform, v4_image
+from tests.support.igvm_files import PATTERN_PAGE, V4_MRTD, tdx_platform, v4_image
+from tests.support.mrtd_by_hand import hand_add, hand_extend, hand_page
 
 V0 = (
     "38b060a751ac96384cd9327eb1b1e36a21fdb71114be0743"
@@ -50,22 +51,6 @@ V3 = (
     "15a8464628b6214951c4a1b57775507dd950263654e8790e"
     "257995b45013c84aba1d87a3bcbc1929b5f7db6d3e92cad6"
 )
-
-
-def hand_add(gpa: int) -> bytes:
-    """Reference 4.1: ASCII MEM.PAGE.ADD, zeros to 16, GPA LE at 16..23, zeros to 128."""
-    return b"MEM.PAGE.ADD" + bytes(4) + gpa.to_bytes(8, "little") + bytes(104)
-
-
-def hand_extend(gpa: int, chunk: bytes) -> bytes:
-    """Reference 4.1: ASCII MR.EXTEND, zeros to 16, chunk GPA at 16, zeros to 128, 256 data."""
-    return b"MR.EXTEND" + bytes(7) + gpa.to_bytes(8, "little") + bytes(104) + chunk
-
-
-def hand_page(gpa: int, data: bytes) -> bytes:
-    return hand_add(gpa) + b"".join(
-        hand_extend(gpa + 256 * k, data[256 * k : 256 * (k + 1)]) for k in range(16)
-    )
 
 
 def image(*directives: object) -> IgvmFile:

@@ -26,7 +26,7 @@ from igvm.headers import (
 )
 from igvm.measure import mrtd
 from igvm.recipe import RecipeError, load_recipe, load_recipe_text, parse_number
-from tests.unit.igvm.test_measure import hand_add, hand_page
+from tests.support.mrtd_by_hand import hand_add, hand_page
 
 ROOT = Path(__file__).resolve().parents[3]
 TEST_RECIPE = ROOT / "igvm" / "recipes" / "test-image.yaml"

@@ -9,7 +9,7 @@ from pathlib import Path
 from igvm.format import IgvmFile
 from igvm.headers import PAGE_SIZE, PageData
 from igvm.measure import mrtd
-from tests.unit.igvm.conftest import tdx_platform
+from tests.support.igvm_files import tdx_platform
 
 ROOT = Path(__file__).resolve().parents[3]
 PAGES = 24 * 1024  # 96 MiB of page data

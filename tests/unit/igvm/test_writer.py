@@ -20,7 +20,7 @@ from igvm.headers import (
     VpContext,
 )
 from igvm.writer import format_version_for, serialize, write
-from tests.unit.igvm.conftest import tdx_platform, v4_image
+from tests.support.igvm_files import tdx_platform, v4_image
 
 
 def test_same_object_same_bytes_and_read_write_is_identity(tmp_path: Path) -> None:

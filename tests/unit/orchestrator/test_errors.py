@@ -52,7 +52,9 @@ def test_a_failing_step_is_named_in_the_root_error() -> None:
     report = BootReport(image=Path("x.igvm"))
     lines: list[str] = []
     with (
-        pytest.raises(LocalBootError, match=r"step 1 \(build\) failed: FileNotFoundError: no recipe"),
+        pytest.raises(
+            LocalBootError, match=r"step 1 \(build\) failed: FileNotFoundError: no recipe"
+        ),
         _step(report, "build", lines.append),
     ):
         raise FileNotFoundError("no recipe")

@@ -22,7 +22,7 @@ from tdxsim.attestation.quoting import (
 )
 from tdxsim.host.faults import FOREVER, FaultSet, FaultSpecError, GetQuoteLength
 from tdxsim.host.services import DEFAULT_STORM_VECTOR, UART_LSR
-from tests.unit.tdxsim.test_host import BUF, SHARED_BIT, HostTd
+from tests.support.host_td import BUF, SHARED_BIT, HostTd
 from verifier.errors import VerificationError
 from verifier.quote import verify_quote
 

@@ -19,90 +19,22 @@ from tdxdefs.tdvmcall import ServiceBufferHeader as Header
 from tdxsim.attestation.quoting import (
     GET_QUOTE_DEFAULT_BUFFER_SIZE,
     GET_QUOTE_ERROR,
-    SimulatedAttestation,
     decode_get_quote_response,
-    encode_get_quote_request,
 )
-from tdxsim.host.faults import FaultSet
 from tdxsim.host.services import (
     LOG_KEEP,
     UART_BASE,
     UART_LSR,
     UART_LSR_THR_EMPTY,
-    HostVmm,
     ModuleControl,
 )
-from tdxsim.host.shared_memory import HostAccessDenied, SharedMemory
+from tdxsim.host.shared_memory import HostAccessDenied
 from tdxsim.module.build import TdBuilder, TdConfig
 from tdxsim.module.host_interface import TdExitKind
 from tdxsim.module.memory import PageState
-from tdxsim.module.registers import Regs
 from tdxsim.testing import TdHarness
+from tests.support.host_td import BUF, REPORT, SHARED_BIT, HostTd
 from verifier.quote import verify_quote
-
-SEED = b"test_host seed"
-EXPOSE_R10_R15 = 0xFC00
-SHARED_BIT = 1 << 47
-BUF = 0x100000  # two pages L1 converts to shared for GetQuote
-REPORT = 0x110000
-REPORTDATA = 0x111000
-_ATTESTATION = SimulatedAttestation.create(SEED)
-
-
-class HostTd:
-    """A TD with the test as L1 and a `HostVmm` as its host, in one process."""
-
-    def __init__(
-        self, faults: FaultSet | None = None, *, chunk: int = 512, harness: TdHarness | None = None
-    ) -> None:
-        self.h = harness if harness is not None else TdHarness.default(ram_mib=4, num_l2_vms=1)
-        if harness is None:
-            self.h.accept(0, 0x200000)
-        self.att = _ATTESTATION
-        self.h.module.attestation = self.att.reports
-        self.shared = SharedMemory.of_memory(self.h.memory)
-        self.host = HostVmm(
-            self.shared,
-            ModuleControl(self.h.module),
-            self.att.quoting,
-            faults,
-            mapgpa_chunk_pages=chunk,
-        )
-        self.h.module.host = self.host
-
-    def vmcall(self, sub: int, *, r10: int = 0, **regs: int) -> Regs:
-        """TDG.VP.VMCALL exposing R10..R15; the TDCALL itself must succeed."""
-        out = self.h.tdcall(Leaf.VP_VMCALL, rcx=EXPOSE_R10_R15, r10=r10, r11=sub, **regs)
-        assert out.rax == TDX_SUCCESS
-        return out
-
-    def map_shared(self, gpa: int, length: int) -> None:
-        """MapGPA to shared until done (L1's retry loop)."""
-        start = gpa | SHARED_BIT
-        end = start + length
-        while True:
-            out = self.vmcall(Tdvmcall.MAP_GPA, r12=start, r13=end - start)
-            if out.r10 == TDVMCALL_SUCCESS:
-                return
-            assert out.r10 == TDVMCALL_RETRY
-            start = out.r11
-
-    def quote_request(self, report_data: bytes = b"\x42" * 64) -> bytes:
-        """MR.REPORT into private memory, then the GetQuote request bytes in the shared buffer."""
-        self.h.write(REPORTDATA, report_data)
-        self.h.ok(Leaf.MR_REPORT, rcx=REPORT, rdx=REPORTDATA)
-        request = encode_get_quote_request(self.h.read(REPORT, 1024))
-        self.map_shared(BUF, GET_QUOTE_DEFAULT_BUFFER_SIZE)
-        self.h.write(BUF | SHARED_BIT, request)
-        return request
-
-    def get_quote(self) -> Regs:
-        return self.vmcall(
-            Tdvmcall.GET_QUOTE, r12=BUF | SHARED_BIT, r13=GET_QUOTE_DEFAULT_BUFFER_SIZE
-        )
-
-    def buffer(self) -> bytes:
-        return self.h.read(BUF | SHARED_BIT, GET_QUOTE_DEFAULT_BUFFER_SIZE)
 
 
 @pytest.fixture

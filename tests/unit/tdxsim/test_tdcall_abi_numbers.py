@@ -1,8 +1,9 @@
-"""Independent conformance review of the L1 TDCALL leaves (reference sections 1-3).
+"""The L1 TDCALL leaves return the leaf numbers, status codes, field IDs and write masks that
+the Intel TDX Module ABI Specification and the TD Partitioning Architecture Specification give.
 
-Fills the gaps the review found in test_leaves.py / test_attrs.py. Every expected number is
-taken from tdx-partitioning-abi.md (field IDs, masks, status codes are spelled out here from
-the reference, not imported from tdxdefs), so a wrong constant in the module shows up.
+Every expected number is spelled out here, not imported from tdxdefs or tdxsim, so a wrong
+constant in the module model fails a test instead of agreeing with itself. test_leaves.py and
+test_attrs.py cover the same leaves through the module's own names.
 """
 
 from __future__ import annotations
@@ -13,13 +14,13 @@ import pytest
 
 from tdxsim.testing import PendingPageAccess, TdHarness
 
-# --- numbers from the reference -------------------------------------------------------------
+# --- numbers from the specifications -------------------------------------------------------------
 ALL_ONES = (1 << 64) - 1
-# 1.1 leaf numbers
+# TDCALL leaf numbers (RAX)
 VP_INFO, RTMR_EXTEND, VEINFO_GET, PAGE_ACCEPT = 1, 2, 3, 6
 VM_RD, VM_WR, VP_RD, VP_WR = 7, 8, 9, 10
 ATTR_RD, ATTR_WR, VP_ENTER, VP_INVEPT, VP_INVVPID = 23, 24, 25, 26, 27
-# 1.4 status codes
+# completion status codes
 SUCCESS = 0x0000000000000000
 OPERAND_INVALID = 0xC000010000000000
 NO_VALID_VE_INFO = 0xC000070400000000
@@ -31,12 +32,12 @@ FIELD_NOT_WRITABLE = 0xC0000C0100000000
 CLASS_MASK = 0xFFFFFFFF00000000
 # operand ids (MOD operand_id_e: RAX 0, RCX 1, RDX 2, R8 8)
 OP_RAX, OP_RCX, OP_RDX, OP_R8 = 0, 1, 2, 8
-# 2.1 attribute bits
+# L2 page attribute bits (TDG.MEM.PAGE.ATTR.RD/WR)
 R, W, XS, XU, VGP, PWA, SSS, SVE, VALID = 1, 2, 4, 8, 0x10, 0x20, 0x40, 0x80, 0x8000
 INVEPT_FLAG = 0x8000
 GPA_MAPPING_PENDING = 1 << 62
 LEVEL_2M = 1
-# 3.1 metadata
+# metadata field IDs (TDG.VM.RD/WR, TDG.VP.RD/WR)
 NUM_L2_VMS_FIELD = 0x9010000100000005
 NOTIFY_ENABLES_FIELD = 0x9100000000000010
 CONTEXT_VCPU = 2
@@ -79,7 +80,7 @@ def attr_wr(h: TdHarness, rcx: int, new: dict[int, int], mask: dict[int, int]): 
     return h.tdcall(ATTR_WR, rcx=rcx, rdx=attrs(new), r8=attrs(mask))
 
 
-# --- 1.1 dispatcher: every leaf outside the implemented set -------------------------------------
+# --- dispatcher: every leaf outside the implemented set ------------------------------------------
 @pytest.mark.parametrize("leaf", [5, 11, 12, 13, 14, 18, 20, 22, 28, 29, 30, 31, 0x80])
 def test_unimplemented_leaves_are_operand_invalid_naming_rax(h: TdHarness, leaf: int) -> None:
     out = h.tdcall(leaf, rcx=0x1234, rdx=0x5678)
@@ -87,7 +88,7 @@ def test_unimplemented_leaves_are_operand_invalid_naming_rax(h: TdHarness, leaf:
     assert (out.rcx, out.rdx) == (0x1234, 0x5678)
 
 
-# --- 1.2 VP.INFO -----------------------------------------------------------------------------
+# --- TDG.VP.INFO ---------------------------------------------------------------------------------
 def test_vp_info_every_output_register() -> None:
     h = TdHarness.default(ram_mib=4, num_l2_vms=3, vcpus=3, attributes=0x1)
     out = h.tdcall(VP_INFO, vcpu=2, rdx=0xAA, r8=0xBB, r9=0xCC, r10=0xDD, r11=0xEE)
@@ -100,7 +101,7 @@ def test_vp_info_every_output_register() -> None:
     assert out.r11 == 0
 
 
-# --- 1.2 MR.RTMR.EXTEND ----------------------------------------------------------------------
+# --- TDG.MR.RTMR.EXTEND --------------------------------------------------------------------------
 def test_rtmr_extend_index_3_and_only_that_rtmr(h: TdHarness) -> None:
     digest = hashlib.sha384(b"rtmr3").digest()
     h.write(0x1040, digest)  # 64-byte aligned, not page aligned
@@ -109,7 +110,7 @@ def test_rtmr_extend_index_3_and_only_that_rtmr(h: TdHarness) -> None:
     assert h.td.rtmr[:3] == [bytes(48)] * 3
 
 
-# --- 1.2 VP.VEINFO.GET: the whole register layout -----------------------------------------------
+# --- TDG.VP.VEINFO.GET: the whole register layout ------------------------------------------------
 def test_veinfo_register_layout_after_pending_read(h: TdHarness) -> None:
     gpa = PENDING + 0x2468
     with pytest.raises(PendingPageAccess):
@@ -122,7 +123,7 @@ def test_veinfo_register_layout_after_pending_read(h: TdHarness) -> None:
     assert h.tdcall(VEINFO_GET).rax == NO_VALID_VE_INFO
 
 
-# --- 1.2 MEM.PAGE.ACCEPT ------------------------------------------------------------------------
+# --- TDG.MEM.PAGE.ACCEPT -------------------------------------------------------------------------
 def test_accept_4k_twice_is_already_accepted_and_keeps_contents() -> None:
     h = TdHarness.default(ram_mib=4)
     h.memory.level[0:512] = bytes(512)  # host mapped the first 2M as 4K pages
@@ -147,7 +148,7 @@ def test_accept_size_mismatch_class_exact(h: TdHarness) -> None:
         h.read(PENDING + 0x3000, 1)
 
 
-# --- 1.2 VM.RD / VM.WR --------------------------------------------------------------------------
+# --- TDG.VM.RD / TDG.VM.WR -----------------------------------------------------------------------
 def test_vm_rd_num_l2_vms_exact_field_id(h: TdHarness) -> None:
     out = h.tdcall(VM_RD, rdx=NUM_L2_VMS_FIELD)
     assert out.rax == SUCCESS and out.r8 == 2
@@ -160,7 +161,7 @@ def test_vm_wr_write_mask_limits_change(h: TdHarness) -> None:
     assert h.tdcall(VM_RD, rdx=NOTIFY_ENABLES_FIELD).r8 == before
 
 
-# --- 1.2 / 3.1 VP.RD / VP.WR: write masks of the reference table --------------------------------
+# --- TDG.VP.RD / TDG.VP.WR: the write mask of each L2 VMCS field ---------------------------------
 WRITE_MASKS = [
     (0x201A, 0x80),  # EPTP
     (0x2012, 0xFFFFFFFFFFFFF000),  # VIRTUAL_APIC_PAGE_ADDR
@@ -177,7 +178,7 @@ WRITE_MASKS = [
 
 
 @pytest.mark.parametrize(("encoding", "mask"), WRITE_MASKS, ids=[hex(e) for e, _ in WRITE_MASKS])
-def test_vp_wr_applies_reference_write_mask(h: TdHarness, encoding: int, mask: int) -> None:
+def test_vp_wr_applies_the_field_write_mask(h: TdHarness, encoding: int, mask: int) -> None:
     fid = vmcs_fid(1, encoding)
     mask &= width_mask(encoding)
     before = h.tdcall(VP_RD, rdx=fid)
@@ -206,7 +207,7 @@ def test_vp_wr_caller_mask_in_r9_narrows_the_write(h: TdHarness) -> None:
     [0x2000, 0x2002, 0x2016, 0x2018, 0x202A, 0x203C],
     ids=["IO_BITMAP_A", "IO_BITMAP_B", "PID_ADDR", "VMFUNC_CTLS", "VE_INFO_ADDR", "SHARED_EPTP"],
 )
-def test_read_only_vmcs_fields_of_reference(h: TdHarness, encoding: int) -> None:
+def test_read_only_vmcs_fields_refuse_writes(h: TdHarness, encoding: int) -> None:
     fid = vmcs_fid(1, encoding)
     before = h.tdcall(VP_RD, rdx=fid)
     assert before.rax == SUCCESS  # readable ...
@@ -228,7 +229,7 @@ def test_writable_vmcs_fields_round_trip(h: TdHarness, encoding: int) -> None:
     assert h.tdcall(VP_RD, rdx=vmcs_fid(1, encoding)).r8 != value or value == 0  # per VM
 
 
-def test_msr_bitmap_field_of_vm1_by_reference_id(h: TdHarness) -> None:
+def test_msr_bitmap_field_of_vm1_by_its_field_id(h: TdHarness) -> None:
     # MSR 0xC0000080 read-high: byte 0x400 + 0x80/8 = 0x410 -> qword 0x82, bit 0
     fid = msr_bitmap_fid(1, 0x82)
     assert h.tdcall(VP_RD, rdx=fid).r8 == ALL_ONES
@@ -253,7 +254,7 @@ def test_vp_rd_of_vmcs_field_with_wrong_context_is_incorrect(h: TdHarness) -> No
     assert h.tdcall(VP_RD, rdx=fid).rax == FIELD_ID_INCORRECT
 
 
-# --- 2.3 MEM.PAGE.ATTR.WR rules not covered elsewhere --------------------------------------------
+# --- TDG.MEM.PAGE.ATTR.WR rules ------------------------------------------------------------------
 def test_xu_only_creates_alias(h: TdHarness) -> None:
     out = attr_wr(h, PAGE, {1: XU | VALID}, {1: XU})
     assert out.rax == SUCCESS
@@ -313,7 +314,7 @@ def test_attr_rd_of_any_address_inside_page_after_alias(h: TdHarness) -> None:
     assert word(out.rdx, 1) == R | VALID
 
 
-# --- 1.2 / 3.3 VP.ENTER operands --------------------------------------------------------------
+# --- TDG.VP.ENTER operands -----------------------------------------------------------------------
 @pytest.mark.parametrize("bit", [2, 12, 51, 54, 62, 63])
 def test_vp_enter_reserved_rcx_bits(h: TdHarness, bit: int) -> None:
     ctx = h.l2(1)
@@ -340,9 +341,9 @@ def test_vp_enter_missing_vapic_is_operand_170_for_vm1(h: TdHarness) -> None:
     assert h.tdcall(VP_ENTER, rcx=1 << 52, rdx=state).rax == OPERAND_INVALID | 170
 
 
-# --- 1.2 VP.INVEPT / VP.INVVPID -------------------------------------------------------------------
+# --- TDG.VP.INVEPT / TDG.VP.INVVPID --------------------------------------------------------------
 @pytest.mark.parametrize("rcx", [1 << 4, 1 << 63, 0b111])
-def test_invept_more_bad_bitmaps(h: TdHarness, rcx: int) -> None:
+def test_invept_refuses_bad_vm_bitmaps(h: TdHarness, rcx: int) -> None:
     assert h.tdcall(VP_INVEPT, rcx=rcx).rax == OPERAND_INVALID | OP_RCX
 
 

@@ -1,6 +1,9 @@
-"""Independent conformance review, L2 side: real x86-64 code under TDG.VP.ENTER (reference 2.5,
-3.3 and 4). Fills the gaps the review found in test_l2_exits.py. Expected values come from the
-reference and the VMX architecture, spelled out here (not imported from tdxdefs)."""
+"""Real x86-64 L2 code under TDG.VP.ENTER: the guest-state block, exit registers, exit routing,
+EPT-violation qualifications and interrupt delivery carry the numbers that the Intel TDX Module
+TD Partitioning Architecture Specification and the Intel SDM (VMX exit reasons, VMCS encodings)
+give. The numbers are spelled out here, not imported from tdxdefs or tdxsim, so a wrong
+constant in the module model fails a test; test_l2_exits.py covers the same paths through the
+module's names."""
 
 from __future__ import annotations
 
@@ -15,14 +18,14 @@ VP_RD, VP_WR, VP_ENTER = 9, 10, 25
 SUCCESS = 0
 OPERAND_INVALID = 0xC000010000000000
 PENDING_INTERRUPT = 0x0000112000000000
-# VMX exit reasons (3.3)
+# VMX basic exit reasons (Intel SDM Vol. 3, appendix C)
 CPUID, GETSEC, HLT, INVD, INVLPG, RDPMC, RDTSC = 10, 11, 12, 13, 14, 15, 16
 VMCALL, VMCLEAR, VMLAUNCH, VMPTRLD, VMPTRST, VMREAD = 18, 19, 20, 21, 22, 23
 VMRESUME, VMWRITE, VMXOFF, VMXON, MSR_READ, MSR_WRITE = 24, 25, 26, 27, 31, 32
 INVEPT, INVVPID, VMFUNC = 50, 53, 59
 INVALID_GUEST_STATE, PAUSE, EPT_VIOLATION, TDCALL = 33, 40, 48, 77
 ENTRY_FAILURE = 1 << 31
-# L2 VMCS encodings (3.1, 4)
+# L2 VMCS field encodings (Intel SDM Vol. 3, appendix B)
 GUEST_CS_SELECTOR, GUEST_CS_LIMIT, GUEST_CS_AR, GUEST_CS_BASE = 0x0802, 0x4802, 0x4816, 0x6808
 PROC_BASED, SECONDARY, EXCEPTION_BITMAP = 0x4002, 0x401E, 0x4004
 ENTRY_INTR_INFO, ENTRY_INSTR_LEN, INTERRUPTIBILITY = 0x4016, 0x401A, 0x4824
@@ -32,7 +35,7 @@ SEC_VID = 1 << 9
 INTR_VALID, TYPE_HW_EXC, TYPE_SW_EXC = 1 << 31, 3 << 8, 6 << 8
 STI_BLOCKING, MOV_SS_BLOCKING = 1, 2
 L2_CTLS_ENABLE_TDVMCALL = 0x2
-# attribute words (2.1)
+# L2 page attribute words (TDG.MEM.PAGE.ATTR.WR)
 R, W, XS, VALID = 1, 2, 4, 0x8000
 RW, RO = R | W | VALID, R | VALID
 
@@ -92,7 +95,7 @@ def install_idt(h: TdHarness, handler_source: str, vector: int = VECTOR) -> None
     vmcs_wr(h, GUEST_IDTR_LIMIT, 256 * 16 - 1)
 
 
-# --- 3.3 the 256-byte L2_ENTER_GUEST_STATE, by raw offsets ----------------------------------------
+# --- the 256-byte L2_ENTER_GUEST_STATE, by raw offsets -------------------------------------------
 GPR_ORDER = ["rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi"] + [
     f"r{i}" for i in range(8, 16)
 ]
@@ -142,7 +145,7 @@ def test_guest_interrupt_status_low_byte_rvi_high_byte_svi(h: TdHarness, l2: L2C
     assert status == VECTOR << 8  # RVI 0 (IRR empty), SVI = VECTOR (in service)
 
 
-# --- 3.3 exit registers --------------------------------------------------------------------------
+# --- TDG.VP.ENTER exit registers -----------------------------------------------------------------
 def test_exit_registers_layout_on_cpuid(h: TdHarness, l2: L2Context) -> None:
     l2.load(CODE, assemble("cpuid", CODE))
     block = struct.pack("<16Q", *([0] * 4 + [STACK_TOP] + [0] * 11))
@@ -171,8 +174,8 @@ def test_vp_enter_invalidation_types_2_and_3(h: TdHarness, l2: L2Context, invd_t
     assert l2.enter(rip=CODE, flags=invd_type).regs.rax == SUCCESS | HLT
 
 
-# --- 3.3 routing: MSR bitmap, high range and out-of-range MSRs ---------------------------
-def test_high_msr_read_follows_bitmap_by_reference_field(h: TdHarness, l2: L2Context) -> None:
+# --- routing: MSR bitmap, high range and out-of-range MSRs ---------------------------------------
+def test_high_msr_read_follows_the_msr_bitmap_field(h: TdHarness, l2: L2Context) -> None:
     # MSR 0xC0000100: read-high bitmap byte 0x400 + 0x100/8 = 0x420 -> qword 0x84, bit 0
     src = "mov ecx, 0xc0000100\nrdmsr\nhlt"
     assert run(l2, src).reason == MSR_READ
@@ -190,7 +193,7 @@ def test_msr_outside_both_ranges_always_exits(h: TdHarness, l2: L2Context) -> No
     assert ex.regs.rax == SUCCESS | MSR_READ and ex.instr_len == 2
 
 
-# --- 3.3 routing: conditional and unconditional instruction exits --------------------------------
+# --- routing: conditional and unconditional instruction exits ------------------------------------
 @pytest.mark.parametrize(
     ("source", "control", "reason", "length"),
     [
@@ -296,7 +299,7 @@ def test_l2_accept_tdcall_exits_to_l1_with_leaf_in_rax(h: TdHarness, l2: L2Conte
     assert h.memory.page_state(0x400000).name == "PENDING"  # L2 did not accept L1's page
 
 
-# --- 2.5 EPT-violation qualification -----------------------------------------------------------
+# --- EPT-violation qualification -----------------------------------------------------------------
 def test_read_of_execute_only_alias(h: TdHarness, l2: L2Context) -> None:
     page = 0x50000
     h.set_alias(1, page, XS | VALID)
@@ -306,7 +309,7 @@ def test_read_of_execute_only_alias(h: TdHarness, l2: L2Context) -> None:
     assert ex.gpa == page + 0x40
 
 
-# --- 4 interrupts --------------------------------------------------------------------------------
+# --- interrupts ----------------------------------------------------------------------------------
 EOI_HANDLER = f"""
     mov qword ptr [{DATA:#x}], 0x5a
     mov ecx, 0x80b
