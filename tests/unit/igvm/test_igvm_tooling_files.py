@@ -1,10 +1,11 @@
 """IGVM files from another generator (Microsoft's igvm-tooling): check, dump and measure.
 
-The files (tests/data/igvm-tooling, see PROVENANCE.md there) are SEV-SNP layouts whose VP_CONTEXT
-header padding holds non-zero bytes, which loaders accept and `check --strict` reports. The MRTD
-comparison uses a walk written here from the IGVM specification alone (fixed header, TLV entries,
-PAGE_DATA and PARAMETER_INSERT) and the TDX measurement of the Intel TDX Module ABI Specification
-(TDH.MEM.PAGE.ADD and TDH.MR.EXTEND extension blocks), so it shares no code with igvm.measure.
+The files (public test data kept beside the repository, tests/data/igvm-tooling/PROVENANCE.md)
+are SEV-SNP layouts whose VP_CONTEXT header padding holds non-zero bytes, which loaders accept
+and `check --strict` reports. The MRTD comparison uses a walk written here from the IGVM
+specification alone (fixed header, TLV entries, PAGE_DATA and PARAMETER_INSERT) and the TDX
+measurement of the Intel TDX Module ABI Specification (TDH.MEM.PAGE.ADD and TDH.MR.EXTEND
+extension blocks), so it shares no code with igvm.measure.
 """
 
 from __future__ import annotations
@@ -19,10 +20,12 @@ from pathlib import Path
 import pytest
 
 from igvm.cli import main
+from tests.support.public_data import public_dir, require
 
-DATA = Path(__file__).resolve().parents[2] / "data" / "igvm-tooling"
+DATA = public_dir("igvm-tooling")
 FILES = sorted(DATA.glob("*.igvm"))
 SNP_MASK = 1
+GENERATED = ("bzimage-x64.igvm", "bzimage-x86-vtl2.igvm", "bzimage2-shared.igvm")
 
 # The generator's dump: NAME(offset){ Field:value ... } per header; a VP_CONTEXT is printed
 # twice (the second time followed by its VMSA), so entries are keyed by offset.
@@ -60,6 +63,7 @@ def run(*argv: str) -> tuple[int, str]:
 
 
 def test_the_generated_files_are_present() -> None:
+    require("igvm-tooling", *GENERATED)
     assert len(FILES) == 3, FILES
 
 
@@ -162,7 +166,7 @@ def test_measure_matches_an_independent_tdx_measurement(path: Path) -> None:
 def test_measure_without_a_tdx_platform_or_with_an_absent_mask_fails(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    path = FILES[0]
+    path = require("igvm-tooling", GENERATED[0]) / GENERATED[0]
     assert run("measure", str(path))[0] == 1
     assert "no TDX SUPPORTED_PLATFORM" in capsys.readouterr().err
     assert run("measure", "--mask", "2", str(path)) == (1, "")

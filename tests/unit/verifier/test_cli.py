@@ -16,12 +16,12 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from igvm.build import build
 from igvm.measure import mrtd
+from tests.support.public_data import require
 from verifier.cli import main
 
 from .conftest import TdEvidence
 
 ROOT = Path(__file__).resolve().parents[3]
-DATA = ROOT / "tests" / "data" / "ccel"
 TEST_RECIPE = ROOT / "igvm" / "recipes" / "test-image.yaml"
 EVENT_16_DIGEST = 1732 + 12 + 2  # record 16 of the public sample extends RTMR2
 
@@ -48,9 +48,15 @@ def test_help_names_both_commands_and_the_exit_status() -> None:
     assert "MR index = RTMR + 1" in " ".join(sub.stdout.split()) and "--quote" in sub.stdout
 
 
-def test_the_public_log_matches_its_quote() -> None:
+@pytest.fixture
+def ccel() -> Path:
+    """The public CCEL sample and its quote (tests/data/ccel/PROVENANCE.md)."""
+    return require("ccel", "ccel_data.bin", "td_quote_v4.dat")
+
+
+def test_the_public_log_matches_its_quote(ccel: Path) -> None:
     status, out = run(
-        "eventlog", str(DATA / "ccel_data.bin"), "--quote", str(DATA / "td_quote_v4.dat")
+        "eventlog", str(ccel / "ccel_data.bin"), "--quote", str(ccel / "td_quote_v4.dat")
     )
     assert status == 0, out
     assert "20 events in 2120 bytes (63416 bytes of fill after them); digests: SHA384" in out
@@ -58,16 +64,16 @@ def test_the_public_log_matches_its_quote() -> None:
     assert "  16    1732   3  EV_EVENT_TAG" in out
 
 
-def test_a_changed_event_exits_1_naming_the_rtmr(tmp_path: Path) -> None:
-    changed = bytearray((DATA / "ccel_data.bin").read_bytes())
+def test_a_changed_event_exits_1_naming_the_rtmr(ccel: Path, tmp_path: Path) -> None:
+    changed = bytearray((ccel / "ccel_data.bin").read_bytes())
     changed[EVENT_16_DIGEST] ^= 0xFF
     log = tmp_path / "ccel"
     log.write_bytes(bytes(changed))
-    status, out = run("eventlog", str(log), "--quote", str(DATA / "td_quote_v4.dat"))
+    status, out = run("eventlog", str(log), "--quote", str(ccel / "td_quote_v4.dat"))
     assert status == 1
     assert "RTMR2 mismatch: the log replays to " in out
     assert out.count("matches the quote") == 3
-    status, out = run("eventlog", str(log), "--quote", str(DATA / "td_quote_v4.dat"), "--json")
+    status, out = run("eventlog", str(log), "--quote", str(ccel / "td_quote_v4.dat"), "--json")
     result = json.loads(out)
     assert status == 1 and result["mismatched_rtmrs"] == [2] and result["ok"] is False
     assert len(result["events"]) == 20 and result["events"][16]["rtmr"] == 2
@@ -90,10 +96,10 @@ def test_the_log_in_a_ca_certificate_is_read_from_pem_and_der(
 
 
 def test_a_malformed_log_exits_1_naming_the_offset(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ccel: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     log = tmp_path / "short"
-    log.write_bytes((DATA / "ccel_data.bin").read_bytes()[:1000])
+    log.write_bytes((ccel / "ccel_data.bin").read_bytes()[:1000])
     status, _out = run("eventlog", str(log))
     assert status == 1
     # record 9 starts at 972: its SHA-384 digest (at 972 + 14) is cut after 14 bytes
@@ -103,12 +109,14 @@ def test_a_malformed_log_exits_1_naming_the_offset(
     )
 
 
-def test_a_v5_quote_is_refused_by_name(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    quote = bytearray((DATA / "td_quote_v4.dat").read_bytes())
+def test_a_v5_quote_is_refused_by_name(
+    ccel: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    quote = bytearray((ccel / "td_quote_v4.dat").read_bytes())
     quote[0:2] = struct.pack("<H", 5)
     path = tmp_path / "q5"
     path.write_bytes(bytes(quote))
-    status, _ = run("eventlog", str(DATA / "ccel_data.bin"), "--quote", str(path))
+    status, _ = run("eventlog", str(ccel / "ccel_data.bin"), "--quote", str(path))
     assert status == 1 and "header.version at offset 0: 5" in capsys.readouterr().err
 
 
@@ -179,11 +187,11 @@ def ccel_table(laml: int, cc_type: int = 2) -> bytes:
 
 
 def test_the_ccel_table_bounds_the_log_area(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ccel: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     table = tmp_path / "CCEL"
     table.write_bytes(ccel_table(4096))
-    log = str(DATA / "ccel_data.bin")
+    log = str(ccel / "ccel_data.bin")
     status, out = run("eventlog", log, "--table", str(table))
     assert status == 0
     assert "CCEL table, CC type 2 (TDX), log area 4096 bytes at 0x7f000000" in out

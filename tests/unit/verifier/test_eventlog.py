@@ -5,19 +5,27 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from pathlib import Path
 
 import pytest
 
 from svsm import eventlog as svsm_eventlog
+from tests.support.public_data import require
 from verifier import eventlog
 from verifier.cli import quote_rtmrs
 from verifier.eventlog import EventLogError, EventType, ReplayError, RtmrMismatchError, TpmAlgorithm
 from vtpm.attest import cc_event, cc_event_log_header, cc_separator_event
 
-DATA = Path(__file__).resolve().parents[2] / "data" / "ccel"
-REAL_LOG = (DATA / "ccel_data.bin").read_bytes()
-REAL_QUOTE = (DATA / "td_quote_v4.dat").read_bytes()
+
+@pytest.fixture(scope="module")
+def real_log() -> bytes:
+    return (require("ccel", "ccel_data.bin") / "ccel_data.bin").read_bytes()
+
+
+@pytest.fixture(scope="module")
+def real_quote() -> bytes:
+    return (require("ccel", "td_quote_v4.dat") / "td_quote_v4.dat").read_bytes()
+
+
 # Facts of the public sample (see tests/data/ccel/PROVENANCE.md), read with a hex viewer.
 REAL_EVENTS, REAL_END = 20, 2120
 REAL_RECORD_OFFSETS = {0: 65, 11: 1122, 16: 1732}  # record number -> offset; MR index 1, 2, 3
@@ -57,31 +65,33 @@ def test_reference_numbers_of_the_tcg_specifications() -> None:
     assert eventlog.SPEC_ID_EVENT.size == 24 + 4
 
 
-def test_the_public_ccel_sample_replays_to_its_quote() -> None:
-    log = eventlog.parse(REAL_LOG)
+def test_the_public_ccel_sample_replays_to_its_quote(real_log: bytes, real_quote: bytes) -> None:
+    log = eventlog.parse(real_log)
     assert (len(log.events), log.end, log.padding) == (
         REAL_EVENTS,
         REAL_END,
-        len(REAL_LOG) - REAL_END,
+        len(real_log) - REAL_END,
     )
     assert log.spec.algorithms == {SHA384: 48}
     assert {e.number: e.offset for e in log.events if e.number in REAL_RECORD_OFFSETS} == (
         REAL_RECORD_OFFSETS
     )
     assert {e.mr_index for e in log.events} == {1, 2, 3}
-    rtmrs = quote_rtmrs(REAL_QUOTE)
+    rtmrs = quote_rtmrs(real_quote)
     assert log.replay() == rtmrs
     assert rtmrs[3] == bytes(48) and all(value != bytes(48) for value in rtmrs[:3])
     eventlog.check_replay(log.events, rtmrs)
 
 
 @pytest.mark.parametrize(("number", "rtmr"), [(0, 0), (11, 1), (16, 2)])
-def test_one_changed_event_breaks_the_replay_of_its_rtmr_only(number: int, rtmr: int) -> None:
-    changed = bytearray(REAL_LOG)
+def test_one_changed_event_breaks_the_replay_of_its_rtmr_only(
+    number: int, rtmr: int, real_log: bytes, real_quote: bytes
+) -> None:
+    changed = bytearray(real_log)
     changed[REAL_RECORD_OFFSETS[number] + 12 + 2 + 7] ^= 0x01  # head, hashAlg, a digest byte
     log = eventlog.parse(bytes(changed))
     with pytest.raises(RtmrMismatchError) as info:
-        eventlog.check_replay(log.events, quote_rtmrs(REAL_QUOTE))
+        eventlog.check_replay(log.events, quote_rtmrs(real_quote))
     assert info.value.rtmrs == (rtmr,)
     assert f"RTMR{rtmr}: replayed " in str(info.value)
 
