@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from enum import IntEnum, IntFlag
 
+from tdxdefs.vmcs import Width, width_of
+
 FIELD_CODE_MASK = 0xFFFFFF
 FIELD_ELEM_SIZE_SHIFT = 32
 FIELD_ELEM_SIZE_MASK = 0x3
@@ -75,6 +77,20 @@ def l2_vmcs_field_id(vm: int, encoding: int, elem_size: int) -> int:
         | (elem_size << FIELD_ELEM_SIZE_SHIFT)
         | encoding
     )
+
+
+# The metadata element size of an L2 VMCS field follows its VMCS width (natural width is 64 bits).
+ELEM_SIZE_OF_WIDTH = {
+    Width.W16: ELEM_SIZE_16,
+    Width.W64: ELEM_SIZE_64,
+    Width.W32: ELEM_SIZE_32,
+    Width.NATURAL: ELEM_SIZE_64,
+}
+
+
+def l2_vmcs_field(vm: int, encoding: int) -> int:
+    """Field id for TDG.VP.RD/WR of an L2 VMCS field, its element size from its encoding."""
+    return l2_vmcs_field_id(vm, encoding, ELEM_SIZE_OF_WIDTH[width_of(encoding)])
 
 
 def msr_bitmap_field_id(vm: int, qword_index: int) -> int:

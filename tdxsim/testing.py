@@ -32,7 +32,13 @@ from pathlib import Path
 
 from tdxdefs.attributes import ATTR_R, ATTR_VALID, ATTR_W, ATTR_XS, pack_attr
 from tdxdefs.guest_state import L2_ENTER_GUEST_STATE_SIZE, L2EnterGuestState
-from tdxdefs.metadata import ELEM_SIZE_64, l2_ctls_field_id, l2_vmcs_field_id, msr_bitmap_field_id
+from tdxdefs.metadata import (
+    ELEM_SIZE_64,
+    ELEM_SIZE_OF_WIDTH,
+    l2_ctls_field_id,
+    l2_vmcs_field_id,
+    msr_bitmap_field_id,
+)
 from tdxdefs.tdcall import (
     GPR_COUNT,
     LEVEL_2M,
@@ -64,7 +70,6 @@ from tdxsim.module.host_interface import HostInterface
 from tdxsim.module.memory import PAGES_PER_2M, PageState
 from tdxsim.module.registers import Regs
 from tdxsim.module.td_state import VeInfo
-from tdxsim.module.vmcs import ELEM_SIZE_OF_WIDTH
 
 MIB = 1 << 20
 BITS_PER_BYTE = 8

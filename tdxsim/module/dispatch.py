@@ -27,6 +27,7 @@ from collections.abc import Callable
 
 from tdxdefs.guest_state import L2_ENTER_GUEST_STATE_ALIGN
 from tdxdefs.metadata import (
+    ELEM_SIZE_OF_WIDTH,
     FIELD_CODE_MASK,
     FIELD_ELEM_SIZE_MASK,
     FIELD_ELEM_SIZE_SHIFT,
@@ -93,7 +94,6 @@ from tdxsim.module.registers import GPR_NAMES, Regs
 from tdxsim.module.sept import AliasTable, check_attr_operands
 from tdxsim.module.td_state import TdState, VcpuState
 from tdxsim.module.vmcs import (
-    ELEM_SIZE_OF_WIDTH,
     KNOWN,
     READ_ONLY,
     VALUE_MASK_OF_WIDTH,

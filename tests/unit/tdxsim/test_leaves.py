@@ -273,8 +273,8 @@ def test_vmcs_write_masks_apply(h: TdHarness) -> None:
     [Vmcs.PIN_BASED_CONTROLS, Vmcs.EXIT_CONTROLS, Vmcs.POSTED_INTR_NV, Vmcs.GUEST_ACTIVITY_STATE],
 )
 def test_read_only_vmcs_fields(h: TdHarness, encoding: int) -> None:
+    from tdxdefs.metadata import ELEM_SIZE_OF_WIDTH
     from tdxdefs.vmcs import width_of
-    from tdxsim.module.vmcs import ELEM_SIZE_OF_WIDTH
 
     fid = l2_vmcs_field_id(1, encoding, ELEM_SIZE_OF_WIDTH[width_of(encoding)])
     before = h.tdcall(Leaf.VP_RD, rdx=fid)
