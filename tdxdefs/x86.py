@@ -33,3 +33,16 @@ VAPIC_EOI = 0xB0
 VAPIC_ISR = 0x100
 VAPIC_IRR = 0x200
 VAPIC_REG_STRIDE = 0x10
+
+# Flat 64-bit segment descriptors (Intel SDM Vol. 3, 3.4.5): a long-mode code segment (L=1,
+# DPL 0, present, execute/read) and a 4 GiB read/write data segment, and their selectors in a
+# GDT of [null, code, data].
+GDT_CODE64 = 0x00AF9B000000FFFF
+GDT_DATA = 0x00CF93000000FFFF
+SELECTOR_CODE = 0x08
+SELECTOR_DATA = 0x10
+GDT_FLAT_LIMIT = 3 * 8 - 1
+
+CR0_PE = 1 << 0
+CR0_PG = 1 << 31
+CR4_PAE = 1 << 5

@@ -61,6 +61,7 @@ from tdxdefs.vmcs import (
     unpack_intr_status,
     width_of,
 )
+from tdxdefs.x86 import GDT_CODE64, GDT_DATA, GDT_FLAT_LIMIT, SELECTOR_CODE, SELECTOR_DATA
 from tdxsim.errors import TdxsimError
 from tdxsim.l2cpu import DEFAULT_INSTRUCTION_BUDGET
 from tdxsim.module.attestation_interface import AttestationInterface
@@ -81,10 +82,8 @@ RFLAGS_AT, RIP_AT, INTR_STATUS_AT = (
 ALL_ONES = (1 << 64) - 1
 RWX = ATTR_R | ATTR_W | ATTR_XS | ATTR_VALID
 ATTR_MASK_RWX = ATTR_R | ATTR_W | ATTR_XS
-GDT_CODE64 = 0x00AF9B000000FFFF
-GDT_DATA = 0x00CF93000000FFFF
-SEL_CODE, SEL_DATA = 0x08, 0x10
-GDT_LIMIT = 3 * 8 - 1
+SEL_CODE, SEL_DATA = SELECTOR_CODE, SELECTOR_DATA
+GDT_LIMIT = GDT_FLAT_LIMIT
 
 
 class TdcallFailed(TdxsimError, AssertionError):

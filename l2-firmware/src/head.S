@@ -17,6 +17,8 @@ _start_image:
     .balign 64, 0
 1:
     cld
+    movq %rdi, %r12                   /* L1's entry registers: RDI = this L2's number, */
+    movq %rsi, %r13                   /* RSI = a GPA outside its memory for the self-test */
     andq $-16, %rsp
     /* zero .bss: L1 loads only the file's bytes */
     leaq __data_end(%rip), %rdi
@@ -24,6 +26,8 @@ _start_image:
     subq %rdi, %rcx
     xorl %eax, %eax
     rep stosb
+    movq %r12, %rdi
+    movq %r13, %rsi
     call l2_main
     movl %eax, %edi
     call l2_exit

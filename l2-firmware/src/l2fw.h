@@ -62,6 +62,6 @@ int fault_taken(void);
 extern volatile u32 selftest_interrupts;
 
 /* selftest.c */
-int selftest_run(void);
+int selftest_run(u64 probe_gpa);
 
 #endif

@@ -11,6 +11,16 @@ probe_write_faulted:
     movl $1, %eax
     ret
 
+/* probe_read(addr): 0 when the load went through, 1 when it faulted (probe_read_faulted). */
+    .globl probe_read, probe_read_faulted
+probe_read:
+    movb (%rdi), %al
+    xorl %eax, %eax
+    ret
+probe_read_faulted:
+    movl $1, %eax
+    ret
+
 /* The payload the firmware carries and measures (a blob in the image, outside its code). */
     .section .payload, "a"
     .ascii "tdpvtpm L2 payload: a measured blob the firmware extends into a PCR\n"

@@ -10,6 +10,8 @@
 extern char _start_image[];
 extern char probe_write_faulted[];
 int probe_write(volatile u8 *address);
+int probe_read(volatile u8 *address);
+extern char probe_read_faulted[];
 
 static int failures;
 
@@ -62,12 +64,24 @@ static void check_mmio(void) {
            "intf_id=", id);
 }
 
-int selftest_run(void) {
+/* A read of memory that is not this L2's (another L2's RAM, when L1 names one): #GP(0). */
+static void check_isolation(u64 probe_gpa) {
+    if (probe_gpa == 0) {
+        return;
+    }
+    arm_fault(GP_VECTOR, probe_read_faulted);
+    int faulted = probe_read((volatile u8 *)probe_gpa);
+    report("isolation", faulted && fault_taken(), "faulted=", (u64)faulted);
+    arm_fault(0xFFFFFFFFu, 0);
+}
+
+int selftest_run(u64 probe_gpa) {
     failures = 0;
     check_cpuid();
     check_interrupt();
     check_code_is_read_only();
     check_mmio();
+    check_isolation(probe_gpa);
     console_line("selftest: ", failures ? "FAIL" : "pass");
     return failures;
 }

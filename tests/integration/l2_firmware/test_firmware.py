@@ -169,7 +169,7 @@ def test_one_changed_character_changes_the_image(firmware: Firmware, tmp_path: P
     copy = tmp_path / "l2-firmware"
     shutil.copytree(SOURCE_DIR, copy)
     main = copy / "src" / "main.c"
-    main.write_text(main.read_text().replace('"started"', '"startet"'))
+    main.write_text(main.read_text().replace("started as", "startet as"))
     assert build_firmware(copy, tmp_path / "x.bin").image != firmware.image
 
 
@@ -207,7 +207,7 @@ def test_selftest_lines_and_the_first_unanswered_exit(firmware: Firmware) -> Non
     out = run(firmware, on_ept=refuse_code_writes)
     lines = out.console.splitlines()
     assert lines[:5] == [
-        "L2 firmware: started",
+        "L2 firmware: started as L2 0x0",
         "selftest: cpuid-tdx-vendor ok",
         "selftest: cpuid-tdp-guest ok",
         "selftest: interrupt ok",

@@ -1,0 +1,247 @@
+"""L1's handling of every L2 exit: one handler per VMX exit reason (Intel SDM Vol. 3, appendix C),
+with the TD-partitioning conventions of the Intel TDX Module TD Partitioning Architecture
+Specification (exit 77 for an L2 TDCALL; host-routed exits come back as
+TDX_L2_EXIT_HOST_ROUTED_ASYNC).
+
+A handler either completes the instruction (RIP advances by the exit's instruction length),
+injects an exception into the L2 (#GP(0) for accesses and instructions L1 refuses, #UD for
+VMCALL), or ends the L2 (its exit code, or a fatal report naming the exit and RIP). Nothing an L2
+does raises out of `handle`: L1 and the other L2s keep running.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from svsm.crb import CRB_BASE
+from svsm.decode import Direction, NotEmulatable, decode_mmio
+from svsm.errors import SvsmError
+from svsm.guestmem import GuestMemoryError
+from svsm.l2guest import L2Guest
+from svsm.ports import COM1_DATA, COM1_LINE_STATUS, DEBUG_EXIT_PORT, LSR_TRANSMIT_EMPTY
+from svsm.vcpu import GuestState, L2Exit
+from tdxdefs.tdcall import R10, R11, RAX, RBX, RCX, RDX, TDX_OPERAND_INVALID, TDX_SUCCESS
+from tdxdefs.tdvmcall import GHCI_STANDARD, TDVMCALL_OPERAND_INVALID
+from tdxdefs.vmcs import (
+    EPTV_FETCH,
+    EPTV_GLA_VALID,
+    EPTV_WRITE,
+    IOQ_IN,
+    IOQ_PORT_SHIFT,
+    IOQ_SIZE_MASK,
+    IOQ_STRING,
+    PROC_INTERRUPT_WINDOW_EXITING,
+    ExitReason,
+    Vmcs,
+)
+from tdxdefs.x86 import RFLAGS_IF, VECTOR_GP, VECTOR_UD
+
+X2APIC_SELF_IPI = 0x83F
+X2APIC_ID = 0x802
+CPUID_TDP_LEAF = 0x21
+# CPUID as L1 presents it to an L2: the TD-partitioning convention on leaf 0x21 (subleaf 0
+# "IntelTDX    ", subleaf 1 EBX = 1), leaf 0 naming that highest leaf, leaf 1 with x2APIC (ECX 21)
+# and hypervisor-present (ECX 31). Every other leaf reads as zeros.
+CPUID_VIEW: dict[tuple[int, int], tuple[int, int, int, int]] = {
+    (0, 0): (CPUID_TDP_LEAF, 0x756E6547, 0x6C65746E, 0x49656E69),  # "GenuineIntel"
+    (1, 0): (0, 0, (1 << 21) | (1 << 31), 0),
+    (CPUID_TDP_LEAF, 0): (0, 0x65746E49, 0x20202020, 0x5844546C),  # "Inte" "    " "lTDX"
+    (CPUID_TDP_LEAF, 1): (0, 1, 0, 0),
+}
+SUBLEAF_LEAVES = frozenset({CPUID_TDP_LEAF})
+MAX_IDLE_HALTS = 10_000
+U32 = 0xFFFFFFFF
+
+
+class ExitError(SvsmError):
+    """An exit L1 cannot handle for this L2; the L2 is stopped with this message."""
+
+
+def _access(ex: L2Exit) -> str:
+    if ex.qualification & EPTV_WRITE:
+        return "write"
+    return "fetch" if ex.qualification & EPTV_FETCH else "read"
+
+
+class ExitHandlers:
+    """The exit handlers for one L2."""
+
+    def __init__(self, guest: L2Guest) -> None:
+        self.guest = guest
+        self.table: dict[int, Callable[[L2Exit], None]] = {
+            ExitReason.CPUID: self.cpuid,
+            ExitReason.HLT: self.hlt,
+            ExitReason.IO: self.io,
+            ExitReason.MSR_READ: self.msr_read,
+            ExitReason.MSR_WRITE: self.msr_write,
+            ExitReason.EPT_VIOLATION: self.ept_violation,
+            ExitReason.TDCALL: self.tdcall,
+            ExitReason.VMCALL: self.vmcall,
+            ExitReason.INTERRUPT_WINDOW: self.interrupt_window,
+            ExitReason.VIRTUALIZED_EOI: self.resume,
+            ExitReason.EXTERNAL_INTERRUPT: self.resume,
+        }
+
+    @property
+    def state(self) -> GuestState:
+        """The L2's registers, as the last exit left them."""
+        return self.guest.vcpu.state
+
+    def handle(self, ex: L2Exit) -> None:
+        """Handle one exit; a failure stops this L2 with a report, never more."""
+        guest = self.guest
+        guest.outcome.exits[ex.reason_name] += 1
+        handler = self.table.get(ex.reason)
+        if handler is None:
+            guest.stop(f"unhandled {ex.reason_name} exit at RIP {self.state.rip:#x}")
+            return
+        try:
+            handler(ex)
+        except (SvsmError, ValueError) as exc:
+            guest.stop(f"{ex.reason_name} exit at RIP {self.state.rip:#x}: {exc}")
+
+    def complete(self, ex: L2Exit) -> None:
+        """The instruction is done: step over it."""
+        self.state.rip = (self.state.rip + ex.instruction_length) & 0xFFFF_FFFF_FFFF_FFFF
+
+    def refuse(self, why: str, vector: int = VECTOR_GP) -> None:
+        """Log and deliver #GP(0) (or `vector`) into the L2; the instruction is not done."""
+        self.guest.log(f"L2[{self.guest.vm}] refused at RIP {self.state.rip:#x}: {why}")
+        self.guest.vcpu.inject_exception(vector, 0)
+
+    def resume(self, ex: L2Exit) -> None:
+        """Nothing to do: enter again."""
+
+    # --- instructions -----------------------------------------------------------------------
+    def cpuid(self, ex: L2Exit) -> None:
+        gprs = self.state.gprs
+        leaf = gprs[RAX] & U32
+        sub = gprs[RCX] & U32 if leaf in SUBLEAF_LEAVES else 0
+        gprs[RAX], gprs[RBX], gprs[RCX], gprs[RDX] = CPUID_VIEW.get((leaf, sub), (0, 0, 0, 0))
+        self.complete(ex)
+
+    def hlt(self, ex: L2Exit) -> None:
+        guest = self.guest
+        if not self.state.rflags & RFLAGS_IF and not self.state.rvi:
+            guest.stop(f"HLT with interrupts disabled at RIP {self.state.rip:#x}: it cannot wake")
+            return
+        guest.idle_halts = 0 if self.state.rvi else guest.idle_halts + 1
+        if guest.idle_halts > MAX_IDLE_HALTS:
+            guest.stop(f"halted {MAX_IDLE_HALTS} times with no interrupt to wake it")
+            return
+        self.complete(ex)
+
+    def io(self, ex: L2Exit) -> None:
+        q = ex.qualification
+        port, size, is_in = q >> IOQ_PORT_SHIFT & 0xFFFF, (q & IOQ_SIZE_MASK) + 1, q & IOQ_IN
+        gprs = self.state.gprs
+        if q & IOQ_STRING:
+            self.refuse(f"string IO on port {port:#x} is not emulated")
+            return
+        if is_in:
+            value = {COM1_LINE_STATUS: LSR_TRANSMIT_EMPTY, COM1_DATA: 0}.get(port)
+            if value is None:
+                self.refuse(f"IN from port {port:#x}: no device there")
+                return
+            mask = (1 << 8 * size) - 1
+            gprs[RAX] = (gprs[RAX] & ~mask) | value if size < 4 else value
+            self.complete(ex)
+            return
+        if port == COM1_DATA:
+            self.guest.console.write(gprs[RAX] & 0xFF)
+        elif port == DEBUG_EXIT_PORT:
+            self.complete(ex)
+            self.guest.finish(gprs[RAX] & 0xFF)
+            return
+        else:
+            self.refuse(f"OUT to port {port:#x}: no device there")
+            return
+        self.complete(ex)
+
+    def msr_read(self, ex: L2Exit) -> None:
+        gprs = self.state.gprs
+        msr = gprs[RCX] & U32
+        if msr != X2APIC_ID:
+            self.refuse(f"RDMSR {msr:#x}: not an MSR this L2 has")
+            return
+        gprs[RAX], gprs[RDX] = 0, 0
+        self.complete(ex)
+
+    def msr_write(self, ex: L2Exit) -> None:
+        gprs = self.state.gprs
+        msr, value = gprs[RCX] & U32, (gprs[RDX] & U32) << 32 | gprs[RAX] & U32
+        if msr != X2APIC_SELF_IPI:
+            self.refuse(f"WRMSR {msr:#x} = {value:#x}: not an MSR this L2 may write")
+            return
+        try:
+            self.guest.apic.post(value & 0xFF, self.state)
+        except SvsmError as exc:
+            self.refuse(f"self-IPI: {exc}")
+            return
+        self.complete(ex)
+
+    def vmcall(self, ex: L2Exit) -> None:
+        self.refuse("VMCALL is not a paravisor call here", VECTOR_UD)
+
+    def interrupt_window(self, ex: L2Exit) -> None:
+        controls = self.guest.vcpu.vmcs_read(Vmcs.PROC_BASED_CONTROLS)
+        self.guest.vcpu.vmcs_write(
+            Vmcs.PROC_BASED_CONTROLS, controls & ~PROC_INTERRUPT_WINDOW_EXITING
+        )
+
+    # --- TDCALL from the L2 (exit 77) -------------------------------------------------------
+    def tdcall(self, ex: L2Exit) -> None:
+        gprs = self.state.gprs
+        leaf = gprs[RAX] & U32
+        if leaf != 0:
+            gprs[RAX] = TDX_OPERAND_INVALID
+        elif gprs[R10] != GHCI_STANDARD:
+            gprs[RAX], gprs[R10] = TDX_SUCCESS, TDVMCALL_OPERAND_INVALID
+        else:
+            gprs[RAX] = TDX_SUCCESS
+            gprs[R10] = TDVMCALL_OPERAND_INVALID  # no TDVMCALL sub-function is served to L2s
+            self.guest.log(f"L2[{self.guest.vm}] TDVMCALL sub-function {gprs[R11]:#x} refused")
+        self.complete(ex)
+
+    # --- memory -----------------------------------------------------------------------------
+    def ept_violation(self, ex: L2Exit) -> None:
+        guest = self.guest
+        if guest.is_crb(ex.gpa):
+            self.mmio(ex)
+            return
+        owner = guest.aliases.owner(ex.gpa)
+        if owner is not None:
+            where = f"L1's {owner.what}"
+        elif guest.layout.owns(ex.gpa):
+            where = f"its own RAM, alias {guest.aliases.attrs(guest.vm, ex.gpa).name or 'none'}"
+        else:
+            where = "memory that is not this L2's"
+        self.refuse(f"{_access(ex)} at GPA {ex.gpa:#x} ({where})")
+
+    def mmio(self, ex: L2Exit) -> None:
+        guest, state = self.guest, self.state
+        cr0 = guest.vcpu.vmcs_read(Vmcs.GUEST_CR0)
+        cr3 = guest.vcpu.vmcs_read(Vmcs.GUEST_CR3)
+        try:
+            code = guest.guest_memory.fetch_instruction(state.rip, cr0, cr3)
+            insn = decode_mmio(code, state.rip)
+        except (GuestMemoryError, NotEmulatable) as exc:
+            self.refuse(f"MMIO at GPA {ex.gpa:#x}: {exc}")
+            return
+        is_write = bool(ex.qualification & EPTV_WRITE)
+        if (insn.direction is Direction.WRITE) != is_write:
+            self.refuse(f"MMIO at GPA {ex.gpa:#x}: {insn.text} does not match the {_access(ex)}")
+            return
+        if ex.qualification & EPTV_GLA_VALID:
+            address = insn.memory.linear_address(state.gprs, state.rip + insn.length)
+            if address != ex.gla:
+                self.refuse(f"MMIO: {insn.text} addresses {address:#x}, the exit says {ex.gla:#x}")
+                return
+        offset = ex.gpa - CRB_BASE
+        if insn.direction is Direction.WRITE:
+            value = int.from_bytes(insn.store_value(state.gprs), "little")
+            guest.crb.write(offset, insn.size, value)
+        else:
+            data = guest.crb.read(offset, insn.size).to_bytes(insn.size, "little")
+            insn.complete_load(state.gprs, data)
+        state.rip += insn.length

@@ -1,0 +1,78 @@
+"""Reading an L2's memory on its behalf: the instruction bytes L1 must decode after an MMIO exit.
+
+L1 walks the L2's own 4-level page tables (Intel SDM Vol. 3, 4.5 "4-level paging") from its CR3,
+and every table and code page it reads must be one the L2 itself may read (per the alias manager).
+So an L2 that points CR3, or its RIP, at L1's memory or another L2's gets a refusal, never a copy
+of memory it could not read itself. The bytes are copied once; the decoder works on the copy.
+"""
+
+from __future__ import annotations
+
+from svsm.aliases import AliasManager
+from svsm.errors import SvsmError
+from svsm.memory import Memory
+from tdxdefs.attributes import GpaAttr
+from tdxdefs.tdcall import PAGE_SIZE
+from tdxdefs.x86 import CR0_PG
+
+PTE_PRESENT = 1 << 0
+PTE_LARGE = 1 << 7
+PTE_ADDRESS = 0x000F_FFFF_FFFF_F000
+LEVEL_SHIFTS = (39, 30, 21, 12)
+LARGE_PAGE_LEVELS = (1, 2)  # a 1 GiB PDPTE or a 2 MiB PDE may map a page
+ENTRY_SIZE = 8
+INDEX_MASK = 0x1FF
+MAX_INSTRUCTION = 15
+
+
+class GuestMemoryError(SvsmError):
+    """The L2's page tables or code do not lead to memory the L2 may read; names the address."""
+
+
+class GuestMemory:
+    """L2 VM `vm`'s view of memory, as L1 may read it on the L2's behalf."""
+
+    def __init__(self, memory: Memory, aliases: AliasManager, vm: int) -> None:
+        self.memory = memory
+        self.aliases = aliases
+        self.vm = vm
+
+    def _readable(self, gpa: int, need: GpaAttr, what: str) -> None:
+        if not self.aliases.attrs(self.vm, gpa) & need:
+            raise GuestMemoryError(
+                f"{what} at GPA {gpa:#x} is not {need.name or 'readable'} for L2 VM {self.vm}"
+            )
+
+    def translate(self, gla: int, cr0: int, cr3: int) -> int:
+        """The GPA of linear address `gla` through the L2's page tables."""
+        if not cr0 & CR0_PG:
+            return gla
+        table = cr3 & PTE_ADDRESS
+        for level, shift in enumerate(LEVEL_SHIFTS):
+            entry_gpa = table + ((gla >> shift) & INDEX_MASK) * ENTRY_SIZE
+            self._readable(entry_gpa, GpaAttr.R, "a page-table entry")
+            entry = int.from_bytes(self.memory.raw_read(entry_gpa, ENTRY_SIZE), "little")
+            if not entry & PTE_PRESENT:
+                raise GuestMemoryError(f"linear address {gla:#x} is not mapped (level {level})")
+            if entry & PTE_LARGE and level in LARGE_PAGE_LEVELS:
+                span = (1 << shift) - 1
+                return (entry & PTE_ADDRESS & ~span) | (gla & span)
+            table = entry & PTE_ADDRESS
+        return table | (gla & (PAGE_SIZE - 1))
+
+    def fetch_instruction(self, rip: int, cr0: int, cr3: int) -> bytes:
+        """Up to 15 bytes at `rip`, from pages the L2 may execute; shorter at an unmapped page."""
+        out = b""
+        at = rip
+        while len(out) < MAX_INSTRUCTION:
+            try:
+                gpa = self.translate(at, cr0, cr3)
+                self._readable(gpa, GpaAttr.XS, "code")
+            except GuestMemoryError:
+                if not out:
+                    raise
+                break  # the decoder reports a truncated instruction if it needed more
+            take = min(MAX_INSTRUCTION - len(out), PAGE_SIZE - gpa % PAGE_SIZE)
+            out += self.memory.raw_read(gpa, take)
+            at += take
+        return out

@@ -1,0 +1,184 @@
+"""One L2 vCPU as L1 drives it: its guest-state block, TDG.VP.ENTER, and the exit that comes back
+(Intel TDX Module TD Partitioning Architecture Specification, TDG.VP.ENTER: inputs RCX = VM index
+and invalidation, RDX = L2_ENTER_GUEST_STATE; outputs RAX = status | exit reason, RCX exit
+qualification, RDX guest linear address, R8 guest-physical address, R9 exit interruption, R10
+IDT vectoring, R11 instruction info | length, R12 CPL, R13 extended exit qualification).
+
+The guest-state block is in an L1 page no L2 has an alias for, so L1 reads it directly; everything
+in it is still the L2's doing and is treated as untrusted values, never as addresses L1 follows
+without checking.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+from svsm.errors import SvsmError
+from svsm.memory import Memory
+from svsm.tdcall import Tdcall, TdcallError
+from tdxdefs.guest_state import L2EnterGuestState
+from tdxdefs.metadata import l2_vmcs_field
+from tdxdefs.tdcall import (
+    R8,
+    R9,
+    R10,
+    R11,
+    R12,
+    R13,
+    RAX,
+    RCX,
+    RDX,
+    STATUS_CLASS_MASK,
+    TDX_L2_EXIT_HOST_ROUTED_ASYNC,
+    TDX_L2_EXIT_HOST_ROUTED_TDVMCALL,
+    TDX_L2_EXIT_PENDING_INTERRUPT,
+    TDX_PENDING_INTERRUPT,
+    TDX_SUCCESS,
+    U64_MASK,
+    VM_INDEX_SHIFT,
+    Leaf,
+    is_error,
+    status_name,
+)
+from tdxdefs.vmcs import (
+    INTR_INFO_DELIVER_ERROR,
+    INTR_INFO_TYPE_SHIFT,
+    INTR_INFO_VALID,
+    INTR_TYPE_HW_EXCEPTION,
+    ExitReason,
+    Vmcs,
+    pack_intr_status,
+    unpack_intr_status,
+)
+from tdxdefs.x86 import EXCEPTIONS_WITH_ERROR_CODE
+
+EXIT_REASON_MASK = 0xFFFF
+INSTRUCTION_LENGTH_SHIFT = 32
+U32 = 0xFFFFFFFF
+L2_EXIT_STATUSES = frozenset(
+    {
+        TDX_SUCCESS,
+        TDX_L2_EXIT_HOST_ROUTED_ASYNC,
+        TDX_L2_EXIT_HOST_ROUTED_TDVMCALL,
+        TDX_L2_EXIT_PENDING_INTERRUPT,
+    }
+)
+
+
+class VcpuError(SvsmError):
+    """TDG.VP.ENTER failed for a reason that is L1's or the module's, not the L2's."""
+
+
+class EnterResult(Enum):
+    """What a TDG.VP.ENTER came back with."""
+
+    EXIT = "exit"  # the L2 ran and exited to L1
+    L1_INTERRUPT = "l1-interrupt"  # L1 has an interrupt to take first; the L2 did not run
+
+
+@dataclass(frozen=True)
+class L2Exit:
+    """An L2 -> L1 exit, decoded from the registers TDG.VP.ENTER returns."""
+
+    status: int
+    reason: int
+    qualification: int
+    gla: int
+    gpa: int
+    interruption: int
+    idt_vectoring: int
+    instruction_length: int
+    cpl: int
+    extended_qualification: int
+
+    @classmethod
+    def from_registers(cls, out: list[int]) -> L2Exit:
+        """Decode the 16 output registers of TDG.VP.ENTER."""
+        return cls(
+            status=out[RAX] & STATUS_CLASS_MASK,
+            reason=out[RAX] & EXIT_REASON_MASK,
+            qualification=out[RCX],
+            gla=out[RDX],
+            gpa=out[R8],
+            interruption=out[R9] & U32,
+            idt_vectoring=out[R10] & U32,
+            instruction_length=(out[R11] >> INSTRUCTION_LENGTH_SHIFT) & U32,
+            cpl=out[R12] & 0x3,
+            extended_qualification=out[R13],
+        )
+
+    @property
+    def reason_name(self) -> str:
+        """The VMX exit reason by name (Intel SDM Vol. 3, appendix C), or its number."""
+        try:
+            return ExitReason(self.reason).name
+        except ValueError:
+            return f"exit reason {self.reason}"
+
+
+@dataclass
+class GuestState:
+    """L1's copy of an L2 vCPU's registers, as the guest-state block carries them."""
+
+    gprs: list[int] = field(default_factory=lambda: [0] * 16)
+    rflags: int = 0x2
+    rip: int = 0
+    ssp: int = 0
+    rvi: int = 0
+    svi: int = 0
+
+    def pack(self) -> bytes:
+        """The L2_ENTER_GUEST_STATE bytes."""
+        status = pack_intr_status(self.rvi, self.svi)
+        return L2EnterGuestState.STRUCT.pack(*self.gprs, self.rflags, self.rip, self.ssp, status)
+
+    def unpack(self, raw: bytes) -> None:
+        """Take the registers the module wrote back on the exit."""
+        values = L2EnterGuestState.STRUCT.unpack_from(raw)
+        self.gprs = list(values[:16])
+        self.rflags, self.rip, self.ssp = values[16], values[17], values[18]
+        self.rvi, self.svi = unpack_intr_status(values[19])
+
+
+class L2Vcpu:
+    """vCPU 0 of L2 VM `vm`: VMCS access, event injection and TDG.VP.ENTER."""
+
+    def __init__(self, tdcall: Tdcall, memory: Memory, vm: int, state_gpa: int) -> None:
+        self.tdcall = tdcall
+        self.memory = memory
+        self.vm = vm
+        self.state_gpa = state_gpa
+        self.state = GuestState()
+        self.entries = 0
+
+    def vmcs_write(self, encoding: int, value: int) -> None:
+        """TDG.VP.WR of one field of this VM's L2 VMCS."""
+        self.tdcall.call(Leaf.VP_WR, rdx=l2_vmcs_field(self.vm, encoding), r8=value, r9=U64_MASK)
+
+    def vmcs_read(self, encoding: int) -> int:
+        """TDG.VP.RD of one field of this VM's L2 VMCS."""
+        return self.tdcall.call(Leaf.VP_RD, rdx=l2_vmcs_field(self.vm, encoding))[R8]
+
+    def inject_exception(self, vector: int, error_code: int = 0) -> None:
+        """Deliver a hardware exception at the next entry (VM-entry interruption information)."""
+        info = INTR_INFO_VALID | (INTR_TYPE_HW_EXCEPTION << INTR_INFO_TYPE_SHIFT) | vector
+        if vector in EXCEPTIONS_WITH_ERROR_CODE:
+            info |= INTR_INFO_DELIVER_ERROR
+            self.vmcs_write(Vmcs.ENTRY_EXCEPTION_ERROR_CODE, error_code)
+        self.vmcs_write(Vmcs.ENTRY_INTR_INFO, info)
+
+    def enter(self) -> tuple[EnterResult, L2Exit | None]:
+        """Write the guest-state block, TDG.VP.ENTER, read the block back."""
+        self.memory.write(self.state_gpa, self.state.pack())
+        out = self.tdcall.raw(Leaf.VP_ENTER, rcx=self.vm << VM_INDEX_SHIFT, rdx=self.state_gpa)
+        self.entries += 1
+        status = out[RAX] & STATUS_CLASS_MASK
+        if status == TDX_PENDING_INTERRUPT:
+            return EnterResult.L1_INTERRUPT, None
+        if is_error(out[RAX]) or status not in L2_EXIT_STATUSES:
+            raise VcpuError(
+                f"TDG.VP.ENTER of L2 VM {self.vm}: {status_name(out[RAX])}",
+            ) from TdcallError(Leaf.VP_ENTER, out[RAX])
+        self.state.unpack(self.memory.read(self.state_gpa, L2EnterGuestState.SIZE))
+        return EnterResult.EXIT, L2Exit.from_registers(out)

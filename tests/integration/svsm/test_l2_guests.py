@@ -1,0 +1,138 @@
+"""The paravisor runs L2 guests on the simulated module: our firmware's self-test passes in each of
+up to three L2s with disjoint RAM, every attempt to reach what is not its own is refused and
+logged, and a hostile L2 is stopped with a report while the others finish."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from orchestrator.firmware import Firmware, build_firmware
+from svsm.aliases import AliasError, AliasManager
+from svsm.l2guest import SUPPORT_PAGES, L2Guest, L2Layout, L2State, SupportPage
+from svsm.memory import Memory
+from svsm.scheduler import run_guests
+from svsm.tdcall import Tdcall
+from tdxdefs.attributes import GpaAttr
+from tdxdefs.tdcall import PAGE_SIZE
+from tdxsim.testing import TdHarness, assemble
+from tests.unit.svsm.conftest import HarnessPlatform
+
+SUPPORT = 0x200000
+RAM0, RAM_SIZE = 0x400000, 0x200000
+
+
+@pytest.fixture(scope="module")
+def firmware(tmp_path_factory: pytest.TempPathFactory) -> Firmware:
+    return build_firmware(output=tmp_path_factory.mktemp("fw") / "l2-firmware.bin")
+
+
+class Paravisor:
+    """svsm's L2 side on a TD with `count` L2 VMs, the test holding the log."""
+
+    def __init__(self, count: int) -> None:
+        self.harness = TdHarness.default(ram_mib=16, num_l2_vms=count)
+        platform = HarnessPlatform(self.harness)
+        self.tdcall = Tdcall(platform.tdcall)
+        self.memory = Memory(platform, self.tdcall)
+        self.memory.accept(SUPPORT, 0xA00000)
+        self.aliases = AliasManager(self.tdcall, count)
+        self.log: list[str] = []
+        self.count = count
+
+    def layout(self, vm: int) -> L2Layout:
+        support = SUPPORT + (vm - 1) * SUPPORT_PAGES * PAGE_SIZE
+        return L2Layout(vm, RAM0 + (vm - 1) * RAM_SIZE, RAM_SIZE, support)
+
+    def guests(self, images: dict[int, bytes]) -> list[L2Guest]:
+        out = []
+        for vm, image in images.items():
+            neighbour = self.layout(vm % self.count + 1).ram_gpa if self.count > 1 else 0
+            guest = L2Guest(
+                self.tdcall, self.memory, self.aliases, self.layout(vm), image,
+                self.log.append, probe_gpa=neighbour,
+            )  # fmt: skip
+            guest.setup()
+            out.append(guest)
+        return out
+
+
+def test_one_l2_passes_its_self_test(firmware: Firmware) -> None:
+    pv = Paravisor(1)
+    (guest,) = pv.guests({1: firmware.image})
+    run_guests([guest])
+    assert guest.outcome.state is L2State.EXITED and guest.outcome.exit_code == 0, pv.log
+    assert guest.console.lines == [
+        "L2 firmware: started as L2 0x1",
+        "selftest: cpuid-tdx-vendor ok",
+        "selftest: cpuid-tdp-guest ok",
+        "selftest: interrupt ok",
+        "selftest: code-read-only ok",
+        "selftest: mmio-crb-interface ok",
+        "selftest: pass",
+    ]
+    assert "L2[1]| selftest: pass" in pv.log and "L2 1 exited with code 0" in pv.log
+    assert any("refused" in line and "write at GPA 0x400000" in line for line in pv.log)
+    assert guest.outcome.exits["EPT_VIOLATION"] == 2  # the read-only code write, the CRB read
+
+
+def test_three_l2s_are_isolated_and_all_pass(firmware: Firmware) -> None:
+    pv = Paravisor(3)
+    guests = pv.guests({vm: firmware.image for vm in (1, 2, 3)})
+    run_guests(guests)
+    for guest in guests:
+        assert guest.outcome.exit_code == 0, (guest.vm, guest.console.lines, pv.log)
+        assert "selftest: isolation ok" in guest.console.lines
+    refusals = [line for line in pv.log if "memory that is not this L2's" in line]
+    assert len(refusals) == 3  # each L2's read of its neighbour's RAM
+    for vm in (1, 2, 3):  # disjoint RAM: nobody else has an alias of an L2's RAM
+        ram = pv.layout(vm).ram_gpa
+        assert [pv.aliases.attrs(other, ram) for other in (1, 2, 3) if other != vm] == [
+            GpaAttr(0),
+            GpaAttr(0),
+        ]
+
+
+def test_alias_map_shows_each_region_once(firmware: Firmware) -> None:
+    pv = Paravisor(2)
+    pv.guests({1: firmware.image, 2: firmware.image})
+    table = "\n".join(pv.aliases.table())
+    assert "L2 VM 1 code" in table and "L2 VM 2 TPM CRB buffer" in table
+    assert "L2 VM 1 VAPIC (L1 only)" in table
+    code_row = next(line for line in table.splitlines() if "L2 VM 1 code" in line)
+    assert "R-X" in code_row and "RW" not in code_row.split("RWX", 1)[1]
+
+
+def test_l1_pages_are_never_aliased(firmware: Firmware) -> None:
+    pv = Paravisor(1)
+    (guest,) = pv.guests({1: firmware.image})
+    vapic = guest.layout.page(SupportPage.VAPIC)
+    with pytest.raises(AliasError, match="is L1's"):
+        pv.aliases.grant(1, vapic, PAGE_SIZE, GpaAttr.R)
+    with pytest.raises(AliasError, match="W\\+X"):
+        pv.aliases.grant(1, RAM0, PAGE_SIZE, GpaAttr.R | GpaAttr.W | GpaAttr.XS)
+
+
+@pytest.mark.parametrize(
+    ("source", "report"),
+    [
+        ("mov rax, qword ptr [0x207000]", "read at GPA 0x207000 (L1's L2 VM 1 VAPIC)"),
+        ("mov rax, qword ptr [0x208010]", "read at GPA 0x208010 (L1's L2 VM 1 GUEST_STATE)"),
+        ("mov qword ptr [0x200000], rax", "write at GPA 0x200000"),
+        ("vmcall", "VMCALL is not a paravisor call"),
+        ("mov ecx, 0x1b\nrdmsr", "RDMSR 0x1b"),
+        ("mov dx, 0x60\nin al, dx", "IN from port 0x60"),
+        ("mov rdi, 0xfed40030\nmov eax, dword ptr fs:[rdi]", "FS/GS-relative MMIO"),
+        ("mov rdi, 0xfed40040\nlock inc dword ptr [rdi]", "LOCK/REP"),
+    ],
+)
+def test_hostile_l2_is_refused_and_reported(source: str, report: str) -> None:
+    pv = Paravisor(1)
+    code = assemble(source + "\nmov al, 7\nout 0xf4, al", RAM0)
+    (guest,) = pv.guests({1: code})
+    run_guests([guest])
+    assert any(report in line for line in pv.log), pv.log
+    # refused with #GP/#UD into a guest with no IDT: its triple fault stops it, L1 carries on
+    assert guest.outcome.state is L2State.STOPPED, pv.log
+    assert "TRIPLE_FAULT" in guest.outcome.fatal or "unhandled" in guest.outcome.fatal
