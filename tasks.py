@@ -74,15 +74,33 @@ def build(c: Context, recipe: str = "", output: str = str(DEFAULT_IMAGE)) -> Non
 @task(
     help={
         "recipe": "YAML image recipe with an L1 image (default: orchestrator/recipes/tdp.yaml)",
-        "faults": "make the host VMM lie, e.g. 'irq-storm=100,vmcall-status=retry' "
-        "(switches in tdxsim/faults.py)",
+        "faults": "make the untrusted host lie, e.g. getquote-status=error,irq-storm=100 "
+        "(switches in tdxsim/host/faults.py)",
+        "l2-count": "how many L2 guests the TD has and L1 boots (1 to 3; default 1)",
+        "l2-image": "boot this flat x86-64 binary in every L2 instead of l2-firmware "
+        "(the contract is in l2-firmware/README.md)",
+        "show-aliases": "print L1's GPA x VM page-alias permission map",
     }
 )
-def run(c: Context, recipe: str = "", faults: str = "") -> None:
-    """Build the image, boot the TD on the embedded simulator and show the vTPM working."""
+def run(
+    c: Context,
+    recipe: str = "",
+    faults: str = "",
+    l2_count: int = 1,
+    l2_image: str = "",
+    show_aliases: bool = False,
+) -> None:
+    """Build the image, boot the TD on the embedded simulator: L1, its vTPM, and the L2 guests."""
     from orchestrator.boot import main
 
-    code = main(recipe=recipe, image=str(DEFAULT_IMAGE), faults=faults)
+    code = main(
+        recipe=recipe,
+        image=str(DEFAULT_IMAGE),
+        faults=faults,
+        l2_count=l2_count,
+        l2_image=l2_image,
+        show_aliases=show_aliases,
+    )
     if code:
         raise Exit(code=code)
 

@@ -25,6 +25,7 @@ from typing import Any
 
 from igvm.build import build as build_igvm
 from orchestrator.errors import LocalBootError
+from orchestrator.l2image import L2_IMAGE, write_l2_image
 from tdxsim.attestation.quoting import QuotingService
 from tdxsim.host.faults import FaultSet, FaultSpecError
 from tdxsim.host.l1_image import build_l1_image
@@ -42,11 +43,9 @@ L1_PACKAGES = (ROOT / "svsm", ROOT / "vtpm", ROOT / "tdxdefs")
 L1_ENTRY = "svsm.boot:main"
 TD_RAM = [(0, 32 << 20)]
 NUM_L2_VMS = 1
+MAX_L2_VMS = 3
 L1_TIMEOUT_S = 120.0
-NOT_YET = (
-    "L2 guests, the TPM CRB path and the host relay (l2-firmware/, svsm/): not built yet",
-    "L1 measuring the L2 firmware into PCR0: no L2 firmware yet",
-)
+NOT_YET = ("the TPM CRB path through L2 to the host relay (`invoke run --serve`): not built yet",)
 PCR_DEBUG = 16
 
 
@@ -61,6 +60,18 @@ class L1Summary:
     raw: dict[str, Any]
     run: RunResult
     uart: str
+
+    @property
+    def l2(self) -> list[dict[str, Any]]:
+        """Each L2's outcome as L1 reported it (vm, state, exit_code, fatal, exits, console)."""
+        value = self.raw.get("l2", [])
+        return value if isinstance(value, list) else []
+
+    @property
+    def alias_map(self) -> list[str]:
+        """L1's GPA x VM permission map."""
+        value = self.raw.get("alias_map", [])
+        return [str(line) for line in value] if isinstance(value, list) else []
 
     @classmethod
     def parse(cls, run: RunResult, uart: str) -> L1Summary:
@@ -91,6 +102,7 @@ class BootReport:
     l1: L1Summary | None = None
     manufactured: ManufactureResult | None = None
     steps: list[tuple[str, float]] = field(default_factory=list)
+    l2_failures: list[str] = field(default_factory=list)
 
 
 @contextmanager
@@ -133,9 +145,16 @@ def run_local(
     out: Callable[[str], None] = print,
     *,
     faults: FaultSet | None = None,
+    l2_count: int = NUM_L2_VMS,
+    l2_image: Path | None = None,
+    show_aliases: bool = False,
 ) -> BootReport:
     """Run every boot step that exists; raises LocalBootError naming the step that failed.
-    `faults` makes the untrusted host misbehave on purpose (tdxsim.host.faults)."""
+    `faults` makes the untrusted host misbehave on purpose (tdxsim.host.faults); `l2_count` L2
+    guests boot `l2_image` (default: l2-firmware, built here); `report.l2_failures` names every
+    L2 that did not end with exit code 0."""
+    if not 1 <= l2_count <= MAX_L2_VMS:
+        raise LocalBootError(f"--l2-count {l2_count}: a TD has 1 to {MAX_L2_VMS} L2 VMs")
     report = BootReport(image=image)
     mac_key, quoting = simulated_platform()
 
@@ -143,6 +162,9 @@ def run_local(
         l1 = write_l1_image()
         packages = ", ".join(p.name for p in L1_PACKAGES)
         out(f"    {L1_IMAGE}: {len(l1)} bytes ({packages}; entry {L1_ENTRY})")
+        l2 = write_l2_image(l2_image)
+        what = f"the user's image {l2_image}" if l2_image else "l2-firmware, built by gcc"
+        out(f"    {L2_IMAGE}: {len(l2)} bytes ({what})")
         image.parent.mkdir(parents=True, exist_ok=True)
         report.mrtd_offline = build_igvm(recipe, image)
         out(f"    {image}: MRTD (offline) {report.mrtd_offline.hex()}")
@@ -150,7 +172,7 @@ def run_local(
     with Vmm(quoting, faults) as vmm:
         with _step(report, "host VMM builds the TD in its own process (PAGE.ADD/MR.EXTEND, "
                    "parameter areas, finalize)", out):  # fmt: skip
-            vmm.create(TD_RAM, mac_key=mac_key, num_l2_vms=NUM_L2_VMS)
+            vmm.create(TD_RAM, mac_key=mac_key, num_l2_vms=l2_count)
             vmm.load_igvm(image, TD_RAM)
             vmm.aug_rest()
             report.mrtd_td = vmm.finalize()
@@ -159,7 +181,7 @@ def run_local(
             out("    MRTD of the TD equals `igvm measure` of the file")
         title = (
             "L1 (svsm) boots from the measured image: accept, NUM_L2_VMS, RTMR0; vTPM with "
-            "EKs and a CA bound to a TD quote; PCR0, separators"
+            "EKs and a CA bound to a TD quote; PCR0, separators; L2 guests"
         )
         with _step(report, title, out):
             run = vmm.run(L1_TIMEOUT_S)
@@ -171,7 +193,8 @@ def run_local(
                 raise LocalBootError(f"L1 run {run.status}: {detail}")
             report.l1 = L1Summary.parse(run, uart)
             out(f"    L1 returned after {run.exits} TD exits in {run.seconds * 1000:.0f} ms")
-    _verify(report, quoting, out)
+    _verify(report, quoting, out, l2_count)
+    _l2_outcomes(report, out, show_aliases)
 
     engine = TpmEngine()
     try:
@@ -201,7 +224,31 @@ def run_local(
     return report
 
 
-def _verify(report: BootReport, quoting: QuotingService, out: Callable[[str], None]) -> None:
+def _l2_outcomes(report: BootReport, out: Callable[[str], None], show_aliases: bool) -> None:
+    """Each L2's ending, as L1 reported it; the alias map on request."""
+    l1 = report.l1
+    assert l1 is not None
+    if show_aliases:
+        out("[-] L1's page aliases (GPA x VM; R read, W write, X execute):")
+        for line in l1.alias_map:
+            out(f"    {line}")
+    for entry in l1.l2:
+        vm, code, fatal = entry.get("vm"), entry.get("exit_code"), entry.get("fatal") or ""
+        exits = entry.get("exits") or {}
+        counted = ", ".join(f"{n} {name}" for name, n in sorted(exits.items()))
+        if code is not None:
+            out(f"L2 {vm} exited with code {code} ({counted})")
+        else:
+            out(f"L2 {vm} stopped: {fatal} ({counted})")
+        if code != 0:
+            report.l2_failures.append(
+                f"L2 {vm}: " + (f"exit code {code}" if fatal == "" else fatal)
+            )
+
+
+def _verify(
+    report: BootReport, quoting: QuotingService, out: Callable[[str], None], l2_count: int
+) -> None:
     """The relying party (verifier.td_attestation) decides; this prints its steps."""
     l1 = report.l1
     assert l1 is not None
@@ -217,8 +264,8 @@ def _verify(report: BootReport, quoting: QuotingService, out: Callable[[str], No
         for check in verdict.steps:
             out(f"    {'ok' if check.ok else 'FAILED'}: {check.detail}")
         verdict.raise_for_failure()
-        if l1.num_l2_vms != NUM_L2_VMS:
-            raise LocalBootError(f"L1 read NUM_L2_VMS = {l1.num_l2_vms}, the TD has {NUM_L2_VMS}")
+        if l1.num_l2_vms != l2_count:
+            raise LocalBootError(f"L1 read NUM_L2_VMS = {l1.num_l2_vms}, the TD has {l2_count}")
         out(f"    NUM_L2_VMS read by L1 = {l1.num_l2_vms}, as created")
 
 
@@ -229,7 +276,7 @@ def _exercise(report: BootReport, out: Callable[[str], None]) -> None:
 
     title = (
         f"tpm2-pytss over {report.tcti} to a directly served vTPM (`vtpm serve`, fake "
-        "attester): NOT the L1 vTPM, whose CRB path through L2 does not exist yet"
+        "attester): NOT the L1 vTPM, whose host relay through L2 does not exist yet"
     )
     with _step(report, title, out), ESAPI(report.tcti) as ectx:
         out(f"    GetRandom(16): {bytes(ectx.get_random(16)).hex()}")
@@ -244,7 +291,14 @@ def _exercise(report: BootReport, out: Callable[[str], None]) -> None:
         out(f"    PCR_Extend + PCR_Read sha256:{PCR_DEBUG} = {value.hex()} (as computed)")
 
 
-def main(recipe: str = "", image: str = "", faults: str = "") -> int:
+def main(
+    recipe: str = "",
+    image: str = "",
+    faults: str = "",
+    l2_count: int = NUM_L2_VMS,
+    l2_image: str = "",
+    show_aliases: bool = False,
+) -> int:
     """Entry point of `invoke run`; returns the exit status (2: a bad --faults spec).
 
     `faults` is a tdxsim.host.faults switch string ("getquote-status=error,irq-storm=100"): the host
@@ -258,15 +312,23 @@ def main(recipe: str = "", image: str = "", faults: str = "") -> int:
     if fault_set.active:
         print(f"host faults on: {fault_set.describe()} (the untrusted host lies on purpose)")
     try:
-        run_local(
+        report = run_local(
             Path(recipe) if recipe else DEFAULT_RECIPE,
             Path(image) if image else ROOT / "out" / "tdp.igvm",
             faults=fault_set if fault_set.active else None,
+            l2_count=l2_count,
+            l2_image=Path(l2_image) if l2_image else None,
+            show_aliases=show_aliases,
         )
     except LocalBootError as exc:
         print(f"run: {reason(exc)}", file=sys.stderr)
         return 1
     except Exception as exc:  # outside any step: still a line saying what failed
         print(f"run: failed outside a boot step: {reason(exc)}", file=sys.stderr)
+        return 1
+    if report.l2_failures:
+        print(
+            f"run: not every L2 ended with code 0: {'; '.join(report.l2_failures)}", file=sys.stderr
+        )
         return 1
     return 0

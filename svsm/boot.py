@@ -1,17 +1,20 @@
-"""The L1 entry point: DESIGN.md boot steps 2-4 in the TD, with a timed line per step on the UART.
+"""The L1 entry point: DESIGN.md boot steps 2-5 in the TD, with a timed line per step on the UART.
 
 2. accept the memory L1 uses, read NUM_L2_VMS (TDG.VM.RD), extend SHA-384 of the IGVM parameter
    area (the launch parameters the host filled in: VP count, memory map) into RTMR0, logged as
-   EV_PLATFORM_CONFIG_FLAGS [choice: the reference gives no event type for it];
+   EV_PLATFORM_CONFIG_FLAGS (a choice: no event type is specified for it);
 3. start a libtpms vTPM in this process and manufacture it with `TdxAttester`: EKs, the CA key,
    REPORTDATA = SHA-384(CA public key), TD quote, CA and EK certificates in NV;
-4. extend the svsm version string into PCR0 (EV_S_CRTM_VERSION, SHA-256 and SHA-384), then a
-   separator into RTMR0..3 AFTER the quote, so nothing later can reproduce the L1 quote.
-   (The L2 firmware image is not measured: there is no L2 firmware yet.)
+4. extend the svsm version string (EV_S_CRTM_VERSION) and the whole L2 image (EV_POST_CODE) into
+   PCR0 (SHA-256 and SHA-384), then a separator into RTMR0..3 AFTER the quote, so nothing an L2
+   does can reproduce the L1 quote;
+5. set up NUM_L2_VMS L2 guests with the measured L2 image (svsm.l2guest) and run them until each
+   exits (svsm.scheduler); their console lines go to the UART as `L2[n]| ...`. L2 VM 1's TPM CRB
+   reaches this vTPM; the others' CRBs report that no vTPM is attached.
 
 `main` returns a JSON summary the host prints and verifies: NUM_L2_VMS, the CA and EK certificates
-(DER hex), the CC event log (hex), PCR0 events and per-step timings. Returning the certificates
-this way stands in for the L2 CRB path (L2 reading NV through its TPM) that does not exist yet.
+(DER hex), the CC event log (hex), PCR0 events, per-step timings, the alias map and each L2's
+outcome.
 """
 
 from __future__ import annotations
@@ -24,12 +27,16 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from svsm.aliases import AliasManager
 from svsm.attestation import AttestationBuffers, TdxAttester
 from svsm.errors import SvsmError
+from svsm.l2guest import SUPPORT_PAGES, L2Guest, L2Layout
+from svsm.l2image import L2ImageDescriptor
 from svsm.measurement import PcrEvent, Rtmrs, extend_pcr
 from svsm.memory import PAGE_SIZE_2M, Memory
+from svsm.scheduler import run_guests
 from svsm.tdcall import Platform, Tdcall
-from tdxdefs.eventlog import EV_PLATFORM_CONFIG_FLAGS, EV_S_CRTM_VERSION
+from tdxdefs.eventlog import EV_PLATFORM_CONFIG_FLAGS, EV_POST_CODE, EV_S_CRTM_VERSION
 from tdxdefs.metadata import NUM_L2_VMS_FIELD
 from tdxdefs.tdcall import PAGE_SIZE
 from tdxdefs.tdvmcall import Tdvmcall
@@ -46,6 +53,12 @@ REPORTDATA_GPA = WORK_GPA + PAGE_SIZE
 RTMR_DIGEST_GPA = WORK_GPA + 2 * PAGE_SIZE
 QUOTE_BUFFER_GPA, QUOTE_BUFFER_SIZE = WORK_GPA + WORK_SIZE, 2 * PAGE_SIZE  # ISV: two pages
 NOTIFY_VECTOR = 0x40  # GetQuote completion (SetupEventNotifyInterrupt)
+# The L2 side: the measured descriptor naming the L2 image (orchestrator/recipes/tdp.yaml), L1's
+# support pages for each L2, and each L2's RAM: 2 MiB at L2_RAM_GPA + (n - 1) * 2 MiB.
+L2_DESCRIPTOR_GPA = 0xA000
+L2_SUPPORT_GPA = 0x1400000
+L2_RAM_GPA, L2_RAM_SIZE = 0x1600000, PAGE_SIZE_2M
+L2_AREA_END = L2_RAM_GPA + 3 * L2_RAM_SIZE
 RTMR_LAUNCH = 0
 PCR_SVSM = 0
 UART_PORT = 0x3F8
@@ -126,13 +139,49 @@ class Boot:
             set_handler(self.interrupts.append)
         self.tdcall.tdvmcall(Tdvmcall.SETUP_EVENT_NOTIFY_INTERRUPT, r12=NOTIFY_VECTOR)
 
-    def seal(self, engine: TpmEngine) -> list[PcrEvent]:
-        """Step 4: the svsm version into PCR0, then a separator into RTMR0..3."""
-        version = extend_pcr(
-            wire.TpmClient(engine), PCR_SVSM, EV_S_CRTM_VERSION, SVSM_VERSION.encode() + b"\0"
-        )
+    def seal(self, engine: TpmEngine, l2_image: bytes) -> list[PcrEvent]:
+        """Step 4: the svsm version and the whole L2 image into PCR0, then a separator into
+        RTMR0..3, so nothing an L2 does can reproduce the L1 quote."""
+        tpm = wire.TpmClient(engine)
+        version = extend_pcr(tpm, PCR_SVSM, EV_S_CRTM_VERSION, SVSM_VERSION.encode() + b"\0")
+        firmware = extend_pcr(tpm, PCR_SVSM, EV_POST_CODE, l2_image)
         self.rtmrs.separators()
-        return [version]
+        return [version, firmware]
+
+    def l2_image(self) -> bytes:
+        """The L2 image named by the measured descriptor, read once from measured memory."""
+        descriptor = L2ImageDescriptor.parse(
+            self.memory.read_measured(L2_DESCRIPTOR_GPA, L2ImageDescriptor.SIZE)
+        )
+        return self.memory.read_measured(descriptor.gpa, descriptor.size)
+
+    def l2_guests(
+        self, count: int, image: bytes, engine: TpmEngine, aliases: AliasManager
+    ) -> list[L2Guest]:
+        """Step 5: each L2's RAM, paging, image, aliases and entry state."""
+        self.memory.accept(L2_SUPPORT_GPA, L2_AREA_END - L2_SUPPORT_GPA)
+        guests = []
+        for vm in range(1, count + 1):
+            layout = L2Layout(
+                vm,
+                L2_RAM_GPA + (vm - 1) * L2_RAM_SIZE,
+                L2_RAM_SIZE,
+                L2_SUPPORT_GPA + (vm - 1) * SUPPORT_PAGES * PAGE_SIZE,
+            )
+            neighbour = L2_RAM_GPA + (vm % count) * L2_RAM_SIZE if count > 1 else 0
+            guest = L2Guest(
+                self.tdcall,
+                self.memory,
+                aliases,
+                layout,
+                image,
+                self.say,
+                tpm=engine.process if vm == 1 else None,
+                probe_gpa=neighbour,
+            )
+            guest.setup()
+            guests.append(guest)
+        return guests
 
 
 def main(platform: Platform) -> bytes:
@@ -150,8 +199,17 @@ def main(platform: Platform) -> bytes:
                 f"  EKs {', '.join(made.eks)}; CA certificate {len(made.ca_certificate)} "
                 f"bytes in NV {made.ca_nv_indices[0]:#x}; quote {len(made.quote)} bytes"
             )
-        with boot.step("PCR0 svsm version, separators into RTMR0..3"):
-            pcr_events = boot.seal(engine)
+        with boot.step("PCR0: svsm version and L2 image; separators into RTMR0..3"):
+            l2_image = boot.l2_image()
+            pcr_events = boot.seal(engine, l2_image)
+            digest = hashlib.sha384(l2_image).hexdigest()
+            boot.say(f"  L2 image: {len(l2_image)} bytes, SHA-384 {digest[:16]}...")
+        aliases = AliasManager(boot.tdcall, num_l2_vms)
+        with boot.step(f"set up {num_l2_vms} L2 guest(s): RAM, paging, aliases, VMCS"):
+            guests = boot.l2_guests(num_l2_vms, l2_image, engine, aliases)
+        with boot.step("run the L2 guests until each exits"):
+            exits = run_guests(guests)
+            boot.say(f"  {exits} L2 exits handled")
     finally:
         engine.close()
     summary: dict[str, Any] = {
@@ -173,5 +231,17 @@ def main(platform: Platform) -> bytes:
         "quote_waits": attester.waits,
         "interrupts": boot.interrupts,
         "timings_ms": boot.timings,
+        "alias_map": aliases.table(),
+        "l2": [
+            {
+                "vm": g.vm,
+                "state": g.outcome.state.value,
+                "exit_code": g.outcome.exit_code,
+                "fatal": g.outcome.fatal,
+                "exits": dict(g.outcome.exits),
+                "console": g.console.lines,
+            }
+            for g in guests
+        ],
     }
     return json.dumps(summary).encode()

@@ -10,16 +10,82 @@ page alignment before anything is aliased.
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass
+from typing import ClassVar
 
 from svsm.errors import SvsmError
+from tdxdefs.errors import LayoutError
+from tdxdefs.layout import Layout
+from tdxdefs.tdcall import PAGE_SIZE
 
-PAGE_SIZE = 0x1000
 MAGIC = b"TDPL2FW1"
-HEADER = struct.Struct("<8s8sIIIIIII20s")
 HEADER_VERSION = 1
-_MAGIC_AT = 8
+DESCRIPTOR_MAGIC = b"TDPL2IMG"
+MAX_L2_IMAGE = 0x100000  # 1 MiB: what L1 will copy into an L2's RAM
+
+
+@dataclass(frozen=True, slots=True)
+class L2FirmwareHeader(Layout):
+    """The 64-byte header after our firmware's entry jump (l2-firmware/README.md)."""
+
+    NAME: ClassVar[str] = "L2 firmware header"
+    FIELDS: ClassVar[tuple[tuple[str, str], ...]] = (
+        ("jump", "8s"),
+        ("magic", "8s"),
+        ("header_size", "I"),
+        ("version", "I"),
+        ("text_end", "I"),
+        ("data_end", "I"),
+        ("bss_end", "I"),
+        ("payload_start", "I"),
+        ("payload_end", "I"),
+        ("reserved", "20s"),
+    )
+    SIZE: ClassVar[int] = 64
+
+    jump: bytes
+    magic: bytes
+    header_size: int
+    version: int
+    text_end: int
+    data_end: int
+    bss_end: int
+    payload_start: int
+    payload_end: int
+    reserved: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class L2ImageDescriptor(Layout):
+    """The measured page that tells L1 where the L2 image is in TD memory and how long it is."""
+
+    NAME: ClassVar[str] = "L2 image descriptor"
+    FIELDS: ClassVar[tuple[tuple[str, str], ...]] = (
+        ("magic", "8s"),
+        ("gpa", "Q"),
+        ("size", "Q"),
+    )
+    SIZE: ClassVar[int] = 24
+
+    magic: bytes
+    gpa: int
+    size: int
+
+    @classmethod
+    def parse(cls, raw: bytes) -> L2ImageDescriptor:
+        """Check the magic and the bounds of the image it names."""
+        try:
+            found = cls.unpack(raw)
+        except LayoutError as exc:
+            raise L2ImageError(str(exc)) from exc
+        if found.magic != DESCRIPTOR_MAGIC:
+            raise L2ImageError(f"L2 image descriptor magic {found.magic!r} (expected TDPL2IMG)")
+        if not 0 < found.size <= MAX_L2_IMAGE or found.gpa % PAGE_SIZE:
+            raise L2ImageError(
+                f"L2 image descriptor names {found.size:#x} bytes at GPA {found.gpa:#x} "
+                f"(at most {MAX_L2_IMAGE:#x} bytes, page aligned)"
+            )
+        return found
 
 
 class L2ImageError(SvsmError, ValueError):
@@ -48,21 +114,22 @@ class L2ImageLayout:
         """Read the header of our firmware, or describe a user's headerless flat image."""
         if len(image) == 0:
             raise L2ImageError("L2 image is empty")
-        if image[_MAGIC_AT : _MAGIC_AT + len(MAGIC)] != MAGIC:
+        magic_at = L2FirmwareHeader.offset("magic")
+        if image[magic_at : magic_at + len(MAGIC)] != MAGIC:
             end = -(-len(image) // PAGE_SIZE) * PAGE_SIZE
             return cls(len(image), end, end, end, 0, 0, False)
-        if len(image) < HEADER.size:
-            raise L2ImageError(f"L2 image header truncated: {len(image)} of {HEADER.size} bytes")
-        (_jump, _magic, header_size, version, text_end, data_end, bss_end, p_start, p_end, rsvd) = (
-            HEADER.unpack_from(image)
-        )
-        if header_size != HEADER.size:
-            raise L2ImageError(f"L2 image header_size {header_size} (expected {HEADER.size})")
+        try:
+            head = L2FirmwareHeader.unpack(image)
+        except LayoutError as exc:
+            raise L2ImageError(f"L2 image: {exc}") from exc
+        header_size, version = head.header_size, head.version
+        text_end, data_end, bss_end = head.text_end, head.data_end, head.bss_end
+        p_start, p_end = head.payload_start, head.payload_end
+        if header_size != L2FirmwareHeader.SIZE:
+            raise L2ImageError(f"L2 image header_size {header_size} (expected 64)")
         if version != HEADER_VERSION:
             raise L2ImageError(f"L2 image header version {version} (expected {HEADER_VERSION})")
-        if any(rsvd):
-            raise L2ImageError("L2 image header reserved bytes at offset 44 are not zero")
-        if text_end % PAGE_SIZE or not HEADER.size <= text_end:
+        if text_end % PAGE_SIZE or not text_end >= L2FirmwareHeader.SIZE:
             raise L2ImageError(
                 f"L2 image text_end {text_end:#x} is not a page boundary after the header"
             )

@@ -4,8 +4,6 @@ logged, and a hostile L2 is stopped with a report while the others finish."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from orchestrator.firmware import Firmware, build_firmware

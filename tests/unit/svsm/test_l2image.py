@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-import struct
-
 import pytest
 
-from svsm.l2image import HEADER, MAGIC, L2ImageError, L2ImageLayout
+from svsm.l2image import (
+    DESCRIPTOR_MAGIC,
+    MAGIC,
+    L2FirmwareHeader,
+    L2ImageDescriptor,
+    L2ImageError,
+    L2ImageLayout,
+)
 
 PAGE = 0x1000
 
@@ -16,14 +21,14 @@ def image(
     data_end: int = PAGE + 0x40,
     bss_end: int = 2 * PAGE,
     payload: tuple[int, int] = (PAGE, PAGE + 0x20),
-    header_size: int = HEADER.size,
+    header_size: int = L2FirmwareHeader.SIZE,
     version: int = 1,
     reserved: bytes = bytes(20),
 ) -> bytes:
-    head = HEADER.pack(
+    head = L2FirmwareHeader(
         b"\xeb\x3e" + bytes(6), MAGIC, header_size, version, text_end, data_end, bss_end,
         *payload, reserved,
-    )  # fmt: skip
+    ).pack()  # fmt: skip
     return head.ljust(data_end, b"\x90")
 
 
@@ -49,7 +54,7 @@ def test_headerless_image_is_one_region() -> None:
         ({"payload": (PAGE + 8, PAGE)}, "payload"),
         ({"header_size": 32}, "header_size 32"),
         ({"version": 2}, "version 2"),
-        ({"reserved": b"\x01" + bytes(19)}, "reserved bytes at offset 44"),
+        ({"reserved": b"\x01" + bytes(19)}, "reserved.*offset 44"),
     ],
 )
 def test_inconsistent_header_is_refused_by_name(kwargs: dict[str, object], message: str) -> None:
@@ -68,4 +73,18 @@ def test_truncated_and_empty_images_are_refused() -> None:
         L2ImageLayout.parse(image()[:40])
     with pytest.raises(L2ImageError, match="empty"):
         L2ImageLayout.parse(b"")
-    assert struct.calcsize("<8s8sIIIIIII20s") == 64
+    assert L2FirmwareHeader.SIZE == 64 and L2FirmwareHeader.offset("text_end") == 24
+
+
+def test_descriptor_names_a_bounded_page_aligned_image() -> None:
+    good = L2ImageDescriptor(DESCRIPTOR_MAGIC, 0x800000, 5000).pack()
+    assert L2ImageDescriptor.parse(good).size == 5000
+    for bad, why in (
+        (L2ImageDescriptor(b"NOTMAGIC", 0x800000, 5000).pack(), "magic"),
+        (L2ImageDescriptor(DESCRIPTOR_MAGIC, 0x800001, 5000).pack(), "page aligned"),
+        (L2ImageDescriptor(DESCRIPTOR_MAGIC, 0x800000, 0).pack(), "0x0 bytes"),
+        (L2ImageDescriptor(DESCRIPTOR_MAGIC, 0x800000, 1 << 40).pack(), "at most"),
+        (good[:10], "truncated|needs"),
+    ):
+        with pytest.raises(L2ImageError, match=why):
+            L2ImageDescriptor.parse(bad)
