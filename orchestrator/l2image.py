@@ -9,13 +9,8 @@ from pathlib import Path
 
 from orchestrator.errors import OrchestratorError
 from orchestrator.firmware import DEFAULT_OUTPUT, build_firmware
-from svsm.l2image import (
-    DESCRIPTOR_MAGIC,
-    MAX_L2_IMAGE,
-    L2ImageDescriptor,
-    L2ImageError,
-    L2ImageLayout,
-)
+from svsm.l2image import L2ImageError, L2ImageLayout
+from tdxdefs.l2boot import DESCRIPTOR_MAGIC, MAX_L2_IMAGE, L2ImageDescriptor
 
 ROOT = Path(__file__).resolve().parent.parent
 L2_IMAGE_GPA = 0x800000  # tdp.yaml's l2 component

@@ -31,12 +31,13 @@ from svsm.aliases import AliasManager
 from svsm.attestation import AttestationBuffers, TdxAttester
 from svsm.errors import SvsmError
 from svsm.l2guest import SUPPORT_PAGES, L2Guest, L2Layout
-from svsm.l2image import L2ImageDescriptor
+from svsm.l2image import parse_descriptor
 from svsm.measurement import PcrEvent, Rtmrs, extend_pcr
 from svsm.memory import PAGE_SIZE_2M, Memory
 from svsm.scheduler import run_guests
 from svsm.tdcall import Platform, Tdcall
 from tdxdefs.eventlog import EV_PLATFORM_CONFIG_FLAGS, EV_POST_CODE, EV_S_CRTM_VERSION
+from tdxdefs.l2boot import L2_DESCRIPTOR_GPA, L2ImageDescriptor
 from tdxdefs.metadata import NUM_L2_VMS_FIELD
 from tdxdefs.tdcall import PAGE_SIZE
 from tdxdefs.tdvmcall import Tdvmcall
@@ -55,7 +56,6 @@ QUOTE_BUFFER_GPA, QUOTE_BUFFER_SIZE = WORK_GPA + WORK_SIZE, 2 * PAGE_SIZE  # ISV
 NOTIFY_VECTOR = 0x40  # GetQuote completion (SetupEventNotifyInterrupt)
 # The L2 side: the measured descriptor naming the L2 image (orchestrator/recipes/tdp.yaml), L1's
 # support pages for each L2, and each L2's RAM: 2 MiB at L2_RAM_GPA + (n - 1) * 2 MiB.
-L2_DESCRIPTOR_GPA = 0xA000
 L2_SUPPORT_GPA = 0x1400000
 L2_RAM_GPA, L2_RAM_SIZE = 0x1600000, PAGE_SIZE_2M
 L2_AREA_END = L2_RAM_GPA + 3 * L2_RAM_SIZE
@@ -150,7 +150,7 @@ class Boot:
 
     def l2_image(self) -> bytes:
         """The L2 image named by the measured descriptor, read once from measured memory."""
-        descriptor = L2ImageDescriptor.parse(
+        descriptor = parse_descriptor(
             self.memory.read_measured(L2_DESCRIPTOR_GPA, L2ImageDescriptor.SIZE)
         )
         return self.memory.read_measured(descriptor.gpa, descriptor.size)

@@ -11,81 +11,18 @@ page alignment before anything is aliased.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
 
 from svsm.errors import SvsmError
 from tdxdefs.errors import LayoutError
-from tdxdefs.layout import Layout
+from tdxdefs.l2boot import (
+    DESCRIPTOR_MAGIC,
+    HEADER_VERSION,
+    MAGIC,
+    MAX_L2_IMAGE,
+    L2FirmwareHeader,
+    L2ImageDescriptor,
+)
 from tdxdefs.tdcall import PAGE_SIZE
-
-MAGIC = b"TDPL2FW1"
-HEADER_VERSION = 1
-DESCRIPTOR_MAGIC = b"TDPL2IMG"
-MAX_L2_IMAGE = 0x100000  # 1 MiB: what L1 will copy into an L2's RAM
-
-
-@dataclass(frozen=True, slots=True)
-class L2FirmwareHeader(Layout):
-    """The 64-byte header after our firmware's entry jump (l2-firmware/README.md)."""
-
-    NAME: ClassVar[str] = "L2 firmware header"
-    FIELDS: ClassVar[tuple[tuple[str, str], ...]] = (
-        ("jump", "8s"),
-        ("magic", "8s"),
-        ("header_size", "I"),
-        ("version", "I"),
-        ("text_end", "I"),
-        ("data_end", "I"),
-        ("bss_end", "I"),
-        ("payload_start", "I"),
-        ("payload_end", "I"),
-        ("reserved", "20s"),
-    )
-    SIZE: ClassVar[int] = 64
-
-    jump: bytes
-    magic: bytes
-    header_size: int
-    version: int
-    text_end: int
-    data_end: int
-    bss_end: int
-    payload_start: int
-    payload_end: int
-    reserved: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class L2ImageDescriptor(Layout):
-    """The measured page that tells L1 where the L2 image is in TD memory and how long it is."""
-
-    NAME: ClassVar[str] = "L2 image descriptor"
-    FIELDS: ClassVar[tuple[tuple[str, str], ...]] = (
-        ("magic", "8s"),
-        ("gpa", "Q"),
-        ("size", "Q"),
-    )
-    SIZE: ClassVar[int] = 24
-
-    magic: bytes
-    gpa: int
-    size: int
-
-    @classmethod
-    def parse(cls, raw: bytes) -> L2ImageDescriptor:
-        """Check the magic and the bounds of the image it names."""
-        try:
-            found = cls.unpack(raw)
-        except LayoutError as exc:
-            raise L2ImageError(str(exc)) from exc
-        if found.magic != DESCRIPTOR_MAGIC:
-            raise L2ImageError(f"L2 image descriptor magic {found.magic!r} (expected TDPL2IMG)")
-        if not 0 < found.size <= MAX_L2_IMAGE or found.gpa % PAGE_SIZE:
-            raise L2ImageError(
-                f"L2 image descriptor names {found.size:#x} bytes at GPA {found.gpa:#x} "
-                f"(at most {MAX_L2_IMAGE:#x} bytes, page aligned)"
-            )
-        return found
 
 
 class L2ImageError(SvsmError, ValueError):
@@ -144,3 +81,19 @@ class L2ImageLayout:
                 f"L2 image payload [{p_start:#x}, {p_end:#x}) lies outside the image"
             )
         return cls(len(image), text_end, data_end, bss_end, p_start, p_end, True)
+
+
+def parse_descriptor(raw: bytes) -> L2ImageDescriptor:
+    """The descriptor page, its magic and the bounds of the image it names checked."""
+    try:
+        found = L2ImageDescriptor.unpack(raw)
+    except LayoutError as exc:
+        raise L2ImageError(str(exc)) from exc
+    if found.magic != DESCRIPTOR_MAGIC:
+        raise L2ImageError(f"L2 image descriptor magic {found.magic!r} (expected TDPL2IMG)")
+    if not 0 < found.size <= MAX_L2_IMAGE or found.gpa % PAGE_SIZE:
+        raise L2ImageError(
+            f"L2 image descriptor names {found.size:#x} bytes at GPA {found.gpa:#x} "
+            f"(at most {MAX_L2_IMAGE:#x} bytes, page aligned)"
+        )
+    return found

@@ -24,6 +24,8 @@ from igvm.format import IgvmFile
 from igvm.format import read as read_igvm
 from igvm.measure import mrtd, rtmr_predict
 from verifier import eventlog
+from tdxdefs.errors import LayoutError
+from tdxdefs.l2boot import DESCRIPTOR_MAGIC, L2_DESCRIPTOR_GPA, MAX_L2_IMAGE, L2ImageDescriptor
 from verifier.errors import VerificationError
 
 PAGE_SIZE = 4096
@@ -112,14 +114,40 @@ def inserted_parameter_areas(
     return inserted
 
 
-def pcr0_for_version(version: str) -> dict[str, bytes]:
-    """PCR0 after one extend of `version` + NUL in each bank, from zero."""
-    data = version.encode() + b"\0"
+def pcr0_for(version: str, l2_image: bytes | None = None) -> dict[str, bytes]:
+    """PCR0 after L1's extends from zero: `version` + NUL, then the whole L2 image if given."""
+    events = [version.encode() + b"\0"] + ([l2_image] if l2_image is not None else [])
     values = {}
     for bank in PCR0_BANKS:
-        size = hashlib.new(bank).digest_size
-        values[bank] = hashlib.new(bank, bytes(size) + hashlib.new(bank, data).digest()).digest()
+        value = bytes(hashlib.new(bank).digest_size)
+        for data in events:
+            value = hashlib.new(bank, value + hashlib.new(bank, data).digest()).digest()
+        values[bank] = value
     return values
+
+
+def l2_image_of(image: IgvmFile) -> bytes | None:
+    """The L2 image the measured descriptor page names, read from the image's PAGE_DATA."""
+    pages = {
+        d.gpa: d.data.ljust(PAGE_SIZE, b"\0")
+        for d in image.directives
+        if isinstance(d, headers.PageData) and not d.unmeasured
+    }
+    page = pages.get(L2_DESCRIPTOR_GPA)
+    if page is None:
+        return None
+    try:
+        descriptor = L2ImageDescriptor.unpack(page)
+    except LayoutError as exc:
+        raise ReferenceError(f"the L2 image descriptor at {L2_DESCRIPTOR_GPA:#x}: {exc}") from exc
+    if descriptor.magic != DESCRIPTOR_MAGIC or descriptor.size > MAX_L2_IMAGE:
+        raise ReferenceError(f"no valid L2 image descriptor at GPA {L2_DESCRIPTOR_GPA:#x}")
+    data = b""
+    for gpa in range(descriptor.gpa, descriptor.gpa + descriptor.size, PAGE_SIZE):
+        if gpa not in pages:
+            raise ReferenceError(f"the L2 image page at GPA {gpa:#x} is not measured data")
+        data += pages[gpa]
+    return data[: descriptor.size]
 
 
 def reference_values(
@@ -152,8 +180,12 @@ def reference_values(
         notes.append(
             f"RTMRs not computed: the image inserts {len(areas)} parameter areas, L1 measures one"
         )
-    pcr0 = pcr0_for_version(l1_version) if l1_version is not None else {}
+    l2_image = l2_image_of(image)
+    pcr0 = pcr0_for(l1_version, l2_image) if l1_version is not None else {}
     if l1_version is None:
         notes.append("PCR0 not computed: the image carries no L1 version record; pass the version")
-    notes.append("PCR0 holds the L1 version only: no L2 firmware is measured yet")
+    if l2_image is None:
+        notes.append("the image has no L2 image descriptor: PCR0 holds the L1 version only")
+    else:
+        notes.append(f"PCR0: the L1 version, then the {len(l2_image)}-byte L2 image it boots")
     return ReferenceValues(mrtd(image), launch, at_quote, after, pcr0, tuple(notes))

@@ -13,6 +13,7 @@ import yaml
 
 from igvm.build import build
 from orchestrator.boot import DEFAULT_RECIPE, L1_PACKAGES
+from orchestrator.l2image import write_l2_image
 from svsm.boot import SVSM_VERSION
 from tdxsim.host.faults import FaultSet
 from tdxsim.host.l1_image import build_l1_image
@@ -31,8 +32,11 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The project recipe with the L1 image built from this checkout."""
     tmp = tmp_path_factory.mktemp("svsm")
     (tmp / "l1.img").write_bytes(build_l1_image(list(L1_PACKAGES), "svsm.boot:main"))
+    write_l2_image(image=tmp / "l2.img", descriptor=tmp / "l2-descriptor.bin")
     recipe = yaml.safe_load(DEFAULT_RECIPE.read_text())
-    recipe["components"][0]["file"] = str(tmp / "l1.img")
+    files = {"l1": "l1.img", "l2": "l2.img", "l2-descriptor": "l2-descriptor.bin"}
+    for component in recipe["components"]:
+        component["file"] = str(tmp / files[component["name"]])
     (tmp / "tdp.yaml").write_text(yaml.safe_dump(recipe))
     build(tmp / "tdp.yaml", tmp / "tdp.igvm")
     return tmp / "tdp.igvm"
@@ -83,19 +87,28 @@ def test_full_boot_in_the_td_process(image: Path) -> None:
     assert reference.rtmrs_at_quote == verdict.quote.body.rtmrs
     assert verdict.later_log is not None
     assert reference.rtmrs_after_boot == verdict.later_log.replay()
-    (pcr,) = out["pcr_events"]
-    assert bytes.fromhex(pcr["data"]) == SVSM_VERSION.encode() + b"\0"
-    assert pcr["digests"]["0x000c"] == hashlib.sha384(SVSM_VERSION.encode() + b"\0").hexdigest()
+    version, firmware = out["pcr_events"]
+    l2_image = (image.parent / "l2.img").read_bytes()
+    assert bytes.fromhex(version["data"]) == SVSM_VERSION.encode() + b"\0"
+    assert bytes.fromhex(firmware["data"]) == l2_image  # the whole image, not its first page
+    assert firmware["digests"]["0x000c"] == hashlib.sha384(l2_image).hexdigest()
     for bank, size in (("sha256", 32), ("sha384", 48)):
-        extended = bytes.fromhex(pcr["digests"][f"{0x000B if size == 32 else 0x000C:#06x}"])
-        assert reference.pcr0[bank] == hashlib.new(bank, bytes(size) + extended).digest()
+        value = bytes(size)
+        for event in (version, firmware):
+            digest = bytes.fromhex(event["digests"][f"{0x000B if size == 32 else 0x000C:#06x}"])
+            value = hashlib.new(bank, value + digest).digest()
+        assert reference.pcr0[bank] == value  # the relying party's value, from the image alone
     assert out["simulated_quote"] is True
     assert list(out["timings_ms"]) == [
         "accept memory, NUM_L2_VMS, launch parameters into RTMR0",
         "vTPM manufacture: EKs, CA bound to a TD quote",
-        "PCR0 svsm version, separators into RTMR0..3",
+        "PCR0: svsm version and L2 image; separators into RTMR0..3",
+        "set up 2 L2 guest(s): RAM, paging, aliases, VMCS",
+        "run the L2 guests until each exits",
     ]
-    for step in (2, 3, 4):
+    assert [(g["vm"], g["exit_code"]) for g in out["l2"]] == [(1, 0), (2, 0)]
+    assert "L2[2]| selftest: pass" in uart
+    for step in (2, 3, 4, 5, 6):
         assert f"svsm step {step} (" in uart and " done in " in uart
 
 
