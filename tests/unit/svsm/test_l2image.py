@@ -78,7 +78,7 @@ def test_truncated_and_empty_images_are_refused() -> None:
 
 def test_descriptor_names_a_bounded_page_aligned_image() -> None:
     good = L2ImageDescriptor(DESCRIPTOR_MAGIC, 0x800000, 5000).pack()
-    assert L2ImageDescriptor.parse(good).size == 5000
+    assert parse_descriptor(good).size == 5000
     for bad, why in (
         (L2ImageDescriptor(b"NOTMAGIC", 0x800000, 5000).pack(), "magic"),
         (L2ImageDescriptor(DESCRIPTOR_MAGIC, 0x800001, 5000).pack(), "page aligned"),
@@ -87,4 +87,4 @@ def test_descriptor_names_a_bounded_page_aligned_image() -> None:
         (good[:10], "truncated|needs"),
     ):
         with pytest.raises(L2ImageError, match=why):
-            L2ImageDescriptor.parse(bad)
+            parse_descriptor(bad)
