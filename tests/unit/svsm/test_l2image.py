@@ -4,14 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from svsm.l2image import (
-    DESCRIPTOR_MAGIC,
-    MAGIC,
-    L2FirmwareHeader,
-    L2ImageDescriptor,
-    L2ImageError,
-    L2ImageLayout,
-)
+from svsm.l2image import L2ImageError, L2ImageLayout, parse_descriptor
+from tdxdefs.l2boot import DESCRIPTOR_MAGIC, MAGIC, L2FirmwareHeader, L2ImageDescriptor
 
 PAGE = 0x1000
 
