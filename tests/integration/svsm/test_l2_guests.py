@@ -7,15 +7,12 @@ from __future__ import annotations
 import pytest
 
 from orchestrator.firmware import Firmware, build_firmware
-from svsm.aliases import AliasError, AliasManager
-from svsm.l2guest import SUPPORT_PAGES, L2Guest, L2Layout, L2State, SupportPage
-from svsm.memory import Memory
+from svsm.aliases import AliasError
+from svsm.l2guest import L2State, SupportPage
 from svsm.scheduler import run_guests
-from svsm.tdcall import Tdcall
 from tdxdefs.attributes import GpaAttr
 from tdxdefs.tdcall import PAGE_SIZE
-from tdxsim.testing import TdHarness, assemble
-from tests.unit.svsm.conftest import HarnessPlatform
+from tests.support.svsm_td import Paravisor
 
 SUPPORT = 0x200000
 RAM0, RAM_SIZE = 0x400000, 0x200000
@@ -24,36 +21,6 @@ RAM0, RAM_SIZE = 0x400000, 0x200000
 @pytest.fixture(scope="module")
 def firmware(tmp_path_factory: pytest.TempPathFactory) -> Firmware:
     return build_firmware(output=tmp_path_factory.mktemp("fw") / "l2-firmware.bin")
-
-
-class Paravisor:
-    """svsm's L2 side on a TD with `count` L2 VMs, the test holding the log."""
-
-    def __init__(self, count: int) -> None:
-        self.harness = TdHarness.default(ram_mib=16, num_l2_vms=count)
-        platform = HarnessPlatform(self.harness)
-        self.tdcall = Tdcall(platform.tdcall)
-        self.memory = Memory(platform, self.tdcall)
-        self.memory.accept(SUPPORT, 0xA00000)
-        self.aliases = AliasManager(self.tdcall, count)
-        self.log: list[str] = []
-        self.count = count
-
-    def layout(self, vm: int) -> L2Layout:
-        support = SUPPORT + (vm - 1) * SUPPORT_PAGES * PAGE_SIZE
-        return L2Layout(vm, RAM0 + (vm - 1) * RAM_SIZE, RAM_SIZE, support)
-
-    def guests(self, images: dict[int, bytes]) -> list[L2Guest]:
-        out = []
-        for vm, image in images.items():
-            neighbour = self.layout(vm % self.count + 1).ram_gpa if self.count > 1 else 0
-            guest = L2Guest(
-                self.tdcall, self.memory, self.aliases, self.layout(vm), image,
-                self.log.append, probe_gpa=neighbour,
-            )  # fmt: skip
-            guest.setup()
-            out.append(guest)
-        return out
 
 
 def test_one_l2_passes_its_self_test(firmware: Firmware) -> None:
@@ -110,27 +77,3 @@ def test_l1_pages_are_never_aliased(firmware: Firmware) -> None:
         pv.aliases.grant(1, vapic, PAGE_SIZE, GpaAttr.R)
     with pytest.raises(AliasError, match="W\\+X"):
         pv.aliases.grant(1, RAM0, PAGE_SIZE, GpaAttr.R | GpaAttr.W | GpaAttr.XS)
-
-
-@pytest.mark.parametrize(
-    ("source", "report"),
-    [
-        ("mov rax, qword ptr [0x207000]", "read at GPA 0x207000 (L1's L2 VM 1 VAPIC)"),
-        ("mov rax, qword ptr [0x208010]", "read at GPA 0x208010 (L1's L2 VM 1 GUEST_STATE)"),
-        ("mov qword ptr [0x200000], rax", "write at GPA 0x200000"),
-        ("vmcall", "VMCALL is not a paravisor call"),
-        ("mov ecx, 0x1b\nrdmsr", "RDMSR 0x1b"),
-        ("mov dx, 0x60\nin al, dx", "IN from port 0x60"),
-        ("mov rdi, 0xfed40030\nmov eax, dword ptr fs:[rdi]", "FS/GS-relative MMIO"),
-        ("mov rdi, 0xfed40040\nlock inc dword ptr [rdi]", "LOCK/REP"),
-    ],
-)
-def test_hostile_l2_is_refused_and_reported(source: str, report: str) -> None:
-    pv = Paravisor(1)
-    code = assemble(source + "\nmov al, 7\nout 0xf4, al", RAM0)
-    (guest,) = pv.guests({1: code})
-    run_guests([guest])
-    assert any(report in line for line in pv.log), pv.log
-    # refused with #GP/#UD into a guest with no IDT: its triple fault stops it, L1 carries on
-    assert guest.outcome.state is L2State.STOPPED, pv.log
-    assert "TRIPLE_FAULT" in guest.outcome.fatal or "unhandled" in guest.outcome.fatal

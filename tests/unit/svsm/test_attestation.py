@@ -23,10 +23,9 @@ from svsm.tdcall import TdcallError
 from tdxdefs.getquote import QGS_BODY_OFFSET, QGS_MSG_OFFSET, GetQuoteHeader
 from tdxsim.attestation.quoting import encode_get_quote_response
 from tdxsim.host.faults import FaultSet
+from tests.support.svsm_td import ATTESTATION, Td
 from verifier.quote import verify_quote
 from vtpm.attest import Attester, AttesterError
-
-from .conftest import ATTESTATION, Td
 
 WORK = 0x200000
 QUOTE_BUF, QUOTE_SIZE = 0x400000, 0x2000

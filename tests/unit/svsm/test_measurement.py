@@ -11,11 +11,10 @@ from svsm import eventlog
 from svsm.measurement import MeasurementError, Rtmrs, extend_pcr
 from svsm.tdcall import TdcallError
 from tdxdefs.eventlog import EV_PLATFORM_CONFIG_FLAGS, EV_S_CRTM_VERSION
+from tests.support.svsm_td import Td
 from vtpm import wire
 from vtpm.attest import cc_event_log_separators
 from vtpm.engine import TpmEngine
-
-from .conftest import Td
 
 WORK = 0x200000
 RTMR_OFFSETS = (720, 768, 816, 864)  # TDREPORT_STRUCT (reference 7.1)

@@ -12,8 +12,7 @@ from tdxdefs.tdvmcall import TdvmcallStatus
 from tdxsim.host.faults import FaultSet
 from tdxsim.module.memory import PageState
 from tdxsim.module.registers import Regs
-
-from .conftest import Td
+from tests.support.svsm_td import Td
 
 WORK = 0x200000
 BUF = 0x400000

@@ -1,0 +1,115 @@
+"""svsm under test: a TD on the simulated module (TdHarness), its host VMM in process, and a
+platform adapter giving svsm what the TD process gives it (register-level tdcall, memory)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import pytest
+
+from svsm.aliases import AliasManager
+from svsm.l2guest import SUPPORT_PAGES, L2Guest, L2Layout
+from svsm.memory import Memory
+from svsm.tdcall import Tdcall
+from tdxdefs.tdcall import PAGE_SIZE
+from tdxsim.attestation.quoting import SimulatedAttestation
+from tdxsim.host.faults import FaultSet
+from tdxsim.host.services import HostVmm, ModuleControl
+from tdxsim.host.shared_memory import SharedMemory
+from tdxsim.module.registers import Regs
+from tdxsim.testing import TdHarness
+
+SEED = b"svsm unit tests"
+ATTESTATION = SimulatedAttestation.create(SEED)
+
+
+class HarnessPlatform:
+    """`svsm.tdcall.Platform` over a TdHarness: what tdxsim.host.td_process.L1Platform gives L1."""
+
+    def __init__(self, harness: TdHarness) -> None:
+        self.harness = harness
+        memory = harness.memory
+        self.memory: memoryview = memory.view
+        self.shared_bit: int = memory.shared_bit
+        self.regions: list[tuple[int, int, int]] = [
+            (r.gpa, r.size, r.offset) for r in memory.regions
+        ]
+        self.handler: Callable[[int], None] | None = None
+
+    def tdcall(self, regs: Sequence[int]) -> list[int]:
+        return self.harness.module.tdcall(Regs.from_list(list(regs)), 0).as_list()
+
+    def offset(self, gpa: int) -> int:
+        private = gpa & ~self.shared_bit
+        for base, size, off in self.regions:
+            if base <= private < base + size:
+                return off + private - base
+        raise ValueError(f"GPA {gpa:#x} is not TD RAM")
+
+    def set_interrupt_handler(self, handler: Callable[[int], None] | None) -> None:
+        self.handler = handler
+
+
+class Td:
+    """A TD (all RAM pending) with an in-process host VMM and svsm's Tdcall and Memory on it."""
+
+    def __init__(
+        self, faults: FaultSet | None = None, *, chunk: int = 512, ram_mib: int = 8
+    ) -> None:
+        self.harness = TdHarness.default(ram_mib=ram_mib, num_l2_vms=2)
+        self.harness.module.attestation = ATTESTATION.reports
+        self.host = HostVmm(
+            SharedMemory.of_memory(self.harness.memory),
+            ModuleControl(self.harness.module),
+            ATTESTATION.quoting,
+            faults,
+            mapgpa_chunk_pages=chunk,
+        )
+        self.harness.module.host = self.host
+        self.platform = HarnessPlatform(self.harness)
+        self.tdcall = Tdcall(self.platform.tdcall)
+        self.memory = Memory(self.platform, self.tdcall)
+
+
+@pytest.fixture
+def td() -> Td:
+    return Td()
+
+
+@pytest.fixture
+def make_td() -> Callable[..., Td]:
+    return Td
+
+
+SUPPORT = 0x200000
+RAM0, RAM_SIZE = 0x400000, 0x200000
+
+
+class Paravisor:
+    """svsm's L2 side on a TD with `count` L2 VMs, the test holding the log."""
+
+    def __init__(self, count: int) -> None:
+        self.harness = TdHarness.default(ram_mib=16, num_l2_vms=count)
+        platform = HarnessPlatform(self.harness)
+        self.tdcall = Tdcall(platform.tdcall)
+        self.memory = Memory(platform, self.tdcall)
+        self.memory.accept(SUPPORT, 0xA00000)
+        self.aliases = AliasManager(self.tdcall, count)
+        self.log: list[str] = []
+        self.count = count
+
+    def layout(self, vm: int) -> L2Layout:
+        support = SUPPORT + (vm - 1) * SUPPORT_PAGES * PAGE_SIZE
+        return L2Layout(vm, RAM0 + (vm - 1) * RAM_SIZE, RAM_SIZE, support)
+
+    def guests(self, images: dict[int, bytes]) -> list[L2Guest]:
+        out = []
+        for vm, image in images.items():
+            neighbour = self.layout(vm % self.count + 1).ram_gpa if self.count > 1 else 0
+            guest = L2Guest(
+                self.tdcall, self.memory, self.aliases, self.layout(vm), image,
+                self.log.append, probe_gpa=neighbour,
+            )  # fmt: skip
+            guest.setup()
+            out.append(guest)
+        return out
