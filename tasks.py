@@ -19,7 +19,6 @@ PYTHON = sys.executable
 PACKAGES = ("tdxdefs", "igvm", "vtpm", "tdxsim", "svsm", "orchestrator", "verifier")
 BENCH_DIR = ROOT / "tests" / "benchmarks"
 DEFAULT_IMAGE = ROOT / "out" / "tdp.igvm"
-TEST_RECIPE = ROOT / "igvm" / "recipes" / "test-image.yaml"
 
 
 def _not_yet(task_name: str, needs: str) -> None:
@@ -53,22 +52,29 @@ def setup(c: Context) -> None:
 
 @task(
     help={
-        "recipe": "YAML image recipe (default: igvm/recipes/test-image.yaml)",
+        "recipe": "build this YAML image recipe instead of the product (e.g. "
+        "igvm/recipes/test-image.yaml)",
         "output": f"where to write the IGVM file (default: {DEFAULT_IMAGE.relative_to(ROOT)})",
+        "l2-image": "a user's flat x86-64 L2 binary instead of l2-firmware",
     }
 )
-def build(c: Context, recipe: str = "", output: str = str(DEFAULT_IMAGE)) -> None:
-    """Build an IGVM image from a recipe and print its MRTD."""
-    if not recipe:
-        print(
-            "invoke build: the paravisor image needs svsm and l2-firmware, not built yet; "
-            f"building the test recipe {TEST_RECIPE.relative_to(ROOT)}"
-        )
-        recipe = str(TEST_RECIPE)
+def build(
+    c: Context, recipe: str = "", output: str = str(DEFAULT_IMAGE), l2_image: str = ""
+) -> None:
+    """Build the product image (l2-firmware by gcc, the L1 image, the IGVM) and print its MRTD."""
     Path(output).parent.mkdir(parents=True, exist_ok=True)
-    code = _run([PYTHON, "-m", "igvm", "build", recipe, "-o", output])
-    if code:
-        raise Exit(code=code)
+    if recipe:
+        code = _run([PYTHON, "-m", "igvm", "build", recipe, "-o", output])
+        if code:
+            raise Exit(code=code)
+        return
+    from orchestrator.boot import build_product
+    from orchestrator.errors import OrchestratorError
+
+    try:
+        build_product(Path(output), l2_image=Path(l2_image) if l2_image else None)
+    except (OrchestratorError, OSError, ValueError) as exc:
+        raise Exit(f"invoke build: {exc}", code=1) from exc
 
 
 @task(

@@ -139,6 +139,24 @@ def write_l1_image(path: Path = L1_IMAGE) -> bytes:
     return image
 
 
+def build_product(
+    image: Path = ROOT / "out" / "tdp.igvm",
+    recipe: Path = DEFAULT_RECIPE,
+    l2_image: Path | None = None,
+    out: Callable[[str], None] = print,
+) -> bytes:
+    """`invoke build`: the L2 image (l2-firmware by gcc, or `l2_image`), the L1 image (svsm, vtpm,
+    tdxdefs) and the IGVM with both; prints and returns the MRTD."""
+    l2 = write_l2_image(l2_image)
+    out(f"{L2_IMAGE}: {len(l2)} bytes ({l2_image or 'l2-firmware, built by gcc'})")
+    l1 = write_l1_image()
+    out(f"{L1_IMAGE}: {len(l1)} bytes ({', '.join(p.name for p in L1_PACKAGES)})")
+    image.parent.mkdir(parents=True, exist_ok=True)
+    mrtd = build_igvm(recipe, image)
+    out(f"{image}: MRTD {mrtd.hex()}")
+    return mrtd
+
+
 def run_local(
     recipe: Path = DEFAULT_RECIPE,
     image: Path = ROOT / "out" / "tdp.igvm",

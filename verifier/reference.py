@@ -23,9 +23,9 @@ from igvm import headers
 from igvm.format import IgvmFile
 from igvm.format import read as read_igvm
 from igvm.measure import mrtd, rtmr_predict
-from verifier import eventlog
 from tdxdefs.errors import LayoutError
 from tdxdefs.l2boot import DESCRIPTOR_MAGIC, L2_DESCRIPTOR_GPA, MAX_L2_IMAGE, L2ImageDescriptor
+from verifier import eventlog
 from verifier.errors import VerificationError
 
 PAGE_SIZE = 4096
