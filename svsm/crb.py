@@ -55,6 +55,7 @@ REGISTER_WIDTH = {reg: 4 for reg in CrbRegister} | {
     CrbRegister.CTRL_RSP_ADDR: 8,
 }
 REGISTERS_END = 0x70
+_REGISTER_AT = {int(reg): reg for reg in CrbRegister}
 
 
 class LocState(IntFlag):
@@ -154,6 +155,9 @@ class CrbDevice:
         if size not in (1, 2, 4, 8) or not 0 <= offset <= CRB_REGISTER_PAGE_SIZE - size:
             self._refuse(f"read of {size} bytes at offset {offset:#x}")
             return 0
+        reg = _REGISTER_AT.get(offset)
+        if reg is not None and size <= REGISTER_WIDTH[reg]:
+            return self._value(reg) & ((1 << 8 * size) - 1)  # the common case: one register
         image = bytearray(REGISTERS_END)
         for reg in CrbRegister:
             width = REGISTER_WIDTH[reg]

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from svsm.crb import CRB_BASE
-from svsm.decode import Direction, NotEmulatable, decode_mmio
+from svsm.decode import Direction, MmioInstruction, NotEmulatable, decode_mmio
 from svsm.errors import SvsmError
 from svsm.guestmem import GuestMemoryError
 from svsm.l2guest import L2Guest
@@ -34,7 +34,7 @@ from tdxdefs.vmcs import (
     ExitReason,
     Vmcs,
 )
-from tdxdefs.x86 import RFLAGS_IF, VECTOR_GP, VECTOR_UD
+from tdxdefs.x86 import CR0_PG, RFLAGS_IF, VECTOR_GP, VECTOR_UD
 
 X2APIC_SELF_IPI = 0x83F
 X2APIC_ID = 0x802
@@ -50,6 +50,7 @@ CPUID_VIEW: dict[tuple[int, int], tuple[int, int, int, int]] = {
 }
 SUBLEAF_LEAVES = frozenset({CPUID_TDP_LEAF})
 MAX_IDLE_HALTS = 10_000
+DECODE_CACHE_SIZE = 256
 U32 = 0xFFFFFFFF
 
 
@@ -68,6 +69,7 @@ class ExitHandlers:
 
     def __init__(self, guest: L2Guest) -> None:
         self.guest = guest
+        self.decoded: dict[tuple[bytes, int], MmioInstruction] = {}  # by (bytes, RIP): immutable
         self.table: dict[int, Callable[[L2Exit], None]] = {
             ExitReason.CPUID: self.cpuid,
             ExitReason.HLT: self.hlt,
@@ -220,14 +222,16 @@ class ExitHandlers:
 
     def mmio(self, ex: L2Exit) -> None:
         guest, state = self.guest, self.state
-        cr0 = guest.vcpu.vmcs_read(Vmcs.GUEST_CR0)
-        cr3 = guest.vcpu.vmcs_read(Vmcs.GUEST_CR3)
+        cr3 = guest.vcpu.vmcs_read(Vmcs.GUEST_CR3)  # 64-bit mode: paging is on (CR0.PG = 1)
         try:
-            code = guest.guest_memory.fetch_instruction(state.rip, cr0, cr3)
-            insn = decode_mmio(code, state.rip)
+            code = guest.guest_memory.fetch_instruction(state.rip, CR0_PG, cr3)
+            insn = self.decoded.get((code, state.rip)) or decode_mmio(code, state.rip)
         except (GuestMemoryError, NotEmulatable) as exc:
             self.refuse(f"MMIO at GPA {ex.gpa:#x}: {exc}")
             return
+        if len(self.decoded) >= DECODE_CACHE_SIZE:
+            self.decoded.clear()
+        self.decoded[(code, state.rip)] = insn
         is_write = bool(ex.qualification & EPTV_WRITE)
         if (insn.direction is Direction.WRITE) != is_write:
             self.refuse(f"MMIO at GPA {ex.gpa:#x}: {insn.text} does not match the {_access(ex)}")

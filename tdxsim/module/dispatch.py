@@ -22,6 +22,7 @@ Host-side operations on a running TD (the host VMM calls these): `post_l1_interr
 
 from __future__ import annotations
 
+import bisect
 import functools
 from collections.abc import Callable
 
@@ -112,6 +113,9 @@ CANONICAL_BITS = 48
 GLA_ENTRY_SIZE = 8
 LEVEL_PAGES = {LEVEL_4K: 1, LEVEL_2M: PAGES_PER_2M}
 LEVEL_ALIGN = {LEVEL_4K: PAGE_SIZE, LEVEL_2M: PAGE_SIZE << 9, LEVEL_1G: PAGE_SIZE << 18}
+
+
+_KNOWN_SORTED = sorted(KNOWN)  # VMCS fields in encoding order, for TDG.VP.RD's next field
 
 
 class LeafStatusError(TdxsimError):
@@ -419,10 +423,10 @@ class TdxModule:
     def _next_field(field_id: int, kind: FieldKind, code: int) -> int:
         if kind != FieldKind.VMCS:
             return NO_NEXT_FIELD
-        later = sorted(c for c in KNOWN if c > code)
-        if not later:
+        at = bisect.bisect_right(_KNOWN_SORTED, code)
+        if at == len(_KNOWN_SORTED):
             return NO_NEXT_FIELD
-        nxt = later[0]
+        nxt = _KNOWN_SORTED[at]
         base = field_id & ~FIELD_CODE_MASK & ~(FIELD_ELEM_SIZE_MASK << FIELD_ELEM_SIZE_SHIFT)
         return base | (ELEM_SIZE_OF_WIDTH[width_of(nxt)] << FIELD_ELEM_SIZE_SHIFT) | nxt
 
