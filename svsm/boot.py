@@ -208,7 +208,7 @@ def main(platform: Platform) -> bytes:
         with boot.step(f"set up {num_l2_vms} L2 guest(s): RAM, paging, aliases, VMCS"):
             guests = boot.l2_guests(num_l2_vms, l2_image, engine, aliases)
         with boot.step("run the L2 guests until each exits"):
-            exits = run_guests(guests)
+            exits = run_guests(guests, tdcall=boot.tdcall)
             boot.say(f"  {exits} L2 exits handled")
     finally:
         engine.close()

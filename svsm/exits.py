@@ -49,7 +49,6 @@ CPUID_VIEW: dict[tuple[int, int], tuple[int, int, int, int]] = {
     (CPUID_TDP_LEAF, 1): (0, 1, 0, 0),
 }
 SUBLEAF_LEAVES = frozenset({CPUID_TDP_LEAF})
-MAX_IDLE_HALTS = 10_000
 DECODE_CACHE_SIZE = 256
 U32 = 0xFFFFFFFF
 
@@ -123,15 +122,14 @@ class ExitHandlers:
         self.complete(ex)
 
     def hlt(self, ex: L2Exit) -> None:
+        """HLT: the L2 is parked (not entered again) until an interrupt is posted to it."""
         guest = self.guest
         if not self.state.rflags & RFLAGS_IF and not self.state.rvi:
             guest.stop(f"HLT with interrupts disabled at RIP {self.state.rip:#x}: it cannot wake")
             return
-        guest.idle_halts = 0 if self.state.rvi else guest.idle_halts + 1
-        if guest.idle_halts > MAX_IDLE_HALTS:
-            guest.stop(f"halted {MAX_IDLE_HALTS} times with no interrupt to wake it")
-            return
         self.complete(ex)
+        if not self.state.rvi:
+            guest.halted = True
 
     def io(self, ex: L2Exit) -> None:
         q = ex.qualification
@@ -176,7 +174,7 @@ class ExitHandlers:
             self.refuse(f"WRMSR {msr:#x} = {value:#x}: not an MSR this L2 may write")
             return
         try:
-            self.guest.apic.post(value & 0xFF, self.state)
+            self.guest.post_interrupt(value & 0xFF)
         except SvsmError as exc:
             self.refuse(f"self-IPI: {exc}")
             return

@@ -138,7 +138,7 @@ class L2Guest:
             log=lambda line: log(f"L2[{self.vm}] {line}"),
         )
         self.outcome = L2Outcome()
-        self.idle_halts = 0
+        self.halted = False  # in HLT with nothing pending: not entered until an interrupt
 
     def _no_tpm(self, command: bytes) -> bytes | None:
         self.crb.fail("no vTPM is attached to this L2")
@@ -247,6 +247,11 @@ class L2Guest:
         self.outcome.state = L2State.STOPPED
         self.outcome.fatal = why
         self.log(f"L2 {self.vm} stopped: {why}")
+
+    def post_interrupt(self, vector: int) -> None:
+        """Request `vector` for this L2 (its virtual APIC) and wake it from HLT."""
+        self.apic.post(vector, self.vcpu.state)
+        self.halted = False
 
     def is_crb(self, gpa: int) -> bool:
         """True if `gpa` is in the TPM CRB register page."""

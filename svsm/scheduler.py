@@ -1,5 +1,8 @@
-"""Running the L2 guests: enter each in turn for a slice of exits, handle each exit, until every
-L2 has exited or been stopped, or a bound on exits is reached (no L2 can keep L1 busy forever).
+"""Running the L2 guests: enter each runnable L2 in turn for a slice of exits, handle each exit,
+until every L2 has exited or been stopped, or a bound on exits is reached (no L2 can keep L1 busy
+forever). An L2 in HLT is not entered until an interrupt is posted to it; when every running L2
+is halted, L1 itself halts (TDG.VP.VMCALL<Instruction.HLT>) so the host can deliver what would
+wake one, a bounded number of times, then stops the L2s nothing will wake.
 """
 
 from __future__ import annotations
@@ -8,33 +11,57 @@ from collections.abc import Sequence
 
 from svsm.exits import ExitHandlers
 from svsm.l2guest import L2Guest
+from svsm.tdcall import Tdcall
 from svsm.vcpu import EnterResult
+from tdxdefs.tdvmcall import Tdvmcall
 
 SLICE_EXITS = 64
 MAX_L1_INTERRUPTS_IN_A_ROW = 1000
+MAX_IDLE_L1_HALTS = 64
+HLT_INTERRUPTS_BLOCKED = 0  # TDG.VP.VMCALL<Instruction.HLT> R12: interrupts were not blocked
 
 
-def run_guests(guests: Sequence[L2Guest], max_exits: int = 200_000) -> int:
+def run_guests(
+    guests: Sequence[L2Guest], max_exits: int = 200_000, tdcall: Tdcall | None = None
+) -> int:
     """Run until no L2 is running; returns the number of exits handled."""
     handlers = {guest.vm: ExitHandlers(guest) for guest in guests}
     handled = 0
+    idle_halts = 0
     while any(guest.running for guest in guests):
-        for guest in guests:
-            interrupts = 0
-            for _ in range(SLICE_EXITS):
-                if not guest.running:
-                    break
-                result, ex = guest.vcpu.enter()
-                if result is EnterResult.L1_INTERRUPT or ex is None:
-                    interrupts += 1  # the platform ran L1's handler; enter again
-                    if interrupts > MAX_L1_INTERRUPTS_IN_A_ROW:
-                        guest.stop("L1 kept taking interrupts: the L2 could not be entered")
-                    continue
-                handlers[guest.vm].handle(ex)
-                handled += 1
+        runnable = [g for g in guests if g.running and not g.halted]
+        if not runnable:
+            idle_halts += 1
+            if tdcall is None or idle_halts > MAX_IDLE_L1_HALTS:
+                for guest in guests:
+                    if guest.running:
+                        guest.stop("halted with interrupts enabled and nothing to wake it")
+                break
+            tdcall.tdvmcall(Tdvmcall.HLT, r12=HLT_INTERRUPTS_BLOCKED)
+            continue
+        idle_halts = 0
+        for guest in runnable:
+            handled += _slice(guest, handlers[guest.vm])
             if handled >= max_exits:
                 for other in guests:
                     if other.running:
                         other.stop(f"still running after {max_exits} exits in all")
                 return handled
+    return handled
+
+
+def _slice(guest: L2Guest, handlers: ExitHandlers) -> int:
+    """Up to SLICE_EXITS exits of one L2; fewer if it halts, exits or is stopped."""
+    handled = interrupts = 0
+    for _ in range(SLICE_EXITS):
+        if not guest.running or guest.halted:
+            break
+        result, ex = guest.vcpu.enter()
+        if result is EnterResult.L1_INTERRUPT or ex is None:
+            interrupts += 1  # the platform ran L1's handler; enter again
+            if interrupts > MAX_L1_INTERRUPTS_IN_A_ROW:
+                guest.stop("L1 kept taking interrupts: the L2 could not be entered")
+            continue
+        handlers.handle(ex)
+        handled += 1
     return handled

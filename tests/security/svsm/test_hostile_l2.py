@@ -103,3 +103,10 @@ def test_halt_with_interrupts_disabled_stops_only_that_l2(firmware: Firmware) ->
     _pv, hostile, _ = run_beside_firmware("cli\nhlt", firmware)
     assert hostile.outcome.state is L2State.STOPPED
     assert "HLT with interrupts disabled" in hostile.outcome.fatal
+
+
+def test_halt_with_nothing_to_wake_is_parked_not_spun(firmware: Firmware) -> None:
+    _pv, hostile, _ = run_beside_firmware("sti\n1: hlt\njmp 1b", firmware)
+    assert hostile.outcome.state is L2State.STOPPED
+    assert "nothing to wake it" in hostile.outcome.fatal
+    assert hostile.outcome.exits["HLT"] == 1  # parked after its one HLT, never entered again
