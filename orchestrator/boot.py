@@ -242,14 +242,25 @@ def run_local(
     return report
 
 
+def _l2_rows(table: list[str]) -> list[str]:
+    """The rows of the alias map an L2 has any access in (`--show-aliases` prints every row)."""
+    return [line for line in table[1:] if "(L1 only)" not in line]
+
+
 def _l2_outcomes(report: BootReport, out: Callable[[str], None], show_aliases: bool) -> None:
     """Each L2's ending, as L1 reported it; the alias map on request."""
     l1 = report.l1
     assert l1 is not None
-    if show_aliases:
-        out("[-] L1's page aliases (GPA x VM; R read, W write, X execute):")
-        for line in l1.alias_map:
-            out(f"    {line}")
+    timings = l1.raw.get("timings_ms", {})
+    if isinstance(timings, dict) and timings:
+        out("[-] boot timeline inside the TD (L1's steps):")
+        clock = 0.0
+        for step, ms in timings.items():
+            clock += float(ms)
+            out(f"    {clock:8.1f} ms  (+{float(ms):6.1f})  {step}")
+    out("[-] L1's page aliases (GPA x VM; R read, W write, X execute; L1 has all):")
+    for line in l1.alias_map if show_aliases else l1.alias_map[:1] + _l2_rows(l1.alias_map):
+        out(f"    {line}")
     for entry in l1.l2:
         vm, code, fatal = entry.get("vm"), entry.get("exit_code"), entry.get("fatal") or ""
         exits = entry.get("exits") or {}

@@ -39,7 +39,7 @@ from svsm.tdcall import Platform, Tdcall
 from tdxdefs.eventlog import EV_PLATFORM_CONFIG_FLAGS, EV_POST_CODE, EV_S_CRTM_VERSION
 from tdxdefs.l2boot import L2_DESCRIPTOR_GPA, L2ImageDescriptor
 from tdxdefs.metadata import NUM_L2_VMS_FIELD
-from tdxdefs.tdcall import PAGE_SIZE
+from tdxdefs.tdcall import PAGE_SIZE, R8, RCX, VP_INFO_GPAW_MASK, Leaf
 from tdxdefs.tdvmcall import Tdvmcall
 from vtpm import wire
 from vtpm.engine import TpmEngine
@@ -81,6 +81,8 @@ class Boot:
         self.timings: dict[str, float] = {}
         self.interrupts: list[int] = []
         self.step_number = 1
+        self.gpaw = 0
+        self.vcpus = 0
 
     def say(self, line: str) -> None:
         """One line on the debug UART: an IO TDVMCALL (a TD exit) per byte."""
@@ -104,7 +106,10 @@ class Boot:
         self.say(f"{label} done in {elapsed:.1f} ms")
 
     def launch(self) -> int:
-        """Step 2: accept memory, NUM_L2_VMS, the launch parameters into RTMR0."""
+        """Step 2: TDG.VP.INFO, accept memory, NUM_L2_VMS, the launch parameters into RTMR0."""
+        info = self.tdcall.call(Leaf.VP_INFO)
+        self.gpaw = info[RCX] & VP_INFO_GPAW_MASK
+        self.vcpus = info[R8] & 0xFFFFFFFF
         self.memory.accept(WORK_GPA, WORK_SIZE)
         num_l2_vms = self.tdcall.vm_rd(NUM_L2_VMS_FIELD)
         area = self.memory.read_measured(PARAMETER_AREA_GPA, PARAMETER_AREA_SIZE)
@@ -192,7 +197,10 @@ def main(platform: Platform) -> bytes:
     try:
         with boot.step("accept memory, NUM_L2_VMS, launch parameters into RTMR0"):
             num_l2_vms = boot.launch()
-            boot.say(f"  accepted {WORK_SIZE:#x} bytes at {WORK_GPA:#x}; NUM_L2_VMS = {num_l2_vms}")
+            boot.say(
+                f"  GPAW {boot.gpaw}, {boot.vcpus} vCPU(s); accepted {WORK_SIZE:#x} bytes at "
+                f"{WORK_GPA:#x}; NUM_L2_VMS = {num_l2_vms}"
+            )
         with boot.step("vTPM manufacture: EKs, CA bound to a TD quote"):
             made, attester = boot.vtpm(engine)
             boot.say(
