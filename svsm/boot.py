@@ -34,8 +34,9 @@ from svsm.l2guest import SUPPORT_PAGES, L2Guest, L2Layout
 from svsm.l2image import parse_descriptor
 from svsm.measurement import PcrEvent, Rtmrs, extend_pcr
 from svsm.memory import PAGE_SIZE_2M, Memory
+from svsm.platform import Platform
 from svsm.scheduler import run_guests
-from svsm.tdcall import Platform, Tdcall
+from svsm.tdcall import Tdcall
 from tdxdefs.eventlog import EV_PLATFORM_CONFIG_FLAGS, EV_POST_CODE, EV_S_CRTM_VERSION
 from tdxdefs.l2boot import L2_DESCRIPTOR_GPA, L2ImageDescriptor
 from tdxdefs.metadata import NUM_L2_VMS_FIELD

@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from svsm.errors import SvsmError
-from svsm.tdcall import Platform, Tdcall, TdcallError
+from svsm.platform import Platform
+from svsm.tdcall import Tdcall, TdcallError
 from tdxdefs.tdcall import (
     LEVEL_2M,
     LEVEL_4K,

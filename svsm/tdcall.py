@@ -11,7 +11,6 @@ RAX). Every helper raises `TdcallError` naming the leaf, the TDVMCALL sub-functi
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Protocol
 
 from svsm.errors import SvsmError
 from tdxdefs.tdcall import (
@@ -82,18 +81,6 @@ class TdcallError(SvsmError):
         else:
             what = f"RAX = {status_name(status)}"
         super().__init__(f"{where} failed: {what}" + (f"; {detail}" if detail else ""))
-
-
-class Platform(Protocol):
-    """What the TD gives L1: the register-level TDCALL and TD memory (private and shared)."""
-
-    memory: memoryview
-    shared_bit: int
-    regions: list[tuple[int, int, int]]
-
-    def tdcall(self, regs: Sequence[int]) -> list[int]: ...
-
-    def offset(self, gpa: int) -> int: ...
 
 
 class Tdcall:
