@@ -11,7 +11,6 @@ times, and prints the GPA x VM permission map (`invoke run --show-aliases`).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 from svsm.errors import SvsmError
@@ -46,6 +45,16 @@ class L1Region:
 
     def __contains__(self, gpa: object) -> bool:
         return isinstance(gpa, int) and self.gpa <= gpa < self.gpa + self.size
+
+
+@dataclass
+class AliasRun:
+    """GPAs [start, end) with the same permissions in every VM (`row`, VM1 first)."""
+
+    start: int
+    end: int
+    row: tuple[GpaAttr, ...]
+    what: str
 
 
 def _pages(gpa: int, size: int) -> range:
@@ -138,24 +147,22 @@ class AliasManager:
             f"after {BUSY_RETRIES} retries"
         )
 
-    def runs(self) -> Iterator[tuple[int, int, tuple[GpaAttr, ...], str]]:
-        """Contiguous GPA runs alike in every VM: (start, end, per-VM permissions, what)."""
+    def runs(self) -> list[AliasRun]:
+        """Contiguous GPA runs alike in every VM, lowest GPA first."""
         pages = set(self._l1_pages())
         for view in self._views.values():
             pages |= view.keys()
-        run: list[object] | None = None  # [start, end, row, what]
+        runs: list[AliasRun] = []
         for page in sorted(pages):
             row = tuple(self.attrs(vm, page) for vm in self._views)
             region = self.owner(page)
             what = f"{region.what} (L1 only)" if region else self.labels.get(page, "")
-            if run is not None and run[1] == page and run[2] == row and run[3] == what:
-                run[1] = page + PAGE_SIZE
-                continue
-            if run is not None:
-                yield run[0], run[1], run[2], run[3]  # type: ignore[misc]
-            run = [page, page + PAGE_SIZE, row, what]
-        if run is not None:
-            yield run[0], run[1], run[2], run[3]  # type: ignore[misc]
+            last = runs[-1] if runs else None
+            if last is not None and last.end == page and last.row == row and last.what == what:
+                last.end = page + PAGE_SIZE
+            else:
+                runs.append(AliasRun(page, page + PAGE_SIZE, row, what))
+        return runs
 
     def _l1_pages(self) -> set[int]:
         return {page for r in self.l1_only for page in range(r.gpa, r.gpa + r.size, PAGE_SIZE)}
@@ -165,7 +172,8 @@ class AliasManager:
         vms = list(self._views)
         header = f"{'GPA range':<27} {'L1':<4}" + "".join(f" {'L2 VM ' + str(v):<8}" for v in vms)
         lines = [header + " what"]
-        for start, end, row, what in self.runs():
-            cells = "".join(f" {_flags(a):<8}" for a in row)
-            lines.append(f"{start:#012x}-{end - 1:#012x}  {'RWX':<4}{cells} {what}".rstrip())
+        for run in self.runs():
+            cells = "".join(f" {_flags(a):<8}" for a in run.row)
+            line = f"{run.start:#012x}-{run.end - 1:#012x}  {'RWX':<4}{cells} {run.what}"
+            lines.append(line.rstrip())
         return lines
