@@ -24,7 +24,7 @@ ATTESTATION = SimulatedAttestation.create(SEED)
 
 
 class HarnessPlatform:
-    """`svsm.platform.Platform` over a TdHarness: what tdxsim.host.td_process.L1Platform gives L1."""
+    """`svsm.platform.Platform` over a TdHarness, as the TD process gives it to L1."""
 
     def __init__(self, harness: TdHarness) -> None:
         self.harness = harness
