@@ -1,0 +1,95 @@
+"""The vTPM relay path's shared definitions (DESIGN.md, "The vTPM command path"): the host's ring
+page, each L2's mailbox page, and the vectors and ports that ring their doorbells.
+
+    host relay --(ring page, shared)--> L1 --(mailbox page, L2-private)--> L2 firmware --CRB--> L1
+                <-- TDVMCALL<IO> OUT RELAY_NOTIFY_PORT --  L1 <-- OUT L2_DOORBELL_PORT --
+
+The host writes a command into the ring page (a page L1 converted to shared), sets `state` to
+COMMAND and posts RELAY_VECTOR to L1. L1 copies the command out once, checks it, writes it into
+the mailbox of the L2 the ring names and posts L2_RELAY_VECTOR to that L2. The L2 wakes from HLT,
+runs the command through its TPM CRB, writes the response into its mailbox and writes the byte
+1 to L2_DOORBELL_PORT. L1 copies the response out once, writes it into the ring with `state`
+RESPONSE and tells the host with a TDVMCALL<IO> write to RELAY_NOTIFY_PORT. No L2 ever sees
+shared memory; L1 never reads shared or L2-writable memory twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import ClassVar
+
+from tdxdefs.layout import Layout
+
+RING_MAGIC = 0x524D5054  # "TPMR" little-endian
+RING_VERSION = 1
+RING_PAGE_SIZE = 4096
+RELAY_VECTOR = 0x51  # host -> L1: a command is in the ring
+L2_RELAY_VECTOR = 0x52  # L1 -> L2: a command is in the mailbox
+L2_DOORBELL_PORT = 0xF5  # L2 -> L1: the response is in the mailbox
+RELAY_NOTIFY_PORT = 0xF6  # L1 -> host (TDVMCALL<IO> write): the response is in the ring
+MAX_TPM_MESSAGE = 4096 - 32  # what one ring or mailbox page carries after its header
+
+
+class RelayKind(IntEnum):
+    """What the host asks in the ring."""
+
+    TPM_COMMAND = 0  # run the message on the L2's vTPM
+    POWER_CYCLE = 1  # reset that vTPM and manufacture it again (only with --dev-platform-port)
+
+
+class RelayState(IntEnum):
+    """Who owns the ring page or a mailbox now."""
+
+    IDLE = 0
+    COMMAND = 1  # a command is waiting for the other side
+    RESPONSE = 2  # a response is waiting for the side that sent the command
+    ERROR = 3  # L1 refused the command; `length` is 0
+
+
+@dataclass(frozen=True, slots=True)
+class RingHeader(Layout):
+    """The first 32 bytes of the host's ring page (little-endian); the message follows."""
+
+    NAME: ClassVar[str] = "relay ring header"
+    FIELDS: ClassVar[tuple[tuple[str, str], ...]] = (
+        ("magic", "I"),
+        ("version", "H"),
+        ("vm", "H"),  # which L2's vTPM (1..3)
+        ("sequence", "I"),  # the host's command number; L1's response repeats it
+        ("state", "I"),
+        ("length", "I"),  # bytes of the message after the header
+        ("locality", "I"),
+        ("kind", "I"),  # RelayKind
+        ("reserved", "4s"),
+    )
+    SIZE: ClassVar[int] = 32
+
+    magic: int
+    version: int
+    vm: int
+    sequence: int
+    state: int
+    length: int
+    locality: int
+    kind: int
+    reserved: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class MailboxHeader(Layout):
+    """The first 32 bytes of an L2's mailbox page (L1 and that L2 only); the message follows."""
+
+    NAME: ClassVar[str] = "relay mailbox header"
+    FIELDS: ClassVar[tuple[tuple[str, str], ...]] = (
+        ("state", "I"),
+        ("length", "I"),
+        ("sequence", "I"),
+        ("reserved", "20s"),
+    )
+    SIZE: ClassVar[int] = 32
+
+    state: int
+    length: int
+    sequence: int
+    reserved: bytes
