@@ -137,6 +137,8 @@ class L2Guest:
             tpm if tpm is not None else self._no_tpm,
             log=lambda line: log(f"L2[{self.vm}] {line}"),
         )
+        if tpm is None:
+            self.crb.fail("no vTPM is attached to this L2")  # tpmSts from the start
         self.outcome = L2Outcome()
         self.halted = False  # in HLT with nothing pending: not entered until an interrupt
 

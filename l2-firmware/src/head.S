@@ -18,7 +18,9 @@ _start_image:
 1:
     cld
     movq %rdi, %r12                   /* L1's entry registers: RDI = this L2's number, */
-    movq %rsi, %r13                   /* RSI = a GPA outside its memory for the self-test */
+    movq %rsi, %r13                   /* RSI = a GPA outside its memory for the self-test, */
+    movq %rdx, %r14                   /* RDX = its relay mailbox page, */
+    movq %rcx, %r15                   /* RCX = flags (bit 0: serve the relay after the test) */
     andq $-16, %rsp
     /* zero .bss: L1 loads only the file's bytes */
     leaq __data_end(%rip), %rdi
@@ -28,6 +30,8 @@ _start_image:
     rep stosb
     movq %r12, %rdi
     movq %r13, %rsi
+    movq %r14, %rdx
+    movq %r15, %rcx
     call l2_main
     movl %eax, %edi
     call l2_exit

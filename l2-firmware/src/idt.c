@@ -29,6 +29,7 @@ static volatile u32 armed_vector = 0xFFFFFFFFu;
 static void *volatile armed_resume;
 static volatile int armed_taken;
 volatile u32 selftest_interrupts;
+volatile u32 relay_interrupts;
 
 static void set_gate(u32 vector, u64 handler, u16 selector) {
     idt[vector].offset_low = (u16)handler;
@@ -47,6 +48,7 @@ void idt_install(void) {
         set_gate(v, base + v * ISR_STUB_SIZE, cs);
     }
     set_gate(SELFTEST_VECTOR, base + EXCEPTION_STUBS * ISR_STUB_SIZE, cs);
+    set_gate(RELAY_VECTOR, base + (EXCEPTION_STUBS + 1) * ISR_STUB_SIZE, cs);
     struct idt_pointer pointer = {sizeof(idt) - 1, (u64)idt};
     __asm__ volatile("lidt %0" : : "m"(pointer));
 }
@@ -64,6 +66,11 @@ int fault_taken(void) {
 void isr_dispatch(struct trap_frame *frame) {
     if (frame->vector == SELFTEST_VECTOR) {
         selftest_interrupts++;
+        wrmsr(X2APIC_EOI, 0);
+        return;
+    }
+    if (frame->vector == RELAY_VECTOR) {
+        relay_interrupts++;
         wrmsr(X2APIC_EOI, 0);
         return;
     }

@@ -19,6 +19,11 @@ isr_table:
     pushq $0
     pushq $0x40
     jmp isr_common
+    .balign 16
+    /* stub 33: the relay vector (idt.c installs it at RELAY_VECTOR) */
+    pushq $0
+    pushq $0x52
+    jmp isr_common
 
 isr_common:
     pushq %rax

@@ -21,6 +21,32 @@ typedef unsigned long u64;
 
 #define SELFTEST_VECTOR 0x40u /* the fixed interrupt the self-test asks L1 to inject */
 
+/* The relay path (tdxdefs/relay.py; a test checks these values against it). */
+#define RELAY_VECTOR 0x52u        /* L1 -> L2: a command is in the mailbox */
+#define L2_DOORBELL_PORT 0xF5u    /* L2 -> L1: the response is in the mailbox */
+#define MAILBOX_HEADER_SIZE 32u   /* state, length, sequence, reserved[20] */
+#define MAX_TPM_MESSAGE 4064u     /* 4096 - 32 */
+#define RELAY_STATE_COMMAND 1u
+#define RELAY_STATE_RESPONSE 2u
+#define RELAY_STATE_ERROR 3u
+#define FLAG_SERVE_RELAY 1u       /* RCX bit 0 at entry */
+
+/* The TPM CRB registers the driver uses (TCG PC Client Platform TPM Profile, CRB interface). */
+#define CRB_LOC_CTRL 0x08u
+#define CRB_LOC_STATE 0x00u
+#define CRB_CTRL_REQ 0x40u
+#define CRB_CTRL_STS 0x44u
+#define CRB_CTRL_START 0x4Cu
+#define CRB_CTRL_CMD_SIZE 0x58u
+#define CRB_CTRL_CMD_LADDR 0x5Cu
+#define CRB_CTRL_CMD_HADDR 0x60u
+#define CRB_CTRL_RSP_SIZE 0x64u
+#define CRB_CTRL_RSP_ADDR 0x68u
+#define CRB_STS_FATAL 1u
+#define CRB_REQ_CMD_READY 1u
+#define CRB_LOC_REQUEST_ACCESS 1u
+#define CRB_LOC_ASSIGNED 2u
+
 /* Exit codes (the byte written to DEBUG_EXIT_PORT). */
 #define EXIT_PASS 0u
 #define EXIT_SELFTEST_FAILED 1u
@@ -42,6 +68,10 @@ static inline u32 mmio_read32(u64 address) {
     return *(volatile u32 *)address;
 }
 
+static inline void mmio_write32(u64 address, u32 value) {
+    *(volatile u32 *)address = value;
+}
+
 /* console.c */
 void console_putc(char c);
 void console_puts(const char *s);
@@ -60,6 +90,14 @@ void idt_install(void);
 void arm_fault(u32 vector, void *resume);
 int fault_taken(void);
 extern volatile u32 selftest_interrupts;
+extern volatile u32 relay_interrupts;
+
+/* crb.c: TPM commands through the CRB; returns the response length, or 0 when the TPM failed. */
+int crb_ready(void);
+u32 crb_transmit(const u8 *command, u32 length, u8 *response, u32 capacity);
+
+/* relay.c: serve the relay mailbox forever. */
+__attribute__((noreturn)) void relay_serve(u64 mailbox_gpa);
 
 /* selftest.c */
 int selftest_run(u64 probe_gpa);

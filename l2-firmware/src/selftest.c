@@ -75,12 +75,26 @@ static void check_isolation(u64 probe_gpa) {
     arm_fault(0xFFFFFFFFu, 0);
 }
 
+/* TPM2_GetRandom(8) through the CRB: the vTPM behind it answers with 8 bytes. */
+static void check_tpm(void) {
+    static const u8 get_random[] = {0x80, 0x01, 0, 0, 0, 0x0c, 0, 0, 0x01, 0x7b, 0, 8};
+    static u8 answer[64];
+    if (mmio_read32(TPM_CRB_BASE + CRB_CTRL_STS) & CRB_STS_FATAL) {
+        console_line("selftest: tpm-getrandom ", "skipped (no vTPM behind the CRB)");
+        return;
+    }
+    u32 length = crb_transmit(get_random, sizeof(get_random), answer, sizeof(answer));
+    u32 rc = length >= 10 ? (u32)answer[6] << 24 | (u32)answer[7] << 16 | (u32)answer[8] << 8 | answer[9] : 0xFFFFFFFFu;
+    report("tpm-getrandom", length == 20 && rc == 0, "length=", length);
+}
+
 int selftest_run(u64 probe_gpa) {
     failures = 0;
     check_cpuid();
     check_interrupt();
     check_code_is_read_only();
     check_mmio();
+    check_tpm();
     check_isolation(probe_gpa);
     console_line("selftest: ", failures ? "FAIL" : "pass");
     return failures;

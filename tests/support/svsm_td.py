@@ -102,13 +102,17 @@ class Paravisor:
         support = SUPPORT + (vm - 1) * SUPPORT_PAGES * PAGE_SIZE
         return L2Layout(vm, RAM0 + (vm - 1) * RAM_SIZE, RAM_SIZE, support)
 
-    def guests(self, images: dict[int, bytes]) -> list[L2Guest]:
+    def guests(
+        self,
+        images: dict[int, bytes],
+        tpms: dict[int, Callable[[bytes], bytes | None]] | None = None,
+    ) -> list[L2Guest]:
         out = []
         for vm, image in images.items():
             neighbour = self.layout(vm % self.count + 1).ram_gpa if self.count > 1 else 0
             guest = L2Guest(
                 self.tdcall, self.memory, self.aliases, self.layout(vm), image,
-                self.log.append, probe_gpa=neighbour,
+                self.log.append, tpm=(tpms or {}).get(vm), probe_gpa=neighbour,
             )  # fmt: skip
             guest.setup()
             out.append(guest)
