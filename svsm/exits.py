@@ -20,6 +20,7 @@ from svsm.guestmem import GuestMemoryError
 from svsm.l2guest import L2Guest
 from svsm.ports import COM1_DATA, COM1_LINE_STATUS, DEBUG_EXIT_PORT, LSR_TRANSMIT_EMPTY
 from svsm.vcpu import GuestState, L2Exit
+from tdxdefs.relay import L2_DOORBELL_PORT
 from tdxdefs.tdcall import R10, R11, RAX, RBX, RCX, RDX, TDX_OPERAND_INVALID, TDX_SUCCESS
 from tdxdefs.tdvmcall import GHCI_STANDARD, TDVMCALL_OPERAND_INVALID
 from tdxdefs.vmcs import (
@@ -149,6 +150,10 @@ class ExitHandlers:
             return
         if port == COM1_DATA:
             self.guest.console.write(gprs[RAX] & 0xFF)
+        elif port == L2_DOORBELL_PORT and self.guest.doorbell is not None:
+            self.complete(ex)
+            self.guest.doorbell(self.guest)
+            return
         elif port == DEBUG_EXIT_PORT:
             self.complete(ex)
             self.guest.finish(gprs[RAX] & 0xFF)

@@ -26,7 +26,7 @@ from svsm.tdcall import Tdcall
 from svsm.vcpu import L2Vcpu
 from tdxdefs.attributes import GpaAttr
 from tdxdefs.metadata import msr_bitmap_field_id
-from tdxdefs.tdcall import PAGE_SIZE, RDI, RSI, RSP, U64_MASK, Leaf
+from tdxdefs.tdcall import PAGE_SIZE, RCX, RDI, RDX, RSI, RSP, U64_MASK, Leaf
 from tdxdefs.vmcs import MSR_BITMAP_WRITE_LOW, SEC_VIRTUAL_INTR_DELIVERY, Vmcs
 from tdxdefs.x86 import (
     CR0_PE,
@@ -41,6 +41,7 @@ from tdxdefs.x86 import (
     X2APIC_MSR_EOI,
 )
 
+ENTRY_FLAG_SERVE_RELAY = 1 << 0  # RCX at entry: our firmware serves the relay after its self-test
 PTE_PRESENT_WRITABLE = 0x3
 PDE_LARGE = 0x80
 IDENTITY_GIB = 4
@@ -60,9 +61,10 @@ class SupportPage(Enum):
     VAPIC = 7
     GUEST_STATE = 8
     CRB_BUFFER = 9
+    MAILBOX = 10  # the relay mailbox (tdxdefs.relay), aliased read/write
 
 
-SUPPORT_PAGES = 10
+SUPPORT_PAGES = 11
 
 
 @dataclass(frozen=True)
@@ -114,6 +116,8 @@ class L2Guest:
         log: Callable[[str], None],
         tpm: Callable[[bytes], bytes | None] | None = None,
         probe_gpa: int = 0,
+        serve_relay: bool = False,
+        doorbell: Callable[[L2Guest], None] | None = None,
     ) -> None:
         self.tdcall = tdcall
         self.memory = memory
@@ -124,6 +128,8 @@ class L2Guest:
         self.image_layout = L2ImageLayout.parse(image)
         self.log = log
         self.probe_gpa = probe_gpa
+        self.serve_relay = serve_relay
+        self.doorbell = doorbell
         self.vcpu = L2Vcpu(tdcall, memory, self.vm, layout.page(SupportPage.GUEST_STATE))
         self.apic = VirtualApic(memory, layout.page(SupportPage.VAPIC))
         self.console = L2Console(self.vm, log)
@@ -169,6 +175,8 @@ class L2Guest:
         state.gprs[RSP] = lay.ram_gpa + lay.ram_size
         state.gprs[RDI] = self.vm
         state.gprs[RSI] = self.probe_gpa
+        state.gprs[RDX] = lay.page(SupportPage.MAILBOX)
+        state.gprs[RCX] = ENTRY_FLAG_SERVE_RELAY if self.serve_relay else 0
 
     def _build_paging(self) -> None:
         lay = self.layout
@@ -201,6 +209,10 @@ class L2Guest:
         self.aliases.grant(
             vm, lay.page(SupportPage.CRB_BUFFER), PAGE_SIZE, GpaAttr.R | GpaAttr.W,
             f"L2 VM {vm} TPM CRB buffer",
+        )  # fmt: skip
+        self.aliases.grant(
+            vm, lay.page(SupportPage.MAILBOX), PAGE_SIZE, GpaAttr.R | GpaAttr.W,
+            f"L2 VM {vm} relay mailbox",
         )  # fmt: skip
         code = img.text_end if img.has_header else -(-len(self.image) // PAGE_SIZE) * PAGE_SIZE
         self.aliases.grant(vm, lay.ram_gpa, code, GpaAttr.R | GpaAttr.XS, f"L2 VM {vm} code")

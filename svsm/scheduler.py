@@ -7,7 +7,7 @@ wake one, a bounded number of times, then stops the L2s nothing will wake.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from svsm.exits import ExitHandlers
 from svsm.l2guest import L2Guest
@@ -22,17 +22,29 @@ HLT_INTERRUPTS_BLOCKED = 0  # TDG.VP.VMCALL<Instruction.HLT> R12: interrupts wer
 
 
 def run_guests(
-    guests: Sequence[L2Guest], max_exits: int = 200_000, tdcall: Tdcall | None = None
+    guests: Sequence[L2Guest],
+    max_exits: int = 200_000,
+    tdcall: Tdcall | None = None,
+    poll: Callable[[], None] | None = None,
+    serving: bool = False,
+    until_idle: bool = False,
 ) -> int:
-    """Run until no L2 is running; returns the number of exits handled."""
+    """Run until no L2 is running; returns the number of exits handled. `poll` runs between
+    slices (the relay's ring); `serving` lifts the bounds: L1 halts to the host for as long as
+    the host keeps it, since a relay command is what wakes a serving L2. `until_idle` returns
+    as soon as every running L2 is halted (a caller that delivers the next event itself)."""
     handlers = {guest.vm: ExitHandlers(guest) for guest in guests}
     handled = 0
     idle_halts = 0
     while any(guest.running for guest in guests):
+        if poll is not None:
+            poll()
         runnable = [g for g in guests if g.running and not g.halted]
         if not runnable:
+            if until_idle:
+                return handled
             idle_halts += 1
-            if tdcall is None or idle_halts > MAX_IDLE_L1_HALTS:
+            if tdcall is None or (idle_halts > MAX_IDLE_L1_HALTS and not serving):
                 for guest in guests:
                     if guest.running:
                         guest.stop("halted with interrupts enabled and nothing to wake it")
@@ -42,7 +54,7 @@ def run_guests(
         idle_halts = 0
         for guest in runnable:
             handled += _slice(guest, handlers[guest.vm])
-            if handled >= max_exits:
+            if handled >= max_exits and not serving:
                 for other in guests:
                     if other.running:
                         other.stop(f"still running after {max_exits} exits in all")

@@ -4,6 +4,7 @@ platform adapter giving svsm what the TD process gives it (register-level tdcall
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import pytest
 
@@ -54,9 +55,14 @@ class Td:
     """A TD (all RAM pending) with an in-process host VMM and svsm's Tdcall and Memory on it."""
 
     def __init__(
-        self, faults: FaultSet | None = None, *, chunk: int = 512, ram_mib: int = 8
+        self,
+        faults: FaultSet | None = None,
+        *,
+        chunk: int = 512,
+        ram_mib: int = 8,
+        num_l2_vms: int = 2,
     ) -> None:
-        self.harness = TdHarness.default(ram_mib=ram_mib, num_l2_vms=2)
+        self.harness = TdHarness.default(ram_mib=ram_mib, num_l2_vms=num_l2_vms)
         self.harness.module.attestation = ATTESTATION.reports
         self.host = HostVmm(
             SharedMemory.of_memory(self.harness.memory),
@@ -89,10 +95,11 @@ class Paravisor:
     """svsm's L2 side on a TD with `count` L2 VMs, the test holding the log."""
 
     def __init__(self, count: int) -> None:
-        self.harness = TdHarness.default(ram_mib=16, num_l2_vms=count)
-        platform = HarnessPlatform(self.harness)
-        self.tdcall = Tdcall(platform.tdcall)
-        self.memory = Memory(platform, self.tdcall)
+        self.td = Td(ram_mib=32, num_l2_vms=count)
+        self.harness = self.td.harness
+        self.platform = self.td.platform
+        self.tdcall = self.td.tdcall
+        self.memory = self.td.memory
         self.memory.accept(SUPPORT, 0xA00000)
         self.aliases = AliasManager(self.tdcall, count)
         self.log: list[str] = []
@@ -106,13 +113,14 @@ class Paravisor:
         self,
         images: dict[int, bytes],
         tpms: dict[int, Callable[[bytes], bytes | None]] | None = None,
+        **options: Any,
     ) -> list[L2Guest]:
         out = []
         for vm, image in images.items():
             neighbour = self.layout(vm % self.count + 1).ram_gpa if self.count > 1 else 0
             guest = L2Guest(
                 self.tdcall, self.memory, self.aliases, self.layout(vm), image,
-                self.log.append, tpm=(tpms or {}).get(vm), probe_gpa=neighbour,
+                self.log.append, tpm=(tpms or {}).get(vm), probe_gpa=neighbour, **options,
             )  # fmt: skip
             guest.setup()
             out.append(guest)

@@ -1,0 +1,198 @@
+"""L1's part of the vTPM relay path (tdxdefs.relay): between the host's ring page and each L2's
+mailbox page.
+
+The ring page is shared: the host may rewrite it at any time, so L1 copies it once
+(`SharedBuffer.snapshot`) and checks the copy (magic, version, state, length, L2 number). The
+mailbox is L2-writable: its response is copied once and checked the same way (state, length,
+sequence). A bad ring is answered with state ERROR; a bad mailbox answer gives the host ERROR and
+is logged; neither reaches L1's state. Commands for one L2 are serialized: a second command before
+the first is answered gets ERROR (never queued silently).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from svsm.errors import SvsmError
+from svsm.l2guest import L2Guest, SupportPage
+from svsm.memory import Memory, SharedBuffer
+from svsm.tdcall import Tdcall, TdcallError
+from tdxdefs.errors import LayoutError
+from tdxdefs.relay import (
+    L2_RELAY_VECTOR,
+    MAX_TPM_MESSAGE,
+    RELAY_FLAG_DEV_PLATFORM_PORT,
+    RELAY_FLAG_SERVING,
+    RELAY_HELLO,
+    RELAY_HELLO_MASK,
+    RELAY_NOTIFY_PORT,
+    RELAY_VECTOR,
+    RING_MAGIC,
+    RING_PAGE_SIZE,
+    RING_VERSION,
+    MailboxHeader,
+    RelayKind,
+    RelayState,
+    RingHeader,
+)
+from tdxdefs.tdcall import R11
+from tdxdefs.tdvmcall import IO_DIRECTION_READ, IO_DIRECTION_WRITE, Tdvmcall
+
+IO_SIZE_4 = 4
+IO_SIZE_1 = 1
+
+
+class RelayError(SvsmError):
+    """A ring or mailbox page that does not check; names the field."""
+
+
+@dataclass(frozen=True)
+class HostMode:
+    """What the host said at boot: whether it serves the relay, and in which mode."""
+
+    serving: bool = False
+    dev_platform_port: bool = False
+
+
+def ask_host(tdcall: Tdcall) -> HostMode:
+    """A 4-byte TDVMCALL<IO> read of RELAY_NOTIFY_PORT: RELAY_HELLO | flags from a serving host."""
+    try:
+        out = tdcall.tdvmcall(
+            Tdvmcall.IO, r12=IO_SIZE_4, r13=IO_DIRECTION_READ, r14=RELAY_NOTIFY_PORT
+        )
+    except TdcallError:
+        return HostMode()
+    value = out[R11] & 0xFFFFFFFF
+    if value & RELAY_HELLO_MASK != RELAY_HELLO or not value & RELAY_FLAG_SERVING:
+        return HostMode()
+    return HostMode(True, bool(value & RELAY_FLAG_DEV_PLATFORM_PORT))
+
+
+@dataclass(frozen=True)
+class RingCommand:
+    """A command copied out of the ring page and checked."""
+
+    vm: int
+    sequence: int
+    kind: RelayKind
+    locality: int
+    message: bytes
+
+
+def parse_ring(raw: bytes, vms: range) -> RingCommand:
+    """Check one copy of the ring page; RelayError names the first bad field."""
+    try:
+        head = RingHeader.unpack(raw)
+    except LayoutError as exc:
+        raise RelayError(f"ring page: {exc}") from exc
+    if head.magic != RING_MAGIC or head.version != RING_VERSION:
+        raise RelayError(f"ring page: magic {head.magic:#x} version {head.version}")
+    if head.state != RelayState.COMMAND:
+        raise RelayError(f"ring page: state {head.state}, not COMMAND")
+    if head.vm not in vms:
+        raise RelayError(f"ring page: L2 {head.vm} does not exist")
+    if head.length > MAX_TPM_MESSAGE:
+        raise RelayError(f"ring page: length {head.length} past the page")
+    try:
+        kind = RelayKind(head.kind)
+    except ValueError as exc:
+        raise RelayError(f"ring page: kind {head.kind}") from exc
+    body = raw[RingHeader.SIZE : RingHeader.SIZE + head.length]
+    return RingCommand(head.vm, head.sequence, kind, head.locality, bytes(body))
+
+
+class Relay:
+    """The ring page and the L2 mailboxes, driven by interrupts and doorbells."""
+
+    def __init__(
+        self,
+        tdcall: Tdcall,
+        memory: Memory,
+        ring: SharedBuffer,
+        guests: dict[int, L2Guest],
+        log: Callable[[str], None],
+        power_cycle: Callable[[int], bool] | None = None,
+    ) -> None:
+        self.tdcall = tdcall
+        self.memory = memory
+        self.ring = ring
+        self.guests = guests
+        self.log = log
+        self.power_cycle = power_cycle
+        self.pending = False
+        self.inflight: dict[int, int] = {}  # vm -> sequence being answered
+        self.relayed = 0
+        self.refused = 0
+
+    def on_interrupt(self, vector: int) -> None:
+        """L1's interrupt handler hook: remember the doorbell; `service` does the work."""
+        if vector == RELAY_VECTOR:
+            self.pending = True
+
+    def service(self) -> None:
+        """Take a command from the ring, if the host rang, and hand it to its L2."""
+        if not self.pending:
+            return
+        self.pending = False
+        try:
+            command = parse_ring(self.ring.snapshot(), range(1, len(self.guests) + 1))
+        except RelayError as exc:
+            self.refused += 1
+            self.log(f"relay: refused: {exc}")
+            self._answer(0, 0, RelayState.ERROR, b"")
+            return
+        guest = self.guests[command.vm]
+        if command.kind is RelayKind.POWER_CYCLE:
+            done = self.power_cycle(command.vm) if self.power_cycle else False
+            state = RelayState.RESPONSE if done else RelayState.ERROR
+            self._answer(command.vm, command.sequence, state, b"")
+            return
+        if command.vm in self.inflight or not guest.running:
+            self.refused += 1
+            why = "a command is in flight" if guest.running else "the L2 is not running"
+            self.log(f"relay: L2 {command.vm} refused command {command.sequence}: {why}")
+            self._answer(command.vm, command.sequence, RelayState.ERROR, b"")
+            return
+        mailbox = guest.layout.page(SupportPage.MAILBOX)
+        head = MailboxHeader(
+            int(RelayState.COMMAND), len(command.message), command.sequence, bytes(20)
+        )
+        self.memory.write(mailbox + MailboxHeader.SIZE, command.message)
+        self.memory.write(mailbox, head.pack())
+        self.inflight[command.vm] = command.sequence
+        guest.post_interrupt(L2_RELAY_VECTOR)
+
+    def doorbell(self, guest: L2Guest) -> None:
+        """The L2 says its mailbox holds the response: copy it once, check it, pass it on."""
+        sequence = self.inflight.pop(guest.vm, None)
+        if sequence is None:
+            self.log(f"relay: L2 {guest.vm} rang with no command in flight")
+            return
+        raw = self.memory.read(guest.layout.page(SupportPage.MAILBOX), RING_PAGE_SIZE)
+        head = MailboxHeader.unpack(raw)
+        if (
+            head.state not in (RelayState.RESPONSE, RelayState.ERROR)
+            or head.length > MAX_TPM_MESSAGE
+            or head.sequence != sequence
+        ):
+            self.refused += 1
+            self.log(
+                f"relay: L2 {guest.vm} answered state {head.state} length {head.length} "
+                f"sequence {head.sequence} (expected {sequence}): refused"
+            )
+            self._answer(guest.vm, sequence, RelayState.ERROR, b"")
+            return
+        body = raw[MailboxHeader.SIZE : MailboxHeader.SIZE + head.length]
+        self._answer(guest.vm, sequence, RelayState(head.state), bytes(body))
+        self.relayed += 1
+
+    def _answer(self, vm: int, sequence: int, state: RelayState, body: bytes) -> None:
+        head = RingHeader(
+            RING_MAGIC, RING_VERSION, vm, sequence, int(state), len(body), 0, 0, bytes(4)
+        )
+        self.ring.write(RingHeader.SIZE, body)
+        self.ring.write(0, head.pack())
+        self.tdcall.tdvmcall(
+            Tdvmcall.IO, r12=IO_SIZE_1, r13=IO_DIRECTION_WRITE, r14=RELAY_NOTIFY_PORT, r15=1
+        )
