@@ -35,11 +35,18 @@ from svsm.l2image import parse_descriptor
 from svsm.measurement import PcrEvent, Rtmrs, extend_pcr
 from svsm.memory import PAGE_SIZE_2M, Memory
 from svsm.platform import Platform
+from svsm.relay import HostMode, Relay, ask_host
 from svsm.scheduler import run_guests
 from svsm.tdcall import Tdcall
-from tdxdefs.eventlog import EV_PLATFORM_CONFIG_FLAGS, EV_POST_CODE, EV_S_CRTM_VERSION
+from tdxdefs.eventlog import (
+    EV_EVENT_TAG,
+    EV_PLATFORM_CONFIG_FLAGS,
+    EV_POST_CODE,
+    EV_S_CRTM_VERSION,
+)
 from tdxdefs.l2boot import L2_DESCRIPTOR_GPA, L2ImageDescriptor
 from tdxdefs.metadata import NUM_L2_VMS_FIELD
+from tdxdefs.relay import RELAY_RING_GPA
 from tdxdefs.tdcall import PAGE_SIZE, R8, RCX, VP_INFO_GPAW_MASK, Leaf
 from tdxdefs.tdvmcall import Tdvmcall
 from vtpm import wire
@@ -61,6 +68,7 @@ L2_SUPPORT_GPA = 0x1400000
 L2_RAM_GPA, L2_RAM_SIZE = 0x1600000, PAGE_SIZE_2M
 L2_AREA_END = L2_RAM_GPA + 3 * L2_RAM_SIZE
 RTMR_LAUNCH = 0
+RTMR_MODES = 3  # how the TD runs (a development relay platform port)
 PCR_SVSM = 0
 UART_PORT = 0x3F8
 IO_SIZE_1, IO_WRITE = 1, 1
@@ -84,6 +92,8 @@ class Boot:
         self.step_number = 1
         self.gpaw = 0
         self.vcpus = 0
+        self.mode = HostMode()
+        self.relay: Relay | None = None
 
     def say(self, line: str) -> None:
         """One line on the debug UART: an IO TDVMCALL (a TD exit) per byte."""
@@ -113,6 +123,7 @@ class Boot:
         self.vcpus = info[R8] & 0xFFFFFFFF
         self.memory.accept(WORK_GPA, WORK_SIZE)
         num_l2_vms = self.tdcall.vm_rd(NUM_L2_VMS_FIELD)
+        self.mode = self.host_mode()
         area = self.memory.read_measured(PARAMETER_AREA_GPA, PARAMETER_AREA_SIZE)
         description = f"IGVM parameter area at {PARAMETER_AREA_GPA:#x}, {len(area)} bytes\0"
         self.rtmrs.extend(
@@ -136,13 +147,37 @@ class Boot:
         engine.power_on()
         return manufacture(engine, attester=attester), attester
 
+    def take_interrupt(self, vector: int) -> None:
+        """L1's interrupt handler: record the vector; the relay wakes on its own."""
+        self.interrupts.append(vector)
+        if self.relay is not None:
+            self.relay.on_interrupt(vector)
+
+    def host_mode(self) -> HostMode:
+        """Ask the host whether it serves the relay; a development platform port (power cycles
+        from outside) is recorded in RTMR3, so a verifier sees the mode the TD ran in."""
+        mode = ask_host(self.tdcall)
+        if mode.dev_platform_port:
+            event = b"vTPM relay: development platform port (power cycles from the host)\0"
+            self.rtmrs.extend(RTMR_MODES, EV_EVENT_TAG, event, hashlib.sha384(event).digest())
+        return mode
+
+    def start_relay(self, guests: list[L2Guest]) -> Relay:
+        """Convert the ring page to shared and connect it to the L2 mailboxes."""
+        self.memory.accept(RELAY_RING_GPA, PAGE_SIZE)
+        ring = self.memory.share(RELAY_RING_GPA, PAGE_SIZE)
+        self.relay = Relay(self.tdcall, self.memory, ring, {g.vm: g for g in guests}, self.say)
+        for guest in guests:
+            guest.doorbell = self.relay.doorbell
+        return self.relay
+
     def platform_interrupts(self) -> None:
         """Ask the host to notify GetQuote completion; record the vectors taken."""
         set_handler: Callable[[Callable[[int], None]], None] | None = getattr(
             self.platform, "set_interrupt_handler", None
         )
         if set_handler is not None:
-            set_handler(self.interrupts.append)
+            set_handler(self.take_interrupt)
         self.tdcall.tdvmcall(Tdvmcall.SETUP_EVENT_NOTIFY_INTERRUPT, r12=NOTIFY_VECTOR)
 
     def seal(self, engine: TpmEngine, l2_image: bytes) -> list[PcrEvent]:
@@ -184,6 +219,7 @@ class Boot:
                 self.say,
                 tpm=engine.process if vm == 1 else None,
                 probe_gpa=neighbour,
+                serve_relay=self.mode.serving,
             )
             guest.setup()
             guests.append(guest)
@@ -216,6 +252,10 @@ def main(platform: Platform) -> bytes:
         aliases = AliasManager(boot.tdcall, num_l2_vms)
         with boot.step(f"set up {num_l2_vms} L2 guest(s): RAM, paging, aliases, VMCS"):
             guests = boot.l2_guests(num_l2_vms, l2_image, engine, aliases)
+        if boot.mode.serving:
+            relay = boot.start_relay(guests)
+            boot.say("  serving the vTPM relay: the host's ring page -> L2 mailboxes -> CRBs")
+            run_guests(guests, tdcall=boot.tdcall, poll=relay.service, serving=True)
         with boot.step("run the L2 guests until each exits"):
             exits = run_guests(guests, tdcall=boot.tdcall)
             boot.say(f"  {exits} L2 exits handled")
