@@ -11,10 +11,17 @@ alias, as the EPT checks it on hardware, so L2 cannot use L1-only memory as page
 exit then has the translated-access bit clear. A non-present entry is a #PF for L2.
 
 Unicorn has no hook that stops before CPUID, IN/OUT or RDMSR/WRMSR (its CPUID/IO hooks run the
-rest of the translation block, and MSR hooks are not supported), so a per-instruction code hook
-reads the opcode bytes and stops precisely before the exiting ones (about 1.3 M instructions/s
-here). It also counts the instruction budget (a runaway L2 ends in a host-routed timer exit)
-and watches RFLAGS.IF while an interrupt window is wanted.
+rest of the translation block, and MSR hooks are not supported). So the first fetch from a code
+page (seen in the TLB fill) scans its bytes for every opcode that may exit (`exit_candidates`)
+and makes each possible start of such an instruction a unicorn exit: unicorn stops before it,
+with no Python call on the instructions in between; the model then decodes it (`_decode`) and
+either exits to L1 or runs that one instruction (`_step`). A scanned page is mapped read+execute
+in the TLB, so L2's first write to it refills the entry and the page is from then on decoded per
+instruction by a code hook limited to it; writes by L1 and the host are found at the next entry
+by comparing the page with its scan. The instruction budget is unicorn's instruction count (a
+runaway L2 ends in a host-routed timer exit); an L1 interrupt kick calls emu_stop. While an
+interrupt window is wanted or an STI/MOV-SS shadow is in force, every instruction is hooked, so
+the window opens and the shadow ends at the exact instruction.
 
 Simulator choices, documented: paging-entry permission bits (R/W, U/S, NX) and accessed/dirty
 bits are not modelled, only presence and the EPT side; event delivery through the IDT handles
@@ -25,22 +32,29 @@ leaves bit 4 out); a host-routed L2 TDVMCALL completes (RIP advanced) before L1 
 TDX_L2_EXIT_HOST_ROUTED_TDVMCALL; L1 and host writes to pages L2 executed from are detected at
 the next entry and drop unicorn's stale translations of those pages. GETSEC, the VMX instructions,
 INVEPT/INVVPID/VMFUNC exit to L1 as 3.3 routes them, with no CR4.SMXE/VMXE #UD check first and
-the VMX instruction-information field left 0; their lengths come from the opcode bytes.
+the VMX instruction-information field left 0; their lengths come from the opcode bytes. The
+STI shadow is tracked only while every instruction is hooked, so an exit by the budget or a kick
+right after STI reports no blocking; the budget does not count instructions run between stops
+that resume (bounded by MAX_STOPS_PER_ENTRY).
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import re
 import struct
 from collections.abc import Callable
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from enum import IntEnum
+from functools import lru_cache
 from typing import Any, cast
 
 from unicorn import (
     UC_ARCH_X86,
+    UC_CTL_IO_WRITE,
+    UC_CTL_TLB_FLUSH,
     UC_HOOK_CODE,
     UC_HOOK_INSN_INVALID,
     UC_HOOK_INTR,
@@ -211,6 +225,7 @@ MODRM_REG_MASK = 0x7
 SREG_SS = 2
 OP_INT3, OP_INTN, OP_INTO, OP_INT1 = 0xCC, 0xCD, 0xCE, 0xF1
 SOFTWARE_INT_OPS = frozenset({OP_INT3, OP_INTN, OP_INTO, OP_INT1})
+SOFTWARE_INT_VECTORS = {OP_INT3: 3, OP_INT1: 1}  # INT n carries its vector; INTO is #UD here
 IO_IMM = {0xE4: (True, 1), 0xE5: (True, 0), 0xE6: (False, 1), 0xE7: (False, 0)}
 IO_DX = {0xEC: (True, 1), 0xED: (True, 0), 0xEE: (False, 1), 0xEF: (False, 0)}
 IO_STRING = {0x6C: (True, 1), 0x6D: (True, 0), 0x6E: (False, 1), 0x6F: (False, 0)}
@@ -313,6 +328,81 @@ def modrm_operand_length(code: bytes, at: int) -> int:
     return length
 
 
+# --- finding the exiting instructions of a code page -------------------------------------------
+PREFIX_LIKE = LEGACY_PREFIXES | frozenset(range(REX_FIRST, REX_LAST + 1))
+SCAN_CONTROLS = PROC_RDTSC_EXITING | PROC_RDPMC_EXITING | PROC_PAUSE_EXITING | PROC_INVLPG_EXITING
+# ModRM bytes of a memory operand with reg field /6 or /7 (0F C7 VMX forms) and /7 (INVLPG)
+MODRM_MEM_6_7 = frozenset(
+    m for m in range(256) if m >> MODRM_MOD_SHIFT != MOD_REGISTER and (m >> 3) & 7 in (6, 7)
+)
+MODRM_MEM_7 = frozenset(m for m in MODRM_MEM_6_7 if (m >> 3) & 7 == GROUP9_VMPTRST)
+
+
+def _byte_class(values: AbstractSet[int]) -> bytes:
+    return b"[" + b"".join(re.escape(bytes([v])) for v in sorted(values)) + b"]"
+
+
+@lru_cache(maxsize=16)
+def candidate_pattern(controls: int) -> re.Pattern[bytes]:
+    """Byte patterns of every opcode the model must see before it runs, for these
+    processor-based controls (RDTSC, RDPMC, PAUSE and INVLPG exit only when enabled).
+
+    The match is the opcode byte after any prefixes; a pattern cut off by the end of the page
+    also matches, so an instruction that crosses into the next page is never missed.
+    """
+    one = {OP_HLT, *IO_IMM, *IO_DX, *IO_STRING, OP_INT3, OP_INTN, OP_INT1}
+    if controls & PROC_PAUSE_EXITING:
+        one.add(OP_NOP_PAUSE)
+    two = {*UNCONDITIONAL_TWO_BYTE_EXITS, *VMREAD_VMWRITE, OP2_RDMSR, OP2_WRMSR, OP2_MOV_TO_CR}
+    if controls & PROC_RDTSC_EXITING:
+        two.add(OP2_RDTSC)
+    if controls & PROC_RDPMC_EXITING:
+        two.add(OP2_RDPMC)
+    group7 = set(GROUP7_REGISTER_EXITS) | {MODRM_VMCALL, MODRM_TDCALL}
+    if controls & PROC_INVLPG_EXITING:
+        group7 |= MODRM_MEM_7
+    esc = re.escape(bytes([OP_TWO_BYTE]))
+    forms = [
+        _byte_class(one),
+        esc + _byte_class(two),
+        esc + re.escape(bytes([OP2_GROUP7])) + _byte_class(group7),
+        esc + re.escape(bytes([OP2_GROUP9])) + _byte_class(MODRM_MEM_6_7),
+        esc + re.escape(bytes([OP2_ESCAPE_38])) + _byte_class(set(INVEPT_INVVPID)),
+        esc + _byte_class({OP2_GROUP7, OP2_GROUP9, OP2_ESCAPE_38}) + rb"?\Z",
+    ]
+    return re.compile(b"(?=" + b"|".join(forms) + b")")
+
+
+def exit_candidates(page: bytes, controls: int) -> set[int]:
+    """Offsets in `page` where an instruction the model must see could start.
+
+    For each matching opcode byte, every start the legacy and REX prefixes before it allow is
+    a candidate (an instruction is at most 15 bytes); a run of prefixes that reaches the start
+    of the page may continue on the previous page, so the offsets can be negative.
+    """
+    found: set[int] = set()
+    for match in candidate_pattern(controls).finditer(page):
+        at = match.start()
+        start = at
+        while start > 0 and at - start < MAX_INSN_LEN - 1 and page[start - 1] in PREFIX_LIKE:
+            start -= 1
+        if start == 0:
+            start = at - (MAX_INSN_LEN - 1)
+        found.update(range(start, at + 1))
+    return found
+
+
+@dataclass(slots=True)
+class CodePage:
+    """A code page as scanned: where it lives, its bytes then, its exit addresses."""
+
+    gpa_page: int
+    offset: int  # in the TD memory file
+    data: bytes
+    exits: frozenset[int]
+    executable: bool  # by this VM's alias when scanned; a page it cannot run has no exits
+
+
 class StopKind(IntEnum):
     """Why unicorn was stopped."""
 
@@ -353,6 +443,7 @@ class _Stop:
     value: int = 0
     write: bool = False
     cr2: int | None = None
+    addr: int = -1  # the instruction that raised an exception, when known
 
 
 class RegisterBlock:
@@ -446,7 +537,6 @@ class L2Vcpu:
         self.kick_requested = False
         self.rvi = 0
         self.svi = 0
-        self.instructions_retired = 0
         self.uc: Any = UNICORN(UC_ARCH_X86, UC_MODE_64)
         for region in memory.regions:
             for view in (region.gpa, region.gpa | memory.shared_bit):
@@ -480,9 +570,19 @@ class L2Vcpu:
         self._last_size = 0
         self._code_off = -1
         self._code_page = -1
-        self._code_pages: set[int] = set()
-        self._code_snapshot: dict[int, tuple[int, bytes]] = {}  # GLA page -> memfd offset, bytes
-        self.uc.hook_add(UC_HOOK_CODE, self._on_insn)
+        # Exiting instructions are found per code page (see _scan) and become unicorn exits:
+        # unicorn stops before them with no Python call on the instructions in between.
+        self._scanned: dict[int, CodePage] = {}  # GLA page -> its scan
+        self._glas_of_code: dict[int, set[int]] = {}  # GPA page -> GLA pages scanned from it
+        self._decoded_pages: set[int] = set()  # GPA pages L2 wrote: decoded per instruction
+        self._page_hooks: dict[int, int] = {}  # GLA page -> its per-instruction hook
+        self._writable_unscanned: set[int] = set()  # GPA pages a TLB entry may write
+        self._stale_exits: set[int] = set()  # exits in translations made since the last flush
+        self._scan_controls = -1
+        self._slow_mode = False  # every instruction hooked (interrupt window, STI shadow)
+        self._slow_hook: int | None = None
+        self.uc.ctl_exits_enabled(True)
+        self.uc.ctl_set_exits([])
         self.uc.hook_add(
             UC_HOOK_MEM_READ_PROT
             | UC_HOOK_MEM_WRITE_PROT
@@ -565,7 +665,7 @@ class L2Vcpu:
         gpa, _fault = self._walk(gla, EPTV_READ)
         return gpa
 
-    def _walk(self, gla: int, kind: int) -> tuple[int | None, _Stop | None]:
+    def _walk(self, gla: int, kind: int, probe: bool = False) -> tuple[int | None, _Stop | None]:
         """4-level walk of L2's page tables. Every paging-structure read goes through the EPT
         (the alias) like on hardware: a table in a page L2 may not read is an EPT violation
         with the translated-access bit clear, never a way to read L1 memory. A non-present
@@ -588,11 +688,15 @@ class L2Vcpu:
                 or self.memory.is_shared(entry_gpa)
                 or not (self._prot[index] & UC_PROT_READ)
             ):
+                if probe:
+                    return None, None
                 exit_ = self._ept_exit(entry_gpa, gla, EPTV_READ)
                 exit_.qualification &= ~EPTV_TRANSLATED
                 return None, _Stop(StopKind.EXIT, exit_)
             entry = int.from_bytes(self.memory.read(entry_gpa, PT_ENTRY_SIZE), "little")
             if not entry & PTE_PRESENT:
+                if probe:
+                    return None, None
                 error = (PF_WRITE if kind == EPTV_WRITE else 0) | (
                     PF_FETCH if kind == EPTV_FETCH else 0
                 )
@@ -621,7 +725,7 @@ class L2Vcpu:
         if gpa is None:
             entry.paddr = TRAP_GPA  # unmapped: the access faults and _on_fault keeps our stop
             if fault is not None and self._stop is None:
-                fault.rip = self._last_addr
+                fault.rip = self.reg.read(X.UC_X86_REG_RIP)  # exact: unicorn syncs it per access
                 self._fill_was_data = kind != EPTV_FETCH
                 if kind == EPTV_FETCH:
                     # a fetch faults at a TB start, where unicorn's RIP is exact
@@ -635,7 +739,9 @@ class L2Vcpu:
                 uc.emu_stop()
             return True
         entry.paddr = gpa & ~(PAGE_SIZE - 1)
-        self._gla_of_gpa_page[gpa >> PAGE_SHIFT] = vaddr >> PAGE_SHIFT
+        gla_page, gpa_page = vaddr >> PAGE_SHIFT, gpa >> PAGE_SHIFT
+        self._gla_of_gpa_page[gpa_page] = gla_page
+        entry.perms = self._code_perms(gla_page, gpa_page, kind)
         return True
 
     def _fetch(self, gla: int, length: int) -> bytes:
@@ -693,8 +799,12 @@ class L2Vcpu:
             if REX_FIRST <= first <= REX_LAST and buf[off + 1] not in FIRST_BYTES_AFTER_REX:
                 return
             code = buf[off : off + MAX_INSN_LEN]
-        # unicorn reports a poison size for opcodes it cannot decode (VMCALL, TDCALL)
-        self._decode(code, address, size)
+        self._decode(code, address)
+
+    def _on_page_insn(self, uc: Any, address: int, size: int, data: object) -> None:
+        """Per-instruction hook of a page L2 wrote (not needed while every instruction is)."""
+        if not self._slow_mode:
+            self._on_insn(uc, address, size, data)
 
     def _slow_checks(self, address: int) -> bool:
         """Budget, L1-interrupt kick and interrupt-window checks; True if L2 must stop here."""
@@ -715,7 +825,6 @@ class L2Vcpu:
     def _enter_code_page(self, page: int) -> None:
         """Cache where the code page now executing lives in the memfd (-1 if nowhere)."""
         self._code_page = page
-        self._code_pages.add(page)
         gpa = self.gla_to_gpa(page << PAGE_SHIFT)
         self._code_off = -1
         if gpa is not None and not self.memory.is_shared(gpa):
@@ -723,11 +832,12 @@ class L2Vcpu:
             if region is not None:
                 self._code_off = region.offset + gpa - region.gpa
 
-    def _decode(self, code: bytes, address: int, size: int) -> None:
-        if code[0] == OP_TWO_BYTE and len(code) > 1 and size <= MAX_INSN_LEN:  # no prefix
-            if code[1] in TWO_BYTE_OPS:
-                self._decode_two_byte(code, 1, NO_PREFIXES, address, size)
-            return
+    def _decode(self, code: bytes, address: int) -> None:
+        """Stop before the instruction at `address` (bytes `code`) if it exits or needs the model.
+
+        Instruction lengths come from the bytes (prefixes, REX, opcode, ModRM, SIB,
+        displacement, immediate), as the processor reports them in the exit.
+        """
         i = 0
         prefixes: set[int] = set()
         while i < len(code) and code[i] in LEGACY_PREFIXES:
@@ -742,26 +852,33 @@ class L2Vcpu:
         if op == OP_STI or (
             op == OP_MOV_SREG and rest and (rest[0] >> MODRM_REG_SHIFT) & MODRM_REG_MASK == SREG_SS
         ):
-            self._shadow = True
+            self._shadow = self._slow_mode  # tracked while every instruction is hooked
         elif op == OP_HLT:
-            self._exit(ExitReason.HLT, address, size)
+            self._exit(ExitReason.HLT, address, i + 1)
         elif op == OP_NOP_PAUSE and PREFIX_REP in prefixes:
             if self.vmcs.read(Vmcs.PROC_BASED_CONTROLS) & PROC_PAUSE_EXITING:
-                self._exit(ExitReason.PAUSE, address, size)
+                self._exit(ExitReason.PAUSE, address, i + 1)
         elif op in IO_IMM or op in IO_DX or op in IO_STRING:
-            self._io_exit(op, rest, prefixes, address, size)
+            self._io_exit(op, rest, prefixes, address, i + (2 if op in IO_IMM else 1))
+        elif op in SOFTWARE_INT_OPS and op != OP_INTO:
+            # caught before unicorn runs it, so the event is delivered as the model does
+            length = i + (2 if op == OP_INTN else 1)
+            if op != OP_INTN or len(rest) >= 1:
+                vector = rest[0] if op == OP_INTN else SOFTWARE_INT_VECTORS[op]
+                error = 0 if vector in EXCEPTIONS_WITH_ERROR_CODE else None
+                stop = _Stop(StopKind.EXCEPTION, vector=vector, error_code=error, addr=address)
+                stop.rip = address + length
+                self._halt(stop)
         elif op == OP_TWO_BYTE and rest and rest[0] in TWO_BYTE_OPS:
-            if size > MAX_INSN_LEN:
-                size = i + GROUP7_OPCODE_LEN
-            self._decode_two_byte(code, i + 1, prefixes, address, size)
+            self._decode_two_byte(code, i + 1, prefixes, address, i + 2)
 
     def _decode_two_byte(
         self, code: bytes, at: int, prefixes: AbstractSet[int], address: int, size: int
     ) -> None:
         """Exit before the 0F-map instruction whose second opcode byte is code[at], if it exits.
 
-        `size` is unicorn's length, good for the opcodes it decodes; exiting instructions it
-        cannot decode (VMX, GETSEC) get their length from the bytes (`at` counts the prefixes).
+        `size` is the length of the instruction when it has no ModRM operand (prefixes, REX
+        and the two opcode bytes); `at` counts the prefixes.
         """
         op2 = code[at]
         reason = UNCONDITIONAL_TWO_BYTE_EXITS.get(op2)
@@ -804,9 +921,9 @@ class L2Vcpu:
         if reason is not None:
             self._exit(reason, address, at + 2)
         elif modrm == MODRM_VMCALL and not prefixes:
-            self._exit(ExitReason.VMCALL, address, size)
+            self._exit(ExitReason.VMCALL, address, size + 1)
         elif modrm == MODRM_TDCALL and PREFIX_OPSIZE in prefixes:
-            self._tdcall(address, size)
+            self._tdcall(address, size + 1)
         elif (
             modrm >> MODRM_MOD_SHIFT != MOD_REGISTER
             and (modrm >> MODRM_REG_SHIFT) & MODRM_REG_MASK == GROUP7_INVLPG
@@ -967,7 +1084,7 @@ class L2Vcpu:
             gpa = last
         gla_page = self._gla_of_gpa_page.get(gpa >> PAGE_SHIFT, gpa >> PAGE_SHIFT)
         gla = (gla_page << PAGE_SHIFT) | (gpa & (PAGE_SIZE - 1))
-        rip = self._last_addr if kind != EPTV_FETCH else gla
+        rip = self.reg.read(X.UC_X86_REG_RIP) if kind != EPTV_FETCH else gla
         self._stop = _Stop(StopKind.EXIT, self._ept_exit(gpa, gla, kind), rip=rip)
         return False
 
@@ -1004,17 +1121,16 @@ class L2Vcpu:
         return ExitInfo(TDX_L2_EXIT_HOST_ROUTED_ASYNC, ExitReason.EXTERNAL_INTERRUPT)
 
     def _on_interrupt(self, uc: Any, intno: int, _data: object) -> None:
+        """An exception unicorn raised (software interrupts are stopped before they run)."""
         if self._stop is not None:
             return
-        address, size = self._last_addr, self._last_size
-        code = self._fetch(address, 1)
-        software = bool(code) and code[0] in SOFTWARE_INT_OPS
+        rip = self.reg.read(X.UC_X86_REG_RIP)  # the faulting instruction
         error = 0 if intno in EXCEPTIONS_WITH_ERROR_CODE else None
-        rip = address + size if software else address
-        self._halt(_Stop(StopKind.EXCEPTION, vector=intno, error_code=error, rip=rip))
+        self._halt(_Stop(StopKind.EXCEPTION, vector=intno, error_code=error, rip=rip, addr=rip))
 
     def _on_invalid(self, uc: Any, _data: object) -> bool:
-        self._stop = _Stop(StopKind.EXCEPTION, vector=VECTOR_UD, rip=self._last_addr)
+        rip = self.reg.read(X.UC_X86_REG_RIP)
+        self._stop = _Stop(StopKind.EXCEPTION, vector=VECTOR_UD, rip=rip, addr=rip)
         return False
 
     # --- virtual APIC ------------------------------------------------------------------------
@@ -1031,7 +1147,7 @@ class L2Vcpu:
         bit = 1 << (vector % BITS_PER_APIC_REG)
         if value is not None:
             reg = reg | bit if value else reg & ~bit
-            self.memory.write(gpa, reg.to_bytes(4, "little"))
+            self._guest_write(gpa, reg.to_bytes(4, "little"))
         return bool(reg & bit)
 
     def _highest(self, base: int) -> int:
@@ -1053,7 +1169,7 @@ class L2Vcpu:
         if page is None:
             return 0
         if value is not None:
-            self.memory.write(page + offset, value.to_bytes(4, "little"))
+            self._guest_write(page + offset, value.to_bytes(4, "little"))
         return self.memory.read(page + offset, 1)[0]
 
     def _update_ppr(self) -> int:
@@ -1118,7 +1234,7 @@ class L2Vcpu:
             fault.idt_info = idt_info
             fault.idt_error = error or 0
             return fault
-        self.memory.write(stack_gpa, data)
+        self._guest_write(stack_gpa, data)
         rflags &= ~(RFLAGS_TF | RFLAGS_NT | RFLAGS_RF)
         if gate_type == GATE_TYPE_INTERRUPT:
             rflags &= ~RFLAGS_IF
@@ -1147,27 +1263,163 @@ class L2Vcpu:
         info = vector | (INTR_TYPE_EXTERNAL << INTR_INFO_TYPE_SHIFT) | INTR_INFO_VALID
         return self._deliver(vector, None, self.reg.read(X.UC_X86_REG_RIP), info)
 
-    # --- translation cache coherence ----------------------------------------------------------
-    def _snapshot_code_pages(self) -> None:
-        """Remember the bytes of every page L2 executed from, to spot later writes by L1/host."""
-        for page in self._code_pages:
-            if page in self._code_snapshot:
-                continue  # a stale snapshot only costs one needless cache drop later
-            gpa = self.gla_to_gpa(page << PAGE_SHIFT)
-            if gpa is not None and self.memory.page_index(gpa) is not None:
-                off = self.memory.offset_of(gpa & ~(PAGE_SIZE - 1))
-                self._code_snapshot[page] = (off, self.memory.buf[off : off + PAGE_SIZE])
-        self._code_pages.clear()
+    # --- exiting-instruction discovery and translation cache coherence -------------------------
+    def _code_perms(self, gla_page: int, gpa_page: int, kind: int) -> int:
+        """TLB permissions for a GLA page: a fetch scans the page first; a scanned page is not
+        writable through the TLB, so L2's first write to it comes here and the page is then
+        decoded per instruction; an unscanned page is not executable, so its first fetch comes
+        here even when a data access filled the TLB entry first."""
+        if kind == EPTV_FETCH:
+            self._prepare(gla_page, gpa_page)
+            following, _ = self._walk((gla_page + 1) << PAGE_SHIFT, EPTV_READ, probe=True)
+            if following is not None:  # a translation block may run on into the next page
+                self._prepare(gla_page + 1, following >> PAGE_SHIFT)
+            return UC_PROT_ALL if gpa_page in self._decoded_pages else UC_PROT_READ | UC_PROT_EXEC
+        if gpa_page in self._glas_of_code:
+            if kind != EPTV_WRITE:
+                return UC_PROT_READ | UC_PROT_EXEC
+            self._decode_per_instruction(gpa_page)
+            return UC_PROT_ALL
+        if gpa_page in self._decoded_pages:
+            return UC_PROT_ALL
+        self._writable_unscanned.add(gpa_page)
+        return UC_PROT_READ | UC_PROT_WRITE
+
+    def _prepare(self, gla_page: int, gpa_page: int) -> None:
+        """Make sure unicorn stops before every exiting instruction of this code page."""
+        if gpa_page in self._decoded_pages:
+            self._hook_page(gla_page)
+            return
+        scan = self._scanned.get(gla_page)
+        if scan is not None and scan.gpa_page == gpa_page:
+            return
+        self._scan(gla_page, gpa_page)
+        self._set_exits()
+        if gpa_page in self._writable_unscanned:  # another TLB entry may still write it
+            self._flush_tlb()
+
+    def _scan(self, gla_page: int, gpa_page: int) -> None:
+        old = self._scanned.pop(gla_page, None)
+        if old is not None:
+            self._glas_of_code.get(old.gpa_page, set()).discard(gla_page)
+        gpa = gpa_page << PAGE_SHIFT
+        if self.memory.page_index(gpa) is None or self.memory.is_shared(gpa):
+            return  # a fetch from here faults
+        offset = self.memory.offset_of(gpa)
+        data = self.memory.buf[offset : offset + PAGE_SIZE]
+        base = gla_page << PAGE_SHIFT
+        executable = self._executable(gpa_page)
+        candidates = exit_candidates(data, self._scan_controls) if executable else set()
+        exits = frozenset(base + at for at in candidates)
+        self._scanned[gla_page] = CodePage(gpa_page, offset, data, exits, executable)
+        self._glas_of_code.setdefault(gpa_page, set()).add(gla_page)
+
+    def _executable(self, gpa_page: int) -> bool:
+        """This VM may run code from the page (else a fetch is an EPT violation, not an exit)."""
+        index = self.memory.page_index(gpa_page << PAGE_SHIFT)
+        return index is not None and bool(self._prot[index] & UC_PROT_EXEC)
+
+    def _set_exits(self) -> None:
+        if self._slow_mode:
+            return  # unicorn takes exits only while they are enabled; see _select_mode
+        exits: set[int] = set()
+        for scan in self._scanned.values():
+            exits |= scan.exits
+        self._stale_exits |= exits
+        self.uc.ctl_set_exits(sorted(exits))
+
+    def _hook_page(self, gla_page: int) -> None:
+        if gla_page not in self._page_hooks:
+            self._page_hooks[gla_page] = self.uc.hook_add(
+                UC_HOOK_CODE,
+                self._on_page_insn,
+                None,
+                gla_page << PAGE_SHIFT,
+                ((gla_page + 1) << PAGE_SHIFT) - 1,
+            )
+
+    def _decode_per_instruction(self, gpa_page: int) -> None:
+        """L2 writes a page it runs code from: decode that page per instruction from now on."""
+        self._decoded_pages.add(gpa_page)
+        for gla_page in self._glas_of_code.pop(gpa_page, set()):
+            self._scanned.pop(gla_page, None)
+            self._hook_page(gla_page)
+        self._set_exits()
+
+    def _flush_tlb(self) -> None:
+        self.uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
+        self._writable_unscanned.clear()
+
+    def _reset_scans(self) -> None:
+        """Forget every scan (the controls that decide which instructions exit changed)."""
+        self._scanned.clear()
+        self._glas_of_code.clear()
+        self.uc.ctl_flush_tb()
+        self._stale_exits.clear()
+        self._set_exits()
+        self._flush_tlb()
+
+    def _guest_write(self, gpa: int, data: bytes) -> None:
+        """A write into L2 memory by the model itself (event delivery, virtual APIC)."""
+        self.memory.write(gpa, data)
+        for page in {gpa >> PAGE_SHIFT, (gpa + len(data) - 1) >> PAGE_SHIFT}:
+            glas = set(self._glas_of_code.get(page, ()))
+            if glas:
+                self._decode_per_instruction(page)
+                for gla_page in glas:
+                    self._remove_cache(gla_page)
+
+    def _remove_cache(self, gla_page: int) -> None:
+        self.uc.ctl_remove_cache(gla_page << PAGE_SHIFT, (gla_page + 1) << PAGE_SHIFT)
 
     def _drop_stale_translations(self) -> None:
-        """L1 and the host write TD memory behind unicorn's back: drop translations of changed
-        code pages (unicorn itself tracks L2's own writes to its code)."""
+        """L1 and the host write TD memory behind unicorn's back: rescan changed code pages and
+        drop their translations (L2's own writes are caught through the TLB, see _code_perms)."""
         buf = self.memory.buf  # mmap slices are bytes: one memcmp (memoryview compares per item)
-        for page, (off, data) in list(self._code_snapshot.items()):
-            if buf[off : off + PAGE_SIZE] != data:
-                self.uc.ctl_remove_cache(page << PAGE_SHIFT, (page + 1) << PAGE_SHIFT)
-                del self._code_snapshot[page]
-                self._code_page = -1  # so the page is snapshotted again at the next exit
+        changed = [
+            (gla_page, scan.gpa_page)
+            for gla_page, scan in self._scanned.items()
+            if buf[scan.offset : scan.offset + PAGE_SIZE] != scan.data
+            or self._executable(scan.gpa_page) != scan.executable
+        ]
+        for gla_page, gpa_page in changed:
+            self._scan(gla_page, gpa_page)
+        if changed:
+            self._set_exits()
+            for gla_page, _ in changed:
+                self._remove_cache(gla_page)
+                self._code_page = -1
+
+    def _select_mode(self, slow: bool) -> None:
+        """Hook every instruction (interrupt window, STI shadow) or only the exiting ones."""
+        if slow == self._slow_mode:
+            return
+        uc = self.uc
+        if slow:
+            self._slow_hook = uc.hook_add(UC_HOOK_CODE, self._on_insn)
+        elif self._slow_hook is not None:
+            uc.hook_del(self._slow_hook)
+            self._slow_hook = None
+        uc.ctl_exits_enabled(not slow)
+        uc.ctl_flush_tb()
+        self._slow_mode = slow
+        self._stale_exits.clear()
+        self._set_exits()
+
+    def _step(self, rip: int) -> None:
+        """Run the one instruction unicorn stopped before (it turned out not to exit)."""
+        uc = self.uc
+        uc.ctl_exits_enabled(False)
+        uc.ctl_remove_cache(rip, rip + 1)
+        with contextlib.suppress(UcError):  # faults were recorded by the hooks
+            uc.emu_start(rip, RUN_FOREVER, 0, 1)
+        # Translations made without exits: the stepped one, and the next block, which unicorn
+        # translates before its instruction count stops it.
+        uc.ctl_remove_cache(rip, rip + 1)
+        following = self.reg.read(X.UC_X86_REG_RIP)
+        if following != rip:
+            uc.ctl_remove_cache(following, following + 1)
+        uc.ctl_exits_enabled(True)
 
     # --- entry and run loop ----------------------------------------------------------------
     def _load_guest_state_fields(self) -> None:
@@ -1221,6 +1473,10 @@ class L2Vcpu:
             if shared_eptp != self._shared_eptp:
                 self._shared_eptp = shared_eptp
                 self._sync_range(0, len(self._prot))
+            controls = self.vmcs.values.get(Vmcs.PROC_BASED_CONTROLS, 0) & SCAN_CONTROLS
+            if controls != self._scan_controls:
+                self._scan_controls = controls
+                self._reset_scans()
             self._drop_stale_translations()
             state = self._state_regs
             state.raw[:] = view[offset : offset + GUEST_STATE_REGS_SIZE]
@@ -1240,7 +1496,6 @@ class L2Vcpu:
         self._cr_cache = (cr0, cr3)
         self._cr_volatile = False
         self._write_exit_fields(exit_, cr0, cr3, cr4)
-        self._snapshot_code_pages()
         view[offset : offset + GUEST_STATE_REGS_SIZE] = regs.raw[:GUEST_STATE_REGS_SIZE]
         GUEST_STATE_STATUS.pack_into(
             view, offset + GUEST_STATE_REGS_SIZE, ssp, pack_intr_status(self.rvi, self.svi)
@@ -1280,21 +1535,60 @@ class L2Vcpu:
             early = self._evaluate_pending()
             if early is not None:
                 return early
+            self._select_mode(self._watch_window or self._shadow)
             self._stop = None
             if rip is None or self._rip_dirty:
                 rip = self.reg.read(X.UC_X86_REG_RIP)
                 self._rip_dirty = False
-            with contextlib.suppress(UcError):  # faults were recorded by the hooks
-                uc.emu_start(rip, RUN_FOREVER)
-            self.instructions_retired += max(self.instruction_budget - self._budget, 0)
+            if self.kick_requested:
+                return ExitInfo(TDX_L2_EXIT_PENDING_INTERRUPT, ExitReason.EXTERNAL_INTERRUPT)
+            failed = False
+            try:  # the count bounds a runaway L2 (the instruction budget)
+                uc.emu_start(rip, RUN_FOREVER, 0, max(self._budget, 0) + 1)
+            except UcError:
+                failed = True  # faults were recorded by the hooks
             stop = self._stop
-            if stop is None:
+            if stop is None and not failed:
+                stop = self._unhooked_stop()
+            elif stop is None:
                 return ExitInfo(TDX_SUCCESS, ExitReason.TRIPLE_FAULT)
+            rip = None
+            if stop is None:
+                continue
             result = self._handle_stop(stop)
             if result is not None:
                 return result
-            rip = None
         return self._timer_exit()
+
+    def _runnable(self, rip: int, length: int) -> bool:
+        """The bytes at `rip` lie on pages L2 may run (else unicorn raises the fetch fault)."""
+        for gla in {rip, rip + length - 1}:
+            gpa = self.gla_to_gpa(gla)
+            if gpa is None or self.memory.is_shared(gpa) or not self._executable(gpa >> PAGE_SHIFT):
+                return False
+        return True
+
+    def _unhooked_stop(self) -> _Stop | None:
+        """Why unicorn stopped with no hook recording it: an L1 interrupt kick, an exit address
+        (decoded now; run if it does not exit), or the instruction budget used up."""
+        rip = self.reg.read(X.UC_X86_REG_RIP)
+        if self.kick_requested:
+            exit_ = ExitInfo(TDX_L2_EXIT_PENDING_INTERRUPT, ExitReason.EXTERNAL_INTERRUPT)
+            return _Stop(StopKind.EXIT, exit_, rip=rip)
+        if not self._slow_mode and rip in self._stale_exits:
+            code = self._fetch(rip, MAX_INSN_LEN)
+            if code:  # exits exist only on pages this VM may run (see _scan)
+                self._decode(code, rip)
+                stop = self._stop
+                length = stop.exit.instr_len if stop is not None and stop.exit else 0
+                crosses = (rip & PAGE_OFFSET_MASK) + length > PAGE_SIZE
+                if crosses and not self._runnable(rip, length):
+                    self._stop = None  # its tail is on a page L2 may not run: unicorn faults
+            if self._stop is None:
+                self._step(rip)
+            return self._stop
+        self._budget = -1
+        return _Stop(StopKind.EXIT, self._timer_exit(), rip=rip)
 
     def _evaluate_pending(self) -> ExitInfo | None:
         """Interrupt-window exit or virtual-interrupt delivery at an instruction boundary."""
@@ -1346,7 +1640,7 @@ class L2Vcpu:
     def _handle_exception(self, stop: _Stop) -> ExitInfo | None:
         vector = stop.vector
         kind = INTR_TYPE_HW_EXCEPTION
-        code = self._fetch(self._last_addr, 1)
+        code = self._fetch(stop.addr, 1) if stop.addr >= 0 else b""
         if code and code[0] in SOFTWARE_INT_OPS and vector != VECTOR_UD:
             kind = INTR_TYPE_SW_EXCEPTION if code[0] != OP_INTN else INTR_TYPE_SW_INTERRUPT
         info = vector | (kind << INTR_INFO_TYPE_SHIFT) | INTR_INFO_VALID
@@ -1416,3 +1710,4 @@ class L2Vcpu:
     def kick(self) -> None:
         """Ask a running L2 to exit to L1 at the next instruction (L1 interrupt pending)."""
         self.kick_requested = True
+        self.uc.emu_stop()  # thread-safe in unicorn; a no-op unless L2 is running
