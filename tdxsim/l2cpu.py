@@ -400,6 +400,7 @@ class CodePage:
     offset: int  # in the TD memory file
     data: bytes
     exits: frozenset[int]
+    index: int  # of the page in TD memory
     executable: bool  # by this VM's alias when scanned; a page it cannot run has no exits
 
 
@@ -1311,7 +1312,9 @@ class L2Vcpu:
         executable = self._executable(gpa_page)
         candidates = exit_candidates(data, self._scan_controls) if executable else set()
         exits = frozenset(base + at for at in candidates)
-        self._scanned[gla_page] = CodePage(gpa_page, offset, data, exits, executable)
+        index = self.memory.page_index(gpa)
+        assert index is not None
+        self._scanned[gla_page] = CodePage(gpa_page, offset, data, exits, index, executable)
         self._glas_of_code.setdefault(gpa_page, set()).add(gla_page)
 
     def _executable(self, gpa_page: int) -> bool:
@@ -1380,7 +1383,7 @@ class L2Vcpu:
             (gla_page, scan.gpa_page)
             for gla_page, scan in self._scanned.items()
             if buf[scan.offset : scan.offset + PAGE_SIZE] != scan.data
-            or self._executable(scan.gpa_page) != scan.executable
+            or bool(self._prot[scan.index] & UC_PROT_EXEC) != scan.executable
         ]
         for gla_page, gpa_page in changed:
             self._scan(gla_page, gpa_page)
@@ -1576,7 +1579,12 @@ class L2Vcpu:
             exit_ = ExitInfo(TDX_L2_EXIT_PENDING_INTERRUPT, ExitReason.EXTERNAL_INTERRUPT)
             return _Stop(StopKind.EXIT, exit_, rip=rip)
         if not self._slow_mode and rip in self._stale_exits:
-            code = self._fetch(rip, MAX_INSN_LEN)
+            scan = self._scanned.get(rip >> PAGE_SHIFT)
+            at = rip & PAGE_OFFSET_MASK
+            if scan is not None and at <= PAGE_SIZE - MAX_INSN_LEN:
+                code = self.memory.buf[scan.offset + at : scan.offset + at + MAX_INSN_LEN]
+            else:
+                code = self._fetch(rip, MAX_INSN_LEN)
             if code:  # exits exist only on pages this VM may run (see _scan)
                 self._decode(code, rip)
                 stop = self._stop
