@@ -171,7 +171,8 @@ GUEST_STATE_TAIL_AT = 16 * 8
 GUEST_STATE_STATUS = struct.Struct("<QH")  # SSP, RVI|SVI<<8
 U64 = (1 << 64) - 1
 RUN_FOREVER = U64
-DEFAULT_INSTRUCTION_BUDGET = 5_000_000
+# A runaway L2 gets about as long as a host timer tick of a few seconds at unicorn's speed
+DEFAULT_INSTRUCTION_BUDGET = 200_000_000
 MAX_STOPS_PER_ENTRY = 10_000
 MAX_INSN_LEN = 15
 IDT_GATE_SIZE = 16
@@ -579,6 +580,8 @@ class L2Vcpu:
         self._page_hooks: dict[int, int] = {}  # GLA page -> its per-instruction hook
         self._writable_unscanned: set[int] = set()  # GPA pages a TLB entry may write
         self._stale_exits: set[int] = set()  # exits in translations made since the last flush
+        self._stale_pages: set[int] = set()  # GLA pages whose translations must be dropped
+        self._stopped_for_code_write = False
         self._scan_controls = -1
         self._slow_mode = False  # every instruction hooked (interrupt window, STI shadow)
         self._slow_hook: int | None = None
@@ -1280,6 +1283,8 @@ class L2Vcpu:
             if kind != EPTV_WRITE:
                 return UC_PROT_READ | UC_PROT_EXEC
             self._decode_per_instruction(gpa_page)
+            self._stopped_for_code_write = True
+            self.uc.emu_stop()
             return UC_PROT_ALL
         if gpa_page in self._decoded_pages:
             return UC_PROT_ALL
@@ -1342,11 +1347,16 @@ class L2Vcpu:
             )
 
     def _decode_per_instruction(self, gpa_page: int) -> None:
-        """L2 writes a page it runs code from: decode that page per instruction from now on."""
+        """L2 writes a page it runs code from: decode that page per instruction from now on.
+
+        Its translations are dropped when unicorn stops at the end of the current block (unicorn
+        does not see these writes as self-modifying code in virtual-TLB mode).
+        """
         self._decoded_pages.add(gpa_page)
         for gla_page in self._glas_of_code.pop(gpa_page, set()):
             self._scanned.pop(gla_page, None)
             self._hook_page(gla_page)
+            self._stale_pages.add(gla_page)
         self._set_exits()
 
     def _flush_tlb(self) -> None:
@@ -1371,6 +1381,7 @@ class L2Vcpu:
                 self._decode_per_instruction(page)
                 for gla_page in glas:
                     self._remove_cache(gla_page)
+                self._stale_pages -= glas
 
     def _remove_cache(self, gla_page: int) -> None:
         self.uc.ctl_remove_cache(gla_page << PAGE_SHIFT, (gla_page + 1) << PAGE_SHIFT)
@@ -1461,6 +1472,7 @@ class L2Vcpu:
         self._stop = None
         self._rip_dirty = False
         self._exit_rip = None
+        self._stopped_for_code_write = False
         self.kick_requested = False
         self._shadow = bool(
             self.vmcs.values.get(Vmcs.GUEST_INTERRUPTIBILITY, 0)
@@ -1546,10 +1558,14 @@ class L2Vcpu:
             if self.kick_requested:
                 return ExitInfo(TDX_L2_EXIT_PENDING_INTERRUPT, ExitReason.EXTERNAL_INTERRUPT)
             failed = False
+            self._stopped_for_code_write = False
             try:  # the count bounds a runaway L2 (the instruction budget)
                 uc.emu_start(rip, RUN_FOREVER, 0, max(self._budget, 0) + 1)
             except UcError:
                 failed = True  # faults were recorded by the hooks
+            for gla_page in self._stale_pages:
+                self._remove_cache(gla_page)
+            self._stale_pages.clear()
             stop = self._stop
             if stop is None and not failed:
                 stop = self._unhooked_stop()
@@ -1578,6 +1594,9 @@ class L2Vcpu:
         if self.kick_requested:
             exit_ = ExitInfo(TDX_L2_EXIT_PENDING_INTERRUPT, ExitReason.EXTERNAL_INTERRUPT)
             return _Stop(StopKind.EXIT, exit_, rip=rip)
+        if self._stopped_for_code_write:
+            self._stopped_for_code_write = False
+            return None  # resume with the written page's translations dropped
         if not self._slow_mode and rip in self._stale_exits:
             scan = self._scanned.get(rip >> PAGE_SHIFT)
             at = rip & PAGE_OFFSET_MASK
