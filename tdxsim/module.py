@@ -88,7 +88,7 @@ from tdxsim.interfaces import (
     Regs,
     TdExit,
 )
-from tdxsim.l2cpu import DEFAULT_INSTRUCTION_BUDGET, L2Vcpu
+from tdxsim.l2.vcpu import DEFAULT_INSTRUCTION_BUDGET, L2Vcpu
 from tdxsim.memory import PAGES_PER_2M, PageState, TdMemory
 from tdxsim.sept import AliasTable, check_attr_operands
 from tdxsim.td import TdState, VcpuState

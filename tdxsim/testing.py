@@ -57,7 +57,7 @@ from tdxsim.abi import (
 )
 from tdxsim.build import Accumulator, TdBuilder, TdConfig
 from tdxsim.interfaces import AttestationInterface, HostInterface, Regs
-from tdxsim.l2cpu import DEFAULT_INSTRUCTION_BUDGET, GUEST_STATE
+from tdxsim.l2.vcpu import DEFAULT_INSTRUCTION_BUDGET, GUEST_STATE
 from tdxsim.memory import PAGES_PER_2M, PageState
 from tdxsim.module import TdxModule
 from tdxsim.td import VeInfo
