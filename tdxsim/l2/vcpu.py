@@ -41,15 +41,10 @@ that resume (bounded by MAX_STOPS_PER_ENTRY).
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import re
 import struct
 from collections.abc import Callable
-from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
-from enum import IntEnum
-from functools import lru_cache
-from typing import Any, cast
+from typing import Any
 
 from unicorn import (
     UC_ARCH_X86,
@@ -111,20 +106,12 @@ from tdxsim.abi import (
     INTR_TYPE_NMI,
     INTR_TYPE_SW_EXCEPTION,
     INTR_TYPE_SW_INTERRUPT,
-    IOQ_IMMEDIATE,
-    IOQ_IN,
     IOQ_PORT_SHIFT,
-    IOQ_REP,
-    IOQ_STRING,
     L2_CTLS_ENABLE_SHARED_EPTP,
     L2_CTLS_ENABLE_TDVMCALL,
     PAGE_SHIFT,
     PAGE_SIZE,
     PROC_INTERRUPT_WINDOW_EXITING,
-    PROC_INVLPG_EXITING,
-    PROC_PAUSE_EXITING,
-    PROC_RDPMC_EXITING,
-    PROC_RDTSC_EXITING,
     PROC_USE_MSR_BITMAPS,
     RFLAGS_FIXED,
     RFLAGS_IF,
@@ -155,26 +142,53 @@ from tdxsim.abi import (
     unpack_intr_status,
 )
 from tdxsim.interfaces import Regs, TdExit
+from tdxsim.l2.decode import (
+    FIRST_BYTES,
+    FIRST_BYTES_AFTER_REX,
+    MAX_INSN_LEN,
+    OP_INTN,
+    PAGE_OFFSET_MASK,
+    PREFIX_FS,
+    PREFIX_GS,
+    REX_FIRST,
+    REX_LAST,
+    SCAN_CONTROLS,
+    SOFTWARE_INT_OPS,
+    Action,
+    decode,
+    exit_candidates,
+    operand_address,
+)
+from tdxsim.l2.exits import ExitInfo, Stop, StopKind
+from tdxsim.l2.registers import (
+    EXIT_TAIL,
+    GUEST_STATE,
+    GUEST_STATE_REGS_SIZE,
+    GUEST_STATE_STATUS,
+    GUEST_STATE_TAIL,
+    GUEST_STATE_TAIL_AT,
+    RFLAGS_AT,
+    RIP_AT,
+    UC_CRS,
+    UC_EXIT_REGS,
+    UC_GPRS,
+    UC_STATE_REGS,
+    FastRegs,
+    RegisterBlock,
+)
 from tdxsim.memory import PageState, TdMemory
 from tdxsim.sept import AliasTable
 from tdxsim.vmcs import L2Vmcs, Vmcs
 
 UNICORN: Any = Uc  # the binding is untyped
+SEGMENT_BASES = {PREFIX_FS: X.UC_X86_REG_FS_BASE, PREFIX_GS: X.UC_X86_REG_GS_BASE}
+__all__ = ["DEFAULT_INSTRUCTION_BUDGET", "GUEST_STATE", "ExitInfo", "L2Vcpu"]
 
-# --- L2_ENTER_GUEST_STATE (reference 3.3): 16 GPRs, RFLAGS, RIP, SSP, u16 RVI|SVI<<8 ----------
-GUEST_STATE = struct.Struct("<16QQQQH")
-# Its parts as entry and exit move them: GPRs, RFLAGS and RIP are copied as bytes between the
-# block and the batch-register buffer (same order, both little-endian on an x86-64 host).
-GUEST_STATE_REGS_SIZE = 18 * 8
-GUEST_STATE_TAIL = struct.Struct("<QQQH")  # RFLAGS, RIP, SSP, RVI|SVI<<8
-GUEST_STATE_TAIL_AT = 16 * 8
-GUEST_STATE_STATUS = struct.Struct("<QH")  # SSP, RVI|SVI<<8
 U64 = (1 << 64) - 1
 RUN_FOREVER = U64
 # A runaway L2 gets about as long as a host timer tick of a few seconds at unicorn's speed
 DEFAULT_INSTRUCTION_BUDGET = 200_000_000
 MAX_STOPS_PER_ENTRY = 10_000
-MAX_INSN_LEN = 15
 IDT_GATE_SIZE = 16
 IDT_GATE = struct.Struct("<HHBBHIxxxx")  # offset 15:0, selector, IST, type/attr, 31:16, 63:32
 GATE_PRESENT = 0x80
@@ -188,14 +202,6 @@ VAPIC_BIT_REGS = 8
 APIC_PRIORITY_CLASS = 0xF0
 VECTOR_COUNT = 256
 
-UC_GPRS = (
-    X.UC_X86_REG_RAX, X.UC_X86_REG_RCX, X.UC_X86_REG_RDX, X.UC_X86_REG_RBX,
-    X.UC_X86_REG_RSP, X.UC_X86_REG_RBP, X.UC_X86_REG_RSI, X.UC_X86_REG_RDI,
-    X.UC_X86_REG_R8, X.UC_X86_REG_R9, X.UC_X86_REG_R10, X.UC_X86_REG_R11,
-    X.UC_X86_REG_R12, X.UC_X86_REG_R13, X.UC_X86_REG_R14, X.UC_X86_REG_R15,
-)  # fmt: skip
-UC_STATE_REGS = (*UC_GPRS, X.UC_X86_REG_RFLAGS, X.UC_X86_REG_RIP)
-UC_CRS = (X.UC_X86_REG_CR0, X.UC_X86_REG_CR3, X.UC_X86_REG_CR4)
 CR_FIELDS = (Vmcs.GUEST_CR0, Vmcs.GUEST_CR3, Vmcs.GUEST_CR4)
 # VMCS fields an exit writes, in the order _write_exit_fields gives their values
 EXIT_FIELDS = (
@@ -204,92 +210,7 @@ EXIT_FIELDS = (
     Vmcs.IDT_VECTORING_INFO, Vmcs.IDT_VECTORING_ERROR_CODE, Vmcs.EXIT_INSTRUCTION_LENGTH,
     Vmcs.EXIT_INSTRUCTION_INFO, Vmcs.GUEST_INTERRUPTIBILITY, *CR_FIELDS,
 )  # fmt: skip
-# What an exit reads in one batch: the guest-state block's registers, the CRs, CS.
-UC_EXIT_REGS = (*UC_STATE_REGS, *UC_CRS, X.UC_X86_REG_CS)
-RFLAGS_AT, RIP_AT = len(UC_GPRS), len(UC_GPRS) + 1
-EXIT_TAIL = struct.Struct("=5Q")  # RIP, CR0, CR3, CR4, CS: the end of UC_EXIT_REGS
 GUEST_CR_FIELDS = frozenset({*CR_FIELDS})
-
-# --- opcodes the code hook recognizes ---------------------------------------------------------
-LEGACY_PREFIXES = frozenset({0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65, 0x66, 0x67, 0xF0, 0xF2, 0xF3})
-PREFIX_OPSIZE = 0x66
-PREFIX_REP = 0xF3
-PREFIX_REPNE = 0xF2
-REX_FIRST, REX_LAST = 0x40, 0x4F
-OP_TWO_BYTE = 0x0F
-OP_HLT = 0xF4
-OP_STI = 0xFB
-OP_MOV_SREG = 0x8E
-OP_NOP_PAUSE = 0x90
-MODRM_REG_SHIFT = 3
-MODRM_REG_MASK = 0x7
-SREG_SS = 2
-OP_INT3, OP_INTN, OP_INTO, OP_INT1 = 0xCC, 0xCD, 0xCE, 0xF1
-SOFTWARE_INT_OPS = frozenset({OP_INT3, OP_INTN, OP_INTO, OP_INT1})
-SOFTWARE_INT_VECTORS = {OP_INT3: 3, OP_INT1: 1}  # INT n carries its vector; INTO is #UD here
-IO_IMM = {0xE4: (True, 1), 0xE5: (True, 0), 0xE6: (False, 1), 0xE7: (False, 0)}
-IO_DX = {0xEC: (True, 1), 0xED: (True, 0), 0xEE: (False, 1), 0xEF: (False, 0)}
-IO_STRING = {0x6C: (True, 1), 0x6D: (True, 0), 0x6E: (False, 1), 0x6F: (False, 0)}
-OP2_WRMSR, OP2_RDTSC, OP2_RDMSR, OP2_CPUID = 0x30, 0x31, 0x32, 0xA2
-OP2_INVD, OP2_WBINVD, OP2_GROUP7, OP2_MOV_TO_CR = 0x08, 0x09, 0x01, 0x22
-OP2_RDPMC, OP2_GETSEC, OP2_VMREAD, OP2_VMWRITE = 0x33, 0x37, 0x78, 0x79
-OP2_GROUP9, OP2_ESCAPE_38 = 0xC7, 0x38
-OP3_INVEPT, OP3_INVVPID = 0x80, 0x81
-MODRM_VMCALL, MODRM_TDCALL, MODRM_XSETBV = 0xC1, 0xCC, 0xD1
-MODRM_MONITOR, MODRM_MWAIT = 0xC8, 0xC9
-MODRM_VMLAUNCH, MODRM_VMRESUME, MODRM_VMXOFF, MODRM_VMFUNC = 0xC2, 0xC3, 0xC4, 0xD4
-GROUP7_OPCODE_LEN = 3  # 0F 01 modrm, after any prefixes
-GROUP7_INVLPG = 7  # 0F 01 /7 with a memory operand
-GROUP9_VMPTRLD = 6  # 0F C7 /6 memory form: VMPTRLD, 66: VMCLEAR, F3: VMXON
-GROUP9_VMPTRST = 7  # 0F C7 /7 memory form, no mandatory prefix
-PREFIX_ADDR32, PREFIX_FS, PREFIX_GS = 0x67, 0x64, 0x65
-MANDATORY_PREFIXES = frozenset({PREFIX_OPSIZE, PREFIX_REP, PREFIX_REPNE})
-NO_PREFIXES: frozenset[int] = frozenset()
-# ModRM / SIB fields, 64-bit mode (0x67 keeps the same encoding, with 32-bit arithmetic)
-MODRM_MOD_SHIFT = 6
-MODRM_RM_MASK = 0x7
-MOD_INDIRECT, MOD_DISP8, MOD_DISP32, MOD_REGISTER = 0, 1, 2, 3
-RM_SIB = 4
-RM_RIP_RELATIVE = 5  # with mod 0
-SIB_SCALE_SHIFT, SIB_INDEX_SHIFT = 6, 3
-SIB_NO_INDEX = 4  # index 100b without REX.X
-SIB_NO_BASE = 5  # base 101b with mod 0: disp32, no base register
-REX_B, REX_X = 1 << 0, 1 << 1
-REX_REG_EXTEND = 8
-DISP8, DISP32 = struct.Struct("<b"), struct.Struct("<i")
-U32 = (1 << 32) - 1
-UNCONDITIONAL_TWO_BYTE_EXITS = {
-    OP2_CPUID: ExitReason.CPUID,
-    OP2_INVD: ExitReason.INVD,
-    OP2_WBINVD: ExitReason.WBINVD,
-    OP2_GETSEC: ExitReason.GETSEC,
-}
-# 0F 01 register forms that always exit (prefixes only add to the length)
-GROUP7_REGISTER_EXITS = {
-    MODRM_XSETBV: ExitReason.XSETBV,
-    MODRM_MONITOR: ExitReason.MONITOR,
-    MODRM_MWAIT: ExitReason.MWAIT,
-    MODRM_VMLAUNCH: ExitReason.VMLAUNCH,
-    MODRM_VMRESUME: ExitReason.VMRESUME,
-    MODRM_VMXOFF: ExitReason.VMXOFF,
-    MODRM_VMFUNC: ExitReason.VMFUNC,
-}
-VMREAD_VMWRITE = {OP2_VMREAD: ExitReason.VMREAD, OP2_VMWRITE: ExitReason.VMWRITE}
-INVEPT_INVVPID = {OP3_INVEPT: ExitReason.INVEPT, OP3_INVVPID: ExitReason.INVVPID}
-# every second opcode byte _decode_two_byte acts on; the others return at once
-TWO_BYTE_OPS = frozenset(
-    {*UNCONDITIONAL_TWO_BYTE_EXITS, *VMREAD_VMWRITE, OP2_GROUP7, OP2_GROUP9, OP2_ESCAPE_38}
-    | {OP2_MOV_TO_CR, OP2_RDTSC, OP2_RDPMC, OP2_RDMSR, OP2_WRMSR}
-)
-FIRST_BYTES = (
-    LEGACY_PREFIXES
-    | set(range(REX_FIRST, REX_LAST + 1))
-    | {OP_TWO_BYTE, OP_HLT, OP_STI, OP_MOV_SREG, OP_NOP_PAUSE}
-    | set(IO_IMM) | set(IO_DX) | set(IO_STRING)
-)  # fmt: skip
-FIRST_BYTES_AFTER_REX = FIRST_BYTES - set(range(REX_FIRST, REX_LAST + 1)) - LEGACY_PREFIXES
-IO_SIZE_BYTE, IO_SIZE_WORD, IO_SIZE_DWORD = 1, 2, 4
-PAGE_OFFSET_MASK = 0xFFF
 
 # --- paging walk (4-level) ---------------------------------------------------------------------
 CR0_PG = 1 << 31
@@ -309,90 +230,6 @@ WRITE_ACCESSES = frozenset({UC_MEM_WRITE_PROT, UC_MEM_WRITE_UNMAPPED})
 FETCH_ACCESSES = frozenset({UC_MEM_FETCH_PROT, UC_MEM_FETCH_UNMAPPED})
 
 
-def modrm_operand_length(code: bytes, at: int) -> int:
-    """Bytes the ModRM byte at `at` takes with its SIB and displacement (64-bit mode encoding)."""
-    modrm = code[at]
-    mod, rm = modrm >> MODRM_MOD_SHIFT, modrm & MODRM_RM_MASK
-    if mod == MOD_REGISTER:
-        return 1
-    length = 1
-    if rm == RM_SIB:
-        length += 1
-        if mod == MOD_INDIRECT and code[at + 1] & MODRM_RM_MASK == SIB_NO_BASE:
-            return length + DISP32.size
-    elif mod == MOD_INDIRECT and rm == RM_RIP_RELATIVE:
-        return length + DISP32.size
-    if mod == MOD_DISP8:
-        return length + DISP8.size
-    if mod == MOD_DISP32:
-        return length + DISP32.size
-    return length
-
-
-# --- finding the exiting instructions of a code page -------------------------------------------
-PREFIX_LIKE = LEGACY_PREFIXES | frozenset(range(REX_FIRST, REX_LAST + 1))
-SCAN_CONTROLS = PROC_RDTSC_EXITING | PROC_RDPMC_EXITING | PROC_PAUSE_EXITING | PROC_INVLPG_EXITING
-# ModRM bytes of a memory operand with reg field /6 or /7 (0F C7 VMX forms) and /7 (INVLPG)
-MODRM_MEM_6_7 = frozenset(
-    m for m in range(256) if m >> MODRM_MOD_SHIFT != MOD_REGISTER and (m >> 3) & 7 in (6, 7)
-)
-MODRM_MEM_7 = frozenset(m for m in MODRM_MEM_6_7 if (m >> 3) & 7 == GROUP9_VMPTRST)
-
-
-def _byte_class(values: AbstractSet[int]) -> bytes:
-    return b"[" + b"".join(re.escape(bytes([v])) for v in sorted(values)) + b"]"
-
-
-@lru_cache(maxsize=16)
-def candidate_pattern(controls: int) -> re.Pattern[bytes]:
-    """Byte patterns of every opcode the model must see before it runs, for these
-    processor-based controls (RDTSC, RDPMC, PAUSE and INVLPG exit only when enabled).
-
-    The match is the opcode byte after any prefixes; a pattern cut off by the end of the page
-    also matches, so an instruction that crosses into the next page is never missed.
-    """
-    one = {OP_HLT, *IO_IMM, *IO_DX, *IO_STRING, OP_INT3, OP_INTN, OP_INT1}
-    if controls & PROC_PAUSE_EXITING:
-        one.add(OP_NOP_PAUSE)
-    two = {*UNCONDITIONAL_TWO_BYTE_EXITS, *VMREAD_VMWRITE, OP2_RDMSR, OP2_WRMSR, OP2_MOV_TO_CR}
-    if controls & PROC_RDTSC_EXITING:
-        two.add(OP2_RDTSC)
-    if controls & PROC_RDPMC_EXITING:
-        two.add(OP2_RDPMC)
-    group7 = set(GROUP7_REGISTER_EXITS) | {MODRM_VMCALL, MODRM_TDCALL}
-    if controls & PROC_INVLPG_EXITING:
-        group7 |= MODRM_MEM_7
-    esc = re.escape(bytes([OP_TWO_BYTE]))
-    forms = [
-        _byte_class(one),
-        esc + _byte_class(two),
-        esc + re.escape(bytes([OP2_GROUP7])) + _byte_class(group7),
-        esc + re.escape(bytes([OP2_GROUP9])) + _byte_class(MODRM_MEM_6_7),
-        esc + re.escape(bytes([OP2_ESCAPE_38])) + _byte_class(set(INVEPT_INVVPID)),
-        esc + _byte_class({OP2_GROUP7, OP2_GROUP9, OP2_ESCAPE_38}) + rb"?\Z",
-    ]
-    return re.compile(b"(?=" + b"|".join(forms) + b")")
-
-
-def exit_candidates(page: bytes, controls: int) -> set[int]:
-    """Offsets in `page` where an instruction the model must see could start.
-
-    For each matching opcode byte, every start the legacy and REX prefixes before it allow is
-    a candidate (an instruction is at most 15 bytes); a run of prefixes that reaches the start
-    of the page may continue on the previous page, so the offsets can be negative.
-    """
-    found: set[int] = set()
-    for match in candidate_pattern(controls).finditer(page):
-        at = match.start()
-        start = at
-        while start > 0 and at - start < MAX_INSN_LEN - 1 and page[start - 1] in PREFIX_LIKE:
-            start -= 1
-        if start == 0:
-            start = at - (MAX_INSN_LEN - 1)
-        found.update(range(start, at + 1))
-    return found
-
-
 @dataclass(slots=True)
 class CodePage:
     """A code page as scanned: where it lives, its bytes then, its exit addresses."""
@@ -403,119 +240,6 @@ class CodePage:
     exits: frozenset[int]
     index: int  # of the page in TD memory
     executable: bool  # by this VM's alias when scanned; a page it cannot run has no exits
-
-
-class StopKind(IntEnum):
-    """Why unicorn was stopped."""
-
-    EXIT = 0
-    EXCEPTION = 1
-    WINDOW = 2
-    VIRT_EOI = 3
-    EMULATE_MSR = 4
-
-
-@dataclass(slots=True)
-class ExitInfo:
-    """Everything TDG.VP.ENTER reports on an L2->L1 exit (reference 3.3 output registers)."""
-
-    status: int
-    reason: int
-    qualification: int = 0
-    gla: int = 0
-    gpa: int = 0
-    intr_info: int = 0
-    intr_error: int = 0
-    idt_info: int = 0
-    idt_error: int = 0
-    instr_info: int = 0
-    instr_len: int = 0
-    eeq: int = 0
-
-
-@dataclass(slots=True)
-class _Stop:
-    kind: StopKind
-    exit: ExitInfo | None = None
-    vector: int = 0
-    error_code: int | None = None
-    rip: int = 0
-    next_rip: int = 0
-    msr: int = 0
-    value: int = 0
-    write: bool = False
-    cr2: int | None = None
-    addr: int = -1  # the instruction that raised an exception, when known
-
-
-class RegisterBlock:
-    """Batch access to a fixed list of 64-bit registers with preallocated ctypes buffers.
-
-    The binding's per-register path costs microseconds of Python per register; entry and exit
-    move 18 registers, so they go through uc_reg_{read,write}_batch with buffers made once.
-    """
-
-    def __init__(self, uc: Any, regs: tuple[int, ...]) -> None:
-        self._uc = uc
-        self._count = ctypes.c_int(len(regs))
-        self._ids = (ctypes.c_int * len(regs))(*regs)
-        self._vals = (ctypes.c_uint64 * len(regs))()
-        self._layout = struct.Struct(f"<{len(regs)}Q")  # unpacks the buffer in one C call
-        base = ctypes.addressof(self._vals)
-        self._ptrs = (ctypes.c_void_p * len(regs))(*(base + 8 * i for i in range(len(regs))))
-        self.raw = memoryview(self._vals).cast("B")  # the values' bytes, native order
-
-    def load(self) -> None:
-        """Read every register of the block into `raw`."""
-        status = self._uc._do_reg_read_batch(self._ids, self._ptrs, self._count)
-        if status:
-            raise cast(Any, UcError)(status)
-
-    def store(self) -> None:
-        """Write every register of the block from `raw`."""
-        status = self._uc._do_reg_write_batch(self._ids, self._ptrs, self._count)
-        if status:
-            raise cast(Any, UcError)(status)
-
-    def set(self, index: int, value: int) -> None:
-        """Change one value in `raw` (truncated to 64 bits), without writing it to unicorn."""
-        self._vals[index] = value
-
-    def read(self) -> list[int]:
-        """Current values, in the order given at construction."""
-        status = self._uc._do_reg_read_batch(self._ids, self._ptrs, self._count)
-        if status:
-            raise cast(Any, UcError)(status)
-        return list(self._layout.unpack_from(self._vals))
-
-    def write(self, values: list[int] | tuple[int, ...]) -> None:
-        """Set every register of the block (ctypes truncates each value to 64 bits)."""
-        cast(Any, self._vals)[:] = values
-        status = self._uc._do_reg_write_batch(self._ids, self._ptrs, self._count)
-        if status:
-            raise cast(Any, UcError)(status)
-
-
-class FastRegs:
-    """Single-register reads and writes through the batch path (see RegisterBlock)."""
-
-    def __init__(self, uc: Any) -> None:
-        self._uc = uc
-        self._blocks: dict[int, RegisterBlock] = {}
-
-    def _block(self, reg: int) -> RegisterBlock:
-        block = self._blocks.get(reg)
-        if block is None:
-            block = self._blocks[reg] = RegisterBlock(self._uc, (reg,))
-        return block
-
-    def read(self, reg: int) -> int:
-        """One 64-bit register."""
-        return self._block(reg).read()[0]
-
-    def write(self, reg: int, value: int) -> None:
-        """Set one 64-bit register."""
-        self._block(reg).write((value,))
 
 
 class L2Vcpu:
@@ -564,7 +288,7 @@ class L2Vcpu:
         self._sync_range(0, len(memory.state))
         memory.on_change(self._sync_range)
         aliases.on_change(self._on_alias_change)
-        self._stop: _Stop | None = None
+        self._stop: Stop | None = None
         self._budget = 0
         self._watch_window = False
         self._shadow = False
@@ -669,7 +393,7 @@ class L2Vcpu:
         gpa, _fault = self._walk(gla, EPTV_READ)
         return gpa
 
-    def _walk(self, gla: int, kind: int, probe: bool = False) -> tuple[int | None, _Stop | None]:
+    def _walk(self, gla: int, kind: int, probe: bool = False) -> tuple[int | None, Stop | None]:
         """4-level walk of L2's page tables. Every paging-structure read goes through the EPT
         (the alias) like on hardware: a table in a page L2 may not read is an EPT violation
         with the translated-access bit clear, never a way to read L1 memory. A non-present
@@ -696,7 +420,7 @@ class L2Vcpu:
                     return None, None
                 exit_ = self._ept_exit(entry_gpa, gla, EPTV_READ)
                 exit_.qualification &= ~EPTV_TRANSLATED
-                return None, _Stop(StopKind.EXIT, exit_)
+                return None, Stop(StopKind.EXIT, exit_)
             entry = int.from_bytes(self.memory.read(entry_gpa, PT_ENTRY_SIZE), "little")
             if not entry & PTE_PRESENT:
                 if probe:
@@ -704,7 +428,7 @@ class L2Vcpu:
                 error = (PF_WRITE if kind == EPTV_WRITE else 0) | (
                     PF_FETCH if kind == EPTV_FETCH else 0
                 )
-                return None, _Stop(StopKind.EXCEPTION, vector=VECTOR_PF, error_code=error, cr2=gla)
+                return None, Stop(StopKind.EXCEPTION, vector=VECTOR_PF, error_code=error, cr2=gla)
             if entry & PTE_LARGE and depth in LARGE_PAGE_DEPTHS:
                 page_mask = (1 << shift) - 1
                 return (entry & PTE_ADDR & ~page_mask) | (gla & page_mask), None
@@ -774,7 +498,7 @@ class L2Vcpu:
         return gpa, None
 
     # --- hooks ---------------------------------------------------------------------------------
-    def _halt(self, stop: _Stop) -> None:
+    def _halt(self, stop: Stop) -> None:
         self._stop = stop
         self.uc.emu_stop()
 
@@ -813,16 +537,16 @@ class L2Vcpu:
     def _slow_checks(self, address: int) -> bool:
         """Budget, L1-interrupt kick and interrupt-window checks; True if L2 must stop here."""
         if self._budget < 0:
-            self._halt(_Stop(StopKind.EXIT, self._timer_exit(), rip=address))
+            self._halt(Stop(StopKind.EXIT, self._timer_exit(), rip=address))
             return True
         if self.kick_requested:
             exit_ = ExitInfo(TDX_L2_EXIT_PENDING_INTERRUPT, ExitReason.EXTERNAL_INTERRUPT)
-            self._halt(_Stop(StopKind.EXIT, exit_, rip=address))
+            self._halt(Stop(StopKind.EXIT, exit_, rip=address))
             return True
         was_shadow = self._shadow
         self._shadow = False
         if self._watch_window and not was_shadow and self.reg.read(X.UC_X86_REG_RFLAGS) & RFLAGS_IF:
-            self._halt(_Stop(StopKind.WINDOW, rip=address))
+            self._halt(Stop(StopKind.WINDOW, rip=address))
             return True
         return False
 
@@ -837,208 +561,55 @@ class L2Vcpu:
                 self._code_off = region.offset + gpa - region.gpa
 
     def _decode(self, code: bytes, address: int) -> None:
-        """Stop before the instruction at `address` (bytes `code`) if it exits or needs the model.
-
-        Instruction lengths come from the bytes (prefixes, REX, opcode, ModRM, SIB,
-        displacement, immediate), as the processor reports them in the exit.
-        """
-        i = 0
-        prefixes: set[int] = set()
-        while i < len(code) and code[i] in LEGACY_PREFIXES:
-            prefixes.add(code[i])
-            i += 1
-        if i < len(code) and REX_FIRST <= code[i] <= REX_LAST:
-            i += 1
-        if i >= len(code):
+        """Stop before the instruction at `address` (bytes `code`) if it exits or needs the model
+        (routing per the Intel TDX Module TD Partitioning Architecture Specification)."""
+        insn = decode(code)
+        if insn is None:
             return
-        op = code[i]
-        rest = code[i + 1 :]
-        if op == OP_STI or (
-            op == OP_MOV_SREG and rest and (rest[0] >> MODRM_REG_SHIFT) & MODRM_REG_MASK == SREG_SS
-        ):
+        action = insn.action
+        if action is Action.SHADOW:
             self._shadow = self._slow_mode  # tracked while every instruction is hooked
-        elif op == OP_HLT:
-            self._exit(ExitReason.HLT, address, i + 1)
-        elif op == OP_NOP_PAUSE and PREFIX_REP in prefixes:
-            if self.vmcs.read(Vmcs.PROC_BASED_CONTROLS) & PROC_PAUSE_EXITING:
-                self._exit(ExitReason.PAUSE, address, i + 1)
-        elif op in IO_IMM or op in IO_DX or op in IO_STRING:
-            self._io_exit(op, rest, prefixes, address, i + (2 if op in IO_IMM else 1))
-        elif op in SOFTWARE_INT_OPS and op != OP_INTO:
-            # caught before unicorn runs it, so the event is delivered as the model does
-            length = i + (2 if op == OP_INTN else 1)
-            if op != OP_INTN or len(rest) >= 1:
-                vector = rest[0] if op == OP_INTN else SOFTWARE_INT_VECTORS[op]
-                error = 0 if vector in EXCEPTIONS_WITH_ERROR_CODE else None
-                stop = _Stop(StopKind.EXCEPTION, vector=vector, error_code=error, addr=address)
-                stop.rip = address + length
-                self._halt(stop)
-        elif op == OP_TWO_BYTE and rest and rest[0] in TWO_BYTE_OPS:
-            self._decode_two_byte(code, i + 1, prefixes, address, i + 2)
-
-    def _decode_two_byte(
-        self, code: bytes, at: int, prefixes: AbstractSet[int], address: int, size: int
-    ) -> None:
-        """Exit before the 0F-map instruction whose second opcode byte is code[at], if it exits.
-
-        `size` is the length of the instruction when it has no ModRM operand (prefixes, REX
-        and the two opcode bytes); `at` counts the prefixes.
-        """
-        op2 = code[at]
-        reason = UNCONDITIONAL_TWO_BYTE_EXITS.get(op2)
-        if reason is not None:
-            self._exit(reason, address, at + 1)
-        elif op2 == OP2_MOV_TO_CR:
+        elif action is Action.MOV_TO_CR:
             self._code_page = -1  # paging may change: re-translate the code page next time
             self._cr_cache = None
             self._cr_volatile = True
-        elif op2 == OP2_RDTSC:
-            if self.vmcs.read(Vmcs.PROC_BASED_CONTROLS) & PROC_RDTSC_EXITING:
-                self._exit(ExitReason.RDTSC, address, size)
-        elif op2 in (OP2_RDMSR, OP2_WRMSR):
-            self._msr(op2 == OP2_WRMSR, address, size, address + size)
-        elif op2 == OP2_RDPMC:
-            if self.vmcs.read(Vmcs.PROC_BASED_CONTROLS) & PROC_RDPMC_EXITING:
-                self._exit(ExitReason.RDPMC, address, at + 1)
-        elif len(code) <= at + 1:
-            return  # truncated at the end of backed memory: unicorn's fetch fault comes first
-        elif op2 == OP2_GROUP7:
-            self._group7(code, at, prefixes, address, size)
-        elif op2 in VMREAD_VMWRITE:
-            if not prefixes & MANDATORY_PREFIXES:
-                self._operand_exit(VMREAD_VMWRITE[op2], code, at + 1, address)
-        elif op2 == OP2_GROUP9:
-            self._group9(code, at + 1, prefixes, address)
-        elif op2 == OP2_ESCAPE_38:
-            reason = INVEPT_INVVPID.get(code[at + 1])
-            memory_form = len(code) > at + 2 and code[at + 2] >> MODRM_MOD_SHIFT != MOD_REGISTER
-            only_66 = PREFIX_OPSIZE in prefixes and not prefixes & {PREFIX_REP, PREFIX_REPNE}
-            if reason is not None and memory_form and only_66:
-                self._operand_exit(reason, code, at + 2, address)
-
-    def _group7(
-        self, code: bytes, at: int, prefixes: AbstractSet[int], address: int, size: int
-    ) -> None:
-        """0F 01: VMCALL, TDCALL, the register forms that always exit, and INVLPG."""
-        modrm = code[at + 1]
-        reason = GROUP7_REGISTER_EXITS.get(modrm)
-        if reason is not None:
-            self._exit(reason, address, at + 2)
-        elif modrm == MODRM_VMCALL and not prefixes:
-            self._exit(ExitReason.VMCALL, address, size + 1)
-        elif modrm == MODRM_TDCALL and PREFIX_OPSIZE in prefixes:
-            self._tdcall(address, size + 1)
-        elif (
-            modrm >> MODRM_MOD_SHIFT != MOD_REGISTER
-            and (modrm >> MODRM_REG_SHIFT) & MODRM_REG_MASK == GROUP7_INVLPG
-            and self.vmcs.read(Vmcs.PROC_BASED_CONTROLS) & PROC_INVLPG_EXITING
-        ):
-            length = at + 1 + modrm_operand_length(code, at + 1) if len(code) > at + 2 else 0
-            if 0 < length <= min(len(code), MAX_INSN_LEN):
-                linear = self._operand_address(code, at - 1, prefixes, address + length)
-                self._exit(ExitReason.INVLPG, address, length, qualification=linear)
-
-    def _group9(self, code: bytes, at: int, prefixes: AbstractSet[int], address: int) -> None:
-        """0F C7 memory forms /6 (VMPTRLD, 66: VMCLEAR, F3: VMXON) and /7 (VMPTRST)."""
-        modrm = code[at]
-        if modrm >> MODRM_MOD_SHIFT == MOD_REGISTER or PREFIX_REPNE in prefixes:
-            return  # RDRAND/RDSEED/RDPID, or no VMX instruction
-        reg = (modrm >> MODRM_REG_SHIFT) & MODRM_REG_MASK
-        if reg == GROUP9_VMPTRST and not prefixes & MANDATORY_PREFIXES:
-            self._operand_exit(ExitReason.VMPTRST, code, at, address)
-        elif reg == GROUP9_VMPTRLD:
-            reason = (
-                ExitReason.VMXON
-                if PREFIX_REP in prefixes
-                else ExitReason.VMCLEAR
-                if PREFIX_OPSIZE in prefixes
-                else ExitReason.VMPTRLD
-            )
-            self._operand_exit(reason, code, at, address)
-
-    def _operand_exit(self, reason: int, code: bytes, modrm_at: int, address: int) -> None:
-        """Exit for an instruction ending in a ModRM operand; its length comes from the bytes."""
-        if len(code) <= modrm_at + 1:
-            return
-        length = modrm_at + modrm_operand_length(code, modrm_at)
-        if length <= min(len(code), MAX_INSN_LEN):  # longer: truncated or #GP, unicorn's to raise
-            self._exit(reason, address, length)
-
-    def _operand_address(
-        self, code: bytes, opcode_at: int, prefixes: AbstractSet[int], nxt: int
-    ) -> int:
-        """Linear address of the memory operand of the 0F xx /r instruction at code[opcode_at]."""
-        rex = code[opcode_at - 1] if opcode_at else 0
-        if not REX_FIRST <= rex <= REX_LAST:
-            rex = 0
-        modrm_at = opcode_at + 2
-        modrm = code[modrm_at]
-        mod, rm = modrm >> MODRM_MOD_SHIFT, modrm & MODRM_RM_MASK
-        at = modrm_at + 1
-        if mod == MOD_INDIRECT and rm == RM_RIP_RELATIVE:
-            ea = nxt + DISP32.unpack_from(code, at)[0]
-            at += DISP32.size
-        else:
-            ea = 0
-            base = rm | (REX_REG_EXTEND if rex & REX_B else 0)
-            if rm == RM_SIB:
-                sib = code[at]
-                at += 1
-                index = (sib >> SIB_INDEX_SHIFT) & MODRM_RM_MASK
-                index |= REX_REG_EXTEND if rex & REX_X else 0
-                if index != SIB_NO_INDEX:
-                    ea += self.reg.read(UC_GPRS[index]) << (sib >> SIB_SCALE_SHIFT)
-                base = sib & MODRM_RM_MASK | (REX_REG_EXTEND if rex & REX_B else 0)
-                if mod == MOD_INDIRECT and sib & MODRM_RM_MASK == SIB_NO_BASE:
-                    base = -1
-            if base >= 0:
-                ea += self.reg.read(UC_GPRS[base])
-            if mod == MOD_DISP8:
-                ea += DISP8.unpack_from(code, at)[0]
-            elif mod == MOD_DISP32 or base < 0:
-                ea += DISP32.unpack_from(code, at)[0]
-        ea &= U32 if PREFIX_ADDR32 in prefixes else U64
-        segment = self._segment_override(code[:opcode_at])
-        if segment is not None:
-            ea += self.reg.read(segment)
-        return int(ea) & U64
-
-    @staticmethod
-    def _segment_override(prefixes: bytes) -> int | None:
-        """The base register of the last FS/GS prefix (64-bit mode ignores the other segments)."""
-        segment = None
-        for byte in prefixes:
-            if byte == PREFIX_FS:
-                segment = X.UC_X86_REG_FS_BASE
-            elif byte == PREFIX_GS:
-                segment = X.UC_X86_REG_GS_BASE
-        return segment
+        elif action is Action.EXIT:
+            assert insn.reason is not None
+            self._exit(insn.reason, address, insn.length)
+        elif action is Action.EXIT_IF_CONTROL:
+            assert insn.reason is not None
+            if self.vmcs.read(Vmcs.PROC_BASED_CONTROLS) & insn.control:
+                qualification = 0
+                if insn.reason == ExitReason.INVLPG:
+                    qualification = operand_address(
+                        code,
+                        insn.opcode_at,
+                        insn.prefixes,
+                        address + insn.length,
+                        lambda n: self.reg.read(UC_GPRS[n]),
+                        lambda prefix: self.reg.read(SEGMENT_BASES[prefix]),
+                    )
+                self._exit(insn.reason, address, insn.length, qualification)
+        elif action is Action.MSR:
+            self._msr(insn.write, address, insn.length, address + insn.length)
+        elif action is Action.TDCALL:
+            self._tdcall(address, insn.length)
+        elif action is Action.IO:
+            port = insn.port
+            if port is None:
+                port = self.reg.read(X.UC_X86_REG_RDX) & U16_MASK
+            qualification = insn.io_qualification | (port << IOQ_PORT_SHIFT)
+            self._exit(ExitReason.IO, address, insn.length, qualification)
+        elif action is Action.SOFTWARE_INTERRUPT:
+            # caught before unicorn runs it, so the event is delivered as the model does
+            error = 0 if insn.vector in EXCEPTIONS_WITH_ERROR_CODE else None
+            stop = Stop(StopKind.EXCEPTION, vector=insn.vector, error_code=error, addr=address)
+            stop.rip = address + insn.length
+            self._halt(stop)
 
     def _exit(self, reason: int, address: int, size: int, qualification: int = 0) -> None:
         info = ExitInfo(TDX_SUCCESS, reason, qualification=qualification, instr_len=size)
-        self._halt(_Stop(StopKind.EXIT, info, rip=address))
-
-    def _io_exit(self, op: int, rest: bytes, prefixes: set[int], address: int, size: int) -> None:
-        table = IO_IMM if op in IO_IMM else IO_DX if op in IO_DX else IO_STRING
-        is_in, is_byte = table[op]
-        width = (
-            IO_SIZE_BYTE
-            if is_byte
-            else IO_SIZE_WORD
-            if PREFIX_OPSIZE in prefixes
-            else IO_SIZE_DWORD
-        )
-        qual = (width - 1) | (IOQ_IN if is_in else 0)
-        if op in IO_IMM:
-            port = rest[0] if rest else 0
-            qual |= IOQ_IMMEDIATE
-        else:
-            port = self.reg.read(X.UC_X86_REG_RDX) & U16_MASK
-        if op in IO_STRING:
-            qual |= IOQ_STRING
-            if prefixes & {PREFIX_REP, PREFIX_REPNE}:
-                qual |= IOQ_REP
-        self._exit(ExitReason.IO, address, size, qual | (port << IOQ_PORT_SHIFT))
+        self._halt(Stop(StopKind.EXIT, info, rip=address))
 
     def _msr(self, write: bool, address: int, size: int, nxt: int) -> None:
         msr = self.reg.read(X.UC_X86_REG_RCX) & U32_MASK
@@ -1051,12 +622,12 @@ class L2Vcpu:
         if msr in (X2APIC_MSR_EOI, X2APIC_MSR_TPR):
             value = pack_u32_pair(self.reg.read(X.UC_X86_REG_RAX), self.reg.read(X.UC_X86_REG_RDX))
             kind = StopKind.VIRT_EOI if write and msr == X2APIC_MSR_EOI else StopKind.EMULATE_MSR
-            self._halt(_Stop(kind, rip=address, next_rip=nxt, msr=msr, value=value, write=write))
+            self._halt(Stop(kind, rip=address, next_rip=nxt, msr=msr, value=value, write=write))
 
     def _tdcall(self, address: int, size: int) -> None:
         if self.vmcs.l2_ctls & L2_CTLS_ENABLE_TDVMCALL and self.reg.read(X.UC_X86_REG_RAX) == 0:
             info = ExitInfo(TDX_L2_EXIT_HOST_ROUTED_TDVMCALL, ExitReason.TDCALL, instr_len=size)
-            self._halt(_Stop(StopKind.EXIT, info, rip=address, next_rip=address + size))
+            self._halt(Stop(StopKind.EXIT, info, rip=address, next_rip=address + size))
             return
         self._exit(ExitReason.TDCALL, address, size)
 
@@ -1089,7 +660,7 @@ class L2Vcpu:
         gla_page = self._gla_of_gpa_page.get(gpa >> PAGE_SHIFT, gpa >> PAGE_SHIFT)
         gla = (gla_page << PAGE_SHIFT) | (gpa & (PAGE_SIZE - 1))
         rip = self.reg.read(X.UC_X86_REG_RIP) if kind != EPTV_FETCH else gla
-        self._stop = _Stop(StopKind.EXIT, self._ept_exit(gpa, gla, kind), rip=rip)
+        self._stop = Stop(StopKind.EXIT, self._ept_exit(gpa, gla, kind), rip=rip)
         return False
 
     @staticmethod
@@ -1130,11 +701,11 @@ class L2Vcpu:
             return
         rip = self.reg.read(X.UC_X86_REG_RIP)  # the faulting instruction
         error = 0 if intno in EXCEPTIONS_WITH_ERROR_CODE else None
-        self._halt(_Stop(StopKind.EXCEPTION, vector=intno, error_code=error, rip=rip, addr=rip))
+        self._halt(Stop(StopKind.EXCEPTION, vector=intno, error_code=error, rip=rip, addr=rip))
 
     def _on_invalid(self, uc: Any, _data: object) -> bool:
         rip = self.reg.read(X.UC_X86_REG_RIP)
-        self._stop = _Stop(StopKind.EXCEPTION, vector=VECTOR_UD, rip=rip, addr=rip)
+        self._stop = Stop(StopKind.EXCEPTION, vector=VECTOR_UD, rip=rip, addr=rip)
         return False
 
     # --- virtual APIC ------------------------------------------------------------------------
@@ -1587,13 +1158,13 @@ class L2Vcpu:
                 return False
         return True
 
-    def _unhooked_stop(self) -> _Stop | None:
+    def _unhooked_stop(self) -> Stop | None:
         """Why unicorn stopped with no hook recording it: an L1 interrupt kick, an exit address
         (decoded now; run if it does not exit), or the instruction budget used up."""
         rip = self.reg.read(X.UC_X86_REG_RIP)
         if self.kick_requested:
             exit_ = ExitInfo(TDX_L2_EXIT_PENDING_INTERRUPT, ExitReason.EXTERNAL_INTERRUPT)
-            return _Stop(StopKind.EXIT, exit_, rip=rip)
+            return Stop(StopKind.EXIT, exit_, rip=rip)
         if self._stopped_for_code_write:
             self._stopped_for_code_write = False
             return None  # resume with the written page's translations dropped
@@ -1615,7 +1186,7 @@ class L2Vcpu:
                 self._step(rip)
             return self._stop
         self._budget = -1
-        return _Stop(StopKind.EXIT, self._timer_exit(), rip=rip)
+        return Stop(StopKind.EXIT, self._timer_exit(), rip=rip)
 
     def _evaluate_pending(self) -> ExitInfo | None:
         """Interrupt-window exit or virtual-interrupt delivery at an instruction boundary."""
@@ -1631,7 +1202,7 @@ class L2Vcpu:
             return ExitInfo(TDX_SUCCESS, ExitReason.INTERRUPT_WINDOW)
         return self._deliver_virtual_interrupt()
 
-    def _handle_stop(self, stop: _Stop) -> ExitInfo | None:
+    def _handle_stop(self, stop: Stop) -> ExitInfo | None:
         if stop.kind == StopKind.EXIT:
             assert stop.exit is not None
             if stop.exit.status == TDX_L2_EXIT_HOST_ROUTED_TDVMCALL:
@@ -1652,7 +1223,7 @@ class L2Vcpu:
             return None
         return self._handle_exception(stop)
 
-    def _emulate_x2apic_msr(self, stop: _Stop) -> None:
+    def _emulate_x2apic_msr(self, stop: Stop) -> None:
         """Virtualized x2APIC TPR write/read through the vAPIC page (EOI read returns 0)."""
         if stop.write:
             if stop.msr == X2APIC_MSR_TPR:
@@ -1664,7 +1235,7 @@ class L2Vcpu:
             self.reg.write(X.UC_X86_REG_RDX, 0)
         self.reg.write(X.UC_X86_REG_RIP, stop.next_rip)
 
-    def _handle_exception(self, stop: _Stop) -> ExitInfo | None:
+    def _handle_exception(self, stop: Stop) -> ExitInfo | None:
         vector = stop.vector
         kind = INTR_TYPE_HW_EXCEPTION
         code = self._fetch(stop.addr, 1) if stop.addr >= 0 else b""
