@@ -118,17 +118,12 @@ from tdxsim.abi import (
     RFLAGS_NT,
     RFLAGS_RF,
     RFLAGS_TF,
-    SEC_VIRTUAL_INTR_DELIVERY,
     TDX_L2_EXIT_HOST_ROUTED_ASYNC,
     TDX_L2_EXIT_HOST_ROUTED_TDVMCALL,
     TDX_L2_EXIT_PENDING_INTERRUPT,
     TDX_SUCCESS,
     U16_MASK,
     U32_MASK,
-    VAPIC_IRR,
-    VAPIC_ISR,
-    VAPIC_PPR,
-    VAPIC_REG_STRIDE,
     VAPIC_TPR,
     VECTOR_DF,
     VECTOR_PF,
@@ -176,6 +171,7 @@ from tdxsim.l2.registers import (
     FastRegs,
     RegisterBlock,
 )
+from tdxsim.l2.vapic import VirtualApic
 from tdxsim.memory import PageState, TdMemory
 from tdxsim.sept import AliasTable
 from tdxsim.vmcs import L2Vmcs, Vmcs
@@ -197,10 +193,6 @@ GATE_TYPE_INTERRUPT = 0x0E
 GATE_TYPE_TRAP = 0x0F
 STACK_ALIGN = ~0xF & U64
 CPL_MASK = 0x3
-BITS_PER_APIC_REG = 32
-VAPIC_BIT_REGS = 8
-APIC_PRIORITY_CLASS = 0xF0
-VECTOR_COUNT = 256
 
 CR_FIELDS = (Vmcs.GUEST_CR0, Vmcs.GUEST_CR3, Vmcs.GUEST_CR4)
 # VMCS fields an exit writes, in the order _write_exit_fields gives their values
@@ -261,8 +253,7 @@ class L2Vcpu:
         self.host = host
         self.instruction_budget = instruction_budget
         self.kick_requested = False
-        self.rvi = 0
-        self.svi = 0
+        self.vapic = VirtualApic(memory, vmcs, self._guest_write)
         self.uc: Any = UNICORN(UC_ARCH_X86, UC_MODE_64)
         for region in memory.regions:
             for view in (region.gpa, region.gpa | memory.shared_bit):
@@ -709,69 +700,9 @@ class L2Vcpu:
         return False
 
     # --- virtual APIC ------------------------------------------------------------------------
-    def _vapic(self) -> int | None:
-        gpa = self.vmcs.read(Vmcs.VIRTUAL_APIC_PAGE_ADDR)
-        return gpa if self.memory.page_state(gpa) == PageState.MAPPED else None
-
-    def _vapic_bit(self, base: int, vector: int, value: bool | None = None) -> bool:
-        page = self._vapic()
-        if page is None:
-            return False
-        gpa = page + base + (vector // BITS_PER_APIC_REG) * VAPIC_REG_STRIDE
-        reg = int.from_bytes(self.memory.read(gpa, 4), "little")
-        bit = 1 << (vector % BITS_PER_APIC_REG)
-        if value is not None:
-            reg = reg | bit if value else reg & ~bit
-            self._guest_write(gpa, reg.to_bytes(4, "little"))
-        return bool(reg & bit)
-
-    def _highest(self, base: int) -> int:
-        """Highest vector set in the 256-bit IRR or ISR (8 registers at a 16-byte stride)."""
-        page = self._vapic()
-        if page is None:
-            return 0
-        raw = self.memory.read(page + base, VAPIC_REG_STRIDE * VAPIC_BIT_REGS)
-        for reg in range(VAPIC_BIT_REGS - 1, -1, -1):
-            word = int.from_bytes(
-                raw[reg * VAPIC_REG_STRIDE : reg * VAPIC_REG_STRIDE + 4], "little"
-            )
-            if word:
-                return reg * BITS_PER_APIC_REG + word.bit_length() - 1
-        return 0
-
-    def _vapic_byte(self, offset: int, value: int | None = None) -> int:
-        page = self._vapic()
-        if page is None:
-            return 0
-        if value is not None:
-            self._guest_write(page + offset, value.to_bytes(4, "little"))
-        return self.memory.read(page + offset, 1)[0]
-
-    def _update_ppr(self) -> int:
-        tpr = self._vapic_byte(VAPIC_TPR)
-        ppr = (
-            tpr
-            if (tpr & APIC_PRIORITY_CLASS) >= (self.svi & APIC_PRIORITY_CLASS)
-            else (self.svi & APIC_PRIORITY_CLASS)
-        )
-        self._vapic_byte(VAPIC_PPR, ppr)
-        return ppr
-
-    def _virtual_delivery_on(self) -> bool:
-        return bool(self.vmcs.read(Vmcs.SECONDARY_CONTROLS) & SEC_VIRTUAL_INTR_DELIVERY)
-
-    def _virtual_interrupt_pending(self) -> bool:
-        if not self._virtual_delivery_on() or not self.rvi:
-            return False
-        return (self.rvi & APIC_PRIORITY_CLASS) > (self._update_ppr() & APIC_PRIORITY_CLASS)
-
     def _virtual_eoi(self) -> ExitInfo | None:
-        vector = self.svi
-        self._vapic_bit(VAPIC_ISR, vector, False)
-        self.svi = self._highest(VAPIC_ISR)
-        self._update_ppr()
-        bitmap_field = Vmcs.EOI_EXIT_BITMAP0 + 2 * (vector // 64)
-        if self.vmcs.read(bitmap_field) >> (vector % 64) & 1:
+        vector, exits = self.vapic.eoi()
+        if exits:
             return ExitInfo(TDX_SUCCESS, ExitReason.VIRTUALIZED_EOI, qualification=vector)
         return None
 
@@ -829,12 +760,7 @@ class L2Vcpu:
         return None
 
     def _deliver_virtual_interrupt(self) -> ExitInfo | None:
-        vector = self.rvi
-        self._vapic_bit(VAPIC_IRR, vector, False)
-        self._vapic_bit(VAPIC_ISR, vector, True)
-        self.svi = vector
-        self.rvi = self._highest(VAPIC_IRR)
-        self._update_ppr()
+        vector = self.vapic.acknowledge()
         info = vector | (INTR_TYPE_EXTERNAL << INTR_INFO_TYPE_SHIFT) | INTR_INFO_VALID
         return self._deliver(vector, None, self.reg.read(X.UC_X86_REG_RIP), info)
 
@@ -1039,7 +965,7 @@ class L2Vcpu:
         rflags, rip, ssp, intr_status = GUEST_STATE_TAIL.unpack_from(
             view, offset + GUEST_STATE_TAIL_AT
         )
-        self.rvi, self.svi = unpack_intr_status(intr_status)
+        self.vapic.rvi, self.vapic.svi = unpack_intr_status(intr_status)
         self._stop = None
         self._rip_dirty = False
         self._exit_rip = None
@@ -1084,7 +1010,10 @@ class L2Vcpu:
         self._write_exit_fields(exit_, cr0, cr3, cr4)
         view[offset : offset + GUEST_STATE_REGS_SIZE] = regs.raw[:GUEST_STATE_REGS_SIZE]
         GUEST_STATE_STATUS.pack_into(
-            view, offset + GUEST_STATE_REGS_SIZE, ssp, pack_intr_status(self.rvi, self.svi)
+            view,
+            offset + GUEST_STATE_REGS_SIZE,
+            ssp,
+            pack_intr_status(self.vapic.rvi, self.vapic.svi),
         )
         return exit_
 
@@ -1191,7 +1120,7 @@ class L2Vcpu:
     def _evaluate_pending(self) -> ExitInfo | None:
         """Interrupt-window exit or virtual-interrupt delivery at an instruction boundary."""
         window = self.vmcs.values.get(Vmcs.PROC_BASED_CONTROLS, 0) & PROC_INTERRUPT_WINDOW_EXITING
-        pending = self.rvi and self._virtual_interrupt_pending()
+        pending = self.vapic.rvi and self.vapic.interrupt_pending()
         self._watch_window = bool(window or pending)
         if not self._watch_window:
             return None
@@ -1227,10 +1156,9 @@ class L2Vcpu:
         """Virtualized x2APIC TPR write/read through the vAPIC page (EOI read returns 0)."""
         if stop.write:
             if stop.msr == X2APIC_MSR_TPR:
-                self._vapic_byte(VAPIC_TPR, stop.value & INTR_INFO_VECTOR_MASK)
-                self._update_ppr()
+                self.vapic.write_tpr(stop.value & INTR_INFO_VECTOR_MASK)
         else:
-            value = self._vapic_byte(VAPIC_TPR) if stop.msr == X2APIC_MSR_TPR else 0
+            value = self.vapic.register(VAPIC_TPR) if stop.msr == X2APIC_MSR_TPR else 0
             self.reg.write(X.UC_X86_REG_RAX, value)
             self.reg.write(X.UC_X86_REG_RDX, 0)
         self.reg.write(X.UC_X86_REG_RIP, stop.next_rip)
