@@ -155,6 +155,7 @@ from tdxsim.l2.decode import (
     operand_address,
 )
 from tdxsim.l2.exits import ExitInfo, Stop, StopKind
+from tdxsim.l2.paging import CR0_PG, PT_ENTRY_SIZE, page_fault_error, walk
 from tdxsim.l2.registers import (
     EXIT_TAIL,
     GUEST_STATE,
@@ -204,17 +205,7 @@ EXIT_FIELDS = (
 )  # fmt: skip
 GUEST_CR_FIELDS = frozenset({*CR_FIELDS})
 
-# --- paging walk (4-level) ---------------------------------------------------------------------
-CR0_PG = 1 << 31
-PTE_PRESENT = 1
-PTE_LARGE = 1 << 7
-PTE_ADDR = 0x000FFFFFFFFFF000
-PT_INDEX_MASK = 0x1FF
-PT_LEVEL_SHIFTS = (39, 30, 21, 12)
-PT_ENTRY_SIZE = 8
-LARGE_PAGE_DEPTHS = (1, 2)  # PS in a PDPTE (1G) or PDE (2M)
-PF_WRITE = 1 << 1
-PF_FETCH = 1 << 4
+# --- what the TLB fill maps unicorn to when L2 has no translation ------------------------------
 TRAP_GPA = (1 << 51) - PAGE_SIZE  # never mapped: below the GPAW-52 shared bit, above any RAM
 LOOKAHEAD_GPA = TRAP_GPA - PAGE_SIZE  # a no-access page unicorn owns, for the `until` probe
 
@@ -296,7 +287,8 @@ class L2Vcpu:
         self._writable_unscanned: set[int] = set()  # GPA pages a TLB entry may write
         self._stale_exits: set[int] = set()  # exits in translations made since the last flush
         self._stale_pages: set[int] = set()  # GLA pages whose translations must be dropped
-        self._stopped_for_code_write = False
+        self._stopped_to_resume = False
+        self._tlb_flush_pending = False
         self._scan_controls = -1
         self._slow_mode = False  # every instruction hooked (interrupt window, STI shadow)
         self._slow_hook: int | None = None
@@ -396,35 +388,22 @@ class L2Vcpu:
                 self._cr_cache = (cr0, cr3)
         else:
             cr0, cr3 = crs
-        if not cr0 & CR0_PG:
-            return gla, None
-        table = cr3 & PTE_ADDR
-        for depth, shift in enumerate(PT_LEVEL_SHIFTS):
-            entry_gpa = table + ((gla >> shift) & PT_INDEX_MASK) * PT_ENTRY_SIZE
-            index = self.memory.page_index(entry_gpa)
-            if (
-                index is None
-                or self.memory.is_shared(entry_gpa)
-                or not (self._prot[index] & UC_PROT_READ)
-            ):
-                if probe:
-                    return None, None
-                exit_ = self._ept_exit(entry_gpa, gla, EPTV_READ)
-                exit_.qualification &= ~EPTV_TRANSLATED
-                return None, Stop(StopKind.EXIT, exit_)
-            entry = int.from_bytes(self.memory.read(entry_gpa, PT_ENTRY_SIZE), "little")
-            if not entry & PTE_PRESENT:
-                if probe:
-                    return None, None
-                error = (PF_WRITE if kind == EPTV_WRITE else 0) | (
-                    PF_FETCH if kind == EPTV_FETCH else 0
-                )
-                return None, Stop(StopKind.EXCEPTION, vector=VECTOR_PF, error_code=error, cr2=gla)
-            if entry & PTE_LARGE and depth in LARGE_PAGE_DEPTHS:
-                page_mask = (1 << shift) - 1
-                return (entry & PTE_ADDR & ~page_mask) | (gla & page_mask), None
-            table = entry & PTE_ADDR
-        return table | (gla & (PAGE_SIZE - 1)), None
+        result = walk(gla, cr0, cr3, self._read_paging_entry)
+        if result.gpa is not None or probe:
+            return result.gpa, None
+        if result.unreadable_entry is not None:
+            exit_ = self._ept_exit(result.unreadable_entry, gla, EPTV_READ)
+            exit_.qualification &= ~EPTV_TRANSLATED
+            return None, Stop(StopKind.EXIT, exit_)
+        error = page_fault_error(kind == EPTV_WRITE, kind == EPTV_FETCH)
+        return None, Stop(StopKind.EXCEPTION, vector=VECTOR_PF, error_code=error, cr2=gla)
+
+    def _read_paging_entry(self, gpa: int) -> int | None:
+        """A paging entry as the EPT lets L2 read it: None on a page it may not read."""
+        index = self.memory.page_index(gpa)
+        if index is None or self.memory.is_shared(gpa) or not self._prot[index] & UC_PROT_READ:
+            return None
+        return int.from_bytes(self.memory.read(gpa, PT_ENTRY_SIZE), "little")
 
     def _on_tlb_fill(self, uc: Any, vaddr: int, access: int, entry: Any, _data: object) -> bool:
         """Virtual-TLB mode: unicorn asks us for every GLA->GPA translation it caches."""
@@ -780,7 +759,7 @@ class L2Vcpu:
             if kind != EPTV_WRITE:
                 return UC_PROT_READ | UC_PROT_EXEC
             self._decode_per_instruction(gpa_page)
-            self._stopped_for_code_write = True
+            self._stopped_to_resume = True
             self.uc.emu_stop()
             return UC_PROT_ALL
         if gpa_page in self._decoded_pages:
@@ -799,7 +778,11 @@ class L2Vcpu:
         self._scan(gla_page, gpa_page)
         self._set_exits()
         if gpa_page in self._writable_unscanned:  # another TLB entry may still write it
-            self._flush_tlb()
+            # Not from inside the fill (unicorn may resize the TLB): when unicorn stops, which
+            # is before the block being translated runs.
+            self._tlb_flush_pending = True
+            self._stopped_to_resume = True
+            self.uc.emu_stop()
 
     def _scan(self, gla_page: int, gpa_page: int) -> None:
         old = self._scanned.pop(gla_page, None)
@@ -858,6 +841,7 @@ class L2Vcpu:
 
     def _flush_tlb(self) -> None:
         self.uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
+        self._tlb_flush_pending = False
         self._writable_unscanned.clear()
 
     def _reset_scans(self) -> None:
@@ -969,7 +953,7 @@ class L2Vcpu:
         self._stop = None
         self._rip_dirty = False
         self._exit_rip = None
-        self._stopped_for_code_write = False
+        self._stopped_to_resume = False
         self.kick_requested = False
         self._shadow = bool(
             self.vmcs.values.get(Vmcs.GUEST_INTERRUPTIBILITY, 0)
@@ -1058,11 +1042,15 @@ class L2Vcpu:
             if self.kick_requested:
                 return ExitInfo(TDX_L2_EXIT_PENDING_INTERRUPT, ExitReason.EXTERNAL_INTERRUPT)
             failed = False
-            self._stopped_for_code_write = False
+            self._stopped_to_resume = False
+            if self._tlb_flush_pending:
+                self._flush_tlb()
             try:  # the count bounds a runaway L2 (the instruction budget)
                 uc.emu_start(rip, RUN_FOREVER, 0, max(self._budget, 0) + 1)
             except UcError:
                 failed = True  # faults were recorded by the hooks
+            if self._tlb_flush_pending:
+                self._flush_tlb()
             for gla_page in self._stale_pages:
                 self._remove_cache(gla_page)
             self._stale_pages.clear()
@@ -1094,8 +1082,8 @@ class L2Vcpu:
         if self.kick_requested:
             exit_ = ExitInfo(TDX_L2_EXIT_PENDING_INTERRUPT, ExitReason.EXTERNAL_INTERRUPT)
             return Stop(StopKind.EXIT, exit_, rip=rip)
-        if self._stopped_for_code_write:
-            self._stopped_for_code_write = False
+        if self._stopped_to_resume:
+            self._stopped_to_resume = False
             return None  # resume with the written page's translations dropped
         if not self._slow_mode and rip in self._stale_exits:
             scan = self._scanned.get(rip >> PAGE_SHIFT)
