@@ -41,7 +41,6 @@ that resume (bounded by MAX_STOPS_PER_ENTRY).
 from __future__ import annotations
 
 import contextlib
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -115,9 +114,6 @@ from tdxsim.abi import (
     PROC_USE_MSR_BITMAPS,
     RFLAGS_FIXED,
     RFLAGS_IF,
-    RFLAGS_NT,
-    RFLAGS_RF,
-    RFLAGS_TF,
     TDX_L2_EXIT_HOST_ROUTED_ASYNC,
     TDX_L2_EXIT_HOST_ROUTED_TDVMCALL,
     TDX_L2_EXIT_PENDING_INTERRUPT,
@@ -141,18 +137,25 @@ from tdxsim.l2.decode import (
     FIRST_BYTES,
     FIRST_BYTES_AFTER_REX,
     MAX_INSN_LEN,
-    OP_INTN,
     PAGE_OFFSET_MASK,
     PREFIX_FS,
     PREFIX_GS,
     REX_FIRST,
     REX_LAST,
     SCAN_CONTROLS,
-    SOFTWARE_INT_OPS,
     Action,
     decode,
     exit_candidates,
     operand_address,
+)
+from tdxsim.l2.events import (
+    CPL_MASK,
+    IDT_GATE_SIZE,
+    IdtGate,
+    event_type,
+    gate_address,
+    interrupt_frame,
+    interruption_info,
 )
 from tdxsim.l2.exits import ExitInfo, Stop, StopKind
 from tdxsim.l2.paging import CR0_PG, PT_ENTRY_SIZE, page_fault_error, walk
@@ -186,14 +189,6 @@ RUN_FOREVER = U64
 # A runaway L2 gets about as long as a host timer tick of a few seconds at unicorn's speed
 DEFAULT_INSTRUCTION_BUDGET = 200_000_000
 MAX_STOPS_PER_ENTRY = 10_000
-IDT_GATE_SIZE = 16
-IDT_GATE = struct.Struct("<HHBBHIxxxx")  # offset 15:0, selector, IST, type/attr, 31:16, 63:32
-GATE_PRESENT = 0x80
-GATE_TYPE_MASK = 0x0F
-GATE_TYPE_INTERRUPT = 0x0E
-GATE_TYPE_TRAP = 0x0F
-STACK_ALIGN = ~0xF & U64
-CPL_MASK = 0x3
 
 CR_FIELDS = (Vmcs.GUEST_CR0, Vmcs.GUEST_CR3, Vmcs.GUEST_CR4)
 # VMCS fields an exit writes, in the order _write_exit_fields gives their values
@@ -690,48 +685,39 @@ class L2Vcpu:
         """Deliver one event through the IDT; an exit if delivery itself exits."""
         uc = self.uc
         _, idt_base, idt_limit, _ = uc.reg_read(X.UC_X86_REG_IDTR)
-        gate_gla = idt_base + vector * IDT_GATE_SIZE
-        if gate_gla + IDT_GATE_SIZE - 1 > idt_base + idt_limit:
+        gate_gla = gate_address(idt_base, idt_limit, vector)
+        if gate_gla is None:
             return ExitInfo(TDX_SUCCESS, ExitReason.TRIPLE_FAULT)
         gate_gpa, fault = self._l2_access(gate_gla, IDT_GATE_SIZE, write=False)
         if fault is not None:
             fault.idt_info = idt_info
             fault.idt_error = error or 0
             return fault
-        lo, selector, _ist, type_attr, mid, hi = IDT_GATE.unpack(
-            self.memory.read(gate_gpa, IDT_GATE_SIZE)
-        )
-        gate_type = type_attr & GATE_TYPE_MASK
-        if not type_attr & GATE_PRESENT or gate_type not in (GATE_TYPE_INTERRUPT, GATE_TYPE_TRAP):
+        gate = IdtGate.parse(self.memory.read(gate_gpa, IDT_GATE_SIZE))
+        if not gate.usable:
             return ExitInfo(TDX_SUCCESS, ExitReason.TRIPLE_FAULT)
         cs = uc.reg_read(X.UC_X86_REG_CS)
         if cs & CPL_MASK:
             return ExitInfo(TDX_SUCCESS, ExitReason.TRIPLE_FAULT)
-        rsp = self.reg.read(X.UC_X86_REG_RSP)
         rflags = self.reg.read(X.UC_X86_REG_RFLAGS)
-        frame = [rip, cs, rflags, rsp, uc.reg_read(X.UC_X86_REG_SS)]
-        if error is not None:
-            frame.insert(0, error)
-        new_rsp = ((rsp & STACK_ALIGN) - 8 * len(frame)) & U64
-        data = b"".join(v.to_bytes(8, "little") for v in frame)
+        new_rsp, data = interrupt_frame(
+            rip, cs, rflags, self.reg.read(X.UC_X86_REG_RSP), uc.reg_read(X.UC_X86_REG_SS), error
+        )
         stack_gpa, fault = self._l2_access(new_rsp, len(data), write=True)
         if fault is not None:
             fault.idt_info = idt_info
             fault.idt_error = error or 0
             return fault
         self._guest_write(stack_gpa, data)
-        rflags &= ~(RFLAGS_TF | RFLAGS_NT | RFLAGS_RF)
-        if gate_type == GATE_TYPE_INTERRUPT:
-            rflags &= ~RFLAGS_IF
         self._rip_dirty = True
         try:
-            if selector != cs:
-                uc.reg_write(X.UC_X86_REG_CS, selector)
+            if gate.selector != cs:
+                uc.reg_write(X.UC_X86_REG_CS, gate.selector)
             uc.reg_write_batch(
                 [
                     (X.UC_X86_REG_RSP, new_rsp),
-                    (X.UC_X86_REG_RFLAGS, rflags | RFLAGS_FIXED),
-                    (X.UC_X86_REG_RIP, lo | (mid << 16) | (hi << 32)),
+                    (X.UC_X86_REG_RFLAGS, gate.handler_rflags(rflags) | RFLAGS_FIXED),
+                    (X.UC_X86_REG_RIP, gate.handler),
                 ]
             )
         except UcError:
@@ -740,7 +726,7 @@ class L2Vcpu:
 
     def _deliver_virtual_interrupt(self) -> ExitInfo | None:
         vector = self.vapic.acknowledge()
-        info = vector | (INTR_TYPE_EXTERNAL << INTR_INFO_TYPE_SHIFT) | INTR_INFO_VALID
+        info = interruption_info(vector, INTR_TYPE_EXTERNAL)
         return self._deliver(vector, None, self.reg.read(X.UC_X86_REG_RIP), info)
 
     # --- exiting-instruction discovery and translation cache coherence -------------------------
@@ -1153,13 +1139,9 @@ class L2Vcpu:
 
     def _handle_exception(self, stop: Stop) -> ExitInfo | None:
         vector = stop.vector
-        kind = INTR_TYPE_HW_EXCEPTION
         code = self._fetch(stop.addr, 1) if stop.addr >= 0 else b""
-        if code and code[0] in SOFTWARE_INT_OPS and vector != VECTOR_UD:
-            kind = INTR_TYPE_SW_EXCEPTION if code[0] != OP_INTN else INTR_TYPE_SW_INTERRUPT
-        info = vector | (kind << INTR_INFO_TYPE_SHIFT) | INTR_INFO_VALID
-        if stop.error_code is not None:
-            info |= INTR_INFO_DELIVER_ERROR
+        kind = event_type(code[0] if code else None, vector)
+        info = interruption_info(vector, kind, stop.error_code is not None)
         self.reg.write(X.UC_X86_REG_RIP, stop.rip)
         if stop.cr2 is not None:
             self.uc.reg_write(X.UC_X86_REG_CR2, stop.cr2)
