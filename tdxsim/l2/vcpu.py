@@ -1,4 +1,8 @@
-"""One L2 vCPU: real x86-64 code under unicorn over the TD's shared RAM (reference 2.5, 3.3, 4).
+"""One L2 vCPU: real x86-64 code under unicorn over the TD's RAM, entered by TDG.VP.ENTER and
+leaving by L2 exits as the Intel TDX Module TD Partitioning Architecture Specification describes
+them (L2 exits and their routing to L1 or the host, EPT violations of L2 accesses, interrupt
+virtualization); exit reasons, qualifications and event injection per Intel SDM Vol. 3
+("VM Exits", "VM Entries", "APIC Virtualization and Virtual Interrupts").
 
 The TD RAM is mapped into unicorn once (mem_map_ptr over the memfd, private and shared views);
 each page's unicorn protection is this VM's alias (R/W/X), or none when the alias is missing or
@@ -27,12 +31,13 @@ Simulator choices, documented: paging-entry permission bits (R/W, U/S, NX) and a
 bits are not modelled, only presence and the EPT side; event delivery through the IDT handles
 same-privilege (CPL0) 64-bit gates only; the error code of a #GP raised inside unicorn is
 delivered as 0; EPT-violation exits report instruction length 0 (the SDM leaves it undefined);
-virtualize-x2APIC mode behaves as fixed to 1 (the reference's write mask for secondary controls
-leaves bit 4 out); a host-routed L2 TDVMCALL completes (RIP advanced) before L1 sees
+virtualize-x2APIC mode behaves as fixed to 1 (the TDX module's write mask for the secondary
+controls leaves bit 4 out); a host-routed L2 TDVMCALL completes (RIP advanced) before L1 sees
 TDX_L2_EXIT_HOST_ROUTED_TDVMCALL; L1 and host writes to pages L2 executed from are detected at
-the next entry and drop unicorn's stale translations of those pages. GETSEC, the VMX instructions,
-INVEPT/INVVPID/VMFUNC exit to L1 as 3.3 routes them, with no CR4.SMXE/VMXE #UD check first and
-the VMX instruction-information field left 0; their lengths come from the opcode bytes. The
+the next entry and drop unicorn's stale translations of those pages. GETSEC, the VMX
+instructions, INVEPT/INVVPID/VMFUNC exit to L1 as the L2 exit routing says, with no
+CR4.SMXE/VMXE #UD check first and the VMX instruction-information field left 0; their lengths
+come from the opcode bytes. The
 STI shadow is tracked only while every instruction is hooked, so an exit by the budget or a kick
 right after STI reports no blocking; the budget does not count instructions run between stops
 that resume (bounded by MAX_STOPS_PER_ENTRY).
@@ -582,7 +587,7 @@ class L2Vcpu:
         if not uses_bitmap or self.vmcs.msr_exits(msr, write):
             self._exit(ExitReason.MSR_WRITE if write else ExitReason.MSR_READ, address, size)
             return
-        # The reference's write mask for secondary controls leaves out "virtualize x2APIC
+        # The TDX module's write mask for secondary controls leaves out "virtualize x2APIC
         # mode" (bit 4); the model treats it as fixed to 1, so x2APIC MSRs are virtualized.
         if msr in (X2APIC_MSR_EOI, X2APIC_MSR_TPR):
             value = pack_u32_pair(self.reg.read(X.UC_X86_REG_RAX), self.reg.read(X.UC_X86_REG_RDX))
@@ -633,7 +638,8 @@ class L2Vcpu:
         return {EPTV_READ: UC_PROT_READ, EPTV_WRITE: UC_PROT_WRITE, EPTV_FETCH: UC_PROT_EXEC}[kind]
 
     def _ept_exit(self, gpa: int, gla: int, kind: int) -> ExitInfo:
-        """The exit an L2 access to `gpa` causes, per reference 2.5."""
+        """The exit an L2 access to `gpa` causes: host-routed for shared or unbacked GPAs,
+        else an EPT violation to L1 (TD Partitioning Architecture Specification)."""
         state = self.memory.page_state(gpa)
         qual = kind | EPTV_GLA_VALID | EPTV_TRANSLATED
         if self.memory.is_shared(gpa) or state in (PageState.NOT_PRESENT, PageState.BLOCKED):
@@ -988,7 +994,8 @@ class L2Vcpu:
         return exit_
 
     def _inject_from_vmcs(self) -> ExitInfo | None:
-        """VM-entry event injection from VMCS 0x4016 (reference 4a)."""
+        """VM-entry event injection from the VM-entry interruption-information field (Intel SDM
+        Vol. 3, "Event Injection")."""
         info = self.vmcs.read(Vmcs.ENTRY_INTR_INFO)
         if not info & INTR_INFO_VALID:
             return None
