@@ -15,17 +15,13 @@ alias, as the EPT checks it on hardware, so L2 cannot use L1-only memory as page
 exit then has the translated-access bit clear. A non-present entry is a #PF for L2.
 
 Unicorn has no hook that stops before CPUID, IN/OUT or RDMSR/WRMSR (its CPUID/IO hooks run the
-rest of the translation block, and MSR hooks are not supported). So the first fetch from a code
-page (seen in the TLB fill) scans its bytes for every opcode that may exit (`exit_candidates`)
-and makes each possible start of such an instruction a unicorn exit: unicorn stops before it,
-with no Python call on the instructions in between; the model then decodes it (`_decode`) and
-either exits to L1 or runs that one instruction (`_step`). A scanned page is mapped read+execute
-in the TLB, so L2's first write to it refills the entry and the page is from then on decoded per
-instruction by a code hook limited to it; writes by L1 and the host are found at the next entry
-by comparing the page with its scan. The instruction budget is unicorn's instruction count (a
-runaway L2 ends in a host-routed timer exit); an L1 interrupt kick calls emu_stop. While an
-interrupt window is wanted or an STI/MOV-SS shadow is in force, every instruction is hooked, so
-the window opens and the shadow ends at the exact instruction.
+rest of the translation block, and MSR hooks are not supported). So code pages are scanned for
+the instructions that may exit and unicorn stops before each of them (see `codepages`), with
+no Python call on the instructions in between; the model then decodes the instruction
+(`decode`) and either exits to L1 or runs that one instruction. The instruction budget is
+unicorn's instruction count (a runaway L2 ends in a host-routed timer exit); an L1 interrupt
+kick calls emu_stop. While an interrupt window is wanted or an STI/MOV-SS shadow is in force,
+every instruction is hooked, so the window opens and the shadow ends at the exact instruction.
 
 Simulator choices, documented: paging-entry permission bits (R/W, U/S, NX) and accessed/dirty
 bits are not modelled, only presence and the EPT side; event delivery through the IDT handles
@@ -45,15 +41,11 @@ that resume (bounded by MAX_STOPS_PER_ENTRY).
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from unicorn import (
     UC_ARCH_X86,
-    UC_CTL_IO_WRITE,
-    UC_CTL_TLB_FLUSH,
     UC_HOOK_CODE,
     UC_HOOK_INSN_INVALID,
     UC_HOOK_INTR,
@@ -138,6 +130,7 @@ from tdxsim.abi import (
     unpack_intr_status,
 )
 from tdxsim.interfaces import Regs, TdExit
+from tdxsim.l2.codepages import CodePages
 from tdxsim.l2.decode import (
     FIRST_BYTES,
     FIRST_BYTES_AFTER_REX,
@@ -150,7 +143,6 @@ from tdxsim.l2.decode import (
     SCAN_CONTROLS,
     Action,
     decode,
-    exit_candidates,
     operand_address,
 )
 from tdxsim.l2.events import (
@@ -213,18 +205,6 @@ WRITE_ACCESSES = frozenset({UC_MEM_WRITE_PROT, UC_MEM_WRITE_UNMAPPED})
 FETCH_ACCESSES = frozenset({UC_MEM_FETCH_PROT, UC_MEM_FETCH_UNMAPPED})
 
 
-@dataclass(slots=True)
-class CodePage:
-    """A code page as scanned: where it lives, its bytes then, its exit addresses."""
-
-    gpa_page: int
-    offset: int  # in the TD memory file
-    data: bytes
-    exits: frozenset[int]
-    index: int  # of the page in TD memory
-    executable: bool  # by this VM's alias when scanned; a page it cannot run has no exits
-
-
 class L2Vcpu:
     """One L2 VM's vCPU: one unicorn instance kept across entries."""
 
@@ -278,22 +258,16 @@ class L2Vcpu:
         self._last_size = 0
         self._code_off = -1
         self._code_page = -1
-        # Exiting instructions are found per code page (see _scan) and become unicorn exits:
-        # unicorn stops before them with no Python call on the instructions in between.
-        self._scanned: dict[int, CodePage] = {}  # GLA page -> its scan
-        self._glas_of_code: dict[int, set[int]] = {}  # GPA page -> GLA pages scanned from it
-        self._decoded_pages: set[int] = set()  # GPA pages L2 wrote: decoded per instruction
-        self._page_hooks: dict[int, int] = {}  # GLA page -> its per-instruction hook
-        self._writable_unscanned: set[int] = set()  # GPA pages a TLB entry may write
-        self._stale_exits: set[int] = set()  # exits in translations made since the last flush
-        self._stale_pages: set[int] = set()  # GLA pages whose translations must be dropped
-        self._stopped_to_resume = False
-        self._tlb_flush_pending = False
-        self._scan_controls = -1
         self._slow_mode = False  # every instruction hooked (interrupt window, STI shadow)
         self._slow_hook: int | None = None
-        self.uc.ctl_exits_enabled(True)
-        self.uc.ctl_set_exits([])
+        self.code = CodePages(
+            self.uc,
+            memory,
+            self._index_executable,
+            self._probe,
+            self._on_page_insn,
+            lambda: self.reg.read(X.UC_X86_REG_RIP),
+        )
         self.uc.hook_add(
             UC_HOOK_MEM_READ_PROT
             | UC_HOOK_MEM_WRITE_PROT
@@ -439,7 +413,7 @@ class L2Vcpu:
         entry.paddr = gpa & ~(PAGE_SIZE - 1)
         gla_page, gpa_page = vaddr >> PAGE_SHIFT, gpa >> PAGE_SHIFT
         self._gla_of_gpa_page[gpa_page] = gla_page
-        entry.perms = self._code_perms(gla_page, gpa_page, kind)
+        entry.perms = self.code.perms(gla_page, gpa_page, kind)
         return True
 
     def _fetch(self, gla: int, length: int) -> bytes:
@@ -735,178 +709,31 @@ class L2Vcpu:
         info = interruption_info(vector, INTR_TYPE_EXTERNAL)
         return self._deliver(vector, None, self.reg.read(X.UC_X86_REG_RIP), info)
 
-    # --- exiting-instruction discovery and translation cache coherence -------------------------
-    def _code_perms(self, gla_page: int, gpa_page: int, kind: int) -> int:
-        """TLB permissions for a GLA page: a fetch scans the page first; a scanned page is not
-        writable through the TLB, so L2's first write to it comes here and the page is then
-        decoded per instruction; an unscanned page is not executable, so its first fetch comes
-        here even when a data access filled the TLB entry first."""
-        if kind == EPTV_FETCH:
-            self._prepare(gla_page, gpa_page)
-            following, _ = self._walk((gla_page + 1) << PAGE_SHIFT, EPTV_READ, probe=True)
-            if following is not None:  # a translation block may run on into the next page
-                self._prepare(gla_page + 1, following >> PAGE_SHIFT)
-            return UC_PROT_ALL if gpa_page in self._decoded_pages else UC_PROT_READ | UC_PROT_EXEC
-        if gpa_page in self._glas_of_code:
-            if kind != EPTV_WRITE:
-                return UC_PROT_READ | UC_PROT_EXEC
-            self._decode_per_instruction(gpa_page)
-            self._stopped_to_resume = True
-            self.uc.emu_stop()
-            return UC_PROT_ALL
-        if gpa_page in self._decoded_pages:
-            return UC_PROT_ALL
-        self._writable_unscanned.add(gpa_page)
-        return UC_PROT_READ | UC_PROT_WRITE
+    # --- code pages ---------------------------------------------------------------------------
+    def _index_executable(self, index: int) -> bool:
+        """This VM may run code from TD memory page `index`."""
+        return bool(self._prot[index] & UC_PROT_EXEC)
 
-    def _prepare(self, gla_page: int, gpa_page: int) -> None:
-        """Make sure unicorn stops before every exiting instruction of this code page."""
-        if gpa_page in self._decoded_pages:
-            self._hook_page(gla_page)
-            return
-        scan = self._scanned.get(gla_page)
-        if scan is not None and scan.gpa_page == gpa_page:
-            return
-        self._scan(gla_page, gpa_page)
-        self._set_exits()
-        if gpa_page in self._writable_unscanned:  # another TLB entry may still write it
-            # Not from inside the fill (unicorn may resize the TLB): when unicorn stops, which
-            # is before the block being translated runs.
-            self._tlb_flush_pending = True
-            self._stopped_to_resume = True
-            self.uc.emu_stop()
-
-    def _scan(self, gla_page: int, gpa_page: int) -> None:
-        old = self._scanned.pop(gla_page, None)
-        if old is not None:
-            self._glas_of_code.get(old.gpa_page, set()).discard(gla_page)
-        gpa = gpa_page << PAGE_SHIFT
-        if self.memory.page_index(gpa) is None or self.memory.is_shared(gpa):
-            return  # a fetch from here faults
-        offset = self.memory.offset_of(gpa)
-        data = self.memory.buf[offset : offset + PAGE_SIZE]
-        base = gla_page << PAGE_SHIFT
-        executable = self._executable(gpa_page)
-        candidates = exit_candidates(data, self._scan_controls) if executable else set()
-        exits = frozenset(base + at for at in candidates)
-        index = self.memory.page_index(gpa)
-        assert index is not None
-        self._scanned[gla_page] = CodePage(gpa_page, offset, data, exits, index, executable)
-        self._glas_of_code.setdefault(gpa_page, set()).add(gla_page)
-
-    def _executable(self, gpa_page: int) -> bool:
-        """This VM may run code from the page (else a fetch is an EPT violation, not an exit)."""
-        index = self.memory.page_index(gpa_page << PAGE_SHIFT)
-        return index is not None and bool(self._prot[index] & UC_PROT_EXEC)
-
-    def _set_exits(self) -> None:
-        if self._slow_mode:
-            return  # unicorn takes exits only while they are enabled; see _select_mode
-        exits: set[int] = set()
-        for scan in self._scanned.values():
-            exits |= scan.exits
-        self._stale_exits |= exits
-        self.uc.ctl_set_exits(sorted(exits))
-
-    def _hook_page(self, gla_page: int) -> None:
-        if gla_page not in self._page_hooks:
-            self._page_hooks[gla_page] = self.uc.hook_add(
-                UC_HOOK_CODE,
-                self._on_page_insn,
-                None,
-                gla_page << PAGE_SHIFT,
-                ((gla_page + 1) << PAGE_SHIFT) - 1,
-            )
-
-    def _decode_per_instruction(self, gpa_page: int) -> None:
-        """L2 writes a page it runs code from: decode that page per instruction from now on.
-
-        Its translations are dropped when unicorn stops at the end of the current block (unicorn
-        does not see these writes as self-modifying code in virtual-TLB mode).
-        """
-        self._decoded_pages.add(gpa_page)
-        for gla_page in self._glas_of_code.pop(gpa_page, set()):
-            self._scanned.pop(gla_page, None)
-            self._hook_page(gla_page)
-            self._stale_pages.add(gla_page)
-        self._set_exits()
-
-    def _flush_tlb(self) -> None:
-        self.uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
-        self._tlb_flush_pending = False
-        self._writable_unscanned.clear()
-
-    def _reset_scans(self) -> None:
-        """Forget every scan (the controls that decide which instructions exit changed)."""
-        self._scanned.clear()
-        self._glas_of_code.clear()
-        self.uc.ctl_flush_tb()
-        self._stale_exits.clear()
-        self._set_exits()
-        self._flush_tlb()
+    def _probe(self, gla: int) -> int | None:
+        gpa, _ = self._walk(gla, EPTV_READ, probe=True)
+        return gpa
 
     def _guest_write(self, gpa: int, data: bytes) -> None:
         """A write into L2 memory by the model itself (event delivery, virtual APIC)."""
         self.memory.write(gpa, data)
-        for page in {gpa >> PAGE_SHIFT, (gpa + len(data) - 1) >> PAGE_SHIFT}:
-            glas = set(self._glas_of_code.get(page, ()))
-            if glas:
-                self._decode_per_instruction(page)
-                for gla_page in glas:
-                    self._remove_cache(gla_page)
-                self._stale_pages -= glas
-
-    def _remove_cache(self, gla_page: int) -> None:
-        self.uc.ctl_remove_cache(gla_page << PAGE_SHIFT, (gla_page + 1) << PAGE_SHIFT)
-
-    def _drop_stale_translations(self) -> None:
-        """L1 and the host write TD memory behind unicorn's back: rescan changed code pages and
-        drop their translations (L2's own writes are caught through the TLB, see _code_perms)."""
-        buf = self.memory.buf  # mmap slices are bytes: one memcmp (memoryview compares per item)
-        changed = [
-            (gla_page, scan.gpa_page)
-            for gla_page, scan in self._scanned.items()
-            if buf[scan.offset : scan.offset + PAGE_SIZE] != scan.data
-            or bool(self._prot[scan.index] & UC_PROT_EXEC) != scan.executable
-        ]
-        for gla_page, gpa_page in changed:
-            self._scan(gla_page, gpa_page)
-        if changed:
-            self._set_exits()
-            for gla_page, _ in changed:
-                self._remove_cache(gla_page)
-                self._code_page = -1
+        self.code.model_wrote(gpa, len(data))
 
     def _select_mode(self, slow: bool) -> None:
         """Hook every instruction (interrupt window, STI shadow) or only the exiting ones."""
         if slow == self._slow_mode:
             return
-        uc = self.uc
         if slow:
-            self._slow_hook = uc.hook_add(UC_HOOK_CODE, self._on_insn)
+            self._slow_hook = self.uc.hook_add(UC_HOOK_CODE, self._on_insn)
         elif self._slow_hook is not None:
-            uc.hook_del(self._slow_hook)
+            self.uc.hook_del(self._slow_hook)
             self._slow_hook = None
-        uc.ctl_exits_enabled(not slow)
-        uc.ctl_flush_tb()
         self._slow_mode = slow
-        self._stale_exits.clear()
-        self._set_exits()
-
-    def _step(self, rip: int) -> None:
-        """Run the one instruction unicorn stopped before (it turned out not to exit)."""
-        uc = self.uc
-        uc.ctl_exits_enabled(False)
-        uc.ctl_remove_cache(rip, rip + 1)
-        with contextlib.suppress(UcError):  # faults were recorded by the hooks
-            uc.emu_start(rip, RUN_FOREVER, 0, 1)
-        # Translations made without exits: the stepped one, and the next block, which unicorn
-        # translates before its instruction count stops it.
-        uc.ctl_remove_cache(rip, rip + 1)
-        following = self.reg.read(X.UC_X86_REG_RIP)
-        if following != rip:
-            uc.ctl_remove_cache(following, following + 1)
-        uc.ctl_exits_enabled(True)
+        self.code.set_exits_enabled(not slow)
 
     # --- entry and run loop ----------------------------------------------------------------
     def _load_guest_state_fields(self) -> None:
@@ -945,7 +772,6 @@ class L2Vcpu:
         self._stop = None
         self._rip_dirty = False
         self._exit_rip = None
-        self._stopped_to_resume = False
         self.kick_requested = False
         self._shadow = bool(
             self.vmcs.values.get(Vmcs.GUEST_INTERRUPTIBILITY, 0)
@@ -962,10 +788,10 @@ class L2Vcpu:
                 self._shared_eptp = shared_eptp
                 self._sync_range(0, len(self._prot))
             controls = self.vmcs.values.get(Vmcs.PROC_BASED_CONTROLS, 0) & SCAN_CONTROLS
-            if controls != self._scan_controls:
-                self._scan_controls = controls
-                self._reset_scans()
-            self._drop_stale_translations()
+            if controls != self.code.controls:
+                self.code.reset(controls)
+            if self.code.drop_stale():
+                self._code_page = -1
             state = self._state_regs
             state.raw[:] = view[offset : offset + GUEST_STATE_REGS_SIZE]
             state.set(RFLAGS_AT, rflags | RFLAGS_FIXED)
@@ -1035,18 +861,12 @@ class L2Vcpu:
             if self.kick_requested:
                 return ExitInfo(TDX_L2_EXIT_PENDING_INTERRUPT, ExitReason.EXTERNAL_INTERRUPT)
             failed = False
-            self._stopped_to_resume = False
-            if self._tlb_flush_pending:
-                self._flush_tlb()
+            self.code.before_run()
             try:  # the count bounds a runaway L2 (the instruction budget)
                 uc.emu_start(rip, RUN_FOREVER, 0, max(self._budget, 0) + 1)
             except UcError:
                 failed = True  # faults were recorded by the hooks
-            if self._tlb_flush_pending:
-                self._flush_tlb()
-            for gla_page in self._stale_pages:
-                self._remove_cache(gla_page)
-            self._stale_pages.clear()
+            self.code.after_run()
             stop = self._stop
             if stop is None and not failed:
                 stop = self._unhooked_stop()
@@ -1064,7 +884,10 @@ class L2Vcpu:
         """The bytes at `rip` lie on pages L2 may run (else unicorn raises the fetch fault)."""
         for gla in {rip, rip + length - 1}:
             gpa = self.gla_to_gpa(gla)
-            if gpa is None or self.memory.is_shared(gpa) or not self._executable(gpa >> PAGE_SHIFT):
+            if gpa is None or self.memory.is_shared(gpa):
+                return False
+            index = self.memory.page_index(gpa)
+            if index is None or not self._index_executable(index):
                 return False
         return True
 
@@ -1075,15 +898,11 @@ class L2Vcpu:
         if self.kick_requested:
             exit_ = ExitInfo(TDX_L2_EXIT_PENDING_INTERRUPT, ExitReason.EXTERNAL_INTERRUPT)
             return Stop(StopKind.EXIT, exit_, rip=rip)
-        if self._stopped_to_resume:
-            self._stopped_to_resume = False
+        if self.code.stopped_to_resume:
             return None  # resume with the written page's translations dropped
-        if not self._slow_mode and rip in self._stale_exits:
-            scan = self._scanned.get(rip >> PAGE_SHIFT)
-            at = rip & PAGE_OFFSET_MASK
-            if scan is not None and at <= PAGE_SIZE - MAX_INSN_LEN:
-                code = self.memory.buf[scan.offset + at : scan.offset + at + MAX_INSN_LEN]
-            else:
+        if not self._slow_mode and self.code.is_exit(rip):
+            code = self.code.code_at(rip)
+            if code is None:
                 code = self._fetch(rip, MAX_INSN_LEN)
             if code:  # exits exist only on pages this VM may run (see _scan)
                 self._decode(code, rip)
@@ -1093,7 +912,7 @@ class L2Vcpu:
                 if crosses and not self._runnable(rip, length):
                     self._stop = None  # its tail is on a page L2 may not run: unicorn faults
             if self._stop is None:
-                self._step(rip)
+                self.code.step(rip)
             return self._stop
         self._budget = -1
         return Stop(StopKind.EXIT, self._timer_exit(), rip=rip)
