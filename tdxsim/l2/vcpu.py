@@ -1030,6 +1030,9 @@ class L2Vcpu:
         )
 
     def kick(self) -> None:
-        """Ask a running L2 to exit to L1 at the next instruction (L1 interrupt pending)."""
+        """Ask a running L2 to exit to L1 (L1 interrupt pending): unicorn stops at the end of
+        the current translation block. The run loop checks the request before each start of
+        unicorn; a kick landing just as unicorn starts is seen at its next stop, at the latest
+        when the instruction budget ends."""
         self.kick_requested = True
         self.uc.emu_stop()  # thread-safe in unicorn; a no-op unless L2 is running
