@@ -110,7 +110,7 @@ def test(
 
 @task(help={"only": "run one check: ruff, format, mypy or imports"})
 def lint(c: Context, only: str = "") -> None:
-    """ruff, ruff format --check, mypy --strict on the project's packages, and the layering contracts."""
+    """ruff, ruff format --check, mypy --strict on the packages, and the layering contracts."""
     checks = {
         "ruff": [PYTHON, "-m", "ruff", "check", "."],
         "format": [PYTHON, "-m", "ruff", "format", "--check", "."],
