@@ -41,7 +41,6 @@ that resume (bounded by MAX_STOPS_PER_ENTRY).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from unicorn import (
@@ -145,6 +144,7 @@ from tdxsim.l2.decode import (
     decode,
     operand_address,
 )
+from tdxsim.l2.ept import EptView
 from tdxsim.l2.events import (
     CPL_MASK,
     IDT_GATE_SIZE,
@@ -232,9 +232,7 @@ class L2Vcpu:
                     view, region.size, UC_PROT_NONE, memory.host_address + region.offset
                 )
         self.uc.mem_map(LOOKAHEAD_GPA, PAGE_SIZE, UC_PROT_NONE)
-        self._prot = bytearray(len(memory.state))
-        self._shared_prot = bytearray(len(memory.state))
-        self._shared_eptp = False
+        self.ept = EptView(self.uc, memory, aliases, vm)
         self._state_regs = RegisterBlock(self.uc, UC_STATE_REGS)
         self._gprs = RegisterBlock(self.uc, UC_GPRS)
         self._crs = RegisterBlock(self.uc, UC_CRS)
@@ -247,9 +245,6 @@ class L2Vcpu:
         self._exit_rip: int | None = None  # where an exiting instruction stopped
         self._exit_cs = 0
         self.reg = FastRegs(self.uc)
-        self._sync_range(0, len(memory.state))
-        memory.on_change(self._sync_range)
-        aliases.on_change(self._on_alias_change)
         self._stop: Stop | None = None
         self._budget = 0
         self._watch_window = False
@@ -284,66 +279,6 @@ class L2Vcpu:
         self.uc.hook_add(UC_HOOK_TLB_FILL, self._on_tlb_fill)
         self.uc.hook_add(UC_HOOK_INSN_INVALID, self._on_invalid)
 
-    # --- page protections from the alias -------------------------------------------------------
-    def _prot_of(self, index: int) -> int:
-        if self.memory.state[index] != PageState.MAPPED:
-            return UC_PROT_NONE
-        word = self.aliases.word(index, self.vm)
-        if not word & ATTR_VALID:
-            return UC_PROT_NONE
-        prot = UC_PROT_NONE
-        if word & ATTR_R:
-            prot |= UC_PROT_READ
-        if word & ATTR_W:
-            prot |= UC_PROT_WRITE
-        if word & (ATTR_XS | ATTR_XU):
-            prot |= UC_PROT_EXEC
-        return prot
-
-    def _shared_prot_of(self, index: int) -> int:
-        """Shared view: R/W when L2_CTLS lets L2 use the shared EPT and the host mapped it."""
-        if self._shared_eptp and self.memory.shared[index]:
-            return UC_PROT_READ | UC_PROT_WRITE
-        return UC_PROT_NONE
-
-    def _sync_range(self, first: int, count: int) -> None:
-        """Re-derive unicorn protections for pages [first, first+count), one call per run."""
-        self._sync_view(first, count, self._prot, self._prot_of, 0)
-        self._sync_view(
-            first, count, self._shared_prot, self._shared_prot_of, self.memory.shared_bit
-        )
-
-    def _sync_view(
-        self,
-        first: int,
-        count: int,
-        current: bytearray,
-        wanted: Callable[[int], int],
-        view_bit: int,
-    ) -> None:
-        end = first + count
-        for region in self.memory.regions:
-            lo = max(first, region.offset >> PAGE_SHIFT)
-            hi = min(end, (region.offset + region.size) >> PAGE_SHIFT)
-            i = lo
-            while i < hi:
-                prot = wanted(i)
-                j = i + 1
-                while j < hi and wanted(j) == prot:
-                    j += 1
-                if any(current[k] != prot for k in range(i, j)):
-                    gpa = (region.gpa + (i << PAGE_SHIFT) - region.offset) | view_bit
-                    self.uc.mem_protect(gpa, (j - i) << PAGE_SHIFT, prot)
-                    current[i:j] = bytes([prot]) * (j - i)
-                i = j
-
-    def _on_alias_change(self, index: int, vm: int) -> None:
-        if vm == self.vm:
-            prot = self._prot_of(index)
-            if prot != self._prot[index]:
-                self.uc.mem_protect(self.memory.page_gpa(index), PAGE_SIZE, prot)
-                self._prot[index] = prot
-
     # --- address translation and guest memory access ---------------------------------------
     def gla_to_gpa(self, gla: int) -> int | None:
         """Translate through L2's own page tables if paging is on; None if it does not map."""
@@ -375,7 +310,7 @@ class L2Vcpu:
     def _read_paging_entry(self, gpa: int) -> int | None:
         """A paging entry as the EPT lets L2 read it: None on a page it may not read."""
         index = self.memory.page_index(gpa)
-        if index is None or self.memory.is_shared(gpa) or not self._prot[index] & UC_PROT_READ:
+        if index is None or self.memory.is_shared(gpa) or not self.ept.prot[index] & UC_PROT_READ:
             return None
         return int.from_bytes(self.memory.read(gpa, PT_ENTRY_SIZE), "little")
 
@@ -436,7 +371,7 @@ class L2Vcpu:
         for page in {gpa & ~(PAGE_SIZE - 1), (gpa + length - 1) & ~(PAGE_SIZE - 1)}:
             need = UC_PROT_WRITE if write else UC_PROT_READ
             index = self.memory.page_index(page)
-            if index is None or self.memory.is_shared(page) or not self._prot[index] & need:
+            if index is None or self.memory.is_shared(page) or not self.ept.prot[index] & need:
                 fault = max(page, gpa)
                 return 0, self._ept_exit(fault, gla, EPTV_WRITE if write else EPTV_READ)
         return gpa, None
@@ -599,7 +534,7 @@ class L2Vcpu:
         index = self.memory.page_index(gpa)
         last = (gpa + max(size, 1) - 1) & ~(PAGE_SIZE - 1)
         crosses = last != gpa & ~(PAGE_SIZE - 1)
-        if index is not None and crosses and self._prot[index] & self._need(kind):
+        if index is not None and crosses and self.ept.prot[index] & self._need(kind):
             gpa = last
         gla_page = self._gla_of_gpa_page.get(gpa >> PAGE_SHIFT, gpa >> PAGE_SHIFT)
         gla = (gla_page << PAGE_SHIFT) | (gpa & (PAGE_SIZE - 1))
@@ -712,7 +647,7 @@ class L2Vcpu:
     # --- code pages ---------------------------------------------------------------------------
     def _index_executable(self, index: int) -> bool:
         """This VM may run code from TD memory page `index`."""
-        return bool(self._prot[index] & UC_PROT_EXEC)
+        return bool(self.ept.prot[index] & UC_PROT_EXEC)
 
     def _probe(self, gla: int) -> int | None:
         gpa, _ = self._walk(gla, EPTV_READ, probe=True)
@@ -784,9 +719,7 @@ class L2Vcpu:
             if crs is None or crs[0] & CR0_PG:
                 self._code_page = -1  # CR3 or L2's page tables may have changed since the exit
             shared_eptp = bool(self.vmcs.l2_ctls & L2_CTLS_ENABLE_SHARED_EPTP)
-            if shared_eptp != self._shared_eptp:
-                self._shared_eptp = shared_eptp
-                self._sync_range(0, len(self._prot))
+            self.ept.set_shared_eptp(shared_eptp)
             controls = self.vmcs.values.get(Vmcs.PROC_BASED_CONTROLS, 0) & SCAN_CONTROLS
             if controls != self.code.controls:
                 self.code.reset(controls)
