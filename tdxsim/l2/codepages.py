@@ -35,6 +35,7 @@ from tdxsim.l2.decode import MAX_INSN_LEN, PAGE_OFFSET_MASK, exit_candidates
 from tdxsim.memory import TdMemory
 
 RUN_FOREVER = (1 << 64) - 1
+MAX_APPLY_ROUNDS = 8
 
 
 @dataclass(slots=True)
@@ -45,7 +46,7 @@ class CodePage:
     offset: int  # in the TD memory file
     data: bytes
     exits: frozenset[int]
-    index: int  # of the page in TD memory
+    index: int  # of the page in TD memory; -1 (and offset -1) for a GPA no code runs from
     executable: bool  # by this VM's alias when scanned; a page it cannot run has no exits
 
 
@@ -80,6 +81,8 @@ class CodePages:
         self._stale_exits: set[int] = set()  # exits in translations made since the last flush
         self._stale_pages: set[int] = set()  # GLA pages whose translations must be dropped
         self._tlb_flush_pending = False
+        self._exits_dirty = False
+        self._pending_hooks: set[int] = set()  # GLA pages to hook when unicorn stops
         self.stopped_to_resume = False  # unicorn was stopped only to apply the above
         self.controls = -1  # the processor-based controls the scans were made for
         self._exits_enabled = True
@@ -87,13 +90,16 @@ class CodePages:
         uc.ctl_set_exits([])
 
     # --- the TLB fill ------------------------------------------------------------------------
+    # A fill only keeps books: changing unicorn's exits, hooks, translations or TLB from inside
+    # it (which may run in the middle of a translation) is not safe, so it asks unicorn to
+    # stop, which happens before the block being translated runs, and `_apply` does the rest.
     def perms(self, gla_page: int, gpa_page: int, kind: int) -> int:
         """TLB permissions for a GLA page filled for a fetch, read or write (EPTV_* kind)."""
         if kind == EPTV_FETCH:
             self._prepare(gla_page, gpa_page)
             following = self._probe((gla_page + 1) << PAGE_SHIFT)
             if following is not None:  # a translation block may run on into the next page
-                self._prepare(gla_page + 1, following >> PAGE_SHIFT)
+                self._prepare(gla_page + 1, following >> PAGE_SHIFT, neighbour=True)
             return UC_PROT_ALL if gpa_page in self._decoded_pages else UC_PROT_READ | UC_PROT_EXEC
         if gpa_page in self._glas_of_code:
             if kind != EPTV_WRITE:
@@ -110,21 +116,27 @@ class CodePages:
         self.stopped_to_resume = True
         self.uc.emu_stop()  # before the next block runs
 
-    def _prepare(self, gla_page: int, gpa_page: int) -> None:
-        """Make sure unicorn stops before every exiting instruction of this code page."""
+    def _prepare(self, gla_page: int, gpa_page: int, neighbour: bool = False) -> None:
+        """Make sure unicorn stops before every exiting instruction of this code page. Only
+        the filled page may have a translation made without its exits; one running on into
+        the `neighbour` page overlaps the filled page, so dropping the filled page's drops it."""
         if gpa_page in self._decoded_pages:
-            self._hook_page(gla_page)
+            if gla_page not in self._page_hooks:
+                self._pending_hooks.add(gla_page)
+                if not neighbour:
+                    self._stale_pages.add(gla_page)
+                self._stop_to_resume()
             return
         scan = self.scanned.get(gla_page)
         if scan is not None and scan.gpa_page == gpa_page:
             return
         self._scan(gla_page, gpa_page)
-        self._set_exits()
+        self._exits_dirty = True
+        if not neighbour:
+            self._stale_pages.add(gla_page)  # translated, if at all, before its exits were set
         if gpa_page in self._writable_unscanned:  # another TLB entry may still write it
-            # Not from inside the fill (unicorn may resize the TLB): when unicorn stops, which
-            # is before the block being translated runs.
             self._tlb_flush_pending = True
-            self._stop_to_resume()
+        self._stop_to_resume()
 
     def _scan(self, gla_page: int, gpa_page: int) -> None:
         old = self.scanned.pop(gla_page, None)
@@ -132,8 +144,9 @@ class CodePages:
             self._glas_of_code.get(old.gpa_page, set()).discard(gla_page)
         gpa = gpa_page << PAGE_SHIFT
         index = self.memory.page_index(gpa)
-        if index is None or self.memory.is_shared(gpa):
-            return  # a fetch from here faults
+        if index is None or self.memory.is_shared(gpa):  # a fetch from here faults
+            self.scanned[gla_page] = CodePage(gpa_page, -1, b"", frozenset(), -1, False)
+            return
         offset = self.memory.offset_of(gpa)
         data = self.memory.buf[offset : offset + PAGE_SIZE]
         base = gla_page << PAGE_SHIFT
@@ -171,23 +184,36 @@ class CodePages:
         self._decoded_pages.add(gpa_page)
         for gla_page in self._glas_of_code.pop(gpa_page, set()):
             self.scanned.pop(gla_page, None)
-            self._hook_page(gla_page)
+            self._pending_hooks.add(gla_page)
             self._stale_pages.add(gla_page)
-        self._set_exits()
+        self._exits_dirty = True
 
     # --- around each run ---------------------------------------------------------------------
     def before_run(self) -> None:
         self.stopped_to_resume = False
-        if self._tlb_flush_pending:
-            self._flush_tlb()
+        self._apply()
 
     def after_run(self) -> None:
         """Apply what the fills asked for while unicorn ran."""
-        if self._tlb_flush_pending:
-            self._flush_tlb()
-        for gla_page in self._stale_pages:
-            self._remove_cache(gla_page)
-        self._stale_pages.clear()
+        self._apply()
+
+    def _apply(self) -> None:
+        """Exits, page hooks, TLB flush and dropped translations the books ask for. Dropping a
+        translation may fill the TLB again, which may ask for more: repeat until settled."""
+        for _ in range(MAX_APPLY_ROUNDS):
+            if self._exits_dirty:
+                self._exits_dirty = False
+                self._set_exits()
+            for gla_page in self._pending_hooks:
+                self._hook_page(gla_page)
+            self._pending_hooks.clear()
+            if self._tlb_flush_pending:
+                self._flush_tlb()
+            stale, self._stale_pages = self._stale_pages, set()
+            for gla_page in stale:
+                self._remove_cache(gla_page)
+            if not (self._exits_dirty or self._pending_hooks or self._stale_pages):
+                return
 
     def is_exit(self, rip: int) -> bool:
         """Unicorn may have stopped at `rip` because it was an exit when translated."""
@@ -198,7 +224,7 @@ class CodePages:
         when the page was not scanned or the instruction may cross the page end)."""
         scan = self.scanned.get(rip >> PAGE_SHIFT)
         at = rip & PAGE_OFFSET_MASK
-        if scan is None or at > PAGE_SIZE - MAX_INSN_LEN:
+        if scan is None or scan.index < 0 or at > PAGE_SIZE - MAX_INSN_LEN:
             return None
         start = scan.offset + at
         return self.memory.buf[start : start + MAX_INSN_LEN]
@@ -210,6 +236,7 @@ class CodePages:
         self.uc.ctl_flush_tb()
         self._stale_exits.clear()
         self._set_exits()
+        self._apply()
 
     def step(self, rip: int) -> None:
         """Run the one instruction unicorn stopped before (it turned out not to exit)."""
@@ -236,17 +263,15 @@ class CodePages:
         self._stale_exits.clear()
         self._set_exits()
         self._flush_tlb()
+        self._apply()
 
     def model_wrote(self, gpa: int, length: int) -> None:
         """The model wrote L2 memory (event delivery, virtual APIC): a scanned page written so
         is decoded per instruction from now on."""
         for page in {gpa >> PAGE_SHIFT, (gpa + length - 1) >> PAGE_SHIFT}:
-            glas = set(self._glas_of_code.get(page, ()))
-            if glas:
+            if page in self._glas_of_code:
                 self._decode_per_instruction(page)
-                for gla_page in glas:
-                    self._remove_cache(gla_page)
-                self._stale_pages -= glas
+        self._apply()
 
     def drop_stale(self) -> bool:
         """L1 and the host write TD memory behind unicorn's back: rescan code pages whose bytes
@@ -255,15 +280,18 @@ class CodePages:
         changed = [
             (gla_page, scan.gpa_page)
             for gla_page, scan in self.scanned.items()
-            if buf[scan.offset : scan.offset + PAGE_SIZE] != scan.data
-            or self._executable(scan.index) != scan.executable
+            if scan.index >= 0
+            and (
+                buf[scan.offset : scan.offset + PAGE_SIZE] != scan.data
+                or self._executable(scan.index) != scan.executable
+            )
         ]
         for gla_page, gpa_page in changed:
             self._scan(gla_page, gpa_page)
+            self._stale_pages.add(gla_page)
         if changed:
-            self._set_exits()
-            for gla_page, _ in changed:
-                self._remove_cache(gla_page)
+            self._exits_dirty = True
+            self._apply()
         return bool(changed)
 
     def _remove_cache(self, gla_page: int) -> None:
