@@ -53,7 +53,7 @@ class CodePage:
 class CodePages:
     """The scanned code pages of one L2 vCPU's unicorn instance and its exits.
 
-    `executable(index)` says whether the VM may run code from a TD memory page; `probe(gla)`
+    `prot` is the VM's unicorn protection per TD memory page (EptView.prot); `probe(gla)`
     translates a GLA without side effects (None if unmapped); `on_insn` is the per-instruction
     hook for pages L2 writes; `read_rip` reads unicorn's RIP.
     """
@@ -62,14 +62,14 @@ class CodePages:
         self,
         uc: Any,
         memory: TdMemory,
-        executable: Callable[[int], bool],
+        prot: bytearray,
         probe: Callable[[int], int | None],
         on_insn: Callable[[Any, int, int, object], None],
         read_rip: Callable[[], int],
     ) -> None:
         self.uc = uc
         self.memory = memory
-        self._executable = executable
+        self._prot = prot
         self._probe = probe
         self._on_insn = on_insn
         self._read_rip = read_rip
@@ -150,7 +150,7 @@ class CodePages:
         offset = self.memory.offset_of(gpa)
         data = self.memory.buf[offset : offset + PAGE_SIZE]
         base = gla_page << PAGE_SHIFT
-        executable = self._executable(index)
+        executable = bool(self._prot[index] & UC_PROT_EXEC)
         candidates = exit_candidates(data, self.controls) if executable else set()
         exits = frozenset(base + at for at in candidates)
         self.scanned[gla_page] = CodePage(gpa_page, offset, data, exits, index, executable)
@@ -191,11 +191,12 @@ class CodePages:
     # --- around each run ---------------------------------------------------------------------
     def before_run(self) -> None:
         self.stopped_to_resume = False
-        self._apply()
+        self.after_run()
 
     def after_run(self) -> None:
         """Apply what the fills asked for while unicorn ran."""
-        self._apply()
+        if self._exits_dirty or self._pending_hooks or self._tlb_flush_pending or self._stale_pages:
+            self._apply()
 
     def _apply(self) -> None:
         """Exits, page hooks, TLB flush and dropped translations the books ask for. Dropping a
@@ -283,7 +284,7 @@ class CodePages:
             if scan.index >= 0
             and (
                 buf[scan.offset : scan.offset + PAGE_SIZE] != scan.data
-                or self._executable(scan.index) != scan.executable
+                or bool(self._prot[scan.index] & UC_PROT_EXEC) != scan.executable
             )
         ]
         for gla_page, gpa_page in changed:

@@ -15,9 +15,9 @@ import re
 import struct
 from collections.abc import Callable
 from collections.abc import Set as AbstractSet
-from dataclasses import dataclass
 from enum import Enum
 from functools import lru_cache
+from typing import NamedTuple
 
 from tdxsim.abi import (
     IOQ_IMMEDIATE,
@@ -213,9 +213,8 @@ class Action(Enum):
     MOV_TO_CR = "mov to cr"  # paging may change
 
 
-@dataclass(frozen=True, slots=True)
-class Insn:
-    """A decoded instruction the model acts on."""
+class Insn(NamedTuple):
+    """A decoded instruction the model acts on (a tuple: built on every exit, so cheap)."""
 
     action: Action
     length: int
@@ -226,23 +225,22 @@ class Insn:
     port: int | None = None  # for IO with an immediate port
     vector: int = 0  # for SOFTWARE_INTERRUPT
     opcode_at: int = 0  # for INVLPG: where 0F is, for operand_address
-    prefixes: frozenset[int] = frozenset()
+    prefixes: frozenset[int] = NO_PREFIXES
 
 
 def decode(code: bytes) -> Insn | None:
     """The instruction at the start of `code` if the model acts on it, else None."""
     i = 0
-    prefixes: set[int] = set()
     while i < len(code) and code[i] in LEGACY_PREFIXES:
-        prefixes.add(code[i])
         i += 1
+    fixed = frozenset(code[:i]) if i else NO_PREFIXES
+    prefixes = fixed
     if i < len(code) and REX_FIRST <= code[i] <= REX_LAST:
         i += 1
     if i >= len(code):
         return None
     op = code[i]
     rest = code[i + 1 :]
-    fixed = frozenset(prefixes)
     if op == OP_STI or (
         op == OP_MOV_SREG and rest and (rest[0] >> MODRM_REG_SHIFT) & MODRM_REG_MASK == SREG_SS
     ):

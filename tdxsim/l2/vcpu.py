@@ -258,7 +258,7 @@ class L2Vcpu:
         self.code = CodePages(
             self.uc,
             memory,
-            self._index_executable,
+            self.ept.prot,
             self._probe,
             self._on_page_insn,
             lambda: self.reg.read(X.UC_X86_REG_RIP),
