@@ -220,6 +220,14 @@ class CodePages:
         """Unicorn may have stopped at `rip` because it was an exit when translated."""
         return self._exits_enabled and rip in self._stale_exits
 
+    def exit_here(self, rip: int, translate: Callable[[int], int | None]) -> bool:
+        """`rip` is an exit of its page's scan, made for the page it maps to now."""
+        scan = self.scanned.get(rip >> PAGE_SHIFT)
+        if scan is None or rip not in scan.exits:
+            return False
+        gpa = translate(rip)
+        return gpa is not None and gpa >> PAGE_SHIFT == scan.gpa_page
+
     def code_at(self, rip: int) -> bytes | None:
         """The bytes of the instruction at `rip` from memory, through its page's scan (None
         when the page was not scanned or the instruction may cross the page end)."""

@@ -795,6 +795,16 @@ class L2Vcpu:
                 return ExitInfo(TDX_L2_EXIT_PENDING_INTERRUPT, ExitReason.EXTERNAL_INTERRUPT)
             failed = False
             self.code.before_run()
+            if not self._slow_mode and self.code.exit_here(rip, self._probe):
+                # unicorn would stop before running anything: decide here, without it
+                stop = self._stop_at_exit(rip)
+                rip = None
+                if stop is None:
+                    continue
+                result = self._handle_stop(stop)
+                if result is not None:
+                    return result
+                continue
             try:  # the count bounds a runaway L2 (the instruction budget)
                 uc.emu_start(rip, RUN_FOREVER, 0, max(self._budget, 0) + 1)
             except UcError:
@@ -824,6 +834,23 @@ class L2Vcpu:
                 return False
         return True
 
+    def _stop_at_exit(self, rip: int) -> Stop | None:
+        """Unicorn stops (or would stop) before `rip`, a possible exiting instruction: the stop
+        its decoding asks for, or None once it has run because it does not exit."""
+        code = self.code.code_at(rip)
+        if code is None:
+            code = self._fetch(rip, MAX_INSN_LEN)
+        if code:  # exits exist only on pages this VM may run (see CodePages)
+            self._decode(code, rip)
+            stop = self._stop
+            length = stop.exit.instr_len if stop is not None and stop.exit else 0
+            crosses = (rip & PAGE_OFFSET_MASK) + length > PAGE_SIZE
+            if crosses and not self._runnable(rip, length):
+                self._stop = None  # its tail is on a page L2 may not run: unicorn faults
+        if self._stop is None:
+            self.code.step(rip)
+        return self._stop
+
     def _unhooked_stop(self) -> Stop | None:
         """Why unicorn stopped with no hook recording it: an L1 interrupt kick, an exit address
         (decoded now; run if it does not exit), or the instruction budget used up."""
@@ -834,19 +861,7 @@ class L2Vcpu:
         if self.code.stopped_to_resume:
             return None  # resume with the written page's translations dropped
         if not self._slow_mode and self.code.is_exit(rip):
-            code = self.code.code_at(rip)
-            if code is None:
-                code = self._fetch(rip, MAX_INSN_LEN)
-            if code:  # exits exist only on pages this VM may run (see _scan)
-                self._decode(code, rip)
-                stop = self._stop
-                length = stop.exit.instr_len if stop is not None and stop.exit else 0
-                crosses = (rip & PAGE_OFFSET_MASK) + length > PAGE_SIZE
-                if crosses and not self._runnable(rip, length):
-                    self._stop = None  # its tail is on a page L2 may not run: unicorn faults
-            if self._stop is None:
-                self.code.step(rip)
-            return self._stop
+            return self._stop_at_exit(rip)
         self._budget = -1
         return Stop(StopKind.EXIT, self._timer_exit(), rip=rip)
 
