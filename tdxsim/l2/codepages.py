@@ -48,6 +48,7 @@ class CodePage:
     exits: frozenset[int]
     index: int  # of the page in TD memory; -1 (and offset -1) for a GPA no code runs from
     executable: bool  # by this VM's alias when scanned; a page it cannot run has no exits
+    fetched: bool = False  # unicorn has fetched code from it (else only scanned ahead)
 
 
 class CodePages:
@@ -129,8 +130,16 @@ class CodePages:
             return
         scan = self.scanned.get(gla_page)
         if scan is not None and scan.gpa_page == gpa_page:
-            return
+            if scan.fetched or neighbour:
+                return
+            scan.fetched = True  # scanned ahead: still the same bytes?
+            if (
+                scan.index < 0
+                or self.memory.buf[scan.offset : scan.offset + PAGE_SIZE] == scan.data
+            ):
+                return
         self._scan(gla_page, gpa_page)
+        self.scanned[gla_page].fetched = not neighbour
         self._exits_dirty = True
         if not neighbour:
             self._stale_pages.add(gla_page)  # translated, if at all, before its exits were set
@@ -284,12 +293,14 @@ class CodePages:
 
     def drop_stale(self) -> bool:
         """L1 and the host write TD memory behind unicorn's back: rescan code pages whose bytes
-        or executability changed and drop their translations. True if any did."""
+        or executability changed and drop their translations. True if any did. Pages only
+        scanned ahead are checked when unicorn first fetches from them."""
         buf = self.memory.buf  # mmap slices are bytes: one memcmp (memoryview compares per item)
         changed = [
             (gla_page, scan.gpa_page)
             for gla_page, scan in self.scanned.items()
-            if scan.index >= 0
+            if scan.fetched
+            and scan.index >= 0
             and (
                 buf[scan.offset : scan.offset + PAGE_SIZE] != scan.data
                 or bool(self._prot[scan.index] & UC_PROT_EXEC) != scan.executable
@@ -297,6 +308,7 @@ class CodePages:
         ]
         for gla_page, gpa_page in changed:
             self._scan(gla_page, gpa_page)
+            self.scanned[gla_page].fetched = True
             self._stale_pages.add(gla_page)
         if changed:
             self._exits_dirty = True

@@ -74,6 +74,13 @@ class RegisterBlock:
             raise cast(Any, UcError)(status)
         return list(self._layout.unpack_from(self._vals))
 
+    def first(self) -> int:
+        """The current value of the block's first register."""
+        status = self._uc._do_reg_read_batch(self._ids, self._ptrs, self._count)
+        if status:
+            raise cast(Any, UcError)(status)
+        return int(self._vals[0])
+
     def write(self, values: list[int] | tuple[int, ...]) -> None:
         """Set every register of the block (ctypes truncates each value to 64 bits)."""
         cast(Any, self._vals)[:] = values
@@ -97,7 +104,7 @@ class FastRegs:
 
     def read(self, reg: int) -> int:
         """One 64-bit register."""
-        return self._block(reg).read()[0]
+        return self._block(reg).first()
 
     def write(self, reg: int, value: int) -> None:
         """Set one 64-bit register."""

@@ -253,6 +253,7 @@ class L2Vcpu:
         self._last_size = 0
         self._code_off = -1
         self._code_page = -1
+        self._running = False  # inside emu_start: a stop must also stop unicorn
         self._slow_mode = False  # every instruction hooked (interrupt window, STI shadow)
         self._slow_hook: int | None = None
         self.code = CodePages(
@@ -379,7 +380,8 @@ class L2Vcpu:
     # --- hooks ---------------------------------------------------------------------------------
     def _halt(self, stop: Stop) -> None:
         self._stop = stop
-        self.uc.emu_stop()
+        if self._running:
+            self.uc.emu_stop()
 
     def _on_insn(self, uc: Any, address: int, size: int, _data: object) -> None:
         """Per-instruction hook; the common case reads one or two opcode bytes and returns."""
@@ -805,10 +807,12 @@ class L2Vcpu:
                 if result is not None:
                     return result
                 continue
+            self._running = True
             try:  # the count bounds a runaway L2 (the instruction budget)
                 uc.emu_start(rip, RUN_FOREVER, 0, max(self._budget, 0) + 1)
             except UcError:
                 failed = True  # faults were recorded by the hooks
+            self._running = False
             self.code.after_run()
             stop = self._stop
             if stop is None and not failed:
@@ -848,7 +852,9 @@ class L2Vcpu:
             if crosses and not self._runnable(rip, length):
                 self._stop = None  # its tail is on a page L2 may not run: unicorn faults
         if self._stop is None:
+            self._running = True
             self.code.step(rip)
+            self._running = False
         return self._stop
 
     def _unhooked_stop(self) -> Stop | None:
