@@ -63,7 +63,7 @@ from tdxdefs.vmcs import (
 )
 from tdxdefs.x86 import GDT_CODE64, GDT_DATA, GDT_FLAT_LIMIT, SELECTOR_CODE, SELECTOR_DATA
 from tdxsim.errors import TdxsimError
-from tdxsim.l2cpu import DEFAULT_INSTRUCTION_BUDGET
+from tdxsim.l2.vcpu import DEFAULT_INSTRUCTION_BUDGET
 from tdxsim.module.attestation_interface import AttestationInterface
 from tdxsim.module.build import Accumulator, TdBuilder, TdConfig
 from tdxsim.module.dispatch import TdxModule

@@ -87,7 +87,7 @@ from tdxdefs.tdcall import (
 )
 from tdxdefs.vmcs import EEQ_ACCEPT, EEQ_ATTR_WR, Vmcs, width_of
 from tdxsim.errors import TdxsimError
-from tdxsim.l2cpu import DEFAULT_INSTRUCTION_BUDGET, L2Vcpu
+from tdxsim.l2.vcpu import DEFAULT_INSTRUCTION_BUDGET, L2Vcpu
 from tdxsim.module.attestation_interface import AttestationInterface
 from tdxsim.module.host_interface import HostInterface, NullHost, TdExit, TdExitKind
 from tdxsim.module.memory import PAGES_PER_2M, PageState, TdMemory

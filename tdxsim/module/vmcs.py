@@ -42,10 +42,10 @@ from tdxdefs.vmcs import (
     PROC_HLT_EXITING,
     PROC_USE_MSR_BITMAPS,
     VMCS_HIGH_ACCESS,
+    Vmcs,
     Width,
     width_of,
 )
-from tdxdefs.vmcs import Vmcs as Vmcs  # re-exported for tdxsim.l2cpu until it imports tdxdefs
 
 ALL_ONES_64 = 0xFFFFFFFFFFFFFFFF
 MSR_BITMAP_QWORDS = PAGE_SIZE // 8

@@ -17,11 +17,8 @@ import pytest
 
 from orchestrator.firmware import SOURCE_DIR, Firmware, FirmwareBuildError, build_firmware
 from svsm.l2image import L2ImageLayout
-from tdxsim.abi import (
-    ATTR_R,
-    ATTR_VALID,
-    ATTR_W,
-    ATTR_XS,
+from tdxdefs.attributes import ATTR_R, ATTR_VALID, ATTR_W, ATTR_XS
+from tdxdefs.vmcs import (
     EPTV_WRITE,
     INTR_INFO_DELIVER_ERROR,
     INTR_INFO_TYPE_SHIFT,
@@ -29,8 +26,8 @@ from tdxsim.abi import (
     INTR_TYPE_HW_EXCEPTION,
     SEC_VIRTUAL_INTR_DELIVERY,
     ExitReason,
+    Vmcs,
 )
-from tdxsim.module.vmcs import Vmcs
 from tdxsim.testing import L2Context, L2Exit, TdHarness
 
 L2_RAM = 0x400000

@@ -241,7 +241,7 @@ def test_check_agrees_with_the_tdx_module_simulator(
     gpas: list[int], builder_says: str, check_says: str, tmp_path: Path
 ) -> None:
     """The TD builder (tdxsim, PAGE.ADD page by page, no IGVM parsing) refuses what check does."""
-    from tdxsim.abi import GPAW_48
+    from tdxdefs.tdcall import GPAW_48
     from tdxsim.module.build import BuildError, TdBuilder, TdConfig
 
     builder = TdBuilder(TdConfig(ram=[(0, 1 << 20)], num_l2_vms=1, max_vcpus=1, gpaw=GPAW_48))

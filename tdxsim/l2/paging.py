@@ -1,0 +1,63 @@
+"""L2's own 4-level page walk (Intel SDM Vol. 3, chapter "Paging", 4-level paging with 1 GiB
+and 2 MiB pages).
+
+The walk reads each paging entry through a callback that applies the EPT side (the L2 VM's
+alias), so a table on a page L2 may not read stops the walk instead of reading L1 memory.
+Entry permission bits (R/W, U/S, NX) and accessed/dirty bits are not modelled: presence only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from tdxdefs.tdcall import PAGE_SIZE
+
+CR0_PG = 1 << 31
+PTE_PRESENT = 1
+PTE_LARGE = 1 << 7  # PS: the entry maps a page
+PTE_ADDR = 0x000FFFFFFFFFF000
+PT_INDEX_MASK = 0x1FF
+PT_LEVEL_SHIFTS = (39, 30, 21, 12)  # PML4, PDPT, PD, PT
+PT_ENTRY_SIZE = 8
+LARGE_PAGE_DEPTHS = (1, 2)  # PS in a PDPTE (1 GiB) or PDE (2 MiB)
+PF_WRITE = 1 << 1  # #PF error code bits
+PF_FETCH = 1 << 4
+
+
+@dataclass(frozen=True, slots=True)
+class Translation:
+    """The result of a walk: the GPA, or why there is none."""
+
+    gpa: int | None = None
+    unreadable_entry: int | None = None  # GPA of a paging entry the EPT does not let L2 read
+
+    @property
+    def not_present(self) -> bool:
+        """A non-present entry ended the walk (a #PF for L2)."""
+        return self.gpa is None and self.unreadable_entry is None
+
+
+def walk(gla: int, cr0: int, cr3: int, read_entry: Callable[[int], int | None]) -> Translation:
+    """Translate `gla`; identity while CR0.PG is clear. `read_entry(gpa)` returns the 8-byte
+    entry at `gpa`, or None when L2 may not read that page."""
+    if not cr0 & CR0_PG:
+        return Translation(gla)
+    table = cr3 & PTE_ADDR
+    for depth, shift in enumerate(PT_LEVEL_SHIFTS):
+        entry_gpa = table + ((gla >> shift) & PT_INDEX_MASK) * PT_ENTRY_SIZE
+        entry = read_entry(entry_gpa)
+        if entry is None:
+            return Translation(unreadable_entry=entry_gpa)
+        if not entry & PTE_PRESENT:
+            return Translation()
+        if entry & PTE_LARGE and depth in LARGE_PAGE_DEPTHS:
+            page_mask = (1 << shift) - 1
+            return Translation((entry & PTE_ADDR & ~page_mask) | (gla & page_mask))
+        table = entry & PTE_ADDR
+    return Translation(table | (gla & (PAGE_SIZE - 1)))
+
+
+def page_fault_error(write: bool, fetch: bool) -> int:
+    """The #PF error code of a non-present fault (P clear)."""
+    return (PF_WRITE if write else 0) | (PF_FETCH if fetch else 0)
