@@ -26,6 +26,7 @@ from typing import Any
 from igvm.build import build as build_igvm
 from orchestrator.errors import LocalBootError
 from orchestrator.l2image import L2_IMAGE, write_l2_image
+from tdxdefs.l2boot import TPM_CRB_BASE, TPM_CRB_SIZE
 from tdxsim.attestation.quoting import QuotingService
 from tdxsim.host.faults import FaultSet, FaultSpecError
 from tdxsim.host.l1_image import build_l1_image
@@ -41,7 +42,9 @@ DEFAULT_RECIPE = Path(__file__).resolve().parent / "recipes" / "tdp.yaml"
 L1_IMAGE = ROOT / "out" / "l1.img"  # tdp.yaml's paravisor component
 L1_PACKAGES = (ROOT / "svsm", ROOT / "vtpm", ROOT / "tdxdefs")
 L1_ENTRY = "svsm.boot:main"
-TD_RAM = [(0, 32 << 20)]
+# 32 MiB of RAM, and the TPM CRB page as private memory: L1 keeps it without an alias, so an L2's
+# CRB access exits to L1 (private MMIO) rather than out to this host.
+TD_RAM = [(0, 32 << 20), (TPM_CRB_BASE, TPM_CRB_SIZE)]
 NUM_L2_VMS = 1
 MAX_L2_VMS = 3
 L1_TIMEOUT_S = 120.0

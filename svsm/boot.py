@@ -44,7 +44,7 @@ from tdxdefs.eventlog import (
     EV_POST_CODE,
     EV_S_CRTM_VERSION,
 )
-from tdxdefs.l2boot import L2_DESCRIPTOR_GPA, L2ImageDescriptor
+from tdxdefs.l2boot import L2_DESCRIPTOR_GPA, TPM_CRB_BASE, TPM_CRB_SIZE, L2ImageDescriptor
 from tdxdefs.metadata import NUM_L2_VMS_FIELD
 from tdxdefs.relay import RELAY_RING_GPA
 from tdxdefs.tdcall import PAGE_SIZE, R8, RCX, VP_INFO_GPAW_MASK, Leaf
@@ -199,8 +199,12 @@ class Boot:
     def l2_guests(
         self, count: int, image: bytes, engine: TpmEngine, aliases: AliasManager
     ) -> list[L2Guest]:
-        """Step 5: each L2's RAM, paging, image, aliases and entry state."""
+        """Step 5: each L2's RAM, paging, image, aliases and entry state; the CRB page, when the
+        TD has it as memory, accepted and kept L1's (private MMIO)."""
         self.memory.accept(L2_SUPPORT_GPA, L2_AREA_END - L2_SUPPORT_GPA)
+        if any(base <= TPM_CRB_BASE < base + size for base, size, _ in self.platform.regions):
+            self.memory.accept(TPM_CRB_BASE, TPM_CRB_SIZE)
+            aliases.reserve(TPM_CRB_BASE, TPM_CRB_SIZE, "TPM CRB registers (private MMIO)")
         guests = []
         for vm in range(1, count + 1):
             layout = L2Layout(

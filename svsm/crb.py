@@ -19,10 +19,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum, IntEnum, IntFlag
 
+from tdxdefs.l2boot import TPM_CRB_BASE
 from vtpm.engine import error_response
 from vtpm.wire import TPM_RC_COMMAND_SIZE, TPM_RC_FAILURE
 
-CRB_BASE = 0xFED40000
+CRB_BASE = TPM_CRB_BASE
 CRB_REGISTER_PAGE_SIZE = 0x1000
 TPM_HEADER_SIZE = 10
 TPM_COMMAND_SIZE_AT = 2

@@ -12,6 +12,11 @@ from typing import ClassVar
 from tdxdefs.layout import Layout
 
 L2_DESCRIPTOR_GPA = 0xA000  # where the image recipe places the descriptor page
+# The TPM CRB register page every L2 sees (TCG PC Client Platform TPM Profile, CRB, locality 0).
+# When the TD's memory map includes this page, L1 accepts it and gives no L2 an alias: each L2
+# access is then an L2 -> L1 exit (private MMIO) instead of a TD exit through the host.
+TPM_CRB_BASE = 0xFED40000
+TPM_CRB_SIZE = 0x1000
 MAGIC = b"TDPL2FW1"
 HEADER_VERSION = 1
 DESCRIPTOR_MAGIC = b"TDPL2IMG"

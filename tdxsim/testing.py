@@ -265,10 +265,11 @@ class TdHarness:
         attestation: AttestationInterface | None = None,
         instruction_budget: int = DEFAULT_INSTRUCTION_BUDGET,
         accumulator: Accumulator | None = None,
+        extra_ram: tuple[tuple[int, int], ...] = (),
     ) -> TdHarness:
-        """A TD with `ram_mib` MiB of RAM at GPA 0, all of it pending (2M AUGs)."""
+        """A TD with `ram_mib` MiB of RAM at GPA 0 (and any `extra_ram` regions), all pending."""
         config = TdConfig(
-            ram=[(0, ram_mib * MIB)],
+            ram=[(0, ram_mib * MIB), *extra_ram],
             attributes=attributes,
             xfam=xfam,
             num_l2_vms=num_l2_vms,

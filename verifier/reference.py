@@ -24,12 +24,20 @@ from igvm.format import IgvmFile
 from igvm.format import read as read_igvm
 from igvm.measure import mrtd, rtmr_predict
 from tdxdefs.errors import LayoutError
-from tdxdefs.l2boot import DESCRIPTOR_MAGIC, L2_DESCRIPTOR_GPA, MAX_L2_IMAGE, L2ImageDescriptor
+from tdxdefs.l2boot import (
+    DESCRIPTOR_MAGIC,
+    L2_DESCRIPTOR_GPA,
+    MAX_L2_IMAGE,
+    TPM_CRB_BASE,
+    TPM_CRB_SIZE,
+    L2ImageDescriptor,
+)
 from verifier import eventlog
 from verifier.errors import VerificationError
 
 PAGE_SIZE = 4096
-LOCAL_BACKEND_RAM = ((0, 32 << 20),)  # the memory map the local backend gives a TD
+# the memory map the local backend gives a TD: 32 MiB, and the TPM CRB page as private memory
+LOCAL_BACKEND_RAM = ((0, 32 << 20), (TPM_CRB_BASE, TPM_CRB_SIZE))
 LOCAL_BACKEND_VCPUS = 1
 PCR0_BANKS = ("sha256", "sha384")
 L1_PARAMETER_AREA_RTMR = 0

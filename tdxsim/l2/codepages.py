@@ -319,6 +319,10 @@ class CodePages:
     def _remove_cache(self, gla_page: int) -> None:
         self.uc.ctl_remove_cache(gla_page << PAGE_SHIFT, (gla_page + 1) << PAGE_SHIFT)
 
+    def request_tlb_flush(self) -> None:
+        """Flush unicorn's TLB before the next run (between runs, never inside a fill)."""
+        self._tlb_flush_pending = True
+
     def _flush_tlb(self) -> None:
         self.uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
         self._tlb_flush_pending = False

@@ -543,6 +543,9 @@ class L2Vcpu:
         gla = (gla_page << PAGE_SHIFT) | (gpa & (PAGE_SIZE - 1))
         rip = self.reg.read(X.UC_X86_REG_RIP) if kind != EPTV_FETCH else gla
         self._stop = Stop(StopKind.EXIT, self._ept_exit(gpa, gla, kind), rip=rip)
+        # Unicorn checks a region's protection when it fills the TLB; the entry it filled for
+        # this access must not let the next access to the page through without a check.
+        self.code.request_tlb_flush()
         return False
 
     @staticmethod

@@ -12,6 +12,7 @@ from svsm.aliases import AliasManager
 from svsm.l2guest import SUPPORT_PAGES, L2Guest, L2Layout
 from svsm.memory import Memory
 from svsm.tdcall import Tdcall
+from tdxdefs.l2boot import TPM_CRB_BASE, TPM_CRB_SIZE
 from tdxdefs.tdcall import PAGE_SIZE
 from tdxsim.attestation.quoting import SimulatedAttestation
 from tdxsim.host.faults import FaultSet
@@ -61,8 +62,11 @@ class Td:
         chunk: int = 512,
         ram_mib: int = 8,
         num_l2_vms: int = 2,
+        extra_ram: tuple[tuple[int, int], ...] = (),
     ) -> None:
-        self.harness = TdHarness.default(ram_mib=ram_mib, num_l2_vms=num_l2_vms)
+        self.harness = TdHarness.default(
+            ram_mib=ram_mib, num_l2_vms=num_l2_vms, extra_ram=extra_ram
+        )
         self.harness.module.attestation = ATTESTATION.reports
         self.host = HostVmm(
             SharedMemory.of_memory(self.harness.memory),
@@ -94,14 +98,18 @@ RAM0, RAM_SIZE = 0x400000, 0x200000
 class Paravisor:
     """svsm's L2 side on a TD with `count` L2 VMs, the test holding the log."""
 
-    def __init__(self, count: int) -> None:
-        self.td = Td(ram_mib=32, num_l2_vms=count)
+    def __init__(self, count: int, private_crb: bool = False) -> None:
+        crb = ((TPM_CRB_BASE, TPM_CRB_SIZE),) if private_crb else ()
+        self.td = Td(ram_mib=32, num_l2_vms=count, extra_ram=crb)
         self.harness = self.td.harness
         self.platform = self.td.platform
         self.tdcall = self.td.tdcall
         self.memory = self.td.memory
         self.memory.accept(SUPPORT, 0xA00000)
         self.aliases = AliasManager(self.tdcall, count)
+        if private_crb:  # as svsm.boot does when the TD has the CRB page as memory
+            self.memory.accept(TPM_CRB_BASE, TPM_CRB_SIZE)
+            self.aliases.reserve(TPM_CRB_BASE, TPM_CRB_SIZE, "TPM CRB registers (private MMIO)")
         self.log: list[str] = []
         self.count = count
 

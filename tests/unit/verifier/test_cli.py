@@ -142,7 +142,7 @@ def test_reference_values_of_an_image(image: Path) -> None:
     assert status == 0
     values = json.loads(out)
     assert values["mrtd"] == mrtd(image).hex()
-    launch = hashlib.sha384(launch_area(1, [(0, 32 << 20)])).digest()
+    launch = hashlib.sha384(launch_area(1, [(0, 32 << 20), (0xFED40000, 0x1000)])).digest()
     assert values["launch_event_sha384"] == launch.hex()
     rtmr0 = hashlib.sha384(bytes(48) + launch).digest()
     assert values["rtmrs_at_quote"] == [rtmr0.hex()] + [bytes(48).hex()] * 3
