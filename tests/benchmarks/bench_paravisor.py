@@ -83,7 +83,7 @@ def boot_once(igvm: Path) -> tuple[float, float, dict[str, float]]:
 
 def mmio_rate(count: int) -> tuple[float, int]:
     """(MMIO exits per second, exits) of one L2 busy loop under the paravisor, in one process."""
-    pv = Paravisor(1)
+    pv = Paravisor(1, private_crb=True)
     (guest,) = pv.guests({1: assemble(MMIO_LOOP.format(count=count), pv.layout(1).ram_gpa)})
     start = time.perf_counter()
     run_guests([guest], max_exits=count + 100)
