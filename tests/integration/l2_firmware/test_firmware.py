@@ -8,6 +8,7 @@ deliberately not) by each test, so the firmware's own reactions are what is chec
 
 from __future__ import annotations
 
+import re
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -238,3 +239,38 @@ def test_unexpected_exception_is_reported_and_ends_with_code_3(firmware: Firmwar
     assert out.exit_code == 3
     last = out.console.splitlines()[-1]
     assert last.startswith("L2 firmware: unexpected exception vector 0xd error 0x0 rip 0x")
+
+
+def test_the_firmwares_constants_are_the_definitions() -> None:
+    """l2fw.h repeats a few facts in C; each must equal the one place Python declares it."""
+    from svsm.crb import CrbRegister
+    from tdxdefs import relay
+    from tdxdefs.l2boot import TPM_CRB_BASE
+
+    header = (SOURCE_DIR / "src" / "l2fw.h").read_text()
+    defines = {
+        m.group(1): int(m.group(2), 0)
+        for m in re.finditer(r"#define (\w+) (0x[0-9A-Fa-f]+|\d+)u?l?\b", header)
+    }
+    expected = {
+        "RELAY_VECTOR": relay.L2_RELAY_VECTOR,
+        "L2_DOORBELL_PORT": relay.L2_DOORBELL_PORT,
+        "MAILBOX_HEADER_SIZE": relay.MailboxHeader.SIZE,
+        "MAX_TPM_MESSAGE": relay.MAX_TPM_MESSAGE,
+        "RELAY_STATE_COMMAND": relay.RelayState.COMMAND,
+        "RELAY_STATE_RESPONSE": relay.RelayState.RESPONSE,
+        "RELAY_STATE_ERROR": relay.RelayState.ERROR,
+        "TPM_CRB_BASE": TPM_CRB_BASE,
+        "TPM_CRB_INTF_ID": CrbRegister.INTF_ID,
+        "CRB_LOC_CTRL": CrbRegister.LOC_CTRL,
+        "CRB_LOC_STATE": CrbRegister.LOC_STATE,
+        "CRB_CTRL_REQ": CrbRegister.CTRL_REQ,
+        "CRB_CTRL_STS": CrbRegister.CTRL_STS,
+        "CRB_CTRL_START": CrbRegister.CTRL_START,
+        "CRB_CTRL_CMD_SIZE": CrbRegister.CTRL_CMD_SIZE,
+        "CRB_CTRL_CMD_LADDR": CrbRegister.CTRL_CMD_LADDR,
+        "CRB_CTRL_CMD_HADDR": CrbRegister.CTRL_CMD_HADDR,
+    }
+    assert {name: defines.get(name) for name in expected} == {
+        name: int(value) for name, value in expected.items()
+    }
