@@ -30,6 +30,7 @@ from typing import Any
 from svsm.aliases import AliasManager
 from svsm.attestation import AttestationBuffers, TdxAttester
 from svsm.errors import SvsmError
+from svsm.l1vtpm import L1VtpmService
 from svsm.l2guest import SUPPORT_PAGES, L2Guest, L2Layout
 from svsm.l2image import parse_descriptor
 from svsm.measurement import PcrEvent, Rtmrs, extend_pcr
@@ -93,6 +94,7 @@ class Boot:
         self.gpaw = 0
         self.vcpus = 0
         self.mode = HostMode()
+        self.pcr_events: list[PcrEvent] = []
         self.relay: Relay | None = None
 
     def say(self, line: str) -> None:
@@ -187,7 +189,8 @@ class Boot:
         version = extend_pcr(tpm, PCR_SVSM, EV_S_CRTM_VERSION, SVSM_VERSION.encode() + b"\0")
         firmware = extend_pcr(tpm, PCR_SVSM, EV_POST_CODE, l2_image)
         self.rtmrs.separators()
-        return [version, firmware]
+        self.pcr_events = [version, firmware]
+        return self.pcr_events
 
     def l2_image(self) -> bytes:
         """The L2 image named by the measured descriptor, read once from measured memory."""
@@ -224,6 +227,7 @@ class Boot:
                 tpm=engine.process if vm == 1 else None,
                 probe_gpa=neighbour,
                 serve_relay=self.mode.serving,
+                service=L1VtpmService(self.pcr_events),
             )
             guest.setup()
             guests.append(guest)

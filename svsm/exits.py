@@ -20,9 +20,22 @@ from svsm.guestmem import GuestMemoryError
 from svsm.l2guest import L2Guest
 from svsm.ports import COM1_DATA, COM1_LINE_STATUS, DEBUG_EXIT_PORT, LSR_TRANSMIT_EMPTY
 from svsm.vcpu import GuestState, L2Exit
+from tdxdefs.attributes import GpaAttr
 from tdxdefs.relay import L2_DOORBELL_PORT
-from tdxdefs.tdcall import R10, R11, RAX, RBX, RCX, RDX, TDX_OPERAND_INVALID, TDX_SUCCESS
-from tdxdefs.tdvmcall import GHCI_STANDARD, TDVMCALL_OPERAND_INVALID
+from tdxdefs.tdcall import (
+    PAGE_SIZE,
+    R10,
+    R11,
+    R12,
+    R13,
+    RAX,
+    RBX,
+    RCX,
+    RDX,
+    TDX_OPERAND_INVALID,
+    TDX_SUCCESS,
+)
+from tdxdefs.tdvmcall import GHCI_STANDARD, TDVMCALL_OPERAND_INVALID, TDVMCALL_SUCCESS, Tdvmcall
 from tdxdefs.vmcs import (
     EPTV_FETCH,
     EPTV_GLA_VALID,
@@ -202,11 +215,32 @@ class ExitHandlers:
             gprs[RAX] = TDX_OPERAND_INVALID
         elif gprs[R10] != GHCI_STANDARD:
             gprs[RAX], gprs[R10] = TDX_SUCCESS, TDVMCALL_OPERAND_INVALID
+        elif gprs[R11] == Tdvmcall.SERVICE and self.guest.service is not None:
+            gprs[RAX] = TDX_SUCCESS
+            gprs[R10] = self.service(gprs[R12], gprs[R13])
         else:
             gprs[RAX] = TDX_SUCCESS
-            gprs[R10] = TDVMCALL_OPERAND_INVALID  # no TDVMCALL sub-function is served to L2s
+            gprs[R10] = TDVMCALL_OPERAND_INVALID  # the only sub-function L2s get is Service
             self.guest.log(f"L2[{self.guest.vm}] TDVMCALL sub-function {gprs[R11]:#x} refused")
         self.complete(ex)
+
+    def service(self, command_gpa: int, response_gpa: int) -> int:
+        """TDG.VP.VMCALL<Service>: both pages must be whole pages of this L2's own RAM that it
+        may read and write; the command is copied once, the response written once."""
+        guest = self.guest
+        need = GpaAttr.R | GpaAttr.W
+        for what, gpa in (("command", command_gpa), ("response", response_gpa)):
+            if (
+                gpa % PAGE_SIZE
+                or not guest.layout.owns(gpa)
+                or guest.aliases.attrs(guest.vm, gpa) & need != need
+            ):
+                guest.log(f"L2[{guest.vm}] Service refused: {what} page {gpa:#x} is not its own")
+                return TDVMCALL_OPERAND_INVALID
+        assert guest.service is not None
+        response = guest.service.handle(guest.memory.read(command_gpa, PAGE_SIZE))
+        guest.memory.write(response_gpa, response)
+        return TDVMCALL_SUCCESS
 
     # --- memory -----------------------------------------------------------------------------
     def ept_violation(self, ex: L2Exit) -> None:

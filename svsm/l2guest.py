@@ -19,6 +19,7 @@ from svsm.aliases import AliasManager
 from svsm.crb import CRB_BASE, CrbDevice
 from svsm.guestmem import GuestMemory
 from svsm.interrupts import VirtualApic
+from svsm.l1vtpm import L1VtpmService
 from svsm.l2image import L2ImageLayout
 from svsm.memory import Memory
 from svsm.ports import L2Console
@@ -118,6 +119,7 @@ class L2Guest:
         probe_gpa: int = 0,
         serve_relay: bool = False,
         doorbell: Callable[[L2Guest], None] | None = None,
+        service: L1VtpmService | None = None,
     ) -> None:
         self.tdcall = tdcall
         self.memory = memory
@@ -130,6 +132,7 @@ class L2Guest:
         self.probe_gpa = probe_gpa
         self.serve_relay = serve_relay
         self.doorbell = doorbell
+        self.service = service
         self.vcpu = L2Vcpu(tdcall, memory, self.vm, layout.page(SupportPage.GUEST_STATE))
         self.apic = VirtualApic(memory, layout.page(SupportPage.VAPIC))
         self.console = L2Console(self.vm, log)

@@ -96,6 +96,10 @@ extern volatile u32 relay_interrupts;
 int crb_ready(void);
 u32 crb_transmit(const u8 *command, u32 length, u8 *response, u32 capacity);
 
+/* l1vtpm.c: 1 and the number of L1's events when L1 has a vTPM for us, -1 with no service,
+ * 0 for a malformed answer. */
+int l1vtpm_detect(u32 *events);
+
 /* relay.c: serve the relay mailbox forever. */
 __attribute__((noreturn)) void relay_serve(u64 mailbox_gpa);
 

@@ -88,6 +88,18 @@ static void check_tpm(void) {
     report("tpm-getrandom", length == 20 && rc == 0, "length=", length);
 }
 
+/* L1VTPM Detect: L1 says this L2 has a vTPM and sends its measurement events (at least two:
+ * its version and this firmware image). */
+static void check_l1vtpm(void) {
+    u32 events = 0;
+    int found = l1vtpm_detect(&events);
+    if (found < 0) {
+        console_line("selftest: l1vtpm-detect ", "skipped (no L1VTPM service)");
+        return;
+    }
+    report("l1vtpm-detect", found == 1 && events >= 2, "events=", events);
+}
+
 int selftest_run(u64 probe_gpa) {
     failures = 0;
     check_cpuid();
@@ -95,6 +107,7 @@ int selftest_run(u64 probe_gpa) {
     check_code_is_read_only();
     check_mmio();
     check_tpm();
+    check_l1vtpm();
     check_isolation(probe_gpa);
     console_line("selftest: ", failures ? "FAIL" : "pass");
     return failures;

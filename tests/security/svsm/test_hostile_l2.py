@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from orchestrator.firmware import Firmware, build_firmware
+from svsm.l1vtpm import L1VtpmService
 from svsm.l2guest import L2Guest, L2State
 from svsm.scheduler import run_guests
 from tdxdefs.attributes import GpaAttr
@@ -110,3 +111,25 @@ def test_halt_with_nothing_to_wake_is_parked_not_spun(firmware: Firmware) -> Non
     assert hostile.outcome.state is L2State.STOPPED
     assert "nothing to wake it" in hostile.outcome.fatal
     assert hostile.outcome.exits["HLT"] == 1  # parked after its one HLT, never entered again
+
+
+@pytest.mark.parametrize(
+    ("command", "response"),
+    [("0x401000", "0x207000"), ("0x208000", "0x402000"), ("0x401000", "0x700000")],
+    ids=["response-into-l1", "command-from-l1", "response-into-other-l2"],
+)
+def test_service_pages_must_be_the_l2s_own(firmware: Firmware, command: str, response: str) -> None:
+    pv = Paravisor(2)
+    source = (
+        f"xor eax, eax\nxor r10, r10\nmov r11, 0x10005\nmov r12, {command}\nmov r13, {response}\n"
+        f"{TDCALL}\nmov rax, r10\nshr rax, 56\n{EXIT_WITH_AL}"
+    )
+    hostile, _honest = pv.guests(
+        {1: assemble(source, pv.layout(1).ram_gpa), 2: firmware.image},
+        service=L1VtpmService([]),
+    )
+    before = pv.memory.read(int(response, 16), 64)
+    run_guests([hostile, _honest])
+    assert hostile.outcome.exit_code == 0x80  # TDVMCALL_OPERAND_INVALID
+    assert pv.memory.read(int(response, 16), 64) == before  # nothing written
+    assert any("Service refused" in line for line in pv.log)
