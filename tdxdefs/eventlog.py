@@ -19,7 +19,6 @@ from tdxdefs.layout import Layout
 class EventType(IntEnum):
     """TCG event types (TCG PC Client Platform Firmware Profile, section 10.4.1)."""
 
-    EV_PREBOOT_CERT = 0x00000000
     EV_POST_CODE = 0x00000001
     EV_NO_ACTION = 0x00000003
     EV_SEPARATOR = 0x00000004
@@ -27,8 +26,32 @@ class EventType(IntEnum):
     EV_EVENT_TAG = 0x00000006
     EV_S_CRTM_CONTENTS = 0x00000007
     EV_S_CRTM_VERSION = 0x00000008
+    EV_CPU_MICROCODE = 0x00000009
     EV_PLATFORM_CONFIG_FLAGS = 0x0000000A
+    EV_TABLE_OF_DEVICES = 0x0000000B
+    EV_COMPACT_HASH = 0x0000000C
     EV_IPL = 0x0000000D
+    EV_IPL_PARTITION_DATA = 0x0000000E
+    EV_NONHOST_CODE = 0x0000000F
+    EV_NONHOST_CONFIG = 0x00000010
+    EV_NONHOST_INFO = 0x00000011
+    EV_OMIT_BOOT_DEVICE_EVENTS = 0x00000012
+    EV_EFI_VARIABLE_DRIVER_CONFIG = 0x80000001
+    EV_EFI_VARIABLE_BOOT = 0x80000002
+    EV_EFI_BOOT_SERVICES_APPLICATION = 0x80000003
+    EV_EFI_BOOT_SERVICES_DRIVER = 0x80000004
+    EV_EFI_RUNTIME_SERVICES_DRIVER = 0x80000005
+    EV_EFI_GPT_EVENT = 0x80000006
+    EV_EFI_ACTION = 0x80000007
+    EV_EFI_PLATFORM_FIRMWARE_BLOB = 0x80000008
+    EV_EFI_HANDOFF_TABLES = 0x80000009
+    EV_EFI_PLATFORM_FIRMWARE_BLOB2 = 0x8000000A
+    EV_EFI_HANDOFF_TABLES2 = 0x8000000B
+    EV_EFI_VARIABLE_BOOT2 = 0x8000000C
+    EV_EFI_HCRTM_EVENT = 0x80000010
+    EV_EFI_VARIABLE_AUTHORITY = 0x800000E0
+    EV_EFI_SPDM_FIRMWARE_BLOB = 0x800000E1
+    EV_EFI_SPDM_FIRMWARE_CONFIG = 0x800000E2
 
 
 EV_NO_ACTION = int(EventType.EV_NO_ACTION)
@@ -38,7 +61,18 @@ EV_SEPARATOR = int(EventType.EV_SEPARATOR)
 EV_S_CRTM_VERSION = int(EventType.EV_S_CRTM_VERSION)
 EV_PLATFORM_CONFIG_FLAGS = int(EventType.EV_PLATFORM_CONFIG_FLAGS)
 
-TPM_ALG_SHA384 = 0x000C
+
+class TpmAlgorithm(IntEnum):
+    """TPM_ALG_ID values of digests in an event log (TCG TPM 2.0 Library, Part 2, table 9)."""
+
+    SHA1 = 0x0004
+    SHA256 = 0x000B
+    SHA384 = 0x000C
+    SHA512 = 0x000D
+    SM3_256 = 0x0012
+
+
+TPM_ALG_SHA384 = int(TpmAlgorithm.SHA384)
 SHA1_SIZE = 20  # the TCG_PCR_EVENT digest field, zero for the Spec ID event
 SPEC_ID_SIGNATURE = b"Spec ID Event03\0"
 SPEC_VERSION_MAJOR = 2
@@ -131,6 +165,34 @@ class TcgPcrEvent2Head(Layout):
     pcr_index: int
     event_type: int
     digest_count: int
+    algorithm_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class TcgPcrEvent2Prefix(Layout):
+    """TCG_PCR_EVENT2 up to its digest count: index, type and how many digests follow."""
+
+    NAME: ClassVar[str] = "TCG_PCR_EVENT2"
+    FIELDS: ClassVar[tuple[tuple[str, str], ...]] = (
+        ("pcr_index", "I"),
+        ("event_type", "I"),
+        ("digest_count", "I"),
+    )
+    SIZE: ClassVar[int] = 12
+
+    pcr_index: int
+    event_type: int
+    digest_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class DigestAlgorithm(Layout):
+    """The hashAlg u16 in front of each digest of a TPML_DIGEST_VALUES."""
+
+    NAME: ClassVar[str] = "TPMT_HA.hashAlg"
+    FIELDS: ClassVar[tuple[tuple[str, str], ...]] = (("algorithm_id", "H"),)
+    SIZE: ClassVar[int] = 2
+
     algorithm_id: int
 
 

@@ -19,31 +19,30 @@ import hashlib
 import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from enum import IntEnum
 
+from tdxdefs import eventlog as records
+from tdxdefs.eventlog import (
+    MR_INDEX_OF_RTMR0,
+    SEPARATOR_EVENT,
+    SPEC_ID_SIGNATURE,
+    EventType,
+    TpmAlgorithm,
+)
+from tdxdefs.tdcall import RTMR_COUNT, SHA384_SIZE
+
+__all__ = ["MR_INDEX_OF_RTMR0", "RTMR_COUNT", "EventType", "TpmAlgorithm"]
 from verifier.errors import VerificationError
 
-# --- CC event-log records (TCG PC Client Platform Firmware Profile, sections 10.2.1 and 10.2.2) --
-
-# TCG_PCR_EVENT: pcrIndex u32, eventType u32, SHA-1 digest[20], eventSize u32 (then the event).
-TCG_PCR_EVENT_HEADER = struct.Struct("<II20sI")
-# TCG_EfiSpecIDEvent: signature[16], platformClass u32, specVersionMinor u8, specVersionMajor u8,
-# specErrata u8, uintnSize u8, numberOfAlgorithms u32; then the algorithm table, vendorInfoSize u8,
-# vendorInfo.
-SPEC_ID_EVENT = struct.Struct("<16sIBBBBI")
-SPEC_ID_ALGORITHM = struct.Struct("<HH")  # TCG_EfiSpecIdEventAlgorithmSize: algorithmId, digestSize
-SPEC_ID_VENDOR_INFO_SIZE = struct.Struct("<B")
-SPEC_ID_SIGNATURE = b"Spec ID Event03\0"
-# TCG_PCR_EVENT2: pcrIndex (the MR index) u32, eventType u32, TPML_DIGEST_VALUES (count u32, then
-# per digest hashAlg u16 and the digest), eventSize u32, event.
-TCG_PCR_EVENT2_HEAD = struct.Struct("<III")
-DIGEST_ALGORITHM_ID = struct.Struct("<H")
-EVENT_SIZE = struct.Struct("<I")
-SHA1_SIZE = 20
-SHA384_SIZE = 48
-RTMR_COUNT = 4
-MR_INDEX_OF_RTMR0 = 1  # MR index = RTMR index + 1; MR index 0 is MRTD
-SEPARATOR_EVENT_DATA = b"\0\0\0\0"
+# --- CC event-log records: the layouts are tdxdefs.eventlog's (TCG PC Client Platform Firmware
+# Profile, sections 10.2.1 and 10.2.2) ---------------------------------------------------------
+TCG_PCR_EVENT_HEADER = records.TcgPcrEvent.STRUCT
+SPEC_ID_EVENT = records.SpecIdEvent.STRUCT
+SPEC_ID_ALGORITHM = records.SpecIdAlgorithm.STRUCT
+SPEC_ID_VENDOR_INFO_SIZE = records.VendorInfoSize.STRUCT
+TCG_PCR_EVENT2_HEAD = records.TcgPcrEvent2Prefix.STRUCT
+DIGEST_ALGORITHM_ID = records.DigestAlgorithm.STRUCT
+EVENT_SIZE = records.EventSize.STRUCT
+SEPARATOR_EVENT_DATA = SEPARATOR_EVENT
 PADDING_BYTES = (0x00, 0xFF)  # what follows the last record in a CCEL log area
 FILL_WORDS = tuple(bytes([b]) * 4 for b in PADDING_BYTES)
 # ACPI CCEL table (ACPI 6.5, section 5.2.34): the 36-byte system description header, then CC type
@@ -58,57 +57,6 @@ CC_TYPE_TDX = 2
 # TPM 2.0 defines about a dozen hash algorithms: a larger count is corruption, refused before the
 # table is read.
 MAX_ALGORITHMS = 16
-
-
-class TpmAlgorithm(IntEnum):
-    """TPM_ALG_ID values of digests in an event log (TCG TPM 2.0 Library, Part 2, table 9)."""
-
-    SHA1 = 0x0004
-    SHA256 = 0x000B
-    SHA384 = 0x000C
-    SHA512 = 0x000D
-    SM3_256 = 0x0012
-
-
-class EventType(IntEnum):
-    """Event types a CC log commonly carries (TCG PC Client Platform Firmware Profile, 10.4.1).
-
-    The set a firmware may log is open: a record with another value is kept and shown as hex.
-    """
-
-    EV_POST_CODE = 0x00000001
-    EV_NO_ACTION = 0x00000003
-    EV_SEPARATOR = 0x00000004
-    EV_ACTION = 0x00000005
-    EV_EVENT_TAG = 0x00000006
-    EV_S_CRTM_CONTENTS = 0x00000007
-    EV_S_CRTM_VERSION = 0x00000008
-    EV_CPU_MICROCODE = 0x00000009
-    EV_PLATFORM_CONFIG_FLAGS = 0x0000000A
-    EV_TABLE_OF_DEVICES = 0x0000000B
-    EV_COMPACT_HASH = 0x0000000C
-    EV_IPL = 0x0000000D
-    EV_IPL_PARTITION_DATA = 0x0000000E
-    EV_NONHOST_CODE = 0x0000000F
-    EV_NONHOST_CONFIG = 0x00000010
-    EV_NONHOST_INFO = 0x00000011
-    EV_OMIT_BOOT_DEVICE_EVENTS = 0x00000012
-    EV_EFI_VARIABLE_DRIVER_CONFIG = 0x80000001
-    EV_EFI_VARIABLE_BOOT = 0x80000002
-    EV_EFI_BOOT_SERVICES_APPLICATION = 0x80000003
-    EV_EFI_BOOT_SERVICES_DRIVER = 0x80000004
-    EV_EFI_RUNTIME_SERVICES_DRIVER = 0x80000005
-    EV_EFI_GPT_EVENT = 0x80000006
-    EV_EFI_ACTION = 0x80000007
-    EV_EFI_PLATFORM_FIRMWARE_BLOB = 0x80000008
-    EV_EFI_HANDOFF_TABLES = 0x80000009
-    EV_EFI_PLATFORM_FIRMWARE_BLOB2 = 0x8000000A
-    EV_EFI_HANDOFF_TABLES2 = 0x8000000B
-    EV_EFI_VARIABLE_BOOT2 = 0x8000000C
-    EV_EFI_HCRTM_EVENT = 0x80000010
-    EV_EFI_VARIABLE_AUTHORITY = 0x800000E0
-    EV_EFI_SPDM_FIRMWARE_BLOB = 0x800000E1
-    EV_EFI_SPDM_FIRMWARE_CONFIG = 0x800000E2
 
 
 def event_type_name(value: int) -> str:
