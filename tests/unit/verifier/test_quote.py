@@ -119,9 +119,20 @@ def test_malformed_fields_are_named_with_offsets(
         parse_quote(bad)
 
 
-def test_trailing_bytes_are_refused(quote: bytes) -> None:
-    with pytest.raises(QuoteParseError, match="signature_data_len"):
-        parse_quote(quote + b"\x00")
+def test_trailing_bytes_are_reported_never_used(sim: SimulatedAttestation, quote: bytes) -> None:
+    padded = quote + b"\x00" * 300 + b"\xff"
+    parsed = verify_quote(padded, sim.quoting.trusted_root_der)
+    assert parsed.trailing == b"\x00" * 300 + b"\xff"
+    assert parsed.trailing_offset == len(quote)
+    assert parsed.signed_data == quote[:SIGNATURE_DATA_LEN_OFFSET]
+    assert parse_quote(quote).trailing == b""
+
+
+def test_signature_data_longer_than_the_quote_is_refused(quote: bytes) -> None:
+    with pytest.raises(
+        QuoteParseError, match=f"signature_data_len at offset {SIGNATURE_DATA_LEN_OFFSET}"
+    ):
+        parse_quote(quote[:-1])
 
 
 def test_pck_chain_must_be_pem(quote: bytes) -> None:
