@@ -362,7 +362,8 @@ def p256_public_key(raw_xy: bytes) -> ec.EllipticCurvePublicKey:
     return ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), SEC1_UNCOMPRESSED + raw_xy)
 
 
-def _verify_p256(key: ec.EllipticCurvePublicKey, signature: bytes, data: bytes) -> bool:
+def p256_signature_valid(key: ec.EllipticCurvePublicKey, signature: bytes, data: bytes) -> bool:
+    """An ECDSA P-256/SHA-256 signature given as raw r||s (as quotes and collateral carry it)."""
     try:
         key.verify(_raw_to_der(signature), data, ec.ECDSA(hashes.SHA256()))
     except InvalidSignature:
@@ -377,6 +378,52 @@ def qe_report_data_binding(attestation_key: bytes, auth_data: bytes) -> bytes:
     return digest + bytes(SGX_REPORT_DATA_SIZE - QE_REPORT_DATA_BINDING_SIZE)
 
 
+def check_pck_chain(
+    parsed: ParsedQuote, trusted_root: bytes | x509.Certificate, at: datetime.datetime | None
+) -> x509.Certificate:
+    """The PCK chain verifies up to `trusted_root` at `at`; returns the PCK leaf."""
+    return verify_chain(parsed.pck_chain, trusted_root, at=at)
+
+
+def check_qe_report_signature(parsed: ParsedQuote, leaf: x509.Certificate) -> None:
+    """The QE report body is signed by the PCK leaf's P-256 key."""
+    pck_key = leaf.public_key()
+    if not isinstance(pck_key, ec.EllipticCurvePublicKey) or not isinstance(
+        pck_key.curve, ec.SECP256R1
+    ):
+        raise QeReportSignatureError("PCK leaf certificate key is not an ECDSA P-256 key")
+    qe = parsed.qe_report
+    if not p256_signature_valid(pck_key, qe.report_signature, qe.report_body_raw):
+        raise QeReportSignatureError(
+            "QE report signature does not verify with the PCK leaf key "
+            f"'{leaf.subject.rfc4514_string()}'"
+        )
+
+
+def check_qe_binding(parsed: ParsedQuote) -> None:
+    """The QE report's report_data binds the attestation key and the QE authentication data."""
+    qe = parsed.qe_report
+    expected = qe_report_data_binding(parsed.attestation_key, qe.auth_data)
+    if qe.report_body.report_data != expected:
+        raise QeReportBindingError(
+            "QE report_data is not SHA-256(attestation key || QE authentication data) || 32 zero "
+            "bytes: the attestation key is not the one the QE vouched for"
+        )
+
+
+def check_quote_signature(parsed: ParsedQuote) -> None:
+    """The attestation key signs header, v5 body descriptor and body."""
+    try:
+        att_key = p256_public_key(parsed.attestation_key)
+    except ValueError as exc:
+        raise QuoteSignatureError("attestation key is not a valid P-256 point") from exc
+    if not p256_signature_valid(att_key, parsed.signature, parsed.signed_data):
+        raise QuoteSignatureError(
+            "quote signature over header and TD quote body "
+            f"(bytes 0..{parsed.signed_size - 1}) does not verify with the attestation key"
+        )
+
+
 def verify_parsed_quote(
     parsed: ParsedQuote,
     trusted_root: bytes | x509.Certificate,
@@ -384,34 +431,10 @@ def verify_parsed_quote(
     at: datetime.datetime | None = None,
 ) -> ParsedQuote:
     """Verify chain, QE report signature, key binding and quote signature, in that order."""
-    chain = parsed.pck_chain
-    leaf = verify_chain(chain, trusted_root, at=at)
-    pck_key = leaf.public_key()
-    if not isinstance(pck_key, ec.EllipticCurvePublicKey) or not isinstance(
-        pck_key.curve, ec.SECP256R1
-    ):
-        raise QeReportSignatureError("PCK leaf certificate key is not an ECDSA P-256 key")
-    qe = parsed.qe_report
-    if not _verify_p256(pck_key, qe.report_signature, qe.report_body_raw):
-        raise QeReportSignatureError(
-            "QE report signature does not verify with the PCK leaf key "
-            f"'{leaf.subject.rfc4514_string()}'"
-        )
-    expected = qe_report_data_binding(parsed.attestation_key, qe.auth_data)
-    if qe.report_body.report_data != expected:
-        raise QeReportBindingError(
-            "QE report_data is not SHA-256(attestation key || QE authentication data) || 32 zero "
-            "bytes: the attestation key is not the one the QE vouched for"
-        )
-    try:
-        att_key = p256_public_key(parsed.attestation_key)
-    except ValueError as exc:
-        raise QuoteSignatureError("attestation key is not a valid P-256 point") from exc
-    if not _verify_p256(att_key, parsed.signature, parsed.signed_data):
-        raise QuoteSignatureError(
-            "quote signature over header and TD quote body "
-            f"(bytes 0..{parsed.signed_size - 1}) does not verify with the attestation key"
-        )
+    leaf = check_pck_chain(parsed, trusted_root, at)
+    check_qe_report_signature(parsed, leaf)
+    check_qe_binding(parsed)
+    check_quote_signature(parsed)
     return parsed
 
 
