@@ -151,13 +151,15 @@ def qe_identity_status(qe: SgxReportBody, identity: SignedJson) -> TcbVerdict:
     )
 
 
-def _module_status(body: TdQuoteBody, tcb_info: SignedJson) -> TcbVerdict | None:
+def _module_status(
+    body: TdQuoteBody, tee_tcb_svn: bytes, tcb_info: SignedJson
+) -> TcbVerdict | None:
     info, where = tcb_info.body, tcb_info.name
     module = info.get("tdxModule")
     if not isinstance(module, dict):
         raise CollateralFormatError(f"{where} has no tdxModule")
-    svn = body.tee_tcb_svn[TEE_TCB_SVN_MODULE_SVN]
-    version = body.tee_tcb_svn[TEE_TCB_SVN_MODULE_VERSION]
+    svn = tee_tcb_svn[TEE_TCB_SVN_MODULE_SVN]
+    version = tee_tcb_svn[TEE_TCB_SVN_MODULE_VERSION]
     identity: dict[str, Any] = module
     identities = info.get("tdxModuleIdentities") or []
     name = "tdxModule"
@@ -192,7 +194,19 @@ def _module_status(body: TdQuoteBody, tcb_info: SignedJson) -> TcbVerdict | None
 
 
 def platform_status(body: TdQuoteBody, pck: PckExtensions, tcb_info: SignedJson) -> TcbVerdict:
-    """Match the platform (PCK SGX TCB, PCESVN, the quote's TEE_TCB_SVN) to a TCB level."""
+    """Match the platform (PCK SGX TCB, PCESVN, the quote's TEE_TCB_SVN) to a TCB level; a TD
+    report 1.5 body is matched again with TEE_TCB_SVN2 (the TDX module running now, after any
+    TD-preserving update) and the worse status counts."""
+    verdict = _platform_level(body, body.tee_tcb_svn, "TEE_TCB_SVN", pck, tcb_info)
+    current = getattr(body, "tee_tcb_svn2", None)
+    if isinstance(current, bytes):
+        verdict = verdict.merge(_platform_level(body, current, "TEE_TCB_SVN2", pck, tcb_info))
+    return verdict
+
+
+def _platform_level(
+    body: TdQuoteBody, tee_tcb_svn: bytes, name: str, pck: PckExtensions, tcb_info: SignedJson
+) -> TcbVerdict:
     info, where = tcb_info.body, tcb_info.name
     fmspc = _hex_field(info, "fmspc", where, 6)
     if fmspc != pck.fmspc:
@@ -204,7 +218,7 @@ def platform_status(body: TdQuoteBody, pck: PckExtensions, tcb_info: SignedJson)
         raise TcbMatchError(
             f"{where} is for PCE ID {pce_id.hex()}, the PCK certificate's is {pck.pce_id.hex()}"
         )
-    tdx = list(body.tee_tcb_svn)
+    tdx = list(tee_tcb_svn)
     for index, level in _levels(info.get("tcbLevels"), where):
         tcb, label = level["tcb"], f"{where} tcbLevels[{index}]"
         sgx = _svns(tcb.get("sgxtcbcomponents"), SGX_TCB_COMPONENTS, f"{label} sgxtcbcomponents")
@@ -215,9 +229,9 @@ def platform_status(body: TdQuoteBody, pck: PckExtensions, tcb_info: SignedJson)
             and all(have >= need for have, need in zip(tdx, needed, strict=True))
         ):
             verdict = _status(level, label, "platform")
-            module = _module_status(body, tcb_info)
+            module = _module_status(body, tee_tcb_svn, tcb_info)
             return verdict if module is None else verdict.merge(module)
     raise TcbMatchError(
         f"no TCB level of {where} matches the platform: PCESVN {pck.pcesvn}, SGX TCB "
-        f"{list(pck.sgx_tcb_components)}, TEE_TCB_SVN {body.tee_tcb_svn.hex()}"
+        f"{list(pck.sgx_tcb_components)}, {name} {tee_tcb_svn.hex()}"
     )
