@@ -22,7 +22,14 @@ from typing import Any, TextIO
 from cryptography import x509
 
 from igvm.errors import IgvmError
-from tdxdefs.quote import BODY_OFFSET, HEADER_OFFSET, QUOTE_VERSION_4, QuoteHeader, TdQuoteBody
+from tdxdefs.quote import (
+    BODY_OFFSET,
+    HEADER_OFFSET,
+    QUOTE_VERSION_4,
+    QuoteHeader,
+    TdQuoteBody,
+    TdQuoteBody15,
+)
 from verifier import eventlog
 from verifier.appraisal import DEFAULT_ACCEPTED, Appraisal, appraise
 from verifier.collateral import Collateral, parse_time
@@ -219,11 +226,9 @@ def _measurements(result: Appraisal) -> dict[str, str]:
         "TEE_TCB_SVN": body.tee_tcb_svn.hex(),
         "MRSEAM": body.mrseam.hex(),
     }
-    tee_tcb_svn2 = getattr(body, "tee_tcb_svn2", None)
-    mrservicetd = getattr(body, "mrservicetd", None)
-    if isinstance(tee_tcb_svn2, bytes) and isinstance(mrservicetd, bytes):
-        values["TEE_TCB_SVN2"] = tee_tcb_svn2.hex()
-        values["MRSERVICETD"] = mrservicetd.hex()
+    if isinstance(body, TdQuoteBody15):
+        values["TEE_TCB_SVN2"] = body.tee_tcb_svn2.hex()
+        values["MRSERVICETD"] = body.mrservicetd.hex()
     return values
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from tdxdefs.quote import SgxReportBody, TdQuoteBody
+from tdxdefs.quote import SgxReportBody, TdQuoteBody, TdQuoteBody15
 from verifier.collateral import CollateralError, CollateralFormatError, SignedJson
 from verifier.pck_extensions import SGX_TCB_COMPONENTS, PckExtensions
 
@@ -198,9 +198,9 @@ def platform_status(body: TdQuoteBody, pck: PckExtensions, tcb_info: SignedJson)
     report 1.5 body is matched again with TEE_TCB_SVN2 (the TDX module running now, after any
     TD-preserving update) and the worse status counts."""
     verdict = _platform_level(body, body.tee_tcb_svn, "TEE_TCB_SVN", pck, tcb_info)
-    current = getattr(body, "tee_tcb_svn2", None)
-    if isinstance(current, bytes):
-        verdict = verdict.merge(_platform_level(body, current, "TEE_TCB_SVN2", pck, tcb_info))
+    if isinstance(body, TdQuoteBody15):
+        current = _platform_level(body, body.tee_tcb_svn2, "TEE_TCB_SVN2", pck, tcb_info)
+        verdict = verdict.merge(current)
     return verdict
 
 

@@ -29,7 +29,7 @@ VENDOR_AT = QuoteHeader.offset("qe_vendor_id")
 
 @dataclass(frozen=True)
 class PublicQuote:
-    """One public Intel TDX quote, its collateral file, and a time inside the collateral's window."""
+    """A public Intel TDX quote, its collateral file, and a time inside the collateral's window."""
 
     name: str
     quote: bytes

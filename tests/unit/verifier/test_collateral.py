@@ -8,6 +8,7 @@ import json
 
 import pytest
 
+from tdxdefs.quote import TdQuoteBody15
 from tdxsim.attestation.collateral import SIMULATED_ADVISORY, SimulatedCollateral, _sign_raw_hex
 from tdxsim.attestation.pck import (
     WELL_KNOWN_SEED,
@@ -103,8 +104,9 @@ def test_v5_quote_carries_the_tdx_1_5_body(sim: SimulatedAttestation) -> None:
     assert result.quote is not None
     body = result.quote.body
     assert result.quote.signed_size == 48 + 6 + 648
-    assert getattr(body, "tee_tcb_svn2") == body.tee_tcb_svn
-    assert getattr(body, "mrservicetd") == bytes(48)
+    assert isinstance(body, TdQuoteBody15)
+    assert body.tee_tcb_svn2 == body.tee_tcb_svn
+    assert body.mrservicetd == bytes(48)
     assert "TD report 1.5 body" in result.steps[0].detail
 
 
