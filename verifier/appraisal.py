@@ -20,6 +20,7 @@ from verifier.collateral import (
     TCB_INFO_ID_TDX,
     TCB_INFO_VERSION,
     Collateral,
+    CollateralFormatError,
     check_crls,
     check_not_revoked,
     verify_signed_json,
@@ -170,6 +171,11 @@ def _collateral_steps(
     def revocation() -> str:
         assert result.quote is not None
         chain = result.quote.pck_chain
+        if collateral.pck_crl.issuer != chain[0].issuer:
+            raise CollateralFormatError(
+                f"PCK CRL is issued by '{collateral.pck_crl.issuer.rfc4514_string()}', the PCK "
+                f"leaf by '{chain[0].issuer.rfc4514_string()}': the leaf's revocation is unknown"
+            )
         check_not_revoked(chain[0], collateral.pck_crl, "PCK leaf", "PCK CRL")
         for cert in chain[1:]:
             check_not_revoked(cert, collateral.root_ca_crl, "PCK issuer", "root CA CRL")

@@ -65,8 +65,10 @@ class CertificateRevokedError(CollateralError):
     """A certificate of the PCK or collateral chains is listed in a CRL."""
 
 
-def parse_time(text: str, item: str) -> datetime.datetime:
+def parse_time(text: object, item: str) -> datetime.datetime:
     """An ISO 8601 UTC time from collateral ("2025-06-19T10:16:03Z")."""
+    if not isinstance(text, str):
+        raise CollateralFormatError(f"{item} is not an ISO 8601 time: {text!r}")
     try:
         when = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError as exc:

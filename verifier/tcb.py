@@ -80,13 +80,19 @@ def _status(level: dict[str, Any], where: str, part: str) -> TcbVerdict:
     return TcbVerdict(status, tuple(ids), ((part, status),))
 
 
+def _svn(tcb: dict[str, Any], key: str, where: str) -> int:
+    value = tcb.get(key, 0)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise CollateralFormatError(f"{where} {key} is not a non-negative integer: {value!r}")
+    return value
+
+
 def _svns(components: object, count: int, where: str) -> list[int]:
     if not isinstance(components, list) or len(components) != count:
         raise CollateralFormatError(f"{where} is not a list of {count} components")
-    try:
-        return [int(c["svn"]) for c in components]
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CollateralFormatError(f"{where} has a component without an svn") from exc
+    if not all(isinstance(c, dict) for c in components):
+        raise CollateralFormatError(f"{where} has a component that is not an object")
+    return [_svn(c, "svn", where) for c in components]
 
 
 def _levels(levels: object, where: str) -> Iterable[tuple[int, dict[str, Any]]]:
@@ -144,7 +150,7 @@ def qe_identity_status(qe: SgxReportBody, identity: SignedJson) -> TcbVerdict:
     if qe.attributes[0] & SGX_ATTRIBUTE_DEBUG:
         raise QeIdentityMismatchError("QE report ATTRIBUTES has DEBUG set: a debug quoting enclave")
     for index, level in _levels(identity.field("tcbLevels"), where):
-        if qe.isv_svn >= int(level["tcb"].get("isvsvn", 0)):
+        if qe.isv_svn >= _svn(level["tcb"], "isvsvn", f"{where} tcbLevels[{index}]"):
             return _status(level, f"{where} tcbLevels[{index}]", "quoting enclave")
     raise QeIdentityMismatchError(
         f"QE report ISVSVN {qe.isv_svn} is below every TCB level of the QE identity"
@@ -158,10 +164,14 @@ def _module_status(
     module = info.get("tdxModule")
     if not isinstance(module, dict):
         raise CollateralFormatError(f"{where} has no tdxModule")
+    for key, size in (("mrsigner", 48), ("attributes", 8), ("attributesMask", 8)):
+        _hex_field(module, key, f"{where} tdxModule", size)  # well formed even when overridden
     svn = tee_tcb_svn[TEE_TCB_SVN_MODULE_SVN]
     version = tee_tcb_svn[TEE_TCB_SVN_MODULE_VERSION]
     identity: dict[str, Any] = module
     identities = info.get("tdxModuleIdentities") or []
+    if not isinstance(identities, list) or not all(isinstance(i, dict) for i in identities):
+        raise CollateralFormatError(f"{where} tdxModuleIdentities is not a list of objects")
     name = "tdxModule"
     if version > 0 and identities:
         wanted = f"TDX_{version:02X}"
@@ -188,7 +198,7 @@ def _module_status(
     if identity is module:
         return None
     for index, level in _levels(identity.get("tcbLevels"), label):
-        if svn >= int(level["tcb"].get("isvsvn", 0)):
+        if svn >= _svn(level["tcb"], "isvsvn", f"{label} tcbLevels[{index}]"):
             return _status(level, f"{label} tcbLevels[{index}]", "TDX module")
     raise TcbMatchError(f"TDX module SVN {svn} is below every TCB level of {label}")
 
@@ -224,7 +234,7 @@ def _platform_level(
         sgx = _svns(tcb.get("sgxtcbcomponents"), SGX_TCB_COMPONENTS, f"{label} sgxtcbcomponents")
         needed = _svns(tcb.get("tdxtcbcomponents"), TDX_TCB_COMPONENTS, f"{label} tdxtcbcomponents")
         if (
-            pck.pcesvn >= int(tcb.get("pcesvn", 0))
+            pck.pcesvn >= _svn(tcb, "pcesvn", label)
             and all(have >= need for have, need in zip(pck.sgx_tcb_components, sgx, strict=True))
             and all(have >= need for have, need in zip(tdx, needed, strict=True))
         ):
