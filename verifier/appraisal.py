@@ -38,6 +38,11 @@ from verifier.quote import (
 from verifier.tcb import TcbStatus, TcbVerdict, platform_status, qe_identity_status
 
 DEFAULT_ACCEPTED = frozenset({TcbStatus.UP_TO_DATE})
+TD_ATTRIBUTES_DEBUG = 1 << 0  # Intel TDX Module ABI Specification, ATTRIBUTES bit 0: DEBUG
+
+
+class DebugTdError(VerificationError):
+    """The quoted TD is a debug TD: the host can read and write its memory and registers."""
 
 
 class TcbStatusNotAcceptedError(VerificationError):
@@ -93,8 +98,10 @@ def appraise(
     collateral: Collateral | None = None,
     at: datetime.datetime | None = None,
     accept: Collection[TcbStatus] = DEFAULT_ACCEPTED,
+    allow_debug: bool = False,
 ) -> Appraisal:
-    """Appraise `quote` against `root` (and `collateral`) at `at` (default: now)."""
+    """Appraise `quote` against `root` (and `collateral`) at `at` (default: now); a debug TD is
+    refused unless `allow_debug`."""
     result = Appraisal() if at is None else Appraisal(at=at)
     when = result.at
     state: dict[str, object] = {}
@@ -137,12 +144,25 @@ def appraise(
         check_quote_signature(result.quote)
         return "header and body signed by the attestation key"
 
+    def td_attributes() -> str:
+        assert result.quote is not None
+        attributes = result.quote.body.tdattributes
+        if attributes & TD_ATTRIBUTES_DEBUG:
+            if not allow_debug:
+                raise DebugTdError(
+                    f"TD ATTRIBUTES {attributes:#018x} has DEBUG (bit 0) set: the host can read "
+                    "and change this TD, so its measurements prove nothing"
+                )
+            return f"ATTRIBUTES {attributes:#018x}: a DEBUG TD, accepted as asked"
+        return f"ATTRIBUTES {attributes:#018x}: not a debug TD"
+
     steps: list[tuple[str, Callable[[], str]]] = [
         ("parse", parse),
         ("PCK chain", chain),
         ("QE report signature", qe_signature),
         ("QE binding", binding),
         ("quote signature", signature),
+        ("TD attributes", td_attributes),
     ]
     if collateral is not None:
         steps += _collateral_steps(result, root, collateral, when, state, accept)

@@ -23,11 +23,6 @@ from cryptography import x509
 
 from igvm.errors import IgvmError
 from tdxdefs.quote import (
-    BODY_OFFSET,
-    HEADER_OFFSET,
-    QUOTE_VERSION_4,
-    QuoteHeader,
-    TdQuoteBody,
     TdQuoteBody15,
 )
 from verifier import eventlog
@@ -35,7 +30,7 @@ from verifier.appraisal import DEFAULT_ACCEPTED, Appraisal, appraise
 from verifier.collateral import Collateral, parse_time
 from verifier.errors import VerificationError
 from verifier.eventlog import EventLog
-from verifier.quote import QuoteParseError
+from verifier.quote import parse_quote
 from verifier.reference import (
     LOCAL_BACKEND_RAM,
     LOCAL_BACKEND_VCPUS,
@@ -72,16 +67,8 @@ def load_event_log(data: bytes) -> tuple[EventLog, str]:
 
 
 def quote_rtmrs(quote: bytes) -> tuple[bytes, bytes, bytes, bytes]:
-    """RTMR0..3 of a v4 TD quote's body; the signature is not checked here (see `quote`)."""
-    end = BODY_OFFSET + TdQuoteBody.SIZE
-    if len(quote) < end:
-        raise QuoteParseError("td_quote_body", BODY_OFFSET, f"quote is {len(quote)} bytes")
-    header = QuoteHeader.unpack(quote[HEADER_OFFSET:BODY_OFFSET])
-    if header.version != QUOTE_VERSION_4:
-        raise QuoteParseError(
-            "header.version", HEADER_OFFSET, f"{header.version}, only v4 quotes are read here"
-        )
-    return TdQuoteBody.unpack(quote[BODY_OFFSET:end]).rtmrs
+    """RTMR0..3 of a v4 or v5 TD quote's body; the signature is not checked here (see `quote`)."""
+    return parse_quote(quote).body.rtmrs
 
 
 def _event_dict(event: eventlog.CcEvent) -> dict[str, Any]:
@@ -236,7 +223,14 @@ def _cmd_quote(args: argparse.Namespace, out: TextIO) -> int:
     root, root_label = resolve_root(args.root)
     quote = Path(args.quote).read_bytes()
     collateral = Collateral.load(args.collateral) if args.collateral else None
-    result = appraise(quote, root, collateral=collateral, at=args.at, accept=args.accept)
+    result = appraise(
+        quote,
+        root,
+        collateral=collateral,
+        at=args.at,
+        accept=args.accept,
+        allow_debug=args.allow_debug,
+    )
     failure = result.failure
     measurements = _measurements(result)
     if args.json:
@@ -320,6 +314,11 @@ def make_parser() -> argparse.ArgumentParser:
         default=DEFAULT_ACCEPTED,
         metavar="STATUS,...",
         help="TCB statuses to accept (default UpToDate; Revoked is never accepted)",
+    )
+    quote.add_argument(
+        "--allow-debug",
+        action="store_true",
+        help="accept a debug TD (ATTRIBUTES.DEBUG; refused by default: the host can read it)",
     )
     quote.add_argument("--json", action="store_true", help="print JSON instead of text")
     quote.set_defaults(run=_cmd_quote)

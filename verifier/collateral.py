@@ -186,6 +186,68 @@ class Collateral:
     def load(cls, path: str | Path) -> Collateral:
         return cls.from_json(Path(path).read_bytes())
 
+    @classmethod
+    def from_pcs_responses(
+        cls,
+        *,
+        tcb_info_response: str,
+        qe_identity_response: str,
+        tcb_info_issuer_chain: str,
+        pck_crl: bytes,
+        pck_crl_issuer_chain: str,
+        root_ca_crl: bytes,
+        qe_identity_issuer_chain: str | None = None,
+    ) -> Collateral:
+        """Collateral from the responses of Intel's Provisioning Certification Service as served:
+        the TCB info body ({"tcbInfo": ..., "signature": ...}), the QE identity body
+        ({"enclaveIdentity": ..., "signature": ...}), the issuer chains (response headers, PEM),
+        the PCK CRL and root CA CRL (DER or PEM). The signed text is cut from each body as is."""
+        tcb_text, tcb_signature = signed_member(tcb_info_response, "tcbInfo")
+        qe_text, qe_signature = signed_member(qe_identity_response, "enclaveIdentity")
+        bundle = {
+            "pck_crl_issuer_chain": pck_crl_issuer_chain,
+            "root_ca_crl": _crl_text(root_ca_crl),
+            "pck_crl": _crl_text(pck_crl),
+            "tcb_info_issuer_chain": tcb_info_issuer_chain,
+            "tcb_info": tcb_text,
+            "tcb_info_signature": tcb_signature,
+            "qe_identity_issuer_chain": qe_identity_issuer_chain or tcb_info_issuer_chain,
+            "qe_identity": qe_text,
+            "qe_identity_signature": qe_signature,
+        }
+        return cls.from_json(json.dumps(bundle))
+
+    def to_json(self) -> str:
+        """The collateral file (the keys `from_json` reads)."""
+        return json.dumps(self.raw, indent=1)
+
+
+def _crl_text(crl: bytes) -> str:
+    return crl.decode() if crl.lstrip().startswith(PEM_MARKER.encode()) else crl.hex()
+
+
+def signed_member(body: str, key: str) -> tuple[str, str]:
+    """The exact text of `key`'s value in a PCS response body, and the body's hex signature."""
+    try:
+        document = json.loads(body)
+    except ValueError as exc:
+        raise CollateralFormatError(f"PCS response with '{key}' is not JSON: {exc}") from exc
+    if not isinstance(document, dict) or key not in document or "signature" not in document:
+        raise CollateralFormatError(f"PCS response lacks '{key}' or 'signature'")
+    decoder = json.JSONDecoder()
+    marker = json.dumps(key)
+    start = body.find(marker)
+    while start >= 0:
+        colon = body.find(":", start + len(marker))
+        if colon >= 0 and not body[start + len(marker) : colon].strip():
+            value_at = colon + 1
+            while body[value_at].isspace():
+                value_at += 1
+            _, end = decoder.raw_decode(body, value_at)
+            return body[value_at:end], str(document["signature"])
+        start = body.find(marker, start + 1)
+    raise CollateralFormatError(f"PCS response: the text of '{key}' is not found")
+
 
 def _serial(cert: x509.Certificate) -> str:
     return f"'{cert.subject.rfc4514_string()}' (serial {cert.serial_number:#x})"

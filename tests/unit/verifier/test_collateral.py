@@ -3,6 +3,7 @@ statuses, v4 and v5 quotes, trailing bytes; the same appraisal path real quotes 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 
@@ -87,6 +88,7 @@ def test_simulated_quote_and_collateral_verify_up_to_date(
         "QE report signature",
         "QE binding",
         "quote signature",
+        "TD attributes",
         "CRLs",
         "revocation",
         "TCB info",
@@ -339,3 +341,12 @@ def test_malformed_collateral_names_the_item(sim: SimulatedAttestation) -> None:
         Collateral.from_json(json.dumps(bundle))
     with pytest.raises(CollateralFormatError, match="not JSON"):
         Collateral.from_json("{")
+
+
+def test_debug_td_is_refused_unless_allowed(sim: SimulatedAttestation) -> None:
+    debug_td = dataclasses.replace(TD, attributes=TD.attributes | 1)
+    quote = sim.quoting.quote(sim.reports.tdreport(debug_td, REPORTDATA))
+    refused = appraise(quote, sim.quoting.pck.root, at=AT)
+    assert _failed(refused)[:2] == ("TD attributes", "DebugTdError")
+    allowed = appraise(quote, sim.quoting.pck.root, at=AT, allow_debug=True)
+    assert allowed.ok and "DEBUG TD, accepted as asked" in allowed.steps[-1].detail
