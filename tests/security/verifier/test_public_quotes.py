@@ -17,7 +17,15 @@ from verifier.quote import (
 )
 from verifier.trust_anchors import intel_sgx_root_ca, simulated_root
 
-from ...support.dcap import PUBLIC_QUOTES, public_quote
+from ...support.dcap import (
+    CHAIN_ONLY,
+    CHAIN_ONLY_AT,
+    PUBLIC_CASES,
+    PUBLIC_QUOTES,
+    chain_only_quote,
+    public_case,
+    public_quote,
+)
 
 PARSED_HEADER_END = QuoteHeader.offset("qe_svn")  # version, key type, TEE type are checked first
 V5_DESCRIPTOR = range(48, 54)
@@ -38,19 +46,31 @@ def test_both_quote_versions_and_trailing_bytes_are_present() -> None:
     assert parse_quote(v4.quote).version == 4 and parse_quote(v5.quote).version == 5
     padded = parse_quote(v4.quote)
     assert len(padded.trailing) == 70 and padded.trailing_offset == len(v4.quote) - 70
+    live = parse_quote(chain_only_quote("tdx_quote_live.dat"))
+    assert live.trailing == bytes(307)
 
 
-@pytest.mark.parametrize(("name", "collateral"), PUBLIC_QUOTES)
-def test_every_byte_flip_in_the_signed_region_is_rejected(name: str, collateral: str) -> None:
-    data = public_quote(name, collateral)
+@pytest.mark.parametrize(
+    ("data_set", "name", "collateral"),
+    [*PUBLIC_CASES, *(("attestation-rs-tdx", n, "") for n in CHAIN_ONLY)],
+)
+def test_every_byte_flip_in_the_signed_region_is_rejected(
+    data_set: str, name: str, collateral: str
+) -> None:
+    if collateral:
+        data = public_case(data_set, name, collateral)
+        quote, at = data.quote, data.at
+    else:
+        quote, at = chain_only_quote(name), CHAIN_ONLY_AT
     root = intel_sgx_root_ca()
-    parsed = parse_quote(data.quote)
+    verify_quote(quote, root, at=at)
+    parsed = parse_quote(quote)
     descriptor = V5_DESCRIPTOR if parsed.version == 5 else range(0)
     for offset in range(parsed.signed_size):
-        flipped = bytearray(data.quote)
+        flipped = bytearray(quote)
         flipped[offset] ^= 0x01
         with pytest.raises(VerificationError) as err:
-            verify_quote(bytes(flipped), root, at=data.at)
+            verify_quote(bytes(flipped), root, at=at)
         if offset < PARSED_HEADER_END or offset in descriptor:
             assert isinstance(err.value, QuoteParseError), (offset, err.value)
             assert err.value.field.startswith(("header.", "body_descriptor.", "signature")), (

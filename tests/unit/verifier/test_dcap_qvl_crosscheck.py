@@ -17,7 +17,14 @@ from verifier.collateral import Collateral
 from verifier.tcb import TcbStatus
 from verifier.trust_anchors import intel_sgx_root_ca
 
-from ...support.dcap import PUBLIC_QUOTES, as_intel_vendor, dcap_verdict, public_quote
+from ...support.dcap import (
+    PUBLIC_CASES,
+    PUBLIC_QUOTES,
+    as_intel_vendor,
+    dcap_verdict,
+    public_case,
+    public_quote,
+)
 from .conftest import REPORTDATA, TD
 
 ISSUED = datetime.datetime(2026, 11, 1, tzinfo=datetime.UTC)
@@ -99,23 +106,46 @@ def test_dcap_qvl_refuses_the_simulated_vendor_id_we_accept(sim: SimulatedAttest
     assert _ours(quote, collateral, sim.quoting.trusted_root_der, AT) == ("UpToDate", [])
 
 
-@pytest.mark.parametrize(("name", "collateral"), PUBLIC_QUOTES)
-def test_public_quotes_match_dcap_qvl(name: str, collateral: str) -> None:
-    data = public_quote(name, collateral)
+# dcap-qvl's refusal -> the step and error of ours that must match it
+SAME_REFUSAL = {
+    "No matching TCB level": "TCB level: TcbMatchError",
+    "Debug mode is enabled": "TD attributes: DebugTdError",
+}
+
+
+@pytest.mark.parametrize(("data_set", "name", "collateral"), PUBLIC_CASES)
+def test_public_quotes_match_dcap_qvl(data_set: str, name: str, collateral: str) -> None:
+    data = public_case(data_set, name, collateral)
     root = intel_sgx_root_ca().public_bytes(Encoding.DER)
     theirs = dcap_verdict(data.quote, data.collateral_json, data.at)
     ours = _ours(data.quote, data.collateral_json, root, data.at)
     if isinstance(theirs, tuple):
         assert ours == theirs
     else:
-        assert isinstance(ours, str), (ours, theirs)
-        assert "No matching TCB level" in theirs and ours == "TCB level: TcbMatchError"
+        expected = [step for text, step in SAME_REFUSAL.items() if text in theirs]
+        assert [ours] == expected, (ours, theirs)
     late = data.at + datetime.timedelta(days=400)
     assert isinstance(dcap_verdict(data.quote, data.collateral_json, late), str)
-    assert _ours(data.quote, data.collateral_json, root, late) == "CRLs: CollateralExpiredError"
+    earlier = ours if ours == "TD attributes: DebugTdError" else "CRLs: CollateralExpiredError"
+    assert _ours(data.quote, data.collateral_json, root, late) == earlier
 
 
 def test_public_collateral_loads_as_dcap_qvl_reads_it() -> None:
     data = public_quote(*PUBLIC_QUOTES[0])
     ours = Collateral.from_json(data.collateral_json)
     assert json.loads(ours.tcb_info.text)["fmspc"] == "B0C06F000000"
+
+
+def test_debug_public_quote_reports_its_status_when_allowed() -> None:
+    data = public_case(*PUBLIC_CASES[2])
+    result = appraise(
+        data.quote,
+        intel_sgx_root_ca(),
+        collateral=Collateral.from_json(data.collateral_json),
+        at=data.at,
+        accept=ALL - {TcbStatus.REVOKED},
+        allow_debug=True,
+    )
+    assert result.ok and result.verdict is not None
+    assert result.verdict.status is TcbStatus.OUT_OF_DATE
+    assert "INTEL-SA-00837" in result.verdict.advisory_ids
