@@ -219,10 +219,31 @@ def _measurements(result: Appraisal) -> dict[str, str]:
     return values
 
 
+def _pck_chain_or_none(quote: bytes) -> tuple[x509.Certificate, ...]:
+    """The quote's PCK chain for the PCK CRL issuer; a malformed quote fails at 'parse' later."""
+    try:
+        return parse_quote(quote).pck_chain
+    except VerificationError:
+        return ()
+
+
 def _cmd_quote(args: argparse.Namespace, out: TextIO) -> int:
     root, root_label = resolve_root(args.root)
     quote = Path(args.quote).read_bytes()
-    collateral = Collateral.load(args.collateral) if args.collateral else None
+    collateral = None
+    try:
+        if args.collateral and Path(args.collateral).is_dir():
+            collateral = Collateral.from_pcs_directory(args.collateral, _pck_chain_or_none(quote))
+        elif args.collateral:
+            collateral = Collateral.load(args.collateral)
+    except VerificationError as exc:
+        if args.json:
+            document = {"ok": False, "failed_step": "collateral", "reason": str(exc)}
+            out.write(json.dumps(document, indent=2) + "\n")
+        else:
+            out.write(f"FAIL collateral: {exc}\n")
+            out.write(f"quote REJECTED at step 'collateral': {exc}\n")
+        return 1
     result = appraise(
         quote,
         root,
@@ -300,7 +321,8 @@ def make_parser() -> argparse.ArgumentParser:
     quote.add_argument(
         "--collateral",
         metavar="FILE",
-        help="collateral JSON (TCB info, QE identity, signatures, issuer chains, CRLs)",
+        help="collateral: a JSON file (TCB info, QE identity, signatures, issuer chains, CRLs), "
+        "or a folder of PCS responses as served (see docs/quote-verification.md)",
     )
     quote.add_argument(
         "--at",

@@ -217,9 +217,57 @@ class Collateral:
         }
         return cls.from_json(json.dumps(bundle))
 
+    @classmethod
+    def from_pcs_directory(
+        cls, folder: str | Path, pck_chain: tuple[x509.Certificate, ...] = ()
+    ) -> Collateral:
+        """Collateral from a folder of PCS responses saved as served: `tcb_info.json`,
+        `qe_identity.json`, `tcb_info_issuer_chain.pem`, `pck_crl.der` (or `.pem`),
+        `root_ca_crl.der` (or `.pem`); optional `qe_identity_issuer_chain.pem` (default: the TCB
+        info's) and `pck_crl_issuer_chain.pem` (default: `pck_chain` above its leaf)."""
+        base = Path(folder)
+
+        def read(*names: str, required: bool = True) -> bytes | None:
+            for name in names:
+                if (base / name).is_file():
+                    return (base / name).read_bytes()
+            if required:
+                raise CollateralFormatError(f"{base} has no {' or '.join(names)}")
+            return None
+
+        issuers = read("pck_crl_issuer_chain.pem", required=False)
+        if issuers is None:
+            if len(pck_chain) < 2:
+                raise CollateralFormatError(
+                    f"{base} has no pck_crl_issuer_chain.pem and no PCK chain to take it from"
+                )
+            issuers = b"".join(c.public_bytes(Encoding.PEM) for c in pck_chain[1:])
+        qe_chain = read("qe_identity_issuer_chain.pem", required=False)
+        return cls.from_pcs_responses(
+            tcb_info_response=_text(read("tcb_info.json")),
+            qe_identity_response=_text(read("qe_identity.json")),
+            tcb_info_issuer_chain=_text(read("tcb_info_issuer_chain.pem")),
+            pck_crl=_bytes(read("pck_crl.der", "pck_crl.pem")),
+            pck_crl_issuer_chain=issuers.decode(),
+            root_ca_crl=_bytes(read("root_ca_crl.der", "root_ca_crl.pem")),
+            qe_identity_issuer_chain=None if qe_chain is None else _text(qe_chain),
+        )
+
     def to_json(self) -> str:
         """The collateral file (the keys `from_json` reads)."""
         return json.dumps(self.raw, indent=1)
+
+
+def _bytes(data: bytes | None) -> bytes:
+    assert data is not None  # read(..., required=True) raised otherwise
+    return data
+
+
+def _text(data: bytes | None) -> str:
+    try:
+        return _bytes(data).decode()
+    except UnicodeDecodeError as exc:
+        raise CollateralFormatError(f"collateral file is not text: {exc}") from exc
 
 
 def _crl_text(crl: bytes) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from cryptography import x509
@@ -223,3 +224,19 @@ class SimulatedCollateral:
 
     def to_json(self) -> str:
         return json.dumps(self.bundle(), indent=1)
+
+    def write_pcs_directory(self, folder: Path) -> None:
+        """The same collateral as a folder of PCS responses as served: the signed bodies
+        wrapped with their signatures, the issuer chains as PEM, the CRLs as DER."""
+        bundle = self.bundle()
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, key, member in (
+            ("tcb_info.json", "tcb_info", "tcbInfo"),
+            ("qe_identity.json", "qe_identity", "enclaveIdentity"),
+        ):
+            signature = bundle[f"{key}_signature"]
+            text = f'{{"{member}":{bundle[key]},"signature":"{signature}"}}'
+            (folder / name).write_text(text)
+        (folder / "tcb_info_issuer_chain.pem").write_text(bundle["tcb_info_issuer_chain"])
+        (folder / "pck_crl.der").write_bytes(bytes.fromhex(bundle["pck_crl"]))
+        (folder / "root_ca_crl.der").write_bytes(bytes.fromhex(bundle["root_ca_crl"]))

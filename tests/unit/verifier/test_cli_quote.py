@@ -17,8 +17,8 @@ from tdxsim.attestation.pck import WELL_KNOWN_SEED
 from tdxsim.attestation.quoting import SimulatedAttestation
 from verifier.cli import main
 
-from ...support.dcap import PUBLIC_QUOTES, PUBLIC_SET, public_quote
-from ...support.public_data import public_dir
+from ...support.dcap import PCS_FILES, PCS_SET, PUBLIC_QUOTES, PUBLIC_SET, public_quote
+from ...support.public_data import public_dir, require
 from .conftest import REPORTDATA, TD
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -148,3 +148,46 @@ def test_public_quotes_from_the_command_line(name: str, collateral: str) -> None
     else:
         assert result.returncode == 1
         assert "quote REJECTED at step 'TCB level'" in result.stdout
+
+
+def test_collateral_folder_of_pcs_responses(tmp_path: Path, platform: SimulatedAttestation) -> None:
+    quote, _ = _files(tmp_path, platform, platform_status="OutOfDate")
+    folder = tmp_path / "pcs"
+    SimulatedCollateral(
+        platform.quoting.pck, platform_status="OutOfDate", issue_date=ISSUED
+    ).write_pcs_directory(folder)
+    args = ("quote", quote, "--root", "simulated", "--collateral", str(folder), "--at", AT)
+    status, out = run(*args, "--accept", "OutOfDate")
+    assert status == 0, out
+    assert "TCB status: OutOfDate (advisories: SIMULATED-SA-00001)" in out
+    (folder / "pck_crl.der").unlink()
+    status, out = run(*args)
+    assert status == 1
+    assert out.splitlines()[-1] == (
+        f"quote REJECTED at step 'collateral': {folder} has no pck_crl.der or pck_crl.pem"
+    )
+    status, out = run(*args, "--json")
+    assert status == 1 and json.loads(out)["failed_step"] == "collateral"
+
+
+def test_public_pcs_responses_from_the_command_line(tmp_path: Path) -> None:
+    source = require(PCS_SET, "tdx_quote_5.dat", "tcb_info_90c06f000000.json", *PCS_FILES)
+    for name, saved in (
+        ("tcb_info_90c06f000000.json", "tcb_info.json"),
+        ("td_qe_identity.json", "qe_identity.json"),
+        ("tcb_signing_chain.pem", "tcb_info_issuer_chain.pem"),
+        ("pck_crl_platform.der", "pck_crl.der"),
+        ("root_ca_crl.der", "root_ca_crl.der"),
+    ):
+        (tmp_path / saved).write_bytes((source / name).read_bytes())
+    status, out = run(
+        "quote",
+        str(source / "tdx_quote_5.dat"),
+        "--collateral",
+        str(tmp_path),
+        "--at",
+        "2026-03-17T00:00:00Z",
+    )
+    assert status == 1
+    assert "ok   QE identity match" in out
+    assert out.splitlines()[-1].startswith("quote REJECTED at step 'TCB level'")
