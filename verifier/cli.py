@@ -238,8 +238,8 @@ def _cmd_quote(args: argparse.Namespace, out: TextIO) -> int:
             collateral = Collateral.load(args.collateral)
     except VerificationError as exc:
         if args.json:
-            document = {"ok": False, "failed_step": "collateral", "reason": str(exc)}
-            out.write(json.dumps(document, indent=2) + "\n")
+            refusal = {"ok": False, "failed_step": "collateral", "reason": str(exc)}
+            out.write(json.dumps(refusal, indent=2) + "\n")
         else:
             out.write(f"FAIL collateral: {exc}\n")
             out.write(f"quote REJECTED at step 'collateral': {exc}\n")
