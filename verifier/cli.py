@@ -267,6 +267,7 @@ def _cmd_quote(args: argparse.Namespace, out: TextIO) -> int:
             "measurements": measurements,
             "tcb_status": verdict.status.value if verdict else None,
             "advisory_ids": list(verdict.advisory_ids) if verdict else [],
+            "tcb_parts": {part: str(status) for part, status in verdict.parts} if verdict else {},
             "trailing_bytes": len(result.quote.trailing) if result.quote else 0,
         }
         if failure is not None:

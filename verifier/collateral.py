@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 
@@ -363,19 +363,19 @@ def verify_chain_ca(
         return leaf
     # verify_chain insists on an end-entity leaf; a CRL issuer is a CA, so the links are
     # checked here: each certificate issued by the next, the last by the trusted root.
-    for cert, issuer in zip(chain, (*chain[1:], root), strict=False):
+    for cert, issuer in zip(chain, (*chain[1:], root), strict=True):
         try:
             cert.verify_directly_issued_by(issuer)
-        except (ValueError, TypeError, InvalidSignature) as exc:
+        except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm) as exc:
             raise ChainError(f"{_serial(cert)} is not issued by {_serial(issuer)}") from exc
         if not cert.not_valid_before_utc <= at <= cert.not_valid_after_utc:
             raise ChainError(f"{_serial(cert)} is not valid at {at.isoformat()}")
-    last = chain[-1]
-    if last.public_bytes(Encoding.DER) != root.public_bytes(Encoding.DER):
-        try:
-            last.verify_directly_issued_by(root)
-        except (ValueError, TypeError, InvalidSignature) as exc:
-            raise ChainError(f"{_serial(last)} does not chain to the trusted root") from exc
+    try:
+        constraints = leaf.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except (x509.ExtensionNotFound, ValueError) as exc:
+        raise ChainError(f"CRL issuer {_serial(leaf)} has no BasicConstraints") from exc
+    if not constraints.ca:
+        raise ChainError(f"CRL issuer {_serial(leaf)} is not a CA")
     return leaf
 
 

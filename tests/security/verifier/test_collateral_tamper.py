@@ -107,3 +107,12 @@ def test_pck_crl_of_another_issuer_leaves_revocation_unknown(
     failure = _run(sim, quote, bundle).failure
     assert failure is not None and failure.name == "revocation"
     assert "revocation is unknown" in failure.detail
+
+
+def test_pck_crl_signed_by_a_non_ca_is_refused(sim: SimulatedAttestation, quote: bytes) -> None:
+    collateral = SimulatedCollateral(sim.quoting.pck, issue_date=ISSUED)
+    bundle = collateral.bundle()
+    bundle["pck_crl_issuer_chain"] = bundle["tcb_info_issuer_chain"]  # the TCB signing leaf
+    failure = _run(sim, quote, bundle).failure
+    assert failure is not None and failure.name == "CRLs"
+    assert failure.error == "CollateralSignatureError" and "is not a CA" in failure.detail
