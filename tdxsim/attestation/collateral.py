@@ -38,9 +38,9 @@ from tdxsim.attestation.quoting import (
     SIM_QE_MRSIGNER,
 )
 from tdxsim.attestation.report import SIMULATED_MRSIGNERSEAM, SIMULATED_TEE_TCB_SVN
+from verifier.tcb import TcbStatus
 
 TCB_SIGNING_CN = "tdxsim SIMULATED TCB Signing"
-UP_TO_DATE = "UpToDate"
 SIMULATED_ADVISORY = "SIMULATED-SA-00001"
 TCB_EVALUATION_DATA_NUMBER = 1
 VALIDITY = datetime.timedelta(days=30)
@@ -81,7 +81,7 @@ class SimulatedCollateral:
 
     pck: PckChain
     tee_tcb_svn: bytes = SIMULATED_TEE_TCB_SVN
-    platform_status: str = UP_TO_DATE
+    platform_status: TcbStatus = TcbStatus.UP_TO_DATE
     revoked_pck: bool = False
     issue_date: datetime.datetime = field(
         default_factory=lambda: datetime.datetime.now(datetime.UTC).replace(microsecond=0)
@@ -89,6 +89,7 @@ class SimulatedCollateral:
     validity: datetime.timedelta = VALIDITY
 
     def __post_init__(self) -> None:
+        self.platform_status = TcbStatus(self.platform_status)
         self.signing_key = new_p256_key(self.pck.seed, "tdxsim tcb signing")
         self.signing_cert = issue_certificate(
             TCB_SIGNING_CN,
@@ -105,7 +106,9 @@ class SimulatedCollateral:
     def next_update(self) -> datetime.datetime:
         return self.issue_date + self.validity
 
-    def _level(self, sgx: tuple[int, ...], pcesvn: int, tdx: bytes, status: str) -> dict[str, Any]:
+    def _level(
+        self, sgx: tuple[int, ...], pcesvn: int, tdx: bytes, status: TcbStatus
+    ) -> dict[str, Any]:
         level: dict[str, Any] = {
             "tcb": {
                 "sgxtcbcomponents": _components(sgx),
@@ -113,9 +116,9 @@ class SimulatedCollateral:
                 "tdxtcbcomponents": _components(tdx),
             },
             "tcbDate": TCB_DATE,
-            "tcbStatus": status,
+            "tcbStatus": status.value,
         }
-        if status != UP_TO_DATE:
+        if status is not TcbStatus.UP_TO_DATE:
             level["advisoryIDs"] = [SIMULATED_ADVISORY]
         return level
 
@@ -125,10 +128,12 @@ class SimulatedCollateral:
         levels = [
             self._level(tcb.sgx_components, tcb.pcesvn, self.tee_tcb_svn, self.platform_status)
         ]
-        if self.platform_status != UP_TO_DATE:
+        if self.platform_status is not TcbStatus.UP_TO_DATE:
             newer = bytearray(self.tee_tcb_svn)
             newer[2] += 1  # a TDX TCB component the platform has not reached
-            levels.insert(0, self._level(tcb.sgx_components, tcb.pcesvn, bytes(newer), UP_TO_DATE))
+            levels.insert(
+                0, self._level(tcb.sgx_components, tcb.pcesvn, bytes(newer), TcbStatus.UP_TO_DATE)
+            )
         module = {
             "mrsigner": SIMULATED_MRSIGNERSEAM.hex().upper(),
             "attributes": SEAM_ATTRIBUTES,
@@ -142,7 +147,7 @@ class SimulatedCollateral:
                 {
                     "tcb": {"isvsvn": self.tee_tcb_svn[TEE_TCB_SVN_MODULE_SVN]},
                     "tcbDate": TCB_DATE,
-                    "tcbStatus": UP_TO_DATE,
+                    "tcbStatus": TcbStatus.UP_TO_DATE.value,
                 }
             ],
         }
@@ -175,7 +180,11 @@ class SimulatedCollateral:
             "mrsigner": SIM_QE_MRSIGNER.hex().upper(),
             "isvprodid": SIM_QE_ISV_PROD_ID,
             "tcbLevels": [
-                {"tcb": {"isvsvn": SIM_QE_ISV_SVN}, "tcbDate": TCB_DATE, "tcbStatus": UP_TO_DATE}
+                {
+                    "tcb": {"isvsvn": SIM_QE_ISV_SVN},
+                    "tcbDate": TCB_DATE,
+                    "tcbStatus": TcbStatus.UP_TO_DATE.value,
+                }
             ],
         }
 
