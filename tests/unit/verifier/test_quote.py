@@ -162,10 +162,10 @@ def test_v5_body_descriptor_is_checked(sim: SimulatedAttestation) -> None:
     assert parsed.body.mrtd == TD.mrtd and parsed.body.reportdata == REPORTDATA
     for body_type in (1, 4, 0xFFFF):  # SGX enclave report, TD report 1.5 extended, unknown
         bad = quote[:48] + struct.pack("<H", body_type) + quote[50:]
-        with pytest.raises(QuoteParseError, match="body_descriptor.body_type at offset 48"):
+        with pytest.raises(QuoteParseError, match=r"body_descriptor\.body_type at offset 48"):
             parse_quote(bad)
     wrong_size = quote[:50] + struct.pack("<I", 584) + quote[54:]
-    with pytest.raises(QuoteParseError, match="body_descriptor.size at offset 50: 584"):
+    with pytest.raises(QuoteParseError, match=r"body_descriptor\.size at offset 50: 584"):
         parse_quote(wrong_size)
-    with pytest.raises(QuoteParseError, match="header.version at offset 0: 6, expected 4 or 5"):
+    with pytest.raises(QuoteParseError, match=r"header\.version at offset 0: 6, expected 4 or 5"):
         parse_quote(struct.pack("<H", 6) + quote[2:])
