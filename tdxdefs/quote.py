@@ -253,5 +253,11 @@ SIGNATURE_DATA_LEN_OFFSET = (
 )  # v4: what the signature covers ends here
 SIGNATURE_DATA_OFFSET = SIGNATURE_DATA_LEN_OFFSET + SignatureDataLength.SIZE
 QUOTE_V4_SIGNED_SIZE = SIGNATURE_DATA_LEN_OFFSET
+V5_BODY_DESCRIPTOR_OFFSET = BODY_OFFSET  # v5: the descriptor sits where the v4 body starts
+V5_BODY_OFFSET = V5_BODY_DESCRIPTOR_OFFSET + QuoteBodyDescriptor.SIZE
+TD_BODY_LAYOUTS: dict[int, type[TdQuoteBody]] = {
+    QuoteBodyType.TD_REPORT_10: TdQuoteBody,
+    QuoteBodyType.TD_REPORT_15: TdQuoteBody15,
+}
 REPORTDATA_OFFSET = BODY_OFFSET + TdQuoteBody.offset("reportdata")
 MRTD_OFFSET = BODY_OFFSET + TdQuoteBody.offset("mrtd")

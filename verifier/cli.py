@@ -1,5 +1,7 @@
 """`python -m verifier`: check TD evidence offline from files.
 
+  quote QUOTE [--root R] [--collateral C]  verify a TD quote (v4/v5) to a root, with collateral
+        [--at T] [--accept S,...]          its TCB status; one line per step
   eventlog LOG [--table T] [--quote Q]    list a CC event log's records, replay RTMR0..3 and
                                           compare them with a TD quote's
   reference IMAGE.igvm [--json] ...       the values a relying party pins for a built image
@@ -20,18 +22,24 @@ from typing import Any, TextIO
 from cryptography import x509
 
 from igvm.errors import IgvmError
-from tdxdefs.quote import BODY_OFFSET, HEADER_OFFSET, QUOTE_VERSION_4, QuoteHeader, TdQuoteBody
+from tdxdefs.quote import (
+    TdQuoteBody15,
+)
 from verifier import eventlog
+from verifier.appraisal import DEFAULT_ACCEPTED, Appraisal, appraise
+from verifier.collateral import Collateral, parse_time
 from verifier.errors import VerificationError
 from verifier.eventlog import EventLog
-from verifier.quote import QuoteParseError
+from verifier.quote import parse_quote
 from verifier.reference import (
     LOCAL_BACKEND_RAM,
     LOCAL_BACKEND_VCPUS,
     ReferenceValues,
     reference_values,
 )
+from verifier.tcb import TcbStatus
 from verifier.td_attestation import OID_EVENT_LOG, ca_extension
+from verifier.trust_anchors import ROOT_INTEL, ROOT_SIMULATED, resolve_root
 
 PEM_MARKER = b"-----BEGIN"
 DER_SEQUENCE = 0x30  # a DER certificate starts with a SEQUENCE; a CC log with its pcrIndex (0, 1)
@@ -59,16 +67,8 @@ def load_event_log(data: bytes) -> tuple[EventLog, str]:
 
 
 def quote_rtmrs(quote: bytes) -> tuple[bytes, bytes, bytes, bytes]:
-    """RTMR0..3 of a v4 TD quote's body; the signature is not checked here (see `quote`)."""
-    end = BODY_OFFSET + TdQuoteBody.SIZE
-    if len(quote) < end:
-        raise QuoteParseError("td_quote_body", BODY_OFFSET, f"quote is {len(quote)} bytes")
-    header = QuoteHeader.unpack(quote[HEADER_OFFSET:BODY_OFFSET])
-    if header.version != QUOTE_VERSION_4:
-        raise QuoteParseError(
-            "header.version", HEADER_OFFSET, f"{header.version}, only v4 quotes are read here"
-        )
-    return TdQuoteBody.unpack(quote[BODY_OFFSET:end]).rtmrs
+    """RTMR0..3 of a v4 or v5 TD quote's body; the signature is not checked here (see `quote`)."""
+    return parse_quote(quote).body.rtmrs
 
 
 def _event_dict(event: eventlog.CcEvent) -> dict[str, Any]:
@@ -185,15 +185,166 @@ def _cmd_reference(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def _statuses(text: str) -> frozenset[TcbStatus]:
+    try:
+        return frozenset(TcbStatus(part.strip()) for part in text.split(",") if part.strip())
+    except ValueError as exc:
+        known = ", ".join(s.value for s in TcbStatus if s is not TcbStatus.REVOKED)
+        raise argparse.ArgumentTypeError(f"{exc}; known: {known}") from exc
+
+
+def _time(text: str) -> Any:
+    try:
+        return parse_time(text, "--at")
+    except VerificationError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _measurements(result: Appraisal) -> dict[str, str]:
+    if result.quote is None:
+        return {}
+    body = result.quote.body
+    values = {
+        "MRTD": body.mrtd.hex(),
+        **{f"RTMR{i}": value.hex() for i, value in enumerate(body.rtmrs)},
+        "REPORTDATA": body.reportdata.hex(),
+        "ATTRIBUTES": f"{body.tdattributes:016x}",
+        "XFAM": f"{body.xfam:016x}",
+        "TEE_TCB_SVN": body.tee_tcb_svn.hex(),
+        "MRSEAM": body.mrseam.hex(),
+    }
+    if isinstance(body, TdQuoteBody15):
+        values["TEE_TCB_SVN2"] = body.tee_tcb_svn2.hex()
+        values["MRSERVICETD"] = body.mrservicetd.hex()
+    return values
+
+
+def _pck_chain_or_none(quote: bytes) -> tuple[x509.Certificate, ...]:
+    """The quote's PCK chain for the PCK CRL issuer; a malformed quote fails at 'parse' later."""
+    try:
+        return parse_quote(quote).pck_chain
+    except VerificationError:
+        return ()
+
+
+def _cmd_quote(args: argparse.Namespace, out: TextIO) -> int:
+    root, root_label = resolve_root(args.root)
+    quote = Path(args.quote).read_bytes()
+    collateral = None
+    try:
+        if args.collateral and Path(args.collateral).is_dir():
+            collateral = Collateral.from_pcs_directory(args.collateral, _pck_chain_or_none(quote))
+        elif args.collateral:
+            collateral = Collateral.load(args.collateral)
+    except VerificationError as exc:
+        if args.json:
+            refusal = {"ok": False, "failed_step": "collateral", "reason": str(exc)}
+            out.write(json.dumps(refusal, indent=2) + "\n")
+        else:
+            out.write(f"FAIL collateral: {exc}\n")
+            out.write(f"quote REJECTED at step 'collateral': {exc}\n")
+        return 1
+    result = appraise(
+        quote,
+        root,
+        collateral=collateral,
+        at=args.at,
+        accept=args.accept,
+        allow_debug=args.allow_debug,
+    )
+    failure = result.failure
+    measurements = _measurements(result)
+    if args.json:
+        verdict = result.verdict
+        document: dict[str, Any] = {
+            "ok": result.ok,
+            "root": root_label,
+            "at": result.at.isoformat(),
+            "steps": [
+                {"step": s.name, "ok": s.ok, "detail": s.detail, "error": s.error}
+                for s in result.steps
+            ],
+            "measurements": measurements,
+            "tcb_status": verdict.status.value if verdict else None,
+            "advisory_ids": list(verdict.advisory_ids) if verdict else [],
+            "tcb_parts": {part: str(status) for part, status in verdict.parts} if verdict else {},
+            "trailing_bytes": len(result.quote.trailing) if result.quote else 0,
+        }
+        if failure is not None:
+            document["failed_step"] = failure.name
+            document["reason"] = failure.detail
+        json.dump(document, out, indent=2)
+        out.write("\n")
+        return 0 if result.ok else 1
+    out.write(f"root: {root_label}\n")
+    for step in result.steps:
+        mark = "ok  " if step.ok else "FAIL"
+        out.write(f"{mark} {step.name}: {step.detail}\n")
+    for name, value in measurements.items():
+        out.write(f"{name:<12} {value}\n")
+    if collateral is None and failure is None:
+        out.write("TCB status: not judged (no --collateral)\n")
+    elif result.verdict is not None:
+        ids = ", ".join(result.verdict.advisory_ids) or "none"
+        out.write(f"TCB status: {result.verdict.status} (advisories: {ids})\n")
+    if failure is not None:
+        out.write(f"quote REJECTED at step '{failure.name}': {failure.detail}\n")
+        return 1
+    out.write("quote VERIFIED\n")
+    return 0
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m verifier",
-        description="Check TD evidence offline: CC event logs against quotes, and the reference "
-        "values of a built image.",
+        description="Check TD evidence offline: TD quotes and their collateral, CC event logs "
+        "against quotes, and the reference values of a built image.",
         epilog="Exit status: 0 the check holds; 1 it does not, or an input is malformed (the "
         "message names the RTMR, field or offset); 2 usage error.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    quote = sub.add_parser(
+        "quote",
+        help="verify a TD quote (v4/v5) to a root, and its TCB status with collateral",
+        description="Verify a TD quote: parse (v4 or v5; bytes after the signature data are "
+        "reported, not used), PCK chain to the root, QE report signature, QE binding, quote "
+        "signature; with --collateral also CRLs, revocation, TCB info, QE identity and the TCB "
+        "status. Exit 0 when every step holds and the TCB status is accepted.",
+    )
+    quote.add_argument("quote", help="the TD quote, binary")
+    quote.add_argument(
+        "--root",
+        default=ROOT_INTEL,
+        metavar="FILE|simulated",
+        help=f"the trusted root: '{ROOT_INTEL}' (default, Intel's SGX Root CA shipped with the "
+        f"verifier), '{ROOT_SIMULATED}' (tdxsim's SIMULATED root), or a PEM/DER file",
+    )
+    quote.add_argument(
+        "--collateral",
+        metavar="FILE",
+        help="collateral: a JSON file (TCB info, QE identity, signatures, issuer chains, CRLs), "
+        "or a folder of PCS responses as served (see docs/quote-verification.md)",
+    )
+    quote.add_argument(
+        "--at",
+        type=_time,
+        metavar="ISO-TIME",
+        help="judge certificates and collateral at this time (default: now)",
+    )
+    quote.add_argument(
+        "--accept",
+        type=_statuses,
+        default=DEFAULT_ACCEPTED,
+        metavar="STATUS,...",
+        help="TCB statuses to accept (default UpToDate; Revoked is never accepted)",
+    )
+    quote.add_argument(
+        "--allow-debug",
+        action="store_true",
+        help="accept a debug TD (ATTRIBUTES.DEBUG; refused by default: the host can read it)",
+    )
+    quote.add_argument("--json", action="store_true", help="print JSON instead of text")
+    quote.set_defaults(run=_cmd_quote)
     log = sub.add_parser(
         "eventlog",
         help="list a CC event log, replay RTMR0..3, compare with a quote",

@@ -1,9 +1,11 @@
-"""TDX quote version 4: layouts, a bounds-checked parser, and verification against a chosen root.
+"""TD quotes versions 4 and 5: a bounds-checked parser, and verification against a chosen root.
 
-Layouts are `tdxdefs.quote` (Intel SGX ECDSA Quote Library API, DCAP quote format). The parser
-accepts any v4 TD quote, real or simulated; `verify_quote` checks the PCK chain up to the root the
-caller passes (no default trust), the QE report signature, the QE report's binding of the
-attestation key, and the quote signature. Every parse error names the field and its offset.
+Layouts are `tdxdefs.quote` (Intel TDX DCAP Quoting Library API, appendix "TD Quote Format"). The
+parser accepts v4 quotes and v5 quotes with a TD report 1.0 or 1.5 body, real or simulated. Bytes
+after the signature data (Intel's quote generation hands out a padded buffer) are kept in
+`ParsedQuote.trailing` and never read. `verify_quote` checks the PCK chain up to the root the caller
+passes, the QE report signature, the QE report's binding of the attestation key, and the quote
+signature. Every parse error names the field and its offset.
 """
 
 from __future__ import annotations
@@ -30,12 +32,17 @@ from tdxdefs.quote import (
     HEADER_OFFSET,
     QE_REPORT_DATA_BINDING_SIZE,
     QUOTE_VERSION_4,
+    QUOTE_VERSION_5,
     SGX_REPORT_DATA_SIZE,
     SIGNATURE_DATA_LEN_OFFSET,
+    TD_BODY_LAYOUTS,
     TEE_TYPE_OFFSET,
+    V5_BODY_DESCRIPTOR_OFFSET,
     CertificationDataHeader,
     CertificationDataType,
     QeAuthDataSize,
+    QuoteBodyDescriptor,
+    QuoteBodyType,
     QuoteHeader,
     SgxReportBody,
     SignatureDataLength,
@@ -58,7 +65,7 @@ L = TypeVar("L", bound=Layout)
 
 
 class QuoteParseError(VerificationError, ValueError):
-    """The quote bytes do not follow the v4 layout; names the field and its byte offset."""
+    """The quote bytes do not follow the v4/v5 layout; names the field and its byte offset."""
 
     def __init__(self, field: str, offset: int, reason: str) -> None:
         super().__init__(f"{field} at offset {offset}: {reason}")
@@ -161,7 +168,11 @@ class CertificationData:
 
 @dataclass(frozen=True)
 class ParsedQuote:
-    """A parsed v4 TD quote; `raw` is kept so signatures are checked over the original bytes."""
+    """A parsed v4 or v5 TD quote; `raw` is kept so signatures are checked over the original bytes.
+
+    `signed_size` is where the signed part (header, v5 body descriptor, body) ends; `trailing` is
+    whatever followed the signature data (reported, never used), starting at `trailing_offset`.
+    """
 
     header: QuoteHeader
     body: TdQuoteBody
@@ -169,11 +180,19 @@ class ParsedQuote:
     attestation_key: bytes
     certification: CertificationData
     raw: bytes
+    signed_size: int = SIGNATURE_DATA_LEN_OFFSET
+    body_type: int = int(QuoteBodyType.TD_REPORT_10)
+    trailing: bytes = b""
+    trailing_offset: int = 0
+
+    @property
+    def version(self) -> int:
+        return self.header.version
 
     @property
     def signed_data(self) -> bytes:
-        """Header plus body: the bytes the attestation key signs."""
-        return self.raw[:SIGNATURE_DATA_LEN_OFFSET]
+        """Header, v5 body descriptor and body: the bytes the attestation key signs."""
+        return self.raw[: self.signed_size]
 
     @property
     def qe_report(self) -> QeReportCertificationData:
@@ -255,12 +274,34 @@ def _parse_certification_data(reader: _Reader, depth: int) -> CertificationData:
     return CertificationData(cert_type, data, data_offset)
 
 
+def _parse_body(reader: _Reader, version: int) -> tuple[TdQuoteBody, int]:
+    """The TD quote body (and its type) after the header: v4 fixed, v5 per its descriptor."""
+    if version == QUOTE_VERSION_4:
+        return reader.layout(TdQuoteBody, "td_quote_body"), int(QuoteBodyType.TD_REPORT_10)
+    descriptor = reader.layout(QuoteBodyDescriptor, "body_descriptor")
+    layout = TD_BODY_LAYOUTS.get(descriptor.body_type)
+    if layout is None:
+        raise QuoteParseError(
+            "body_descriptor.body_type",
+            V5_BODY_DESCRIPTOR_OFFSET,
+            f"{descriptor.body_type}, expected 2 (TD report 1.0) or 3 (TD report 1.5)",
+        )
+    if descriptor.size != layout.SIZE:
+        raise QuoteParseError(
+            "body_descriptor.size",
+            V5_BODY_DESCRIPTOR_OFFSET + QuoteBodyDescriptor.offset("size"),
+            f"{descriptor.size}, a body of type {descriptor.body_type} is {layout.SIZE} bytes",
+        )
+    return reader.layout(layout, "td_quote_body"), descriptor.body_type
+
+
 def parse_quote(quote: bytes) -> ParsedQuote:
-    """Parse a v4 TD quote (any issuer); raise QuoteParseError naming field and offset."""
-    reader = _Reader(bytes(quote))
+    """Parse a v4 or v5 TD quote (any issuer); raise QuoteParseError naming field and offset."""
+    raw = bytes(quote)
+    reader = _Reader(raw)
     header = reader.layout(QuoteHeader, "header")
-    if header.version != QUOTE_VERSION_4:
-        raise QuoteParseError("header.version", HEADER_OFFSET, f"{header.version}, expected 4")
+    if header.version not in (QUOTE_VERSION_4, QUOTE_VERSION_5):
+        raise QuoteParseError("header.version", HEADER_OFFSET, f"{header.version}, expected 4 or 5")
     if header.att_key_type != ATT_KEY_TYPE_ECDSA_P256:
         raise QuoteParseError(
             "header.att_key_type",
@@ -273,24 +314,40 @@ def parse_quote(quote: bytes) -> ParsedQuote:
             TEE_TYPE_OFFSET,
             f"{header.tee_type:#x}, expected {TEE_TYPE_TDX:#x} (TDX)",
         )
-    body = reader.layout(TdQuoteBody, "td_quote_body")
+    body, body_type = _parse_body(reader, header.version)
+    signed_size = reader.offset
     sig_len = reader.layout(SignatureDataLength, "signature_data_len").length
-    if sig_len != reader.remaining():
+    if sig_len > reader.remaining():
         raise QuoteParseError(
             "signature_data_len",
-            SIGNATURE_DATA_LEN_OFFSET,
-            f"{sig_len}, but {reader.remaining()} bytes follow",
+            signed_size,
+            f"{sig_len}, but only {reader.remaining()} bytes follow",
         )
-    signature = reader.take(ECDSA_P256_SIGNATURE_SIZE, "signature_data.signature")
-    att_key = reader.take(ECDSA_P256_KEY_SIZE, "signature_data.attestation_key")
-    certification = _parse_certification_data(reader, 0)
-    if reader.remaining():
+    sig_base = reader.offset
+    sig = _Reader(reader.take(sig_len, "signature_data"), sig_base)
+    signature = sig.take(ECDSA_P256_SIGNATURE_SIZE, "signature_data.signature")
+    att_key = sig.take(ECDSA_P256_KEY_SIZE, "signature_data.attestation_key")
+    certification = _parse_certification_data(sig, 0)
+    if sig.remaining():
         raise QuoteParseError(
             "signature_data",
-            reader.offset,
-            f"{reader.remaining()} bytes after the certification data",
+            sig.offset,
+            f"{sig.remaining()} bytes after the certification data, inside signature_data_len",
         )
-    return ParsedQuote(header, body, signature, att_key, certification, bytes(quote))
+    trailing_offset = reader.offset
+    trailing = raw[trailing_offset:]
+    return ParsedQuote(
+        header,
+        body,
+        signature,
+        att_key,
+        certification,
+        raw,
+        signed_size,
+        body_type,
+        trailing,
+        trailing_offset,
+    )
 
 
 def _raw_to_der(signature: bytes) -> bytes:
@@ -305,7 +362,8 @@ def p256_public_key(raw_xy: bytes) -> ec.EllipticCurvePublicKey:
     return ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), SEC1_UNCOMPRESSED + raw_xy)
 
 
-def _verify_p256(key: ec.EllipticCurvePublicKey, signature: bytes, data: bytes) -> bool:
+def p256_signature_valid(key: ec.EllipticCurvePublicKey, signature: bytes, data: bytes) -> bool:
+    """An ECDSA P-256/SHA-256 signature given as raw r||s (as quotes and collateral carry it)."""
     try:
         key.verify(_raw_to_der(signature), data, ec.ECDSA(hashes.SHA256()))
     except InvalidSignature:
@@ -314,9 +372,56 @@ def _verify_p256(key: ec.EllipticCurvePublicKey, signature: bytes, data: bytes) 
 
 
 def qe_report_data_binding(attestation_key: bytes, auth_data: bytes) -> bytes:
-    """The 64-byte QE report_data that binds the attestation key (reference 7.2 rule)."""
+    """The 64-byte QE report_data that binds the attestation key (Intel TDX DCAP Quoting Library
+    API, "QE Report": SHA-256 of attestation key and QE authentication data, then zeros)."""
     digest = hashlib.sha256(attestation_key + auth_data).digest()
     return digest + bytes(SGX_REPORT_DATA_SIZE - QE_REPORT_DATA_BINDING_SIZE)
+
+
+def check_pck_chain(
+    parsed: ParsedQuote, trusted_root: bytes | x509.Certificate, at: datetime.datetime | None
+) -> x509.Certificate:
+    """The PCK chain verifies up to `trusted_root` at `at`; returns the PCK leaf."""
+    return verify_chain(parsed.pck_chain, trusted_root, at=at)
+
+
+def check_qe_report_signature(parsed: ParsedQuote, leaf: x509.Certificate) -> None:
+    """The QE report body is signed by the PCK leaf's P-256 key."""
+    pck_key = leaf.public_key()
+    if not isinstance(pck_key, ec.EllipticCurvePublicKey) or not isinstance(
+        pck_key.curve, ec.SECP256R1
+    ):
+        raise QeReportSignatureError("PCK leaf certificate key is not an ECDSA P-256 key")
+    qe = parsed.qe_report
+    if not p256_signature_valid(pck_key, qe.report_signature, qe.report_body_raw):
+        raise QeReportSignatureError(
+            "QE report signature does not verify with the PCK leaf key "
+            f"'{leaf.subject.rfc4514_string()}'"
+        )
+
+
+def check_qe_binding(parsed: ParsedQuote) -> None:
+    """The QE report's report_data binds the attestation key and the QE authentication data."""
+    qe = parsed.qe_report
+    expected = qe_report_data_binding(parsed.attestation_key, qe.auth_data)
+    if qe.report_body.report_data != expected:
+        raise QeReportBindingError(
+            "QE report_data is not SHA-256(attestation key || QE authentication data) || 32 zero "
+            "bytes: the attestation key is not the one the QE vouched for"
+        )
+
+
+def check_quote_signature(parsed: ParsedQuote) -> None:
+    """The attestation key signs header, v5 body descriptor and body."""
+    try:
+        att_key = p256_public_key(parsed.attestation_key)
+    except ValueError as exc:
+        raise QuoteSignatureError("attestation key is not a valid P-256 point") from exc
+    if not p256_signature_valid(att_key, parsed.signature, parsed.signed_data):
+        raise QuoteSignatureError(
+            "quote signature over header and TD quote body "
+            f"(bytes 0..{parsed.signed_size - 1}) does not verify with the attestation key"
+        )
 
 
 def verify_parsed_quote(
@@ -326,34 +431,10 @@ def verify_parsed_quote(
     at: datetime.datetime | None = None,
 ) -> ParsedQuote:
     """Verify chain, QE report signature, key binding and quote signature, in that order."""
-    chain = parsed.pck_chain
-    leaf = verify_chain(chain, trusted_root, at=at)
-    pck_key = leaf.public_key()
-    if not isinstance(pck_key, ec.EllipticCurvePublicKey) or not isinstance(
-        pck_key.curve, ec.SECP256R1
-    ):
-        raise QeReportSignatureError("PCK leaf certificate key is not an ECDSA P-256 key")
-    qe = parsed.qe_report
-    if not _verify_p256(pck_key, qe.report_signature, qe.report_body_raw):
-        raise QeReportSignatureError(
-            "QE report signature does not verify with the PCK leaf key "
-            f"'{leaf.subject.rfc4514_string()}'"
-        )
-    expected = qe_report_data_binding(parsed.attestation_key, qe.auth_data)
-    if qe.report_body.report_data != expected:
-        raise QeReportBindingError(
-            "QE report_data is not SHA-256(attestation key || QE authentication data) || 32 zero "
-            "bytes: the attestation key is not the one the QE vouched for"
-        )
-    try:
-        att_key = p256_public_key(parsed.attestation_key)
-    except ValueError as exc:
-        raise QuoteSignatureError("attestation key is not a valid P-256 point") from exc
-    if not _verify_p256(att_key, parsed.signature, parsed.signed_data):
-        raise QuoteSignatureError(
-            "quote signature over header and TD quote body "
-            f"(bytes 0..{SIGNATURE_DATA_LEN_OFFSET - 1}) does not verify with the attestation key"
-        )
+    leaf = check_pck_chain(parsed, trusted_root, at)
+    check_qe_report_signature(parsed, leaf)
+    check_qe_binding(parsed)
+    check_quote_signature(parsed)
     return parsed
 
 
@@ -363,5 +444,5 @@ def verify_quote(
     *,
     at: datetime.datetime | None = None,
 ) -> ParsedQuote:
-    """Parse and verify a v4 TD quote against `trusted_root` (PEM, DER or certificate object)."""
+    """Parse and verify a v4/v5 TD quote against `trusted_root` (PEM, DER or certificate)."""
     return verify_parsed_quote(parse_quote(quote), trusted_root, at=at)

@@ -1,4 +1,5 @@
-"""The SIMULATED quoting service: TDREPORT in, version-4 TD quote out (layouts: `tdxdefs.quote`).
+"""The SIMULATED quoting service: TDREPORT in, TD quote out (layouts: `tdxdefs.quote`): version 4
+by default, version 5 with a TD report 1.5 body (TEE_TCB_SVN2, MRSERVICETD) on request.
 
 It stands in for Intel's TD quoting enclave and QGS. It checks the TDREPORT's simulated MAC,
 copies the report into a TD quote body, signs header and body with its ECDSA P-256 attestation key,
@@ -51,12 +52,16 @@ from tdxdefs.quote import (
     ATT_KEY_TYPE_ECDSA_P256,
     ECDSA_P256_COORDINATE_SIZE,
     QUOTE_VERSION_4,
+    QUOTE_VERSION_5,
     CertificationDataType,
     QeAuthDataSize,
+    QuoteBodyDescriptor,
+    QuoteBodyType,
     QuoteHeader,
     SgxReportBody,
     SignatureDataLength,
     TdQuoteBody,
+    TdQuoteBody15,
 )
 from tdxdefs.report import TEE_TYPE_TDX
 from tdxdefs.tdcall import TDREPORT_SIZE
@@ -297,6 +302,17 @@ def quote_body_from_report(report: TdReport) -> TdQuoteBody:
     )
 
 
+def quote_body15_from_report(report: TdReport) -> TdQuoteBody15:
+    """The TD report 1.5 body: the 1.0 body, TEE_TCB_SVN2 and MRSERVICETD (TDINFO SERVTD_HASH)."""
+    base = quote_body_from_report(report)
+    fields = {name: getattr(base, name) for name, _code in TdQuoteBody.FIELDS}
+    return TdQuoteBody15(
+        **fields,
+        tee_tcb_svn2=report.tee_tcb_info.tee_tcb_svn2,
+        mrservicetd=report.td_info.servtd_hash,
+    )
+
+
 class QuotingService:
     """One simulated platform's quoting service (attestation key, PCK chain, report MAC key)."""
 
@@ -335,14 +351,17 @@ class QuotingService:
         )
         return CertificationData(CertificationDataType.QE_REPORT, qe_data).pack()
 
-    def quote(self, tdreport: bytes) -> bytes:
-        """A v4 TD quote for a TDREPORT whose MAC this platform's key verifies."""
+    def quote(self, tdreport: bytes, version: int = QUOTE_VERSION_4) -> bytes:
+        """A v4 (or v5, TD report 1.5 body) TD quote for a TDREPORT whose MAC this platform's key
+        verifies."""
+        if version not in (QUOTE_VERSION_4, QUOTE_VERSION_5):
+            raise QuoteRequestRefused(f"quote version {version} is not 4 or 5")
         try:
             report = verify_tdreport(tdreport, self.report_key)
         except TdReportError as exc:
             raise QuoteRequestRefused(f"quoting service refuses the TDREPORT: {exc}") from exc
         header = QuoteHeader(
-            QUOTE_VERSION_4,
+            version,
             ATT_KEY_TYPE_ECDSA_P256,
             TEE_TYPE_TDX,
             0,
@@ -350,7 +369,12 @@ class QuotingService:
             SIM_QE_VENDOR_ID,
             SIM_USER_DATA,
         ).pack()
-        body = quote_body_from_report(report).pack()
+        if version == QUOTE_VERSION_4:
+            body = quote_body_from_report(report).pack()
+        else:
+            body15 = quote_body15_from_report(report).pack()
+            descriptor = QuoteBodyDescriptor(QuoteBodyType.TD_REPORT_15, len(body15))
+            body = descriptor.pack() + body15
         signature = _sign_raw(self.attestation_key, header + body)
         signature_data = signature + self.attestation_key_raw + self.certification
         return header + body + SignatureDataLength(len(signature_data)).pack() + signature_data

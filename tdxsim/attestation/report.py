@@ -139,7 +139,7 @@ def build_tdreport(
         mrseam=mrseam,
         mrsignerseam=SIMULATED_MRSIGNERSEAM,
         attributes=0,
-        tee_tcb_svn2=bytes(TEE_TCB_SVN_SIZE),
+        tee_tcb_svn2=tee_tcb_svn,  # the module running now is the one the TD was built on
         reserved=bytes(TeeTcbInfo.field_size("reserved")),
     )
     info = TdInfoStruct(

@@ -119,9 +119,20 @@ def test_malformed_fields_are_named_with_offsets(
         parse_quote(bad)
 
 
-def test_trailing_bytes_are_refused(quote: bytes) -> None:
-    with pytest.raises(QuoteParseError, match="signature_data_len"):
-        parse_quote(quote + b"\x00")
+def test_trailing_bytes_are_reported_never_used(sim: SimulatedAttestation, quote: bytes) -> None:
+    padded = quote + b"\x00" * 300 + b"\xff"
+    parsed = verify_quote(padded, sim.quoting.trusted_root_der)
+    assert parsed.trailing == b"\x00" * 300 + b"\xff"
+    assert parsed.trailing_offset == len(quote)
+    assert parsed.signed_data == quote[:SIGNATURE_DATA_LEN_OFFSET]
+    assert parse_quote(quote).trailing == b""
+
+
+def test_signature_data_longer_than_the_quote_is_refused(quote: bytes) -> None:
+    with pytest.raises(
+        QuoteParseError, match=f"signature_data_len at offset {SIGNATURE_DATA_LEN_OFFSET}"
+    ):
+        parse_quote(quote[:-1])
 
 
 def test_pck_chain_must_be_pem(quote: bytes) -> None:
@@ -142,3 +153,19 @@ def test_chain_is_decoded_leaf_first(sim: SimulatedAttestation, quote: bytes) ->
         sim.quoting.pck.root.subject,
     ]
     assert all(isinstance(c, x509.Certificate) for c in chain)
+
+
+def test_v5_body_descriptor_is_checked(sim: SimulatedAttestation) -> None:
+    quote = sim.quoting.quote(sim.reports.tdreport(TD, REPORTDATA), version=5)
+    parsed = parse_quote(quote)
+    assert parsed.version == 5 and parsed.body_type == 3
+    assert parsed.body.mrtd == TD.mrtd and parsed.body.reportdata == REPORTDATA
+    for body_type in (1, 4, 0xFFFF):  # SGX enclave report, TD report 1.5 extended, unknown
+        bad = quote[:48] + struct.pack("<H", body_type) + quote[50:]
+        with pytest.raises(QuoteParseError, match=r"body_descriptor\.body_type at offset 48"):
+            parse_quote(bad)
+    wrong_size = quote[:50] + struct.pack("<I", 584) + quote[54:]
+    with pytest.raises(QuoteParseError, match=r"body_descriptor\.size at offset 50: 584"):
+        parse_quote(wrong_size)
+    with pytest.raises(QuoteParseError, match=r"header\.version at offset 0: 6, expected 4 or 5"):
+        parse_quote(struct.pack("<H", 6) + quote[2:])
