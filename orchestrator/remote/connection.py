@@ -162,14 +162,14 @@ class Connection:
         start = time.monotonic()
         transport = self._client.get_transport()
         if transport is None or not transport.is_active():
-            raise ConnectionLostError("the SSH session is closed")
+            raise ConnectionLostError("connection lost: the SSH session is closed")
         try:
             channel = transport.open_session(timeout=CONNECT_TIMEOUT_S)
             channel.set_combine_stderr(True)
             channel.settimeout(0.5)
             channel.exec_command(wrapped)
         except (OSError, paramiko.SSHException, EOFError) as exc:
-            raise ConnectionLostError(f"could not start a command: {exc}") from exc
+            raise ConnectionLostError(f"connection lost: could not start a command: {exc}") from exc
         output = bytearray()
         deadline = start + timeout + 10
         try:
@@ -198,7 +198,7 @@ class Connection:
             channel.close()
         seconds = time.monotonic() - start
         if status == -1:
-            raise ConnectionLostError("the command ended without an exit status (session dropped)")
+            raise ConnectionLostError("connection lost: the command ended without an exit status")
         if status == TIMEOUT_EXIT:
             raise RemoteCommandError(f"timed out after {timeout:.0f} s")
         if check and status != 0:

@@ -20,7 +20,7 @@ from typing import BinaryIO
 
 from orchestrator.remote import junit, transfer
 from orchestrator.remote.connection import Connection
-from orchestrator.remote.errors import ConnectionLostError, RemoteError
+from orchestrator.remote.errors import RemoteError
 from orchestrator.remote.inventory import Host
 from orchestrator.remote.preflight import Preflight, preflight
 
@@ -117,6 +117,7 @@ class HostResult:
     reason: str = ""
     notes: list[str] = field(default_factory=list)
     remote_dir: str | None = None
+    removed_dir: str | None = None
     junit_root: ET.Element | None = None
     seconds: float = 0.0
 
@@ -251,8 +252,10 @@ class HostRun:
         with log_path.open("wb") as step_log:
             try:
                 outcome = connection.run(line, step.timeout, log=step_log, check=False)
-            except ConnectionLostError as exc:
-                raise ConnectionLostError(f"{exc} (output so far in {log_path})") from exc
+            except RemoteError as exc:
+                if not step.junit:
+                    self.result.counts.failed += 1
+                raise type(exc)(f"{exc} (output so far in {log_path})") from exc
         self.result.figures += [m.decode(errors="replace") for m in _FIGURE.findall(outcome.output)]
         if not step.junit:
             if outcome.status == 0:
@@ -279,7 +282,7 @@ class HostRun:
                         self.host, self.options.known_hosts, accept_new=False, timeout=5
                     )
                 transfer.remove_run_directory(connection, run_dir)
-            self.result.remote_dir = None
+            self.result.remote_dir, self.result.removed_dir = None, run_dir
         except (RemoteError, OSError) as exc:
             self.result.notes.append(f"could not remove {run_dir} on the host: {exc}")
         finally:

@@ -3,6 +3,7 @@ generated host key and authorized key, run in the foreground (`sshd -D -e -f CON
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -55,10 +56,31 @@ class SshServer:
         return f"[127.0.0.1]:{self.port} {kind} {blob}\n"
 
     def kill(self) -> None:
-        """Kill the listener and every session it forked (the whole process group)."""
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(10)
+        """Kill the listener and every session process it forked (sessions call setsid(), so
+        they are found by parent links in /proc, not by process group)."""
+        if self.process.poll() is not None:
+            return
+        for pid in [self.process.pid, *_descendants(self.process.pid)]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.process.wait(10)
+
+
+def _descendants(root: int) -> list[int]:
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    found, frontier = [], [root]
+    while frontier:
+        parent = frontier.pop()
+        children = [pid for pid, ppid in parents.items() if ppid == parent]
+        found += children
+        frontier += children
+    return found
 
 
 def start(directory: Path, authorized_key: Path) -> SshServer:
