@@ -15,7 +15,7 @@ from tests.support import sshd
 WHY_NOT = sshd.available() or (
     "already inside a remote run" if os.environ.get("TDP_REMOTE_RUN") else None
 )
-# The shared venv of this machine: a "remote" host that is this machine reuses it (inventory `venv:`).
+# This venv: a "remote" host that is this machine reuses it (inventory key `venv:`).
 LOCAL_VENV = sys.prefix
 
 
