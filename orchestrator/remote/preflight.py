@@ -24,7 +24,7 @@ DEBIAN_PACKAGES = (
 )  # fmt: skip
 
 # A fixed script: nothing from an inventory is in it. One KEY=VALUE line per fact.
-_SCRIPT = r"""
+FACT_SCRIPT = r"""
 . /etc/os-release 2>/dev/null && echo "os=$PRETTY_NAME"
 echo "kernel=$(uname -r)"
 echo "arch=$(uname -m)"
@@ -142,5 +142,5 @@ def decide(result: Preflight) -> Preflight:
 
 def preflight(connection: Connection) -> Preflight:
     """Run the fact script on the host and decide what it can run."""
-    output = connection.run(_SCRIPT, PREFLIGHT_TIMEOUT_S).output.decode(errors="replace")
+    output = connection.run(FACT_SCRIPT, PREFLIGHT_TIMEOUT_S).output.decode(errors="replace")
     return decide(parse_facts(output))
