@@ -29,23 +29,24 @@ FACT_SCRIPT = r"""
 echo "kernel=$(uname -r)"
 echo "arch=$(uname -m)"
 echo "uid=$(id -u)"
-if sudo -n true 2>/dev/null; then echo sudo=yes; else echo sudo=no; fi
+if [ "$(id -u)" != 0 ] && sudo -n true 2>/dev/null; then echo sudo=yes; fi
 for p in python3.11 python3; do
   if command -v "$p" >/dev/null 2>&1; then
     echo "python=$("$p" -c 'import sys; print("%d.%d.%d" % sys.version_info[:3])')"; break
   fi
 done
 for t in tar timeout dpkg-query; do command -v "$t" >/dev/null 2>&1 && echo "tool=$t"; done
+echo "tmpdir=${TMPDIR:-/tmp}"
 if command -v dpkg-query >/dev/null 2>&1; then
+  installed=" $(dpkg-query -W -f='${db:Status-Abbrev}${Package} ' PACKAGES 2>/dev/null) "
   for p in PACKAGES; do
-    s=$(dpkg-query -W -f='${db:Status-Abbrev}' "$p" 2>/dev/null)
-    case "$s" in ii*) ;; *) echo "missing_package=$p";; esac
+    case "$installed" in *" ii $p "*) ;; *) echo "missing_package=$p";; esac
   done
 fi
 k=/sys/module/kvm_intel/parameters/tdx
 [ -r $k ] && echo "kvm_tdx=$(cat $k)"
 grep -qw tdx_host_platform /proc/cpuinfo 2>/dev/null && echo "cpu_tdx=yes"
-v=$( (dmesg 2>/dev/null || journalctl -k -q 2>/dev/null) |
+v=$( (dmesg 2>/dev/null || journalctl -k -b -q --no-pager -n 5000 2>/dev/null) |
   grep -io 'tdx.*module.*version[^,]*' | tail -n1)
 [ -n "$v" ] && echo "tdx_module=$v"
 [ -c /dev/kvm ] && echo "dev_kvm=yes"

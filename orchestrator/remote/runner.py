@@ -205,13 +205,11 @@ class HostRun:
 
     def _copy_and_run(self, connection: Connection, facts: Preflight) -> None:
         with self.step("copy"):
-            run_dir = transfer.make_run_directory(connection)
+            run_dir = transfer.run_directory_name(facts.facts.get("tmpdir", "/tmp"))
             self.result.remote_dir = run_dir
-            checkout = transfer.upload_checkout(connection, self.options.archive, run_dir)
-            if self.host.venv:
-                connection.run(
-                    f"ln -s {shlex.quote(self.host.venv)} {shlex.quote(checkout + '/.venv')}", 30
-                )
+            checkout = transfer.upload_checkout(
+                connection, self.options.archive, run_dir, self.host.venv
+            )
         results = f"{run_dir}/{COLLECT}"
         steps = list(self.options.suite.steps)
         if "qemu-tdx" in facts.backends:

@@ -4,10 +4,11 @@ a per-run directory the host creates with mktemp(1), and results fetched back th
 from __future__ import annotations
 
 import re
+import secrets
 import shlex
 import stat
 import subprocess
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import paramiko
 
@@ -16,7 +17,7 @@ from orchestrator.remote.errors import ConnectionLostError, RemoteCommandError, 
 
 ROOT = Path(__file__).resolve().parents[2]
 ARCHIVE_NAME = "checkout.tar"
-MKDIR_TIMEOUT_S = 30.0
+REMOVE_TIMEOUT_S = 30.0
 EXTRACT_TIMEOUT_S = 120.0
 _SAFE_REMOTE_PATH = re.compile(r"^/[A-Za-z0-9._/-]+$")
 
@@ -36,33 +37,40 @@ def archive_head(destination: Path, root: Path = ROOT) -> Path:
     return destination
 
 
-def make_run_directory(connection: Connection) -> str:
-    """A fresh directory for this run on the host; its path is checked before any use."""
-    output = connection.run(
-        'mktemp -d "${TMPDIR:-/tmp}/tdp-remote.XXXXXXXX"', MKDIR_TIMEOUT_S
-    ).output.decode(errors="replace")
-    path = output.strip().splitlines()[-1] if output.strip() else ""
-    if not _SAFE_REMOTE_PATH.match(path) or ".." in path.split("/"):
-        raise RemoteError(f"mktemp on the host returned an unusable path {path!r}")
-    return path
+def run_directory_name(tmpdir: str) -> str:
+    """A fresh, unguessable run directory path under the host's temporary directory."""
+    if not _SAFE_REMOTE_PATH.match(tmpdir) or ".." in tmpdir.split("/"):
+        raise RemoteError(f"the host's temporary directory {tmpdir!r} is not a plain path")
+    return f"{tmpdir.rstrip('/')}/tdp-remote.{secrets.token_hex(6)}"
 
 
-def upload_checkout(connection: Connection, archive: Path, run_dir: str) -> str:
-    """Copy the archive into `run_dir` over SFTP and unpack it in `run_dir`/checkout."""
-    remote_tar = str(PurePosixPath(run_dir) / ARCHIVE_NAME)
-    checkout = str(PurePosixPath(run_dir) / "checkout")
+def upload_checkout(
+    connection: Connection, archive: Path, run_dir: str, venv: str | None = None
+) -> str:
+    """Create `run_dir` over SFTP (mkdir fails on an existing name, so it is ours alone, as with
+    mktemp(1)), copy the archive into it, unpack it in `checkout`, and link `venv` as the
+    checkout's .venv when given. Returns the checkout's path."""
+    remote_tar = f"{run_dir}/{ARCHIVE_NAME}"
+    checkout = f"{run_dir}/checkout"
     sftp = connection.sftp()
     try:
+        sftp.mkdir(run_dir, mode=0o700)
         sftp.put(str(archive), remote_tar)
     except (OSError, paramiko.SSHException, EOFError) as exc:
-        raise ConnectionLostError(f"SFTP upload of {archive.name} failed: {exc}") from exc
+        error = RemoteError if connection.alive else ConnectionLostError
+        raise error(f"SFTP copy of {archive.name} to {run_dir} failed: {exc}") from exc
     finally:
         sftp.close()
-    connection.run(
+    command = (
         f"mkdir {shlex.quote(checkout)} && tar -xf {shlex.quote(remote_tar)} -C "
-        f"{shlex.quote(checkout)} && rm -f {shlex.quote(remote_tar)}",
-        EXTRACT_TIMEOUT_S,
+        f"{shlex.quote(checkout)} && rm -f {shlex.quote(remote_tar)}"
     )
+    if venv:
+        command += f" && ln -s {shlex.quote(venv)} {shlex.quote(checkout + '/.venv')}"
+    try:
+        connection.run(command, EXTRACT_TIMEOUT_S)
+    except RemoteError as exc:
+        raise type(exc)(f"unpacking the checkout: {exc}") from exc
     return checkout
 
 
@@ -100,4 +108,4 @@ def remove_run_directory(connection: Connection, run_dir: str) -> None:
     """Remove the per-run directory (only a path `make_run_directory` produced)."""
     if not _SAFE_REMOTE_PATH.match(run_dir) or "tdp-remote." not in run_dir:
         raise RemoteCommandError(f"refusing to remove {run_dir!r}: not a run directory")
-    connection.run(f"rm -rf -- {shlex.quote(run_dir)}", MKDIR_TIMEOUT_S)
+    connection.run(f"rm -rf -- {shlex.quote(run_dir)}", REMOVE_TIMEOUT_S)
