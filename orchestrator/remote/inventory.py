@@ -51,12 +51,18 @@ class Host:
     @property
     def label(self) -> str:
         """The name for a terminal: control characters shown as '?', so none reach it."""
-        return "".join(c if c.isprintable() else "?" for c in self.name)
+        return printable(self.name)
 
     @property
     def target(self) -> str:
         """USER@ADDRESS:PORT, for lines a person reads."""
         return f"{self.user}@{self.address}:{self.port}"
+
+
+def printable(text: str) -> str:
+    """`text` with control characters shown as '?': names and remote output never drive a
+    terminal."""
+    return "".join(c if c.isprintable() else "?" for c in text)
 
 
 def check_address(address: str) -> str | None:

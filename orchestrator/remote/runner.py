@@ -21,7 +21,7 @@ from typing import BinaryIO
 from orchestrator.remote import junit, transfer
 from orchestrator.remote.connection import Connection
 from orchestrator.remote.errors import RemoteError
-from orchestrator.remote.inventory import Host
+from orchestrator.remote.inventory import Host, printable
 from orchestrator.remote.preflight import Preflight, preflight
 
 RUN_TIMEOUT_S = 600.0
@@ -129,6 +129,27 @@ class HostResult:
 Progress = Callable[[str], None]
 
 
+def remote_command(step: SuiteStep, host: Host, checkout: str, results: str) -> str:
+    """The shell line a suite step runs on the host; every variable part is quoted.
+
+    A fresh host runs `./tdp TASK` (it bootstraps .venv first); a host whose inventory names a
+    `venv` runs that venv's invoke directly, since its setup is done.
+    """
+    if step.command is not None:
+        command = step.command.format(results=shlex.quote(results))
+    elif host.venv:
+        command = shlex.join([".venv/bin/invoke", *step.invoke_args])
+    else:
+        command = shlex.join(["./tdp", *step.invoke_args])
+    env = ["TDP_REMOTE_RUN=1"]
+    if step.junit:
+        env.append("PYTEST_ADDOPTS=" + shlex.quote(f"--junitxml={results}/{step.name}.xml"))
+    return (
+        f"mkdir -p {shlex.quote(results)} && cd {shlex.quote(checkout)} && "
+        f"{' '.join(env)} {command}"
+    )
+
+
 class HostRun:
     """Runs the steps for one host and records them."""
 
@@ -233,19 +254,7 @@ class HostRun:
     def _suite_step(
         self, connection: Connection, step: SuiteStep, checkout: str, results: str
     ) -> None:
-        if step.command is not None:
-            command = step.command.format(results=shlex.quote(results))
-        elif self.host.venv:
-            command = shlex.join([".venv/bin/invoke", *step.invoke_args])
-        else:
-            command = shlex.join(["./tdp", *step.invoke_args])
-        env = ["TDP_REMOTE_RUN=1"]
-        if step.junit:
-            env.append("PYTEST_ADDOPTS=" + shlex.quote(f"--junitxml={results}/{step.name}.xml"))
-        line = (
-            f"mkdir -p {shlex.quote(results)} && cd {shlex.quote(checkout)} && "
-            f"{' '.join(env)} {command}"
-        )
+        line = remote_command(step, self.host, checkout, results)
         log_path = self.result.local_dir / f"{step.name}.log"
         with log_path.open("wb") as step_log:
             try:
@@ -254,7 +263,9 @@ class HostRun:
                 if not step.junit:
                     self.result.counts.failed += 1
                 raise type(exc)(f"{exc} (output so far in {log_path})") from exc
-        self.result.figures += [m.decode(errors="replace") for m in _FIGURE.findall(outcome.output)]
+        self.result.figures += [
+            printable(m.decode(errors="replace")) for m in _FIGURE.findall(outcome.output)
+        ]
         if not step.junit:
             if outcome.status == 0:
                 self.result.counts.passed += 1
@@ -262,7 +273,8 @@ class HostRun:
                 self.result.counts.failed += 1
         if outcome.status != 0:
             tail = outcome.output.decode(errors="replace").strip().splitlines()[-1:] or [""]
-            raise RemoteError(f"exit status {outcome.status}: {tail[0][:200]} (log: {log_path})")
+            last = printable(tail[0][:200])
+            raise RemoteError(f"exit status {outcome.status}: {last} (log: {log_path})")
 
     def _finish(self, connection: Connection | None) -> None:
         """Remove the run directory (reconnecting once if the session dropped), close."""

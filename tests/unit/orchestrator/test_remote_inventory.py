@@ -3,6 +3,7 @@ and merging, and the final table."""
 
 from __future__ import annotations
 
+import shlex
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from orchestrator.remote.errors import InventoryError, PreflightError
 from orchestrator.remote.fleet import host_dir_name, render_table
 from orchestrator.remote.inventory import Host, check_address, load_inventory, parse_hosts
 from orchestrator.remote.preflight import decide, parse_facts
-from orchestrator.remote.runner import HostResult
+from orchestrator.remote.runner import SUITES, HostResult, SuiteName, remote_command
 
 
 def test_short_form_hosts_ports_and_ipv6() -> None:
@@ -179,3 +180,26 @@ def test_table_has_one_row_per_host_with_the_failed_step(tmp_path: Path) -> None
     ]
     assert lines[1].split() == ["lab-1", "tdxsim", "3", "0", "0", "4.2", "s", "PASS"]
     assert lines[2].split()[-3:] == ["FAIL", "at", "connect"]
+
+
+def test_remote_command_quotes_every_variable_part() -> None:
+    step = SUITES[SuiteName.DEFAULT].steps[1]
+    fresh = Host("h", "h", "u")
+    reused = Host("h", "h", "u", venv="/opt/v")
+    checkout, results = "/tmp/tdp-remote.x/check out;$(id)", "/tmp/tdp-remote.x/res'ults"
+    line = remote_command(step, fresh, checkout, results)
+    words = shlex.split(line)
+    assert words[words.index("cd") + 1] == checkout
+    assert f"PYTEST_ADDOPTS=--junitxml={results}/test.xml" in words
+    assert words[-2:] == ["./tdp", "test"]
+    assert shlex.split(remote_command(SUITES[SuiteName.SMOKE].steps[0], reused, "/c", "/r"))[
+        -2:
+    ] == [".venv/bin/invoke", "run"]
+    assert "TDP_REMOTE_RUN=1" in words
+
+
+def test_suites_add_commands_in_order() -> None:
+    assert [s.name for s in SUITES[SuiteName.SMOKE].steps] == ["run"]
+    assert [s.name for s in SUITES[SuiteName.DEFAULT].steps] == ["run", "test"]
+    assert [s.name for s in SUITES[SuiteName.TPM].steps] == ["run", "test", "tpm-suite"]
+    assert [s.invoke_args for s in SUITES[SuiteName.ALL].steps][-1] == ("test", "--tpm-suite")
