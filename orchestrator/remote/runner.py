@@ -292,6 +292,8 @@ class HostRun:
                         self.host, self.options.known_hosts, accept_new=False, timeout=5
                     )
                 transfer.remove_run_directory(connection, run_dir)
+                if self._log is not None:
+                    self._log.write(f"removed {run_dir} on the host\n".encode())
             self.result.remote_dir, self.result.removed_dir = None, run_dir
         except (RemoteError, OSError) as exc:
             self.result.notes.append(f"could not remove {run_dir} on the host: {exc}")

@@ -101,9 +101,16 @@ def test_smoke_suite_on_three_hosts_through_invoke_remote(lab: Lab, tmp_path: Pa
     }
     assert len([c for c in cases if c.get("name") == "run"]) == 3
     assert not any(c.find("failure") is not None for c in cases)
-    # each host's run directory was removed: the cleanup step's lines name them
-    logs = [line for line in result.stdout.splitlines() if "steps: connect" in line]
-    assert len(logs) == 3 and all("cleanup" in line for line in logs)
+    out_dir = Path(result.stdout.split("logs and results: ")[1].split()[0])
+    host_logs = sorted(out_dir.glob("*/host.log"))
+    assert len(host_logs) == 3
+    secret = lab.user_key.read_text().splitlines()[1]
+    for log in host_logs:
+        text = log.read_text()
+        removed = text.split("removed ")[1].split()[0]
+        assert removed.startswith("/tmp/tdp-remote.") and not Path(removed).exists()
+        assert secret not in text
+    assert secret not in result.stdout + result.stderr
 
 
 def test_failures_are_reported_by_step_while_other_hosts_pass(lab: Lab, tmp_path: Path) -> None:
@@ -230,3 +237,21 @@ def test_invoke_remote_refuses_bad_arguments() -> None:
         )
         assert result.returncode == 2, args
         assert expected in result.stderr, result.stderr
+
+
+def test_parallel_one_runs_hosts_one_after_another(lab: Lab, tmp_path: Path) -> None:
+    suite = Suite("fake", (SuiteStep("quick", command="echo quick"),))
+    out = StringIO()
+    fleet = run_fleet(
+        [_host(lab, 0), _host(lab, 1)],
+        suite,
+        lab.known_hosts(*lab.servers[:2]),
+        tmp_path,
+        parallel=1,
+        out=out,
+    )
+    assert fleet.exit_code == 0
+    lines = [line.split() for line in out.getvalue().splitlines() if line.startswith("  host")]
+    first_done = next(i for i, w in enumerate(lines) if w[:2] == ["host0", "passed"])
+    second_starts = next(i for i, w in enumerate(lines) if w[:2] == ["host1", "connect"])
+    assert first_done < second_starts
