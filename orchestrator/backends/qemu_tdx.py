@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -243,24 +243,36 @@ def run_guest_checks(config: TdConfig, user: str, key: Path) -> ET.Element:
     return suite
 
 
-def launch(config: TdConfig, guest_user: str = "", guest_key: Path | None = None) -> int:
+def launch(
+    config: TdConfig,
+    guest_user: str = "",
+    guest_key: Path | None = None,
+    preflight: Callable[[], None] = preflight_here,
+    timeout: float = BANNER_TIMEOUT_S,
+) -> int:
     """Preflight, write run.sh, start QEMU, wait for SSH, run the guest's TPM checks, power down.
 
     Without a guest disk the TD runs until QEMU exits (or the banner timeout) and the serial log
     is the result.
     """
-    preflight_here()
+    preflight()
     cmd = command_line(config)
     write_run_script(config, cmd)
     with (config.workdir / "qemu.log").open("wb") as qemu_log:
         process = subprocess.Popen(cmd, stdout=qemu_log, stderr=subprocess.STDOUT)
     try:
         if config.disk is not None and guest_key is not None:
-            wait_for_banner(config.ssh_port, process, BANNER_TIMEOUT_S)
+            wait_for_banner(config.ssh_port, process, timeout)
             suite = run_guest_checks(config, guest_user, guest_key)
             ET.ElementTree(suite).write(config.workdir / "guest.xml", encoding="utf-8")
             return 1 if suite.find("testcase/failure") is not None else 0
-        return process.wait(BANNER_TIMEOUT_S)
+        try:
+            return process.wait(timeout)
+        except subprocess.TimeoutExpired as exc:
+            raise QemuTdxError(
+                f"the TD still ran after {timeout:.0f} s; powered down "
+                f"(serial log: {config.serial_log})"
+            ) from exc
     finally:
         if process.poll() is None:
             power_down(config, process)
