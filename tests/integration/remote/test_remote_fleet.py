@@ -255,3 +255,32 @@ def test_parallel_one_runs_hosts_one_after_another(lab: Lab, tmp_path: Path) -> 
     first_done = next(i for i, w in enumerate(lines) if w[:2] == ["host0", "passed"])
     second_starts = next(i for i, w in enumerate(lines) if w[:2] == ["host1", "connect"])
     assert first_done < second_starts
+
+
+def test_pytest_junit_from_the_host_is_collected_and_counted(lab: Lab, tmp_path: Path) -> None:
+    """A suite step that runs `invoke test` on the host: its JUnit XML comes back and counts."""
+    target = "tests/unit/orchestrator/test_qemu_tdx.py"
+    step = SuiteStep("unit", ("test", "--path", target), junit=True)
+    junit_dir = tmp_path / "junit"
+    fleet = run_fleet(
+        [_host(lab, 0)],
+        Suite("fake", (step,)),
+        lab.known_hosts(lab.servers[0]),
+        tmp_path / "out",
+        junit_dir=junit_dir,
+        out=StringIO(),
+    )
+    (result,) = fleet.results
+    assert fleet.exit_code == 0, result.reason
+    local = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "--collect-only", target],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    collected = int(local.stdout.strip().splitlines()[-1].split()[0])
+    assert (result.counts.passed + result.counts.skipped, result.counts.failed) == (collected, 0)
+    assert (result.local_dir / "results" / "unit.xml").is_file()
+    host_file = ET.parse(junit_dir / "01-host0.xml").getroot()
+    assert [s.get("name") for s in host_file.iter("testsuite")] == ["host0: steps", "host0: pytest"]

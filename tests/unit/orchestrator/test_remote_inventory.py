@@ -3,6 +3,7 @@ and merging, and the final table."""
 
 from __future__ import annotations
 
+import io
 import shlex
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -12,7 +13,7 @@ import pytest
 from orchestrator.errors import OrchestratorError
 from orchestrator.remote import junit
 from orchestrator.remote.errors import InventoryError, PreflightError
-from orchestrator.remote.fleet import host_dir_name, render_table
+from orchestrator.remote.fleet import ProgressBoard, host_dir_name, render_table
 from orchestrator.remote.inventory import Host, check_address, load_inventory, parse_hosts
 from orchestrator.remote.preflight import decide, parse_facts
 from orchestrator.remote.runner import SUITES, HostResult, SuiteName, remote_command
@@ -203,3 +204,30 @@ def test_suites_add_commands_in_order() -> None:
     assert [s.name for s in SUITES[SuiteName.DEFAULT].steps] == ["run", "test"]
     assert [s.name for s in SUITES[SuiteName.TPM].steps] == ["run", "test", "tpm-suite"]
     assert [s.invoke_args for s in SUITES[SuiteName.ALL].steps][-1] == ("test", "--tpm-suite")
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_board_redraws_one_line_per_host_on_a_terminal() -> None:
+    terminal = _Terminal()
+    board = ProgressBoard([Host("a", "h", "u"), Host("b\x1b[2J", "h", "u")], terminal)
+    board.update(0, "connect")
+    board.update(1, "copy")
+    frames = terminal.getvalue().split("\x1b[2F")
+    assert len(frames) == 2  # drawn, then moved up over its two lines and redrawn
+    last = [line.split() for line in frames[1].replace("\x1b[2K", "").splitlines()]
+    assert [words[:2] for words in last] == [["a", "connect"], ["b?[2J", "copy"]]
+
+
+def test_progress_board_prints_a_line_per_change_elsewhere() -> None:
+    stream = io.StringIO()
+    board = ProgressBoard([Host("a", "h", "u")], stream)
+    board.update(0, "connect")
+    board.update(0, "preflight")
+    assert [line.split()[:2] for line in stream.getvalue().splitlines()] == [
+        ["a", "connect"],
+        ["a", "preflight"],
+    ]
