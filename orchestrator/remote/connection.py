@@ -29,6 +29,7 @@ from orchestrator.remote.errors import (
 from orchestrator.remote.inventory import Host, check_address, check_user
 
 CONNECT_TIMEOUT_S = 15.0
+SFTP_TIMEOUT_S = 120.0
 TIMEOUT_EXIT = 124  # coreutils timeout(1): the command timed out
 _KNOWN_HOSTS_LOCK = threading.Lock()
 
@@ -207,7 +208,11 @@ class Connection:
 
     def sftp(self) -> paramiko.SFTPClient:
         try:
-            return self._client.open_sftp()
+            sftp = self._client.open_sftp()
+            channel = sftp.get_channel()
+            if channel is not None:
+                channel.settimeout(SFTP_TIMEOUT_S)  # no SFTP request waits longer than this
+            return sftp
         except (OSError, paramiko.SSHException, EOFError) as exc:
             raise ConnectionLostError(f"SFTP could not start: {exc}") from exc
 
