@@ -67,6 +67,26 @@ class _NewKeyPolicy(paramiko.MissingHostKeyPolicy):
         client.get_host_keys().add(hostname, key.get_name(), key)
 
 
+def _load_key(path: Path) -> paramiko.PKey:
+    """The private key in `path`; errors name the file, never its content."""
+    if not path.is_file():
+        raise ConnectError(f"identity file {path} does not exist")
+    try:
+        return paramiko.PKey.from_path(str(path))
+    except paramiko.PasswordRequiredException as exc:
+        raise ConnectError(f"identity {path} is encrypted; load it into ssh-agent") from exc
+    except TypeError as exc:  # cryptography's way of saying a PEM key needs its passphrase
+        if "password" in str(exc):
+            raise ConnectError(f"identity {path} is encrypted; load it into ssh-agent") from exc
+        raise ConnectError(
+            f"identity {path} is not a private key paramiko can read: {exc}"
+        ) from exc
+    except (paramiko.SSHException, ValueError, OSError) as exc:
+        raise ConnectError(
+            f"identity {path} is not a private key paramiko can read: {exc}"
+        ) from exc
+
+
 @dataclass
 class CommandResult:
     """What a remote command returned: its exit status and combined output."""
@@ -104,14 +124,13 @@ class Connection:
                     raise HostKeyError(f"known_hosts file {known_hosts}: {exc}") from exc
         client.set_missing_host_key_policy(_NewKeyPolicy(known_hosts, accept_new))
         identity = host.identity
-        if identity is not None and not identity.is_file():
-            raise ConnectError(f"identity file {identity} does not exist")
+        key = _load_key(identity) if identity is not None else None
         try:
             client.connect(
                 host.address,
                 port=host.port,
                 username=host.user,
-                key_filename=str(identity) if identity else None,
+                pkey=key,
                 look_for_keys=identity is None,
                 allow_agent=identity is None,
                 timeout=timeout,
@@ -129,14 +148,11 @@ class Connection:
         except HostKeyError:
             client.close()
             raise
-        except paramiko.PasswordRequiredException as exc:
-            client.close()
-            raise ConnectError(f"identity {identity} is encrypted; load it into ssh-agent") from exc
         except paramiko.AuthenticationException as exc:
             client.close()
-            key = f"key {identity}" if identity else "the agent's and default keys"
+            offered = f"key {identity}" if identity else "the agent's and default keys"
             raise ConnectError(
-                f"authentication refused for {host.user}: {key} not accepted"
+                f"authentication refused for {host.user}: {offered} not accepted"
             ) from exc
         except (OSError, paramiko.SSHException, EOFError) as exc:
             client.close()

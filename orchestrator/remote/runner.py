@@ -173,8 +173,10 @@ class HostRun:
         error: str | None = None
         try:
             yield
-        except (RemoteError, OSError, ET.ParseError) as exc:
+        except Exception as exc:  # any failure ends this host's run, never the fleet's
             error = str(exc) or type(exc).__name__
+            if not isinstance(exc, RemoteError | OSError | ET.ParseError):
+                error = f"unexpected {type(exc).__name__}: {error}"
             if self.result.failed_step is None:
                 self.result.failed_step, self.result.reason = name, error
             raise
@@ -197,8 +199,11 @@ class HostRun:
                 connection = self._connect()
                 facts = self._preflight(connection)
                 self._copy_and_run(connection, facts)
-            except (RemoteError, OSError, ET.ParseError):
-                pass  # recorded by step() with the step's name
+            except Exception as exc:  # recorded by step() with its name, unless outside one
+                if self.result.failed_step is None:
+                    self.result.failed_step = "local"
+                    self.result.reason = f"{type(exc).__name__}: {exc}"
+
             finally:
                 self._finish(connection)
                 self.result.seconds = time.monotonic() - start
@@ -295,7 +300,7 @@ class HostRun:
                 if self._log is not None:
                     self._log.write(f"removed {run_dir} on the host\n".encode())
             self.result.remote_dir, self.result.removed_dir = None, run_dir
-        except (RemoteError, OSError) as exc:
+        except Exception as exc:  # the host is unreachable or refuses: say where the files are
             self.result.notes.append(f"could not remove {run_dir} on the host: {exc}")
         finally:
             if connection is not None:

@@ -19,6 +19,7 @@ from orchestrator.remote.fleet import host_dir_name, run_fleet
 from orchestrator.remote.inventory import Host
 from orchestrator.remote.runner import Status, Suite, SuiteStep
 from tests.integration.remote.conftest import LOCAL_VENV, Lab
+from tests.support import sshd
 
 ROOT = Path(__file__).resolve().parents[3]
 INVOKE = Path(sys.executable).parent / "invoke"
@@ -284,3 +285,34 @@ def test_pytest_junit_from_the_host_is_collected_and_counted(lab: Lab, tmp_path:
     assert (result.local_dir / "results" / "unit.xml").is_file()
     host_file = ET.parse(junit_dir / "01-host0.xml").getroot()
     assert [s.get("name") for s in host_file.iter("testsuite")] == ["host0: steps", "host0: pytest"]
+
+
+def test_unusable_keys_and_closed_ports_fail_at_connect_by_name(lab: Lab, tmp_path: Path) -> None:
+    garbage = tmp_path / "garbage"
+    garbage.write_text("not a key\n")
+    encrypted = tmp_path / "encrypted"
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "passphrase", "-f", str(encrypted)],
+        check=True,
+        timeout=30,
+    )
+    hosts = [
+        _host(lab, 0, "garbage", identity=garbage),
+        _host(lab, 0, "encrypted", identity=encrypted),
+        _host(lab, 0, "no-key-file", identity=tmp_path / "absent"),
+        _host(lab, 0, "closed", port=sshd.free_port()),
+    ]
+    fleet = run_fleet(
+        hosts,
+        Suite("fake", (SuiteStep("quick", command="true"),)),
+        lab.known_hosts(lab.servers[0]),
+        tmp_path / "out",
+        out=StringIO(),
+    )
+    reasons = {r.host.name: (r.failed_step, r.reason) for r in fleet.results}
+    assert reasons["garbage"][1].startswith(f"identity {garbage} is not a private key")
+    assert reasons["encrypted"][1] == f"identity {encrypted} is encrypted; load it into ssh-agent"
+    assert reasons["no-key-file"][1] == f"identity file {tmp_path / 'absent'} does not exist"
+    assert reasons["closed"][1].startswith("cannot reach root@127.0.0.1:")
+    assert {step for step, _ in reasons.values()} == {"connect"}
+    assert "passphrase" not in "".join(reason for _, reason in reasons.values())
