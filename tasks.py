@@ -184,7 +184,48 @@ def attest(c: Context) -> None:
     _not_yet("attest", "the verifier's combined attestation and a running TD")
 
 
-@task
-def remote(c: Context) -> None:
-    """Run the test suite on remote TDX hosts over SSH."""
-    _not_yet("remote", "the orchestrator's SSH backend")
+@task(
+    help={
+        "hosts": "USER@HOST[:PORT],... (the short form of an inventory)",
+        "inventory": "YAML inventory of hosts (format: orchestrator/remote/inventory.py)",
+        "identity": "private key for hosts that name none",
+        "parallel": "how many hosts run at once (default: all)",
+        "suite": "smoke (./tdp run), default (+ ./tdp test), tpm (+ tpm2-pytss suite), all",
+        "junit": "write one JUnit XML file per host and merged.xml into this directory",
+        "keep": "leave each host's run directory in place",
+        "accept-new-host-keys": "record unknown host keys in known_hosts (a changed key is "
+        "always refused)",
+        "known-hosts": "known_hosts file (default: ~/.ssh/known_hosts)",
+        "user": "user for hosts that name none (default: the local user)",
+    }
+)
+def remote(
+    c: Context,
+    hosts: str = "",
+    inventory: str = "",
+    identity: str = "",
+    parallel: int = 0,
+    suite: str = "smoke",
+    junit: str = "",
+    keep: bool = False,
+    accept_new_host_keys: bool = False,
+    known_hosts: str = "~/.ssh/known_hosts",
+    user: str = "",
+) -> None:
+    """Run the project's suite on hosts over SSH, in parallel; one table, JUnit per host."""
+    from orchestrator.remote.cli import main as remote_main
+
+    code = remote_main(
+        hosts=hosts,
+        inventory=inventory,
+        identity=identity,
+        parallel=parallel,
+        suite=suite,
+        junit=junit,
+        keep=keep,
+        accept_new_host_keys=accept_new_host_keys,
+        known_hosts=known_hosts,
+        user=user,
+    )
+    if code:
+        raise Exit(code=code)
