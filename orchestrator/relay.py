@@ -102,7 +102,7 @@ class RelayHub:
             return RelayState.ERROR, b""
         return pending.state, pending.answer
 
-    # --- RelayHook -------------------------------------------------------------------------------
+    # --- RelayHook -------------------------------------------------------------------
     def next_command(self, timeout: float) -> RelayCommand | None:
         """The oldest command no client gave up on (waits at most `timeout` seconds)."""
         while True:
@@ -194,7 +194,7 @@ class RelayServer:
         for listener in (self._command, self._platform):
             listener.close()
 
-    # --- connections -------------------------------------------------------------------------------
+    # --- connections -------------------------------------------------------------------
     def _accept(self, listener: socket.socket, serve: Serve) -> None:
         listener.settimeout(POLL_S)
         while not self._stop.is_set():

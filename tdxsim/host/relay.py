@@ -204,7 +204,7 @@ class HostRelay:
             self.stats.failed += 1
             self.hook.response(flight.sequence, RelayState.ERROR, b"")
 
-    # --- internals ---------------------------------------------------------------------------------
+    # --- internals -------------------------------------------------------------------
     def _next_sequence(self) -> int:
         self._sequence = (self._sequence + 1) & U32_MAX
         return self._sequence

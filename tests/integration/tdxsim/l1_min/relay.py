@@ -6,7 +6,8 @@ RELAY_NOTIFY_PORT. TPM commands run on a libtpms engine when the image carries v
 TPM clients work end to end), else they are echoed with a marker. A command whose message starts
 with b"lie:" makes it answer with a ring that lies in the way the rest names (see LIES).
 POWER_CYCLE powers the engine off and on (the client sends TPM2_Startup again, as after a
-platform power cycle) and answers b"power-cycle vm N". Runs until the host stops it.
+platform power cycle) and answers b"power-cycle vm N: " and the host's launch command line (the
+IGVM command-line parameter at COMMAND_LINE_GPA, empty without one). Runs until the host stops it.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ HEADER = struct.Struct("<IHHIIIII4s")  # magic, version, vm, sequence, state, le
 COMMAND, RESPONSE, ERROR = 1, 2, 3
 TPM_COMMAND, POWER_CYCLE = 0, 1
 ECHO_MARKER = b"relayed by l1_min:"
+COMMAND_LINE_GPA, COMMAND_LINE_MAX = 0x9800, 0x800  # the project recipe's parameter area
 LIES = {
     b"magic": lambda h: h._replace(magic=0xBAD),
     b"sequence": lambda h: h._replace(sequence=(h.sequence + 7) & 0xFFFFFFFF),
@@ -81,6 +83,8 @@ def serve(platform: Any) -> str:
             continue
         message = page[HEADER.size : HEADER.size + min(header.length, PAGE - HEADER.size)]
         state, answer = _answer(engine, header, message)
+        if header.kind == POWER_CYCLE:
+            answer += l1.read(COMMAND_LINE_GPA, COMMAND_LINE_MAX).split(b"\0", 1)[0]
         reply = header._replace(state=state, length=len(answer))
         if message.startswith(b"lie:"):
             reply = LIES.get(message[4:], lambda h: h)(reply)
@@ -93,7 +97,7 @@ def _answer(engine: Any, header: Ring, message: bytes) -> tuple[int, bytes]:
         if engine is not None:
             engine.power_off()
             engine.power_on()
-        return RESPONSE, f"power-cycle vm {header.vm}".encode()
+        return RESPONSE, f"power-cycle vm {header.vm}: ".encode()
     if header.kind != TPM_COMMAND:
         return ERROR, b""
     if engine is None or message.startswith(b"lie:"):
