@@ -9,10 +9,11 @@ arrival order; a client that vanishes mid-command costs only its own answer, whi
 
 Platform port policy: with `dev_platform_port`, a power cycle (POWER_OFF then POWER_ON, RESET,
 RESTART; the swtpm TCTI's reset reads as the first) becomes a POWER_CYCLE relay command (L1
-resets and manufactures that L2's vTPM again) and CMD_SET_LOCALITY sets the locality of
-swtpm-framed commands. Without it, the platform port acknowledges only the signals that change
-nothing, the ones the mssim TCTI sends when it connects (POWER_ON of a powered TPM, NV_ON,
-CANCEL_OFF, SESSION_END, ACT_GET_SIGNALED); every other signal is refused with the simulator
+resets and manufactures that L2's vTPM again). Without it, the platform port acknowledges only
+what changes nothing and what the TCTIs send when they connect: the swtpm TCTI's
+CMD_SET_LOCALITY (the locality of later swtpm-framed commands, passed in the ring, where L1
+decides), and POWER_ON of a powered TPM, NV_ON, CANCEL_OFF, SESSION_END and ACT_GET_SIGNALED
+(the mssim TCTI sends the first two); every other signal is refused with the simulator
 protocol's failure reply and logged, as `vtpm serve` refuses TPM_STOP without `--allow-stop`, and
 the server keeps serving. TPM_STOP is always refused: SIGINT or SIGTERM end `--serve`.
 """
@@ -55,6 +56,7 @@ POLL_S = 0.2  # sockets wake this often to see a stop request
 IDLE_TIMEOUT_S = 60.0  # a silent connection is closed after this
 MAX_CONNECTIONS = 64
 PLATFORM_FAILURE = 1
+HAVE_QUICKACK = hasattr(socket, "TCP_QUICKACK")
 PORT_PAIR_ATTEMPTS = 50
 MAX_PORT = 65534
 HARMLESS_SIGNALS = frozenset(
@@ -239,7 +241,10 @@ class RelayServer:
         idle = 0.0
         while not self._stop.is_set() and idle < IDLE_TIMEOUT_S:
             try:
-                return sock.recv(RECV_SIZE)
+                data = sock.recv(RECV_SIZE)
+                if HAVE_QUICKACK:  # the mssim TCTI writes a frame in pieces: ACK each at once
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+                return data
             except TimeoutError:
                 idle += POLL_S
         return b""
@@ -286,10 +291,8 @@ class RelayServer:
                 sock.sendall(reply)
 
     def _set_locality(self, request: SwtpmControlRequest, peer: str) -> int:
-        if not self.dev_platform_port:
-            self._refuse(peer, "CMD_SET_LOCALITY without --dev-platform-port")
-            return TPM_FAIL
         if request.argument > MAX_LOCALITY:
+            self._refuse(peer, f"CMD_SET_LOCALITY {request.argument}")
             return TPM_FAIL
         self._swtpm_locality = request.argument
         return TPM_SUCCESS
