@@ -21,10 +21,13 @@ the server keeps serving. TPM_STOP is always refused: SIGINT or SIGTERM end `--s
 from __future__ import annotations
 
 import contextlib
+import enum
 import logging
 import queue
+import selectors
 import socket
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -69,20 +72,24 @@ HARMLESS_SIGNALS = frozenset(
     }
 )
 POWER_CYCLE_SIGNALS = frozenset({MssimCommand.RESET, MssimCommand.RESTART})
-Serve = Callable[[socket.socket, str], None]
+Done = Callable[[RelayState, bytes], None]
 
 
 @dataclass
 class _Pending:
     command: RelayCommand
-    done: threading.Event = field(default_factory=threading.Event)
-    state: RelayState = RelayState.ERROR
-    answer: bytes = b""
-    cancelled: bool = False
+    done: Done
+    queued_at: float = field(default_factory=time.monotonic)
+    issued: bool = False  # handed to the host loop: its answer will come
+    cancelled: bool = False  # the client gave up before that: skip it
 
 
 class RelayHub:
-    """Commands from the server's connections to the host loop, answers back (a RelayHook)."""
+    """Commands from the server to the host loop, answers back (a `RelayHook`).
+
+    Every command submitted gets exactly one answer through its callback: the TD's, or ERROR
+    when it was cancelled before the host took it or when the hub closed. Callbacks run in the
+    host loop's thread (or the closing one) and must only hand the answer on."""
 
     def __init__(self, command_timeout_s: float = COMMAND_TIMEOUT_S) -> None:
         self.command_timeout_s = command_timeout_s
@@ -91,18 +98,42 @@ class RelayHub:
         self._lock = threading.Lock()
         self._closed = False
 
+    def submit_async(self, command: RelayCommand, done: Done) -> _Pending:
+        """Queue `command`; `done(state, answer)` is called once when it is answered."""
+        pending = _Pending(command, done)
+        with self._lock:
+            closed = self._closed
+            if not closed:
+                self._queue.put(pending)
+        if closed:
+            done(RelayState.ERROR, b"")
+        return pending
+
+    def cancel(self, pending: _Pending) -> bool:
+        """Give up on a command the host has not taken yet (answered ERROR); False if taken."""
+        with self._lock:
+            if pending.issued or pending.cancelled:
+                return False
+            pending.cancelled = True
+        pending.done(RelayState.ERROR, b"")
+        return True
+
     def submit(self, command: RelayCommand) -> tuple[RelayState, bytes]:
         """Queue `command` and wait (bounded) for its answer; ERROR if none came in time."""
-        pending = _Pending(command)
-        with self._lock:
-            if self._closed:
-                return RelayState.ERROR, b""
-            self._queue.put(pending)
-        if not pending.done.wait(self.command_timeout_s):
-            pending.cancelled = True
-            log.warning("relay: no answer for vm %d in %.0f s", command.vm, self.command_timeout_s)
-            return RelayState.ERROR, b""
-        return pending.state, pending.answer
+        answered = threading.Event()
+        result: list[tuple[RelayState, bytes]] = []
+
+        def done(state: RelayState, answer: bytes) -> None:
+            result.append((state, answer))
+            answered.set()
+
+        pending = self.submit_async(command, done)
+        if not answered.wait(self.command_timeout_s):
+            if self.cancel(pending):
+                log.warning("relay: no answer for vm %d in %.0f s", command.vm,
+                            self.command_timeout_s)  # fmt: skip
+            answered.wait(self.command_timeout_s)
+        return result[0] if result else (RelayState.ERROR, b"")
 
     # --- RelayHook -------------------------------------------------------------------
     def next_command(self, timeout: float) -> RelayCommand | None:
@@ -114,34 +145,61 @@ class RelayHub:
                 )
             except queue.Empty:
                 return None
-            if not pending.cancelled:
-                self._issued.append(pending)
-                return pending.command
+            with self._lock:
+                if pending.cancelled:
+                    continue
+                pending.issued = True
+            self._issued.append(pending)
+            return pending.command
 
     def response(self, sequence: int, state: RelayState, message: bytes) -> None:
         """The answer to the oldest command handed out (the host answers each once, in order)."""
         if not self._issued:
             log.warning("relay: answer %d with no command outstanding: dropped", sequence)
             return
-        pending = self._issued.popleft()
-        pending.state, pending.answer = state, message
-        pending.done.set()
+        self._issued.popleft().done(state, message)
 
     def close(self) -> None:
-        """Fail every waiting command; later submissions fail at once."""
+        """Answer every waiting command ERROR; later submissions fail at once."""
         with self._lock:
             self._closed = True
         while True:
             try:
-                self._queue.get_nowait().done.set()
+                pending = self._queue.get_nowait()
             except queue.Empty:
                 break
+            if not pending.cancelled:
+                pending.done(RelayState.ERROR, b"")
         while self._issued:
-            self._issued.popleft().done.set()
+            self._issued.popleft().done(RelayState.ERROR, b"")
+
+
+class Port(enum.Enum):
+    """Which listening port a connection came in on."""
+
+    COMMAND = "command"
+    PLATFORM = "platform"
+
+
+@dataclass(eq=False)
+class _Connection:
+    sock: socket.socket
+    port: Port
+    peer: str
+    channel: CommandChannel | PlatformChannel
+    output: bytearray = field(default_factory=bytearray)
+    waiting: _Pending | None = None  # a command of this connection is with the TD
+    closing: bool = False  # close once the output is sent
+    closed: bool = False
+    last_active: float = field(default_factory=time.monotonic)
 
 
 class RelayServer:
-    """The command port and the platform port right above it, serving one L2's vTPM."""
+    """The command port and the platform port right above it, serving one L2's vTPM.
+
+    One thread runs a selector loop over both listeners and every connection; a command for the
+    TD is handed to the hub and the connection reads nothing more until its answer is back (the
+    answer wakes the loop through a socket pair), so each connection's answers keep its order."""
 
     def __init__(
         self,
@@ -159,9 +217,11 @@ class RelayServer:
         self._command, self._platform = _bind_pair(host, port)
         self.port: int = self._command.getsockname()[1]
         self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
-        self._sockets: set[socket.socket] = set()
-        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._selector = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._answers: deque[tuple[_Connection, RelayState, bytes, bool]] = deque()
+        self._connections: dict[int, _Connection] = {}
         self._powered_off = False
         self._swtpm_locality = 0
         self.refused: deque[str] = deque(maxlen=256)
@@ -174,121 +234,218 @@ class RelayServer:
         }
 
     def start(self) -> None:
-        """Accept on both ports in background threads."""
-        for listener, serve in ((self._command, self._serve_command),
-                                (self._platform, self._serve_platform)):  # fmt: skip
-            thread = threading.Thread(
-                target=self._accept, args=(listener, serve), name="relay-accept", daemon=True
-            )
-            thread.start()
-            self._threads.append(thread)
+        """Serve in a background thread."""
+        self._thread = threading.Thread(target=self._loop, name="relay-server", daemon=True)
+        self._thread.start()
 
     def stop(self) -> None:
-        """Stop accepting, close every connection, wait for the threads."""
+        """Stop the loop, close every connection and both listeners."""
         self._stop.set()
         self.hub.close()
-        with self._lock:
-            for sock in list(self._sockets):
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-        for thread in list(self._threads):
-            thread.join(POLL_S * 10)
-        for listener in (self._command, self._platform):
-            listener.close()
+        self._wake()
+        if self._thread is not None:
+            self._thread.join(POLL_S * 10)
+        else:
+            self._shutdown()
 
-    # --- connections -------------------------------------------------------------------
-    def _accept(self, listener: socket.socket, serve: Serve) -> None:
-        listener.settimeout(POLL_S)
-        while not self._stop.is_set():
-            try:
-                sock, address = listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            with self._lock:
-                if len(self._sockets) >= MAX_CONNECTIONS:
-                    log.warning("relay: %d connections open; refusing %s", MAX_CONNECTIONS, address)
-                    sock.close()
-                    continue
-                self._sockets.add(sock)
-            thread = threading.Thread(
-                target=self._connection, args=(sock, address, serve), daemon=True
-            )
-            self._threads = [t for t in self._threads if t.is_alive()]
-            self._threads.append(thread)
-            thread.start()
-
-    def _connection(self, sock: socket.socket, address: tuple[str, int], serve: Serve) -> None:
-        peer = f"{address[0]}:{address[1]}"
-        sock.settimeout(POLL_S)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    # --- the loop --------------------------------------------------------------------
+    def _loop(self) -> None:
+        sel = self._selector
+        for listener, port in ((self._command, Port.COMMAND), (self._platform, Port.PLATFORM)):
+            listener.setblocking(False)
+            sel.register(listener, selectors.EVENT_READ, port)
+        self._wake_r.setblocking(False)
+        sel.register(self._wake_r, selectors.EVENT_READ, None)
         try:
-            serve(sock, peer)
-        except ProtocolError as exc:
-            log.warning("relay connection %s: %s", peer, exc)
-            with contextlib.suppress(OSError):
-                sock.sendall(exc.reply)
-        except (OSError, ValueError) as exc:
-            log.info("relay connection %s: %s: closing", peer, exc)
+            while not self._stop.is_set():
+                for key, _events in sel.select(POLL_S):
+                    if isinstance(key.data, Port):
+                        self._accept(key.fileobj, key.data)  # type: ignore[arg-type]
+                    elif key.data is None:
+                        self._take_answers()
+                    else:
+                        self._service(key.data)
+                self._sweep()
         finally:
-            with self._lock:
-                self._sockets.discard(sock)
+            self._shutdown()
+
+    def _accept(self, listener: socket.socket, port: Port) -> None:
+        try:
+            sock, address = listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            log.warning("relay: accept on the %s port failed: %s", port.value, exc)
+            return
+        if len(self._connections) >= MAX_CONNECTIONS:
+            log.warning("relay: %d connections open; refusing %s", MAX_CONNECTIONS, address)
             sock.close()
-
-    def _chunks(self, sock: socket.socket) -> bytes:
-        """The next bytes from `sock`, b"" at its end, the stop request or the idle timeout."""
-        idle = 0.0
-        while not self._stop.is_set() and idle < IDLE_TIMEOUT_S:
-            try:
-                data = sock.recv(RECV_SIZE)
-                if HAVE_QUICKACK:  # the mssim TCTI writes a frame in pieces: ACK each at once
-                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
-                return data
-            except TimeoutError:
-                idle += POLL_S
-        return b""
-
-    def _serve_command(self, sock: socket.socket, peer: str) -> None:
-        channel = CommandChannel()
-        while data := self._chunks(sock):
-            channel.feed(data)
-            while (request := channel.next_request()) is not None:
-                if isinstance(request, TpmRequest):
-                    mssim = channel.framing is Framing.MSSIM
-                    locality = request.locality if mssim else self._swtpm_locality
-                    response = self._run(request.command, locality)
-                    sock.sendall(mssim_response(response) if mssim else response)
-                elif request.code is MssimCommand.REMOTE_HANDSHAKE:
-                    sock.sendall(handshake_response())
-                elif request.code is MssimCommand.SESSION_END:
-                    return
-                else:  # TPM_STOP
-                    self._refuse(peer, "TPM_STOP (SIGINT or SIGTERM end the relay)")
-                    sock.sendall(U32.pack(PLATFORM_FAILURE))
-
-    def _run(self, command: bytes, locality: int) -> bytes:
-        if self._powered_off:
-            return error_response(TPM_RC_FAILURE)  # a powered-off TPM answers nothing useful
-        state, answer = self.hub.submit(
-            RelayCommand(self.vm, RelayKind.TPM_COMMAND, locality, command)
+            return
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        channel: CommandChannel | PlatformChannel = (
+            CommandChannel() if port is Port.COMMAND else PlatformChannel()
         )
-        if state != RelayState.RESPONSE or not answer:
-            return error_response(TPM_RC_FAILURE)
-        return answer
+        conn = _Connection(sock, port, f"{address[0]}:{address[1]}", channel)
+        self._connections[sock.fileno()] = conn
+        self._selector.register(sock, selectors.EVENT_READ, conn)
 
-    def _serve_platform(self, sock: socket.socket, peer: str) -> None:
-        channel = PlatformChannel()
-        while data := self._chunks(sock):
-            channel.feed(data)
-            while (request := channel.next_request()) is not None:
-                if isinstance(request, SwtpmControlRequest):
-                    sock.sendall(U32.pack(self._set_locality(request, peer)))
-                    continue
-                reply = self._signal(request, peer)
-                if reply is None:
-                    return
-                sock.sendall(reply)
+    def _service(self, conn: _Connection) -> None:
+        try:
+            if conn.output:
+                self._flush(conn)
+                return
+            data = conn.sock.recv(RECV_SIZE)
+            if HAVE_QUICKACK:  # the mssim TCTI writes a frame in pieces: ACK each at once
+                conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+            if not data:
+                self._close(conn)
+                return
+            conn.last_active = time.monotonic()
+            conn.channel.feed(data)
+            self._run_requests(conn)
+        except (BlockingIOError, InterruptedError):
+            return
+        except ProtocolError as exc:
+            log.warning("relay %s connection %s: %s", conn.port.value, conn.peer, exc)
+            conn.output += exc.reply
+            conn.closing = True
+            self._flush(conn)
+        except (OSError, ValueError) as exc:
+            log.info("relay %s connection %s: %s: closing", conn.port.value, conn.peer, exc)
+            self._close(conn)
+
+    def _run_requests(self, conn: _Connection) -> None:
+        """Answer what is parsed, until a request has to wait for the TD."""
+        while conn.waiting is None and not conn.closing and not conn.closed:
+            request = conn.channel.next_request()
+            if request is None:
+                break
+            if isinstance(request, TpmRequest):
+                self._tpm_command(conn, request)
+            elif isinstance(request, SwtpmControlRequest):
+                conn.output += U32.pack(self._set_locality(request, conn.peer))
+            elif conn.port is Port.COMMAND:
+                self._command_control(conn, request)
+            else:
+                self._signal(conn, request)
+        self._flush(conn)
+
+    def _tpm_command(self, conn: _Connection, request: TpmRequest) -> None:
+        assert isinstance(conn.channel, CommandChannel)
+        mssim = conn.channel.framing is Framing.MSSIM
+        if self._powered_off:  # a powered-off TPM answers nothing useful
+            failure = error_response(TPM_RC_FAILURE)
+            conn.output += mssim_response(failure) if mssim else failure
+            return
+        locality = request.locality if mssim else self._swtpm_locality
+        command = RelayCommand(self.vm, RelayKind.TPM_COMMAND, locality, request.command)
+        self._relay(conn, command, mssim)
+
+    def _relay(self, conn: _Connection, command: RelayCommand, mssim: bool) -> None:
+        def done(state: RelayState, answer: bytes) -> None:  # in the host loop's thread
+            self._answers.append((conn, state, answer, mssim))
+            self._wake()
+
+        conn.waiting = self.hub.submit_async(command, done)
+        with contextlib.suppress(KeyError, ValueError):
+            self._selector.unregister(conn.sock)  # nothing more from it until the answer
+
+    def _take_answers(self) -> None:
+        with contextlib.suppress(OSError):
+            self._wake_r.recv(RECV_SIZE)
+        while self._answers:
+            conn, state, answer, mssim = self._answers.popleft()
+            if conn.closed:
+                continue  # the client left mid-command: its answer is dropped
+            pending, conn.waiting = conn.waiting, None
+            if pending is not None and pending.command.kind == RelayKind.POWER_CYCLE:
+                conn.output += U32.pack(self._power_cycled(state))
+            elif state != RelayState.RESPONSE or not answer:
+                failure = error_response(TPM_RC_FAILURE)
+                conn.output += mssim_response(failure) if mssim else failure
+            else:
+                conn.output += mssim_response(answer) if mssim else answer
+            conn.last_active = time.monotonic()
+            with contextlib.suppress(KeyError, ValueError, OSError):
+                self._selector.register(conn.sock, selectors.EVENT_READ, conn)
+            try:
+                self._run_requests(conn)
+            except ProtocolError as exc:
+                log.warning("relay %s connection %s: %s", conn.port.value, conn.peer, exc)
+                conn.output += exc.reply
+                conn.closing = True
+                self._flush(conn)
+            except (OSError, ValueError) as exc:
+                log.info("relay connection %s: %s: closing", conn.peer, exc)
+                self._close(conn)
+
+    def _flush(self, conn: _Connection) -> None:
+        if conn.closed:
+            return
+        if conn.output:
+            try:
+                sent = conn.sock.send(conn.output)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                self._close(conn)
+                return
+            del conn.output[:sent]
+        if conn.output:
+            with contextlib.suppress(KeyError, ValueError):
+                self._selector.modify(conn.sock, selectors.EVENT_WRITE, conn)
+            return
+        if conn.closing:
+            self._close(conn)
+            return
+        if conn.waiting is None:
+            with contextlib.suppress(KeyError, ValueError):
+                self._selector.modify(conn.sock, selectors.EVENT_READ, conn)
+
+    def _sweep(self) -> None:
+        """Close idle connections; give up on commands the host has not taken in time."""
+        now = time.monotonic()
+        for conn in list(self._connections.values()):
+            pending = conn.waiting
+            if pending is not None:
+                if now - pending.queued_at > self.hub.command_timeout_s:
+                    self.hub.cancel(pending)  # answered ERROR through its callback
+            elif now - conn.last_active > IDLE_TIMEOUT_S:
+                log.info("relay connection %s idle: closing", conn.peer)
+                self._close(conn)
+
+    def _close(self, conn: _Connection) -> None:
+        if conn.closed:
+            return
+        conn.closed = True
+        if conn.waiting is not None:
+            self.hub.cancel(conn.waiting)  # if the TD has it, its answer is dropped
+        self._connections.pop(conn.sock.fileno(), None)
+        with contextlib.suppress(KeyError, ValueError):
+            self._selector.unregister(conn.sock)
+        conn.sock.close()
+
+    def _shutdown(self) -> None:
+        for conn in list(self._connections.values()):
+            self._close(conn)
+        for sock in (self._command, self._platform, self._wake_r, self._wake_w):
+            sock.close()
+        self._selector.close()
+
+    def _wake(self) -> None:
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"\0")
+
+    # --- requests other than TPM commands -----------------------------------------------
+    def _command_control(self, conn: _Connection, request: ControlRequest) -> None:
+        if request.code is MssimCommand.REMOTE_HANDSHAKE:
+            conn.output += handshake_response()
+        elif request.code is MssimCommand.SESSION_END:
+            conn.closing = True
+        else:  # TPM_STOP
+            self._refuse(conn.peer, "TPM_STOP (SIGINT or SIGTERM end the relay)")
+            conn.output += U32.pack(PLATFORM_FAILURE)
 
     def _set_locality(self, request: SwtpmControlRequest, peer: str) -> int:
         if request.argument > MAX_LOCALITY:
@@ -297,29 +454,28 @@ class RelayServer:
         self._swtpm_locality = request.argument
         return TPM_SUCCESS
 
-    def _signal(self, request: ControlRequest, peer: str) -> bytes | None:
-        """The reply to a platform signal; None to close the connection (SESSION_END)."""
+    def _signal(self, conn: _Connection, request: ControlRequest) -> None:
+        """Answer a platform signal, or hand a power cycle to the TD."""
         code = request.code
         if code is MssimCommand.SESSION_END:
-            return None
-        if code is MssimCommand.ACT_GET_SIGNALED:
-            return U32.pack(0) + U32.pack(0)
-        if code in HARMLESS_SIGNALS and not self._powered_off:
-            return U32.pack(0)
-        if not self.dev_platform_port or code is MssimCommand.STOP:
-            self._refuse(peer, f"platform signal {code.name} without --dev-platform-port")
-            return U32.pack(PLATFORM_FAILURE)
-        with self._lock:
-            if code is MssimCommand.POWER_OFF:
-                self._powered_off = True
-                self._swtpm_locality = 0
-                return U32.pack(0)
-            if code is MssimCommand.POWER_ON or code in POWER_CYCLE_SIGNALS:
-                return U32.pack(self._power_cycle())
-        return U32.pack(0)  # NV, physical presence, cancel, key cache: nothing to do
+            conn.closing = True
+        elif code is MssimCommand.ACT_GET_SIGNALED:
+            conn.output += U32.pack(0) + U32.pack(0)
+        elif code in HARMLESS_SIGNALS and not self._powered_off:
+            conn.output += U32.pack(0)
+        elif not self.dev_platform_port or code is MssimCommand.STOP:
+            self._refuse(conn.peer, f"platform signal {code.name} without --dev-platform-port")
+            conn.output += U32.pack(PLATFORM_FAILURE)
+        elif code is MssimCommand.POWER_OFF:
+            self._powered_off = True
+            self._swtpm_locality = 0
+            conn.output += U32.pack(0)
+        elif code is MssimCommand.POWER_ON or code in POWER_CYCLE_SIGNALS:
+            self._relay(conn, RelayCommand(self.vm, RelayKind.POWER_CYCLE, 0, b""), False)
+        else:
+            conn.output += U32.pack(0)  # NV, physical presence, cancel, key cache: nothing to do
 
-    def _power_cycle(self) -> int:
-        state, _answer = self.hub.submit(RelayCommand(self.vm, RelayKind.POWER_CYCLE, 0, b""))
+    def _power_cycled(self, state: RelayState) -> int:
         self._powered_off = False
         if state != RelayState.RESPONSE:
             log.error("relay: power cycle of vm %d failed in the TD", self.vm)
