@@ -35,7 +35,7 @@ from orchestrator.boot import (
 from orchestrator.errors import LocalBootError
 from orchestrator.l2image import write_l2_image
 from orchestrator.relay import RelayHub, RelayServer
-from tdxdefs.relay import LAUNCH_OPTION_DEV_PLATFORM_PORT, LAUNCH_OPTION_SERVE
+from tdxdefs.relay import LAUNCH_OPTION_DEV_PLATFORM_PORT, LAUNCH_OPTION_SERVE, RELAY_RING_GPA
 from tdxsim.host.relay import RelayStats
 from tdxsim.host.vmm import RunStatus, Vmm, simulated_platform
 
@@ -83,7 +83,9 @@ def serve_image(
             vmm.create(TD_RAM, mac_key=mac_key, num_l2_vms=l2_count)
             vmm.load_igvm(image, TD_RAM, command_line=launch_options(dev_platform_port))
             vmm.aug_rest()
-            vmm.finalize()
+            mrtd = vmm.finalize()
+            out(f"TD built from {image} (MRTD {mrtd.hex()}); launch options: "
+                f"{launch_options(dev_platform_port).decode()}")  # fmt: skip
             assert vmm.host is not None
             relay = vmm.host.attach_relay(hub, stop)
             server.start()
@@ -107,9 +109,12 @@ def serve_image(
     stats = relay.stats
     if run.status == RunStatus.STOPPED:
         return ServeResult(run.status, "stopped on request", stats, tcti)
-    detail = run.detail or run.output.decode(errors="replace")[-200:]
+    detail = run.detail
     if not relay.ready.is_set():
-        detail = f"L1 never shared the relay ring ({detail})"
+        detail = (
+            f"L1 never shared the relay ring page at GPA {RELAY_RING_GPA:#x}: this L1 does not "
+            f"serve the relay{f' ({detail})' if detail else ''}"
+        )
     return ServeResult(run.status, detail, stats, tcti)
 
 
@@ -151,6 +156,7 @@ def main(
     try:
         path = Path(image) if image else ROOT / "out" / "tdp.igvm"
         if not image:
+            print("building the L1 image, the L2 image and the IGVM image", flush=True)
             write_l1_image()
             write_l2_image()
             build_igvm(Path(recipe) if recipe else DEFAULT_RECIPE, path)

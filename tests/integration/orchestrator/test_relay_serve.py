@@ -186,7 +186,10 @@ def _children(pid: int) -> set[int]:
     return found
 
 
-def test_serve_prints_the_tctis_and_sigint_stops_it_cleanly(tmp_path: Path) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_serve_prints_the_tctis_and_a_signal_stops_it_cleanly(
+    tmp_path: Path, signum: signal.Signals
+) -> None:
     (tmp_path / "l1.img").write_bytes(stand_in_image())
     recipe = {
         "platform": {"compatibility_mask": 1, "highest_vtl": 2, "shared_gpa_boundary": 47},
@@ -227,7 +230,7 @@ def test_serve_prints_the_tctis_and_sigint_stops_it_cleanly(tmp_path: Path) -> N
             assert len(bytes(ectx.get_random(8))) == 8
         td_processes = _children(proc.pid)
         assert td_processes, "the TD process should be a child of the serve process"
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signum)
         out, err = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:

@@ -5,7 +5,7 @@ that writes a lying ring is refused and the host keeps serving, and a stop ends 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,9 +13,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from igvm import format as igvm_format
 from igvm.build import build
 from orchestrator.relay import RelayHub
 from tdxdefs.relay import LAUNCH_OPTION_DEV_PLATFORM_PORT, RelayKind, RelayState
+from tdxdefs.tdcall import PAGE_SIZE
+from tdxsim.host.igvm_loader import IgvmLoadError, replay_directives, tdx_mask
 from tdxsim.host.l1_image import build_l1_image
 from tdxsim.host.relay import HostRelay, RelayCommand, RelayError
 from tdxsim.host.vmm import RunResult, RunStatus, Vmm, simulated_platform
@@ -156,3 +159,55 @@ def test_the_host_never_writes_a_ring_l1_did_not_share() -> None:
         finally:
             relay.stop.set()
             thread.join(10)
+
+
+class _Pages:
+    """A PageSink that keeps the pages it is given."""
+
+    def __init__(self) -> None:
+        self.pages: dict[int, bytes] = {}
+
+    def add_page_run(self, gpa: int, pages: Sequence[bytes], *, measured: bool) -> None:
+        for i, page in enumerate(pages):
+            self.pages[gpa + i * PAGE_SIZE] = bytes(page)
+
+    def add_shared_page(self, gpa: int, data: bytes) -> None:
+        self.pages[gpa] = data
+
+
+def _replay(path: Path, command_line: bytes) -> _Pages:
+    igvm_file = igvm_format.read(path)
+    mask, _gpaw = tdx_mask(igvm_file)
+    sink = _Pages()
+    replay_directives(igvm_file.directives, mask, RAM, 1, sink, command_line)
+    return sink
+
+
+def test_launch_options_land_in_the_command_line_parameter_or_are_refused(
+    tmp_path: Path,
+) -> None:
+    l1 = tmp_path / "l1.img"
+    l1.write_bytes(build_l1_image([L1_MIN], "l1_min.relay:serve"))
+    platform = {"compatibility_mask": 1, "highest_vtl": 2, "shared_gpa_boundary": 47}
+    component = {"name": "l1", "kind": "paravisor", "file": str(l1), "gpa": IMAGE_GPA}
+    area = {
+        "name": "boot-params",
+        "gpa": 0x9000,
+        "size": "4KiB",
+        "parameters": [{"type": "command_line", "offset": 0x800}],
+    }
+    (tmp_path / "with.yaml").write_text(
+        yaml.safe_dump({"platform": platform, "components": [component], "parameter_areas": [area]})
+    )
+    (tmp_path / "without.yaml").write_text(
+        yaml.safe_dump({"platform": platform, "components": [component]})
+    )
+    build(tmp_path / "with.yaml", tmp_path / "with.igvm")
+    build(tmp_path / "without.yaml", tmp_path / "without.igvm")
+    page = _replay(tmp_path / "with.igvm", b"tdp.relay=serve").pages[0x9000]
+    assert page[0x800:0x811] == b"tdp.relay=serve\0\0"
+    assert _replay(tmp_path / "with.igvm", b"").pages[0x9000] == bytes(PAGE_SIZE)  # as before
+    with pytest.raises(IgvmLoadError, match="has no command-line parameter"):
+        _replay(tmp_path / "without.igvm", b"tdp.relay=serve")
+    with pytest.raises(IgvmLoadError, match="must be ASCII without NUL bytes"):
+        _replay(tmp_path / "with.igvm", b"tdp.relay=serve\0evil")
