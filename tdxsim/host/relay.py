@@ -93,6 +93,7 @@ class RelayStats:
     sent: int = 0
     answered: int = 0
     failed: int = 0
+    rerung: int = 0  # RELAY_VECTOR posted again to an L1 that halted with a command in flight
     refused: deque[str] = field(default_factory=lambda: deque(maxlen=KEEP_SAMPLES))
     exits_per_command: deque[int] = field(default_factory=lambda: deque(maxlen=KEEP_SAMPLES))
 
@@ -152,8 +153,17 @@ class HostRelay:
         return post
 
     def halt(self) -> None:
-        """L1 halted: wait (at most halt_wait_s) for a command when the ring is free and shared."""
-        if self._in_flight is not None or self.stop.is_set() or not self.ring_shared():
+        """L1 halted: wait (at most halt_wait_s) for a command when the ring is free and shared.
+
+        An L1 that halts with a command in flight has not taken it (its vector was lost or
+        merged with another): after halt_wait_s the host rings again. L1 knows a command by its
+        sequence, so a second ring for one it is already working on changes nothing."""
+        if self.stop.is_set() or not self.ring_shared():
+            return
+        if self._in_flight is not None:
+            if not self.stop.wait(self.halt_wait_s):
+                self.stats.rerung += 1
+                self._post.append(RELAY_VECTOR)
             return
         command = self.hook.next_command(self.halt_wait_s)
         if command is not None and not self.stop.is_set() and self.ring_shared():

@@ -103,6 +103,17 @@ def test_a_lying_ring_is_refused_and_the_host_keeps_serving(lie: bytes, refusal:
     assert s.result[0].status == RunStatus.STOPPED
 
 
+def test_an_l1_that_missed_the_vector_is_rung_again_when_it_halts() -> None:
+    with serving() as s:
+        state, answer = s.ask(b"ignore the first ring")
+        assert (state, answer) == (
+            RelayState.RESPONSE,
+            ECHO + bytes([1, 0]) + b"ignore the first ring",
+        )
+        assert s.relay.stats.rerung == 1
+        assert s.relay.stats.exits_per_command[-1] == 3  # HLT, HLT again, notify
+
+
 def test_a_notify_with_nothing_in_flight_is_refused() -> None:
     with serving() as s:
         s.relay.write(0, 1, 1)  # as the IO handler does for a doorbell L1 rings out of turn

@@ -24,6 +24,7 @@ HEADER = struct.Struct("<IHHIIIII4s")  # magic, version, vm, sequence, state, le
 COMMAND, RESPONSE, ERROR = 1, 2, 3
 TPM_COMMAND, POWER_CYCLE = 0, 1
 ECHO_MARKER = b"relayed by l1_min:"
+DEAF = b"ignore the first ring"  # L1 acts as if it missed RELAY_VECTOR for this command once
 COMMAND_LINE_GPA, COMMAND_LINE_MAX = 0x9800, 0x800  # the project recipe's parameter area
 LIES = {
     b"magic": lambda h: h._replace(magic=0xBAD),
@@ -72,6 +73,7 @@ def serve(platform: Any) -> str:
     vectors: list[int] = []
     platform.set_interrupt_handler(vectors.append)
     engine = _engine()
+    ignored: set[int] = set()
     while True:
         l1.vmcall(GHCI_HLT, r12=0)
         if RELAY_VECTOR not in vectors:
@@ -82,6 +84,9 @@ def serve(platform: Any) -> str:
         if header.magic != RING_MAGIC or header.state != COMMAND:
             continue
         message = page[HEADER.size : HEADER.size + min(header.length, PAGE - HEADER.size)]
+        if message == DEAF and header.sequence not in ignored:
+            ignored.add(header.sequence)  # as if the vector had been lost
+            continue
         state, answer = _answer(engine, header, message)
         if header.kind == POWER_CYCLE:
             answer += l1.read(COMMAND_LINE_GPA, COMMAND_LINE_MAX).split(b"\0", 1)[0]
