@@ -4,6 +4,7 @@ that writes a lying ring is refused and the host keeps serving, and a stop ends 
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -22,6 +23,7 @@ from tdxsim.host.igvm_loader import IgvmLoadError, replay_directives, tdx_mask
 from tdxsim.host.l1_image import build_l1_image
 from tdxsim.host.relay import HostRelay, RelayCommand, RelayError
 from tdxsim.host.vmm import RunResult, RunStatus, Vmm, simulated_platform
+from verifier.reference import reference_values
 
 L1_MIN = Path(__file__).parent / "l1_min"
 IMAGE_GPA = 0x100000
@@ -217,6 +219,10 @@ def test_launch_options_land_in_the_command_line_parameter_or_are_refused(
     build(tmp_path / "without.yaml", tmp_path / "without.igvm")
     page = _replay(tmp_path / "with.igvm", b"tdp.relay=serve").pages[0x9000]
     assert page[0x800:0x811] == b"tdp.relay=serve\0\0"
+    # a relying party predicts the same launch event L1 extends into RTMR0
+    values = reference_values(tmp_path / "with.igvm", command_line="tdp.relay=serve")
+    assert values.launch_event == hashlib.sha384(page).digest()
+    assert reference_values(tmp_path / "with.igvm").launch_event != values.launch_event
     assert _replay(tmp_path / "with.igvm", b"").pages[0x9000] == bytes(PAGE_SIZE)  # as before
     with pytest.raises(IgvmLoadError, match="has no command-line parameter"):
         _replay(tmp_path / "without.igvm", b"tdp.relay=serve")
