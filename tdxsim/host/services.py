@@ -12,7 +12,9 @@ layouts per GHCI v1.5:
 ReportFatalError (R12 = error code, bit 63 = R13 holds the shared GPA of a NUL-terminated message),
 Service (R12/R13 = shared command/response buffer GPAs; buffers start with GUID[16], length u32,
 then reserved u32 in a command, status u32 in a response). MapGPA converts at most
-`mapgpa_chunk_pages` pages per call and answers RETRY with R11 = the GPA to resume at.
+`mapgpa_chunk_pages` pages per call and answers RETRY with R11 = the GPA to resume at. With a
+relay attached (`attach_relay`, tdxsim.host.relay), HLT waits a bounded time for a vTPM command
+and IO writes to RELAY_NOTIFY_PORT hand L1's answer back; without one HLT returns at once.
 """
 
 from __future__ import annotations
