@@ -3,9 +3,15 @@
 Port P speaks the swtpm data channel and the mssim command protocol (the first bytes of a
 connection choose; `vtpm.protocol` parses both), port P+1 the mssim platform signals and the
 swtpm TCTI's CMD_SET_LOCALITY, as `vtpm serve` does. Each TPM command becomes a relay command
-for one L2's vTPM (`RelayHub`, the `tdxsim.host.relay.RelayHook` the host loop pulls from); the
-answer goes back in the connection's framing. Commands from all connections run one at a time, in
-arrival order; a client that vanishes mid-command costs only its own answer, which is dropped.
+for one L2's vTPM; the answer goes back in the connection's framing. Commands from all
+connections run one at a time, in arrival order; a client that vanishes mid-command costs only
+its own answer, which is dropped.
+
+`RelayServer` is itself the `tdxsim.host.relay.RelayHook`: the sockets are served in the host
+loop's thread, inside `next_command` (a bounded select while L1 halts, a zero-time one at the
+other TD exits), and `response` sends the answer at once. So a command goes from the client's
+socket to the ring, and the answer back, with no thread hand-off; while L1 works on a command no
+socket is read, and nothing else could run meanwhile anyway.
 
 Platform port policy: with `dev_platform_port`, a power cycle (POWER_OFF then POWER_ON, RESET,
 RESTART; the swtpm TCTI's reset reads as the first) becomes a POWER_CYCLE relay command (L1
@@ -23,10 +29,8 @@ from __future__ import annotations
 import contextlib
 import enum
 import logging
-import queue
 import selectors
 import socket
-import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -54,9 +58,8 @@ from vtpm.wire import TPM_RC_FAILURE
 
 log = logging.getLogger("orchestrator.relay")
 
-COMMAND_TIMEOUT_S = 60.0  # a client waits this long for the TD's answer, then gets TPM_RC_FAILURE
-POLL_S = 0.2  # sockets wake this often to see a stop request
 IDLE_TIMEOUT_S = 60.0  # a silent connection is closed after this
+SWEEP_EVERY_S = 1.0
 MAX_CONNECTIONS = 64
 PLATFORM_FAILURE = 1
 HAVE_QUICKACK = hasattr(socket, "TCP_QUICKACK")
@@ -72,106 +75,6 @@ HARMLESS_SIGNALS = frozenset(
     }
 )
 POWER_CYCLE_SIGNALS = frozenset({MssimCommand.RESET, MssimCommand.RESTART})
-Done = Callable[[RelayState, bytes], None]
-
-
-@dataclass
-class _Pending:
-    command: RelayCommand
-    done: Done
-    queued_at: float = field(default_factory=time.monotonic)
-    issued: bool = False  # handed to the host loop: its answer will come
-    cancelled: bool = False  # the client gave up before that: skip it
-
-
-class RelayHub:
-    """Commands from the server to the host loop, answers back (a `RelayHook`).
-
-    Every command submitted gets exactly one answer through its callback: the TD's, or ERROR
-    when it was cancelled before the host took it or when the hub closed. Callbacks run in the
-    host loop's thread (or the closing one) and must only hand the answer on."""
-
-    def __init__(self, command_timeout_s: float = COMMAND_TIMEOUT_S) -> None:
-        self.command_timeout_s = command_timeout_s
-        self._queue: queue.Queue[_Pending] = queue.Queue()
-        self._issued: deque[_Pending] = deque()
-        self._lock = threading.Lock()
-        self._closed = False
-
-    def submit_async(self, command: RelayCommand, done: Done) -> _Pending:
-        """Queue `command`; `done(state, answer)` is called once when it is answered."""
-        pending = _Pending(command, done)
-        with self._lock:
-            closed = self._closed
-            if not closed:
-                self._queue.put(pending)
-        if closed:
-            done(RelayState.ERROR, b"")
-        return pending
-
-    def cancel(self, pending: _Pending) -> bool:
-        """Give up on a command the host has not taken yet (answered ERROR); False if taken."""
-        with self._lock:
-            if pending.issued or pending.cancelled:
-                return False
-            pending.cancelled = True
-        pending.done(RelayState.ERROR, b"")
-        return True
-
-    def submit(self, command: RelayCommand) -> tuple[RelayState, bytes]:
-        """Queue `command` and wait (bounded) for its answer; ERROR if none came in time."""
-        answered = threading.Event()
-        result: list[tuple[RelayState, bytes]] = []
-
-        def done(state: RelayState, answer: bytes) -> None:
-            result.append((state, answer))
-            answered.set()
-
-        pending = self.submit_async(command, done)
-        if not answered.wait(self.command_timeout_s):
-            if self.cancel(pending):
-                log.warning("relay: no answer for vm %d in %.0f s", command.vm,
-                            self.command_timeout_s)  # fmt: skip
-            answered.wait(self.command_timeout_s)
-        return result[0] if result else (RelayState.ERROR, b"")
-
-    # --- RelayHook -------------------------------------------------------------------
-    def next_command(self, timeout: float) -> RelayCommand | None:
-        """The oldest command no client gave up on (waits at most `timeout` seconds)."""
-        while True:
-            try:
-                pending = (
-                    self._queue.get(timeout=timeout) if timeout > 0 else self._queue.get_nowait()
-                )
-            except queue.Empty:
-                return None
-            with self._lock:
-                if pending.cancelled:
-                    continue
-                pending.issued = True
-            self._issued.append(pending)
-            return pending.command
-
-    def response(self, sequence: int, state: RelayState, message: bytes) -> None:
-        """The answer to the oldest command handed out (the host answers each once, in order)."""
-        if not self._issued:
-            log.warning("relay: answer %d with no command outstanding: dropped", sequence)
-            return
-        self._issued.popleft().done(state, message)
-
-    def close(self) -> None:
-        """Answer every waiting command ERROR; later submissions fail at once."""
-        with self._lock:
-            self._closed = True
-        while True:
-            try:
-                pending = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if not pending.cancelled:
-                pending.done(RelayState.ERROR, b"")
-        while self._issued:
-            self._issued.popleft().done(RelayState.ERROR, b"")
 
 
 class Port(enum.Enum):
@@ -188,42 +91,47 @@ class _Connection:
     peer: str
     channel: CommandChannel | PlatformChannel
     output: bytearray = field(default_factory=bytearray)
-    waiting: _Pending | None = None  # a command of this connection is with the TD
+    waiting: bool = False  # a command of this connection is queued or with the TD
     closing: bool = False  # close once the output is sent
     closed: bool = False
     last_active: float = field(default_factory=time.monotonic)
 
 
-class RelayServer:
-    """The command port and the platform port right above it, serving one L2's vTPM.
+@dataclass(frozen=True)
+class _Queued:
+    conn: _Connection
+    command: RelayCommand
+    mssim: bool
 
-    One thread runs a selector loop over both listeners and every connection; a command for the
-    TD is handed to the hub and the connection reads nothing more until its answer is back (the
-    answer wakes the loop through a socket pair), so each connection's answers keep its order."""
+
+class RelayServer:
+    """The command port and the platform port right above it, serving one L2's vTPM; the
+    host loop's `RelayHook` (see the module docstring)."""
 
     def __init__(
         self,
-        hub: RelayHub,
         host: str = "127.0.0.1",
         port: int = 0,
         *,
         vm: int = 1,
         dev_platform_port: bool = False,
     ) -> None:
-        self.hub = hub
         self.host = host
         self.vm = vm
         self.dev_platform_port = dev_platform_port
         self._command, self._platform = _bind_pair(host, port)
         self.port: int = self._command.getsockname()[1]
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._selector = selectors.DefaultSelector()
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._answers: deque[tuple[_Connection, RelayState, bytes, bool]] = deque()
+        for listener, kind in ((self._command, Port.COMMAND), (self._platform, Port.PLATFORM)):
+            listener.setblocking(False)
+            self._selector.register(listener, selectors.EVENT_READ, kind)
         self._connections: dict[int, _Connection] = {}
+        self._queued: deque[_Queued] = deque()  # parsed, waiting for the host to take them
+        self._issued: deque[_Queued] = deque()  # taken by the host, answers come in this order
         self._powered_off = False
         self._swtpm_locality = 0
+        self._next_sweep = 0.0
+        self._closed = False
         self.refused: deque[str] = deque(maxlen=256)
 
     def tcti_strings(self) -> dict[str, str]:
@@ -233,42 +141,63 @@ class RelayServer:
             "swtpm": f"swtpm:host={self.host},port={self.port}",
         }
 
-    def start(self) -> None:
-        """Serve in a background thread."""
-        self._thread = threading.Thread(target=self._loop, name="relay-server", daemon=True)
-        self._thread.start()
+    # --- RelayHook -------------------------------------------------------------------
+    def next_command(self, timeout: float) -> RelayCommand | None:
+        """Serve the sockets for at most `timeout` seconds or until a TPM command is parsed."""
+        if self._closed:
+            return None
+        deadline = time.monotonic() + timeout
+        while not self._queued:
+            remaining = deadline - time.monotonic()
+            for key, _events in self._selector.select(max(remaining, 0.0)):
+                if isinstance(key.data, Port):
+                    self._accept(key.fileobj, key.data)  # type: ignore[arg-type]
+                else:
+                    self._service(key.data)
+            self._sweep()
+            if remaining <= 0:
+                break
+        if not self._queued:
+            return None
+        queued = self._queued.popleft()
+        self._issued.append(queued)
+        return queued.command
 
-    def stop(self) -> None:
-        """Stop the loop, close every connection and both listeners."""
-        self._stop.set()
-        self.hub.close()
-        self._wake()
-        if self._thread is not None:
-            self._thread.join(POLL_S * 10)
+    def response(self, sequence: int, state: RelayState, message: bytes) -> None:
+        """Send the answer to the oldest command the host took, in its connection's framing."""
+        if not self._issued:
+            log.warning("relay: answer %d with no command outstanding: dropped", sequence)
+            return
+        queued = self._issued.popleft()
+        conn = queued.conn
+        if conn.closed:
+            return  # the client left mid-command: its answer is dropped
+        conn.waiting = False
+        if queued.command.kind == RelayKind.POWER_CYCLE:
+            conn.output += U32.pack(self._power_cycled(state))
         else:
-            self._shutdown()
+            answer = message if state == RelayState.RESPONSE and message else b""
+            answer = answer or error_response(TPM_RC_FAILURE)
+            conn.output += mssim_response(answer) if queued.mssim else answer
+        conn.last_active = time.monotonic()
+        with contextlib.suppress(KeyError, ValueError, OSError):
+            self._selector.register(conn.sock, selectors.EVENT_READ, conn)
+        self._guarded(conn, self._run_requests)
 
-    # --- the loop --------------------------------------------------------------------
-    def _loop(self) -> None:
-        sel = self._selector
-        for listener, port in ((self._command, Port.COMMAND), (self._platform, Port.PLATFORM)):
-            listener.setblocking(False)
-            sel.register(listener, selectors.EVENT_READ, port)
-        self._wake_r.setblocking(False)
-        sel.register(self._wake_r, selectors.EVENT_READ, None)
-        try:
-            while not self._stop.is_set():
-                for key, _events in sel.select(POLL_S):
-                    if isinstance(key.data, Port):
-                        self._accept(key.fileobj, key.data)  # type: ignore[arg-type]
-                    elif key.data is None:
-                        self._take_answers()
-                    else:
-                        self._service(key.data)
-                self._sweep()
-        finally:
-            self._shutdown()
+    def close(self) -> None:
+        """Close every connection and both listeners; commands not answered are dropped."""
+        if self._closed:
+            return
+        self._closed = True
+        for conn in list(self._connections.values()):
+            self._close(conn)
+        self._queued.clear()
+        self._issued.clear()
+        for sock in (self._command, self._platform):
+            sock.close()
+        self._selector.close()
 
+    # --- connections -----------------------------------------------------------------
     def _accept(self, listener: socket.socket, port: Port) -> None:
         try:
             sock, address = listener.accept()
@@ -291,21 +220,29 @@ class RelayServer:
         self._selector.register(sock, selectors.EVENT_READ, conn)
 
     def _service(self, conn: _Connection) -> None:
+        if conn.output:
+            self._flush(conn)
+            return
         try:
-            if conn.output:
-                self._flush(conn)
-                return
             data = conn.sock.recv(RECV_SIZE)
             if HAVE_QUICKACK:  # the mssim TCTI writes a frame in pieces: ACK each at once
                 conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
-            if not data:
-                self._close(conn)
-                return
-            conn.last_active = time.monotonic()
-            conn.channel.feed(data)
-            self._run_requests(conn)
         except (BlockingIOError, InterruptedError):
             return
+        except OSError:
+            self._close(conn)
+            return
+        if not data:
+            self._close(conn)
+            return
+        conn.last_active = time.monotonic()
+        conn.channel.feed(data)
+        self._guarded(conn, self._run_requests)
+
+    def _guarded(self, conn: _Connection, step: Callable[[_Connection], None]) -> None:
+        """Run `step`; a framing error answers and closes this connection, nothing else."""
+        try:
+            step(conn)
         except ProtocolError as exc:
             log.warning("relay %s connection %s: %s", conn.port.value, conn.peer, exc)
             conn.output += exc.reply
@@ -317,7 +254,7 @@ class RelayServer:
 
     def _run_requests(self, conn: _Connection) -> None:
         """Answer what is parsed, until a request has to wait for the TD."""
-        while conn.waiting is None and not conn.closing and not conn.closed:
+        while not conn.waiting and not conn.closing and not conn.closed:
             request = conn.channel.next_request()
             if request is None:
                 break
@@ -340,45 +277,13 @@ class RelayServer:
             return
         locality = request.locality if mssim else self._swtpm_locality
         command = RelayCommand(self.vm, RelayKind.TPM_COMMAND, locality, request.command)
-        self._relay(conn, command, mssim)
+        self._enqueue(conn, command, mssim)
 
-    def _relay(self, conn: _Connection, command: RelayCommand, mssim: bool) -> None:
-        def done(state: RelayState, answer: bytes) -> None:  # in the host loop's thread
-            self._answers.append((conn, state, answer, mssim))
-            self._wake()
-
-        conn.waiting = self.hub.submit_async(command, done)
+    def _enqueue(self, conn: _Connection, command: RelayCommand, mssim: bool) -> None:
+        self._queued.append(_Queued(conn, command, mssim))
+        conn.waiting = True
         with contextlib.suppress(KeyError, ValueError):
             self._selector.unregister(conn.sock)  # nothing more from it until the answer
-
-    def _take_answers(self) -> None:
-        with contextlib.suppress(OSError):
-            self._wake_r.recv(RECV_SIZE)
-        while self._answers:
-            conn, state, answer, mssim = self._answers.popleft()
-            if conn.closed:
-                continue  # the client left mid-command: its answer is dropped
-            pending, conn.waiting = conn.waiting, None
-            if pending is not None and pending.command.kind == RelayKind.POWER_CYCLE:
-                conn.output += U32.pack(self._power_cycled(state))
-            elif state != RelayState.RESPONSE or not answer:
-                failure = error_response(TPM_RC_FAILURE)
-                conn.output += mssim_response(failure) if mssim else failure
-            else:
-                conn.output += mssim_response(answer) if mssim else answer
-            conn.last_active = time.monotonic()
-            with contextlib.suppress(KeyError, ValueError, OSError):
-                self._selector.register(conn.sock, selectors.EVENT_READ, conn)
-            try:
-                self._run_requests(conn)
-            except ProtocolError as exc:
-                log.warning("relay %s connection %s: %s", conn.port.value, conn.peer, exc)
-                conn.output += exc.reply
-                conn.closing = True
-                self._flush(conn)
-            except (OSError, ValueError) as exc:
-                log.info("relay connection %s: %s: closing", conn.peer, exc)
-                self._close(conn)
 
     def _flush(self, conn: _Connection) -> None:
         if conn.closed:
@@ -392,26 +297,23 @@ class RelayServer:
                 self._close(conn)
                 return
             del conn.output[:sent]
-        if conn.output:
-            with contextlib.suppress(KeyError, ValueError):
-                self._selector.modify(conn.sock, selectors.EVENT_WRITE, conn)
-            return
-        if conn.closing:
+        if conn.waiting:
+            return  # unregistered until its answer is back
+        events = selectors.EVENT_WRITE if conn.output else selectors.EVENT_READ
+        if not conn.output and conn.closing:
             self._close(conn)
             return
-        if conn.waiting is None:
-            with contextlib.suppress(KeyError, ValueError):
-                self._selector.modify(conn.sock, selectors.EVENT_READ, conn)
+        with contextlib.suppress(KeyError, ValueError):
+            self._selector.modify(conn.sock, events, conn)
 
     def _sweep(self) -> None:
-        """Close idle connections; give up on commands the host has not taken in time."""
+        """Close connections silent for IDLE_TIMEOUT_S (checked every SWEEP_EVERY_S)."""
         now = time.monotonic()
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + SWEEP_EVERY_S
         for conn in list(self._connections.values()):
-            pending = conn.waiting
-            if pending is not None:
-                if now - pending.queued_at > self.hub.command_timeout_s:
-                    self.hub.cancel(pending)  # answered ERROR through its callback
-            elif now - conn.last_active > IDLE_TIMEOUT_S:
+            if not conn.waiting and now - conn.last_active > IDLE_TIMEOUT_S:
                 log.info("relay connection %s idle: closing", conn.peer)
                 self._close(conn)
 
@@ -419,23 +321,12 @@ class RelayServer:
         if conn.closed:
             return
         conn.closed = True
-        if conn.waiting is not None:
-            self.hub.cancel(conn.waiting)  # if the TD has it, its answer is dropped
+        if conn.waiting:  # not yet with the TD: forget it; with the TD: its answer is dropped
+            self._queued = deque(q for q in self._queued if q.conn is not conn)
         self._connections.pop(conn.sock.fileno(), None)
         with contextlib.suppress(KeyError, ValueError):
             self._selector.unregister(conn.sock)
         conn.sock.close()
-
-    def _shutdown(self) -> None:
-        for conn in list(self._connections.values()):
-            self._close(conn)
-        for sock in (self._command, self._platform, self._wake_r, self._wake_w):
-            sock.close()
-        self._selector.close()
-
-    def _wake(self) -> None:
-        with contextlib.suppress(OSError):
-            self._wake_w.send(b"\0")
 
     # --- requests other than TPM commands -----------------------------------------------
     def _command_control(self, conn: _Connection, request: ControlRequest) -> None:
@@ -471,7 +362,7 @@ class RelayServer:
             self._swtpm_locality = 0
             conn.output += U32.pack(0)
         elif code is MssimCommand.POWER_ON or code in POWER_CYCLE_SIGNALS:
-            self._relay(conn, RelayCommand(self.vm, RelayKind.POWER_CYCLE, 0, b""), False)
+            self._enqueue(conn, RelayCommand(self.vm, RelayKind.POWER_CYCLE, 0, b""), False)
         else:
             conn.output += U32.pack(0)  # NV, physical presence, cancel, key cache: nothing to do
 

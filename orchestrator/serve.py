@@ -34,7 +34,7 @@ from orchestrator.boot import (
 )
 from orchestrator.errors import LocalBootError
 from orchestrator.l2image import write_l2_image
-from orchestrator.relay import RelayHub, RelayServer
+from orchestrator.relay import RelayServer
 from tdxdefs.relay import LAUNCH_OPTION_DEV_PLATFORM_PORT, LAUNCH_OPTION_SERVE, RELAY_RING_GPA
 from tdxsim.host.relay import RelayStats
 from tdxsim.host.vmm import RunStatus, Vmm, simulated_platform
@@ -75,8 +75,7 @@ def serve_image(
         raise LocalBootError(f"--l2 {l2}: the TD has L2 VMs 1..{l2_count}")
     stop = stop if stop is not None else threading.Event()
     mac_key, quoting = simulated_platform()
-    hub = RelayHub()
-    server = RelayServer(hub, port=port, vm=l2, dev_platform_port=dev_platform_port)
+    server = RelayServer(port=port, vm=l2, dev_platform_port=dev_platform_port)
     tcti = server.tcti_strings()
     try:
         with Vmm(quoting) as vmm:
@@ -87,8 +86,7 @@ def serve_image(
             out(f"TD built from {image} (MRTD {mrtd.hex()}); launch options: "
                 f"{launch_options(dev_platform_port).decode()}")  # fmt: skip
             assert vmm.host is not None
-            relay = vmm.host.attach_relay(hub, stop)
-            server.start()
+            relay = vmm.host.attach_relay(server, stop)
 
             def announce() -> None:
                 while not stop.is_set():
@@ -105,7 +103,7 @@ def serve_image(
             for line in uart.splitlines()[-20:]:
                 out(f"    L1| {line}")
     finally:
-        server.stop()
+        server.close()
     stats = relay.stats
     if run.status == RunStatus.STOPPED:
         return ServeResult(run.status, "stopped on request", stats, tcti)

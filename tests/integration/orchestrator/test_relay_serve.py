@@ -26,7 +26,7 @@ from tpm2_pytss.constants import ESYS_TR, TPM2_ALG
 from tpm2_pytss.types import TPML_DIGEST_VALUES, TPML_PCR_SELECTION, TPMT_HA, TPMU_HA
 
 from igvm.build import build
-from orchestrator.relay import RelayHub, RelayServer
+from orchestrator.relay import RelayServer
 from tdxsim.host.l1_image import build_l1_image
 from tdxsim.host.relay import HostRelay
 from tdxsim.host.vmm import RunResult, RunStatus, Vmm, simulated_platform
@@ -61,26 +61,24 @@ class Served:
 
 @contextmanager
 def serving(dev_platform_port: bool) -> Iterator[Served]:
-    hub = RelayHub(command_timeout_s=20)
-    server = RelayServer(hub, dev_platform_port=dev_platform_port)
+    server = RelayServer(dev_platform_port=dev_platform_port)
     with Vmm(QUOTING) as vmm:
         vmm.create(RAM, mac_key=MAC_KEY)
         vmm.load_l1_image(stand_in_image(), IMAGE_GPA)
         vmm.aug_rest()
         vmm.finalize()
         assert vmm.host is not None
-        relay = vmm.host.attach_relay(hub)
+        relay = vmm.host.attach_relay(server)
         result: list[RunResult] = []
         thread = threading.Thread(target=lambda: result.append(vmm.run(120)), daemon=True)
         thread.start()
-        server.start()
         try:
             assert relay.ready.wait(30), "the stand-in L1 never shared the ring page"
             yield Served(server, relay, result)
         finally:
             relay.stop.set()
             thread.join(10)
-            server.stop()
+            server.close()
     assert result and result[0].status == RunStatus.STOPPED
 
 

@@ -16,13 +16,13 @@ import yaml
 
 from igvm import format as igvm_format
 from igvm.build import build
-from orchestrator.relay import RelayHub
 from tdxdefs.relay import LAUNCH_OPTION_DEV_PLATFORM_PORT, RelayKind, RelayState
 from tdxdefs.tdcall import PAGE_SIZE
 from tdxsim.host.igvm_loader import IgvmLoadError, replay_directives, tdx_mask
 from tdxsim.host.l1_image import build_l1_image
 from tdxsim.host.relay import HostRelay, RelayCommand, RelayError
 from tdxsim.host.vmm import RunResult, RunStatus, Vmm, simulated_platform
+from tests.support.relay_hook import RelayHub
 from verifier.reference import reference_values
 
 L1_MIN = Path(__file__).parent / "l1_min"
