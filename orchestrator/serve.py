@@ -140,6 +140,10 @@ def main(
     if not 1 <= l2_count <= MAX_L2_VMS:
         print(f"run: --l2-count {l2_count}: a TD has 1 to {MAX_L2_VMS} L2 VMs", file=sys.stderr)
         return 2
+    if not 1 <= l2 <= l2_count:
+        print(f"run --serve: --l2 {l2}: the TD has L2 VMs 1..{l2_count} (--l2-count)",
+              file=sys.stderr)  # fmt: skip
+        return 2
     stop = threading.Event()
     signals = 0
 

@@ -247,3 +247,12 @@ def _zombie_or_gone(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
     except OSError:
         return True
+
+
+def test_serve_refuses_an_l2_the_td_does_not_have_before_building(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from orchestrator.serve import main
+
+    assert main(l2=3, l2_count=2) == 2
+    assert "--l2 3: the TD has L2 VMs 1..2" in capsys.readouterr().err
