@@ -4,10 +4,10 @@
 checkout, only third-party site-packages on the path), sends the host-side calls over the channel,
 and runs `run()`: enter the TD, handle each TD exit with `HostVmm` (TDVMCALL services, AUG for
 ACCEPT, host-routed L2 exits resumed to L1), post host interrupts, enter again, until L1 returns,
-fails, reports a fatal error, the deadline passes, or the vTPM relay's stop is set (STOPPED: L1 is
-left inside its TD exit and `close` shuts the TD process down). A TD process that dies is noticed at once
-(its channel end closes) and at the latest after `DEATH_POLL_S`; nothing here blocks without a
-timeout.
+fails, reports a fatal error, the deadline passes, or the vTPM relay's stop is set (STOPPED: L1
+is left inside its TD exit and `close` shuts the TD process down). A TD process that dies is
+noticed at once (its channel end closes) and at the latest after `DEATH_POLL_S`; nothing here
+blocks without a timeout.
 """
 
 from __future__ import annotations
