@@ -86,6 +86,11 @@ def build(
         "l2-image": "boot this flat x86-64 binary in every L2 instead of l2-firmware "
         "(the contract is in l2-firmware/README.md)",
         "show-aliases": "print L1's GPA x VM page-alias permission map",
+        "serve": "after booting, serve an L2's vTPM on loopback (swtpm and mssim TCTIs) until "
+        "SIGINT or SIGTERM",
+        "port": "--serve: the command port (platform port is port + 1; default: a free pair)",
+        "dev-platform-port": "--serve: accept platform power cycles on port + 1 (recorded by L1)",
+        "l2": "--serve: which L2's vTPM to serve (default 1)",
     }
 )
 def run(
@@ -95,8 +100,19 @@ def run(
     l2_count: int = 1,
     l2_image: str = "",
     show_aliases: bool = False,
+    serve: bool = False,
+    port: int = 0,
+    dev_platform_port: bool = False,
+    l2: int = 1,
 ) -> None:
     """Build the image, boot the TD on the embedded simulator: L1, its vTPM, and the L2 guests."""
+    if serve:
+        from orchestrator import serve as serving
+
+        code = serving.main(port, dev_platform_port, l2, l2_count, recipe=recipe)
+        if code:
+            raise Exit(code=code)
+        return
     from orchestrator.boot import main
 
     code = main(

@@ -100,3 +100,15 @@ class MailboxHeader(Layout):
     length: int
     sequence: int
     reserved: bytes
+
+
+# The ring page: 4 KiB of TD RAM above L2 RAM (0x1600000..0x1C00000) and below the end of the
+# project's 32 MiB TD; L1 converts it to shared (MapGPA of RELAY_RING_GPA | shared bit) when it
+# serves, and the host touches it only after that conversion.
+RELAY_RING_GPA = 0x1E00000
+# Launch options the host passes in the IGVM command-line parameter (IGVM_VHT_COMMAND_LINE,
+# NUL-terminated ASCII, space-separated) at this offset of the project's parameter area; L1
+# extends the whole parameter area into RTMR0, so the options are measured.
+LAUNCH_COMMAND_LINE_OFFSET = 0x800
+LAUNCH_OPTION_SERVE = "tdp.relay=serve"  # L1 shares the ring page and serves the relay
+LAUNCH_OPTION_DEV_PLATFORM_PORT = "tdp.dev-platform-port=1"  # power cycles are relayed

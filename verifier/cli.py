@@ -176,6 +176,7 @@ def _cmd_reference(args: argparse.Namespace, out: TextIO) -> int:
         ram=args.ram or LOCAL_BACKEND_RAM,
         vcpus=args.vcpus,
         l1_version=args.l1_version,
+        command_line=args.command_line,
     )
     if args.json:
         json.dump(values.as_dict(), out, indent=2)
@@ -384,6 +385,13 @@ def make_parser() -> argparse.ArgumentParser:
         "--l1-version",
         metavar="TEXT",
         help="L1's version string (e.g. 'tdp-svsm 0.1.0') for PCR0; the image carries none",
+    )
+    ref.add_argument(
+        "--command-line",
+        default="",
+        metavar="TEXT",
+        help="the launch options the host gives (`invoke run --serve`: 'tdp.relay=serve', "
+        "plus ' tdp.dev-platform-port=1' with --dev-platform-port); default none",
     )
     ref.add_argument("--json", action="store_true", help="print JSON instead of text")
     ref.set_defaults(run=_cmd_reference)

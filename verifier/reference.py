@@ -85,9 +85,10 @@ def _memory_map(ram: Sequence[tuple[int, int]]) -> bytes:
 
 
 def inserted_parameter_areas(
-    image: IgvmFile, ram: Sequence[tuple[int, int]], vcpus: int
+    image: IgvmFile, ram: Sequence[tuple[int, int]], vcpus: int, command_line: bytes = b""
 ) -> list[tuple[int, bytes]]:
-    """(GPA, contents) of each parameter area the image inserts for TDX, filled as a host does."""
+    """(GPA, contents) of each parameter area the image inserts for TDX, filled as a host does
+    (the command line NUL-terminated, as IGVM_VHT_COMMAND_LINE says)."""
     mask = _tdx_mask(image)
     areas: dict[int, bytearray] = {}
     inserted: list[tuple[int, bytes]] = []
@@ -96,7 +97,7 @@ def inserted_parameter_areas(
             areas[d.parameter_area_index] = bytearray(
                 d.initial_data.ljust(d.number_of_bytes, b"\0")
             )
-        elif isinstance(d, (headers.VpCount, headers.MemoryMap)):
+        elif isinstance(d, (headers.VpCount, headers.MemoryMap, headers.CommandLine)):
             area = areas.get(d.parameter_area_index)
             if area is None:
                 raise ReferenceError(
@@ -104,6 +105,8 @@ def inserted_parameter_areas(
                 )
             if isinstance(d, headers.VpCount):
                 data = vcpus.to_bytes(headers.VP_COUNT_BYTES, "little")
+            elif isinstance(d, headers.CommandLine):
+                data = command_line + b"\0"
             else:
                 data = _memory_map(ram)
             if d.byte_offset + len(data) > len(area):
@@ -164,11 +167,13 @@ def reference_values(
     ram: Sequence[tuple[int, int]] = LOCAL_BACKEND_RAM,
     vcpus: int = LOCAL_BACKEND_VCPUS,
     l1_version: str | None = None,
+    command_line: str = "",
 ) -> ReferenceValues:
-    """The reference values of the image at `path`, for a host giving `ram` and `vcpus`."""
+    """The reference values of the image at `path`, for a host giving `ram`, `vcpus` and the
+    launch options `command_line` (e.g. `invoke run --serve`'s)."""
     image = read_igvm(path)
     notes: list[str] = []
-    areas = inserted_parameter_areas(image, ram, vcpus)
+    areas = inserted_parameter_areas(image, ram, vcpus, command_line.encode())
     launch: bytes | None = None
     at_quote = after = None
     if len(areas) == 1:
@@ -181,8 +186,8 @@ def reference_values(
         )
         ram_text = ", ".join(f"{size >> 20} MiB at {gpa:#x}" for gpa, size in ram)
         notes.append(
-            f"RTMRs assume the host's launch parameters: {vcpus} VP(s), RAM {ram_text}; "
-            f"parameter area at {areas[0][0]:#x}"
+            f"RTMRs assume the host's launch parameters: {vcpus} VP(s), RAM {ram_text}, "
+            f"command line {command_line!r}; parameter area at {areas[0][0]:#x}"
         )
     else:
         notes.append(

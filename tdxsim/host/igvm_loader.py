@@ -4,7 +4,8 @@ Follows the IGVM file format's directive walk as the microsoft/igvm crate does i
 compatibility mask does not cover the TDX platform's are skipped; shared PAGE_DATA is not added;
 measured PAGE_DATA gets PAGE.ADD plus 16 MR.EXTENDs; unmeasured PAGE_DATA and every page of a
 PARAMETER_INSERT get PAGE.ADD only, the latter with the host-filled parameter area (memory map,
-VP count) as content.
+VP count, command line) as content. The command line (IGVM_VHT_COMMAND_LINE: NUL-terminated
+ASCII) carries the host's launch options; a file without that parameter cannot take any.
 """
 
 from __future__ import annotations
@@ -140,14 +141,22 @@ class _BuilderSink:
 
 
 def replay_directives(
-    directives: Iterable[Any], mask: int, ram: list[tuple[int, int]], vcpus: int, sink: PageSink
+    directives: Iterable[Any],
+    mask: int,
+    ram: list[tuple[int, int]],
+    vcpus: int,
+    sink: PageSink,
+    command_line: bytes = b"",
 ) -> None:
     """Walk directives in file order (as the microsoft/igvm crate does); hand their pages to `sink`.
 
     Consecutive PAGE_DATA of one kind go as one run (still in file order); parameter areas are
-    filled with the host's VP count and memory map and inserted unmeasured.
+    filled with the host's VP count, memory map and `command_line` and inserted unmeasured.
     """
+    if b"\0" in command_line or not command_line.isascii():
+        raise IgvmLoadError(f"command line {command_line!r}: must be ASCII without NUL bytes")
     areas: dict[int, bytearray] = {}
+    placed = False
     run: list[bytes] = []
     run_gpa, run_end, run_measured = 0, -1, False
     for d in directives:
@@ -183,9 +192,13 @@ def replay_directives(
             pages = [bytes(area[at : at + PAGE_SIZE]) for at in range(0, len(area), PAGE_SIZE)]
             sink.add_page_run(d.gpa, pages, measured=False)
         else:
-            _fill_parameter(d, areas, ram, vcpus)
+            placed |= _fill_parameter(d, areas, ram, vcpus, command_line)
     if run:
         sink.add_page_run(run_gpa, run, measured=run_measured)
+    if command_line and not placed:
+        raise IgvmLoadError(
+            f"command line {command_line.decode()!r}: the IGVM file has no command-line parameter"
+        )
 
 
 def _replay(
@@ -215,11 +228,16 @@ def _replay(
 
 
 def _fill_parameter(
-    directive: Any, areas: dict[int, bytearray], ram: list[tuple[int, int]], vcpus: int
-) -> None:
-    """Deposit host-supplied parameters (VP count, memory map) into their parameter area."""
-    if not isinstance(directive, (headers.VpCount, headers.MemoryMap)):
-        return  # other directives contribute nothing to a TDX TD
+    directive: Any,
+    areas: dict[int, bytearray],
+    ram: list[tuple[int, int]],
+    vcpus: int,
+    command_line: bytes = b"",
+) -> bool:
+    """Deposit host-supplied parameters (VP count, memory map, command line) into their
+    parameter area; True if this was the command line."""
+    if not isinstance(directive, (headers.VpCount, headers.MemoryMap, headers.CommandLine)):
+        return False  # other directives contribute nothing to a TDX TD
     kind = directive.NAME
     index = directive.parameter_area_index
     area = areas.get(index)
@@ -228,8 +246,11 @@ def _fill_parameter(
     offset = directive.byte_offset
     if isinstance(directive, headers.VpCount):
         data = vcpus.to_bytes(headers.VP_COUNT_BYTES, "little")
+    elif isinstance(directive, headers.CommandLine):
+        data = command_line + b"\0"
     else:
         data = _memory_map(ram, len(area) - offset)
     if offset + len(data) > len(area):
         raise IgvmLoadError(f"{kind}: offset {offset} + {len(data)} bytes overflows area {index}")
     area[offset : offset + len(data)] = data
+    return isinstance(directive, headers.CommandLine)

@@ -12,7 +12,9 @@ layouts per GHCI v1.5:
 ReportFatalError (R12 = error code, bit 63 = R13 holds the shared GPA of a NUL-terminated message),
 Service (R12/R13 = shared command/response buffer GPAs; buffers start with GUID[16], length u32,
 then reserved u32 in a command, status u32 in a response). MapGPA converts at most
-`mapgpa_chunk_pages` pages per call and answers RETRY with R11 = the GPA to resume at.
+`mapgpa_chunk_pages` pages per call and answers RETRY with R11 = the GPA to resume at. With a
+relay attached (`attach_relay`, tdxsim.host.relay), HLT waits a bounded time for a vTPM command
+and IO writes to RELAY_NOTIFY_PORT hand L1's answer back; without one HLT returns at once.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from tdxdefs.getquote import (
     GetQuoteResp,
 )
 from tdxdefs.quote import REPORTDATA_OFFSET
+from tdxdefs.relay import RELAY_NOTIFY_PORT
 from tdxdefs.tdcall import PAGE_SIZE
 from tdxdefs.tdvmcall import (
     FATAL_CODE_MASK,
@@ -55,6 +58,7 @@ from tdxsim.host.faults import (
     FaultSet,
     GetQuoteLength,
 )
+from tdxsim.host.relay import HostRelay, RelayHook
 from tdxsim.host.shared_memory import HostAccessDenied, SharedMemory
 from tdxsim.module.dispatch import TdxModule
 from tdxsim.module.host_interface import TdExit, TdExitKind
@@ -185,6 +189,14 @@ class HostVmm:
         self._handlers = self._handler_table()
         self.uart = Uart()
         self.attach_io(UART_BASE, 8, self.uart)
+        self.relay: HostRelay | None = None
+
+    def attach_relay(self, hook: RelayHook, stop: threading.Event | None = None) -> HostRelay:
+        """Serve the vTPM relay ring (tdxsim.host.relay) with `hook`: L1's HLT then waits for
+        its commands and RELAY_NOTIFY_PORT takes its answers; `stop` ends the run when set."""
+        self.relay = HostRelay(self.shared, hook, stop=stop)
+        self.attach_io(RELAY_NOTIFY_PORT, 1, self.relay)
+        return self.relay
 
     # --- devices and interrupts ---------------------------------------------------------------
     def attach_io(self, port: int, count: int, device: Device) -> None:
@@ -209,6 +221,8 @@ class HostVmm:
             self._storm_left -= 1
             vector = self.notify_vector if self.notify_vector is not None else DEFAULT_STORM_VECTOR
             self._pending.append((0, vector))
+        if self.relay is not None:
+            self._pending.extend((0, vector) for vector in self.relay.turn())
         pending, self._pending = self._pending, []
         for vcpu, vector in pending:
             self.log.injected.append((vcpu, vector))
@@ -270,6 +284,8 @@ class HostVmm:
         if r.r12 not in HLT_FLAGS:
             return TDVMCALL_OPERAND_INVALID
         self.log.halts += 1
+        if self.relay is not None:
+            self.relay.halt()
         return TDVMCALL_SUCCESS
 
     def _wide(self, value: int, size: int) -> int:

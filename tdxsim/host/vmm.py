@@ -4,9 +4,10 @@
 checkout, only third-party site-packages on the path), sends the host-side calls over the channel,
 and runs `run()`: enter the TD, handle each TD exit with `HostVmm` (TDVMCALL services, AUG for
 ACCEPT, host-routed L2 exits resumed to L1), post host interrupts, enter again, until L1 returns,
-fails, reports a fatal error, or the deadline passes. A TD process that dies is noticed at once
-(its channel end closes) and at the latest after `DEATH_POLL_S`; nothing here blocks without a
-timeout.
+fails, reports a fatal error, the deadline passes, or the vTPM relay's stop is set (STOPPED: L1
+is left inside its TD exit and `close` shuts the TD process down). A TD process that dies is
+noticed at once (its channel end closes) and at the latest after `DEATH_POLL_S`; nothing here
+blocks without a timeout.
 """
 
 from __future__ import annotations
@@ -104,6 +105,7 @@ class RunStatus(StrEnum):
     FATAL = "fatal"  # L1 sent a GHCI ReportFatalError
     DIED = "died"  # the TD process ended on its own or closed the channel
     TIMEOUT = "timeout"  # no end within the run's time limit
+    STOPPED = "stopped"  # the host ended the run on request (relay stop), L1 still running
 
 
 @dataclass
@@ -307,16 +309,24 @@ class Vmm:
             self.add_page(gpa + offset, image[offset : offset + PAGE_SIZE])
         self.l1_location = (gpa, len(image))
 
-    def load_igvm(self, path: str | Path, ram: list[tuple[int, int]], vcpus: int = 1) -> None:
+    def load_igvm(
+        self,
+        path: str | Path,
+        ram: list[tuple[int, int]],
+        vcpus: int = 1,
+        *,
+        command_line: bytes = b"",
+    ) -> None:
         """Replay an IGVM file's directives in file order exactly as tdxsim.host.igvm_loader does,
         over the channel, and find the L1 image: the first measured PAGE_DATA whose page starts
-        with the image magic (the image's pages follow it)."""
+        with the image magic (the image's pages follow it). `command_line` goes into the file's
+        command-line parameter (the host's launch options)."""
         from igvm import format as igvm_format
         from tdxsim.host.igvm_loader import replay_directives, tdx_mask
 
         igvm_file = igvm_format.read(path)
         mask, _gpaw = tdx_mask(igvm_file)
-        replay_directives(igvm_file.directives, mask, ram, vcpus, self)
+        replay_directives(igvm_file.directives, mask, ram, vcpus, self, command_line)
 
     def add_page_run(self, gpa: int, pages: Sequence[bytes], *, measured: bool) -> None:
         """PageSink: PAGE.ADD (and MR.EXTEND if `measured`) each page; note the L1 image."""
@@ -380,7 +390,7 @@ class Vmm:
                                 host.log.fatal.message,
                                 f"ReportFatalError code {host.log.fatal.code:#x}",
                             )
-                        self.channel.send_enter(answer)
+                        fixed = False
                     else:
                         _k, _vcpu, vm, eeq, reason, gpa, qual = values[:7]
                         event = TdExit(
@@ -391,7 +401,11 @@ class Vmm:
                             exit_reason=reason,
                             qualification=qual,
                         )
-                        self.channel.send_enter(None, fixed=host.td_exit(event))
+                        answer, fixed = None, host.td_exit(event)
+                    if host.relay is not None and host.relay.stop.is_set():
+                        host.relay.fail_in_flight("the host is stopping")
+                        return result(RunStatus.STOPPED, b"", "stopped on request")
+                    self.channel.send_enter(answer, fixed=fixed)
                     continue
                 msg = Channel.parse(data)
                 if msg.type == MsgType.DONE:

@@ -1,0 +1,272 @@
+"""The host's half of the vTPM relay ring (tdxdefs.relay): commands in, responses out.
+
+A `RelayHook` (the relay server, outside tdxsim) supplies TPM commands and takes the answers;
+`HostRelay` moves them through the ring page. The host writes a command into the ring only while
+no other command is in flight and only once L1 has converted the page to shared (its MapGPA of
+RELAY_RING_GPA with the shared bit: `SharedMemory` says whether the host may touch the page, so a
+ring L1 has not shared, or has taken back, is never written). It then queues RELAY_VECTOR for L1,
+posted on the way back into the TD. L1 answers with a TDVMCALL<IO> write to RELAY_NOTIFY_PORT
+(GHCI 1.5, TDG.VP.VMCALL<Instruction.IO>); the host copies the ring once and checks every field
+of the copy: magic, version, the VM and sequence of the command in flight, state RESPONSE or
+ERROR, a length that fits the page. A ring that fails a check is refused and logged and the
+command in flight fails (the hook gets ERROR); the host keeps serving. A TD cannot make the host
+raise.
+
+L1 waits for commands in TDG.VP.VMCALL<Instruction.HLT>; the host then blocks in the HLT for at
+most `halt_wait_s` for a command, so a stop request or a deadline is seen within that time.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from tdxdefs.errors import LayoutError
+from tdxdefs.relay import (
+    MAX_TPM_MESSAGE,
+    RELAY_RING_GPA,
+    RELAY_VECTOR,
+    RING_MAGIC,
+    RING_PAGE_SIZE,
+    RING_VERSION,
+    RelayKind,
+    RelayState,
+    RingHeader,
+)
+from tdxsim.errors import TdxsimError
+from tdxsim.host.shared_memory import HostAccessDenied, SharedMemory
+
+log = logging.getLogger("tdxsim.host.relay")
+
+HALT_WAIT_S = 0.1  # longest a relay HLT blocks before L1 is resumed (it halts again)
+COMMAND_TIMEOUT_S = 30.0  # a command L1 has not answered by then fails
+KEEP_SAMPLES = 4096
+U32_MAX = 0xFFFFFFFF
+U16_MAX = 0xFFFF
+
+
+class RelayError(TdxsimError, ValueError):
+    """A relay command the host cannot put into the ring (names the field)."""
+
+
+@dataclass(frozen=True)
+class RelayCommand:
+    """One command for L1: which L2's vTPM, what to do, at which locality, the TPM bytes."""
+
+    vm: int
+    kind: RelayKind
+    locality: int
+    message: bytes
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.vm <= U16_MAX:
+            raise RelayError(f"relay command: vm {self.vm} does not fit the ring's u16")
+        if not 0 <= self.locality <= U32_MAX:
+            raise RelayError(f"relay command: locality {self.locality} does not fit a u32")
+        if len(self.message) > MAX_TPM_MESSAGE:
+            raise RelayError(
+                f"relay command: {len(self.message)} bytes, the ring carries {MAX_TPM_MESSAGE}"
+            )
+
+
+class RelayHook(Protocol):
+    """Where commands come from and answers go (the relay server implements it)."""
+
+    def next_command(self, timeout: float) -> RelayCommand | None:
+        """The next command, waiting at most `timeout` seconds; None if there is none."""
+        ...
+
+    def response(self, sequence: int, state: RelayState, message: bytes) -> None:
+        """The answer to the command sent as `sequence` (every command gets exactly one, in
+        order): RESPONSE with L1's bytes, or ERROR (L1 refused it, or the ring was refused)."""
+        ...
+
+
+@dataclass
+class RelayStats:
+    """What the relay did: commands answered and refused, TD exits per answered command."""
+
+    sent: int = 0
+    answered: int = 0
+    failed: int = 0
+    rerung: int = 0  # RELAY_VECTOR posted again to an L1 that halted with a command in flight
+    refused: deque[str] = field(default_factory=lambda: deque(maxlen=KEEP_SAMPLES))
+    exits_per_command: deque[int] = field(default_factory=lambda: deque(maxlen=KEEP_SAMPLES))
+
+
+@dataclass
+class _InFlight:
+    sequence: int
+    command: RelayCommand
+    exit_at: int
+    sent_at: float
+
+
+class HostRelay:
+    """The ring page's host side; a `Device` on RELAY_NOTIFY_PORT (see the module docstring)."""
+
+    def __init__(
+        self,
+        shared: SharedMemory,
+        hook: RelayHook,
+        *,
+        halt_wait_s: float = HALT_WAIT_S,
+        command_timeout_s: float = COMMAND_TIMEOUT_S,
+        stop: threading.Event | None = None,
+    ) -> None:
+        self.shared = shared
+        self.hook = hook
+        self.ring = RELAY_RING_GPA | shared.shared_bit
+        self.halt_wait_s = halt_wait_s
+        self.command_timeout_s = command_timeout_s
+        self.stats = RelayStats()
+        self.ready = threading.Event()  # set once L1 has shared the ring page
+        # set to end the run: the host loop checks it at every TD exit (and a HLT waits no longer)
+        self.stop = stop if stop is not None else threading.Event()
+        self.exits = 0  # TD exits seen since the relay was attached
+        self._sequence = 0
+        self._in_flight: _InFlight | None = None
+        self._post: list[int] = []
+
+    # --- the host loop's calls ------------------------------------------------------------------
+    def ring_shared(self) -> bool:
+        """True while L1 has the ring page converted to shared (MapGPA done)."""
+        shared = self.shared.is_mapped(self.ring)
+        if shared and not self.ready.is_set():
+            self.ready.set()
+        return shared
+
+    def turn(self) -> list[int]:
+        """One TD exit: expire a command L1 sat on too long, send a waiting one if the ring is
+        free; returns the vectors to post to L1."""
+        self.exits += 1
+        self._expire()
+        if self._in_flight is None and self.ring_shared():
+            command = self.hook.next_command(0)
+            if command is not None:
+                self._send(command)
+        post, self._post = self._post, []
+        return post
+
+    def halt(self) -> None:
+        """L1 halted: wait (at most halt_wait_s) for a command when the ring is free and shared.
+
+        An L1 that halts with a command in flight has not taken it (its vector was lost or
+        merged with another): after halt_wait_s the host rings again. L1 knows a command by its
+        sequence, so a second ring for one it is already working on changes nothing."""
+        if self.stop.is_set() or not self.ring_shared():
+            return
+        if self._in_flight is not None:
+            if not self.stop.wait(self.halt_wait_s):
+                self.stats.rerung += 1
+                self._post.append(RELAY_VECTOR)
+            return
+        command = self.hook.next_command(self.halt_wait_s)
+        if command is not None and not self.stop.is_set() and self.ring_shared():
+            self._send(command)
+        elif command is not None:  # taken from the hook, so it must be answered
+            self.hook.response(self._next_sequence(), RelayState.ERROR, b"")
+            self.stats.failed += 1
+
+    def fail_in_flight(self, why: str) -> None:
+        """End the command in flight with ERROR (the run is ending, or L1 lost it)."""
+        flight, self._in_flight = self._in_flight, None
+        if flight is not None:
+            log.warning("relay command %d failed: %s", flight.sequence, why)
+            self.stats.failed += 1
+            self.hook.response(flight.sequence, RelayState.ERROR, b"")
+
+    # --- Device on RELAY_NOTIFY_PORT --------------------------------------------------------------
+    def read(self, offset: int, size: int) -> int:
+        return 0
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        """L1's doorbell: the ring holds its answer."""
+        flight = self._in_flight
+        try:
+            page = self.shared.read(self.ring, RING_PAGE_SIZE)  # one copy; checked from it only
+        except HostAccessDenied as exc:
+            self._refuse(f"ring at GPA {self.ring:#x} unreadable: {exc}")
+            return
+        if flight is None:
+            self._refuse("notify with no command in flight")
+            return
+        try:
+            header = RingHeader.unpack(page)
+        except LayoutError as exc:
+            self._refuse(str(exc))
+            return
+        problem = _check(header, flight)
+        if problem:
+            self._refuse(problem)
+            return
+        self._in_flight = None
+        self.stats.exits_per_command.append(self.exits - flight.exit_at + 1)
+        if header.state == RelayState.RESPONSE:
+            self.stats.answered += 1
+            end = RingHeader.SIZE + header.length
+            self.hook.response(flight.sequence, RelayState.RESPONSE, page[RingHeader.SIZE : end])
+        else:
+            self.stats.failed += 1
+            self.hook.response(flight.sequence, RelayState.ERROR, b"")
+
+    # --- internals -------------------------------------------------------------------
+    def _next_sequence(self) -> int:
+        self._sequence = (self._sequence + 1) & U32_MAX
+        return self._sequence
+
+    def _send(self, command: RelayCommand) -> None:
+        sequence = self._next_sequence()
+        header = RingHeader(
+            magic=RING_MAGIC,
+            version=RING_VERSION,
+            vm=command.vm,
+            sequence=sequence,
+            state=RelayState.COMMAND,
+            length=len(command.message),
+            locality=command.locality,
+            kind=command.kind,
+            reserved=bytes(4),
+        )
+        try:
+            self.shared.write(self.ring, header.pack() + command.message)
+        except HostAccessDenied as exc:  # L1 took the page back between the check and here
+            log.warning("relay command %d not sent: %s", sequence, exc)
+            self.stats.failed += 1
+            self.hook.response(sequence, RelayState.ERROR, b"")
+            return
+        self.stats.sent += 1
+        self._in_flight = _InFlight(sequence, command, self.exits, time.monotonic())
+        self._post.append(RELAY_VECTOR)
+
+    def _expire(self) -> None:
+        flight = self._in_flight
+        if flight is not None and time.monotonic() - flight.sent_at > self.command_timeout_s:
+            self.fail_in_flight(f"L1 did not answer within {self.command_timeout_s} s")
+
+    def _refuse(self, why: str) -> None:
+        text = f"relay ring at GPA {self.ring:#x} refused: {why}"
+        log.warning("%s", text)
+        self.stats.refused.append(text)
+        self.fail_in_flight(why)
+
+
+def _check(header: RingHeader, flight: _InFlight) -> str:
+    """What is wrong with L1's answer in the ring, or "" if nothing."""
+    if header.magic != RING_MAGIC:
+        return f"magic {header.magic:#x}, expected {RING_MAGIC:#x}"
+    if header.version != RING_VERSION:
+        return f"version {header.version}, expected {RING_VERSION}"
+    if header.sequence != flight.sequence:
+        return f"sequence {header.sequence}, the command in flight is {flight.sequence}"
+    if header.vm != flight.command.vm:
+        return f"vm {header.vm}, the command was for vm {flight.command.vm}"
+    if header.state not in (RelayState.RESPONSE, RelayState.ERROR):
+        return f"state {header.state}, expected RESPONSE or ERROR"
+    if header.length > RING_PAGE_SIZE - RingHeader.SIZE:
+        return f"length {header.length} runs past the {RING_PAGE_SIZE}-byte page"
+    return ""

@@ -1,0 +1,137 @@
+"""Benchmark of the host relay: `invoke run --serve`'s sockets, ring page and TD exits, per command.
+
+The TD runs the stand-in L1 of the tests (tests/integration/tdxsim/l1_min/relay.py: the L1 half
+of the ring protocol, a libtpms vTPM inside the TD process, no L2), served by
+`python -m orchestrator.serve`, against swtpm with the same tpm2-pytss workload over the `swtpm:`
+TCTI, batches alternating. Prints per-command medians, the ratio to swtpm, the TD exits per
+relayed command (the host loop counts them) and the time from starting the serve process to the
+first answer. It measures the host's share of the L2 path; the L2 and CRB hops come on top.
+
+Run: python tests/benchmarks/bench_relay.py [--quick]. Never fails on a missed target.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+from tpm2_pytss import ESAPI
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from igvm.build import build  # noqa: E402
+from tdxsim.host.l1_image import build_l1_image  # noqa: E402
+from tests.benchmarks.bench_vtpm import (  # noqa: E402
+    COMMANDS,
+    Workload,
+    run_batch,
+    swtpm_server,
+)
+
+L1_MIN = ROOT / "tests" / "integration" / "tdxsim" / "l1_min"
+TCTI = re.compile(r"swtpm:host=127\.0\.0\.1,port=(\d+)")
+EXITS = re.compile(r"TD exits per TPM command: median (\d+)")
+TARGET_RATIO = 2.0  # the L2 path's target against swtpm (the whole path, not only this share)
+TARGET_EXITS = 2
+START_TIMEOUT_S = 60.0
+
+
+def stand_in_igvm(workdir: Path) -> Path:
+    """The stand-in L1 (with vtpm, so it runs libtpms) in an IGVM with a command-line parameter."""
+    (workdir / "l1.img").write_bytes(
+        build_l1_image([L1_MIN, ROOT / "vtpm", ROOT / "tdxdefs"], "l1_min.relay:serve")
+    )
+    recipe = {
+        "platform": {"compatibility_mask": 1, "highest_vtl": 2, "shared_gpa_boundary": 47},
+        "components": [
+            {"name": "l1", "kind": "paravisor", "file": str(workdir / "l1.img"), "gpa": 0x100000}
+        ],
+        "parameter_areas": [
+            {
+                "name": "boot-params",
+                "gpa": 0x9000,
+                "size": "4KiB",
+                "parameters": [{"type": "command_line", "offset": 0x800}],
+            }
+        ],
+    }
+    (workdir / "relay.yaml").write_text(yaml.safe_dump(recipe))
+    build(workdir / "relay.yaml", workdir / "relay.igvm")
+    return workdir / "relay.igvm"
+
+
+def start_serve(image: Path) -> tuple[subprocess.Popen[str], int, float]:
+    """Start the serve process; its port and the seconds from start to the first answer."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator.serve", "--image", str(image)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        match = TCTI.search(line)
+        if match:
+            port = int(match.group(1))
+            with ESAPI(f"swtpm:host=127.0.0.1,port={port}") as ectx:
+                ectx.get_random(8)
+            return proc, port, time.perf_counter() - start
+    proc.kill()
+    raise RuntimeError(f"serve did not print its TCTI strings: {proc.communicate()[1][-500:]}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    batches, iterations = (3, 30) if args.quick else (7, 100)
+    with tempfile.TemporaryDirectory() as tmp:
+        image = stand_in_igvm(Path(tmp))
+        proc, port, startup = start_serve(image)
+        try:
+            with swtpm_server(Path(tmp)) as (swtpm_port, _pid):
+                works = {"swtpm": Workload(swtpm_port), "relay": Workload(port)}
+                samples: dict[tuple[str, str], list[float]] = {}
+                for _ in range(batches):
+                    for name, op in COMMANDS.items():
+                        for side, work in works.items():
+                            times = run_batch(work, op, iterations)
+                            samples.setdefault((side, name), []).extend(times)
+                for work in works.values():
+                    work.close()
+        finally:
+            proc.send_signal(signal.SIGINT)
+            out, _err = proc.communicate(timeout=30)
+    exits = EXITS.search(out)
+    print(f"host relay (stand-in L1 with libtpms in the TD) vs swtpm, {batches} x {iterations}")
+    print(f"{'command':28} {'swtpm us':>10} {'relay us':>10} {'ratio':>7}")
+    for name in COMMANDS:
+        swtpm = statistics.median(samples[("swtpm", name)]) * 1e6
+        relay = statistics.median(samples[("relay", name)]) * 1e6
+        ratio = relay / swtpm
+        verdict = "met" if ratio <= TARGET_RATIO else "MISSED"
+        print(f"{name:28} {swtpm:10.0f} {relay:10.0f} {ratio:7.2f}  (target {TARGET_RATIO}x: "
+              f"{verdict})")  # fmt: skip
+    td_exits = int(exits.group(1)) if exits else -1
+    verdict = "met" if 0 <= td_exits <= TARGET_EXITS else "MISSED"
+    print(f"TD exits per relayed command: median {td_exits} (target <= {TARGET_EXITS}: {verdict})")
+    print(f"serve start to first answer: {startup * 1000:.0f} ms (stand-in L1, no manufacture)")
+
+
+if __name__ == "__main__":
+    main()
