@@ -36,7 +36,7 @@ from svsm.l2image import parse_descriptor
 from svsm.measurement import PcrEvent, Rtmrs, extend_pcr
 from svsm.memory import PAGE_SIZE_2M, Memory
 from svsm.platform import Platform
-from svsm.relay import HostMode, Relay, ask_host
+from svsm.relay import HostMode, Relay, launch_options
 from svsm.scheduler import run_guests
 from svsm.tdcall import Tdcall
 from tdxdefs.eventlog import (
@@ -125,8 +125,8 @@ class Boot:
         self.vcpus = info[R8] & 0xFFFFFFFF
         self.memory.accept(WORK_GPA, WORK_SIZE)
         num_l2_vms = self.tdcall.vm_rd(NUM_L2_VMS_FIELD)
-        self.mode = self.host_mode()
         area = self.memory.read_measured(PARAMETER_AREA_GPA, PARAMETER_AREA_SIZE)
+        self.mode = self.host_mode(area)
         description = f"IGVM parameter area at {PARAMETER_AREA_GPA:#x}, {len(area)} bytes\0"
         self.rtmrs.extend(
             RTMR_LAUNCH,
@@ -155,10 +155,10 @@ class Boot:
         if self.relay is not None:
             self.relay.on_interrupt(vector)
 
-    def host_mode(self) -> HostMode:
-        """Ask the host whether it serves the relay; a development platform port (power cycles
-        from outside) is recorded in RTMR3, so a verifier sees the mode the TD ran in."""
-        mode = ask_host(self.tdcall)
+    def host_mode(self, parameter_area: bytes) -> HostMode:
+        """The host's launch options; a development platform port (power cycles from outside)
+        is recorded in RTMR3 as well, so a verifier sees the mode the TD ran in."""
+        mode = launch_options(parameter_area)
         if mode.dev_platform_port:
             event = b"vTPM relay: development platform port (power cycles from the host)\0"
             self.rtmrs.extend(RTMR_MODES, EV_EVENT_TAG, event, hashlib.sha384(event).digest())

@@ -17,15 +17,14 @@ from dataclasses import dataclass
 from svsm.errors import SvsmError
 from svsm.l2guest import L2Guest, SupportPage
 from svsm.memory import Memory, SharedBuffer
-from svsm.tdcall import Tdcall, TdcallError
+from svsm.tdcall import Tdcall
 from tdxdefs.errors import LayoutError
 from tdxdefs.relay import (
     L2_RELAY_VECTOR,
+    LAUNCH_COMMAND_LINE_OFFSET,
+    LAUNCH_OPTION_DEV_PLATFORM_PORT,
+    LAUNCH_OPTION_SERVE,
     MAX_TPM_MESSAGE,
-    RELAY_FLAG_DEV_PLATFORM_PORT,
-    RELAY_FLAG_SERVING,
-    RELAY_HELLO,
-    RELAY_HELLO_MASK,
     RELAY_NOTIFY_PORT,
     RELAY_VECTOR,
     RING_MAGIC,
@@ -36,8 +35,7 @@ from tdxdefs.relay import (
     RelayState,
     RingHeader,
 )
-from tdxdefs.tdcall import R11
-from tdxdefs.tdvmcall import IO_DIRECTION_READ, IO_DIRECTION_WRITE, Tdvmcall
+from tdxdefs.tdvmcall import IO_DIRECTION_WRITE, Tdvmcall
 
 IO_SIZE_4 = 4
 IO_SIZE_1 = 1
@@ -49,24 +47,18 @@ class RelayError(SvsmError):
 
 @dataclass(frozen=True)
 class HostMode:
-    """What the host said at boot: whether it serves the relay, and in which mode."""
+    """The launch options the host passed: whether it serves the relay, and in which mode."""
 
     serving: bool = False
     dev_platform_port: bool = False
 
 
-def ask_host(tdcall: Tdcall) -> HostMode:
-    """A 4-byte TDVMCALL<IO> read of RELAY_NOTIFY_PORT: RELAY_HELLO | flags from a serving host."""
-    try:
-        out = tdcall.tdvmcall(
-            Tdvmcall.IO, r12=IO_SIZE_4, r13=IO_DIRECTION_READ, r14=RELAY_NOTIFY_PORT
-        )
-    except TdcallError:
-        return HostMode()
-    value = out[R11] & 0xFFFFFFFF
-    if value & RELAY_HELLO_MASK != RELAY_HELLO or not value & RELAY_FLAG_SERVING:
-        return HostMode()
-    return HostMode(True, bool(value & RELAY_FLAG_DEV_PLATFORM_PORT))
+def launch_options(parameter_area: bytes) -> HostMode:
+    """The options in the IGVM command-line parameter (NUL-terminated ASCII at
+    LAUNCH_COMMAND_LINE_OFFSET); the area is measured into RTMR0, so the options are too."""
+    raw = parameter_area[LAUNCH_COMMAND_LINE_OFFSET:].split(b"\0", 1)[0]
+    words = set(raw.decode("ascii", errors="replace").split())
+    return HostMode(LAUNCH_OPTION_SERVE in words, LAUNCH_OPTION_DEV_PLATFORM_PORT in words)
 
 
 @dataclass(frozen=True)
@@ -143,6 +135,8 @@ class Relay:
             self._answer(0, 0, RelayState.ERROR, b"")
             return
         guest = self.guests[command.vm]
+        if self.inflight.get(command.vm) == command.sequence:
+            return  # the host rang again for the command the L2 is working on
         if command.kind is RelayKind.POWER_CYCLE:
             done = self.power_cycle(command.vm) if self.power_cycle else False
             state = RelayState.RESPONSE if done else RelayState.ERROR

@@ -29,13 +29,6 @@ L2_RELAY_VECTOR = 0x52  # L1 -> L2: a command is in the mailbox
 L2_DOORBELL_PORT = 0xF5  # L2 -> L1: the response is in the mailbox
 RELAY_NOTIFY_PORT = 0xF6  # L1 -> host (TDVMCALL<IO> write): the response is in the ring
 MAX_TPM_MESSAGE = 4096 - 32  # what one ring or mailbox page carries after its header
-RELAY_RING_GPA = 0x1E00000  # the ring page: private in the image, converted to shared by L1
-# L1 asks at boot with a 4-byte TDVMCALL<IO> read of RELAY_NOTIFY_PORT: a serving host answers
-# RELAY_HELLO | flags; anything else (an unrouted port reads as all ones) means "not serving".
-RELAY_HELLO = 0x52454C00  # "REL" and a flags byte
-RELAY_HELLO_MASK = 0xFFFFFF00
-RELAY_FLAG_SERVING = 1 << 0
-RELAY_FLAG_DEV_PLATFORM_PORT = 1 << 1  # platform commands (power cycles) pass: L1 logs it in RTMR3
 
 
 class RelayKind(IntEnum):
