@@ -261,6 +261,7 @@ def main(platform: Platform) -> bytes:
         with boot.step(f"set up {num_l2_vms} L2 guest(s): RAM, paging, aliases, VMCS"):
             guests = boot.l2_guests(num_l2_vms, l2_image, engine, aliases)
         if boot.mode.serving:
+            run_guests(guests, tdcall=boot.tdcall, until_idle=True)  # self-tests, then relay loops
             relay = boot.start_relay(guests)
             boot.say("  serving the vTPM relay: the host's ring page -> L2 mailboxes -> CRBs")
             run_guests(guests, tdcall=boot.tdcall, poll=relay.service, serving=True)

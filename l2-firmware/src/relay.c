@@ -18,8 +18,8 @@ void relay_serve(u64 mailbox_gpa) {
     struct mailbox *box = (struct mailbox *)mailbox_gpa;
     console_line("L2 firmware: ", "serving the TPM relay");
     for (;;) {
-        __asm__ volatile("sti; hlt; cli" ::: "memory");
         if (box->state != RELAY_STATE_COMMAND) {
+            __asm__ volatile("sti; hlt; cli" ::: "memory"); /* the relay vector wakes us */
             continue;
         }
         u32 length = box->length;
