@@ -131,12 +131,19 @@ def run(
     help={
         "slow": "also run tests marked slow",
         "tpm_suite": "run tpm2-pytss's own upstream test suite against our vTPM",
+        "vtpm": "with --tpm-suite: direct (vtpm serve, the default) or l2 (the L1 vTPM through "
+        "the host relay and an L2: invoke run --serve --dev-platform-port)",
         "k": "only tests matching this pytest -k expression",
         "path": "test path(s) under tests/, comma-separated (default: all)",
     }
 )
 def test(
-    c: Context, slow: bool = False, tpm_suite: bool = False, k: str = "", path: str = ""
+    c: Context,
+    slow: bool = False,
+    tpm_suite: bool = False,
+    k: str = "",
+    path: str = "",
+    vtpm: str = "direct",
 ) -> None:
     """Run the test suite with pytest (unit, integration, security)."""
     cmd = [PYTHON, "-m", "pytest"]
@@ -147,7 +154,9 @@ def test(
         cmd += ["-m", "not tpm_suite"]
     if k:
         cmd += ["-k", k]
-    code = _run(cmd)
+    if vtpm not in ("direct", "l2"):
+        raise Exit(f"invoke test: --vtpm {vtpm!r}: choose direct or l2", code=2)
+    code = _run(cmd, TDP_TPM_SUITE_VTPM=vtpm)
     if code:
         raise Exit(code=code)
 

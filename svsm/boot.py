@@ -149,6 +149,19 @@ class Boot:
         engine.power_on()
         return manufacture(engine, attester=attester), attester
 
+    def power_cycle(self, engine: TpmEngine, attester: TdxAttester, l2_image: bytes) -> bool:
+        """A relayed power cycle (development platform port only): the vTPM forgets its NV, is
+        manufactured again (a fresh CA bound to a fresh TD quote), PCR0 is measured again, and
+        it is left waiting for TPM2_Startup, as a platform power-on leaves a TPM."""
+        if not self.mode.dev_platform_port:
+            return False
+        engine.wipe()
+        engine.power_on()
+        manufacture(engine, attester=attester)
+        self.seal_pcr0(engine, l2_image)
+        engine.reset()
+        return True
+
     def take_interrupt(self, vector: int) -> None:
         """L1's interrupt handler: record the vector; the relay wakes on its own."""
         self.interrupts.append(vector)
@@ -185,12 +198,16 @@ class Boot:
     def seal(self, engine: TpmEngine, l2_image: bytes) -> list[PcrEvent]:
         """Step 4: the svsm version and the whole L2 image into PCR0, then a separator into
         RTMR0..3, so nothing an L2 does can reproduce the L1 quote."""
+        self.seal_pcr0(engine, l2_image)
+        self.rtmrs.separators()
+        return self.pcr_events
+
+    def seal_pcr0(self, engine: TpmEngine, l2_image: bytes) -> None:
+        """The svsm version and the whole L2 image into PCR0 (SHA-256 and SHA-384 banks)."""
         tpm = wire.TpmClient(engine)
         version = extend_pcr(tpm, PCR_SVSM, EV_S_CRTM_VERSION, SVSM_VERSION.encode() + b"\0")
         firmware = extend_pcr(tpm, PCR_SVSM, EV_POST_CODE, l2_image)
-        self.rtmrs.separators()
         self.pcr_events = [version, firmware]
-        return self.pcr_events
 
     def l2_image(self) -> bytes:
         """The L2 image named by the measured descriptor, read once from measured memory."""
@@ -263,6 +280,7 @@ def main(platform: Platform) -> bytes:
         if boot.mode.serving:
             run_guests(guests, tdcall=boot.tdcall, until_idle=True)  # self-tests, then relay loops
             relay = boot.start_relay(guests)
+            relay.power_cycle = lambda vm: vm == 1 and boot.power_cycle(engine, attester, l2_image)
             boot.say("  serving the vTPM relay: the host's ring page -> L2 mailboxes -> CRBs")
             run_guests(guests, tdcall=boot.tdcall, poll=relay.service, serving=True)
         with boot.step("run the L2 guests until each exits"):

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,6 +69,45 @@ class VtpmProcess:
         assert self.proc.stderr is not None
         err = self.proc.stderr.read()
         return self.proc.returncode, "\n".join(rest), err
+
+
+L2_READY = re.compile(r"mssim:host=(\S+),port=(\d+)")
+
+
+def launch_l2_serve(*args: str) -> VtpmProcess:
+    """`invoke run --serve --dev-platform-port` (orchestrator.serve): the L1 vTPM of L2 1, reached
+    through the host relay, L1 and the L2 firmware; ready once it prints its TCTI strings."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator.serve", "--port", "0", "--dev-platform-port", *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    banner: list[str] = []
+    deadline = time.monotonic() + 4 * START_TIMEOUT
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        banner.append(line.rstrip())
+        found = L2_READY.search(line)
+        if found:
+            host, port = found.group(1), int(found.group(2))
+            server = VtpmProcess(proc, host, port, port + 1, banner)
+
+            def pump() -> None:
+                assert proc.stdout is not None
+                for rest in proc.stdout:
+                    server.lines.put(rest.rstrip("\n"))
+                server.lines.put(None)
+
+            server.reader = threading.Thread(target=pump, daemon=True)
+            server.reader.start()
+            return server
+    proc.kill()
+    raise RuntimeError("invoke run --serve did not come up:\n" + "\n".join(banner))
 
 
 def launch_vtpm(

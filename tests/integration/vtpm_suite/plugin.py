@@ -22,10 +22,11 @@ from typing import Any
 import pytest
 from tpm2_pytss import TCTILdr  # bound now: the suite's test_import later unloads tpm2_pytss
 
-from tests.support.vtpm_process import VtpmProcess, launch_vtpm
+from tests.support.vtpm_process import VtpmProcess, launch_l2_serve, launch_vtpm
 from vtpm.protocol import MssimCommand
 
 SUITE_ROOT_ENV = "VTPM_SUITE_ROOT"
+TARGET_ENV = "VTPM_SUITE_TARGET"  # "direct" (vtpm serve) or "l2" (invoke run --serve)
 SUITE_BASE_MODULE = "test.TSS2_BaseTest"
 PLATFORM_TIMEOUT = 60.0
 
@@ -35,7 +36,10 @@ _server: VtpmProcess | None = None
 def _shared_server() -> VtpmProcess:
     global _server
     if _server is None or _server.proc.poll() is not None:
-        _server = launch_vtpm("--wipe-on-power-cycle")
+        if os.environ.get(TARGET_ENV, "direct") == "l2":
+            _server = launch_l2_serve()
+        else:
+            _server = launch_vtpm("--wipe-on-power-cycle")
     return _server
 
 

@@ -65,6 +65,7 @@ def run_suite(root: Path, workdir: Path, *, ours: bool) -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT) if ours else ""
     env["VTPM_SUITE_ROOT"] = str(root)
+    env["VTPM_SUITE_TARGET"] = os.environ.get("TDP_TPM_SUITE_VTPM", "direct")
     cmd = [
         sys.executable,
         "-m",
