@@ -97,11 +97,11 @@ def launch_l2_serve(*args: str) -> VtpmProcess:
             host, port = found.group(1), int(found.group(2))
             server = VtpmProcess(proc, host, port, port + 1, banner)
 
-            def pump() -> None:
+            def pump(lines: queue.Queue[str | None] = server.lines) -> None:
                 assert proc.stdout is not None
                 for rest in proc.stdout:
-                    server.lines.put(rest.rstrip("\n"))
-                server.lines.put(None)
+                    lines.put(rest.rstrip("\n"))
+                lines.put(None)
 
             server.reader = threading.Thread(target=pump, daemon=True)
             server.reader.start()
