@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 class IgvmError(Exception):
-    """An IGVM file, object or recipe breaks a rule (reference igvm.md sections 1-2)."""
+    """An IGVM file, object or recipe breaks a rule of the IGVM specification or of a TDX host."""
 
     def __init__(
         self, rule: str, header_index: int | None = None, offset: int | None = None

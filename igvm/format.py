@@ -1,6 +1,6 @@
 """IGVM file structure: fixed headers, the TLV variable header section, validation and reading.
 
-Follows reference igvm.md section 1 (file structure, checksum) and section 2 (per-type rules).
+Follows the IGVM specification (file structure, CRC32 checksum, per-type header rules).
 Choices where the reference leaves room, written down as DESIGN.md asks:
 - variable_header_offset must be 8-byte aligned (the spec's rule; the Rust parser omits the check).
 - The file-data section must not be empty (the Rust parser's strict `<`); the writer complies.

@@ -1,4 +1,4 @@
-"""IGVM variable header types: one dataclass per type, laid out as reference igvm.md section 2 says.
+"""IGVM variable header types: one dataclass per type, laid out as the IGVM specification says.
 
 Each class declares its on-disk payload as WIRE, a list of (field name, struct code) pairs in file
 order. Fields named ``reserved*`` must be zero and are not dataclass fields; ``file_offset`` is

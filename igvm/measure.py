@@ -1,4 +1,6 @@
-"""TDX launch measurement (MRTD) of an IGVM file, and RTMR prediction (reference igvm.md section 4).
+"""TDX launch measurement (MRTD) of an IGVM file, and RTMR prediction.
+
+Intel TDX Module ABI Specification: TDH.MEM.PAGE.ADD and TDH.MR.EXTEND extend MRTD.
 
 MRTD is SHA-384 over 128-byte blocks: TDH.MEM.PAGE.ADD gives one block (ASCII "MEM.PAGE.ADD",
 GPA at byte 16), TDH.MR.EXTEND gives a block (ASCII "MR.EXTEND", chunk GPA at byte 16) followed by

@@ -1,4 +1,4 @@
-"""Deterministic IGVM serializer (reference igvm.md section 1, "File data" writer behaviour).
+"""Deterministic IGVM serializer (IGVM specification: fixed header, variable headers, file data).
 
 The same IgvmFile always gives the same bytes: headers in list order, file data in first-use order,
 identical blobs stored once, pages padded to 4 KiB, v1 unless a platform needs v2 (NATIVE or CCA,

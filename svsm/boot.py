@@ -61,7 +61,10 @@ WORK_GPA, WORK_SIZE = 0x1000000, PAGE_SIZE_2M  # L1's private data: accepted at 
 TDREPORT_GPA = WORK_GPA
 REPORTDATA_GPA = WORK_GPA + PAGE_SIZE
 RTMR_DIGEST_GPA = WORK_GPA + 2 * PAGE_SIZE
-QUOTE_BUFFER_GPA, QUOTE_BUFFER_SIZE = WORK_GPA + WORK_SIZE, 2 * PAGE_SIZE  # ISV: two pages
+QUOTE_BUFFER_GPA, QUOTE_BUFFER_SIZE = (
+    WORK_GPA + WORK_SIZE,
+    2 * PAGE_SIZE,
+)  # two pages, as Intel's TD-partitioning vTPM prototype uses
 NOTIFY_VECTOR = 0x40  # GetQuote completion (SetupEventNotifyInterrupt)
 # The L2 side: the measured descriptor naming the L2 image (orchestrator/recipes/tdp.yaml), L1's
 # support pages for each L2, and each L2's RAM: 2 MiB at L2_RAM_GPA + (n - 1) * 2 MiB.

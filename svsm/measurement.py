@@ -2,7 +2,8 @@
 
 RTMRs (TDG.MR.RTMR.EXTEND) take SHA-384 digests from a 64-byte aligned private buffer; each extend
 is logged as a `CcEvent`. PCR0 is extended through TPM2_PCR_Extend in the SHA-256 and SHA-384 banks
-(the SHA-1 bank ISV also extends is left out: nothing here reads it).
+(the SHA-1 bank Intel's TD-partitioning vTPM prototype also extends is left out: nothing here
+reads it).
 """
 
 from __future__ import annotations

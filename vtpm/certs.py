@@ -4,12 +4,13 @@ The CA key lives in the TPM, so a certificate is built with `cryptography` aroun
 of the same algorithm (ECDSA P-384, SHA-384), its TBSCertificate is taken out, the TPM signs the
 SHA-384 digest of it, and the certificate is reassembled with that signature in DER.
 
-CA certificate (reference tdx-partitioning-abi.md 6.1): BasicConstraints CA, EKU vTPM TD-issued
-CA, the raw TD quote and the CC event log as extensions. [CONFLICT] The ISV design guide's Table 10
-uses 2.16.840.1.113741.1.5.5.4.x; the running ISV code uses .5.5.2.x, which we use.
+CA certificate (as Intel's TD-partitioning vTPM prototype issues it): BasicConstraints CA, EKU
+vTPM TD-issued CA, the raw TD quote and the CC event log as extensions. [CONFLICT] The prototype's
+design guide (Table 10) uses 2.16.840.1.113741.1.5.5.4.x; its running code uses .5.5.2.x, which
+we use.
 EK certificates follow the TCG EK credential profile: empty subject, critical SAN directoryName
 with TPM manufacturer/model/version, EKU tcg-kp-EKCertificate, key usage by key type, CA=false,
-and the authority key identifier of the issuing CA key (the ISV code takes it from the EK,
+and the authority key identifier of the issuing CA key (the prototype's code takes it from the EK,
 which the reference marks as a likely bug; we do not copy that).
 """
 

@@ -1,22 +1,23 @@
 """Manufacture a fresh vTPM: TCG-template EKs, a TD-bound CA inside the TPM, certificates in NV.
 
-Order (reference tdx-partitioning-abi.md 6.1, with the choices below): TPM2_Startup(CLEAR); read
-manufacturer, model and version; create the EKs (RSA-2048 template L-1, ECC P-256 template L-2 from
-the TCG EK Credential Profile); create the CA key inside the TPM; REPORTDATA = SHA-384 of the CA
+Order (as Intel's TD-partitioning vTPM prototype does, with the choices below):
+TPM2_Startup(CLEAR); read manufacturer, model and version; create the EKs (RSA-2048 template
+L-1, ECC P-256 template L-2 from the TCG EK Credential Profile); create the CA key inside the TPM; REPORTDATA = SHA-384 of the CA
 public point plus 16 zero bytes; get the quote and the CC event log from the attester; sign the CA
 and EK certificates with TPM2_Sign; flush the CA key; store the certificates in NV.
 
 Choices where the reference differs from what we build:
 - EKs: the TCG low-range templates L-1/L-2 at NV 0x01C00002/0x01C0000A (what tpm2-tools looks for),
-  not the ISV P-384 H-4 EK; EKs are not made persistent (tools recreate them from the template).
-- CA key: ECC P-384, ECDSA/SHA-384 as in ISV, but an ordinary key from the TPM RNG
+  not the prototype's P-384 H-4 EK; EKs are not made persistent (tools recreate them from the
+  template).
+- CA key: ECC P-384, ECDSA/SHA-384 as in the prototype, but an ordinary key from the TPM RNG
   (TPM2_CreateLoaded under a temporary NULL-hierarchy storage key, with a random authValue), so
   nobody can recreate it from a template once it is flushed; its private blob is discarded.
 - REPORTDATA is bound to the CA public key, not the EK ([CONFLICT] in the reference, see
   vtpm.attest); certificate OIDs are .5.5.2.x ([CONFLICT], see vtpm.certs).
 - NV: attributes PLATFORMCREATE|AUTHREAD|OWNERREAD|PPREAD|PPWRITE|NO_DA|WRITEDEFINE as the
   reference lists, then TPM2_NV_WriteLock so no one rewrites a certificate until the index is
-  undefined; chunks are TPM_PT_NV_INDEX_MAX bytes (2048 in libtpms, as in ISV).
+  undefined; chunks are TPM_PT_NV_INDEX_MAX bytes (2048 in libtpms, as in the prototype).
 """
 
 from __future__ import annotations

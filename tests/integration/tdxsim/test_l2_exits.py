@@ -67,7 +67,7 @@ def l2(h: TdHarness) -> L2Context:
     return ctx
 
 
-# --- EPT violations (reference 2.5) ----------------------------------------------------------
+# --- EPT violations (TD partitioning: L2 accesses to unaliased pages) ---
 def test_write_to_read_only_alias_exits_with_qualification_and_gpa(l2: L2Context) -> None:
     ex = run(l2, f"mov rax, 0x1122\nmov qword ptr [{RO_PAGE + 0x18:#x}], rax\nhlt")
     assert ex.regs.rax == TDX_SUCCESS | ExitReason.EPT_VIOLATION
@@ -126,7 +126,7 @@ def test_unbacked_or_shared_gpa_is_host_routed(h: TdHarness, l2: L2Context, gpa:
     assert host.exits[-1].kind == TdExitKind.L2_HOST_ROUTED and host.exits[-1].gpa == gpa
 
 
-# --- exit routing and instruction lengths (reference 3.3) -----------------------------------
+# --- exit routing and instruction lengths (TDG.VP.ENTER) ---
 @pytest.mark.parametrize(
     ("source", "reason", "length"),
     [
@@ -256,7 +256,7 @@ def test_vp_enter_returns_pending_interrupt_without_entering(h: TdHarness, l2: L
     assert l2.enter().reason == ExitReason.HLT
 
 
-# --- interrupts (reference 4) ----------------------------------------------------------------
+# --- interrupts (virtual-interrupt delivery, entry injection) ---
 def install_idt(h: TdHarness, l2: L2Context, handler_source: str, vector: int = VECTOR) -> None:
     handler = 0x12000
     h.write(handler, assemble(handler_source, handler))

@@ -143,7 +143,7 @@ def test_ek_certificate_follows_tcg_profile(
     aki = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
     ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
     assert aki.key_identifier == ski.digest
-    # The issuer's key, not the EK's (the reference notes the ISV code gets this wrong).
+    # The issuer's key, not the EK's (Intel's TD-partitioning vTPM prototype takes the EK's).
     assert aki.key_identifier != x509.SubjectKeyIdentifier.from_public_key(cert.public_key()).digest
 
 

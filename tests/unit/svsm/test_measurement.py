@@ -17,7 +17,7 @@ from vtpm.attest import cc_event_log_separators
 from vtpm.engine import TpmEngine
 
 WORK = 0x200000
-RTMR_OFFSETS = (720, 768, 816, 864)  # TDREPORT_STRUCT (reference 7.1)
+RTMR_OFFSETS = (720, 768, 816, 864)  # TDREPORT_STRUCT (Intel TDX Module ABI Specification)
 
 
 def tdreport_rtmrs(td: Td) -> tuple[bytes, ...]:

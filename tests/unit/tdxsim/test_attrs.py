@@ -1,4 +1,4 @@
-"""TDG.MEM.PAGE.ATTR.RD/WR and every rule of reference 2.3, each with its negative case."""
+"""TDG.MEM.PAGE.ATTR.RD/WR and every rule the TDX module enforces, each with its negative case."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""TDREPORT_STRUCT (reference 7.1): layout at the reference offsets, hashes, simulated MAC."""
+"""TDREPORT_STRUCT (Intel TDX Module ABI Specification): its offsets, hashes, simulated MAC."""
 
 from __future__ import annotations
 

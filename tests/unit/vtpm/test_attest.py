@@ -1,4 +1,4 @@
-"""The fake attester's quote follows the TDX quote v4 layout (reference 7.2) and says it is fake."""
+"""The fake attester's quote has the TDX quote v4 layout (Intel DCAP) and says it is fake."""
 
 from __future__ import annotations
 

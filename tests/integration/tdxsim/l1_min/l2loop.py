@@ -34,7 +34,7 @@ GUEST_STATE_SIZE = 256
 
 
 def field_id(encoding: int, elem: int) -> int:
-    """TDG.VP.WR field id of an L2 VMCS field of VM 1 (reference 3.1)."""
+    """TDG.VP.WR field id of an L2 VMCS field of VM 1 (TD partitioning: L2 VMCS field IDs)."""
     vm_class = VMCS_CLASS_BASE + CLASS_STRIDE * (VM - 1)
     return (vm_class << 56) | (CONTEXT_VCPU << 52) | (elem << 32) | encoding
 

@@ -82,7 +82,7 @@ class L1:
 
 
 def get_quote(l1: L1, tdreport: bytes) -> bytes:
-    """GetQuote on a 2-page shared buffer (reference 6.1 buffer header and QGS framing)."""
+    """GetQuote on a 2-page shared buffer (GHCI GetQuote buffer header and QGS framing)."""
     shared = QUOTE_BUF | l1.p.shared_bit
     start, end = shared, shared + QUOTE_BUF_SIZE
     for _attempt in range(64):
