@@ -2,8 +2,8 @@
 
 Order (as Intel's TD-partitioning vTPM prototype does, with the choices below):
 TPM2_Startup(CLEAR); read manufacturer, model and version; create the EKs (RSA-2048 template
-L-1, ECC P-256 template L-2 from the TCG EK Credential Profile); create the CA key inside the TPM; REPORTDATA = SHA-384 of the CA
-public point plus 16 zero bytes; get the quote and the CC event log from the attester; sign the CA
+L-1, ECC P-256 template L-2 from the TCG EK Credential Profile); create the CA key inside the
+TPM; REPORTDATA = SHA-384 of the CA public point plus 16 zero bytes; get the quote and the CC event log from the attester; sign the CA
 and EK certificates with TPM2_Sign; flush the CA key; store the certificates in NV.
 
 Choices where the reference differs from what we build:
