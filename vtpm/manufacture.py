@@ -1,10 +1,11 @@
 """Manufacture a fresh vTPM: TCG-template EKs, a TD-bound CA inside the TPM, certificates in NV.
 
 Order (as Intel's TD-partitioning vTPM prototype does, with the choices below):
-TPM2_Startup(CLEAR); read manufacturer, model and version; create the EKs (RSA-2048 template
-L-1, ECC P-256 template L-2 from the TCG EK Credential Profile); create the CA key inside the
-TPM; REPORTDATA = SHA-384 of the CA public point plus 16 zero bytes; get the quote and the CC event log from the attester; sign the CA
-and EK certificates with TPM2_Sign; flush the CA key; store the certificates in NV.
+TPM2_Startup(CLEAR); read manufacturer, model and version; create the EKs (RSA-2048 template L-1,
+ECC P-256 template L-2 from the TCG EK Credential Profile); create the CA key inside the TPM;
+REPORTDATA = SHA-384 of the CA public point plus 16 zero bytes; get the quote and the CC event log
+from the attester; sign the CA and EK certificates with TPM2_Sign; flush the CA key; store the
+certificates in NV.
 
 Choices where the reference differs from what we build:
 - EKs: the TCG low-range templates L-1/L-2 at NV 0x01C00002/0x01C0000A (what tpm2-tools looks for),
