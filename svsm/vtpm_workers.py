@@ -1,0 +1,324 @@
+"""One vTPM per L2, each in its own worker process that L1 starts from its measured image.
+
+libtpms keeps global state, so one process can hold one TPM. L1 starts each worker as
+`python -I -S` with a bootstrap that puts only the measured payload zip (the file L1 itself was
+imported from) and the interpreter's third-party site-packages on sys.path, and refuses to run if
+any vtpm or tdxdefs module came from anywhere but that zip. Workers start in parallel and are
+manufactured in parallel; L1 answers their quote requests with its own `TdxAttester` (only L1 can
+TDCALL), one TD quote per vTPM CA, each over that CA's REPORTDATA. The channel is
+`vtpm.worker_channel`. Every wait has a deadline. A worker that dies, times out or answers garbage
+is killed and marked failed: its L2's CRB reports a fatal error (`CrbDevice.fail`) while L1 and
+the other L2s go on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import subprocess
+import sys
+import sysconfig
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from svsm.crb import CrbDevice
+from svsm.errors import SvsmError
+from vtpm import wire
+from vtpm.attest import Attester
+from vtpm.manufacture import EK_KIND_TABLE, EK_KINDS, read_ca_certificate
+from vtpm.worker_channel import (
+    MAX_TEXT,
+    WorkerChannel,
+    WorkerChannelClosed,
+    WorkerChannelError,
+    WorkerChannelTimeout,
+    WorkerMessage,
+    WorkerOp,
+)
+
+MANUFACTURE_TIMEOUT_S = 60.0  # start-up, EK key generation and a TD quote per worker
+COMMAND_TIMEOUT_S = 30.0  # the slowest TPM command (an RSA-2048 TPM2_CreatePrimary)
+SHUTDOWN_WAIT_S = 2.0
+MS_PER_S = 1000
+IMAGE_PACKAGES = ("vtpm", "tdxdefs")  # what a worker must import from the measured zip alone
+# argv: payload zip, channel fd, L1's pid, the image packages (comma separated), site dirs...
+BOOTSTRAP = """
+import sys
+zip_path, fd, parent, packages = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+sys.path.insert(0, zip_path)
+sys.path.extend(sys.argv[5:])
+from vtpm.worker import main
+for name, module in list(sys.modules.items()):
+    origin = getattr(module, "__file__", None) or ""
+    if name.partition(".")[0] in packages.split(",") and not origin.startswith(zip_path):
+        sys.exit(f"vTPM worker: {name} came from {origin}, not the measured image")
+sys.exit(main(fd, parent))
+"""
+
+
+class VtpmWorkerError(SvsmError):
+    """A vTPM worker failed (died, timed out, answered garbage or refused); names the L2."""
+
+
+def site_dirs() -> list[str]:
+    """This interpreter's third-party site-packages (libtpms bindings' dependencies, cryptography);
+    the project's own packages come from the measured zip, which goes first on sys.path."""
+    dirs: list[str] = []
+    for key in ("purelib", "platlib"):
+        path = sysconfig.get_path(key)
+        if path and path not in dirs:
+            dirs.append(path)
+    return dirs
+
+
+@dataclass(frozen=True)
+class VtpmIdentity:
+    """What a manufactured vTPM publishes: its CA certificate and EK certificates (DER)."""
+
+    ca_certificate: bytes
+    ek_certificates: dict[str, bytes]
+
+
+class VtpmWorker:
+    """L1's handle on one worker: `process` runs one TPM command (a `wire.Transport`)."""
+
+    def __init__(self, vm: int, image_path: str, python: str = sys.executable) -> None:
+        self.vm = vm
+        mine, theirs = WorkerChannel.pair()
+        self.channel = WorkerChannel(mine)
+        try:
+            self.proc = subprocess.Popen(
+                [
+                    python,
+                    "-I",
+                    "-S",
+                    "-c",
+                    BOOTSTRAP,
+                    image_path,
+                    str(theirs.fileno()),
+                    str(os.getpid()),
+                    ",".join(IMAGE_PACKAGES),
+                    *site_dirs(),
+                ],
+                pass_fds=[theirs.fileno()],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                cwd="/",
+            )
+        finally:
+            theirs.close()
+        self.sequence = 0
+        self.failure = ""
+        self.commands = 0
+
+    @property
+    def alive(self) -> bool:
+        return not self.failure
+
+    def fail(self, why: str) -> VtpmWorkerError:
+        """Kill the worker, remember why; the error to raise."""
+        if not self.failure:
+            self.failure = f"vTPM worker for L2 {self.vm} (pid {self.proc.pid}): {why}"
+            self._kill()
+        return VtpmWorkerError(self.failure)
+
+    def _kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(SHUTDOWN_WAIT_S)
+        self.channel.close()
+
+    def request(self, op: WorkerOp, payload: bytes = b"") -> int:
+        """Send a request; returns its sequence number (the answer must repeat it)."""
+        if self.failure:
+            raise VtpmWorkerError(self.failure)
+        self.sequence += 1
+        try:
+            self.channel.send(op, payload, self.sequence)
+        except WorkerChannelClosed as exc:
+            raise self.fail(f"{op.name}: {exc}") from exc
+        return self.sequence
+
+    def receive(self, deadline: float) -> WorkerMessage:
+        """The next message for the current request; a bad one fails the worker."""
+        try:
+            msg = self.channel.recv(deadline - time.monotonic())
+        except WorkerChannelTimeout as exc:
+            raise self.fail(f"no answer in time ({exc})") from exc
+        except (WorkerChannelClosed, WorkerChannelError) as exc:
+            status = self.proc.poll()
+            ended = f" (exit status {status})" if status is not None else ""
+            raise self.fail(f"{exc}{ended}") from exc
+        if msg.sequence != self.sequence:
+            raise self.fail(f"{msg.op.name} for request {msg.sequence}, not {self.sequence}")
+        return msg
+
+    def serve_attestation(self, msg: WorkerMessage, attester: Attester) -> None:
+        """Answer a worker's QUOTE_REQUEST or EVENT_LOG_REQUEST with L1's attester. If the
+        attester fails the worker is told (REFUSED) and the attester's error is raised, named."""
+        try:
+            if msg.op is WorkerOp.QUOTE_REQUEST:
+                answer, payload = WorkerOp.QUOTE, attester.quote(msg.payload)
+            else:
+                answer, payload = WorkerOp.EVENT_LOG, attester.event_log()
+        except Exception as exc:
+            with contextlib.suppress(WorkerChannelClosed, WorkerChannelError):
+                self.channel.send(WorkerOp.REFUSED, str(exc).encode()[:MAX_TEXT], msg.sequence)
+            raise VtpmWorkerError(
+                f"L2 {self.vm} vTPM: manufacture: attester {attester.name!r} failed: {exc}"
+            ) from exc
+        try:
+            self.channel.send(answer, payload, msg.sequence)
+        except (WorkerChannelClosed, WorkerChannelError) as exc:
+            raise self.fail(f"answering {msg.op.name}: {exc}") from exc
+
+    def answer(self, msg: WorkerMessage, expected: WorkerOp, attester: Attester | None) -> bool:
+        """Handle one message of the current request: True when it is the final `expected`
+        answer, False after serving an attestation request; anything else fails the worker."""
+        if msg.op is expected:
+            return True
+        if msg.op in (WorkerOp.QUOTE_REQUEST, WorkerOp.EVENT_LOG_REQUEST) and attester:
+            self.serve_attestation(msg, attester)
+            return False
+        if msg.op is WorkerOp.ERROR:
+            raise self.fail(msg.text)
+        raise self.fail(f"answered {msg.op.name} where {expected.name} was expected")
+
+    def call(
+        self,
+        op: WorkerOp,
+        payload: bytes,
+        expected: WorkerOp,
+        timeout: float,
+        attester: Attester | None = None,
+    ) -> WorkerMessage:
+        """One request and its answer, serving attestation requests on the way."""
+        self.request(op, payload)
+        deadline = time.monotonic() + timeout
+        while True:
+            msg = self.receive(deadline)
+            if self.answer(msg, expected, attester):
+                return msg
+
+    def process(self, command: bytes) -> bytes:
+        """Run one TPM command on this L2's vTPM; `VtpmWorkerError` if the worker failed."""
+        self.commands += 1
+        return self.call(WorkerOp.COMMAND, command, WorkerOp.RESPONSE, COMMAND_TIMEOUT_S).payload
+
+    def power_cycle(self, attester: Attester) -> None:
+        """Forget all NV and manufacture again (new EKs, a new CA and TD quote); the TPM then
+        waits for TPM2_Startup."""
+        self.call(
+            WorkerOp.POWER_CYCLE,
+            attester.name.encode(),
+            WorkerOp.MANUFACTURED,
+            MANUFACTURE_TIMEOUT_S,
+            attester,
+        )
+
+    def identity(self) -> VtpmIdentity:
+        """The CA and EK certificates, read back from NV with TPM commands, as a verifier would."""
+        tpm = wire.TpmClient(self)
+        try:
+            chunk = tpm.get_properties(wire.TPM_PT_NV_BUFFER_MAX, 1)[wire.TPM_PT_NV_BUFFER_MAX]
+            eks = {}
+            for kind in EK_KINDS:
+                index = EK_KIND_TABLE[kind].nv_index
+                public = tpm.nv_read_public(index)
+                if public is None:
+                    raise VtpmWorkerError(f"L2 {self.vm} vTPM: no EK certificate at {index:#x}")
+                eks[kind] = tpm.nv_read(index, public.data_size, chunk)
+            return VtpmIdentity(read_ca_certificate(tpm), eks)
+        except (wire.TpmError, wire.WireError, KeyError) as exc:
+            raise VtpmWorkerError(f"L2 {self.vm} vTPM: reading its certificates: {exc}") from exc
+
+    def close(self) -> None:
+        """Ask the worker to end; kill it if it does not within SHUTDOWN_WAIT_S."""
+        if self.failure:
+            return
+        with contextlib.suppress(WorkerChannelClosed, WorkerChannelError):
+            self.channel.send(WorkerOp.SHUTDOWN)
+        try:
+            self.proc.wait(SHUTDOWN_WAIT_S)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(SHUTDOWN_WAIT_S)
+        self.channel.close()
+        self.failure = "closed"
+
+
+@dataclass
+class CrbBackend:
+    """The `execute` of an L2's CRB: runs the command on that L2's worker; a failed worker puts
+    the CRB into its fatal error state (TCG PC Client Platform TPM Profile, CRB interface)."""
+
+    worker: VtpmWorker
+    crb: CrbDevice | None = None
+    failures: list[str] = field(default_factory=list)
+
+    def attach(self, crb: CrbDevice) -> None:
+        self.crb = crb
+        if not self.worker.alive:
+            crb.fail(self.worker.failure)
+
+    def __call__(self, command: bytes) -> bytes | None:
+        try:
+            return self.worker.process(command)
+        except VtpmWorkerError as exc:
+            self.failures.append(str(exc))
+            if self.crb is None:
+                raise
+            self.crb.fail(str(exc))
+            return None
+
+
+class VtpmWorkers:
+    """The workers of all L2s, indexed by L2 VM number (1-based)."""
+
+    def __init__(self, count: int, image_path: str, python: str = sys.executable) -> None:
+        self.workers: dict[int, VtpmWorker] = {}
+        try:
+            for vm in range(1, count + 1):
+                self.workers[vm] = VtpmWorker(vm, image_path, python)
+        except BaseException:
+            self.close()
+            raise
+
+    def __getitem__(self, vm: int) -> VtpmWorker:
+        return self.workers[vm]
+
+    @property
+    def all(self) -> Sequence[VtpmWorker]:
+        return list(self.workers.values())
+
+    def manufacture(self, attester: Attester, timeout: float = MANUFACTURE_TIMEOUT_S) -> None:
+        """Manufacture every worker in parallel; L1 answers their quote and event-log requests as
+        they come. The first failure is raised (the other workers are left to `close`)."""
+        deadline = time.monotonic() + timeout
+        pending = {}
+        for worker in self.all:
+            worker.request(WorkerOp.MANUFACTURE, attester.name.encode())
+            pending[worker.channel.fileno()] = worker
+        poll = select.poll()
+        for fd in pending:
+            poll.register(fd, select.POLLIN)
+        while pending:
+            wait = deadline - time.monotonic()
+            ready = poll.poll(max(wait, 0.0) * MS_PER_S) if wait > 0 else []
+            if not ready:
+                worker = next(iter(pending.values()))
+                raise worker.fail(f"not manufactured within {timeout} s")
+            for fd, _events in ready:
+                worker = pending[fd]
+                msg = worker.receive(deadline)
+                if worker.answer(msg, WorkerOp.MANUFACTURED, attester):
+                    poll.unregister(fd)
+                    del pending[fd]
+
+    def close(self) -> None:
+        """End every worker (SHUTDOWN, then kill after SHUTDOWN_WAIT_S); none is left running."""
+        for worker in self.workers.values():
+            worker.close()
