@@ -41,6 +41,7 @@ from vtpm.worker_channel import (
 MANUFACTURE_TIMEOUT_S = 60.0  # start-up, EK key generation and a TD quote per worker
 COMMAND_TIMEOUT_S = 30.0  # the slowest TPM command (an RSA-2048 TPM2_CreatePrimary)
 SHUTDOWN_WAIT_S = 2.0
+EXIT_WAIT_S = 0.5  # for the exit status of a worker that closed its end
 MS_PER_S = 1000
 IMAGE_PACKAGES = ("vtpm", "tdxdefs")  # what a worker must import from the measured zip alone
 # argv: payload zip, channel fd, L1's pid, the image packages (comma separated), site dirs...
@@ -148,10 +149,13 @@ class VtpmWorker:
             msg = self.channel.recv(deadline - time.monotonic())
         except WorkerChannelTimeout as exc:
             raise self.fail(f"no answer in time ({exc})") from exc
-        except (WorkerChannelClosed, WorkerChannelError) as exc:
-            status = self.proc.poll()
-            ended = f" (exit status {status})" if status is not None else ""
+        except WorkerChannelClosed as exc:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(EXIT_WAIT_S)  # it closed its end: it is ending; say how
+            ended = f" (exit status {self.proc.returncode})" if self.proc.returncode else ""
             raise self.fail(f"{exc}{ended}") from exc
+        except WorkerChannelError as exc:
+            raise self.fail(str(exc)) from exc
         if msg.sequence != self.sequence:
             raise self.fail(f"{msg.op.name} for request {msg.sequence}, not {self.sequence}")
         return msg

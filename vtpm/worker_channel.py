@@ -216,6 +216,8 @@ class WorkerChannel:
             raise WorkerChannelTimeout(f"no message within {timeout:.3f} s")
         try:
             data, _fds, flags, _addr = self.sock.recvmsg(MAX_DATAGRAM)
+        except ConnectionResetError:  # it closed with our last message unread
+            raise WorkerChannelClosed("the other end closed the channel") from None
         except OSError as exc:
             raise WorkerChannelClosed(f"receiving: {exc}") from exc
         if flags & socket.MSG_TRUNC:
