@@ -212,7 +212,7 @@ def main(platform: Platform) -> bytes:
             identities, attester = boot.vtpm(workers)
             for vm, made in identities.items():
                 boot.say(
-                    f"  L2 {vm} vTPM (worker pid {workers[vm].proc.pid}): EKs "
+                    f"  L2 {vm} vTPM (worker pid {workers[vm].pid}): EKs "
                     f"{', '.join(made.ek_certificates)}; CA certificate "
                     f"{len(made.ca_certificate)} bytes"
                 )

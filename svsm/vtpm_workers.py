@@ -1,14 +1,15 @@
 """One vTPM per L2, each in its own worker process that L1 starts from its measured image.
 
-libtpms keeps global state, so one process can hold one TPM. L1 starts each worker as
+libtpms keeps global state, so one process can hold one TPM. L1 starts one launcher as
 `python -I -S` with a bootstrap that puts only the measured payload zip (the file L1 itself was
 imported from) and the interpreter's third-party site-packages on sys.path, and refuses to run if
-any vtpm or tdxdefs module came from anywhere but that zip. Workers start in parallel and are
-manufactured in parallel; L1 answers their quote requests with its own `TdxAttester` (only L1 can
-TDCALL), one TD quote per vTPM CA, each over that CA's REPORTDATA. The channel is
-`vtpm.worker_channel`. Every wait has a deadline. A worker that dies, times out or answers garbage
-is killed and marked failed: its L2's CRB reports a fatal error (`CrbDevice.fail`) while L1 and
-the other L2s go on.
+any vtpm or tdxdefs module came from anywhere but that zip; the launcher imports the vTPM once and
+forks one worker per L2, each on its own channel (`vtpm.worker`). Workers are manufactured in
+parallel; L1 answers their quote requests with its own `TdxAttester` (only L1 can TDCALL), one TD
+quote per vTPM CA, each over that CA's REPORTDATA. The channel is `vtpm.worker_channel`. Every
+wait has a deadline. A worker that dies, times out or answers garbage is killed (through a pidfd
+taken when it says READY) and marked failed: its L2's CRB reports a fatal error
+(`CrbDevice.fail`) while L1 and the other L2s go on.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from __future__ import annotations
 import contextlib
 import os
 import select
+import signal
+import struct
 import subprocess
 import sys
 import sysconfig
@@ -44,18 +47,19 @@ SHUTDOWN_WAIT_S = 2.0
 EXIT_WAIT_S = 0.5  # for the exit status of a worker that closed its end
 MS_PER_S = 1000
 IMAGE_PACKAGES = ("vtpm", "tdxdefs")  # what a worker must import from the measured zip alone
-# argv: payload zip, channel fd, L1's pid, the image packages (comma separated), site dirs...
+PID = struct.Struct("<I")
+# argv: payload zip, channel fds (comma separated), L1's pid, the image packages, site dirs...
 BOOTSTRAP = """
 import sys
-zip_path, fd, parent, packages = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+zip_path, fds, parent, packages = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 sys.path.insert(0, zip_path)
 sys.path.extend(sys.argv[5:])
-from vtpm.worker import main
+from vtpm.worker import launch
 for name, module in list(sys.modules.items()):
     origin = getattr(module, "__file__", None) or ""
     if name.partition(".")[0] in packages.split(",") and not origin.startswith(zip_path):
-        sys.exit(f"vTPM worker: {name} came from {origin}, not the measured image")
-sys.exit(main(fd, parent))
+        sys.exit(f"vTPM worker launcher: {name} came from {origin}, not the measured image")
+sys.exit(launch([int(fd) for fd in fds.split(",")], parent))
 """
 
 
@@ -85,31 +89,12 @@ class VtpmIdentity:
 class VtpmWorker:
     """L1's handle on one worker: `process` runs one TPM command (a `wire.Transport`)."""
 
-    def __init__(self, vm: int, image_path: str, python: str = sys.executable) -> None:
+    def __init__(self, vm: int, channel: WorkerChannel, launcher: subprocess.Popen[bytes]) -> None:
         self.vm = vm
-        mine, theirs = WorkerChannel.pair()
-        self.channel = WorkerChannel(mine)
-        try:
-            self.proc = subprocess.Popen(
-                [
-                    python,
-                    "-I",
-                    "-S",
-                    "-c",
-                    BOOTSTRAP,
-                    image_path,
-                    str(theirs.fileno()),
-                    str(os.getpid()),
-                    ",".join(IMAGE_PACKAGES),
-                    *site_dirs(),
-                ],
-                pass_fds=[theirs.fileno()],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                cwd="/",
-            )
-        finally:
-            theirs.close()
+        self.channel = channel
+        self.launcher = launcher
+        self.pid = 0  # from READY
+        self._pidfd = -1
         self.sequence = 0
         self.failure = ""
         self.commands = 0
@@ -121,16 +106,28 @@ class VtpmWorker:
     def fail(self, why: str) -> VtpmWorkerError:
         """Kill the worker, remember why; the error to raise."""
         if not self.failure:
-            self.failure = f"vTPM worker for L2 {self.vm} (pid {self.proc.pid}): {why}"
+            self.failure = f"vTPM worker for L2 {self.vm} (pid {self.pid or 'unknown'}): {why}"
             self._kill()
         return VtpmWorkerError(self.failure)
 
     def _kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(SHUTDOWN_WAIT_S)
-        self.channel.close()
+        if self._pidfd >= 0:
+            with contextlib.suppress(OSError):  # already gone
+                signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
+            os.close(self._pidfd)
+            self._pidfd = -1
+        self.channel.close()  # a worker that never said READY sees EOF and ends
+
+    def _ready(self, msg: WorkerMessage) -> None:
+        """READY: note the worker's pid and hold it by a pidfd (immune to pid reuse)."""
+        if self.pid:
+            raise self.fail("said READY twice")
+        (pid,) = PID.unpack(msg.payload)
+        try:
+            self._pidfd = os.pidfd_open(pid)
+        except OSError as exc:
+            raise self.fail(f"READY from pid {pid}, which cannot be opened: {exc}") from exc
+        self.pid = pid
 
     def request(self, op: WorkerOp, payload: bytes = b"") -> int:
         """Send a request; returns its sequence number (the answer must repeat it)."""
@@ -144,21 +141,31 @@ class VtpmWorker:
         return self.sequence
 
     def receive(self, deadline: float) -> WorkerMessage:
-        """The next message for the current request; a bad one fails the worker."""
+        """The next message for the current request (READY is taken on the way); a bad one
+        fails the worker."""
         try:
             msg = self.channel.recv(deadline - time.monotonic())
+            if msg.op is WorkerOp.READY:
+                self._ready(msg)
+                msg = self.channel.recv(deadline - time.monotonic())
         except WorkerChannelTimeout as exc:
             raise self.fail(f"no answer in time ({exc})") from exc
         except WorkerChannelClosed as exc:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(EXIT_WAIT_S)  # it closed its end: it is ending; say how
-            ended = f" (exit status {self.proc.returncode})" if self.proc.returncode else ""
-            raise self.fail(f"{exc}{ended}") from exc
+            raise self.fail(f"{exc}{self._launcher_status()}") from exc
         except WorkerChannelError as exc:
             raise self.fail(str(exc)) from exc
         if msg.sequence != self.sequence:
             raise self.fail(f"{msg.op.name} for request {msg.sequence}, not {self.sequence}")
         return msg
+
+    def _launcher_status(self) -> str:
+        """For a worker that never said READY: how the launcher ended, if it did."""
+        if self.pid:
+            return ""
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.launcher.wait(EXIT_WAIT_S)
+        status = self.launcher.returncode
+        return f" (the launcher's exit status {status})" if status is not None else ""
 
     def serve_attestation(self, msg: WorkerMessage, attester: Attester) -> None:
         """Answer a worker's QUOTE_REQUEST or EVENT_LOG_REQUEST with L1's attester. If the
@@ -239,19 +246,20 @@ class VtpmWorker:
         except (wire.TpmError, wire.WireError, KeyError) as exc:
             raise VtpmWorkerError(f"L2 {self.vm} vTPM: reading its certificates: {exc}") from exc
 
-    def close(self) -> None:
-        """Ask the worker to end; kill it if it does not within SHUTDOWN_WAIT_S."""
+    def shutdown(self) -> None:
+        """Ask the worker to end (the launcher reaps it)."""
         if self.failure:
             return
         with contextlib.suppress(WorkerChannelClosed, WorkerChannelError):
             self.channel.send(WorkerOp.SHUTDOWN)
-        try:
-            self.proc.wait(SHUTDOWN_WAIT_S)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(SHUTDOWN_WAIT_S)
+        self.failure = f"vTPM worker for L2 {self.vm}: shut down"
+
+    def release(self) -> None:
+        """Drop L1's channel end and pidfd (after the worker has ended)."""
+        if self._pidfd >= 0:
+            os.close(self._pidfd)
+            self._pidfd = -1
         self.channel.close()
-        self.failure = "closed"
 
 
 @dataclass
@@ -283,13 +291,39 @@ class VtpmWorkers:
     """The workers of all L2s, indexed by L2 VM number (1-based)."""
 
     def __init__(self, count: int, image_path: str, python: str = sys.executable) -> None:
-        self.workers: dict[int, VtpmWorker] = {}
+        pairs = [WorkerChannel.pair() for _ in range(count)]
+        theirs = [their for _mine, their in pairs]
         try:
-            for vm in range(1, count + 1):
-                self.workers[vm] = VtpmWorker(vm, image_path, python)
+            self.launcher = subprocess.Popen(
+                [
+                    python,
+                    "-I",
+                    "-S",
+                    "-c",
+                    BOOTSTRAP,
+                    image_path,
+                    ",".join(str(sock.fileno()) for sock in theirs),
+                    str(os.getpid()),
+                    ",".join(IMAGE_PACKAGES),
+                    *site_dirs(),
+                ],
+                pass_fds=[sock.fileno() for sock in theirs],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                cwd="/",
+            )
         except BaseException:
-            self.close()
+            for mine, their in pairs:
+                mine.close()
+                their.close()
             raise
+        finally:
+            for sock in theirs:
+                sock.close()
+        self.workers = {
+            vm: VtpmWorker(vm, WorkerChannel(mine), self.launcher)
+            for vm, (mine, _their) in enumerate(pairs, start=1)
+        }
 
     def __getitem__(self, vm: int) -> VtpmWorker:
         return self.workers[vm]
@@ -323,6 +357,14 @@ class VtpmWorkers:
                     del pending[fd]
 
     def close(self) -> None:
-        """End every worker (SHUTDOWN, then kill after SHUTDOWN_WAIT_S); none is left running."""
+        """End every worker: SHUTDOWN each, then the launcher ends once it has reaped them; if it
+        has not within SHUTDOWN_WAIT_S it is killed, and its workers die with it."""
         for worker in self.workers.values():
-            worker.close()
+            worker.shutdown()
+        try:
+            self.launcher.wait(SHUTDOWN_WAIT_S)
+        except subprocess.TimeoutExpired:
+            self.launcher.kill()
+            self.launcher.wait(SHUTDOWN_WAIT_S)
+        for worker in self.workers.values():
+            worker.release()

@@ -1,10 +1,13 @@
-"""A vTPM worker process: one libtpms TPM that L1 drives over a `vtpm.worker_channel` channel.
+"""vTPM worker processes: each holds one libtpms TPM that L1 drives over a `vtpm.worker_channel`.
 
-L1 starts one worker per L2 from its measured image (libtpms keeps global state, so one process
-holds one TPM). The worker serves requests in order until SHUTDOWN or until L1's end closes;
-it dies with L1 (PR_SET_PDEATHSIG, and the parent pid is checked once the signal is armed, so a
-parent that died during start-up is noticed too). A malformed or unexpected message is answered
-ERROR and the worker goes on; nothing L1 sends crashes it.
+libtpms keeps global state, so one process holds one TPM. L1 starts one launcher process from its
+measured image with one inherited channel per L2; the launcher imports the vTPM once, then forks
+one worker per channel (before any TPM exists, so nothing of libtpms is shared) and reaps them;
+this saves a Python start-up and an import of the image per worker. A worker says READY with its
+pid, then serves requests in order until SHUTDOWN or until L1's end closes. Each process dies with
+its parent (PR_SET_PDEATHSIG, and the parent pid is checked once the signal is armed, so a parent
+that died during start-up is noticed too): L1 -> launcher -> workers, no orphans. A malformed or
+unexpected message is answered ERROR and the worker goes on; nothing L1 sends crashes it.
 
 Manufacture follows `vtpm.manufacture`: the worker's attester asks L1 for the TD quote over
 REPORTDATA = SHA-384 of the CA public key and for the CC event log, because only L1 can TDCALL.
@@ -17,6 +20,9 @@ import ctypes
 import os
 import signal
 import socket
+import struct
+import traceback
+from collections.abc import Sequence
 
 from tdxdefs.quote import INTEL_QE_VENDOR_ID
 from tdxdefs.tdcall import REPORTDATA_SIZE
@@ -36,7 +42,9 @@ from vtpm.worker_channel import (
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 QUOTE_WAIT_S = 30.0  # L1 answers a quote request after one TD quote (a GetQuote round trip)
 EXIT_OK = 0
+EXIT_FAILED = 1
 EXIT_ORPHANED = 3
+PID = struct.Struct("<I")
 
 
 class WorkerError(VtpmError, RuntimeError):
@@ -161,11 +169,45 @@ class Worker:
 
 
 def main(sock_fd: int, parent_pid: int) -> int:
-    """The worker's entry: serve the inherited channel on `sock_fd` for L1 (`parent_pid`)."""
+    """One worker: say READY, then serve the channel on `sock_fd` while `parent_pid` lives."""
     if not die_with_parent(parent_pid):
         return EXIT_ORPHANED
     channel = WorkerChannel(socket.socket(fileno=sock_fd))
     try:
+        channel.send(WorkerOp.READY, PID.pack(os.getpid()))
         return Worker(channel).serve()
+    except ConnectionError:
+        return EXIT_OK  # L1 closed its end before READY: nothing to serve
     finally:
         channel.close()
+
+
+def _worker(sock_fd: int, all_fds: Sequence[int], launcher: int) -> None:
+    """A forked worker: keep only its own channel, serve it, and never return into the launcher."""
+    status = EXIT_FAILED
+    try:
+        for fd in all_fds:
+            if fd != sock_fd:
+                os.close(fd)
+        status = main(sock_fd, launcher)
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        os._exit(status)
+
+
+def launch(sock_fds: Sequence[int], parent_pid: int) -> int:
+    """The launcher's entry: fork one worker per inherited channel, then reap them all."""
+    if not die_with_parent(parent_pid):
+        return EXIT_ORPHANED
+    launcher = os.getpid()
+    for fd in sock_fds:
+        if os.fork() == 0:
+            _worker(fd, sock_fds, launcher)
+    for fd in sock_fds:
+        os.close(fd)  # the workers hold them; L1 must see EOF when a worker ends
+    while True:
+        try:
+            os.wait()
+        except ChildProcessError:
+            return EXIT_OK

@@ -12,7 +12,8 @@ of an AF_UNIX SOCK_SEQPACKET socket pair and the worker inherits the other. Ever
 | 8 | 4 | sequence: L1's request number; every message about that request repeats it |
 | 12 | 4 | length of the payload; must equal the datagram's size minus 16 |
 
-Requests and answers (L1 -> worker, worker -> L1):
+A worker's first message is READY(its pid, u32), unasked, with sequence 0. Then requests and
+answers (L1 -> worker, worker -> L1):
 
     MANUFACTURE(attester name)  -> [QUOTE_REQUEST(REPORTDATA) <- QUOTE(quote) | REFUSED(text)]
                                    [EVENT_LOG_REQUEST <- EVENT_LOG(CC event log) | REFUSED(text)]
@@ -46,6 +47,7 @@ MAX_QUOTE = 16 * 1024  # a TD quote v4 with its certification data; the GetQuote
 MAX_EVENT_LOG = 64 * 1024
 MAX_TEXT = 1024  # ERROR and REFUSED explanations, cut to this many bytes
 MAX_ATTESTER_NAME = 64
+PID_SIZE = 4  # READY's payload: the worker's process id, u32 little-endian
 MS_PER_S = 1000
 
 
@@ -66,6 +68,7 @@ class WorkerOp(IntEnum):
     QUOTE_REQUEST = 18
     EVENT_LOG_REQUEST = 19
     ERROR = 20
+    READY = 21
 
 
 MAX_PAYLOAD: dict[WorkerOp, int] = {
@@ -81,8 +84,9 @@ MAX_PAYLOAD: dict[WorkerOp, int] = {
     WorkerOp.QUOTE_REQUEST: REPORTDATA_SIZE,
     WorkerOp.EVENT_LOG_REQUEST: 0,
     WorkerOp.ERROR: MAX_TEXT,
+    WorkerOp.READY: PID_SIZE,
 }
-EXACT_PAYLOAD = {WorkerOp.QUOTE_REQUEST: REPORTDATA_SIZE}
+EXACT_PAYLOAD = {WorkerOp.QUOTE_REQUEST: REPORTDATA_SIZE, WorkerOp.READY: PID_SIZE}
 TEXT_OPS = frozenset({WorkerOp.REFUSED, WorkerOp.ERROR})
 
 

@@ -22,6 +22,7 @@ from svsm.boot import SVSM_VERSION
 from tdxsim.host.faults import FaultSet
 from tdxsim.host.l1_image import build_l1_image
 from tdxsim.host.vmm import RunResult, RunStatus, Vmm, simulated_platform
+from tests.support.processes import descendants, running
 from verifier.eventlog import EventType
 from verifier.reference import reference_values
 from verifier.td_attestation import verify_td_attestation
@@ -160,31 +161,6 @@ def test_lying_host_fails_the_boot_with_a_clear_message(
     assert time.monotonic() - start < 30  # bounded: no hang
 
 
-def worker_children(pid: int) -> list[int]:
-    """The vTPM worker processes whose parent is `pid`."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            status = (entry / "status").read_text()
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if f"\nPPid:\t{pid}\n" in status and b"vtpm.worker" in cmdline:
-            found.append(int(entry.name))
-    return found
-
-
-def running(pid: int) -> bool:
-    """True while `pid` exists and is not a zombie (a zombie runs no code)."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return False
-    return "\nState:\tZ" not in status
-
-
 def test_no_vtpm_worker_outlives_the_td_process(image: Path) -> None:
     with Vmm(QUOTING) as vmm:
         vmm.create(RAM, mac_key=MAC_KEY, num_l2_vms=2)
@@ -195,11 +171,11 @@ def test_no_vtpm_worker_outlives_the_td_process(image: Path) -> None:
         runner = threading.Thread(target=lambda: outcome.append(vmm.run(60)))
         runner.start()
         deadline = time.monotonic() + 30
-        workers: list[int] = []
-        while len(workers) < 2 and time.monotonic() < deadline and runner.is_alive():
-            workers = worker_children(vmm.proc.pid)
+        workers: list[int] = []  # the launcher and one worker per L2
+        while len(workers) < 3 and time.monotonic() < deadline and runner.is_alive():
+            workers = [pid for pid in descendants(vmm.proc.pid) if running(pid)]
             time.sleep(0.005)
-        assert len(workers) == 2, "L1 started no vTPM workers in the TD process"
+        assert len(workers) == 3, f"L1 did not start its vTPM workers: {workers}"
         os.kill(vmm.proc.pid, signal.SIGKILL)
         runner.join(30)
         assert outcome and outcome[0].status == RunStatus.DIED

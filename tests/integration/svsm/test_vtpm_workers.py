@@ -17,6 +17,7 @@ from svsm import vtpm_workers
 from svsm.crb import CrbDevice, CrbRegister, CrbState, CtrlSts
 from svsm.vtpm_workers import CrbBackend, VtpmWorkerError, VtpmWorkers
 from tdxsim.host.l1_image import zip_packages
+from tests.support.processes import running
 from vtpm import certs, wire
 from vtpm.attest import FakeAttester, check_binding
 from vtpm.worker_channel import WorkerOp
@@ -76,7 +77,7 @@ def pcr_value(tpm: wire.TpmClient) -> bytes:
 
 def test_each_l2_gets_its_own_vtpm_with_its_own_eks_and_ca(workers: VtpmWorkers) -> None:
     one, two = workers[1].identity(), workers[2].identity()
-    assert workers[1].proc.pid != workers[2].proc.pid
+    assert workers[1].pid != workers[2].pid
     for kind in ("rsa", "ecc"):
         assert one.ek_certificates[kind] != two.ek_certificates[kind]
         certs.verify_issued_by(one.ek_certificates[kind], one.ca_certificate)
@@ -108,7 +109,7 @@ def test_a_killed_worker_makes_its_crb_fatal_and_the_other_l2_goes_on(
 ) -> None:
     crb1, buffer1 = crb_for(CrbBackend(workers[1]))
     crb2, buffer2 = crb_for(CrbBackend(workers[2]))
-    os.kill(workers[1].proc.pid, signal.SIGKILL)
+    os.kill(workers[1].pid, signal.SIGKILL)
     start(crb1, buffer1, GET_RANDOM_8)
     assert crb1.state is CrbState.ERROR
     assert crb1.read(CrbRegister.CTRL_STS, 4) & CtrlSts.FATAL_ERROR
@@ -127,12 +128,15 @@ def test_a_worker_that_stops_answering_is_timed_out_and_killed(
 ) -> None:
     monkeypatch.setattr(vtpm_workers, "COMMAND_TIMEOUT_S", 0.3)
     worker = workers[2]
-    os.kill(worker.proc.pid, signal.SIGSTOP)
+    os.kill(worker.pid, signal.SIGSTOP)
     begin = time.monotonic()
     with pytest.raises(VtpmWorkerError, match=r"L2 2 .*no answer in time"):
         worker.process(GET_RANDOM_8)
     assert time.monotonic() - begin < 5
-    assert worker.proc.poll() is not None  # killed, and reaped
+    gone = time.monotonic() + 5
+    while running(worker.pid) and time.monotonic() < gone:  # killed, and reaped
+        time.sleep(0.01)
+    assert not running(worker.pid)
     assert workers[1].process(GET_RANDOM_8)[6:10] == bytes(4)
 
 
@@ -166,8 +170,11 @@ def test_power_cycle_manufactures_a_new_vtpm_waiting_for_startup(workers: VtpmWo
 def test_close_ends_every_worker(image_zip: str) -> None:
     pool = VtpmWorkers(2, image_zip)
     pool.manufacture(FakeAttester())
+    pids = [worker.pid for worker in pool.all]
+    assert len(set(pids)) == 2 and all(running(pid) for pid in pids)
     pool.close()
-    assert [w.proc.returncode for w in pool.all] == [0, 0]
+    assert pool.launcher.returncode == 0  # it ended once it had reaped both workers
+    assert not [pid for pid in pids if running(pid)]
 
 
 def test_a_worker_whose_image_lacks_the_vtpm_fails_clearly(tmp_path: Path) -> None:
@@ -175,7 +182,9 @@ def test_a_worker_whose_image_lacks_the_vtpm_fails_clearly(tmp_path: Path) -> No
     bad.write_bytes(zip_packages([ROOT / "tdxdefs"]))
     pool = VtpmWorkers(1, str(bad))
     try:
-        with pytest.raises(VtpmWorkerError, match=r"L2 1 .*closed the channel \(exit status 1\)"):
+        with pytest.raises(
+            VtpmWorkerError, match=r"L2 1 .*closed the channel \(the launcher's exit status 1\)"
+        ):
             pool.manufacture(FakeAttester(), timeout=30)
     finally:
         pool.close()
