@@ -50,6 +50,7 @@ IMAGE_PACKAGES = ("vtpm", "tdxdefs")  # what a worker must import from the measu
 PID = struct.Struct("<I")
 # argv: payload zip, channel fds (comma separated), L1's pid, the image packages, site dirs...
 BOOTSTRAP = """
+import os
 import sys
 zip_path, fds, parent, packages = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 sys.path.insert(0, zip_path)
@@ -59,7 +60,9 @@ for name, module in list(sys.modules.items()):
     origin = getattr(module, "__file__", None) or ""
     if name.partition(".")[0] in packages.split(",") and not origin.startswith(zip_path):
         sys.exit(f"vTPM worker launcher: {name} came from {origin}, not the measured image")
-sys.exit(launch([int(fd) for fd in fds.split(",")], parent))
+status = launch([int(fd) for fd in fds.split(",")], parent)
+sys.stderr.flush()
+os._exit(status)  # nothing to tear down: the workers are reaped
 """
 
 
