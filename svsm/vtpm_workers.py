@@ -144,19 +144,19 @@ class VtpmWorker:
         return self.sequence
 
     def receive(self, deadline: float) -> WorkerMessage:
-        """The next message for the current request (READY is taken on the way); a bad one
-        fails the worker."""
+        """The next message: the worker's READY (taken here) or one for the current request; a
+        bad one fails the worker."""
         try:
             msg = self.channel.recv(deadline - time.monotonic())
-            if msg.op is WorkerOp.READY:
-                self._ready(msg)
-                msg = self.channel.recv(deadline - time.monotonic())
         except WorkerChannelTimeout as exc:
             raise self.fail(f"no answer in time ({exc})") from exc
         except WorkerChannelClosed as exc:
             raise self.fail(f"{exc}{self._launcher_status()}") from exc
         except WorkerChannelError as exc:
             raise self.fail(str(exc)) from exc
+        if msg.op is WorkerOp.READY:
+            self._ready(msg)
+            return msg
         if msg.sequence != self.sequence:
             raise self.fail(f"{msg.op.name} for request {msg.sequence}, not {self.sequence}")
         return msg
@@ -191,9 +191,12 @@ class VtpmWorker:
 
     def answer(self, msg: WorkerMessage, expected: WorkerOp, attester: Attester | None) -> bool:
         """Handle one message of the current request: True when it is the final `expected`
-        answer, False after serving an attestation request; anything else fails the worker."""
+        answer, False after READY or after serving an attestation request; anything else fails
+        the worker."""
         if msg.op is expected:
             return True
+        if msg.op is WorkerOp.READY:
+            return False
         if msg.op in (WorkerOp.QUOTE_REQUEST, WorkerOp.EVENT_LOG_REQUEST) and attester:
             self.serve_attestation(msg, attester)
             return False
