@@ -26,6 +26,7 @@ from collections.abc import Sequence
 
 from tdxdefs.quote import INTEL_QE_VENDOR_ID
 from tdxdefs.tdcall import REPORTDATA_SIZE
+from vtpm import libtpms
 from vtpm.attest import AttesterError, parse_quote_v4
 from vtpm.engine import TpmEngine
 from vtpm.errors import VtpmError
@@ -201,6 +202,7 @@ def launch(sock_fds: Sequence[int], parent_pid: int) -> int:
     if not die_with_parent(parent_pid):
         return EXIT_ORPHANED
     launcher = os.getpid()
+    libtpms.load()  # found and opened once; no TPM exists until a worker creates its engine
     for fd in sock_fds:
         if os.fork() == 0:
             _worker(fd, sock_fds, launcher)

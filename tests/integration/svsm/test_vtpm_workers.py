@@ -188,3 +188,21 @@ def test_a_worker_whose_image_lacks_the_vtpm_fails_clearly(tmp_path: Path) -> No
             pool.manufacture(FakeAttester(), timeout=30)
     finally:
         pool.close()
+
+
+def test_a_launcher_that_would_import_from_the_checkout_refuses_to_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    partial = tmp_path / "no-tdxdefs.zip"
+    partial.write_bytes(zip_packages([ROOT / "vtpm"]))
+    real = vtpm_workers.site_dirs()
+    monkeypatch.setattr(vtpm_workers, "site_dirs", lambda: [str(ROOT), *real])
+    pool = VtpmWorkers(1, str(partial))
+    try:
+        with pytest.raises(VtpmWorkerError, match=r"the launcher's exit status 1"):
+            pool.manufacture(FakeAttester(), timeout=30)
+    finally:
+        pool.close()
+    assert f"tdxdefs came from {ROOT}/tdxdefs/__init__.py, not the measured image" in (
+        capfd.readouterr().err
+    )
