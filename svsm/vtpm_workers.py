@@ -363,14 +363,14 @@ class VtpmWorkers:
                     del pending[fd]
 
     def close(self) -> None:
-        """End every worker: SHUTDOWN each, then the launcher ends once it has reaped them; if it
-        has not within SHUTDOWN_WAIT_S it is killed, and its workers die with it."""
+        """End every worker: SHUTDOWN each and close L1's end (a worker in the middle of a request
+        sees EOF), then the launcher ends once it has reaped them; if it has not within
+        SHUTDOWN_WAIT_S it is killed, and its workers die with it."""
         for worker in self.workers.values():
             worker.shutdown()
+            worker.release()
         try:
             self.launcher.wait(SHUTDOWN_WAIT_S)
         except subprocess.TimeoutExpired:
             self.launcher.kill()
             self.launcher.wait(SHUTDOWN_WAIT_S)
-        for worker in self.workers.values():
-            worker.release()
