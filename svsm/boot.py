@@ -211,9 +211,11 @@ def main(platform: Platform) -> bytes:
             workers = VtpmWorkers(num_l2_vms, platform.image_path)
             identities, attester = boot.vtpm(workers)
             for vm, made in identities.items():
+                worker = workers[vm]
                 boot.say(
-                    f"  L2 {vm} vTPM (worker pid {workers[vm].pid}): EKs "
-                    f"{', '.join(made.ek_certificates)}; CA certificate "
+                    f"  L2 {vm} vTPM (worker pid {worker.pid}, ready after "
+                    f"{worker.ready_ms:.1f} ms, manufactured after {worker.manufactured_ms:.1f} "
+                    f"ms): EKs {', '.join(made.ek_certificates)}; CA certificate "
                     f"{len(made.ca_certificate)} bytes"
                 )
         with boot.step("PCR0: svsm version and L2 image; separators into RTMR0..3"):

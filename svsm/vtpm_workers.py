@@ -97,6 +97,9 @@ class VtpmWorker:
         self.channel = channel
         self.launcher = launcher
         self.pid = 0  # from READY
+        self.started = time.perf_counter()
+        self.ready_ms = 0.0  # from start to READY (the launcher's import and the fork)
+        self.manufactured_ms = 0.0  # from start to MANUFACTURED
         self._pidfd = -1
         self.sequence = 0
         self.failure = ""
@@ -131,6 +134,7 @@ class VtpmWorker:
         except OSError as exc:
             raise self.fail(f"READY from pid {pid}, which cannot be opened: {exc}") from exc
         self.pid = pid
+        self.ready_ms = (time.perf_counter() - self.started) * MS_PER_S
 
     def request(self, op: WorkerOp, payload: bytes = b"") -> int:
         """Send a request; returns its sequence number (the answer must repeat it)."""
@@ -359,6 +363,7 @@ class VtpmWorkers:
                 worker = pending[fd]
                 msg = worker.receive(deadline)
                 if worker.answer(msg, WorkerOp.MANUFACTURED, attester):
+                    worker.manufactured_ms = (time.perf_counter() - worker.started) * MS_PER_S
                     poll.unregister(fd)
                     del pending[fd]
 
