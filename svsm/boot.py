@@ -38,7 +38,7 @@ from svsm.memory import PAGE_SIZE_2M, Memory
 from svsm.platform import Platform
 from svsm.scheduler import run_guests
 from svsm.tdcall import Tdcall
-from svsm.vtpm_workers import CrbBackend, VtpmIdentity, VtpmWorkers
+from svsm.vtpm_workers import VtpmIdentity, VtpmWorkers
 from tdxdefs.eventlog import EV_PLATFORM_CONFIG_FLAGS, EV_POST_CODE, EV_S_CRTM_VERSION
 from tdxdefs.l2boot import L2_DESCRIPTOR_GPA, L2ImageDescriptor
 from tdxdefs.metadata import NUM_L2_VMS_FIELD
@@ -178,7 +178,7 @@ class Boot:
                 L2_SUPPORT_GPA + (vm - 1) * SUPPORT_PAGES * PAGE_SIZE,
             )
             neighbour = L2_RAM_GPA + (vm % count) * L2_RAM_SIZE if count > 1 else 0
-            backend = CrbBackend(workers[vm])
+            backend = workers.crb_backend(vm)
             guest = L2Guest(
                 self.tdcall,
                 self.memory,

@@ -334,9 +334,33 @@ class VtpmWorkers:
             vm: VtpmWorker(vm, WorkerChannel(mine), self.launcher)
             for vm, (mine, _their) in enumerate(pairs, start=1)
         }
+        self.backends: dict[int, CrbBackend] = {}
+        self.attester: Attester | None = None
 
     def __getitem__(self, vm: int) -> VtpmWorker:
         return self.workers[vm]
+
+    def crb_backend(self, vm: int) -> CrbBackend:
+        """The `execute` for L2 `vm`'s CRB (attach the CRB once it exists)."""
+        self.backends[vm] = CrbBackend(self.workers[vm])
+        return self.backends[vm]
+
+    def power_cycle(self, vm: int) -> bool:
+        """Power-cycle L2 `vm`'s vTPM: forget its NV, manufacture it again (new EKs, CA and TD
+        quote) and reset its CRB to Idle. False if there is no such vTPM or it failed (its CRB
+        then reports a fatal error)."""
+        worker, backend = self.workers.get(vm), self.backends.get(vm)
+        if worker is None or self.attester is None or not worker.alive:
+            return False
+        try:
+            worker.power_cycle(self.attester)
+        except VtpmWorkerError as exc:
+            if backend is not None and backend.crb is not None:
+                backend.crb.fail(str(exc))
+            return False
+        if backend is not None and backend.crb is not None:
+            backend.crb.reset()
+        return True
 
     @property
     def all(self) -> Sequence[VtpmWorker]:
@@ -345,6 +369,7 @@ class VtpmWorkers:
     def manufacture(self, attester: Attester, timeout: float = MANUFACTURE_TIMEOUT_S) -> None:
         """Manufacture every worker in parallel; L1 answers their quote and event-log requests as
         they come. The first failure is raised (the other workers are left to `close`)."""
+        self.attester = attester
         deadline = time.monotonic() + timeout
         pending = {}
         for worker in self.all:

@@ -206,3 +206,21 @@ def test_a_launcher_that_would_import_from_the_checkout_refuses_to_run(
     assert f"tdxdefs came from {ROOT}/tdxdefs/__init__.py, not the measured image" in (
         capfd.readouterr().err
     )
+
+
+def test_power_cycle_by_vm_resets_that_crb_and_refuses_an_unknown_vm(
+    workers: VtpmWorkers,
+) -> None:
+    crb, buffer = crb_for(workers.crb_backend(1))
+    start(crb, buffer, GET_RANDOM_8)
+    assert crb.state is CrbState.READY
+    before = workers[1].identity().ca_certificate
+    assert workers.power_cycle(1)
+    assert crb.state is CrbState.IDLE and not crb.loc_assigned  # as after a platform reset
+    wire.TpmClient(workers[1]).startup_clear()
+    assert workers[1].identity().ca_certificate != before
+    assert not workers.power_cycle(3)  # no third L2
+    os.kill(workers[2].pid, signal.SIGKILL)
+    crb2, _ = crb_for(workers.crb_backend(2))
+    assert not workers.power_cycle(2)
+    assert crb2.state is CrbState.ERROR
