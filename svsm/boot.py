@@ -3,18 +3,19 @@
 2. accept the memory L1 uses, read NUM_L2_VMS (TDG.VM.RD), extend SHA-384 of the IGVM parameter
    area (the launch parameters the host filled in: VP count, memory map) into RTMR0, logged as
    EV_PLATFORM_CONFIG_FLAGS (a choice: no event type is specified for it);
-3. start a libtpms vTPM in this process and manufacture it with `TdxAttester`: EKs, the CA key,
-   REPORTDATA = SHA-384(CA public key), TD quote, CA and EK certificates in NV;
+3. start one libtpms vTPM per L2, each in its own worker process from the measured image
+   (svsm.vtpm_workers), and manufacture them in parallel: EKs, the CA key, REPORTDATA =
+   SHA-384(CA public key), a TD quote per vTPM from `TdxAttester`, CA and EK certificates in NV;
 4. extend the svsm version string (EV_S_CRTM_VERSION) and the whole L2 image (EV_POST_CODE) into
-   PCR0 (SHA-256 and SHA-384), then a separator into RTMR0..3 AFTER the quote, so nothing an L2
-   does can reproduce the L1 quote;
+   PCR0 (SHA-256 and SHA-384) of every vTPM, then a separator into RTMR0..3 AFTER the quotes, so
+   nothing an L2 does can reproduce an L1 quote;
 5. set up NUM_L2_VMS L2 guests with the measured L2 image (svsm.l2guest) and run them until each
-   exits (svsm.scheduler); their console lines go to the UART as `L2[n]| ...`. L2 VM 1's TPM CRB
-   reaches this vTPM; the others' CRBs report that no vTPM is attached.
+   exits (svsm.scheduler); their console lines go to the UART as `L2[n]| ...`. Each L2's TPM CRB
+   runs commands on that L2's own vTPM worker.
 
 `main` returns a JSON summary the host prints and verifies: NUM_L2_VMS, the CA and EK certificates
-(DER hex), the CC event log (hex), PCR0 events, per-step timings, the alias map and each L2's
-outcome.
+(DER hex) of L2 VM 1's vTPM and, under `vtpms`, of every L2's, the CC event log (hex), PCR0
+events, per-step timings, the alias map and each L2's outcome.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from svsm.platform import Platform
 from svsm.relay import HostMode, Relay, launch_options
 from svsm.scheduler import run_guests
 from svsm.tdcall import Tdcall
+from svsm.vtpm_workers import VtpmIdentity, VtpmWorkers
 from tdxdefs.eventlog import (
     EV_EVENT_TAG,
     EV_PLATFORM_CONFIG_FLAGS,
@@ -51,8 +53,6 @@ from tdxdefs.relay import RELAY_RING_GPA
 from tdxdefs.tdcall import PAGE_SIZE, R8, RCX, VP_INFO_GPAW_MASK, Leaf
 from tdxdefs.tdvmcall import Tdvmcall
 from vtpm import wire
-from vtpm.engine import TpmEngine
-from vtpm.manufacture import ManufactureResult, manufacture
 
 SVSM_VERSION = "tdp-svsm 0.1.0"
 # Layout (the project recipe orchestrator/recipes/tdp.yaml places the parameter area here).
@@ -139,8 +139,9 @@ class Boot:
         )
         return num_l2_vms
 
-    def vtpm(self, engine: TpmEngine) -> tuple[ManufactureResult, TdxAttester]:
-        """Step 3: vTPM manufacture, its CA bound to a TD quote."""
+    def vtpm(self, workers: VtpmWorkers) -> tuple[dict[int, VtpmIdentity], TdxAttester]:
+        """Step 3: manufacture every L2's vTPM in its worker, each CA bound to its own TD quote;
+        the certificates read back from each vTPM's NV."""
         self.platform_interrupts()
         quote_buffer = self.memory.share(QUOTE_BUFFER_GPA, QUOTE_BUFFER_SIZE)
         attester = TdxAttester(
@@ -149,21 +150,18 @@ class Boot:
             AttestationBuffers(TDREPORT_GPA, REPORTDATA_GPA, quote_buffer),
             self.rtmrs.event_log,
         )
-        engine.power_on()
-        return manufacture(engine, attester=attester), attester
+        workers.manufacture(attester)
+        return {worker.vm: worker.identity() for worker in workers.all}, attester
 
-    def power_cycle(self, engine: TpmEngine, attester: TdxAttester, l2_image: bytes) -> bool:
-        """A relayed power cycle (development platform port only): the vTPM forgets its NV, is
-        manufactured again (a fresh CA bound to a fresh TD quote), PCR0 is measured again, and
-        it is left waiting for TPM2_Startup, as a platform power-on leaves a TPM."""
-        if not self.mode.dev_platform_port:
-            return False
-        engine.wipe()
-        engine.power_on()
-        manufacture(engine, attester=attester)
-        self.seal_pcr0(engine, l2_image)
-        engine.reset()
-        return True
+    def power_cycle(self, workers: VtpmWorkers) -> Callable[[int], bool]:
+        """The relay's power-cycle handler: only with the development platform port. The vTPM
+        forgets its NV, is manufactured again (a fresh CA bound to a fresh TD quote) and waits
+        for TPM2_Startup, as a platform power-on leaves a TPM; its PCRs start from zero."""
+
+        def cycle(vm: int) -> bool:
+            return self.mode.dev_platform_port and workers.power_cycle(vm)
+
+        return cycle
 
     def take_interrupt(self, vector: int) -> None:
         """L1's interrupt handler: record the vector; the relay wakes on its own."""
@@ -198,19 +196,15 @@ class Boot:
             set_handler(self.take_interrupt)
         self.tdcall.tdvmcall(Tdvmcall.SETUP_EVENT_NOTIFY_INTERRUPT, r12=NOTIFY_VECTOR)
 
-    def seal(self, engine: TpmEngine, l2_image: bytes) -> list[PcrEvent]:
-        """Step 4: the svsm version and the whole L2 image into PCR0, then a separator into
-        RTMR0..3, so nothing an L2 does can reproduce the L1 quote."""
-        self.seal_pcr0(engine, l2_image)
+    def seal(self, workers: VtpmWorkers, l2_image: bytes) -> list[PcrEvent]:
+        """Step 4: the svsm version and the whole L2 image into PCR0 of every vTPM, then a
+        separator into RTMR0..3, so nothing an L2 does can reproduce an L1 quote."""
+        for worker in workers.all:
+            tpm = wire.TpmClient(worker)
+            version = extend_pcr(tpm, PCR_SVSM, EV_S_CRTM_VERSION, SVSM_VERSION.encode() + b"\0")
+            self.pcr_events = [version, extend_pcr(tpm, PCR_SVSM, EV_POST_CODE, l2_image)]
         self.rtmrs.separators()
-        return self.pcr_events
-
-    def seal_pcr0(self, engine: TpmEngine, l2_image: bytes) -> None:
-        """The svsm version and the whole L2 image into PCR0 (SHA-256 and SHA-384 banks)."""
-        tpm = wire.TpmClient(engine)
-        version = extend_pcr(tpm, PCR_SVSM, EV_S_CRTM_VERSION, SVSM_VERSION.encode() + b"\0")
-        firmware = extend_pcr(tpm, PCR_SVSM, EV_POST_CODE, l2_image)
-        self.pcr_events = [version, firmware]
+        return self.pcr_events  # the same events for every vTPM
 
     def l2_image(self) -> bytes:
         """The L2 image named by the measured descriptor, read once from measured memory."""
@@ -220,7 +214,7 @@ class Boot:
         return self.memory.read_measured(descriptor.gpa, descriptor.size)
 
     def l2_guests(
-        self, count: int, image: bytes, engine: TpmEngine, aliases: AliasManager
+        self, count: int, image: bytes, workers: VtpmWorkers, aliases: AliasManager
     ) -> list[L2Guest]:
         """Step 5: each L2's RAM, paging, image, aliases and entry state; the CRB page, when the
         TD has it as memory, accepted and kept L1's (private MMIO)."""
@@ -237,6 +231,7 @@ class Boot:
                 L2_SUPPORT_GPA + (vm - 1) * SUPPORT_PAGES * PAGE_SIZE,
             )
             neighbour = L2_RAM_GPA + (vm % count) * L2_RAM_SIZE if count > 1 else 0
+            backend = workers.crb_backend(vm)
             guest = L2Guest(
                 self.tdcall,
                 self.memory,
@@ -244,11 +239,12 @@ class Boot:
                 layout,
                 image,
                 self.say,
-                tpm=engine.process if vm == 1 else None,
+                tpm=backend,
                 probe_gpa=neighbour,
                 serve_relay=self.mode.serving,
                 service=L1VtpmService(self.pcr_events),
             )
+            backend.attach(guest.crb)
             guest.setup()
             guests.append(guest)
         return guests
@@ -258,7 +254,7 @@ def main(platform: Platform) -> bytes:
     """L1's entry: boot steps 2-4, then the JSON summary for the host."""
     boot = Boot(platform)
     boot.say(f"{SVSM_VERSION}: L1 started from the measured image")
-    engine = TpmEngine()
+    workers: VtpmWorkers | None = None
     try:
         with boot.step("accept memory, NUM_L2_VMS, launch parameters into RTMR0"):
             num_l2_vms = boot.launch()
@@ -267,35 +263,50 @@ def main(platform: Platform) -> bytes:
                 f"{WORK_GPA:#x}; NUM_L2_VMS = {num_l2_vms}"
             )
         with boot.step("vTPM manufacture: EKs, CA bound to a TD quote"):
-            made, attester = boot.vtpm(engine)
-            boot.say(
-                f"  EKs {', '.join(made.eks)}; CA certificate {len(made.ca_certificate)} "
-                f"bytes in NV {made.ca_nv_indices[0]:#x}; quote {len(made.quote)} bytes"
-            )
+            workers = VtpmWorkers(num_l2_vms, platform.image_path)
+            identities, attester = boot.vtpm(workers)
+            for vm, made in identities.items():
+                worker = workers[vm]
+                boot.say(
+                    f"  L2 {vm} vTPM (worker pid {worker.pid}, ready after "
+                    f"{worker.ready_ms:.1f} ms, manufactured after {worker.manufactured_ms:.1f} "
+                    f"ms): EKs {', '.join(made.ek_certificates)}; CA certificate "
+                    f"{len(made.ca_certificate)} bytes"
+                )
         with boot.step("PCR0: svsm version and L2 image; separators into RTMR0..3"):
             l2_image = boot.l2_image()
-            pcr_events = boot.seal(engine, l2_image)
+            pcr_events = boot.seal(workers, l2_image)
             digest = hashlib.sha384(l2_image).hexdigest()
             boot.say(f"  L2 image: {len(l2_image)} bytes, SHA-384 {digest[:16]}...")
         aliases = AliasManager(boot.tdcall, num_l2_vms)
         with boot.step(f"set up {num_l2_vms} L2 guest(s): RAM, paging, aliases, VMCS"):
-            guests = boot.l2_guests(num_l2_vms, l2_image, engine, aliases)
+            guests = boot.l2_guests(num_l2_vms, l2_image, workers, aliases)
         if boot.mode.serving:
             run_guests(guests, tdcall=boot.tdcall, until_idle=True)  # self-tests, then relay loops
             relay = boot.start_relay(guests)
-            relay.power_cycle = lambda vm: vm == 1 and boot.power_cycle(engine, attester, l2_image)
+            relay.power_cycle = boot.power_cycle(workers)
             boot.say("  serving the vTPM relay: the host's ring page -> L2 mailboxes -> CRBs")
             run_guests(guests, tdcall=boot.tdcall, poll=relay.service, serving=True)
         with boot.step("run the L2 guests until each exits"):
             exits = run_guests(guests, tdcall=boot.tdcall)
             boot.say(f"  {exits} L2 exits handled")
     finally:
-        engine.close()
+        if workers is not None:
+            workers.close()
+    vtpms = [
+        {
+            "vm": vm,
+            "ca_certificate": made.ca_certificate.hex(),
+            "ek_certificates": {kind: der.hex() for kind, der in made.ek_certificates.items()},
+        }
+        for vm, made in identities.items()
+    ]
     summary: dict[str, Any] = {
         "version": SVSM_VERSION,
         "num_l2_vms": num_l2_vms,
-        "ca_certificate": made.ca_certificate.hex(),
-        "ek_certificates": {kind: ek.certificate.hex() for kind, ek in made.eks.items()},
+        "ca_certificate": vtpms[0]["ca_certificate"],
+        "ek_certificates": vtpms[0]["ek_certificates"],
+        "vtpms": vtpms,
         "cc_event_log": boot.rtmrs.event_log().hex(),
         "pcr_events": [
             {

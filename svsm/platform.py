@@ -18,6 +18,7 @@ class Platform(Protocol):
     memory: memoryview  # all TD RAM; private and shared GPAs alias the same pages
     shared_bit: int  # the GPA bit that selects the shared view
     regions: list[tuple[int, int, int]]  # (GPA, size, offset in `memory`) of each RAM region
+    image_path: str  # L1's measured payload zip on disk: the vTPM workers start from it
 
     def tdcall(self, regs: Sequence[int]) -> list[int]:
         """TDCALL: 16 GPRs in architectural order in (leaf in RAX), 16 out (status in RAX)."""

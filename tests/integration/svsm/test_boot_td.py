@@ -1,10 +1,14 @@
-"""svsm boots in the TD process from the measured image (boot steps 2-4), and a lying host makes the
-boot fail with a clear message, never a hang."""
+"""svsm boots in the TD process from the measured image (boot steps 2-4) with one vTPM worker per
+L2, a lying host makes the boot fail with a clear message, never a hang, and no vTPM worker
+outlives the TD process."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -18,6 +22,7 @@ from svsm.boot import SVSM_VERSION
 from tdxsim.host.faults import FaultSet
 from tdxsim.host.l1_image import build_l1_image
 from tdxsim.host.vmm import RunResult, RunStatus, Vmm, simulated_platform
+from tests.support.processes import descendants, running
 from verifier.eventlog import EventType
 from verifier.reference import reference_values
 from verifier.td_attestation import verify_td_attestation
@@ -77,6 +82,25 @@ def test_full_boot_in_the_td_process(image: Path) -> None:
         "EK certificate (ecc)",
     ]
     assert verdict.quote is not None and verdict.quoted_log is not None
+    # one vTPM per L2, each with its own EKs and its own CA bound to its own TD quote
+    vtpms = out["vtpms"]
+    assert [v["vm"] for v in vtpms] == [1, 2]
+    assert (vtpms[0]["ca_certificate"], vtpms[0]["ek_certificates"]) == (
+        out["ca_certificate"],
+        out["ek_certificates"],
+    )
+    assert vtpms[0]["ek_certificates"]["rsa"] != vtpms[1]["ek_certificates"]["rsa"]
+    second = verify_td_attestation(
+        bytes.fromhex(vtpms[1]["ca_certificate"]),
+        {kind: bytes.fromhex(der) for kind, der in vtpms[1]["ek_certificates"].items()},
+        trusted_root=QUOTING.trusted_root_der,
+        expected_mrtd=mrtd,
+        later_event_log=bytes.fromhex(out["cc_event_log"]),
+    )
+    second.raise_for_failure()
+    assert second.quote is not None and second.quote.body.reportdata != (
+        verdict.quote.body.reportdata
+    )
     # RTMR0 at quote time: the launch parameters only; separators come after the quote
     quoted = verdict.quoted_log.events
     assert [(e.rtmr, e.event_type) for e in quoted] == [(0, EventType.EV_PLATFORM_CONFIG_FLAGS)]
@@ -117,8 +141,7 @@ def test_full_boot_in_the_td_process(image: Path) -> None:
     [
         (
             "getquote-status=error",
-            "svsm step 3 (vTPM manufacture: EKs, CA bound to a TD quote) failed: "
-            "manufacture: attester 'tdx' failed: GetQuote buffer status at offset 8: "
+            "vTPM: manufacture: attester 'tdx' failed: GetQuote buffer status at offset 8: "
             "0x8000000000000000 (host reports an error)",
         ),
         ("getquote-status=inflight", "GetQuote buffer status at offset 8: still in flight after"),
@@ -132,6 +155,31 @@ def test_lying_host_fails_the_boot_with_a_clear_message(
     start = time.monotonic()
     result, _mrtd, uart = boot(image, faults)
     assert result.status == RunStatus.FAILED
+    assert "svsm step 3 (vTPM manufacture: EKs, CA bound to a TD quote) failed: " in result.detail
     assert message in result.detail
     assert "FAILED" in uart  # L1 also said so on its UART
     assert time.monotonic() - start < 30  # bounded: no hang
+
+
+def test_no_vtpm_worker_outlives_the_td_process(image: Path) -> None:
+    with Vmm(QUOTING) as vmm:
+        vmm.create(RAM, mac_key=MAC_KEY, num_l2_vms=2)
+        vmm.load_igvm(image, RAM)
+        vmm.aug_rest()
+        vmm.finalize()
+        outcome: list[RunResult] = []
+        runner = threading.Thread(target=lambda: outcome.append(vmm.run(60)))
+        runner.start()
+        deadline = time.monotonic() + 30
+        workers: list[int] = []  # the launcher and one worker per L2
+        while len(workers) < 3 and time.monotonic() < deadline and runner.is_alive():
+            workers = [pid for pid in descendants(vmm.proc.pid) if running(pid)]
+            time.sleep(0.005)
+        assert len(workers) == 3, f"L1 did not start its vTPM workers: {workers}"
+        os.kill(vmm.proc.pid, signal.SIGKILL)
+        runner.join(30)
+        assert outcome and outcome[0].status == RunStatus.DIED
+        gone = time.monotonic() + 5
+        while any(running(pid) for pid in workers) and time.monotonic() < gone:
+            time.sleep(0.01)
+        assert not [pid for pid in workers if running(pid)]

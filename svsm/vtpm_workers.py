@@ -1,0 +1,406 @@
+"""One vTPM per L2, each in its own worker process that L1 starts from its measured image.
+
+libtpms keeps global state, so one process can hold one TPM. L1 starts one launcher as
+`python -I -S` with a bootstrap that puts only the measured payload zip (the file L1 itself was
+imported from) and the interpreter's third-party site-packages on sys.path, and refuses to run if
+any vtpm or tdxdefs module came from anywhere but that zip; the launcher imports the vTPM once and
+forks one worker per L2, each on its own channel (`vtpm.worker`). Workers are manufactured in
+parallel; L1 answers their quote requests with its own `TdxAttester` (only L1 can TDCALL), one TD
+quote per vTPM CA, each over that CA's REPORTDATA. The channel is `vtpm.worker_channel`. Every
+wait has a deadline. A worker that dies, times out or answers garbage is killed (through a pidfd
+taken when it says READY) and marked failed: its L2's CRB reports a fatal error
+(`CrbDevice.fail`) while L1 and the other L2s go on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import signal
+import struct
+import subprocess
+import sys
+import sysconfig
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from svsm.crb import CrbDevice
+from svsm.errors import SvsmError
+from vtpm import wire
+from vtpm.attest import Attester
+from vtpm.manufacture import EK_KIND_TABLE, EK_KINDS, read_ca_certificate
+from vtpm.worker_channel import (
+    MAX_TEXT,
+    WorkerChannel,
+    WorkerChannelClosed,
+    WorkerChannelError,
+    WorkerChannelTimeout,
+    WorkerMessage,
+    WorkerOp,
+)
+
+MANUFACTURE_TIMEOUT_S = 60.0  # start-up, EK key generation and a TD quote per worker
+COMMAND_TIMEOUT_S = 30.0  # the slowest TPM command (an RSA-2048 TPM2_CreatePrimary)
+SHUTDOWN_WAIT_S = 2.0
+EXIT_WAIT_S = 0.5  # for the exit status of a worker that closed its end
+MS_PER_S = 1000
+IMAGE_PACKAGES = ("vtpm", "tdxdefs")  # what a worker must import from the measured zip alone
+PID = struct.Struct("<I")
+# argv: payload zip, channel fds (comma separated), L1's pid, the image packages, site dirs...
+BOOTSTRAP = """
+import os
+import sys
+zip_path, fds, parent, packages = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+sys.path.insert(0, zip_path)
+sys.path.extend(sys.argv[5:])
+from vtpm.worker import launch
+for name, module in list(sys.modules.items()):
+    origin = getattr(module, "__file__", None) or ""
+    if name.partition(".")[0] in packages.split(",") and not origin.startswith(zip_path):
+        sys.exit(f"vTPM worker launcher: {name} came from {origin}, not the measured image")
+status = launch([int(fd) for fd in fds.split(",")], parent)
+sys.stderr.flush()
+os._exit(status)  # nothing to tear down: the workers are reaped
+"""
+
+
+class VtpmWorkerError(SvsmError):
+    """A vTPM worker failed (died, timed out, answered garbage or refused); names the L2."""
+
+
+def site_dirs() -> list[str]:
+    """This interpreter's third-party site-packages (libtpms bindings' dependencies, cryptography);
+    the project's own packages come from the measured zip, which goes first on sys.path."""
+    dirs: list[str] = []
+    for key in ("purelib", "platlib"):
+        path = sysconfig.get_path(key)
+        if path and path not in dirs:
+            dirs.append(path)
+    return dirs
+
+
+@dataclass(frozen=True)
+class VtpmIdentity:
+    """What a manufactured vTPM publishes: its CA certificate and EK certificates (DER)."""
+
+    ca_certificate: bytes
+    ek_certificates: dict[str, bytes]
+
+
+class VtpmWorker:
+    """L1's handle on one worker: `process` runs one TPM command (a `wire.Transport`)."""
+
+    def __init__(self, vm: int, channel: WorkerChannel, launcher: subprocess.Popen[bytes]) -> None:
+        self.vm = vm
+        self.channel = channel
+        self.launcher = launcher
+        self.pid = 0  # from READY
+        self.started = time.perf_counter()
+        self.ready_ms = 0.0  # from start to READY (the launcher's import and the fork)
+        self.manufactured_ms = 0.0  # from start to MANUFACTURED
+        self._pidfd = -1
+        self.sequence = 0
+        self.failure = ""
+        self.commands = 0
+
+    @property
+    def alive(self) -> bool:
+        return not self.failure
+
+    def fail(self, why: str) -> VtpmWorkerError:
+        """Kill the worker, remember why; the error to raise."""
+        if not self.failure:
+            self.failure = f"vTPM worker for L2 {self.vm} (pid {self.pid or 'unknown'}): {why}"
+            self._kill()
+        return VtpmWorkerError(self.failure)
+
+    def _kill(self) -> None:
+        if self._pidfd >= 0:
+            with contextlib.suppress(OSError):  # already gone
+                signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
+            os.close(self._pidfd)
+            self._pidfd = -1
+        self.channel.close()  # a worker that never said READY sees EOF and ends
+
+    def _ready(self, msg: WorkerMessage) -> None:
+        """READY: note the worker's pid and hold it by a pidfd (immune to pid reuse)."""
+        if self.pid:
+            raise self.fail("said READY twice")
+        (pid,) = PID.unpack(msg.payload)
+        try:
+            self._pidfd = os.pidfd_open(pid)
+        except OSError as exc:
+            raise self.fail(f"READY from pid {pid}, which cannot be opened: {exc}") from exc
+        self.pid = pid
+        self.ready_ms = (time.perf_counter() - self.started) * MS_PER_S
+
+    def request(self, op: WorkerOp, payload: bytes = b"") -> int:
+        """Send a request; returns its sequence number (the answer must repeat it)."""
+        if self.failure:
+            raise VtpmWorkerError(self.failure)
+        self.sequence += 1
+        try:
+            self.channel.send(op, payload, self.sequence)
+        except WorkerChannelClosed as exc:
+            raise self.fail(f"{op.name}: {exc}") from exc
+        return self.sequence
+
+    def receive(self, deadline: float) -> WorkerMessage:
+        """The next message: the worker's READY (taken here) or one for the current request; a
+        bad one fails the worker."""
+        try:
+            msg = self.channel.recv(deadline - time.monotonic())
+        except WorkerChannelTimeout as exc:
+            raise self.fail(f"no answer in time ({exc})") from exc
+        except WorkerChannelClosed as exc:
+            raise self.fail(f"{exc}{self._launcher_status()}") from exc
+        except WorkerChannelError as exc:
+            raise self.fail(str(exc)) from exc
+        if msg.op is WorkerOp.READY:
+            self._ready(msg)
+            return msg
+        if msg.sequence != self.sequence:
+            raise self.fail(f"{msg.op.name} for request {msg.sequence}, not {self.sequence}")
+        return msg
+
+    def _launcher_status(self) -> str:
+        """For a worker that never said READY: how the launcher ended, if it did."""
+        if self.pid:
+            return ""
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.launcher.wait(EXIT_WAIT_S)
+        status = self.launcher.returncode
+        return f" (the launcher's exit status {status})" if status is not None else ""
+
+    def serve_attestation(self, msg: WorkerMessage, attester: Attester) -> None:
+        """Answer a worker's QUOTE_REQUEST or EVENT_LOG_REQUEST with L1's attester. If the
+        attester fails the worker is told (REFUSED) and the attester's error is raised, named."""
+        try:
+            if msg.op is WorkerOp.QUOTE_REQUEST:
+                answer, payload = WorkerOp.QUOTE, attester.quote(msg.payload)
+            else:
+                answer, payload = WorkerOp.EVENT_LOG, attester.event_log()
+        except Exception as exc:
+            with contextlib.suppress(WorkerChannelClosed, WorkerChannelError):
+                self.channel.send(WorkerOp.REFUSED, str(exc).encode()[:MAX_TEXT], msg.sequence)
+            raise VtpmWorkerError(
+                f"L2 {self.vm} vTPM: manufacture: attester {attester.name!r} failed: {exc}"
+            ) from exc
+        try:
+            self.channel.send(answer, payload, msg.sequence)
+        except (WorkerChannelClosed, WorkerChannelError) as exc:
+            raise self.fail(f"answering {msg.op.name}: {exc}") from exc
+
+    def answer(self, msg: WorkerMessage, expected: WorkerOp, attester: Attester | None) -> bool:
+        """Handle one message of the current request: True when it is the final `expected`
+        answer, False after READY or after serving an attestation request; anything else fails
+        the worker."""
+        if msg.op is expected:
+            return True
+        if msg.op is WorkerOp.READY:
+            return False
+        if msg.op in (WorkerOp.QUOTE_REQUEST, WorkerOp.EVENT_LOG_REQUEST) and attester:
+            self.serve_attestation(msg, attester)
+            return False
+        if msg.op is WorkerOp.ERROR:
+            raise self.fail(msg.text)
+        raise self.fail(f"answered {msg.op.name} where {expected.name} was expected")
+
+    def call(
+        self,
+        op: WorkerOp,
+        payload: bytes,
+        expected: WorkerOp,
+        timeout: float,
+        attester: Attester | None = None,
+    ) -> WorkerMessage:
+        """One request and its answer, serving attestation requests on the way."""
+        self.request(op, payload)
+        deadline = time.monotonic() + timeout
+        while True:
+            msg = self.receive(deadline)
+            if self.answer(msg, expected, attester):
+                return msg
+
+    def process(self, command: bytes) -> bytes:
+        """Run one TPM command on this L2's vTPM; `VtpmWorkerError` if the worker failed."""
+        self.commands += 1
+        return self.call(WorkerOp.COMMAND, command, WorkerOp.RESPONSE, COMMAND_TIMEOUT_S).payload
+
+    def power_cycle(self, attester: Attester) -> None:
+        """Forget all NV and manufacture again (new EKs, a new CA and TD quote); the TPM then
+        waits for TPM2_Startup."""
+        self.call(
+            WorkerOp.POWER_CYCLE,
+            attester.name.encode(),
+            WorkerOp.MANUFACTURED,
+            MANUFACTURE_TIMEOUT_S,
+            attester,
+        )
+
+    def identity(self) -> VtpmIdentity:
+        """The CA and EK certificates, read back from NV with TPM commands, as a verifier would."""
+        tpm = wire.TpmClient(self)
+        try:
+            chunk = tpm.get_properties(wire.TPM_PT_NV_BUFFER_MAX, 1)[wire.TPM_PT_NV_BUFFER_MAX]
+            eks = {}
+            for kind in EK_KINDS:
+                index = EK_KIND_TABLE[kind].nv_index
+                public = tpm.nv_read_public(index)
+                if public is None:
+                    raise VtpmWorkerError(f"L2 {self.vm} vTPM: no EK certificate at {index:#x}")
+                eks[kind] = tpm.nv_read(index, public.data_size, chunk)
+            return VtpmIdentity(read_ca_certificate(tpm), eks)
+        except (wire.TpmError, wire.WireError, KeyError) as exc:
+            raise VtpmWorkerError(f"L2 {self.vm} vTPM: reading its certificates: {exc}") from exc
+
+    def shutdown(self) -> None:
+        """Ask the worker to end (the launcher reaps it)."""
+        if self.failure:
+            return
+        with contextlib.suppress(WorkerChannelClosed, WorkerChannelError):
+            self.channel.send(WorkerOp.SHUTDOWN)
+        self.failure = f"vTPM worker for L2 {self.vm}: shut down"
+
+    def release(self) -> None:
+        """Drop L1's channel end and pidfd (after the worker has ended)."""
+        if self._pidfd >= 0:
+            os.close(self._pidfd)
+            self._pidfd = -1
+        self.channel.close()
+
+
+@dataclass
+class CrbBackend:
+    """The `execute` of an L2's CRB: runs the command on that L2's worker; a failed worker puts
+    the CRB into its fatal error state (TCG PC Client Platform TPM Profile, CRB interface)."""
+
+    worker: VtpmWorker
+    crb: CrbDevice | None = None
+    failures: list[str] = field(default_factory=list)
+
+    def attach(self, crb: CrbDevice) -> None:
+        self.crb = crb
+        if not self.worker.alive:
+            crb.fail(self.worker.failure)
+
+    def __call__(self, command: bytes) -> bytes | None:
+        try:
+            return self.worker.process(command)
+        except VtpmWorkerError as exc:
+            self.failures.append(str(exc))
+            if self.crb is None:
+                raise
+            self.crb.fail(str(exc))
+            return None
+
+
+class VtpmWorkers:
+    """The workers of all L2s, indexed by L2 VM number (1-based)."""
+
+    def __init__(self, count: int, image_path: str, python: str = sys.executable) -> None:
+        pairs = [WorkerChannel.pair() for _ in range(count)]
+        theirs = [their for _mine, their in pairs]
+        try:
+            self.launcher = subprocess.Popen(
+                [
+                    python,
+                    "-I",
+                    "-S",
+                    "-c",
+                    BOOTSTRAP,
+                    image_path,
+                    ",".join(str(sock.fileno()) for sock in theirs),
+                    str(os.getpid()),
+                    ",".join(IMAGE_PACKAGES),
+                    *site_dirs(),
+                ],
+                pass_fds=[sock.fileno() for sock in theirs],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                cwd="/",
+            )
+        except BaseException:
+            for mine, their in pairs:
+                mine.close()
+                their.close()
+            raise
+        finally:
+            for sock in theirs:
+                sock.close()
+        self.workers = {
+            vm: VtpmWorker(vm, WorkerChannel(mine), self.launcher)
+            for vm, (mine, _their) in enumerate(pairs, start=1)
+        }
+        self.backends: dict[int, CrbBackend] = {}
+        self.attester: Attester | None = None
+
+    def __getitem__(self, vm: int) -> VtpmWorker:
+        return self.workers[vm]
+
+    def crb_backend(self, vm: int) -> CrbBackend:
+        """The `execute` for L2 `vm`'s CRB (attach the CRB once it exists)."""
+        self.backends[vm] = CrbBackend(self.workers[vm])
+        return self.backends[vm]
+
+    def power_cycle(self, vm: int) -> bool:
+        """Power-cycle L2 `vm`'s vTPM: forget its NV, manufacture it again (new EKs, CA and TD
+        quote) and reset its CRB to Idle. False if there is no such vTPM or it failed (its CRB
+        then reports a fatal error)."""
+        worker, backend = self.workers.get(vm), self.backends.get(vm)
+        if worker is None or self.attester is None or not worker.alive:
+            return False
+        try:
+            worker.power_cycle(self.attester)
+        except VtpmWorkerError as exc:
+            if backend is not None and backend.crb is not None:
+                backend.crb.fail(str(exc))
+            return False
+        if backend is not None and backend.crb is not None:
+            backend.crb.reset()
+        return True
+
+    @property
+    def all(self) -> Sequence[VtpmWorker]:
+        return list(self.workers.values())
+
+    def manufacture(self, attester: Attester, timeout: float = MANUFACTURE_TIMEOUT_S) -> None:
+        """Manufacture every worker in parallel; L1 answers their quote and event-log requests as
+        they come. The first failure is raised (the other workers are left to `close`)."""
+        self.attester = attester
+        deadline = time.monotonic() + timeout
+        pending = {}
+        for worker in self.all:
+            worker.request(WorkerOp.MANUFACTURE, attester.name.encode())
+            pending[worker.channel.fileno()] = worker
+        poll = select.poll()
+        for fd in pending:
+            poll.register(fd, select.POLLIN)
+        while pending:
+            wait = deadline - time.monotonic()
+            ready = poll.poll(max(wait, 0.0) * MS_PER_S) if wait > 0 else []
+            if not ready:
+                worker = next(iter(pending.values()))
+                raise worker.fail(f"not manufactured within {timeout} s")
+            for fd, _events in ready:
+                worker = pending[fd]
+                msg = worker.receive(deadline)
+                if worker.answer(msg, WorkerOp.MANUFACTURED, attester):
+                    worker.manufactured_ms = (time.perf_counter() - worker.started) * MS_PER_S
+                    poll.unregister(fd)
+                    del pending[fd]
+
+    def close(self) -> None:
+        """End every worker: SHUTDOWN each and close L1's end (a worker in the middle of a request
+        sees EOF), then the launcher ends once it has reaped them; if it has not within
+        SHUTDOWN_WAIT_S it is killed, and its workers die with it."""
+        for worker in self.workers.values():
+            worker.shutdown()
+            worker.release()
+        try:
+            self.launcher.wait(SHUTDOWN_WAIT_S)
+        except subprocess.TimeoutExpired:
+            self.launcher.kill()
+            self.launcher.wait(SHUTDOWN_WAIT_S)
