@@ -1,9 +1,10 @@
 /* A TPM CRB driver (TCG PC Client Platform TPM Profile, CRB interface, locality 0): request the
  * locality and go Ready once, learn where the command buffer is, then per command: copy it into
  * the buffer, START, wait for START to clear, copy the response out. After a command the CRB stays
- * Ready, so a command costs three register accesses (each an exit to L1). Waits are bounded; a
- * fatal TPM status or a response that does not fit ends the command with length 0 and the next
- * command starts over from the locality request. */
+ * Ready, so a command costs four register accesses (each an exit to L1): the status first, since a
+ * TPM power cycle sends the CRB back to Idle, then START, the START poll and the status. Waits are
+ * bounded; a fatal TPM status or a response that does not fit ends the command with length 0 and
+ * the next command starts over from the locality request. */
 #include "l2fw.h"
 
 #define START_POLLS 100000
@@ -21,8 +22,8 @@ static void set_reg(u32 offset, u32 value) {
 }
 
 int crb_ready(void) {
-    if (buffer) {
-        return 1;
+    if (buffer && !(reg(CRB_CTRL_STS) & (CRB_STS_IDLE | CRB_STS_FATAL))) {
+        return 1; /* still Ready from the last command */
     }
     if (!(reg(CRB_LOC_STATE) & CRB_LOC_ASSIGNED)) {
         set_reg(CRB_LOC_CTRL, CRB_LOC_REQUEST_ACCESS);

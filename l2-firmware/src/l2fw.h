@@ -43,6 +43,7 @@ typedef unsigned long u64;
 #define CRB_CTRL_RSP_SIZE 0x64u
 #define CRB_CTRL_RSP_ADDR 0x68u
 #define CRB_STS_FATAL 1u
+#define CRB_STS_IDLE 2u
 #define CRB_REQ_CMD_READY 1u
 #define CRB_LOC_REQUEST_ACCESS 1u
 #define CRB_LOC_ASSIGNED 2u
