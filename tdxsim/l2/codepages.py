@@ -106,6 +106,10 @@ class CodePages:
         if gpa_page in self._glas_of_code:
             if kind != EPTV_WRITE:
                 return UC_PROT_READ | UC_PROT_EXEC
+            if not self._writable(gpa_page):
+                # the alias refuses the write: unicorn's region check faults it (an EPT violation
+                # for L1) and no code changes, so the page keeps its scan and unicorn's speed
+                return UC_PROT_ALL
             self._decode_per_instruction(gpa_page)
             self._stop_to_resume()
             return UC_PROT_ALL
@@ -113,6 +117,10 @@ class CodePages:
             return UC_PROT_ALL
         self._writable_unscanned.add(gpa_page)
         return UC_PROT_READ | UC_PROT_WRITE
+
+    def _writable(self, gpa_page: int) -> bool:
+        index = self.memory.page_index(gpa_page << PAGE_SHIFT)
+        return index is not None and bool(self._prot[index] & UC_PROT_WRITE)
 
     def _stop_to_resume(self) -> None:
         self.stopped_to_resume = True
