@@ -8,6 +8,7 @@ at the start of whichever L2's RAM. The result is checked with the same header p
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import tempfile
@@ -61,7 +62,13 @@ class Firmware:
 def _run(cmd: list[str], cwd: Path) -> str:
     try:
         done = subprocess.run(
-            cmd, cwd=cwd, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S, check=False
+            cmd,
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=BUILD_TIMEOUT_S,
+            check=False,
+            env={**os.environ, "LC_ALL": "C"},  # readelf's answer is compared as text
         )
     except subprocess.TimeoutExpired as exc:
         raise FirmwareBuildError(f"{cmd[0]} timed out after {BUILD_TIMEOUT_S} s") from exc

@@ -24,6 +24,7 @@ import contextlib
 import hashlib
 import json
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -92,7 +93,7 @@ class Boot:
         self.memory = Memory(platform, self.tdcall)
         self.rtmrs = Rtmrs(self.tdcall, self.memory, RTMR_DIGEST_GPA)
         self.timings: dict[str, float] = {}
-        self.interrupts: list[int] = []
+        self.interrupts: Counter[int] = Counter()  # vector -> times taken
         self.step_number = 1
         self.gpaw = 0
         self.vcpus = 0
@@ -165,7 +166,7 @@ class Boot:
 
     def take_interrupt(self, vector: int) -> None:
         """L1's interrupt handler: record the vector; the relay wakes on its own."""
-        self.interrupts.append(vector)
+        self.interrupts[vector] += 1
         if self.relay is not None:
             self.relay.on_interrupt(vector)
 
@@ -319,7 +320,7 @@ def main(platform: Platform) -> bytes:
         ],
         "simulated_quote": attester.simulated,
         "quote_waits": attester.waits,
-        "interrupts": boot.interrupts,
+        "interrupts": {f"{vector:#x}": n for vector, n in sorted(boot.interrupts.items())},
         "timings_ms": boot.timings,
         "alias_map": aliases.table(),
         "l2": [
@@ -329,7 +330,7 @@ def main(platform: Platform) -> bytes:
                 "exit_code": g.outcome.exit_code,
                 "fatal": g.outcome.fatal,
                 "exits": dict(g.outcome.exits),
-                "console": g.console.lines,
+                "console": list(g.console.lines),
             }
             for g in guests
         ],

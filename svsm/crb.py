@@ -15,17 +15,19 @@ counted in `refusals`, never queued.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum, IntEnum, IntFlag
 
-from tdxdefs.l2boot import TPM_CRB_BASE
+from tdxdefs.l2boot import TPM_CRB_BASE, TPM_CRB_SIZE
 from vtpm.engine import error_response
-from vtpm.wire import TPM_RC_COMMAND_SIZE, TPM_RC_FAILURE
+from vtpm.wire import TPM_HEADER_SIZE, TPM_RC_COMMAND_SIZE, TPM_RC_FAILURE
 
 CRB_BASE = TPM_CRB_BASE
-CRB_REGISTER_PAGE_SIZE = 0x1000
-TPM_HEADER_SIZE = 10
+CRB_REGISTER_PAGE_SIZE = TPM_CRB_SIZE
+KEPT_REFUSALS = 64
+LOGGED_REFUSALS = 64
 TPM_COMMAND_SIZE_AT = 2
 
 
@@ -120,11 +122,14 @@ class CrbDevice:
     loc_assigned: bool = False
     cancel: bool = False
     commands: int = 0
-    refusals: list[str] = field(default_factory=list)
+    refusals: deque[str] = field(default_factory=lambda: deque(maxlen=KEPT_REFUSALS))
+    refused: int = 0
 
     def _refuse(self, why: str) -> None:
+        self.refused += 1
         self.refusals.append(why)
-        self.log(f"CRB: refused: {why}")
+        if self.refused <= LOGGED_REFUSALS:  # a refusal loop must not flood the host log
+            self.log(f"CRB: refused: {why}")
 
     def _value(self, reg: CrbRegister) -> int:
         if reg is CrbRegister.LOC_STATE:

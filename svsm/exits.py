@@ -40,6 +40,12 @@ from tdxdefs.vmcs import (
     EPTV_FETCH,
     EPTV_GLA_VALID,
     EPTV_WRITE,
+    INTR_INFO_TYPE_MASK,
+    INTR_INFO_TYPE_SHIFT,
+    INTR_INFO_VALID,
+    INTR_INFO_VECTOR_MASK,
+    INTR_TYPE_EXTERNAL,
+    INTR_TYPE_HW_EXCEPTION,
     IOQ_IN,
     IOQ_PORT_SHIFT,
     IOQ_SIZE_MASK,
@@ -114,6 +120,23 @@ class ExitHandlers:
             handler(ex)
         except (SvsmError, ValueError) as exc:
             guest.stop(f"{ex.reason_name} exit at RIP {self.state.rip:#x}: {exc}")
+            return
+        if ex.idt_vectoring & INTR_INFO_VALID and guest.running:
+            self.vectored(ex)
+
+    def vectored(self, ex: L2Exit) -> None:
+        """The exit interrupted the delivery of an event: deliver it again, unless the handler
+        injects an exception; a fault while delivering a hardware exception ends the L2 (on
+        hardware a double fault, then a shutdown; injecting #GP again could loop forever)."""
+        guest = self.guest
+        vector = ex.idt_vectoring & INTR_INFO_VECTOR_MASK
+        kind = (ex.idt_vectoring >> INTR_INFO_TYPE_SHIFT) & INTR_INFO_TYPE_MASK
+        if not guest.vcpu.event_pending:
+            guest.vcpu.reinject(ex.idt_vectoring, ex.idt_vectoring_error)
+        elif kind == INTR_TYPE_HW_EXCEPTION:
+            guest.stop(f"a fault while delivering exception {vector} at RIP {self.state.rip:#x}")
+        elif kind == INTR_TYPE_EXTERNAL:
+            guest.post_interrupt(vector)  # the exception goes first; the interrupt stays pending
 
     def complete(self, ex: L2Exit) -> None:
         """The instruction is done: step over it."""

@@ -9,6 +9,7 @@ of memory it could not read itself. The bytes are copied once; the decoder works
 from __future__ import annotations
 
 from svsm.aliases import AliasManager
+from svsm.decode import MAX_INSTRUCTION_LENGTH
 from svsm.errors import SvsmError
 from svsm.memory import Memory
 from tdxdefs.attributes import GpaAttr
@@ -22,7 +23,7 @@ LEVEL_SHIFTS = (39, 30, 21, 12)
 LARGE_PAGE_LEVELS = (1, 2)  # a 1 GiB PDPTE or a 2 MiB PDE may map a page
 ENTRY_SIZE = 8
 INDEX_MASK = 0x1FF
-MAX_INSTRUCTION = 15
+MAX_INSTRUCTION = MAX_INSTRUCTION_LENGTH
 
 
 class GuestMemoryError(SvsmError):

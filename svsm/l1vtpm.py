@@ -27,9 +27,10 @@ from tdxdefs.l1vtpm import (
     HobHeader,
     L1VtpmMessage,
 )
+from tdxdefs.tdcall import PAGE_SIZE
 from tdxdefs.tdvmcall import SERVICE_STATUS_SUCCESS, SERVICE_STATUS_UNSUPPORTED, ServiceBufferHeader
 
-PAGE = 4096
+PAGE = PAGE_SIZE
 MAX_EVENT_DATA = 64  # a longer event (the L2 image itself) is described, not copied
 DETECT_NOT_SUPPORTED = 1  # L1VTPM response status for a command other than Detect
 

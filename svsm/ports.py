@@ -3,11 +3,12 @@ lines L1 forwards to the host log as `L2[n]| ...`, and QEMU's isa-debug-exit por
 a byte V ends that L2 with exit code V. Any other port is refused (#GP into the L2).
 
 A console line is bounded: an L2 that never writes a newline gets its line cut at
-`MAX_LINE` bytes, so L2 output can never grow L1's memory.
+`MAX_LINE` bytes, so L2 output can never grow L1's memory (L1 keeps only the last KEPT_LINES).
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -16,6 +17,7 @@ COM1_LINE_STATUS = 0x3FD
 LSR_TRANSMIT_EMPTY = 0x60  # THRE and TEMT: the UART is always ready to send
 DEBUG_EXIT_PORT = 0xF4
 MAX_LINE = 512
+KEPT_LINES = 256  # L1 keeps the last lines for its summary; every line goes to the host log
 
 
 @dataclass
@@ -24,7 +26,7 @@ class L2Console:
 
     vm: int
     emit: Callable[[str], None]
-    lines: list[str] = field(default_factory=list)
+    lines: deque[str] = field(default_factory=lambda: deque(maxlen=KEPT_LINES))  # the last ones
     _pending: bytearray = field(default_factory=bytearray)
 
     def write(self, byte: int) -> None:

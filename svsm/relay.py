@@ -37,7 +37,6 @@ from tdxdefs.relay import (
 )
 from tdxdefs.tdvmcall import IO_DIRECTION_WRITE, Tdvmcall
 
-IO_SIZE_4 = 4
 IO_SIZE_1 = 1
 
 
@@ -177,7 +176,8 @@ class Relay:
             )
             self._answer(guest.vm, sequence, RelayState.ERROR, b"")
             return
-        body = raw[MailboxHeader.SIZE : MailboxHeader.SIZE + head.length]
+        length = head.length if head.state == RelayState.RESPONSE else 0  # ERROR carries nothing
+        body = raw[MailboxHeader.SIZE : MailboxHeader.SIZE + length]
         self._answer(guest.vm, sequence, RelayState(head.state), bytes(body))
         self.relayed += 1
 

@@ -36,6 +36,7 @@ def run_guests(
     handlers = {guest.vm: ExitHandlers(guest) for guest in guests}
     handled = 0
     idle_halts = 0
+    streak = 0  # entries in a row that only let L1 take an interrupt
     while any(guest.running for guest in guests):
         if poll is not None:
             poll()
@@ -53,7 +54,14 @@ def run_guests(
             continue
         idle_halts = 0
         for guest in runnable:
-            handled += _slice(guest, handlers[guest.vm])
+            exits, interrupts = _slice(guest, handlers[guest.vm])
+            handled += exits
+            streak = 0 if exits else streak + interrupts
+            if streak > MAX_L1_INTERRUPTS_IN_A_ROW:
+                for other in guests:
+                    if other.running:
+                        other.stop("L1 kept taking host interrupts: no L2 could be entered")
+                return handled
             if handled >= max_exits and not serving:
                 for other in guests:
                     if other.running:
@@ -62,8 +70,9 @@ def run_guests(
     return handled
 
 
-def _slice(guest: L2Guest, handlers: ExitHandlers) -> int:
-    """Up to SLICE_EXITS exits of one L2; fewer if it halts, exits or is stopped."""
+def _slice(guest: L2Guest, handlers: ExitHandlers) -> tuple[int, int]:
+    """Up to SLICE_EXITS entries of one L2, fewer if it halts, exits or is stopped: (exits
+    handled, entries that only let L1 take an interrupt)."""
     handled = interrupts = 0
     for _ in range(SLICE_EXITS):
         if not guest.running or guest.halted:
@@ -71,9 +80,7 @@ def _slice(guest: L2Guest, handlers: ExitHandlers) -> int:
         result, ex = guest.vcpu.enter()
         if result is EnterResult.L1_INTERRUPT or ex is None:
             interrupts += 1  # the platform ran L1's handler; enter again
-            if interrupts > MAX_L1_INTERRUPTS_IN_A_ROW:
-                guest.stop("L1 kept taking interrupts: the L2 could not be entered")
             continue
         handlers.handle(ex)
         handled += 1
-    return handled
+    return handled, interrupts

@@ -54,6 +54,7 @@ from tdxdefs.vmcs import (
 from tdxdefs.x86 import EXCEPTIONS_WITH_ERROR_CODE
 
 EXIT_REASON_MASK = 0xFFFF
+EVENT_INFO_MASK = 0x80000FFF  # valid, deliver-error, type, vector
 INSTRUCTION_LENGTH_SHIFT = 32
 U32 = 0xFFFFFFFF
 L2_EXIT_STATUSES = frozenset(
@@ -88,6 +89,7 @@ class L2Exit:
     gpa: int
     interruption: int
     idt_vectoring: int
+    idt_vectoring_error: int
     instruction_length: int
     cpl: int
     extended_qualification: int
@@ -103,6 +105,7 @@ class L2Exit:
             gpa=out[R8],
             interruption=out[R9] & U32,
             idt_vectoring=out[R10] & U32,
+            idt_vectoring_error=out[R10] >> 32,
             instruction_length=(out[R11] >> INSTRUCTION_LENGTH_SHIFT) & U32,
             cpl=out[R12] & 0x3,
             extended_qualification=out[R13],
@@ -151,6 +154,7 @@ class L2Vcpu:
         self.state_gpa = state_gpa
         self.state = GuestState()
         self.entries = 0
+        self.event_pending = False  # an event is set up for the next entry
 
     def vmcs_write(self, encoding: int, value: int) -> None:
         """TDG.VP.WR of one field of this VM's L2 VMCS."""
@@ -167,10 +171,20 @@ class L2Vcpu:
             info |= INTR_INFO_DELIVER_ERROR
             self.vmcs_write(Vmcs.ENTRY_EXCEPTION_ERROR_CODE, error_code)
         self.vmcs_write(Vmcs.ENTRY_INTR_INFO, info)
+        self.event_pending = True
+
+    def reinject(self, vectoring: int, error_code: int) -> None:
+        """Deliver again an event whose delivery the exit interrupted (IDT-vectoring info has the
+        VM-entry interruption format; Intel SDM Vol. 3, 28.2.4)."""
+        if vectoring & INTR_INFO_DELIVER_ERROR:
+            self.vmcs_write(Vmcs.ENTRY_EXCEPTION_ERROR_CODE, error_code)
+        self.vmcs_write(Vmcs.ENTRY_INTR_INFO, vectoring & EVENT_INFO_MASK)
+        self.event_pending = True
 
     def enter(self) -> tuple[EnterResult, L2Exit | None]:
         """Write the guest-state block, TDG.VP.ENTER, read the block back."""
         self.memory.write(self.state_gpa, self.state.pack())
+        self.event_pending = False
         out = self.tdcall.raw(Leaf.VP_ENTER, rcx=self.vm << VM_INDEX_SHIFT, rdx=self.state_gpa)
         self.entries += 1
         status = out[RAX] & STATUS_CLASS_MASK

@@ -28,7 +28,7 @@ RELAY_VECTOR = 0x51  # host -> L1: a command is in the ring
 L2_RELAY_VECTOR = 0x52  # L1 -> L2: a command is in the mailbox
 L2_DOORBELL_PORT = 0xF5  # L2 -> L1: the response is in the mailbox
 RELAY_NOTIFY_PORT = 0xF6  # L1 -> host (TDVMCALL<IO> write): the response is in the ring
-MAX_TPM_MESSAGE = 4096 - 32  # what one ring or mailbox page carries after its header
+MAX_TPM_MESSAGE = RING_PAGE_SIZE - 32  # what one ring or mailbox page carries after its header
 
 
 class RelayKind(IntEnum):

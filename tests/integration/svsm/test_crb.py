@@ -70,7 +70,7 @@ def test_driver_view_of_the_registers(crb: CrbDevice) -> None:
     assert crb.read(CrbRegister.LOC_STATE, 1) == LocState.REG_VALID | LocState.LOC_ASSIGNED
     assert crb.read(CrbRegister.LOC_STS, 4) == 1  # Granted
     assert crb.read(CrbRegister.CTRL_STS, 4) == 0  # Ready: not idle, no error
-    assert crb.read(0x800, 4) == 0 and crb.refusals == []  # unused space reads as zero
+    assert crb.read(0x800, 4) == 0 and list(crb.refusals) == []  # unused space reads as zero
 
 
 def test_command_runs_and_its_response_lands_in_the_buffer(crb: CrbDevice, l2: L2Buffer) -> None:
@@ -124,7 +124,7 @@ def test_start_while_busy_is_refused_not_queued(l2: L2Buffer, engine: TpmEngine)
     assert crb.read(CrbRegister.CTRL_START, 4) == 1 and crb.state is CrbState.EXECUTING
     crb.write(CrbRegister.CTRL_START, 4, 1)
     crb.write(CrbRegister.CTRL_REQ, 4, 2)
-    assert crb.refusals == [
+    assert list(crb.refusals) == [
         "START while a command executes",
         "CTRL_REQ 0x2 while a command executes",
     ]
@@ -138,7 +138,7 @@ def test_start_while_busy_is_refused_not_queued(l2: L2Buffer, engine: TpmEngine)
 def test_start_outside_ready_or_without_locality_is_refused(crb: CrbDevice, l2: L2Buffer) -> None:
     l2.write(0, GET_RANDOM_8)
     crb.write(CrbRegister.CTRL_START, 4, 1)
-    assert crb.refusals == ["START in state idle (needs cmdReady first)"]
+    assert list(crb.refusals) == ["START in state idle (needs cmdReady first)"]
     crb.write(CrbRegister.CTRL_REQ, 4, 1)
     crb.write(CrbRegister.CTRL_START, 4, 1)
     assert crb.refusals[-1] == "START without locality 0 assigned" and crb.commands == 0
