@@ -101,10 +101,12 @@ class AliasManager:
             raise AliasError(f"W+X alias refused for L2 VM {vm} at GPA {gpa:#x}")
         if attrs & ~ACCESS:
             raise AliasError(f"alias attributes {int(attrs):#x} beyond R/W/X at GPA {gpa:#x}")
-        for page in _pages(gpa, size):
+        pages = _pages(gpa, size)
+        for page in pages:  # every page is checked before any is written: all or nothing
             region = self.owner(page)
             if region is not None:
                 raise AliasError(f"GPA {page:#x} is L1's ({region.what}): no alias for L2 VM {vm}")
+        for page in pages:
             self._write(vm, page, attrs)
             self._views[vm][page] = attrs
             if label:

@@ -50,7 +50,7 @@ from tdxdefs.eventlog import (
 )
 from tdxdefs.l2boot import L2_DESCRIPTOR_GPA, TPM_CRB_BASE, TPM_CRB_SIZE, L2ImageDescriptor
 from tdxdefs.metadata import NUM_L2_VMS_FIELD
-from tdxdefs.relay import RELAY_RING_GPA
+from tdxdefs.relay import RELAY_RING_GPA, RING_PAGE_SIZE
 from tdxdefs.tdcall import PAGE_SIZE, R8, RCX, VP_INFO_GPAW_MASK, Leaf
 from tdxdefs.tdvmcall import Tdvmcall
 from vtpm import wire
@@ -72,6 +72,13 @@ NOTIFY_VECTOR = 0x40  # GetQuote completion (SetupEventNotifyInterrupt)
 L2_SUPPORT_GPA = 0x1400000
 L2_RAM_GPA, L2_RAM_SIZE = 0x1600000, PAGE_SIZE_2M
 L2_AREA_END = L2_RAM_GPA + 3 * L2_RAM_SIZE
+# L1's own memory that no L2 alias may ever reach, named in `--show-aliases`.
+L1_OWN = (
+    (PARAMETER_AREA_GPA, PARAMETER_AREA_SIZE, "launch parameters"),
+    (WORK_GPA, WORK_SIZE, "L1 work area (TDREPORT, REPORTDATA, RTMR digests)"),
+    (QUOTE_BUFFER_GPA, QUOTE_BUFFER_SIZE, "GetQuote buffer"),
+    (RELAY_RING_GPA, RING_PAGE_SIZE, "host relay ring"),
+)
 RTMR_LAUNCH = 0
 RTMR_MODES = 3  # how the TD runs (a development relay platform port)
 PCR_SVSM = 0
@@ -220,6 +227,8 @@ class Boot:
         """Step 5: each L2's RAM, paging, image, aliases and entry state; the CRB page, when the
         TD has it as memory, accepted and kept L1's (private MMIO)."""
         self.memory.accept(L2_SUPPORT_GPA, L2_AREA_END - L2_SUPPORT_GPA)
+        for gpa, size, what in L1_OWN:
+            aliases.reserve(gpa, size, what)
         if any(base <= TPM_CRB_BASE < base + size for base, size, _ in self.platform.regions):
             self.memory.accept(TPM_CRB_BASE, TPM_CRB_SIZE)
             aliases.reserve(TPM_CRB_BASE, TPM_CRB_SIZE, "TPM CRB registers (private MMIO)")

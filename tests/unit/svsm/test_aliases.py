@@ -60,6 +60,7 @@ def test_refused_write_names_the_gpa_and_vm() -> None:
         (3, 0x400000, PAGE, GpaAttr.R, "VM 3 does not exist"),
         (1, 0x400800, PAGE, GpaAttr.R, "not whole pages"),
         (1, 0x200000, PAGE, GpaAttr.R, "is L1's \\(paravisor data\\)"),
+        (1, 0x1FE000, 3 * PAGE, GpaAttr.R, "GPA 0x200000 is L1's"),  # its last page is L1's
     ],
 )
 def test_refused_before_any_tdcall(vm: int, gpa: int, size: int, attrs: GpaAttr, why: str) -> None:
