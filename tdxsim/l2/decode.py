@@ -213,6 +213,9 @@ class Action(Enum):
     MOV_TO_CR = "mov to cr"  # paging may change
 
 
+DECODE_CACHE_SIZE = 4096
+
+
 class Insn(NamedTuple):
     """A decoded instruction the model acts on (a tuple: built on every exit, so cheap)."""
 
@@ -228,8 +231,10 @@ class Insn(NamedTuple):
     prefixes: frozenset[int] = NO_PREFIXES
 
 
+@lru_cache(maxsize=DECODE_CACHE_SIZE)
 def decode(code: bytes) -> Insn | None:
-    """The instruction at the start of `code` if the model acts on it, else None."""
+    """The instruction at the start of `code` if the model acts on it, else None (cached: the
+    same bytes decode alike, and an L2 in a loop exits at the same few instructions)."""
     i = 0
     while i < len(code) and code[i] in LEGACY_PREFIXES:
         i += 1

@@ -445,7 +445,7 @@ class L2Vcpu:
     def _decode(self, code: bytes, address: int) -> None:
         """Stop before the instruction at `address` (bytes `code`) if it exits or needs the model
         (routing per the Intel TDX Module TD Partitioning Architecture Specification)."""
-        insn = decode(code)
+        insn = decode(bytes(code))  # hashable for the decode cache
         if insn is None:
             return
         action = insn.action
