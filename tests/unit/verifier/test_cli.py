@@ -109,15 +109,22 @@ def test_a_malformed_log_exits_1_naming_the_offset(
     )
 
 
-def test_a_v5_quote_is_refused_by_name(
-    ccel: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize(
+    ("version", "named"),
+    [
+        (6, "header.version at offset 0: 6"),  # no such quote version
+        (5, "body_descriptor.body_type at offset 48"),  # a v4 body under a v5 header
+    ],
+)
+def test_a_relabelled_quote_is_refused_by_field_and_offset(
+    ccel: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], version: int, named: str
 ) -> None:
     quote = bytearray((ccel / "td_quote_v4.dat").read_bytes())
-    quote[0:2] = struct.pack("<H", 5)
-    path = tmp_path / "q5"
+    quote[0:2] = struct.pack("<H", version)
+    path = tmp_path / f"q{version}"
     path.write_bytes(bytes(quote))
     status, _ = run("eventlog", str(ccel / "ccel_data.bin"), "--quote", str(path))
-    assert status == 1 and "header.version at offset 0: 5" in capsys.readouterr().err
+    assert status == 1 and named in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")
