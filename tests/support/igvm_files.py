@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import struct
 import zlib
+from pathlib import Path
 
 import pytest
+import yaml
 
+from igvm.build import build
 from igvm.format import IgvmFile
 from igvm.headers import (
     IGVM_PAGE_FLAG_SHARED,
@@ -92,3 +95,24 @@ def platform_entry(mask: int = 1, platform_type: int = IGVM_PLATFORM_TDX) -> byt
 def v4_bytes() -> bytes:
     """The V4 sample image as file bytes."""
     return v4_image().to_bytes()
+
+
+def l1_igvm(l1_image: Path, out: Path, gpa: int = 0x100000) -> Path:
+    """`l1_image` as the paravisor of a TDX IGVM file `out`, with the boot-params page at 0x9000
+    carrying a command line (how the relay's launch options reach L1); the recipe is written
+    beside `out`."""
+    recipe = {
+        "platform": {"compatibility_mask": 1, "highest_vtl": 2, "shared_gpa_boundary": 47},
+        "components": [{"name": "l1", "kind": "paravisor", "file": str(l1_image), "gpa": gpa}],
+        "parameter_areas": [
+            {
+                "name": "boot-params",
+                "gpa": 0x9000,
+                "size": "4KiB",
+                "parameters": [{"type": "command_line", "offset": 0x800}],
+            }
+        ],
+    }
+    out.with_suffix(".yaml").write_text(yaml.safe_dump(recipe))
+    build(out.with_suffix(".yaml"), out)
+    return out

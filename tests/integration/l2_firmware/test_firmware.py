@@ -51,11 +51,6 @@ TDX_CPUID_21 = {0: (0, 0x65746E49, 0x20202020, 0x5844546C), 1: (0, 1, 0, 0)}
 MAX_EXITS = 20_000
 
 
-@pytest.fixture(scope="module")
-def firmware(tmp_path_factory: pytest.TempPathFactory) -> Firmware:
-    return build_firmware(output=tmp_path_factory.mktemp("fw") / "l2-firmware.bin")
-
-
 @dataclass
 class Run:
     """What a run of the firmware showed: its console, its exit code, and the exit it stopped at."""

@@ -20,16 +20,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import yaml
 from tpm2_pytss import ESAPI
 from tpm2_pytss.constants import ESYS_TR, TPM2_ALG
 from tpm2_pytss.types import TPML_DIGEST_VALUES, TPML_PCR_SELECTION, TPMT_HA, TPMU_HA
 
-from igvm.build import build
 from orchestrator.relay import RelayServer
 from tdxsim.host.l1_image import build_l1_image
 from tdxsim.host.relay import HostRelay
 from tdxsim.host.vmm import RunResult, RunStatus, Vmm, simulated_platform
+from tests.support.igvm_files import l1_igvm
 
 ROOT = Path(__file__).resolve().parents[3]
 L1_MIN = ROOT / "tests" / "integration" / "tdxsim" / "l1_min"
@@ -189,22 +188,7 @@ def test_serve_prints_the_tctis_and_a_signal_stops_it_cleanly(
     tmp_path: Path, signum: signal.Signals
 ) -> None:
     (tmp_path / "l1.img").write_bytes(stand_in_image())
-    recipe = {
-        "platform": {"compatibility_mask": 1, "highest_vtl": 2, "shared_gpa_boundary": 47},
-        "components": [
-            {"name": "l1", "kind": "paravisor", "file": str(tmp_path / "l1.img"), "gpa": IMAGE_GPA}
-        ],
-        "parameter_areas": [
-            {
-                "name": "boot-params",
-                "gpa": 0x9000,
-                "size": "4KiB",
-                "parameters": [{"type": "command_line", "offset": 0x800}],
-            }
-        ],
-    }
-    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
-    build(tmp_path / "r.yaml", tmp_path / "l1.igvm")
+    l1_igvm(tmp_path / "l1.img", tmp_path / "l1.igvm", IMAGE_GPA)
     proc = subprocess.Popen(
         [sys.executable, "-m", "orchestrator.serve", "--image", str(tmp_path / "l1.igvm")],
         cwd=ROOT,

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from svsm.crb import CRB_BASE, CrbDevice, CrbRegister, CrbState, CtrlSts, LocState
@@ -29,17 +27,6 @@ class L2Buffer:
 
     def write(self, offset: int, data: bytes) -> None:
         self.data[offset : offset + len(data)] = data
-
-
-@pytest.fixture(scope="module")
-def engine() -> Iterator[TpmEngine]:
-    eng = TpmEngine()
-    try:
-        eng.power_on()
-        eng.startup_clear()
-        yield eng
-    finally:
-        eng.close()
 
 
 @pytest.fixture

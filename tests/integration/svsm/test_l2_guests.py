@@ -4,11 +4,9 @@ logged, and a hostile L2 is stopped with a report while the others finish."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
-from orchestrator.firmware import Firmware, build_firmware
+from orchestrator.firmware import Firmware
 from svsm.aliases import AliasError
 from svsm.l2guest import L2State, SupportPage
 from svsm.scheduler import run_guests
@@ -19,22 +17,6 @@ from vtpm.engine import TpmEngine
 
 SUPPORT = 0x200000
 RAM0, RAM_SIZE = 0x400000, 0x200000
-
-
-@pytest.fixture(scope="module")
-def firmware(tmp_path_factory: pytest.TempPathFactory) -> Firmware:
-    return build_firmware(output=tmp_path_factory.mktemp("fw") / "l2-firmware.bin")
-
-
-@pytest.fixture(scope="module")
-def engine() -> Iterator[TpmEngine]:
-    eng = TpmEngine()
-    try:
-        eng.power_on()
-        eng.startup_clear()
-        yield eng
-    finally:
-        eng.close()
 
 
 def test_one_l2_passes_its_self_test(firmware: Firmware, engine: TpmEngine) -> None:

@@ -22,6 +22,7 @@ from tdxsim.host.igvm_loader import IgvmLoadError, replay_directives, tdx_mask
 from tdxsim.host.l1_image import build_l1_image
 from tdxsim.host.relay import HostRelay, RelayCommand, RelayError
 from tdxsim.host.vmm import RunResult, RunStatus, Vmm, simulated_platform
+from tests.support.igvm_files import l1_igvm
 from tests.support.relay_hook import RelayHub
 from verifier.reference import reference_values
 
@@ -131,20 +132,7 @@ def test_a_command_larger_than_the_ring_is_refused_before_it_is_queued() -> None
 def test_power_cycle_reaches_l1_with_the_launch_options(tmp_path: Path) -> None:
     l1 = tmp_path / "l1.img"
     l1.write_bytes(build_l1_image([L1_MIN], "l1_min.relay:serve"))
-    recipe = {
-        "platform": {"compatibility_mask": 1, "highest_vtl": 2, "shared_gpa_boundary": 47},
-        "components": [{"name": "l1", "kind": "paravisor", "file": str(l1), "gpa": IMAGE_GPA}],
-        "parameter_areas": [
-            {
-                "name": "boot-params",
-                "gpa": 0x9000,
-                "size": "4KiB",
-                "parameters": [{"type": "command_line", "offset": 0x800}],
-            }
-        ],
-    }
-    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
-    build(tmp_path / "r.yaml", tmp_path / "l1.igvm")
+    l1_igvm(l1, tmp_path / "l1.igvm", IMAGE_GPA)
     options = b"tdp.relay=serve " + LAUNCH_OPTION_DEV_PLATFORM_PORT.encode()
     with serving(options, tmp_path / "l1.igvm") as s:
         command = RelayCommand(3, RelayKind.POWER_CYCLE, 0, b"")

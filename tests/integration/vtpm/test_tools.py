@@ -155,60 +155,15 @@ def test_quote_and_checkquote(vtpm_server: VtpmProcess, tmp_path: Path) -> None:
         "-g",
         "sha256",
     )
-    run(
-        "tpm2_checkquote",
-        "-u",
-        "ak.pub",
-        "-m",
-        "msg",
-        "-s",
-        "sig",
-        "-f",
-        "pcrs",
-        "-g",
-        "sha256",
-        "-q",
-        "a1b2c3d4",
-    )
+
+    def checkquote(pcrs: str, nonce: str, ok: bool = True) -> int:
+        args = ("-u", "ak.pub", "-m", "msg", "-s", "sig", "-f", pcrs, "-g", "sha256", "-q", nonce)
+        return run("tpm2_checkquote", *args, ok=ok).returncode
+
+    checkquote("pcrs", "a1b2c3d4")
     # A different nonce, or PCR values that are not the quoted ones, must be refused.
-    assert (
-        run(
-            "tpm2_checkquote",
-            "-u",
-            "ak.pub",
-            "-m",
-            "msg",
-            "-s",
-            "sig",
-            "-f",
-            "pcrs",
-            "-g",
-            "sha256",
-            "-q",
-            "deadbeef",
-            ok=False,
-        ).returncode
-        != 0
-    )
+    assert checkquote("pcrs", "deadbeef", ok=False) != 0
     run("tpm2_pcrextend", "16:sha256=" + "cd" * 32)
     run("tpm2_pcrread", "sha256:0,1,16", "-o", "pcrs-now")
-    assert (
-        run(
-            "tpm2_checkquote",
-            "-u",
-            "ak.pub",
-            "-m",
-            "msg",
-            "-s",
-            "sig",
-            "-f",
-            "pcrs-now",
-            "-g",
-            "sha256",
-            "-q",
-            "a1b2c3d4",
-            ok=False,
-        ).returncode
-        != 0
-    )
+    assert checkquote("pcrs-now", "a1b2c3d4", ok=False) != 0
     run("tpm2_flushcontext", "-t")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.firmware import Firmware, build_firmware
+from orchestrator.firmware import Firmware
 from svsm.l1vtpm import L1VtpmService
 from svsm.l2guest import L2Guest, L2State
 from svsm.scheduler import run_guests
@@ -16,11 +16,6 @@ from tests.support.svsm_td import Paravisor
 
 TDCALL = ".byte 0x66, 0x0f, 0x01, 0xcc"
 EXIT_WITH_AL = "out 0xf4, al"
-
-
-@pytest.fixture(scope="module")
-def firmware(tmp_path_factory: pytest.TempPathFactory) -> Firmware:
-    return build_firmware(output=tmp_path_factory.mktemp("fw") / "l2-firmware.bin")
 
 
 def run_beside_firmware(source: str, firmware: Firmware) -> tuple[Paravisor, L2Guest, L2Guest]:
