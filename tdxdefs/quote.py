@@ -57,6 +57,7 @@ class QuoteBodyType(IntEnum):
     SGX_ENCLAVE_REPORT = 1
     TD_REPORT_10 = 2
     TD_REPORT_15 = 3
+    TD_REPORT_15_EX = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +169,42 @@ class TdQuoteBody15(TdQuoteBody):
 
 
 @dataclass(frozen=True, slots=True)
+class TdQuoteBody15Ex(TdQuoteBody15):
+    """TD quote body for TD report 1.5 with extensions (version 5, body type 4; Intel DCAP's
+    `sgx_quote_5.h`), 885 bytes: the 1.5 body, then the VM index the report was made for (0 for
+    the L1 VMM or an unpartitioned TD, 1-3 for an L2 VM of a partitioned TD), the TD's
+    instance ID, a hash of its device information, the service-TD bindings at creation and now,
+    and the platform TCB at creation. A verifier appraises it as a 1.5 body."""
+
+    NAME: ClassVar[str] = "td_quote_body_1_5_ex"
+    FIELDS: ClassVar[tuple[tuple[str, str], ...]] = (
+        *TdQuoteBody15.FIELDS,
+        ("vm_index", "B"),
+        ("td_id", "32s"),
+        ("dev_info_hash", "48s"),
+        ("init_servtd_hash", "48s"),
+        ("init_servtd_attributes", "8s"),
+        ("init_cpu_svn", "16s"),
+        ("init_tee_tcb_svn", "16s"),
+        ("init_tee_fmspc", "12s"),
+        ("cur_servtd_hash", "48s"),
+        ("cur_servtd_attributes", "8s"),
+    )
+    SIZE: ClassVar[int] = 885
+
+    vm_index: int
+    td_id: bytes
+    dev_info_hash: bytes
+    init_servtd_hash: bytes
+    init_servtd_attributes: bytes
+    init_cpu_svn: bytes
+    init_tee_tcb_svn: bytes
+    init_tee_fmspc: bytes
+    cur_servtd_hash: bytes
+    cur_servtd_attributes: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class SgxReportBody(Layout):
     """SGX REPORT body (sgx_report_body_t), 384 bytes: the QE report in certification type 6."""
 
@@ -258,6 +295,7 @@ V5_BODY_OFFSET = V5_BODY_DESCRIPTOR_OFFSET + QuoteBodyDescriptor.SIZE
 TD_BODY_LAYOUTS: dict[int, type[TdQuoteBody]] = {
     QuoteBodyType.TD_REPORT_10: TdQuoteBody,
     QuoteBodyType.TD_REPORT_15: TdQuoteBody15,
+    QuoteBodyType.TD_REPORT_15_EX: TdQuoteBody15Ex,
 }
 REPORTDATA_OFFSET = BODY_OFFSET + TdQuoteBody.offset("reportdata")
 MRTD_OFFSET = BODY_OFFSET + TdQuoteBody.offset("mrtd")

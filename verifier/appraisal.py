@@ -38,6 +38,11 @@ from verifier.quote import (
 from verifier.tcb import TcbStatus, TcbVerdict, platform_status, qe_identity_status
 
 DEFAULT_ACCEPTED = frozenset({TcbStatus.UP_TO_DATE})
+BODY_NAMES: dict[int, str] = {
+    QuoteBodyType.TD_REPORT_10: "TD report 1.0",
+    QuoteBodyType.TD_REPORT_15: "TD report 1.5",
+    QuoteBodyType.TD_REPORT_15_EX: "TD report 1.5 with extensions",
+}
 TD_ATTRIBUTES_DEBUG = 1 << 0  # Intel TDX Module ABI Specification, ATTRIBUTES bit 0: DEBUG
 
 
@@ -109,9 +114,7 @@ def appraise(
     def parse() -> str:
         parsed = parse_quote(quote)
         result.quote = parsed
-        body = (
-            "TD report 1.5" if parsed.body_type == QuoteBodyType.TD_REPORT_15 else "TD report 1.0"
-        )
+        body = BODY_NAMES.get(parsed.body_type, f"body type {parsed.body_type}")
         trailing = (
             f"; {len(parsed.trailing)} bytes after the signature data at offset "
             f"{parsed.trailing_offset} (not used)"

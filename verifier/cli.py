@@ -24,6 +24,7 @@ from cryptography import x509
 from igvm.errors import IgvmError
 from tdxdefs.quote import (
     TdQuoteBody15,
+    TdQuoteBody15Ex,
 )
 from verifier import eventlog
 from verifier.appraisal import DEFAULT_ACCEPTED, Appraisal, appraise
@@ -217,6 +218,9 @@ def _measurements(result: Appraisal) -> dict[str, str]:
     if isinstance(body, TdQuoteBody15):
         values["TEE_TCB_SVN2"] = body.tee_tcb_svn2.hex()
         values["MRSERVICETD"] = body.mrservicetd.hex()
+    if isinstance(body, TdQuoteBody15Ex):
+        values["VM_INDEX"] = str(body.vm_index)
+        values["TD_ID"] = body.td_id.hex()
     return values
 
 

@@ -284,7 +284,8 @@ def _parse_body(reader: _Reader, version: int) -> tuple[TdQuoteBody, int]:
         raise QuoteParseError(
             "body_descriptor.body_type",
             V5_BODY_DESCRIPTOR_OFFSET,
-            f"{descriptor.body_type}, expected 2 (TD report 1.0) or 3 (TD report 1.5)",
+            f"{descriptor.body_type}, expected 2 (TD report 1.0), 3 (TD report 1.5) or 4 "
+            "(TD report 1.5 with extensions)",
         )
     if descriptor.size != layout.SIZE:
         raise QuoteParseError(

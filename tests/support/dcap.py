@@ -44,10 +44,12 @@ class PublicQuote:
 PUBLIC_QUOTES = (
     ("tdx_quote", "tdx_quote_collateral.json"),
     ("tdx_quote_outdated", "tdx_quote_outdated_collateral.json"),
+    ("tdx_quote_td15ex", "tdx_quote_td15ex_collateral.json"),
 )
 PUBLIC_CASES = (
     (PUBLIC_SET, "tdx_quote", "tdx_quote_collateral.json"),
     (PUBLIC_SET, "tdx_quote_outdated", "tdx_quote_outdated_collateral.json"),
+    (PUBLIC_SET, "tdx_quote_td15ex", "tdx_quote_td15ex_collateral.json"),
     (PCS_SET, "tdx_quote_4.dat", "tcb_info_50806f000000.json"),
     (PCS_SET, "tdx_quote_5.dat", "tcb_info_90c06f000000.json"),
 )

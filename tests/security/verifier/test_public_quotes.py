@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from tdxdefs.quote import QuoteHeader
+from tdxdefs.quote import QuoteHeader, TdQuoteBody15Ex
 from verifier.chain import UntrustedRootError
 from verifier.errors import VerificationError
 from verifier.quote import (
@@ -42,8 +42,11 @@ def test_verified_against_intel_root_rejected_against_simulated(name: str, colla
 
 
 def test_both_quote_versions_and_trailing_bytes_are_present() -> None:
-    v4, v5 = (public_quote(*pair) for pair in PUBLIC_QUOTES)
+    v4, v5, v5_extended = (public_quote(*pair) for pair in PUBLIC_QUOTES)
     assert parse_quote(v4.quote).version == 4 and parse_quote(v5.quote).version == 5
+    extended = parse_quote(v5_extended.quote)
+    assert extended.version == 5 and isinstance(extended.body, TdQuoteBody15Ex)
+    assert extended.body.vm_index == 0  # the L1 (or an unpartitioned TD) asked for this report
     padded = parse_quote(v4.quote)
     assert len(padded.trailing) == 70 and padded.trailing_offset == len(v4.quote) - 70
     live = parse_quote(chain_only_quote("tdx_quote_live.dat"))

@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 
 from igvm.cli import main
-from tests.support.public_data import public_dir, require
+from tests.support.public_data import public_dirs, require
 
-DATA = public_dir("igvm-tooling")
+DATA = public_dirs("igvm-tooling")[0]
 FILES = sorted(DATA.glob("*.igvm"))
 SNP_MASK = 1
 GENERATED = ("bzimage-x64.igvm", "bzimage-x86-vtl2.igvm", "bzimage2-shared.igvm")

@@ -181,6 +181,19 @@ def test_quote_layouts() -> None:
     assert (body["mrtd"], body["rtmr0"], body["reportdata"]) == (136, 328, 520)
     body15 = _offsets(quote.TdQuoteBody15)
     assert (body15["tee_tcb_svn2"], body15["mrservicetd"]) == (584, 600)
+    assert quote.TdQuoteBody15Ex.SIZE == 885 and quote.QuoteBodyType.TD_REPORT_15_EX == 4
+    ex = _offsets(quote.TdQuoteBody15Ex)
+    assert (ex["vm_index"], ex["td_id"], ex["dev_info_hash"], ex["init_servtd_hash"]) == (
+        648,
+        649,
+        681,
+        729,
+    )
+    assert (ex["init_tee_fmspc"], ex["cur_servtd_hash"], ex["cur_servtd_attributes"]) == (
+        817,
+        829,
+        877,
+    )
     assert quote.SgxReportBody.offset("report_data") == 320
     assert quote.SgxReportBody.offset("isv_prod_id") == 256
     assert (quote.BODY_OFFSET, quote.REPORTDATA_OFFSET, quote.SIGNATURE_DATA_LEN_OFFSET) == (

@@ -18,7 +18,7 @@ from tdxsim.attestation.quoting import SimulatedAttestation
 from verifier.cli import main
 
 from ...support.dcap import PCS_FILES, PCS_SET, PUBLIC_QUOTES, PUBLIC_SET, public_quote
-from ...support.public_data import public_dir, require
+from ...support.public_data import require
 from .conftest import REPORTDATA, TD
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -124,7 +124,7 @@ def test_usage_errors_exit_2(tmp_path: Path, platform: SimulatedAttestation) -> 
 @pytest.mark.parametrize(("name", "collateral"), PUBLIC_QUOTES)
 def test_public_quotes_from_the_command_line(name: str, collateral: str) -> None:
     data = public_quote(name, collateral)
-    base = public_dir(PUBLIC_SET)
+    base = require(PUBLIC_SET, name, collateral)
     at = data.at.isoformat()
     result = subprocess.run(
         [
@@ -142,7 +142,7 @@ def test_public_quotes_from_the_command_line(name: str, collateral: str) -> None
         text=True,
         cwd=ROOT,
     )
-    if name == "tdx_quote":
+    if name != "tdx_quote_outdated":
         assert result.returncode == 0, result.stdout
         assert "TCB status: UpToDate" in result.stdout
     else:

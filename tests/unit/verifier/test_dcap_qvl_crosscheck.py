@@ -137,7 +137,7 @@ def test_public_collateral_loads_as_dcap_qvl_reads_it() -> None:
 
 
 def test_debug_public_quote_reports_its_status_when_allowed() -> None:
-    data = public_case(*PUBLIC_CASES[2])
+    data = public_case(*PUBLIC_CASES[3])
     result = appraise(
         data.quote,
         intel_sgx_root_ca(),

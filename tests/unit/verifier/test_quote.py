@@ -160,10 +160,13 @@ def test_v5_body_descriptor_is_checked(sim: SimulatedAttestation) -> None:
     parsed = parse_quote(quote)
     assert parsed.version == 5 and parsed.body_type == 3
     assert parsed.body.mrtd == TD.mrtd and parsed.body.reportdata == REPORTDATA
-    for body_type in (1, 4, 0xFFFF):  # SGX enclave report, TD report 1.5 extended, unknown
+    for body_type in (1, 5, 0xFFFF):  # SGX enclave report, unassigned, unknown
         bad = quote[:48] + struct.pack("<H", body_type) + quote[50:]
         with pytest.raises(QuoteParseError, match=r"body_descriptor\.body_type at offset 48"):
             parse_quote(bad)
+    extended = quote[:48] + struct.pack("<H", 4) + quote[50:]  # a 1.5 body labelled extended
+    with pytest.raises(QuoteParseError, match=r"body_descriptor\.size at offset 50: 648, .* 885"):
+        parse_quote(extended)
     wrong_size = quote[:50] + struct.pack("<I", 584) + quote[54:]
     with pytest.raises(QuoteParseError, match=r"body_descriptor\.size at offset 50: 584"):
         parse_quote(wrong_size)
