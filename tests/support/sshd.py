@@ -4,6 +4,7 @@ generated host key and authorized key, run in the foreground (`sshd -D -e -f CON
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import shutil
 import signal
@@ -14,6 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SSHD = Path("/usr/sbin/sshd")
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _end_with_parent() -> None:
+    """In the child before exec: SIGTERM when the test process dies, even by SIGKILL, so a
+    killed pytest leaves no sshd listening (prctl(2), PR_SET_PDEATHSIG survives execve)."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def available() -> str | None:
@@ -102,6 +110,7 @@ def start(directory: Path, authorized_key: Path) -> SshServer:
         stdout=subprocess.DEVNULL,
         stderr=(directory / "sshd.log").open("wb"),
         start_new_session=True,
+        preexec_fn=_end_with_parent,
     )
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
