@@ -37,6 +37,7 @@ from svsm.l2guest import SUPPORT_PAGES, L2Guest, L2Layout
 from svsm.l2image import parse_descriptor
 from svsm.measurement import PcrEvent, Rtmrs, extend_pcr
 from svsm.memory import PAGE_SIZE_2M, Memory
+from svsm.pages import PageAllocator
 from svsm.platform import Platform
 from svsm.relay import HostMode, Relay, launch_options
 from svsm.scheduler import run_guests
@@ -58,24 +59,20 @@ from vtpm import wire
 SVSM_VERSION = "tdp-svsm 0.1.0"
 # Layout (the project recipe orchestrator/recipes/tdp.yaml places the parameter area here).
 PARAMETER_AREA_GPA, PARAMETER_AREA_SIZE = 0x9000, PAGE_SIZE
-WORK_GPA, WORK_SIZE = 0x1000000, PAGE_SIZE_2M  # L1's private data: accepted at boot
-TDREPORT_GPA = WORK_GPA
-REPORTDATA_GPA = WORK_GPA + PAGE_SIZE
-RTMR_DIGEST_GPA = WORK_GPA + 2 * PAGE_SIZE
+WORK_GPA, WORK_SIZE = 0x1000000, PAGE_SIZE_2M  # L1's page pool (svsm.pages): accepted at boot
 QUOTE_BUFFER_GPA, QUOTE_BUFFER_SIZE = (
     WORK_GPA + WORK_SIZE,
     2 * PAGE_SIZE,
 )  # two pages, as Intel's TD-partitioning vTPM prototype uses
 NOTIFY_VECTOR = 0x40  # GetQuote completion (SetupEventNotifyInterrupt)
-# The L2 side: the measured descriptor naming the L2 image (orchestrator/recipes/tdp.yaml), L1's
-# support pages for each L2, and each L2's RAM: 2 MiB at L2_RAM_GPA + (n - 1) * 2 MiB.
-L2_SUPPORT_GPA = 0x1400000
+# The L2 side: the measured descriptor naming the L2 image (orchestrator/recipes/tdp.yaml), and
+# each L2's RAM: 2 MiB at L2_RAM_GPA + (n - 1) * 2 MiB. L1's support pages for each L2 come from
+# the page pool.
 L2_RAM_GPA, L2_RAM_SIZE = 0x1600000, PAGE_SIZE_2M
 L2_AREA_END = L2_RAM_GPA + 3 * L2_RAM_SIZE
 # L1's own memory that no L2 alias may ever reach, named in `--show-aliases`.
 L1_OWN = (
     (PARAMETER_AREA_GPA, PARAMETER_AREA_SIZE, "launch parameters"),
-    (WORK_GPA, WORK_SIZE, "L1 work area (TDREPORT, REPORTDATA, RTMR digests)"),
     (QUOTE_BUFFER_GPA, QUOTE_BUFFER_SIZE, "GetQuote buffer"),
     (RELAY_RING_GPA, RING_PAGE_SIZE, "host relay ring"),
 )
@@ -98,7 +95,8 @@ class Boot:
         self.platform = platform
         self.tdcall = Tdcall(platform.tdcall)
         self.memory = Memory(platform, self.tdcall)
-        self.rtmrs = Rtmrs(self.tdcall, self.memory, RTMR_DIGEST_GPA)
+        self.pages = PageAllocator(self.memory, WORK_GPA, WORK_SIZE)
+        self.rtmrs = Rtmrs(self.tdcall, self.memory, self.pages.allocate(1, "RTMR extend digest"))
         self.timings: dict[str, float] = {}
         self.interrupts: Counter[int] = Counter()  # vector -> times taken
         self.step_number = 1
@@ -134,7 +132,7 @@ class Boot:
         info = self.tdcall.call(Leaf.VP_INFO)
         self.gpaw = info[RCX] & VP_INFO_GPAW_MASK
         self.vcpus = info[R8] & 0xFFFFFFFF
-        self.memory.accept(WORK_GPA, WORK_SIZE)
+        self.pages.accept()
         num_l2_vms = self.tdcall.vm_rd(NUM_L2_VMS_FIELD)
         area = self.memory.read_measured(PARAMETER_AREA_GPA, PARAMETER_AREA_SIZE)
         self.mode = self.host_mode(area)
@@ -155,7 +153,11 @@ class Boot:
         attester = TdxAttester(
             self.tdcall,
             self.memory,
-            AttestationBuffers(TDREPORT_GPA, REPORTDATA_GPA, quote_buffer),
+            AttestationBuffers(
+                self.pages.allocate(1, "TDREPORT"),
+                self.pages.allocate(1, "REPORTDATA"),
+                quote_buffer,
+            ),
             self.rtmrs.event_log,
         )
         workers.manufacture(attester)
@@ -226,8 +228,12 @@ class Boot:
     ) -> list[L2Guest]:
         """Step 5: each L2's RAM, paging, image, aliases and entry state; the CRB page, when the
         TD has it as memory, accepted and kept L1's (private MMIO)."""
-        self.memory.accept(L2_SUPPORT_GPA, L2_AREA_END - L2_SUPPORT_GPA)
-        for gpa, size, what in L1_OWN:
+        self.memory.accept(L2_RAM_GPA, L2_AREA_END - L2_RAM_GPA)
+        support = {
+            vm: self.pages.allocate(SUPPORT_PAGES, f"L2 VM {vm} support pages", l1_only=False)
+            for vm in range(1, count + 1)
+        }
+        for gpa, size, what in (*L1_OWN, *self.pages.l1_regions()):
             aliases.reserve(gpa, size, what)
         if any(base <= TPM_CRB_BASE < base + size for base, size, _ in self.platform.regions):
             self.memory.accept(TPM_CRB_BASE, TPM_CRB_SIZE)
@@ -238,7 +244,7 @@ class Boot:
                 vm,
                 L2_RAM_GPA + (vm - 1) * L2_RAM_SIZE,
                 L2_RAM_SIZE,
-                L2_SUPPORT_GPA + (vm - 1) * SUPPORT_PAGES * PAGE_SIZE,
+                support[vm],
             )
             neighbour = L2_RAM_GPA + (vm % count) * L2_RAM_SIZE if count > 1 else 0
             backend = workers.crb_backend(vm)
