@@ -1,0 +1,365 @@
+"""`invoke attest` against `invoke run --serve`: a sound TD passes every step, and each forgery a
+relying party must catch fails at its own step, naming the expected and the actual values.
+
+The evidence is collected once from a TD served by `orchestrator.serve.serve_image` (the code of
+`invoke run --serve`, here in a thread); most forgeries swap a piece of it for the same piece taken
+from another vTPM or another TD and re-verify, which is fast and deterministic. The extra PCR extend
+goes through the L2 path for real, on a TD of its own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import json
+import re
+import secrets
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from tpm2_pytss import ESAPI
+from tpm2_pytss.constants import ESYS_TR, TPM2_ALG
+from tpm2_pytss.types import TPML_DIGEST_VALUES, TPMT_HA, TPMU_HA
+
+from orchestrator.attest import collect, reference_for
+from orchestrator.boot import ROOT, build_product
+from orchestrator.l2image import L2_IMAGE, write_l2_image
+from orchestrator.serve import serve_image
+from tdxsim.attestation.pck import WELL_KNOWN_SEED
+from tdxsim.attestation.quoting import SimulatedAttestation
+from tdxsim.module.attestation_interface import TdInfo
+from tests.support.vtpm_process import launch_vtpm
+from verifier.reference import ReferenceValues
+from verifier.td_attestation import AttestationReport
+from verifier.tpm_attestation import TpmEvidence, verify_tpm_attestation
+from verifier.trust_anchors import simulated_root
+from vtpm.attest import cc_event_log_separators, report_data_for
+from vtpm.certs import OID_EVENT_LOG, OID_TD_QUOTE, sec1_point
+
+SERVE_WAIT_S = 120
+ROOT_LABEL = "tdxsim SIMULATED root"
+TD_HALF = [
+    "quote chain",
+    "REPORTDATA binding",
+    "MRTD",
+    "RTMR replay",
+    "EK certificate (rsa)",
+    "EK certificate (ecc)",
+]
+TPM_HALF = [
+    "RTMRs against the reference",
+    "EK public key (ecc)",
+    "AK attributes",
+    "credential activation (AK and EK in one TPM)",
+    "TPM quote signature",
+    "TPM quote structure",
+    "quote nonce",
+    "quoted PCRs",
+    "firmware event log",
+    "PCR0 against the reference",
+]
+
+
+@dataclass
+class ServedTd:
+    image: Path
+    tcti: str
+    port: int
+
+
+def _serve(image: Path) -> Iterator[ServedTd]:
+    """`invoke run --serve`'s code in a thread until the generator is closed."""
+    stop = threading.Event()
+    lines: list[str] = []
+    ready = threading.Event()
+
+    def out(line: str) -> None:
+        lines.append(line)
+        if line.strip().startswith("mssim:"):
+            ready.set()
+
+    thread = threading.Thread(
+        target=lambda: serve_image(image, stop=stop, out=out), name="served-td", daemon=True
+    )
+    thread.start()
+    try:
+        assert ready.wait(SERVE_WAIT_S), "\n".join(lines)
+        tcti = next(line.strip() for line in lines if line.strip().startswith("mssim:"))
+        match = re.search(r"port=(\d+)", tcti)
+        assert match is not None
+        yield ServedTd(image, tcti, int(match.group(1)))
+    finally:
+        stop.set()
+        thread.join(30)
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("attest") / "tdp.igvm"
+    build_product(path, out=lambda _line: None)
+    return path
+
+
+@pytest.fixture(scope="module")
+def served(image: Path) -> Iterator[ServedTd]:
+    yield from _serve(image)
+
+
+@pytest.fixture(scope="module")
+def reference(image: Path) -> ReferenceValues:
+    return reference_for(image)
+
+
+@dataclass(frozen=True)
+class Collected:
+    evidence: TpmEvidence
+    nonce: bytes
+
+
+@pytest.fixture(scope="module")
+def collected(served: ServedTd) -> Collected:
+    nonce = secrets.token_bytes(32)
+    return Collected(collect(served.tcti, nonce), nonce)
+
+
+@pytest.fixture(scope="module")
+def other_vtpm() -> TpmEvidence:
+    """The evidence of another vTPM (`vtpm serve`, its own EKs and CA, the fake attester)."""
+    server = launch_vtpm()
+    try:
+        return collect(server.mssim, secrets.token_bytes(32))
+    finally:
+        server.stop()
+
+
+def verify(evidence: TpmEvidence, reference: ReferenceValues, nonce: bytes) -> AttestationReport:
+    return verify_tpm_attestation(
+        evidence, reference, nonce=nonce, trusted_root=simulated_root(), root_label=ROOT_LABEL
+    )
+
+
+def failed_at(report: AttestationReport, name: str) -> tuple[str, str]:
+    """Assert the report fails at step `name` after every earlier step passed; its values."""
+    assert not report.ok
+    failed = report.failed
+    assert failed is not None
+    assert failed.name == name, [(s.name, s.ok, s.detail) for s in report.steps]
+    assert report.steps[-1] is failed
+    assert all(step.ok for step in report.steps[:-1])
+    return failed.expected, failed.actual
+
+
+def test_a_served_td_passes_every_step_in_order(
+    collected: Collected, reference: ReferenceValues
+) -> None:
+    report = verify(collected.evidence, reference, collected.nonce)
+    assert report.ok, report.failed
+    assert [step.name for step in report.steps] == TD_HALF + TPM_HALF
+    pcr0 = {bank: values[0] for bank, values in collected.evidence.pcrs.items()}
+    assert pcr0 == reference.pcr0
+    assert set(collected.evidence.pcrs["sha256"]) >= {0, 4}
+
+
+def test_invoke_attest_passes_against_the_served_td_and_says_simulated(
+    served: ServedTd,
+) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "invoke", "attest", "--port", str(served.port),
+         "--image", str(served.image), "--json"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert report["ok"] is True
+    assert "SIMULATED" in report["root"]
+    assert [s["name"] for s in report["steps"]] == TD_HALF + TPM_HALF
+    text = subprocess.run(
+        [sys.executable, "-m", "invoke", "attest", "--port", str(served.port),
+         "--image", str(served.image)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert text.returncode == 0, text.stdout + text.stderr
+    assert "ok  PCR0 against the reference" in text.stdout
+    assert "SIMULATED" in text.stdout
+
+
+def test_a_replayed_quote_fails_at_the_nonce_naming_both(
+    collected: Collected, reference: ReferenceValues
+) -> None:
+    fresh = secrets.token_bytes(32)
+    expected, actual = failed_at(verify(collected.evidence, reference, fresh), "quote nonce")
+    assert expected == fresh.hex()
+    assert actual == collected.nonce.hex()
+
+
+def test_an_ek_certificate_of_another_vtpm_fails_at_the_ek_step(
+    collected: Collected, reference: ReferenceValues, other_vtpm: TpmEvidence
+) -> None:
+    stray = collected.evidence.replace(
+        ek_certificates={**collected.evidence.ek_certificates,
+                         "ecc": other_vtpm.ek_certificates["ecc"]}
+    )  # fmt: skip
+    expected, actual = failed_at(verify(stray, reference, collected.nonce), "EK certificate (ecc)")
+    assert "issued by" in expected
+    assert "does not verify" in actual
+
+
+def test_an_ek_of_another_tpm_fails_at_the_ek_public_key_step(
+    collected: Collected, reference: ReferenceValues, other_vtpm: TpmEvidence
+) -> None:
+    stray = collected.evidence.replace(ek_public=other_vtpm.ek_public)
+    expected, actual = failed_at(verify(stray, reference, collected.nonce), "EK public key (ecc)")
+    assert expected != actual
+
+
+def test_an_ak_the_ek_did_not_vouch_for_fails_at_the_credential_step(
+    collected: Collected, reference: ReferenceValues, other_vtpm: TpmEvidence
+) -> None:
+    stray = collected.evidence.replace(
+        ak_public=other_vtpm.ak_public, attest=other_vtpm.attest, signature=other_vtpm.signature
+    )
+    failed_at(
+        verify(stray, reference, collected.nonce), "credential activation (AK and EK in one TPM)"
+    )
+
+
+def test_a_quote_signed_by_another_ak_fails_at_the_signature_step(
+    collected: Collected, reference: ReferenceValues, other_vtpm: TpmEvidence
+) -> None:
+    stray = collected.evidence.replace(signature=other_vtpm.signature)
+    failed_at(verify(stray, reference, collected.nonce), "TPM quote signature")
+
+
+def test_pcr_values_other_than_the_quoted_ones_fail_at_the_quoted_pcrs_step(
+    collected: Collected, reference: ReferenceValues
+) -> None:
+    pcrs = {bank: dict(values) for bank, values in collected.evidence.pcrs.items()}
+    pcrs["sha256"][4] = hashlib.sha256(b"not what the quote covers").digest()
+    stray = collected.evidence.replace(pcrs=pcrs)
+    failed_at(verify(stray, reference, collected.nonce), "quoted PCRs")
+
+
+def _ca_of_another_td(mrtd: bytes) -> bytes:
+    """A vTPM CA certificate whose TD quote (under the same SIMULATED root) is another TD's."""
+    sim = SimulatedAttestation.create(WELL_KNOWN_SEED)
+    key = ec.generate_private_key(ec.SECP384R1())
+    td = TdInfo(
+        attributes=0x10000000, xfam=0xE7, mrtd=mrtd, mrconfigid=bytes(48), mrowner=bytes(48),
+        mrownerconfig=bytes(48), rtmr=(bytes(48),) * 4, num_l2_vms=1, num_vcpus=1,
+    )  # fmt: skip
+    quote = sim.quoting.quote(
+        sim.reports.tdreport(td, report_data_for(sec1_point(key.public_key())))
+    )
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "vTPM CA of another TD")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.UnrecognizedExtension(OID_TD_QUOTE, quote), critical=False)
+        .add_extension(
+            x509.UnrecognizedExtension(OID_EVENT_LOG, cc_event_log_separators()), critical=False
+        )
+        .sign(key, hashes.SHA384())
+    )
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    return cert.public_bytes(Encoding.DER)
+
+
+def test_a_ca_quote_of_another_td_fails_at_the_mrtd_step(
+    collected: Collected, reference: ReferenceValues
+) -> None:
+    other_mrtd = hashlib.sha384(b"another TD").digest()
+    stray = collected.evidence.replace(ca_certificate=_ca_of_another_td(other_mrtd))
+    expected, actual = failed_at(verify(stray, reference, collected.nonce), "MRTD")
+    assert expected == reference.mrtd.hex()
+    assert actual == other_mrtd.hex()
+
+
+def test_a_ca_quote_from_a_fake_attester_fails_at_the_quote_chain(
+    collected: Collected, reference: ReferenceValues, other_vtpm: TpmEvidence
+) -> None:
+    stray = collected.evidence.replace(ca_certificate=other_vtpm.ca_certificate)
+    failed_at(verify(stray, reference, collected.nonce), "quote chain")
+
+
+@pytest.fixture(scope="module")
+def other_firmware_reference(
+    tmp_path_factory: pytest.TempPathFactory, image: Path
+) -> ReferenceValues:
+    """The reference values of an image that differs from `image` only in its L2 firmware."""
+    work = tmp_path_factory.mktemp("other-firmware")
+    firmware = bytearray(L2_IMAGE.read_bytes())
+    firmware[-1] ^= 0xFF
+    (work / "firmware.bin").write_bytes(bytes(firmware))
+    write_l2_image(work / "firmware.bin", work / "l2.img", work / "l2-descriptor.bin")
+    recipe = (ROOT / "orchestrator" / "recipes" / "tdp.yaml").read_text()
+    recipe = recipe.replace("../../out/l1.img", str(ROOT / "out" / "l1.img"))
+    recipe = recipe.replace("../../out/l2-descriptor.bin", str(work / "l2-descriptor.bin"))
+    recipe = recipe.replace("../../out/l2.img", str(work / "l2.img"))
+    (work / "tdp.yaml").write_text(recipe)
+    from igvm.build import build as build_igvm
+
+    build_igvm(work / "tdp.yaml", work / "other.igvm")
+    return reference_for(work / "other.igvm")
+
+
+def test_another_l2_firmware_fails_at_the_mrtd_step(
+    collected: Collected, reference: ReferenceValues, other_firmware_reference: ReferenceValues
+) -> None:
+    assert other_firmware_reference.mrtd != reference.mrtd
+    expected, actual = failed_at(
+        verify(collected.evidence, other_firmware_reference, collected.nonce), "MRTD"
+    )
+    assert expected == other_firmware_reference.mrtd.hex()
+    assert actual == reference.mrtd.hex()
+
+
+def test_another_l2_firmware_in_pcr0_alone_fails_at_the_pcr0_step(
+    collected: Collected, reference: ReferenceValues, other_firmware_reference: ReferenceValues
+) -> None:
+    only_pcr0 = dataclasses.replace(reference, pcr0=other_firmware_reference.pcr0)
+    expected, actual = failed_at(
+        verify(collected.evidence, only_pcr0, collected.nonce), "PCR0 against the reference"
+    )
+    assert other_firmware_reference.pcr0["sha256"].hex() in expected
+    assert reference.pcr0["sha256"].hex() in actual
+
+
+def test_an_extra_extend_through_the_l2_path_fails_at_the_pcr0_step(
+    image: Path, reference: ReferenceValues, served: ServedTd
+) -> None:
+    # a TD of its own: the extend cannot be undone and the other tests need a sound TD
+    del served  # served first, so the two TDs never boot at once on two cores
+    for tampered in _serve(image):
+        digest = hashlib.sha256(b"an extra measurement").digest()
+        with ESAPI(tampered.tcti) as ectx:
+            ectx.pcr_extend(
+                ESYS_TR.PCR0,
+                TPML_DIGEST_VALUES(
+                    [TPMT_HA(hashAlg=TPM2_ALG.SHA256, digest=TPMU_HA(sha256=digest))]
+                ),
+            )
+        nonce = secrets.token_bytes(32)
+        report = verify(collect(tampered.tcti, nonce), reference, nonce)
+        expected, actual = failed_at(report, "PCR0 against the reference")
+        assert f"sha256 PCR0={reference.pcr0['sha256'].hex()}" in expected
+        after = hashlib.sha256(reference.pcr0["sha256"] + digest).digest()
+        assert f"sha256 PCR0={after.hex()}" in actual
+        assert "sha384" not in expected  # the SHA-384 bank was not extended
