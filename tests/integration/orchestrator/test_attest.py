@@ -35,6 +35,21 @@ from orchestrator.attest import collect, reference_for
 from orchestrator.boot import ROOT, build_product
 from orchestrator.l2image import L2_IMAGE, write_l2_image
 from orchestrator.serve import serve_image
+from svsm.boot import SVSM_VERSION
+from tdxdefs.eventlog import (
+    SPEC_ID_SIGNATURE,
+    SPEC_VERSION_MAJOR,
+    DigestAlgorithm,
+    EventSize,
+    EventType,
+    SpecIdAlgorithm,
+    SpecIdEvent,
+    TcgPcrEvent,
+    TcgPcrEvent2Prefix,
+    TpmAlgorithm,
+    VendorInfoSize,
+)
+from tdxdefs.firmware_log import PAYLOAD_PCR
 from tdxsim.attestation.pck import WELL_KNOWN_SEED
 from tdxsim.attestation.quoting import SimulatedAttestation
 from tdxsim.module.attestation_interface import TdInfo
@@ -363,3 +378,58 @@ def test_an_extra_extend_through_the_l2_path_fails_at_the_pcr0_step(
         after = hashlib.sha256(reference.pcr0["sha256"] + digest).digest()
         assert f"sha256 PCR0={after.hex()}" in actual
         assert "sha384" not in expected  # the SHA-384 bank was not extended
+
+
+def _firmware_log(events: list[tuple[int, int, bytes]]) -> bytes:
+    """A crypto-agile log as the L2 firmware keeps it (tdxdefs.firmware_log): a Spec ID event
+    with SHA-256 and SHA-384, then (PCR, event type, data) records with both digests."""
+    spec = (
+        SpecIdEvent(SPEC_ID_SIGNATURE, 0, 0, SPEC_VERSION_MAJOR, 0, 2, 2).pack()
+        + SpecIdAlgorithm(TpmAlgorithm.SHA256, 32).pack()
+        + SpecIdAlgorithm(TpmAlgorithm.SHA384, 48).pack()
+        + VendorInfoSize(0).pack()
+    )
+    log = TcgPcrEvent(0, EventType.EV_NO_ACTION, bytes(20), len(spec)).pack() + spec
+    for pcr, kind, data in events:
+        log += TcgPcrEvent2Prefix(pcr, kind, 2).pack()
+        for alg, bank in ((TpmAlgorithm.SHA256, "sha256"), (TpmAlgorithm.SHA384, "sha384")):
+            log += DigestAlgorithm(alg).pack() + hashlib.new(bank, data).digest()
+        log += EventSize(len(data)).pack() + data
+    return log
+
+
+def _l1_events() -> list[tuple[int, int, bytes]]:
+    return [
+        (0, EventType.EV_S_CRTM_VERSION, SVSM_VERSION.encode() + b"\0"),
+        (0, EventType.EV_POST_CODE, L2_IMAGE.read_bytes()),
+    ]
+
+
+def test_a_firmware_log_that_replays_to_the_quoted_pcrs_passes(
+    collected: Collected, reference: ReferenceValues
+) -> None:
+    with_log = collected.evidence.replace(firmware_log=_firmware_log(_l1_events()))
+    report = verify(with_log, reference, collected.nonce)
+    assert report.ok, report.failed
+    step = next(s for s in report.steps if s.name == "firmware event log")
+    assert "2 events replay to the quoted PCRs [0]" in step.detail
+
+
+def test_a_firmware_log_with_an_event_the_pcrs_lack_fails_naming_the_pcr(
+    collected: Collected, reference: ReferenceValues
+) -> None:
+    payload = (PAYLOAD_PCR, EventType.EV_POST_CODE, b"a payload the TPM never saw")
+    with_log = collected.evidence.replace(firmware_log=_firmware_log([*_l1_events(), payload]))
+    expected, actual = failed_at(verify(with_log, reference, collected.nonce), "firmware event log")
+    replayed = hashlib.sha256(bytes(32) + hashlib.sha256(payload[2]).digest()).digest()
+    assert f"sha256 PCR{PAYLOAD_PCR}={replayed.hex()}" in expected
+    assert f"sha256 PCR{PAYLOAD_PCR}={bytes(32).hex()}" in actual
+    assert "PCR0" not in expected
+
+
+def test_a_truncated_firmware_log_fails_naming_the_offset(
+    collected: Collected, reference: ReferenceValues
+) -> None:
+    with_log = collected.evidence.replace(firmware_log=_firmware_log(_l1_events())[:-3])
+    _, actual = failed_at(verify(with_log, reference, collected.nonce), "firmware event log")
+    assert "offset" in actual and "event data" in actual
