@@ -12,16 +12,19 @@ firmware's event log from its NV index when present. `verifier.tpm_attestation` 
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator.boot import ROOT
 from orchestrator.errors import OrchestratorError
-from orchestrator.serve import launch_options
+from orchestrator.serve import RING_WAIT_S, launch_options, serve_image
 from svsm.boot import SVSM_VERSION
 from tdxdefs.firmware_log import EVENT_LOG_NV_INDEX, PAYLOAD_PCR
 from verifier import eventlog
@@ -302,6 +305,41 @@ def print_report(result: AttestResult, out: Callable[[str], None] = print) -> No
         f"{verdict}; SIMULATED TD quote; collect {result.collect_s * 1000:.0f} ms, verify "
         f"{result.verify_s * 1000:.0f} ms"
     )
+
+
+@contextmanager
+def serving(image: Path, out: Callable[[str], None] = lambda _line: None) -> Iterator[str]:
+    """`invoke run --serve`'s code on `image` in a thread; yields the mssim TCTI string once L1
+    serves, and stops the TD on exit."""
+    stop = threading.Event()
+    ready = threading.Event()
+    tcti: list[str] = []
+    failure: list[BaseException] = []
+
+    def show(line: str) -> None:
+        out(line)
+        if re.fullmatch(r"\s*mssim:host=\S+", line):
+            tcti.append(line.strip())
+            ready.set()
+
+    def body() -> None:
+        try:
+            serve_image(image, stop=stop, out=show)
+        except BaseException as exc:  # reported to the caller below
+            failure.append(exc)
+        finally:
+            ready.set()
+
+    thread = threading.Thread(target=body, name="served-td", daemon=True)
+    thread.start()
+    try:
+        if not ready.wait(RING_WAIT_S) or not tcti:
+            why = f": {failure[0]}" if failure else ""
+            raise AttestError(f"the TD built from {image} did not serve its vTPM{why}")
+        yield tcti[0]
+    finally:
+        stop.set()
+        thread.join(RING_WAIT_S)
 
 
 def main(

@@ -17,7 +17,6 @@ import re
 import secrets
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,10 +30,9 @@ from tpm2_pytss import ESAPI
 from tpm2_pytss.constants import ESYS_TR, TPM2_ALG
 from tpm2_pytss.types import TPML_DIGEST_VALUES, TPMT_HA, TPMU_HA
 
-from orchestrator.attest import collect, reference_for
+from orchestrator.attest import collect, reference_for, serving
 from orchestrator.boot import ROOT, build_product
 from orchestrator.l2image import L2_IMAGE, write_l2_image
-from orchestrator.serve import serve_image
 from svsm.boot import SVSM_VERSION
 from tdxdefs.eventlog import (
     SPEC_ID_SIGNATURE,
@@ -61,7 +59,6 @@ from verifier.trust_anchors import simulated_root
 from vtpm.attest import cc_event_log_separators, report_data_for
 from vtpm.certs import OID_EVENT_LOG, OID_TD_QUOTE, sec1_point
 
-SERVE_WAIT_S = 120
 ROOT_LABEL = "tdxsim SIMULATED root"
 TD_HALF = [
     "quote chain",
@@ -94,28 +91,10 @@ class ServedTd:
 
 def _serve(image: Path) -> Iterator[ServedTd]:
     """`invoke run --serve`'s code in a thread until the generator is closed."""
-    stop = threading.Event()
-    lines: list[str] = []
-    ready = threading.Event()
-
-    def out(line: str) -> None:
-        lines.append(line)
-        if line.strip().startswith("mssim:"):
-            ready.set()
-
-    thread = threading.Thread(
-        target=lambda: serve_image(image, stop=stop, out=out), name="served-td", daemon=True
-    )
-    thread.start()
-    try:
-        assert ready.wait(SERVE_WAIT_S), "\n".join(lines)
-        tcti = next(line.strip() for line in lines if line.strip().startswith("mssim:"))
+    with serving(image) as tcti:
         match = re.search(r"port=(\d+)", tcti)
         assert match is not None
         yield ServedTd(image, tcti, int(match.group(1)))
-    finally:
-        stop.set()
-        thread.join(30)
 
 
 @pytest.fixture(scope="module")
