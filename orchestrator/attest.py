@@ -22,11 +22,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from orchestrator.boot import ROOT
 from orchestrator.errors import OrchestratorError
-from orchestrator.serve import RING_WAIT_S, launch_options, serve_image
-from svsm.boot import SVSM_VERSION
 from tdxdefs.firmware_log import EVENT_LOG_NV_INDEX, PAYLOAD_PCR
+from tdxdefs.relay import LAUNCH_OPTION_DEV_PLATFORM_PORT, LAUNCH_OPTION_SERVE
 from verifier import eventlog
 from verifier.reference import ReferenceValues, reference_values
 from verifier.td_attestation import AttestationReport
@@ -48,7 +46,11 @@ from vtpm.manufacture import (
     NV_RSA_EK_CERT,
 )
 
+# orchestrator.boot and orchestrator.serve (the TD host, heavy to import) are imported where a TD
+# is served, so `invoke attest` against a TD served elsewhere starts quickly
+ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_IMAGE = ROOT / "out" / "tdp.igvm"
+SERVE_WAIT_S = 120.0
 EK_NV = {"rsa": NV_RSA_EK_CERT, "ecc": NV_ECC_EK_CERT}
 BASE_PCRS = (0, PAYLOAD_PCR)
 NONCE_SIZE = 32
@@ -261,12 +263,21 @@ class AttestResult:
     verify_s: float
 
 
+def serve_command_line(dev_platform_port: bool = False) -> str:
+    """The launch options `invoke run --serve` gives L1 (orchestrator.serve.launch_options),
+    which L1 extends into RTMR0."""
+    options = [LAUNCH_OPTION_SERVE]
+    if dev_platform_port:
+        options.append(LAUNCH_OPTION_DEV_PLATFORM_PORT)
+    return " ".join(options)
+
+
 def reference_for(image: Path, dev_platform_port: bool = False) -> ReferenceValues:
     """The reference values of `image` as `invoke run --serve` launches it."""
+    from svsm.boot import SVSM_VERSION
+
     return reference_values(
-        image,
-        l1_version=SVSM_VERSION,
-        command_line=launch_options(dev_platform_port).decode(),
+        image, l1_version=SVSM_VERSION, command_line=serve_command_line(dev_platform_port)
     )
 
 
@@ -311,6 +322,8 @@ def print_report(result: AttestResult, out: Callable[[str], None] = print) -> No
 def serving(image: Path, out: Callable[[str], None] = lambda _line: None) -> Iterator[str]:
     """`invoke run --serve`'s code on `image` in a thread; yields the mssim TCTI string once L1
     serves, and stops the TD on exit."""
+    from orchestrator.serve import serve_image
+
     stop = threading.Event()
     ready = threading.Event()
     tcti: list[str] = []
@@ -333,13 +346,13 @@ def serving(image: Path, out: Callable[[str], None] = lambda _line: None) -> Ite
     thread = threading.Thread(target=body, name="served-td", daemon=True)
     thread.start()
     try:
-        if not ready.wait(RING_WAIT_S) or not tcti:
+        if not ready.wait(SERVE_WAIT_S) or not tcti:
             why = f": {failure[0]}" if failure else ""
             raise AttestError(f"the TD built from {image} did not serve its vTPM{why}")
         yield tcti[0]
     finally:
         stop.set()
-        thread.join(RING_WAIT_S)
+        thread.join(SERVE_WAIT_S)
 
 
 def main(

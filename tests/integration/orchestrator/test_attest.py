@@ -30,9 +30,10 @@ from tpm2_pytss import ESAPI
 from tpm2_pytss.constants import ESYS_TR, TPM2_ALG
 from tpm2_pytss.types import TPML_DIGEST_VALUES, TPMT_HA, TPMU_HA
 
-from orchestrator.attest import collect, reference_for, serving
+from orchestrator.attest import collect, reference_for, serve_command_line, serving
 from orchestrator.boot import ROOT, build_product
 from orchestrator.l2image import L2_IMAGE, write_l2_image
+from orchestrator.serve import launch_options
 from svsm.boot import SVSM_VERSION
 from tdxdefs.eventlog import (
     SPEC_ID_SIGNATURE,
@@ -412,3 +413,8 @@ def test_a_truncated_firmware_log_fails_naming_the_offset(
     with_log = collected.evidence.replace(firmware_log=_firmware_log(_l1_events())[:-3])
     _, actual = failed_at(verify(with_log, reference, collected.nonce), "firmware event log")
     assert "offset" in actual and "event data" in actual
+
+
+@pytest.mark.parametrize("dev_platform_port", [False, True])
+def test_the_reference_assumes_the_launch_options_serve_gives(dev_platform_port: bool) -> None:
+    assert serve_command_line(dev_platform_port) == launch_options(dev_platform_port).decode()
