@@ -22,10 +22,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from igvm.errors import IgvmError
 from orchestrator.errors import OrchestratorError
 from tdxdefs.firmware_log import EVENT_LOG_NV_INDEX, PAYLOAD_PCR
 from tdxdefs.relay import LAUNCH_OPTION_DEV_PLATFORM_PORT, LAUNCH_OPTION_SERVE
 from verifier import eventlog
+from verifier.errors import VerificationError
 from verifier.reference import ReferenceValues, reference_values
 from verifier.td_attestation import AttestationReport
 from verifier.tpm_attestation import (
@@ -367,7 +369,7 @@ def main(
     path = Path(image) if image else DEFAULT_IMAGE
     try:
         result = attest(tcti_for(port, tcti), path, root=root, dev_platform_port=dev_platform_port)
-    except (OrchestratorError, OSError, ValueError) as exc:
+    except (OrchestratorError, IgvmError, VerificationError, OSError, ValueError) as exc:
         print(f"attest: {exc}", file=sys.stderr)
         return 1
     if as_json:

@@ -501,7 +501,8 @@ def _tpm_half(
             not bad,
             "the quote's RTMR0..3 equal the reference (the host's launch parameters)"
             if not bad
-            else f"the quote's {', '.join(f'RTMR{i}' for i in bad)} differ from the reference",
+            else f"the quote's {', '.join(f'RTMR{i}' for i in bad)} "
+            f"{'differs' if len(bad) == 1 else 'differ'} from the reference",
         )
 
     name = f"EK public key ({evidence.ek_kind})"

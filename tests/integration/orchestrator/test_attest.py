@@ -15,6 +15,7 @@ import hashlib
 import json
 import re
 import secrets
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -418,3 +419,27 @@ def test_a_truncated_firmware_log_fails_naming_the_offset(
 @pytest.mark.parametrize("dev_platform_port", [False, True])
 def test_the_reference_assumes_the_launch_options_serve_gives(dev_platform_port: bool) -> None:
     assert serve_command_line(dev_platform_port) == launch_options(dev_platform_port).decode()
+
+
+def test_other_launch_options_than_the_served_ones_fail_at_the_rtmr_reference(
+    collected: Collected, image: Path
+) -> None:
+    other = reference_for(image, dev_platform_port=True)
+    expected, actual = failed_at(
+        verify(collected.evidence, other, collected.nonce), "RTMRs against the reference"
+    )
+    assert other.rtmrs_at_quote is not None
+    assert expected == f"RTMR0={other.rtmrs_at_quote[0].hex()}"
+    assert actual.startswith("RTMR0=") and actual != expected
+
+
+def test_invoke_attest_without_a_tpm_fails_naming_the_step(image: Path) -> None:
+    with socket.socket() as unused:  # a port nobody listens on
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    result = subprocess.run(
+        [sys.executable, "-m", "invoke", "attest", "--port", str(port), "--image", str(image)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "attest: opening the TCTI" in result.stderr
