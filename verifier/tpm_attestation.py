@@ -36,13 +36,13 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.decrepit.ciphers.modes import CFB
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
 from verifier import eventlog
 from verifier.errors import VerificationError
-from verifier.eventlog import EventLog, TpmAlgorithm
+from verifier.eventlog import EventLog
 from verifier.reference import ReferenceValues
 from verifier.td_attestation import (
     AttestationReport,
@@ -80,6 +80,7 @@ class TpmAlg(IntEnum):
 
 
 BANK_ALGORITHM = {"sha256": TpmAlg.SHA256, "sha384": TpmAlg.SHA384}
+HASH_NAMES: dict[int, str] = {TpmAlg.SHA256: "sha256", TpmAlg.SHA384: "sha384"}
 HASHES: dict[int, type[hashes.HashAlgorithm]] = {
     TpmAlg.SHA256: hashes.SHA256,
     TpmAlg.SHA384: hashes.SHA384,
@@ -181,6 +182,13 @@ class TpmPublic:
         return struct.pack(">H", self.name_alg) + _digest(self.name_alg, self.raw)
 
 
+def _hash_name(alg: int) -> str:
+    name = HASH_NAMES.get(alg)
+    if name is None:
+        raise TpmStructureError(f"hash algorithm {alg:#06x} is not SHA-256 or SHA-384")
+    return name
+
+
 def _digest(alg: int, data: bytes) -> bytes:
     hash_type = HASHES.get(alg)
     if hash_type is None:
@@ -241,7 +249,7 @@ def kdfa(
     alg: int, key: bytes, label: bytes, context_u: bytes, context_v: bytes, bits: int
 ) -> bytes:
     """KDFa: SP 800-108 counter mode with HMAC, label followed by one zero byte."""
-    name = "sha256" if alg == TpmAlg.SHA256 else "sha384"
+    name = _hash_name(alg)
     out = b""
     counter = 1
     while len(out) * 8 < bits:
@@ -253,7 +261,7 @@ def kdfa(
 
 def kdfe(alg: int, z: bytes, use: bytes, party_u: bytes, party_v: bytes, bits: int) -> bytes:
     """KDFe: SP 800-56A concatenation KDF over the ECDH shared value Z."""
-    name = "sha256" if alg == TpmAlg.SHA256 else "sha384"
+    name = _hash_name(alg)
     out = b""
     counter = 1
     while len(out) * 8 < bits:
@@ -294,8 +302,6 @@ def make_credential(ek: TpmPublic, object_name: bytes, secret: bytes | None = No
         seed = kdfe(ek.name_alg, z, IDENTITY_LABEL, eph_x, ek_x, digest_bits)
         encrypted_seed = _tpm2b(eph_x) + _tpm2b(eph_y)
     else:
-        from cryptography.hazmat.primitives.asymmetric import padding
-
         hash_type = HASHES[ek.name_alg]
         seed = os.urandom(digest_bits // 8)
         encrypted_seed = ek.key.encrypt(
@@ -305,7 +311,7 @@ def make_credential(ek: TpmPublic, object_name: bytes, secret: bytes | None = No
     encryptor = Cipher(algorithms.AES(sym_key), CFB(bytes(16))).encryptor()
     enc_identity = encryptor.update(_tpm2b(secret)) + encryptor.finalize()
     hmac_key = kdfa(ek.name_alg, seed, INTEGRITY_LABEL, b"", b"", digest_bits)
-    name = "sha256" if ek.name_alg == TpmAlg.SHA256 else "sha384"
+    name = _hash_name(ek.name_alg)
     integrity = hmac.new(hmac_key, enc_identity + object_name, name).digest()
     return Credential(_tpm2b(integrity) + enc_identity, encrypted_seed, secret, object_name)
 
@@ -595,18 +601,20 @@ def _tpm_half(
     )
 
     name = "quoted PCRs"
-    selection = [(alg, sorted(evidence.pcrs.get(bank, {}))) for bank, alg in BANK_ALGORITHM.items()]
-    chosen = [(alg, tuple(pcrs)) for alg, pcrs in selection if pcrs]
-    digest_alg = alg
-    concatenated = b"".join(
-        evidence.pcrs[bank][pcr]
+    chosen = [
+        (bank_alg, tuple(sorted(evidence.pcrs[bank])))
         for bank, bank_alg in BANK_ALGORITHM.items()
+        if evidence.pcrs.get(bank)
+    ]
+    bank_of = {bank_alg: bank for bank, bank_alg in BANK_ALGORITHM.items()}
+    # pcrDigest hashes the selected values in the quote's selection order with the signing
+    # scheme's hash (TPM 2.0 Library Part 3, TPM2_Quote)
+    concatenated = b"".join(
+        evidence.pcrs.get(bank_of.get(quoted_alg, ""), {}).get(pcr, b"")
         for quoted_alg, pcrs in info.selection
-        if quoted_alg == bank_alg
         for pcr in pcrs
-        if pcr in evidence.pcrs.get(bank, {})
     )
-    computed = _digest(digest_alg, concatenated)
+    computed = _digest(alg, concatenated)
     same_selection = tuple(info.selection) == tuple(chosen)
     ok = same_selection and computed == info.pcr_digest
     check.step(
@@ -676,7 +684,6 @@ def _tpm_half(
 __all__ = [
     "Credential",
     "QuoteInfo",
-    "TpmAlgorithm",
     "TpmEvidence",
     "TpmPublic",
     "make_credential",
