@@ -606,7 +606,7 @@ def _tpm_half(
         for bank, bank_alg in BANK_ALGORITHM.items()
         if evidence.pcrs.get(bank)
     ]
-    bank_of = {bank_alg: bank for bank, bank_alg in BANK_ALGORITHM.items()}
+    bank_of: dict[int, str] = {bank_alg: bank for bank, bank_alg in BANK_ALGORITHM.items()}
     # pcrDigest hashes the selected values in the quote's selection order with the signing
     # scheme's hash (TPM 2.0 Library Part 3, TPM2_Quote)
     concatenated = b"".join(
