@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import re
-import secrets
 import sys
 import threading
 import time
@@ -33,6 +32,7 @@ from verifier.td_attestation import AttestationReport
 from verifier.tpm_attestation import (
     BANK_ALGORITHM,
     QUOTE_BANKS,
+    Challenge,
     TpmEvidence,
     make_credential,
     parse_public,
@@ -55,7 +55,6 @@ DEFAULT_IMAGE = ROOT / "out" / "tdp.igvm"
 SERVE_WAIT_S = 120.0
 EK_NV = {"rsa": NV_RSA_EK_CERT, "ecc": NV_ECC_EK_CERT}
 BASE_PCRS = (0, PAYLOAD_PCR)
-NONCE_SIZE = 32
 NV_READ_CHUNK = 1024
 NV_HANDLES_PER_CALL = 64
 AK_TEMPLATE = wire.Public(
@@ -141,8 +140,8 @@ def _pcr_list(firmware_log: bytes | None) -> list[int]:
     return sorted(pcrs)
 
 
-def collect(tcti: str, nonce: bytes) -> TpmEvidence:
-    """Talk to the TPM at `tcti` and collect the evidence for `nonce` (module docstring)."""
+def collect(tcti: str, challenge: Challenge) -> TpmEvidence:
+    """Talk to the TPM at `tcti` and collect the evidence for `challenge` (module docstring)."""
     from tpm2_pytss import ESAPI, TSS2_Exception
     from tpm2_pytss.constants import ESYS_TR, TPM2_ALG, TPM2_SE
     from tpm2_pytss.types import (
@@ -184,7 +183,7 @@ def collect(tcti: str, nonce: bytes) -> TpmEvidence:
                     ek_public = bytes(ek_out.publicArea.marshal())
                     ak_public = bytes(ak_out.publicArea.marshal())
                     name = parse_public(ak_public).name
-                    challenge = make_credential(parse_public(ek_public), name)
+                    credential = make_credential(parse_public(ek_public), name, challenge.secret)
 
                     step = "TPM2_ActivateCredential with the EK's policy session"
                     session = ectx.start_auth_session(
@@ -199,8 +198,8 @@ def collect(tcti: str, nonce: bytes) -> TpmEvidence:
                         activated = ectx.activate_credential(
                             ak,
                             ek,
-                            TPM2B_ID_OBJECT(challenge.credential_blob),
-                            TPM2B_ENCRYPTED_SECRET(challenge.encrypted_seed),
+                            TPM2B_ID_OBJECT(credential.credential_blob),
+                            TPM2B_ENCRYPTED_SECRET(credential.encrypted_seed),
                             session1=ESYS_TR.PASSWORD,
                             session2=session,
                         )
@@ -213,7 +212,7 @@ def collect(tcti: str, nonce: bytes) -> TpmEvidence:
                     attest, signature = ectx.quote(
                         ak,
                         TPML_PCR_SELECTION.parse(text),
-                        nonce,
+                        challenge.nonce,
                         TPMT_SIG_SCHEME(scheme=TPM2_ALG.NULL),
                     )
                     attest_bytes = bytes(attest.marshal())[2:]
@@ -243,14 +242,12 @@ def collect(tcti: str, nonce: bytes) -> TpmEvidence:
         ek_kind="ecc",
         ek_public=ek_public,
         ak_public=ak_public,
-        credential_secret=challenge.secret,
-        credential_name=challenge.object_name,
+        credential_name=credential.object_name,
         activated_secret=bytes(activated),
         attest=attest_bytes,
         signature=signature_bytes,
         pcrs=values,
         firmware_log=firmware_log,
-        nonce=nonce,
     )
 
 
@@ -260,6 +257,7 @@ class AttestResult:
 
     report: AttestationReport
     evidence: TpmEvidence
+    challenge: Challenge
     root_label: str
     collect_s: float
     verify_s: float
@@ -294,14 +292,16 @@ def attest(
     """Collect the evidence with a fresh nonce and verify it against `image`'s reference."""
     trusted_root, label = resolve_root(root)
     reference = reference if reference is not None else reference_for(image, dev_platform_port)
-    nonce = secrets.token_bytes(NONCE_SIZE)
+    challenge = Challenge.fresh()
     start = time.perf_counter()
-    evidence = collect(tcti, nonce)
+    evidence = collect(tcti, challenge)
     collected = time.perf_counter()
     report = verify_tpm_attestation(
-        evidence, reference, nonce=nonce, trusted_root=trusted_root, root_label=label
+        evidence, reference, challenge=challenge, trusted_root=trusted_root, root_label=label
     )
-    return AttestResult(report, evidence, label, collected - start, time.perf_counter() - collected)
+    return AttestResult(
+        report, evidence, challenge, label, collected - start, time.perf_counter() - collected
+    )
 
 
 def print_report(result: AttestResult, out: Callable[[str], None] = print) -> None:
@@ -379,7 +379,7 @@ def main(
                     **result.report.as_dict(),
                     "root": result.root_label,
                     "simulated": True,
-                    "nonce": result.evidence.nonce.hex(),
+                    "nonce": result.challenge.nonce.hex(),
                     "collect_ms": round(result.collect_s * 1000, 1),
                     "verify_ms": round(result.verify_s * 1000, 1),
                 },

@@ -26,9 +26,10 @@ import contextlib
 import hashlib
 import hmac
 import os
+import secrets
 import struct
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import IntEnum, IntFlag
 from functools import partial
 
@@ -410,6 +411,18 @@ def replay_pcrs(log: EventLog, banks: Sequence[str] = QUOTE_BANKS) -> dict[str, 
 
 
 @dataclass(frozen=True)
+class Challenge:
+    """What the relying party chose and keeps: the quote's nonce and the credential's secret."""
+
+    nonce: bytes
+    secret: bytes
+
+    @classmethod
+    def fresh(cls) -> Challenge:
+        return cls(secrets.token_bytes(CREDENTIAL_SIZE), secrets.token_bytes(CREDENTIAL_SIZE))
+
+
+@dataclass(frozen=True)
 class TpmEvidence:
     """What the relying party collected from a TD's vTPM, as bytes, for offline checking."""
 
@@ -418,14 +431,12 @@ class TpmEvidence:
     ek_kind: str  # the EK whose public area `ek_public` is ("ecc" or "rsa")
     ek_public: bytes  # TPMT_PUBLIC of the EK the TPM recreated from its template
     ak_public: bytes  # TPMT_PUBLIC of the attestation key
-    credential_secret: bytes  # what MakeCredential sealed
     credential_name: bytes  # the Name the credential was made for
     activated_secret: bytes  # what TPM2_ActivateCredential returned
     attest: bytes  # TPMS_ATTEST from TPM2_Quote
     signature: bytes  # TPMT_SIGNATURE from TPM2_Quote
     pcrs: dict[str, dict[int, bytes]]  # bank -> PCR index -> value, as PCR_Read returned them
     firmware_log: bytes | None  # the NV index's contents, None when the index is absent
-    nonce: bytes = field(default=b"")  # the nonce sent with the quote (informative)
 
     def replace(self, **changes: object) -> TpmEvidence:
         """A copy with some fields changed (tests tamper with evidence this way)."""
@@ -463,13 +474,13 @@ def verify_tpm_attestation(
     evidence: TpmEvidence,
     reference: ReferenceValues,
     *,
-    nonce: bytes,
+    challenge: Challenge,
     trusted_root: bytes | x509.Certificate,
     root_label: str,
 ) -> AttestationReport:
     """Check the TD half and then the TPM half (module docstring); return every step run.
 
-    `nonce` is the one this relying party chose for the quote; `reference` comes from
+    `challenge` holds the nonce and credential secret this relying party chose; `reference` from
     `verifier.reference.reference_values` of the image the TD was built from.
     """
     report = verify_td_attestation(
@@ -482,13 +493,14 @@ def verify_tpm_attestation(
     if not report.ok:
         return report
     with contextlib.suppress(_Stop):
-        _tpm_half(_Checker(report), evidence, reference, nonce)
+        _tpm_half(_Checker(report), evidence, reference, challenge)
     return report
 
 
 def _tpm_half(
-    check: _Checker, evidence: TpmEvidence, reference: ReferenceValues, nonce: bytes
+    check: _Checker, evidence: TpmEvidence, reference: ReferenceValues, challenge: Challenge
 ) -> None:
+    nonce = challenge.nonce
     report = check.report
     assert report.quote is not None
     name = "RTMRs against the reference"
@@ -546,11 +558,11 @@ def _tpm_half(
 
     name = "credential activation (AK and EK in one TPM)"
     ok = evidence.credential_name == ak.name and hmac.compare_digest(
-        evidence.activated_secret, evidence.credential_secret
+        evidence.activated_secret, challenge.secret
     )
     check.step(
         name,
-        f"secret {evidence.credential_secret.hex()} for AK Name {ak.name.hex()}",
+        f"secret {challenge.secret.hex()} for AK Name {ak.name.hex()}",
         f"secret {evidence.activated_secret.hex()} for Name {evidence.credential_name.hex()}",
         ok,
         "TPM2_ActivateCredential with the EK released the secret made for the AK's Name"
@@ -682,6 +694,7 @@ def _tpm_half(
 
 
 __all__ = [
+    "Challenge",
     "Credential",
     "QuoteInfo",
     "TpmEvidence",

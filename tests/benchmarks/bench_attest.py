@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import re
-import secrets
 import statistics
 import subprocess
 import sys
@@ -28,6 +27,7 @@ from orchestrator.attest import attest, collect, reference_for, serving  # noqa:
 from orchestrator.boot import build_product  # noqa: E402
 from verifier.tpm_attestation import (  # noqa: E402
     HASHES,
+    Challenge,
     parse_attest,
     parse_ecdsa_signature,
     parse_public,
@@ -62,8 +62,8 @@ def main() -> None:
                 assert result.report.ok, result.report.failed
 
             ours = median_ms(end_to_end, repeats)
-            nonce = secrets.token_bytes(32)
-            collect_ms = median_ms(lambda: collect(tcti, nonce), repeats)
+            challenge = Challenge.fresh()
+            collect_ms = median_ms(lambda: collect(tcti, challenge), repeats)
             port = re.search(r"port=(\d+)", tcti)
             assert port is not None
             command = [sys.executable, "-m", "invoke", "attest", "--port", port.group(1),
@@ -74,13 +74,13 @@ def main() -> None:
                 assert done.returncode == 0, done.stdout + done.stderr
 
             cli_ms = median_ms(cli, cli_repeats)
-            evidence = collect(tcti, nonce)
+            evidence = collect(tcti, challenge)
         reference = reference_for(image)
     root = simulated_root()
 
     def offline() -> None:
         report = verify_tpm_attestation(
-            evidence, reference, nonce=nonce, trusted_root=root, root_label="simulated"
+            evidence, reference, challenge=challenge, trusted_root=root, root_label="simulated"
         )
         assert report.ok, report.failed
 

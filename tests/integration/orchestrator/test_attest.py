@@ -56,7 +56,7 @@ from tdxsim.module.attestation_interface import TdInfo
 from tests.support.vtpm_process import launch_vtpm
 from verifier.reference import ReferenceValues
 from verifier.td_attestation import AttestationReport
-from verifier.tpm_attestation import TpmEvidence, verify_tpm_attestation
+from verifier.tpm_attestation import Challenge, TpmEvidence, verify_tpm_attestation
 from verifier.trust_anchors import simulated_root
 from vtpm.attest import cc_event_log_separators, report_data_for
 from vtpm.certs import OID_EVENT_LOG, OID_TD_QUOTE, sec1_point
@@ -119,13 +119,13 @@ def reference(image: Path) -> ReferenceValues:
 @dataclass(frozen=True)
 class Collected:
     evidence: TpmEvidence
-    nonce: bytes
+    challenge: Challenge
 
 
 @pytest.fixture(scope="module")
 def collected(served: ServedTd) -> Collected:
-    nonce = secrets.token_bytes(32)
-    return Collected(collect(served.tcti, nonce), nonce)
+    challenge = Challenge.fresh()
+    return Collected(collect(served.tcti, challenge), challenge)
 
 
 @pytest.fixture(scope="module")
@@ -133,14 +133,20 @@ def other_vtpm() -> TpmEvidence:
     """The evidence of another vTPM (`vtpm serve`, its own EKs and CA, the fake attester)."""
     server = launch_vtpm()
     try:
-        return collect(server.mssim, secrets.token_bytes(32))
+        return collect(server.mssim, Challenge.fresh())
     finally:
         server.stop()
 
 
-def verify(evidence: TpmEvidence, reference: ReferenceValues, nonce: bytes) -> AttestationReport:
+def verify(
+    evidence: TpmEvidence, reference: ReferenceValues, challenge: Challenge
+) -> AttestationReport:
     return verify_tpm_attestation(
-        evidence, reference, nonce=nonce, trusted_root=simulated_root(), root_label=ROOT_LABEL
+        evidence,
+        reference,
+        challenge=challenge,
+        trusted_root=simulated_root(),
+        root_label=ROOT_LABEL,
     )
 
 
@@ -158,7 +164,7 @@ def failed_at(report: AttestationReport, name: str) -> tuple[str, str]:
 def test_a_served_td_passes_every_step_in_order(
     collected: Collected, reference: ReferenceValues
 ) -> None:
-    report = verify(collected.evidence, reference, collected.nonce)
+    report = verify(collected.evidence, reference, collected.challenge)
     assert report.ok, report.failed
     assert [step.name for step in report.steps] == TD_HALF + TPM_HALF
     pcr0 = {bank: values[0] for bank, values in collected.evidence.pcrs.items()}
@@ -192,10 +198,21 @@ def test_invoke_attest_passes_against_the_served_td_and_says_simulated(
 def test_a_replayed_quote_fails_at_the_nonce_naming_both(
     collected: Collected, reference: ReferenceValues
 ) -> None:
-    fresh = secrets.token_bytes(32)
+    fresh = Challenge(secrets.token_bytes(32), collected.challenge.secret)
     expected, actual = failed_at(verify(collected.evidence, reference, fresh), "quote nonce")
-    assert expected == fresh.hex()
-    assert actual == collected.nonce.hex()
+    assert expected == fresh.nonce.hex()
+    assert actual == collected.challenge.nonce.hex()
+
+
+def test_a_credential_activated_for_another_challenge_fails_at_the_credential_step(
+    collected: Collected, reference: ReferenceValues
+) -> None:
+    other = Challenge(collected.challenge.nonce, secrets.token_bytes(32))
+    expected, actual = failed_at(
+        verify(collected.evidence, reference, other), "credential activation (AK and EK in one TPM)"
+    )
+    assert other.secret.hex() in expected
+    assert collected.evidence.activated_secret.hex() in actual
 
 
 def test_an_ek_certificate_of_another_vtpm_fails_at_the_ek_step(
@@ -205,7 +222,9 @@ def test_an_ek_certificate_of_another_vtpm_fails_at_the_ek_step(
         ek_certificates={**collected.evidence.ek_certificates,
                          "ecc": other_vtpm.ek_certificates["ecc"]}
     )  # fmt: skip
-    expected, actual = failed_at(verify(stray, reference, collected.nonce), "EK certificate (ecc)")
+    expected, actual = failed_at(
+        verify(stray, reference, collected.challenge), "EK certificate (ecc)"
+    )
     assert "issued by" in expected
     assert "does not verify" in actual
 
@@ -214,7 +233,9 @@ def test_an_ek_of_another_tpm_fails_at_the_ek_public_key_step(
     collected: Collected, reference: ReferenceValues, other_vtpm: TpmEvidence
 ) -> None:
     stray = collected.evidence.replace(ek_public=other_vtpm.ek_public)
-    expected, actual = failed_at(verify(stray, reference, collected.nonce), "EK public key (ecc)")
+    expected, actual = failed_at(
+        verify(stray, reference, collected.challenge), "EK public key (ecc)"
+    )
     assert expected != actual
 
 
@@ -225,7 +246,8 @@ def test_an_ak_the_ek_did_not_vouch_for_fails_at_the_credential_step(
         ak_public=other_vtpm.ak_public, attest=other_vtpm.attest, signature=other_vtpm.signature
     )
     failed_at(
-        verify(stray, reference, collected.nonce), "credential activation (AK and EK in one TPM)"
+        verify(stray, reference, collected.challenge),
+        "credential activation (AK and EK in one TPM)",
     )
 
 
@@ -233,7 +255,7 @@ def test_a_quote_signed_by_another_ak_fails_at_the_signature_step(
     collected: Collected, reference: ReferenceValues, other_vtpm: TpmEvidence
 ) -> None:
     stray = collected.evidence.replace(signature=other_vtpm.signature)
-    failed_at(verify(stray, reference, collected.nonce), "TPM quote signature")
+    failed_at(verify(stray, reference, collected.challenge), "TPM quote signature")
 
 
 def test_pcr_values_other_than_the_quoted_ones_fail_at_the_quoted_pcrs_step(
@@ -242,7 +264,7 @@ def test_pcr_values_other_than_the_quoted_ones_fail_at_the_quoted_pcrs_step(
     pcrs = {bank: dict(values) for bank, values in collected.evidence.pcrs.items()}
     pcrs["sha256"][4] = hashlib.sha256(b"not what the quote covers").digest()
     stray = collected.evidence.replace(pcrs=pcrs)
-    failed_at(verify(stray, reference, collected.nonce), "quoted PCRs")
+    failed_at(verify(stray, reference, collected.challenge), "quoted PCRs")
 
 
 def _ca_of_another_td(mrtd: bytes) -> bytes:
@@ -283,7 +305,7 @@ def test_a_ca_quote_of_another_td_fails_at_the_mrtd_step(
 ) -> None:
     other_mrtd = hashlib.sha384(b"another TD").digest()
     stray = collected.evidence.replace(ca_certificate=_ca_of_another_td(other_mrtd))
-    expected, actual = failed_at(verify(stray, reference, collected.nonce), "MRTD")
+    expected, actual = failed_at(verify(stray, reference, collected.challenge), "MRTD")
     assert expected == reference.mrtd.hex()
     assert actual == other_mrtd.hex()
 
@@ -292,7 +314,7 @@ def test_a_ca_quote_from_a_fake_attester_fails_at_the_quote_chain(
     collected: Collected, reference: ReferenceValues, other_vtpm: TpmEvidence
 ) -> None:
     stray = collected.evidence.replace(ca_certificate=other_vtpm.ca_certificate)
-    failed_at(verify(stray, reference, collected.nonce), "quote chain")
+    failed_at(verify(stray, reference, collected.challenge), "quote chain")
 
 
 @pytest.fixture(scope="module")
@@ -321,7 +343,7 @@ def test_another_l2_firmware_fails_at_the_mrtd_step(
 ) -> None:
     assert other_firmware_reference.mrtd != reference.mrtd
     expected, actual = failed_at(
-        verify(collected.evidence, other_firmware_reference, collected.nonce), "MRTD"
+        verify(collected.evidence, other_firmware_reference, collected.challenge), "MRTD"
     )
     assert expected == other_firmware_reference.mrtd.hex()
     assert actual == reference.mrtd.hex()
@@ -332,7 +354,7 @@ def test_another_l2_firmware_in_pcr0_alone_fails_at_the_pcr0_step(
 ) -> None:
     only_pcr0 = dataclasses.replace(reference, pcr0=other_firmware_reference.pcr0)
     expected, actual = failed_at(
-        verify(collected.evidence, only_pcr0, collected.nonce), "PCR0 against the reference"
+        verify(collected.evidence, only_pcr0, collected.challenge), "PCR0 against the reference"
     )
     assert other_firmware_reference.pcr0["sha256"].hex() in expected
     assert reference.pcr0["sha256"].hex() in actual
@@ -352,8 +374,8 @@ def test_an_extra_extend_through_the_l2_path_fails_at_the_pcr0_step(
                     [TPMT_HA(hashAlg=TPM2_ALG.SHA256, digest=TPMU_HA(sha256=digest))]
                 ),
             )
-        nonce = secrets.token_bytes(32)
-        report = verify(collect(tampered.tcti, nonce), reference, nonce)
+        challenge = Challenge.fresh()
+        report = verify(collect(tampered.tcti, challenge), reference, challenge)
         expected, actual = failed_at(report, "PCR0 against the reference")
         assert f"sha256 PCR0={reference.pcr0['sha256'].hex()}" in expected
         after = hashlib.sha256(reference.pcr0["sha256"] + digest).digest()
@@ -390,7 +412,7 @@ def test_a_firmware_log_that_replays_to_the_quoted_pcrs_passes(
     collected: Collected, reference: ReferenceValues
 ) -> None:
     with_log = collected.evidence.replace(firmware_log=_firmware_log(_l1_events()))
-    report = verify(with_log, reference, collected.nonce)
+    report = verify(with_log, reference, collected.challenge)
     assert report.ok, report.failed
     step = next(s for s in report.steps if s.name == "firmware event log")
     assert "2 events replay to the quoted PCRs [0]" in step.detail
@@ -401,7 +423,9 @@ def test_a_firmware_log_with_an_event_the_pcrs_lack_fails_naming_the_pcr(
 ) -> None:
     payload = (PAYLOAD_PCR, EventType.EV_POST_CODE, b"a payload the TPM never saw")
     with_log = collected.evidence.replace(firmware_log=_firmware_log([*_l1_events(), payload]))
-    expected, actual = failed_at(verify(with_log, reference, collected.nonce), "firmware event log")
+    expected, actual = failed_at(
+        verify(with_log, reference, collected.challenge), "firmware event log"
+    )
     replayed = hashlib.sha256(bytes(32) + hashlib.sha256(payload[2]).digest()).digest()
     assert f"sha256 PCR{PAYLOAD_PCR}={replayed.hex()}" in expected
     assert f"sha256 PCR{PAYLOAD_PCR}={bytes(32).hex()}" in actual
@@ -412,7 +436,7 @@ def test_a_truncated_firmware_log_fails_naming_the_offset(
     collected: Collected, reference: ReferenceValues
 ) -> None:
     with_log = collected.evidence.replace(firmware_log=_firmware_log(_l1_events())[:-3])
-    _, actual = failed_at(verify(with_log, reference, collected.nonce), "firmware event log")
+    _, actual = failed_at(verify(with_log, reference, collected.challenge), "firmware event log")
     assert "offset" in actual and "event data" in actual
 
 
@@ -426,7 +450,7 @@ def test_other_launch_options_than_the_served_ones_fail_at_the_rtmr_reference(
 ) -> None:
     other = reference_for(image, dev_platform_port=True)
     expected, actual = failed_at(
-        verify(collected.evidence, other, collected.nonce), "RTMRs against the reference"
+        verify(collected.evidence, other, collected.challenge), "RTMRs against the reference"
     )
     assert other.rtmrs_at_quote is not None
     assert expected == f"RTMR0={other.rtmrs_at_quote[0].hex()}"
