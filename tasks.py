@@ -205,10 +205,31 @@ def bench(c: Context, only: str = "", quick: bool = False) -> None:
         raise Exit(f"invoke bench: failed: {', '.join(failed)}", code=1)
 
 
-@task
-def attest(c: Context) -> None:
-    """Verify the combined attestation chain of a running TD (quote, CA, EK, TPM quote)."""
-    _not_yet("attest", "the verifier's combined attestation and a running TD")
+@task(
+    help={
+        "port": "the command port `invoke run --serve` printed (mssim on 127.0.0.1)",
+        "tcti": "a TCTI string instead of --port (e.g. swtpm:host=127.0.0.1,port=2321)",
+        "image": "the IGVM image the TD was built from (default: out/tdp.igvm)",
+        "json": "print the report as JSON",
+        "root": "the quote's root: simulated (default: tdxsim's), intel, or a PEM/DER file",
+        "dev-platform-port": "the TD was served with --dev-platform-port (it is in RTMR0)",
+    }
+)
+def attest(
+    c: Context,
+    port: int = 0,
+    tcti: str = "",
+    image: str = "",
+    json: bool = False,
+    root: str = "simulated",
+    dev_platform_port: bool = False,
+) -> None:
+    """Attest a running `invoke run --serve` end to end: TD quote, CA, EKs, AK, TPM2_Quote, PCRs."""
+    from orchestrator.attest import main
+
+    code = main(port, tcti, image, json, root, dev_platform_port)
+    if code:
+        raise Exit(code=code)
 
 
 @task(

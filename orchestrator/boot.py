@@ -216,6 +216,10 @@ def run_local(
             out(f"    L1 returned after {run.exits} TD exits in {run.seconds * 1000:.0f} ms")
     _verify(report, quoting, out, l2_count)
     _l2_outcomes(report, out, show_aliases)
+    if l2_image is None:
+        _attest_through_l2(report, image, out)
+    else:
+        out("[i] `invoke attest` skipped: a user's L2 image does not serve the vTPM")
 
     engine = TpmEngine()
     try:
@@ -299,6 +303,25 @@ def _verify(
         if l1.num_l2_vms != l2_count:
             raise LocalBootError(f"L1 read NUM_L2_VMS = {l1.num_l2_vms}, the TD has {l2_count}")
         out(f"    NUM_L2_VMS read by L1 = {l1.num_l2_vms}, as created")
+
+
+def _attest_through_l2(report: BootReport, image: Path, out: Callable[[str], None]) -> None:
+    """The relying party of `invoke attest` (orchestrator.attest) on the same image, served."""
+    from orchestrator.attest import attest, print_report, serving
+
+    title = (
+        "relying party through the L2 path (`invoke attest`): serve the L1 vTPM, then TD quote, "
+        "CA, EKs, AK by credential, TPM2_Quote with a fresh nonce, PCR0"
+    )
+    with _step(report, title, out), serving(image) as tcti:
+        result = attest(tcti, image)
+        print_report(result, lambda line: out(f"    {line}"))
+        failed = result.report.failed
+        if failed is not None:
+            raise LocalBootError(
+                f"attest step '{failed.name}' failed: expected {failed.expected}, "
+                f"actual {failed.actual}"
+            )
 
 
 def _exercise(report: BootReport, out: Callable[[str], None]) -> None:

@@ -36,6 +36,7 @@ from orchestrator.errors import LocalBootError
 from orchestrator.l2image import write_l2_image
 from orchestrator.relay import RelayServer
 from tdxdefs.relay import LAUNCH_OPTION_DEV_PLATFORM_PORT, LAUNCH_OPTION_SERVE, RELAY_RING_GPA
+from tdxsim.attestation.pck import WELL_KNOWN_SEED
 from tdxsim.host.relay import RelayStats
 from tdxsim.host.vmm import RunStatus, Vmm, simulated_platform
 
@@ -74,7 +75,9 @@ def serve_image(
     if not 1 <= l2 <= l2_count:
         raise LocalBootError(f"--l2 {l2}: the TD has L2 VMs 1..{l2_count}")
     stop = stop if stop is not None else threading.Event()
-    mac_key, quoting = simulated_platform()
+    # the well-known SIMULATED platform: its root ships with the verifier, so `invoke attest` in
+    # another process can check the quote (and knows it proves nothing about hardware)
+    mac_key, quoting = simulated_platform(WELL_KNOWN_SEED)
     server = RelayServer(port=port, vm=l2, dev_platform_port=dev_platform_port)
     tcti = server.tcti_strings()
     try:

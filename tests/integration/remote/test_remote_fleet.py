@@ -86,7 +86,7 @@ def test_smoke_suite_on_three_hosts_through_invoke_remote(lab: Lab, tmp_path: Pa
     for row in table[1:4]:
         assert row.split()[-1] == "PASS" and " tdxsim " in row, row
     assert "tdxsim backend only (no qemu-tdx: missing TDX enabled in the kernel" in result.stdout
-    assert "done: 5 steps in" in result.stdout  # the run's own figures came back
+    assert "done: 6 steps in" in result.stdout  # the run's own figures came back
     assert not canary.exists(), "a host name reached a shell"
     files = sorted(p.name for p in junit_dir.iterdir())
     assert len(files) == 4 and "merged.xml" in files

@@ -1,0 +1,469 @@
+"""`invoke attest` against `invoke run --serve`: a sound TD passes every step, and each forgery a
+relying party must catch fails at its own step, naming the expected and the actual values.
+
+The evidence is collected once from a TD served by `orchestrator.serve.serve_image` (the code of
+`invoke run --serve`, here in a thread); most forgeries swap a piece of it for the same piece taken
+from another vTPM or another TD and re-verify, which is fast and deterministic. The extra PCR extend
+goes through the L2 path for real, on a TD of its own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import json
+import re
+import secrets
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from tpm2_pytss import ESAPI
+from tpm2_pytss.constants import ESYS_TR, TPM2_ALG
+from tpm2_pytss.types import TPML_DIGEST_VALUES, TPMT_HA, TPMU_HA
+
+from orchestrator.attest import collect, reference_for, serve_command_line, serving
+from orchestrator.boot import ROOT, build_product
+from orchestrator.l2image import L2_IMAGE, write_l2_image
+from orchestrator.serve import launch_options
+from svsm.boot import SVSM_VERSION
+from tdxdefs.eventlog import (
+    SPEC_ID_SIGNATURE,
+    SPEC_VERSION_MAJOR,
+    DigestAlgorithm,
+    EventSize,
+    EventType,
+    SpecIdAlgorithm,
+    SpecIdEvent,
+    TcgPcrEvent,
+    TcgPcrEvent2Prefix,
+    TpmAlgorithm,
+    VendorInfoSize,
+)
+from tdxdefs.firmware_log import PAYLOAD_PCR
+from tdxsim.attestation.pck import WELL_KNOWN_SEED
+from tdxsim.attestation.quoting import SimulatedAttestation
+from tdxsim.module.attestation_interface import TdInfo
+from tests.support.vtpm_process import launch_vtpm
+from verifier.reference import ReferenceValues
+from verifier.td_attestation import AttestationReport
+from verifier.tpm_attestation import Challenge, TpmEvidence, verify_tpm_attestation
+from verifier.trust_anchors import simulated_root
+from vtpm.attest import cc_event_log_separators, report_data_for
+from vtpm.certs import OID_EVENT_LOG, OID_TD_QUOTE, sec1_point
+
+ROOT_LABEL = "tdxsim SIMULATED root"
+TD_HALF = [
+    "quote chain",
+    "REPORTDATA binding",
+    "MRTD",
+    "RTMR replay",
+    "EK certificate (rsa)",
+    "EK certificate (ecc)",
+]
+TPM_HALF = [
+    "RTMRs against the reference",
+    "EK public key (ecc)",
+    "AK attributes",
+    "credential activation (AK and EK in one TPM)",
+    "TPM quote signature",
+    "TPM quote structure",
+    "quote nonce",
+    "quoted PCRs",
+    "firmware event log",
+    "PCR0 against the reference",
+]
+
+
+@dataclass
+class ServedTd:
+    image: Path
+    tcti: str
+    port: int
+
+
+def _serve(image: Path) -> Iterator[ServedTd]:
+    """`invoke run --serve`'s code in a thread until the generator is closed."""
+    with serving(image) as tcti:
+        match = re.search(r"port=(\d+)", tcti)
+        assert match is not None
+        yield ServedTd(image, tcti, int(match.group(1)))
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("attest") / "tdp.igvm"
+    build_product(path, out=lambda _line: None)
+    return path
+
+
+@pytest.fixture(scope="module")
+def served(image: Path) -> Iterator[ServedTd]:
+    yield from _serve(image)
+
+
+@pytest.fixture(scope="module")
+def reference(image: Path) -> ReferenceValues:
+    return reference_for(image)
+
+
+@dataclass(frozen=True)
+class Collected:
+    evidence: TpmEvidence
+    challenge: Challenge
+
+
+@pytest.fixture(scope="module")
+def collected(served: ServedTd) -> Collected:
+    challenge = Challenge.fresh()
+    return Collected(collect(served.tcti, challenge), challenge)
+
+
+@pytest.fixture(scope="module")
+def other_vtpm() -> TpmEvidence:
+    """The evidence of another vTPM (`vtpm serve`, its own EKs and CA, the fake attester)."""
+    server = launch_vtpm()
+    try:
+        return collect(server.mssim, Challenge.fresh())
+    finally:
+        server.stop()
+
+
+def verify(
+    evidence: TpmEvidence, reference: ReferenceValues, challenge: Challenge
+) -> AttestationReport:
+    return verify_tpm_attestation(
+        evidence,
+        reference,
+        challenge=challenge,
+        trusted_root=simulated_root(),
+        root_label=ROOT_LABEL,
+    )
+
+
+def failed_at(report: AttestationReport, name: str) -> tuple[str, str]:
+    """Assert the report fails at step `name` after every earlier step passed; its values."""
+    assert not report.ok
+    failed = report.failed
+    assert failed is not None
+    assert failed.name == name, [(s.name, s.ok, s.detail) for s in report.steps]
+    assert report.steps[-1] is failed
+    assert all(step.ok for step in report.steps[:-1])
+    return failed.expected, failed.actual
+
+
+def test_a_served_td_passes_every_step_in_order(
+    collected: Collected, reference: ReferenceValues
+) -> None:
+    report = verify(collected.evidence, reference, collected.challenge)
+    assert report.ok, report.failed
+    assert [step.name for step in report.steps] == TD_HALF + TPM_HALF
+    pcr0 = {bank: values[0] for bank, values in collected.evidence.pcrs.items()}
+    assert pcr0 == reference.pcr0
+    assert set(collected.evidence.pcrs["sha256"]) >= {0, 4}
+
+
+def test_invoke_attest_passes_against_the_served_td_and_says_simulated(
+    served: ServedTd,
+) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "invoke", "attest", "--port", str(served.port),
+         "--image", str(served.image), "--json"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert report["ok"] is True
+    assert "SIMULATED" in report["root"]
+    assert [s["name"] for s in report["steps"]] == TD_HALF + TPM_HALF
+    text = subprocess.run(
+        [sys.executable, "-m", "invoke", "attest", "--port", str(served.port),
+         "--image", str(served.image)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert text.returncode == 0, text.stdout + text.stderr
+    assert "ok  PCR0 against the reference" in text.stdout
+    assert "SIMULATED" in text.stdout
+
+
+def test_a_replayed_quote_fails_at_the_nonce_naming_both(
+    collected: Collected, reference: ReferenceValues
+) -> None:
+    fresh = Challenge(secrets.token_bytes(32), collected.challenge.secret)
+    expected, actual = failed_at(verify(collected.evidence, reference, fresh), "quote nonce")
+    assert expected == fresh.nonce.hex()
+    assert actual == collected.challenge.nonce.hex()
+
+
+def test_a_credential_activated_for_another_challenge_fails_at_the_credential_step(
+    collected: Collected, reference: ReferenceValues
+) -> None:
+    other = Challenge(collected.challenge.nonce, secrets.token_bytes(32))
+    expected, actual = failed_at(
+        verify(collected.evidence, reference, other), "credential activation (AK and EK in one TPM)"
+    )
+    assert other.secret.hex() in expected
+    assert collected.evidence.activated_secret.hex() in actual
+
+
+def test_an_ek_certificate_of_another_vtpm_fails_at_the_ek_step(
+    collected: Collected, reference: ReferenceValues, other_vtpm: TpmEvidence
+) -> None:
+    stray = collected.evidence.replace(
+        ek_certificates={**collected.evidence.ek_certificates,
+                         "ecc": other_vtpm.ek_certificates["ecc"]}
+    )  # fmt: skip
+    expected, actual = failed_at(
+        verify(stray, reference, collected.challenge), "EK certificate (ecc)"
+    )
+    assert "issued by" in expected
+    assert "does not verify" in actual
+
+
+def test_an_ek_of_another_tpm_fails_at_the_ek_public_key_step(
+    collected: Collected, reference: ReferenceValues, other_vtpm: TpmEvidence
+) -> None:
+    stray = collected.evidence.replace(ek_public=other_vtpm.ek_public)
+    expected, actual = failed_at(
+        verify(stray, reference, collected.challenge), "EK public key (ecc)"
+    )
+    assert expected != actual
+
+
+def test_an_ak_the_ek_did_not_vouch_for_fails_at_the_credential_step(
+    collected: Collected, reference: ReferenceValues, other_vtpm: TpmEvidence
+) -> None:
+    stray = collected.evidence.replace(
+        ak_public=other_vtpm.ak_public, attest=other_vtpm.attest, signature=other_vtpm.signature
+    )
+    failed_at(
+        verify(stray, reference, collected.challenge),
+        "credential activation (AK and EK in one TPM)",
+    )
+
+
+def test_a_quote_signed_by_another_ak_fails_at_the_signature_step(
+    collected: Collected, reference: ReferenceValues, other_vtpm: TpmEvidence
+) -> None:
+    stray = collected.evidence.replace(signature=other_vtpm.signature)
+    failed_at(verify(stray, reference, collected.challenge), "TPM quote signature")
+
+
+def test_pcr_values_other_than_the_quoted_ones_fail_at_the_quoted_pcrs_step(
+    collected: Collected, reference: ReferenceValues
+) -> None:
+    pcrs = {bank: dict(values) for bank, values in collected.evidence.pcrs.items()}
+    pcrs["sha256"][4] = hashlib.sha256(b"not what the quote covers").digest()
+    stray = collected.evidence.replace(pcrs=pcrs)
+    failed_at(verify(stray, reference, collected.challenge), "quoted PCRs")
+
+
+def _ca_of_another_td(mrtd: bytes) -> bytes:
+    """A vTPM CA certificate whose TD quote (under the same SIMULATED root) is another TD's."""
+    sim = SimulatedAttestation.create(WELL_KNOWN_SEED)
+    key = ec.generate_private_key(ec.SECP384R1())
+    td = TdInfo(
+        attributes=0x10000000, xfam=0xE7, mrtd=mrtd, mrconfigid=bytes(48), mrowner=bytes(48),
+        mrownerconfig=bytes(48), rtmr=(bytes(48),) * 4, num_l2_vms=1, num_vcpus=1,
+    )  # fmt: skip
+    quote = sim.quoting.quote(
+        sim.reports.tdreport(td, report_data_for(sec1_point(key.public_key())))
+    )
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "vTPM CA of another TD")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.UnrecognizedExtension(OID_TD_QUOTE, quote), critical=False)
+        .add_extension(
+            x509.UnrecognizedExtension(OID_EVENT_LOG, cc_event_log_separators()), critical=False
+        )
+        .sign(key, hashes.SHA384())
+    )
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    return cert.public_bytes(Encoding.DER)
+
+
+def test_a_ca_quote_of_another_td_fails_at_the_mrtd_step(
+    collected: Collected, reference: ReferenceValues
+) -> None:
+    other_mrtd = hashlib.sha384(b"another TD").digest()
+    stray = collected.evidence.replace(ca_certificate=_ca_of_another_td(other_mrtd))
+    expected, actual = failed_at(verify(stray, reference, collected.challenge), "MRTD")
+    assert expected == reference.mrtd.hex()
+    assert actual == other_mrtd.hex()
+
+
+def test_a_ca_quote_from_a_fake_attester_fails_at_the_quote_chain(
+    collected: Collected, reference: ReferenceValues, other_vtpm: TpmEvidence
+) -> None:
+    stray = collected.evidence.replace(ca_certificate=other_vtpm.ca_certificate)
+    failed_at(verify(stray, reference, collected.challenge), "quote chain")
+
+
+@pytest.fixture(scope="module")
+def other_firmware_reference(
+    tmp_path_factory: pytest.TempPathFactory, image: Path
+) -> ReferenceValues:
+    """The reference values of an image that differs from `image` only in its L2 firmware."""
+    work = tmp_path_factory.mktemp("other-firmware")
+    firmware = bytearray(L2_IMAGE.read_bytes())
+    firmware[-1] ^= 0xFF
+    (work / "firmware.bin").write_bytes(bytes(firmware))
+    write_l2_image(work / "firmware.bin", work / "l2.img", work / "l2-descriptor.bin")
+    recipe = (ROOT / "orchestrator" / "recipes" / "tdp.yaml").read_text()
+    recipe = recipe.replace("../../out/l1.img", str(ROOT / "out" / "l1.img"))
+    recipe = recipe.replace("../../out/l2-descriptor.bin", str(work / "l2-descriptor.bin"))
+    recipe = recipe.replace("../../out/l2.img", str(work / "l2.img"))
+    (work / "tdp.yaml").write_text(recipe)
+    from igvm.build import build as build_igvm
+
+    build_igvm(work / "tdp.yaml", work / "other.igvm")
+    return reference_for(work / "other.igvm")
+
+
+def test_another_l2_firmware_fails_at_the_mrtd_step(
+    collected: Collected, reference: ReferenceValues, other_firmware_reference: ReferenceValues
+) -> None:
+    assert other_firmware_reference.mrtd != reference.mrtd
+    expected, actual = failed_at(
+        verify(collected.evidence, other_firmware_reference, collected.challenge), "MRTD"
+    )
+    assert expected == other_firmware_reference.mrtd.hex()
+    assert actual == reference.mrtd.hex()
+
+
+def test_another_l2_firmware_in_pcr0_alone_fails_at_the_pcr0_step(
+    collected: Collected, reference: ReferenceValues, other_firmware_reference: ReferenceValues
+) -> None:
+    only_pcr0 = dataclasses.replace(reference, pcr0=other_firmware_reference.pcr0)
+    expected, actual = failed_at(
+        verify(collected.evidence, only_pcr0, collected.challenge), "PCR0 against the reference"
+    )
+    assert other_firmware_reference.pcr0["sha256"].hex() in expected
+    assert reference.pcr0["sha256"].hex() in actual
+
+
+def test_an_extra_extend_through_the_l2_path_fails_at_the_pcr0_step(
+    image: Path, reference: ReferenceValues, served: ServedTd
+) -> None:
+    # a TD of its own: the extend cannot be undone and the other tests need a sound TD
+    del served  # served first, so the two TDs never boot at once on two cores
+    for tampered in _serve(image):
+        digest = hashlib.sha256(b"an extra measurement").digest()
+        with ESAPI(tampered.tcti) as ectx:
+            ectx.pcr_extend(
+                ESYS_TR.PCR0,
+                TPML_DIGEST_VALUES(
+                    [TPMT_HA(hashAlg=TPM2_ALG.SHA256, digest=TPMU_HA(sha256=digest))]
+                ),
+            )
+        challenge = Challenge.fresh()
+        report = verify(collect(tampered.tcti, challenge), reference, challenge)
+        expected, actual = failed_at(report, "PCR0 against the reference")
+        assert f"sha256 PCR0={reference.pcr0['sha256'].hex()}" in expected
+        after = hashlib.sha256(reference.pcr0["sha256"] + digest).digest()
+        assert f"sha256 PCR0={after.hex()}" in actual
+        assert "sha384" not in expected  # the SHA-384 bank was not extended
+
+
+def _firmware_log(events: list[tuple[int, int, bytes]]) -> bytes:
+    """A crypto-agile log as the L2 firmware keeps it (tdxdefs.firmware_log): a Spec ID event
+    with SHA-256 and SHA-384, then (PCR, event type, data) records with both digests."""
+    spec = (
+        SpecIdEvent(SPEC_ID_SIGNATURE, 0, 0, SPEC_VERSION_MAJOR, 0, 2, 2).pack()
+        + SpecIdAlgorithm(TpmAlgorithm.SHA256, 32).pack()
+        + SpecIdAlgorithm(TpmAlgorithm.SHA384, 48).pack()
+        + VendorInfoSize(0).pack()
+    )
+    log = TcgPcrEvent(0, EventType.EV_NO_ACTION, bytes(20), len(spec)).pack() + spec
+    for pcr, kind, data in events:
+        log += TcgPcrEvent2Prefix(pcr, kind, 2).pack()
+        for alg, bank in ((TpmAlgorithm.SHA256, "sha256"), (TpmAlgorithm.SHA384, "sha384")):
+            log += DigestAlgorithm(alg).pack() + hashlib.new(bank, data).digest()
+        log += EventSize(len(data)).pack() + data
+    return log
+
+
+def _l1_events() -> list[tuple[int, int, bytes]]:
+    return [
+        (0, EventType.EV_S_CRTM_VERSION, SVSM_VERSION.encode() + b"\0"),
+        (0, EventType.EV_POST_CODE, L2_IMAGE.read_bytes()),
+    ]
+
+
+def test_a_firmware_log_that_replays_to_the_quoted_pcrs_passes(
+    collected: Collected, reference: ReferenceValues
+) -> None:
+    with_log = collected.evidence.replace(firmware_log=_firmware_log(_l1_events()))
+    report = verify(with_log, reference, collected.challenge)
+    assert report.ok, report.failed
+    step = next(s for s in report.steps if s.name == "firmware event log")
+    assert "2 events replay to the quoted PCRs [0]" in step.detail
+
+
+def test_a_firmware_log_with_an_event_the_pcrs_lack_fails_naming_the_pcr(
+    collected: Collected, reference: ReferenceValues
+) -> None:
+    payload = (PAYLOAD_PCR, EventType.EV_POST_CODE, b"a payload the TPM never saw")
+    with_log = collected.evidence.replace(firmware_log=_firmware_log([*_l1_events(), payload]))
+    expected, actual = failed_at(
+        verify(with_log, reference, collected.challenge), "firmware event log"
+    )
+    replayed = hashlib.sha256(bytes(32) + hashlib.sha256(payload[2]).digest()).digest()
+    assert f"sha256 PCR{PAYLOAD_PCR}={replayed.hex()}" in expected
+    assert f"sha256 PCR{PAYLOAD_PCR}={bytes(32).hex()}" in actual
+    assert "PCR0" not in expected
+
+
+def test_a_truncated_firmware_log_fails_naming_the_offset(
+    collected: Collected, reference: ReferenceValues
+) -> None:
+    with_log = collected.evidence.replace(firmware_log=_firmware_log(_l1_events())[:-3])
+    _, actual = failed_at(verify(with_log, reference, collected.challenge), "firmware event log")
+    assert "offset" in actual and "event data" in actual
+
+
+@pytest.mark.parametrize("dev_platform_port", [False, True])
+def test_the_reference_assumes_the_launch_options_serve_gives(dev_platform_port: bool) -> None:
+    assert serve_command_line(dev_platform_port) == launch_options(dev_platform_port).decode()
+
+
+def test_other_launch_options_than_the_served_ones_fail_at_the_rtmr_reference(
+    collected: Collected, image: Path
+) -> None:
+    other = reference_for(image, dev_platform_port=True)
+    expected, actual = failed_at(
+        verify(collected.evidence, other, collected.challenge), "RTMRs against the reference"
+    )
+    assert other.rtmrs_at_quote is not None
+    assert expected == f"RTMR0={other.rtmrs_at_quote[0].hex()}"
+    assert actual.startswith("RTMR0=") and actual != expected
+
+
+def test_invoke_attest_without_a_tpm_fails_naming_the_step(image: Path) -> None:
+    with socket.socket() as unused:  # a port nobody listens on
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    result = subprocess.run(
+        [sys.executable, "-m", "invoke", "attest", "--port", str(port), "--image", str(image)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "attest: opening the TCTI" in result.stderr
