@@ -15,10 +15,9 @@ import hashlib
 import json
 import os
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,10 +31,6 @@ from tdxsim.host.faults import FaultSet, FaultSpecError
 from tdxsim.host.l1_image import build_l1_image
 from tdxsim.host.vmm import RunResult, RunStatus, Vmm, simulated_platform
 from verifier.td_attestation import verify_td_attestation
-from vtpm.attest import attester_from_name
-from vtpm.engine import TpmEngine
-from vtpm.manufacture import ManufactureResult, manufacture
-from vtpm.server import VtpmServer
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_RECIPE = Path(__file__).resolve().parent / "recipes" / "tdp.yaml"
@@ -48,7 +43,9 @@ TD_RAM = [(0, 32 << 20), (TPM_CRB_BASE, TPM_CRB_SIZE)]
 NUM_L2_VMS = 1
 MAX_L2_VMS = 3
 L1_TIMEOUT_S = 120.0
-ELSEWHERE = ("the L1 vTPM through an L2's CRB and the host relay: `invoke run --serve`",)
+SERVE_HINT = (
+    "to keep serving the L1 vTPM through an L2 to your own TPM clients: `invoke run --serve`"
+)
 PCR_DEBUG = 16
 
 
@@ -103,7 +100,6 @@ class BootReport:
     mrtd_td: bytes = b""
     tcti: str = ""
     l1: L1Summary | None = None
-    manufactured: ManufactureResult | None = None
     steps: list[tuple[str, float]] = field(default_factory=list)
     l2_failures: list[str] = field(default_factory=list)
 
@@ -217,33 +213,11 @@ def run_local(
     _verify(report, quoting, out, l2_count)
     _l2_outcomes(report, out, show_aliases)
     if l2_image is None:
-        _attest_through_l2(report, image, out)
+        _through_l2(report, image, out)
     else:
-        out("[i] `invoke attest` skipped: a user's L2 image does not serve the vTPM")
+        out("[i] the vTPM through an L2 skipped: a user's L2 image does not serve it")
 
-    engine = TpmEngine()
-    try:
-
-        def provision(tpm: TpmEngine) -> ManufactureResult:
-            return manufacture(tpm, attester=attester_from_name("fake"))
-
-        server = VtpmServer(engine, "127.0.0.1", 0, provision=provision)
-        server.start_tpm()
-        assert isinstance(server.provision_result, ManufactureResult)
-        report.manufactured = server.provision_result
-        report.tcti = server.tcti_strings()["mssim"]
-        thread = threading.Thread(target=server.serve_forever, name="vtpm", daemon=True)
-        thread.start()
-        try:
-            _exercise(report, out)
-        finally:
-            server.request_stop()
-            thread.join(timeout=5)
-    finally:
-        engine.close()
-
-    for line in ELSEWHERE:
-        out(f"[i] {line}")
+    out(f"[i] {SERVE_HINT}")
     total = sum(seconds for _, seconds in report.steps)
     out(f"done: {len(report.steps)} steps in {total * 1000:.0f} ms; quotes are SIMULATED (tdxsim)")
     return report
@@ -305,23 +279,28 @@ def _verify(
         out(f"    NUM_L2_VMS read by L1 = {l1.num_l2_vms}, as created")
 
 
-def _attest_through_l2(report: BootReport, image: Path, out: Callable[[str], None]) -> None:
-    """The relying party of `invoke attest` (orchestrator.attest) on the same image, served."""
+def _through_l2(report: BootReport, image: Path, out: Callable[[str], None]) -> None:
+    """Steps 5 and 6 on the same image, served as `invoke run --serve` serves it: the relying
+    party of `invoke attest` (orchestrator.attest), then tpm2-pytss commands, both through the
+    host relay, an L2's CRB and that L2's vTPM in L1."""
     from orchestrator.attest import attest, print_report, serving
 
     title = (
         "relying party through the L2 path (`invoke attest`): serve the L1 vTPM, then TD quote, "
         "CA, EKs, AK by credential, TPM2_Quote with a fresh nonce, PCR0"
     )
-    with _step(report, title, out), serving(image) as tcti:
-        result = attest(tcti, image)
-        print_report(result, lambda line: out(f"    {line}"))
-        failed = result.report.failed
-        if failed is not None:
-            raise LocalBootError(
-                f"attest step '{failed.name}' failed: expected {failed.expected}, "
-                f"actual {failed.actual}"
-            )
+    with ExitStack() as served:
+        with _step(report, title, out):
+            report.tcti = served.enter_context(serving(image))
+            result = attest(report.tcti, image)
+            print_report(result, lambda line: out(f"    {line}"))
+            failed = result.report.failed
+            if failed is not None:
+                raise LocalBootError(
+                    f"attest step '{failed.name}' failed: expected {failed.expected}, "
+                    f"actual {failed.actual}"
+                )
+        _exercise(report, out)
 
 
 def _exercise(report: BootReport, out: Callable[[str], None]) -> None:
@@ -329,10 +308,7 @@ def _exercise(report: BootReport, out: Callable[[str], None]) -> None:
     from tpm2_pytss.constants import ESYS_TR, TPM2_ALG
     from tpm2_pytss.types import TPML_DIGEST_VALUES, TPML_PCR_SELECTION, TPMT_HA, TPMU_HA
 
-    title = (
-        f"tpm2-pytss over {report.tcti} to a directly served vTPM (`vtpm serve`, fake "
-        "attester): NOT the L1 vTPM, which `invoke run --serve` serves through an L2"
-    )
+    title = f"tpm2-pytss over {report.tcti}: the host relay -> L2 1's CRB -> its vTPM in L1"
     with _step(report, title, out), ESAPI(report.tcti) as ectx:
         out(f"    GetRandom(16): {bytes(ectx.get_random(16)).hex()}")
         digest = hashlib.sha256(b"tdpvtpm run").digest()
