@@ -105,9 +105,9 @@ def test_a_log_that_would_not_fit_the_nv_index_extends_nothing(
 def test_an_l1_record_without_both_banks_stops_the_measured_boot(
     firmware: Firmware, engine: TpmEngine
 ) -> None:
-    sha1_only = PcrEvent(0, EV_S_CRTM_VERSION, VERSION, {wire.TPM_ALG_SHA1: bytes(20)})
-    events = [PcrEvent(0, EV_S_CRTM_VERSION, VERSION, {
-        alg: hashlib.new(bank, VERSION).digest() for bank, alg in BANKS.items()}), sha1_only]  # fmt: skip
+    both = {alg: hashlib.new(bank, VERSION).digest() for bank, alg in BANKS.items()}
+    sha1_only = {wire.TPM_ALG_SHA1: bytes(20)}
+    events = [PcrEvent(0, EV_S_CRTM_VERSION, VERSION, d) for d in (both, sha1_only)]
     booted = boot(firmware, engine, events)
     assert booted.exit_code == EXIT_MEASURED_BOOT_FAILED
     assert booted.console[-1] == "measured boot: FAIL (malformed L1 event at log offset 0x45)"
