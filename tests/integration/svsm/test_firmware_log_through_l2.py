@@ -6,6 +6,7 @@ index is write-locked, and a power cycle through the development platform port l
 
 from __future__ import annotations
 
+import io
 import socket
 import struct
 import threading
@@ -25,6 +26,7 @@ from orchestrator.serve import launch_options
 from svsm.boot import SVSM_VERSION
 from tdxdefs.firmware_log import EVENT_LOG_NV_ATTRIBUTES, EVENT_LOG_NV_INDEX, PAYLOAD_PCR
 from tdxsim.host.vmm import RunResult, RunStatus, Vmm, simulated_platform
+from verifier.cli import main as verifier_cli
 from verifier.firmware_log import verify_firmware_log
 from verifier.reference import reference_values
 from vtpm.protocol import MssimCommand
@@ -106,6 +108,16 @@ def test_the_nv_log_replays_to_the_tpms_pcr0_and_pcr4(served: ServedTd) -> None:
     assert pcrs[0] == log.pcrs[0] == reference.pcr0
     assert pcrs[PAYLOAD_PCR] == log.pcrs[PAYLOAD_PCR] == reference.pcr4
     assert reference.payload is not None and log.payload_event.data == reference.payload
+
+
+def test_the_reference_command_prints_pcr4_from_the_image(served: ServedTd) -> None:
+    out = io.StringIO()
+    assert verifier_cli(["reference", str(served.image)], out) == 0
+    reference = reference_values(served.image)
+    for bank in BANKS:
+        assert f"PCR4 {bank:<12} {reference.pcr4[bank].hex()}" in out.getvalue()
+    payload = reference.payload or b""
+    assert f"note: PCR4: the {len(payload)}-byte payload of the L2 firmware" in out.getvalue()
 
 
 def test_the_log_is_write_locked_against_the_platform(served: ServedTd) -> None:
