@@ -71,9 +71,8 @@ def _parse(data: bytes) -> EventLog:
     try:
         return eventlog.parse(data)
     except eventlog.EventLogError as exc:
-        reason = str(exc).split(": ", 2)[-1]
         raise FirmwareLogError(
-            f"firmware event log offset {exc.offset}: {exc.field}: {reason}"
+            f"firmware event log offset {exc.offset}: {exc.field}: {exc.reason}"
         ) from exc
 
 

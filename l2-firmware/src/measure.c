@@ -62,8 +62,6 @@ int measured_boot(void) {
     if (rc) {
         return fail("TPM2_NV_WriteLock rc=", rc);
     }
-    console_puts("measured boot: ok, log of ");
-    console_hex(at);
-    console_puts(" bytes\n");
+    console_line("measured boot: ", "ok"); /* short: each console byte is an exit to L1 */
     return 1;
 }

@@ -70,7 +70,7 @@ def test_the_log_replays_to_the_tpms_pcr0_and_pcr4(firmware: Firmware, engine: T
     booted = boot(firmware, engine)
     assert booted.exit_code == 0, booted.console
     assert booted.log is not None
-    assert booted.console[-1] == f"measured boot: ok, log of {len(booted.log):#x} bytes"
+    assert booted.console[-1] == "measured boot: ok"
     public = booted.tpm.nv_read_public(EVENT_LOG_NV_INDEX)
     assert public is not None
     assert public.attributes & EVENT_LOG_NV_ATTRIBUTES == EVENT_LOG_NV_ATTRIBUTES
