@@ -11,9 +11,51 @@ TPM2_Clear by an owner leaves it), its size the log's exact length.
 The index lies in the platform range of the TCG "Registry of Reserved TPM 2.0 Handles and
 Localities" (0x01400000-0x017FFFFF), where the platform firmware, which the L2 firmware is to its
 vTPM, defines its own indices.
+
+The details a reader of the index can rely on (l2-firmware/src/measure.c follows them; a test
+checks its C constants against these):
+- attributes `EVENT_LOG_NV_ATTRIBUTES`: readable with the index's own (empty) authorization, the
+  owner's or the platform's; written by the platform only, then write-locked (TPMA_NV_WRITEDEFINE
+  and TPM2_NV_WriteLock) until the index is undefined;
+- the firmware's own record is the last: PCR `PAYLOAD_PCR`, type EV_IPL (`PAYLOAD_EVENT_TYPE`),
+  its event data the payload's bytes themselves (at most `PAYLOAD_MAX`, TPM2B_EVENT's limit);
+- the log is at most `EVENT_LOG_MAX` bytes (TPM_PT_NV_INDEX_MAX of libtpms) and is written in
+  chunks of `NV_WRITE_MAX` (TPM_PT_NV_BUFFER_MAX); a log that would not fit is never started:
+  the firmware says so on its console and extends nothing.
 """
 
 from __future__ import annotations
 
+from enum import IntFlag
+
+from tdxdefs.eventlog import EventType
+
 EVENT_LOG_NV_INDEX = 0x01400001
 PAYLOAD_PCR = 4
+
+
+class NvAttribute(IntFlag):
+    """The TPMA_NV bits the log's index uses (TCG TPM 2.0 Library, Part 2, 13.4)."""
+
+    PPWRITE = 1 << 0
+    WRITEDEFINE = 1 << 13
+    PPREAD = 1 << 16
+    OWNERREAD = 1 << 17
+    AUTHREAD = 1 << 18
+    NO_DA = 1 << 25
+    PLATFORMCREATE = 1 << 30
+
+
+EVENT_LOG_NV_ATTRIBUTES = (
+    NvAttribute.PLATFORMCREATE
+    | NvAttribute.PPWRITE
+    | NvAttribute.WRITEDEFINE
+    | NvAttribute.PPREAD
+    | NvAttribute.OWNERREAD
+    | NvAttribute.AUTHREAD
+    | NvAttribute.NO_DA
+)
+PAYLOAD_EVENT_TYPE = EventType.EV_IPL
+PAYLOAD_MAX = 1024  # TPM2B_EVENT, the event data of TPM2_PCR_Event (TPM 2.0 Library, Part 2)
+EVENT_LOG_MAX = 2048
+NV_WRITE_MAX = 1024

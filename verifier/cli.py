@@ -167,6 +167,8 @@ def _print_reference(values: ReferenceValues, out: TextIO) -> None:
                 out.write(f"RTMR{index} {label:<11} {value.hex()}\n")
     for bank, value in values.pcr0.items():
         out.write(f"PCR0 {bank:<12} {value.hex()}\n")
+    for bank, value in values.pcr4.items():
+        out.write(f"PCR4 {bank:<12} {value.hex()}\n")
     for note in values.notes:
         out.write(f"note: {note}\n")
 

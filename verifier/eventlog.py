@@ -82,6 +82,7 @@ class EventLogError(VerificationError, ValueError):
         super().__init__(f"CC event log offset {offset}: {field}: {reason}")
         self.offset = offset
         self.field = field
+        self.reason = reason
 
 
 class ReplayError(VerificationError):

@@ -8,8 +8,12 @@
   give (the local backend: 32 MiB of RAM at GPA 0, one VP).
 - RTMR0..3 after boot: each then gets one EV_SEPARATOR (SHA-384 of four zero bytes).
 - PCR0 (SHA-256 and SHA-384 banks): L1 extends its version string, NUL terminated, as
-  EV_S_CRTM_VERSION. The image carries no version record a verifier can read (L1 is a zip of Python
-  sources inside a component), so the version is an input; the L2 firmware is not measured yet.
+  EV_S_CRTM_VERSION, then the whole L2 image. The image carries no version record a verifier can
+  read (L1 is a zip of Python sources inside a component), so the version is an input.
+- PCR4 (both banks): the L2 firmware extends its payload with TPM2_PCR_Event
+  (`tdxdefs.firmware_log`); the payload's bytes are where the L2 image's header says (its
+  payload start and end offsets, l2-firmware/README.md), so PCR4 needs no input. A user's L2 image
+  without our header has no payload: no PCR4.
 """
 
 from __future__ import annotations
@@ -17,19 +21,23 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from igvm import headers
 from igvm.format import IgvmFile
 from igvm.format import read as read_igvm
 from igvm.measure import mrtd, rtmr_predict
 from tdxdefs.errors import LayoutError
+from tdxdefs.firmware_log import PAYLOAD_MAX, PAYLOAD_PCR
 from tdxdefs.l2boot import (
     DESCRIPTOR_MAGIC,
+    HEADER_VERSION,
     L2_DESCRIPTOR_GPA,
+    MAGIC,
     MAX_L2_IMAGE,
     TPM_CRB_BASE,
     TPM_CRB_SIZE,
+    L2FirmwareHeader,
     L2ImageDescriptor,
 )
 from verifier import eventlog
@@ -57,6 +65,8 @@ class ReferenceValues:
     rtmrs_after_boot: tuple[bytes, bytes, bytes, bytes] | None
     pcr0: dict[str, bytes]  # bank name -> value; empty without an L1 version
     notes: tuple[str, ...]
+    pcr4: dict[str, bytes] = field(default_factory=dict)  # bank -> value; empty without a payload
+    payload: bytes | None = None  # the L2 firmware's measured payload, as the image carries it
 
     def as_dict(self) -> dict[str, object]:
         def rtmrs(values: Sequence[bytes] | None) -> list[str] | None:
@@ -68,6 +78,8 @@ class ReferenceValues:
             "rtmrs_at_quote": rtmrs(self.rtmrs_at_quote),
             "rtmrs_after_boot": rtmrs(self.rtmrs_after_boot),
             "pcr0": {bank: value.hex() for bank, value in self.pcr0.items()},
+            "pcr4": {bank: value.hex() for bank, value in self.pcr4.items()},
+            "payload_size": None if self.payload is None else len(self.payload),
             "notes": list(self.notes),
         }
 
@@ -125,9 +137,8 @@ def inserted_parameter_areas(
     return inserted
 
 
-def pcr0_for(version: str, l2_image: bytes | None = None) -> dict[str, bytes]:
-    """PCR0 after L1's extends from zero: `version` + NUL, then the whole L2 image if given."""
-    events = [version.encode() + b"\0"] + ([l2_image] if l2_image is not None else [])
+def extended(events: Sequence[bytes]) -> dict[str, bytes]:
+    """A PCR in the SHA-256 and SHA-384 banks after extending the digest of each event from 0."""
     values = {}
     for bank in PCR0_BANKS:
         value = bytes(hashlib.new(bank).digest_size)
@@ -135,6 +146,44 @@ def pcr0_for(version: str, l2_image: bytes | None = None) -> dict[str, bytes]:
             value = hashlib.new(bank, value + hashlib.new(bank, data).digest()).digest()
         values[bank] = value
     return values
+
+
+def pcr0_for(version: str, l2_image: bytes | None = None) -> dict[str, bytes]:
+    """PCR0 after L1's extends from zero: `version` + NUL, then the whole L2 image if given."""
+    return extended([version.encode() + b"\0"] + ([l2_image] if l2_image is not None else []))
+
+
+def pcr4_for(payload: bytes) -> dict[str, bytes]:
+    """PCR4 after the L2 firmware's TPM2_PCR_Event of its payload, from zero."""
+    return extended([payload])
+
+
+def payload_of(l2_image: bytes) -> bytes | None:
+    """The payload our L2 firmware measures into PCR4, where its header says; None for an image
+    without our header (a user's flat binary). Every offset is checked against the image."""
+    magic_at = L2FirmwareHeader.offset("magic")
+    if l2_image[magic_at : magic_at + len(MAGIC)] != MAGIC:
+        return None
+    try:
+        head = L2FirmwareHeader.unpack(l2_image)
+    except LayoutError as exc:
+        raise ReferenceError(f"the L2 firmware header: {exc}") from exc
+    if head.version != HEADER_VERSION:
+        raise ReferenceError(
+            f"the L2 firmware header at offset {L2FirmwareHeader.offset('version')}: version "
+            f"{head.version}, expected {HEADER_VERSION}"
+        )
+    start, end = head.payload_start, head.payload_end
+    if not L2FirmwareHeader.SIZE <= start <= end <= min(head.data_end, len(l2_image)):
+        raise ReferenceError(
+            f"the L2 firmware header at offset {L2FirmwareHeader.offset('payload_start')}: payload "
+            f"[{start:#x}, {end:#x}) is not within the {len(l2_image)}-byte image's data"
+        )
+    if end - start > PAYLOAD_MAX:
+        raise ReferenceError(
+            f"the L2 firmware payload is {end - start} bytes; TPM2_PCR_Event takes {PAYLOAD_MAX}"
+        )
+    return l2_image[start:end]
 
 
 def l2_image_of(image: IgvmFile) -> bytes | None:
@@ -201,4 +250,10 @@ def reference_values(
         notes.append("the image has no L2 image descriptor: PCR0 holds the L1 version only")
     else:
         notes.append(f"PCR0: the L1 version, then the {len(l2_image)}-byte L2 image it boots")
-    return ReferenceValues(mrtd(image), launch, at_quote, after, pcr0, tuple(notes))
+    payload = payload_of(l2_image) if l2_image is not None else None
+    pcr4 = pcr4_for(payload) if payload is not None else {}
+    if payload is None:
+        notes.append(f"PCR{PAYLOAD_PCR} not computed: the L2 image has no firmware header")
+    else:
+        notes.append(f"PCR{PAYLOAD_PCR}: the {len(payload)}-byte payload of the L2 firmware")
+    return ReferenceValues(mrtd(image), launch, at_quote, after, pcr0, tuple(notes), pcr4, payload)

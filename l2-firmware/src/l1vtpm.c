@@ -1,6 +1,7 @@
 /* L1VTPM Detect (tdxdefs/l1vtpm.py): ask L1, with TDG.VP.VMCALL<Service> and the L1VTPM GUID,
  * whether this L2 has a vTPM, and count the TCG_PCR_EVENT2 records of L1's measurements it sends
- * back in GUIDed HOBs. Every length in the response is checked against the page. */
+ * back in GUIDed HOBs. Every length in the response is checked against the page. The measured boot
+ * then copies those records once into its event log and checks each on the copy. */
 #include "l2fw.h"
 
 #define PAGE 4096u
@@ -20,6 +21,7 @@ static const u8 event2_hob_guid[16] = {0x1e, 0x22, 0x6c, 0xd2, 0x30, 0x24, 0x8a,
 
 static u8 command[PAGE] __attribute__((aligned(4096)));
 static u8 response[PAGE] __attribute__((aligned(4096)));
+static u32 answered; /* the response's length after a Detect that found the service, else 0 */
 
 static u32 le32(const u8 *p) {
     return (u32)p[0] | (u32)p[1] << 8 | (u32)p[2] << 16 | (u32)p[3] << 24;
@@ -38,7 +40,34 @@ static int same(const u8 *a, const u8 *b, u32 n) {
     return 1;
 }
 
+/* Calls `record(hob, size, context)` for each TCG_PCR_EVENT2 HOB of the response (its record at
+ * hob + HOB_GUID_HEADER, `size` bytes); 1 at the end-of-HOB-list, 0 when a length is wrong. */
+static int each_event(u32 total, void (*record)(const u8 *, u32, void *), void *context) {
+    for (u32 at = SERVICE_HEADER + MESSAGE; at + HOB_HEADER <= total;) {
+        u32 type = le16(response + at), size = le16(response + at + 2);
+        if (type == HOB_END) {
+            return 1;
+        }
+        if (size < HOB_HEADER || at + size > total) {
+            return 0;
+        }
+        if (type == HOB_GUID_EXTENSION && size >= HOB_GUID_HEADER &&
+            same(response + at + HOB_HEADER, event2_hob_guid, 16)) {
+            record(response + at + HOB_GUID_HEADER, size - HOB_GUID_HEADER, context);
+        }
+        at += size;
+    }
+    return 0;
+}
+
+static void count_event(const u8 *record, u32 size, void *context) {
+    (void)record;
+    (void)size;
+    ++*(u32 *)context;
+}
+
 int l1vtpm_detect(u32 *events) {
+    answered = 0;
     for (u32 i = 0; i < 16; i++) {
         command[i] = l1vtpm_guid[i];
     }
@@ -66,20 +95,43 @@ int l1vtpm_detect(u32 *events) {
         return 0;
     }
     u32 count = 0;
-    for (u32 at = SERVICE_HEADER + MESSAGE; at + HOB_HEADER <= total;) {
-        u32 type = le16(response + at), size = le16(response + at + 2);
-        if (type == HOB_END) {
-            *events = count;
-            return 1;
-        }
-        if (size < HOB_HEADER || at + size > total) {
-            return 0;
-        }
-        if (type == HOB_GUID_EXTENSION && size >= HOB_GUID_HEADER &&
-            same(response + at + HOB_HEADER, event2_hob_guid, 16)) {
-            count++;
-        }
-        at += size;
+    if (!each_event(total, count_event, &count)) {
+        return 0;
     }
-    return 0;
+    answered = total;
+    *events = count;
+    return 1;
+}
+
+struct copy {
+    u8 *out;
+    u32 capacity, length;
+    int bad;
+};
+
+static void copy_event(const u8 *record, u32 size, void *context) {
+    struct copy *c = context;
+    if (c->length + size > c->capacity) {
+        c->length += size; /* too long: only the total is wanted, for the message */
+        c->bad |= 2;
+        return;
+    }
+    u8 *to = c->out + c->length;
+    for (u32 i = 0; i < size; i++) {
+        to[i] = record[i];
+    }
+    if (eventlog_event2_size(to, size) != size) {
+        c->bad |= 1; /* checked on the copy: a record that is not exactly its HOB's contents */
+    }
+    c->length += size;
+}
+
+int l1vtpm_events(u8 *out, u32 capacity, u32 *length) {
+    if (!answered) {
+        return -1;
+    }
+    struct copy c = {out, capacity, 0, 0};
+    int ended = each_event(answered, copy_event, &c);
+    *length = c.length;
+    return ended && !c.bad;
 }

@@ -48,9 +48,22 @@ typedef unsigned long u64;
 #define CRB_LOC_REQUEST_ACCESS 1u
 #define CRB_LOC_ASSIGNED 2u
 
+/* Measured boot (tdxdefs/firmware_log.py; a test checks these values against it). */
+#define PAYLOAD_PCR 4u
+#define PAYLOAD_EVENT_TYPE 0x0000000Du  /* EV_IPL: the code the firmware hands on to, in PCR 4 */
+#define PAYLOAD_MAX 1024u               /* TPM2B_EVENT of TPM2_PCR_Event (also in link.ld) */
+#define EVENT_LOG_NV_INDEX 0x01400001u
+#define EVENT_LOG_NV_ATTRIBUTES 0x42072001u /* PLATFORMCREATE|NO_DA|AUTHREAD|OWNERREAD|PPREAD|
+                                             * WRITEDEFINE|PPWRITE */
+#define EVENT_LOG_MAX 2048u             /* TPM_PT_NV_INDEX_MAX of libtpms */
+#define NV_WRITE_MAX 1024u              /* TPM_PT_NV_BUFFER_MAX of libtpms */
+#define SHA256_SIZE 32u
+#define SHA384_SIZE 48u
+
 /* Exit codes (the byte written to DEBUG_EXIT_PORT). */
 #define EXIT_PASS 0u
 #define EXIT_SELFTEST_FAILED 1u
+#define EXIT_MEASURED_BOOT_FAILED 2u
 #define EXIT_UNEXPECTED_EXCEPTION 3u
 
 static inline void outb(u16 port, u8 value) {
@@ -98,8 +111,30 @@ int crb_ready(void);
 u32 crb_transmit(const u8 *command, u32 length, u8 *response, u32 capacity);
 
 /* l1vtpm.c: 1 and the number of L1's events when L1 has a vTPM for us, -1 with no service,
- * 0 for a malformed answer. */
+ * 0 for a malformed answer. l1vtpm_events copies the TCG_PCR_EVENT2 records of that answer back to
+ * back into `out` when their total (*length) fits `capacity`; 1 when copied and each record checks,
+ * -1 when Detect found no service, 0 for a malformed record or one that does not fit. */
 int l1vtpm_detect(u32 *events);
+int l1vtpm_events(u8 *out, u32 capacity, u32 *length);
+
+/* eventlog.c: the records of a crypto-agile TCG event log with SHA-256 and SHA-384 digests. */
+#define SPEC_ID_EVENT_SIZE 69u /* TCG_PCClientPCREvent with TCG_EfiSpecIDEvent, two algorithms */
+#define EVENT2_FIXED_SIZE 100u /* TCG_PCR_EVENT2 without its event data, two digests */
+u32 eventlog_spec_id(u8 *out);
+u32 eventlog_event2(u8 *out, u32 pcr, u32 type, const u8 *sha256, const u8 *sha384,
+                    const u8 *data, u32 size);
+u32 eventlog_event2_size(const u8 *record, u32 available);
+
+/* tpm.c: TPM 2.0 commands with an empty password session; each returns the TPM's response code,
+ * or TPM_NO_RESPONSE when the CRB gave no well-formed answer. */
+#define TPM_NO_RESPONSE 0xFFFFFFFFu
+u32 tpm_pcr_event(u32 pcr, const u8 *data, u32 size, u8 *sha256, u8 *sha384);
+u32 tpm_nv_define_space(u32 index, u32 attributes, u32 size);
+u32 tpm_nv_write(u32 index, const u8 *data, u32 size, u32 offset);
+u32 tpm_nv_write_lock(u32 index);
+
+/* measure.c: 1 when measured and logged, 0 when skipped (no L1VTPM service), -1 on failure. */
+int measured_boot(void);
 
 /* relay.c: serve the relay mailbox forever. */
 __attribute__((noreturn)) void relay_serve(u64 mailbox_gpa);

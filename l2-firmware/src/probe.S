@@ -21,6 +21,3 @@ probe_read_faulted:
     movl $1, %eax
     ret
 
-/* The payload the firmware carries and measures (a blob in the image, outside its code). */
-    .section .payload, "a"
-    .ascii "tdpvtpm L2 payload: a measured blob the firmware extends into a PCR\n"

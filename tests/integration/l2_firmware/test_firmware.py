@@ -236,17 +236,37 @@ def test_unexpected_exception_is_reported_and_ends_with_code_3(firmware: Firmwar
     assert last.startswith("L2 firmware: unexpected exception vector 0xd error 0x0 rip 0x")
 
 
+def c_defines() -> dict[str, set[int]]:
+    """Every numeric #define of the firmware's sources, each name with the values it is given."""
+    found: dict[str, set[int]] = {}
+    for source in sorted((SOURCE_DIR / "src").glob("*.[ch]")):
+        for m in re.finditer(r"#define (\w+) (0x[0-9A-Fa-f]+|\d+)u?l?\b", source.read_text()):
+            found.setdefault(m.group(1), set()).add(int(m.group(2), 0))
+    return found
+
+
 def test_the_firmwares_constants_are_the_definitions() -> None:
-    """l2fw.h repeats a few facts in C; each must equal the one place Python declares it."""
+    """The C sources repeat a few facts; each must equal the one place Python declares it, or for
+    TPM 2.0 and TCG event-log values, tpm2-pytss's independent definitions."""
+    from tpm2_pytss.constants import TPM2_ALG, TPM2_CC, TPM2_RH, TPM2_ST, TPMA_NV
+
     from svsm.crb import CrbRegister
-    from tdxdefs import relay
+    from tdxdefs import firmware_log, relay
+    from tdxdefs.eventlog import (
+        DigestAlgorithm,
+        EventSize,
+        EventType,
+        SpecIdAlgorithm,
+        SpecIdEvent,
+        TcgPcrEvent,
+        TcgPcrEvent2Prefix,
+        VendorInfoSize,
+    )
+    from tdxdefs.firmware_log import NvAttribute
     from tdxdefs.l2boot import TPM_CRB_BASE
 
-    header = (SOURCE_DIR / "src" / "l2fw.h").read_text()
-    defines = {
-        m.group(1): int(m.group(2), 0)
-        for m in re.finditer(r"#define (\w+) (0x[0-9A-Fa-f]+|\d+)u?l?\b", header)
-    }
+    digests = TPM2_ALG.SHA256, TPM2_ALG.SHA384
+    sizes = {TPM2_ALG.SHA256: 32, TPM2_ALG.SHA384: 48}
     expected = {
         "RELAY_VECTOR": relay.L2_RELAY_VECTOR,
         "L2_DOORBELL_PORT": relay.L2_DOORBELL_PORT,
@@ -265,7 +285,44 @@ def test_the_firmwares_constants_are_the_definitions() -> None:
         "CRB_CTRL_CMD_SIZE": CrbRegister.CTRL_CMD_SIZE,
         "CRB_CTRL_CMD_LADDR": CrbRegister.CTRL_CMD_LADDR,
         "CRB_CTRL_CMD_HADDR": CrbRegister.CTRL_CMD_HADDR,
+        # the measured boot (tdxdefs.firmware_log)
+        "PAYLOAD_PCR": firmware_log.PAYLOAD_PCR,
+        "PAYLOAD_EVENT_TYPE": firmware_log.PAYLOAD_EVENT_TYPE,
+        "PAYLOAD_MAX": firmware_log.PAYLOAD_MAX,
+        "EVENT_LOG_NV_INDEX": firmware_log.EVENT_LOG_NV_INDEX,
+        "EVENT_LOG_NV_ATTRIBUTES": firmware_log.EVENT_LOG_NV_ATTRIBUTES,
+        "EVENT_LOG_MAX": firmware_log.EVENT_LOG_MAX,
+        "NV_WRITE_MAX": firmware_log.NV_WRITE_MAX,
+        # the event-log records (tdxdefs.eventlog)
+        "EV_NO_ACTION": EventType.EV_NO_ACTION,
+        "SHA256_SIZE": sizes[TPM2_ALG.SHA256],
+        "SHA384_SIZE": sizes[TPM2_ALG.SHA384],
+        "SPEC_ID_EVENT_SIZE": TcgPcrEvent.SIZE
+        + SpecIdEvent.SIZE
+        + len(digests) * SpecIdAlgorithm.SIZE
+        + VendorInfoSize.SIZE,
+        "EVENT2_FIXED_SIZE": TcgPcrEvent2Prefix.SIZE
+        + sum(DigestAlgorithm.SIZE + sizes[alg] for alg in digests)
+        + EventSize.SIZE,
+        # TPM 2.0 values, as tpm2-pytss has them
+        "TPM_ST_SESSIONS": TPM2_ST.SESSIONS,
+        "TPM_RS_PW": TPM2_RH.PW,
+        "TPM_RH_PLATFORM": TPM2_RH.PLATFORM,
+        "TPM_CC_NV_DEFINE_SPACE": TPM2_CC.NV_DefineSpace,
+        "TPM_CC_NV_WRITE": TPM2_CC.NV_Write,
+        "TPM_CC_NV_WRITE_LOCK": TPM2_CC.NV_WriteLock,
+        "TPM_CC_PCR_EVENT": TPM2_CC.PCR_Event,
+        "TPM_ALG_SHA1": TPM2_ALG.SHA1,
+        "TPM_ALG_SHA256": TPM2_ALG.SHA256,
+        "TPM_ALG_SHA384": TPM2_ALG.SHA384,
+        "TPM_ALG_SHA512": TPM2_ALG.SHA512,
+        "TPM_ALG_SM3_256": TPM2_ALG.SM3_256,
     }
+    defines = c_defines()
     assert {name: defines.get(name) for name in expected} == {
-        name: int(value) for name, value in expected.items()
+        name: {int(value)} for name, value in expected.items()
+    }
+    # the index's attribute bits are TPM 2.0's (Part 2, TPMA_NV)
+    assert {bit.name: int(bit) for bit in NvAttribute} == {
+        name: int(getattr(TPMA_NV, name)) for name in NvAttribute.__members__
     }
