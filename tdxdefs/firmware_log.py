@@ -10,7 +10,8 @@ TPM2_Clear by an owner leaves it), its size the log's exact length.
 
 The index lies in the platform range of the TCG "Registry of Reserved TPM 2.0 Handles and
 Localities" (0x01400000-0x017FFFFF), where the platform firmware, which the L2 firmware is to its
-vTPM, defines its own indices.
+vTPM, defines its own indices. Not 0x01400001: Azure's vTPM-in-TD scheme keeps its hardware
+report there, and tools written for that scheme read whatever that index holds as one.
 
 The details a reader of the index can rely on (l2-firmware/src/measure.c follows them; a test
 checks its C constants against these):
@@ -30,7 +31,7 @@ from enum import IntFlag
 
 from tdxdefs.eventlog import EventType
 
-EVENT_LOG_NV_INDEX = 0x01400001
+EVENT_LOG_NV_INDEX = 0x01400100
 PAYLOAD_PCR = 4
 
 

@@ -41,9 +41,10 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
+from tdxdefs.firmware_log import EVENT_LOG_NV_INDEX
 from verifier import eventlog
 from verifier.errors import VerificationError
-from verifier.eventlog import EventLog
+from verifier.firmware_log import verify_firmware_log
 from verifier.reference import ReferenceValues
 from verifier.td_attestation import (
     AttestationReport,
@@ -385,28 +386,6 @@ def pcr_selection_bytes(selection: Sequence[tuple[int, Sequence[int]]]) -> bytes
     return out
 
 
-# --- the L2 firmware's event log --------------------------------------------------------------
-
-
-def replay_pcrs(log: EventLog, banks: Sequence[str] = QUOTE_BANKS) -> dict[str, dict[int, bytes]]:
-    """PCR values after the log's events, each PCR from zero, per bank (EV_NO_ACTION skipped)."""
-    values: dict[str, dict[int, bytes]] = {bank: {} for bank in banks}
-    for event in log.events:
-        if not event.extends:
-            continue
-        for bank in banks:
-            digest = event.digests.get(BANK_ALGORITHM[bank])
-            if digest is None:
-                raise VerificationError(
-                    f"firmware event log: event {event.number} at offset {event.offset} "
-                    f"(PCR{event.mr_index}) has no {bank} digest"
-                )
-            size = hashlib.new(bank).digest_size
-            old = values[bank].get(event.mr_index, bytes(size))
-            values[bank][event.mr_index] = hashlib.new(bank, old + digest).digest()
-    return values
-
-
 # --- evidence and the verdict -----------------------------------------------------------------
 
 
@@ -641,39 +620,33 @@ def _tpm_half(
 
     name = "firmware event log"
     if evidence.firmware_log is None:
-        check.step(name, "-", "not present", True,
-                   "not present: the L2 firmware keeps no event log in NV; PCR0 is compared "
-                   "with the reference directly")  # fmt: skip
-    else:
-        raw = evidence.firmware_log
-        log = check.guarded(name, "a crypto-agile event log", partial(eventlog.parse, raw))
-        replayed = check.guarded(name, "replayable events", partial(replay_pcrs, log))
-        quoted_covered = {
-            bank: {pcr: v for pcr, v in values.items() if pcr in evidence.pcrs.get(bank, {})}
-            for bank, values in replayed.items()
-        }
-        missing_pcrs = sorted(
-            {pcr for values in replayed.values() for pcr in values}
-            - {pcr for values in evidence.pcrs.values() for pcr in values}
-        )
-        if missing_pcrs:
+        if reference.pcr4:
             check.fail(
                 name,
-                f"PCRs {missing_pcrs} quoted",
-                f"quoted {_hex(evidence.pcrs)}",
-                "the log covers PCRs the quote does not",
+                f"the L2 firmware's log in NV index {EVENT_LOG_NV_INDEX:#010x}",
+                "no such index",
+                "the reference L2 firmware writes its event log at boot: removed or never written",
             )
-        diffs = _pcr_differences(evidence.pcrs, quoted_covered)
-        expected, actual, names = _differences_text(diffs)
-        covered = sorted({pcr for values in replayed.values() for pcr in values})
+        check.step(name, "-", "not present", True,
+                   "not present: this L2 image keeps no event log in NV; PCR0 is compared "
+                   "with the reference directly")  # fmt: skip
+    else:
+        by_pcr: dict[int, dict[str, bytes]] = {}
+        for bank, values in evidence.pcrs.items():
+            for pcr, value in values.items():
+                by_pcr.setdefault(pcr, {})[bank] = value
+        log = check.guarded(
+            name,
+            "a log that replays to the quoted PCRs and carries the image's payload",
+            partial(verify_firmware_log, evidence.firmware_log, by_pcr, reference),
+        )
         check.step(
             name,
-            expected or _hex(quoted_covered),
-            actual or "equal",
-            not diffs,
-            f"{len(log.events)} events replay to the quoted PCRs {covered}"
-            if not diffs
-            else f"the firmware event log does not replay to the quoted {names}",
+            "the quoted PCRs",
+            "equal",
+            True,
+            f"{len(log.log.events)} events replay to the quoted PCRs {sorted(log.pcrs)}; the "
+            "payload event carries the image's payload",
         )
 
     name = "PCR0 against the reference"

@@ -52,7 +52,7 @@ typedef unsigned long u64;
 #define PAYLOAD_PCR 4u
 #define PAYLOAD_EVENT_TYPE 0x0000000Du  /* EV_IPL: the code the firmware hands on to, in PCR 4 */
 #define PAYLOAD_MAX 1024u               /* TPM2B_EVENT of TPM2_PCR_Event (also in link.ld) */
-#define EVENT_LOG_NV_INDEX 0x01400001u
+#define EVENT_LOG_NV_INDEX 0x01400100u
 #define EVENT_LOG_NV_ATTRIBUTES 0x42072001u /* PLATFORMCREATE|NO_DA|AUTHREAD|OWNERREAD|PPREAD|
                                              * WRITEDEFINE|PPWRITE */
 #define EVENT_LOG_MAX 2048u             /* TPM_PT_NV_INDEX_MAX of libtpms */

@@ -35,21 +35,14 @@ from orchestrator.attest import collect, reference_for, serve_command_line, serv
 from orchestrator.boot import ROOT, build_product
 from orchestrator.l2image import L2_IMAGE, write_l2_image
 from orchestrator.serve import launch_options
-from svsm.boot import SVSM_VERSION
 from tdxdefs.eventlog import (
-    SPEC_ID_SIGNATURE,
-    SPEC_VERSION_MAJOR,
     DigestAlgorithm,
     EventSize,
     EventType,
-    SpecIdAlgorithm,
-    SpecIdEvent,
-    TcgPcrEvent,
     TcgPcrEvent2Prefix,
     TpmAlgorithm,
-    VendorInfoSize,
 )
-from tdxdefs.firmware_log import PAYLOAD_PCR
+from tdxdefs.firmware_log import EVENT_LOG_NV_INDEX, PAYLOAD_PCR
 from tdxsim.attestation.pck import WELL_KNOWN_SEED
 from tdxsim.attestation.quoting import SimulatedAttestation
 from tdxsim.module.attestation_interface import TdInfo
@@ -349,18 +342,25 @@ def test_another_l2_firmware_fails_at_the_mrtd_step(
     assert actual == reference.mrtd.hex()
 
 
-def test_another_l2_firmware_in_pcr0_alone_fails_at_the_pcr0_step(
+def test_another_l2_firmware_in_pcr0_alone_fails_at_the_log_or_the_pcr0_step(
     collected: Collected, reference: ReferenceValues, other_firmware_reference: ReferenceValues
 ) -> None:
     only_pcr0 = dataclasses.replace(reference, pcr0=other_firmware_reference.pcr0)
+    _, actual = failed_at(
+        verify(collected.evidence, only_pcr0, collected.challenge), "firmware event log"
+    )
+    assert f"the reference {other_firmware_reference.pcr0['sha256'].hex()}" in actual
+    # an image that keeps no log: PCR0 itself is compared with the reference
+    no_log = dataclasses.replace(only_pcr0, pcr4={}, payload=None)
     expected, actual = failed_at(
-        verify(collected.evidence, only_pcr0, collected.challenge), "PCR0 against the reference"
+        verify(collected.evidence.replace(firmware_log=None), no_log, collected.challenge),
+        "PCR0 against the reference",
     )
     assert other_firmware_reference.pcr0["sha256"].hex() in expected
     assert reference.pcr0["sha256"].hex() in actual
 
 
-def test_an_extra_extend_through_the_l2_path_fails_at_the_pcr0_step(
+def test_an_extra_extend_through_the_l2_path_fails_at_the_firmware_log_naming_pcr0(
     image: Path, reference: ReferenceValues, served: ServedTd
 ) -> None:
     # a TD of its own: the extend cannot be undone and the other tests need a sound TD
@@ -375,69 +375,67 @@ def test_an_extra_extend_through_the_l2_path_fails_at_the_pcr0_step(
                 ),
             )
         challenge = Challenge.fresh()
-        report = verify(collect(tampered.tcti, challenge), reference, challenge)
-        expected, actual = failed_at(report, "PCR0 against the reference")
-        assert f"sha256 PCR0={reference.pcr0['sha256'].hex()}" in expected
+        evidence = collect(tampered.tcti, challenge)
+        _, actual = failed_at(verify(evidence, reference, challenge), "firmware event log")
         after = hashlib.sha256(reference.pcr0["sha256"] + digest).digest()
+        assert f"PCR 0 sha256: replayed {reference.pcr0['sha256'].hex()}" in actual
+        assert f"the TPM {after.hex()}" in actual
+        assert "PCR 0 sha384" not in actual  # the SHA-384 bank was not extended
+        # without the log (a user's image keeps none), PCR0 against the reference catches it
+        no_payload = dataclasses.replace(reference, pcr4={}, payload=None)
+        expected, actual = failed_at(
+            verify(evidence.replace(firmware_log=None), no_payload, challenge),
+            "PCR0 against the reference",
+        )
+        assert f"sha256 PCR0={reference.pcr0['sha256'].hex()}" in expected
         assert f"sha256 PCR0={after.hex()}" in actual
-        assert "sha384" not in expected  # the SHA-384 bank was not extended
 
 
-def _firmware_log(events: list[tuple[int, int, bytes]]) -> bytes:
-    """A crypto-agile log as the L2 firmware keeps it (tdxdefs.firmware_log): a Spec ID event
-    with SHA-256 and SHA-384, then (PCR, event type, data) records with both digests."""
-    spec = (
-        SpecIdEvent(SPEC_ID_SIGNATURE, 0, 0, SPEC_VERSION_MAJOR, 0, 2, 2).pack()
-        + SpecIdAlgorithm(TpmAlgorithm.SHA256, 32).pack()
-        + SpecIdAlgorithm(TpmAlgorithm.SHA384, 48).pack()
-        + VendorInfoSize(0).pack()
-    )
-    log = TcgPcrEvent(0, EventType.EV_NO_ACTION, bytes(20), len(spec)).pack() + spec
-    for pcr, kind, data in events:
-        log += TcgPcrEvent2Prefix(pcr, kind, 2).pack()
-        for alg, bank in ((TpmAlgorithm.SHA256, "sha256"), (TpmAlgorithm.SHA384, "sha384")):
-            log += DigestAlgorithm(alg).pack() + hashlib.new(bank, data).digest()
-        log += EventSize(len(data)).pack() + data
+def _record(pcr: int, kind: int, data: bytes) -> bytes:
+    """One TCG_PCR_EVENT2 record with SHA-256 and SHA-384 digests of `data`."""
+    record = TcgPcrEvent2Prefix(pcr, kind, 2).pack()
+    for alg, bank in ((TpmAlgorithm.SHA256, "sha256"), (TpmAlgorithm.SHA384, "sha384")):
+        record += DigestAlgorithm(alg).pack() + hashlib.new(bank, data).digest()
+    return record + EventSize(len(data)).pack() + data
+
+
+def _served_log(collected: Collected) -> bytes:
+    log = collected.evidence.firmware_log
+    assert log is not None, f"the served L2 firmware wrote no log in NV {EVENT_LOG_NV_INDEX:#x}"
     return log
 
 
-def _l1_events() -> list[tuple[int, int, bytes]]:
-    return [
-        (0, EventType.EV_S_CRTM_VERSION, SVSM_VERSION.encode() + b"\0"),
-        (0, EventType.EV_POST_CODE, L2_IMAGE.read_bytes()),
-    ]
-
-
-def test_a_firmware_log_that_replays_to_the_quoted_pcrs_passes(
+def test_the_firmware_log_read_through_l2_replays_to_the_quoted_pcrs(
     collected: Collected, reference: ReferenceValues
 ) -> None:
-    with_log = collected.evidence.replace(firmware_log=_firmware_log(_l1_events()))
-    report = verify(with_log, reference, collected.challenge)
+    _served_log(collected)
+    report = verify(collected.evidence, reference, collected.challenge)
     assert report.ok, report.failed
     step = next(s for s in report.steps if s.name == "firmware event log")
-    assert "2 events replay to the quoted PCRs [0]" in step.detail
+    assert f"3 events replay to the quoted PCRs [0, {PAYLOAD_PCR}]" in step.detail
 
 
 def test_a_firmware_log_with_an_event_the_pcrs_lack_fails_naming_the_pcr(
     collected: Collected, reference: ReferenceValues
 ) -> None:
-    payload = (PAYLOAD_PCR, EventType.EV_POST_CODE, b"a payload the TPM never saw")
-    with_log = collected.evidence.replace(firmware_log=_firmware_log([*_l1_events(), payload]))
-    expected, actual = failed_at(
-        verify(with_log, reference, collected.challenge), "firmware event log"
-    )
-    replayed = hashlib.sha256(bytes(32) + hashlib.sha256(payload[2]).digest()).digest()
-    assert f"sha256 PCR{PAYLOAD_PCR}={replayed.hex()}" in expected
-    assert f"sha256 PCR{PAYLOAD_PCR}={bytes(32).hex()}" in actual
-    assert "PCR0" not in expected
+    extra = _record(PAYLOAD_PCR, EventType.EV_IPL, b"a payload the TPM never saw")
+    with_log = collected.evidence.replace(firmware_log=_served_log(collected) + extra)
+    _, actual = failed_at(verify(with_log, reference, collected.challenge), "firmware event log")
+    assert f"PCR {PAYLOAD_PCR} sha256: replayed" in actual
+    assert "PCR 0" not in actual
 
 
-def test_a_truncated_firmware_log_fails_naming_the_offset(
+def test_a_removed_or_truncated_firmware_log_fails_at_its_step(
     collected: Collected, reference: ReferenceValues
 ) -> None:
-    with_log = collected.evidence.replace(firmware_log=_firmware_log(_l1_events())[:-3])
-    _, actual = failed_at(verify(with_log, reference, collected.challenge), "firmware event log")
-    assert "offset" in actual and "event data" in actual
+    truncated = collected.evidence.replace(firmware_log=_served_log(collected)[:-3])
+    _, actual = failed_at(verify(truncated, reference, collected.challenge), "firmware event log")
+    assert "offset" in actual
+    removed = collected.evidence.replace(firmware_log=None)
+    expected, actual = failed_at(
+        verify(removed, reference, collected.challenge), "firmware event log"
+    )
+    assert f"{EVENT_LOG_NV_INDEX:#010x}" in expected and actual == "no such index"
 
 
 @pytest.mark.parametrize("dev_platform_port", [False, True])

@@ -48,12 +48,14 @@ def test_run_builds_boots_attests_and_talks_to_the_vtpm(tmp_path: Path) -> None:
         "ok  credential activation (AK and EK in one TPM)",
         "ok  PCR0 against the reference",
         "attested; SIMULATED TD quote",
-        "to a directly served vTPM (`vtpm serve`, fake attester): NOT the L1 vTPM",
+        "ok  firmware event log: 3 events replay to the quoted PCRs [0, 4]",
+        ": the host relay -> L2 1's CRB -> its vTPM in L1",
         "(as computed)",
         "quotes are SIMULATED",
     ):
         assert claim in out
-    assert "invoke run --serve" in out  # where the L1 vTPM through L2 is served is said
+    assert "NOT the L1 vTPM" not in out and "directly served" not in out
+    assert "invoke run --serve" in out  # how to keep serving the L1 vTPM is said
     # L1 ran from the measured image that the recipe placed: the image on disk is this checkout's
     assert (ROOT / "out" / "l1.img").read_bytes() == build_l1_image(
         [ROOT / "svsm", ROOT / "vtpm", ROOT / "tdxdefs"], "svsm.boot:main"
