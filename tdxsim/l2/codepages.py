@@ -105,7 +105,12 @@ class CodePages:
             return UC_PROT_ALL if gpa_page in self._decoded_pages else UC_PROT_READ | UC_PROT_EXEC
         if gpa_page in self._glas_of_code:
             if kind != EPTV_WRITE:
-                return UC_PROT_READ | UC_PROT_EXEC
+                scan = self.scanned.get(gla_page)
+                if scan is not None and scan.fetched and scan.gpa_page == gpa_page:
+                    return UC_PROT_READ | UC_PROT_EXEC
+                # scanned only ahead, or from another GLA page: no execute, so that the first
+                # fetch through this GLA page refills and checks or makes its scan
+                return UC_PROT_READ
             if not self._writable(gpa_page):
                 # the alias refuses the write: unicorn's region check faults it (an EPT violation
                 # for L1) and no code changes, so the page keeps its scan and unicorn's speed
@@ -113,8 +118,8 @@ class CodePages:
             self._decode_per_instruction(gpa_page)
             self._stop_to_resume()
             return UC_PROT_ALL
-        if gpa_page in self._decoded_pages:
-            return UC_PROT_ALL
+        if gpa_page in self._decoded_pages:  # executable where its hook is in place
+            return UC_PROT_ALL if gla_page in self._page_hooks else UC_PROT_READ | UC_PROT_WRITE
         self._writable_unscanned.add(gpa_page)
         return UC_PROT_READ | UC_PROT_WRITE
 

@@ -201,6 +201,10 @@ GUEST_CR_FIELDS = frozenset({*CR_FIELDS})
 # --- what the TLB fill maps unicorn to when L2 has no translation ------------------------------
 TRAP_GPA = (1 << 51) - PAGE_SIZE  # never mapped: below the GPAW-52 shared bit, above any RAM
 LOOKAHEAD_GPA = TRAP_GPA - PAGE_SIZE  # a no-access page unicorn owns, for the `until` probe
+# A no-access page unicorn owns, for the page QEMU looks up before an empty block (see
+# _empty_block_fill). An access that reaches it went through such an entry: retried once the
+# TLB is flushed.
+EMPTY_BLOCK_GPA = LOOKAHEAD_GPA - PAGE_SIZE
 
 WRITE_ACCESSES = frozenset({UC_MEM_WRITE_PROT, UC_MEM_WRITE_UNMAPPED})
 FETCH_ACCESSES = frozenset({UC_MEM_FETCH_PROT, UC_MEM_FETCH_UNMAPPED})
@@ -233,11 +237,16 @@ class L2Vcpu:
                     view, region.size, UC_PROT_NONE, memory.host_address + region.offset
                 )
         self.uc.mem_map(LOOKAHEAD_GPA, PAGE_SIZE, UC_PROT_NONE)
+        self.uc.mem_map(EMPTY_BLOCK_GPA, PAGE_SIZE, UC_PROT_NONE)
         self.ept = EptView(self.uc, memory, aliases, vm)
         self._state_regs = RegisterBlock(self.uc, UC_STATE_REGS)
         self._gprs = RegisterBlock(self.uc, UC_GPRS)
         self._crs = RegisterBlock(self.uc, UC_CRS)
         self._exit_regs = RegisterBlock(self.uc, UC_EXIT_REGS)
+        # _exit_regs holds unicorn's registers as they are: loaded when unicorn stopped before an
+        # exit, and nothing has run or written a register since (the exit reuses that batch)
+        self._exit_regs_current = False
+        self._retry = False  # unicorn stopped on a stale TLB entry: run again once flushed
         # CR0 and CR3 as of the last exit, for page walks: None once L1 loads new CRs or L2
         # executes a MOV to CR in this entry (then every walk reads them afresh).
         self._cr_cache: tuple[int, int] | None = None
@@ -322,6 +331,12 @@ class L2Vcpu:
             entry.perms = UC_PROT_ALL
             entry.paddr = LOOKAHEAD_GPA  # backed (never accessible), so unicorn caches it
             return True
+        if access == UC_MEM_FETCH and self._empty_block_fill(vaddr):
+            # No byte is fetched (a fetch refused here would end emu_start with an error). Data
+            # accesses miss this entry and refill; a fetch through it faults and runs again.
+            entry.perms = UC_PROT_EXEC
+            entry.paddr = EMPTY_BLOCK_GPA
+            return True
         kind = (
             EPTV_FETCH
             if access == UC_MEM_FETCH
@@ -352,6 +367,14 @@ class L2Vcpu:
         self._gla_of_gpa_page[gpa_page] = gla_page
         entry.perms = self.code.perms(gla_page, gpa_page, kind)
         return True
+
+    def _empty_block_fill(self, vaddr: int) -> bool:
+        """Unicorn asks for the page before the block it translates, which starts a page: the
+        block is empty (it only stops at an exit), and QEMU's tb_gen_code takes `pc + size - 1`
+        as its last byte. No code runs from that page, so it is neither scanned nor walked
+        (a walk could fault where L2 maps nothing). Unicorn's RIP is the block's start."""
+        rip = self.reg.read(X.UC_X86_REG_RIP)
+        return not rip & PAGE_OFFSET_MASK and vaddr >> PAGE_SHIFT == (rip >> PAGE_SHIFT) - 1
 
     def _fetch(self, gla: int, length: int) -> bytes:
         gpa = self.gla_to_gpa(gla)
@@ -517,6 +540,10 @@ class L2Vcpu:
         self, uc: Uc, access: int, address: int, size: int, value: int, _data: object
     ) -> bool:
         """A protection or unmapped fault; in virtual-TLB mode `address` is the GPA."""
+        if EMPTY_BLOCK_GPA <= address < EMPTY_BLOCK_GPA + PAGE_SIZE:
+            self.code.request_tlb_flush()  # drop the empty block's entry and run this again
+            self._retry = True
+            return False
         stop = self._stop
         if stop is not None:  # a translation fault recorded by _on_tlb_fill
             if self._fill_was_data and TRAP_GPA <= address < TRAP_GPA + PAGE_SIZE:
@@ -741,8 +768,11 @@ class L2Vcpu:
                 exit_ = self._loop(rip)
         except UcError:
             exit_ = ExitInfo(TDX_SUCCESS, ExitReason.INVALID_GUEST_STATE | VM_ENTRY_FAILURE)
+            self._exit_regs_current = False
         regs = self._exit_regs
-        regs.load()
+        if not self._exit_regs_current:
+            regs.load()
+        self._exit_regs_current = False
         rip, cr0, cr3, cr4, self._exit_cs = EXIT_TAIL.unpack_from(regs.raw, RIP_AT * 8)
         if self._exit_rip is not None and rip != self._exit_rip:
             self.reg.write(X.UC_X86_REG_RIP, self._exit_rip)
@@ -790,6 +820,8 @@ class L2Vcpu:
         self._budget = self.instruction_budget
         rip: int | None = entry_rip
         for _ in range(MAX_STOPS_PER_ENTRY):
+            self._exit_regs_current = False
+            self._retry = False
             early = self._evaluate_pending()
             if early is not None:
                 return early
@@ -823,7 +855,9 @@ class L2Vcpu:
             if stop is None and not failed:
                 stop = self._unhooked_stop()
             elif stop is None:
-                return ExitInfo(TDX_SUCCESS, ExitReason.TRIPLE_FAULT)
+                if not self._retry:
+                    return ExitInfo(TDX_SUCCESS, ExitReason.TRIPLE_FAULT)
+                self._retry = False
             rip = None
             if stop is None:
                 continue
@@ -857,6 +891,7 @@ class L2Vcpu:
             if crosses and not self._runnable(rip, length):
                 self._stop = None  # its tail is on a page L2 may not run: unicorn faults
         if self._stop is None:
+            self._exit_regs_current = False
             self._running = True
             self.code.step(rip)
             self._running = False
@@ -865,7 +900,10 @@ class L2Vcpu:
     def _unhooked_stop(self) -> Stop | None:
         """Why unicorn stopped with no hook recording it: an L1 interrupt kick, an exit address
         (decoded now; run if it does not exit), or the instruction budget used up."""
-        rip = self.reg.read(X.UC_X86_REG_RIP)
+        regs = self._exit_regs
+        regs.load()  # the exit's registers, if it is one
+        self._exit_regs_current = True
+        rip = regs.get(RIP_AT)
         if self.kick_requested:
             exit_ = ExitInfo(TDX_L2_EXIT_PENDING_INTERRUPT, ExitReason.EXTERNAL_INTERRUPT)
             return Stop(StopKind.EXIT, exit_, rip=rip)
@@ -894,12 +932,14 @@ class L2Vcpu:
         if stop.kind == StopKind.EXIT:
             assert stop.exit is not None
             if stop.exit.status == TDX_L2_EXIT_HOST_ROUTED_TDVMCALL:
+                self._exit_regs_current = False
                 self.reg.write(X.UC_X86_REG_RIP, stop.rip)
                 self._host_tdvmcall()
                 self.reg.write(X.UC_X86_REG_RIP, stop.next_rip)
             else:
                 self._exit_rip = stop.rip  # set (if unicorn is not already there) at the exit
             return stop.exit
+        self._exit_regs_current = False
         if stop.kind == StopKind.WINDOW:
             self.reg.write(X.UC_X86_REG_RIP, stop.rip)
             return None
