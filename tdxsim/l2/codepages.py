@@ -76,6 +76,7 @@ class CodePages:
         self._on_insn = on_insn
         self._read_rip = read_rip
         self.scanned: dict[int, CodePage] = {}  # GLA page -> its scan
+        self._checked: list[tuple[int, CodePage]] | None = None  # fetched scans of TD memory
         self._glas_of_code: dict[int, set[int]] = {}  # GPA page -> GLA pages scanned from it
         self._decoded_pages: set[int] = set()  # GPA pages L2 wrote: decoded per instruction
         self._page_hooks: dict[int, int] = {}  # GLA page -> its per-instruction hook
@@ -147,6 +148,7 @@ class CodePages:
             if scan.fetched or neighbour:
                 return
             scan.fetched = True  # scanned ahead: still the same bytes?
+            self._checked = None
             if (
                 scan.index < 0
                 or self.memory.buf[scan.offset : scan.offset + PAGE_SIZE] == scan.data
@@ -162,6 +164,7 @@ class CodePages:
         self._stop_to_resume()
 
     def _scan(self, gla_page: int, gpa_page: int) -> None:
+        self._checked = None
         old = self.scanned.pop(gla_page, None)
         if old is not None:
             self._glas_of_code.get(old.gpa_page, set()).discard(gla_page)
@@ -205,6 +208,7 @@ class CodePages:
         self-modifying code in virtual-TLB mode).
         """
         self._decoded_pages.add(gpa_page)
+        self._checked = None
         for gla_page in self._glas_of_code.pop(gpa_page, set()):
             self.scanned.pop(gla_page, None)
             self._pending_hooks.add(gla_page)
@@ -290,6 +294,7 @@ class CodePages:
         """Forget every scan: the controls that decide which instructions exit changed."""
         self.controls = controls
         self.scanned.clear()
+        self._checked = None
         self._glas_of_code.clear()
         self.uc.ctl_flush_tb()
         self._stale_exits.clear()
@@ -309,25 +314,30 @@ class CodePages:
         """L1 and the host write TD memory behind unicorn's back: rescan code pages whose bytes
         or executability changed and drop their translations. True if any did. Pages only
         scanned ahead are checked when unicorn first fetches from them."""
+        checked = self._checked
+        if checked is None:
+            checked = self._checked = [
+                (gla_page, scan)
+                for gla_page, scan in self.scanned.items()
+                if scan.fetched and scan.index >= 0
+            ]
         buf = self.memory.buf  # mmap slices are bytes: one memcmp (memoryview compares per item)
+        prot = self._prot
         changed = [
             (gla_page, scan.gpa_page)
-            for gla_page, scan in self.scanned.items()
-            if scan.fetched
-            and scan.index >= 0
-            and (
-                buf[scan.offset : scan.offset + PAGE_SIZE] != scan.data
-                or bool(self._prot[scan.index] & UC_PROT_EXEC) != scan.executable
-            )
+            for gla_page, scan in checked
+            if buf[scan.offset : scan.offset + PAGE_SIZE] != scan.data
+            or bool(prot[scan.index] & UC_PROT_EXEC) != scan.executable
         ]
+        if not changed:
+            return False
         for gla_page, gpa_page in changed:
             self._scan(gla_page, gpa_page)
             self.scanned[gla_page].fetched = True
             self._stale_pages.add(gla_page)
-        if changed:
-            self._exits_dirty = True
-            self._apply()
-        return bool(changed)
+        self._exits_dirty = True
+        self._apply()
+        return True
 
     def _remove_cache(self, gla_page: int) -> None:
         self.uc.ctl_remove_cache(gla_page << PAGE_SHIFT, (gla_page + 1) << PAGE_SHIFT)

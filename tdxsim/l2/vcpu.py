@@ -180,6 +180,8 @@ from tdxsim.module.vmcs import L2Vmcs
 
 UNICORN: Any = Uc  # the binding is untyped
 SEGMENT_BASES = {PREFIX_FS: X.UC_X86_REG_FS_BASE, PREFIX_GS: X.UC_X86_REG_GS_BASE}
+ACTION_EXIT = Action.EXIT  # module constants: the exit path reads them on every L2 exit
+STOP_EXIT = StopKind.EXIT
 __all__ = ["DEFAULT_INSTRUCTION_BUDGET", "GUEST_STATE", "ExitInfo", "L2Vcpu"]
 
 U64 = (1 << 64) - 1
@@ -468,19 +470,22 @@ class L2Vcpu:
     def _decode(self, code: bytes, address: int) -> None:
         """Stop before the instruction at `address` (bytes `code`) if it exits or needs the model
         (routing per the Intel TDX Module TD Partitioning Architecture Specification)."""
-        insn = decode(bytes(code))  # hashable for the decode cache
+        insn = decode(code)
         if insn is None:
             return
         action = insn.action
-        if action is Action.SHADOW:
+        if action is ACTION_EXIT:  # the common case first: exits with no condition
+            assert insn.reason is not None
+            info = ExitInfo(TDX_SUCCESS, insn.reason, 0, 0, 0, 0, 0, 0, 0, 0, insn.length)
+            self._stop = Stop(STOP_EXIT, info, 0, None, address)
+            if self._running:
+                self.uc.emu_stop()
+        elif action is Action.SHADOW:
             self._shadow = self._slow_mode  # tracked while every instruction is hooked
         elif action is Action.MOV_TO_CR:
             self._code_page = -1  # paging may change: re-translate the code page next time
             self._cr_cache = None
             self._cr_volatile = True
-        elif action is Action.EXIT:
-            assert insn.reason is not None
-            self._exit(insn.reason, address, insn.length)
         elif action is Action.EXIT_IF_CONTROL:
             assert insn.reason is not None
             if self.vmcs.read(Vmcs.PROC_BASED_CONTROLS) & insn.control:
@@ -880,16 +885,18 @@ class L2Vcpu:
     def _stop_at_exit(self, rip: int) -> Stop | None:
         """Unicorn stops (or would stop) before `rip`, a possible exiting instruction: the stop
         its decoding asks for, or None once it has run because it does not exit."""
-        code = self.code.code_at(rip)
-        if code is None:
-            code = self._fetch(rip, MAX_INSN_LEN)
-        if code:  # exits exist only on pages this VM may run (see CodePages)
+        code = self.code.code_at(rip)  # None if the instruction may cross the page end
+        if code is not None:
             self._decode(code, rip)
-            stop = self._stop
-            length = stop.exit.instr_len if stop is not None and stop.exit else 0
-            crosses = (rip & PAGE_OFFSET_MASK) + length > PAGE_SIZE
-            if crosses and not self._runnable(rip, length):
-                self._stop = None  # its tail is on a page L2 may not run: unicorn faults
+        else:
+            code = self._fetch(rip, MAX_INSN_LEN)
+            if code:  # exits exist only on pages this VM may run (see CodePages)
+                self._decode(code, rip)
+                stop = self._stop
+                length = stop.exit.instr_len if stop is not None and stop.exit else 0
+                crosses = (rip & PAGE_OFFSET_MASK) + length > PAGE_SIZE
+                if crosses and not self._runnable(rip, length):
+                    self._stop = None  # its tail is on a page L2 may not run: unicorn faults
         if self._stop is None:
             self._exit_regs_current = False
             self._running = True
