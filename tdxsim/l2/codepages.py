@@ -33,9 +33,9 @@ from unicorn.unicorn import UcError
 from tdxdefs.tdcall import PAGE_SHIFT, PAGE_SIZE
 from tdxdefs.vmcs import EPTV_FETCH, EPTV_WRITE
 from tdxsim.l2.decode import MAX_INSN_LEN, PAGE_OFFSET_MASK, exit_candidates
+from tdxsim.l2.engine import RUN_FOREVER
 from tdxsim.module.memory import TdMemory
 
-RUN_FOREVER = (1 << 64) - 1
 MAX_APPLY_ROUNDS = 8
 
 

@@ -9,8 +9,15 @@ import struct
 from typing import Any, cast
 
 from unicorn import x86_const as X
-from unicorn.unicorn import UcError
-from unicorn.unicorn_py3.unicorn import uclib
+
+from tdxsim.l2.engine import (
+    REG_READ,
+    REG_READ_BATCH,
+    REG_WRITE,
+    REG_WRITE_BATCH,
+    engine_handle,
+    raise_status,
+)
 
 # The guest-state block: 16 GPRs, RFLAGS, RIP, SSP, u16 RVI|SVI<<8
 GUEST_STATE = struct.Struct("<16QQQQH")
@@ -34,27 +41,6 @@ UC_EXIT_REGS = (*UC_STATE_REGS, *UC_CRS, X.UC_X86_REG_CS)
 RFLAGS_AT, RIP_AT = len(UC_GPRS), len(UC_GPRS) + 1
 EXIT_TAIL = struct.Struct("=5Q")  # RIP, CR0, CR3, CR4, CS: the end of UC_EXIT_REGS
 
-# The binding declares argument types on its C functions, and converting them costs more than
-# the call itself (about 0.5 us of 0.8). These entry points take their arguments as given: the
-# engine handle (a c_void_p), ctypes arrays and references (passed as pointers) and small Python
-# ints (passed as C int), which is exactly what uc_reg_{read,write}[_batch] take on x86-64.
-_UNCHECKED = ctypes.CFUNCTYPE(ctypes.c_int)
-
-
-def _unchecked(name: str) -> Any:
-    return _UNCHECKED(cast(int, ctypes.cast(getattr(uclib, name), ctypes.c_void_p).value))
-
-
-_REG_READ_BATCH = _unchecked("uc_reg_read_batch")
-_REG_WRITE_BATCH = _unchecked("uc_reg_write_batch")
-_REG_READ = _unchecked("uc_reg_read")
-_REG_WRITE = _unchecked("uc_reg_write")
-
-
-def engine_handle(uc: Any) -> ctypes.c_void_p:
-    """The C engine handle behind a binding's Uc object."""
-    return cast(ctypes.c_void_p, uc._uch)
-
 
 class RegisterBlock:
     """Batch access to a fixed list of 64-bit registers with preallocated ctypes buffers.
@@ -75,15 +61,15 @@ class RegisterBlock:
 
     def load(self) -> None:
         """Read every register of the block into `raw`."""
-        status = _REG_READ_BATCH(self._handle, self._ids, self._ptrs, self._count)
+        status = REG_READ_BATCH(self._handle, self._ids, self._ptrs, self._count)
         if status:
-            raise cast(Any, UcError)(status)
+            raise_status(status)
 
     def store(self) -> None:
         """Write every register of the block from `raw`."""
-        status = _REG_WRITE_BATCH(self._handle, self._ids, self._ptrs, self._count)
+        status = REG_WRITE_BATCH(self._handle, self._ids, self._ptrs, self._count)
         if status:
-            raise cast(Any, UcError)(status)
+            raise_status(status)
 
     def set(self, index: int, value: int) -> None:
         """Change one value in `raw` (truncated to 64 bits), without writing it to unicorn."""
@@ -123,15 +109,15 @@ class FastRegs:
     def read(self, reg: int) -> int:
         """One 64-bit register."""
         value, ref = self._buffers.get(reg) or self._buffer(reg)
-        status = _REG_READ(self._handle, reg, ref)
+        status = REG_READ(self._handle, reg, ref)
         if status:
-            raise cast(Any, UcError)(status)
+            raise_status(status)
         return value.value
 
     def write(self, reg: int, value: int) -> None:
         """Set one 64-bit register (truncated to 64 bits)."""
         buffer, ref = self._buffers.get(reg) or self._buffer(reg)
         buffer.value = value
-        status = _REG_WRITE(self._handle, reg, ref)
+        status = REG_WRITE(self._handle, reg, ref)
         if status:
-            raise cast(Any, UcError)(status)
+            raise_status(status)

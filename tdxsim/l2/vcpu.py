@@ -41,6 +41,7 @@ that resume (bounded by MAX_STOPS_PER_ENTRY).
 
 from __future__ import annotations
 
+from operator import attrgetter
 from typing import Any
 
 from unicorn import (
@@ -143,6 +144,7 @@ from tdxsim.l2.decode import (
     decode,
     operand_address,
 )
+from tdxsim.l2.engine import RUN_FOREVER, Runner
 from tdxsim.l2.ept import EptView
 from tdxsim.l2.events import (
     CPL_MASK,
@@ -180,12 +182,16 @@ from tdxsim.module.vmcs import L2Vmcs
 
 UNICORN: Any = Uc  # the binding is untyped
 SEGMENT_BASES = {PREFIX_FS: X.UC_X86_REG_FS_BASE, PREFIX_GS: X.UC_X86_REG_GS_BASE}
-ACTION_EXIT = Action.EXIT  # module constants: the exit path reads them on every L2 exit
+# Module constants for what every entry and exit reads (an enum member costs a class lookup)
+ACTION_EXIT = Action.EXIT
 STOP_EXIT = StopKind.EXIT
+REG_RIP = X.UC_X86_REG_RIP
+FIELD_INTERRUPTIBILITY = Vmcs.GUEST_INTERRUPTIBILITY
+FIELD_PROC_CONTROLS = Vmcs.PROC_BASED_CONTROLS
+FIELD_ENTRY_INTR_INFO = Vmcs.ENTRY_INTR_INFO
+BLOCKING_STI_MOV_SS = INTERRUPTIBILITY_STI | INTERRUPTIBILITY_MOV_SS
 __all__ = ["DEFAULT_INSTRUCTION_BUDGET", "GUEST_STATE", "ExitInfo", "L2Vcpu"]
 
-U64 = (1 << 64) - 1
-RUN_FOREVER = U64
 # A runaway L2 gets about as long as a host timer tick of a few seconds at unicorn's speed
 DEFAULT_INSTRUCTION_BUDGET = 200_000_000
 MAX_STOPS_PER_ENTRY = 10_000
@@ -197,6 +203,11 @@ EXIT_FIELDS = (
     Vmcs.GUEST_PHYSICAL_ADDRESS, Vmcs.EXIT_INTR_INFO, Vmcs.EXIT_INTR_ERROR_CODE,
     Vmcs.IDT_VECTORING_INFO, Vmcs.IDT_VECTORING_ERROR_CODE, Vmcs.EXIT_INSTRUCTION_LENGTH,
     Vmcs.EXIT_INSTRUCTION_INFO, Vmcs.GUEST_INTERRUPTIBILITY, *CR_FIELDS,
+)  # fmt: skip
+# The ExitInfo values of the first ten EXIT_FIELDS, in one C call
+EXIT_INFO_VALUES = attrgetter(
+    "reason", "qualification", "gla", "gpa", "intr_info", "intr_error", "idt_info",
+    "idt_error", "instr_len", "instr_info",
 )  # fmt: skip
 GUEST_CR_FIELDS = frozenset({*CR_FIELDS})
 
@@ -233,6 +244,7 @@ class L2Vcpu:
         self.kick_requested = False
         self.vapic = VirtualApic(memory, vmcs, self._guest_write)
         self.uc: Any = UNICORN(UC_ARCH_X86, UC_MODE_64)
+        self._runner = Runner(self.uc)
         for region in memory.regions:
             for view in (region.gpa, region.gpa | memory.shared_bit):
                 self.uc.mem_map_ptr(
@@ -747,28 +759,32 @@ class L2Vcpu:
         self._rip_dirty = False
         self._exit_rip = None
         self.kick_requested = False
-        self._shadow = bool(
-            self.vmcs.values.get(Vmcs.GUEST_INTERRUPTIBILITY, 0)
-            & (INTERRUPTIBILITY_STI | INTERRUPTIBILITY_MOV_SS)
-        )
+        vmcs = self.vmcs
+        values = vmcs.values
+        self._shadow = bool(values.get(FIELD_INTERRUPTIBILITY, 0) & BLOCKING_STI_MOV_SS)
         try:
-            if self.vmcs.dirty_guest:
+            if vmcs.dirty_guest:
                 self._load_guest_state_fields()
             crs = self._cr_cache
             if crs is None or crs[0] & CR0_PG:
                 self._code_page = -1  # CR3 or L2's page tables may have changed since the exit
-            shared_eptp = bool(self.vmcs.l2_ctls & L2_CTLS_ENABLE_SHARED_EPTP)
-            self.ept.set_shared_eptp(shared_eptp)
-            controls = self.vmcs.values.get(Vmcs.PROC_BASED_CONTROLS, 0) & SCAN_CONTROLS
-            if controls != self.code.controls:
-                self.code.reset(controls)
-            if self.code.drop_stale():
+            shared_eptp = bool(vmcs.l2_ctls & L2_CTLS_ENABLE_SHARED_EPTP)
+            if shared_eptp != self.ept.shared_eptp:
+                self.ept.set_shared_eptp(shared_eptp)
+            code = self.code
+            controls = values.get(FIELD_PROC_CONTROLS, 0) & SCAN_CONTROLS
+            if controls != code.controls:
+                code.reset(controls)
+            if code.drop_stale():
                 self._code_page = -1
             state = self._state_regs
             state.raw[:] = view[offset : offset + GUEST_STATE_REGS_SIZE]
             state.set(RFLAGS_AT, rflags | RFLAGS_FIXED)
             state.store()
-            exit_ = self._inject_from_vmcs()
+            if values.get(FIELD_ENTRY_INTR_INFO, 0) & INTR_INFO_VALID:
+                exit_ = self._inject_from_vmcs()
+            else:
+                exit_ = None
             if exit_ is None:
                 exit_ = self._loop(rip)
         except UcError:
@@ -779,9 +795,10 @@ class L2Vcpu:
             regs.load()
         self._exit_regs_current = False
         rip, cr0, cr3, cr4, self._exit_cs = EXIT_TAIL.unpack_from(regs.raw, RIP_AT * 8)
-        if self._exit_rip is not None and rip != self._exit_rip:
-            self.reg.write(X.UC_X86_REG_RIP, self._exit_rip)
-            regs.set(RIP_AT, self._exit_rip)
+        exit_rip = self._exit_rip
+        if exit_rip is not None and rip != exit_rip:
+            self.reg.write(REG_RIP, exit_rip)
+            regs.set(RIP_AT, exit_rip)
         self._cr_cache = (cr0, cr3)
         self._cr_volatile = False
         self._write_exit_fields(exit_, cr0, cr3, cr4)
@@ -821,7 +838,8 @@ class L2Vcpu:
         return self._deliver(vector, error, rip, info)
 
     def _loop(self, entry_rip: int) -> ExitInfo:
-        uc = self.uc
+        start = self._runner.start
+        code = self.code
         self._budget = self.instruction_budget
         rip: int | None = entry_rip
         for _ in range(MAX_STOPS_PER_ENTRY):
@@ -830,16 +848,18 @@ class L2Vcpu:
             early = self._evaluate_pending()
             if early is not None:
                 return early
-            self._select_mode(self._watch_window or self._shadow)
+            slow = self._watch_window or self._shadow
+            if slow != self._slow_mode:
+                self._select_mode(slow)
             self._stop = None
             if rip is None or self._rip_dirty:
-                rip = self.reg.read(X.UC_X86_REG_RIP)
+                rip = self.reg.read(REG_RIP)
                 self._rip_dirty = False
             if self.kick_requested:
                 return ExitInfo(TDX_L2_EXIT_PENDING_INTERRUPT, ExitReason.EXTERNAL_INTERRUPT)
             failed = False
-            self.code.before_run()
-            if not self._slow_mode and self.code.exit_here(rip, self._probe):
+            code.before_run()
+            if not slow and code.exit_here(rip, self._probe):
                 # unicorn would stop before running anything: decide here, without it
                 stop = self._stop_at_exit(rip)
                 rip = None
@@ -851,11 +871,11 @@ class L2Vcpu:
                 continue
             self._running = True
             try:  # the count bounds a runaway L2 (the instruction budget)
-                uc.emu_start(rip, RUN_FOREVER, 0, max(self._budget, 0) + 1)
+                start(rip, max(self._budget, 0) + 1)
             except UcError:
                 failed = True  # faults were recorded by the hooks
             self._running = False
-            self.code.after_run()
+            code.after_run()
             stop = self._stop
             if stop is None and not failed:
                 stop = self._unhooked_stop()
@@ -923,7 +943,7 @@ class L2Vcpu:
 
     def _evaluate_pending(self) -> ExitInfo | None:
         """Interrupt-window exit or virtual-interrupt delivery at an instruction boundary."""
-        window = self.vmcs.values.get(Vmcs.PROC_BASED_CONTROLS, 0) & PROC_INTERRUPT_WINDOW_EXITING
+        window = self.vmcs.values.get(FIELD_PROC_CONTROLS, 0) & PROC_INTERRUPT_WINDOW_EXITING
         pending = self.vapic.rvi and self.vapic.interrupt_pending()
         self._watch_window = bool(window or pending)
         if not self._watch_window:
@@ -936,7 +956,7 @@ class L2Vcpu:
         return self._deliver_virtual_interrupt()
 
     def _handle_stop(self, stop: Stop) -> ExitInfo | None:
-        if stop.kind == StopKind.EXIT:
+        if stop.kind is STOP_EXIT:
             assert stop.exit is not None
             if stop.exit.status == TDX_L2_EXIT_HOST_ROUTED_TDVMCALL:
                 self._exit_regs_current = False
@@ -1001,28 +1021,9 @@ class L2Vcpu:
         self._gprs.write(values)
 
     def _write_exit_fields(self, exit_: ExitInfo, cr0: int, cr3: int, cr4: int) -> None:
-        self.vmcs.values.update(
-            zip(
-                EXIT_FIELDS,
-                (
-                    exit_.reason,
-                    exit_.qualification,
-                    exit_.gla,
-                    exit_.gpa,
-                    exit_.intr_info,
-                    exit_.intr_error,
-                    exit_.idt_info,
-                    exit_.idt_error,
-                    exit_.instr_len,
-                    exit_.instr_info,
-                    INTERRUPTIBILITY_STI if self._shadow else 0,
-                    cr0,
-                    cr3,
-                    cr4,
-                ),
-                strict=True,
-            )
-        )
+        shadow = INTERRUPTIBILITY_STI if self._shadow else 0
+        values = (*EXIT_INFO_VALUES(exit_), shadow, cr0, cr3, cr4)
+        self.vmcs.values.update(zip(EXIT_FIELDS, values, strict=True))
 
     def cs_state(self) -> tuple[int, int, int, int]:
         """(CS selector, CS access rights, CS limit, CS base) for the exit registers (as of the
