@@ -41,6 +41,7 @@ that resume (bounded by MAX_STOPS_PER_ENTRY).
 
 from __future__ import annotations
 
+import struct
 from operator import attrgetter
 from typing import Any
 
@@ -59,6 +60,7 @@ from unicorn import (
     UC_MEM_FETCH,
     UC_MEM_FETCH_PROT,
     UC_MEM_FETCH_UNMAPPED,
+    UC_MEM_READ_PROT,
     UC_MEM_WRITE,
     UC_MEM_WRITE_PROT,
     UC_MEM_WRITE_UNMAPPED,
@@ -156,7 +158,7 @@ from tdxsim.l2.events import (
     interruption_info,
 )
 from tdxsim.l2.exits import ExitInfo, Stop, StopKind
-from tdxsim.l2.paging import CR0_PG, PT_ENTRY_SIZE, page_fault_error, walk
+from tdxsim.l2.paging import CR0_PG, page_fault_error, walk
 from tdxsim.l2.registers import (
     EXIT_TAIL,
     GUEST_STATE,
@@ -218,8 +220,17 @@ LOOKAHEAD_GPA = TRAP_GPA - PAGE_SIZE  # a no-access page unicorn owns, for the `
 # _empty_block_fill). An access that reaches it went through such an entry: retried once the
 # TLB is flushed.
 EMPTY_BLOCK_GPA = LOOKAHEAD_GPA - PAGE_SIZE
+# Data accesses the EPT refuses get TLB entries into a window of GPAs unicorn never maps, one
+# page per TD memory page and view, ending here: an unmapped GPA never gets unicorn's fast
+# path, so every such access faults (no TLB flush needed) and the fault names its page.
+REFUSED_WINDOW_END = EMPTY_BLOCK_GPA
+DATA_PROT = UC_PROT_READ | UC_PROT_WRITE
 
 WRITE_ACCESSES = frozenset({UC_MEM_WRITE_PROT, UC_MEM_WRITE_UNMAPPED})
+# Faults from unicorn's check of a RAM region's protection (not from an unmapped GPA)
+REGION_CHECKS = frozenset({UC_MEM_READ_PROT, UC_MEM_WRITE_PROT, UC_MEM_FETCH_PROT})
+PAGING_ENTRY = struct.Struct("<Q")
+NEED_PROT = {EPTV_READ: UC_PROT_READ, EPTV_WRITE: UC_PROT_WRITE, EPTV_FETCH: UC_PROT_EXEC}
 FETCH_ACCESSES = frozenset({UC_MEM_FETCH_PROT, UC_MEM_FETCH_UNMAPPED})
 
 
@@ -253,6 +264,10 @@ class L2Vcpu:
         self.uc.mem_map(LOOKAHEAD_GPA, PAGE_SIZE, UC_PROT_NONE)
         self.uc.mem_map(EMPTY_BLOCK_GPA, PAGE_SIZE, UC_PROT_NONE)
         self.ept = EptView(self.uc, memory, aliases, vm)
+        views = 2 * memory.size  # the private view's pages, then the shared view's
+        self._refused_base = REFUSED_WINDOW_END - views
+        if any(region.end > self._refused_base for region in memory.regions):
+            raise ValueError(f"TD RAM reaches the refused-access window at {self._refused_base:#x}")
         self._state_regs = RegisterBlock(self.uc, UC_STATE_REGS)
         self._gprs = RegisterBlock(self.uc, UC_GPRS)
         self._crs = RegisterBlock(self.uc, UC_CRS)
@@ -288,6 +303,7 @@ class L2Vcpu:
             self._on_page_insn,
             lambda: self.reg.read(X.UC_X86_REG_RIP),
         )
+        self.ept.on_change = self.code.request_tlb_flush
         self.uc.hook_add(
             UC_HOOK_MEM_READ_PROT
             | UC_HOOK_MEM_WRITE_PROT
@@ -334,10 +350,16 @@ class L2Vcpu:
 
     def _read_paging_entry(self, gpa: int) -> int | None:
         """A paging entry as the EPT lets L2 read it: None on a page it may not read."""
-        index = self.memory.page_index(gpa)
-        if index is None or self.memory.is_shared(gpa) or not self.ept.prot[index] & UC_PROT_READ:
+        memory = self.memory
+        if gpa & memory.shared_bit:
             return None
-        return int.from_bytes(self.memory.read(gpa, PT_ENTRY_SIZE), "little")
+        region = memory.region_of(gpa)
+        if region is None:
+            return None
+        offset = region.offset + gpa - region.gpa  # 8-aligned: the entry is inside the page
+        if not self.ept.prot[offset >> PAGE_SHIFT] & UC_PROT_READ:
+            return None
+        return int(PAGING_ENTRY.unpack_from(memory.buf, offset)[0])
 
     def _on_tlb_fill(self, uc: Any, vaddr: int, access: int, entry: Any, _data: object) -> bool:
         """Virtual-TLB mode: unicorn asks us for every GLA->GPA translation it caches."""
@@ -379,7 +401,20 @@ class L2Vcpu:
         entry.paddr = gpa & ~(PAGE_SIZE - 1)
         gla_page, gpa_page = vaddr >> PAGE_SHIFT, gpa >> PAGE_SHIFT
         self._gla_of_gpa_page[gpa_page] = gla_page
-        entry.perms = self.code.perms(gla_page, gpa_page, kind)
+        index = self.memory.page_index(gpa)
+        if index is None:  # not RAM: unicorn checks every access (it maps nothing there)
+            entry.perms = self.code.perms(gla_page, gpa_page, kind)
+            return True
+        shared = self.memory.is_shared(gpa)
+        refused = DATA_PROT & ~(self.ept.shared_prot if shared else self.ept.prot)[index]
+        if kind != EPTV_FETCH and refused & (UC_PROT_WRITE if kind == EPTV_WRITE else UC_PROT_READ):
+            # only the refused kinds, so an allowed access refills with the page itself
+            view_at = self.memory.size if shared else 0
+            entry.paddr = self._refused_base + view_at + (index << PAGE_SHIFT)
+            entry.perms = refused
+            return True
+        # the TLB never lets through a read or write the EPT refuses: it misses, and refills
+        entry.perms = self.code.perms(gla_page, gpa_page, kind) & ~refused
         return True
 
     def _empty_block_fill(self, vaddr: int) -> bool:
@@ -578,6 +613,13 @@ class L2Vcpu:
             else EPTV_READ
         )
         gpa = address
+        window_offset = address - self._refused_base
+        if 0 <= window_offset < 2 * self.memory.size:  # refused by the EPT when filled
+            gpa, prot = self._refused_gpa(window_offset)
+            if prot & self._need(kind):  # allowed now: the entry is stale
+                self.code.request_tlb_flush()
+                self._retry = True
+                return False
         index = self.memory.page_index(gpa)
         last = (gpa + max(size, 1) - 1) & ~(PAGE_SIZE - 1)
         crosses = last != gpa & ~(PAGE_SIZE - 1)
@@ -587,14 +629,26 @@ class L2Vcpu:
         gla = (gla_page << PAGE_SHIFT) | (gpa & (PAGE_SIZE - 1))
         rip = self.reg.read(X.UC_X86_REG_RIP) if kind != EPTV_FETCH else gla
         self._stop = Stop(StopKind.EXIT, self._ept_exit(gpa, gla, kind), rip=rip)
-        # Unicorn checks a region's protection when it fills the TLB; the entry it filled for
-        # this access must not let the next access to the page through without a check.
-        self.code.request_tlb_flush()
+        if access in REGION_CHECKS:
+            # Unicorn checks a region's protection only when it fills the TLB, and keeps the
+            # entry: the next access to the page must not go through without a check.
+            self.code.request_tlb_flush()
         return False
+
+    def _refused_gpa(self, window_offset: int) -> tuple[int, int]:
+        """The GPA behind an address in the refused-access window, and its view's protection."""
+        memory = self.memory
+        shared = window_offset >= memory.size
+        offset = window_offset - memory.size if shared else window_offset
+        index = offset >> PAGE_SHIFT
+        gpa = memory.page_gpa(index) | (offset & PAGE_OFFSET_MASK)
+        if shared:
+            return gpa | memory.shared_bit, self.ept.shared_prot[index]
+        return gpa, self.ept.prot[index]
 
     @staticmethod
     def _need(kind: int) -> int:
-        return {EPTV_READ: UC_PROT_READ, EPTV_WRITE: UC_PROT_WRITE, EPTV_FETCH: UC_PROT_EXEC}[kind]
+        return NEED_PROT[kind]
 
     def _ept_exit(self, gpa: int, gla: int, kind: int) -> ExitInfo:
         """The exit an L2 access to `gpa` causes: host-routed for shared or unbacked GPAs,
