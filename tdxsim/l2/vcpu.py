@@ -192,6 +192,9 @@ FIELD_INTERRUPTIBILITY = Vmcs.GUEST_INTERRUPTIBILITY
 FIELD_PROC_CONTROLS = Vmcs.PROC_BASED_CONTROLS
 FIELD_ENTRY_INTR_INFO = Vmcs.ENTRY_INTR_INFO
 BLOCKING_STI_MOV_SS = INTERRUPTIBILITY_STI | INTERRUPTIBILITY_MOV_SS
+EPT_VIOLATION = ExitReason.EPT_VIOLATION
+NOT_PRESENT, PENDING = PageState.NOT_PRESENT, PageState.PENDING
+HOST_ROUTED_STATES = frozenset({PageState.NOT_PRESENT, PageState.BLOCKED})
 __all__ = ["DEFAULT_INSTRUCTION_BUDGET", "GUEST_STATE", "ExitInfo", "L2Vcpu"]
 
 # A runaway L2 gets about as long as a host timer tick of a few seconds at unicorn's speed
@@ -612,14 +615,10 @@ class L2Vcpu:
             if access in WRITE_ACCESSES
             else EPTV_READ
         )
-        gpa = address
         window_offset = address - self._refused_base
         if 0 <= window_offset < 2 * self.memory.size:  # refused by the EPT when filled
-            gpa, prot = self._refused_gpa(window_offset)
-            if prot & self._need(kind):  # allowed now: the entry is stale
-                self.code.request_tlb_flush()
-                self._retry = True
-                return False
+            return self._refused_access(window_offset, kind)
+        gpa = address
         index = self.memory.page_index(gpa)
         last = (gpa + max(size, 1) - 1) & ~(PAGE_SIZE - 1)
         crosses = last != gpa & ~(PAGE_SIZE - 1)
@@ -635,37 +634,52 @@ class L2Vcpu:
             self.code.request_tlb_flush()
         return False
 
-    def _refused_gpa(self, window_offset: int) -> tuple[int, int]:
-        """The GPA behind an address in the refused-access window, and its view's protection."""
+    def _refused_access(self, window_offset: int, kind: int) -> bool:
+        """An access through an entry into the refused-access window: its EPT-violation exit
+        (or, if the EPT allows it by now, a retry with the stale entry flushed)."""
         memory = self.memory
         shared = window_offset >= memory.size
         offset = window_offset - memory.size if shared else window_offset
         index = offset >> PAGE_SHIFT
+        prot = (self.ept.shared_prot if shared else self.ept.prot)[index]
+        if prot & NEED_PROT[kind]:
+            self.code.request_tlb_flush()
+            self._retry = True
+            return False
         gpa = memory.page_gpa(index) | (offset & PAGE_OFFSET_MASK)
         if shared:
-            return gpa | memory.shared_bit, self.ept.shared_prot[index]
-        return gpa, self.ept.prot[index]
+            gpa |= memory.shared_bit
+        gpa_page = gpa >> PAGE_SHIFT
+        gla = (self._gla_of_gpa_page.get(gpa_page, gpa_page) << PAGE_SHIFT) | (
+            gpa & PAGE_OFFSET_MASK
+        )
+        rip = self.reg.read(REG_RIP)  # a data access: unicorn syncs RIP to its instruction
+        self._stop = Stop(STOP_EXIT, self._ept_exit(gpa, gla, kind, index), 0, None, rip)
+        return False
 
     @staticmethod
     def _need(kind: int) -> int:
         return NEED_PROT[kind]
 
-    def _ept_exit(self, gpa: int, gla: int, kind: int) -> ExitInfo:
-        """The exit an L2 access to `gpa` causes: host-routed for shared or unbacked GPAs,
-        else an EPT violation to L1 (TD Partitioning Architecture Specification)."""
-        state = self.memory.page_state(gpa)
+    def _ept_exit(self, gpa: int, gla: int, kind: int, index: int | None = None) -> ExitInfo:
+        """The exit an L2 access to `gpa` (TD memory page `index`, if known) causes:
+        host-routed for shared or unbacked GPAs, else an EPT violation to L1 (TD Partitioning
+        Architecture Specification)."""
+        memory = self.memory
+        if index is None:
+            index = memory.page_index(gpa)
+        state = NOT_PRESENT if index is None else memory.state[index]
         qual = kind | EPTV_GLA_VALID | EPTV_TRANSLATED
-        if self.memory.is_shared(gpa) or state in (PageState.NOT_PRESENT, PageState.BLOCKED):
+        if gpa & memory.shared_bit or state in HOST_ROUTED_STATES:
             self.host.td_exit(
                 TdExit(TdExitKind.L2_HOST_ROUTED, gpa=gpa, vm=self.vm,
                        exit_reason=ExitReason.EPT_VIOLATION, qualification=qual)
             )  # fmt: skip
             return ExitInfo(TDX_L2_EXIT_HOST_ROUTED_ASYNC, ExitReason.EPT_VIOLATION, qual, gla, gpa)
-        if state == PageState.PENDING:
+        if state == PENDING:
             return ExitInfo(
                 TDX_SUCCESS, ExitReason.EPT_VIOLATION, qual, gla, gpa, eeq=EEQ_PEND_EPT_VIOLATION
             )
-        index = self.memory.page_index(gpa)
         assert index is not None
         word = self.aliases.word(index, self.vm)
         if word & ATTR_VALID:
@@ -673,7 +687,7 @@ class L2Vcpu:
             qual |= EPTV_WRITABLE if word & ATTR_W else 0
             qual |= EPTV_EXECUTABLE if word & ATTR_XS else 0
             qual |= EPTV_USER_EXECUTABLE if word & ATTR_XU else 0
-        return ExitInfo(TDX_SUCCESS, ExitReason.EPT_VIOLATION, qual, gla, gpa)
+        return ExitInfo(TDX_SUCCESS, EPT_VIOLATION, qual, gla, gpa)
 
     def _timer_exit(self) -> ExitInfo:
         exit_reason = ExitReason.EXTERNAL_INTERRUPT

@@ -95,6 +95,7 @@ from tdxsim.module.registers import GPR_NAMES, Regs
 from tdxsim.module.sept import AliasTable, check_attr_operands
 from tdxsim.module.td_state import TdState, VcpuState
 from tdxsim.module.vmcs import (
+    FIELD_CACHE_SIZE,
     KNOWN,
     READ_ONLY,
     VALUE_MASK_OF_WIDTH,
@@ -420,6 +421,7 @@ class TdxModule:
         r.rdx = self._next_field(r.rdx, ref.kind, ref.code)
 
     @staticmethod
+    @functools.lru_cache(maxsize=FIELD_CACHE_SIZE)
     def _next_field(field_id: int, kind: FieldKind, code: int) -> int:
         if kind != FieldKind.VMCS:
             return NO_NEXT_FIELD
