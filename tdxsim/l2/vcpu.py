@@ -42,6 +42,7 @@ that resume (bounded by MAX_STOPS_PER_ENTRY).
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from operator import attrgetter
 from typing import Any
 
@@ -267,6 +268,7 @@ class L2Vcpu:
         self.uc.mem_map(LOOKAHEAD_GPA, PAGE_SIZE, UC_PROT_NONE)
         self.uc.mem_map(EMPTY_BLOCK_GPA, PAGE_SIZE, UC_PROT_NONE)
         self.ept = EptView(self.uc, memory, aliases, vm)
+        self._read_paging_entry = self._paging_entry_reader()
         views = 2 * memory.size  # the private view's pages, then the shared view's
         self._refused_base = REFUSED_WINDOW_END - views
         if any(region.end > self._refused_base for region in memory.regions):
@@ -351,18 +353,24 @@ class L2Vcpu:
         error = page_fault_error(kind == EPTV_WRITE, kind == EPTV_FETCH)
         return None, Stop(StopKind.EXCEPTION, vector=VECTOR_PF, error_code=error, cr2=gla)
 
-    def _read_paging_entry(self, gpa: int) -> int | None:
-        """A paging entry as the EPT lets L2 read it: None on a page it may not read."""
-        memory = self.memory
-        if gpa & memory.shared_bit:
+    def _paging_entry_reader(self) -> Callable[[int], int | None]:
+        """`read(gpa)`: a paging entry as the EPT lets L2 read it, None on a page it may not
+        read (a shared GPA lies above every region). One closure: walks run on TLB fills."""
+        ranges = tuple((r.gpa, r.end, r.offset - r.gpa) for r in self.memory.regions)
+        prot = self.ept.prot
+        buf = self.memory.buf
+        unpack = PAGING_ENTRY.unpack_from
+
+        def read(gpa: int) -> int | None:
+            for low, high, to_offset in ranges:
+                if low <= gpa < high:
+                    offset = gpa + to_offset  # 8-aligned: the entry is inside the page
+                    if not prot[offset >> PAGE_SHIFT] & UC_PROT_READ:
+                        return None
+                    return int(unpack(buf, offset)[0])
             return None
-        region = memory.region_of(gpa)
-        if region is None:
-            return None
-        offset = region.offset + gpa - region.gpa  # 8-aligned: the entry is inside the page
-        if not self.ept.prot[offset >> PAGE_SHIFT] & UC_PROT_READ:
-            return None
-        return int(PAGING_ENTRY.unpack_from(memory.buf, offset)[0])
+
+        return read
 
     def _on_tlb_fill(self, uc: Any, vaddr: int, access: int, entry: Any, _data: object) -> bool:
         """Virtual-TLB mode: unicorn asks us for every GLA->GPA translation it caches."""
