@@ -8,7 +8,8 @@ Unicorn translates code once and decides at translation whether a block stops at
 unicorn stops before it with no Python call on the instructions in between. A scanned page is
 mapped read+execute in the TLB, so L2's first write to it refills the entry: the page is then
 decoded per instruction by a code hook limited to it, and its translations are dropped. An
-unscanned page is mapped without execute, so its first fetch refills even after a data access.
+unscanned page is mapped without execute, so its first fetch refills even after a data access;
+so is a page scanned only ahead or through another GLA page (its first fetch checks the scan).
 Writes by L1, the host and the model itself are found by comparing a page with its scan.
 """
 

@@ -6,7 +6,11 @@ virtualization); exit reasons, qualifications and event injection per Intel SDM 
 
 The TD RAM is mapped into unicorn once (mem_map_ptr over the memfd, private and shared views);
 each page's unicorn protection is this VM's alias (R/W/X), or none when the alias is missing or
-the L1 SEPT page is not mapped. A protection fault becomes an EPT-violation exit; shared and
+the L1 SEPT page is not mapped. Unicorn checks a protection only when it fills a TLB entry, so
+an entry never grants a read or write the EPT refuses: such an access gets an entry into a
+window of GPAs unicorn never maps, one page per TD page and view, and faults every time with
+its exact GPA (an EPT-violation exit, no TLB flush). A fetch the alias refuses faults on the
+protection check (then the TLB is flushed); any change of the EPT flushes it too. Shared and
 unbacked GPAs become host-routed exits. No memory-access hooks are installed on RAM.
 
 Unicorn runs in virtual-TLB mode: its TLB misses call `_on_tlb_fill`, which walks L2's own page
