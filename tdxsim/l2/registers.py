@@ -50,6 +50,7 @@ class RegisterBlock:
     """
 
     def __init__(self, uc: Any, regs: tuple[int, ...]) -> None:
+        self._uc = uc  # keeps the engine behind the handle alive
         self._handle = engine_handle(uc)
         self._count = len(regs)
         self._ids = (ctypes.c_int * len(regs))(*regs)
@@ -96,6 +97,7 @@ class FastRegs:
     were, so buffers are never shared between registers)."""
 
     def __init__(self, uc: Any) -> None:
+        self._uc = uc  # keeps the engine behind the handle alive
         self._handle = engine_handle(uc)
         self._buffers: dict[int, tuple[ctypes.c_uint64, Any]] = {}
 
