@@ -8,7 +8,8 @@ Unicorn translates code once and decides at translation whether a block stops at
 unicorn stops before it with no Python call on the instructions in between. A scanned page is
 mapped read+execute in the TLB, so L2's first write to it refills the entry: the page is then
 decoded per instruction by a code hook limited to it, and its translations are dropped. An
-unscanned page is mapped without execute, so its first fetch refills even after a data access.
+unscanned page is mapped without execute, so its first fetch refills even after a data access;
+so is a page scanned only ahead or through another GLA page (its first fetch checks the scan).
 Writes by L1, the host and the model itself are found by comparing a page with its scan.
 """
 
@@ -33,9 +34,9 @@ from unicorn.unicorn import UcError
 from tdxdefs.tdcall import PAGE_SHIFT, PAGE_SIZE
 from tdxdefs.vmcs import EPTV_FETCH, EPTV_WRITE
 from tdxsim.l2.decode import MAX_INSN_LEN, PAGE_OFFSET_MASK, exit_candidates
+from tdxsim.l2.engine import RUN_FOREVER
 from tdxsim.module.memory import TdMemory
 
-RUN_FOREVER = (1 << 64) - 1
 MAX_APPLY_ROUNDS = 8
 
 
@@ -76,6 +77,7 @@ class CodePages:
         self._on_insn = on_insn
         self._read_rip = read_rip
         self.scanned: dict[int, CodePage] = {}  # GLA page -> its scan
+        self._checked: list[tuple[int, CodePage]] | None = None  # fetched scans of TD memory
         self._glas_of_code: dict[int, set[int]] = {}  # GPA page -> GLA pages scanned from it
         self._decoded_pages: set[int] = set()  # GPA pages L2 wrote: decoded per instruction
         self._page_hooks: dict[int, int] = {}  # GLA page -> its per-instruction hook
@@ -105,7 +107,12 @@ class CodePages:
             return UC_PROT_ALL if gpa_page in self._decoded_pages else UC_PROT_READ | UC_PROT_EXEC
         if gpa_page in self._glas_of_code:
             if kind != EPTV_WRITE:
-                return UC_PROT_READ | UC_PROT_EXEC
+                scan = self.scanned.get(gla_page)
+                if scan is not None and scan.fetched and scan.gpa_page == gpa_page:
+                    return UC_PROT_READ | UC_PROT_EXEC
+                # scanned only ahead, or from another GLA page: no execute, so that the first
+                # fetch through this GLA page refills and checks or makes its scan
+                return UC_PROT_READ
             if not self._writable(gpa_page):
                 # the alias refuses the write: unicorn's region check faults it (an EPT violation
                 # for L1) and no code changes, so the page keeps its scan and unicorn's speed
@@ -113,8 +120,8 @@ class CodePages:
             self._decode_per_instruction(gpa_page)
             self._stop_to_resume()
             return UC_PROT_ALL
-        if gpa_page in self._decoded_pages:
-            return UC_PROT_ALL
+        if gpa_page in self._decoded_pages:  # executable where its hook is in place
+            return UC_PROT_ALL if gla_page in self._page_hooks else UC_PROT_READ | UC_PROT_WRITE
         self._writable_unscanned.add(gpa_page)
         return UC_PROT_READ | UC_PROT_WRITE
 
@@ -142,6 +149,7 @@ class CodePages:
             if scan.fetched or neighbour:
                 return
             scan.fetched = True  # scanned ahead: still the same bytes?
+            self._checked = None
             if (
                 scan.index < 0
                 or self.memory.buf[scan.offset : scan.offset + PAGE_SIZE] == scan.data
@@ -157,6 +165,7 @@ class CodePages:
         self._stop_to_resume()
 
     def _scan(self, gla_page: int, gpa_page: int) -> None:
+        self._checked = None
         old = self.scanned.pop(gla_page, None)
         if old is not None:
             self._glas_of_code.get(old.gpa_page, set()).discard(gla_page)
@@ -200,6 +209,7 @@ class CodePages:
         self-modifying code in virtual-TLB mode).
         """
         self._decoded_pages.add(gpa_page)
+        self._checked = None
         for gla_page in self._glas_of_code.pop(gpa_page, set()):
             self.scanned.pop(gla_page, None)
             self._pending_hooks.add(gla_page)
@@ -285,6 +295,7 @@ class CodePages:
         """Forget every scan: the controls that decide which instructions exit changed."""
         self.controls = controls
         self.scanned.clear()
+        self._checked = None
         self._glas_of_code.clear()
         self.uc.ctl_flush_tb()
         self._stale_exits.clear()
@@ -304,25 +315,30 @@ class CodePages:
         """L1 and the host write TD memory behind unicorn's back: rescan code pages whose bytes
         or executability changed and drop their translations. True if any did. Pages only
         scanned ahead are checked when unicorn first fetches from them."""
+        checked = self._checked
+        if checked is None:
+            checked = self._checked = [
+                (gla_page, scan)
+                for gla_page, scan in self.scanned.items()
+                if scan.fetched and scan.index >= 0
+            ]
         buf = self.memory.buf  # mmap slices are bytes: one memcmp (memoryview compares per item)
+        prot = self._prot
         changed = [
             (gla_page, scan.gpa_page)
-            for gla_page, scan in self.scanned.items()
-            if scan.fetched
-            and scan.index >= 0
-            and (
-                buf[scan.offset : scan.offset + PAGE_SIZE] != scan.data
-                or bool(self._prot[scan.index] & UC_PROT_EXEC) != scan.executable
-            )
+            for gla_page, scan in checked
+            if buf[scan.offset : scan.offset + PAGE_SIZE] != scan.data
+            or bool(prot[scan.index] & UC_PROT_EXEC) != scan.executable
         ]
+        if not changed:
+            return False
         for gla_page, gpa_page in changed:
             self._scan(gla_page, gpa_page)
             self.scanned[gla_page].fetched = True
             self._stale_pages.add(gla_page)
-        if changed:
-            self._exits_dirty = True
-            self._apply()
-        return bool(changed)
+        self._exits_dirty = True
+        self._apply()
+        return True
 
     def _remove_cache(self, gla_page: int) -> None:
         self.uc.ctl_remove_cache(gla_page << PAGE_SHIFT, (gla_page + 1) << PAGE_SHIFT)

@@ -28,8 +28,10 @@ class EptView:
         self.aliases = aliases
         self.vm = vm
         self.prot = bytearray(len(memory.state))  # private view, per TD page: UC_PROT_*
-        self._shared_prot = bytearray(len(memory.state))
+        self.shared_prot = bytearray(len(memory.state))
         self.shared_eptp = False
+        # called after a protection changes: TLB entries made under the old ones must go
+        self.on_change: Callable[[], None] | None = None
         self.sync(0, len(memory.state))
         memory.on_change(self.sync)
         aliases.on_change(self._on_alias_change)
@@ -65,7 +67,7 @@ class EptView:
         """Re-derive unicorn protections for pages [first, first+count), one call per run."""
         self._sync_view(first, count, self.prot, self._prot_of, 0)
         self._sync_view(
-            first, count, self._shared_prot, self._shared_prot_of, self.memory.shared_bit
+            first, count, self.shared_prot, self._shared_prot_of, self.memory.shared_bit
         )
 
     def _sync_view(
@@ -90,6 +92,7 @@ class EptView:
                     gpa = (region.gpa + (i << PAGE_SHIFT) - region.offset) | view_bit
                     self.uc.mem_protect(gpa, (j - i) << PAGE_SHIFT, prot)
                     current[i:j] = bytes([prot]) * (j - i)
+                    self._changed()
                 i = j
 
     def _on_alias_change(self, index: int, vm: int) -> None:
@@ -98,3 +101,8 @@ class EptView:
             if prot != self.prot[index]:
                 self.uc.mem_protect(self.memory.page_gpa(index), PAGE_SIZE, prot)
                 self.prot[index] = prot
+                self._changed()
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()

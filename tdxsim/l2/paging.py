@@ -9,7 +9,7 @@ Entry permission bits (R/W, U/S, NX) and accessed/dirty bits are not modelled: p
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from tdxdefs.tdcall import PAGE_SIZE
 
@@ -25,9 +25,8 @@ PF_WRITE = 1 << 1  # #PF error code bits
 PF_FETCH = 1 << 4
 
 
-@dataclass(frozen=True, slots=True)
-class Translation:
-    """The result of a walk: the GPA, or why there is none."""
+class Translation(NamedTuple):
+    """The result of a walk: the GPA, or why there is none (a tuple: made on every TLB fill)."""
 
     gpa: int | None = None
     unreadable_entry: int | None = None  # GPA of a paging entry the EPT does not let L2 read
@@ -38,20 +37,25 @@ class Translation:
         return self.gpa is None and self.unreadable_entry is None
 
 
+NOT_PRESENT = Translation()
+# (shift, may map a page) per level: PML4, PDPT (1 GiB pages), PD (2 MiB pages), PT
+LEVELS = tuple((shift, depth in LARGE_PAGE_DEPTHS) for depth, shift in enumerate(PT_LEVEL_SHIFTS))
+
+
 def walk(gla: int, cr0: int, cr3: int, read_entry: Callable[[int], int | None]) -> Translation:
     """Translate `gla`; identity while CR0.PG is clear. `read_entry(gpa)` returns the 8-byte
     entry at `gpa`, or None when L2 may not read that page."""
     if not cr0 & CR0_PG:
         return Translation(gla)
     table = cr3 & PTE_ADDR
-    for depth, shift in enumerate(PT_LEVEL_SHIFTS):
+    for shift, may_map in LEVELS:
         entry_gpa = table + ((gla >> shift) & PT_INDEX_MASK) * PT_ENTRY_SIZE
         entry = read_entry(entry_gpa)
         if entry is None:
             return Translation(unreadable_entry=entry_gpa)
         if not entry & PTE_PRESENT:
-            return Translation()
-        if entry & PTE_LARGE and depth in LARGE_PAGE_DEPTHS:
+            return NOT_PRESENT
+        if may_map and entry & PTE_LARGE:
             page_mask = (1 << shift) - 1
             return Translation((entry & PTE_ADDR & ~page_mask) | (gla & page_mask))
         table = entry & PTE_ADDR

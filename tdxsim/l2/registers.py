@@ -9,7 +9,15 @@ import struct
 from typing import Any, cast
 
 from unicorn import x86_const as X
-from unicorn.unicorn import UcError
+
+from tdxsim.l2.engine import (
+    REG_READ,
+    REG_READ_BATCH,
+    REG_WRITE,
+    REG_WRITE_BATCH,
+    engine_handle,
+    raise_status,
+)
 
 # The guest-state block: 16 GPRs, RFLAGS, RIP, SSP, u16 RVI|SVI<<8
 GUEST_STATE = struct.Struct("<16QQQQH")
@@ -42,8 +50,9 @@ class RegisterBlock:
     """
 
     def __init__(self, uc: Any, regs: tuple[int, ...]) -> None:
-        self._uc = uc
-        self._count = ctypes.c_int(len(regs))
+        self._uc = uc  # keeps the engine behind the handle alive
+        self._handle = engine_handle(uc)
+        self._count = len(regs)
         self._ids = (ctypes.c_int * len(regs))(*regs)
         self._vals = (ctypes.c_uint64 * len(regs))()
         self._layout = struct.Struct(f"<{len(regs)}Q")  # unpacks the buffer in one C call
@@ -53,59 +62,64 @@ class RegisterBlock:
 
     def load(self) -> None:
         """Read every register of the block into `raw`."""
-        status = self._uc._do_reg_read_batch(self._ids, self._ptrs, self._count)
+        status = REG_READ_BATCH(self._handle, self._ids, self._ptrs, self._count)
         if status:
-            raise cast(Any, UcError)(status)
+            raise_status(status)
 
     def store(self) -> None:
         """Write every register of the block from `raw`."""
-        status = self._uc._do_reg_write_batch(self._ids, self._ptrs, self._count)
+        status = REG_WRITE_BATCH(self._handle, self._ids, self._ptrs, self._count)
         if status:
-            raise cast(Any, UcError)(status)
+            raise_status(status)
 
     def set(self, index: int, value: int) -> None:
         """Change one value in `raw` (truncated to 64 bits), without writing it to unicorn."""
         self._vals[index] = value
 
+    def get(self, index: int) -> int:
+        """One value of `raw` as last loaded or set."""
+        return int(self._vals[index])
+
     def read(self) -> list[int]:
         """Current values, in the order given at construction."""
-        status = self._uc._do_reg_read_batch(self._ids, self._ptrs, self._count)
-        if status:
-            raise cast(Any, UcError)(status)
+        self.load()
         return list(self._layout.unpack_from(self._vals))
-
-    def first(self) -> int:
-        """The current value of the block's first register."""
-        status = self._uc._do_reg_read_batch(self._ids, self._ptrs, self._count)
-        if status:
-            raise cast(Any, UcError)(status)
-        return int(self._vals[0])
 
     def write(self, values: list[int] | tuple[int, ...]) -> None:
         """Set every register of the block (ctypes truncates each value to 64 bits)."""
         cast(Any, self._vals)[:] = values
-        status = self._uc._do_reg_write_batch(self._ids, self._ptrs, self._count)
-        if status:
-            raise cast(Any, UcError)(status)
+        self.store()
 
 
 class FastRegs:
-    """Single-register reads and writes through the batch path (see RegisterBlock)."""
+    """Single 64-bit register reads and writes straight through uc_reg_{read,write}, one
+    preallocated buffer per register (a narrower register would leave its upper bytes as they
+    were, so buffers are never shared between registers)."""
 
     def __init__(self, uc: Any) -> None:
-        self._uc = uc
-        self._blocks: dict[int, RegisterBlock] = {}
+        self._uc = uc  # keeps the engine behind the handle alive
+        self._handle = engine_handle(uc)
+        self._buffers: dict[int, tuple[ctypes.c_uint64, Any]] = {}
 
-    def _block(self, reg: int) -> RegisterBlock:
-        block = self._blocks.get(reg)
-        if block is None:
-            block = self._blocks[reg] = RegisterBlock(self._uc, (reg,))
-        return block
+    def _buffer(self, reg: int) -> tuple[ctypes.c_uint64, Any]:
+        buffer = self._buffers.get(reg)
+        if buffer is None:
+            value = ctypes.c_uint64()
+            buffer = self._buffers[reg] = (value, ctypes.byref(value))
+        return buffer
 
     def read(self, reg: int) -> int:
         """One 64-bit register."""
-        return self._block(reg).first()
+        value, ref = self._buffers.get(reg) or self._buffer(reg)
+        status = REG_READ(self._handle, reg, ref)
+        if status:
+            raise_status(status)
+        return value.value
 
     def write(self, reg: int, value: int) -> None:
-        """Set one 64-bit register."""
-        self._block(reg).write((value,))
+        """Set one 64-bit register (truncated to 64 bits)."""
+        buffer, ref = self._buffers.get(reg) or self._buffer(reg)
+        buffer.value = value
+        status = REG_WRITE(self._handle, reg, ref)
+        if status:
+            raise_status(status)

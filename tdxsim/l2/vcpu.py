@@ -6,7 +6,11 @@ virtualization); exit reasons, qualifications and event injection per Intel SDM 
 
 The TD RAM is mapped into unicorn once (mem_map_ptr over the memfd, private and shared views);
 each page's unicorn protection is this VM's alias (R/W/X), or none when the alias is missing or
-the L1 SEPT page is not mapped. A protection fault becomes an EPT-violation exit; shared and
+the L1 SEPT page is not mapped. Unicorn checks a protection only when it fills a TLB entry, so
+an entry never grants a read or write the EPT refuses: such an access gets an entry into a
+window of GPAs unicorn never maps, one page per TD page and view, and faults every time with
+its exact GPA (an EPT-violation exit, no TLB flush). A fetch the alias refuses faults on the
+protection check (then the TLB is flushed); any change of the EPT flushes it too. Shared and
 unbacked GPAs become host-routed exits. No memory-access hooks are installed on RAM.
 
 Unicorn runs in virtual-TLB mode: its TLB misses call `_on_tlb_fill`, which walks L2's own page
@@ -41,6 +45,9 @@ that resume (bounded by MAX_STOPS_PER_ENTRY).
 
 from __future__ import annotations
 
+import struct
+from collections.abc import Callable
+from operator import attrgetter
 from typing import Any
 
 from unicorn import (
@@ -58,6 +65,7 @@ from unicorn import (
     UC_MEM_FETCH,
     UC_MEM_FETCH_PROT,
     UC_MEM_FETCH_UNMAPPED,
+    UC_MEM_READ_PROT,
     UC_MEM_WRITE,
     UC_MEM_WRITE_PROT,
     UC_MEM_WRITE_UNMAPPED,
@@ -143,6 +151,7 @@ from tdxsim.l2.decode import (
     decode,
     operand_address,
 )
+from tdxsim.l2.engine import RUN_FOREVER, Runner
 from tdxsim.l2.ept import EptView
 from tdxsim.l2.events import (
     CPL_MASK,
@@ -154,7 +163,7 @@ from tdxsim.l2.events import (
     interruption_info,
 )
 from tdxsim.l2.exits import ExitInfo, Stop, StopKind
-from tdxsim.l2.paging import CR0_PG, PT_ENTRY_SIZE, page_fault_error, walk
+from tdxsim.l2.paging import CR0_PG, page_fault_error, walk
 from tdxsim.l2.registers import (
     EXIT_TAIL,
     GUEST_STATE,
@@ -180,10 +189,19 @@ from tdxsim.module.vmcs import L2Vmcs
 
 UNICORN: Any = Uc  # the binding is untyped
 SEGMENT_BASES = {PREFIX_FS: X.UC_X86_REG_FS_BASE, PREFIX_GS: X.UC_X86_REG_GS_BASE}
+# Module constants for what every entry and exit reads (an enum member costs a class lookup)
+ACTION_EXIT = Action.EXIT
+STOP_EXIT = StopKind.EXIT
+REG_RIP = X.UC_X86_REG_RIP
+FIELD_INTERRUPTIBILITY = Vmcs.GUEST_INTERRUPTIBILITY
+FIELD_PROC_CONTROLS = Vmcs.PROC_BASED_CONTROLS
+FIELD_ENTRY_INTR_INFO = Vmcs.ENTRY_INTR_INFO
+BLOCKING_STI_MOV_SS = INTERRUPTIBILITY_STI | INTERRUPTIBILITY_MOV_SS
+EPT_VIOLATION = ExitReason.EPT_VIOLATION
+NOT_PRESENT, PENDING = PageState.NOT_PRESENT, PageState.PENDING
+HOST_ROUTED_STATES = frozenset({PageState.NOT_PRESENT, PageState.BLOCKED})
 __all__ = ["DEFAULT_INSTRUCTION_BUDGET", "GUEST_STATE", "ExitInfo", "L2Vcpu"]
 
-U64 = (1 << 64) - 1
-RUN_FOREVER = U64
 # A runaway L2 gets about as long as a host timer tick of a few seconds at unicorn's speed
 DEFAULT_INSTRUCTION_BUDGET = 200_000_000
 MAX_STOPS_PER_ENTRY = 10_000
@@ -196,13 +214,31 @@ EXIT_FIELDS = (
     Vmcs.IDT_VECTORING_INFO, Vmcs.IDT_VECTORING_ERROR_CODE, Vmcs.EXIT_INSTRUCTION_LENGTH,
     Vmcs.EXIT_INSTRUCTION_INFO, Vmcs.GUEST_INTERRUPTIBILITY, *CR_FIELDS,
 )  # fmt: skip
+# The ExitInfo values of the first ten EXIT_FIELDS, in one C call
+EXIT_INFO_VALUES = attrgetter(
+    "reason", "qualification", "gla", "gpa", "intr_info", "intr_error", "idt_info",
+    "idt_error", "instr_len", "instr_info",
+)  # fmt: skip
 GUEST_CR_FIELDS = frozenset({*CR_FIELDS})
 
 # --- what the TLB fill maps unicorn to when L2 has no translation ------------------------------
 TRAP_GPA = (1 << 51) - PAGE_SIZE  # never mapped: below the GPAW-52 shared bit, above any RAM
 LOOKAHEAD_GPA = TRAP_GPA - PAGE_SIZE  # a no-access page unicorn owns, for the `until` probe
+# A no-access page unicorn owns, for the page QEMU looks up before an empty block (see
+# _empty_block_fill). An access that reaches it went through such an entry: retried once the
+# TLB is flushed.
+EMPTY_BLOCK_GPA = LOOKAHEAD_GPA - PAGE_SIZE
+# Data accesses the EPT refuses get TLB entries into a window of GPAs unicorn never maps, one
+# page per TD memory page and view, ending here: an unmapped GPA never gets unicorn's fast
+# path, so every such access faults (no TLB flush needed) and the fault names its page.
+REFUSED_WINDOW_END = EMPTY_BLOCK_GPA
+DATA_PROT = UC_PROT_READ | UC_PROT_WRITE
 
 WRITE_ACCESSES = frozenset({UC_MEM_WRITE_PROT, UC_MEM_WRITE_UNMAPPED})
+# Faults from unicorn's check of a RAM region's protection (not from an unmapped GPA)
+REGION_CHECKS = frozenset({UC_MEM_READ_PROT, UC_MEM_WRITE_PROT, UC_MEM_FETCH_PROT})
+PAGING_ENTRY = struct.Struct("<Q")
+NEED_PROT = {EPTV_READ: UC_PROT_READ, EPTV_WRITE: UC_PROT_WRITE, EPTV_FETCH: UC_PROT_EXEC}
 FETCH_ACCESSES = frozenset({UC_MEM_FETCH_PROT, UC_MEM_FETCH_UNMAPPED})
 
 
@@ -227,17 +263,28 @@ class L2Vcpu:
         self.kick_requested = False
         self.vapic = VirtualApic(memory, vmcs, self._guest_write)
         self.uc: Any = UNICORN(UC_ARCH_X86, UC_MODE_64)
+        self._runner = Runner(self.uc)
         for region in memory.regions:
             for view in (region.gpa, region.gpa | memory.shared_bit):
                 self.uc.mem_map_ptr(
                     view, region.size, UC_PROT_NONE, memory.host_address + region.offset
                 )
         self.uc.mem_map(LOOKAHEAD_GPA, PAGE_SIZE, UC_PROT_NONE)
+        self.uc.mem_map(EMPTY_BLOCK_GPA, PAGE_SIZE, UC_PROT_NONE)
         self.ept = EptView(self.uc, memory, aliases, vm)
+        self._read_paging_entry = self._paging_entry_reader()
+        views = 2 * memory.size  # the private view's pages, then the shared view's
+        self._refused_base = REFUSED_WINDOW_END - views
+        if any(region.end > self._refused_base for region in memory.regions):
+            raise ValueError(f"TD RAM reaches the refused-access window at {self._refused_base:#x}")
         self._state_regs = RegisterBlock(self.uc, UC_STATE_REGS)
         self._gprs = RegisterBlock(self.uc, UC_GPRS)
         self._crs = RegisterBlock(self.uc, UC_CRS)
         self._exit_regs = RegisterBlock(self.uc, UC_EXIT_REGS)
+        # _exit_regs holds unicorn's registers as they are: loaded when unicorn stopped before an
+        # exit, and nothing has run or written a register since (the exit reuses that batch)
+        self._exit_regs_current = False
+        self._retry = False  # unicorn stopped on a stale TLB entry: run again once flushed
         # CR0 and CR3 as of the last exit, for page walks: None once L1 loads new CRs or L2
         # executes a MOV to CR in this entry (then every walk reads them afresh).
         self._cr_cache: tuple[int, int] | None = None
@@ -265,6 +312,7 @@ class L2Vcpu:
             self._on_page_insn,
             lambda: self.reg.read(X.UC_X86_REG_RIP),
         )
+        self.ept.on_change = self.code.request_tlb_flush
         self.uc.hook_add(
             UC_HOOK_MEM_READ_PROT
             | UC_HOOK_MEM_WRITE_PROT
@@ -309,18 +357,36 @@ class L2Vcpu:
         error = page_fault_error(kind == EPTV_WRITE, kind == EPTV_FETCH)
         return None, Stop(StopKind.EXCEPTION, vector=VECTOR_PF, error_code=error, cr2=gla)
 
-    def _read_paging_entry(self, gpa: int) -> int | None:
-        """A paging entry as the EPT lets L2 read it: None on a page it may not read."""
-        index = self.memory.page_index(gpa)
-        if index is None or self.memory.is_shared(gpa) or not self.ept.prot[index] & UC_PROT_READ:
+    def _paging_entry_reader(self) -> Callable[[int], int | None]:
+        """`read(gpa)`: a paging entry as the EPT lets L2 read it, None on a page it may not
+        read (a shared GPA lies above every region). One closure: walks run on TLB fills."""
+        ranges = tuple((r.gpa, r.end, r.offset - r.gpa) for r in self.memory.regions)
+        prot = self.ept.prot
+        buf = self.memory.buf
+        unpack = PAGING_ENTRY.unpack_from
+
+        def read(gpa: int) -> int | None:
+            for low, high, to_offset in ranges:
+                if low <= gpa < high:
+                    offset = gpa + to_offset  # 8-aligned: the entry is inside the page
+                    if not prot[offset >> PAGE_SHIFT] & UC_PROT_READ:
+                        return None
+                    return int(unpack(buf, offset)[0])
             return None
-        return int.from_bytes(self.memory.read(gpa, PT_ENTRY_SIZE), "little")
+
+        return read
 
     def _on_tlb_fill(self, uc: Any, vaddr: int, access: int, entry: Any, _data: object) -> bool:
         """Virtual-TLB mode: unicorn asks us for every GLA->GPA translation it caches."""
         if vaddr >> PAGE_SHIFT == RUN_FOREVER >> PAGE_SHIFT:  # emu_start probes `until`
             entry.perms = UC_PROT_ALL
             entry.paddr = LOOKAHEAD_GPA  # backed (never accessible), so unicorn caches it
+            return True
+        if access == UC_MEM_FETCH and self._empty_block_fill(vaddr):
+            # No byte is fetched (a fetch refused here would end emu_start with an error). Data
+            # accesses miss this entry and refill; a fetch through it faults and runs again.
+            entry.perms = UC_PROT_EXEC
+            entry.paddr = EMPTY_BLOCK_GPA
             return True
         kind = (
             EPTV_FETCH
@@ -350,8 +416,29 @@ class L2Vcpu:
         entry.paddr = gpa & ~(PAGE_SIZE - 1)
         gla_page, gpa_page = vaddr >> PAGE_SHIFT, gpa >> PAGE_SHIFT
         self._gla_of_gpa_page[gpa_page] = gla_page
-        entry.perms = self.code.perms(gla_page, gpa_page, kind)
+        index = self.memory.page_index(gpa)
+        if index is None:  # not RAM: unicorn checks every access (it maps nothing there)
+            entry.perms = self.code.perms(gla_page, gpa_page, kind)
+            return True
+        shared = self.memory.is_shared(gpa)
+        refused = DATA_PROT & ~(self.ept.shared_prot if shared else self.ept.prot)[index]
+        if kind != EPTV_FETCH and refused & (UC_PROT_WRITE if kind == EPTV_WRITE else UC_PROT_READ):
+            # only the refused kinds, so an allowed access refills with the page itself
+            view_at = self.memory.size if shared else 0
+            entry.paddr = self._refused_base + view_at + (index << PAGE_SHIFT)
+            entry.perms = refused
+            return True
+        # the TLB never lets through a read or write the EPT refuses: it misses, and refills
+        entry.perms = self.code.perms(gla_page, gpa_page, kind) & ~refused
         return True
+
+    def _empty_block_fill(self, vaddr: int) -> bool:
+        """Unicorn asks for the page before the block it translates, which starts a page: the
+        block is empty (it only stops at an exit), and QEMU's tb_gen_code takes `pc + size - 1`
+        as its last byte. No code runs from that page, so it is neither scanned nor walked
+        (a walk could fault where L2 maps nothing). Unicorn's RIP is the block's start."""
+        rip = self.reg.read(X.UC_X86_REG_RIP)
+        return not rip & PAGE_OFFSET_MASK and vaddr >> PAGE_SHIFT == (rip >> PAGE_SHIFT) - 1
 
     def _fetch(self, gla: int, length: int) -> bytes:
         gpa = self.gla_to_gpa(gla)
@@ -445,19 +532,22 @@ class L2Vcpu:
     def _decode(self, code: bytes, address: int) -> None:
         """Stop before the instruction at `address` (bytes `code`) if it exits or needs the model
         (routing per the Intel TDX Module TD Partitioning Architecture Specification)."""
-        insn = decode(bytes(code))  # hashable for the decode cache
+        insn = decode(code)
         if insn is None:
             return
         action = insn.action
-        if action is Action.SHADOW:
+        if action is ACTION_EXIT:  # the common case first: exits with no condition
+            assert insn.reason is not None
+            info = ExitInfo(TDX_SUCCESS, insn.reason, 0, 0, 0, 0, 0, 0, 0, 0, insn.length)
+            self._stop = Stop(STOP_EXIT, info, 0, None, address)
+            if self._running:
+                self.uc.emu_stop()
+        elif action is Action.SHADOW:
             self._shadow = self._slow_mode  # tracked while every instruction is hooked
         elif action is Action.MOV_TO_CR:
             self._code_page = -1  # paging may change: re-translate the code page next time
             self._cr_cache = None
             self._cr_volatile = True
-        elif action is Action.EXIT:
-            assert insn.reason is not None
-            self._exit(insn.reason, address, insn.length)
         elif action is Action.EXIT_IF_CONTROL:
             assert insn.reason is not None
             if self.vmcs.read(Vmcs.PROC_BASED_CONTROLS) & insn.control:
@@ -517,6 +607,10 @@ class L2Vcpu:
         self, uc: Uc, access: int, address: int, size: int, value: int, _data: object
     ) -> bool:
         """A protection or unmapped fault; in virtual-TLB mode `address` is the GPA."""
+        if EMPTY_BLOCK_GPA <= address < EMPTY_BLOCK_GPA + PAGE_SIZE:
+            self.code.request_tlb_flush()  # drop the empty block's entry and run this again
+            self._retry = True
+            return False
         stop = self._stop
         if stop is not None:  # a translation fault recorded by _on_tlb_fill
             if self._fill_was_data and TRAP_GPA <= address < TRAP_GPA + PAGE_SIZE:
@@ -533,6 +627,9 @@ class L2Vcpu:
             if access in WRITE_ACCESSES
             else EPTV_READ
         )
+        window_offset = address - self._refused_base
+        if 0 <= window_offset < 2 * self.memory.size:  # refused by the EPT when filled
+            return self._refused_access(window_offset, kind)
         gpa = address
         index = self.memory.page_index(gpa)
         last = (gpa + max(size, 1) - 1) & ~(PAGE_SIZE - 1)
@@ -543,31 +640,58 @@ class L2Vcpu:
         gla = (gla_page << PAGE_SHIFT) | (gpa & (PAGE_SIZE - 1))
         rip = self.reg.read(X.UC_X86_REG_RIP) if kind != EPTV_FETCH else gla
         self._stop = Stop(StopKind.EXIT, self._ept_exit(gpa, gla, kind), rip=rip)
-        # Unicorn checks a region's protection when it fills the TLB; the entry it filled for
-        # this access must not let the next access to the page through without a check.
-        self.code.request_tlb_flush()
+        if access in REGION_CHECKS:
+            # Unicorn checks a region's protection only when it fills the TLB, and keeps the
+            # entry: the next access to the page must not go through without a check.
+            self.code.request_tlb_flush()
+        return False
+
+    def _refused_access(self, window_offset: int, kind: int) -> bool:
+        """An access through an entry into the refused-access window: its EPT-violation exit
+        (or, if the EPT allows it by now, a retry with the stale entry flushed)."""
+        memory = self.memory
+        shared = window_offset >= memory.size
+        offset = window_offset - memory.size if shared else window_offset
+        index = offset >> PAGE_SHIFT
+        prot = (self.ept.shared_prot if shared else self.ept.prot)[index]
+        if prot & NEED_PROT[kind]:
+            self.code.request_tlb_flush()
+            self._retry = True
+            return False
+        gpa = memory.page_gpa(index) | (offset & PAGE_OFFSET_MASK)
+        if shared:
+            gpa |= memory.shared_bit
+        gpa_page = gpa >> PAGE_SHIFT
+        gla = (self._gla_of_gpa_page.get(gpa_page, gpa_page) << PAGE_SHIFT) | (
+            gpa & PAGE_OFFSET_MASK
+        )
+        rip = self.reg.read(REG_RIP)  # a data access: unicorn syncs RIP to its instruction
+        self._stop = Stop(STOP_EXIT, self._ept_exit(gpa, gla, kind, index), 0, None, rip)
         return False
 
     @staticmethod
     def _need(kind: int) -> int:
-        return {EPTV_READ: UC_PROT_READ, EPTV_WRITE: UC_PROT_WRITE, EPTV_FETCH: UC_PROT_EXEC}[kind]
+        return NEED_PROT[kind]
 
-    def _ept_exit(self, gpa: int, gla: int, kind: int) -> ExitInfo:
-        """The exit an L2 access to `gpa` causes: host-routed for shared or unbacked GPAs,
-        else an EPT violation to L1 (TD Partitioning Architecture Specification)."""
-        state = self.memory.page_state(gpa)
+    def _ept_exit(self, gpa: int, gla: int, kind: int, index: int | None = None) -> ExitInfo:
+        """The exit an L2 access to `gpa` (TD memory page `index`, if known) causes:
+        host-routed for shared or unbacked GPAs, else an EPT violation to L1 (TD Partitioning
+        Architecture Specification)."""
+        memory = self.memory
+        if index is None:
+            index = memory.page_index(gpa)
+        state = NOT_PRESENT if index is None else memory.state[index]
         qual = kind | EPTV_GLA_VALID | EPTV_TRANSLATED
-        if self.memory.is_shared(gpa) or state in (PageState.NOT_PRESENT, PageState.BLOCKED):
+        if gpa & memory.shared_bit or state in HOST_ROUTED_STATES:
             self.host.td_exit(
                 TdExit(TdExitKind.L2_HOST_ROUTED, gpa=gpa, vm=self.vm,
                        exit_reason=ExitReason.EPT_VIOLATION, qualification=qual)
             )  # fmt: skip
             return ExitInfo(TDX_L2_EXIT_HOST_ROUTED_ASYNC, ExitReason.EPT_VIOLATION, qual, gla, gpa)
-        if state == PageState.PENDING:
+        if state == PENDING:
             return ExitInfo(
                 TDX_SUCCESS, ExitReason.EPT_VIOLATION, qual, gla, gpa, eeq=EEQ_PEND_EPT_VIOLATION
             )
-        index = self.memory.page_index(gpa)
         assert index is not None
         word = self.aliases.word(index, self.vm)
         if word & ATTR_VALID:
@@ -575,7 +699,7 @@ class L2Vcpu:
             qual |= EPTV_WRITABLE if word & ATTR_W else 0
             qual |= EPTV_EXECUTABLE if word & ATTR_XS else 0
             qual |= EPTV_USER_EXECUTABLE if word & ATTR_XU else 0
-        return ExitInfo(TDX_SUCCESS, ExitReason.EPT_VIOLATION, qual, gla, gpa)
+        return ExitInfo(TDX_SUCCESS, EPT_VIOLATION, qual, gla, gpa)
 
     def _timer_exit(self) -> ExitInfo:
         exit_reason = ExitReason.EXTERNAL_INTERRUPT
@@ -715,38 +839,46 @@ class L2Vcpu:
         self._rip_dirty = False
         self._exit_rip = None
         self.kick_requested = False
-        self._shadow = bool(
-            self.vmcs.values.get(Vmcs.GUEST_INTERRUPTIBILITY, 0)
-            & (INTERRUPTIBILITY_STI | INTERRUPTIBILITY_MOV_SS)
-        )
+        vmcs = self.vmcs
+        values = vmcs.values
+        self._shadow = bool(values.get(FIELD_INTERRUPTIBILITY, 0) & BLOCKING_STI_MOV_SS)
         try:
-            if self.vmcs.dirty_guest:
+            if vmcs.dirty_guest:
                 self._load_guest_state_fields()
             crs = self._cr_cache
             if crs is None or crs[0] & CR0_PG:
                 self._code_page = -1  # CR3 or L2's page tables may have changed since the exit
-            shared_eptp = bool(self.vmcs.l2_ctls & L2_CTLS_ENABLE_SHARED_EPTP)
-            self.ept.set_shared_eptp(shared_eptp)
-            controls = self.vmcs.values.get(Vmcs.PROC_BASED_CONTROLS, 0) & SCAN_CONTROLS
-            if controls != self.code.controls:
-                self.code.reset(controls)
-            if self.code.drop_stale():
+            shared_eptp = bool(vmcs.l2_ctls & L2_CTLS_ENABLE_SHARED_EPTP)
+            if shared_eptp != self.ept.shared_eptp:
+                self.ept.set_shared_eptp(shared_eptp)
+            code = self.code
+            controls = values.get(FIELD_PROC_CONTROLS, 0) & SCAN_CONTROLS
+            if controls != code.controls:
+                code.reset(controls)
+            if code.drop_stale():
                 self._code_page = -1
             state = self._state_regs
             state.raw[:] = view[offset : offset + GUEST_STATE_REGS_SIZE]
             state.set(RFLAGS_AT, rflags | RFLAGS_FIXED)
             state.store()
-            exit_ = self._inject_from_vmcs()
+            if values.get(FIELD_ENTRY_INTR_INFO, 0) & INTR_INFO_VALID:
+                exit_ = self._inject_from_vmcs()
+            else:
+                exit_ = None
             if exit_ is None:
                 exit_ = self._loop(rip)
         except UcError:
             exit_ = ExitInfo(TDX_SUCCESS, ExitReason.INVALID_GUEST_STATE | VM_ENTRY_FAILURE)
+            self._exit_regs_current = False
         regs = self._exit_regs
-        regs.load()
+        if not self._exit_regs_current:
+            regs.load()
+        self._exit_regs_current = False
         rip, cr0, cr3, cr4, self._exit_cs = EXIT_TAIL.unpack_from(regs.raw, RIP_AT * 8)
-        if self._exit_rip is not None and rip != self._exit_rip:
-            self.reg.write(X.UC_X86_REG_RIP, self._exit_rip)
-            regs.set(RIP_AT, self._exit_rip)
+        exit_rip = self._exit_rip
+        if exit_rip is not None and rip != exit_rip:
+            self.reg.write(REG_RIP, exit_rip)
+            regs.set(RIP_AT, exit_rip)
         self._cr_cache = (cr0, cr3)
         self._cr_volatile = False
         self._write_exit_fields(exit_, cr0, cr3, cr4)
@@ -786,23 +918,28 @@ class L2Vcpu:
         return self._deliver(vector, error, rip, info)
 
     def _loop(self, entry_rip: int) -> ExitInfo:
-        uc = self.uc
+        start = self._runner.start
+        code = self.code
         self._budget = self.instruction_budget
         rip: int | None = entry_rip
         for _ in range(MAX_STOPS_PER_ENTRY):
+            self._exit_regs_current = False
+            self._retry = False
             early = self._evaluate_pending()
             if early is not None:
                 return early
-            self._select_mode(self._watch_window or self._shadow)
+            slow = self._watch_window or self._shadow
+            if slow != self._slow_mode:
+                self._select_mode(slow)
             self._stop = None
             if rip is None or self._rip_dirty:
-                rip = self.reg.read(X.UC_X86_REG_RIP)
+                rip = self.reg.read(REG_RIP)
                 self._rip_dirty = False
             if self.kick_requested:
                 return ExitInfo(TDX_L2_EXIT_PENDING_INTERRUPT, ExitReason.EXTERNAL_INTERRUPT)
             failed = False
-            self.code.before_run()
-            if not self._slow_mode and self.code.exit_here(rip, self._probe):
+            code.before_run()
+            if not slow and code.exit_here(rip, self._probe):
                 # unicorn would stop before running anything: decide here, without it
                 stop = self._stop_at_exit(rip)
                 rip = None
@@ -814,16 +951,18 @@ class L2Vcpu:
                 continue
             self._running = True
             try:  # the count bounds a runaway L2 (the instruction budget)
-                uc.emu_start(rip, RUN_FOREVER, 0, max(self._budget, 0) + 1)
+                start(rip, max(self._budget, 0) + 1)
             except UcError:
                 failed = True  # faults were recorded by the hooks
             self._running = False
-            self.code.after_run()
+            code.after_run()
             stop = self._stop
             if stop is None and not failed:
                 stop = self._unhooked_stop()
             elif stop is None:
-                return ExitInfo(TDX_SUCCESS, ExitReason.TRIPLE_FAULT)
+                if not self._retry:
+                    return ExitInfo(TDX_SUCCESS, ExitReason.TRIPLE_FAULT)
+                self._retry = False
             rip = None
             if stop is None:
                 continue
@@ -846,17 +985,20 @@ class L2Vcpu:
     def _stop_at_exit(self, rip: int) -> Stop | None:
         """Unicorn stops (or would stop) before `rip`, a possible exiting instruction: the stop
         its decoding asks for, or None once it has run because it does not exit."""
-        code = self.code.code_at(rip)
-        if code is None:
-            code = self._fetch(rip, MAX_INSN_LEN)
-        if code:  # exits exist only on pages this VM may run (see CodePages)
+        code = self.code.code_at(rip)  # None if the instruction may cross the page end
+        if code is not None:
             self._decode(code, rip)
-            stop = self._stop
-            length = stop.exit.instr_len if stop is not None and stop.exit else 0
-            crosses = (rip & PAGE_OFFSET_MASK) + length > PAGE_SIZE
-            if crosses and not self._runnable(rip, length):
-                self._stop = None  # its tail is on a page L2 may not run: unicorn faults
+        else:
+            code = self._fetch(rip, MAX_INSN_LEN)
+            if code:  # exits exist only on pages this VM may run (see CodePages)
+                self._decode(code, rip)
+                stop = self._stop
+                length = stop.exit.instr_len if stop is not None and stop.exit else 0
+                crosses = (rip & PAGE_OFFSET_MASK) + length > PAGE_SIZE
+                if crosses and not self._runnable(rip, length):
+                    self._stop = None  # its tail is on a page L2 may not run: unicorn faults
         if self._stop is None:
+            self._exit_regs_current = False
             self._running = True
             self.code.step(rip)
             self._running = False
@@ -865,7 +1007,10 @@ class L2Vcpu:
     def _unhooked_stop(self) -> Stop | None:
         """Why unicorn stopped with no hook recording it: an L1 interrupt kick, an exit address
         (decoded now; run if it does not exit), or the instruction budget used up."""
-        rip = self.reg.read(X.UC_X86_REG_RIP)
+        regs = self._exit_regs
+        regs.load()  # the exit's registers, if it is one
+        self._exit_regs_current = True
+        rip = regs.get(RIP_AT)
         if self.kick_requested:
             exit_ = ExitInfo(TDX_L2_EXIT_PENDING_INTERRUPT, ExitReason.EXTERNAL_INTERRUPT)
             return Stop(StopKind.EXIT, exit_, rip=rip)
@@ -878,7 +1023,7 @@ class L2Vcpu:
 
     def _evaluate_pending(self) -> ExitInfo | None:
         """Interrupt-window exit or virtual-interrupt delivery at an instruction boundary."""
-        window = self.vmcs.values.get(Vmcs.PROC_BASED_CONTROLS, 0) & PROC_INTERRUPT_WINDOW_EXITING
+        window = self.vmcs.values.get(FIELD_PROC_CONTROLS, 0) & PROC_INTERRUPT_WINDOW_EXITING
         pending = self.vapic.rvi and self.vapic.interrupt_pending()
         self._watch_window = bool(window or pending)
         if not self._watch_window:
@@ -891,15 +1036,17 @@ class L2Vcpu:
         return self._deliver_virtual_interrupt()
 
     def _handle_stop(self, stop: Stop) -> ExitInfo | None:
-        if stop.kind == StopKind.EXIT:
+        if stop.kind is STOP_EXIT:
             assert stop.exit is not None
             if stop.exit.status == TDX_L2_EXIT_HOST_ROUTED_TDVMCALL:
+                self._exit_regs_current = False
                 self.reg.write(X.UC_X86_REG_RIP, stop.rip)
                 self._host_tdvmcall()
                 self.reg.write(X.UC_X86_REG_RIP, stop.next_rip)
             else:
                 self._exit_rip = stop.rip  # set (if unicorn is not already there) at the exit
             return stop.exit
+        self._exit_regs_current = False
         if stop.kind == StopKind.WINDOW:
             self.reg.write(X.UC_X86_REG_RIP, stop.rip)
             return None
@@ -954,28 +1101,9 @@ class L2Vcpu:
         self._gprs.write(values)
 
     def _write_exit_fields(self, exit_: ExitInfo, cr0: int, cr3: int, cr4: int) -> None:
-        self.vmcs.values.update(
-            zip(
-                EXIT_FIELDS,
-                (
-                    exit_.reason,
-                    exit_.qualification,
-                    exit_.gla,
-                    exit_.gpa,
-                    exit_.intr_info,
-                    exit_.intr_error,
-                    exit_.idt_info,
-                    exit_.idt_error,
-                    exit_.instr_len,
-                    exit_.instr_info,
-                    INTERRUPTIBILITY_STI if self._shadow else 0,
-                    cr0,
-                    cr3,
-                    cr4,
-                ),
-                strict=True,
-            )
-        )
+        shadow = INTERRUPTIBILITY_STI if self._shadow else 0
+        values = (*EXIT_INFO_VALUES(exit_), shadow, cr0, cr3, cr4)
+        self.vmcs.values.update(zip(EXIT_FIELDS, values, strict=True))
 
     def cs_state(self) -> tuple[int, int, int, int]:
         """(CS selector, CS access rights, CS limit, CS base) for the exit registers (as of the

@@ -95,6 +95,7 @@ from tdxsim.module.registers import GPR_NAMES, Regs
 from tdxsim.module.sept import AliasTable, check_attr_operands
 from tdxsim.module.td_state import TdState, VcpuState
 from tdxsim.module.vmcs import (
+    FIELD_CACHE_SIZE,
     KNOWN,
     READ_ONLY,
     VALUE_MASK_OF_WIDTH,
@@ -105,6 +106,8 @@ from tdxsim.module.vmcs import (
 )
 
 U64 = (1 << 64) - 1
+MAPPED = PageState.MAPPED
+VIRTUAL_APIC_PAGE_ADDR = Vmcs.VIRTUAL_APIC_PAGE_ADDR  # read on every VP.ENTER
 VMCALL_RESERVED_GPRS = (1 << OperandId.RAX) | (1 << OperandId.RCX) | (1 << OperandId.RSP)
 VMCALL_GPR_BITS = 0xFFFF
 NOTIFY_ENABLES_MASK = 0x1
@@ -156,6 +159,8 @@ class TdxModule:
     ) -> None:
         self.td = td
         self.memory = memory
+        # (first GPA, end GPA, memfd offset - GPA) of each RAM region: VP.ENTER checks two GPAs
+        self._ram_ranges = tuple((r.gpa, r.end, r.offset - r.gpa) for r in memory.regions)
         self.aliases = AliasTable(memory)
         self.host: HostInterface = host if host is not None else NullHost()
         self.attestation = attestation
@@ -420,6 +425,7 @@ class TdxModule:
         r.rdx = self._next_field(r.rdx, ref.kind, ref.code)
 
     @staticmethod
+    @functools.lru_cache(maxsize=FIELD_CACHE_SIZE)
     def _next_field(field_id: int, kind: FieldKind, code: int) -> int:
         if kind != FieldKind.VMCS:
             return NO_NEXT_FIELD
@@ -533,7 +539,7 @@ class TdxModule:
         if state_gpa % L2_ENTER_GUEST_STATE_ALIGN or state_offset is None:
             raise _fail(TDX_OPERAND_INVALID, OperandId.RDX)
         vmcs = vcpu.vmcs[vm]
-        if self._mapped_private_offset(vmcs.values.get(Vmcs.VIRTUAL_APIC_PAGE_ADDR, 0)) is None:
+        if self._mapped_private_offset(vmcs.values.get(VIRTUAL_APIC_PAGE_ADDR, 0)) is None:
             raise _fail(TDX_OPERAND_INVALID, OperandId.L2_VAPIC_GPA)
         if vcpu.l1_interrupt_deliverable():
             raise _fail(TDX_PENDING_INTERRUPT)
@@ -559,15 +565,13 @@ class TdxModule:
 
     def _mapped_private_offset(self, gpa: int) -> int | None:
         """memfd offset of `gpa` if it is a private GPA inside GPAW, in RAM, on a mapped
-        (accepted) page; else None."""
-        memory = self.memory
-        if not 0 <= gpa < 1 << memory.gpaw or gpa & memory.shared_bit:
-            return None
-        region = memory.region_of(gpa)
-        if region is None:
-            return None
-        offset = region.offset + gpa - region.gpa
-        return offset if memory.state[offset >> PAGE_SHIFT] == PageState.MAPPED else None
+        (accepted) page; else None. (RAM lies below the shared bit, so a GPA with it set, or
+        outside GPAW, is in no range.)"""
+        for low, high, to_offset in self._ram_ranges:
+            if low <= gpa < high:
+                offset = gpa + to_offset
+                return offset if self.memory.state[offset >> PAGE_SHIFT] == MAPPED else None
+        return None
 
     def _invept(self, r: Regs, vcpu: VcpuState) -> None:
         allowed = ((1 << (self.td.num_l2_vms + 1)) - 1) & ~1

@@ -13,7 +13,7 @@ import ctypes
 import mmap
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum
 
 from tdxdefs.tdcall import GPAW_48, GPAW_52, LEVEL_4K, PAGE_SHIFT, PAGE_SIZE
@@ -52,10 +52,10 @@ class Region:
     gpa: int
     size: int
     offset: int
+    end: int = field(init=False, repr=False, compare=False)  # gpa + size, looked up per access
 
-    @property
-    def end(self) -> int:
-        return self.gpa + self.size
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "end", self.gpa + self.size)
 
 
 class TdMemory:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import IntEnum
+from functools import lru_cache
 
 from tdxdefs.metadata import (
     ALLOWED_L2_VCPU_CTLS,
@@ -141,6 +142,9 @@ class FieldKind(IntEnum):
     L2_VAPIC_GPA = 3
 
 
+FIELD_CACHE_SIZE = 512
+
+
 @dataclass(frozen=True)
 class FieldRef:
     """A decoded TDG.VP.RD/WR field id."""
@@ -150,8 +154,10 @@ class FieldRef:
     code: int
 
 
+@lru_cache(maxsize=FIELD_CACHE_SIZE)
 def decode_vp_field(field_id: int, num_l2_vms: int) -> FieldRef | None:
-    """Decode a VCPU-context field id; None if it names nothing this model knows."""
+    """Decode a VCPU-context field id; None if it names nothing this model knows (cached: L1
+    reads the same few exit fields after every L2 exit)."""
     cls = (field_id >> FIELD_CLASS_SHIFT) & FIELD_CLASS_MASK
     context = (field_id >> FIELD_CONTEXT_SHIFT) & FIELD_CONTEXT_MASK
     size = (field_id >> FIELD_ELEM_SIZE_SHIFT) & FIELD_ELEM_SIZE_MASK

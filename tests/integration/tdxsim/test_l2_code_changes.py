@@ -103,3 +103,41 @@ def test_software_interrupt_is_delivered_not_run_by_unicorn(l2: L2Context) -> No
     l2.load(CODE, b"\xcc\xf4")
     ex = l2.enter(rip=CODE, rsp=STACK_TOP)
     assert ex.reason == ExitReason.TRIPLE_FAULT
+
+
+def test_code_l1_writes_on_a_page_l2_read_before_running_it(h: TdHarness, l2: L2Context) -> None:
+    # L2 runs code on CODE (so the next page is scanned ahead) and reads data from the next
+    # page; L1 then puts CPUID there and L2 jumps to it: the new instruction must exit.
+    following = CODE + PAGE_SIZE
+    l2.load(following, b"\x90\x90\xf4")  # nop; nop; hlt
+    src = f"mov rax, qword ptr [{following:#x}]\nhlt\nmov rax, {following:#x}\njmp rax"
+    l2.load(CODE, assemble(src, CODE))
+    ex = l2.enter(rip=CODE, rsp=STACK_TOP)
+    assert ex.reason == ExitReason.HLT
+    h.write(following, CPUID)
+    l2.skip(ex)
+    ex = l2.enter()
+    assert ex.reason == ExitReason.CPUID
+    assert ex.rip == following and ex.instr_len == len(CPUID)
+
+
+@pytest.mark.parametrize("read_first", [True, False], ids=["read-then-run", "run"])
+def test_page_before_an_exit_at_a_page_start_reads_and_runs(
+    h: TdHarness, l2: L2Context, read_first: bool
+) -> None:
+    # Stopping at CPUID on the first byte of CODE makes unicorn look at the page before it,
+    # from which nothing ran; L1 then writes CPUID there, and L2 (reads and) runs it.
+    before = CODE - PAGE_SIZE
+    l2.load(before + 0x800, (0x5EED).to_bytes(8, "little"))
+    l2.load(before, b"\x90\x90\x90\xf4")  # nop; nop; nop; hlt
+    read = f"mov rbx, qword ptr [{before + 0x800:#x}]\n" if read_first else ""
+    tail = assemble(f"{read}mov rax, {before:#x}\njmp rax")
+    l2.load(CODE, CPUID + b"\xeb\xfc" + tail)  # cpuid; jmp back to it; the tail
+    for _ in range(2):
+        ex = l2.enter(rip=CODE + 2, rsp=STACK_TOP)
+        assert ex.reason == ExitReason.CPUID and ex.rip == CODE
+    h.write(before + 1, CPUID)
+    ex = l2.enter(rip=CODE + 4)
+    assert ex.reason == ExitReason.CPUID
+    assert ex.rip == before + 1
+    assert ex.guest.rbx == (0x5EED if read_first else 0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from unicorn.x86_const import UC_X86_REG_CR2
 
-from tdxdefs.attributes import ATTR_R, ATTR_VALID, ATTR_W
+from tdxdefs.attributes import ATTR_R, ATTR_VALID, ATTR_W, ATTR_XS
 from tdxdefs.vmcs import (
     EPTV_GLA_VALID,
     EPTV_READ,
@@ -101,3 +101,54 @@ def test_not_present_pte_is_a_guest_page_fault(h: TdHarness, l2: L2Context) -> N
     assert ex.regs.r9 & 0xFF == 14 and ex.regs.r9 & INTR_INFO_VALID
     cr2 = l2.harness.module.l2_vcpu(0, 1).uc.reg_read(UC_X86_REG_CR2)
     assert cr2 == HIGH_GLA + 8
+
+
+def test_exit_at_a_page_start_after_an_unmapped_page(h: TdHarness, l2: L2Context) -> None:
+    # The code page is mapped at HIGH_GLA; the GLA page before it maps nothing. CPUID at the
+    # first byte of the page, reached by a jump back from the next instruction.
+    build_tables(h)
+    h.set_alias(1, DATA, ATTR_R | ATTR_W | ATTR_XS | ATTR_VALID)
+    h.write(DATA, bytes.fromhex("0fa2ebfc"))  # cpuid; jmp back to the cpuid
+    src = ENABLE_PAGING + f"mov rax, {HIGH_GLA + 2:#x}\njmp rax"
+    l2.load(CODE, assemble(src, CODE))
+    ex = l2.enter(rip=CODE)
+    assert ex.reason == ExitReason.CPUID
+    assert ex.rip == HIGH_GLA
+    for _ in range(3):  # entered again at the jump, each time
+        ex = l2.enter(rip=HIGH_GLA + 2)
+        assert ex.reason == ExitReason.CPUID and ex.rip == HIGH_GLA
+
+
+def test_code_page_read_through_a_second_mapping_exits_when_run_there(
+    h: TdHarness, l2: L2Context
+) -> None:
+    # DATA runs first at its identity GLA, then is read and run through HIGH_GLA: the second
+    # mapping needs its own stops before the exiting instructions.
+    build_tables(h)
+    h.set_alias(1, DATA, ATTR_R | ATTR_W | ATTR_XS | ATTR_VALID)
+    h.write(DATA, b"\xc3" + bytes(15) + bytes.fromhex("0fa2f4"))  # ret; ... +0x10: cpuid; hlt
+    src = ENABLE_PAGING + (
+        f"mov rax, {DATA:#x}\ncall rax\nmov rbx, qword ptr [{HIGH_GLA:#x}]\n"
+        f"mov rax, {HIGH_GLA + 0x10:#x}\njmp rax"
+    )
+    l2.load(CODE, assemble(src, CODE))
+    ex = l2.enter(rip=CODE, rsp=0x21000)
+    assert ex.reason == ExitReason.CPUID
+    assert ex.rip == HIGH_GLA + 0x10
+    assert ex.guest.rbx == 0xC3
+
+
+def test_access_retried_after_l1_maps_the_page_reaches_it(h: TdHarness, l2: L2Context) -> None:
+    # x86 caches no translation of a non-present entry: once the PTE is present, the same
+    # access succeeds without an INVLPG.
+    build_tables(h, data_present=False)
+    h.write(DATA + 8, q(0x5EED))
+    l2.vmcs_write(Vmcs.EXCEPTION_BITMAP, 1 << 14)
+    src = ENABLE_PAGING + f"fault_here:\nmov rbx, qword ptr [{HIGH_GLA + 8:#x}]\nhlt"
+    l2.load(CODE, assemble(src, CODE))
+    ex = l2.enter(rip=CODE)
+    assert ex.reason == ExitReason.EXCEPTION_NMI
+    h.write(PT, q(DATA | 3))
+    ex = l2.enter()  # at the faulting instruction again
+    assert ex.reason == ExitReason.HLT
+    assert ex.guest.rbx == 0x5EED
