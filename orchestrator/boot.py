@@ -25,11 +25,11 @@ from typing import Any
 
 from igvm.build import build as build_igvm
 from orchestrator.errors import LocalBootError
+from orchestrator.l1image import build_l1_image
 from orchestrator.l2image import L2_IMAGE, write_l2_image
 from tdxdefs.l2boot import TPM_CRB_BASE, TPM_CRB_SIZE
 from tdxsim.attestation.quoting import QuotingService
 from tdxsim.host.faults import FaultSet, FaultSpecError
-from tdxsim.host.l1_image import build_l1_image
 from tdxsim.host.vmm import RunResult, RunStatus, Vmm, simulated_platform
 from verifier.td_attestation import verify_td_attestation
 from vtpm.attest import attester_from_name
@@ -133,7 +133,8 @@ def reason(exc: BaseException) -> str:
 
 
 def write_l1_image(path: Path = L1_IMAGE) -> bytes:
-    """Build the L1 image (svsm and vtpm, entry svsm.boot:main) and write it atomically."""
+    """Build the L1 image (svsm, vtpm and tdxdefs with their bytecode, entry svsm.boot:main) and
+    write it atomically."""
     image = build_l1_image(list(L1_PACKAGES), L1_ENTRY)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}")

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from igvm.measure import mrtd
-from tdxsim.host.l1_image import build_l1_image
+from orchestrator.l1image import build_l1_image
 
 ROOT = Path(__file__).resolve().parents[3]
 
