@@ -1,4 +1,4 @@
-"""The product's L1 image carries bytecode: reproducible, importable, and measured to the character."""
+"""The product's L1 image carries bytecode: reproducible, importable, measured to the character."""
 
 from __future__ import annotations
 
@@ -110,5 +110,5 @@ def test_a_source_that_does_not_compile_is_named(tmp_path: Path) -> None:
 
 
 def test_a_directory_that_is_no_package_is_named(tmp_path: Path) -> None:
-    with pytest.raises(L1ImageSourceError, match="no __init__.py"):
+    with pytest.raises(L1ImageSourceError, match=r"no __init__\.py"):
         zip_bytecode([tmp_path])
