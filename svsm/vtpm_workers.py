@@ -366,15 +366,24 @@ class VtpmWorkers:
     def all(self) -> Sequence[VtpmWorker]:
         return list(self.workers.values())
 
-    def manufacture(self, attester: Attester, timeout: float = MANUFACTURE_TIMEOUT_S) -> None:
-        """Manufacture every worker in parallel; L1 answers their quote and event-log requests as
-        they come. The first failure is raised (the other workers are left to `close`)."""
+    def start_manufacture(self, attester: Attester) -> None:
+        """Ask every worker to manufacture (once); each generates its keys at once and then
+        waits for L1 to answer its quote request in `manufacture`."""
+        if self.attester is not None:
+            return
         self.attester = attester
-        deadline = time.monotonic() + timeout
-        pending = {}
         for worker in self.all:
             worker.request(WorkerOp.MANUFACTURE, attester.name.encode())
-            pending[worker.channel.fileno()] = worker
+
+    def manufacture(self, attester: Attester, timeout: float = MANUFACTURE_TIMEOUT_S) -> None:
+        """Manufacture every worker in parallel (asked here unless `start_manufacture` did);
+        L1 answers their quote and event-log requests as they come. The first failure is raised
+        (the other workers are left to `close`)."""
+        self.start_manufacture(attester)
+        if attester is not self.attester:
+            raise VtpmWorkerError("the vTPMs were asked to manufacture with another attester")
+        deadline = time.monotonic() + timeout
+        pending = {worker.channel.fileno(): worker for worker in self.all}
         poll = select.poll()
         for fd in pending:
             poll.register(fd, select.POLLIN)
