@@ -29,19 +29,15 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from svsm.aliases import AliasManager
 from svsm.attestation import AttestationBuffers, TdxAttester
 from svsm.errors import SvsmError
-from svsm.l1vtpm import L1VtpmService
-from svsm.l2guest import SUPPORT_PAGES, L2Guest, L2Layout
+from svsm.hostmode import HostMode, launch_options
 from svsm.l2image import parse_descriptor
 from svsm.measurement import PcrEvent, Rtmrs, extend_pcr, pcr_event
 from svsm.memory import PAGE_SIZE_2M, Memory
 from svsm.platform import Platform
-from svsm.relay import HostMode, Relay, launch_options
-from svsm.scheduler import run_guests
 from svsm.tdcall import Tdcall
 from svsm.vtpm_workers import VtpmIdentity, VtpmWorkers
 from tdxdefs.eventlog import (
@@ -56,6 +52,11 @@ from tdxdefs.relay import RELAY_RING_GPA, RING_PAGE_SIZE
 from tdxdefs.tdcall import PAGE_SIZE, R8, RCX, VP_INFO_GPAW_MASK, Leaf
 from tdxdefs.tdvmcall import Tdvmcall
 from vtpm import wire
+
+if TYPE_CHECKING:  # imported where first used, once the vTPM workers have started
+    from svsm.aliases import AliasManager
+    from svsm.l2guest import L2Guest
+    from svsm.relay import Relay
 
 SVSM_VERSION = "tdp-svsm 0.1.0"
 # Layout (the project recipe orchestrator/recipes/tdp.yaml places the parameter area here).
@@ -202,6 +203,8 @@ class Boot:
 
     def start_relay(self, guests: list[L2Guest]) -> Relay:
         """Convert the ring page to shared and connect it to the L2 mailboxes."""
+        from svsm.relay import Relay  # the L2 side: see `main`
+
         self.memory.accept(RELAY_RING_GPA, PAGE_SIZE)
         ring = self.memory.share(RELAY_RING_GPA, PAGE_SIZE)
         self.relay = Relay(self.tdcall, self.memory, ring, {g.vm: g for g in guests}, self.say)
@@ -249,6 +252,9 @@ class Boot:
     ) -> list[L2Guest]:
         """Step 5: each L2's RAM, paging, image, aliases and entry state; the CRB page, when the
         TD has it as memory, accepted and kept L1's (private MMIO)."""
+        from svsm.l1vtpm import L1VtpmService  # the L2 side: see `main`
+        from svsm.l2guest import SUPPORT_PAGES, L2Guest, L2Layout
+
         self.memory.accept(L2_SUPPORT_GPA, L2_AREA_END - L2_SUPPORT_GPA)
         for gpa, size, what in L1_OWN:
             aliases.reserve(gpa, size, what)
@@ -302,6 +308,11 @@ def main(platform: Platform) -> bytes:
         with boot.step(3, MANUFACTURE_STEP, done=False):
             workers = VtpmWorkers(num_l2_vms, platform.image_path)
             attester = boot.start_vtpms(workers)
+        # The L2 side (guests, exits, the x86 decoder, CRB, relay) is imported only now, so its
+        # import runs while the workers start and generate their keys on the other core.
+        from svsm.aliases import AliasManager
+        from svsm.scheduler import run_guests
+
         aliases = AliasManager(boot.tdcall, num_l2_vms)
         with boot.step(5, f"set up {num_l2_vms} L2 guest(s): RAM, paging, aliases, VMCS"):
             l2_image = boot.l2_image()

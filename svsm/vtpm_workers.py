@@ -25,12 +25,12 @@ import sysconfig
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from svsm.crb import CrbDevice
 from svsm.errors import SvsmError
 from vtpm import wire
 from vtpm.attest import Attester
-from vtpm.manufacture import EK_KIND_TABLE, EK_KINDS, read_ca_certificate
+from vtpm.nvindex import EK_CERT_NV_INDEX, CertificateReadError, read_ca_certificate
 from vtpm.worker_channel import (
     MAX_TEXT,
     WorkerChannel,
@@ -40,6 +40,9 @@ from vtpm.worker_channel import (
     WorkerMessage,
     WorkerOp,
 )
+
+if TYPE_CHECKING:  # the L2 side's; L1 imports it only once the workers have started
+    from svsm.crb import CrbDevice
 
 MANUFACTURE_TIMEOUT_S = 60.0  # start-up, EK key generation and a TD quote per worker
 COMMAND_TIMEOUT_S = 30.0  # the slowest TPM command (an RSA-2048 TPM2_CreatePrimary)
@@ -246,14 +249,13 @@ class VtpmWorker:
         try:
             chunk = tpm.get_properties(wire.TPM_PT_NV_BUFFER_MAX, 1)[wire.TPM_PT_NV_BUFFER_MAX]
             eks = {}
-            for kind in EK_KINDS:
-                index = EK_KIND_TABLE[kind].nv_index
+            for kind, index in EK_CERT_NV_INDEX.items():
                 public = tpm.nv_read_public(index)
                 if public is None:
                     raise VtpmWorkerError(f"L2 {self.vm} vTPM: no EK certificate at {index:#x}")
                 eks[kind] = tpm.nv_read(index, public.data_size, chunk)
             return VtpmIdentity(read_ca_certificate(tpm), eks)
-        except (wire.TpmError, wire.WireError, KeyError) as exc:
+        except (wire.TpmError, wire.WireError, KeyError, CertificateReadError) as exc:
             raise VtpmWorkerError(f"L2 {self.vm} vTPM: reading its certificates: {exc}") from exc
 
     def shutdown(self) -> None:

@@ -34,12 +34,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from vtpm import certs, wire
 from vtpm.attest import Attester, AttesterError, check_binding, is_fake_quote, report_data_for
 from vtpm.errors import VtpmError
-
-EK_KINDS = ("rsa", "ecc")
-NV_RSA_EK_CERT = 0x01C00002
-NV_ECC_EK_CERT = 0x01C0000A
-NV_EK_CHAIN_FIRST = 0x01C00100
-NV_EK_CHAIN_LAST = 0x01C001FF
+from vtpm.nvindex import (
+    EK_KINDS,
+    NV_ECC_EK_CERT,
+    NV_EK_CHAIN_FIRST,
+    NV_EK_CHAIN_LAST,
+    NV_RSA_EK_CERT,
+)
 
 NV_CERT_ATTRIBUTES = (
     wire.TPMA_NV_PLATFORMCREATE
@@ -317,17 +318,3 @@ def manufacture(
         attester.simulated or fake,
         identity,
     )
-
-
-def read_ca_certificate(tpm: wire.TpmClient) -> bytes:
-    """The CA certificate reassembled from consecutive chain NV indices from 0x01C00100."""
-    chunk = tpm.get_properties(wire.TPM_PT_NV_BUFFER_MAX, 1).get(wire.TPM_PT_NV_BUFFER_MAX, 0)
-    if not chunk:
-        raise ManufactureError("TPM did not report TPM_PT_NV_BUFFER_MAX")
-    data = b""
-    for index in range(NV_EK_CHAIN_FIRST, NV_EK_CHAIN_LAST + 1):
-        public = tpm.nv_read_public(index)
-        if public is None:
-            break
-        data += tpm.nv_read(index, public.data_size, chunk)
-    return data
