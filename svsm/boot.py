@@ -4,8 +4,9 @@
    area (the launch parameters the host filled in: VP count, memory map) into RTMR0, logged as
    EV_PLATFORM_CONFIG_FLAGS (a choice: no event type is specified for it);
 3. start one libtpms vTPM per L2, each in its own worker process from the measured image
-   (svsm.vtpm_workers), and manufacture them in parallel: EKs, the CA key, REPORTDATA =
-   SHA-384(CA public key), a TD quote per vTPM from `TdxAttester`, CA and EK certificates in NV;
+   (svsm.vtpm_workers; started first of all, since their start-up is the longest part of the
+   boot), and manufacture them in parallel: EKs, the CA key, REPORTDATA = SHA-384(CA public
+   key), a TD quote per vTPM from `TdxAttester`, CA and EK certificates in NV;
 4. extend the svsm version string (EV_S_CRTM_VERSION) and the whole L2 image (EV_POST_CODE) into
    PCR0 (SHA-256 and SHA-384) of every vTPM, then a separator into RTMR0..3 AFTER the quotes, so
    nothing an L2 does can reproduce an L1 quote;
@@ -291,7 +292,7 @@ class Boot:
 
 def main(platform: Platform) -> bytes:
     """L1's entry: boot steps 2-6, then the JSON summary for the host. The vTPM workers start
-    right after step 2 and generate their keys while L1 sets up the L2s (step 5); L1 then
+    first and generate their keys while L1 does step 2 and sets up the L2s (step 5); L1 then
     answers their quote requests (step 3) and extends PCR0 and the separators (step 4) before
     any L2 runs."""
 
@@ -299,6 +300,8 @@ def main(platform: Platform) -> bytes:
     boot.say(f"{SVSM_VERSION}: L1 started from the measured image")
     workers: VtpmWorkers | None = None
     try:
+        with boot.step(3, MANUFACTURE_STEP, done=False):  # first: their start-up is the longest
+            workers = VtpmWorkers(boot.tdcall.vm_rd(NUM_L2_VMS_FIELD), platform.image_path)
         with boot.step(2, "accept memory, NUM_L2_VMS, launch parameters into RTMR0"):
             num_l2_vms = boot.launch()
             boot.say(
@@ -306,7 +309,6 @@ def main(platform: Platform) -> bytes:
                 f"{WORK_GPA:#x}; NUM_L2_VMS = {num_l2_vms}"
             )
         with boot.step(3, MANUFACTURE_STEP, done=False):
-            workers = VtpmWorkers(num_l2_vms, platform.image_path)
             attester = boot.start_vtpms(workers)
         # The L2 side (guests, exits, the x86 decoder, CRB, relay) is imported only now, so its
         # import runs while the workers start and generate their keys on the other core.
