@@ -320,7 +320,6 @@ def main(platform: Platform) -> bytes:
             l2_image = boot.l2_image()
             boot.pcr0_events(l2_image)
             guests = boot.l2_guests(num_l2_vms, l2_image, workers, aliases)
-            boot.say("  (while the vTPM workers start and generate their keys)")
         with boot.step(3, MANUFACTURE_STEP):
             identities = boot.finish_vtpms(workers, attester)
             for vm, made in identities.items():
