@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_RECIPE = Path(__file__).resolve().parent / "recipes" / "tdp.yaml"
 L1_IMAGE = ROOT / "out" / "l1.img"  # tdp.yaml's paravisor component
 L1_PACKAGES = (ROOT / "svsm", ROOT / "vtpm", ROOT / "tdxdefs")
-L1_ENTRY = "svsm.boot:main"
+L1_ENTRY = "svsm.entry:main"  # starts the vTPM workers, then svsm.boot.main
 # 32 MiB of RAM, and the TPM CRB page as private memory: L1 keeps it without an alias, so an L2's
 # CRB access exits to L1 (private MMIO) rather than out to this host.
 TD_RAM = [(0, 32 << 20), (TPM_CRB_BASE, TPM_CRB_SIZE)]
@@ -26,7 +26,7 @@ MAX_L2_VMS = 3
 
 
 def write_l1_image(path: Path = L1_IMAGE) -> bytes:
-    """Build the L1 image (svsm, vtpm and tdxdefs with their bytecode, entry svsm.boot:main) and
+    """Build the L1 image (svsm, vtpm and tdxdefs with their bytecode, entry svsm.entry:main) and
     write it atomically."""
     image = build_l1_image(list(L1_PACKAGES), L1_ENTRY)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -40,6 +40,7 @@ from svsm.measurement import PcrEvent, Rtmrs, extend_pcr, pcr_event
 from svsm.memory import PAGE_SIZE_2M, Memory
 from svsm.platform import Platform
 from svsm.tdcall import Tdcall
+from svsm.vtpm_launcher import StartedLauncher
 from svsm.vtpm_workers import VtpmIdentity, VtpmWorkers
 from tdxdefs.eventlog import (
     EV_EVENT_TAG,
@@ -290,18 +291,18 @@ class Boot:
         return guests
 
 
-def main(platform: Platform) -> bytes:
+def main(platform: Platform, started: StartedLauncher | None = None) -> bytes:
     """L1's entry: boot steps 2-6, then the JSON summary for the host. The vTPM workers start
     first and generate their keys while L1 does step 2 and sets up the L2s (step 5); L1 then
     answers their quote requests (step 3) and extends PCR0 and the separators (step 4) before
-    any L2 runs."""
-
+    any L2 runs. `started`: the launcher `svsm.entry` started, or None to start it here."""
     boot = Boot(platform)
-    boot.say(f"{SVSM_VERSION}: L1 started from the measured image")
     workers: VtpmWorkers | None = None
     try:
         with boot.step(3, MANUFACTURE_STEP, done=False):  # first: their start-up is the longest
-            workers = VtpmWorkers(boot.tdcall.vm_rd(NUM_L2_VMS_FIELD), platform.image_path)
+            count = boot.tdcall.vm_rd(NUM_L2_VMS_FIELD)
+            workers = VtpmWorkers(count, platform.image_path, started=started)
+        boot.say(f"{SVSM_VERSION}: L1 started from the measured image")
         with boot.step(2, "accept memory, NUM_L2_VMS, launch parameters into RTMR0"):
             num_l2_vms = boot.launch()
             boot.say(
@@ -346,6 +347,8 @@ def main(platform: Platform) -> bytes:
     finally:
         if workers is not None:
             workers.close()
+        elif started is not None:
+            started.close()
     vtpms = [
         {
             "vm": vm,

@@ -52,7 +52,7 @@ def test_run_builds_boots_attests_and_talks_to_the_vtpm(tmp_path: Path) -> None:
     assert "invoke run --serve" in out  # where the L1 vTPM through L2 is served is said
     # L1 ran from the measured image that the recipe placed: the image on disk is this checkout's
     assert (ROOT / "out" / "l1.img").read_bytes() == build_l1_image(
-        [ROOT / "svsm", ROOT / "vtpm", ROOT / "tdxdefs"], "svsm.boot:main"
+        [ROOT / "svsm", ROOT / "vtpm", ROOT / "tdxdefs"], "svsm.entry:main"
     )
 
 

@@ -13,7 +13,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from svsm import vtpm_workers
+from svsm import vtpm_launcher, vtpm_workers
 from svsm.crb import CrbDevice, CrbRegister, CrbState, CtrlSts
 from svsm.vtpm_workers import CrbBackend, VtpmWorkerError, VtpmWorkers
 from tdxsim.host.l1_image import zip_packages
@@ -195,8 +195,8 @@ def test_a_launcher_that_would_import_from_the_checkout_refuses_to_run(
 ) -> None:
     partial = tmp_path / "no-tdxdefs.zip"
     partial.write_bytes(zip_packages([ROOT / "vtpm"]))
-    real = vtpm_workers.site_dirs()
-    monkeypatch.setattr(vtpm_workers, "site_dirs", lambda: [str(ROOT), *real])
+    real = vtpm_launcher.site_dirs()
+    monkeypatch.setattr(vtpm_launcher, "site_dirs", lambda: [str(ROOT), *real])
     pool = VtpmWorkers(1, str(partial))
     try:
         with pytest.raises(VtpmWorkerError, match=r"the launcher's exit status 1"):
