@@ -177,6 +177,28 @@ def test_close_ends_every_worker(image_zip: str) -> None:
     assert not [pid for pid in pids if running(pid)]
 
 
+def test_a_launcher_started_first_is_taken_over(image_zip: str) -> None:
+    started = vtpm_launcher.start_launcher(2, image_zip)  # as svsm.entry does, before the rest
+    pool = VtpmWorkers(2, image_zip, started=started)
+    try:
+        assert pool.launcher is started.process
+        pool.manufacture(FakeAttester())
+        assert all(set(worker.identity().ek_certificates) == {"rsa", "ecc"} for worker in pool.all)
+    finally:
+        pool.close()
+    assert pool.launcher.returncode == 0
+
+
+def test_a_launcher_with_the_wrong_number_of_channels_is_refused_and_ended(
+    image_zip: str,
+) -> None:
+    started = vtpm_launcher.start_launcher(1, image_zip)
+    with pytest.raises(VtpmWorkerError, match="1 worker channels for 2 L2s"):
+        VtpmWorkers(2, image_zip, started=started)
+    assert started.process.returncode is not None  # killed and reaped, no orphan
+    assert all(sock.fileno() == -1 for sock in started.channels)
+
+
 def test_a_worker_whose_image_lacks_the_vtpm_fails_clearly(tmp_path: Path) -> None:
     bad = tmp_path / "no-vtpm.zip"
     bad.write_bytes(zip_packages([ROOT / "tdxdefs"]))
