@@ -40,13 +40,8 @@ from verifier.tpm_attestation import (
 )
 from verifier.trust_anchors import resolve_root
 from vtpm import wire
-from vtpm.manufacture import (
-    EK_TEMPLATE_L2_ECC,
-    NV_ECC_EK_CERT,
-    NV_EK_CHAIN_FIRST,
-    NV_EK_CHAIN_LAST,
-    NV_RSA_EK_CERT,
-)
+from vtpm.manufacture import EK_TEMPLATE_L2_ECC
+from vtpm.nvindex import NV_ECC_EK_CERT, NV_EK_CHAIN_FIRST, NV_EK_CHAIN_LAST, NV_RSA_EK_CERT
 
 # orchestrator.boot and orchestrator.serve (the TD host, heavy to import) are imported where a TD
 # is served, so `invoke attest` against a TD served elsewhere starts quickly

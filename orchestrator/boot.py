@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -23,25 +22,24 @@ from pathlib import Path
 from typing import Any
 
 from igvm.build import build as build_igvm
-from orchestrator.errors import LocalBootError
+from orchestrator.errors import LocalBootError, reason
 from orchestrator.l2image import L2_IMAGE, write_l2_image
-from tdxdefs.l2boot import TPM_CRB_BASE, TPM_CRB_SIZE
+from orchestrator.product import (
+    DEFAULT_RECIPE,
+    L1_ENTRY,
+    L1_IMAGE,
+    L1_PACKAGES,
+    MAX_L2_VMS,
+    NUM_L2_VMS,
+    ROOT,
+    TD_RAM,
+    write_l1_image,
+)
 from tdxsim.attestation.quoting import QuotingService
 from tdxsim.host.faults import FaultSet, FaultSpecError
-from tdxsim.host.l1_image import build_l1_image
 from tdxsim.host.vmm import RunResult, RunStatus, Vmm, simulated_platform
 from verifier.td_attestation import verify_td_attestation
 
-ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_RECIPE = Path(__file__).resolve().parent / "recipes" / "tdp.yaml"
-L1_IMAGE = ROOT / "out" / "l1.img"  # tdp.yaml's paravisor component
-L1_PACKAGES = (ROOT / "svsm", ROOT / "vtpm", ROOT / "tdxdefs")
-L1_ENTRY = "svsm.boot:main"
-# 32 MiB of RAM, and the TPM CRB page as private memory: L1 keeps it without an alias, so an L2's
-# CRB access exits to L1 (private MMIO) rather than out to this host.
-TD_RAM = [(0, 32 << 20), (TPM_CRB_BASE, TPM_CRB_SIZE)]
-NUM_L2_VMS = 1
-MAX_L2_VMS = 3
 L1_TIMEOUT_S = 120.0
 SERVE_HINT = (
     "to keep serving the L1 vTPM through an L2 to your own TPM clients: `invoke run --serve`"
@@ -117,25 +115,6 @@ def _step(report: BootReport, title: str, out: Callable[[str], None]) -> Iterato
     elapsed = time.perf_counter() - start
     report.steps.append((title, elapsed))
     out(f"    done in {elapsed * 1000:.1f} ms")
-
-
-def reason(exc: BaseException) -> str:
-    """What went wrong, never empty: an exception without a message is named by its type."""
-    text = str(exc).strip()
-    if isinstance(exc, LocalBootError) and text:
-        return text
-    name = type(exc).__name__
-    return f"{name}: {text}" if text else f"{name} (no message)"
-
-
-def write_l1_image(path: Path = L1_IMAGE) -> bytes:
-    """Build the L1 image (svsm and vtpm, entry svsm.boot:main) and write it atomically."""
-    image = build_l1_image(list(L1_PACKAGES), L1_ENTRY)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_bytes(image)
-    tmp.replace(path)
-    return image
 
 
 def build_product(

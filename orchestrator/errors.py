@@ -12,3 +12,12 @@ class LocalBootError(OrchestratorError):
 
     Distinct from `svsm.boot.BootStepError`, which L1 raises inside the TD for its own boot steps.
     """
+
+
+def reason(exc: BaseException) -> str:
+    """What went wrong, never empty: an exception without a message is named by its type."""
+    text = str(exc).strip()
+    if isinstance(exc, LocalBootError) and text:
+        return text
+    name = type(exc).__name__
+    return f"{name}: {text}" if text else f"{name} (no message)"

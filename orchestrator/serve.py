@@ -23,17 +23,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
-from orchestrator.boot import (
+from orchestrator.errors import LocalBootError, reason
+from orchestrator.l2image import write_l2_image
+from orchestrator.product import (
     DEFAULT_RECIPE,
     MAX_L2_VMS,
     NUM_L2_VMS,
     ROOT,
     TD_RAM,
-    reason,
     write_l1_image,
 )
-from orchestrator.errors import LocalBootError
-from orchestrator.l2image import write_l2_image
 from orchestrator.relay import RelayServer
 from tdxdefs.relay import LAUNCH_OPTION_DEV_PLATFORM_PORT, LAUNCH_OPTION_SERVE, RELAY_RING_GPA
 from tdxsim.attestation.pck import WELL_KNOWN_SEED

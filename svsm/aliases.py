@@ -81,6 +81,7 @@ class AliasManager:
         self._views: dict[int, dict[int, GpaAttr]] = {vm: {} for vm in range(1, num_l2_vms + 1)}
         self.writes = 0
         self.busy_retries = 0
+        self.generation = 0  # changes with every grant or revoke: what was checked may be stale
 
     def reserve(self, gpa: int, size: int, what: str) -> None:
         """Declare [gpa, gpa+size) L1's own: no L2 will ever get an alias of it."""
@@ -109,6 +110,7 @@ class AliasManager:
         for page in pages:
             self._write(vm, page, attrs)
             self._views[vm][page] = attrs
+            self.generation += 1
             if label:
                 self.labels[page] = label
 
@@ -118,6 +120,7 @@ class AliasManager:
         for page in _pages(gpa, size):
             self._write(vm, page, NO_ACCESS)
             self._views[vm].pop(page, None)
+            self.generation += 1
 
     def attrs(self, vm: int, gpa: int) -> GpaAttr:
         """What VM `vm` may do at `gpa`, by L1's record."""

@@ -80,11 +80,17 @@ class PcrEvent:
     digests: dict[int, bytes]
 
 
+def pcr_event(pcr: int, event_type: int, data: bytes) -> PcrEvent:
+    """The event of measuring `data` into `pcr`: its digest in the SHA-256 and SHA-384 banks."""
+    digests = {bank: hashlib.new(wire.HASH_ALGS[bank], data).digest() for bank in PCR_BANKS}
+    return PcrEvent(pcr, event_type, data, digests)
+
+
 def extend_pcr(tpm: wire.TpmClient, pcr: int, event_type: int, data: bytes) -> PcrEvent:
     """TPM2_PCR_Extend of `pcr` with the digest of `data` in the SHA-256 and SHA-384 banks."""
-    digests = {bank: hashlib.new(wire.HASH_ALGS[bank], data).digest() for bank in PCR_BANKS}
+    event = pcr_event(pcr, event_type, data)
     try:
-        wire.pcr_extend(tpm, pcr, digests)
+        wire.pcr_extend(tpm, pcr, event.digests)
     except (wire.TpmError, wire.WireError) as exc:
         raise MeasurementError(f"PCR{pcr} event {event_type:#x}: {exc}") from exc
-    return PcrEvent(pcr, event_type, data, digests)
+    return event

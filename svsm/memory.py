@@ -25,6 +25,7 @@ from tdxdefs.tdvmcall import Tdvmcall, TdvmcallStatus
 
 PAGE_SIZE_2M = 0x200000
 MAPGPA_MAX_RETRIES = 64  # a host that never makes progress gets an error, not a hang
+MAX_FOUND_ACCEPTED = 256
 
 
 class L1MemoryError(SvsmError):
@@ -61,6 +62,9 @@ class Memory:
         self._tdcall = tdcall
         self.shared_bit = platform.shared_bit
         self._accepted: list[tuple[int, int]] = []
+        # (gpa, length) pairs found accepted: L1 checks the same few (a vCPU's guest-state page)
+        # at every L2 entry. Accepting more keeps them true; forgetting a range clears them.
+        self._found_accepted: set[tuple[int, int]] = set()
         self.accept_calls = 0
 
     # --- acceptance ------------------------------------------------------------------------------
@@ -100,7 +104,14 @@ class Memory:
 
     def is_accepted(self, gpa: int, length: int) -> bool:
         """True if [gpa, gpa+length) lies inside one range L1 accepted."""
-        return any(lo <= gpa and gpa + length <= hi for lo, hi in self._accepted)
+        if (gpa, length) in self._found_accepted:
+            return True
+        if not any(lo <= gpa and gpa + length <= hi for lo, hi in self._accepted):
+            return False
+        if len(self._found_accepted) >= MAX_FOUND_ACCEPTED:
+            self._found_accepted.clear()
+        self._found_accepted.add((gpa, length))
+        return True
 
     def _check_ram(self, gpa: int, size: int) -> None:
         private = gpa & ~self.shared_bit
@@ -147,6 +158,7 @@ class Memory:
         for a, b in self._accepted:
             kept.extend(r for r in ((a, min(b, lo)), (max(a, hi), b)) if r[0] < r[1])
         self._accepted = kept
+        self._found_accepted.clear()
 
     # --- conversion ------------------------------------------------------------------------------
     def share(self, gpa: int, size: int) -> SharedBuffer:

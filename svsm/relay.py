@@ -21,9 +21,6 @@ from svsm.tdcall import Tdcall
 from tdxdefs.errors import LayoutError
 from tdxdefs.relay import (
     L2_RELAY_VECTOR,
-    LAUNCH_COMMAND_LINE_OFFSET,
-    LAUNCH_OPTION_DEV_PLATFORM_PORT,
-    LAUNCH_OPTION_SERVE,
     MAX_TPM_MESSAGE,
     RELAY_NOTIFY_PORT,
     RELAY_VECTOR,
@@ -42,22 +39,6 @@ IO_SIZE_1 = 1
 
 class RelayError(SvsmError):
     """A ring or mailbox page that does not check; names the field."""
-
-
-@dataclass(frozen=True)
-class HostMode:
-    """The launch options the host passed: whether it serves the relay, and in which mode."""
-
-    serving: bool = False
-    dev_platform_port: bool = False
-
-
-def launch_options(parameter_area: bytes) -> HostMode:
-    """The options in the IGVM command-line parameter (NUL-terminated ASCII at
-    LAUNCH_COMMAND_LINE_OFFSET); the area is measured into RTMR0, so the options are too."""
-    raw = parameter_area[LAUNCH_COMMAND_LINE_OFFSET:].split(b"\0", 1)[0]
-    words = set(raw.decode("ascii", errors="replace").split())
-    return HostMode(LAUNCH_OPTION_SERVE in words, LAUNCH_OPTION_DEV_PLATFORM_PORT in words)
 
 
 @dataclass(frozen=True)

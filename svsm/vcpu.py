@@ -56,6 +56,7 @@ from tdxdefs.x86 import EXCEPTIONS_WITH_ERROR_CODE
 EXIT_REASON_MASK = 0xFFFF
 EVENT_INFO_MASK = 0x80000FFF  # valid, deliver-error, type, vector
 INSTRUCTION_LENGTH_SHIFT = 32
+REASON_NAMES = {reason.value: reason.name for reason in ExitReason}
 U32 = 0xFFFFFFFF
 L2_EXIT_STATUSES = frozenset(
     {
@@ -114,10 +115,7 @@ class L2Exit:
     @property
     def reason_name(self) -> str:
         """The VMX exit reason by name (Intel SDM Vol. 3, appendix C), or its number."""
-        try:
-            return ExitReason(self.reason).name
-        except ValueError:
-            return f"exit reason {self.reason}"
+        return REASON_NAMES.get(self.reason) or f"exit reason {self.reason}"
 
 
 @dataclass
@@ -155,6 +153,7 @@ class L2Vcpu:
         self.state = GuestState()
         self.entries = 0
         self.event_pending = False  # an event is set up for the next entry
+        self._field_ids: dict[int, int] = {}  # VMCS encoding -> TDG.VP.RD field id
 
     def vmcs_write(self, encoding: int, value: int) -> None:
         """TDG.VP.WR of one field of this VM's L2 VMCS."""
@@ -162,7 +161,10 @@ class L2Vcpu:
 
     def vmcs_read(self, encoding: int) -> int:
         """TDG.VP.RD of one field of this VM's L2 VMCS."""
-        return self.tdcall.call(Leaf.VP_RD, rdx=l2_vmcs_field(self.vm, encoding))[R8]
+        field = self._field_ids.get(encoding)
+        if field is None:
+            field = self._field_ids[encoding] = l2_vmcs_field(self.vm, encoding)
+        return self.tdcall.call(Leaf.VP_RD, rdx=field)[R8]
 
     def inject_exception(self, vector: int, error_code: int = 0) -> None:
         """Deliver a hardware exception at the next entry (VM-entry interruption information)."""

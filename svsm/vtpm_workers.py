@@ -1,15 +1,13 @@
 """One vTPM per L2, each in its own worker process that L1 starts from its measured image.
 
-libtpms keeps global state, so one process can hold one TPM. L1 starts one launcher as
-`python -I -S` with a bootstrap that puts only the measured payload zip (the file L1 itself was
-imported from) and the interpreter's third-party site-packages on sys.path, and refuses to run if
-any vtpm or tdxdefs module came from anywhere but that zip; the launcher imports the vTPM once and
-forks one worker per L2, each on its own channel (`vtpm.worker`). Workers are manufactured in
-parallel; L1 answers their quote requests with its own `TdxAttester` (only L1 can TDCALL), one TD
-quote per vTPM CA, each over that CA's REPORTDATA. The channel is `vtpm.worker_channel`. Every
-wait has a deadline. A worker that dies, times out or answers garbage is killed (through a pidfd
-taken when it says READY) and marked failed: its L2's CRB reports a fatal error
-(`CrbDevice.fail`) while L1 and the other L2s go on.
+libtpms keeps global state, so one process can hold one TPM. L1 starts one launcher from the
+measured image (`svsm.vtpm_launcher`), which imports the vTPM once and forks one worker per L2,
+each on its own channel (`vtpm.worker`). Workers are manufactured in parallel; L1 answers their
+quote requests with its own `TdxAttester` (only L1 can TDCALL), one TD quote per vTPM CA, each
+over that CA's REPORTDATA. The channel is `vtpm.worker_channel`. Every wait has a deadline. A
+worker that dies, times out or answers garbage is killed (through a pidfd taken when it says
+READY) and marked failed: its L2's CRB reports a fatal error (`CrbDevice.fail`) while L1 and the
+other L2s go on.
 """
 
 from __future__ import annotations
@@ -21,16 +19,16 @@ import signal
 import struct
 import subprocess
 import sys
-import sysconfig
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from svsm.crb import CrbDevice
 from svsm.errors import SvsmError
+from svsm.vtpm_launcher import StartedLauncher, start_launcher
 from vtpm import wire
 from vtpm.attest import Attester
-from vtpm.manufacture import EK_KIND_TABLE, EK_KINDS, read_ca_certificate
+from vtpm.nvindex import EK_CERT_NV_INDEX, CertificateReadError, read_ca_certificate
 from vtpm.worker_channel import (
     MAX_TEXT,
     WorkerChannel,
@@ -41,44 +39,19 @@ from vtpm.worker_channel import (
     WorkerOp,
 )
 
+if TYPE_CHECKING:  # the L2 side's; L1 imports it only once the workers have started
+    from svsm.crb import CrbDevice
+
 MANUFACTURE_TIMEOUT_S = 60.0  # start-up, EK key generation and a TD quote per worker
 COMMAND_TIMEOUT_S = 30.0  # the slowest TPM command (an RSA-2048 TPM2_CreatePrimary)
 SHUTDOWN_WAIT_S = 2.0
 EXIT_WAIT_S = 0.5  # for the exit status of a worker that closed its end
 MS_PER_S = 1000
-IMAGE_PACKAGES = ("vtpm", "tdxdefs")  # what a worker must import from the measured zip alone
 PID = struct.Struct("<I")
-# argv: payload zip, channel fds (comma separated), L1's pid, the image packages, site dirs...
-BOOTSTRAP = """
-import os
-import sys
-zip_path, fds, parent, packages = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
-sys.path.insert(0, zip_path)
-sys.path.extend(sys.argv[5:])
-from vtpm.worker import launch
-for name, module in list(sys.modules.items()):
-    origin = getattr(module, "__file__", None) or ""
-    if name.partition(".")[0] in packages.split(",") and not origin.startswith(zip_path):
-        sys.exit(f"vTPM worker launcher: {name} came from {origin}, not the measured image")
-status = launch([int(fd) for fd in fds.split(",")], parent)
-sys.stderr.flush()
-os._exit(status)  # nothing to tear down: the workers are reaped
-"""
 
 
 class VtpmWorkerError(SvsmError):
     """A vTPM worker failed (died, timed out, answered garbage or refused); names the L2."""
-
-
-def site_dirs() -> list[str]:
-    """This interpreter's third-party site-packages (libtpms bindings' dependencies, cryptography);
-    the project's own packages come from the measured zip, which goes first on sys.path."""
-    dirs: list[str] = []
-    for key in ("purelib", "platlib"):
-        path = sysconfig.get_path(key)
-        if path and path not in dirs:
-            dirs.append(path)
-    return dirs
 
 
 @dataclass(frozen=True)
@@ -246,14 +219,13 @@ class VtpmWorker:
         try:
             chunk = tpm.get_properties(wire.TPM_PT_NV_BUFFER_MAX, 1)[wire.TPM_PT_NV_BUFFER_MAX]
             eks = {}
-            for kind in EK_KINDS:
-                index = EK_KIND_TABLE[kind].nv_index
+            for kind, index in EK_CERT_NV_INDEX.items():
                 public = tpm.nv_read_public(index)
                 if public is None:
                     raise VtpmWorkerError(f"L2 {self.vm} vTPM: no EK certificate at {index:#x}")
                 eks[kind] = tpm.nv_read(index, public.data_size, chunk)
             return VtpmIdentity(read_ca_certificate(tpm), eks)
-        except (wire.TpmError, wire.WireError, KeyError) as exc:
+        except (wire.TpmError, wire.WireError, KeyError, CertificateReadError) as exc:
             raise VtpmWorkerError(f"L2 {self.vm} vTPM: reading its certificates: {exc}") from exc
 
     def shutdown(self) -> None:
@@ -300,39 +272,22 @@ class CrbBackend:
 class VtpmWorkers:
     """The workers of all L2s, indexed by L2 VM number (1-based)."""
 
-    def __init__(self, count: int, image_path: str, python: str = sys.executable) -> None:
-        pairs = [WorkerChannel.pair() for _ in range(count)]
-        theirs = [their for _mine, their in pairs]
-        try:
-            self.launcher = subprocess.Popen(
-                [
-                    python,
-                    "-I",
-                    "-S",
-                    "-c",
-                    BOOTSTRAP,
-                    image_path,
-                    ",".join(str(sock.fileno()) for sock in theirs),
-                    str(os.getpid()),
-                    ",".join(IMAGE_PACKAGES),
-                    *site_dirs(),
-                ],
-                pass_fds=[sock.fileno() for sock in theirs],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                cwd="/",
-            )
-        except BaseException:
-            for mine, their in pairs:
-                mine.close()
-                their.close()
-            raise
-        finally:
-            for sock in theirs:
-                sock.close()
+    def __init__(
+        self,
+        count: int,
+        image_path: str,
+        python: str = sys.executable,
+        started: StartedLauncher | None = None,
+    ) -> None:
+        """Take the launcher `start_launcher` started (L1 starts it first of all), or start one."""
+        started = started or start_launcher(count, image_path, python)
+        if len(started.channels) != count:
+            started.close()
+            raise VtpmWorkerError(f"{len(started.channels)} worker channels for {count} L2s")
+        self.launcher = started.process
         self.workers = {
             vm: VtpmWorker(vm, WorkerChannel(mine), self.launcher)
-            for vm, (mine, _their) in enumerate(pairs, start=1)
+            for vm, mine in enumerate(started.channels, start=1)
         }
         self.backends: dict[int, CrbBackend] = {}
         self.attester: Attester | None = None
@@ -366,15 +321,24 @@ class VtpmWorkers:
     def all(self) -> Sequence[VtpmWorker]:
         return list(self.workers.values())
 
-    def manufacture(self, attester: Attester, timeout: float = MANUFACTURE_TIMEOUT_S) -> None:
-        """Manufacture every worker in parallel; L1 answers their quote and event-log requests as
-        they come. The first failure is raised (the other workers are left to `close`)."""
+    def start_manufacture(self, attester: Attester) -> None:
+        """Ask every worker to manufacture (once); each generates its keys at once and then
+        waits for L1 to answer its quote request in `manufacture`."""
+        if self.attester is not None:
+            return
         self.attester = attester
-        deadline = time.monotonic() + timeout
-        pending = {}
         for worker in self.all:
             worker.request(WorkerOp.MANUFACTURE, attester.name.encode())
-            pending[worker.channel.fileno()] = worker
+
+    def manufacture(self, attester: Attester, timeout: float = MANUFACTURE_TIMEOUT_S) -> None:
+        """Manufacture every worker in parallel (asked here unless `start_manufacture` did);
+        L1 answers their quote and event-log requests as they come. The first failure is raised
+        (the other workers are left to `close`)."""
+        self.start_manufacture(attester)
+        if attester is not self.attester:
+            raise VtpmWorkerError("the vTPMs were asked to manufacture with another attester")
+        deadline = time.monotonic() + timeout
+        pending = {worker.channel.fileno(): worker for worker in self.all}
         poll = select.poll()
         for fd in pending:
             poll.register(fd, select.POLLIN)

@@ -20,10 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
-
 from tdxdefs.errors import LayoutError
 from tdxdefs.eventlog import (
     EV_NO_ACTION,
@@ -246,6 +242,12 @@ class FakeAttester:
             rtmr,
             report_data,
         ).pack()
+        # Imported here, not at the top: L1 imports this module but never makes a fake quote, and
+        # starts faster without the cryptography package.
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
         attestation_key = ec.generate_private_key(ec.SECP256R1())
         r, s = decode_dss_signature(attestation_key.sign(header + body, ec.ECDSA(hashes.SHA256())))
         numbers = attestation_key.public_key().public_numbers()

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from vtpm import attest, certs, wire
 from vtpm.errors import VtpmError
-from vtpm.manufacture import NV_ECC_EK_CERT, NV_EK_CHAIN_FIRST, NV_EK_CHAIN_LAST, NV_RSA_EK_CERT
+from vtpm.nvindex import NV_ECC_EK_CERT, NV_EK_CHAIN_FIRST, NV_EK_CHAIN_LAST, NV_RSA_EK_CERT
 
 # tpm2-pytss EK template names (tpm2_pytss.utils.create_ek_template) for each of our EK kinds.
 PYTSS_EK_TEMPLATES = {"rsa": ("EK-RSA2048", NV_RSA_EK_CERT), "ecc": ("EK-ECC256", NV_ECC_EK_CERT)}

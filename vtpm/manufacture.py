@@ -28,18 +28,23 @@ import datetime
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from cryptography.hazmat.primitives.asymmetric import ec
-
-from vtpm import certs, wire
+from vtpm import wire
 from vtpm.attest import Attester, AttesterError, check_binding, is_fake_quote, report_data_for
 from vtpm.errors import VtpmError
+from vtpm.nvindex import (
+    EK_KINDS,
+    NV_ECC_EK_CERT,
+    NV_EK_CHAIN_FIRST,
+    NV_EK_CHAIN_LAST,
+    NV_RSA_EK_CERT,
+)
 
-EK_KINDS = ("rsa", "ecc")
-NV_RSA_EK_CERT = 0x01C00002
-NV_ECC_EK_CERT = 0x01C0000A
-NV_EK_CHAIN_FIRST = 0x01C00100
-NV_EK_CHAIN_LAST = 0x01C001FF
+if TYPE_CHECKING:  # imported where used: see `manufacture`
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from vtpm import certs
 
 NV_CERT_ATTRIBUTES = (
     wire.TPMA_NV_PLATFORMCREATE
@@ -174,6 +179,10 @@ class ManufactureResult:
     @property
     def ca_public_key(self) -> ec.EllipticCurvePublicKey:
         """The CA public key (it never existed outside the TPM in private form)."""
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        from vtpm import certs
+
         return ec.EllipticCurvePublicKey.from_encoded_point(certs.CA_CURVE, self.ca_public_point)
 
 
@@ -209,7 +218,10 @@ def manufacture(
     attester: Attester,
     now: datetime.datetime | None = None,
 ) -> ManufactureResult:
-    """Provision a powered-on TPM; raises ManufactureError (never falls back) on any failure."""
+    """Provision a powered-on TPM; raises ManufactureError (never falls back) on any failure.
+
+    The X.509 machinery (`vtpm.certs`, cryptography) is imported only once the keys exist: a vTPM
+    worker imports it on another thread while libtpms generates them (`vtpm.worker`)."""
     kinds = list(dict.fromkeys(ek))
     unknown = [k for k in kinds if k not in EK_KIND_TABLE]
     if unknown or not kinds:
@@ -219,7 +231,6 @@ def manufacture(
     try:
         tpm.startup_clear()
         props = tpm.get_properties(wire.TPM_PT_FIXED, 64)
-        identity = certs.TpmIdentity.from_properties(props)
         index_max = props.get(wire.TPM_PT_NV_INDEX_MAX, 0)
         buffer_max = props.get(wire.TPM_PT_NV_BUFFER_MAX, 0)
         if not index_max or not buffer_max:
@@ -241,10 +252,18 @@ def manufacture(
             )
         finally:
             tpm.flush(parent.handle)
-    except (wire.TpmError, wire.WireError, certs.CertificateError) as exc:
+    except (wire.TpmError, wire.WireError) as exc:
         raise _step("creating keys", exc) from exc
 
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from vtpm import certs
+
     try:
+        try:
+            identity = certs.TpmIdentity.from_properties(props)
+        except certs.CertificateError as exc:
+            raise _step("creating keys", exc) from exc
         ca_key = certs.public_key_of(ca.public)
         if not isinstance(ca_key, ec.EllipticCurvePublicKey):
             raise ManufactureError("manufacture: the TPM returned a CA key that is not ECC")
@@ -317,17 +336,3 @@ def manufacture(
         attester.simulated or fake,
         identity,
     )
-
-
-def read_ca_certificate(tpm: wire.TpmClient) -> bytes:
-    """The CA certificate reassembled from consecutive chain NV indices from 0x01C00100."""
-    chunk = tpm.get_properties(wire.TPM_PT_NV_BUFFER_MAX, 1).get(wire.TPM_PT_NV_BUFFER_MAX, 0)
-    if not chunk:
-        raise ManufactureError("TPM did not report TPM_PT_NV_BUFFER_MAX")
-    data = b""
-    for index in range(NV_EK_CHAIN_FIRST, NV_EK_CHAIN_LAST + 1):
-        public = tpm.nv_read_public(index)
-        if public is None:
-            break
-        data += tpm.nv_read(index, public.data_size, chunk)
-    return data

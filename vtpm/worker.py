@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import importlib
 import os
 import signal
 import socket
 import struct
+import threading
 import traceback
 from collections.abc import Sequence
 
@@ -46,6 +48,7 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_ORPHANED = 3
 PID = struct.Struct("<I")
+CERTIFICATES_MODULE = "vtpm.certs"
 
 
 class WorkerError(VtpmError, RuntimeError):
@@ -169,10 +172,23 @@ class Worker:
         self.channel.send(WorkerOp.MANUFACTURED, b"", msg.sequence)
 
 
+def import_certificates_meanwhile() -> threading.Thread:
+    """Import the X.509 machinery (`vtpm.certs`, cryptography) on another thread. Manufacture
+    needs it only once libtpms has generated the keys, and libtpms runs without the GIL (ctypes
+    releases it around each call), so the import and the key generation overlap; the launcher
+    left it out, so that it forks the workers sooner."""
+    thread = threading.Thread(
+        target=importlib.import_module, args=(CERTIFICATES_MODULE,), name="import", daemon=True
+    )
+    thread.start()
+    return thread
+
+
 def main(sock_fd: int, parent_pid: int) -> int:
     """One worker: say READY, then serve the channel on `sock_fd` while `parent_pid` lives."""
     if not die_with_parent(parent_pid):
         return EXIT_ORPHANED
+    import_certificates_meanwhile()
     channel = WorkerChannel(socket.socket(fileno=sock_fd))
     try:
         channel.send(WorkerOp.READY, PID.pack(os.getpid()))

@@ -25,9 +25,9 @@ import yaml
 
 from igvm.build import build
 from orchestrator.boot import DEFAULT_RECIPE, L1_ENTRY, L1_PACKAGES, TD_RAM
+from orchestrator.l1image import build_l1_image
 from orchestrator.l2image import write_l2_image
 from svsm.scheduler import run_guests
-from tdxsim.host.l1_image import build_l1_image
 from tdxsim.host.vmm import RunStatus, Vmm, simulated_platform
 from tdxsim.testing import assemble
 from tests.support.svsm_td import Paravisor

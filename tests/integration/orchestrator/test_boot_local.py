@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from igvm.measure import mrtd
-from tdxsim.host.l1_image import build_l1_image
+from orchestrator.l1image import build_l1_image
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -58,7 +58,7 @@ def test_run_builds_boots_attests_and_talks_to_the_vtpm(tmp_path: Path) -> None:
     assert "invoke run --serve" in out  # how to keep serving the L1 vTPM is said
     # L1 ran from the measured image that the recipe placed: the image on disk is this checkout's
     assert (ROOT / "out" / "l1.img").read_bytes() == build_l1_image(
-        [ROOT / "svsm", ROOT / "vtpm", ROOT / "tdxdefs"], "svsm.boot:main"
+        [ROOT / "svsm", ROOT / "vtpm", ROOT / "tdxdefs"], "svsm.entry:main"
     )
 
 

@@ -13,7 +13,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from svsm import vtpm_workers
+from svsm import vtpm_launcher, vtpm_workers
 from svsm.crb import CrbDevice, CrbRegister, CrbState, CtrlSts
 from svsm.vtpm_workers import CrbBackend, VtpmWorkerError, VtpmWorkers
 from tdxsim.host.l1_image import zip_packages
@@ -177,6 +177,28 @@ def test_close_ends_every_worker(image_zip: str) -> None:
     assert not [pid for pid in pids if running(pid)]
 
 
+def test_a_launcher_started_first_is_taken_over(image_zip: str) -> None:
+    started = vtpm_launcher.start_launcher(2, image_zip)  # as svsm.entry does, before the rest
+    pool = VtpmWorkers(2, image_zip, started=started)
+    try:
+        assert pool.launcher is started.process
+        pool.manufacture(FakeAttester())
+        assert all(set(worker.identity().ek_certificates) == {"rsa", "ecc"} for worker in pool.all)
+    finally:
+        pool.close()
+    assert pool.launcher.returncode == 0
+
+
+def test_a_launcher_with_the_wrong_number_of_channels_is_refused_and_ended(
+    image_zip: str,
+) -> None:
+    started = vtpm_launcher.start_launcher(1, image_zip)
+    with pytest.raises(VtpmWorkerError, match="1 worker channels for 2 L2s"):
+        VtpmWorkers(2, image_zip, started=started)
+    assert started.process.returncode is not None  # killed and reaped, no orphan
+    assert all(sock.fileno() == -1 for sock in started.channels)
+
+
 def test_a_worker_whose_image_lacks_the_vtpm_fails_clearly(tmp_path: Path) -> None:
     bad = tmp_path / "no-vtpm.zip"
     bad.write_bytes(zip_packages([ROOT / "tdxdefs"]))
@@ -195,8 +217,8 @@ def test_a_launcher_that_would_import_from_the_checkout_refuses_to_run(
 ) -> None:
     partial = tmp_path / "no-tdxdefs.zip"
     partial.write_bytes(zip_packages([ROOT / "vtpm"]))
-    real = vtpm_workers.site_dirs()
-    monkeypatch.setattr(vtpm_workers, "site_dirs", lambda: [str(ROOT), *real])
+    real = vtpm_launcher.site_dirs()
+    monkeypatch.setattr(vtpm_launcher, "site_dirs", lambda: [str(ROOT), *real])
     pool = VtpmWorkers(1, str(partial))
     try:
         with pytest.raises(VtpmWorkerError, match=r"the launcher's exit status 1"):

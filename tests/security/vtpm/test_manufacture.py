@@ -16,15 +16,8 @@ from cryptography.hazmat.primitives import serialization
 from tests.support.tpm_socket import SocketTransport
 from tests.support.vtpm_process import VtpmProcess
 from vtpm import attest, certs, wire
-from vtpm.manufacture import (
-    NV_ECC_EK_CERT,
-    NV_EK_CHAIN_FIRST,
-    NV_RSA_EK_CERT,
-    ManufactureError,
-    ManufactureResult,
-    manufacture,
-    read_ca_certificate,
-)
+from vtpm.manufacture import ManufactureError, ManufactureResult, manufacture
+from vtpm.nvindex import NV_ECC_EK_CERT, NV_EK_CHAIN_FIRST, NV_RSA_EK_CERT, read_ca_certificate
 
 TPM_RC_NV_LOCKED = 0x148
 TPM_RC_NV_AUTHORIZATION = 0x149

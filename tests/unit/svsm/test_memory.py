@@ -115,3 +115,16 @@ def test_shared_range_is_no_longer_private(td: Td) -> None:
     with pytest.raises(L1MemoryError, match="not accepted"):
         td.memory.read(BUF, 1)
     assert td.memory.read(BUF + PAGE_SIZE, 1) == b"\0"  # the rest stays accepted
+
+
+def test_a_page_checked_before_it_was_shared_is_refused_after(td: Td) -> None:
+    td.memory.accept(BUF, 2 * PAGE_SIZE)
+    for _ in range(2):  # checked, then found again
+        td.memory.write(BUF, b"private")
+        assert td.memory.read(BUF, 7) == b"private"
+    td.memory.share(BUF, PAGE_SIZE)
+    with pytest.raises(L1MemoryError, match="not accepted"):
+        td.memory.read(BUF, 7)
+    with pytest.raises(L1MemoryError, match="is shared"):
+        td.memory.write(BUF | td.memory.shared_bit, b"x")
+    assert td.memory.read(BUF + PAGE_SIZE, 1) == b"\0"
