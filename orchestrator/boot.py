@@ -213,11 +213,11 @@ def _l2_outcomes(report: BootReport, out: Callable[[str], None], show_aliases: b
     assert l1 is not None
     timings = l1.raw.get("timings_ms", {})
     if isinstance(timings, dict) and timings:
-        out("[-] boot timeline inside the TD (L1's steps):")
-        clock = 0.0
+        out("[-] boot timeline inside the TD (L1's steps, in the order they started):")
         for step, ms in timings.items():
-            clock += float(ms)
-            out(f"    {clock:8.1f} ms  (+{float(ms):6.1f})  {step}")
+            out(f"    {float(ms):8.1f} ms  step {step}")
+        total = sum(float(ms) for ms in timings.values())
+        out(f"    {total:8.1f} ms  in all")
     out("[-] L1's page aliases (GPA x VM; R read, W write, X execute; L1 has all):")
     for line in l1.alias_map if show_aliases else l1.alias_map[:1] + _l2_rows(l1.alias_map):
         out(f"    {line}")

@@ -138,8 +138,9 @@ class Boot:
             self.say(f"{label} done in {elapsed:.1f} ms")
 
     def step_timings(self) -> dict[str, float]:
-        """Milliseconds per step title, in step order."""
-        return {title: ms for _number, (title, ms) in sorted(self.timings.items())}
+        """Milliseconds per step, "N title" in the order the steps started (a step that runs in
+        parts is placed where its first part ran, with the time of all its parts)."""
+        return {f"{number} {title}": ms for number, (title, ms) in self.timings.items()}
 
     def launch(self) -> int:
         """Step 2: TDG.VP.INFO, accept memory, NUM_L2_VMS, the launch parameters into RTMR0."""

@@ -217,6 +217,9 @@ def launch(sock_fds: Sequence[int], parent_pid: int) -> int:
     """The launcher's entry: fork one worker per inherited channel, then reap them all."""
     if not die_with_parent(parent_pid):
         return EXIT_ORPHANED
+    # A terminal's Ctrl-C reaches the whole process group: the launcher and its workers end with
+    # L1 (PR_SET_PDEATHSIG), never by an interrupt of their own (the ignore survives fork).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     launcher = os.getpid()
     libtpms.load()  # found and opened once; no TPM exists until a worker creates its engine
     for fd in sock_fds:

@@ -104,6 +104,14 @@ def test_pcrs_are_independent(workers: VtpmWorkers) -> None:
     assert pcr_value(tpm2) == before
 
 
+def test_a_terminal_interrupt_leaves_the_workers_serving(workers: VtpmWorkers) -> None:
+    os.kill(workers[1].pid, signal.SIGINT)  # what Ctrl-C sends the whole process group
+    crb, buffer = crb_for(CrbBackend(workers[1]))
+    start(crb, buffer, GET_RANDOM_8)
+    assert crb.state is CrbState.READY and workers[1].alive
+    assert wire.TPM_HEADER.unpack_from(buffer)[2] == wire.TPM_RC_SUCCESS
+
+
 def test_a_killed_worker_makes_its_crb_fatal_and_the_other_l2_goes_on(
     workers: VtpmWorkers,
 ) -> None:
