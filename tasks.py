@@ -21,11 +21,6 @@ BENCH_DIR = ROOT / "tests" / "benchmarks"
 DEFAULT_IMAGE = ROOT / "out" / "tdp.igvm"
 
 
-def _not_yet(task_name: str, needs: str) -> None:
-    """Fail plainly for a task whose part does not exist yet; never pretend."""
-    raise Exit(f"invoke {task_name}: not available yet: it needs {needs}.", code=2)
-
-
 def _run(cmd: list[str], **env: str) -> int:
     """Run a command from the project root with the venv's tools first on PATH."""
     full_env = dict(os.environ)
@@ -212,7 +207,7 @@ def bench(c: Context, only: str = "", quick: bool = False) -> None:
         "image": "the IGVM image the TD was built from (default: out/tdp.igvm)",
         "json": "print the report as JSON",
         "root": "the quote's root: simulated (default: tdxsim's), intel, or a PEM/DER file",
-        "dev-platform-port": "the TD was served with --dev-platform-port (it is in RTMR0)",
+        "dev-platform-port": "the TD was served with --dev-platform-port (in RTMR0 and RTMR3)",
     }
 )
 def attest(

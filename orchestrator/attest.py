@@ -23,8 +23,8 @@ from pathlib import Path
 
 from igvm.errors import IgvmError
 from orchestrator.errors import OrchestratorError
+from orchestrator.product import launch_options
 from tdxdefs.firmware_log import EVENT_LOG_NV_INDEX, PAYLOAD_PCR
-from tdxdefs.relay import LAUNCH_OPTION_DEV_PLATFORM_PORT, LAUNCH_OPTION_SERVE
 from verifier import eventlog
 from verifier.errors import VerificationError
 from verifier.reference import ReferenceValues, reference_values
@@ -38,7 +38,7 @@ from verifier.tpm_attestation import (
     parse_public,
     verify_tpm_attestation,
 )
-from verifier.trust_anchors import resolve_root
+from verifier.trust_anchors import resolve_root, simulated_root
 from vtpm import wire
 from vtpm.manufacture import EK_TEMPLATE_L2_ECC
 from vtpm.nvindex import NV_ECC_EK_CERT, NV_EK_CHAIN_FIRST, NV_EK_CHAIN_LAST, NV_RSA_EK_CERT
@@ -52,6 +52,7 @@ EK_NV = {"rsa": NV_RSA_EK_CERT, "ecc": NV_ECC_EK_CERT}
 BASE_PCRS = (0, PAYLOAD_PCR)
 NV_READ_CHUNK = 1024
 NV_HANDLES_PER_CALL = 64
+NV_INDEX_LIMIT = 2048  # TPM_PT_NV_INDEX_MAX of libtpms: no index of a vTPM holds more
 AK_TEMPLATE = wire.Public(
     wire.TPM_ALG_ECC,
     wire.TPM_ALG_SHA256,
@@ -92,20 +93,21 @@ def nv_indices(ectx: object) -> set[int]:
 
     assert isinstance(ectx, ESAPI)
     found: set[int] = set()
-    first = int(TPM2_HC.NV_INDEX_FIRST)
+    first, last = int(TPM2_HC.NV_INDEX_FIRST), int(TPM2_HC.NV_INDEX_LAST)
     more = True
-    while more:
+    while more and first <= last:  # the TPM is the host's: each answer must move forward
         more, data = ectx.get_capability(TPM2_CAP.HANDLES, first, NV_HANDLES_PER_CALL)
         handles = [int(h) for h in data.data.handles]
-        if not handles:
+        if not handles or max(handles) < first:
             break
         found.update(handles)
         first = max(handles) + 1
     return found
 
 
-def read_nv(ectx: object, index: int) -> bytes:
-    """The whole contents of NV index `index`, in NV_READ_CHUNK pieces."""
+def read_nv(ectx: object, index: int, limit: int = NV_INDEX_LIMIT) -> bytes:
+    """The whole contents of NV index `index`, in NV_READ_CHUNK pieces; an index larger than
+    `limit` bytes, or a TPM that answers a read with fewer bytes than asked, is refused."""
     from tpm2_pytss import ESAPI
 
     assert isinstance(ectx, ESAPI)
@@ -113,10 +115,18 @@ def read_nv(ectx: object, index: int) -> bytes:
     try:
         public, _name = ectx.nv_read_public(handle)
         size = public.nvPublic.dataSize
+        if size > limit:
+            raise AttestError(f"NV index {index:#010x}: {size} bytes, more than the {limit} read")
         data = b""
         while len(data) < size:
             chunk = min(NV_READ_CHUNK, size - len(data))
-            data += bytes(ectx.nv_read(handle, chunk, len(data)))
+            piece = bytes(ectx.nv_read(handle, chunk, len(data)))
+            if len(piece) != chunk:
+                raise AttestError(
+                    f"NV index {index:#010x}: {len(piece)} bytes read at offset {len(data)}, "
+                    f"{chunk} asked"
+                )
+            data += piece
         return data
     finally:
         ectx.tr_close(handle)
@@ -254,25 +264,17 @@ class AttestResult:
     evidence: TpmEvidence
     challenge: Challenge
     root_label: str
+    simulated: bool  # the trusted root is tdxsim's: no hardware root of trust
     collect_s: float
     verify_s: float
 
 
-def serve_command_line(dev_platform_port: bool = False) -> str:
-    """The launch options `invoke run --serve` gives L1 (orchestrator.serve.launch_options),
-    which L1 extends into RTMR0."""
-    options = [LAUNCH_OPTION_SERVE]
-    if dev_platform_port:
-        options.append(LAUNCH_OPTION_DEV_PLATFORM_PORT)
-    return " ".join(options)
-
-
 def reference_for(image: Path, dev_platform_port: bool = False) -> ReferenceValues:
     """The reference values of `image` as `invoke run --serve` launches it."""
-    from svsm.boot import SVSM_VERSION
+    from svsm.version import SVSM_VERSION
 
     return reference_values(
-        image, l1_version=SVSM_VERSION, command_line=serve_command_line(dev_platform_port)
+        image, l1_version=SVSM_VERSION, command_line=launch_options(dev_platform_port).decode()
     )
 
 
@@ -295,7 +297,13 @@ def attest(
         evidence, reference, challenge=challenge, trusted_root=trusted_root, root_label=label
     )
     return AttestResult(
-        report, evidence, challenge, label, collected - start, time.perf_counter() - collected
+        report,
+        evidence,
+        challenge,
+        label,
+        trusted_root == simulated_root(),
+        collected - start,
+        time.perf_counter() - collected,
     )
 
 
@@ -309,14 +317,17 @@ def print_report(result: AttestResult, out: Callable[[str], None] = print) -> No
             out(f"        actual:   {step.actual}")
     failed = result.report.failed
     verdict = "attested" if failed is None else f"NOT attested (step '{failed.name}')"
+    quote = "SIMULATED TD quote" if result.simulated else "TD quote"
     out(
-        f"{verdict}; SIMULATED TD quote; collect {result.collect_s * 1000:.0f} ms, verify "
+        f"{verdict}; {quote}; collect {result.collect_s * 1000:.0f} ms, verify "
         f"{result.verify_s * 1000:.0f} ms"
     )
 
 
 @contextmanager
-def serving(image: Path, out: Callable[[str], None] = lambda _line: None) -> Iterator[str]:
+def serving(
+    image: Path, out: Callable[[str], None] = lambda _line: None, *, dev_platform_port: bool = False
+) -> Iterator[str]:
     """`invoke run --serve`'s code on `image` in a thread; yields the mssim TCTI string once L1
     serves, and stops the TD on exit."""
     from orchestrator.serve import serve_image
@@ -334,7 +345,7 @@ def serving(image: Path, out: Callable[[str], None] = lambda _line: None) -> Ite
 
     def body() -> None:
         try:
-            serve_image(image, stop=stop, out=show)
+            serve_image(image, stop=stop, out=show, dev_platform_port=dev_platform_port)
         except BaseException as exc:  # reported to the caller below
             failure.append(exc)
         finally:
@@ -373,7 +384,7 @@ def main(
                 {
                     **result.report.as_dict(),
                     "root": result.root_label,
-                    "simulated": True,
+                    "simulated": result.simulated,
                     "nonce": result.challenge.nonce.hex(),
                     "collect_ms": round(result.collect_s * 1000, 1),
                     "verify_ms": round(result.verify_s * 1000, 1),

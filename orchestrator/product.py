@@ -12,6 +12,7 @@ from pathlib import Path
 
 from orchestrator.l1image import build_l1_image
 from tdxdefs.l2boot import TPM_CRB_BASE, TPM_CRB_SIZE
+from tdxdefs.relay import LAUNCH_OPTION_DEV_PLATFORM_PORT, LAUNCH_OPTION_SERVE
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_RECIPE = Path(__file__).resolve().parent / "recipes" / "tdp.yaml"
@@ -23,6 +24,15 @@ L1_ENTRY = "svsm.entry:main"  # starts the vTPM workers, then svsm.boot.main
 TD_RAM = [(0, 32 << 20), (TPM_CRB_BASE, TPM_CRB_SIZE)]
 NUM_L2_VMS = 1
 MAX_L2_VMS = 3
+
+
+def launch_options(dev_platform_port: bool) -> bytes:
+    """The command line the host gives L1 for serving (`invoke run --serve`); L1 extends it into
+    RTMR0 with the rest of the parameter area, so a relying party predicts it too."""
+    options = [LAUNCH_OPTION_SERVE]
+    if dev_platform_port:
+        options.append(LAUNCH_OPTION_DEV_PLATFORM_PORT)
+    return " ".join(options).encode()
 
 
 def write_l1_image(path: Path = L1_IMAGE) -> bytes:

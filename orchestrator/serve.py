@@ -31,10 +31,11 @@ from orchestrator.product import (
     NUM_L2_VMS,
     ROOT,
     TD_RAM,
+    launch_options,
     write_l1_image,
 )
 from orchestrator.relay import RelayServer
-from tdxdefs.relay import LAUNCH_OPTION_DEV_PLATFORM_PORT, LAUNCH_OPTION_SERVE, RELAY_RING_GPA
+from tdxdefs.relay import RELAY_RING_GPA
 from tdxsim.attestation.pck import WELL_KNOWN_SEED
 from tdxsim.host.relay import RelayStats
 from tdxsim.host.vmm import RunStatus, Vmm, simulated_platform
@@ -50,14 +51,6 @@ class ServeResult:
     detail: str
     stats: RelayStats
     tcti: dict[str, str]
-
-
-def launch_options(dev_platform_port: bool) -> bytes:
-    """The command line the host gives L1 for serving."""
-    options = [LAUNCH_OPTION_SERVE]
-    if dev_platform_port:
-        options.append(LAUNCH_OPTION_DEV_PLATFORM_PORT)
-    return " ".join(options).encode()
 
 
 def serve_image(

@@ -41,6 +41,7 @@ from svsm.memory import PAGE_SIZE_2M, Memory
 from svsm.pages import PageAllocator
 from svsm.platform import Platform
 from svsm.tdcall import Tdcall
+from svsm.version import SVSM_VERSION
 from svsm.vtpm_launcher import StartedLauncher
 from svsm.vtpm_workers import VtpmIdentity, VtpmWorkers
 from tdxdefs.eventlog import (
@@ -51,7 +52,12 @@ from tdxdefs.eventlog import (
 )
 from tdxdefs.l2boot import L2_DESCRIPTOR_GPA, TPM_CRB_BASE, TPM_CRB_SIZE, L2ImageDescriptor
 from tdxdefs.metadata import NUM_L2_VMS_FIELD
-from tdxdefs.relay import RELAY_RING_GPA, RING_PAGE_SIZE
+from tdxdefs.relay import (
+    DEV_PLATFORM_PORT_EVENT,
+    DEV_PLATFORM_PORT_RTMR,
+    RELAY_RING_GPA,
+    RING_PAGE_SIZE,
+)
 from tdxdefs.tdcall import PAGE_SIZE, R8, RCX, VP_INFO_GPAW_MASK, Leaf
 from tdxdefs.tdvmcall import Tdvmcall
 from vtpm import wire
@@ -61,7 +67,6 @@ if TYPE_CHECKING:  # imported where first used, once the vTPM workers have start
     from svsm.l2guest import L2Guest
     from svsm.relay import Relay
 
-SVSM_VERSION = "tdp-svsm 0.1.0"
 # Layout (the project recipe orchestrator/recipes/tdp.yaml places the parameter area here).
 PARAMETER_AREA_GPA, PARAMETER_AREA_SIZE = 0x9000, PAGE_SIZE
 WORK_GPA, WORK_SIZE = 0x1000000, PAGE_SIZE_2M  # L1's page pool (svsm.pages): accepted at boot
@@ -82,7 +87,6 @@ L1_OWN = (
     (RELAY_RING_GPA, RING_PAGE_SIZE, "host relay ring"),
 )
 RTMR_LAUNCH = 0
-RTMR_MODES = 3  # how the TD runs (a development relay platform port)
 PCR_SVSM = 0
 UART_PORT = 0x3F8
 IO_SIZE_1, IO_WRITE = 1, 1
@@ -202,8 +206,7 @@ class Boot:
         is recorded in RTMR3 as well, so a verifier sees the mode the TD ran in."""
         mode = launch_options(parameter_area)
         if mode.dev_platform_port:
-            event = b"vTPM relay: development platform port (power cycles from the host)\0"
-            self.rtmrs.extend(RTMR_MODES, EV_EVENT_TAG, event, hashlib.sha384(event).digest())
+            self.rtmrs.extend(DEV_PLATFORM_PORT_RTMR, EV_EVENT_TAG, DEV_PLATFORM_PORT_EVENT)
         return mode
 
     def start_relay(self, guests: list[L2Guest]) -> Relay:

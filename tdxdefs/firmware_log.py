@@ -17,7 +17,8 @@ The details a reader of the index can rely on (l2-firmware/src/measure.c follows
 checks its C constants against these):
 - attributes `EVENT_LOG_NV_ATTRIBUTES`: readable with the index's own (empty) authorization, the
   owner's or the platform's; written by the platform only, then write-locked (TPMA_NV_WRITEDEFINE
-  and TPM2_NV_WriteLock) until the index is undefined;
+  and TPM2_NV_WriteLock) until the index is undefined, which nobody can do afterwards: the
+  firmware then disables the platform hierarchy (TPM2_HierarchyControl) until TPM2_Startup(CLEAR);
 - the firmware's own record is the last: PCR `PAYLOAD_PCR`, type EV_IPL (`PAYLOAD_EVENT_TYPE`),
   its event data the payload's bytes themselves (at most `PAYLOAD_MAX`, TPM2B_EVENT's limit);
 - the log is at most `EVENT_LOG_MAX` bytes (TPM_PT_NV_INDEX_MAX of libtpms) and is written in

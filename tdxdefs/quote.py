@@ -168,6 +168,9 @@ class TdQuoteBody15(TdQuoteBody):
     mrservicetd: bytes
 
 
+L1_VM_INDEX = 0  # TD report 1.5 extended: the VM index of a report L1 (or a plain TD) made
+
+
 @dataclass(frozen=True, slots=True)
 class TdQuoteBody15Ex(TdQuoteBody15):
     """TD quote body for TD report 1.5 with extensions (version 5, body type 4; Intel DCAP's

@@ -105,3 +105,7 @@ RELAY_RING_GPA = 0x1E00000
 LAUNCH_COMMAND_LINE_OFFSET = 0x800
 LAUNCH_OPTION_SERVE = "tdp.relay=serve"  # L1 shares the ring page and serves the relay
 LAUNCH_OPTION_DEV_PLATFORM_PORT = "tdp.dev-platform-port=1"  # power cycles are relayed
+# With that option L1 also extends this event (EV_EVENT_TAG, SHA-384 of the bytes) into
+# RTMR3 before any quote: a verifier sees that the host could power-cycle (reset) the vTPM.
+DEV_PLATFORM_PORT_RTMR = 3
+DEV_PLATFORM_PORT_EVENT = b"vTPM relay: development platform port (power cycles from the host)\0"

@@ -40,6 +40,11 @@ from tdxdefs.l2boot import (
     L2FirmwareHeader,
     L2ImageDescriptor,
 )
+from tdxdefs.relay import (
+    DEV_PLATFORM_PORT_EVENT,
+    DEV_PLATFORM_PORT_RTMR,
+    LAUNCH_OPTION_DEV_PLATFORM_PORT,
+)
 from verifier import eventlog
 from verifier.errors import VerificationError
 
@@ -227,12 +232,19 @@ def reference_values(
     at_quote = after = None
     if len(areas) == 1:
         launch = hashlib.sha384(areas[0][1]).digest()
-        at_quote = rtmr_predict([(L1_PARAMETER_AREA_RTMR, launch)])
+        quoted = [(L1_PARAMETER_AREA_RTMR, launch)]
+        if LAUNCH_OPTION_DEV_PLATFORM_PORT in command_line.split():
+            quoted.append(
+                (DEV_PLATFORM_PORT_RTMR, hashlib.sha384(DEV_PLATFORM_PORT_EVENT).digest())
+            )
+            notes.append(
+                f"RTMR{DEV_PLATFORM_PORT_RTMR}: the development platform port, so the host may "
+                "power-cycle (reset) the vTPM"
+            )
+        at_quote = rtmr_predict(quoted)
         seal = eventlog.separator(0).sha384
         assert seal is not None
-        after = rtmr_predict(
-            [(L1_PARAMETER_AREA_RTMR, launch)] + [(r, seal) for r in range(eventlog.RTMR_COUNT)]
-        )
+        after = rtmr_predict(quoted + [(r, seal) for r in range(eventlog.RTMR_COUNT)])
         ram_text = ", ".join(f"{size >> 20} MiB at {gpa:#x}" for gpa, size in ram)
         notes.append(
             f"RTMRs assume the host's launch parameters: {vcpus} VP(s), RAM {ram_text}, "

@@ -32,6 +32,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from tdxdefs.quote import L1_VM_INDEX, TdQuoteBody15Ex
 from verifier import eventlog
 from verifier.errors import VerificationError
 from verifier.eventlog import CcEvent, EventLog
@@ -217,6 +218,14 @@ def _run(
         name, f"signed up to {root_label}", lambda: verify_quote(raw_quote, trusted_root, at=at)
     )
     report.quote = quote
+    if isinstance(quote.body, TdQuoteBody15Ex) and quote.body.vm_index != L1_VM_INDEX:
+        check.fail(
+            name,
+            f"a report L1 made for itself (VM index {L1_VM_INDEX})",
+            f"VM index {quote.body.vm_index}",
+            f"the quote's report was made for L2 VM {quote.body.vm_index}, not for the paravisor "
+            "whose CA it must vouch for",
+        )
     check.step(
         name,
         f"signed up to {root_label}",

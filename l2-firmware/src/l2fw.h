@@ -132,6 +132,7 @@ u32 tpm_pcr_event(u32 pcr, const u8 *data, u32 size, u8 *sha256, u8 *sha384);
 u32 tpm_nv_define_space(u32 index, u32 attributes, u32 size);
 u32 tpm_nv_write(u32 index, const u8 *data, u32 size, u32 offset);
 u32 tpm_nv_write_lock(u32 index);
+u32 tpm_platform_disable(void);
 
 /* measure.c: 1 when measured and logged, 0 when skipped (no L1VTPM service), -1 on failure. */
 int measured_boot(void);

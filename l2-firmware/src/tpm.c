@@ -1,5 +1,6 @@
 /* The TPM 2.0 commands of the measured boot (TCG TPM 2.0 Library, Part 3: 22.3 TPM2_PCR_Event,
- * 31.3 TPM2_NV_DefineSpace, 31.7 TPM2_NV_Write, 31.9 TPM2_NV_WriteLock), sent through the CRB.
+ * 31.3 TPM2_NV_DefineSpace, 31.7 TPM2_NV_Write, 31.9 TPM2_NV_WriteLock, 24.2
+ * TPM2_HierarchyControl), sent through the CRB.
  * Each carries one password session with an empty password (TPM_RS_PW): PCR 4 and the platform
  * hierarchy have empty authorization values after TPM2_Startup. Commands and responses are
  * big-endian (Part 1, Marshaling). */
@@ -8,6 +9,7 @@
 #define TPM_ST_SESSIONS 0x8002u
 #define TPM_RS_PW 0x40000009u
 #define TPM_RH_PLATFORM 0x4000000Cu
+#define TPM_CC_HIERARCHY_CONTROL 0x00000121u
 #define TPM_CC_NV_DEFINE_SPACE 0x0000012Au
 #define TPM_CC_NV_WRITE 0x00000137u
 #define TPM_CC_NV_WRITE_LOCK 0x00000138u
@@ -157,5 +159,16 @@ u32 tpm_nv_write(u32 index, const u8 *data, u32 size, u32 offset) {
 /* With TPMA_NV_WRITEDEFINE the lock holds until the index is undefined. */
 u32 tpm_nv_write_lock(u32 index) {
     start(TPM_CC_NV_WRITE_LOCK, TPM_RH_PLATFORM, index);
+    return send();
+}
+
+/* Disable the platform hierarchy (phEnable) until the next TPM2_Startup(CLEAR), as platform
+ * firmware does before it hands over: its empty authorization would otherwise let anyone who
+ * reaches the TPM undefine the log's index or change the platform's policy. Platform-created
+ * indices stay readable (that is phEnableNV, left set). */
+u32 tpm_platform_disable(void) {
+    start(TPM_CC_HIERARCHY_CONTROL, TPM_RH_PLATFORM, 0);
+    put(TPM_RH_PLATFORM, 4); /* enable: the hierarchy to change */
+    put(0, 1);               /* state: NO */
     return send();
 }

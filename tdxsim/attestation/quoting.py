@@ -62,6 +62,7 @@ from tdxdefs.quote import (
     SignatureDataLength,
     TdQuoteBody,
     TdQuoteBody15,
+    TdQuoteBody15Ex,
 )
 from tdxdefs.report import TEE_TYPE_TDX
 from tdxdefs.tdcall import TDREPORT_SIZE
@@ -351,11 +352,16 @@ class QuotingService:
         )
         return CertificationData(CertificationDataType.QE_REPORT, qe_data).pack()
 
-    def quote(self, tdreport: bytes, version: int = QUOTE_VERSION_4) -> bytes:
+    def quote(
+        self, tdreport: bytes, version: int = QUOTE_VERSION_4, vm_index: int | None = None
+    ) -> bytes:
         """A v4 (or v5, TD report 1.5 body) TD quote for a TDREPORT whose MAC this platform's key
-        verifies."""
+        verifies; with `vm_index`, a v5 quote with the TD report 1.5 extended body naming the VM
+        the report was made for (0: L1; 1-3: an L2 VM of a partitioned TD)."""
         if version not in (QUOTE_VERSION_4, QUOTE_VERSION_5):
             raise QuoteRequestRefused(f"quote version {version} is not 4 or 5")
+        if vm_index is not None and (version != QUOTE_VERSION_5 or not 0 <= vm_index <= 3):
+            raise QuoteRequestRefused(f"VM index {vm_index}: only 0-3, in a version 5 quote")
         try:
             report = verify_tdreport(tdreport, self.report_key)
         except TdReportError as exc:
@@ -372,9 +378,11 @@ class QuotingService:
         if version == QUOTE_VERSION_4:
             body = quote_body_from_report(report).pack()
         else:
-            body15 = quote_body15_from_report(report).pack()
-            descriptor = QuoteBodyDescriptor(QuoteBodyType.TD_REPORT_15, len(body15))
-            body = descriptor.pack() + body15
+            body15 = quote_body15_from_report(report)
+            kind, packed = QuoteBodyType.TD_REPORT_15, body15.pack()
+            if vm_index is not None:
+                kind, packed = QuoteBodyType.TD_REPORT_15_EX, _extended(body15, vm_index).pack()
+            body = QuoteBodyDescriptor(kind, len(packed)).pack() + packed
         signature = _sign_raw(self.attestation_key, header + body)
         signature_data = signature + self.attestation_key_raw + self.certification
         return header + body + SignatureDataLength(len(signature_data)).pack() + signature_data
@@ -388,6 +396,13 @@ class QuotingService:
             if len(buffer) < GetQuoteHeader.SIZE:
                 return buffer
             return encode_get_quote_response(buffer, GET_QUOTE_ERROR)
+
+
+def _extended(body: TdQuoteBody15, vm_index: int) -> TdQuoteBody15Ex:
+    """The 1.5 body with the extended fields: the VM index, the rest zero (no service TDs,
+    no devices, no instance ID in this simulation)."""
+    rest = TdQuoteBody15Ex.SIZE - TdQuoteBody15.SIZE - 1
+    return TdQuoteBody15Ex.unpack(body.pack() + bytes([vm_index]) + bytes(rest))
 
 
 @dataclass

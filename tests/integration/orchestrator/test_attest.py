@@ -31,10 +31,9 @@ from tpm2_pytss import ESAPI
 from tpm2_pytss.constants import ESYS_TR, TPM2_ALG
 from tpm2_pytss.types import TPML_DIGEST_VALUES, TPMT_HA, TPMU_HA
 
-from orchestrator.attest import collect, reference_for, serve_command_line, serving
+from orchestrator.attest import collect, reference_for, serving
 from orchestrator.boot import ROOT, build_product
 from orchestrator.l2image import L2_IMAGE, write_l2_image
-from orchestrator.serve import launch_options
 from tdxdefs.eventlog import (
     DigestAlgorithm,
     EventSize,
@@ -84,9 +83,9 @@ class ServedTd:
     port: int
 
 
-def _serve(image: Path) -> Iterator[ServedTd]:
+def _serve(image: Path, dev_platform_port: bool = False) -> Iterator[ServedTd]:
     """`invoke run --serve`'s code in a thread until the generator is closed."""
-    with serving(image) as tcti:
+    with serving(image, dev_platform_port=dev_platform_port) as tcti:
         match = re.search(r"port=(\d+)", tcti)
         assert match is not None
         yield ServedTd(image, tcti, int(match.group(1)))
@@ -260,16 +259,20 @@ def test_pcr_values_other_than_the_quoted_ones_fail_at_the_quoted_pcrs_step(
     failed_at(verify(stray, reference, collected.challenge), "quoted PCRs")
 
 
-def _ca_of_another_td(mrtd: bytes) -> bytes:
-    """A vTPM CA certificate whose TD quote (under the same SIMULATED root) is another TD's."""
+def _ca_of_another_td(mrtd: bytes, vm_index: int | None = None) -> bytes:
+    """A vTPM CA certificate whose TD quote (under the same SIMULATED root) is another TD's
+    (with `vm_index`: a v5 quote with the extended body naming that VM)."""
     sim = SimulatedAttestation.create(WELL_KNOWN_SEED)
     key = ec.generate_private_key(ec.SECP384R1())
     td = TdInfo(
         attributes=0x10000000, xfam=0xE7, mrtd=mrtd, mrconfigid=bytes(48), mrowner=bytes(48),
         mrownerconfig=bytes(48), rtmr=(bytes(48),) * 4, num_l2_vms=1, num_vcpus=1,
     )  # fmt: skip
-    quote = sim.quoting.quote(
-        sim.reports.tdreport(td, report_data_for(sec1_point(key.public_key())))
+    report = sim.reports.tdreport(td, report_data_for(sec1_point(key.public_key())))
+    quote = (
+        sim.quoting.quote(report)
+        if vm_index is None
+        else sim.quoting.quote(report, version=5, vm_index=vm_index)
     )
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "vTPM CA of another TD")])
     now = datetime.datetime.now(datetime.UTC)
@@ -438,11 +441,6 @@ def test_a_removed_or_truncated_firmware_log_fails_at_its_step(
     assert f"{EVENT_LOG_NV_INDEX:#010x}" in expected and actual == "no such index"
 
 
-@pytest.mark.parametrize("dev_platform_port", [False, True])
-def test_the_reference_assumes_the_launch_options_serve_gives(dev_platform_port: bool) -> None:
-    assert serve_command_line(dev_platform_port) == launch_options(dev_platform_port).decode()
-
-
 def test_other_launch_options_than_the_served_ones_fail_at_the_rtmr_reference(
     collected: Collected, image: Path
 ) -> None:
@@ -451,8 +449,48 @@ def test_other_launch_options_than_the_served_ones_fail_at_the_rtmr_reference(
         verify(collected.evidence, other, collected.challenge), "RTMRs against the reference"
     )
     assert other.rtmrs_at_quote is not None
-    assert expected == f"RTMR0={other.rtmrs_at_quote[0].hex()}"
-    assert actual.startswith("RTMR0=") and actual != expected
+    assert expected.startswith(f"RTMR0={other.rtmrs_at_quote[0].hex()}, RTMR3=")
+    assert actual.startswith("RTMR0=") and "RTMR3=" + "00" * 48 in actual
+
+
+def test_a_td_served_with_the_development_platform_port_attests_and_says_so(
+    image: Path, served: ServedTd
+) -> None:
+    del served  # served first, so the two TDs never boot at once on two cores
+    for dev in _serve(image, dev_platform_port=True):
+        challenge = Challenge.fresh()
+        evidence = collect(dev.tcti, challenge)
+        reference = reference_for(image, dev_platform_port=True)
+        report = verify(evidence, reference, challenge)
+        assert report.ok, report.failed
+        assert any("development platform port" in note for note in reference.notes)
+        # a reference for the plain serve refuses it: RTMR3 holds the mode
+        plain = verify(evidence, reference_for(image), challenge)
+        expected, actual = failed_at(plain, "RTMRs against the reference")
+        assert "RTMR3=" + "00" * 48 in expected and "RTMR3=" in actual
+
+
+def test_a_reference_without_rtmrs_fails_the_rtmr_step(
+    collected: Collected, reference: ReferenceValues
+) -> None:
+    blind = dataclasses.replace(
+        reference, rtmrs_at_quote=None, notes=("RTMRs not computed: the image inserts 2 areas",)
+    )
+    _, actual = failed_at(
+        verify(collected.evidence, blind, collected.challenge), "RTMRs against the reference"
+    )
+    assert actual == "none"
+
+
+def test_a_ca_quote_made_for_an_l2_vm_fails_at_the_quote_chain(
+    collected: Collected, reference: ReferenceValues
+) -> None:
+    for_l2 = collected.evidence.replace(ca_certificate=_ca_of_another_td(reference.mrtd, 1))
+    expected, actual = failed_at(verify(for_l2, reference, collected.challenge), "quote chain")
+    assert expected == "a report L1 made for itself (VM index 0)" and actual == "VM index 1"
+    for_l1 = collected.evidence.replace(ca_certificate=_ca_of_another_td(reference.mrtd, 0))
+    report = verify(for_l1, reference, collected.challenge)
+    assert report.steps[0].name == "quote chain" and report.steps[0].ok
 
 
 def test_invoke_attest_without_a_tpm_fails_naming_the_step(image: Path) -> None:

@@ -16,8 +16,8 @@ from tpm2_pytss.types import TPML_PCR_SELECTION
 
 from orchestrator.boot import TD_RAM, build_product
 from orchestrator.l2image import L2_IMAGE
+from orchestrator.product import launch_options
 from orchestrator.relay import RelayServer
-from orchestrator.serve import launch_options
 from svsm.boot import SVSM_VERSION
 from tdxsim.host.relay import HostRelay
 from tdxsim.host.vmm import RunResult, RunStatus, Vmm, simulated_platform
