@@ -177,6 +177,7 @@ class TpmPublic:
     auth_policy: bytes
     key: ec.EllipticCurvePublicKey | rsa.RSAPublicKey
     raw: bytes
+    symmetric: tuple[int, int, int] | None = None  # (algorithm, keyBits, mode) of a parent key
 
     @property
     def name(self) -> bytes:
@@ -200,10 +201,11 @@ def _digest(alg: int, data: bytes) -> bytes:
     return h.finalize()
 
 
-def _sym_def(r: _Reader) -> None:
-    if r.u16("symmetric.algorithm") != TPM_ALG_NULL:
-        r.u16("symmetric.keyBits")
-        r.u16("symmetric.mode")
+def _sym_def(r: _Reader) -> tuple[int, int, int] | None:
+    algorithm = r.u16("symmetric.algorithm")
+    if algorithm == TPM_ALG_NULL:
+        return None
+    return algorithm, r.u16("symmetric.keyBits"), r.u16("symmetric.mode")
 
 
 def _scheme(r: _Reader, name: str) -> None:
@@ -220,7 +222,7 @@ def parse_public(data: bytes) -> TpmPublic:
     policy = r.sized("authPolicy")
     key: ec.EllipticCurvePublicKey | rsa.RSAPublicKey
     if kind == TpmAlg.ECC:
-        _sym_def(r)
+        symmetric = _sym_def(r)
         _scheme(r, "scheme")
         curve_id = r.u16("curveID")
         _scheme(r, "kdf")
@@ -232,7 +234,7 @@ def parse_public(data: bytes) -> TpmPublic:
             int.from_bytes(x, "big"), int.from_bytes(y, "big"), curve
         ).public_key()
     elif kind == TpmAlg.RSA:
-        _sym_def(r)
+        symmetric = _sym_def(r)
         _scheme(r, "scheme")
         r.u16("keyBits")
         exponent = r.u32("exponent") or 65537
@@ -241,7 +243,7 @@ def parse_public(data: bytes) -> TpmPublic:
     else:
         raise TpmStructureError(f"TPMT_PUBLIC offset 0: type {kind:#06x} is not RSA or ECC")
     r.end()
-    return TpmPublic(kind, name_alg, attributes, policy, key, bytes(data))
+    return TpmPublic(kind, name_alg, attributes, policy, key, bytes(data), symmetric)
 
 
 # --- MakeCredential (TPM 2.0 Library Part 1, section 24; KDFa and KDFe, section 11.4.10) -------
@@ -290,9 +292,16 @@ def make_credential(ek: TpmPublic, object_name: bytes, secret: bytes | None = No
     """Seal `secret` (32 random bytes by default) to the EK for the object named `object_name`.
 
     ECC EKs: the seed is KDFe over an ephemeral ECDH with the EK; RSA EKs: the seed is encrypted
-    with RSA-OAEP, label "IDENTITY". The EK's symmetric algorithm is AES-128-CFB (the TCG EK
-    Credential Profile's templates L-1 and L-2).
+    with RSA-OAEP, label "IDENTITY". The secret is encrypted with the EK's symmetric algorithm,
+    which must be AES in CFB mode (the TCG EK Credential Profile's templates use AES-128-CFB).
     """
+    if ek.symmetric is None or (ek.symmetric[0], ek.symmetric[2]) != (TpmAlg.AES, TpmAlg.CFB):
+        raise TpmStructureError(
+            f"EK symmetric definition {ek.symmetric}: only AES in CFB mode seals a credential"
+        )
+    key_bits = ek.symmetric[1]
+    if key_bits not in (128, 192, 256):
+        raise TpmStructureError(f"EK symmetric keyBits {key_bits}: not an AES key size")
     secret = os.urandom(CREDENTIAL_SIZE) if secret is None else secret
     digest_bits = len(_digest(ek.name_alg, b"")) * 8
     if isinstance(ek.key, ec.EllipticCurvePublicKey):
@@ -309,8 +318,8 @@ def make_credential(ek: TpmPublic, object_name: bytes, secret: bytes | None = No
         encrypted_seed = ek.key.encrypt(
             seed, padding.OAEP(padding.MGF1(hash_type()), hash_type(), IDENTITY_LABEL)
         )
-    sym_key = kdfa(ek.name_alg, seed, STORAGE_LABEL, object_name, b"", AES_BLOCK_BITS)
-    encryptor = Cipher(algorithms.AES(sym_key), CFB(bytes(16))).encryptor()
+    sym_key = kdfa(ek.name_alg, seed, STORAGE_LABEL, object_name, b"", key_bits)
+    encryptor = Cipher(algorithms.AES(sym_key), CFB(bytes(AES_BLOCK_BITS // 8))).encryptor()
     enc_identity = encryptor.update(_tpm2b(secret)) + encryptor.finalize()
     hmac_key = kdfa(ek.name_alg, seed, INTEGRITY_LABEL, b"", b"", digest_bits)
     name = _hash_name(ek.name_alg)

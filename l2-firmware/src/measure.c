@@ -27,12 +27,16 @@ int measured_boot(void) {
     u32 payload_size = (u32)(__payload_end - __payload_start);
     u32 own = EVENT2_FIXED_SIZE + payload_size;
     u32 at = eventlog_spec_id(event_log);
-    u32 l1_size = 0;
-    int copied = l1vtpm_events(event_log + at, EVENT_LOG_MAX - at - own, &l1_size);
-    if (copied < 0) {
+    u32 l1_size = 0, events = 0;
+    int found = l1vtpm_detect(&events); /* its own Detect: nothing depends on the self-test's */
+    if (found < 0) {
         console_line("measured boot: ", "skipped (no L1VTPM service)");
         return 0;
     }
+    if (!found) {
+        return fail("malformed L1VTPM Detect answer, events=", events);
+    }
+    int copied = l1vtpm_events(event_log + at, EVENT_LOG_MAX - at - own, &l1_size);
     if (at + l1_size + own > EVENT_LOG_MAX) {
         return fail("event log bytes=", at + l1_size + own);
     }

@@ -93,8 +93,31 @@ def test_kdfe_agrees_with_tpm2_pytss() -> None:
     assert our_kdfe(TpmAlg.SHA256, *args, 256) == kdfe(TpmAlg.SHA256, *args, 256)
 
 
+def ecc_ek_public(symmetric: tuple[int, int, int] = (TpmAlg.AES, 128, TpmAlg.CFB)) -> bytes:
+    """An ECC P-256 storage key as the TCG EK templates make it: restricted decrypt, AES-CFB."""
+    point = ec.generate_private_key(ec.SECP256R1()).public_key().public_numbers()
+    attributes = int(ObjectAttributes.DECRYPT | ObjectAttributes.RESTRICTED)
+    return (
+        struct.pack(">HHI", TpmAlg.ECC, TpmAlg.SHA256, attributes)
+        + struct.pack(">H", 0)
+        + struct.pack(">HHH", *symmetric)
+        + struct.pack(">HHH", TpmAlg.NULL, 0x0003, TpmAlg.NULL)
+        + struct.pack(">H", 32) + point.x.to_bytes(32, "big")
+        + struct.pack(">H", 32) + point.y.to_bytes(32, "big")
+    )  # fmt: skip
+
+
+def test_a_credential_for_an_ek_without_aes_cfb_is_refused() -> None:
+    ek = parse_public(ecc_ek_public((TpmAlg.AES, 128, 0x0044)))  # OFB
+    with pytest.raises(TpmStructureError, match="only AES in CFB mode"):
+        make_credential(ek, b"\x00\x0b" + bytes(32))
+    with pytest.raises(TpmStructureError, match="only AES in CFB mode"):
+        make_credential(parse_public(ecc_public()), b"\x00\x0b" + bytes(32))  # no symmetric
+
+
 def test_a_credential_blob_holds_an_hmac_then_the_encrypted_secret() -> None:
-    ek = parse_public(ecc_public(int(ObjectAttributes.DECRYPT | ObjectAttributes.RESTRICTED)))
+    ek = parse_public(ecc_ek_public())
+    assert ek.symmetric == (TpmAlg.AES, 128, TpmAlg.CFB)
     credential = make_credential(ek, b"\x00\x0b" + bytes(32), b"s" * 32)
     (size,) = struct.unpack(">H", credential.credential_blob[:2])
     assert size == 32
