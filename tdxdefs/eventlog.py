@@ -14,6 +14,7 @@ from enum import IntEnum
 from typing import ClassVar
 
 from tdxdefs.layout import Layout
+from tdxdefs.tpm import TpmAlg
 
 
 class EventType(IntEnum):
@@ -62,16 +63,7 @@ EV_S_CRTM_VERSION = int(EventType.EV_S_CRTM_VERSION)
 EV_PLATFORM_CONFIG_FLAGS = int(EventType.EV_PLATFORM_CONFIG_FLAGS)
 
 
-class TpmAlgorithm(IntEnum):
-    """TPM_ALG_ID values of digests in an event log (TCG TPM 2.0 Library, Part 2, table 9)."""
-
-    SHA1 = 0x0004
-    SHA256 = 0x000B
-    SHA384 = 0x000C
-    SHA512 = 0x000D
-    SM3_256 = 0x0012
-
-
+TpmAlgorithm = TpmAlg  # the digests' algorithm IDs (TCG TPM 2.0 Library, Part 2, 6.3)
 TPM_ALG_SHA384 = int(TpmAlgorithm.SHA384)
 SHA1_SIZE = 20  # the TCG_PCR_EVENT digest field, zero for the Spec ID event
 SPEC_ID_SIGNATURE = b"Spec ID Event03\0"

@@ -28,34 +28,21 @@ checks its C constants against these):
 
 from __future__ import annotations
 
-from enum import IntFlag
-
 from tdxdefs.eventlog import EventType
+from tdxdefs.tpm import TpmaNv
 
 EVENT_LOG_NV_INDEX = 0x01400100
 PAYLOAD_PCR = 4
 
 
-class NvAttribute(IntFlag):
-    """The TPMA_NV bits the log's index uses (TCG TPM 2.0 Library, Part 2, 13.4)."""
-
-    PPWRITE = 1 << 0
-    WRITEDEFINE = 1 << 13
-    PPREAD = 1 << 16
-    OWNERREAD = 1 << 17
-    AUTHREAD = 1 << 18
-    NO_DA = 1 << 25
-    PLATFORMCREATE = 1 << 30
-
-
 EVENT_LOG_NV_ATTRIBUTES = (
-    NvAttribute.PLATFORMCREATE
-    | NvAttribute.PPWRITE
-    | NvAttribute.WRITEDEFINE
-    | NvAttribute.PPREAD
-    | NvAttribute.OWNERREAD
-    | NvAttribute.AUTHREAD
-    | NvAttribute.NO_DA
+    TpmaNv.PLATFORMCREATE
+    | TpmaNv.PPWRITE
+    | TpmaNv.WRITEDEFINE
+    | TpmaNv.PPREAD
+    | TpmaNv.OWNERREAD
+    | TpmaNv.AUTHREAD
+    | TpmaNv.NO_DA
 )
 PAYLOAD_EVENT_TYPE = EventType.EV_IPL
 PAYLOAD_MAX = 1024  # TPM2B_EVENT, the event data of TPM2_PCR_Event (TPM 2.0 Library, Part 2)

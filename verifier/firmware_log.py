@@ -20,13 +20,13 @@ from dataclasses import dataclass
 
 from tdxdefs.eventlog import EventType, TcgPcrEvent, TpmAlgorithm
 from tdxdefs.firmware_log import EVENT_LOG_MAX, PAYLOAD_EVENT_TYPE, PAYLOAD_PCR
+from tdxdefs.tpm import DIGEST_SIZES
 from verifier import eventlog
 from verifier.errors import VerificationError
 from verifier.eventlog import CcEvent, EventLog
 from verifier.reference import ReferenceValues
 
 BANKS: dict[int, str] = {TpmAlgorithm.SHA256: "sha256", TpmAlgorithm.SHA384: "sha384"}
-DIGEST_SIZES: dict[int, int] = {TpmAlgorithm.SHA256: 32, TpmAlgorithm.SHA384: 48}
 # records whose event data is exactly what was measured, so their digests can be recomputed
 SELF_DESCRIBING = frozenset({EventType.EV_S_CRTM_VERSION, PAYLOAD_EVENT_TYPE})
 SPEC_ID_ALGORITHMS_OFFSET = 60  # TCG_PCR_EVENT header (32) + TCG_EfiSpecIDEvent fields (28)
@@ -85,7 +85,7 @@ def _parse_log(data: bytes) -> EventLog:
     if len(data) >= header:  # the Spec ID event alone first: its algorithms decide the rest
         header += TcgPcrEvent.unpack(data).event_size
     spec = _parse(data[:header]).spec
-    if spec.algorithms != DIGEST_SIZES:
+    if spec.algorithms != {alg: DIGEST_SIZES[alg] for alg in BANKS}:
         declared = ", ".join(
             f"{eventlog.algorithm_name(a)} ({n} bytes)" for a, n in spec.algorithms.items()
         )

@@ -30,7 +30,6 @@ import secrets
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from enum import IntEnum, IntFlag
 from functools import partial
 
 from cryptography import x509
@@ -42,6 +41,14 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
 from tdxdefs.firmware_log import EVENT_LOG_NV_INDEX
+from tdxdefs.tpm import (
+    HASH_NAMES,
+    TPM_GENERATED_VALUE,
+    TPM_ST_ATTEST_QUOTE,
+    EccCurve,
+    TpmAlg,
+    TpmaObject,
+)
 from verifier import eventlog
 from verifier.errors import VerificationError
 from verifier.firmware_log import verify_firmware_log
@@ -53,12 +60,6 @@ from verifier.td_attestation import (
     verify_td_attestation,
 )
 
-# TPM 2.0 Library Part 2: constants this module reads or writes.
-TPM_GENERATED_VALUE = 0xFF544347  # section 6.2
-TPM_ST_ATTEST_QUOTE = 0x8018  # section 6.9
-TPM_ALG_NULL = 0x0010
-TPM_ECC_NIST_P256 = 0x0003
-TPM_ECC_NIST_P384 = 0x0004
 AES_BLOCK_BITS = 128
 IDENTITY_LABEL = b"IDENTITY\0"  # Part 1, section 24.4: the seed's label for a credential
 STORAGE_LABEL = b"STORAGE"
@@ -67,54 +68,24 @@ CREDENTIAL_SIZE = 32
 QUOTE_BANKS = ("sha256", "sha384")
 PCR_SELECT_BYTES = 3  # PCRs 0..23
 
-
-class TpmAlg(IntEnum):
-    """TPM_ALG_ID values this module knows (TPM 2.0 Library Part 2, section 6.3)."""
-
-    RSA = 0x0001
-    SHA256 = 0x000B
-    SHA384 = 0x000C
-    NULL = 0x0010
-    ECDSA = 0x0018
-    ECC = 0x0023
-    AES = 0x0006
-    CFB = 0x0043
-
-
+# The banks and hashes a relying party of this project accepts (a policy, not all of Part 2).
 BANK_ALGORITHM = {"sha256": TpmAlg.SHA256, "sha384": TpmAlg.SHA384}
-HASH_NAMES: dict[int, str] = {TpmAlg.SHA256: "sha256", TpmAlg.SHA384: "sha384"}
 HASHES: dict[int, type[hashes.HashAlgorithm]] = {
     TpmAlg.SHA256: hashes.SHA256,
     TpmAlg.SHA384: hashes.SHA384,
 }
 CURVES: dict[int, ec.EllipticCurve] = {
-    TPM_ECC_NIST_P256: ec.SECP256R1(),
-    TPM_ECC_NIST_P384: ec.SECP384R1(),
+    EccCurve.NIST_P256: ec.SECP256R1(),
+    EccCurve.NIST_P384: ec.SECP384R1(),
 }
 
 
-class ObjectAttributes(IntFlag):
-    """TPMA_OBJECT (TPM 2.0 Library Part 2, section 8.3)."""
-
-    FIXED_TPM = 1 << 1
-    ST_CLEAR = 1 << 2
-    FIXED_PARENT = 1 << 4
-    SENSITIVE_DATA_ORIGIN = 1 << 5
-    USER_WITH_AUTH = 1 << 6
-    ADMIN_WITH_POLICY = 1 << 7
-    NO_DA = 1 << 10
-    ENCRYPTED_DUPLICATION = 1 << 11
-    RESTRICTED = 1 << 16
-    DECRYPT = 1 << 17
-    SIGN_ENCRYPT = 1 << 18
-
-
 AK_REQUIRED = (
-    ObjectAttributes.FIXED_TPM
-    | ObjectAttributes.FIXED_PARENT
-    | ObjectAttributes.SENSITIVE_DATA_ORIGIN
-    | ObjectAttributes.RESTRICTED
-    | ObjectAttributes.SIGN_ENCRYPT
+    TpmaObject.FIXED_TPM
+    | TpmaObject.FIXED_PARENT
+    | TpmaObject.SENSITIVE_DATA_ORIGIN
+    | TpmaObject.RESTRICTED
+    | TpmaObject.SIGN_ENCRYPT
 )
 
 
@@ -173,7 +144,7 @@ class TpmPublic:
 
     type: int
     name_alg: int
-    attributes: ObjectAttributes
+    attributes: TpmaObject
     auth_policy: bytes
     key: ec.EllipticCurvePublicKey | rsa.RSAPublicKey
     raw: bytes
@@ -186,7 +157,7 @@ class TpmPublic:
 
 
 def _hash_name(alg: int) -> str:
-    name = HASH_NAMES.get(alg)
+    name = HASH_NAMES.get(alg) if alg in HASHES else None
     if name is None:
         raise TpmStructureError(f"hash algorithm {alg:#06x} is not SHA-256 or SHA-384")
     return name
@@ -203,13 +174,13 @@ def _digest(alg: int, data: bytes) -> bytes:
 
 def _sym_def(r: _Reader) -> tuple[int, int, int] | None:
     algorithm = r.u16("symmetric.algorithm")
-    if algorithm == TPM_ALG_NULL:
+    if algorithm == TpmAlg.NULL:
         return None
     return algorithm, r.u16("symmetric.keyBits"), r.u16("symmetric.mode")
 
 
 def _scheme(r: _Reader, name: str) -> None:
-    if r.u16(f"{name}.scheme") != TPM_ALG_NULL:
+    if r.u16(f"{name}.scheme") != TpmAlg.NULL:
         r.u16(f"{name}.hashAlg")
 
 
@@ -218,7 +189,7 @@ def parse_public(data: bytes) -> TpmPublic:
     r = _Reader(data, "TPMT_PUBLIC")
     kind = r.u16("type")
     name_alg = r.u16("nameAlg")
-    attributes = ObjectAttributes(r.u32("objectAttributes"))
+    attributes = TpmaObject(r.u32("objectAttributes"))
     policy = r.sized("authPolicy")
     key: ec.EllipticCurvePublicKey | rsa.RSAPublicKey
     if kind == TpmAlg.ECC:
@@ -531,7 +502,7 @@ def _tpm_half(
     name = "AK attributes"
     ak = check.guarded(name, "a TPMT_PUBLIC", partial(parse_public, evidence.ak_public))
     missing = AK_REQUIRED & ~ak.attributes
-    restricted_ok = not missing and not ak.attributes & ObjectAttributes.DECRYPT
+    restricted_ok = not missing and not ak.attributes & TpmaObject.DECRYPT
     check.step(
         name,
         f"{AK_REQUIRED!r}, not DECRYPT",

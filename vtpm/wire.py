@@ -17,6 +17,8 @@ from typing import ClassVar, Protocol
 
 from tdxdefs.eventlog import TPM_ALG_SHA384 as TPM_ALG_SHA384  # declared once, in tdxdefs
 from tdxdefs.layout import BIG_ENDIAN, Layout
+from tdxdefs.tpm import DIGEST_SIZES as DIGEST_SIZES  # declared once, in tdxdefs
+from tdxdefs.tpm import HASH_NAMES, EccCurve, TpmAlg, TpmaNv, TpmaObject
 from vtpm.errors import VtpmError
 
 # --- constants (Part 2) -------------------------------------------------------------------------
@@ -44,47 +46,40 @@ TPM_RS_PW = 0x40000009
 TPM_RH_ENDORSEMENT = 0x4000000B
 TPM_RH_PLATFORM = 0x4000000C
 
-TPM_ALG_RSA = 0x0001
-TPM_ALG_SHA1 = 0x0004
-TPM_ALG_AES = 0x0006
-TPM_ALG_SHA256 = 0x000B
-TPM_ALG_SHA512 = 0x000D
-TPM_ALG_NULL = 0x0010
-TPM_ALG_RSASSA = 0x0014
-TPM_ALG_ECDSA = 0x0018
-TPM_ALG_ECC = 0x0023
-TPM_ALG_CFB = 0x0043
+# Algorithm IDs, curves and attribute bits are declared in tdxdefs.tpm; the names below are the
+# ones this module's callers use (plain ints, for struct packing).
+TPM_ALG_RSA = int(TpmAlg.RSA)
+TPM_ALG_SHA1 = int(TpmAlg.SHA1)
+TPM_ALG_AES = int(TpmAlg.AES)
+TPM_ALG_SHA256 = int(TpmAlg.SHA256)
+TPM_ALG_SHA512 = int(TpmAlg.SHA512)
+TPM_ALG_NULL = int(TpmAlg.NULL)
+TPM_ALG_RSASSA = int(TpmAlg.RSASSA)
+TPM_ALG_ECDSA = int(TpmAlg.ECDSA)
+TPM_ALG_ECC = int(TpmAlg.ECC)
+TPM_ALG_CFB = int(TpmAlg.CFB)
+TPM_ECC_NIST_P256 = int(EccCurve.NIST_P256)
+TPM_ECC_NIST_P384 = int(EccCurve.NIST_P384)
+HASH_ALGS = HASH_NAMES
 
-TPM_ECC_NIST_P256 = 0x0003
-TPM_ECC_NIST_P384 = 0x0004
+TPMA_OBJECT_FIXEDTPM = int(TpmaObject.FIXED_TPM)
+TPMA_OBJECT_FIXEDPARENT = int(TpmaObject.FIXED_PARENT)
+TPMA_OBJECT_SENSITIVEDATAORIGIN = int(TpmaObject.SENSITIVE_DATA_ORIGIN)
+TPMA_OBJECT_USERWITHAUTH = int(TpmaObject.USER_WITH_AUTH)
+TPMA_OBJECT_ADMINWITHPOLICY = int(TpmaObject.ADMIN_WITH_POLICY)
+TPMA_OBJECT_NODA = int(TpmaObject.NO_DA)
+TPMA_OBJECT_RESTRICTED = int(TpmaObject.RESTRICTED)
+TPMA_OBJECT_DECRYPT = int(TpmaObject.DECRYPT)
+TPMA_OBJECT_SIGN = int(TpmaObject.SIGN_ENCRYPT)
 
-HASH_ALGS: dict[int, str] = {
-    TPM_ALG_SHA1: "sha1",
-    TPM_ALG_SHA256: "sha256",
-    TPM_ALG_SHA384: "sha384",
-    TPM_ALG_SHA512: "sha512",
-}
-
-# TPMA_OBJECT bits (Part 2, 8.3).
-TPMA_OBJECT_FIXEDTPM = 1 << 1
-TPMA_OBJECT_FIXEDPARENT = 1 << 4
-TPMA_OBJECT_SENSITIVEDATAORIGIN = 1 << 5
-TPMA_OBJECT_USERWITHAUTH = 1 << 6
-TPMA_OBJECT_ADMINWITHPOLICY = 1 << 7
-TPMA_OBJECT_NODA = 1 << 10
-TPMA_OBJECT_RESTRICTED = 1 << 16
-TPMA_OBJECT_DECRYPT = 1 << 17
-TPMA_OBJECT_SIGN = 1 << 18
-
-# TPMA_NV bits (Part 2, 13.4).
-TPMA_NV_PPWRITE = 1 << 0
-TPMA_NV_WRITELOCKED = 1 << 11
-TPMA_NV_WRITEDEFINE = 1 << 13
-TPMA_NV_PPREAD = 1 << 16
-TPMA_NV_OWNERREAD = 1 << 17
-TPMA_NV_AUTHREAD = 1 << 18
-TPMA_NV_NO_DA = 1 << 25
-TPMA_NV_PLATFORMCREATE = 1 << 30
+TPMA_NV_PPWRITE = int(TpmaNv.PPWRITE)
+TPMA_NV_WRITELOCKED = int(TpmaNv.WRITELOCKED)
+TPMA_NV_WRITEDEFINE = int(TpmaNv.WRITEDEFINE)
+TPMA_NV_PPREAD = int(TpmaNv.PPREAD)
+TPMA_NV_OWNERREAD = int(TpmaNv.OWNERREAD)
+TPMA_NV_AUTHREAD = int(TpmaNv.AUTHREAD)
+TPMA_NV_NO_DA = int(TpmaNv.NO_DA)
+TPMA_NV_PLATFORMCREATE = int(TpmaNv.PLATFORMCREATE)
 
 TPMA_SESSION_CONTINUESESSION = 0x01
 
@@ -734,7 +729,6 @@ class TpmClient:
 TPMT_HA_ALG = struct.Struct(">H")  # hashAlg, then the digest of that algorithm's size
 PCR_SELECT_SIZE = 3  # sizeofSelect for PCRs 0..23
 PCR_COUNT = PCR_SELECT_SIZE * 8
-DIGEST_SIZES = {TPM_ALG_SHA1: 20, TPM_ALG_SHA256: 32, TPM_ALG_SHA384: 48, TPM_ALG_SHA512: 64}
 
 
 def pcr_selection(bank: int, pcr: int) -> bytes:

@@ -262,8 +262,8 @@ def test_the_firmwares_constants_are_the_definitions() -> None:
         TcgPcrEvent2Prefix,
         VendorInfoSize,
     )
-    from tdxdefs.firmware_log import NvAttribute
     from tdxdefs.l2boot import TPM_CRB_BASE
+    from tdxdefs.tpm import TpmaNv
 
     digests = TPM2_ALG.SHA256, TPM2_ALG.SHA384
     sizes = {TPM2_ALG.SHA256: 32, TPM2_ALG.SHA384: 48}
@@ -323,6 +323,6 @@ def test_the_firmwares_constants_are_the_definitions() -> None:
         name: {int(value)} for name, value in expected.items()
     }
     # the index's attribute bits are TPM 2.0's (Part 2, TPMA_NV)
-    assert {bit.name: int(bit) for bit in NvAttribute} == {
-        name: int(getattr(TPMA_NV, name)) for name in NvAttribute.__members__
+    assert {bit.name: int(bit) for bit in TpmaNv} == {
+        name: int(getattr(TPMA_NV, name)) for name in TpmaNv.__members__
     }

@@ -231,3 +231,36 @@ def test_event_log_records() -> None:
     assert (eventlog.EV_S_CRTM_VERSION, eventlog.EV_PLATFORM_CONFIG_FLAGS) == (8, 0xA)
     assert eventlog.TPM_ALG_SHA384 == 0x000C
     assert eventlog.SPEC_ID_SIGNATURE == b"Spec ID Event03\x00"
+
+
+def test_tpm_constants_agree_with_tpm2_pytss() -> None:
+    """tdxdefs.tpm against tpm2-pytss's own tables of TCG TPM 2.0 Library, Part 2."""
+    from tpm2_pytss.constants import (
+        TPM2_ALG,
+        TPM2_ECC,
+        TPM2_GENERATED,
+        TPM2_ST,
+        TPMA_NV,
+        TPMA_OBJECT,
+    )
+
+    from tdxdefs import tpm
+
+    assert {a.name: int(a) for a in tpm.TpmAlg} == {
+        name: int(getattr(TPM2_ALG, name)) for name in tpm.TpmAlg.__members__
+    }
+    assert (tpm.EccCurve.NIST_P256, tpm.EccCurve.NIST_P384) == (
+        TPM2_ECC.NIST_P256,
+        TPM2_ECC.NIST_P384,
+    )
+    for flag in tpm.TpmaObject:  # tpm2-pytss spells them without underscores, NO_DA as NODA
+        assert flag.name is not None
+        theirs = "SIGN_ENCRYPT" if flag.name == "SIGN_ENCRYPT" else flag.name.replace("_", "")
+        assert int(flag) == int(getattr(TPMA_OBJECT, theirs))
+    for bit in tpm.TpmaNv:
+        assert bit.name is not None and int(bit) == int(getattr(TPMA_NV, bit.name))
+    assert (tpm.TPM_GENERATED_VALUE, tpm.TPM_ST_ATTEST_QUOTE) == (
+        TPM2_GENERATED.VALUE,
+        TPM2_ST.ATTEST_QUOTE,
+    )
+    assert tpm.DIGEST_SIZES == {0x0004: 20, 0x000B: 32, 0x000C: 48, 0x000D: 64, 0x0012: 32}

@@ -10,11 +10,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from tpm2_pytss.internal.crypto import _kdfa, kdfe  # an independent implementation as the oracle
 
+from tdxdefs.tpm import TPM_GENERATED_VALUE, TPM_ST_ATTEST_QUOTE, TpmAlg, TpmaObject
 from verifier.tpm_attestation import (
-    TPM_GENERATED_VALUE,
-    TPM_ST_ATTEST_QUOTE,
-    ObjectAttributes,
-    TpmAlg,
     TpmStructureError,
     kdfa,
     make_credential,
@@ -34,7 +31,7 @@ def attest(kind: int = TPM_ST_ATTEST_QUOTE, nonce: bytes = b"n" * 32) -> bytes:
     return head + signer + extra + clock + selection + struct.pack(">H", 32) + bytes(32)
 
 
-def ecc_public(attributes: int = int(ObjectAttributes.SIGN_ENCRYPT)) -> bytes:
+def ecc_public(attributes: int = int(TpmaObject.SIGN_ENCRYPT)) -> bytes:
     point = ec.generate_private_key(ec.SECP256R1()).public_key().public_numbers()
     return (
         struct.pack(">HHI", TpmAlg.ECC, TpmAlg.SHA256, attributes)
@@ -73,7 +70,7 @@ def test_an_ecc_public_area_gives_its_key_attributes_and_name() -> None:
     raw = ecc_public()
     public = parse_public(raw)
     assert isinstance(public.key, ec.EllipticCurvePublicKey)
-    assert public.attributes == ObjectAttributes.SIGN_ENCRYPT
+    assert public.attributes == TpmaObject.SIGN_ENCRYPT
     assert public.name[:2] == struct.pack(">H", TpmAlg.SHA256) and len(public.name) == 34
 
 
@@ -96,7 +93,7 @@ def test_kdfe_agrees_with_tpm2_pytss() -> None:
 def ecc_ek_public(symmetric: tuple[int, int, int] = (TpmAlg.AES, 128, TpmAlg.CFB)) -> bytes:
     """An ECC P-256 storage key as the TCG EK templates make it: restricted decrypt, AES-CFB."""
     point = ec.generate_private_key(ec.SECP256R1()).public_key().public_numbers()
-    attributes = int(ObjectAttributes.DECRYPT | ObjectAttributes.RESTRICTED)
+    attributes = int(TpmaObject.DECRYPT | TpmaObject.RESTRICTED)
     return (
         struct.pack(">HHI", TpmAlg.ECC, TpmAlg.SHA256, attributes)
         + struct.pack(">H", 0)
