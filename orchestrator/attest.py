@@ -41,14 +41,13 @@ from verifier.tpm_attestation import (
 from verifier.trust_anchors import resolve_root, simulated_root
 from vtpm import wire
 from vtpm.manufacture import EK_TEMPLATE_L2_ECC
-from vtpm.nvindex import NV_ECC_EK_CERT, NV_EK_CHAIN_FIRST, NV_EK_CHAIN_LAST, NV_RSA_EK_CERT
+from vtpm.nvindex import EK_CERT_NV_INDEX, NV_EK_CHAIN_FIRST, NV_EK_CHAIN_LAST
 
 # orchestrator.boot and orchestrator.serve (the TD host, heavy to import) are imported where a TD
 # is served, so `invoke attest` against a TD served elsewhere starts quickly
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_IMAGE = ROOT / "out" / "tdp.igvm"
 SERVE_WAIT_S = 120.0
-EK_NV = {"rsa": NV_RSA_EK_CERT, "ecc": NV_ECC_EK_CERT}
 BASE_PCRS = (0, PAYLOAD_PCR)
 NV_READ_CHUNK = 1024
 NV_HANDLES_PER_CALL = 64
@@ -164,7 +163,7 @@ def collect(tcti: str, challenge: Challenge) -> TpmEvidence:
         with ESAPI(tcti) as ectx:
             step = "reading the EK and CA certificates from NV"
             defined = nv_indices(ectx)
-            eks = {kind: read_nv(ectx, i) for kind, i in EK_NV.items() if i in defined}
+            eks = {kind: read_nv(ectx, i) for kind, i in EK_CERT_NV_INDEX.items() if i in defined}
             ca = b""
             for index in range(NV_EK_CHAIN_FIRST, NV_EK_CHAIN_LAST + 1):
                 if index not in defined:

@@ -18,16 +18,13 @@ number and the import fails naming the module.
 
 from __future__ import annotations
 
-import io
 import subprocess
 import sys
-import zipfile
 from pathlib import Path
 
 from orchestrator.errors import LocalBootError
-from tdxsim.host.l1_image import SKIPPED_PARTS, ZIP_EPOCH, L1Image
+from tdxsim.host.l1_image import L1Image, package_files, zip_entries
 
-ZIP_MODE = 0o644 << 16
 COMPILE_TIMEOUT_S = 120.0
 LENGTH_BYTES = 4
 # stdin: NUL-separated (name, path) pairs; stdout: per file, its 4-byte length and its pyc bytes.
@@ -50,21 +47,6 @@ for name, path in zip(fields[0::2], fields[1::2]):
 
 class L1ImageSourceError(LocalBootError):
     """A package that cannot go into the L1 image (names the path and why)."""
-
-
-def package_files(packages: list[Path]) -> list[tuple[str, Path]]:
-    """(name in the zip, file) of every file of the packages, sorted; `__pycache__` and stray
-    `.pyc`/`.pyo` files are left out."""
-    files: list[tuple[str, Path]] = []
-    for package in sorted(packages, key=lambda p: p.name):
-        if not (package / "__init__.py").is_file():
-            raise L1ImageSourceError(f"{package} is not a Python package (no __init__.py)")
-        for path in sorted(package.rglob("*")):
-            if path.is_dir() or any(part in SKIPPED_PARTS for part in path.parts):
-                continue
-            if path.suffix not in (".pyc", ".pyo"):
-                files.append((path.relative_to(package.parent).as_posix(), path))
-    return files
 
 
 def compile_unchecked(sources: list[tuple[str, Path]]) -> list[bytes]:
@@ -94,20 +76,18 @@ def compile_unchecked(sources: list[tuple[str, Path]]) -> list[bytes]:
 
 
 def zip_bytecode(packages: list[Path]) -> bytes:
-    """A deterministic zip (sorted names, fixed timestamps and modes) of the packages with each
-    `.py` replaced by its `.pyc`; other files as they are."""
-    files = package_files(packages)
+    """A deterministic zip (tdxsim.host.l1_image's) of the packages with each `.py` replaced by
+    its `.pyc`; other files as they are."""
+    try:
+        files = package_files(packages)
+    except ValueError as exc:
+        raise L1ImageSourceError(str(exc)) from exc
     sources = [(name, path) for name, path in files if path.suffix == ".py"]
     compiled = dict(zip((name for name, _ in sources), compile_unchecked(sources), strict=True))
-    out = io.BytesIO()
-    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zf:
-        for name, path in files:
-            data = compiled.get(name)
-            info = zipfile.ZipInfo(name if data is None else name + "c", ZIP_EPOCH)
-            info.compress_type = zipfile.ZIP_DEFLATED
-            info.external_attr = ZIP_MODE
-            zf.writestr(info, path.read_bytes() if data is None else data)
-    return out.getvalue()
+    return zip_entries(
+        (name + "c", compiled[name]) if name in compiled else (name, path.read_bytes())
+        for name, path in files
+    )
 
 
 def build_l1_image(packages: list[Path], entry: str) -> bytes:

@@ -234,8 +234,8 @@ class Boot:
         vTPM, then a separator into RTMR0..3, so nothing an L2 does can reproduce an L1 quote."""
         for worker in workers.all:
             tpm = wire.TpmClient(worker)
-            for event in self.pcr_events:
-                extend_pcr(tpm, event.pcr, event.event_type, event.data)
+            for event in self.pcr_events:  # hashed once, in `pcr0_events`
+                extend_pcr(tpm, event)
         self.rtmrs.separators()
         return self.pcr_events  # the same events for every vTPM
 

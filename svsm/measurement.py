@@ -86,11 +86,9 @@ def pcr_event(pcr: int, event_type: int, data: bytes) -> PcrEvent:
     return PcrEvent(pcr, event_type, data, digests)
 
 
-def extend_pcr(tpm: wire.TpmClient, pcr: int, event_type: int, data: bytes) -> PcrEvent:
-    """TPM2_PCR_Extend of `pcr` with the digest of `data` in the SHA-256 and SHA-384 banks."""
-    event = pcr_event(pcr, event_type, data)
+def extend_pcr(tpm: wire.TpmClient, event: PcrEvent) -> None:
+    """TPM2_PCR_Extend of the event's PCR with its digests (SHA-256 and SHA-384 banks)."""
     try:
-        wire.pcr_extend(tpm, pcr, event.digests)
+        wire.pcr_extend(tpm, event.pcr, event.digests)
     except (wire.TpmError, wire.WireError) as exc:
-        raise MeasurementError(f"PCR{pcr} event {event_type:#x}: {exc}") from exc
-    return event
+        raise MeasurementError(f"PCR{event.pcr} event {event.event_type:#x}: {exc}") from exc

@@ -23,6 +23,7 @@ import hashlib
 import io
 import re
 import zipfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Self
@@ -37,6 +38,7 @@ ENTRY_SIZE = 64
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 ENTRY_PATTERN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 SKIPPED_PARTS = ("__pycache__",)
+ZIP_MODE = 0o644 << 16  # rw-r--r--, in the high half of external_attr
 
 
 class L1ImageError(TdxsimError, ValueError):
@@ -160,24 +162,36 @@ class L1Image:
         return self.entry.partition(":")[2]
 
 
-def zip_packages(packages: list[Path]) -> bytes:
-    """A deterministic zip of package directories (each stored under its own name)."""
+def package_files(packages: list[Path]) -> list[tuple[str, Path]]:
+    """(name in the zip, file) of every file of the package directories, each stored under its
+    own name, sorted; `__pycache__` and stray `.pyc`/`.pyo` files are left out."""
+    files: list[tuple[str, Path]] = []
+    for package in sorted(packages, key=lambda p: p.name):
+        if not (package / "__init__.py").is_file():
+            raise ValueError(f"{package} is not a Python package (no __init__.py)")
+        for path in sorted(package.rglob("*")):
+            if path.is_dir() or any(part in SKIPPED_PARTS for part in path.parts):
+                continue
+            if path.suffix not in (".pyc", ".pyo"):
+                files.append((path.relative_to(package.parent).as_posix(), path))
+    return files
+
+
+def zip_entries(entries: Iterable[tuple[str, bytes]]) -> bytes:
+    """A deterministic zip of (name, bytes) in the order given: fixed timestamps and modes."""
     out = io.BytesIO()
     with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zf:
-        for package in sorted(packages, key=lambda p: p.name):
-            if not (package / "__init__.py").is_file():
-                raise ValueError(f"{package} is not a Python package (no __init__.py)")
-            for path in sorted(package.rglob("*")):
-                if path.is_dir() or any(part in SKIPPED_PARTS for part in path.parts):
-                    continue
-                if path.suffix in (".pyc", ".pyo"):
-                    continue
-                name = path.relative_to(package.parent).as_posix()
-                info = zipfile.ZipInfo(name, ZIP_EPOCH)
-                info.compress_type = zipfile.ZIP_DEFLATED
-                info.external_attr = 0o644 << 16
-                zf.writestr(info, path.read_bytes())
+        for name, data in entries:
+            info = zipfile.ZipInfo(name, ZIP_EPOCH)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = ZIP_MODE
+            zf.writestr(info, data)
     return out.getvalue()
+
+
+def zip_packages(packages: list[Path]) -> bytes:
+    """A deterministic zip of package directories' sources (each stored under its own name)."""
+    return zip_entries((name, path.read_bytes()) for name, path in package_files(packages))
 
 
 def build_l1_image(packages: list[Path], entry: str) -> bytes:

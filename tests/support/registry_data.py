@@ -18,6 +18,7 @@ import json
 import os
 import sys
 import tarfile
+import urllib.parse
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -83,7 +84,7 @@ def _file_url(data_set: RegistrySet, index: str) -> str:
         raise RegistryDataError(f"{page}: cannot read the project page: {exc}") from exc
     for entry in listing.get("files", ()):
         if entry.get("filename") == data_set.filename:
-            return str(entry["url"])
+            return urllib.parse.urljoin(page, str(entry["url"]))  # PEP 691 allows relative URLs
     raise RegistryDataError(f"{page}: no file {data_set.filename}")
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from orchestrator.firmware import Firmware
 from svsm.l1vtpm import L1VtpmService
-from svsm.measurement import PcrEvent, extend_pcr
+from svsm.measurement import PcrEvent, extend_pcr, pcr_event
 from svsm.scheduler import run_guests
 from tdxdefs.eventlog import EV_POST_CODE, EV_S_CRTM_VERSION, EventType, TpmAlgorithm
 from tdxdefs.firmware_log import (
@@ -54,9 +54,11 @@ def boot(firmware: Firmware, engine: TpmEngine, events: list[PcrEvent] | None = 
     what Detect hands over), then the L2 with the CRB and the L1VTPM service."""
     tpm = wire.TpmClient(engine)
     measured = [
-        extend_pcr(tpm, 0, EV_S_CRTM_VERSION, VERSION),
-        extend_pcr(tpm, 0, EV_POST_CODE, firmware.image),
+        pcr_event(0, EV_S_CRTM_VERSION, VERSION),
+        pcr_event(0, EV_POST_CODE, firmware.image),
     ]
+    for event in measured:
+        extend_pcr(tpm, event)
     pv = Paravisor(1)
     service = L1VtpmService(measured if events is None else events)
     (guest,) = pv.guests({1: firmware.image}, tpms={1: engine.process}, service=service)

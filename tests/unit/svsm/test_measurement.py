@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from svsm import eventlog
-from svsm.measurement import MeasurementError, Rtmrs, extend_pcr
+from svsm.measurement import MeasurementError, Rtmrs, extend_pcr, pcr_event
 from svsm.tdcall import TdcallError
 from tdxdefs.eventlog import EV_PLATFORM_CONFIG_FLAGS, EV_S_CRTM_VERSION
 from tests.support.svsm_td import Td
@@ -95,7 +95,8 @@ def tpm() -> Iterator[wire.TpmClient]:
 
 
 def test_pcr0_extended_in_sha256_and_sha384(tpm: wire.TpmClient) -> None:
-    event = extend_pcr(tpm, 0, EV_S_CRTM_VERSION, b"tdp-svsm 0.1.0\0")
+    event = pcr_event(0, EV_S_CRTM_VERSION, b"tdp-svsm 0.1.0\0")
+    extend_pcr(tpm, event)
     for bank, name, size in (
         (wire.TPM_ALG_SHA256, "sha256", 32),
         (wire.TPM_ALG_SHA384, "sha384", 48),
@@ -107,4 +108,4 @@ def test_pcr0_extended_in_sha256_and_sha384(tpm: wire.TpmClient) -> None:
 
 def test_pcr_extend_refusal_is_named(tpm: wire.TpmClient) -> None:
     with pytest.raises(MeasurementError, match="PCR30 event 0x8"):
-        extend_pcr(tpm, 30, EV_S_CRTM_VERSION, b"v")
+        extend_pcr(tpm, pcr_event(30, EV_S_CRTM_VERSION, b"v"))
