@@ -42,6 +42,7 @@ from tdxdefs.eventlog import (
     TpmAlgorithm,
 )
 from tdxdefs.firmware_log import EVENT_LOG_NV_INDEX, PAYLOAD_PCR
+from tdxdefs.tpm import TpmaObject
 from tdxsim.attestation.pck import WELL_KNOWN_SEED
 from tdxsim.attestation.quoting import SimulatedAttestation
 from tdxsim.module.attestation_interface import TdInfo
@@ -503,3 +504,19 @@ def test_invoke_attest_without_a_tpm_fails_naming_the_step(image: Path) -> None:
     )  # fmt: skip
     assert result.returncode == 1
     assert "attest: opening the TCTI" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("add", "remove"),
+    [(TpmaObject.DECRYPT, TpmaObject(0)), (TpmaObject(0), TpmaObject.RESTRICTED)],
+    ids=["may-decrypt", "not-restricted"],
+)
+def test_an_ak_that_is_not_a_restricted_signing_key_fails_at_its_attributes(
+    collected: Collected, reference: ReferenceValues, add: TpmaObject, remove: TpmaObject
+) -> None:
+    raw = bytearray(collected.evidence.ak_public)
+    attributes = (int.from_bytes(raw[4:8], "big") | add) & ~remove  # TPMT_PUBLIC.objectAttributes
+    raw[4:8] = attributes.to_bytes(4, "big")
+    loose = collected.evidence.replace(ak_public=bytes(raw))
+    expected, actual = failed_at(verify(loose, reference, collected.challenge), "AK attributes")
+    assert "not DECRYPT" in expected and actual == repr(TpmaObject(attributes))
