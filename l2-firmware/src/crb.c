@@ -49,7 +49,7 @@ static u32 failed(void) {
     return 0;
 }
 
-u32 crb_transmit(const u8 *command, u32 length, u8 *response, u32 capacity) {
+u32 crb_transmit(const volatile u8 *command, u32 length, volatile u8 *response, u32 capacity) {
     if (!crb_ready()) {
         return failed();
     }

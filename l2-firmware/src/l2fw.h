@@ -108,7 +108,7 @@ extern volatile u32 relay_interrupts;
 
 /* crb.c: TPM commands through the CRB; returns the response length, or 0 when the TPM failed. */
 int crb_ready(void);
-u32 crb_transmit(const u8 *command, u32 length, u8 *response, u32 capacity);
+u32 crb_transmit(const volatile u8 *command, u32 length, volatile u8 *response, u32 capacity);
 
 /* l1vtpm.c: 1 and the number of L1's events when L1 has a vTPM for us, -1 with no service,
  * 0 for a malformed answer. l1vtpm_events copies the TCG_PCR_EVENT2 records of that answer back to

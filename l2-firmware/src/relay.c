@@ -1,6 +1,7 @@
-/* The in-guest TPM relay: wait in HLT for L1's relay interrupt, take the command from the mailbox
- * page (copied once), run it through the CRB, put the response in the mailbox and ring L1's
- * doorbell (tdxdefs/relay.py). A command the CRB cannot run is answered with state ERROR. */
+/* The in-guest TPM relay: wait in HLT for L1's relay interrupt, copy the command from the mailbox
+ * page once, straight into the CRB command buffer, run it, copy the response from the CRB buffer
+ * straight into the mailbox and ring L1's doorbell (tdxdefs/relay.py). No copy in between: each
+ * byte crosses once each way. A command the CRB cannot run is answered with state ERROR. */
 #include "l2fw.h"
 
 struct mailbox {
@@ -10,9 +11,6 @@ struct mailbox {
     u8 reserved[20];
     volatile u8 data[MAX_TPM_MESSAGE];
 };
-
-static u8 command[MAX_TPM_MESSAGE];
-static u8 response[MAX_TPM_MESSAGE];
 
 void relay_serve(u64 mailbox_gpa) {
     struct mailbox *box = (struct mailbox *)mailbox_gpa;
@@ -25,13 +23,8 @@ void relay_serve(u64 mailbox_gpa) {
         u32 length = box->length;
         u32 answer = 0;
         if (length <= MAX_TPM_MESSAGE) {
-            for (u32 i = 0; i < length; i++) {
-                command[i] = box->data[i];
-            }
-            answer = crb_transmit(command, length, response, MAX_TPM_MESSAGE);
-        }
-        for (u32 i = 0; i < answer; i++) {
-            box->data[i] = response[i];
+            /* the command is read before the response is written (crb_transmit) */
+            answer = crb_transmit(box->data, length, box->data, MAX_TPM_MESSAGE);
         }
         box->length = answer;
         box->state = answer ? RELAY_STATE_RESPONSE : RELAY_STATE_ERROR;

@@ -38,6 +38,11 @@ from tdxsim.l2.engine import RUN_FOREVER
 from tdxsim.module.memory import TdMemory
 
 MAX_APPLY_ROUNDS = 8
+# Unicorn drops, after every run, the translations around each exit address, finding them in the
+# list of translations of the exit's page; translations of code that ran once (boot, self-test)
+# stay on those lists and lengthen every run's search. Dropping all translations every so many
+# runs bounds the lists to recent code, at the cost of translating the code that runs again.
+RUNS_PER_TB_FLUSH = 256
 
 
 @dataclass(slots=True)
@@ -90,6 +95,7 @@ class CodePages:
         self.stopped_to_resume = False  # unicorn was stopped only to apply the above
         self.controls = -1  # the processor-based controls the scans were made for
         self._exits_enabled = True
+        self._runs = 0  # since the last flush of every translation
         uc.ctl_exits_enabled(True)
         uc.ctl_set_exits([])
 
@@ -148,11 +154,11 @@ class CodePages:
         if scan is not None and scan.gpa_page == gpa_page:
             if scan.fetched or neighbour:
                 return
-            scan.fetched = True  # scanned ahead: still the same bytes?
+            scan.fetched = True  # scanned ahead: still the same bytes and executability?
             self._checked = None
-            if (
-                scan.index < 0
-                or self.memory.buf[scan.offset : scan.offset + PAGE_SIZE] == scan.data
+            if scan.index < 0 or (
+                self.memory.buf[scan.offset : scan.offset + PAGE_SIZE] == scan.data
+                and bool(self._prot[scan.index] & UC_PROT_EXEC) == scan.executable
             ):
                 return
         self._scan(gla_page, gpa_page)
@@ -219,6 +225,9 @@ class CodePages:
     # --- around each run ---------------------------------------------------------------------
     def before_run(self) -> None:
         self.stopped_to_resume = False
+        self._runs += 1
+        if self._runs >= RUNS_PER_TB_FLUSH:
+            self._flush_translations()
         self.after_run()
 
     def after_run(self) -> None:
@@ -270,10 +279,15 @@ class CodePages:
         """Exits on (only exiting instructions stop) or off (every instruction is hooked)."""
         self._exits_enabled = enabled
         self.uc.ctl_exits_enabled(enabled)
+        self._flush_translations()
+        self._apply()
+
+    def _flush_translations(self) -> None:
+        """Drop every translation: from now on only the current exits are in translated code."""
         self.uc.ctl_flush_tb()
+        self._runs = 0
         self._stale_exits.clear()
         self._set_exits()
-        self._apply()
 
     def step(self, rip: int) -> None:
         """Run the one instruction unicorn stopped before (it turned out not to exit)."""
@@ -297,9 +311,7 @@ class CodePages:
         self.scanned.clear()
         self._checked = None
         self._glas_of_code.clear()
-        self.uc.ctl_flush_tb()
-        self._stale_exits.clear()
-        self._set_exits()
+        self._flush_translations()
         self._flush_tlb()
         self._apply()
 

@@ -91,6 +91,18 @@ class RegisterBlock:
         self.store()
 
 
+class TableRegister(ctypes.Structure):
+    """Unicorn's layout of a descriptor-table register (uc_x86_mmr: selector, base, limit,
+    flags), for reading IDTR without the binding's per-call conversions."""
+
+    _fields_ = (
+        ("selector", ctypes.c_uint16),
+        ("base", ctypes.c_uint64),
+        ("limit", ctypes.c_uint32),
+        ("flags", ctypes.c_uint32),
+    )
+
+
 class FastRegs:
     """Single 64-bit register reads and writes straight through uc_reg_{read,write}, one
     preallocated buffer per register (a narrower register would leave its upper bytes as they
@@ -100,6 +112,7 @@ class FastRegs:
         self._uc = uc  # keeps the engine behind the handle alive
         self._handle = engine_handle(uc)
         self._buffers: dict[int, tuple[ctypes.c_uint64, Any]] = {}
+        self._table = TableRegister()
 
     def _buffer(self, reg: int) -> tuple[ctypes.c_uint64, Any]:
         buffer = self._buffers.get(reg)
@@ -115,6 +128,13 @@ class FastRegs:
         if status:
             raise_status(status)
         return value.value
+
+    def read_table(self, reg: int) -> tuple[int, int]:
+        """(base, limit) of a descriptor-table register (IDTR, GDTR)."""
+        status = REG_READ(self._handle, reg, ctypes.byref(self._table))
+        if status:
+            raise_status(status)
+        return int(self._table.base), int(self._table.limit)
 
     def write(self, reg: int, value: int) -> None:
         """Set one 64-bit register (truncated to 64 bits)."""

@@ -9,6 +9,7 @@ import pytest
 from tdxdefs.attributes import ATTR_R, ATTR_VALID, ATTR_W, ATTR_XS
 from tdxdefs.tdcall import PAGE_SIZE
 from tdxdefs.vmcs import ExitReason
+from tdxsim.l2 import codepages
 from tdxsim.testing import L2Context, TdHarness, assemble
 
 CODE = 0x10000
@@ -141,3 +142,41 @@ def test_page_before_an_exit_at_a_page_start_reads_and_runs(
     assert ex.reason == ExitReason.CPUID
     assert ex.rip == before + 1
     assert ex.guest.rbx == (0x5EED if read_first else 0)
+
+
+@pytest.fixture
+def frequent_flushes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Drop every translation every other run of unicorn, so that each case below crosses
+    many flushes."""
+    monkeypatch.setattr(codepages, "RUNS_PER_TB_FLUSH", 2)
+
+
+@pytest.mark.usefixtures("frequent_flushes")
+def test_exits_stop_every_time_across_translation_flushes(h: TdHarness, l2: L2Context) -> None:
+    l2.load(CODE, assemble(SELF_PATCHING, CODE))
+    ex = l2.enter(rip=CODE, rsp=STACK_TOP)
+    for remaining in range(50, 40, -1):  # L2 wrote this code: decoded per instruction
+        assert ex.reason == ExitReason.CPUID and ex.guest.rcx == remaining
+        l2.skip(ex)
+        ex = l2.enter()
+    other = CODE + 2 * PAGE_SIZE
+    l2.load(other, assemble("1: cpuid\njmp 1b", other))
+    for _ in range(10):  # scanned code: unicorn stops at its exit after each flush
+        ex = l2.enter(rip=other, rsp=STACK_TOP)
+        assert ex.reason == ExitReason.CPUID and ex.rip == other
+    h.write(other, b"\xf4\x90")  # and L1's write between entries is still found
+    ex = l2.enter(rip=other, rsp=STACK_TOP)
+    assert ex.reason == ExitReason.HLT and ex.rip == other
+
+
+def test_code_on_a_page_scanned_before_l1_made_it_executable_exits(l2: L2Context) -> None:
+    # Giving a page an alias makes unicorn look at the page before it, so the new page is
+    # scanned ahead after L1 wrote its code but before its alias lets L2 run it (no exits
+    # then): the first fetch must scan it again, or unicorn runs CPUID itself.
+    l2.load(CODE, assemble("hlt", CODE))
+    assert l2.enter(rip=CODE, rsp=STACK_TOP).reason == ExitReason.HLT
+    other = CODE + 2 * PAGE_SIZE  # not scanned ahead by the run above
+    l2.load(other, CPUID + b"\xeb\xfc")  # cpuid; jmp back to it
+    ex = l2.enter(rip=other, rsp=STACK_TOP)
+    assert ex.reason == ExitReason.CPUID
+    assert ex.rip == other and ex.instr_len == len(CPUID)
