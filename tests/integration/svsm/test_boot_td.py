@@ -18,7 +18,7 @@ import yaml
 from igvm.build import build
 from orchestrator.boot import DEFAULT_RECIPE, L1_PACKAGES
 from orchestrator.l2image import write_l2_image
-from svsm.boot import SVSM_VERSION
+from svsm.version import SVSM_VERSION
 from tdxsim.host.faults import FaultSet
 from tdxsim.host.l1_image import build_l1_image
 from tdxsim.host.vmm import RunResult, RunStatus, Vmm, simulated_platform

@@ -9,10 +9,7 @@ from __future__ import annotations
 import io
 import socket
 import struct
-import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -20,12 +17,10 @@ from tpm2_pytss import ESAPI, TSS2_Exception
 from tpm2_pytss.constants import ESYS_TR, TPM2_RC, TPM2_SU, TPMA_NV
 from tpm2_pytss.types import TPML_PCR_SELECTION
 
-from orchestrator.boot import TD_RAM, build_product
-from orchestrator.product import launch_options
-from orchestrator.relay import RelayServer
-from svsm.boot import SVSM_VERSION
+from svsm.version import SVSM_VERSION
 from tdxdefs.firmware_log import EVENT_LOG_NV_ATTRIBUTES, EVENT_LOG_NV_INDEX, PAYLOAD_PCR
-from tdxsim.host.vmm import RunResult, RunStatus, Vmm, simulated_platform
+from tdxsim.host.vmm import simulated_platform
+from tests.support.served_product import ServedProduct, serving_product
 from verifier.cli import main as verifier_cli
 from verifier.firmware_log import verify_firmware_log
 from verifier.reference import reference_values
@@ -36,44 +31,10 @@ BANKS = ("sha256", "sha384")
 NV_READ_CHUNK = 1024
 
 
-@dataclass
-class ServedTd:
-    server: RelayServer
-    image: Path
-
-    @property
-    def tcti(self) -> str:
-        return self.server.tcti_strings()["mssim"]
-
-
-@contextmanager
-def serving(image: Path, dev_platform_port: bool) -> Iterator[ServedTd]:
-    """The product image booted on the module model, its L2 1 vTPM served through the relay."""
-    mrtd = build_product(image, out=lambda _line: None)
-    server = RelayServer(dev_platform_port=dev_platform_port)
-    result: list[RunResult] = []
-    with Vmm(QUOTING) as vmm:
-        vmm.create(TD_RAM, mac_key=MAC_KEY, num_l2_vms=1)
-        vmm.load_igvm(image, TD_RAM, command_line=launch_options(dev_platform_port))
-        vmm.aug_rest()
-        assert vmm.finalize() == mrtd
-        assert vmm.host is not None
-        relay = vmm.host.attach_relay(server)
-        thread = threading.Thread(target=lambda: result.append(vmm.run(300)), daemon=True)
-        thread.start()
-        try:
-            assert relay.ready.wait(60), bytes(vmm.host.uart.output).decode(errors="replace")
-            yield ServedTd(server, image)
-        finally:
-            relay.stop.set()
-            thread.join(20)
-            server.close()
-    assert result and result[0].status == RunStatus.STOPPED
-
-
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedTd]:
-    with serving(tmp_path_factory.mktemp("td") / "tdp.igvm", dev_platform_port=False) as td:
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedProduct]:
+    image = tmp_path_factory.mktemp("td") / "tdp.igvm"
+    with serving_product(image, MAC_KEY, QUOTING) as td:
         yield td
 
 
@@ -96,7 +57,7 @@ def read_pcrs(ectx: ESAPI, *indexes: int) -> dict[int, dict[str, bytes]]:
     return values
 
 
-def test_the_nv_log_replays_to_the_tpms_pcr0_and_pcr4(served: ServedTd) -> None:
+def test_the_nv_log_replays_to_the_tpms_pcr0_and_pcr4(served: ServedProduct) -> None:
     reference = reference_values(served.image, l1_version=SVSM_VERSION)
     with ESAPI(served.tcti) as ectx:
         data, attributes = read_log(ectx)
@@ -110,7 +71,7 @@ def test_the_nv_log_replays_to_the_tpms_pcr0_and_pcr4(served: ServedTd) -> None:
     assert reference.payload is not None and log.payload_event.data == reference.payload
 
 
-def test_the_reference_command_prints_pcr4_from_the_image(served: ServedTd) -> None:
+def test_the_reference_command_prints_pcr4_from_the_image(served: ServedProduct) -> None:
     out = io.StringIO()
     assert verifier_cli(["reference", str(served.image)], out) == 0
     reference = reference_values(served.image)
@@ -120,7 +81,7 @@ def test_the_reference_command_prints_pcr4_from_the_image(served: ServedTd) -> N
     assert f"note: PCR4: the {len(payload)}-byte payload of the L2 firmware" in out.getvalue()
 
 
-def test_the_log_can_be_neither_rewritten_nor_undefined(served: ServedTd) -> None:
+def test_the_log_can_be_neither_rewritten_nor_undefined(served: ServedProduct) -> None:
     with ESAPI(served.tcti) as ectx:
         handle = ectx.tr_from_tpmpublic(EVENT_LOG_NV_INDEX)
         public, _name = ectx.nv_read_public(handle)
@@ -149,7 +110,7 @@ def power_cycle(tcti: str) -> list[int]:
 
 
 def test_after_a_power_cycle_the_tpm_is_fresh_and_still_served(tmp_path: Path) -> None:
-    with serving(tmp_path / "tdp.igvm", dev_platform_port=True) as td:
+    with serving_product(tmp_path / "tdp.igvm", MAC_KEY, QUOTING, dev_platform_port=True) as td:
         with ESAPI(td.tcti) as ectx:
             assert read_log(ectx)[0]
         assert power_cycle(td.tcti) == [0, 0, 0]

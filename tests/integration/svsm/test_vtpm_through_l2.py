@@ -6,21 +6,16 @@ of NV and chain to the CA whose TD quote verifies, and commands keep flowing."""
 from __future__ import annotations
 
 import hashlib
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import pytest
 from tpm2_pytss import ESAPI
 from tpm2_pytss.types import TPML_PCR_SELECTION
 
-from orchestrator.boot import TD_RAM, build_product
 from orchestrator.l2image import L2_IMAGE
-from orchestrator.product import launch_options
-from orchestrator.relay import RelayServer
-from svsm.boot import SVSM_VERSION
-from tdxsim.host.relay import HostRelay
-from tdxsim.host.vmm import RunResult, RunStatus, Vmm, simulated_platform
+from svsm.version import SVSM_VERSION
+from tdxsim.host.vmm import simulated_platform
+from tests.support.served_product import ServedProduct, serving_product
 from verifier.td_attestation import verify_td_attestation
 
 MAC_KEY, QUOTING = simulated_platform(b"vtpm through l2")
@@ -28,41 +23,11 @@ EK_NV = {"rsa": 0x01C00002, "ecc": 0x01C0000A}
 CA_NV_FIRST = 0x01C00100
 
 
-@dataclass
-class ServedTd:
-    server: RelayServer
-    relay: HostRelay
-    mrtd: bytes
-    l2_image: bytes
-
-    @property
-    def tcti(self) -> str:
-        return self.server.tcti_strings()["mssim"]
-
-
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedTd]:
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedProduct]:
     image = tmp_path_factory.mktemp("td") / "tdp.igvm"
-    mrtd = build_product(image, out=lambda _line: None)
-    server = RelayServer()
-    result: list[RunResult] = []
-    with Vmm(QUOTING) as vmm:
-        vmm.create(TD_RAM, mac_key=MAC_KEY, num_l2_vms=1)
-        vmm.load_igvm(image, TD_RAM, command_line=launch_options(False))
-        vmm.aug_rest()
-        assert vmm.finalize() == mrtd
-        assert vmm.host is not None
-        relay = vmm.host.attach_relay(server)
-        thread = threading.Thread(target=lambda: result.append(vmm.run(300)), daemon=True)
-        thread.start()
-        try:
-            assert relay.ready.wait(60), bytes(vmm.host.uart.output).decode(errors="replace")
-            yield ServedTd(server, relay, mrtd, L2_IMAGE.read_bytes())
-        finally:
-            relay.stop.set()
-            thread.join(20)
-            server.close()
-    assert result and result[0].status == RunStatus.STOPPED
+    with serving_product(image, MAC_KEY, QUOTING) as td:
+        yield td
 
 
 def read_nv(ectx: ESAPI, index: int) -> bytes:
@@ -75,19 +40,19 @@ def read_nv(ectx: ESAPI, index: int) -> bytes:
     return data
 
 
-def test_pcr0_is_the_l1_version_then_the_whole_l2_image(served: ServedTd) -> None:
+def test_pcr0_is_the_l1_version_then_the_whole_l2_image(served: ServedProduct) -> None:
     version = SVSM_VERSION.encode() + b"\0"
     with ESAPI(served.tcti) as ectx:
         for bank, algorithm in (("sha256", "sha256"), ("sha384", "sha384")):
             _, _, values = ectx.pcr_read(TPML_PCR_SELECTION.parse(f"{algorithm}:0"))
             value = bytes(values[0])
             expected = bytes(hashlib.new(bank).digest_size)
-            for data in (version, served.l2_image):
+            for data in (version, L2_IMAGE.read_bytes()):
                 expected = hashlib.new(bank, expected + hashlib.new(bank, data).digest()).digest()
             assert value == expected, bank
 
 
-def test_certificates_come_out_of_nv_and_chain_to_the_td_quote(served: ServedTd) -> None:
+def test_certificates_come_out_of_nv_and_chain_to_the_td_quote(served: ServedProduct) -> None:
     with ESAPI(served.tcti) as ectx:
         eks = {kind: read_nv(ectx, index) for kind, index in EK_NV.items()}
         ca = b""
@@ -104,7 +69,7 @@ def test_certificates_come_out_of_nv_and_chain_to_the_td_quote(served: ServedTd)
     verdict.raise_for_failure()
 
 
-def test_commands_flow_with_two_td_exits_each(served: ServedTd) -> None:
+def test_commands_flow_with_two_td_exits_each(served: ServedProduct) -> None:
     before = served.relay.stats.answered
     with ESAPI(served.tcti) as ectx:
         seen = {bytes(ectx.get_random(16)) for _ in range(20)}
