@@ -10,12 +10,9 @@ from __future__ import annotations
 
 import argparse
 import re
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
 
 from orchestrator.attest import attest, collect, reference_for, serving  # noqa: E402
 from orchestrator.boot import build_product  # noqa: E402
+from tests.benchmarks.bench_quote import median_ms  # noqa: E402
 from verifier.tpm_attestation import (  # noqa: E402
     HASHES,
     Challenge,
@@ -36,15 +34,6 @@ from verifier.tpm_attestation import (  # noqa: E402
 from verifier.trust_anchors import simulated_root  # noqa: E402
 
 TARGET_S = 0.5  # `invoke attest` end to end
-
-
-def median_ms(action: Callable[[], object], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        action()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1000
 
 
 def main() -> None:
