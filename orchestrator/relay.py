@@ -27,7 +27,6 @@ the server keeps serving. TPM_STOP is always refused: SIGINT or SIGTERM end `--s
 from __future__ import annotations
 
 import contextlib
-import enum
 import logging
 import selectors
 import socket
@@ -54,6 +53,7 @@ from vtpm.protocol import (
     handshake_response,
     mssim_response,
 )
+from vtpm.server import Port, bind_port_pair
 from vtpm.wire import TPM_RC_FAILURE
 
 log = logging.getLogger("orchestrator.relay")
@@ -63,8 +63,6 @@ SWEEP_EVERY_S = 1.0
 MAX_CONNECTIONS = 64
 PLATFORM_FAILURE = 1
 HAVE_QUICKACK = hasattr(socket, "TCP_QUICKACK")
-PORT_PAIR_ATTEMPTS = 50
-MAX_PORT = 65534
 HARMLESS_SIGNALS = frozenset(
     {
         MssimCommand.POWER_ON,
@@ -75,13 +73,6 @@ HARMLESS_SIGNALS = frozenset(
     }
 )
 POWER_CYCLE_SIGNALS = frozenset({MssimCommand.RESET, MssimCommand.RESTART})
-
-
-class Port(enum.Enum):
-    """Which listening port a connection came in on."""
-
-    COMMAND = "command"
-    PLATFORM = "platform"
 
 
 @dataclass(eq=False)
@@ -119,7 +110,7 @@ class RelayServer:
         self.host = host
         self.vm = vm
         self.dev_platform_port = dev_platform_port
-        self._command, self._platform = _bind_pair(host, port)
+        self._command, self._platform = bind_port_pair(host, port)
         self.port: int = self._command.getsockname()[1]
         self._selector = selectors.DefaultSelector()
         for listener, kind in ((self._command, Port.COMMAND), (self._platform, Port.PLATFORM)):
@@ -378,34 +369,3 @@ class RelayServer:
         text = f"{peer}: {what}: refused"
         log.warning("relay: %s", text)
         self.refused.append(text)
-
-
-def _listener(host: str, port: int) -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen(16)
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
-def _bind_pair(host: str, port: int) -> tuple[socket.socket, socket.socket]:
-    """The command port and the platform port above it (any free pair when `port` is 0)."""
-    if not 0 <= port <= MAX_PORT:
-        raise ValueError(f"port {port}: must be 0..{MAX_PORT} (the platform port is port + 1)")
-    for _ in range(1 if port else PORT_PAIR_ATTEMPTS):
-        command = _listener(host, port)
-        chosen = command.getsockname()[1]
-        if chosen > MAX_PORT:
-            command.close()
-            continue
-        try:
-            return command, _listener(host, chosen + 1)
-        except OSError as exc:
-            command.close()
-            if port:
-                raise OSError(f"platform port {chosen + 1} on {host}: {exc}") from exc
-    raise OSError(f"no free pair of adjacent ports on {host} after {PORT_PAIR_ATTEMPTS} tries")

@@ -193,7 +193,7 @@ class VtpmServer:
         self._requests = 0  # requests served (TPM commands, signals): what busy polling waits for
         # Set by swtpm CMD_SET_LOCALITY, used for swtpm framing; 0 again after a power-off.
         self._swtpm_locality = 0
-        self._command_listener, self._platform_listener = _bind_pair(host, port)
+        self._command_listener, self._platform_listener = bind_port_pair(host, port)
         self.port: int = self._command_listener.getsockname()[1]
 
     # -- public API -----------------------------------------------------------------------------
@@ -677,8 +677,10 @@ def _listener(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _bind_pair(host: str, port: int) -> tuple[socket.socket, socket.socket]:
-    """Bind the command port and the platform port right above it (any free pair for port 0)."""
+def bind_port_pair(host: str, port: int) -> tuple[socket.socket, socket.socket]:
+    """Bind the command port and the platform port right above it (any free pair for port 0),
+    both listening and non-blocking; a port out of range is a ServerConfigError."""
+    check_port(port)
     if port:
         command = _listener(host, port)
         try:
