@@ -10,7 +10,6 @@ goes through the L2 path for real, on a TD of its own.
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import hashlib
 import json
 import re
@@ -23,10 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from tpm2_pytss import ESAPI
 from tpm2_pytss.constants import ESYS_TR, TPM2_ALG
 from tpm2_pytss.types import TPML_DIGEST_VALUES, TPMT_HA, TPMU_HA
@@ -46,13 +43,14 @@ from tdxdefs.tpm import TpmaObject
 from tdxsim.attestation.pck import WELL_KNOWN_SEED
 from tdxsim.attestation.quoting import SimulatedAttestation
 from tdxsim.module.attestation_interface import TdInfo
+from tests.support.vtpm_ca import ca_certificate
 from tests.support.vtpm_process import launch_vtpm
 from verifier.reference import ReferenceValues
 from verifier.td_attestation import AttestationReport
 from verifier.tpm_attestation import Challenge, TpmEvidence, verify_tpm_attestation
 from verifier.trust_anchors import simulated_root
 from vtpm.attest import cc_event_log_separators, report_data_for
-from vtpm.certs import OID_EVENT_LOG, OID_TD_QUOTE, sec1_point
+from vtpm.certs import sec1_point
 
 ROOT_LABEL = "tdxsim SIMULATED root"
 TD_HALF = [
@@ -275,26 +273,8 @@ def _ca_of_another_td(mrtd: bytes, vm_index: int | None = None) -> bytes:
         if vm_index is None
         else sim.quoting.quote(report, version=5, vm_index=vm_index)
     )
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "vTPM CA of another TD")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.UnrecognizedExtension(OID_TD_QUOTE, quote), critical=False)
-        .add_extension(
-            x509.UnrecognizedExtension(OID_EVENT_LOG, cc_event_log_separators()), critical=False
-        )
-        .sign(key, hashes.SHA384())
-    )
-    from cryptography.hazmat.primitives.serialization import Encoding
-
-    return cert.public_bytes(Encoding.DER)
+    cert = ca_certificate(key, quote, cc_event_log_separators(), "vTPM CA of another TD")
+    return cert.public_bytes(serialization.Encoding.DER)
 
 
 def test_a_ca_quote_of_another_td_fails_at_the_mrtd_step(

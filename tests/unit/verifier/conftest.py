@@ -12,14 +12,14 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
-from cryptography.x509.oid import NameOID
 
 from svsm import eventlog as svsm_eventlog
 from tdxdefs.eventlog import EV_PLATFORM_CONFIG_FLAGS
 from tdxsim.attestation.quoting import SimulatedAttestation
 from tdxsim.module.attestation_interface import TdInfo
+from tests.support.vtpm_ca import ca_certificate
 from vtpm.attest import cc_event, cc_event_log_header, cc_separator_event, report_data_for
-from vtpm.certs import OID_EVENT_LOG, OID_TD_QUOTE, sec1_point
+from vtpm.certs import sec1_point
 
 REPORTDATA = bytes(range(64))
 TD = TdInfo(
@@ -58,29 +58,6 @@ class TdEvidence:
     ek_der: bytes
     later_log: bytes
     mrtd: bytes
-
-
-def ca_certificate(
-    key: ec.EllipticCurvePrivateKey, quote: bytes | None, event_log: bytes | None
-) -> x509.Certificate:
-    """A self-signed vTPM CA certificate with the TD quote and event-log extensions."""
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test vTPM CA")])
-    now = datetime.datetime.now(datetime.UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-    )
-    if quote is not None:
-        builder = builder.add_extension(x509.UnrecognizedExtension(OID_TD_QUOTE, quote), False)
-    if event_log is not None:
-        builder = builder.add_extension(x509.UnrecognizedExtension(OID_EVENT_LOG, event_log), False)
-    return builder.sign(key, hashes.SHA384())
 
 
 def ek_certificate(issuer: ec.EllipticCurvePrivateKey, issuer_name: x509.Name) -> bytes:
