@@ -43,6 +43,9 @@ def setup(c: Context) -> None:
 
     fastpath, why_not = FastPath.load()
     print(f"{'vtpm fastpath':14} {fastpath.library if fastpath else 'missing: ' + why_not}")
+    from tdxsim.l2.exit_hook import library_status
+
+    print(f"{'l2 exit hook':14} {library_status()}")
 
 
 @task(

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Bring this machine up to what the project needs: Debian packages, a virtual
 # environment in .venv, the Python packages pinned in pyproject.toml, and the
-# vTPM's native fast path (build/native/libvtpm_fastpath.so, from native/).
+# native libraries in build/native/ (from native/): the vTPM's fast path and
+# tdxsim's L2 exit hook.
 # Idempotent: each step checks first and does nothing when it is already done.
 # Quiet unless TDP_VERBOSE=1; one progress line per install step; one clear
 # line naming the missing piece when something cannot be installed.
@@ -10,9 +11,9 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV="$ROOT/.venv"
 STAMP="$VENV/.tdp-bootstrap-stamp"
-# The vTPM's native swtpm-channel fast path (vtpm/fastpath.py), built with Debian's gcc.
-NATIVE_SRC="$ROOT/native/vtpm_fastpath.c"
-NATIVE_LIB="$ROOT/build/native/libvtpm_fastpath.so"
+# Native libraries, built with Debian's gcc: the vTPM's swtpm-channel fast path
+# (vtpm/fastpath.py) and tdxsim's L2 exit hook (tdxsim/l2/exit_hook.py).
+NATIVE_DIR="$ROOT/build/native"
 LOG="${TMPDIR:-/tmp}/tdp-bootstrap.$(id -u).log"
 
 # Debian packages (shared/reference/tpm-and-tools.md), plus the compiler and
@@ -106,17 +107,25 @@ install_python_packages() {
     echo "$want_stamp" >"$STAMP"
 }
 
-# Rebuilt whenever the source is newer than the library; a failed build is an error, because a
-# silently missing fast path would only show as a slower vTPM.
+# Each is rebuilt whenever its source is newer than the library; a failed build is an error,
+# because a silently missing fast path would only show as a slower vTPM.
 build_native() {
-    if [ -f "$NATIVE_LIB" ] && [ "$NATIVE_LIB" -nt "$NATIVE_SRC" ]; then
+    build_library "the vTPM fast path" vtpm_fastpath -ltpms
+    build_library "tdxsim's L2 exit hook" tdxsim_exit_hook
+}
+
+build_library() {  # what, name, libraries to link
+    local what=$1 name=$2
+    shift 2
+    local src="$ROOT/native/$name.c" lib="$NATIVE_DIR/lib$name.so"
+    if [ -f "$lib" ] && [ "$lib" -nt "$src" ]; then
         return 0
     fi
-    progress "compiling the vTPM fast path: $NATIVE_LIB"
-    mkdir -p "$(dirname "$NATIVE_LIB")"
-    run_logged gcc -O2 -Wall -Wextra -Werror -shared -fPIC -o "$NATIVE_LIB.tmp" "$NATIVE_SRC" -ltpms \
-        || die "gcc could not build $NATIVE_LIB from $NATIVE_SRC (libtpms-dev installed?)"
-    mv "$NATIVE_LIB.tmp" "$NATIVE_LIB"
+    progress "compiling $what: $lib"
+    mkdir -p "$NATIVE_DIR"
+    run_logged gcc -O2 -Wall -Wextra -Werror -shared -fPIC -o "$lib.tmp" "$src" "$@" \
+        || die "gcc could not build $lib from $src (Debian packages installed?)"
+    mv "$lib.tmp" "$lib"
 }
 
 main "$@"

@@ -2,10 +2,9 @@
 instructions, unicorn exits placed before each of them, and the guarantees that keep those
 scans true while code changes.
 
-Unicorn translates code once and decides at translation whether a block stops at an address
-(its "exits") or calls a hook. So the first fetch from a page (the TLB fill) scans it
-(`decode.exit_candidates`) and every possible start of an exiting instruction becomes an exit:
-unicorn stops before it with no Python call on the instructions in between. A scanned page is
+The first fetch from a page (the TLB fill) scans it (`decode.exit_candidates`) and every possible
+start of an exiting instruction becomes an exit: the native exit hook (`exit_hook`) stops unicorn
+before it, with no Python call on the instructions in between. A scanned page is
 mapped read+execute in the TLB, so L2's first write to it refills the entry: the page is then
 decoded per instruction by a code hook limited to it, and its translations are dropped. An
 unscanned page is mapped without execute, so its first fetch refills even after a data access;
@@ -34,15 +33,11 @@ from unicorn.unicorn import UcError
 from tdxdefs.tdcall import PAGE_SHIFT, PAGE_SIZE
 from tdxdefs.vmcs import EPTV_FETCH, EPTV_WRITE
 from tdxsim.l2.decode import MAX_INSN_LEN, PAGE_OFFSET_MASK, exit_candidates
-from tdxsim.l2.engine import RUN_FOREVER
+from tdxsim.l2.engine import Runner
+from tdxsim.l2.exit_hook import ExitHook
 from tdxsim.module.memory import TdMemory
 
 MAX_APPLY_ROUNDS = 8
-# Unicorn drops, after every run, the translations around each exit address, finding them in the
-# list of translations of the exit's page; translations of code that ran once (boot, self-test)
-# stay on those lists and lengthen every run's search. Dropping all translations every so many
-# runs bounds the lists to recent code, at the cost of translating the code that runs again.
-RUNS_PER_TB_FLUSH = 256
 
 
 @dataclass(slots=True)
@@ -63,7 +58,7 @@ class CodePages:
 
     `prot` is the VM's unicorn protection per TD memory page (EptView.prot); `probe(gla)`
     translates a GLA without side effects (None if unmapped); `on_insn` is the per-instruction
-    hook for pages L2 writes; `read_rip` reads unicorn's RIP.
+    hook for pages L2 writes; `runner` runs unicorn with `exit_hook`, which holds the exits.
     """
 
     def __init__(
@@ -73,21 +68,22 @@ class CodePages:
         prot: bytearray,
         probe: Callable[[int], int | None],
         on_insn: Callable[[Any, int, int, object], None],
-        read_rip: Callable[[], int],
+        runner: Runner,
+        exit_hook: ExitHook,
     ) -> None:
         self.uc = uc
+        self._runner = runner
+        self._exit_hook = exit_hook
         self.memory = memory
         self._prot = prot
         self._probe = probe
         self._on_insn = on_insn
-        self._read_rip = read_rip
         self.scanned: dict[int, CodePage] = {}  # GLA page -> its scan
         self._checked: list[tuple[int, CodePage]] | None = None  # fetched scans of TD memory
         self._glas_of_code: dict[int, set[int]] = {}  # GPA page -> GLA pages scanned from it
         self._decoded_pages: set[int] = set()  # GPA pages L2 wrote: decoded per instruction
         self._page_hooks: dict[int, int] = {}  # GLA page -> its per-instruction hook
         self._writable_unscanned: set[int] = set()  # GPA pages a TLB entry may write
-        self._stale_exits: set[int] = set()  # exits in translations made since the last flush
         self._stale_pages: set[int] = set()  # GLA pages whose translations must be dropped
         self._tlb_flush_pending = False
         self._exits_dirty = False
@@ -95,7 +91,8 @@ class CodePages:
         self.stopped_to_resume = False  # unicorn was stopped only to apply the above
         self.controls = -1  # the processor-based controls the scans were made for
         self._exits_enabled = True
-        self._runs = 0  # since the last flush of every translation
+        # Unicorn's own exits stay on with none set: then it neither compiles exits into its
+        # translations nor drops translations after a run for them.
         uc.ctl_exits_enabled(True)
         uc.ctl_set_exits([])
 
@@ -165,7 +162,7 @@ class CodePages:
         self.scanned[gla_page].fetched = not neighbour
         self._exits_dirty = True
         if not neighbour:
-            self._stale_pages.add(gla_page)  # translated, if at all, before its exits were set
+            self._stale_pages.add(gla_page)  # a translation, if any, may predate these bytes
         if gpa_page in self._writable_unscanned:  # another TLB entry may still write it
             self._tlb_flush_pending = True
         self._stop_to_resume()
@@ -190,13 +187,10 @@ class CodePages:
         self._glas_of_code.setdefault(gpa_page, set()).add(gla_page)
 
     def _set_exits(self) -> None:
-        if not self._exits_enabled:
-            return  # unicorn takes exits only while they are enabled
         exits: set[int] = set()
         for scan in self.scanned.values():
             exits |= scan.exits
-        self._stale_exits |= exits
-        self.uc.ctl_set_exits(sorted(exits))
+        self._exit_hook.set_exits(exits)
 
     def _hook_page(self, gla_page: int) -> None:
         if gla_page not in self._page_hooks:
@@ -225,9 +219,6 @@ class CodePages:
     # --- around each run ---------------------------------------------------------------------
     def before_run(self) -> None:
         self.stopped_to_resume = False
-        self._runs += 1
-        if self._runs >= RUNS_PER_TB_FLUSH:
-            self._flush_translations()
         self.after_run()
 
     def after_run(self) -> None:
@@ -254,8 +245,8 @@ class CodePages:
                 return
 
     def is_exit(self, rip: int) -> bool:
-        """Unicorn may have stopped at `rip` because it was an exit when translated."""
-        return self._exits_enabled and rip in self._stale_exits
+        """Unicorn stopped at `rip` because it is an exit."""
+        return self._exits_enabled and self._exit_hook.stopped_at_exit(rip)
 
     def exit_here(self, rip: int, translate: Callable[[int], int | None]) -> bool:
         """`rip` is an exit of its page's scan, made for the page it maps to now."""
@@ -278,31 +269,13 @@ class CodePages:
     def set_exits_enabled(self, enabled: bool) -> None:
         """Exits on (only exiting instructions stop) or off (every instruction is hooked)."""
         self._exits_enabled = enabled
-        self.uc.ctl_exits_enabled(enabled)
-        self._flush_translations()
+        self._exit_hook.set_enabled(enabled)
         self._apply()
-
-    def _flush_translations(self) -> None:
-        """Drop every translation: from now on only the current exits are in translated code."""
-        self.uc.ctl_flush_tb()
-        self._runs = 0
-        self._stale_exits.clear()
-        self._set_exits()
 
     def step(self, rip: int) -> None:
         """Run the one instruction unicorn stopped before (it turned out not to exit)."""
-        uc = self.uc
-        uc.ctl_exits_enabled(False)
-        uc.ctl_remove_cache(rip, rip + 1)
         with contextlib.suppress(UcError):  # faults were recorded by the hooks
-            uc.emu_start(rip, RUN_FOREVER, 0, 1)
-        # Translations made without exits: the stepped one, and the next block, which unicorn
-        # translates before its instruction count stops it.
-        uc.ctl_remove_cache(rip, rip + 1)
-        following = self._read_rip()
-        if following != rip:
-            uc.ctl_remove_cache(following, following + 1)
-        uc.ctl_exits_enabled(True)
+            self._runner.start(rip, 1, pass_once=rip)
 
     # --- between entries ---------------------------------------------------------------------
     def reset(self, controls: int) -> None:
@@ -311,7 +284,7 @@ class CodePages:
         self.scanned.clear()
         self._checked = None
         self._glas_of_code.clear()
-        self._flush_translations()
+        self._set_exits()
         self._flush_tlb()
         self._apply()
 

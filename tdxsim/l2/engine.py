@@ -16,6 +16,8 @@ from typing import Any, cast
 from unicorn.unicorn import UcError
 from unicorn.unicorn_py3.unicorn import uclib
 
+from tdxsim.l2.exit_hook import NO_ADDRESS, ExitHook
+
 _UNCHECKED = ctypes.CFUNCTYPE(ctypes.c_int)
 U64 = ctypes.c_uint64
 RUN_FOREVER = (1 << 64) - 1  # emu_start's `until`: never reached (unicorn stops at its exits)
@@ -32,6 +34,7 @@ REG_WRITE = _unchecked("uc_reg_write")
 _EMU_START = _unchecked("uc_emu_start")
 _UNTIL = U64(RUN_FOREVER)
 _NO_TIMEOUT = U64(0)
+_UNCOUNTED = U64(0)
 
 
 def engine_handle(uc: Any) -> ctypes.c_void_p:
@@ -47,17 +50,21 @@ def raise_status(status: int) -> None:
 class Runner:
     """uc_emu_start from `begin` for at most `count` instructions, as the binding's emu_start
     does it: an exception a hook raised (the binding records it and stops unicorn) is raised
-    again here, after unicorn returns."""
+    again here, after unicorn returns. The count is the exit hook's budget, not unicorn's (its
+    count adds a hook of its own, and dropping that hook drops every translation)."""
 
-    def __init__(self, uc: Any) -> None:
+    def __init__(self, uc: Any, exit_hook: ExitHook) -> None:
         self._uc = uc
         self._handle = engine_handle(uc)
+        self._exit_hook = exit_hook
 
-    def start(self, begin: int, count: int) -> None:
-        """Run L2 code from `begin`; UcError if unicorn stopped on a fault."""
+    def start(self, begin: int, count: int, pass_once: int = NO_ADDRESS) -> None:
+        """Run L2 code from `begin`; UcError if unicorn stopped on a fault. The instruction at
+        `pass_once` runs once even if it is an exit."""
         uc = self._uc
         uc._hook_exception = None
-        status = _EMU_START(self._handle, U64(begin), _UNTIL, _NO_TIMEOUT, U64(count))
+        self._exit_hook.arm(count, pass_once)
+        status = _EMU_START(self._handle, U64(begin), _UNTIL, _NO_TIMEOUT, _UNCOUNTED)
         if status:
             raise_status(status)
         if uc._hook_exception is not None:

@@ -162,6 +162,7 @@ from tdxsim.l2.events import (
     interrupt_frame,
     interruption_info,
 )
+from tdxsim.l2.exit_hook import ExitHook
 from tdxsim.l2.exits import ExitInfo, Stop, StopKind
 from tdxsim.l2.paging import CR0_PG, page_fault_error, walk
 from tdxsim.l2.registers import (
@@ -263,7 +264,8 @@ class L2Vcpu:
         self.kick_requested = False
         self.vapic = VirtualApic(memory, vmcs, self._guest_write)
         self.uc: Any = UNICORN(UC_ARCH_X86, UC_MODE_64)
-        self._runner = Runner(self.uc)
+        self._exit_hook = ExitHook(self.uc)  # before any other code hook: it stops first
+        self._runner = Runner(self.uc, self._exit_hook)
         for region in memory.regions:
             for view in (region.gpa, region.gpa | memory.shared_bit):
                 self.uc.mem_map_ptr(
@@ -310,7 +312,8 @@ class L2Vcpu:
             self.ept.prot,
             self._probe,
             self._on_page_insn,
-            lambda: self.reg.read(X.UC_X86_REG_RIP),
+            self._runner,
+            self._exit_hook,
         )
         self.ept.on_change = self.code.request_tlb_flush
         self.uc.hook_add(

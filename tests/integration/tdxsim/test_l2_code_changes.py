@@ -4,12 +4,15 @@ code once; each of these must still stop before the exiting instruction with the
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from tdxdefs.attributes import ATTR_R, ATTR_VALID, ATTR_W, ATTR_XS
 from tdxdefs.tdcall import PAGE_SIZE
 from tdxdefs.vmcs import ExitReason
-from tdxsim.l2 import codepages
+from tdxsim.l2 import engine
+from tdxsim.l2.exit_hook import NO_ADDRESS
 from tdxsim.testing import L2Context, TdHarness, assemble
 
 CODE = 0x10000
@@ -146,9 +149,19 @@ def test_page_before_an_exit_at_a_page_start_reads_and_runs(
 
 @pytest.fixture
 def frequent_flushes(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Drop every translation every other run of unicorn, so that each case below crosses
-    many flushes."""
-    monkeypatch.setattr(codepages, "RUNS_PER_TB_FLUSH", 2)
+    """Drop every translation before every other run of unicorn, so that each case below
+    crosses many flushes (exits are checked when an instruction starts, not translated)."""
+    start = engine.Runner.start
+    runs = itertools.count()
+
+    def flushing_start(
+        self: engine.Runner, begin: int, count: int, pass_once: int = NO_ADDRESS
+    ) -> None:
+        if next(runs) % 2:
+            self._uc.ctl_flush_tb()
+        start(self, begin, count, pass_once)
+
+    monkeypatch.setattr(engine.Runner, "start", flushing_start)
 
 
 @pytest.mark.usefixtures("frequent_flushes")

@@ -1,5 +1,6 @@
 """Unicorn's C entry points called without the binding's conversions (tdxsim.l2.engine and the
-register blocks): the same results and errors as the binding's own calls."""
+register blocks): the same results and errors as the binding's own calls; and the native exit
+hook that stops unicorn before exits and at the end of a run's budget (tdxsim.l2.exit_hook)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,10 @@ from unicorn import UC_ARCH_X86, UC_HOOK_CODE, UC_MODE_64
 from unicorn import x86_const as X
 from unicorn.unicorn import Uc, UcError
 
+from tdxsim.errors import TdxsimError
+from tdxsim.l2 import exit_hook
 from tdxsim.l2.engine import Runner
+from tdxsim.l2.exit_hook import ExitHook
 from tdxsim.l2.registers import UC_GPRS, FastRegs, RegisterBlock
 
 UNICORN: Any = Uc  # the binding is untyped
@@ -25,10 +29,62 @@ def engine() -> Any:
     return uc
 
 
+def runner(uc: Any) -> tuple[Runner, ExitHook]:
+    hook = ExitHook(uc)
+    return Runner(uc, hook), hook
+
+
+def rip(uc: Any) -> int:
+    return int(uc.reg_read(X.UC_X86_REG_RIP))
+
+
 def test_runner_runs_the_given_number_of_instructions() -> None:
     uc = engine()
-    Runner(uc).start(CODE, 2)
-    assert uc.reg_read(X.UC_X86_REG_RIP) == CODE + 2
+    run, hook = runner(uc)
+    run.start(CODE, 2)
+    assert rip(uc) == CODE + 2
+    assert hook.budget_used_up
+
+
+def test_exit_hook_stops_before_an_exit_and_passes_it_once_when_asked() -> None:
+    uc = engine()
+    run, hook = runner(uc)
+    hook.set_exits({CODE + 2})
+    run.start(CODE, 100)
+    assert rip(uc) == CODE + 2 and hook.stopped_at_exit(CODE + 2)
+    run.start(CODE + 2, 100)  # an exit stops again where it starts
+    assert rip(uc) == CODE + 2 and hook.stopped_at_exit(CODE + 2)
+    run.start(CODE + 2, 1, pass_once=CODE + 2)  # runs the one instruction
+    assert rip(uc) == CODE + 3 and hook.budget_used_up and not hook.stopped_at_exit(CODE + 3)
+
+
+def test_exit_hook_changes_take_effect_in_code_already_translated() -> None:
+    uc = engine()
+    run, hook = runner(uc)
+    hook.set_exits({CODE + 2})
+    run.start(CODE, 100)  # translates the block from CODE
+    hook.set_exits({CODE + 1})
+    run.start(CODE, 100)
+    assert rip(uc) == CODE + 1 and hook.stopped_at_exit(CODE + 1)
+    hook.set_exits(set())
+    run.start(CODE, 100)  # runs to the HLT, which ends unicorn's run
+    assert rip(uc) == CODE + 4 and not hook.stopped_at_exit(CODE + 4) and not hook.budget_used_up
+    hook.set_exits({CODE + 1})
+    hook.set_enabled(False)  # only the budget stops
+    run.start(CODE, 2)
+    assert rip(uc) == CODE + 2 and hook.budget_used_up
+
+
+def test_exit_hook_without_its_library_names_it_and_the_setup_command(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(exit_hook.LIBRARY_ENV, "/nonexistent/libtdxsim_exit_hook.so")
+    exit_hook._callback.cache_clear()
+    try:
+        with pytest.raises(TdxsimError, match=r"/nonexistent/libtdxsim_exit_hook\.so.*tdp setup"):
+            ExitHook(engine())
+    finally:
+        exit_hook._callback.cache_clear()
 
 
 def test_runner_raises_what_a_hook_raised() -> None:
@@ -40,13 +96,13 @@ def test_runner_raises_what_a_hook_raised() -> None:
 
     uc.hook_add(UC_HOOK_CODE, hook)
     with pytest.raises(ValueError, match="hook at 0x1001"):
-        Runner(uc).start(CODE, 3)
+        runner(uc)[0].start(CODE, 3)
 
 
 def test_runner_raises_unicorns_error_on_a_fault() -> None:
     uc = engine()
     with pytest.raises(UcError):
-        Runner(uc).start(0x9000, 1)  # nothing mapped there
+        runner(uc)[0].start(0x9000, 1)  # nothing mapped there
 
 
 def test_register_block_and_single_registers_match_the_binding() -> None:
