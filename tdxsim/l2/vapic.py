@@ -8,8 +8,10 @@ guest-state block (Intel TDX Module TD Partitioning Architecture Specification).
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable
 
+from tdxdefs.tdcall import PAGE_SIZE
 from tdxdefs.vmcs import SEC_VIRTUAL_INTR_DELIVERY, Vmcs
 from tdxdefs.x86 import VAPIC_IRR, VAPIC_ISR, VAPIC_PPR, VAPIC_REG_STRIDE, VAPIC_TPR
 from tdxsim.module.memory import PageState, TdMemory
@@ -18,74 +20,103 @@ from tdxsim.module.vmcs import L2Vmcs
 BITS_PER_APIC_REG = 32
 VAPIC_BIT_REGS = 8  # a 256-bit array is 8 32-bit registers at a 16-byte stride
 APIC_PRIORITY_CLASS = 0xF0
-APIC_REG_SIZE = 4
+APIC_REG = struct.Struct("<I")
 EOI_BITMAP_BITS = 64
+MAPPED = PageState.MAPPED
 
 
 class VirtualApic:
-    """One L2 VM's virtual APIC. `write` is how the model writes TD memory (so code-page
-    tracking sees it); reads go straight to `memory`."""
+    """One L2 VM's virtual APIC, read and written in place in TD memory; `wrote(gpa, length)`
+    tells the model's code-page tracking what the model wrote."""
 
-    def __init__(self, memory: TdMemory, vmcs: L2Vmcs, write: Callable[[int, bytes], None]) -> None:
+    def __init__(self, memory: TdMemory, vmcs: L2Vmcs, wrote: Callable[[int, int], None]) -> None:
         self.memory = memory
         self.vmcs = vmcs
-        self._write = write
+        self._wrote = wrote
         self.rvi = 0  # requesting virtual interrupt: highest vector in IRR
         self.svi = 0  # servicing virtual interrupt: highest vector in ISR
 
     def page(self) -> int | None:
-        """GPA of the virtual-APIC page, or None while it is not a mapped page."""
+        """GPA of the virtual-APIC page (4 KiB aligned by the VMCS write mask), or None while
+        it is not a mapped page."""
         gpa = self.vmcs.read(Vmcs.VIRTUAL_APIC_PAGE_ADDR)
-        return gpa if self.memory.page_state(gpa) == PageState.MAPPED else None
+        index = self.memory.page_index(gpa)
+        if index is None or self.memory.state[index] != MAPPED:
+            return None
+        return gpa
 
-    def bit(self, base: int, vector: int, value: bool | None = None) -> bool:
-        """The bit of `vector` in the 256-bit array at `base` (IRR or ISR); set it if given."""
-        page = self.page()
-        if page is None:
-            return False
-        gpa = page + base + (vector // BITS_PER_APIC_REG) * VAPIC_REG_STRIDE
-        reg = int.from_bytes(self.memory.read(gpa, APIC_REG_SIZE), "little")
-        bit = 1 << (vector % BITS_PER_APIC_REG)
-        if value is not None:
-            reg = reg | bit if value else reg & ~bit
-            self._write(gpa, reg.to_bytes(APIC_REG_SIZE, "little"))
-        return bool(reg & bit)
+    def _view(self) -> tuple[int, memoryview] | None:
+        """(GPA, bytes) of the mapped virtual-APIC page."""
+        gpa = self.page()
+        if gpa is None:
+            return None
+        offset = self.memory.offset_of(gpa)
+        return gpa, self.memory.view[offset : offset + PAGE_SIZE]
 
-    def highest(self, base: int) -> int:
-        """Highest vector set in the 256-bit IRR or ISR, 0 if none."""
-        page = self.page()
-        if page is None:
-            return 0
-        raw = self.memory.read(page + base, VAPIC_REG_STRIDE * VAPIC_BIT_REGS)
+    @staticmethod
+    def _highest(view: memoryview, base: int) -> int:
         for reg in range(VAPIC_BIT_REGS - 1, -1, -1):
-            at = reg * VAPIC_REG_STRIDE
-            word = int.from_bytes(raw[at : at + APIC_REG_SIZE], "little")
+            word: int = APIC_REG.unpack_from(view, base + reg * VAPIC_REG_STRIDE)[0]
             if word:
                 return reg * BITS_PER_APIC_REG + word.bit_length() - 1
         return 0
 
-    def register(self, offset: int, value: int | None = None) -> int:
-        """The low byte of the register at `offset` (TPR, PPR); write the register if given."""
-        page = self.page()
+    @staticmethod
+    def _set_bit(view: memoryview, base: int, vector: int, value: bool) -> None:
+        at = base + (vector // BITS_PER_APIC_REG) * VAPIC_REG_STRIDE
+        (reg,) = APIC_REG.unpack_from(view, at)
+        bit = 1 << (vector % BITS_PER_APIC_REG)
+        APIC_REG.pack_into(view, at, reg | bit if value else reg & ~bit)
+
+    def _update_ppr(self, view: memoryview) -> int:
+        tpr = view[VAPIC_TPR]
+        svi_class = self.svi & APIC_PRIORITY_CLASS
+        ppr = tpr if (tpr & APIC_PRIORITY_CLASS) >= svi_class else svi_class
+        APIC_REG.pack_into(view, VAPIC_PPR, ppr)
+        return ppr
+
+    def bit(self, base: int, vector: int, value: bool | None = None) -> bool:
+        """The bit of `vector` in the 256-bit array at `base` (IRR or ISR); set it if given."""
+        page = self._view()
         if page is None:
-            return 0
+            return False
+        gpa, view = page
         if value is not None:
-            self._write(page + offset, value.to_bytes(APIC_REG_SIZE, "little"))
-        return self.memory.read(page + offset, 1)[0]
+            self._set_bit(view, base, vector, value)
+            self._wrote(gpa, PAGE_SIZE)
+        (reg,) = APIC_REG.unpack_from(view, base + (vector // BITS_PER_APIC_REG) * VAPIC_REG_STRIDE)
+        return bool(reg >> (vector % BITS_PER_APIC_REG) & 1)
+
+    def highest(self, base: int) -> int:
+        """Highest vector set in the 256-bit IRR or ISR, 0 if none."""
+        page = self._view()
+        return 0 if page is None else self._highest(page[1], base)
+
+    def register(self, offset: int) -> int:
+        """The low byte of the register at `offset` (TPR, PPR)."""
+        page = self._view()
+        return 0 if page is None else page[1][offset]
 
     def update_ppr(self) -> int:
         """PPR = TPR if its priority class is at least SVI's, else SVI's class (PPR
         virtualization); written to the page and returned."""
-        tpr = self.register(VAPIC_TPR)
-        svi_class = self.svi & APIC_PRIORITY_CLASS
-        ppr = tpr if (tpr & APIC_PRIORITY_CLASS) >= svi_class else svi_class
-        self.register(VAPIC_PPR, ppr)
+        page = self._view()
+        if page is None:
+            return 0
+        gpa, view = page
+        ppr = self._update_ppr(view)
+        self._wrote(gpa + VAPIC_PPR, APIC_REG.size)
         return ppr
 
     def write_tpr(self, value: int) -> None:
         """A virtualized TPR write (x2APIC MSR 808h): TPR, then PPR."""
-        self.register(VAPIC_TPR, value)
-        self.update_ppr()
+        page = self._view()
+        if page is None:
+            return
+        gpa, view = page
+        APIC_REG.pack_into(view, VAPIC_TPR, value)
+        self._update_ppr(view)
+        self._wrote(gpa, PAGE_SIZE)
 
     def delivery_on(self) -> bool:
         """Virtual-interrupt delivery is enabled in the secondary controls."""
@@ -101,19 +132,31 @@ class VirtualApic:
         """Take RVI for delivery: IRR to ISR, SVI = the vector, RVI = the next highest IRR
         vector, PPR updated. Returns the vector."""
         vector = self.rvi
-        self.bit(VAPIC_IRR, vector, False)
-        self.bit(VAPIC_ISR, vector, True)
         self.svi = vector
-        self.rvi = self.highest(VAPIC_IRR)
-        self.update_ppr()
+        page = self._view()
+        if page is None:
+            self.rvi = 0
+            return vector
+        gpa, view = page
+        self._set_bit(view, VAPIC_IRR, vector, False)
+        self._set_bit(view, VAPIC_ISR, vector, True)
+        self.rvi = self._highest(view, VAPIC_IRR)
+        self._update_ppr(view)
+        self._wrote(gpa, PAGE_SIZE)
         return vector
 
     def eoi(self) -> tuple[int, bool]:
         """A virtual EOI: clear SVI's ISR bit, SVI = next highest ISR vector, PPR updated.
         Returns the vector and whether its EOI-exit bitmap bit asks for an exit."""
         vector = self.svi
-        self.bit(VAPIC_ISR, vector, False)
-        self.svi = self.highest(VAPIC_ISR)
-        self.update_ppr()
+        page = self._view()
+        if page is None:
+            self.svi = 0
+        else:
+            gpa, view = page
+            self._set_bit(view, VAPIC_ISR, vector, False)
+            self.svi = self._highest(view, VAPIC_ISR)
+            self._update_ppr(view)
+            self._wrote(gpa, PAGE_SIZE)
         field = Vmcs.EOI_EXIT_BITMAP0 + 2 * (vector // EOI_BITMAP_BITS)
         return vector, bool(self.vmcs.read(field) >> (vector % EOI_BITMAP_BITS) & 1)

@@ -262,7 +262,7 @@ class L2Vcpu:
         self.host = host
         self.instruction_budget = instruction_budget
         self.kick_requested = False
-        self.vapic = VirtualApic(memory, vmcs, self._guest_write)
+        self.vapic = VirtualApic(memory, vmcs, self._model_wrote)
         self.uc: Any = UNICORN(UC_ARCH_X86, UC_MODE_64)
         self._exit_hook = ExitHook(self.uc)  # before any other code hook: it stops first
         self._runner = Runner(self.uc, self._exit_hook)
@@ -785,9 +785,13 @@ class L2Vcpu:
         return gpa
 
     def _guest_write(self, gpa: int, data: bytes) -> None:
-        """A write into L2 memory by the model itself (event delivery, virtual APIC)."""
+        """A write into L2 memory by the model itself (event delivery)."""
         self.memory.write(gpa, data)
         self.code.model_wrote(gpa, len(data))
+
+    def _model_wrote(self, gpa: int, length: int) -> None:
+        """The model wrote L2 memory in place (the virtual APIC)."""
+        self.code.model_wrote(gpa, length)
 
     def _select_mode(self, slow: bool) -> None:
         """Hook every instruction (interrupt window, STI shadow) or only the exiting ones."""

@@ -28,7 +28,7 @@ class Served:
     """A TD with one serving L2 (our firmware) and L1's relay, the test as the host."""
 
     def __init__(self, firmware: Firmware, engine: TpmEngine, count: int = 1) -> None:
-        self.pv = Paravisor(count)
+        self.pv = Paravisor(count, private_crb=True)  # as the product image has it
         self.pv.memory.accept(RELAY_RING_GPA, 0x1000)
         ring = self.pv.memory.share(RELAY_RING_GPA, 0x1000)
         images = {vm: firmware.image for vm in range(1, count + 1)}

@@ -15,10 +15,16 @@ VIRTUAL_INTERRUPT_DELIVERY = 1 << 9
 
 
 @pytest.fixture
-def apic(h: TdHarness) -> VirtualApic:
+def written() -> list[tuple[int, int]]:
+    """What the virtual APIC reported writing, as (GPA, length)."""
+    return []
+
+
+@pytest.fixture
+def apic(h: TdHarness, written: list[tuple[int, int]]) -> VirtualApic:
     h.l2(vm=1)
     vmcs = h.module.td.vcpus[0].vmcs[1]
-    return VirtualApic(h.memory, vmcs, h.memory.write)
+    return VirtualApic(h.memory, vmcs, lambda gpa, length: written.append((gpa, length)))
 
 
 def set_vectors(apic: VirtualApic, base: int, *vectors: int) -> None:
@@ -39,10 +45,15 @@ def test_highest_vector_in_irr(apic: VirtualApic) -> None:
     assert read32(apic, IRR + 2 * 16) == 1 << (0x41 % 32) | 1 << (0x51 % 32)  # vectors 40h-5Fh
 
 
-def test_acknowledge_moves_the_vector_from_irr_to_isr(apic: VirtualApic) -> None:
+def test_acknowledge_moves_the_vector_from_irr_to_isr(
+    apic: VirtualApic, written: list[tuple[int, int]]
+) -> None:
     set_vectors(apic, IRR, 0x41, 0x51)
     apic.rvi = 0x51
+    written.clear()
     assert apic.acknowledge() == 0x51
+    page = apic.page()
+    assert page is not None and written == [(page, 0x1000)]  # code-page tracking is told
     assert not apic.bit(IRR, 0x51) and apic.bit(ISR, 0x51)
     assert (apic.svi, apic.rvi) == (0x51, 0x41)
     assert read32(apic, PPR) == 0x50  # the class of the vector in service
