@@ -159,7 +159,8 @@ class ExitHandlers:
         self.complete(ex)
 
     def hlt(self, ex: L2Exit) -> None:
-        """HLT: the L2 is parked (not entered again) until an interrupt is posted to it."""
+        """HLT: the L2 is parked (not entered again) until an interrupt is posted to it; the
+        relay then looks for an answered mailbox (`L2Guest.on_halt`)."""
         guest = self.guest
         if not self.state.rflags & RFLAGS_IF and not self.state.rvi:
             guest.stop(f"HLT with interrupts disabled at RIP {self.state.rip:#x}: it cannot wake")
@@ -167,6 +168,8 @@ class ExitHandlers:
         self.complete(ex)
         if not self.state.rvi:
             guest.halted = True
+        if guest.on_halt is not None:
+            guest.on_halt(guest)
 
     def io(self, ex: L2Exit) -> None:
         q = ex.qualification

@@ -132,6 +132,8 @@ class L2Guest:
         self.probe_gpa = probe_gpa
         self.serve_relay = serve_relay
         self.doorbell = doorbell
+        # Called after each HLT exit: the relay takes an answered mailbox as the doorbell there.
+        self.on_halt: Callable[[L2Guest], None] | None = None
         self.service = service
         self.vcpu = L2Vcpu(tdcall, memory, self.vm, layout.page(SupportPage.GUEST_STATE))
         self.apic = VirtualApic(memory, layout.page(SupportPage.VAPIC))

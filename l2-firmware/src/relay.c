@@ -1,7 +1,9 @@
 /* The in-guest TPM relay: wait in HLT for L1's relay interrupt, copy the command from the mailbox
  * page once, straight into the CRB command buffer, run it, copy the response from the CRB buffer
- * straight into the mailbox and ring L1's doorbell (tdxdefs/relay.py). No copy in between: each
- * byte crosses once each way. A command the CRB cannot run is answered with state ERROR. */
+ * straight into the mailbox, set its state and halt again: L1 takes a halt with the mailbox
+ * answered as the doorbell (tdxdefs/relay.py), so the answer costs no exit of its own. No copy in
+ * between: each byte crosses once each way. A command the CRB cannot run is answered with state
+ * ERROR. */
 #include "l2fw.h"
 
 struct mailbox {
@@ -27,7 +29,6 @@ void relay_serve(u64 mailbox_gpa) {
             answer = crb_transmit(box->data, length, box->data, MAX_TPM_MESSAGE);
         }
         box->length = answer;
-        box->state = answer ? RELAY_STATE_RESPONSE : RELAY_STATE_ERROR;
-        outb(L2_DOORBELL_PORT, 1);
+        box->state = answer ? RELAY_STATE_RESPONSE : RELAY_STATE_ERROR; /* read at the next HLT */
     }
 }

@@ -105,3 +105,60 @@ def test_parse_ring_checks_every_field() -> None:
     command = parse_ring(head.pack() + b"abcdef", range(1, 3))
     assert (command.vm, command.sequence, command.message) == (2, 7, b"abc")
     assert L2State.RUNNING  # the enum the relay checks against
+
+
+def test_the_l2_rings_by_halting_with_its_answer(firmware: Firmware, engine: TpmEngine) -> None:
+    served = Served(firmware, engine)
+    (guest,) = served.guests
+    before = dict(guest.outcome.exits)
+    head = served.command(GET_RANDOM_16)
+    assert head.state == RelayState.RESPONSE and response_code(served.answer(head)) == 0
+    after = guest.outcome.exits
+    assert after["HLT"] - before.get("HLT", 0) == 1
+    assert after["IO"] - before.get("IO", 0) == 0  # no doorbell write: the halt rang
+    assert served.relay.inflight == {}
+
+
+def ring_state(served: Served) -> int:
+    return RingHeader.unpack(served.host.read(RELAY_RING_GPA | SHARED_BIT, RingHeader.SIZE)).state
+
+
+def test_a_halt_before_the_answer_or_with_nothing_in_flight_rings_nothing(
+    firmware: Firmware, engine: TpmEngine
+) -> None:
+    served = Served(firmware, engine)
+    (guest,) = served.guests
+    mailbox = guest.layout.page(SupportPage.MAILBOX)
+    log = len(served.pv.log)
+    served.relay.halted(guest)  # nothing in flight: an idle halt
+    served.relay.inflight[1] = 42
+    served.pv.memory.write(
+        mailbox, MailboxHeader(int(RelayState.COMMAND), 12, 42, bytes(20)).pack()
+    )
+    served.relay.halted(guest)  # halted, but the command is not answered yet
+    assert served.relay.inflight == {1: 42} and ring_state(served) == RelayState.IDLE
+    assert len(served.pv.log) == log and served.relay.relayed == 0
+    answer = bytes.fromhex("80010000000a00000000")
+    served.pv.memory.write(mailbox + MailboxHeader.SIZE, answer)
+    served.pv.memory.write(
+        mailbox, MailboxHeader(int(RelayState.RESPONSE), len(answer), 42, bytes(20)).pack()
+    )
+    served.relay.halted(guest)
+    assert served.relay.inflight == {} and ring_state(served) == RelayState.RESPONSE
+    assert served.answer(RingHeader.unpack(served.host.read(RELAY_RING_GPA | SHARED_BIT, 32))) == (
+        answer
+    )
+
+
+def test_a_lying_answer_found_at_a_halt_is_refused(firmware: Firmware, engine: TpmEngine) -> None:
+    served = Served(firmware, engine)
+    (guest,) = served.guests
+    mailbox = guest.layout.page(SupportPage.MAILBOX)
+    served.relay.inflight[1] = 42
+    served.pv.memory.write(
+        mailbox, MailboxHeader(int(RelayState.RESPONSE), MAX_TPM_MESSAGE + 1, 42, bytes(20)).pack()
+    )
+    served.relay.halted(guest)
+    assert ring_state(served) == RelayState.ERROR and served.relay.refused == 1
+    assert f"length {MAX_TPM_MESSAGE + 1}" in served.pv.log[-1]
+    assert served.command(GET_RANDOM_16).state == RelayState.RESPONSE  # still serving
