@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from svsm.crb import CRB_BASE
-from svsm.decode import Direction, MmioInstruction, NotEmulatable, decode_mmio
+from svsm.decode import Direction, NotEmulatable, decode_mmio
 from svsm.errors import SvsmError
 from svsm.guestmem import GuestMemoryError
 from svsm.l2guest import L2Guest
@@ -88,7 +88,7 @@ class ExitHandlers:
 
     def __init__(self, guest: L2Guest) -> None:
         self.guest = guest
-        self.decoded: dict[tuple[bytes, int], MmioInstruction] = {}  # by (bytes, RIP): immutable
+        self.decoded = guest.decoded  # by (bytes, RIP): a decoding depends on nothing else
         self.table: dict[int, Callable[[L2Exit], None]] = {
             ExitReason.CPUID: self.cpuid,
             ExitReason.HLT: self.hlt,
