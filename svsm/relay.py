@@ -135,7 +135,11 @@ class Relay:
             return
         mailbox = guest.layout.page(SupportPage.MAILBOX)
         head = MailboxHeader(
-            int(RelayState.COMMAND), len(command.message), command.sequence, bytes(20)
+            int(RelayState.COMMAND),
+            len(command.message),
+            command.sequence,
+            guest.crb.epoch,
+            bytes(16),
         )
         self.memory.write(mailbox + MailboxHeader.SIZE, command.message)
         self.memory.write(mailbox, head.pack())

@@ -87,13 +87,18 @@ class MailboxHeader(Layout):
         ("state", "I"),
         ("length", "I"),
         ("sequence", "I"),
-        ("reserved", "20s"),
+        # L1's count of the changes to this L2's TPM CRB the L2 did not make (a vTPM power cycle
+        # back to Idle, a vTPM failure): while it is what it was at a command that left the CRB
+        # Ready, the CRB is still Ready, and the L2's driver starts the next command at once.
+        ("crb_epoch", "I"),
+        ("reserved", "16s"),
     )
     SIZE: ClassVar[int] = 32
 
     state: int
     length: int
     sequence: int
+    crb_epoch: int
     reserved: bytes
 
 

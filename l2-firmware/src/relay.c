@@ -10,7 +10,8 @@ struct mailbox {
     volatile u32 state;
     volatile u32 length;
     volatile u32 sequence;
-    u8 reserved[20];
+    volatile u32 crb_epoch; /* L1's count of CRB changes the L2 did not make (crb.c) */
+    u8 reserved[16];
     volatile u8 data[MAX_TPM_MESSAGE];
 };
 
@@ -26,7 +27,8 @@ void relay_serve(u64 mailbox_gpa) {
         u32 answer = 0;
         if (length <= MAX_TPM_MESSAGE) {
             /* the command is read before the response is written (crb_transmit) */
-            answer = crb_transmit(box->data, length, box->data, MAX_TPM_MESSAGE);
+            answer = crb_transmit_at(box->data, length, box->data, MAX_TPM_MESSAGE,
+                                     box->crb_epoch);
         }
         box->length = answer;
         box->state = answer ? RELAY_STATE_RESPONSE : RELAY_STATE_ERROR; /* read at the next HLT */
