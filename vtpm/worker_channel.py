@@ -60,6 +60,7 @@ MAX_TEXT = 1024  # ERROR and REFUSED explanations, cut to this many bytes
 MAX_ATTESTER_NAME = 64
 PID_SIZE = 4  # READY's payload: the worker's process id, u32 little-endian
 MS_PER_S = 1000
+NS_PER_S = 1_000_000_000
 # A sched_yield that comes back later than this gave the CPU to another process that wanted it:
 # spinning on would only take turns with that process (each turn a whole scheduler slice), so
 # the receive sleeps instead and the kernel wakes it when the message comes.
@@ -234,10 +235,15 @@ class WorkerChannel:
         peer closes), polling for the first `spin_ns` nanoseconds of it without sleeping. Raises
         `WorkerChannelTimeout`, `WorkerChannelClosed` or, for a malformed or oversized message
         (which is consumed whole), `WorkerChannelError`."""
+        start = time.perf_counter_ns()
+        if timeout is not None:  # the spin is part of the wait, never added to it
+            spin_ns = min(spin_ns, int(max(timeout, 0.0) * NS_PER_S))
         received = self._spin(spin_ns) if spin_ns > 0 else None
         if received is None:
-            if timeout is not None and not self._poll.poll(max(timeout, 0.0) * MS_PER_S):
-                raise WorkerChannelTimeout(f"no message within {timeout:.3f} s")
+            if timeout is not None:
+                left = max(timeout - (time.perf_counter_ns() - start) / NS_PER_S, 0.0)
+                if not self._poll.poll(left * MS_PER_S):
+                    raise WorkerChannelTimeout(f"no message within {timeout:.3f} s")
             received = self._receive(0)
             if received is None:  # a blocking receive returns a datagram or raises
                 raise WorkerChannelClosed("receiving: the socket would block")
