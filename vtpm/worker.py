@@ -9,7 +9,8 @@ its parent (PR_SET_PDEATHSIG, and the parent pid is checked once the signal is a
 that died during start-up is noticed too): L1 -> launcher -> workers, no orphans. A malformed or
 unexpected message is answered ERROR and the worker goes on; nothing L1 sends crashes it. After
 EXPECT (a command is on its way) the worker polls for it without sleeping for up to EXPECT_SPIN_NS,
-then sleeps again, so a command the L2 starts soon after costs no wake-up and an idle worker no CPU.
+then sleeps again, so a command the L2 starts soon after costs no wake-up and an idle worker no CPU;
+spins that do not catch their command shrink the next ones (`vtpm.busypoll.HintedSpin`).
 
 Manufacture follows `vtpm.manufacture`: the worker's attester asks L1 for the TD quote over
 REPORTDATA = SHA-384 of the CA public key and for the CC event log, because only L1 can TDCALL.
@@ -33,6 +34,7 @@ from tdxdefs.quote import INTEL_QE_VENDOR_ID
 from tdxdefs.tdcall import REPORTDATA_SIZE
 from vtpm import libtpms
 from vtpm.attest import AttesterError, parse_quote_v4
+from vtpm.busypoll import HintedSpin
 from vtpm.engine import TpmEngine
 from vtpm.errors import VtpmError
 from vtpm.manufacture import ManufactureError, manufacture
@@ -126,10 +128,11 @@ class Worker:
         self.channel = channel
         self.engine = TpmEngine()
         self.manufactured = False
+        self.expect_spin = HintedSpin(EXPECT_SPIN_NS)
 
     def serve(self) -> int:
         """Answer requests until SHUTDOWN (EXIT_OK) or until L1 closes its end."""
-        spin_ns = 0  # EXPECT_SPIN_NS for the one receive after an EXPECT
+        spin_ns = 0  # for the one receive after an EXPECT
         try:
             while True:
                 try:
@@ -138,10 +141,11 @@ class Worker:
                     self.channel.send(WorkerOp.ERROR, f"refused: {exc}".encode())
                     spin_ns = 0
                     continue
+                self.expect_spin.outcome(spin_ns, self.channel.caught_spinning)
                 if msg.op is WorkerOp.SHUTDOWN:
                     return EXIT_OK
                 if msg.op is WorkerOp.EXPECT:
-                    spin_ns = EXPECT_SPIN_NS
+                    spin_ns = self.expect_spin.hinted()
                     continue
                 spin_ns = 0
                 self.handle(msg)

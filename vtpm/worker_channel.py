@@ -213,6 +213,7 @@ class WorkerChannel:
         self.sock = sock
         self._poll = select.poll()
         self._poll.register(sock, select.POLLIN)
+        self.caught_spinning = False  # the last receive's datagram came while it spun
 
     @classmethod
     def pair(cls) -> tuple[socket.socket, socket.socket]:
@@ -239,6 +240,7 @@ class WorkerChannel:
         if timeout is not None:  # the spin is part of the wait, never added to it
             spin_ns = min(spin_ns, int(max(timeout, 0.0) * NS_PER_S))
         received = self._spin(spin_ns) if spin_ns > 0 else None
+        self.caught_spinning = received is not None
         if received is None:
             if timeout is not None:
                 left = max(timeout - (time.perf_counter_ns() - start) / NS_PER_S, 0.0)
