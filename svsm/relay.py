@@ -7,8 +7,8 @@ mailbox is L2-writable: its response is copied once and checked the same way (st
 sequence). The L2 rings L1's doorbell by writing L2_DOORBELL_PORT or, as our firmware does, by
 halting with its mailbox answered (`halted`: one exit per command fewer). A bad ring is answered
 with state ERROR; a bad mailbox answer gives the host ERROR and is logged; neither reaches L1's
-state. Commands for one L2 are serialized: a second command before
-the first is answered gets ERROR (never queued silently).
+state. Commands for one L2 are serialized: a second command before the first is answered gets
+ERROR (never queued silently).
 """
 
 from __future__ import annotations
@@ -155,7 +155,12 @@ class Relay:
             self.log(f"relay: L2 {guest.vm} rang with no command in flight")
             return
         raw = self._mailbox(guest)
-        self._respond(guest, sequence, raw, MailboxHeader.unpack(raw))
+        try:
+            head = MailboxHeader.unpack(raw)
+        except LayoutError as exc:
+            self._unchecked(guest, sequence, exc)
+            return
+        self._respond(guest, sequence, raw, head)
 
     def halted(self, guest: L2Guest) -> None:
         """The L2 halted: if its command is in flight and the mailbox is answered (state no longer
@@ -166,7 +171,12 @@ class Relay:
         if sequence is None:
             return
         raw = self._mailbox(guest)
-        head = MailboxHeader.unpack(raw)
+        try:
+            head = MailboxHeader.unpack(raw)
+        except LayoutError as exc:
+            del self.inflight[guest.vm]
+            self._unchecked(guest, sequence, exc)
+            return
         if head.state == RelayState.COMMAND:
             return
         del self.inflight[guest.vm]
@@ -175,6 +185,12 @@ class Relay:
     def _mailbox(self, guest: L2Guest) -> bytes:
         """One copy of the L2's mailbox page (L2-writable: every check is on this copy)."""
         return self.memory.read(guest.layout.page(SupportPage.MAILBOX), RING_PAGE_SIZE)
+
+    def _unchecked(self, guest: L2Guest, sequence: int, exc: LayoutError) -> None:
+        """A mailbox header that does not check (a reserved byte set): the host gets ERROR."""
+        self.refused += 1
+        self.log(f"relay: L2 {guest.vm} answered command {sequence}: {exc}: refused")
+        self._answer(guest.vm, sequence, RelayState.ERROR, b"")
 
     def _respond(self, guest: L2Guest, sequence: int, raw: bytes, head: MailboxHeader) -> None:
         """Check the copied mailbox's answer to command `sequence` and pass it to the host."""

@@ -214,3 +214,20 @@ def test_a_failed_vtpm_is_seen_before_start(firmware: Firmware, engine: TpmEngin
     commands = guest.crb.commands
     assert served.command(GET_RANDOM_16).state == RelayState.ERROR
     assert guest.crb.commands == commands and guest.crb.refused == 0  # no START was written
+
+
+@pytest.mark.parametrize("ring", ["halt", "doorbell"])
+def test_an_answer_with_reserved_bytes_set_is_refused_and_the_l2_goes_on(
+    firmware: Firmware, engine: TpmEngine, ring: str
+) -> None:
+    served = Served(firmware, engine)
+    (guest,) = served.guests
+    mailbox = guest.layout.page(SupportPage.MAILBOX)
+    served.relay.inflight[1] = 42
+    bad = MailboxHeader(int(RelayState.RESPONSE), 10, 42, 0, b"\1" + bytes(15)).pack()
+    served.pv.memory.write(mailbox, bad)
+    (served.relay.halted if ring == "halt" else served.relay.doorbell)(guest)
+    assert ring_state(served) == RelayState.ERROR and served.relay.inflight == {}
+    assert "reserved" in served.pv.log[-1] and "command 42" in served.pv.log[-1]
+    assert guest.running
+    assert served.command(GET_RANDOM_16).state == RelayState.RESPONSE
