@@ -218,6 +218,7 @@ class Boot:
         self.relay = Relay(self.tdcall, self.memory, ring, {g.vm: g for g in guests}, self.say)
         for guest in guests:
             guest.doorbell = self.relay.doorbell
+            guest.on_halt = self.relay.halted
         return self.relay
 
     def platform_interrupts(self) -> None:
@@ -349,6 +350,7 @@ def main(platform: Platform, started: StartedLauncher | None = None) -> bytes:
             run_guests(guests, tdcall=boot.tdcall, until_idle=True)  # self-tests, then relay loops
             relay = boot.start_relay(guests)
             relay.power_cycle = boot.power_cycle(workers)
+            relay.expect = workers.expect
             boot.say("  serving the vTPM relay: the host's ring page -> L2 mailboxes -> CRBs")
             run_guests(guests, tdcall=boot.tdcall, poll=relay.service, serving=True)
         with boot.step(6, "run the L2 guests until each exits"):

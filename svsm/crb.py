@@ -29,6 +29,7 @@ CRB_REGISTER_PAGE_SIZE = TPM_CRB_SIZE
 KEPT_REFUSALS = 64
 LOGGED_REFUSALS = 64
 TPM_COMMAND_SIZE_AT = 2
+EPOCH_MASK = 0xFFFFFFFF  # the relay mailbox carries the epoch as a u32
 
 
 class CrbRegister(IntEnum):
@@ -124,6 +125,7 @@ class CrbDevice:
     commands: int = 0
     refusals: deque[str] = field(default_factory=lambda: deque(maxlen=KEPT_REFUSALS))
     refused: int = 0
+    epoch: int = 0  # changes the L2 did not make (`fail`, `reset`); the relay passes it on
 
     def _refuse(self, why: str) -> None:
         self.refused += 1
@@ -256,9 +258,11 @@ class CrbDevice:
         """The vTPM behind this CRB failed: fatal error until `reset`."""
         self.log(f"CRB: vTPM failed: {why}")
         self.state = CrbState.ERROR
+        self.epoch = (self.epoch + 1) & EPOCH_MASK
 
     def reset(self) -> None:
         """A power cycle of the vTPM: back to Idle with locality released."""
         self.state = CrbState.IDLE
         self.loc_assigned = False
         self.cancel = False
+        self.epoch = (self.epoch + 1) & EPOCH_MASK

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from svsm.crb import CRB_BASE
-from svsm.decode import Direction, MmioInstruction, NotEmulatable, decode_mmio
+from svsm.decode import Direction, NotEmulatable, decode_mmio
 from svsm.errors import SvsmError
 from svsm.guestmem import GuestMemoryError
 from svsm.l2guest import L2Guest
@@ -88,7 +88,7 @@ class ExitHandlers:
 
     def __init__(self, guest: L2Guest) -> None:
         self.guest = guest
-        self.decoded: dict[tuple[bytes, int], MmioInstruction] = {}  # by (bytes, RIP): immutable
+        self.decoded = guest.decoded  # by (bytes, RIP): a decoding depends on nothing else
         self.table: dict[int, Callable[[L2Exit], None]] = {
             ExitReason.CPUID: self.cpuid,
             ExitReason.HLT: self.hlt,
@@ -159,7 +159,8 @@ class ExitHandlers:
         self.complete(ex)
 
     def hlt(self, ex: L2Exit) -> None:
-        """HLT: the L2 is parked (not entered again) until an interrupt is posted to it."""
+        """HLT: the L2 is parked (not entered again) until an interrupt is posted to it; the
+        relay then looks for an answered mailbox (`L2Guest.on_halt`)."""
         guest = self.guest
         if not self.state.rflags & RFLAGS_IF and not self.state.rvi:
             guest.stop(f"HLT with interrupts disabled at RIP {self.state.rip:#x}: it cannot wake")
@@ -167,6 +168,8 @@ class ExitHandlers:
         self.complete(ex)
         if not self.state.rvi:
             guest.halted = True
+        if guest.on_halt is not None:
+            guest.on_halt(guest)
 
     def io(self, ex: L2Exit) -> None:
         q = ex.qualification

@@ -17,6 +17,7 @@ from enum import Enum
 
 from svsm.aliases import AliasManager
 from svsm.crb import CRB_BASE, CrbDevice
+from svsm.decode import MmioInstruction
 from svsm.guestmem import GuestMemory
 from svsm.interrupts import VirtualApic
 from svsm.l1vtpm import L1VtpmService
@@ -132,6 +133,10 @@ class L2Guest:
         self.probe_gpa = probe_gpa
         self.serve_relay = serve_relay
         self.doorbell = doorbell
+        # Called after each HLT exit: the relay takes an answered mailbox as the doorbell there.
+        self.on_halt: Callable[[L2Guest], None] | None = None
+        # Decoded MMIO instructions by (their bytes as fetched, RIP), kept across runs (svsm.exits)
+        self.decoded: dict[tuple[bytes, int], MmioInstruction] = {}
         self.service = service
         self.vcpu = L2Vcpu(tdcall, memory, self.vm, layout.page(SupportPage.GUEST_STATE))
         self.apic = VirtualApic(memory, layout.page(SupportPage.VAPIC))

@@ -4,9 +4,11 @@ mailbox page.
 The ring page is shared: the host may rewrite it at any time, so L1 copies it once
 (`SharedBuffer.snapshot`) and checks the copy (magic, version, state, length, L2 number). The
 mailbox is L2-writable: its response is copied once and checked the same way (state, length,
-sequence). A bad ring is answered with state ERROR; a bad mailbox answer gives the host ERROR and
-is logged; neither reaches L1's state. Commands for one L2 are serialized: a second command before
-the first is answered gets ERROR (never queued silently).
+sequence). The L2 rings L1's doorbell by writing L2_DOORBELL_PORT or, as our firmware does, by
+halting with its mailbox answered (`halted`: one exit per command fewer). A bad ring is answered
+with state ERROR; a bad mailbox answer gives the host ERROR and is logged; neither reaches L1's
+state. Commands for one L2 are serialized: a second command before the first is answered gets
+ERROR (never queued silently).
 """
 
 from __future__ import annotations
@@ -92,6 +94,9 @@ class Relay:
         self.guests = guests
         self.log = log
         self.power_cycle = power_cycle
+        # Told the L2 number when its L2 is handed a command, before the L2 runs (the vTPM
+        # workers' `expect`, so the worker is awake when the L2's CRB starts the command).
+        self.expect: Callable[[int], None] | None = None
         self.pending = False
         self.inflight: dict[int, int] = {}  # vm -> sequence being answered
         self.relayed = 0
@@ -130,21 +135,65 @@ class Relay:
             return
         mailbox = guest.layout.page(SupportPage.MAILBOX)
         head = MailboxHeader(
-            int(RelayState.COMMAND), len(command.message), command.sequence, bytes(20)
+            int(RelayState.COMMAND),
+            len(command.message),
+            command.sequence,
+            guest.crb.epoch,
+            bytes(16),
         )
         self.memory.write(mailbox + MailboxHeader.SIZE, command.message)
         self.memory.write(mailbox, head.pack())
         self.inflight[command.vm] = command.sequence
         guest.post_interrupt(L2_RELAY_VECTOR)
+        if self.expect is not None:
+            self.expect(command.vm)
 
     def doorbell(self, guest: L2Guest) -> None:
-        """The L2 says its mailbox holds the response: copy it once, check it, pass it on."""
+        """The L2 says its mailbox holds the response (a write to L2_DOORBELL_PORT)."""
         sequence = self.inflight.pop(guest.vm, None)
         if sequence is None:
             self.log(f"relay: L2 {guest.vm} rang with no command in flight")
             return
-        raw = self.memory.read(guest.layout.page(SupportPage.MAILBOX), RING_PAGE_SIZE)
-        head = MailboxHeader.unpack(raw)
+        raw = self._mailbox(guest)
+        try:
+            head = MailboxHeader.unpack(raw)
+        except LayoutError as exc:
+            self._unchecked(guest, sequence, exc)
+            return
+        self._respond(guest, sequence, raw, head)
+
+    def halted(self, guest: L2Guest) -> None:
+        """The L2 halted: if its command is in flight and the mailbox is answered (state no longer
+        COMMAND), that is its doorbell, as the relay loop of our firmware halts right after
+        answering (an exit fewer than a doorbell write). Otherwise nothing: an L2 may halt for
+        other reasons, and the command stays in flight until it answers."""
+        sequence = self.inflight.get(guest.vm)
+        if sequence is None:
+            return
+        raw = self._mailbox(guest)
+        try:
+            head = MailboxHeader.unpack(raw)
+        except LayoutError as exc:
+            del self.inflight[guest.vm]
+            self._unchecked(guest, sequence, exc)
+            return
+        if head.state == RelayState.COMMAND:
+            return
+        del self.inflight[guest.vm]
+        self._respond(guest, sequence, raw, head)
+
+    def _mailbox(self, guest: L2Guest) -> bytes:
+        """One copy of the L2's mailbox page (L2-writable: every check is on this copy)."""
+        return self.memory.read(guest.layout.page(SupportPage.MAILBOX), RING_PAGE_SIZE)
+
+    def _unchecked(self, guest: L2Guest, sequence: int, exc: LayoutError) -> None:
+        """A mailbox header that does not check (a reserved byte set): the host gets ERROR."""
+        self.refused += 1
+        self.log(f"relay: L2 {guest.vm} answered command {sequence}: {exc}: refused")
+        self._answer(guest.vm, sequence, RelayState.ERROR, b"")
+
+    def _respond(self, guest: L2Guest, sequence: int, raw: bytes, head: MailboxHeader) -> None:
+        """Check the copied mailbox's answer to command `sequence` and pass it to the host."""
         if (
             head.state not in (RelayState.RESPONSE, RelayState.ERROR)
             or head.length > MAX_TPM_MESSAGE

@@ -46,6 +46,9 @@ MANUFACTURE_TIMEOUT_S = 60.0  # start-up, EK key generation and a TD quote per w
 COMMAND_TIMEOUT_S = 30.0  # the slowest TPM command (an RSA-2048 TPM2_CreatePrimary)
 SHUTDOWN_WAIT_S = 2.0
 EXIT_WAIT_S = 0.5  # for the exit status of a worker that closed its end
+# How long L1 polls for a command's answer before it sleeps (`WorkerChannel.recv`): a small
+# command's answer comes well within it, a slow one (key generation) costs L1 only this much.
+ANSWER_SPIN_NS = 300_000
 MS_PER_S = 1000
 PID = struct.Struct("<I")
 
@@ -120,11 +123,11 @@ class VtpmWorker:
             raise self.fail(f"{op.name}: {exc}") from exc
         return self.sequence
 
-    def receive(self, deadline: float) -> WorkerMessage:
-        """The next message: the worker's READY (taken here) or one for the current request; a
-        bad one fails the worker."""
+    def receive(self, deadline: float, spin_ns: int = 0) -> WorkerMessage:
+        """The next message (polled for during the first `spin_ns`): the worker's READY (taken
+        here) or one for the current request; a bad one fails the worker."""
         try:
-            msg = self.channel.recv(deadline - time.monotonic())
+            msg = self.channel.recv(deadline - time.monotonic(), spin_ns)
         except WorkerChannelTimeout as exc:
             raise self.fail(f"no answer in time ({exc})") from exc
         except WorkerChannelClosed as exc:
@@ -188,19 +191,33 @@ class VtpmWorker:
         expected: WorkerOp,
         timeout: float,
         attester: Attester | None = None,
+        spin_ns: int = 0,
     ) -> WorkerMessage:
-        """One request and its answer, serving attestation requests on the way."""
+        """One request and its answer, serving attestation requests on the way; the answer is
+        polled for during the first `spin_ns` of each wait."""
         self.request(op, payload)
         deadline = time.monotonic() + timeout
         while True:
-            msg = self.receive(deadline)
+            msg = self.receive(deadline, spin_ns)
             if self.answer(msg, expected, attester):
                 return msg
 
     def process(self, command: bytes) -> bytes:
         """Run one TPM command on this L2's vTPM; `VtpmWorkerError` if the worker failed."""
         self.commands += 1
-        return self.call(WorkerOp.COMMAND, command, WorkerOp.RESPONSE, COMMAND_TIMEOUT_S).payload
+        return self.call(
+            WorkerOp.COMMAND, command, WorkerOp.RESPONSE, COMMAND_TIMEOUT_S, spin_ns=ANSWER_SPIN_NS
+        ).payload
+
+    def expect(self) -> None:
+        """Tell the worker a command is on its way (EXPECT), so it polls for it instead of
+        sleeping; nothing if the worker has failed (the command itself reports that)."""
+        if self.failure:
+            return
+        try:
+            self.channel.send(WorkerOp.EXPECT)
+        except WorkerChannelClosed as exc:
+            self.fail(f"EXPECT: {exc}")
 
     def power_cycle(self, attester: Attester) -> None:
         """Forget all NV and manufacture again (new EKs, a new CA and TD quote); the TPM then
@@ -294,6 +311,12 @@ class VtpmWorkers:
 
     def __getitem__(self, vm: int) -> VtpmWorker:
         return self.workers[vm]
+
+    def expect(self, vm: int) -> None:
+        """L2 `vm` was handed a TPM command: its worker should be awake for it."""
+        worker = self.workers.get(vm)
+        if worker is not None:
+            worker.expect()
 
     def crb_backend(self, vm: int) -> CrbBackend:
         """The `execute` for L2 `vm`'s CRB (attach the CRB once it exists)."""

@@ -2,15 +2,17 @@
 page, each L2's mailbox page, and the vectors and ports that ring their doorbells.
 
     host relay --(ring page, shared)--> L1 --(mailbox page, L2-private)--> L2 firmware --CRB--> L1
-                <-- TDVMCALL<IO> OUT RELAY_NOTIFY_PORT --  L1 <-- OUT L2_DOORBELL_PORT --
+                <-- TDVMCALL<IO> OUT RELAY_NOTIFY_PORT --  L1 <-- HLT (or OUT L2_DOORBELL_PORT) --
 
 The host writes a command into the ring page (a page L1 converted to shared), sets `state` to
 COMMAND and posts RELAY_VECTOR to L1. L1 copies the command out once, checks it, writes it into
 the mailbox of the L2 the ring names and posts L2_RELAY_VECTOR to that L2. The L2 wakes from HLT,
-runs the command through its TPM CRB, writes the response into its mailbox and writes the byte
-1 to L2_DOORBELL_PORT. L1 copies the response out once, writes it into the ring with `state`
-RESPONSE and tells the host with a TDVMCALL<IO> write to RELAY_NOTIFY_PORT. No L2 ever sees
-shared memory; L1 never reads shared or L2-writable memory twice.
+runs the command through its TPM CRB, writes the response into its mailbox and either halts (L1
+takes an HLT exit with the mailbox answered as the doorbell; our firmware does this, an exit
+fewer) or writes the byte 1 to L2_DOORBELL_PORT. L1 copies the response out once, writes it
+into the ring with `state` RESPONSE and tells the host with a TDVMCALL<IO> write to
+RELAY_NOTIFY_PORT. No L2 ever sees shared memory; L1 never reads shared or L2-writable memory
+twice.
 """
 
 from __future__ import annotations
@@ -85,13 +87,18 @@ class MailboxHeader(Layout):
         ("state", "I"),
         ("length", "I"),
         ("sequence", "I"),
-        ("reserved", "20s"),
+        # L1's count of the changes to this L2's TPM CRB the L2 did not make (a vTPM power cycle
+        # back to Idle, a vTPM failure): while it is what it was at a command that left the CRB
+        # Ready, the CRB is still Ready, and the L2's driver starts the next command at once.
+        ("crb_epoch", "I"),
+        ("reserved", "16s"),
     )
     SIZE: ClassVar[int] = 32
 
     state: int
     length: int
     sequence: int
+    crb_epoch: int
     reserved: bytes
 
 

@@ -1,4 +1,5 @@
-"""Adaptive busy polling for the server loop: spin between commands only while it pays.
+"""Adaptive busy polling: spin between commands only while it pays (`BusyPoll`, the server
+loop), and spin after a hint that a message is coming only while that catches it (`HintedSpin`).
 
 The swtpm TCTI opens a new connection for every command, and waking a sleeping Python process
 costs more than libtpms needs for a small command. So after serving a request, the loop keeps
@@ -53,3 +54,45 @@ class BusyPoll:
             self.window_ns //= 2
             if self.window_ns < MIN_WINDOW_NS:
                 self.window_ns = 0
+
+
+# A hinted spin that came to nothing this many times in a row is not worth trying at every hint:
+# after that, only every PROBE_EVERY-th hint spins (with the full budget) to find out whether
+# spinning pays again.
+PROBE_EVERY = 64
+
+
+class HintedSpin:
+    """The spin of a receive that a hint says will soon be satisfied (a vTPM worker after L1's
+    EXPECT): the full budget while spins catch what they wait for; each one that runs out (or
+    gives way to another process) halves it, down to nothing below MIN_WINDOW_NS, and then a
+    probe every PROBE_EVERY hints tries the full budget again."""
+
+    def __init__(self, max_ns: int) -> None:
+        if max_ns < 0:
+            raise ValueError(f"hinted spin of {max_ns} ns is negative")
+        self.max_ns = max_ns
+        self.budget_ns = max_ns
+        self._since_probe = 0
+
+    def hinted(self) -> int:
+        """A hint came: how long the next receive may spin."""
+        if self.budget_ns:
+            return self.budget_ns
+        self._since_probe += 1
+        if self._since_probe < PROBE_EVERY:
+            return 0
+        self._since_probe = 0
+        return self.max_ns
+
+    def outcome(self, spun_ns: int, caught: bool) -> None:
+        """The receive after a hint could spin for `spun_ns` (0: it did not spin, nothing to
+        learn): `caught` if the message came while it spun (the full budget again), else halve."""
+        if not spun_ns:
+            return
+        if caught:
+            self.budget_ns = self.max_ns
+            return
+        self.budget_ns //= 2
+        if self.budget_ns < MIN_WINDOW_NS:
+            self.budget_ns = 0

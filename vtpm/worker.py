@@ -7,7 +7,10 @@ this saves a Python start-up and an import of the image per worker. A worker say
 pid, then serves requests in order until SHUTDOWN or until L1's end closes. Each process dies with
 its parent (PR_SET_PDEATHSIG, and the parent pid is checked once the signal is armed, so a parent
 that died during start-up is noticed too): L1 -> launcher -> workers, no orphans. A malformed or
-unexpected message is answered ERROR and the worker goes on; nothing L1 sends crashes it.
+unexpected message is answered ERROR and the worker goes on; nothing L1 sends crashes it. After
+EXPECT (a command is on its way) the worker polls for it without sleeping for up to EXPECT_SPIN_NS,
+then sleeps again, so a command the L2 starts soon after costs no wake-up and an idle worker no CPU;
+spins that do not catch their command shrink the next ones (`vtpm.busypoll.HintedSpin`).
 
 Manufacture follows `vtpm.manufacture`: the worker's attester asks L1 for the TD quote over
 REPORTDATA = SHA-384 of the CA public key and for the CC event log, because only L1 can TDCALL.
@@ -23,6 +26,7 @@ import signal
 import socket
 import struct
 import threading
+import time
 import traceback
 from collections.abc import Sequence
 
@@ -30,6 +34,7 @@ from tdxdefs.quote import INTEL_QE_VENDOR_ID
 from tdxdefs.tdcall import REPORTDATA_SIZE
 from vtpm import libtpms
 from vtpm.attest import AttesterError, parse_quote_v4
+from vtpm.busypoll import HintedSpin
 from vtpm.engine import TpmEngine
 from vtpm.errors import VtpmError
 from vtpm.manufacture import ManufactureError, manufacture
@@ -44,6 +49,9 @@ from vtpm.worker_channel import (
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 QUOTE_WAIT_S = 30.0  # L1 answers a quote request after one TD quote (a GetQuote round trip)
+# How long an EXPECT keeps the worker polling: an L2 starts its command within a few L2 exits of
+# the relay's interrupt, well inside this, and a worker that hears nothing sleeps again after it.
+EXPECT_SPIN_NS = 3_000_000
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_ORPHANED = 3
@@ -81,10 +89,13 @@ class ChannelAttester:
 
     def _ask(self, op: WorkerOp, payload: bytes, answer: WorkerOp) -> bytes:
         self._channel.send(op, payload, self._sequence)
-        try:
-            reply = self._channel.recv(QUOTE_WAIT_S)
-        except (WorkerChannelError, WorkerChannelTimeout) as exc:
-            raise AttesterError(f"L1 did not answer {op.name}: {exc}") from exc
+        deadline = time.monotonic() + QUOTE_WAIT_S
+        reply = None
+        while reply is None or reply.op is WorkerOp.EXPECT:  # a hint, never an answer
+            try:
+                reply = self._channel.recv(deadline - time.monotonic())
+            except (WorkerChannelError, WorkerChannelTimeout) as exc:
+                raise AttesterError(f"L1 did not answer {op.name}: {exc}") from exc
         if reply.sequence != self._sequence:
             raise AttesterError(
                 f"L1 answered {op.name} with sequence {reply.sequence}, not {self._sequence}"
@@ -117,18 +128,26 @@ class Worker:
         self.channel = channel
         self.engine = TpmEngine()
         self.manufactured = False
+        self.expect_spin = HintedSpin(EXPECT_SPIN_NS)
 
     def serve(self) -> int:
         """Answer requests until SHUTDOWN (EXIT_OK) or until L1 closes its end."""
+        spin_ns = 0  # for the one receive after an EXPECT
         try:
             while True:
                 try:
-                    msg = self.channel.recv(None)
+                    msg = self.channel.recv(None, spin_ns)
                 except WorkerChannelError as exc:  # refused; the datagram is consumed whole
                     self.channel.send(WorkerOp.ERROR, f"refused: {exc}".encode())
+                    spin_ns = 0
                     continue
+                self.expect_spin.outcome(spin_ns, self.channel.caught_spinning)
                 if msg.op is WorkerOp.SHUTDOWN:
                     return EXIT_OK
+                if msg.op is WorkerOp.EXPECT:
+                    spin_ns = self.expect_spin.hinted()
+                    continue
+                spin_ns = 0
                 self.handle(msg)
         except ConnectionError:
             return EXIT_OK  # L1 is gone; so is the reason to run

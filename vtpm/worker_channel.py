@@ -18,6 +18,7 @@ answers (L1 -> worker, worker -> L1):
     MANUFACTURE(attester name)  -> [QUOTE_REQUEST(REPORTDATA) <- QUOTE(quote) | REFUSED(text)]
                                    [EVENT_LOG_REQUEST <- EVENT_LOG(CC event log) | REFUSED(text)]
                                 -> MANUFACTURED | ERROR(text)
+    EXPECT                      (no answer: a COMMAND is on its way, see below)
     COMMAND(TPM command)        -> RESPONSE(TPM response)
     POWER_CYCLE(attester name)  -> (as MANUFACTURE: forget NV, manufacture again) -> MANUFACTURED
     SHUTDOWN                    -> (the worker exits)
@@ -26,12 +27,22 @@ Only L1 can TDCALL, so a worker's attester asks L1 for quotes over the same chan
 its own payload bound (`MAX_PAYLOAD`); a datagram over `MAX_DATAGRAM` is cut by the kernel and
 refused (MSG_TRUNC), and a malformed message raises `WorkerChannelError` naming the field, so
 either side can refuse it and go on.
+
+Waking a process that sleeps in a blocking receive costs tens of microseconds, more than libtpms
+needs for a small command, so a receive may first poll the socket without sleeping for a bounded
+spin (`recv`'s `spin_ns`), giving the CPU away (sched_yield) between polls: where the peer shares
+this CPU it runs at once, on an idle core neither sleeps. L1 spins while its command runs; L1 sends
+EXPECT when it learns that an L2 is about to start a command (the relay handed it one), so the
+worker spins for it instead of sleeping (bounded: a worker that hears nothing goes back to sleep).
+The spin only changes when a message is seen, never which one or how it is checked.
 """
 
 from __future__ import annotations
 
+import os
 import select
 import socket
+import time
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import ClassVar
@@ -49,6 +60,11 @@ MAX_TEXT = 1024  # ERROR and REFUSED explanations, cut to this many bytes
 MAX_ATTESTER_NAME = 64
 PID_SIZE = 4  # READY's payload: the worker's process id, u32 little-endian
 MS_PER_S = 1000
+NS_PER_S = 1_000_000_000
+# A sched_yield that comes back later than this gave the CPU to another process that wanted it:
+# spinning on would only take turns with that process (each turn a whole scheduler slice), so
+# the receive sleeps instead and the kernel wakes it when the message comes.
+YIELD_TAKEN_NS = 50_000
 
 
 class WorkerOp(IntEnum):
@@ -62,6 +78,7 @@ class WorkerOp(IntEnum):
     QUOTE = 5
     EVENT_LOG = 6
     REFUSED = 7
+    EXPECT = 8
     # worker -> L1
     MANUFACTURED = 16
     RESPONSE = 17
@@ -79,6 +96,7 @@ MAX_PAYLOAD: dict[WorkerOp, int] = {
     WorkerOp.QUOTE: MAX_QUOTE,
     WorkerOp.EVENT_LOG: MAX_EVENT_LOG,
     WorkerOp.REFUSED: MAX_TEXT,
+    WorkerOp.EXPECT: 0,
     WorkerOp.MANUFACTURED: 0,
     WorkerOp.RESPONSE: TPM_MAX_COMMAND_SIZE,
     WorkerOp.QUOTE_REQUEST: REPORTDATA_SIZE,
@@ -195,6 +213,7 @@ class WorkerChannel:
         self.sock = sock
         self._poll = select.poll()
         self._poll.register(sock, select.POLLIN)
+        self.caught_spinning = False  # the last receive's datagram came while it spun
 
     @classmethod
     def pair(cls) -> tuple[socket.socket, socket.socket]:
@@ -212,18 +231,25 @@ class WorkerChannel:
         except OSError as exc:
             raise WorkerChannelClosed(f"sending {op.name}: {exc}") from exc
 
-    def recv(self, timeout: float | None) -> WorkerMessage:
+    def recv(self, timeout: float | None, spin_ns: int = 0) -> WorkerMessage:
         """The next message, waiting at most `timeout` seconds (None: until one arrives or the
-        peer closes). Raises `WorkerChannelTimeout`, `WorkerChannelClosed` or, for a malformed
-        or oversized message (which is consumed whole), `WorkerChannelError`."""
-        if timeout is not None and not self._poll.poll(max(timeout, 0.0) * MS_PER_S):
-            raise WorkerChannelTimeout(f"no message within {timeout:.3f} s")
-        try:
-            data, _fds, flags, _addr = self.sock.recvmsg(MAX_DATAGRAM)
-        except ConnectionResetError:  # it closed with our last message unread
-            raise WorkerChannelClosed("the other end closed the channel") from None
-        except OSError as exc:
-            raise WorkerChannelClosed(f"receiving: {exc}") from exc
+        peer closes), polling for the first `spin_ns` nanoseconds of it without sleeping. Raises
+        `WorkerChannelTimeout`, `WorkerChannelClosed` or, for a malformed or oversized message
+        (which is consumed whole), `WorkerChannelError`."""
+        start = time.perf_counter_ns()
+        if timeout is not None:  # the spin is part of the wait, never added to it
+            spin_ns = min(spin_ns, int(max(timeout, 0.0) * NS_PER_S))
+        received = self._spin(spin_ns) if spin_ns > 0 else None
+        self.caught_spinning = received is not None
+        if received is None:
+            if timeout is not None:
+                left = max(timeout - (time.perf_counter_ns() - start) / NS_PER_S, 0.0)
+                if not self._poll.poll(left * MS_PER_S):
+                    raise WorkerChannelTimeout(f"no message within {timeout:.3f} s")
+            received = self._receive(0)
+            if received is None:  # a blocking receive returns a datagram or raises
+                raise WorkerChannelClosed("receiving: the socket would block")
+        data, flags = received
         if flags & socket.MSG_TRUNC:
             raise WorkerChannelError(
                 f"worker message of more than {MAX_DATAGRAM} bytes refused (the most any op needs)"
@@ -231,6 +257,34 @@ class WorkerChannel:
         if not data:
             raise WorkerChannelClosed("the other end closed the channel")
         return decode(data)
+
+    def _receive(self, flags: int) -> tuple[bytes, int] | None:
+        """One datagram and its flags; None if `flags` has MSG_DONTWAIT and none is queued."""
+        try:
+            data, _fds, got, _addr = self.sock.recvmsg(MAX_DATAGRAM, 0, flags)
+        except BlockingIOError:
+            return None
+        except ConnectionResetError:  # it closed with our last message unread
+            raise WorkerChannelClosed("the other end closed the channel") from None
+        except OSError as exc:
+            raise WorkerChannelClosed(f"receiving: {exc}") from exc
+        return data, got
+
+    def _spin(self, spin_ns: int) -> tuple[bytes, int] | None:
+        """A datagram if one arrives within `spin_ns`, polling without sleeping and yielding
+        the CPU between polls (so a peer on this CPU runs); None when the spin runs out."""
+        clock = time.perf_counter_ns
+        now = clock()
+        end = now + spin_ns
+        while True:
+            received = self._receive(socket.MSG_DONTWAIT)
+            if received is not None or now >= end:
+                return received
+            before = clock()
+            os.sched_yield()
+            now = clock()
+            if now - before > YIELD_TAKEN_NS:
+                return self._receive(socket.MSG_DONTWAIT)  # this CPU is wanted: stop spinning
 
     def close(self) -> None:
         self.sock.close()

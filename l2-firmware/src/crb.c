@@ -1,10 +1,14 @@
 /* A TPM CRB driver (TCG PC Client Platform TPM Profile, CRB interface, locality 0): request the
  * locality and go Ready once, learn where the command buffer is, then per command: copy it into
- * the buffer, START, wait for START to clear, copy the response out. After a command the CRB stays
- * Ready, so a command costs four register accesses (each an exit to L1): the status first, since a
- * TPM power cycle sends the CRB back to Idle, then START, the START poll and the status. Waits are
- * bounded; a fatal TPM status or a response that does not fit ends the command with length 0 and
- * the next command starts over from the locality request. */
+ * the buffer, START, wait for START to clear, check the status, copy the response out. After a
+ * command the CRB stays Ready, but L1 may change it between commands (a vTPM power cycle sends it
+ * back to Idle, a failed vTPM makes it fatal), so before START the driver reads the status, unless
+ * the caller passes L1's CRB epoch (the relay mailbox's count of such changes) and it is the one
+ * of the last command that left the CRB Ready: then nothing has changed and a relayed command
+ * costs three register accesses (each an exit to L1): START, the START poll and the status. The
+ * status after START must be neither fatal nor Idle (a START the CRB ignored); waits are bounded;
+ * a failed command or a response that does not fit ends with length 0, and after a failure the
+ * next command starts over from the locality request. */
 #include "l2fw.h"
 
 #define START_POLLS 100000
@@ -12,6 +16,8 @@
 
 static volatile u8 *buffer;
 static u32 buffer_size;
+static int ready_known; /* the last command left the CRB Ready ... */
+static u32 ready_epoch; /* ... at this CRB epoch of L1's */
 
 static u32 reg(u32 offset) {
     return mmio_read32(TPM_CRB_BASE + offset);
@@ -49,8 +55,11 @@ static u32 failed(void) {
     return 0;
 }
 
-u32 crb_transmit(const volatile u8 *command, u32 length, volatile u8 *response, u32 capacity) {
-    if (!crb_ready()) {
+static u32 transmit(const volatile u8 *command, u32 length, volatile u8 *response, u32 capacity,
+                    int known, u32 epoch) {
+    int unchanged = known && ready_known && epoch == ready_epoch && buffer;
+    ready_known = 0;
+    if (!unchanged && !crb_ready()) {
         return failed();
     }
     if (length < TPM_HEADER || length > buffer_size) {
@@ -64,9 +73,11 @@ u32 crb_transmit(const volatile u8 *command, u32 length, volatile u8 *response, 
     for (int i = 0; i < START_POLLS && (start = reg(CRB_CTRL_START)); i++) {
         __asm__ volatile("pause");
     }
-    if (start || reg(CRB_CTRL_STS) & CRB_STS_FATAL) {
+    if (start || reg(CRB_CTRL_STS) & (CRB_STS_FATAL | CRB_STS_IDLE)) {
         return failed();
     }
+    ready_known = known;
+    ready_epoch = epoch;
     u32 answer = big_endian32(buffer + 2);
     if (answer < TPM_HEADER || answer > capacity || answer > buffer_size) {
         return 0;
@@ -75,4 +86,13 @@ u32 crb_transmit(const volatile u8 *command, u32 length, volatile u8 *response, 
         response[i] = buffer[i];
     }
     return answer;
+}
+
+u32 crb_transmit(const volatile u8 *command, u32 length, volatile u8 *response, u32 capacity) {
+    return transmit(command, length, response, capacity, 0, 0);
+}
+
+u32 crb_transmit_at(const volatile u8 *command, u32 length, volatile u8 *response, u32 capacity,
+                    u32 epoch) {
+    return transmit(command, length, response, capacity, 1, epoch);
 }

@@ -24,7 +24,7 @@ typedef unsigned long u64;
 /* The relay path (tdxdefs/relay.py; a test checks these values against it). */
 #define RELAY_VECTOR 0x52u        /* L1 -> L2: a command is in the mailbox */
 #define L2_DOORBELL_PORT 0xF5u    /* L2 -> L1: the response is in the mailbox */
-#define MAILBOX_HEADER_SIZE 32u   /* state, length, sequence, reserved[20] */
+#define MAILBOX_HEADER_SIZE 32u   /* state, length, sequence, crb_epoch, reserved[16] */
 #define MAX_TPM_MESSAGE 4064u     /* 4096 - 32 */
 #define RELAY_STATE_COMMAND 1u
 #define RELAY_STATE_RESPONSE 2u
@@ -106,9 +106,13 @@ int fault_taken(void);
 extern volatile u32 selftest_interrupts;
 extern volatile u32 relay_interrupts;
 
-/* crb.c: TPM commands through the CRB; returns the response length, or 0 when the TPM failed. */
+/* crb.c: TPM commands through the CRB; returns the response length, or 0 when the TPM failed.
+ * crb_transmit_at takes L1's CRB epoch (the relay mailbox's crb_epoch): while it is unchanged the
+ * CRB is still Ready and the status read before START is left out. */
 int crb_ready(void);
 u32 crb_transmit(const volatile u8 *command, u32 length, volatile u8 *response, u32 capacity);
+u32 crb_transmit_at(const volatile u8 *command, u32 length, volatile u8 *response, u32 capacity,
+                    u32 epoch);
 
 /* l1vtpm.c: 1 and the number of L1's events when L1 has a vTPM for us, -1 with no service,
  * 0 for a malformed answer. l1vtpm_events copies the TCG_PCR_EVENT2 records of that answer back to

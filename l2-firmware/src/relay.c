@@ -1,14 +1,17 @@
 /* The in-guest TPM relay: wait in HLT for L1's relay interrupt, copy the command from the mailbox
  * page once, straight into the CRB command buffer, run it, copy the response from the CRB buffer
- * straight into the mailbox and ring L1's doorbell (tdxdefs/relay.py). No copy in between: each
- * byte crosses once each way. A command the CRB cannot run is answered with state ERROR. */
+ * straight into the mailbox, set its state and halt again: L1 takes a halt with the mailbox
+ * answered as the doorbell (tdxdefs/relay.py), so the answer costs no exit of its own. No copy in
+ * between: each byte crosses once each way. A command the CRB cannot run is answered with state
+ * ERROR. */
 #include "l2fw.h"
 
 struct mailbox {
     volatile u32 state;
     volatile u32 length;
     volatile u32 sequence;
-    u8 reserved[20];
+    volatile u32 crb_epoch; /* L1's count of CRB changes the L2 did not make (crb.c) */
+    u8 reserved[16];
     volatile u8 data[MAX_TPM_MESSAGE];
 };
 
@@ -24,10 +27,10 @@ void relay_serve(u64 mailbox_gpa) {
         u32 answer = 0;
         if (length <= MAX_TPM_MESSAGE) {
             /* the command is read before the response is written (crb_transmit) */
-            answer = crb_transmit(box->data, length, box->data, MAX_TPM_MESSAGE);
+            answer = crb_transmit_at(box->data, length, box->data, MAX_TPM_MESSAGE,
+                                     box->crb_epoch);
         }
         box->length = answer;
-        box->state = answer ? RELAY_STATE_RESPONSE : RELAY_STATE_ERROR;
-        outb(L2_DOORBELL_PORT, 1);
+        box->state = answer ? RELAY_STATE_RESPONSE : RELAY_STATE_ERROR; /* read at the next HLT */
     }
 }

@@ -37,6 +37,8 @@ class Served:
         )
         by_vm = {g.vm: g for g in self.guests}
         self.relay = Relay(self.pv.tdcall, self.pv.memory, ring, by_vm, self.pv.log.append)
+        for guest in self.guests:
+            guest.on_halt = self.relay.halted
         self.sequence = 0
         self.host = self.pv.td.host.shared  # the host's view: shared GPAs only
         self._run_until_serving()

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from orchestrator.firmware import Firmware
-from svsm.l2guest import L2State, SupportPage
+from svsm.l2guest import L2Guest, L2State, SupportPage
 from svsm.relay import parse_ring
 from tdxdefs.relay import (
     MAX_TPM_MESSAGE,
@@ -88,7 +88,7 @@ def test_a_lying_l2_answer_is_refused(firmware: Firmware, engine: TpmEngine) -> 
     mailbox = guest.layout.page(SupportPage.MAILBOX)
     served.relay.inflight[1] = 42  # a command is in flight; the L2 answers with another sequence
     served.pv.memory.write(
-        mailbox, MailboxHeader(int(RelayState.RESPONSE), 10, 41, bytes(20)).pack()
+        mailbox, MailboxHeader(int(RelayState.RESPONSE), 10, 41, 0, bytes(16)).pack()
     )
     served.relay.doorbell(guest)
     head = RingHeader.unpack(served.host.read(RELAY_RING_GPA | SHARED_BIT, RingHeader.SIZE))
@@ -105,3 +105,129 @@ def test_parse_ring_checks_every_field() -> None:
     command = parse_ring(head.pack() + b"abcdef", range(1, 3))
     assert (command.vm, command.sequence, command.message) == (2, 7, b"abc")
     assert L2State.RUNNING  # the enum the relay checks against
+
+
+def test_the_l2_rings_by_halting_with_its_answer(firmware: Firmware, engine: TpmEngine) -> None:
+    served = Served(firmware, engine)
+    (guest,) = served.guests
+    before = dict(guest.outcome.exits)
+    head = served.command(GET_RANDOM_16)
+    assert head.state == RelayState.RESPONSE and response_code(served.answer(head)) == 0
+    after = guest.outcome.exits
+    assert after["HLT"] - before.get("HLT", 0) == 1
+    assert after["IO"] - before.get("IO", 0) == 0  # no doorbell write: the halt rang
+    assert served.relay.inflight == {}
+
+
+def ring_state(served: Served) -> int:
+    return RingHeader.unpack(served.host.read(RELAY_RING_GPA | SHARED_BIT, RingHeader.SIZE)).state
+
+
+def test_a_halt_before_the_answer_or_with_nothing_in_flight_rings_nothing(
+    firmware: Firmware, engine: TpmEngine
+) -> None:
+    served = Served(firmware, engine)
+    (guest,) = served.guests
+    mailbox = guest.layout.page(SupportPage.MAILBOX)
+    log = len(served.pv.log)
+    served.relay.halted(guest)  # nothing in flight: an idle halt
+    served.relay.inflight[1] = 42
+    served.pv.memory.write(
+        mailbox, MailboxHeader(int(RelayState.COMMAND), 12, 42, 0, bytes(16)).pack()
+    )
+    served.relay.halted(guest)  # halted, but the command is not answered yet
+    assert served.relay.inflight == {1: 42} and ring_state(served) == RelayState.IDLE
+    assert len(served.pv.log) == log and served.relay.relayed == 0
+    answer = bytes.fromhex("80010000000a00000000")
+    served.pv.memory.write(mailbox + MailboxHeader.SIZE, answer)
+    served.pv.memory.write(
+        mailbox, MailboxHeader(int(RelayState.RESPONSE), len(answer), 42, 0, bytes(16)).pack()
+    )
+    served.relay.halted(guest)
+    assert served.relay.inflight == {} and ring_state(served) == RelayState.RESPONSE
+    assert served.answer(RingHeader.unpack(served.host.read(RELAY_RING_GPA | SHARED_BIT, 32))) == (
+        answer
+    )
+
+
+def test_a_lying_answer_found_at_a_halt_is_refused(firmware: Firmware, engine: TpmEngine) -> None:
+    served = Served(firmware, engine)
+    (guest,) = served.guests
+    mailbox = guest.layout.page(SupportPage.MAILBOX)
+    served.relay.inflight[1] = 42
+    served.pv.memory.write(
+        mailbox,
+        MailboxHeader(int(RelayState.RESPONSE), MAX_TPM_MESSAGE + 1, 42, 0, bytes(16)).pack(),
+    )
+    served.relay.halted(guest)
+    assert ring_state(served) == RelayState.ERROR and served.relay.refused == 1
+    assert f"length {MAX_TPM_MESSAGE + 1}" in served.pv.log[-1]
+    assert served.command(GET_RANDOM_16).state == RelayState.RESPONSE  # still serving
+
+
+def l2_exits(guest: L2Guest) -> int:
+    return sum(guest.outcome.exits.values())
+
+
+def test_a_relayed_command_skips_the_crb_status_read_until_l1_changes_the_crb(
+    firmware: Firmware, engine: TpmEngine
+) -> None:
+    served = Served(firmware, engine)
+    (guest,) = served.guests
+    served.command(GET_RANDOM_16)
+    before = l2_exits(guest)
+    assert served.command(GET_RANDOM_16).state == RelayState.RESPONSE
+    assert l2_exits(guest) - before == 4  # START, its poll, the status, HLT
+    epoch = guest.crb.epoch
+    guest.crb.reset()  # what a vTPM power cycle does to the CRB: Idle, locality released
+    assert guest.crb.epoch == epoch + 1
+    before = l2_exits(guest)
+    head = served.command(GET_RANDOM_16)
+    assert head.state == RelayState.RESPONSE and response_code(served.answer(head)) == 0
+    assert l2_exits(guest) - before > 4  # the driver saw the new epoch and went Ready again
+    before = l2_exits(guest)
+    served.command(GET_RANDOM_16)
+    assert l2_exits(guest) - before == 4
+    assert guest.crb.refused == 0
+
+
+def test_a_crb_change_l1_does_not_announce_fails_one_command_cleanly(
+    firmware: Firmware, engine: TpmEngine
+) -> None:
+    served = Served(firmware, engine)
+    (guest,) = served.guests
+    served.command(GET_RANDOM_16)
+    guest.crb.reset()
+    guest.crb.epoch -= 1  # as if L1 had not counted the change: the L2 believes it is Ready
+    head = served.command(GET_RANDOM_16)
+    assert head.state == RelayState.ERROR  # the status after START says Idle: no response
+    assert "START in state idle" in guest.crb.refusals[-1]
+    head = served.command(GET_RANDOM_16)  # the driver starts over from the locality request
+    assert head.state == RelayState.RESPONSE and response_code(served.answer(head)) == 0
+
+
+def test_a_failed_vtpm_is_seen_before_start(firmware: Firmware, engine: TpmEngine) -> None:
+    served = Served(firmware, engine)
+    (guest,) = served.guests
+    served.command(GET_RANDOM_16)
+    guest.crb.fail("the vTPM went away")
+    commands = guest.crb.commands
+    assert served.command(GET_RANDOM_16).state == RelayState.ERROR
+    assert guest.crb.commands == commands and guest.crb.refused == 0  # no START was written
+
+
+@pytest.mark.parametrize("ring", ["halt", "doorbell"])
+def test_an_answer_with_reserved_bytes_set_is_refused_and_the_l2_goes_on(
+    firmware: Firmware, engine: TpmEngine, ring: str
+) -> None:
+    served = Served(firmware, engine)
+    (guest,) = served.guests
+    mailbox = guest.layout.page(SupportPage.MAILBOX)
+    served.relay.inflight[1] = 42
+    bad = MailboxHeader(int(RelayState.RESPONSE), 10, 42, 0, b"\1" + bytes(15)).pack()
+    served.pv.memory.write(mailbox, bad)
+    (served.relay.halted if ring == "halt" else served.relay.doorbell)(guest)
+    assert ring_state(served) == RelayState.ERROR and served.relay.inflight == {}
+    assert "reserved" in served.pv.log[-1] and "command 42" in served.pv.log[-1]
+    assert guest.running
+    assert served.command(GET_RANDOM_16).state == RelayState.RESPONSE

@@ -20,7 +20,7 @@ from tdxsim.host.l1_image import zip_packages
 from tests.support.processes import running
 from vtpm import certs, wire
 from vtpm.attest import FakeAttester, check_binding
-from vtpm.worker_channel import WorkerOp
+from vtpm.worker_channel import WorkerChannelTimeout, WorkerOp
 
 ROOT = Path(__file__).resolve().parents[3]
 GET_RANDOM_8 = bytes.fromhex("80010000000c0000017b0008")
@@ -254,3 +254,46 @@ def test_power_cycle_by_vm_resets_that_crb_and_refuses_an_unknown_vm(
     crb2, _ = crb_for(workers.crb_backend(2))
     assert not workers.power_cycle(2)
     assert crb2.state is CrbState.ERROR
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time `pid` has used (/proc/PID/stat fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_expect_gets_no_answer_and_the_command_after_it_is_served(workers: VtpmWorkers) -> None:
+    worker = workers[1]
+    for _ in range(3):
+        worker.expect()
+        response = worker.process(GET_RANDOM_8)
+        assert wire.TPM_HEADER.unpack_from(response)[2] == wire.TPM_RC_SUCCESS
+    with pytest.raises(WorkerChannelTimeout):  # nothing left over: EXPECT was not answered
+        worker.channel.recv(0.2)
+    workers.expect(3)  # no such L2: nothing to wake
+
+
+def test_a_worker_told_to_expect_a_command_that_never_comes_goes_back_to_sleep(
+    workers: VtpmWorkers,
+) -> None:
+    worker = workers[1]
+    worker.expect()
+    time.sleep(0.2)  # far past EXPECT_SPIN_NS
+    before = cpu_seconds(worker.pid)
+    time.sleep(1.0)
+    assert cpu_seconds(worker.pid) - before < 0.1  # asleep, not spinning
+    assert worker.process(GET_RANDOM_8)[6:10] == bytes(4)
+
+
+def test_expect_to_a_dead_worker_fails_it_and_its_crb(workers: VtpmWorkers) -> None:
+    crb, buffer = crb_for(workers.crb_backend(1))
+    pid = workers[1].pid
+    os.kill(pid, signal.SIGKILL)
+    gone = time.monotonic() + 5
+    while running(pid) and time.monotonic() < gone:
+        time.sleep(0.01)
+    workers.expect(1)
+    workers.expect(1)  # a failed worker is not asked again
+    assert not workers[1].alive and "EXPECT" in workers[1].failure
+    start(crb, buffer, GET_RANDOM_8)
+    assert crb.state is CrbState.ERROR

@@ -7,7 +7,7 @@ import itertools
 
 import pytest
 
-from vtpm.busypoll import MIN_WINDOW_NS, PATIENCE, BusyPoll
+from vtpm.busypoll import MIN_WINDOW_NS, PATIENCE, PROBE_EVERY, BusyPoll, HintedSpin
 
 WINDOW = 1_000_000
 EOF_AFTER_NS = 30_000  # the swtpm TCTI closes its connection right after reading the answer
@@ -81,3 +81,34 @@ def test_zero_window_never_spins() -> None:
 def test_negative_window_refused() -> None:
     with pytest.raises(ValueError, match="negative"):
         BusyPoll(-1)
+
+
+def test_a_hinted_spin_keeps_its_budget_while_it_catches_and_halves_when_it_does_not() -> None:
+    spin = HintedSpin(WINDOW)
+    for _ in range(10):
+        assert spin.hinted() == WINDOW
+        spin.outcome(WINDOW, caught=True)
+    budgets = []
+    for _ in range(6):
+        budget = spin.hinted()
+        budgets.append(budget)
+        spin.outcome(budget, caught=False)
+    assert budgets == [WINDOW, WINDOW // 2, WINDOW // 4, WINDOW // 8, WINDOW // 16, 0]
+    assert WINDOW // 32 < MIN_WINDOW_NS  # so the sixth miss stopped spinning altogether
+    spin.outcome(0, caught=False)  # a receive that did not spin teaches nothing
+    assert spin.budget_ns == 0
+
+
+def test_a_hinted_spin_that_stopped_probes_now_and_then_and_comes_back() -> None:
+    spin = HintedSpin(WINDOW)
+    while spin.budget_ns:
+        spin.outcome(spin.hinted(), caught=False)
+    given = [spin.hinted() for _ in range(PROBE_EVERY)]
+    assert given[:-1] == [0] * (PROBE_EVERY - 1) and given[-1] == WINDOW
+    spin.outcome(WINDOW, caught=True)  # the probe caught its message: spinning pays again
+    assert spin.hinted() == WINDOW
+
+
+def test_a_negative_hinted_spin_is_refused() -> None:
+    with pytest.raises(ValueError, match="-1 ns is negative"):
+        HintedSpin(-1)

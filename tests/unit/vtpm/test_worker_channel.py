@@ -1,10 +1,13 @@
 """The L1 <-> vTPM worker channel: the header layout, per-op bounds, and refusal of malformed,
-oversized, truncated and unknown messages without losing the message boundary."""
+oversized, truncated and unknown messages without losing the message boundary, with or without
+a spin before the receive sleeps."""
 
 from __future__ import annotations
 
 import socket
 import struct
+import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -130,3 +133,56 @@ def test_a_stream_socket_is_not_a_worker_channel() -> None:
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     with a, b, pytest.raises(WorkerChannelError, match="needs SOCK_SEQPACKET"):
         WorkerChannel(a)
+
+
+def test_expect_carries_nothing() -> None:
+    assert decode(encode(WorkerOp.EXPECT, b"", 3)).op is WorkerOp.EXPECT
+    with pytest.raises(WorkerChannelError, match=r"EXPECT: a payload of 1 bytes"):
+        encode(WorkerOp.EXPECT, b"x")
+    with pytest.raises(WorkerChannelError, match=r"EXPECT length at offset 12: 1 is outside"):
+        decode(raw(WorkerOp.EXPECT, b"x"))
+
+
+def send_later(channel: WorkerChannel, delay: float, data: bytes) -> threading.Thread:
+    def send() -> None:
+        time.sleep(delay)
+        channel.sock.send(data)
+
+    thread = threading.Thread(target=send)
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize(
+    ("spin_ns", "delay", "caught"),
+    [(2_000_000_000, 0.005, True), (1_000_000, 0.05, False)],
+    ids=["caught-while-spinning", "after-the-spin-ran-out"],
+)
+def test_a_spinning_receive_gets_the_message_whenever_it_comes(
+    pair: tuple[WorkerChannel, WorkerChannel], spin_ns: int, delay: float, caught: bool
+) -> None:
+    l1, worker = pair
+    sender = send_later(worker, delay, encode(WorkerOp.RESPONSE, GET_RANDOM_8, 5))
+    msg = l1.recv(5.0, spin_ns)
+    sender.join()
+    assert (msg.op, msg.sequence, msg.payload) == (WorkerOp.RESPONSE, 5, GET_RANDOM_8)
+    if not caught:  # a busy machine may end a spin early, never make one catch more
+        assert not l1.caught_spinning
+
+
+def test_a_spinning_receive_keeps_every_check_and_the_deadline(
+    pair: tuple[WorkerChannel, WorkerChannel],
+) -> None:
+    l1, worker = pair
+    with pytest.raises(WorkerChannelTimeout, match=r"no message within 0\.050 s"):
+        l1.recv(0.05, 1_000_000)
+    sender = send_later(worker, 0.005, raw(WorkerOp.RESPONSE, bytes(MAX_DATAGRAM + 1)))
+    with pytest.raises(WorkerChannelError, match=f"more than {MAX_DATAGRAM} bytes refused"):
+        l1.recv(5.0, 200_000_000)
+    sender.join()
+    worker.sock.send(raw(WorkerOp.RESPONSE, b"abc", length=4))
+    with pytest.raises(WorkerChannelError, match="length at offset 12: 4, but 3 payload bytes"):
+        l1.recv(5.0, 200_000_000)
+    worker.close()
+    with pytest.raises(WorkerChannelClosed, match="closed the channel"):
+        l1.recv(5.0, 200_000_000)
