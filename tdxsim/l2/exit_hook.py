@@ -6,8 +6,9 @@ run, each translation next to an exit: L2's hot code was translated again after 
 (about 15 us of a 17 us run here). The hook keeps translations across runs, so an exit set can
 change with no translation dropped.
 
-Built by `./tdp setup` (scripts/bootstrap.sh) with Debian's gcc into build/native/; set
-TDXSIM_EXIT_HOOK to another library path.
+Built by `./tdp setup` (scripts/bootstrap.sh) with Debian's gcc into build/native/, or here on
+first use when it is missing or older than its source (a checkout copied to a remote host whose
+setup was done elsewhere); set TDXSIM_EXIT_HOOK to use another library as it is.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import ctypes
 import enum
 import os
+import subprocess
 from collections.abc import Iterable
 from functools import cache
 from pathlib import Path
@@ -26,9 +28,10 @@ from unicorn.unicorn_py3.unicorn import uclib
 from tdxsim.errors import TdxsimError
 
 LIBRARY_ENV = "TDXSIM_EXIT_HOOK"
-DEFAULT_LIBRARY = (
-    Path(__file__).resolve().parents[2] / "build" / "native" / "libtdxsim_exit_hook.so"
-)
+ROOT = Path(__file__).resolve().parents[2]
+SOURCE = ROOT / "native" / "tdxsim_exit_hook.c"
+DEFAULT_LIBRARY = ROOT / "build" / "native" / "libtdxsim_exit_hook.so"
+GCC = ("gcc", "-O2", "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC")
 NO_ADDRESS = (1 << 64) - 1
 HOOK_EVERY_ADDRESS = (1, 0)  # unicorn's begin > end: the hook runs for every address
 
@@ -74,10 +77,35 @@ def library_status() -> str:
     return str(library_path())
 
 
+def _build(library: Path) -> None:
+    """Compile the library from its source if it is missing or older (atomically: processes
+    starting together may all build it)."""
+    try:
+        if library.stat().st_mtime >= SOURCE.stat().st_mtime:
+            return
+    except FileNotFoundError:
+        if not SOURCE.exists():
+            return  # nothing to build from: loading names the missing library
+    library.parent.mkdir(parents=True, exist_ok=True)
+    partial = library.with_name(f"{library.name}.{os.getpid()}.tmp")
+    try:
+        result = subprocess.run(
+            [*GCC, "-o", str(partial), str(SOURCE)], capture_output=True, text=True, check=False
+        )
+    except OSError as exc:
+        raise TdxsimError(f"cannot compile {SOURCE} into {library}: {exc}") from exc
+    if result.returncode:
+        partial.unlink(missing_ok=True)
+        raise TdxsimError(f"gcc could not compile {SOURCE}: {result.stderr.strip()[-500:]}")
+    os.replace(partial, library)
+
+
 @cache
 def _callback() -> int:
     """Address of tdxsim_exit_hook in the native library."""
     library = library_path()
+    if not os.environ.get(LIBRARY_ENV):
+        _build(library)
     try:
         lib = ctypes.CDLL(str(library))
     except OSError as exc:

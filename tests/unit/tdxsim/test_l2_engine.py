@@ -4,6 +4,7 @@ hook that stops unicorn before exits and at the end of a run's budget (tdxsim.l2
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -117,3 +118,20 @@ def test_register_block_and_single_registers_match_the_binding() -> None:
     assert uc.reg_read(X.UC_X86_REG_RAX) == 5
     uc.reg_write(X.UC_X86_REG_RBX, 0xFEED)
     assert regs.read(X.UC_X86_REG_RBX) == 0xFEED
+
+
+def test_exit_hook_library_is_compiled_when_missing(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    library = tmp_path / "native" / "libtdxsim_exit_hook.so"
+    monkeypatch.delenv(exit_hook.LIBRARY_ENV, raising=False)
+    monkeypatch.setattr(exit_hook, "DEFAULT_LIBRARY", library)
+    exit_hook._callback.cache_clear()
+    try:
+        uc = engine()
+        run = Runner(uc, ExitHook(uc))
+        assert library.exists()  # compiled from native/tdxsim_exit_hook.c
+        run.start(CODE, 2)
+        assert rip(uc) == CODE + 2
+    finally:
+        exit_hook._callback.cache_clear()
