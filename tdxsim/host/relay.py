@@ -50,6 +50,8 @@ log = logging.getLogger("tdxsim.host.relay")
 HALT_WAIT_S = 0.1  # longest a relay HLT blocks before L1 is resumed (it halts again)
 COMMAND_TIMEOUT_S = 30.0  # a command L1 has not answered by then fails
 KEEP_SAMPLES = 4096
+RING_HEADER = RingHeader.STRUCT
+RESERVED = bytes(4)
 U32_MAX = 0xFFFFFFFF
 U16_MAX = 0xFFFF
 
@@ -141,6 +143,7 @@ class HostRelay:
         self._in_flight: _InFlight | None = None
         self._post: list[int] = []
         self._answers: list[tuple[int, RelayState, bytes]] = []  # for the hook, in order
+        self._asked = False  # halt() just asked the hook: this exit's turn() need not again
 
     # --- the host loop's calls ------------------------------------------------------------------
     def ring_shared(self) -> bool:
@@ -155,7 +158,8 @@ class HostRelay:
         free; returns the vectors to post to L1."""
         self.exits += 1
         self._expire()
-        if self._in_flight is None and self.ring_shared():
+        asked, self._asked = self._asked, False
+        if self._in_flight is None and not asked and self.ring_shared():
             command = self.hook.next_command(0)
             if command is not None:
                 self._send(command)
@@ -176,6 +180,7 @@ class HostRelay:
                 self._post.append(RELAY_VECTOR)
             return
         command = self.hook.next_command(self.halt_wait_s)
+        self._asked = True
         if command is not None and not self.stop.is_set() and self.ring_shared():
             self._send(command)
         elif command is not None:  # taken from the hook, so it must be answered
@@ -241,19 +246,19 @@ class HostRelay:
 
     def _send(self, command: RelayCommand) -> None:
         sequence = self._next_sequence()
-        header = RingHeader(
-            magic=RING_MAGIC,
-            version=RING_VERSION,
-            vm=command.vm,
-            sequence=sequence,
-            state=RelayState.COMMAND,
-            length=len(command.message),
-            locality=command.locality,
-            kind=command.kind,
-            reserved=bytes(4),
+        header = RING_HEADER.pack(  # RingHeader's fields in order (its dataclass costs more)
+            RING_MAGIC,
+            RING_VERSION,
+            command.vm,
+            sequence,
+            RelayState.COMMAND,
+            len(command.message),
+            command.locality,
+            command.kind,
+            RESERVED,
         )
         try:
-            self.shared.write(self.ring, header.pack() + command.message)
+            self.shared.write(self.ring, header + command.message)
         except HostAccessDenied as exc:  # L1 took the page back between the check and here
             log.warning("relay command %d not sent: %s", sequence, exc)
             self.stats.failed += 1
