@@ -246,10 +246,9 @@ class RelayServer:
     ) -> None:
         """Accept and service what epoll reported; new connections first, and unless
         `all_events`, stop at the first queued command (epoll is level-triggered: what is left
-        is reported again). Without
-        `connections` only new connections are served: a zero-time look at a TD exit other
-        than L1's HLT leaves reads, and the swtpm TCTI's closes (a TCP close costs several
-        microseconds), for the wait in the HLT, when the host has nothing else to do."""
+        is reported again). Without `connections` only new connections are served: a zero-time
+        look at a TD exit other than L1's HLT leaves reads, and the swtpm TCTI's closes (a TCP
+        close costs several microseconds), to the wait in the HLT or to `housekeeping`."""
         if len(events) > 1:
             events.sort(key=lambda event: event[0] not in self._listeners)
         for fd, _mask in events:
