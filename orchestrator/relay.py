@@ -154,7 +154,11 @@ class RelayServer:
         if self._closed:
             return None
         if not self._queued:
-            self._serve_sockets(timeout)
+            if timeout > 0:
+                self._serve_sockets(timeout)
+            else:  # a zero-time look at a TD exit: only new connections, nothing else
+                self._serve_events(self._epoll.poll(0), connections=False)
+            self._time_pause()
             if not self._queued:
                 return None
         queued = self._queued.popleft()
@@ -219,7 +223,7 @@ class RelayServer:
         end = start + int(timeout * NS_PER_S)
         since = self._answered_at
         spin_until = 0
-        if timeout > 0 and since is not None and self._pause.spinning:
+        if since is not None and self._pause.spinning:
             spin_until = since + self._pause.window_ns
         poll = self._epoll.poll
         while True:
@@ -231,14 +235,22 @@ class RelayServer:
                     continue
             else:
                 events = poll(max(end - now, 0) / NS_PER_S)
-            self._serve_events(events, connections=timeout > 0)
+            self._serve_events(events, connections=True)
             if self._queued:
                 break
             self._sweep()
             if clock() >= end:
                 break
-        if since is not None and (self._queued or clock() - since >= self._pause.window_ns):
-            self._pause.waited(clock() - since)  # one pause per answer
+
+    def _time_pause(self) -> None:
+        """Account the client's pause since the last answer, once: when its next command has
+        come, or when the pause has outlasted the spin window."""
+        since = self._answered_at
+        if since is None:
+            return
+        paused = time.perf_counter_ns() - since
+        if self._queued or paused >= self._pause.window_ns:
+            self._pause.waited(paused)
             self._answered_at = None
 
     def _serve_events(
