@@ -19,7 +19,8 @@ those bytes are one whole swtpm-framed command it goes to the TD at once, before
 socket is looked at. While L1 halts, the wait polls the sockets without sleeping for up to a
 window after each answer (tdxsim.host.spin.SpinWindow; vtpm.server's busy-poll window), since
 waking a sleeping process costs more than a client's pause between commands; a client that
-pauses longer turns the spinning off until one comes back sooner.
+pauses longer turns the spinning off until one comes back sooner, and a yield that lost the CPU
+to another process ends that wait's spin.
 
 Platform port policy: with `dev_platform_port`, a power cycle (POWER_OFF then POWER_ON, RESET,
 RESTART; the swtpm TCTI's reset reads as the first) becomes a POWER_CYCLE relay command (L1
@@ -45,7 +46,7 @@ from dataclasses import dataclass, field
 
 from tdxdefs.relay import RelayKind, RelayState
 from tdxsim.host.relay import RelayCommand
-from tdxsim.host.spin import SpinWindow
+from tdxsim.host.spin import YIELD_TAKEN_NS, SpinWindow
 from vtpm.engine import MAX_LOCALITY, error_response
 from vtpm.libtpms import TPM_FAIL, TPM_SUCCESS
 from vtpm.protocol import (
@@ -232,6 +233,8 @@ class RelayServer:
                 events = poll(0)
                 if not events:
                     os.sched_yield()  # the client may be waiting for this CPU
+                    if clock() - now > YIELD_TAKEN_NS:
+                        spin_until = 0  # it was: sleep until the client's command comes
                     continue
             else:
                 events = poll(max(end - now, 0) / NS_PER_S)

@@ -8,7 +8,9 @@ processes outnumber the CPUs, the one with work gets the CPU. Whether a wait spi
 kind of wait (`SpinWindow`): a kind whose last PATIENCE waits all outlasted the window (an idle
 TD's HLT, a client that pauses) stops spinning, so an idle TD costs a few windows of CPU in all;
 any wait of that kind shorter than the window, measured while blocking, turns spinning on again.
-On a single CPU nothing spins: the peer needs the CPU the spinner would hold.
+A yield that comes back late gave the CPU to a process that wanted it: that wait stops spinning
+and sleeps (spinning on would only take turns with that process, a scheduler slice each). On a
+single CPU nothing spins: the peer needs the CPU the spinner would hold.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ from collections.abc import Hashable
 DEFAULT_WINDOW_NS = 300_000
 # Waits in a row longer than the window before that kind of wait stops spinning.
 PATIENCE = 3
+# A sched_yield that comes back later than this gave the CPU to another process that wanted it
+# (vtpm.worker_channel uses the same rule for L1's spin on its vTPM workers).
+YIELD_TAKEN_NS = 50_000
 READABLE = select.POLLIN | select.POLLHUP | select.POLLERR
 
 
@@ -74,14 +79,18 @@ class Spinner:
         return window
 
     def spin(self, window: SpinWindow, start_ns: int) -> bool:
-        """Poll until the descriptor is readable (True) or the window from `start_ns` is over."""
+        """Poll until the descriptor is readable (True), the window from `start_ns` is over or
+        a yield lost the CPU to another process (False)."""
         if not window.spinning:
             return False
         poll = self._poll.poll
         clock = time.perf_counter_ns
         end = start_ns + window.window_ns
         while not poll(0):
-            if clock() >= end:
+            now = clock()
+            if now >= end:
                 return False
             os.sched_yield()
+            if clock() - now > YIELD_TAKEN_NS:
+                return bool(poll(0))  # this CPU is wanted: stop spinning
         return True

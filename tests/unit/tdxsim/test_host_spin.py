@@ -4,8 +4,13 @@ and a spin ends when the descriptor is readable or, bounded, when its window is 
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
@@ -89,3 +94,29 @@ def test_a_peer_that_closes_ends_the_spin() -> None:
         spinner = Spinner(a.fileno(), 10 * NOT_FOREVER_S * 1_000_000_000)
         b.close()
         assert spinner.spin(spinner.window(None), time.perf_counter_ns())
+
+
+@contextmanager
+def sharing_a_cpu_with_a_busy_process() -> Iterator[None]:
+    """This process and a busy loop pinned to one CPU, so that a yield gives the CPU away."""
+    cpu = min(os.sched_getaffinity(0))
+    before = os.sched_getaffinity(0)
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        os.sched_setaffinity(hog.pid, {cpu})
+        os.sched_setaffinity(0, {cpu})
+        time.sleep(0.05)  # the busy loop is running
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+        hog.kill()
+        hog.wait()
+
+
+def test_a_spin_whose_yield_lost_the_cpu_to_another_process_stops() -> None:
+    a, b = socket.socketpair()
+    with a, b, sharing_a_cpu_with_a_busy_process():
+        spinner = Spinner(a.fileno(), 2 * NOT_FOREVER_S * 1_000_000_000)
+        start = time.perf_counter_ns()
+        assert not spinner.spin(spinner.window(None), start)  # nothing came
+        assert time.perf_counter_ns() - start < NOT_FOREVER_S * 1_000_000_000
