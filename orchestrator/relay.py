@@ -8,10 +8,19 @@ connections run one at a time, in arrival order; a client that vanishes mid-comm
 its own answer, which is dropped.
 
 `RelayServer` is itself the `tdxsim.host.relay.RelayHook`: the sockets are served in the host
-loop's thread, inside `next_command` (a bounded select while L1 halts, a zero-time one at the
+loop's thread, inside `next_command` (a bounded wait while L1 halts, a zero-time poll at the
 other TD exits), and `response` sends the answer at once. So a command goes from the client's
 socket to the ring, and the answer back, with no thread hand-off; while L1 works on a command no
 socket is read, and nothing else could run meanwhile anyway.
+
+Speed, for the swtpm TCTI's connection per command: a new command-port connection is read as it
+is accepted (the listener defers the accept until the client's first bytes are in), and when
+those bytes are one whole swtpm-framed command it goes to the TD at once, before any other
+socket is looked at. While L1 halts, the wait polls the sockets without sleeping for up to a
+window after each answer (tdxsim.host.spin.SpinWindow; vtpm.server's busy-poll window), since
+waking a sleeping process costs more than a client's pause between commands; a client that
+pauses longer turns the spinning off until one comes back sooner, and a yield that lost the CPU
+to another process ends that wait's spin.
 
 Platform port policy: with `dev_platform_port`, a power cycle (POWER_OFF then POWER_ON, RESET,
 RESTART; the swtpm TCTI's reset reads as the first) becomes a POWER_CYCLE relay command (L1
@@ -26,9 +35,9 @@ the server keeps serving. TPM_STOP is always refused: SIGINT or SIGTERM end `--s
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import selectors
+import os
+import select
 import socket
 import time
 from collections import deque
@@ -37,6 +46,7 @@ from dataclasses import dataclass, field
 
 from tdxdefs.relay import RelayKind, RelayState
 from tdxsim.host.relay import RelayCommand
+from tdxsim.host.spin import YIELD_TAKEN_NS, SpinWindow
 from vtpm.engine import MAX_LOCALITY, error_response
 from vtpm.libtpms import TPM_FAIL, TPM_SUCCESS
 from vtpm.protocol import (
@@ -53,7 +63,7 @@ from vtpm.protocol import (
     handshake_response,
     mssim_response,
 )
-from vtpm.server import Port, bind_port_pair
+from vtpm.server import NS_PER_US, Port, bind_port_pair, default_busy_poll_us
 from vtpm.wire import TPM_RC_FAILURE
 
 log = logging.getLogger("orchestrator.relay")
@@ -63,6 +73,8 @@ SWEEP_EVERY_S = 1.0
 MAX_CONNECTIONS = 64
 PLATFORM_FAILURE = 1
 HAVE_QUICKACK = hasattr(socket, "TCP_QUICKACK")
+NOWAIT = socket.MSG_DONTWAIT  # connection sockets are used without blocking, with no fcntl
+NS_PER_S = 1_000_000_000
 HARMLESS_SIGNALS = frozenset(
     {
         MssimCommand.POWER_ON,
@@ -85,6 +97,7 @@ class _Connection:
     waiting: bool = False  # a command of this connection is queued or with the TD
     closing: bool = False  # close once the output is sent
     closed: bool = False
+    events: int = 0  # what epoll watches for (0: not registered)
     last_active: float = field(default_factory=time.monotonic)
 
 
@@ -112,10 +125,11 @@ class RelayServer:
         self.dev_platform_port = dev_platform_port
         self._command, self._platform = bind_port_pair(host, port)
         self.port: int = self._command.getsockname()[1]
-        self._selector = selectors.DefaultSelector()
+        self._epoll = select.epoll()
+        self._listeners: dict[int, tuple[socket.socket, Port]] = {}
         for listener, kind in ((self._command, Port.COMMAND), (self._platform, Port.PLATFORM)):
-            listener.setblocking(False)
-            self._selector.register(listener, selectors.EVENT_READ, kind)
+            self._listeners[listener.fileno()] = (listener, kind)
+            self._epoll.register(listener.fileno(), select.EPOLLIN)
         self._connections: dict[int, _Connection] = {}
         self._queued: deque[_Queued] = deque()  # parsed, waiting for the host to take them
         self._issued: deque[_Queued] = deque()  # taken by the host, answers come in this order
@@ -123,6 +137,9 @@ class RelayServer:
         self._swtpm_locality = 0
         self._next_sweep = 0.0
         self._closed = False
+        # the client's pause from an answer to its next command decides whether to spin for it
+        self._pause = SpinWindow(default_busy_poll_us() * NS_PER_US)
+        self._answered_at: int | None = None  # perf_counter_ns of the last answer not yet timed
         self.refused: deque[str] = deque(maxlen=256)
 
     def tcti_strings(self) -> dict[str, str]:
@@ -137,19 +154,14 @@ class RelayServer:
         """Serve the sockets for at most `timeout` seconds or until a TPM command is parsed."""
         if self._closed:
             return None
-        deadline = time.monotonic() + timeout
-        while not self._queued:
-            remaining = deadline - time.monotonic()
-            for key, _events in self._selector.select(max(remaining, 0.0)):
-                if isinstance(key.data, Port):
-                    self._accept(key.fileobj, key.data)  # type: ignore[arg-type]
-                else:
-                    self._service(key.data)
-            self._sweep()
-            if remaining <= 0:
-                break
         if not self._queued:
-            return None
+            if timeout > 0:
+                self._serve_sockets(timeout)
+            else:  # a zero-time look at a TD exit: only new connections, nothing else
+                self._serve_events(self._epoll.poll(0), connections=False)
+            self._time_pause()
+            if not self._queued:
+                return None
         queued = self._queued.popleft()
         self._issued.append(queued)
         return queued.command
@@ -165,15 +177,30 @@ class RelayServer:
             return  # the client left mid-command: its answer is dropped
         conn.waiting = False
         if queued.command.kind == RelayKind.POWER_CYCLE:
-            conn.output += U32.pack(self._power_cycled(state))
+            output = U32.pack(self._power_cycled(state))
         else:
             answer = message if state == RelayState.RESPONSE and message else b""
             answer = answer or error_response(TPM_RC_FAILURE)
-            conn.output += mssim_response(answer) if queued.mssim else answer
+            output = mssim_response(answer) if queued.mssim else answer
+        if not conn.output:  # straight to the client; the bookkeeping below runs after
+            try:
+                sent = conn.sock.send(output, NOWAIT)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                self._close(conn)
+                return
+            output = output[sent:]
+        self._answered_at = time.perf_counter_ns()
+        conn.output += output
         conn.last_active = time.monotonic()
-        with contextlib.suppress(KeyError, ValueError, OSError):
-            self._selector.register(conn.sock, selectors.EVENT_READ, conn)
         self._guarded(conn, self._run_requests)
+
+    def housekeeping(self) -> None:
+        """Serve what the sockets have for us now (a closed connection to close, a command to
+        parse for later), without waiting: the host calls this while the TD runs."""
+        if not self._closed:
+            self._serve_events(self._epoll.poll(0), connections=True, all_events=True)
 
     def close(self) -> None:
         """Close every connection and both listeners; commands not answered are dropped."""
@@ -186,38 +213,140 @@ class RelayServer:
         self._issued.clear()
         for sock in (self._command, self._platform):
             sock.close()
-        self._selector.close()
+        self._epoll.close()
+
+    # --- waiting -----------------------------------------------------------------------
+    def _serve_sockets(self, timeout: float) -> None:
+        """Serve socket events until a command is queued or `timeout` seconds pass; spin first
+        (see the module docstring) when the host waits for the client's next command."""
+        clock = time.perf_counter_ns
+        start = clock()
+        end = start + int(timeout * NS_PER_S)
+        since = self._answered_at
+        spin_until = 0
+        if since is not None and self._pause.spinning:
+            spin_until = since + self._pause.window_ns
+        poll = self._epoll.poll
+        while True:
+            now = clock()
+            if now < spin_until:
+                events = poll(0)
+                if not events:
+                    os.sched_yield()  # the client may be waiting for this CPU
+                    if clock() - now > YIELD_TAKEN_NS:
+                        spin_until = 0  # it was: sleep until the client's command comes
+                    continue
+            else:
+                events = poll(max(end - now, 0) / NS_PER_S)
+            self._serve_events(events, connections=True)
+            if self._queued:
+                break
+            self._sweep()
+            if clock() >= end:
+                break
+
+    def _time_pause(self) -> None:
+        """Account the client's pause since the last answer, once: when its next command has
+        come, or when the pause has outlasted the spin window."""
+        since = self._answered_at
+        if since is None:
+            return
+        paused = time.perf_counter_ns() - since
+        if self._queued or paused >= self._pause.window_ns:
+            self._pause.waited(paused)
+            self._answered_at = None
+
+    def _serve_events(
+        self, events: list[tuple[int, int]], *, connections: bool, all_events: bool = False
+    ) -> None:
+        """Accept and service what epoll reported; new connections first, and unless
+        `all_events`, stop at the first queued command (epoll is level-triggered: what is left
+        is reported again). Without `connections` only new connections are served: a zero-time
+        look at a TD exit other than L1's HLT leaves reads, and the swtpm TCTI's closes (a TCP
+        close costs several microseconds), to the wait in the HLT or to `housekeeping`."""
+        if len(events) > 1:
+            events.sort(key=lambda event: event[0] not in self._listeners)
+        for fd, _mask in events:
+            listener = self._listeners.get(fd)
+            if listener is not None:
+                self._accept(*listener)
+            elif not connections:
+                return
+            else:
+                conn = self._connections.get(fd)
+                if conn is not None:
+                    self._service(conn)
+            if self._queued and not all_events:
+                return
+
+    def _watch(self, conn: _Connection, events: int) -> None:
+        """Have epoll watch `conn` for `events` (0: not at all)."""
+        if conn.closed or events == conn.events:
+            return
+        fd = conn.sock.fileno()
+        try:
+            if not events:
+                self._epoll.unregister(fd)
+            elif conn.events:
+                self._epoll.modify(fd, events)
+            else:
+                self._epoll.register(fd, events)
+        except (OSError, ValueError):
+            pass
+        conn.events = events
 
     # --- connections -----------------------------------------------------------------
     def _accept(self, listener: socket.socket, port: Port) -> None:
         try:
-            sock, address = listener.accept()
+            # socket.accept() adds a family lookup and a timeout check to _accept(), microseconds
+            # on every command of the swtpm TCTI; vtpm.server builds the socket itself too
+            fd, address = listener._accept()  # type: ignore[attr-defined]
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
             log.warning("relay: accept on the %s port failed: %s", port.value, exc)
             return
+        sock = socket.socket(listener.family, socket.SOCK_STREAM, 0, fd)
         if len(self._connections) >= MAX_CONNECTIONS:
             log.warning("relay: %d connections open; refusing %s", MAX_CONNECTIONS, address)
             sock.close()
             return
-        sock.setblocking(False)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if sock.gettimeout() is not None:  # a default timeout would make every call poll first
+            sock.setblocking(False)
+        # TCP_NODELAY is inherited from the listener (Linux)
         channel: CommandChannel | PlatformChannel = (
             CommandChannel() if port is Port.COMMAND else PlatformChannel()
         )
         conn = _Connection(sock, port, f"{address[0]}:{address[1]}", channel)
-        self._connections[sock.fileno()] = conn
-        self._selector.register(sock, selectors.EVENT_READ, conn)
+        self._connections[fd] = conn
+        # the listener defers accept until the client's first bytes are in: read them now
+        try:
+            data = sock.recv(RECV_SIZE, NOWAIT)
+        except (BlockingIOError, InterruptedError):
+            self._watch(conn, select.EPOLLIN)
+            return
+        except OSError:
+            self._close(conn)
+            return
+        if not data:
+            self._close(conn)
+            return
+        if (
+            isinstance(channel, CommandChannel)
+            and not self._powered_off
+            and channel.whole_command(data)
+        ):  # one whole swtpm command: to the TD now, nothing more from it until the answer
+            command = RelayCommand(self.vm, RelayKind.TPM_COMMAND, self._swtpm_locality, data)
+            self._enqueue(conn, command, False)
+            return
+        self._received(conn, data)
 
     def _service(self, conn: _Connection) -> None:
         if conn.output:
             self._flush(conn)
             return
         try:
-            data = conn.sock.recv(RECV_SIZE)
-            if HAVE_QUICKACK:  # the mssim TCTI writes a frame in pieces: ACK each at once
-                conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+            data = conn.sock.recv(RECV_SIZE, NOWAIT)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
@@ -226,6 +355,16 @@ class RelayServer:
         if not data:
             self._close(conn)
             return
+        self._received(conn, data)
+
+    def _received(self, conn: _Connection, data: bytes) -> None:
+        """Parse and answer (or queue) what a connection sent."""
+        if HAVE_QUICKACK:  # the mssim TCTI writes a frame in pieces: ACK each at once
+            try:
+                conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+            except OSError:
+                self._close(conn)
+                return
         conn.last_active = time.monotonic()
         conn.channel.feed(data)
         self._guarded(conn, self._run_requests)
@@ -273,15 +412,14 @@ class RelayServer:
     def _enqueue(self, conn: _Connection, command: RelayCommand, mssim: bool) -> None:
         self._queued.append(_Queued(conn, command, mssim))
         conn.waiting = True
-        with contextlib.suppress(KeyError, ValueError):
-            self._selector.unregister(conn.sock)  # nothing more from it until the answer
+        self._watch(conn, 0)  # nothing more from it until the answer
 
     def _flush(self, conn: _Connection) -> None:
         if conn.closed:
             return
         if conn.output:
             try:
-                sent = conn.sock.send(conn.output)
+                sent = conn.sock.send(conn.output, NOWAIT)
             except (BlockingIOError, InterruptedError):
                 sent = 0
             except OSError:
@@ -289,13 +427,11 @@ class RelayServer:
                 return
             del conn.output[:sent]
         if conn.waiting:
-            return  # unregistered until its answer is back
-        events = selectors.EVENT_WRITE if conn.output else selectors.EVENT_READ
+            return  # not watched until its answer is back
         if not conn.output and conn.closing:
             self._close(conn)
             return
-        with contextlib.suppress(KeyError, ValueError):
-            self._selector.modify(conn.sock, events, conn)
+        self._watch(conn, select.EPOLLOUT if conn.output else select.EPOLLIN)
 
     def _sweep(self) -> None:
         """Close connections silent for IDLE_TIMEOUT_S (checked every SWEEP_EVERY_S)."""
@@ -315,9 +451,7 @@ class RelayServer:
         if conn.waiting:  # not yet with the TD: forget it; with the TD: its answer is dropped
             self._queued = deque(q for q in self._queued if q.conn is not conn)
         self._connections.pop(conn.sock.fileno(), None)
-        with contextlib.suppress(KeyError, ValueError):
-            self._selector.unregister(conn.sock)
-        conn.sock.close()
+        conn.sock.close()  # also drops it from epoll (the descriptor is never duplicated)
 
     # --- requests other than TPM commands -----------------------------------------------
     def _command_control(self, conn: _Connection, request: ControlRequest) -> None:

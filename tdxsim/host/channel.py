@@ -5,9 +5,11 @@ pickle. Every message starts with `MsgHeader` (type u16, reserved u16, payload l
 payload layout is fixed per type (the `*_FORMAT` structs below). The TD memory memfd travels once,
 with CREATED, as SCM_RIGHTS ancillary data.
 
-Host -> TD (host-side calls; each gets REPLY or the named answer, except INTERRUPT):
+Host -> TD (host-side calls; each gets REPLY or the named answer):
 CREATE, ADD_PAGE, EXTEND, AUG_REST, FINALIZE (-> FINALIZED), ENTER (-> EXIT, DONE or FAILED),
-AUG, CONVERT, INTERRUPT (no answer), SHUTDOWN.
+AUG, CONVERT, SHUTDOWN. ENTER carries the host interrupts to post before the TD resumes (vCPU,
+vector pairs after its registers), as a VMM posts them on its way into the guest, so a TD exit
+stays one message each way.
 TD -> host: REPLY, CREATED, FINALIZED, EXIT (a TD exit: TDVMCALL or another exit kind, with the
 registers), DONE (L1 returned), FAILED (L1 or the TD process failed).
 """
@@ -18,24 +20,16 @@ import array
 import socket
 import struct
 import time
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 
 from tdxsim.errors import TdxsimError
+from tdxsim.host.spin import Spinner
 from tdxsim.module.host_interface import TdExitKind
 from tdxsim.module.registers import Regs
 
 MAX_MESSAGE = 64 * 1024
-# Adaptive spinning before a blocking receive: waking a process on an idle core costs tens of
-# microseconds, an answer usually comes sooner. But when the two processes share one core (a
-# loaded machine), spinning only delays the peer, so failed spins halve the budget down to none,
-# and a probe every SPIN_PROBE_EVERY receives finds out whether spinning pays again. A blocking
-# wait longer than IDLE_WAIT_NS (far above any wake-up delay) means the peer was busy, not starved
-# by our spinning: the failed spins were no sign of a shared core, so spinning resumes at once.
-SPIN_MAX_NS = 50_000
-SPIN_MIN_NS = 5_000
-SPIN_PROBE_EVERY = 128
-IDLE_WAIT_NS = 1_000_000
 MAX_TEXT = MAX_MESSAGE - 64
 GPR_COUNT = 16
 MAC_KEY_SIZE = 32
@@ -53,7 +47,6 @@ class MsgType(IntEnum):
     ENTER = 6
     AUG = 7
     CONVERT = 8
-    INTERRUPT = 9
     SHUTDOWN = 10
     REPLY = 64
     CREATED = 65
@@ -89,10 +82,11 @@ EXTEND_FORMAT = struct.Struct("<QI")  # gpa, number of 256-byte chunks
 FINALIZE_FORMAT = struct.Struct("<QQ")  # L1 image GPA, image size in bytes
 FINALIZED_FORMAT = struct.Struct(f"<{MRTD_SIZE}s")
 ENTER_FORMAT = struct.Struct(f"<II{GPR_COUNT}Q")  # vcpu, flags, GPRs (the TDVMCALL answer)
+# after ENTER_FORMAT: zero or more interrupts to post before the TD resumes
+INTERRUPT_FORMAT = struct.Struct("<II")  # vcpu, vector
 ENTER_FIXED = 1  # the host fixed the cause of the TD exit (TdExit answered True)
 AUG_FORMAT = struct.Struct("<Q")
 CONVERT_FORMAT = struct.Struct("<QQI")  # private GPA, page count, 1 = to shared
-INTERRUPT_FORMAT = struct.Struct("<II")  # vcpu, vector
 REPLY_FORMAT = struct.Struct("<I")  # 0 = done, 1 = refused; then a UTF-8 error text
 REPLY_OK, REPLY_REFUSED = 0, 1
 # EXIT: kind, vcpu, vm, eeq type, exit reason, gpa, qualification, GPRs
@@ -136,10 +130,9 @@ class Message:
 class Channel:
     """One end of the socket pair."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, spin_window_ns: int | None = None) -> None:
         self.sock = sock
-        self.spin_ns = SPIN_MAX_NS
-        self._since_probe = 0
+        self.spinner = Spinner(sock.fileno(), spin_window_ns)
 
     @staticmethod
     def pair() -> tuple[socket.socket, socket.socket]:
@@ -163,57 +156,25 @@ class Channel:
     def recv(self) -> Message:
         return self.parse(self.recv_raw())
 
-    def recv_raw(self) -> bytes:
-        """One message's bytes, unparsed (the hot path decodes ENTER/EXIT itself)."""
-        data = self.spin_recv()
-        if data is None:
-            start = time.perf_counter_ns()
-            try:
-                data = self.sock.recv(MAX_MESSAGE)
-            except ConnectionResetError as exc:
-                raise ChannelClosed(f"peer gone ({exc})") from exc
-            self.blocked_for(time.perf_counter_ns() - start)
+    def recv_raw(self, wait: Hashable = None) -> bytes:
+        """One message's bytes, unparsed (the hot path decodes ENTER/EXIT itself). `wait` names
+        the kind of wait, whose spin window (tdxsim.host.spin) decides whether to poll first."""
+        window = self.spinner.window(wait)
+        start = time.perf_counter_ns()
+        self.spinner.spin(window, start)
+        data = self.recv_now()
+        window.waited(time.perf_counter_ns() - start)
+        return data
+
+    def recv_now(self) -> bytes:
+        """One message's bytes, blocking until it is there; ChannelClosed if the peer is gone."""
+        try:
+            data = self.sock.recv(MAX_MESSAGE)
+        except ConnectionResetError as exc:
+            raise ChannelClosed(f"peer gone ({exc})") from exc
         if not data:
             raise ChannelClosed("peer closed the channel")
         return data
-
-    def spin_recv(self) -> bytes | None:
-        """A message if one arrives within the current adaptive spin budget, else None."""
-        if not self.spin_ns:
-            self._since_probe += 1
-            if self._since_probe < SPIN_PROBE_EVERY:
-                return None
-            self._since_probe = 0
-            self.spin_ns = SPIN_MAX_NS
-        data = self.try_recv(self.spin_ns)
-        if data is not None:
-            self.spin_ns = SPIN_MAX_NS
-        else:
-            self.spin_ns = self.spin_ns // 2 if self.spin_ns // 2 >= SPIN_MIN_NS else 0
-        return data
-
-    def blocked_for(self, waited_ns: int) -> None:
-        """Account a blocking wait of `waited_ns` after the spin (see IDLE_WAIT_NS)."""
-        if waited_ns >= IDLE_WAIT_NS:
-            self.spin_ns = SPIN_MAX_NS
-            self._since_probe = 0
-
-    def try_recv(self, spin_ns: int) -> bytes | None:
-        """A message if one arrives within `spin_ns` (busy polling), else None."""
-        end = time.perf_counter_ns() + spin_ns
-        sock = self.sock
-        while True:
-            try:
-                data = sock.recv(MAX_MESSAGE, socket.MSG_DONTWAIT)
-            except BlockingIOError:
-                if time.perf_counter_ns() >= end:
-                    return None
-                continue
-            except ConnectionResetError as exc:
-                raise ChannelClosed(f"peer gone ({exc})") from exc
-            if not data:
-                raise ChannelClosed("peer closed the channel")
-            return data
 
     def recv_with_fds(self) -> tuple[Message, list[int]]:
         fds = array.array("i")
@@ -250,15 +211,21 @@ class Channel:
         except (BrokenPipeError, ConnectionResetError) as exc:
             raise ChannelClosed(f"sending {what}: peer gone ({exc})") from exc
 
-    def send_enter(self, regs: Regs | None, fixed: bool = False, vcpu: int = 0) -> None:
-        """ENTER: resume the TD, with the TDVMCALL answer in `regs`."""
+    def send_enter(
+        self,
+        regs: Regs | None,
+        fixed: bool = False,
+        vcpu: int = 0,
+        interrupts: Sequence[tuple[int, int]] = (),
+    ) -> None:
+        """ENTER: resume the TD, with the TDVMCALL answer in `regs` and the (vCPU, vector)
+        interrupts to post first."""
         values = regs.as_list() if regs is not None else [0] * GPR_COUNT
-        self._send_raw(
-            ENTER_MSG.pack(
-                MsgType.ENTER, 0, ENTER_FORMAT.size, vcpu, ENTER_FIXED if fixed else 0, *values
-            ),
-            "ENTER",
-        )
+        size = ENTER_FORMAT.size + INTERRUPT_FORMAT.size * len(interrupts)
+        data = ENTER_MSG.pack(MsgType.ENTER, 0, size, vcpu, ENTER_FIXED if fixed else 0, *values)
+        if interrupts:
+            data += b"".join(INTERRUPT_FORMAT.pack(c, v) for c, v in interrupts)
+        self._send_raw(data, "ENTER")
 
     def send_exit(
         self,

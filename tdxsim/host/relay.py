@@ -12,6 +12,11 @@ ERROR, a length that fits the page. A ring that fails a check is refused and log
 command in flight fails (the hook gets ERROR); the host keeps serving. A TD cannot make the host
 raise.
 
+Answers reach the hook when the host has resumed the TD (`entered`, called by the VMM after each
+entry and when a run ends), in order: L1 then goes back to HLT while the client reads its answer,
+instead of after it, so the next command finds the host waiting. The hook's housekeeping runs
+then too, while the TD works.
+
 L1 waits for commands in TDG.VP.VMCALL<Instruction.HLT>; the host then blocks in the HLT for at
 most `halt_wait_s` for a command, so a stop request or a deadline is seen within that time.
 """
@@ -45,6 +50,8 @@ log = logging.getLogger("tdxsim.host.relay")
 HALT_WAIT_S = 0.1  # longest a relay HLT blocks before L1 is resumed (it halts again)
 COMMAND_TIMEOUT_S = 30.0  # a command L1 has not answered by then fails
 KEEP_SAMPLES = 4096
+RING_HEADER = RingHeader.STRUCT
+RESERVED = bytes(4)
 U32_MAX = 0xFFFFFFFF
 U16_MAX = 0xFFFF
 
@@ -83,6 +90,10 @@ class RelayHook(Protocol):
     def response(self, sequence: int, state: RelayState, message: bytes) -> None:
         """The answer to the command sent as `sequence` (every command gets exactly one, in
         order): RESPONSE with L1's bytes, or ERROR (L1 refused it, or the ring was refused)."""
+        ...
+
+    def housekeeping(self) -> None:
+        """Work that can wait until the TD is running and the host has nothing else to do."""
         ...
 
 
@@ -131,6 +142,8 @@ class HostRelay:
         self._sequence = 0
         self._in_flight: _InFlight | None = None
         self._post: list[int] = []
+        self._answers: list[tuple[int, RelayState, bytes]] = []  # for the hook, in order
+        self._asked = False  # halt() just asked the hook: this exit's turn() need not again
 
     # --- the host loop's calls ------------------------------------------------------------------
     def ring_shared(self) -> bool:
@@ -145,7 +158,8 @@ class HostRelay:
         free; returns the vectors to post to L1."""
         self.exits += 1
         self._expire()
-        if self._in_flight is None and self.ring_shared():
+        asked, self._asked = self._asked, False
+        if self._in_flight is None and not asked and self.ring_shared():
             command = self.hook.next_command(0)
             if command is not None:
                 self._send(command)
@@ -166,10 +180,11 @@ class HostRelay:
                 self._post.append(RELAY_VECTOR)
             return
         command = self.hook.next_command(self.halt_wait_s)
+        self._asked = True
         if command is not None and not self.stop.is_set() and self.ring_shared():
             self._send(command)
         elif command is not None:  # taken from the hook, so it must be answered
-            self.hook.response(self._next_sequence(), RelayState.ERROR, b"")
+            self._answers.append((self._next_sequence(), RelayState.ERROR, b""))
             self.stats.failed += 1
 
     def fail_in_flight(self, why: str) -> None:
@@ -178,7 +193,16 @@ class HostRelay:
         if flight is not None:
             log.warning("relay command %d failed: %s", flight.sequence, why)
             self.stats.failed += 1
-            self.hook.response(flight.sequence, RelayState.ERROR, b"")
+            self._answers.append((flight.sequence, RelayState.ERROR, b""))
+
+    def entered(self) -> None:
+        """The TD was resumed: hand the answers since the last call to the hook, in order, then
+        let it do its housekeeping while the TD runs."""
+        while self._answers:
+            answers, self._answers = self._answers, []
+            for sequence, state, message in answers:
+                self.hook.response(sequence, state, message)
+        self.hook.housekeeping()
 
     # --- Device on RELAY_NOTIFY_PORT --------------------------------------------------------------
     def read(self, offset: int, size: int) -> int:
@@ -209,10 +233,11 @@ class HostRelay:
         if header.state == RelayState.RESPONSE:
             self.stats.answered += 1
             end = RingHeader.SIZE + header.length
-            self.hook.response(flight.sequence, RelayState.RESPONSE, page[RingHeader.SIZE : end])
+            answer = page[RingHeader.SIZE : end]
+            self._answers.append((flight.sequence, RelayState.RESPONSE, answer))
         else:
             self.stats.failed += 1
-            self.hook.response(flight.sequence, RelayState.ERROR, b"")
+            self._answers.append((flight.sequence, RelayState.ERROR, b""))
 
     # --- internals -------------------------------------------------------------------
     def _next_sequence(self) -> int:
@@ -221,23 +246,23 @@ class HostRelay:
 
     def _send(self, command: RelayCommand) -> None:
         sequence = self._next_sequence()
-        header = RingHeader(
-            magic=RING_MAGIC,
-            version=RING_VERSION,
-            vm=command.vm,
-            sequence=sequence,
-            state=RelayState.COMMAND,
-            length=len(command.message),
-            locality=command.locality,
-            kind=command.kind,
-            reserved=bytes(4),
+        header = RING_HEADER.pack(  # RingHeader's fields in order (its dataclass costs more)
+            RING_MAGIC,
+            RING_VERSION,
+            command.vm,
+            sequence,
+            RelayState.COMMAND,
+            len(command.message),
+            command.locality,
+            command.kind,
+            RESERVED,
         )
         try:
-            self.shared.write(self.ring, header.pack() + command.message)
+            self.shared.write(self.ring, header + command.message)
         except HostAccessDenied as exc:  # L1 took the page back between the check and here
             log.warning("relay command %d not sent: %s", sequence, exc)
             self.stats.failed += 1
-            self.hook.response(sequence, RelayState.ERROR, b"")
+            self._answers.append((sequence, RelayState.ERROR, b""))
             return
         self.stats.sent += 1
         self._in_flight = _InFlight(sequence, command, self.exits, time.monotonic())

@@ -228,6 +228,11 @@ class HostVmm:
             self.log.injected.append((vcpu, vector))
             self.control.post_interrupt(vcpu, vector)
 
+    def entered(self) -> None:
+        """The TD was resumed (or the run ended): the relay's answers go to its clients now."""
+        if self.relay is not None:
+            self.relay.entered()
+
     def join_rewriters(self, timeout: float = 1.0) -> None:
         """Wait for getquote-rewrite threads (tests, and before the VMM exits)."""
         for thread in self._rewriters:

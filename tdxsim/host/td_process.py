@@ -27,7 +27,7 @@ import socket
 import sys
 import tempfile
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -48,6 +48,7 @@ from tdxsim.host.channel import (
     FINALIZE_FORMAT,
     FINALIZED_FORMAT,
     GPR_COUNT,
+    HEADER,
     INTERRUPT_FORMAT,
     MAX_TEXT,
     REGION,
@@ -134,7 +135,7 @@ class ChannelHost:
     def tdvmcall(self, regs: Regs) -> Regs:
         try:
             self.process.channel.send_exit(ExitKind.TDVMCALL, regs.as_list())
-            _flags, answer = self.process.serve_until_enter()
+            _flags, answer = self.process.serve_until_enter(regs.r11)
         except ChannelClosed as exc:
             raise HostShutdown(str(exc)) from exc  # past the module's and L1's handlers
         return answer
@@ -151,7 +152,7 @@ class ChannelHost:
                 event.gpa,
                 event.qualification,
             )
-            flags, _answer = self.process.serve_until_enter()
+            flags, _answer = self.process.serve_until_enter(event.kind)
         except ChannelClosed as exc:
             raise HostShutdown(str(exc)) from exc
         return bool(flags & ENTER_FIXED)
@@ -240,14 +241,16 @@ class TdProcess:
         kind = msg.type
         if kind == MsgType.ENTER:
             values = msg.fields(ENTER_FORMAT)
+            interrupts = msg.rest(ENTER_FORMAT)
+            if len(interrupts) % INTERRUPT_FORMAT.size:
+                raise ChannelError(
+                    f"ENTER: {len(interrupts)} bytes after the registers are not whole "
+                    f"{INTERRUPT_FORMAT.size}-byte interrupts"
+                )
+            self._post(interrupts)
             return int(values[1]), regs_of(values)
         if kind == MsgType.SHUTDOWN:
             raise HostShutdown()
-        if kind == MsgType.INTERRUPT:
-            vcpu, vector = (int(v) for v in msg.fields(INTERRUPT_FORMAT))
-            if self.module is not None and 0 <= vcpu < len(self.module.td.vcpus):
-                self.module.post_l1_interrupt(vcpu, vector)
-            return None
         try:
             if kind == MsgType.CREATE:
                 self._create(msg)
@@ -289,13 +292,32 @@ class TdProcess:
             self.channel.send_reply(False, str(exc))
             return None
 
-    def serve_until_enter(self) -> tuple[int, Regs]:
-        """Serve host-side calls until the host enters the TD again (ENTER decoded inline)."""
+    def _post(self, interrupts: bytes) -> None:
+        """Post the host interrupts an ENTER carries (vCPUs the TD lacks are ignored)."""
+        if self.module is None:
+            return
+        vcpus = len(self.module.td.vcpus)
+        for vcpu, vector in INTERRUPT_FORMAT.iter_unpack(interrupts):
+            if vcpu < vcpus:
+                self.module.post_l1_interrupt(vcpu, vector)
+
+    def serve_until_enter(self, wait: Hashable = None) -> tuple[int, Regs]:
+        """Serve host-side calls until the host enters the TD again (ENTER decoded inline);
+        `wait` names the TD exit waited on, for the channel's adaptive spinning."""
         while True:
-            data = self.channel.recv_raw()
-            if len(data) == ENTER_MSG.size and data[0] == MsgType.ENTER and not data[1]:
-                values = ENTER_MSG.unpack(data)
-                return values[ENTER_GPRS_AT - 1], Regs(*values[ENTER_GPRS_AT:])
+            data = self.channel.recv_raw(wait)
+            size = len(data)
+            if (
+                size >= ENTER_MSG.size
+                and data[0] == MsgType.ENTER
+                and not data[1]
+                and not (size - ENTER_MSG.size) % INTERRUPT_FORMAT.size
+            ):
+                values = ENTER_MSG.unpack_from(data)
+                if values[2] == size - HEADER.size:
+                    if size > ENTER_MSG.size:
+                        self._post(data[ENTER_MSG.size :])
+                    return values[ENTER_GPRS_AT - 1], Regs(*values[ENTER_GPRS_AT:])
             msg = self.receive(data)
             entered = self.handle(msg) if msg is not None else None
             if entered is not None:
@@ -350,6 +372,8 @@ def main(sock_fd: int, finder: SwitchableFinder | None = None) -> int:
                 if msg.type == MsgType.ENTER:
                     if process.image is None:
                         channel.send(MsgType.FAILED, b"ENTER before a successful FINALIZE")
+                        continue
+                    if process.handle(msg) is None:  # refused (malformed); the host was told
                         continue
                     try:
                         result = process.run_l1(Path(workdir))

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import sysconfig
 import time
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -43,7 +43,6 @@ from tdxsim.host.channel import (
     EXTEND_FORMAT,
     FINALIZE_FORMAT,
     FINALIZED_FORMAT,
-    INTERRUPT_FORMAT,
     MAC_KEY_SIZE,
     REGION,
     REPLY_FORMAT,
@@ -70,6 +69,7 @@ SHUTDOWN_WAIT_S = 2.0
 MS_PER_S = 1000
 CHUNKS_PER_PAGE = PAGE_SIZE // MR_EXTEND_CHUNK
 EXIT_FIELDS_AT = 3  # EXIT_MSG fields after the message header
+EXIT_R11_AT = EXIT_GPRS_AT - EXIT_FIELDS_AT + 11  # R11 (the TDVMCALL sub-function) past the header
 # argv: checkout root, channel fd, site dirs...; the finder serves only the model's packages.
 BOOTSTRAP = """
 import sys
@@ -156,7 +156,7 @@ class ChannelControl:
         return self.vmm.call(MsgType.AUG, AUG_FORMAT.pack(gpa), check=False)
 
     def post_interrupt(self, vcpu: int, vector: int) -> None:
-        self.vmm.send(MsgType.INTERRUPT, INTERRUPT_FORMAT.pack(vcpu, vector))
+        self.vmm.interrupts.append((vcpu, vector))  # posted by the next ENTER
 
 
 class Vmm:
@@ -193,6 +193,7 @@ class Vmm:
         self._poll.register(host_end, select.POLLIN | select.POLLHUP)
         self.shared: SharedMemory | None = None
         self.host: HostVmm | None = None
+        self.interrupts: list[tuple[int, int]] = []  # (vCPU, vector) for the next ENTER
         self.mrtd: bytes | None = None
         self.l1_location: tuple[int, int] | None = None
 
@@ -219,18 +220,20 @@ class Vmm:
             if self.proc.poll() is not None:
                 raise self._died("exited")
 
-    def recv_raw(self, deadline: float) -> bytes:
-        """The next message's bytes (see `recv`)."""
+    def recv_raw(self, deadline: float, wait: Hashable = None) -> bytes:
+        """The next message's bytes (see `recv`); `wait` names the kind of wait, whose spin
+        window (tdxsim.host.spin) decides whether to poll without sleeping first."""
+        spinner = self.channel.spinner
+        window = spinner.window(wait)
+        start = time.perf_counter_ns()
         try:
-            data = self.channel.spin_recv()
-            if data is not None:
-                return data
-            start = time.perf_counter_ns()
-            self._wait(deadline)
-            self.channel.blocked_for(time.perf_counter_ns() - start)
-            return self.channel.recv_raw()
+            if not spinner.spin(window, start):
+                self._wait(deadline)
+            data = self.channel.recv_now()
         except ChannelClosed:
             raise self._died("closed the channel") from None
+        window.waited(time.perf_counter_ns() - start)
+        return data
 
     def _recv(self, deadline: float, *, with_fds: bool) -> tuple[Message, list[int]]:
         self._wait(deadline)
@@ -370,18 +373,24 @@ class Vmm:
         exits = 0
 
         def result(status: RunStatus, output: bytes = b"", detail: str = "") -> RunResult:
+            host.entered()  # answers L1 gave before the end still reach their clients
             host.join_rewriters()
             return RunResult(status, output, exits, time.monotonic() - start, detail)
 
+        # The kind of the wait for the next TD exit, for the channel's spin windows: which exit
+        # was answered (kind, TDVMCALL sub-function) and whether interrupts went with the ENTER
+        # (a relay command posted to L1 takes longer than L1 going back to HLT).
+        wait: Hashable = None
         try:
-            self.channel.send_enter(None)
+            self._enter(None, False)
             while True:
-                data = self.recv_raw(deadline)
+                data = self.recv_raw(deadline, wait)
                 if len(data) == EXIT_MSG.size and data[0] == MsgType.EXIT and not data[1]:
                     exits += 1
                     values = EXIT_MSG.unpack(data)[EXIT_FIELDS_AT:]
                     kind = values[0]
                     if kind == ExitKind.TDVMCALL:
+                        sub = values[EXIT_R11_AT]
                         answer = host.tdvmcall(Regs(*values[EXIT_GPRS_AT - EXIT_FIELDS_AT :]))
                         if host.log.fatal is not None:
                             self.kill()
@@ -392,6 +401,7 @@ class Vmm:
                             )
                         fixed = False
                     else:
+                        sub = -1
                         _k, _vcpu, vm, eeq, reason, gpa, qual = values[:7]
                         event = TdExit(
                             EXIT_KIND_NAMES.get(kind, TdExitKind.TIMER),
@@ -405,7 +415,9 @@ class Vmm:
                     if host.relay is not None and host.relay.stop.is_set():
                         host.relay.fail_in_flight("the host is stopping")
                         return result(RunStatus.STOPPED, b"", "stopped on request")
-                    self.channel.send_enter(answer, fixed=fixed)
+                    wait = (kind, sub, bool(self.interrupts))
+                    self._enter(answer, fixed)
+                    host.entered()
                     continue
                 msg = Channel.parse(data)
                 if msg.type == MsgType.DONE:
@@ -424,6 +436,11 @@ class Vmm:
         except TimeoutError:
             self.kill()
             return result(RunStatus.TIMEOUT, b"", f"no end within {timeout} s")
+
+    def _enter(self, answer: Regs | None, fixed: bool) -> None:
+        """ENTER with the TDVMCALL answer and the interrupts queued since the last one."""
+        interrupts, self.interrupts = self.interrupts, []
+        self.channel.send_enter(answer, fixed=fixed, interrupts=interrupts)
 
     # --- teardown -------------------------------------------------------------------------------
     def kill(self) -> None:

@@ -109,6 +109,9 @@ class RelayHub:
             return
         self._issued.popleft().done(state, message)
 
+    def housekeeping(self) -> None:
+        """Nothing to do: the queue needs no tending."""
+
     def close(self) -> None:
         """Answer every waiting command ERROR; later submissions fail at once."""
         with self._lock:

@@ -24,7 +24,7 @@ from tpm2_pytss import ESAPI
 from tpm2_pytss.constants import ESYS_TR, TPM2_ALG
 from tpm2_pytss.types import TPML_DIGEST_VALUES, TPML_PCR_SELECTION, TPMT_HA, TPMU_HA
 
-from orchestrator.relay import RelayServer
+from orchestrator.relay import MAX_CONNECTIONS, RelayServer
 from tdxsim.host.l1_image import build_l1_image
 from tdxsim.host.relay import HostRelay
 from tdxsim.host.vmm import RunResult, RunStatus, Vmm, simulated_platform
@@ -41,6 +41,13 @@ TPM_RC_SUCCESS, TPM_RC_INITIALIZE = 0, 0x100
 POWER_ON, POWER_OFF, NV_ON, SEND_COMMAND = 1, 2, 11, 8
 U32 = struct.Struct(">I")
 PCR_DEBUG = 16
+SWTPM_CLIENT = """
+import sys
+from tpm2_pytss import ESAPI
+with ESAPI(sys.argv[1]) as ectx:
+    count = sum(len(ectx.get_random(8)) == 8 for _ in range(int(sys.argv[2])))
+print("answered", count)
+"""
 
 
 def stand_in_image() -> bytes:
@@ -53,6 +60,7 @@ class Served:
     server: RelayServer
     relay: HostRelay
     result: list[RunResult]
+    vmm: Vmm
 
     def tcti(self, kind: str) -> str:
         return self.server.tcti_strings()[kind]
@@ -73,7 +81,7 @@ def serving(dev_platform_port: bool) -> Iterator[Served]:
         thread.start()
         try:
             assert relay.ready.wait(30), "the stand-in L1 never shared the ring page"
-            yield Served(server, relay, result)
+            yield Served(server, relay, result, vmm)
         finally:
             relay.stop.set()
             thread.join(10)
@@ -137,6 +145,49 @@ def test_many_commands_in_sequence_on_one_and_on_many_connections(served: Served
             while len(body) < size + 4:
                 body += sock.recv(size + 4 - len(body))
             assert rc(body[:size]) == TPM_RC_SUCCESS and body[size:] == bytes(4)
+
+
+def test_more_short_connections_than_the_limit_in_sequence_are_all_answered(
+    served: Served,
+) -> None:
+    """The swtpm TCTI closes its connection after each answer and opens the next at once, so the
+    close and the next command often arrive together: closed connections must still be let go,
+    or the server would refuse clients once MAX_CONNECTIONS had come."""
+    client = subprocess.run(  # another process, so that it races the host loop as clients do
+        [sys.executable, "-c", SWTPM_CLIENT, served.tcti("swtpm"), str(2 * MAX_CONNECTIONS + 5)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert client.returncode == 0, client.stderr[-2000:]
+    assert client.stdout.split() == ["answered", str(2 * MAX_CONNECTIONS + 5)]
+
+
+def test_a_command_split_over_two_writes_on_a_new_connection_is_answered(served: Served) -> None:
+    port = served.server.port
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+        sock.sendall(GET_RANDOM_8[:5])  # what the accept finds is not a whole command
+        time.sleep(0.05)
+        sock.sendall(GET_RANDOM_8[5:])
+        assert rc(sock.recv(4096)) == TPM_RC_SUCCESS
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def test_an_idle_served_td_does_not_keep_spinning(served: Served) -> None:
+    """After commands, the host and the TD process spin for a while for the next one; with no
+    client they must soon stop (most of an idle second asleep, in both processes)."""
+    for _ in range(20):
+        assert rc(swtpm_command(served.server.port, GET_RANDOM_8)) == TPM_RC_SUCCESS
+    time.sleep(0.2)  # the spin windows run out
+    td_before, host_before = _cpu_seconds(served.vmm.proc.pid), time.process_time()
+    time.sleep(1.0)
+    td_used = _cpu_seconds(served.vmm.proc.pid) - td_before
+    host_used = time.process_time() - host_before  # the host loop is a thread of this process
+    assert td_used < 0.3 and host_used < 0.3, (td_used, host_used)
 
 
 def test_a_client_that_leaves_mid_command_does_not_disturb_the_next(served: Served) -> None:

@@ -13,13 +13,17 @@ import pytest
 from tdxsim.host.channel import (
     ENTER_FORMAT,
     HEADER,
+    INTERRUPT_FORMAT,
     MAX_MESSAGE,
+    REPLY_FORMAT,
+    REPLY_REFUSED,
     Channel,
     ChannelClosed,
     ChannelError,
     MsgType,
 )
 from tdxsim.host.l1_image import HEADER_SIZE, L1Image, L1ImageError, build_l1_image, zip_packages
+from tdxsim.host.td_process import TdProcess
 from tdxsim.module.registers import Regs
 
 L1_MIN = Path(__file__).parents[2] / "integration" / "tdxsim" / "l1_min"
@@ -39,6 +43,51 @@ def test_enter_round_trips_registers_over_a_socket_pair() -> None:
     host.close()
     with pytest.raises(ChannelClosed):
         td.recv()
+    td.close()
+
+
+def test_enter_carries_the_interrupts_to_post_after_the_registers() -> None:
+    a, b = Channel.pair()
+    host, td = Channel(a), Channel(b)
+    host.send_enter(Regs(rax=7), interrupts=[(0, 0x51), (1, 0x30)])
+    msg = td.recv()
+    assert msg.type == MsgType.ENTER and msg.fields(ENTER_FORMAT)[2] == 7
+    posted = list(INTERRUPT_FORMAT.iter_unpack(msg.rest(ENTER_FORMAT)))
+    assert posted == [(0, 0x51), (1, 0x30)]
+    host.close()
+    td.close()
+
+
+def test_an_enter_with_a_partial_interrupt_is_refused_by_name() -> None:
+    a, b = Channel.pair()
+    host, td = Channel(a), Channel(b)
+    payload = ENTER_FORMAT.pack(0, 0, *range(16)) + INTERRUPT_FORMAT.pack(0, 0x51) + b"xyz"
+    host.send(MsgType.ENTER, payload)
+    process = TdProcess(td)
+    msg = process.receive()
+    assert msg is not None and process.handle(msg) is None
+    reply = host.recv()
+    assert reply.type == MsgType.REPLY and reply.fields(REPLY_FORMAT) == (REPLY_REFUSED,)
+    assert b"ENTER: 11 bytes after the registers are not whole 8-byte interrupts" in reply.rest(
+        REPLY_FORMAT
+    )
+    host.close()
+    td.close()
+
+
+def test_a_td_exit_waits_past_a_malformed_enter_for_a_good_one() -> None:
+    a, b = Channel.pair()
+    host, td = Channel(a), Channel(b)
+    regs = Regs.from_list(list(range(16)))
+    good = HEADER.pack(MsgType.ENTER, 0, ENTER_FORMAT.size) + ENTER_FORMAT.pack(0, 1, *range(16))
+    lying = HEADER.pack(MsgType.ENTER, 0, ENTER_FORMAT.size + 8) + good[HEADER.size :]
+    host.sock.send(lying)  # the length field says 8 bytes more than came
+    host.sock.send(good)
+    flags, answer = TdProcess(td).serve_until_enter()
+    assert (flags, answer) == (1, regs)
+    reply = host.recv()
+    assert reply.type == MsgType.REPLY and b"length field" in reply.rest(REPLY_FORMAT)
+    host.close()
     td.close()
 
 

@@ -75,8 +75,8 @@ def serve(platform: Any) -> str:
     engine = _engine()
     ignored: set[int] = set()
     while True:
-        l1.vmcall(GHCI_HLT, r12=0)
-        if RELAY_VECTOR not in vectors:
+        if RELAY_VECTOR not in vectors:  # taken before L1 halted (at its notify) or in the HLT
+            l1.vmcall(GHCI_HLT, r12=0)
             continue
         vectors.clear()
         page = l1.read(ring, PAGE)  # one copy; everything below reads the copy
