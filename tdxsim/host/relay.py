@@ -112,7 +112,8 @@ class RelayStats:
     answered: int = 0
     failed: int = 0
     rerung: int = 0  # RELAY_VECTOR posted again to an L1 that halted with a command in flight
-    at_halt: int = 0  # answers taken at L1's HLT (the others came with its notify)
+    at_halt: int = 0  # answers (RESPONSE or ERROR, checked) taken at L1's HLT
+    at_notify: int = 0  # and at its notify
     refused: deque[str] = field(default_factory=lambda: deque(maxlen=KEEP_SAMPLES))
     exits_per_command: deque[int] = field(default_factory=lambda: deque(maxlen=KEEP_SAMPLES))
 
@@ -259,6 +260,7 @@ class HostRelay:
             self.stats.at_halt += 1
             self.stats.exits_per_command.append(self.exits - flight.exit_at)
         else:  # L1 still has to halt (or be sent the next command): counted then
+            self.stats.at_notify += 1
             self._unsettled = flight.exit_at
         if header.state == RelayState.RESPONSE:
             self.stats.answered += 1
@@ -310,9 +312,7 @@ class HostRelay:
             self._answers.append((sequence, RelayState.ERROR, b""))
             return
         self.stats.sent += 1
-        self._in_flight = _InFlight(
-            sequence, command, self.exits, time.monotonic(), header[: RingHeader.SIZE]
-        )
+        self._in_flight = _InFlight(sequence, command, self.exits, time.monotonic(), header)
         self._post.append(RELAY_VECTOR)
 
     def _expire(self) -> None:

@@ -270,7 +270,7 @@ def test_serve_prints_the_tctis_and_a_signal_stops_it_cleanly(
             proc.kill()
             proc.wait()
     assert proc.returncode == 0, err
-    assert "TD exits per TPM command: median 1" in out
+    assert "TD exits per TPM command: median 1; answers taken at L1's HLT 1, at its notify 0" in out
     assert "run --serve: stopped; the TD is shut down" in out
     for pid in td_processes:  # no orphan: the TD process is gone, not re-parented
         assert not Path(f"/proc/{pid}").exists() or _zombie_or_gone(pid)

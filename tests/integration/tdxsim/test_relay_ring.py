@@ -81,7 +81,8 @@ def test_commands_go_through_the_ring_in_order_with_one_td_exit_each() -> None:
             state, answer = s.ask(b"command %d" % i, vm=2, locality=3)
             assert state == RelayState.RESPONSE
             assert answer == ECHO + bytes([2, 3]) + b"command %d" % i  # vm, locality as sent
-        assert s.relay.stats.answered == 50 and s.relay.stats.at_halt == 50
+        assert s.relay.stats.answered == 50
+        assert (s.relay.stats.at_halt, s.relay.stats.at_notify) == (50, 0)
         # L1's HLT with the answer in the ring: the host answers and posts the next one there
         assert list(s.relay.stats.exits_per_command) == [1] * 50
         assert s.relay.stats.refused == deque()
@@ -98,7 +99,8 @@ def test_answers_rung_with_the_notify_are_taken_there_between_answers_at_the_hal
                 RelayState.RESPONSE,
                 ECHO + bytes([1, 0]) + b"command %d" % i,
             )
-        assert s.relay.stats.answered == 21 and s.relay.stats.at_halt == 11
+        assert s.relay.stats.answered == 21
+        assert (s.relay.stats.at_halt, s.relay.stats.at_notify) == (11, 10)
         # an answer at the notify costs that exit and L1's HLT after it
         assert list(s.relay.stats.exits_per_command) == [1, 2] * 10 + [1]
         assert s.relay.stats.refused == deque()
