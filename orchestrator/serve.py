@@ -117,7 +117,8 @@ def summary(stats: RelayStats) -> str:
     median = f"{statistics.median(exits):.0f}" if exits else "-"
     return (
         f"relayed {stats.answered} commands ({stats.failed} failed, {len(stats.refused)} "
-        f"refused rings); TD exits per TPM command: median {median}"
+        f"refused rings); TD exits per TPM command: median {median}; answers taken at L1's "
+        f"HLT {stats.at_halt}, at its notify {stats.at_notify}"
     )
 
 

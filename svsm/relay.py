@@ -9,6 +9,11 @@ halting with its mailbox answered (`halted`: one exit per command fewer). A bad 
 with state ERROR; a bad mailbox answer gives the host ERROR and is logged; neither reaches L1's
 state. Commands for one L2 are serialized: a second command before the first is answered gets
 ERROR (never queued silently).
+
+L1 tells the host its answer is in the ring the same way, one level up: when no L2 is runnable
+it writes nothing more, since L1 halts next (svsm.scheduler) and the host takes a ring answered
+at that HLT as the doorbell, one TD exit per command; when an L2 is runnable, L1 enters it before
+it halts, so it rings the host with a TDVMCALL<IO> write to RELAY_NOTIFY_PORT first.
 """
 
 from __future__ import annotations
@@ -101,6 +106,7 @@ class Relay:
         self.inflight: dict[int, int] = {}  # vm -> sequence being answered
         self.relayed = 0
         self.refused = 0
+        self.notified = 0  # answers rung with RELAY_NOTIFY_PORT (the others: by L1's HLT)
 
     def on_interrupt(self, vector: int) -> None:
         """L1's interrupt handler hook: remember the doorbell; `service` does the work."""
@@ -212,11 +218,14 @@ class Relay:
         self.relayed += 1
 
     def _answer(self, vm: int, sequence: int, state: RelayState, body: bytes) -> None:
+        """Write the answer into the ring; ring the host only if L1 will not halt next."""
         head = RingHeader(
             RING_MAGIC, RING_VERSION, vm, sequence, int(state), len(body), 0, 0, bytes(4)
         )
         self.ring.write(RingHeader.SIZE, body)
         self.ring.write(0, head.pack())
-        self.tdcall.tdvmcall(
-            Tdvmcall.IO, r12=IO_SIZE_1, r13=IO_DIRECTION_WRITE, r14=RELAY_NOTIFY_PORT, r15=1
-        )
+        if any(guest.running and not guest.halted for guest in self.guests.values()):
+            self.notified += 1
+            self.tdcall.tdvmcall(
+                Tdvmcall.IO, r12=IO_SIZE_1, r13=IO_DIRECTION_WRITE, r14=RELAY_NOTIFY_PORT, r15=1
+            )

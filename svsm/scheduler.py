@@ -3,6 +3,11 @@ until every L2 has exited or been stopped, or a bound on exits is reached (no L2
 forever). An L2 in HLT is not entered until an interrupt is posted to it; when every running L2
 is halted, L1 itself halts (TDG.VP.VMCALL<Instruction.HLT>) so the host can deliver what would
 wake one, a bounded number of times, then stops the L2s nothing will wake.
+
+The relay (svsm.relay) relies on that order: once no L2 is runnable, L1 enters none and makes no
+other TD exit before that HLT (only `poll` runs in between, and it makes an L2 runnable only by
+taking a new command, which the host posts at a TD exit). So an answer L1 writes into the host's
+ring while no L2 is runnable needs no doorbell of its own: the host finds it at the HLT.
 """
 
 from __future__ import annotations

@@ -2,17 +2,27 @@
 page, each L2's mailbox page, and the vectors and ports that ring their doorbells.
 
     host relay --(ring page, shared)--> L1 --(mailbox page, L2-private)--> L2 firmware --CRB--> L1
-                <-- TDVMCALL<IO> OUT RELAY_NOTIFY_PORT --  L1 <-- HLT (or OUT L2_DOORBELL_PORT) --
+               <-- HLT (or OUT RELAY_NOTIFY_PORT) -- L1 <-- HLT (or OUT L2_DOORBELL_PORT) --
 
 The host writes a command into the ring page (a page L1 converted to shared), sets `state` to
 COMMAND and posts RELAY_VECTOR to L1. L1 copies the command out once, checks it, writes it into
 the mailbox of the L2 the ring names and posts L2_RELAY_VECTOR to that L2. The L2 wakes from HLT,
 runs the command through its TPM CRB, writes the response into its mailbox and either halts (L1
 takes an HLT exit with the mailbox answered as the doorbell; our firmware does this, an exit
-fewer) or writes the byte 1 to L2_DOORBELL_PORT. L1 copies the response out once, writes it
-into the ring with `state` RESPONSE and tells the host with a TDVMCALL<IO> write to
-RELAY_NOTIFY_PORT. No L2 ever sees shared memory; L1 never reads shared or L2-writable memory
-twice.
+fewer) or writes the byte 1 to L2_DOORBELL_PORT. L1 copies the response out once and writes it
+into the ring with `state` RESPONSE (or ERROR, `length` 0) and the command's `sequence` and
+`vm` (0 and 0 for a ring L1 refused).
+
+L1 rings the host the same way one level up. When it has nothing else to run it halts
+(TDG.VP.VMCALL<Instruction.HLT>) and that is the doorbell: at an HLT with a command in flight
+the host copies the ring once; a header still exactly as the host posted it means the command is
+not answered yet, anything else is L1's answer, checked on the copy (magic, version, vm,
+sequence, state RESPONSE or ERROR, length within the page) and refused if any field is wrong. An
+L1 that will run something else before it halts (another L2 runnable) rings first with a
+TDVMCALL<IO> write of the byte 1 to RELAY_NOTIFY_PORT, and the host takes the answer there with
+the same checks. So a relayed command costs one TD exit in the common case, two with the notify.
+No L2 ever sees shared memory; L1 never reads shared or L2-writable memory twice; the host reads
+the ring once per doorbell.
 """
 
 from __future__ import annotations
@@ -29,7 +39,8 @@ RING_PAGE_SIZE = 4096
 RELAY_VECTOR = 0x51  # host -> L1: a command is in the ring
 L2_RELAY_VECTOR = 0x52  # L1 -> L2: a command is in the mailbox
 L2_DOORBELL_PORT = 0xF5  # L2 -> L1: the response is in the mailbox
-RELAY_NOTIFY_PORT = 0xF6  # L1 -> host (TDVMCALL<IO> write): the response is in the ring
+RELAY_NOTIFY_PORT = 0xF6  # L1 -> host (TDVMCALL<IO> write): the response is in the ring,
+# for an L1 that does not halt next (otherwise its HLT tells the host)
 MAX_TPM_MESSAGE = RING_PAGE_SIZE - 32  # what one ring or mailbox page carries after its header
 
 

@@ -5,20 +5,27 @@ A `RelayHook` (the relay server, outside tdxsim) supplies TPM commands and takes
 no other command is in flight and only once L1 has converted the page to shared (its MapGPA of
 RELAY_RING_GPA with the shared bit: `SharedMemory` says whether the host may touch the page, so a
 ring L1 has not shared, or has taken back, is never written). It then queues RELAY_VECTOR for L1,
-posted on the way back into the TD. L1 answers with a TDVMCALL<IO> write to RELAY_NOTIFY_PORT
-(GHCI 1.5, TDG.VP.VMCALL<Instruction.IO>); the host copies the ring once and checks every field
-of the copy: magic, version, the VM and sequence of the command in flight, state RESPONSE or
-ERROR, a length that fits the page. A ring that fails a check is refused and logged and the
-command in flight fails (the hook gets ERROR); the host keeps serving. A TD cannot make the host
-raise.
+posted on the way back into the TD.
 
-Answers reach the hook when the host has resumed the TD (`entered`, called by the VMM after each
-entry and when a run ends), in order: L1 then goes back to HLT while the client reads its answer,
-instead of after it, so the next command finds the host waiting. The hook's housekeeping runs
-then too, while the TD works.
+L1 answers by writing the ring and then either halting (TDG.VP.VMCALL<Instruction.HLT>: the
+common case, one TD exit per command) or, when it has more work before it halts, with a
+TDVMCALL<IO> write to RELAY_NOTIFY_PORT (GHCI 1.5, TDG.VP.VMCALL<Instruction.IO>). Either way
+the host copies the ring once and checks every field of the copy: magic, version, the VM and
+sequence of the command in flight, state RESPONSE or ERROR, a length that fits the page. At a
+HLT, a ring still holding exactly the header the host posted is a command not answered yet;
+anything else there is L1's answer and is checked as at the notify. A ring that fails a check
+is refused and logged and the command in flight fails (the hook gets ERROR); the host keeps
+serving. A TD cannot make the host raise.
 
-L1 waits for commands in TDG.VP.VMCALL<Instruction.HLT>; the host then blocks in the HLT for at
-most `halt_wait_s` for a command, so a stop request or a deadline is seen within that time.
+An answer taken at a HLT goes to the hook at once, before the host waits for the next command in
+that same HLT. An answer taken at the notify reaches the hook when the host has resumed the TD
+(`entered`, called by the VMM after each entry and when a run ends): L1 then works on while the
+client reads its answer. The hook's housekeeping runs after each entry, while the TD works.
+
+L1 waits for commands in HLT; the host then blocks in the HLT for at most `halt_wait_s` for a
+command, so a stop request or a deadline is seen within that time. `RelayStats.exits_per_command`
+counts, per command, the TD exits after the one that posted it, through the HLT that took its
+answer, or, for an answer taken at the notify, through the next HLT or posting.
 """
 
 from __future__ import annotations
@@ -105,6 +112,8 @@ class RelayStats:
     answered: int = 0
     failed: int = 0
     rerung: int = 0  # RELAY_VECTOR posted again to an L1 that halted with a command in flight
+    at_halt: int = 0  # answers (RESPONSE or ERROR, checked) taken at L1's HLT
+    at_notify: int = 0  # and at its notify
     refused: deque[str] = field(default_factory=lambda: deque(maxlen=KEEP_SAMPLES))
     exits_per_command: deque[int] = field(default_factory=lambda: deque(maxlen=KEEP_SAMPLES))
 
@@ -113,8 +122,9 @@ class RelayStats:
 class _InFlight:
     sequence: int
     command: RelayCommand
-    exit_at: int
+    exit_at: int  # the TD exit that posted it
     sent_at: float
+    posted: bytes  # the ring header as the host wrote it: at a HLT, unchanged means unanswered
 
 
 class HostRelay:
@@ -138,9 +148,10 @@ class HostRelay:
         self.ready = threading.Event()  # set once L1 has shared the ring page
         # set to end the run: the host loop checks it at every TD exit (and a HLT waits no longer)
         self.stop = stop if stop is not None else threading.Event()
-        self.exits = 0  # TD exits seen since the relay was attached
+        self.exits = 0  # TD exits seen since the relay was attached (the current one included)
         self._sequence = 0
         self._in_flight: _InFlight | None = None
+        self._unsettled: int | None = None  # exit_at of a command answered at the notify
         self._post: list[int] = []
         self._answers: list[tuple[int, RelayState, bytes]] = []  # for the hook, in order
         self._asked = False  # halt() just asked the hook: this exit's turn() need not again
@@ -153,10 +164,13 @@ class HostRelay:
             self.ready.set()
         return shared
 
-    def turn(self) -> list[int]:
-        """One TD exit: expire a command L1 sat on too long, send a waiting one if the ring is
-        free; returns the vectors to post to L1."""
+    def count_exit(self) -> None:
+        """A TD exit begins (the VMM calls this before handling it)."""
         self.exits += 1
+
+    def turn(self) -> list[int]:
+        """The end of a TD exit: expire a command L1 sat on too long, send a waiting one if the
+        ring is free; returns the vectors to post to L1."""
         self._expire()
         asked, self._asked = self._asked, False
         if self._in_flight is None and not asked and self.ring_shared():
@@ -167,17 +181,25 @@ class HostRelay:
         return post
 
     def halt(self) -> None:
-        """L1 halted: wait (at most halt_wait_s) for a command when the ring is free and shared.
+        """L1 halted: take its answer if the ring holds one (to the hook at once), then wait (at
+        most halt_wait_s) for the next command when the ring is free and shared.
 
-        An L1 that halts with a command in flight has not taken it (its vector was lost or
-        merged with another): after halt_wait_s the host rings again. L1 knows a command by its
-        sequence, so a second ring for one it is already working on changes nothing."""
-        if self.stop.is_set() or not self.ring_shared():
+        An L1 that halts with the ring as the host posted it has not taken the command (its
+        vector was lost or merged with another, or its L2 halted before answering): after
+        halt_wait_s the host rings again. L1 knows a command by its sequence, so a second ring
+        for one it is already working on changes nothing."""
+        if not self.ring_shared():
             return
-        if self._in_flight is not None:
-            if not self.stop.wait(self.halt_wait_s):
-                self.stats.rerung += 1
-                self._post.append(RELAY_VECTOR)
+        flight = self._in_flight
+        if flight is not None:
+            if not self._take(flight, halted=True):
+                if not self.stop.wait(self.halt_wait_s):
+                    self.stats.rerung += 1
+                    self._post.append(RELAY_VECTOR)
+                return
+            self._hand_over()  # the client reads its answer while the host waits for the next
+        self._settle()
+        if self.stop.is_set():
             return
         command = self.hook.next_command(self.halt_wait_s)
         self._asked = True
@@ -198,10 +220,7 @@ class HostRelay:
     def entered(self) -> None:
         """The TD was resumed: hand the answers since the last call to the hook, in order, then
         let it do its housekeeping while the TD runs."""
-        while self._answers:
-            answers, self._answers = self._answers, []
-            for sequence, state, message in answers:
-                self.hook.response(sequence, state, message)
+        self._hand_over()
         self.hook.housekeeping()
 
     # --- Device on RELAY_NOTIFY_PORT --------------------------------------------------------------
@@ -209,27 +228,40 @@ class HostRelay:
         return 0
 
     def write(self, offset: int, size: int, value: int) -> None:
-        """L1's doorbell: the ring holds its answer."""
+        """L1's notify: the ring holds its answer, and L1 works on before it halts."""
         flight = self._in_flight
+        if flight is None:
+            self._refuse("notify with no command in flight")
+            return
+        self._take(flight, halted=False)
+
+    # --- internals -------------------------------------------------------------------
+    def _take(self, flight: _InFlight, *, halted: bool) -> bool:
+        """Copy the ring once and take L1's answer to `flight` from the copy, or refuse it;
+        False only at a HLT with the ring header still as the host posted it (not answered)."""
         try:
             page = self.shared.read(self.ring, RING_PAGE_SIZE)  # one copy; checked from it only
         except HostAccessDenied as exc:
             self._refuse(f"ring at GPA {self.ring:#x} unreadable: {exc}")
-            return
-        if flight is None:
-            self._refuse("notify with no command in flight")
-            return
+            return True
+        if halted and page.startswith(flight.posted):
+            return False
         try:
             header = RingHeader.unpack(page)
         except LayoutError as exc:
             self._refuse(str(exc))
-            return
+            return True
         problem = _check(header, flight)
         if problem:
             self._refuse(problem)
-            return
+            return True
         self._in_flight = None
-        self.stats.exits_per_command.append(self.exits - flight.exit_at + 1)
+        if halted:  # L1 is idle again: the exits after the posting one, this HLT included
+            self.stats.at_halt += 1
+            self.stats.exits_per_command.append(self.exits - flight.exit_at)
+        else:  # L1 still has to halt (or be sent the next command): counted then
+            self.stats.at_notify += 1
+            self._unsettled = flight.exit_at
         if header.state == RelayState.RESPONSE:
             self.stats.answered += 1
             end = RingHeader.SIZE + header.length
@@ -238,13 +270,28 @@ class HostRelay:
         else:
             self.stats.failed += 1
             self._answers.append((flight.sequence, RelayState.ERROR, b""))
+        return True
 
-    # --- internals -------------------------------------------------------------------
+    def _hand_over(self) -> None:
+        """The answers taken so far to the hook, in order."""
+        while self._answers:
+            answers, self._answers = self._answers, []
+            for sequence, state, message in answers:
+                self.hook.response(sequence, state, message)
+
+    def _settle(self) -> None:
+        """L1 halted or the host posts the next command: the command answered at the notify
+        has cost the exits from the one after its posting through this one."""
+        if self._unsettled is not None:
+            self.stats.exits_per_command.append(self.exits - self._unsettled)
+            self._unsettled = None
+
     def _next_sequence(self) -> int:
         self._sequence = (self._sequence + 1) & U32_MAX
         return self._sequence
 
     def _send(self, command: RelayCommand) -> None:
+        self._settle()
         sequence = self._next_sequence()
         header = RING_HEADER.pack(  # RingHeader's fields in order (its dataclass costs more)
             RING_MAGIC,
@@ -265,7 +312,7 @@ class HostRelay:
             self._answers.append((sequence, RelayState.ERROR, b""))
             return
         self.stats.sent += 1
-        self._in_flight = _InFlight(sequence, command, self.exits, time.monotonic())
+        self._in_flight = _InFlight(sequence, command, self.exits, time.monotonic(), header)
         self._post.append(RELAY_VECTOR)
 
     def _expire(self) -> None:

@@ -13,8 +13,9 @@ ReportFatalError (R12 = error code, bit 63 = R13 holds the shared GPA of a NUL-t
 Service (R12/R13 = shared command/response buffer GPAs; buffers start with GUID[16], length u32,
 then reserved u32 in a command, status u32 in a response). MapGPA converts at most
 `mapgpa_chunk_pages` pages per call and answers RETRY with R11 = the GPA to resume at. With a
-relay attached (`attach_relay`, tdxsim.host.relay), HLT waits a bounded time for a vTPM command
-and IO writes to RELAY_NOTIFY_PORT hand L1's answer back; without one HLT returns at once.
+relay attached (`attach_relay`, tdxsim.host.relay), HLT takes L1's answer from the ring and waits
+a bounded time for the next vTPM command, and IO writes to RELAY_NOTIFY_PORT hand back an answer
+L1 gives before it halts; without one HLT returns at once.
 """
 
 from __future__ import annotations
@@ -192,8 +193,9 @@ class HostVmm:
         self.relay: HostRelay | None = None
 
     def attach_relay(self, hook: RelayHook, stop: threading.Event | None = None) -> HostRelay:
-        """Serve the vTPM relay ring (tdxsim.host.relay) with `hook`: L1's HLT then waits for
-        its commands and RELAY_NOTIFY_PORT takes its answers; `stop` ends the run when set."""
+        """Serve the vTPM relay ring (tdxsim.host.relay) with `hook`: L1's HLT then hands back
+        its answer and waits for the next command, RELAY_NOTIFY_PORT takes an answer L1 gives
+        before it halts; `stop` ends the run when set."""
         self.relay = HostRelay(self.shared, hook, stop=stop)
         self.attach_io(RELAY_NOTIFY_PORT, 1, self.relay)
         return self.relay
@@ -242,6 +244,8 @@ class HostVmm:
     # --- HostInterface -------------------------------------------------------------------------
     def tdvmcall(self, regs: Regs) -> Regs:
         """Service one TDVMCALL; only the GPRs L1 exposed are read and written."""
+        if self.relay is not None:
+            self.relay.count_exit()
         out = regs.copy()
         self.log.calls.append(regs.r11)
         try:
@@ -257,6 +261,8 @@ class HostVmm:
 
     def td_exit(self, event: TdExit) -> bool:
         """A TD exit: AUG a page L1 wants to accept; host-routed L2 exits resume L1."""
+        if self.relay is not None:
+            self.relay.count_exit()
         self.log.exits.append(event)
         fixed = False
         if event.kind == TdExitKind.EPT_VIOLATION:

@@ -11,7 +11,9 @@ from orchestrator.firmware import Firmware
 from svsm.l2guest import L2Guest, L2State, SupportPage
 from svsm.relay import parse_ring
 from tdxdefs.relay import (
+    L2_RELAY_VECTOR,
     MAX_TPM_MESSAGE,
+    RELAY_NOTIFY_PORT,
     RELAY_RING_GPA,
     RING_MAGIC,
     RING_VERSION,
@@ -231,3 +233,47 @@ def test_an_answer_with_reserved_bytes_set_is_refused_and_the_l2_goes_on(
     assert "reserved" in served.pv.log[-1] and "command 42" in served.pv.log[-1]
     assert guest.running
     assert served.command(GET_RANDOM_16).state == RelayState.RESPONSE
+
+
+class NotifyPort:
+    """The host's RELAY_NOTIFY_PORT, counting L1's notifies and what the ring held at each."""
+
+    def __init__(self, served: Served) -> None:
+        self.served = served
+        self.states: list[int] = []
+        served.pv.td.host.attach_io(RELAY_NOTIFY_PORT, 1, self)
+
+    def read(self, offset: int, size: int) -> int:
+        return 0
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        self.states.append(ring_state(self.served))
+
+
+def test_l1_that_halts_next_answers_without_a_notify(firmware: Firmware, engine: TpmEngine) -> None:
+    served = Served(firmware, engine)
+    notify = NotifyPort(served)
+    for _ in range(3):
+        head = served.command(GET_RANDOM_16)
+        assert head.state == RelayState.RESPONSE and response_code(served.answer(head)) == 0
+    served.command(b"", kind=RelayKind.POWER_CYCLE)  # answered by L1 alone: no handler, ERROR
+    served.ring(bytes(RingHeader.SIZE))  # refused by L1: ERROR
+    assert ring_state(served) == RelayState.ERROR
+    # every answer waits in the ring for the HLT that comes next (the host takes it there)
+    assert notify.states == [] and served.relay.notified == 0
+    assert all(guest.halted for guest in served.guests)
+
+
+def test_l1_with_another_l2_runnable_notifies_with_the_answer_in_the_ring(
+    firmware: Firmware, engine: TpmEngine
+) -> None:
+    served = Served(firmware, engine, count=2)
+    notify = NotifyPort(served)
+    first, second = served.guests
+    second.post_interrupt(L2_RELAY_VECTOR)  # woken with an empty mailbox: it halts again
+    head = served.command(GET_RANDOM_16)  # L1 enters the second L2 after the first answers
+    assert head.state == RelayState.RESPONSE and response_code(served.answer(head)) == 0
+    assert notify.states == [RelayState.RESPONSE] and served.relay.notified == 1
+    assert first.halted and second.halted and second.running
+    head = served.command(GET_RANDOM_16)  # both halted again: the HLT is the doorbell
+    assert head.state == RelayState.RESPONSE and notify.states == [RelayState.RESPONSE]

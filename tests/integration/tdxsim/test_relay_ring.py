@@ -1,11 +1,13 @@
 """The host's half of the vTPM relay ring against a stand-in L1 (l1_min.relay) in the TD process:
-commands reach L1 through the shared ring, answers come back through RELAY_NOTIFY_PORT, a TD
-that writes a lying ring is refused and the host keeps serving, and a stop ends the run."""
+commands reach L1 through the shared ring, answers come back when L1 halts (one TD exit per
+command) or through RELAY_NOTIFY_PORT, a TD that writes a lying ring is refused at either and the
+host keeps serving, and a stop ends the run."""
 
 from __future__ import annotations
 
 import hashlib
 import threading
+from collections import deque
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -31,6 +33,7 @@ IMAGE_GPA = 0x100000
 RAM = [(0, 32 << 20)]
 MAC_KEY, QUOTING = simulated_platform(b"test_relay_ring")
 ECHO = b"relayed by l1_min:"
+NOTIFY = b"notify:"  # l1_min answers this command with the IO notify, then halts
 
 
 @dataclass
@@ -72,16 +75,36 @@ def serving(command_line: bytes = b"", igvm: Path | None = None) -> Iterator[Ser
     assert not thread.is_alive()
 
 
-def test_commands_go_through_the_ring_in_order_with_two_td_exits_each() -> None:
+def test_commands_go_through_the_ring_in_order_with_one_td_exit_each() -> None:
     with serving() as s:
         for i in range(50):
             state, answer = s.ask(b"command %d" % i, vm=2, locality=3)
             assert state == RelayState.RESPONSE
             assert answer == ECHO + bytes([2, 3]) + b"command %d" % i  # vm, locality as sent
         assert s.relay.stats.answered == 50
-        assert list(s.relay.stats.exits_per_command) == [2] * 50  # the HLT and the notify
+        assert (s.relay.stats.at_halt, s.relay.stats.at_notify) == (50, 0)
+        # L1's HLT with the answer in the ring: the host answers and posts the next one there
+        assert list(s.relay.stats.exits_per_command) == [1] * 50
+        assert s.relay.stats.refused == deque()
     assert s.result[0].status == RunStatus.STOPPED
     assert s.vmm.proc.returncode == 0  # the TD process ended on SHUTDOWN, not killed
+
+
+def test_answers_rung_with_the_notify_are_taken_there_between_answers_at_the_halt() -> None:
+    with serving() as s:
+        for i in range(21):  # the last at the HLT, so the one before it is counted
+            doorbell = NOTIFY if i % 2 else b""
+            state, answer = s.ask(doorbell + b"command %d" % i)
+            assert (state, answer) == (
+                RelayState.RESPONSE,
+                ECHO + bytes([1, 0]) + b"command %d" % i,
+            )
+        assert s.relay.stats.answered == 21
+        assert (s.relay.stats.at_halt, s.relay.stats.at_notify) == (11, 10)
+        # an answer at the notify costs that exit and L1's HLT after it
+        assert list(s.relay.stats.exits_per_command) == [1, 2] * 10 + [1]
+        assert s.relay.stats.refused == deque()
+    assert s.result[0].status == RunStatus.STOPPED
 
 
 @pytest.mark.parametrize(
@@ -92,17 +115,23 @@ def test_commands_go_through_the_ring_in_order_with_two_td_exits_each() -> None:
         (b"length", "length 4096 runs past the 4096-byte page"),
         (b"version", "version 9"),
         (b"state", "state 1, expected RESPONSE or ERROR"),
+        (b"idle", "state 0, expected RESPONSE or ERROR"),
         (b"vm", "vm 2, the command was for vm 1"),
     ],
 )
-def test_a_lying_ring_is_refused_and_the_host_keeps_serving(lie: bytes, refusal: str) -> None:
+@pytest.mark.parametrize("doorbell", [b"", NOTIFY], ids=["halt", "notify"])
+def test_a_lying_ring_is_refused_and_the_host_keeps_serving(
+    lie: bytes, refusal: str, doorbell: bytes
+) -> None:
     with serving() as s:
         assert s.ask(b"before")[0] == RelayState.RESPONSE
-        assert s.ask(b"lie:" + lie) == (RelayState.ERROR, b"")
+        assert s.ask(doorbell + b"lie:" + lie) == (RelayState.ERROR, b"")
+        assert len(s.relay.stats.refused) == 1
         assert refusal in s.relay.stats.refused[-1]
         assert "relay ring at GPA 0x800001e00000 refused" in s.relay.stats.refused[-1]
         state, answer = s.ask(b"after")
         assert (state, answer) == (RelayState.RESPONSE, ECHO + bytes([1, 0]) + b"after")
+        assert s.relay.stats.answered == 2 and s.relay.stats.failed == 1
     assert s.result[0].status == RunStatus.STOPPED
 
 
@@ -114,7 +143,7 @@ def test_an_l1_that_missed_the_vector_is_rung_again_when_it_halts() -> None:
             ECHO + bytes([1, 0]) + b"ignore the first ring",
         )
         assert s.relay.stats.rerung == 1
-        assert s.relay.stats.exits_per_command[-1] == 3  # HLT, HLT again, notify
+        assert s.relay.stats.exits_per_command[-1] == 2  # HLT rung again, HLT answered
 
 
 def test_a_notify_with_nothing_in_flight_is_refused() -> None:

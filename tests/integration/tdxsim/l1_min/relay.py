@@ -1,10 +1,12 @@
 """A stand-in L1 for the host relay: the L1 half of the ring protocol of tdxdefs.relay, no L2.
 
 It converts the ring page to shared (MapGPA), then waits in HLT. On RELAY_VECTOR it copies the
-ring once, answers from the copy and rings the host with a TDVMCALL<IO> write to
-RELAY_NOTIFY_PORT. TPM commands run on a libtpms engine when the image carries vtpm (so real
-TPM clients work end to end), else they are echoed with a marker. A command whose message starts
-with b"lie:" makes it answer with a ring that lies in the way the rest names (see LIES).
+ring once, answers from the copy and halts again: the host takes the answer at that HLT. A
+command whose message starts with b"notify:" is answered with a TDVMCALL<IO> write to
+RELAY_NOTIFY_PORT before the HLT instead (the doorbell of an L1 with more work), and the prefix
+is dropped. TPM commands run on a libtpms engine when the image carries vtpm (so real TPM
+clients work end to end), else they are echoed with a marker. A message starting with b"lie:"
+makes it answer with a ring that lies in the way the rest names (see LIES).
 POWER_CYCLE powers the engine off and on (the client sends TPM2_Startup again, as after a
 platform power cycle) and answers b"power-cycle vm N: " and the host's launch command line (the
 IGVM command-line parameter at COMMAND_LINE_GPA, empty without one). Runs until the host stops it.
@@ -21,9 +23,10 @@ RING_GPA = 0x1E00000
 RING_MAGIC, RING_VERSION, PAGE = 0x524D5054, 1, 4096
 RELAY_VECTOR, NOTIFY_PORT = 0x51, 0xF6
 HEADER = struct.Struct("<IHHIIIII4s")  # magic, version, vm, sequence, state, length, locality, kind
-COMMAND, RESPONSE, ERROR = 1, 2, 3
+IDLE, COMMAND, RESPONSE, ERROR = 0, 1, 2, 3
 TPM_COMMAND, POWER_CYCLE = 0, 1
 ECHO_MARKER = b"relayed by l1_min:"
+NOTIFY = b"notify:"  # answer with the IO notify, not only the HLT
 DEAF = b"ignore the first ring"  # L1 acts as if it missed RELAY_VECTOR for this command once
 COMMAND_LINE_GPA, COMMAND_LINE_MAX = 0x9800, 0x800  # the project recipe's parameter area
 LIES = {
@@ -32,6 +35,7 @@ LIES = {
     b"length": lambda h: h._replace(length=PAGE),
     b"version": lambda h: h._replace(version=9),
     b"state": lambda h: h._replace(state=COMMAND),
+    b"idle": lambda h: h._replace(state=IDLE),
     b"vm": lambda h: h._replace(vm=h.vm + 1),
 }
 
@@ -75,8 +79,8 @@ def serve(platform: Any) -> str:
     engine = _engine()
     ignored: set[int] = set()
     while True:
-        if RELAY_VECTOR not in vectors:  # taken before L1 halted (at its notify) or in the HLT
-            l1.vmcall(GHCI_HLT, r12=0)
+        if RELAY_VECTOR not in vectors:  # taken in the HLT (or at a notify, before it)
+            l1.vmcall(GHCI_HLT, r12=0)  # also rings the host when the ring holds an answer
             continue
         vectors.clear()
         page = l1.read(ring, PAGE)  # one copy; everything below reads the copy
@@ -84,6 +88,8 @@ def serve(platform: Any) -> str:
         if header.magic != RING_MAGIC or header.state != COMMAND:
             continue
         message = page[HEADER.size : HEADER.size + min(header.length, PAGE - HEADER.size)]
+        notify = message.startswith(NOTIFY)
+        message = message.removeprefix(NOTIFY)
         if message == DEAF and header.sequence not in ignored:
             ignored.add(header.sequence)  # as if the vector had been lost
             continue
@@ -94,7 +100,8 @@ def serve(platform: Any) -> str:
         if message.startswith(b"lie:"):
             reply = LIES.get(message[4:], lambda h: h)(reply)
         l1.write(ring, reply.pack() + answer)
-        l1.vmcall(GHCI_IO, r12=1, r13=1, r14=NOTIFY_PORT, r15=1)
+        if notify:
+            l1.vmcall(GHCI_IO, r12=1, r13=1, r14=NOTIFY_PORT, r15=1)
 
 
 def _answer(engine: Any, header: Ring, message: bytes) -> tuple[int, bytes]:
