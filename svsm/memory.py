@@ -61,6 +61,8 @@ class Memory:
         self._platform = platform
         self._tdcall = tdcall
         self.shared_bit = platform.shared_bit
+        self._offset = platform.offset  # bound once: every access of L1's resolves a GPA
+        self._view = platform.memory
         self._accepted: list[tuple[int, int]] = []
         # (gpa, length) pairs found accepted: L1 checks the same few (a vCPU's guest-state page)
         # at every L2 entry. Accepting more keeps them true; forgetting a range clears them.
@@ -145,12 +147,12 @@ class Memory:
             raise L1MemoryError(f"GPA {gpa:#x} (+{length}) was not accepted by L1")
 
     def raw_read(self, gpa: int, length: int) -> bytes:
-        off = self._platform.offset(gpa)
-        return bytes(self._platform.memory[off : off + length])
+        off = self._offset(gpa)
+        return bytes(self._view[off : off + length])
 
     def raw_write(self, gpa: int, data: bytes) -> None:
-        off = self._platform.offset(gpa)
-        self._platform.memory[off : off + len(data)] = data
+        off = self._offset(gpa)
+        self._view[off : off + len(data)] = data
 
     def _forget(self, lo: int, hi: int) -> None:
         """Drop [lo, hi) from the accepted ranges (it is shared now)."""
