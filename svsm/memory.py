@@ -7,6 +7,7 @@ once and every check runs on the copy (reference, threat model: "shared memory c
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 
 from svsm.errors import SvsmError
@@ -26,6 +27,7 @@ from tdxdefs.tdvmcall import Tdvmcall, TdvmcallStatus
 PAGE_SIZE_2M = 0x200000
 MAPGPA_MAX_RETRIES = 64  # a host that never makes progress gets an error, not a hang
 MAX_FOUND_ACCEPTED = 256
+U64_LE = struct.Struct("<Q")
 
 
 class L1MemoryError(SvsmError):
@@ -149,6 +151,12 @@ class Memory:
     def raw_read(self, gpa: int, length: int) -> bytes:
         off = self._offset(gpa)
         return bytes(self._view[off : off + length])
+
+    def raw_u64(self, gpa: int) -> int:
+        """The little-endian 64-bit value at `gpa` (8-aligned), unchecked like `raw_read`: one
+        copy of the value, no intermediate bytes (a paging entry, read on every MMIO exit)."""
+        value: int = U64_LE.unpack_from(self._view, self._offset(gpa))[0]
+        return value
 
     def raw_write(self, gpa: int, data: bytes) -> None:
         off = self._offset(gpa)
