@@ -36,10 +36,10 @@ class VirtualApic:
         self._wrote = wrote
         self.rvi = 0  # requesting virtual interrupt: highest vector in IRR
         self.svi = 0  # servicing virtual interrupt: highest vector in ISR
-        # (GPA, page index, bytes) of the page last looked up: where a GPA lies in the memfd
-        # never changes, so this holds until L1 points the VMCS at another page. The page's
-        # state is checked on every use.
-        self._at: tuple[int, int, memoryview] | None = None
+        # (GPA, page index, memfd offset) of the page last looked up: where a GPA lies in the
+        # memfd never changes, so this holds until L1 points the VMCS at another page. The
+        # page's state is checked on every use.
+        self._at: tuple[int, int, int] | None = None
 
     def page(self) -> int | None:
         """GPA of the virtual-APIC page (4 KiB aligned by the VMCS write mask), or None while
@@ -58,11 +58,11 @@ class VirtualApic:
             index = self.memory.page_index(gpa)
             if index is None:
                 return None
-            offset = self.memory.offset_of(gpa)
-            at = self._at = (gpa, index, self.memory.view[offset : offset + PAGE_SIZE])
+            at = self._at = (gpa, index, self.memory.offset_of(gpa))
         if self.memory.state[at[1]] != MAPPED:
             return None
-        return gpa, at[2]
+        offset = at[2]  # a fresh slice: none outlives the call (the mapping can be closed)
+        return gpa, self.memory.view[offset : offset + PAGE_SIZE]
 
     @staticmethod
     def _highest(view: memoryview, base: int) -> int:
