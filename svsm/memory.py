@@ -135,6 +135,17 @@ class Memory:
         self._check_private(gpa, len(data))
         self.raw_write(gpa, data)
 
+    def write_struct(self, gpa: int, layout: struct.Struct, *values: int) -> None:
+        """Pack `values` as `layout` straight into accepted private memory at `gpa`."""
+        self._check_private(gpa, layout.size)
+        layout.pack_into(self._view, self._offset(gpa), *values)
+
+    def read_struct(self, gpa: int, layout: struct.Struct) -> tuple[int, ...]:
+        """Unpack `layout` from accepted private memory at `gpa` (each field read once)."""
+        self._check_private(gpa, layout.size)
+        values: tuple[int, ...] = layout.unpack_from(self._view, self._offset(gpa))
+        return values
+
     def read_measured(self, gpa: int, length: int) -> bytes:
         """Read private memory the host added before finalize (accepted by PAGE.ADD)."""
         if gpa & self.shared_bit:

@@ -11,6 +11,7 @@ without checking.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import NamedTuple
@@ -58,6 +59,7 @@ EXIT_REASON_MASK = 0xFFFF
 EVENT_INFO_MASK = 0x80000FFF  # valid, deliver-error, type, vector
 INSTRUCTION_LENGTH_SHIFT = 32
 REASON_NAMES = {reason.value: reason.name for reason in ExitReason}
+GUEST_STATE = L2EnterGuestState.STRUCT  # the block L1 writes before and reads after VP.ENTER
 U32 = 0xFFFFFFFF
 L2_EXIT_STATUSES = frozenset(
     {
@@ -131,17 +133,24 @@ class GuestState:
     rvi: int = 0
     svi: int = 0
 
+    def values(self) -> tuple[int, ...]:
+        """The L2_ENTER_GUEST_STATE fields, in its order."""
+        status = pack_intr_status(self.rvi, self.svi)
+        return (*self.gprs, self.rflags, self.rip, self.ssp, status)
+
     def pack(self) -> bytes:
         """The L2_ENTER_GUEST_STATE bytes."""
-        status = pack_intr_status(self.rvi, self.svi)
-        return L2EnterGuestState.STRUCT.pack(*self.gprs, self.rflags, self.rip, self.ssp, status)
+        return L2EnterGuestState.STRUCT.pack(*self.values())
 
-    def unpack(self, raw: bytes) -> None:
-        """Take the registers the module wrote back on the exit."""
-        values = L2EnterGuestState.STRUCT.unpack_from(raw)
+    def load(self, values: Sequence[int]) -> None:
+        """Take the L2_ENTER_GUEST_STATE fields, in its order."""
         self.gprs = list(values[:16])
         self.rflags, self.rip, self.ssp = values[16], values[17], values[18]
         self.rvi, self.svi = unpack_intr_status(values[19])
+
+    def unpack(self, raw: bytes) -> None:
+        """Take the registers the module wrote back on the exit."""
+        self.load(L2EnterGuestState.STRUCT.unpack_from(raw))
 
 
 class L2Vcpu:
@@ -187,7 +196,7 @@ class L2Vcpu:
 
     def enter(self) -> tuple[EnterResult, L2Exit | None]:
         """Write the guest-state block, TDG.VP.ENTER, read the block back."""
-        self.memory.write(self.state_gpa, self.state.pack())
+        self.memory.write_struct(self.state_gpa, GUEST_STATE, *self.state.values())
         self.event_pending = False
         out = self.tdcall.raw(Leaf.VP_ENTER, rcx=self.vm << VM_INDEX_SHIFT, rdx=self.state_gpa)
         self.entries += 1
@@ -198,5 +207,5 @@ class L2Vcpu:
             raise VcpuError(
                 f"TDG.VP.ENTER of L2 VM {self.vm}: {status_name(out[RAX])}",
             ) from TdcallError(Leaf.VP_ENTER, out[RAX])
-        self.state.unpack(self.memory.read(self.state_gpa, L2EnterGuestState.SIZE))
+        self.state.load(self.memory.read_struct(self.state_gpa, GUEST_STATE))
         return EnterResult.EXIT, L2Exit.from_registers(out)
