@@ -108,6 +108,14 @@ class CrbState(Enum):
     ERROR = "error"
 
 
+# The register values of `CrbDevice._value` as plain ints (flag arithmetic costs a microsecond)
+_IDLE = int(CtrlSts.IDLE)
+_FATAL_ERROR = int(CtrlSts.FATAL_ERROR)
+_REG_VALID = int(LocState.REG_VALID)
+_LOC_STATE_ASSIGNED = int(LocState.REG_VALID | LocState.LOC_ASSIGNED)
+_ERROR = CrbState.ERROR
+
+
 @dataclass
 class CrbDevice:
     """One L2's CRB. `buffer_read`/`buffer_write` reach the L2-writable buffer page; `execute`
@@ -134,16 +142,15 @@ class CrbDevice:
             self.log(f"CRB: refused: {why}")
 
     def _value(self, reg: CrbRegister) -> int:
+        if reg is CrbRegister.CTRL_STS:  # the register an L2 polls: plain ints, no flag objects
+            state = self.state
+            return _IDLE if state is CrbState.IDLE else _FATAL_ERROR if state is _ERROR else 0
         if reg is CrbRegister.LOC_STATE:
-            state = LocState.REG_VALID | (LocState.LOC_ASSIGNED if self.loc_assigned else 0)
-            return int(state)
+            return _LOC_STATE_ASSIGNED if self.loc_assigned else _REG_VALID
         if reg is CrbRegister.LOC_STS:
             return 1 if self.loc_assigned else 0  # Granted
         if reg is CrbRegister.INTF_ID:
             return INTF_ID_VALUE
-        if reg is CrbRegister.CTRL_STS:
-            sts = CtrlSts.IDLE if self.state is CrbState.IDLE else CtrlSts(0)
-            return int(sts | (CtrlSts.FATAL_ERROR if self.state is CrbState.ERROR else 0))
         if reg is CrbRegister.CTRL_START:
             return 1 if self.state is CrbState.EXECUTING else 0
         if reg is CrbRegister.CTRL_CANCEL:

@@ -71,7 +71,7 @@ class GuestMemory:
         return self._walk(gla, cr0, cr3, [])
 
     def _entry(self, gpa: int) -> int:
-        return int.from_bytes(self.memory.raw_read(gpa, ENTRY_SIZE), "little")
+        return self.memory.raw_u64(gpa)
 
     def _walk(self, gla: int, cr0: int, cr3: int, read: list[tuple[int, int]]) -> int:
         """`translate`, noting in `read` each paging entry's GPA and the value it had."""
@@ -95,12 +95,13 @@ class GuestMemory:
         """The GPA of code at linear address `gla`, on a page the L2 may execute."""
         key = (cr3 if cr0 & CR0_PG else -1, gla >> PAGE_SHIFT)
         known = self._code_walks.get(key)
-        if (
-            known is not None
-            and known.generation == self.aliases.generation
-            and all(self._entry(gpa) == value for gpa, value in known.entries)
-        ):
-            return known.page_gpa | (gla & (PAGE_SIZE - 1))
+        if known is not None and known.generation == self.aliases.generation:
+            read_entry = self.memory.raw_u64
+            for gpa, value in known.entries:
+                if read_entry(gpa) != value:
+                    break
+            else:
+                return known.page_gpa | (gla & (PAGE_SIZE - 1))
         read: list[tuple[int, int]] = []
         self.walks += 1
         gpa = self._walk(gla, cr0, cr3, read)

@@ -7,6 +7,7 @@ once and every check runs on the copy (reference, threat model: "shared memory c
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 
 from svsm.errors import SvsmError
@@ -26,6 +27,7 @@ from tdxdefs.tdvmcall import Tdvmcall, TdvmcallStatus
 PAGE_SIZE_2M = 0x200000
 MAPGPA_MAX_RETRIES = 64  # a host that never makes progress gets an error, not a hang
 MAX_FOUND_ACCEPTED = 256
+U64_LE = struct.Struct("<Q")
 
 
 class L1MemoryError(SvsmError):
@@ -61,6 +63,8 @@ class Memory:
         self._platform = platform
         self._tdcall = tdcall
         self.shared_bit = platform.shared_bit
+        self._offset = platform.offset  # bound once: every access of L1's resolves a GPA
+        self._view = platform.memory
         self._accepted: list[tuple[int, int]] = []
         # (gpa, length) pairs found accepted: L1 checks the same few (a vCPU's guest-state page)
         # at every L2 entry. Accepting more keeps them true; forgetting a range clears them.
@@ -131,6 +135,17 @@ class Memory:
         self._check_private(gpa, len(data))
         self.raw_write(gpa, data)
 
+    def write_struct(self, gpa: int, layout: struct.Struct, *values: int) -> None:
+        """Pack `values` as `layout` straight into accepted private memory at `gpa`."""
+        self._check_private(gpa, layout.size)
+        layout.pack_into(self._view, self._offset(gpa), *values)
+
+    def read_struct(self, gpa: int, layout: struct.Struct) -> tuple[int, ...]:
+        """Unpack `layout` from accepted private memory at `gpa` (each field read once)."""
+        self._check_private(gpa, layout.size)
+        values: tuple[int, ...] = layout.unpack_from(self._view, self._offset(gpa))
+        return values
+
     def read_measured(self, gpa: int, length: int) -> bytes:
         """Read private memory the host added before finalize (accepted by PAGE.ADD)."""
         if gpa & self.shared_bit:
@@ -145,12 +160,18 @@ class Memory:
             raise L1MemoryError(f"GPA {gpa:#x} (+{length}) was not accepted by L1")
 
     def raw_read(self, gpa: int, length: int) -> bytes:
-        off = self._platform.offset(gpa)
-        return bytes(self._platform.memory[off : off + length])
+        off = self._offset(gpa)
+        return bytes(self._view[off : off + length])
+
+    def raw_u64(self, gpa: int) -> int:
+        """The little-endian 64-bit value at `gpa` (8-aligned), unchecked like `raw_read`: one
+        copy of the value, no intermediate bytes (a paging entry, read on every MMIO exit)."""
+        value: int = U64_LE.unpack_from(self._view, self._offset(gpa))[0]
+        return value
 
     def raw_write(self, gpa: int, data: bytes) -> None:
-        off = self._platform.offset(gpa)
-        self._platform.memory[off : off + len(data)] = data
+        off = self._offset(gpa)
+        self._view[off : off + len(data)] = data
 
     def _forget(self, lo: int, hi: int) -> None:
         """Drop [lo, hi) from the accepted ranges (it is shared now)."""

@@ -11,8 +11,10 @@ without checking.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import NamedTuple
 
 from svsm.errors import SvsmError
 from svsm.memory import Memory
@@ -57,6 +59,7 @@ EXIT_REASON_MASK = 0xFFFF
 EVENT_INFO_MASK = 0x80000FFF  # valid, deliver-error, type, vector
 INSTRUCTION_LENGTH_SHIFT = 32
 REASON_NAMES = {reason.value: reason.name for reason in ExitReason}
+GUEST_STATE = L2EnterGuestState.STRUCT  # the block L1 writes before and reads after VP.ENTER
 U32 = 0xFFFFFFFF
 L2_EXIT_STATUSES = frozenset(
     {
@@ -79,9 +82,9 @@ class EnterResult(Enum):
     L1_INTERRUPT = "l1-interrupt"  # L1 has an interrupt to take first; the L2 did not run
 
 
-@dataclass(frozen=True)
-class L2Exit:
-    """An L2 -> L1 exit, decoded from the registers TDG.VP.ENTER returns."""
+class L2Exit(NamedTuple):
+    """An L2 -> L1 exit, decoded from the registers TDG.VP.ENTER returns (immutable: a tuple
+    builds in a fraction of a frozen dataclass's time, once per exit)."""
 
     status: int
     reason: int
@@ -98,18 +101,19 @@ class L2Exit:
     @classmethod
     def from_registers(cls, out: list[int]) -> L2Exit:
         """Decode the 16 output registers of TDG.VP.ENTER."""
+        rax, r10 = out[RAX], out[R10]
         return cls(
-            status=out[RAX] & STATUS_CLASS_MASK,
-            reason=out[RAX] & EXIT_REASON_MASK,
-            qualification=out[RCX],
-            gla=out[RDX],
-            gpa=out[R8],
-            interruption=out[R9] & U32,
-            idt_vectoring=out[R10] & U32,
-            idt_vectoring_error=out[R10] >> 32,
-            instruction_length=(out[R11] >> INSTRUCTION_LENGTH_SHIFT) & U32,
-            cpl=out[R12] & 0x3,
-            extended_qualification=out[R13],
+            rax & STATUS_CLASS_MASK,  # status
+            rax & EXIT_REASON_MASK,  # reason
+            out[RCX],  # qualification
+            out[RDX],  # gla
+            out[R8],  # gpa
+            out[R9] & U32,  # interruption
+            r10 & U32,  # idt_vectoring
+            r10 >> 32,  # idt_vectoring_error
+            (out[R11] >> INSTRUCTION_LENGTH_SHIFT) & U32,  # instruction_length
+            out[R12] & 0x3,  # cpl
+            out[R13],  # extended_qualification
         )
 
     @property
@@ -129,17 +133,24 @@ class GuestState:
     rvi: int = 0
     svi: int = 0
 
+    def values(self) -> tuple[int, ...]:
+        """The L2_ENTER_GUEST_STATE fields, in its order."""
+        status = pack_intr_status(self.rvi, self.svi)
+        return (*self.gprs, self.rflags, self.rip, self.ssp, status)
+
     def pack(self) -> bytes:
         """The L2_ENTER_GUEST_STATE bytes."""
-        status = pack_intr_status(self.rvi, self.svi)
-        return L2EnterGuestState.STRUCT.pack(*self.gprs, self.rflags, self.rip, self.ssp, status)
+        return L2EnterGuestState.STRUCT.pack(*self.values())
 
-    def unpack(self, raw: bytes) -> None:
-        """Take the registers the module wrote back on the exit."""
-        values = L2EnterGuestState.STRUCT.unpack_from(raw)
+    def load(self, values: Sequence[int]) -> None:
+        """Take the L2_ENTER_GUEST_STATE fields, in its order."""
         self.gprs = list(values[:16])
         self.rflags, self.rip, self.ssp = values[16], values[17], values[18]
         self.rvi, self.svi = unpack_intr_status(values[19])
+
+    def unpack(self, raw: bytes) -> None:
+        """Take the registers the module wrote back on the exit."""
+        self.load(L2EnterGuestState.STRUCT.unpack_from(raw))
 
 
 class L2Vcpu:
@@ -185,7 +196,7 @@ class L2Vcpu:
 
     def enter(self) -> tuple[EnterResult, L2Exit | None]:
         """Write the guest-state block, TDG.VP.ENTER, read the block back."""
-        self.memory.write(self.state_gpa, self.state.pack())
+        self.memory.write_struct(self.state_gpa, GUEST_STATE, *self.state.values())
         self.event_pending = False
         out = self.tdcall.raw(Leaf.VP_ENTER, rcx=self.vm << VM_INDEX_SHIFT, rdx=self.state_gpa)
         self.entries += 1
@@ -196,5 +207,5 @@ class L2Vcpu:
             raise VcpuError(
                 f"TDG.VP.ENTER of L2 VM {self.vm}: {status_name(out[RAX])}",
             ) from TdcallError(Leaf.VP_ENTER, out[RAX])
-        self.state.unpack(self.memory.read(self.state_gpa, L2EnterGuestState.SIZE))
+        self.state.load(self.memory.read_struct(self.state_gpa, GUEST_STATE))
         return EnterResult.EXIT, L2Exit.from_registers(out)

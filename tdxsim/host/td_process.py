@@ -102,11 +102,15 @@ class L1Platform:
         self.gpaw: int = memory.gpaw
         self._handler: Callable[[int], None] | None = None
         self._vcpu = module.td.vcpus[0]
+        # (first GPA, end GPA, offset - GPA) per region; the first one is tried before any loop
+        self._ranges = tuple((gpa, gpa + size, off - gpa) for gpa, size, off in self.regions)
+        self._first = self._ranges[0] if self._ranges else (0, 0, 0)
+        self._private_mask = ~self.shared_bit
 
     def tdcall(self, regs: Sequence[int]) -> list[int]:
         """TDCALL on vCPU 0: 16 GPRs in architectural order in (leaf in RAX), 16 out (status in
         RAX). A deliverable host interrupt is taken after the TDCALL returns, as on hardware."""
-        out = self._module.tdcall(Regs.from_list(regs), 0).as_list()
+        out = self._module.tdcall_values(regs, 0)
         if self._handler is not None and self._vcpu.l1_interrupt_deliverable():
             vector = self._vcpu.l1_rvi
             self._module.l1_interrupt_taken(0)
@@ -119,10 +123,13 @@ class L1Platform:
 
     def offset(self, gpa: int) -> int:
         """Offset in `memory` of a GPA (shared bit ignored: both views alias one page)."""
-        private = gpa & ~self.shared_bit
-        for base, size, off in self.regions:
-            if base <= private < base + size:
-                return off + private - base
+        private = gpa & self._private_mask
+        low, high, delta = self._first
+        if low <= private < high:
+            return private + delta
+        for low, high, delta in self._ranges:
+            if low <= private < high:
+                return private + delta
         raise ValueError(f"GPA {gpa:#x} is not TD RAM")
 
 

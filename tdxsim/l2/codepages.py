@@ -291,10 +291,13 @@ class CodePages:
     def model_wrote(self, gpa: int, length: int) -> None:
         """The model wrote L2 memory (event delivery, virtual APIC): a scanned page written so
         is decoded per instruction from now on."""
-        for page in {gpa >> PAGE_SHIFT, (gpa + length - 1) >> PAGE_SHIFT}:
-            if page in self._glas_of_code:
-                self._decode_per_instruction(page)
-        self._apply()
+        first, last = gpa >> PAGE_SHIFT, (gpa + length - 1) >> PAGE_SHIFT
+        code = self._glas_of_code
+        if first in code:
+            self._decode_per_instruction(first)
+        if last != first and last in code:
+            self._decode_per_instruction(last)
+        self.after_run()  # applies what is asked for, if anything
 
     def drop_stale(self) -> bool:
         """L1 and the host write TD memory behind unicorn's back: rescan code pages whose bytes

@@ -23,6 +23,7 @@ APIC_PRIORITY_CLASS = 0xF0
 APIC_REG = struct.Struct("<I")
 EOI_BITMAP_BITS = 64
 MAPPED = PageState.MAPPED
+VIRTUAL_APIC_PAGE_ADDR = Vmcs.VIRTUAL_APIC_PAGE_ADDR
 
 
 class VirtualApic:
@@ -35,6 +36,10 @@ class VirtualApic:
         self._wrote = wrote
         self.rvi = 0  # requesting virtual interrupt: highest vector in IRR
         self.svi = 0  # servicing virtual interrupt: highest vector in ISR
+        # (GPA, page index, memfd offset) of the page last looked up: where a GPA lies in the
+        # memfd never changes, so this holds until L1 points the VMCS at another page. The
+        # page's state is checked on every use.
+        self._at: tuple[int, int, int] | None = None
 
     def page(self) -> int | None:
         """GPA of the virtual-APIC page (4 KiB aligned by the VMCS write mask), or None while
@@ -47,10 +52,16 @@ class VirtualApic:
 
     def _view(self) -> tuple[int, memoryview] | None:
         """(GPA, bytes) of the mapped virtual-APIC page."""
-        gpa = self.page()
-        if gpa is None:
+        gpa = self.vmcs.read(VIRTUAL_APIC_PAGE_ADDR)
+        at = self._at
+        if at is None or at[0] != gpa:
+            index = self.memory.page_index(gpa)
+            if index is None:
+                return None
+            at = self._at = (gpa, index, self.memory.offset_of(gpa))
+        if self.memory.state[at[1]] != MAPPED:
             return None
-        offset = self.memory.offset_of(gpa)
+        offset = at[2]  # a fresh slice: none outlives the call (the mapping can be closed)
         return gpa, self.memory.view[offset : offset + PAGE_SIZE]
 
     @staticmethod

@@ -368,10 +368,18 @@ class L2Vcpu:
         buf = self.memory.buf
         unpack = PAGING_ENTRY.unpack_from
 
+        # the lowest region (where L2's page tables are) is tried first, without a loop
+        (low, high, to_offset), rest = (ranges[0], ranges[1:]) if ranges else ((0, 0, 0), ())
+
         def read(gpa: int) -> int | None:
-            for low, high, to_offset in ranges:
-                if low <= gpa < high:
-                    offset = gpa + to_offset  # 8-aligned: the entry is inside the page
+            if low <= gpa < high:  # the first region, without a loop
+                offset = gpa + to_offset  # 8-aligned: the entry is inside the page
+                if not prot[offset >> PAGE_SHIFT] & UC_PROT_READ:
+                    return None
+                return int(unpack(buf, offset)[0])
+            for other_low, other_high, other_offset in rest:
+                if other_low <= gpa < other_high:
+                    offset = gpa + other_offset
                     if not prot[offset >> PAGE_SHIFT] & UC_PROT_READ:
                         return None
                     return int(unpack(buf, offset)[0])

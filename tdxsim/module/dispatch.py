@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import bisect
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from tdxdefs.guest_state import L2_ENTER_GUEST_STATE_ALIGN
 from tdxdefs.metadata import (
@@ -191,7 +191,17 @@ class TdxModule:
     # --- entry point ----------------------------------------------------------------------
     def tdcall(self, regs: Regs, vcpu: int = 0) -> Regs:
         """Execute one TDCALL from L1 on vCPU `vcpu`; returns all registers after it."""
-        out = regs.copy()
+        return self._execute(regs.copy(), vcpu, regs)
+
+    def tdcall_values(self, values: Sequence[int], vcpu: int = 0) -> list[int]:
+        """`tdcall` at the register level: 16 GPR values in architectural order in (leaf in
+        RAX), truncated to 64 bits, and 16 out. The registers are built once from the values
+        (no second copy), which are never changed."""
+        return self._execute(Regs.from_list(values), vcpu, values).as_list()
+
+    def _execute(self, out: Regs, vcpu: int, given: Regs | Sequence[int]) -> Regs:
+        """Run the leaf in `out` (the caller's own copy of the registers `given`) in place."""
+        leaf_in = out.rax
         try:
             if not 0 <= vcpu < len(self.td.vcpus):
                 raise _fail(TDX_OPERAND_INVALID, OperandId.RAX)
@@ -207,8 +217,8 @@ class TdxModule:
         except Exception as exc:
             if self.strict:
                 raise
-            self.internal_errors.append(f"leaf {regs.rax:#x}: {exc!r}")
-            out = regs.copy()
+            self.internal_errors.append(f"leaf {leaf_in:#x}: {exc!r}")
+            out = given.copy() if isinstance(given, Regs) else Regs.from_list(given)
             out.rax = TDX_OPERAND_INVALID | OperandId.RAX
         return out
 

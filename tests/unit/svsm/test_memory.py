@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable
 
 import pytest
@@ -128,3 +129,19 @@ def test_a_page_checked_before_it_was_shared_is_refused_after(td: Td) -> None:
     with pytest.raises(L1MemoryError, match="is shared"):
         td.memory.write(BUF | td.memory.shared_bit, b"x")
     assert td.memory.read(BUF + PAGE_SIZE, 1) == b"\0"
+
+
+def test_structures_go_to_and_come_from_accepted_private_memory_only(td: Td) -> None:
+    layout = struct.Struct("<QH")
+    td.memory.accept(WORK, 0x200000)
+    td.memory.write_struct(WORK + 16, layout, 0x1122334455667788, 0xABCD)
+    assert td.memory.read(WORK + 16, layout.size) == layout.pack(0x1122334455667788, 0xABCD)
+    assert td.memory.read_struct(WORK + 16, layout) == (0x1122334455667788, 0xABCD)
+    end = WORK + 0x200000 - 4  # the structure straddles into the pending block
+    with pytest.raises(L1MemoryError, match=f"GPA {end:#x} .* not accepted"):
+        td.memory.write_struct(end, layout, 1, 2)
+    with pytest.raises(L1MemoryError, match="not accepted"):
+        td.memory.read_struct(end, layout)
+    assert td.harness.memory.page_state(WORK + 0x200000) == PageState.PENDING
+    with pytest.raises(L1MemoryError, match="is shared"):
+        td.memory.read_struct(WORK | td.platform.shared_bit, layout)

@@ -97,3 +97,25 @@ def test_no_page_no_state(apic: VirtualApic) -> None:
     apic.vmcs.set(Vmcs.VIRTUAL_APIC_PAGE_ADDR, 0x300000)  # pending, not mapped
     assert apic.page() is None
     assert apic.highest(IRR) == 0 and not apic.bit(IRR, 0x41, True)
+
+
+def test_the_apic_follows_the_vmcs_to_another_page(h: TdHarness, apic: VirtualApic) -> None:
+    set_vectors(apic, IRR, 0x41)
+    assert apic.highest(IRR) == 0x41
+    other = h.scratch_page()
+    apic.vmcs.set(Vmcs.VIRTUAL_APIC_PAGE_ADDR, other)
+    assert apic.page() == other
+    assert apic.highest(IRR) == 0  # the new page holds no request
+    set_vectors(apic, IRR, 0x22)
+    assert read32(apic, IRR + 16) == 1 << (0x22 % 32)  # vectors 20h-3Fh, on the new page
+
+
+def test_a_page_no_longer_mapped_is_no_apic(h: TdHarness, apic: VirtualApic) -> None:
+    set_vectors(apic, IRR, 0x41)
+    page = apic.page()
+    assert page is not None
+    h.module.host_block(page)
+    assert apic.page() is None and apic.highest(IRR) == 0
+    assert not apic.bit(IRR, 0x41, True)  # nothing is read or written while it is blocked
+    h.module.host_unblock(page)
+    assert apic.highest(IRR) == 0x41
