@@ -87,6 +87,28 @@ class SwitchableFinder(Protocol):
     enabled: bool
 
 
+class RamOffsets:
+    """GPA -> offset in the TD memory file, for L1's memory views (shared bit ignored: both views
+    alias one page). The first region is tried before any loop: it holds almost every access."""
+
+    def __init__(self, regions: Sequence[tuple[int, int, int]], shared_bit: int) -> None:
+        # (first GPA, end GPA, offset - GPA) per (GPA, size, offset) region
+        self._ranges = tuple((gpa, gpa + size, off - gpa) for gpa, size, off in regions)
+        self._first = self._ranges[0] if self._ranges else (0, 0, 0)
+        self._private_mask = ~shared_bit
+
+    def offset(self, gpa: int) -> int:
+        """Offset in the TD memory file of a GPA; ValueError outside TD RAM."""
+        private = gpa & self._private_mask
+        low, high, delta = self._first
+        if low <= private < high:
+            return private + delta
+        for low, high, delta in self._ranges:
+            if low <= private < high:
+                return private + delta
+        raise ValueError(f"GPA {gpa:#x} is not TD RAM")
+
+
 class L1Platform:
     """What L1 gets: a register-level TDCALL and TD memory views; nothing from the checkout."""
 
@@ -102,10 +124,7 @@ class L1Platform:
         self.gpaw: int = memory.gpaw
         self._handler: Callable[[int], None] | None = None
         self._vcpu = module.td.vcpus[0]
-        # (first GPA, end GPA, offset - GPA) per region; the first one is tried before any loop
-        self._ranges = tuple((gpa, gpa + size, off - gpa) for gpa, size, off in self.regions)
-        self._first = self._ranges[0] if self._ranges else (0, 0, 0)
-        self._private_mask = ~self.shared_bit
+        self.offset = RamOffsets(self.regions, self.shared_bit).offset
 
     def tdcall(self, regs: Sequence[int]) -> list[int]:
         """TDCALL on vCPU 0: 16 GPRs in architectural order in (leaf in RAX), 16 out (status in
@@ -120,17 +139,6 @@ class L1Platform:
     def set_interrupt_handler(self, handler: Callable[[int], None] | None) -> None:
         """L1's interrupt handler, called with the vector when a host interrupt is taken."""
         self._handler = handler
-
-    def offset(self, gpa: int) -> int:
-        """Offset in `memory` of a GPA (shared bit ignored: both views alias one page)."""
-        private = gpa & self._private_mask
-        low, high, delta = self._first
-        if low <= private < high:
-            return private + delta
-        for low, high, delta in self._ranges:
-            if low <= private < high:
-                return private + delta
-        raise ValueError(f"GPA {gpa:#x} is not TD RAM")
 
 
 class ChannelHost:

@@ -18,6 +18,7 @@ from tdxsim.attestation.quoting import SimulatedAttestation
 from tdxsim.host.faults import FaultSet
 from tdxsim.host.services import HostVmm, ModuleControl
 from tdxsim.host.shared_memory import SharedMemory
+from tdxsim.host.td_process import RamOffsets
 from tdxsim.testing import TdHarness
 
 SEED = b"svsm unit tests"
@@ -36,22 +37,10 @@ class HarnessPlatform:
             (r.gpa, r.size, r.offset) for r in memory.regions
         ]
         self.handler: Callable[[int], None] | None = None
-        self._ranges = tuple((gpa, gpa + size, off - gpa) for gpa, size, off in self.regions)
-        self._first = self._ranges[0]
-        self._private_mask = ~self.shared_bit
+        self.offset = RamOffsets(self.regions, self.shared_bit).offset
 
     def tdcall(self, regs: Sequence[int]) -> list[int]:
         return self.harness.module.tdcall_values(regs, 0)
-
-    def offset(self, gpa: int) -> int:
-        private = gpa & self._private_mask
-        low, high, delta = self._first
-        if low <= private < high:
-            return private + delta
-        for low, high, delta in self._ranges:
-            if low <= private < high:
-                return private + delta
-        raise ValueError(f"GPA {gpa:#x} is not TD RAM")
 
     def set_interrupt_handler(self, handler: Callable[[int], None] | None) -> None:
         self.handler = handler
