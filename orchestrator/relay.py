@@ -320,16 +320,10 @@ class RelayServer:
         conn = _Connection(sock, port, f"{address[0]}:{address[1]}", channel)
         self._connections[fd] = conn
         # the listener defers accept until the client's first bytes are in: read them now
-        try:
-            data = sock.recv(RECV_SIZE, NOWAIT)
-        except (BlockingIOError, InterruptedError):
-            self._watch(conn, select.EPOLLIN)
-            return
-        except OSError:
-            self._close(conn)
-            return
-        if not data:
-            self._close(conn)
+        data = self._read(conn)
+        if data is None:
+            if not conn.closed:  # nothing there yet: wait for it
+                self._watch(conn, select.EPOLLIN)
             return
         if (
             isinstance(channel, CommandChannel)
@@ -345,17 +339,23 @@ class RelayServer:
         if conn.output:
             self._flush(conn)
             return
+        data = self._read(conn)
+        if data is not None:
+            self._received(conn, data)
+
+    def _read(self, conn: _Connection) -> bytes | None:
+        """What the client sent; None if nothing is there yet, or if the client closed or the
+        read failed (then the connection is closed)."""
         try:
             data = conn.sock.recv(RECV_SIZE, NOWAIT)
         except (BlockingIOError, InterruptedError):
-            return
+            return None
         except OSError:
-            self._close(conn)
-            return
+            data = b""
         if not data:
             self._close(conn)
-            return
-        self._received(conn, data)
+            return None
+        return data
 
     def _received(self, conn: _Connection, data: bytes) -> None:
         """Parse and answer (or queue) what a connection sent."""
