@@ -37,6 +37,7 @@ class HarnessPlatform:
             (r.gpa, r.size, r.offset) for r in memory.regions
         ]
         self.handler: Callable[[int], None] | None = None
+        self.image_path = ""  # no measured image: tests that start vTPM workers pass their own
         self.offset = RamOffsets(self.regions, self.shared_bit).offset
 
     def tdcall(self, regs: Sequence[int]) -> list[int]:
