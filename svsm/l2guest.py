@@ -95,6 +95,9 @@ class L2State(Enum):
     STOPPED = "stopped"
 
 
+_RUNNING = L2State.RUNNING
+
+
 @dataclass
 class L2Outcome:
     """How an L2 ended: an exit code it chose, or a fatal report naming the exit and RIP."""
@@ -254,7 +257,7 @@ class L2Guest:
     @property
     def running(self) -> bool:
         """True until the L2 exits or is stopped."""
-        return self.outcome.state is L2State.RUNNING
+        return self.outcome.state is _RUNNING
 
     def finish(self, code: int) -> None:
         """The L2 wrote its exit code."""

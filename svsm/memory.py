@@ -127,22 +127,29 @@ class Memory:
     # --- private access --------------------------------------------------------------------------
     def read(self, gpa: int, length: int) -> bytes:
         """Read accepted private memory."""
-        self._check_private(gpa, length)
-        return self.raw_read(gpa, length)
+        if gpa & self.shared_bit or (gpa, length) not in self._found_accepted:
+            self._check_private(gpa, length)
+        off = self._offset(gpa)
+        return bytes(self._view[off : off + length])
 
     def write(self, gpa: int, data: bytes) -> None:
         """Write accepted private memory."""
-        self._check_private(gpa, len(data))
-        self.raw_write(gpa, data)
+        length = len(data)
+        if gpa & self.shared_bit or (gpa, length) not in self._found_accepted:
+            self._check_private(gpa, length)
+        off = self._offset(gpa)
+        self._view[off : off + length] = data
 
     def write_struct(self, gpa: int, layout: struct.Struct, *values: int) -> None:
         """Pack `values` as `layout` straight into accepted private memory at `gpa`."""
-        self._check_private(gpa, layout.size)
+        if gpa & self.shared_bit or (gpa, layout.size) not in self._found_accepted:
+            self._check_private(gpa, layout.size)  # the known-accepted case costs one lookup
         layout.pack_into(self._view, self._offset(gpa), *values)
 
     def read_struct(self, gpa: int, layout: struct.Struct) -> tuple[int, ...]:
         """Unpack `layout` from accepted private memory at `gpa` (each field read once)."""
-        self._check_private(gpa, layout.size)
+        if gpa & self.shared_bit or (gpa, layout.size) not in self._found_accepted:
+            self._check_private(gpa, layout.size)
         values: tuple[int, ...] = layout.unpack_from(self._view, self._offset(gpa))
         return values
 
@@ -168,6 +175,22 @@ class Memory:
         copy of the value, no intermediate bytes (a paging entry, read on every MMIO exit)."""
         value: int = U64_LE.unpack_from(self._view, self._offset(gpa))[0]
         return value
+
+    def offset_of(self, gpa: int) -> int:
+        """Where `gpa` is in the view of TD memory (fixed for the TD's life): for a caller that
+        rereads the same places at every exit (`u64s_hold`) without resolving the GPA again."""
+        return self._offset(gpa)
+
+    def u64s_hold(self, expected: tuple[tuple[int, int], ...]) -> bool:
+        """True if every (offset from `offset_of`, value) still has that little-endian 64-bit
+        value; each is read once, unchecked like `raw_u64`."""
+        view, unpack = self._view, U64_LE.unpack_from
+        for offset, value in expected:  # a loop, not all(): no generator per call
+            if unpack(view, offset)[0] != value:
+                break
+        else:
+            return True
+        return False
 
     def raw_write(self, gpa: int, data: bytes) -> None:
         off = self._offset(gpa)
