@@ -19,7 +19,7 @@ from svsm.errors import SvsmError
 from svsm.guestmem import GuestMemoryError
 from svsm.l2guest import L2Guest
 from svsm.ports import COM1_DATA, COM1_LINE_STATUS, DEBUG_EXIT_PORT, LSR_TRANSMIT_EMPTY
-from svsm.vcpu import GuestState, L2Exit
+from svsm.vcpu import REASON_NAMES, GuestState, L2Exit
 from tdxdefs.attributes import GpaAttr
 from tdxdefs.relay import L2_DOORBELL_PORT
 from tdxdefs.tdcall import (
@@ -98,7 +98,7 @@ class ExitHandlers:
     def handle(self, ex: L2Exit) -> None:
         """Handle one exit; a failure stops this L2 with a report, never more."""
         guest = self.guest
-        guest.outcome.exits[ex.reason_name] += 1
+        guest.outcome.exits[REASON_NAMES.get(ex.reason) or ex.reason_name] += 1
         handler = HANDLERS.get(ex.reason)
         if handler is None:
             guest.stop(f"unhandled {ex.reason_name} exit at RIP {self.state.rip:#x}")

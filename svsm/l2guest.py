@@ -141,6 +141,7 @@ class L2Guest:
         # Decoded MMIO instructions by (their bytes as fetched, RIP), kept across runs (svsm.exits)
         self.decoded: dict[tuple[bytes, int], MmioInstruction] = {}
         self.service = service
+        self.mailbox_gpa = layout.page(SupportPage.MAILBOX)  # the relay's, at every command
         self.vcpu = L2Vcpu(tdcall, memory, self.vm, layout.page(SupportPage.GUEST_STATE))
         self.apic = VirtualApic(memory, layout.page(SupportPage.VAPIC))
         self.console = L2Console(self.vm, log)
