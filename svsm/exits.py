@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from svsm.crb import CRB_BASE
+from svsm.crb import CRB_BASE, CRB_REGISTER_PAGE_SIZE
 from svsm.decode import Direction, NotEmulatable, decode_mmio
 from svsm.errors import SvsmError
 from svsm.guestmem import GuestMemoryError
@@ -70,6 +70,7 @@ CPUID_VIEW: dict[tuple[int, int], tuple[int, int, int, int]] = {
 }
 SUBLEAF_LEAVES = frozenset({CPUID_TDP_LEAF})
 DECODE_CACHE_SIZE = 256
+CRB_END = CRB_BASE + CRB_REGISTER_PAGE_SIZE
 U32 = 0xFFFFFFFF
 
 
@@ -258,7 +259,7 @@ class ExitHandlers:
     # --- memory -----------------------------------------------------------------------------
     def ept_violation(self, ex: L2Exit) -> None:
         guest = self.guest
-        if guest.is_crb(ex.gpa):
+        if CRB_BASE <= ex.gpa < CRB_END:  # the L2's TPM: guest.is_crb, inline at every access
             self.mmio(ex)
             return
         owner = guest.aliases.owner(ex.gpa)

@@ -19,7 +19,7 @@ it halts, so it rings the host with a TDVMCALL<IO> write to RELAY_NOTIFY_PORT fi
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from svsm.errors import SvsmError
 from svsm.l2guest import L2Guest
@@ -51,9 +51,9 @@ class RelayError(SvsmError):
     """A ring or mailbox page that does not check; names the field."""
 
 
-@dataclass(frozen=True)
-class RingCommand:
-    """A command copied out of the ring page and checked."""
+class RingCommand(NamedTuple):
+    """A command copied out of the ring page and checked (immutable; a tuple: one per command,
+    built in a fraction of a frozen dataclass's time)."""
 
     vm: int
     sequence: int
