@@ -89,7 +89,8 @@ class Memory:
         self._view = platform.memory
         self._accepted: list[tuple[int, int]] = []
         # (gpa, length) pairs found accepted: L1 checks the same few (a vCPU's guest-state page)
-        # at every L2 entry. Accepting more keeps them true; forgetting a range clears them.
+        # at every L2 entry. Accepting more keeps them true; forgetting a range clears them. The
+        # private accessors look here first, so a known range costs one lookup, not two calls.
         self._found_accepted: set[tuple[int, int]] = set()
         self.accept_calls = 0
 
