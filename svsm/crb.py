@@ -145,14 +145,14 @@ class CrbDevice:
         if reg is CrbRegister.CTRL_STS:  # the register an L2 polls: plain ints, no flag objects
             state = self.state
             return _IDLE if state is CrbState.IDLE else _FATAL_ERROR if state is _ERROR else 0
+        if reg is CrbRegister.CTRL_START:  # the other one it polls (a command's completion)
+            return 1 if self.state is CrbState.EXECUTING else 0
         if reg is CrbRegister.LOC_STATE:
             return _LOC_STATE_ASSIGNED if self.loc_assigned else _REG_VALID
         if reg is CrbRegister.LOC_STS:
             return 1 if self.loc_assigned else 0  # Granted
         if reg is CrbRegister.INTF_ID:
             return INTF_ID_VALUE
-        if reg is CrbRegister.CTRL_START:
-            return 1 if self.state is CrbState.EXECUTING else 0
         if reg is CrbRegister.CTRL_CANCEL:
             return 1 if self.cancel else 0
         if reg in (CrbRegister.CTRL_CMD_SIZE, CrbRegister.CTRL_RSP_SIZE):
@@ -182,9 +182,8 @@ class CrbDevice:
 
     def write(self, offset: int, size: int, value: int) -> None:
         """An L2 store of `size` bytes of `value` at `offset` in the register page."""
-        try:
-            reg = CrbRegister(offset)
-        except ValueError:
+        reg = _REGISTER_AT.get(offset)
+        if reg is None:
             self._refuse(f"write of {size} bytes at offset {offset:#x}: no register there")
             return
         if size != 4:

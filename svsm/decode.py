@@ -167,20 +167,31 @@ class MmioInstruction:
 
     def store_value(self, gprs: list[int]) -> bytes:
         """The bytes a store writes to the device, little-endian."""
+        return self.stored(gprs).to_bytes(self.size, "little")
+
+    def stored(self, gprs: list[int]) -> int:
+        """The value a store writes to the device, `size` bytes wide (`store_value` as a number:
+        a device register takes it as one, with no bytes in between)."""
         if self.direction is not Direction.WRITE:
             raise NotEmulatable(f"{self.text}: a load has no value to store")
         value = self.register.read(gprs) if self.register is not None else self.immediate or 0
-        return (value & ((1 << (8 * self.size)) - 1)).to_bytes(self.size, "little")
+        return value & ((1 << (8 * self.size)) - 1)
 
     def complete_load(self, gprs: list[int], data: bytes) -> None:
         """Put the device's answer into the destination register of a load."""
-        if self.direction is not Direction.READ or self.register is None:
-            raise NotEmulatable(f"{self.text}: not a load")
         if len(data) != self.size:
             raise NotEmulatable(f"{self.text}: {len(data)} bytes for a {self.size}-byte load")
-        value = int.from_bytes(data, "little")
-        if self.extension is Extension.SIGN and value >> (8 * self.size - 1):
-            value -= 1 << (8 * self.size)
+        self.load(gprs, int.from_bytes(data, "little"))
+
+    def load(self, gprs: list[int], value: int) -> None:
+        """`complete_load` with the device's answer as a number (`size` bytes wide: higher bits
+        are dropped), as a device register gives it."""
+        if self.direction is not Direction.READ or self.register is None:
+            raise NotEmulatable(f"{self.text}: not a load")
+        bits = 8 * self.size
+        value &= (1 << bits) - 1
+        if self.extension is Extension.SIGN and value >> (bits - 1):
+            value -= 1 << bits
         self.register.write(gprs, value & MASK64)
 
 

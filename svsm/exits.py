@@ -13,13 +13,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from svsm.crb import CRB_BASE
+from svsm.crb import CRB_BASE, CRB_REGISTER_PAGE_SIZE
 from svsm.decode import Direction, NotEmulatable, decode_mmio
 from svsm.errors import SvsmError
 from svsm.guestmem import GuestMemoryError
 from svsm.l2guest import L2Guest
 from svsm.ports import COM1_DATA, COM1_LINE_STATUS, DEBUG_EXIT_PORT, LSR_TRANSMIT_EMPTY
-from svsm.vcpu import GuestState, L2Exit
+from svsm.vcpu import REASON_NAMES, GuestState, L2Exit
 from tdxdefs.attributes import GpaAttr
 from tdxdefs.relay import L2_DOORBELL_PORT
 from tdxdefs.tdcall import (
@@ -70,6 +70,7 @@ CPUID_VIEW: dict[tuple[int, int], tuple[int, int, int, int]] = {
 }
 SUBLEAF_LEAVES = frozenset({CPUID_TDP_LEAF})
 DECODE_CACHE_SIZE = 256
+CRB_END = CRB_BASE + CRB_REGISTER_PAGE_SIZE
 U32 = 0xFFFFFFFF
 
 
@@ -89,19 +90,6 @@ class ExitHandlers:
     def __init__(self, guest: L2Guest) -> None:
         self.guest = guest
         self.decoded = guest.decoded  # by (bytes, RIP): a decoding depends on nothing else
-        self.table: dict[int, Callable[[L2Exit], None]] = {
-            ExitReason.CPUID: self.cpuid,
-            ExitReason.HLT: self.hlt,
-            ExitReason.IO: self.io,
-            ExitReason.MSR_READ: self.msr_read,
-            ExitReason.MSR_WRITE: self.msr_write,
-            ExitReason.EPT_VIOLATION: self.ept_violation,
-            ExitReason.TDCALL: self.tdcall,
-            ExitReason.VMCALL: self.vmcall,
-            ExitReason.INTERRUPT_WINDOW: self.interrupt_window,
-            ExitReason.VIRTUALIZED_EOI: self.resume,
-            ExitReason.EXTERNAL_INTERRUPT: self.resume,
-        }
 
     @property
     def state(self) -> GuestState:
@@ -111,13 +99,13 @@ class ExitHandlers:
     def handle(self, ex: L2Exit) -> None:
         """Handle one exit; a failure stops this L2 with a report, never more."""
         guest = self.guest
-        guest.outcome.exits[ex.reason_name] += 1
-        handler = self.table.get(ex.reason)
+        guest.outcome.exits[REASON_NAMES.get(ex.reason) or ex.reason_name] += 1
+        handler = HANDLERS.get(ex.reason)
         if handler is None:
             guest.stop(f"unhandled {ex.reason_name} exit at RIP {self.state.rip:#x}")
             return
         try:
-            handler(ex)
+            handler(self, ex)
         except (SvsmError, ValueError) as exc:
             guest.stop(f"{ex.reason_name} exit at RIP {self.state.rip:#x}: {exc}")
             return
@@ -271,7 +259,7 @@ class ExitHandlers:
     # --- memory -----------------------------------------------------------------------------
     def ept_violation(self, ex: L2Exit) -> None:
         guest = self.guest
-        if guest.is_crb(ex.gpa):
+        if CRB_BASE <= ex.gpa < CRB_END:  # the L2's TPM: guest.is_crb, inline at every access
             self.mmio(ex)
             return
         owner = guest.aliases.owner(ex.gpa)
@@ -284,31 +272,54 @@ class ExitHandlers:
         self.refuse(f"{_access(ex)} at GPA {ex.gpa:#x} ({where})")
 
     def mmio(self, ex: L2Exit) -> None:
-        guest, state = self.guest, self.state
-        cr3 = guest.vcpu.vmcs_read(Vmcs.GUEST_CR3)  # 64-bit mode: paging is on (CR0.PG = 1)
+        """An access to the CRB register page: the instruction is copied out of L2 memory once,
+        decoded (or found decoded under those very bytes and RIP), checked against the exit and
+        emulated on the device."""
+        guest, state = self.guest, self.guest.vcpu.state
+        rip = state.rip
+        cr3 = guest.vcpu.vmcs_read(GUEST_CR3)  # 64-bit mode: paging is on (CR0.PG = 1)
         try:
-            code = guest.guest_memory.fetch_instruction(state.rip, CR0_PG, cr3)
-            insn = self.decoded.get((code, state.rip)) or decode_mmio(code, state.rip)
+            code = guest.guest_memory.fetch_instruction(rip, CR0_PG, cr3)
+            key = (code, rip)
+            insn = self.decoded.get(key)
+            if insn is None:
+                insn = decode_mmio(code, rip)
+                if len(self.decoded) >= DECODE_CACHE_SIZE:
+                    self.decoded.clear()
+                self.decoded[key] = insn
         except (GuestMemoryError, NotEmulatable) as exc:
             self.refuse(f"MMIO at GPA {ex.gpa:#x}: {exc}")
             return
-        if len(self.decoded) >= DECODE_CACHE_SIZE:
-            self.decoded.clear()
-        self.decoded[(code, state.rip)] = insn
-        is_write = bool(ex.qualification & EPTV_WRITE)
-        if (insn.direction is Direction.WRITE) != is_write:
+        is_write = insn.direction is _WRITE
+        if is_write != bool(ex.qualification & EPTV_WRITE):
             self.refuse(f"MMIO at GPA {ex.gpa:#x}: {insn.text} does not match the {_access(ex)}")
             return
         if ex.qualification & EPTV_GLA_VALID:
-            address = insn.memory.linear_address(state.gprs, state.rip + insn.length)
+            address = insn.memory.linear_address(state.gprs, rip + insn.length)
             if address != ex.gla:
                 self.refuse(f"MMIO: {insn.text} addresses {address:#x}, the exit says {ex.gla:#x}")
                 return
         offset = ex.gpa - CRB_BASE
-        if insn.direction is Direction.WRITE:
-            value = int.from_bytes(insn.store_value(state.gprs), "little")
-            guest.crb.write(offset, insn.size, value)
+        if is_write:
+            guest.crb.write(offset, insn.size, insn.stored(state.gprs))
         else:
-            data = guest.crb.read(offset, insn.size).to_bytes(insn.size, "little")
-            insn.complete_load(state.gprs, data)
+            insn.load(state.gprs, guest.crb.read(offset, insn.size))
         state.rip += insn.length
+
+
+_WRITE = Direction.WRITE
+GUEST_CR3 = int(Vmcs.GUEST_CR3)
+# The handler of each exit reason L1 handles; the others stop the L2 (`ExitHandlers.handle`).
+HANDLERS: dict[int, Callable[[ExitHandlers, L2Exit], None]] = {
+    ExitReason.CPUID: ExitHandlers.cpuid,
+    ExitReason.HLT: ExitHandlers.hlt,
+    ExitReason.IO: ExitHandlers.io,
+    ExitReason.MSR_READ: ExitHandlers.msr_read,
+    ExitReason.MSR_WRITE: ExitHandlers.msr_write,
+    ExitReason.EPT_VIOLATION: ExitHandlers.ept_violation,
+    ExitReason.TDCALL: ExitHandlers.tdcall,
+    ExitReason.VMCALL: ExitHandlers.vmcall,
+    ExitReason.INTERRUPT_WINDOW: ExitHandlers.interrupt_window,
+    ExitReason.VIRTUALIZED_EOI: ExitHandlers.resume,
+    ExitReason.EXTERNAL_INTERRUPT: ExitHandlers.resume,
+}

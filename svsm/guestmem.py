@@ -48,6 +48,8 @@ class CodeWalk:
     page_gpa: int
     entries: tuple[tuple[int, int], ...]  # (GPA, value) of each paging entry read, in order
     generation: int  # the alias manager's, when the walk checked the L2's access
+    held: tuple[tuple[int, int], ...]  # the entries as (offset in memory, value): rereading them
+    # at every MMIO exit then costs no GPA lookup (`Memory.u64s_hold`)
 
 
 class GuestMemory:
@@ -95,13 +97,12 @@ class GuestMemory:
         """The GPA of code at linear address `gla`, on a page the L2 may execute."""
         key = (cr3 if cr0 & CR0_PG else -1, gla >> PAGE_SHIFT)
         known = self._code_walks.get(key)
-        if known is not None and known.generation == self.aliases.generation:
-            read_entry = self.memory.raw_u64
-            for gpa, value in known.entries:
-                if read_entry(gpa) != value:
-                    break
-            else:
-                return known.page_gpa | (gla & (PAGE_SIZE - 1))
+        if (
+            known is not None
+            and known.generation == self.aliases.generation
+            and self.memory.u64s_hold(known.held)
+        ):
+            return known.page_gpa | (gla & (PAGE_SIZE - 1))
         read: list[tuple[int, int]] = []
         self.walks += 1
         gpa = self._walk(gla, cr0, cr3, read)
@@ -109,11 +110,15 @@ class GuestMemory:
         if len(self._code_walks) >= MAX_REMEMBERED_WALKS:
             self._code_walks.clear()
         page = gpa & ~(PAGE_SIZE - 1)
-        self._code_walks[key] = CodeWalk(page, tuple(read), self.aliases.generation)
+        offset_of = self.memory.offset_of
+        held = tuple((offset_of(entry_gpa), value) for entry_gpa, value in read)
+        self._code_walks[key] = CodeWalk(page, tuple(read), self.aliases.generation, held)
         return gpa
 
     def fetch_instruction(self, rip: int, cr0: int, cr3: int) -> bytes:
         """Up to 15 bytes at `rip`, from pages the L2 may execute; shorter at an unmapped page."""
+        if rip % PAGE_SIZE <= PAGE_SIZE - MAX_INSTRUCTION:  # one page holds all 15: one copy
+            return self.memory.raw_read(self.code_gpa(rip, cr0, cr3), MAX_INSTRUCTION)
         out = b""
         at = rip
         while len(out) < MAX_INSTRUCTION:

@@ -95,6 +95,9 @@ class L2State(Enum):
     STOPPED = "stopped"
 
 
+_RUNNING = L2State.RUNNING
+
+
 @dataclass
 class L2Outcome:
     """How an L2 ended: an exit code it chose, or a fatal report naming the exit and RIP."""
@@ -138,6 +141,7 @@ class L2Guest:
         # Decoded MMIO instructions by (their bytes as fetched, RIP), kept across runs (svsm.exits)
         self.decoded: dict[tuple[bytes, int], MmioInstruction] = {}
         self.service = service
+        self.mailbox_gpa = layout.page(SupportPage.MAILBOX)  # the relay's, at every command
         self.vcpu = L2Vcpu(tdcall, memory, self.vm, layout.page(SupportPage.GUEST_STATE))
         self.apic = VirtualApic(memory, layout.page(SupportPage.VAPIC))
         self.console = L2Console(self.vm, log)
@@ -254,7 +258,7 @@ class L2Guest:
     @property
     def running(self) -> bool:
         """True until the L2 exits or is stopped."""
-        return self.outcome.state is L2State.RUNNING
+        return self.outcome.state is _RUNNING
 
     def finish(self, code: int) -> None:
         """The L2 wrote its exit code."""

@@ -8,6 +8,7 @@ once and every check runs on the copy (reference, threat model: "shared memory c
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from svsm.errors import SvsmError
@@ -16,6 +17,7 @@ from svsm.tdcall import Tdcall, TdcallError
 from tdxdefs.tdcall import (
     LEVEL_2M,
     LEVEL_4K,
+    PAGE_SHIFT,
     PAGE_SIZE,
     R10,
     R11,
@@ -28,6 +30,26 @@ PAGE_SIZE_2M = 0x200000
 MAPGPA_MAX_RETRIES = 64  # a host that never makes progress gets an error, not a hang
 MAX_FOUND_ACCEPTED = 256
 U64_LE = struct.Struct("<Q")
+
+
+PAGE_OFFSET = PAGE_SIZE - 1
+MAX_KNOWN_PAGES = 4096
+
+
+class PageOffsets(dict[int, int]):
+    """Page number -> offset of the page in the view of TD memory, asked of the platform once
+    per page (a page is contiguous in that view): a lookup here costs no Python call, and L1
+    resolves a GPA at every access it makes while handling an L2 exit."""
+
+    def __init__(self, offset: Callable[[int], int]) -> None:
+        super().__init__()
+        self._offset = offset
+
+    def __missing__(self, page: int) -> int:
+        if len(self) >= MAX_KNOWN_PAGES:
+            self.clear()
+        offset = self[page] = self._offset(page << PAGE_SHIFT)
+        return offset
 
 
 class L1MemoryError(SvsmError):
@@ -63,11 +85,12 @@ class Memory:
         self._platform = platform
         self._tdcall = tdcall
         self.shared_bit = platform.shared_bit
-        self._offset = platform.offset  # bound once: every access of L1's resolves a GPA
+        self._pages = PageOffsets(platform.offset)  # every access of L1's resolves a GPA
         self._view = platform.memory
         self._accepted: list[tuple[int, int]] = []
         # (gpa, length) pairs found accepted: L1 checks the same few (a vCPU's guest-state page)
-        # at every L2 entry. Accepting more keeps them true; forgetting a range clears them.
+        # at every L2 entry. Accepting more keeps them true; forgetting a range clears them. The
+        # private accessors look here first, so a known range costs one lookup, not two calls.
         self._found_accepted: set[tuple[int, int]] = set()
         self.accept_calls = 0
 
@@ -127,23 +150,32 @@ class Memory:
     # --- private access --------------------------------------------------------------------------
     def read(self, gpa: int, length: int) -> bytes:
         """Read accepted private memory."""
-        self._check_private(gpa, length)
-        return self.raw_read(gpa, length)
+        if gpa & self.shared_bit or (gpa, length) not in self._found_accepted:
+            self._check_private(gpa, length)
+        off = self._pages[gpa >> PAGE_SHIFT] + (gpa & PAGE_OFFSET)
+        return bytes(self._view[off : off + length])
 
     def write(self, gpa: int, data: bytes) -> None:
         """Write accepted private memory."""
-        self._check_private(gpa, len(data))
-        self.raw_write(gpa, data)
+        length = len(data)
+        if gpa & self.shared_bit or (gpa, length) not in self._found_accepted:
+            self._check_private(gpa, length)
+        off = self._pages[gpa >> PAGE_SHIFT] + (gpa & PAGE_OFFSET)
+        self._view[off : off + length] = data
 
     def write_struct(self, gpa: int, layout: struct.Struct, *values: int) -> None:
         """Pack `values` as `layout` straight into accepted private memory at `gpa`."""
-        self._check_private(gpa, layout.size)
-        layout.pack_into(self._view, self._offset(gpa), *values)
+        if gpa & self.shared_bit or (gpa, layout.size) not in self._found_accepted:
+            self._check_private(gpa, layout.size)  # the known-accepted case costs one lookup
+        off = self._pages[gpa >> PAGE_SHIFT] + (gpa & PAGE_OFFSET)
+        layout.pack_into(self._view, off, *values)
 
     def read_struct(self, gpa: int, layout: struct.Struct) -> tuple[int, ...]:
         """Unpack `layout` from accepted private memory at `gpa` (each field read once)."""
-        self._check_private(gpa, layout.size)
-        values: tuple[int, ...] = layout.unpack_from(self._view, self._offset(gpa))
+        if gpa & self.shared_bit or (gpa, layout.size) not in self._found_accepted:
+            self._check_private(gpa, layout.size)
+        off = self._pages[gpa >> PAGE_SHIFT] + (gpa & PAGE_OFFSET)
+        values: tuple[int, ...] = layout.unpack_from(self._view, off)
         return values
 
     def read_measured(self, gpa: int, length: int) -> bytes:
@@ -160,17 +192,34 @@ class Memory:
             raise L1MemoryError(f"GPA {gpa:#x} (+{length}) was not accepted by L1")
 
     def raw_read(self, gpa: int, length: int) -> bytes:
-        off = self._offset(gpa)
+        off = self._pages[gpa >> PAGE_SHIFT] + (gpa & PAGE_OFFSET)
         return bytes(self._view[off : off + length])
 
     def raw_u64(self, gpa: int) -> int:
         """The little-endian 64-bit value at `gpa` (8-aligned), unchecked like `raw_read`: one
         copy of the value, no intermediate bytes (a paging entry, read on every MMIO exit)."""
-        value: int = U64_LE.unpack_from(self._view, self._offset(gpa))[0]
+        off = self._pages[gpa >> PAGE_SHIFT] + (gpa & PAGE_OFFSET)
+        value: int = U64_LE.unpack_from(self._view, off)[0]
         return value
 
+    def offset_of(self, gpa: int) -> int:
+        """Where `gpa` is in the view of TD memory (fixed for the TD's life): for a caller that
+        rereads the same places at every exit (`u64s_hold`) without resolving the GPA again."""
+        return self._pages[gpa >> PAGE_SHIFT] + (gpa & PAGE_OFFSET)
+
+    def u64s_hold(self, expected: tuple[tuple[int, int], ...]) -> bool:
+        """True if every (offset from `offset_of`, value) still has that little-endian 64-bit
+        value; each is read once, unchecked like `raw_u64`."""
+        view, unpack = self._view, U64_LE.unpack_from
+        for offset, value in expected:  # a loop, not all(): no generator per call
+            if unpack(view, offset)[0] != value:
+                break
+        else:
+            return True
+        return False
+
     def raw_write(self, gpa: int, data: bytes) -> None:
-        off = self._offset(gpa)
+        off = self._pages[gpa >> PAGE_SHIFT] + (gpa & PAGE_OFFSET)
         self._view[off : off + len(data)] = data
 
     def _forget(self, lo: int, hi: int) -> None:

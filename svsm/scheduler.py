@@ -24,6 +24,7 @@ SLICE_EXITS = 64
 MAX_L1_INTERRUPTS_IN_A_ROW = 1000
 MAX_IDLE_L1_HALTS = 64
 HLT_INTERRUPTS_BLOCKED = 0  # TDG.VP.VMCALL<Instruction.HLT> R12: interrupts were not blocked
+_L1_INTERRUPT = EnterResult.L1_INTERRUPT
 
 
 def run_guests(
@@ -79,13 +80,14 @@ def _slice(guest: L2Guest, handlers: ExitHandlers) -> tuple[int, int]:
     """Up to SLICE_EXITS entries of one L2, fewer if it halts, exits or is stopped: (exits
     handled, entries that only let L1 take an interrupt)."""
     handled = interrupts = 0
+    enter, handle = guest.vcpu.enter, handlers.handle
     for _ in range(SLICE_EXITS):
         if not guest.running or guest.halted:
             break
-        result, ex = guest.vcpu.enter()
-        if result is EnterResult.L1_INTERRUPT or ex is None:
+        result, ex = enter()
+        if result is _L1_INTERRUPT or ex is None:
             interrupts += 1  # the platform ran L1's handler; enter again
             continue
-        handlers.handle(ex)
+        handle(ex)
         handled += 1
     return handled, interrupts

@@ -95,10 +95,27 @@ class Tdcall:
         values[RAX] = leaf
         for name, value in regs.items():
             values[REGISTER_NAMES[name]] = value & U64_MASK
+        return self.raw_values(values)
+
+    def raw_values(self, values: Sequence[int]) -> list[int]:
+        """One TDCALL with all 16 input registers given in architectural order (leaf in RAX,
+        each already a 64-bit value); status unchecked. For the calls L1 makes at every L2 exit,
+        whose registers it builds once (`input_registers`) instead of by name per call."""
         out = list(self._entry(values))
         if len(out) != GPR_COUNT:
+            leaf = values[RAX]
             raise TdcallError(leaf, U64_MASK, detail=f"{len(out)} registers came back, not 16")
         return out
+
+    @staticmethod
+    def input_registers(leaf: int, **regs: int) -> tuple[int, ...]:
+        """The 16 input registers of a TDCALL with named registers, built once for `raw_values`
+        (a tuple: no call can change it)."""
+        values = [0] * GPR_COUNT
+        values[RAX] = int(leaf)
+        for name, value in regs.items():
+            values[REGISTER_NAMES[name]] = int(value) & U64_MASK
+        return tuple(values)
 
     def call(self, leaf: int, **regs: int) -> list[int]:
         """One TDCALL; raises TdcallError on an error-class status."""

@@ -32,6 +32,7 @@ from tdxdefs.tdcall import (
     RCX,
     RDX,
     STATUS_CLASS_MASK,
+    STATUS_ERROR_BIT,
     TDX_L2_EXIT_HOST_ROUTED_ASYNC,
     TDX_L2_EXIT_HOST_ROUTED_TDVMCALL,
     TDX_L2_EXIT_PENDING_INTERRUPT,
@@ -80,6 +81,11 @@ class EnterResult(Enum):
 
     EXIT = "exit"  # the L2 ran and exited to L1
     L1_INTERRUPT = "l1-interrupt"  # L1 has an interrupt to take first; the L2 did not run
+
+
+_EXIT = EnterResult.EXIT
+_L1_INTERRUPT = EnterResult.L1_INTERRUPT
+assert not any(is_error(status) for status in L2_EXIT_STATUSES)
 
 
 class L2Exit(NamedTuple):
@@ -145,8 +151,8 @@ class GuestState:
     def load(self, values: Sequence[int]) -> None:
         """Take the L2_ENTER_GUEST_STATE fields, in its order."""
         self.gprs = list(values[:16])
-        self.rflags, self.rip, self.ssp = values[16], values[17], values[18]
-        self.rvi, self.svi = unpack_intr_status(values[19])
+        self.rflags, self.rip, self.ssp, status = values[16:20]
+        self.rvi, self.svi = unpack_intr_status(status)
 
     def unpack(self, raw: bytes) -> None:
         """Take the registers the module wrote back on the exit."""
@@ -164,7 +170,12 @@ class L2Vcpu:
         self.state = GuestState()
         self.entries = 0
         self.event_pending = False  # an event is set up for the next entry
-        self._field_ids: dict[int, int] = {}  # VMCS encoding -> TDG.VP.RD field id
+        # The input registers of the TDCALLs made at every exit, built once: TDG.VP.ENTER of
+        # this VM with the block at `state_gpa`, and TDG.VP.RD by VMCS encoding.
+        self._enter_registers = Tdcall.input_registers(
+            Leaf.VP_ENTER, rcx=vm << VM_INDEX_SHIFT, rdx=state_gpa
+        )
+        self._read_registers: dict[int, tuple[int, ...]] = {}
 
     def vmcs_write(self, encoding: int, value: int) -> None:
         """TDG.VP.WR of one field of this VM's L2 VMCS."""
@@ -172,10 +183,16 @@ class L2Vcpu:
 
     def vmcs_read(self, encoding: int) -> int:
         """TDG.VP.RD of one field of this VM's L2 VMCS."""
-        field = self._field_ids.get(encoding)
-        if field is None:
-            field = self._field_ids[encoding] = l2_vmcs_field(self.vm, encoding)
-        return self.tdcall.call(Leaf.VP_RD, rdx=field)[R8]
+        registers = self._read_registers.get(encoding)
+        if registers is None:
+            field = l2_vmcs_field(self.vm, encoding)
+            registers = self._read_registers[encoding] = Tdcall.input_registers(
+                Leaf.VP_RD, rdx=field
+            )
+        out = self.tdcall.raw_values(registers)
+        if out[RAX] & STATUS_ERROR_BIT:
+            raise TdcallError(Leaf.VP_RD, out[RAX], detail=f"VMCS field {encoding:#x}")
+        return out[R8]
 
     def inject_exception(self, vector: int, error_code: int = 0) -> None:
         """Deliver a hardware exception at the next entry (VM-entry interruption information)."""
@@ -196,16 +213,25 @@ class L2Vcpu:
 
     def enter(self) -> tuple[EnterResult, L2Exit | None]:
         """Write the guest-state block, TDG.VP.ENTER, read the block back."""
-        self.memory.write_struct(self.state_gpa, GUEST_STATE, *self.state.values())
+        state, memory = self.state, self.memory
+        memory.write_struct(
+            self.state_gpa,
+            GUEST_STATE,
+            *state.gprs,
+            state.rflags,
+            state.rip,
+            state.ssp,
+            pack_intr_status(state.rvi, state.svi),
+        )
         self.event_pending = False
-        out = self.tdcall.raw(Leaf.VP_ENTER, rcx=self.vm << VM_INDEX_SHIFT, rdx=self.state_gpa)
+        out = self.tdcall.raw_values(self._enter_registers)
         self.entries += 1
-        status = out[RAX] & STATUS_CLASS_MASK
-        if status == TDX_PENDING_INTERRUPT:
-            return EnterResult.L1_INTERRUPT, None
-        if is_error(out[RAX]) or status not in L2_EXIT_STATUSES:
+        rax = out[RAX]
+        if rax & STATUS_CLASS_MASK not in L2_EXIT_STATUSES:  # none of them is an error
+            if rax & STATUS_CLASS_MASK == TDX_PENDING_INTERRUPT:
+                return _L1_INTERRUPT, None
             raise VcpuError(
-                f"TDG.VP.ENTER of L2 VM {self.vm}: {status_name(out[RAX])}",
-            ) from TdcallError(Leaf.VP_ENTER, out[RAX])
-        self.state.load(self.memory.read_struct(self.state_gpa, GUEST_STATE))
-        return EnterResult.EXIT, L2Exit.from_registers(out)
+                f"TDG.VP.ENTER of L2 VM {self.vm}: {status_name(rax)}",
+            ) from TdcallError(Leaf.VP_ENTER, rax)
+        state.load(memory.read_struct(self.state_gpa, GUEST_STATE))
+        return _EXIT, L2Exit.from_registers(out)

@@ -144,13 +144,21 @@ class Layout:
         Error offsets are relative to the start of `data`, so a caller parsing a larger buffer
         gets the offset of the faulty byte in that buffer.
         """
+        return cls(*cls.unpack_values(data, offset))
+
+    @classmethod
+    def unpack_values(
+        cls, data: bytes | bytearray | memoryview, offset: int = 0
+    ) -> tuple[Any, ...]:
+        """`unpack`'s field values in wire order, checked the same way, with no object built:
+        for a caller that parses one structure per L2 exit or relayed command."""
         if offset < 0 or len(data) - offset < cls.SIZE:
             cls._truncated(len(data) - max(offset, 0), offset)
-        values = cls.STRUCT.unpack_from(data, offset)
+        values: tuple[Any, ...] = cls.STRUCT.unpack_from(data, offset)
         for index, field, at, zero in cls._RESERVED:
             if values[index] != zero:
                 raise LayoutError(cls.NAME, field, offset + at, "reserved, must be zero")
-        return cls(*values)
+        return values
 
     @classmethod
     def _truncated(cls, available: int, offset: int) -> None:
@@ -178,6 +186,15 @@ class Layout:
             return self.STRUCT.pack(*self.values())
         except struct.error:
             raise self._pack_error() from None
+
+    @classmethod
+    def pack_values(cls, *values: Any) -> bytes:
+        """`cls(*values).pack()` with no object built (a value that does not fit its field
+        raises the same `LayoutError`)."""
+        try:
+            return cls.STRUCT.pack(*values)
+        except struct.error:
+            raise cls(*values)._pack_error() from None
 
     def pack_into(self, buffer: bytearray | memoryview, offset: int = 0) -> None:
         """Write the structure into `buffer` at `offset`."""

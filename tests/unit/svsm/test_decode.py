@@ -67,6 +67,29 @@ def test_stores_give_the_bytes_to_write(source: str, regs: dict[str, int], value
     insn = decode(source)
     assert insn.direction is Direction.WRITE
     assert insn.store_value(gprs(**regs)) == value
+    assert insn.stored(gprs(**regs)) == int.from_bytes(value, "little")  # as a register takes it
+
+
+@pytest.mark.parametrize(
+    ("source", "answer", "before", "after"),
+    [
+        ("mov eax, dword ptr [rdi]", 0x1_0000_0001, 0xFFFF_FFFF_FFFF_FFFF, 1),  # 4 bytes taken
+        ("mov ax, word ptr [rdi]", 0x1234, 0xFFFF_FFFF_FFFF_FFFF, 0xFFFF_FFFF_FFFF_1234),
+        ("mov ah, byte ptr [rdi]", 0x100, 0xFFFF, 0x00FF),  # the byte is 0: bits 15:8 cleared
+        ("movsx rax, byte ptr [rdi]", 0x80, 0, 0xFFFF_FFFF_FFFF_FF80),
+        ("movsxd rax, dword ptr [rdi]", 0x7FFF_FFFF, 0, 0x7FFF_FFFF),
+        ("movzx eax, word ptr [rdi]", 0xFFFF_8001, 0xFFFF_FFFF_FFFF_FFFF, 0x8001),
+    ],
+)
+def test_a_device_answer_as_a_number_loads_like_its_bytes(
+    source: str, answer: int, before: int, after: int
+) -> None:
+    insn = decode(source)
+    by_number, by_bytes = gprs(rax=before), gprs(rax=before)
+    insn.load(by_number, answer)
+    mask = (1 << 8 * insn.size) - 1
+    insn.complete_load(by_bytes, (answer & mask).to_bytes(insn.size, "little"))
+    assert by_number[RAX] == by_bytes[RAX] == after
 
 
 def test_effective_address_matches_what_the_cpu_computes() -> None:
@@ -143,6 +166,12 @@ def test_loads_and_stores_cannot_be_confused() -> None:
         store.complete_load(gprs(), b"\0" * 4)
     with pytest.raises(NotEmulatable, match="3 bytes for a 4-byte load"):
         load.complete_load(gprs(), b"\0" * 3)
+    with pytest.raises(NotEmulatable, match="no value to store"):
+        load.stored(gprs())
+    regs = gprs()
+    with pytest.raises(NotEmulatable, match="not a load"):
+        store.load(regs, 1)
+    assert regs == gprs()  # nothing written
 
 
 def test_random_bytes_never_escape_as_anything_but_not_emulatable() -> None:

@@ -85,3 +85,18 @@ def test_tables_the_l2_may_not_read_are_refused(
     pv.aliases.revoke(1, PD, PAGE_SIZE)  # the PD page no longer readable by the L2
     with pytest.raises(GuestMemoryError, match=f"page-table entry at GPA {PD:#x}"):
         mem.code_gpa(0x0, CR0_PG, PML4)
+
+
+def test_an_instruction_at_a_page_end_continues_only_onto_an_executable_page(
+    setup: tuple[Paravisor, L2Guest, GuestMemory],
+) -> None:
+    pv, _guest, mem = setup
+    pv.memory.raw_write(RAM0 + PAGE_SIZE - 15, bytes(range(1, 16)))
+    pv.memory.raw_write(RAM0 + PAGE_SIZE, b"\xcc" * 16)
+    assert mem.fetch_instruction(PAGE_SIZE - 15, CR0_PG, PML4) == bytes(range(1, 16))
+    # The next page is the L2's R|W data: the copy stops at the page end (a truncated decode).
+    assert mem.fetch_instruction(PAGE_SIZE - 14, CR0_PG, PML4) == bytes(range(2, 16))
+    pv.aliases.revoke(1, RAM0 + PAGE_SIZE, PAGE_SIZE)
+    pv.aliases.grant(1, RAM0 + PAGE_SIZE, PAGE_SIZE, GpaAttr.R | GpaAttr.XS)
+    assert mem.fetch_instruction(PAGE_SIZE - 14, CR0_PG, PML4) == bytes(range(2, 16)) + b"\xcc"
+    assert mem.fetch_instruction(PAGE_SIZE - 1, CR0_PG, PML4) == b"\x0f" + b"\xcc" * 14

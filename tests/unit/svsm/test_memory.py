@@ -145,3 +145,15 @@ def test_structures_go_to_and_come_from_accepted_private_memory_only(td: Td) -> 
     assert td.harness.memory.page_state(WORK + 0x200000) == PageState.PENDING
     with pytest.raises(L1MemoryError, match="is shared"):
         td.memory.read_struct(WORK | td.platform.shared_bit, layout)
+
+
+def test_every_region_and_page_resolves_to_its_own_place(make_td: Callable[..., Td]) -> None:
+    extra = 0x10000000  # a second RAM region, far above the first
+    td = make_td(extra_ram=((extra, 2 * PAGE_SIZE),))
+    td.memory.accept(extra, 2 * PAGE_SIZE)
+    td.memory.accept(WORK, 2 * PAGE_SIZE)
+    for gpa, data in ((extra + PAGE_SIZE - 2, b"abcd"), (WORK + PAGE_SIZE - 2, b"wxyz")):
+        td.memory.write(gpa, data)  # straddles two pages of its region
+        assert td.harness.memory.read(gpa, 4) == data  # where the module sees it
+        assert td.memory.read(gpa + 2, 2) == data[2:]
+    assert td.harness.memory.read(extra, PAGE_SIZE - 2) == bytes(PAGE_SIZE - 2)

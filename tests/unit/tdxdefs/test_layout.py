@@ -67,6 +67,19 @@ def test_round_trip() -> None:
         parsed.kind = 8  # type: ignore[misc]
 
 
+def test_field_values_without_an_object_are_checked_like_unpack_and_pack() -> None:
+    raw = bytes(sample_bytes())
+    assert Sample.unpack_values(raw) == Sample.unpack(raw).values()
+    assert Sample.pack_values(*Sample.unpack_values(raw)) == raw
+    bad = b"\xee" * 10 + bytes(sample_bytes(reserved2=b"\0\0\x01\0"))
+    with pytest.raises(LayoutError, match=r"SAMPLE\.reserved2 at offset 22: reserved"):
+        Sample.unpack_values(bad, 10)
+    with pytest.raises(LayoutError, match=r"SAMPLE\.tag at offset 16: truncated"):
+        Sample.unpack_values(raw[:20])
+    with pytest.raises(LayoutError, match=r"SAMPLE.kind at offset 0: 65536"):
+        Sample.pack_values(0x10000, 0, 0, bytes(4), bytes(8))
+
+
 def test_unpack_at_an_offset_reports_offsets_in_the_whole_buffer() -> None:
     raw = b"\xee" * 10 + bytes(sample_bytes(reserved2=b"\0\0\x01\0"))
     with pytest.raises(LayoutError) as err:
