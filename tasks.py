@@ -89,6 +89,8 @@ def build(
         "port": "--serve: the command port (platform port is port + 1; default: a free pair)",
         "dev-platform-port": "--serve: accept platform power cycles on port + 1 (recorded by L1)",
         "l2": "--serve: which L2's vTPM to serve (default 1)",
+        "timeline": "--serve: record when each TPM command passes each process in this "
+        "directory and print per-step medians at the end (python -m orchestrator.timeline DIR)",
     }
 )
 def run(
@@ -102,12 +104,13 @@ def run(
     port: int = 0,
     dev_platform_port: bool = False,
     l2: int = 1,
+    timeline: str = "",
 ) -> None:
     """Build the image, boot the TD on the embedded simulator: L1, its vTPM, and the L2 guests."""
     if serve:
         from orchestrator import serve as serving
 
-        code = serving.main(port, dev_platform_port, l2, l2_count, recipe=recipe)
+        code = serving.main(port, dev_platform_port, l2, l2_count, recipe=recipe, timeline=timeline)
         if code:
             raise Exit(code=code)
         return

@@ -44,7 +44,9 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from tdxdefs import timeline
 from tdxdefs.relay import RelayKind, RelayState
+from tdxdefs.timeline import Mark
 from tdxsim.host.relay import RelayCommand
 from tdxsim.host.spin import YIELD_TAKEN_NS, SpinWindow
 from vtpm.engine import MAX_LOCALITY, error_response
@@ -183,6 +185,7 @@ class RelayServer:
             answer = answer or error_response(TPM_RC_FAILURE)
             output = mssim_response(answer) if queued.mssim else answer
         if not conn.output:  # straight to the client; the bookkeeping below runs after
+            timeline.mark(Mark.CLIENT_ANSWER)
             try:
                 sent = conn.sock.send(output, NOWAIT)
             except (BlockingIOError, InterruptedError):
@@ -410,6 +413,7 @@ class RelayServer:
         self._enqueue(conn, command, mssim)
 
     def _enqueue(self, conn: _Connection, command: RelayCommand, mssim: bool) -> None:
+        timeline.mark(Mark.CLIENT_COMMAND)
         self._queued.append(_Queued(conn, command, mssim))
         conn.waiting = True
         self._watch(conn, 0)  # nothing more from it until the answer

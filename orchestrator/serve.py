@@ -10,6 +10,9 @@ RTMR3. A dedicated byte in a measured page could not carry them: it would change
 The TCTI strings are printed once L1 has shared the ring page (its MapGPA); commands that come
 earlier wait. SIGINT or SIGTERM stop the host loop at the next TD exit (a HLT waits at most
 tdxsim.host.relay.HALT_WAIT_S), then the TD process is shut down and the sockets closed.
+
+With a timeline directory, every process of the path records when each command passes it
+(tdxdefs.timeline) and the per-step medians are printed at the end (orchestrator.timeline).
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ from orchestrator.product import (
     write_l1_image,
 )
 from orchestrator.relay import RelayServer
+from orchestrator.timeline import read_marks, report, summarize
+from tdxdefs import timeline as recording
 from tdxdefs.relay import RELAY_RING_GPA
 from tdxsim.attestation.pck import WELL_KNOWN_SEED
 from tdxsim.host.relay import RelayStats
@@ -129,8 +134,10 @@ def main(
     l2_count: int = NUM_L2_VMS,
     image: str = "",
     recipe: str = "",
+    timeline: str = "",
 ) -> int:
-    """Entry point of `invoke run --serve`; builds the product unless `image` is given."""
+    """Entry point of `invoke run --serve`; builds the product unless `image` is given, and
+    records a timeline in the directory `timeline` when it is given."""
     from igvm.build import build as build_igvm
 
     if not 1 <= l2_count <= MAX_L2_VMS:
@@ -140,6 +147,19 @@ def main(
         print(f"run --serve: --l2 {l2}: the TD has L2 VMs 1..{l2_count} (--l2-count)",
               file=sys.stderr)  # fmt: skip
         return 2
+    timeline_dir = Path(timeline) if timeline else None
+    if timeline_dir is not None:
+        try:
+            timeline_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            print(f"run --serve: --timeline {timeline}: {reason(exc)}", file=sys.stderr)
+            return 2
+        if any(timeline_dir.glob(recording.FILE_GLOB)):
+            held = f"already holds a timeline ({recording.FILE_GLOB})"
+            print(f"run --serve: --timeline {timeline}: {held}; give an empty or new directory",
+                  file=sys.stderr)  # fmt: skip
+            return 2
+        recording.enable(timeline_dir.resolve())
     stop = threading.Event()
     signals = 0
 
@@ -174,6 +194,9 @@ def main(
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     print(summary(result.stats))
+    if timeline_dir is not None:
+        recording.flush()
+        print(report(summarize(read_marks(timeline_dir))))
     if result.status != RunStatus.STOPPED:
         print(f"run --serve: the TD ended: {result.status}: {result.detail}", file=sys.stderr)
         return 1
@@ -190,5 +213,15 @@ if __name__ == "__main__":
     parser.add_argument("--l2", type=int, default=1)
     parser.add_argument("--l2-count", type=int, default=NUM_L2_VMS)
     parser.add_argument("--image", default="")
+    parser.add_argument("--timeline", default="", help="record per-step times in this directory")
     args = parser.parse_args()
-    sys.exit(main(args.port, args.dev_platform_port, args.l2, args.l2_count, args.image))
+    sys.exit(
+        main(
+            args.port,
+            args.dev_platform_port,
+            args.l2,
+            args.l2_count,
+            args.image,
+            timeline=args.timeline,
+        )
+    )

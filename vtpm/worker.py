@@ -30,8 +30,10 @@ import time
 import traceback
 from collections.abc import Sequence
 
+from tdxdefs import timeline
 from tdxdefs.quote import INTEL_QE_VENDOR_ID
 from tdxdefs.tdcall import REPORTDATA_SIZE
+from tdxdefs.timeline import Mark
 from vtpm import libtpms
 from vtpm.attest import AttesterError, parse_quote_v4
 from vtpm.busypoll import HintedSpin
@@ -158,7 +160,10 @@ class Worker:
         """One request from L1, answered on the channel."""
         seq = msg.sequence
         if msg.op is WorkerOp.COMMAND:
-            self.channel.send(WorkerOp.RESPONSE, self.engine.process(msg.payload), seq)
+            timeline.mark(Mark.WORKER_COMMAND)
+            response = self.engine.process(msg.payload)
+            timeline.mark(Mark.WORKER_ANSWER)
+            self.channel.send(WorkerOp.RESPONSE, response, seq)
         elif msg.op is WorkerOp.MANUFACTURE and self.manufactured:
             self.channel.send(WorkerOp.ERROR, b"MANUFACTURE: already manufactured", seq)
         elif msg.op in (WorkerOp.MANUFACTURE, WorkerOp.POWER_CYCLE):
@@ -229,6 +234,7 @@ def _worker(sock_fd: int, all_fds: Sequence[int], launcher: int) -> None:
     except BaseException:
         traceback.print_exc()
     finally:
+        timeline.flush()  # os._exit skips atexit
         os._exit(status)
 
 

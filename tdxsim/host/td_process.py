@@ -31,7 +31,9 @@ from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
 from typing import Protocol
 
+from tdxdefs import timeline
 from tdxdefs.tdcall import PAGE_SIZE
+from tdxdefs.timeline import Mark
 from tdxsim.attestation.report import ReportMacKey, TdReportBuilder
 from tdxsim.host.channel import (
     ADD_PAGE_FORMAT,
@@ -148,6 +150,7 @@ class ChannelHost:
         self.process = process
 
     def tdvmcall(self, regs: Regs) -> Regs:
+        timeline.mark(Mark.TD_EXIT)
         try:
             self.process.channel.send_exit(ExitKind.TDVMCALL, regs.as_list())
             _flags, answer = self.process.serve_until_enter(regs.r11)
@@ -157,6 +160,7 @@ class ChannelHost:
 
     def td_exit(self, event: TdExit) -> bool:
         kind = EXIT_KINDS.get(event.kind, ExitKind.TIMER)
+        timeline.mark(Mark.TD_EXIT)
         try:
             self.process.channel.send_exit(
                 kind,
@@ -330,6 +334,7 @@ class TdProcess:
             ):
                 values = ENTER_MSG.unpack_from(data)
                 if values[2] == size - HEADER.size:
+                    timeline.mark(Mark.TD_ENTER)
                     if size > ENTER_MSG.size:
                         self._post(data[ENTER_MSG.size :])
                     return values[ENTER_GPRS_AT - 1], Regs(*values[ENTER_GPRS_AT:])

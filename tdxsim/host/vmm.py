@@ -27,7 +27,9 @@ from pathlib import Path
 from types import TracebackType
 
 import tdxsim
+from tdxdefs import timeline
 from tdxdefs.tdcall import GPAW_48, PAGE_SIZE
+from tdxdefs.timeline import Mark
 from tdxsim.attestation.quoting import QuotingService
 from tdxsim.attestation.report import ReportMacKey
 from tdxsim.errors import TdxsimError
@@ -385,6 +387,7 @@ class Vmm:
             self._enter(None, False)
             while True:
                 data = self.recv_raw(deadline, wait)
+                timeline.mark(Mark.HOST_EXIT)
                 if len(data) == EXIT_MSG.size and data[0] == MsgType.EXIT and not data[1]:
                     exits += 1
                     values = EXIT_MSG.unpack(data)[EXIT_FIELDS_AT:]
@@ -440,6 +443,7 @@ class Vmm:
     def _enter(self, answer: Regs | None, fixed: bool) -> None:
         """ENTER with the TDVMCALL answer and the interrupts queued since the last one."""
         interrupts, self.interrupts = self.interrupts, []
+        timeline.mark(Mark.HOST_ENTER)
         self.channel.send_enter(answer, fixed=fixed, interrupts=interrupts)
 
     # --- teardown -------------------------------------------------------------------------------
