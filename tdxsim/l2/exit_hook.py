@@ -154,15 +154,6 @@ class ExitHook:
         """Exits on, or off (then only the budget stops unicorn)."""
         self.state.exits_enabled = int(enabled)
 
-    def arm(self, budget: int, pass_once: int = NO_ADDRESS) -> None:
-        """Before a run: at most `budget` instructions; the one at `pass_once` runs once even if
-        it is an exit."""
-        state = self.state
-        state.budget = budget
-        state.started = 0
-        state.reason = StopReason.NONE
-        state.pass_once = pass_once
-
     def stopped_at_exit(self, rip: int) -> bool:
         """The last run stopped before `rip` because it is an exit."""
         state = self.state

@@ -61,7 +61,6 @@ from unicorn import (
     UC_HOOK_MEM_READ_UNMAPPED,
     UC_HOOK_MEM_WRITE_PROT,
     UC_HOOK_MEM_WRITE_UNMAPPED,
-    UC_HOOK_TLB_FILL,
     UC_MEM_FETCH,
     UC_MEM_FETCH_PROT,
     UC_MEM_FETCH_UNMAPPED,
@@ -151,7 +150,13 @@ from tdxsim.l2.decode import (
     decode,
     operand_address,
 )
-from tdxsim.l2.engine import RUN_FOREVER, Runner
+from tdxsim.l2.engine import (
+    RUN_FOREVER,
+    Runner,
+    TlbEntry,
+    add_memory_fault_hook,
+    add_tlb_fill_hook,
+)
 from tdxsim.l2.ept import EptView
 from tdxsim.l2.events import (
     CPL_MASK,
@@ -316,7 +321,8 @@ class L2Vcpu:
             self._exit_hook,
         )
         self.ept.on_change = self.code.request_tlb_flush
-        self.uc.hook_add(
+        add_memory_fault_hook(
+            self.uc,
             UC_HOOK_MEM_READ_PROT
             | UC_HOOK_MEM_WRITE_PROT
             | UC_HOOK_MEM_FETCH_PROT
@@ -329,7 +335,7 @@ class L2Vcpu:
         self._gla_of_gpa_page: dict[int, int] = {}
         self._fill_was_data = False
         self.uc.ctl_set_tlb_mode(UC_TLB_VIRTUAL)
-        self.uc.hook_add(UC_HOOK_TLB_FILL, self._on_tlb_fill)
+        add_tlb_fill_hook(self.uc, self._on_tlb_fill)
         self.uc.hook_add(UC_HOOK_INSN_INVALID, self._on_invalid)
 
     # --- address translation and guest memory access ---------------------------------------
@@ -387,7 +393,7 @@ class L2Vcpu:
 
         return read
 
-    def _on_tlb_fill(self, uc: Any, vaddr: int, access: int, entry: Any, _data: object) -> bool:
+    def _on_tlb_fill(self, vaddr: int, access: int, entry: TlbEntry) -> bool:
         """Virtual-TLB mode: unicorn asks us for every GLA->GPA translation it caches."""
         if vaddr >> PAGE_SHIFT == RUN_FOREVER >> PAGE_SHIFT:  # emu_start probes `until`
             entry.perms = UC_PROT_ALL
@@ -422,7 +428,7 @@ class L2Vcpu:
                     if fault.cr2 is not None:
                         fault.cr2 = fault.rip
                 self._stop = fault
-                uc.emu_stop()
+                self.uc.emu_stop()
             return True
         entry.paddr = gpa & ~(PAGE_SIZE - 1)
         gla_page, gpa_page = vaddr >> PAGE_SHIFT, gpa >> PAGE_SHIFT
@@ -614,9 +620,7 @@ class L2Vcpu:
             return
         self._exit(ExitReason.TDCALL, address, size)
 
-    def _on_fault(
-        self, uc: Uc, access: int, address: int, size: int, value: int, _data: object
-    ) -> bool:
+    def _on_fault(self, access: int, address: int, size: int, _value: int) -> bool:
         """A protection or unmapped fault; in virtual-TLB mode `address` is the GPA."""
         if EMPTY_BLOCK_GPA <= address < EMPTY_BLOCK_GPA + PAGE_SIZE:
             self.code.request_tlb_flush()  # drop the empty block's entry and run this again
@@ -930,7 +934,7 @@ class L2Vcpu:
         return self._deliver(vector, error, rip, info)
 
     def _loop(self, entry_rip: int) -> ExitInfo:
-        start = self._runner.start
+        run = self._runner.run
         code = self.code
         self._budget = self.instruction_budget
         rip: int | None = entry_rip
@@ -949,7 +953,6 @@ class L2Vcpu:
                 self._rip_dirty = False
             if self.kick_requested:
                 return ExitInfo(TDX_L2_EXIT_PENDING_INTERRUPT, ExitReason.EXTERNAL_INTERRUPT)
-            failed = False
             code.before_run()
             if not slow and code.exit_here(rip, self._probe):
                 # unicorn would stop before running anything: decide here, without it
@@ -963,9 +966,9 @@ class L2Vcpu:
                 continue
             self._running = True
             try:  # the count bounds a runaway L2 (the instruction budget)
-                start(rip, max(self._budget, 0) + 1)
-            except UcError:
-                failed = True  # faults were recorded by the hooks
+                failed = run(rip, max(self._budget, 0) + 1) != 0  # faults: the hooks recorded
+            except UcError:  # a hook's own
+                failed = True
             self._running = False
             code.after_run()
             stop = self._stop
