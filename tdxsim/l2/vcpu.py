@@ -298,7 +298,7 @@ class L2Vcpu:
         self._cr_volatile = False
         self._rip_dirty = False  # RIP changed by event delivery since the entry
         self._exit_rip: int | None = None  # where an exiting instruction stopped
-        self._exit_cs = 0
+        self.exit_cs = 0  # CS selector as of the last exit (TDG.VP.ENTER reports it)
         self.reg = FastRegs(self.uc)
         self._stop: Stop | None = None
         self._budget = 0
@@ -890,7 +890,7 @@ class L2Vcpu:
         if not self._exit_regs_current:
             regs.load()
         self._exit_regs_current = False
-        rip, cr0, cr3, cr4, self._exit_cs = EXIT_TAIL.unpack_from(regs.raw, RIP_AT * 8)
+        rip, cr0, cr3, cr4, self.exit_cs = EXIT_TAIL.unpack_from(regs.raw, RIP_AT * 8)
         exit_rip = self._exit_rip
         if exit_rip is not None and rip != exit_rip:
             self.reg.write(REG_RIP, exit_rip)
@@ -1119,17 +1119,6 @@ class L2Vcpu:
         shadow = INTERRUPTIBILITY_STI if self._shadow else 0
         values = (*EXIT_INFO_VALUES(exit_), shadow, cr0, cr3, cr4)
         self.vmcs.values.update(zip(EXIT_FIELDS, values, strict=True))
-
-    def cs_state(self) -> tuple[int, int, int, int]:
-        """(CS selector, CS access rights, CS limit, CS base) for the exit registers (as of the
-        last exit)."""
-        values = self.vmcs.values
-        return (
-            self._exit_cs,
-            values.get(Vmcs.GUEST_CS_AR, 0),
-            values.get(Vmcs.GUEST_CS_LIMIT, 0),
-            values.get(Vmcs.GUEST_CS_BASE, 0),
-        )
 
     def kick(self) -> None:
         """Ask a running L2 to exit to L1 (L1 interrupt pending): unicorn stops at the end of

@@ -107,7 +107,10 @@ from tdxsim.module.vmcs import (
 
 U64 = (1 << 64) - 1
 MAPPED = PageState.MAPPED
-VIRTUAL_APIC_PAGE_ADDR = Vmcs.VIRTUAL_APIC_PAGE_ADDR  # read on every VP.ENTER
+# VMCS fields read on every VP.ENTER (an enum member costs a class lookup)
+VIRTUAL_APIC_PAGE_ADDR = Vmcs.VIRTUAL_APIC_PAGE_ADDR
+GUEST_CS_AR, GUEST_CS_LIMIT = Vmcs.GUEST_CS_AR, Vmcs.GUEST_CS_LIMIT
+GUEST_CS_BASE = Vmcs.GUEST_CS_BASE
 VMCALL_RESERVED_GPRS = (1 << OperandId.RAX) | (1 << OperandId.RCX) | (1 << OperandId.RSP)
 VMCALL_GPR_BITS = 0xFFFF
 NOTIFY_ENABLES_MASK = 0x1
@@ -538,9 +541,10 @@ class TdxModule:
         self.memory.level[first : first + PAGES_PER_2M] = bytes([LEVEL_4K]) * PAGES_PER_2M
 
     def _vp_enter(self, r: Regs, vcpu: VcpuState) -> None:
-        if r.rcx & VP_ENTER_RESERVED:
+        rcx = r.rcx
+        if rcx & VP_ENTER_RESERVED:
             raise _fail(TDX_OPERAND_INVALID, OperandId.RCX)
-        vm = (r.rcx >> VM_INDEX_SHIFT) & VM_INDEX_MASK
+        vm = (rcx >> VM_INDEX_SHIFT) & VM_INDEX_MASK
         if not 1 <= vm <= self.td.num_l2_vms:
             raise _fail(TDX_OPERAND_INVALID, OperandId.RCX)
         state_gpa = r.rdx
@@ -553,17 +557,18 @@ class TdxModule:
             raise _fail(TDX_OPERAND_INVALID, OperandId.L2_VAPIC_GPA)
         if vcpu.l1_interrupt_deliverable():
             raise _fail(TDX_PENDING_INTERRUPT)
-        if r.rcx & VP_ENTER_INVD_MASK:
+        if rcx & VP_ENTER_INVD_MASK:
             self.invept_requests.append(1 << vm)
-        l2 = self.l2_vcpu(vcpu.index, vm)
+        l2 = self._l2.get((vcpu.index, vm)) or self.l2_vcpu(vcpu.index, vm)
         exit_ = l2.run_at(self.memory.view, state_offset)
-        cs_sel, cs_ar, cs_limit, cs_base = l2.cs_state()
+        cs_sel = l2.exit_cs  # CS as of the exit; its other parts are the VMCS's
+        values = l2.vmcs.values
         r.rax = exit_.status | exit_.reason
         r.rbx = 0
         r.rcx = exit_.qualification
         r.rdx = exit_.gla
-        r.rsi = pack_cs_info(cs_sel, cs_ar, cs_limit)
-        r.rdi = cs_base
+        r.rsi = pack_cs_info(cs_sel, values.get(GUEST_CS_AR, 0), values.get(GUEST_CS_LIMIT, 0))
+        r.rdi = values.get(GUEST_CS_BASE, 0)
         r.r8 = exit_.gpa
         r.r9 = pack_u32_pair(exit_.intr_info, exit_.intr_error)
         r.r10 = pack_u32_pair(exit_.idt_info, exit_.idt_error)

@@ -80,6 +80,11 @@ class TdMemory:
         self.shared_bit = 1 << (gpaw - 1)
         self.regions = out
         self._starts = [r.gpa for r in out]
+        self._private_mask = ~self.shared_bit
+        # the lowest region (L2's code, page tables and the TPM buffers) is tried first, alone
+        self._low = out[0].gpa if out else 0
+        self._low_end = out[0].end if out else 0
+        self._low_region: Region | None = out[0] if out else None
         self.size = offset
         self.fd = os.memfd_create("tdxsim-td-ram", 0)
         os.ftruncate(self.fd, max(offset, PAGE_SIZE))
@@ -103,11 +108,13 @@ class TdMemory:
         return 0 <= gpa < (1 << self.gpaw)
 
     def region_of(self, gpa: int) -> Region | None:
-        """The region holding the private view of `gpa`, if any."""
-        gpa &= ~self.shared_bit
+        """The region holding the private view of `gpa`, if any (the lowest region first,
+        without a search: it holds almost every access)."""
+        gpa &= self._private_mask
+        if self._low <= gpa < self._low_end:
+            return self._low_region
         if len(self.regions) == 1:
-            r = self.regions[0]
-            return r if r.gpa <= gpa < r.end else None
+            return None
         i = bisect.bisect_right(self._starts, gpa) - 1
         if i < 0:
             return None
@@ -116,17 +123,20 @@ class TdMemory:
 
     def page_index(self, gpa: int) -> int | None:
         """Global page number of the page holding `gpa` (shared bit ignored), or None."""
-        r = self.region_of(gpa)
+        private = gpa & self._private_mask
+        if self._low <= private < self._low_end:  # the lowest region starts the memfd
+            return (private - self._low) >> PAGE_SHIFT
+        r = self.region_of(private)
         if r is None:
             return None
-        return (r.offset + ((gpa & ~self.shared_bit) - r.gpa)) >> PAGE_SHIFT
+        return (r.offset + (private - r.gpa)) >> PAGE_SHIFT
 
     def offset_of(self, gpa: int) -> int:
         """memfd offset of `gpa`; raises GpaNotBacked outside RAM."""
         r = self.region_of(gpa)
         if r is None:
             raise GpaNotBacked(gpa)
-        return r.offset + ((gpa & ~self.shared_bit) - r.gpa)
+        return r.offset + ((gpa & self._private_mask) - r.gpa)
 
     def page_gpa(self, index: int) -> int:
         """The private GPA of global page number `index`."""
@@ -196,7 +206,7 @@ class TdMemory:
         r = self.region_of(gpa)
         if r is None:
             raise GpaNotBacked(gpa)
-        private = gpa & ~self.shared_bit
+        private = gpa & self._private_mask
         if private + length > r.end:
             raise GpaNotBacked(r.end)
         return r.offset + private - r.gpa
