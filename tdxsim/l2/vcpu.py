@@ -246,6 +246,8 @@ REGION_CHECKS = frozenset({UC_MEM_READ_PROT, UC_MEM_WRITE_PROT, UC_MEM_FETCH_PRO
 PAGING_ENTRY = struct.Struct("<Q")
 NEED_PROT = {EPTV_READ: UC_PROT_READ, EPTV_WRITE: UC_PROT_WRITE, EPTV_FETCH: UC_PROT_EXEC}
 FETCH_ACCESSES = frozenset({UC_MEM_FETCH_PROT, UC_MEM_FETCH_UNMAPPED})
+UC_EVENT_REGS = (X.UC_X86_REG_CS, X.UC_X86_REG_RFLAGS, X.UC_X86_REG_RSP, X.UC_X86_REG_SS)
+UC_HANDLER_REGS = (X.UC_X86_REG_RSP, X.UC_X86_REG_RFLAGS, X.UC_X86_REG_RIP)
 
 
 class L2Vcpu:
@@ -288,6 +290,9 @@ class L2Vcpu:
         self._gprs = RegisterBlock(self.uc, UC_GPRS)
         self._crs = RegisterBlock(self.uc, UC_CRS)
         self._exit_regs = RegisterBlock(self.uc, UC_EXIT_REGS)
+        # what event delivery reads, and writes to enter the handler
+        self._event_regs = RegisterBlock(self.uc, UC_EVENT_REGS)
+        self._handler_regs = RegisterBlock(self.uc, UC_HANDLER_REGS)
         # _exit_regs holds unicorn's registers as they are: loaded when unicorn stopped before an
         # exit, and nothing has run or written a register since (the exit reuses that batch)
         self._exit_regs_current = False
@@ -758,13 +763,11 @@ class L2Vcpu:
         gate = IdtGate.parse(self.memory.read(gate_gpa, IDT_GATE_SIZE))
         if not gate.usable:
             return ExitInfo(TDX_SUCCESS, ExitReason.TRIPLE_FAULT)
-        cs = reg.read(X.UC_X86_REG_CS)  # a selector: its buffer's upper bytes stay zero
+        # one batch (CS and SS are selectors: their slots' upper bytes stay zero)
+        cs, rflags, rsp, ss = self._event_regs.read()
         if cs & CPL_MASK:
             return ExitInfo(TDX_SUCCESS, ExitReason.TRIPLE_FAULT)
-        rflags = reg.read(X.UC_X86_REG_RFLAGS)
-        new_rsp, data = interrupt_frame(
-            rip, cs, rflags, reg.read(X.UC_X86_REG_RSP), reg.read(X.UC_X86_REG_SS), error
-        )
+        new_rsp, data = interrupt_frame(rip, cs, rflags, rsp, ss, error)
         stack_gpa, fault = self._l2_access(new_rsp, len(data), write=True)
         if fault is not None:
             fault.idt_info = idt_info
@@ -775,9 +778,10 @@ class L2Vcpu:
         try:
             if gate.selector != cs:
                 uc.reg_write(X.UC_X86_REG_CS, gate.selector)
-            reg.write(X.UC_X86_REG_RSP, new_rsp)
-            reg.write(X.UC_X86_REG_RFLAGS, gate.handler_rflags(rflags) | RFLAGS_FIXED)
-            reg.write(X.UC_X86_REG_RIP, gate.handler)
+            # RSP, RFLAGS, RIP in this order, in one batch
+            self._handler_regs.write(
+                (new_rsp, gate.handler_rflags(rflags) | RFLAGS_FIXED, gate.handler)
+            )
         except UcError:
             return ExitInfo(TDX_SUCCESS, ExitReason.TRIPLE_FAULT)
         return None
