@@ -230,6 +230,7 @@ GUEST_CR_FIELDS = frozenset({*CR_FIELDS})
 # --- what the TLB fill maps unicorn to when L2 has no translation ------------------------------
 TRAP_GPA = (1 << 51) - PAGE_SIZE  # never mapped: below the GPAW-52 shared bit, above any RAM
 LOOKAHEAD_GPA = TRAP_GPA - PAGE_SIZE  # a no-access page unicorn owns, for the `until` probe
+UNTIL_PAGE = RUN_FOREVER >> PAGE_SHIFT  # the page of emu_start's `until`
 # A no-access page unicorn owns, for the page QEMU looks up before an empty block (see
 # _empty_block_fill). An access that reaches it went through such an entry: retried once the
 # TLB is flushed.
@@ -400,26 +401,24 @@ class L2Vcpu:
 
     def _on_tlb_fill(self, vaddr: int, access: int, entry: TlbEntry) -> bool:
         """Virtual-TLB mode: unicorn asks us for every GLA->GPA translation it caches."""
-        if vaddr >> PAGE_SHIFT == RUN_FOREVER >> PAGE_SHIFT:  # emu_start probes `until`
+        if vaddr >> PAGE_SHIFT == UNTIL_PAGE:  # emu_start probes `until`
             entry.perms = UC_PROT_ALL
             entry.paddr = LOOKAHEAD_GPA  # backed (never accessible), so unicorn caches it
             return True
-        if access == UC_MEM_FETCH and self._empty_block_fill(vaddr):
-            # No byte is fetched (a fetch refused here would end emu_start with an error). Data
-            # accesses miss this entry and refill; a fetch through it faults and runs again.
-            entry.perms = UC_PROT_EXEC
-            entry.paddr = EMPTY_BLOCK_GPA
-            return True
-        kind = (
-            EPTV_FETCH
-            if access == UC_MEM_FETCH
-            else EPTV_WRITE
-            if access == UC_MEM_WRITE
-            else EPTV_READ
-        )
+        if access == UC_MEM_FETCH:
+            if self._empty_block_fill(vaddr):
+                # No byte is fetched (a fetch refused here would end emu_start with an error).
+                # Data accesses miss this entry and refill; a fetch through it faults and runs
+                # again.
+                entry.perms = UC_PROT_EXEC
+                entry.paddr = EMPTY_BLOCK_GPA
+                return True
+            kind = EPTV_FETCH
+        else:
+            kind = EPTV_WRITE if access == UC_MEM_WRITE else EPTV_READ
         gpa, fault = self._walk(vaddr, kind)
-        entry.perms = UC_PROT_ALL  # the EPT part is the region protection unicorn checks next
         if gpa is None:
+            entry.perms = UC_PROT_ALL
             entry.paddr = TRAP_GPA  # unmapped: the access faults and _on_fault keeps our stop
             if fault is not None and self._stop is None:
                 fault.rip = self.reg.read(X.UC_X86_REG_RIP)  # exact: unicorn syncs it per access
@@ -435,23 +434,27 @@ class L2Vcpu:
                 self._stop = fault
                 self.uc.emu_stop()
             return True
-        entry.paddr = gpa & ~(PAGE_SIZE - 1)
         gla_page, gpa_page = vaddr >> PAGE_SHIFT, gpa >> PAGE_SHIFT
         self._gla_of_gpa_page[gpa_page] = gla_page
-        index = self.memory.page_index(gpa)
+        memory = self.memory
+        index = memory.page_index(gpa)
         if index is None:  # not RAM: unicorn checks every access (it maps nothing there)
             entry.perms = self.code.perms(gla_page, gpa_page, kind)
+            entry.paddr = gpa_page << PAGE_SHIFT
             return True
-        shared = self.memory.is_shared(gpa)
-        refused = DATA_PROT & ~(self.ept.shared_prot if shared else self.ept.prot)[index]
+        # the EPT part is the region protection unicorn checks next
+        shared = gpa & memory.shared_bit
+        ept = self.ept
+        refused = DATA_PROT & ~(ept.shared_prot if shared else ept.prot)[index]
         if kind != EPTV_FETCH and refused & (UC_PROT_WRITE if kind == EPTV_WRITE else UC_PROT_READ):
             # only the refused kinds, so an allowed access refills with the page itself
-            view_at = self.memory.size if shared else 0
+            view_at = memory.size if shared else 0
             entry.paddr = self._refused_base + view_at + (index << PAGE_SHIFT)
             entry.perms = refused
             return True
         # the TLB never lets through a read or write the EPT refuses: it misses, and refills
         entry.perms = self.code.perms(gla_page, gpa_page, kind) & ~refused
+        entry.paddr = gpa_page << PAGE_SHIFT
         return True
 
     def _empty_block_fill(self, vaddr: int) -> bool:

@@ -141,6 +141,8 @@ class TdMemory:
     def page_gpa(self, index: int) -> int:
         """The private GPA of global page number `index`."""
         off = index << PAGE_SHIFT
+        if 0 <= off < self._low_end - self._low:  # the lowest region starts the memfd
+            return self._low + off
         for r in self.regions:
             if r.offset <= off < r.offset + r.size:
                 return r.gpa + off - r.offset
