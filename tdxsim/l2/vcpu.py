@@ -45,8 +45,6 @@ that resume (bounded by MAX_STOPS_PER_ENTRY).
 
 from __future__ import annotations
 
-import struct
-from collections.abc import Callable
 from operator import attrgetter
 from typing import Any
 
@@ -169,7 +167,7 @@ from tdxsim.l2.events import (
 )
 from tdxsim.l2.exit_hook import ExitHook
 from tdxsim.l2.exits import ExitInfo, Stop, StopKind
-from tdxsim.l2.paging import CR0_PG, page_fault_error, walk
+from tdxsim.l2.paging import CR0_PG, page_fault_error, walker
 from tdxsim.l2.registers import (
     EXIT_TAIL,
     GUEST_STATE,
@@ -244,7 +242,6 @@ DATA_PROT = UC_PROT_READ | UC_PROT_WRITE
 WRITE_ACCESSES = frozenset({UC_MEM_WRITE_PROT, UC_MEM_WRITE_UNMAPPED})
 # Faults from unicorn's check of a RAM region's protection (not from an unmapped GPA)
 REGION_CHECKS = frozenset({UC_MEM_READ_PROT, UC_MEM_WRITE_PROT, UC_MEM_FETCH_PROT})
-PAGING_ENTRY = struct.Struct("<Q")
 NEED_PROT = {EPTV_READ: UC_PROT_READ, EPTV_WRITE: UC_PROT_WRITE, EPTV_FETCH: UC_PROT_EXEC}
 FETCH_ACCESSES = frozenset({UC_MEM_FETCH_PROT, UC_MEM_FETCH_UNMAPPED})
 UC_EVENT_REGS = (X.UC_X86_REG_CS, X.UC_X86_REG_RFLAGS, X.UC_X86_REG_RSP, X.UC_X86_REG_SS)
@@ -282,7 +279,12 @@ class L2Vcpu:
         self.uc.mem_map(LOOKAHEAD_GPA, PAGE_SIZE, UC_PROT_NONE)
         self.uc.mem_map(EMPTY_BLOCK_GPA, PAGE_SIZE, UC_PROT_NONE)
         self.ept = EptView(self.uc, memory, aliases, vm)
-        self._read_paging_entry = self._paging_entry_reader()
+        self._walk_l2 = walker(
+            [(r.gpa, r.end, r.offset - r.gpa) for r in memory.regions],
+            memory.buf,
+            self.ept.prot,
+            UC_PROT_READ,
+        )
         views = 2 * memory.size  # the private view's pages, then the shared view's
         self._refused_base = REFUSED_WINDOW_END - views
         if any(region.end > self._refused_base for region in memory.regions):
@@ -362,7 +364,7 @@ class L2Vcpu:
                 self._cr_cache = (cr0, cr3)
         else:
             cr0, cr3 = crs
-        result = walk(gla, cr0, cr3, self._read_paging_entry)
+        result = self._walk_l2(gla, cr0, cr3)
         if result.gpa is not None or probe:
             return result.gpa, None
         if result.unreadable_entry is not None:
@@ -371,33 +373,6 @@ class L2Vcpu:
             return None, Stop(StopKind.EXIT, exit_)
         error = page_fault_error(kind == EPTV_WRITE, kind == EPTV_FETCH)
         return None, Stop(StopKind.EXCEPTION, vector=VECTOR_PF, error_code=error, cr2=gla)
-
-    def _paging_entry_reader(self) -> Callable[[int], int | None]:
-        """`read(gpa)`: a paging entry as the EPT lets L2 read it, None on a page it may not
-        read (a shared GPA lies above every region). One closure: walks run on TLB fills."""
-        ranges = tuple((r.gpa, r.end, r.offset - r.gpa) for r in self.memory.regions)
-        prot = self.ept.prot
-        buf = self.memory.buf
-        unpack = PAGING_ENTRY.unpack_from
-
-        # the lowest region (where L2's page tables are) is tried first, without a loop
-        (low, high, to_offset), rest = (ranges[0], ranges[1:]) if ranges else ((0, 0, 0), ())
-
-        def read(gpa: int) -> int | None:
-            if low <= gpa < high:  # the first region, without a loop
-                offset = gpa + to_offset  # 8-aligned: the entry is inside the page
-                if not prot[offset >> PAGE_SHIFT] & UC_PROT_READ:
-                    return None
-                return int(unpack(buf, offset)[0])
-            for other_low, other_high, other_offset in rest:
-                if other_low <= gpa < other_high:
-                    offset = gpa + other_offset
-                    if not prot[offset >> PAGE_SHIFT] & UC_PROT_READ:
-                        return None
-                    return int(unpack(buf, offset)[0])
-            return None
-
-        return read
 
     def _on_tlb_fill(self, vaddr: int, access: int, entry: TlbEntry) -> bool:
         """Virtual-TLB mode: unicorn asks us for every GLA->GPA translation it caches."""

@@ -206,15 +206,20 @@ class TdxModule:
         """Run the leaf in `out` (the caller's own copy of the registers `given`) in place."""
         leaf_in = out.rax
         try:
-            if not 0 <= vcpu < len(self.td.vcpus):
+            vcpus = self.td.vcpus
+            if not 0 <= vcpu < len(vcpus):
                 raise _fail(TDX_OPERAND_INVALID, OperandId.RAX)
-            leaf = out.rax & LEAF_MASK
-            version = (out.rax >> LEAF_VERSION_SHIFT) & LEAF_VERSION_MASK
-            handler = self._leaves.get(leaf)
-            if handler is None or version or out.rax >> (LEAF_VERSION_SHIFT + 8):
-                raise _fail(TDX_OPERAND_INVALID, OperandId.RAX)
+            # The leaves are keyed by their number: RAX equal to one is that leaf at version 0
+            # with no other bit set, the common case, found by one lookup
+            handler = self._leaves.get(leaf_in)
+            if handler is None:
+                leaf = leaf_in & LEAF_MASK
+                version = (leaf_in >> LEAF_VERSION_SHIFT) & LEAF_VERSION_MASK
+                handler = self._leaves.get(leaf)
+                if handler is None or version or leaf_in >> (LEAF_VERSION_SHIFT + 8):
+                    raise _fail(TDX_OPERAND_INVALID, OperandId.RAX)
             out.rax = TDX_SUCCESS
-            handler(out, self.td.vcpus[vcpu])
+            handler(out, vcpus[vcpu])
         except LeafStatusError as err:
             out.rax = err.status
         except Exception as exc:
