@@ -72,6 +72,8 @@ class VirtualApic:
     @staticmethod
     def _highest(view: memoryview, base: int) -> int:
         words = APIC_BIT_ARRAY.unpack_from(view, base)  # the 8 registers in one call
+        if not any(words):
+            return 0  # the common case: the last vector was just taken or ended
         for reg in range(VAPIC_BIT_REGS - 1, -1, -1):
             word: int = words[reg]
             if word:

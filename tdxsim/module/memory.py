@@ -85,6 +85,9 @@ class TdMemory:
         self._low = out[0].gpa if out else 0
         self._low_end = out[0].end if out else 0
         self._low_region: Region | None = out[0] if out else None
+        # the region another lookup found last (an MMIO page L2 keeps touching): regions never
+        # change, so this only saves the search
+        self._last_region: Region | None = self._low_region
         self.size = offset
         self.fd = os.memfd_create("tdxsim-td-ram", 0)
         os.ftruncate(self.fd, max(offset, PAGE_SIZE))
@@ -113,13 +116,19 @@ class TdMemory:
         gpa &= self._private_mask
         if self._low <= gpa < self._low_end:
             return self._low_region
+        last = self._last_region
+        if last is not None and last.gpa <= gpa < last.end:
+            return last
         if len(self.regions) == 1:
             return None
         i = bisect.bisect_right(self._starts, gpa) - 1
         if i < 0:
             return None
         r = self.regions[i]
-        return r if gpa < r.end else None
+        if gpa >= r.end:
+            return None
+        self._last_region = r
+        return r
 
     def page_index(self, gpa: int) -> int | None:
         """Global page number of the page holding `gpa` (shared bit ignored), or None."""
@@ -143,6 +152,9 @@ class TdMemory:
         off = index << PAGE_SHIFT
         if 0 <= off < self._low_end - self._low:  # the lowest region starts the memfd
             return self._low + off
+        last = self._last_region
+        if last is not None and last.offset <= off < last.offset + last.size:
+            return last.gpa + off - last.offset
         for r in self.regions:
             if r.offset <= off < r.offset + r.size:
                 return r.gpa + off - r.offset
