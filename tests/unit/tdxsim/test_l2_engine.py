@@ -194,3 +194,17 @@ def test_an_exception_in_a_direct_hook_stops_unicorn_and_is_kept_as_the_binding_
     assert isinstance(uc._hook_exception, ValueError)
     with pytest.raises(UcError):
         run.start(CODE, 1)
+
+
+def test_an_address_sharing_an_exits_low_bits_does_not_stop() -> None:
+    # The hook skips its search where no exit has an address's low 16 bits: an instruction
+    # with the same low bits as an exit elsewhere must run on, and the exit must still stop.
+    uc = engine()
+    uc.mem_map(CODE + 0x10000, 0x1000)
+    uc.mem_write(CODE + 0x10000, NOPS_THEN_HLT)
+    run, hook = runner(uc)
+    hook.set_exits({CODE + 0x10000 + 2})  # its low 16 bits are those of CODE + 2
+    run.start(CODE, 100)
+    assert rip(uc) == CODE + 4 and not hook.stopped_at_exit(CODE + 2)  # ran to the HLT
+    run.start(CODE + 0x10000, 100)
+    assert rip(uc) == CODE + 0x10000 + 2 and hook.stopped_at_exit(CODE + 0x10000 + 2)
