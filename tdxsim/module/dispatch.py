@@ -164,6 +164,7 @@ class TdxModule:
         self.memory = memory
         # (first GPA, end GPA, memfd offset - GPA) of each RAM region: VP.ENTER checks two GPAs
         self._ram_ranges = tuple((r.gpa, r.end, r.offset - r.gpa) for r in memory.regions)
+        self._low_range = self._ram_ranges[0] if self._ram_ranges else (0, 0, 0)
         self.aliases = AliasTable(memory)
         self.host: HostInterface = host if host is not None else NullHost()
         self.attestation = attestation
@@ -587,11 +588,14 @@ class TdxModule:
         """memfd offset of `gpa` if it is a private GPA inside GPAW, in RAM, on a mapped
         (accepted) page; else None. (RAM lies below the shared bit, so a GPA with it set, or
         outside GPAW, is in no range.)"""
-        for low, high, to_offset in self._ram_ranges:
-            if low <= gpa < high:
-                offset = gpa + to_offset
-                return offset if self.memory.state[offset >> PAGE_SHIFT] == MAPPED else None
-        return None
+        low, high, delta = self._low_range  # the guest-state block and vAPIC page are here
+        to_offset: int | None = delta if low <= gpa < high else None
+        if to_offset is None:
+            to_offset = next((d for lo, hi, d in self._ram_ranges if lo <= gpa < hi), None)
+            if to_offset is None:
+                return None
+        offset = gpa + to_offset
+        return offset if self.memory.state[offset >> PAGE_SHIFT] == MAPPED else None
 
     def _invept(self, r: Regs, vcpu: VcpuState) -> None:
         allowed = ((1 << (self.td.num_l2_vms + 1)) - 1) & ~1
