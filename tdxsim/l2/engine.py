@@ -130,7 +130,7 @@ class Runner:
     def __init__(self, uc: Any, exit_hook: ExitHook) -> None:
         self._uc = uc
         self._handle = engine_handle(uc)
-        self._exit_hook = exit_hook
+        self._exit_hook = exit_hook  # keeps the exit arrays its state points to alive
         self._hook_state = exit_hook.state
 
     def run(self, begin: int, count: int, pass_once: int = NO_ADDRESS) -> int:
@@ -140,7 +140,7 @@ class Runner:
         more than the check. The instruction at `pass_once` runs once even if it is an exit."""
         uc = self._uc
         uc._hook_exception = None
-        state = self._hook_state  # ExitHook.arm, inline: once per run
+        state = self._hook_state  # the exit hook's budget and pass-once address for this run
         state.budget = count
         state.started = 0
         state.reason = STOP_NONE
