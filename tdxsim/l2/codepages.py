@@ -357,17 +357,21 @@ class CodePages:
              if scan.fetched and scan.index >= 0),
             key=lambda page: page[1].offset,
         )  # fmt: skip
-        runs: list[ScannedRun] = []
+        groups: list[list[tuple[int, CodePage]]] = []
         for gla_page, scan in pages:
-            last = runs[-1] if runs else None
-            if last is None or last.end != scan.offset:
-                last = ScannedRun(scan.offset, scan.offset, b"", b"", [])
-                runs.append(last)
-            last.end += PAGE_SIZE
-            last.data += scan.data
-            last.executable += b"\x01" if scan.executable else b"\x00"
-            last.pages.append((gla_page, scan))
-        return runs
+            if not groups or groups[-1][-1][1].offset + PAGE_SIZE != scan.offset:
+                groups.append([])
+            groups[-1].append((gla_page, scan))
+        return [
+            ScannedRun(
+                group[0][1].offset,
+                group[-1][1].offset + PAGE_SIZE,
+                b"".join(scan.data for _gla_page, scan in group),
+                bytes(int(scan.executable) for _gla_page, scan in group),
+                group,
+            )
+            for group in groups
+        ]
 
     def _remove_cache(self, gla_page: int) -> None:
         self.uc.ctl_remove_cache(gla_page << PAGE_SHIFT, (gla_page + 1) << PAGE_SHIFT)

@@ -81,7 +81,7 @@ class TdMemory:
         self.regions = out
         self._starts = [r.gpa for r in out]
         self._private_mask = ~self.shared_bit
-        # the lowest region (L2's code, page tables and the TPM buffers) is tried first, alone
+        # the lowest region (low memory: code, page tables, most data) is tried first, alone
         self._low = out[0].gpa if out else 0
         self._low_end = out[0].end if out else 0
         self._low_region: Region | None = out[0] if out else None
