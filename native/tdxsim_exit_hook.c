@@ -15,12 +15,17 @@ typedef int (*emu_stop_fn)(void *uc);
 enum stop_reason { STOP_NONE = 0, STOP_EXIT = 1, STOP_BUDGET = 2 };
 
 #define NO_ADDRESS UINT64_MAX
+/* The filter has one bit per value of an address's low FILTER_BITS bits: set where an exit has
+ * them. Most instructions are not exits and their bit is clear, so the search is skipped. */
+#define FILTER_BITS 16
+#define FILTER_MASK ((UINT64_C(1) << FILTER_BITS) - 1)
 
 /* struct ExitHookState in tdxsim/l2/exit_hook.py */
 struct exit_hook {
     emu_stop_fn emu_stop;   /* unicorn's uc_emu_stop */
     const uint64_t *exits;  /* exit addresses, ascending */
     uint64_t exit_count;
+    const uint8_t *filter;  /* (1 << FILTER_BITS) bits, see FILTER_BITS; NULL: search always */
     uint64_t budget;        /* instructions this run may start */
     uint64_t started;       /* instructions started in this run */
     uint64_t pass_once;     /* an address whose next start does not stop; NO_ADDRESS for none */
@@ -30,6 +35,12 @@ struct exit_hook {
 };
 
 static int is_exit(const struct exit_hook *hook, uint64_t address) {
+    if (hook->filter != NULL) {
+        uint64_t bit = address & FILTER_MASK;
+        if (!((hook->filter[bit >> 3] >> (bit & 7)) & 1)) {
+            return 0;
+        }
+    }
     size_t low = 0;
     size_t high = (size_t)hook->exit_count;
     while (low < high) {

@@ -53,6 +53,22 @@ class CodePage:
     fetched: bool = False  # unicorn has fetched code from it (else only scanned ahead)
 
 
+@dataclass(slots=True)
+class ScannedRun:
+    """Fetched scans of consecutive TD memory pages [start, end) in the memfd: their bytes and
+    executability (one byte, 0 or 1, per page) as scanned."""
+
+    start: int
+    end: int
+    data: bytes
+    executable: bytes
+    pages: list[tuple[int, CodePage]]  # (GLA page, its scan)
+
+
+# bytes.translate table: a unicorn protection byte -> 1 if it lets L2 execute, else 0
+EXECUTABLE_OF_PROT = bytes(int(bool(prot & UC_PROT_EXEC)) for prot in range(256))
+
+
 class CodePages:
     """The scanned code pages of one L2 vCPU's unicorn instance and its exits.
 
@@ -79,7 +95,7 @@ class CodePages:
         self._probe = probe
         self._on_insn = on_insn
         self.scanned: dict[int, CodePage] = {}  # GLA page -> its scan
-        self._checked: list[tuple[int, CodePage]] | None = None  # fetched scans of TD memory
+        self._checked: list[ScannedRun] | None = None  # fetched scans of TD memory, in runs
         self._glas_of_code: dict[int, set[int]] = {}  # GPA page -> GLA pages scanned from it
         self._decoded_pages: set[int] = set()  # GPA pages L2 wrote: decoded per instruction
         self._page_hooks: dict[int, int] = {}  # GLA page -> its per-instruction hook
@@ -303,21 +319,26 @@ class CodePages:
         """L1 and the host write TD memory behind unicorn's back: rescan code pages whose bytes
         or executability changed and drop their translations. True if any did. Pages only
         scanned ahead are checked when unicorn first fetches from them."""
-        checked = self._checked
-        if checked is None:
-            checked = self._checked = [
-                (gla_page, scan)
-                for gla_page, scan in self.scanned.items()
-                if scan.fetched and scan.index >= 0
-            ]
+        runs = self._checked
+        if runs is None:
+            runs = self._checked = self._scanned_runs()
         buf = self.memory.buf  # mmap slices are bytes: one memcmp (memoryview compares per item)
         prot = self._prot
-        changed = [
-            (gla_page, scan.gpa_page)
-            for gla_page, scan in checked
-            if buf[scan.offset : scan.offset + PAGE_SIZE] != scan.data
-            or bool(prot[scan.index] & UC_PROT_EXEC) != scan.executable
-        ]
+        changed: list[tuple[int, int]] = []
+        for run in runs:
+            start, end = run.start, run.end
+            if (
+                buf[start:end] == run.data
+                and prot[start >> PAGE_SHIFT : end >> PAGE_SHIFT].translate(EXECUTABLE_OF_PROT)
+                == run.executable
+            ):
+                continue  # the common case: every page of the run as scanned
+            changed.extend(
+                (gla_page, scan.gpa_page)
+                for gla_page, scan in run.pages
+                if buf[scan.offset : scan.offset + PAGE_SIZE] != scan.data
+                or bool(prot[scan.index] & UC_PROT_EXEC) != scan.executable
+            )
         if not changed:
             return False
         for gla_page, gpa_page in changed:
@@ -327,6 +348,30 @@ class CodePages:
         self._exits_dirty = True
         self._apply()
         return True
+
+    def _scanned_runs(self) -> list[ScannedRun]:
+        """The fetched scans of TD memory as runs of consecutive pages: each entry compares a
+        whole run's bytes and executability at once (L2's code is a few adjacent pages)."""
+        pages = sorted(
+            ((gla_page, scan) for gla_page, scan in self.scanned.items()
+             if scan.fetched and scan.index >= 0),
+            key=lambda page: page[1].offset,
+        )  # fmt: skip
+        groups: list[list[tuple[int, CodePage]]] = []
+        for gla_page, scan in pages:
+            if not groups or groups[-1][-1][1].offset + PAGE_SIZE != scan.offset:
+                groups.append([])
+            groups[-1].append((gla_page, scan))
+        return [
+            ScannedRun(
+                group[0][1].offset,
+                group[-1][1].offset + PAGE_SIZE,
+                b"".join(scan.data for _gla_page, scan in group),
+                bytes(int(scan.executable) for _gla_page, scan in group),
+                group,
+            )
+            for group in groups
+        ]
 
     def _remove_cache(self, gla_page: int) -> None:
         self.uc.ctl_remove_cache(gla_page << PAGE_SHIFT, (gla_page + 1) << PAGE_SHIFT)

@@ -10,7 +10,7 @@ modelled.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from tdxdefs.vmcs import (
     INTR_INFO_DELIVER_ERROR,
@@ -32,12 +32,12 @@ GATE_TYPE_INTERRUPT = 0x0E
 GATE_TYPE_TRAP = 0x0F
 STACK_ALIGN = ~0xF & U64
 CPL_MASK = 0x3
-FRAME_SLOT = 8
+FRAME = struct.Struct("<5Q")  # RIP, CS, RFLAGS, RSP, SS: one 8-byte slot each
+FRAME_WITH_ERROR = struct.Struct("<6Q")  # the error code, then FRAME
 
 
-@dataclass(frozen=True, slots=True)
-class IdtGate:
-    """A 64-bit IDT gate descriptor."""
+class IdtGate(NamedTuple):
+    """A 64-bit IDT gate descriptor (a tuple: one is parsed for every event delivered)."""
 
     handler: int
     selector: int
@@ -82,11 +82,12 @@ def interrupt_frame(
 ) -> tuple[int, bytes]:
     """The new RSP and the bytes pushed there: [error code,] RIP, CS, RFLAGS, RSP, SS, on a
     stack aligned down to 16 bytes first."""
-    frame = [rip, cs, rflags, rsp, ss]
-    if error is not None:
-        frame.insert(0, error)
-    new_rsp = ((rsp & STACK_ALIGN) - FRAME_SLOT * len(frame)) & U64
-    return new_rsp, b"".join(value.to_bytes(FRAME_SLOT, "little") for value in frame)
+    aligned = rsp & STACK_ALIGN
+    if error is None:
+        return (aligned - FRAME.size) & U64, FRAME.pack(rip, cs, rflags, rsp, ss)
+    return (aligned - FRAME_WITH_ERROR.size) & U64, FRAME_WITH_ERROR.pack(
+        error, rip, cs, rflags, rsp, ss
+    )
 
 
 def event_type(first_byte: int | None, vector: int) -> int:

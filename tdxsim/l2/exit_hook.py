@@ -33,6 +33,9 @@ SOURCE = ROOT / "native" / "tdxsim_exit_hook.c"
 DEFAULT_LIBRARY = ROOT / "build" / "native" / "libtdxsim_exit_hook.so"
 GCC = ("gcc", "-O2", "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC")
 NO_ADDRESS = (1 << 64) - 1
+FILTER_BITS = 16  # FILTER_BITS in native/tdxsim_exit_hook.c
+FILTER_MASK = (1 << FILTER_BITS) - 1
+FILTER_SIZE = (1 << FILTER_BITS) // 8
 HOOK_EVERY_ADDRESS = (1, 0)  # unicorn's begin > end: the hook runs for every address
 
 
@@ -51,6 +54,7 @@ class ExitHookState(ctypes.Structure):
         ("emu_stop", ctypes.c_void_p),
         ("exits", ctypes.POINTER(ctypes.c_uint64)),
         ("exit_count", ctypes.c_uint64),
+        ("filter", ctypes.POINTER(ctypes.c_uint8)),
         ("budget", ctypes.c_uint64),
         ("started", ctypes.c_uint64),
         ("pass_once", ctypes.c_uint64),
@@ -60,7 +64,7 @@ class ExitHookState(ctypes.Structure):
     ]
 
 
-assert ctypes.sizeof(ExitHookState) == 7 * 8 + 2 * 4
+assert ctypes.sizeof(ExitHookState) == 8 * 8 + 2 * 4
 
 
 def library_path() -> Path:
@@ -126,7 +130,8 @@ class ExitHook:
         self.state.emu_stop = ctypes.cast(uclib.uc_emu_stop, ctypes.c_void_p).value
         self.state.pass_once = NO_ADDRESS
         self.state.exits_enabled = 1
-        self._exits = (ctypes.c_uint64 * 0)()  # kept alive while unicorn reads it
+        self._exits = (ctypes.c_uint64 * 0)()  # kept alive while unicorn reads them
+        self._filter: ctypes.Array[ctypes.c_uint8] | None = None
         handle = ctypes.c_ulong()  # uc_hook: the binding declares it unsigned long
         begin, end = HOOK_EVERY_ADDRESS
         status = uclib.uc_hook_add(
@@ -142,26 +147,27 @@ class ExitHook:
             raise TdxsimError(f"unicorn refused the L2 exit hook (uc_hook_add status {status})")
 
     def set_exits(self, exits: Iterable[int]) -> None:
-        """Stop before these addresses from the next instruction on."""
+        """Stop before these addresses from the next instruction on. The hook runs before
+        every instruction: a bitmap of the exits' low address bits lets it skip the search
+        for almost all of them."""
         ordered = sorted(exits)
         array = (ctypes.c_uint64 * len(ordered))(*ordered)
-        self.state.exit_count = 0
-        self.state.exits = ctypes.cast(array, ctypes.POINTER(ctypes.c_uint64))
-        self.state.exit_count = len(ordered)
+        bits = bytearray(FILTER_SIZE)
+        for address in ordered:
+            bit = address & FILTER_MASK
+            bits[bit >> 3] |= 1 << (bit & 7)
+        filter_ = (ctypes.c_uint8 * FILTER_SIZE).from_buffer(bits)
+        state = self.state
+        state.exit_count = 0  # no exit is missed or searched for in a half-made set
+        state.exits = ctypes.cast(array, ctypes.POINTER(ctypes.c_uint64))
+        state.filter = ctypes.cast(filter_, ctypes.POINTER(ctypes.c_uint8))
+        state.exit_count = len(ordered)
         self._exits = array
+        self._filter = filter_
 
     def set_enabled(self, enabled: bool) -> None:
         """Exits on, or off (then only the budget stops unicorn)."""
         self.state.exits_enabled = int(enabled)
-
-    def arm(self, budget: int, pass_once: int = NO_ADDRESS) -> None:
-        """Before a run: at most `budget` instructions; the one at `pass_once` runs once even if
-        it is an exit."""
-        state = self.state
-        state.budget = budget
-        state.started = 0
-        state.reason = StopReason.NONE
-        state.pass_once = pass_once
 
     def stopped_at_exit(self, rip: int) -> bool:
         """The last run stopped before `rip` because it is an exit."""

@@ -21,9 +21,14 @@ BITS_PER_APIC_REG = 32
 VAPIC_BIT_REGS = 8  # a 256-bit array is 8 32-bit registers at a 16-byte stride
 APIC_PRIORITY_CLASS = 0xF0
 APIC_REG = struct.Struct("<I")
+# a 256-bit array (IRR, ISR): 8 32-bit registers, each starting a 16-byte slot
+APIC_BIT_ARRAY = struct.Struct(
+    "<" + f"I{VAPIC_REG_STRIDE - APIC_REG.size}x" * (VAPIC_BIT_REGS - 1) + "I"
+)
 EOI_BITMAP_BITS = 64
 MAPPED = PageState.MAPPED
 VIRTUAL_APIC_PAGE_ADDR = Vmcs.VIRTUAL_APIC_PAGE_ADDR
+SECONDARY_CONTROLS = Vmcs.SECONDARY_CONTROLS
 
 
 class VirtualApic:
@@ -52,7 +57,7 @@ class VirtualApic:
 
     def _view(self) -> tuple[int, memoryview] | None:
         """(GPA, bytes) of the mapped virtual-APIC page."""
-        gpa = self.vmcs.read(VIRTUAL_APIC_PAGE_ADDR)
+        gpa = self.vmcs.values.get(VIRTUAL_APIC_PAGE_ADDR, 0)  # L2Vmcs.read, without a call
         at = self._at
         if at is None or at[0] != gpa:
             index = self.memory.page_index(gpa)
@@ -66,8 +71,11 @@ class VirtualApic:
 
     @staticmethod
     def _highest(view: memoryview, base: int) -> int:
+        words = APIC_BIT_ARRAY.unpack_from(view, base)  # the 8 registers in one call
+        if not any(words):
+            return 0  # the common case: the last vector was just taken or ended
         for reg in range(VAPIC_BIT_REGS - 1, -1, -1):
-            word: int = APIC_REG.unpack_from(view, base + reg * VAPIC_REG_STRIDE)[0]
+            word: int = words[reg]
             if word:
                 return reg * BITS_PER_APIC_REG + word.bit_length() - 1
         return 0
@@ -131,7 +139,7 @@ class VirtualApic:
 
     def delivery_on(self) -> bool:
         """Virtual-interrupt delivery is enabled in the secondary controls."""
-        return bool(self.vmcs.read(Vmcs.SECONDARY_CONTROLS) & SEC_VIRTUAL_INTR_DELIVERY)
+        return bool(self.vmcs.values.get(SECONDARY_CONTROLS, 0) & SEC_VIRTUAL_INTR_DELIVERY)
 
     def interrupt_pending(self) -> bool:
         """RVI's priority class is above PPR's, so virtual-interrupt delivery would take it."""

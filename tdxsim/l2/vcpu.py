@@ -45,9 +45,6 @@ that resume (bounded by MAX_STOPS_PER_ENTRY).
 
 from __future__ import annotations
 
-import struct
-from collections.abc import Callable
-from operator import attrgetter
 from typing import Any
 
 from unicorn import (
@@ -61,7 +58,6 @@ from unicorn import (
     UC_HOOK_MEM_READ_UNMAPPED,
     UC_HOOK_MEM_WRITE_PROT,
     UC_HOOK_MEM_WRITE_UNMAPPED,
-    UC_HOOK_TLB_FILL,
     UC_MEM_FETCH,
     UC_MEM_FETCH_PROT,
     UC_MEM_FETCH_UNMAPPED,
@@ -151,7 +147,13 @@ from tdxsim.l2.decode import (
     decode,
     operand_address,
 )
-from tdxsim.l2.engine import RUN_FOREVER, Runner
+from tdxsim.l2.engine import (
+    RUN_FOREVER,
+    Runner,
+    TlbEntry,
+    add_memory_fault_hook,
+    add_tlb_fill_hook,
+)
 from tdxsim.l2.ept import EptView
 from tdxsim.l2.events import (
     CPL_MASK,
@@ -164,7 +166,7 @@ from tdxsim.l2.events import (
 )
 from tdxsim.l2.exit_hook import ExitHook
 from tdxsim.l2.exits import ExitInfo, Stop, StopKind
-from tdxsim.l2.paging import CR0_PG, page_fault_error, walk
+from tdxsim.l2.paging import CR0_PG, page_fault_error, walker
 from tdxsim.l2.registers import (
     EXIT_TAIL,
     GUEST_STATE,
@@ -208,23 +210,22 @@ DEFAULT_INSTRUCTION_BUDGET = 200_000_000
 MAX_STOPS_PER_ENTRY = 10_000
 
 CR_FIELDS = (Vmcs.GUEST_CR0, Vmcs.GUEST_CR3, Vmcs.GUEST_CR4)
-# VMCS fields an exit writes, in the order _write_exit_fields gives their values
-EXIT_FIELDS = (
-    Vmcs.EXIT_REASON, Vmcs.EXIT_QUALIFICATION, Vmcs.GUEST_LINEAR_ADDRESS,
-    Vmcs.GUEST_PHYSICAL_ADDRESS, Vmcs.EXIT_INTR_INFO, Vmcs.EXIT_INTR_ERROR_CODE,
-    Vmcs.IDT_VECTORING_INFO, Vmcs.IDT_VECTORING_ERROR_CODE, Vmcs.EXIT_INSTRUCTION_LENGTH,
-    Vmcs.EXIT_INSTRUCTION_INFO, Vmcs.GUEST_INTERRUPTIBILITY, *CR_FIELDS,
-)  # fmt: skip
-# The ExitInfo values of the first ten EXIT_FIELDS, in one C call
-EXIT_INFO_VALUES = attrgetter(
-    "reason", "qualification", "gla", "gpa", "intr_info", "intr_error", "idt_info",
-    "idt_error", "instr_len", "instr_info",
-)  # fmt: skip
+# VMCS fields every exit writes (module constants: an enum member costs a class lookup)
+EXIT_REASON, EXIT_QUALIFICATION = Vmcs.EXIT_REASON, Vmcs.EXIT_QUALIFICATION
+GUEST_LINEAR_ADDRESS = Vmcs.GUEST_LINEAR_ADDRESS
+GUEST_PHYSICAL_ADDRESS = Vmcs.GUEST_PHYSICAL_ADDRESS
+EXIT_INTR_INFO, EXIT_INTR_ERROR_CODE = Vmcs.EXIT_INTR_INFO, Vmcs.EXIT_INTR_ERROR_CODE
+IDT_VECTORING_INFO = Vmcs.IDT_VECTORING_INFO
+IDT_VECTORING_ERROR_CODE = Vmcs.IDT_VECTORING_ERROR_CODE
+EXIT_INSTRUCTION_LENGTH = Vmcs.EXIT_INSTRUCTION_LENGTH
+EXIT_INSTRUCTION_INFO = Vmcs.EXIT_INSTRUCTION_INFO
+GUEST_CR0, GUEST_CR3, GUEST_CR4 = CR_FIELDS
 GUEST_CR_FIELDS = frozenset({*CR_FIELDS})
 
 # --- what the TLB fill maps unicorn to when L2 has no translation ------------------------------
 TRAP_GPA = (1 << 51) - PAGE_SIZE  # never mapped: below the GPAW-52 shared bit, above any RAM
 LOOKAHEAD_GPA = TRAP_GPA - PAGE_SIZE  # a no-access page unicorn owns, for the `until` probe
+UNTIL_PAGE = RUN_FOREVER >> PAGE_SHIFT  # the page of emu_start's `until`
 # A no-access page unicorn owns, for the page QEMU looks up before an empty block (see
 # _empty_block_fill). An access that reaches it went through such an entry: retried once the
 # TLB is flushed.
@@ -238,9 +239,10 @@ DATA_PROT = UC_PROT_READ | UC_PROT_WRITE
 WRITE_ACCESSES = frozenset({UC_MEM_WRITE_PROT, UC_MEM_WRITE_UNMAPPED})
 # Faults from unicorn's check of a RAM region's protection (not from an unmapped GPA)
 REGION_CHECKS = frozenset({UC_MEM_READ_PROT, UC_MEM_WRITE_PROT, UC_MEM_FETCH_PROT})
-PAGING_ENTRY = struct.Struct("<Q")
 NEED_PROT = {EPTV_READ: UC_PROT_READ, EPTV_WRITE: UC_PROT_WRITE, EPTV_FETCH: UC_PROT_EXEC}
 FETCH_ACCESSES = frozenset({UC_MEM_FETCH_PROT, UC_MEM_FETCH_UNMAPPED})
+UC_EVENT_REGS = (X.UC_X86_REG_CS, X.UC_X86_REG_RFLAGS, X.UC_X86_REG_RSP, X.UC_X86_REG_SS)
+UC_HANDLER_REGS = (X.UC_X86_REG_RSP, X.UC_X86_REG_RFLAGS, X.UC_X86_REG_RIP)
 
 
 class L2Vcpu:
@@ -274,7 +276,12 @@ class L2Vcpu:
         self.uc.mem_map(LOOKAHEAD_GPA, PAGE_SIZE, UC_PROT_NONE)
         self.uc.mem_map(EMPTY_BLOCK_GPA, PAGE_SIZE, UC_PROT_NONE)
         self.ept = EptView(self.uc, memory, aliases, vm)
-        self._read_paging_entry = self._paging_entry_reader()
+        self._walk_l2 = walker(
+            [(r.gpa, r.end, r.offset - r.gpa) for r in memory.regions],
+            memory.buf,
+            self.ept.prot,
+            UC_PROT_READ,
+        )
         views = 2 * memory.size  # the private view's pages, then the shared view's
         self._refused_base = REFUSED_WINDOW_END - views
         if any(region.end > self._refused_base for region in memory.regions):
@@ -283,6 +290,9 @@ class L2Vcpu:
         self._gprs = RegisterBlock(self.uc, UC_GPRS)
         self._crs = RegisterBlock(self.uc, UC_CRS)
         self._exit_regs = RegisterBlock(self.uc, UC_EXIT_REGS)
+        # what event delivery reads, and writes to enter the handler
+        self._event_regs = RegisterBlock(self.uc, UC_EVENT_REGS)
+        self._handler_regs = RegisterBlock(self.uc, UC_HANDLER_REGS)
         # _exit_regs holds unicorn's registers as they are: loaded when unicorn stopped before an
         # exit, and nothing has run or written a register since (the exit reuses that batch)
         self._exit_regs_current = False
@@ -293,7 +303,7 @@ class L2Vcpu:
         self._cr_volatile = False
         self._rip_dirty = False  # RIP changed by event delivery since the entry
         self._exit_rip: int | None = None  # where an exiting instruction stopped
-        self._exit_cs = 0
+        self.exit_cs = 0  # CS selector as of the last exit (TDG.VP.ENTER reports it)
         self.reg = FastRegs(self.uc)
         self._stop: Stop | None = None
         self._budget = 0
@@ -316,7 +326,8 @@ class L2Vcpu:
             self._exit_hook,
         )
         self.ept.on_change = self.code.request_tlb_flush
-        self.uc.hook_add(
+        add_memory_fault_hook(
+            self.uc,
             UC_HOOK_MEM_READ_PROT
             | UC_HOOK_MEM_WRITE_PROT
             | UC_HOOK_MEM_FETCH_PROT
@@ -329,7 +340,7 @@ class L2Vcpu:
         self._gla_of_gpa_page: dict[int, int] = {}
         self._fill_was_data = False
         self.uc.ctl_set_tlb_mode(UC_TLB_VIRTUAL)
-        self.uc.hook_add(UC_HOOK_TLB_FILL, self._on_tlb_fill)
+        add_tlb_fill_hook(self.uc, self._on_tlb_fill)
         self.uc.hook_add(UC_HOOK_INSN_INVALID, self._on_invalid)
 
     # --- address translation and guest memory access ---------------------------------------
@@ -350,7 +361,7 @@ class L2Vcpu:
                 self._cr_cache = (cr0, cr3)
         else:
             cr0, cr3 = crs
-        result = walk(gla, cr0, cr3, self._read_paging_entry)
+        result = self._walk_l2(gla, cr0, cr3)
         if result.gpa is not None or probe:
             return result.gpa, None
         if result.unreadable_entry is not None:
@@ -360,55 +371,26 @@ class L2Vcpu:
         error = page_fault_error(kind == EPTV_WRITE, kind == EPTV_FETCH)
         return None, Stop(StopKind.EXCEPTION, vector=VECTOR_PF, error_code=error, cr2=gla)
 
-    def _paging_entry_reader(self) -> Callable[[int], int | None]:
-        """`read(gpa)`: a paging entry as the EPT lets L2 read it, None on a page it may not
-        read (a shared GPA lies above every region). One closure: walks run on TLB fills."""
-        ranges = tuple((r.gpa, r.end, r.offset - r.gpa) for r in self.memory.regions)
-        prot = self.ept.prot
-        buf = self.memory.buf
-        unpack = PAGING_ENTRY.unpack_from
-
-        # the lowest region (where L2's page tables are) is tried first, without a loop
-        (low, high, to_offset), rest = (ranges[0], ranges[1:]) if ranges else ((0, 0, 0), ())
-
-        def read(gpa: int) -> int | None:
-            if low <= gpa < high:  # the first region, without a loop
-                offset = gpa + to_offset  # 8-aligned: the entry is inside the page
-                if not prot[offset >> PAGE_SHIFT] & UC_PROT_READ:
-                    return None
-                return int(unpack(buf, offset)[0])
-            for other_low, other_high, other_offset in rest:
-                if other_low <= gpa < other_high:
-                    offset = gpa + other_offset
-                    if not prot[offset >> PAGE_SHIFT] & UC_PROT_READ:
-                        return None
-                    return int(unpack(buf, offset)[0])
-            return None
-
-        return read
-
-    def _on_tlb_fill(self, uc: Any, vaddr: int, access: int, entry: Any, _data: object) -> bool:
+    def _on_tlb_fill(self, vaddr: int, access: int, entry: TlbEntry) -> bool:
         """Virtual-TLB mode: unicorn asks us for every GLA->GPA translation it caches."""
-        if vaddr >> PAGE_SHIFT == RUN_FOREVER >> PAGE_SHIFT:  # emu_start probes `until`
+        if vaddr >> PAGE_SHIFT == UNTIL_PAGE:  # emu_start probes `until`
             entry.perms = UC_PROT_ALL
             entry.paddr = LOOKAHEAD_GPA  # backed (never accessible), so unicorn caches it
             return True
-        if access == UC_MEM_FETCH and self._empty_block_fill(vaddr):
-            # No byte is fetched (a fetch refused here would end emu_start with an error). Data
-            # accesses miss this entry and refill; a fetch through it faults and runs again.
-            entry.perms = UC_PROT_EXEC
-            entry.paddr = EMPTY_BLOCK_GPA
-            return True
-        kind = (
-            EPTV_FETCH
-            if access == UC_MEM_FETCH
-            else EPTV_WRITE
-            if access == UC_MEM_WRITE
-            else EPTV_READ
-        )
+        if access == UC_MEM_FETCH:
+            if self._empty_block_fill(vaddr):
+                # No byte is fetched (a fetch refused here would end emu_start with an error).
+                # Data accesses miss this entry and refill; a fetch through it faults and runs
+                # again.
+                entry.perms = UC_PROT_EXEC
+                entry.paddr = EMPTY_BLOCK_GPA
+                return True
+            kind = EPTV_FETCH
+        else:
+            kind = EPTV_WRITE if access == UC_MEM_WRITE else EPTV_READ
         gpa, fault = self._walk(vaddr, kind)
-        entry.perms = UC_PROT_ALL  # the EPT part is the region protection unicorn checks next
         if gpa is None:
+            entry.perms = UC_PROT_ALL
             entry.paddr = TRAP_GPA  # unmapped: the access faults and _on_fault keeps our stop
             if fault is not None and self._stop is None:
                 fault.rip = self.reg.read(X.UC_X86_REG_RIP)  # exact: unicorn syncs it per access
@@ -422,25 +404,29 @@ class L2Vcpu:
                     if fault.cr2 is not None:
                         fault.cr2 = fault.rip
                 self._stop = fault
-                uc.emu_stop()
+                self.uc.emu_stop()
             return True
-        entry.paddr = gpa & ~(PAGE_SIZE - 1)
         gla_page, gpa_page = vaddr >> PAGE_SHIFT, gpa >> PAGE_SHIFT
         self._gla_of_gpa_page[gpa_page] = gla_page
-        index = self.memory.page_index(gpa)
+        memory = self.memory
+        index = memory.page_index(gpa)
         if index is None:  # not RAM: unicorn checks every access (it maps nothing there)
             entry.perms = self.code.perms(gla_page, gpa_page, kind)
+            entry.paddr = gpa_page << PAGE_SHIFT
             return True
-        shared = self.memory.is_shared(gpa)
-        refused = DATA_PROT & ~(self.ept.shared_prot if shared else self.ept.prot)[index]
+        # the EPT part is the region protection unicorn checks next
+        shared = gpa & memory.shared_bit
+        ept = self.ept
+        refused = DATA_PROT & ~(ept.shared_prot if shared else ept.prot)[index]
         if kind != EPTV_FETCH and refused & (UC_PROT_WRITE if kind == EPTV_WRITE else UC_PROT_READ):
             # only the refused kinds, so an allowed access refills with the page itself
-            view_at = self.memory.size if shared else 0
+            view_at = memory.size if shared else 0
             entry.paddr = self._refused_base + view_at + (index << PAGE_SHIFT)
             entry.perms = refused
             return True
         # the TLB never lets through a read or write the EPT refuses: it misses, and refills
         entry.perms = self.code.perms(gla_page, gpa_page, kind) & ~refused
+        entry.paddr = gpa_page << PAGE_SHIFT
         return True
 
     def _empty_block_fill(self, vaddr: int) -> bool:
@@ -614,9 +600,7 @@ class L2Vcpu:
             return
         self._exit(ExitReason.TDCALL, address, size)
 
-    def _on_fault(
-        self, uc: Uc, access: int, address: int, size: int, value: int, _data: object
-    ) -> bool:
+    def _on_fault(self, access: int, address: int, size: int, _value: int) -> bool:
         """A protection or unmapped fault; in virtual-TLB mode `address` is the GPA."""
         if EMPTY_BLOCK_GPA <= address < EMPTY_BLOCK_GPA + PAGE_SIZE:
             self.code.request_tlb_flush()  # drop the empty block's entry and run this again
@@ -754,13 +738,11 @@ class L2Vcpu:
         gate = IdtGate.parse(self.memory.read(gate_gpa, IDT_GATE_SIZE))
         if not gate.usable:
             return ExitInfo(TDX_SUCCESS, ExitReason.TRIPLE_FAULT)
-        cs = reg.read(X.UC_X86_REG_CS)  # a selector: its buffer's upper bytes stay zero
+        # one batch (CS and SS are selectors: their slots' upper bytes stay zero)
+        cs, rflags, rsp, ss = self._event_regs.read()
         if cs & CPL_MASK:
             return ExitInfo(TDX_SUCCESS, ExitReason.TRIPLE_FAULT)
-        rflags = reg.read(X.UC_X86_REG_RFLAGS)
-        new_rsp, data = interrupt_frame(
-            rip, cs, rflags, reg.read(X.UC_X86_REG_RSP), reg.read(X.UC_X86_REG_SS), error
-        )
+        new_rsp, data = interrupt_frame(rip, cs, rflags, rsp, ss, error)
         stack_gpa, fault = self._l2_access(new_rsp, len(data), write=True)
         if fault is not None:
             fault.idt_info = idt_info
@@ -771,9 +753,10 @@ class L2Vcpu:
         try:
             if gate.selector != cs:
                 uc.reg_write(X.UC_X86_REG_CS, gate.selector)
-            reg.write(X.UC_X86_REG_RSP, new_rsp)
-            reg.write(X.UC_X86_REG_RFLAGS, gate.handler_rflags(rflags) | RFLAGS_FIXED)
-            reg.write(X.UC_X86_REG_RIP, gate.handler)
+            # RSP, RFLAGS, RIP in this order, in one batch
+            self._handler_regs.write(
+                (new_rsp, gate.handler_rflags(rflags) | RFLAGS_FIXED, gate.handler)
+            )
         except UcError:
             return ExitInfo(TDX_SUCCESS, ExitReason.TRIPLE_FAULT)
         return None
@@ -886,7 +869,7 @@ class L2Vcpu:
         if not self._exit_regs_current:
             regs.load()
         self._exit_regs_current = False
-        rip, cr0, cr3, cr4, self._exit_cs = EXIT_TAIL.unpack_from(regs.raw, RIP_AT * 8)
+        rip, cr0, cr3, cr4, self.exit_cs = EXIT_TAIL.unpack_from(regs.raw, RIP_AT * 8)
         exit_rip = self._exit_rip
         if exit_rip is not None and rip != exit_rip:
             self.reg.write(REG_RIP, exit_rip)
@@ -930,7 +913,7 @@ class L2Vcpu:
         return self._deliver(vector, error, rip, info)
 
     def _loop(self, entry_rip: int) -> ExitInfo:
-        start = self._runner.start
+        run = self._runner.run
         code = self.code
         self._budget = self.instruction_budget
         rip: int | None = entry_rip
@@ -949,7 +932,6 @@ class L2Vcpu:
                 self._rip_dirty = False
             if self.kick_requested:
                 return ExitInfo(TDX_L2_EXIT_PENDING_INTERRUPT, ExitReason.EXTERNAL_INTERRUPT)
-            failed = False
             code.before_run()
             if not slow and code.exit_here(rip, self._probe):
                 # unicorn would stop before running anything: decide here, without it
@@ -963,9 +945,9 @@ class L2Vcpu:
                 continue
             self._running = True
             try:  # the count bounds a runaway L2 (the instruction budget)
-                start(rip, max(self._budget, 0) + 1)
-            except UcError:
-                failed = True  # faults were recorded by the hooks
+                failed = run(rip, max(self._budget, 0) + 1) != 0  # faults: the hooks recorded
+            except UcError:  # a hook's own
+                failed = True
             self._running = False
             code.after_run()
             stop = self._stop
@@ -1114,19 +1096,22 @@ class L2Vcpu:
 
     def _write_exit_fields(self, exit_: ExitInfo, cr0: int, cr3: int, cr4: int) -> None:
         shadow = INTERRUPTIBILITY_STI if self._shadow else 0
-        values = (*EXIT_INFO_VALUES(exit_), shadow, cr0, cr3, cr4)
-        self.vmcs.values.update(zip(EXIT_FIELDS, values, strict=True))
-
-    def cs_state(self) -> tuple[int, int, int, int]:
-        """(CS selector, CS access rights, CS limit, CS base) for the exit registers (as of the
-        last exit)."""
+        # one store per field: a dict.update from an iterator costs three times as much
         values = self.vmcs.values
-        return (
-            self._exit_cs,
-            values.get(Vmcs.GUEST_CS_AR, 0),
-            values.get(Vmcs.GUEST_CS_LIMIT, 0),
-            values.get(Vmcs.GUEST_CS_BASE, 0),
-        )
+        values[EXIT_REASON] = exit_.reason
+        values[EXIT_QUALIFICATION] = exit_.qualification
+        values[GUEST_LINEAR_ADDRESS] = exit_.gla
+        values[GUEST_PHYSICAL_ADDRESS] = exit_.gpa
+        values[EXIT_INTR_INFO] = exit_.intr_info
+        values[EXIT_INTR_ERROR_CODE] = exit_.intr_error
+        values[IDT_VECTORING_INFO] = exit_.idt_info
+        values[IDT_VECTORING_ERROR_CODE] = exit_.idt_error
+        values[EXIT_INSTRUCTION_LENGTH] = exit_.instr_len
+        values[EXIT_INSTRUCTION_INFO] = exit_.instr_info
+        values[FIELD_INTERRUPTIBILITY] = shadow
+        values[GUEST_CR0] = cr0
+        values[GUEST_CR3] = cr3
+        values[GUEST_CR4] = cr4
 
     def kick(self) -> None:
         """Ask a running L2 to exit to L1 (L1 interrupt pending): unicorn stops at the end of

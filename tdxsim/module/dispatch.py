@@ -107,7 +107,10 @@ from tdxsim.module.vmcs import (
 
 U64 = (1 << 64) - 1
 MAPPED = PageState.MAPPED
-VIRTUAL_APIC_PAGE_ADDR = Vmcs.VIRTUAL_APIC_PAGE_ADDR  # read on every VP.ENTER
+# VMCS fields read on every VP.ENTER (an enum member costs a class lookup)
+VIRTUAL_APIC_PAGE_ADDR = Vmcs.VIRTUAL_APIC_PAGE_ADDR
+GUEST_CS_AR, GUEST_CS_LIMIT = Vmcs.GUEST_CS_AR, Vmcs.GUEST_CS_LIMIT
+GUEST_CS_BASE = Vmcs.GUEST_CS_BASE
 VMCALL_RESERVED_GPRS = (1 << OperandId.RAX) | (1 << OperandId.RCX) | (1 << OperandId.RSP)
 VMCALL_GPR_BITS = 0xFFFF
 NOTIFY_ENABLES_MASK = 0x1
@@ -161,6 +164,7 @@ class TdxModule:
         self.memory = memory
         # (first GPA, end GPA, memfd offset - GPA) of each RAM region: VP.ENTER checks two GPAs
         self._ram_ranges = tuple((r.gpa, r.end, r.offset - r.gpa) for r in memory.regions)
+        self._low_range = self._ram_ranges[0] if self._ram_ranges else (0, 0, 0)
         self.aliases = AliasTable(memory)
         self.host: HostInterface = host if host is not None else NullHost()
         self.attestation = attestation
@@ -203,15 +207,20 @@ class TdxModule:
         """Run the leaf in `out` (the caller's own copy of the registers `given`) in place."""
         leaf_in = out.rax
         try:
-            if not 0 <= vcpu < len(self.td.vcpus):
+            vcpus = self.td.vcpus
+            if not 0 <= vcpu < len(vcpus):
                 raise _fail(TDX_OPERAND_INVALID, OperandId.RAX)
-            leaf = out.rax & LEAF_MASK
-            version = (out.rax >> LEAF_VERSION_SHIFT) & LEAF_VERSION_MASK
-            handler = self._leaves.get(leaf)
-            if handler is None or version or out.rax >> (LEAF_VERSION_SHIFT + 8):
-                raise _fail(TDX_OPERAND_INVALID, OperandId.RAX)
+            # The leaves are keyed by their number: RAX equal to one is that leaf at version 0
+            # with no other bit set, the common case, found by one lookup
+            handler = self._leaves.get(leaf_in)
+            if handler is None:
+                leaf = leaf_in & LEAF_MASK
+                version = (leaf_in >> LEAF_VERSION_SHIFT) & LEAF_VERSION_MASK
+                handler = self._leaves.get(leaf)
+                if handler is None or version or leaf_in >> (LEAF_VERSION_SHIFT + 8):
+                    raise _fail(TDX_OPERAND_INVALID, OperandId.RAX)
             out.rax = TDX_SUCCESS
-            handler(out, self.td.vcpus[vcpu])
+            handler(out, vcpus[vcpu])
         except LeafStatusError as err:
             out.rax = err.status
         except Exception as exc:
@@ -538,9 +547,10 @@ class TdxModule:
         self.memory.level[first : first + PAGES_PER_2M] = bytes([LEVEL_4K]) * PAGES_PER_2M
 
     def _vp_enter(self, r: Regs, vcpu: VcpuState) -> None:
-        if r.rcx & VP_ENTER_RESERVED:
+        rcx = r.rcx
+        if rcx & VP_ENTER_RESERVED:
             raise _fail(TDX_OPERAND_INVALID, OperandId.RCX)
-        vm = (r.rcx >> VM_INDEX_SHIFT) & VM_INDEX_MASK
+        vm = (rcx >> VM_INDEX_SHIFT) & VM_INDEX_MASK
         if not 1 <= vm <= self.td.num_l2_vms:
             raise _fail(TDX_OPERAND_INVALID, OperandId.RCX)
         state_gpa = r.rdx
@@ -553,17 +563,18 @@ class TdxModule:
             raise _fail(TDX_OPERAND_INVALID, OperandId.L2_VAPIC_GPA)
         if vcpu.l1_interrupt_deliverable():
             raise _fail(TDX_PENDING_INTERRUPT)
-        if r.rcx & VP_ENTER_INVD_MASK:
+        if rcx & VP_ENTER_INVD_MASK:
             self.invept_requests.append(1 << vm)
-        l2 = self.l2_vcpu(vcpu.index, vm)
+        l2 = self._l2.get((vcpu.index, vm)) or self.l2_vcpu(vcpu.index, vm)
         exit_ = l2.run_at(self.memory.view, state_offset)
-        cs_sel, cs_ar, cs_limit, cs_base = l2.cs_state()
+        cs_sel = l2.exit_cs  # CS as of the exit; its other parts are the VMCS's
+        values = l2.vmcs.values
         r.rax = exit_.status | exit_.reason
         r.rbx = 0
         r.rcx = exit_.qualification
         r.rdx = exit_.gla
-        r.rsi = pack_cs_info(cs_sel, cs_ar, cs_limit)
-        r.rdi = cs_base
+        r.rsi = pack_cs_info(cs_sel, values.get(GUEST_CS_AR, 0), values.get(GUEST_CS_LIMIT, 0))
+        r.rdi = values.get(GUEST_CS_BASE, 0)
         r.r8 = exit_.gpa
         r.r9 = pack_u32_pair(exit_.intr_info, exit_.intr_error)
         r.r10 = pack_u32_pair(exit_.idt_info, exit_.idt_error)
@@ -577,11 +588,14 @@ class TdxModule:
         """memfd offset of `gpa` if it is a private GPA inside GPAW, in RAM, on a mapped
         (accepted) page; else None. (RAM lies below the shared bit, so a GPA with it set, or
         outside GPAW, is in no range.)"""
-        for low, high, to_offset in self._ram_ranges:
-            if low <= gpa < high:
-                offset = gpa + to_offset
-                return offset if self.memory.state[offset >> PAGE_SHIFT] == MAPPED else None
-        return None
+        low, high, delta = self._low_range  # the guest-state block and vAPIC page are here
+        to_offset: int | None = delta if low <= gpa < high else None
+        if to_offset is None:
+            to_offset = next((d for lo, hi, d in self._ram_ranges if lo <= gpa < hi), None)
+            if to_offset is None:
+                return None
+        offset = gpa + to_offset
+        return offset if self.memory.state[offset >> PAGE_SHIFT] == MAPPED else None
 
     def _invept(self, r: Regs, vcpu: VcpuState) -> None:
         allowed = ((1 << (self.td.num_l2_vms + 1)) - 1) & ~1

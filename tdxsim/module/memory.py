@@ -80,6 +80,14 @@ class TdMemory:
         self.shared_bit = 1 << (gpaw - 1)
         self.regions = out
         self._starts = [r.gpa for r in out]
+        self._private_mask = ~self.shared_bit
+        # the lowest region (low memory: code, page tables, most data) is tried first, alone
+        self._low = out[0].gpa if out else 0
+        self._low_end = out[0].end if out else 0
+        self._low_region: Region | None = out[0] if out else None
+        # the region another lookup found last (an MMIO page L2 keeps touching): regions never
+        # change, so this only saves the search
+        self._last_region: Region | None = self._low_region
         self.size = offset
         self.fd = os.memfd_create("tdxsim-td-ram", 0)
         os.ftruncate(self.fd, max(offset, PAGE_SIZE))
@@ -103,34 +111,50 @@ class TdMemory:
         return 0 <= gpa < (1 << self.gpaw)
 
     def region_of(self, gpa: int) -> Region | None:
-        """The region holding the private view of `gpa`, if any."""
-        gpa &= ~self.shared_bit
+        """The region holding the private view of `gpa`, if any (the lowest region first,
+        without a search: it holds almost every access)."""
+        gpa &= self._private_mask
+        if self._low <= gpa < self._low_end:
+            return self._low_region
+        last = self._last_region
+        if last is not None and last.gpa <= gpa < last.end:
+            return last
         if len(self.regions) == 1:
-            r = self.regions[0]
-            return r if r.gpa <= gpa < r.end else None
+            return None
         i = bisect.bisect_right(self._starts, gpa) - 1
         if i < 0:
             return None
         r = self.regions[i]
-        return r if gpa < r.end else None
+        if gpa >= r.end:
+            return None
+        self._last_region = r
+        return r
 
     def page_index(self, gpa: int) -> int | None:
         """Global page number of the page holding `gpa` (shared bit ignored), or None."""
-        r = self.region_of(gpa)
+        private = gpa & self._private_mask
+        if self._low <= private < self._low_end:  # the lowest region starts the memfd
+            return (private - self._low) >> PAGE_SHIFT
+        r = self.region_of(private)
         if r is None:
             return None
-        return (r.offset + ((gpa & ~self.shared_bit) - r.gpa)) >> PAGE_SHIFT
+        return (r.offset + (private - r.gpa)) >> PAGE_SHIFT
 
     def offset_of(self, gpa: int) -> int:
         """memfd offset of `gpa`; raises GpaNotBacked outside RAM."""
         r = self.region_of(gpa)
         if r is None:
             raise GpaNotBacked(gpa)
-        return r.offset + ((gpa & ~self.shared_bit) - r.gpa)
+        return r.offset + ((gpa & self._private_mask) - r.gpa)
 
     def page_gpa(self, index: int) -> int:
         """The private GPA of global page number `index`."""
         off = index << PAGE_SHIFT
+        if 0 <= off < self._low_end - self._low:  # the lowest region starts the memfd
+            return self._low + off
+        last = self._last_region
+        if last is not None and last.offset <= off < last.offset + last.size:
+            return last.gpa + off - last.offset
         for r in self.regions:
             if r.offset <= off < r.offset + r.size:
                 return r.gpa + off - r.offset
@@ -196,7 +220,7 @@ class TdMemory:
         r = self.region_of(gpa)
         if r is None:
             raise GpaNotBacked(gpa)
-        private = gpa & ~self.shared_bit
+        private = gpa & self._private_mask
         if private + length > r.end:
             raise GpaNotBacked(r.end)
         return r.offset + private - r.gpa

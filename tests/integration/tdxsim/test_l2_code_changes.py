@@ -151,17 +151,17 @@ def test_page_before_an_exit_at_a_page_start_reads_and_runs(
 def frequent_flushes(monkeypatch: pytest.MonkeyPatch) -> None:
     """Drop every translation before every other run of unicorn, so that each case below
     crosses many flushes (exits are checked when an instruction starts, not translated)."""
-    start = engine.Runner.start
+    run = engine.Runner.run
     runs = itertools.count()
 
-    def flushing_start(
+    def flushing_run(
         self: engine.Runner, begin: int, count: int, pass_once: int = NO_ADDRESS
-    ) -> None:
+    ) -> int:
         if next(runs) % 2:
             self._uc.ctl_flush_tb()
-        start(self, begin, count, pass_once)
+        return run(self, begin, count, pass_once)
 
-    monkeypatch.setattr(engine.Runner, "start", flushing_start)
+    monkeypatch.setattr(engine.Runner, "run", flushing_run)
 
 
 @pytest.mark.usefixtures("frequent_flushes")

@@ -8,13 +8,26 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from unicorn import UC_ARCH_X86, UC_HOOK_CODE, UC_MODE_64
+from unicorn import (
+    UC_ARCH_X86,
+    UC_ERR_EXCEPTION,
+    UC_ERR_FETCH_UNMAPPED,
+    UC_ERR_READ_UNMAPPED,
+    UC_HOOK_CODE,
+    UC_HOOK_MEM_READ_UNMAPPED,
+    UC_MEM_FETCH,
+    UC_MEM_READ,
+    UC_MEM_READ_UNMAPPED,
+    UC_MODE_64,
+    UC_PROT_ALL,
+    UC_TLB_VIRTUAL,
+)
 from unicorn import x86_const as X
 from unicorn.unicorn import Uc, UcError
 
 from tdxsim.errors import TdxsimError
 from tdxsim.l2 import exit_hook
-from tdxsim.l2.engine import Runner
+from tdxsim.l2.engine import Runner, TlbEntry, add_memory_fault_hook, add_tlb_fill_hook
 from tdxsim.l2.exit_hook import ExitHook
 from tdxsim.l2.registers import UC_GPRS, FastRegs, RegisterBlock
 
@@ -135,3 +148,63 @@ def test_exit_hook_library_is_compiled_when_missing(
         assert rip(uc) == CODE + 2
     finally:
         exit_hook._callback.cache_clear()
+
+
+def test_runner_run_returns_unicorns_status_instead_of_raising() -> None:
+    uc = engine()
+    run, _hook = runner(uc)
+    assert run.run(0x9000, 1) == UC_ERR_FETCH_UNMAPPED  # nothing mapped there
+    assert run.run(CODE, 2) == 0 and rip(uc) == CODE + 2
+
+
+def test_direct_tlb_fill_and_fault_hooks_see_what_the_bindings_do() -> None:
+    uc = engine()
+    uc.mem_write(CODE, b"\x8b\x04\x25\x00\x90\x00\x00")  # mov eax, [0x9000]: nothing mapped
+    fills: list[tuple[int, int]] = []
+    faults: list[tuple[int, int, int]] = []
+
+    def fill(vaddr: int, access: int, entry: TlbEntry) -> bool:
+        fills.append((vaddr, access))
+        entry.paddr = vaddr  # identity
+        entry.perms = UC_PROT_ALL
+        return True
+
+    def fault(access: int, address: int, size: int, _value: int) -> bool:
+        faults.append((access, address, size))
+        return False
+
+    uc.ctl_set_tlb_mode(UC_TLB_VIRTUAL)
+    add_tlb_fill_hook(uc, fill)
+    add_memory_fault_hook(uc, UC_HOOK_MEM_READ_UNMAPPED, fault)
+    assert runner(uc)[0].run(CODE, 1) == UC_ERR_READ_UNMAPPED
+    assert (CODE, UC_MEM_FETCH) in fills and (0x9000, UC_MEM_READ) in fills
+    assert faults == [(UC_MEM_READ_UNMAPPED, 0x9000, 4)]
+
+
+def test_an_exception_in_a_direct_hook_stops_unicorn_and_is_kept_as_the_binding_keeps_it() -> None:
+    uc = engine()
+
+    def fill(vaddr: int, _access: int, entry: TlbEntry) -> bool:
+        raise ValueError(f"fill at {vaddr:#x}")
+
+    uc.ctl_set_tlb_mode(UC_TLB_VIRTUAL)
+    add_tlb_fill_hook(uc, fill)
+    run, _hook = runner(uc)
+    assert run.run(CODE, 1) == UC_ERR_EXCEPTION  # the fill refused: a fault comes first
+    assert isinstance(uc._hook_exception, ValueError)
+    with pytest.raises(UcError):
+        run.start(CODE, 1)
+
+
+def test_an_address_sharing_an_exits_low_bits_does_not_stop() -> None:
+    # The hook skips its search where no exit has an address's low 16 bits: an instruction
+    # with the same low bits as an exit elsewhere must run on, and the exit must still stop.
+    uc = engine()
+    uc.mem_map(CODE + 0x10000, 0x1000)
+    uc.mem_write(CODE + 0x10000, NOPS_THEN_HLT)
+    run, hook = runner(uc)
+    hook.set_exits({CODE + 0x10000 + 2})  # its low 16 bits are those of CODE + 2
+    run.start(CODE, 100)
+    assert rip(uc) == CODE + 4 and not hook.stopped_at_exit(CODE + 2)  # ran to the HLT
+    run.start(CODE + 0x10000, 100)
+    assert rip(uc) == CODE + 0x10000 + 2 and hook.stopped_at_exit(CODE + 0x10000 + 2)
