@@ -6,18 +6,15 @@ from __future__ import annotations
 
 import signal
 import struct
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
-from tpm2_pytss import ESAPI
 
-from orchestrator.boot import ROOT, build_product
+from orchestrator.boot import build_product
 from orchestrator.serve import main
 from orchestrator.timeline import STEPS
 from tdxdefs.timeline import FILE_GLOB, Mark
+from tests.support.vtpm_process import launch_l2_serve
 
 COMMANDS = 25
 HOST = {Mark.CLIENT_COMMAND, Mark.HOST_ENTER, Mark.HOST_EXIT, Mark.CLIENT_ANSWER}
@@ -29,32 +26,14 @@ def test_serve_with_a_timeline_reports_every_relayed_command(tmp_path: Path) -> 
     image = tmp_path / "tdp.igvm"
     build_product(image, out=lambda _line: None)
     timeline = tmp_path / "timeline"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator.serve", "--image", str(image),
-         "--timeline", str(timeline)],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )  # fmt: skip
+    server = launch_l2_serve("--image", str(image), "--timeline", str(timeline))
     try:
-        assert proc.stdout is not None
-        deadline = time.monotonic() + 60
-        tcti = ""
-        while not tcti and time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            assert line, f"serve ended early: {proc.communicate()[1]}"
-            tcti = line.strip() if line.strip().startswith("swtpm:") else ""
-        with ESAPI(tcti) as ectx:
+        with server.esapi("swtpm") as ectx:
             for _ in range(COMMANDS):
                 assert len(bytes(ectx.get_random(16))) == 16
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=30)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 0, err
+        code, out, err = server.stop(signal.SIGINT)
+    assert code == 0, err
     header = next(line for line in out.splitlines() if line.startswith("timeline of "))
     assert header.endswith("relayed TPM commands (0 incomplete), us: median, 90th percentile")
     assert int(header.split()[2]) >= COMMANDS  # the ESAPI context may send its own too
