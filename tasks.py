@@ -107,6 +107,8 @@ def run(
     timeline: str = "",
 ) -> None:
     """Build the image, boot the TD on the embedded simulator: L1, its vTPM, and the L2 guests."""
+    if timeline and not serve:
+        raise Exit("invoke run: --timeline records a --serve run; add --serve", code=2)
     if serve:
         from orchestrator import serve as serving
 

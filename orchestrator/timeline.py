@@ -129,7 +129,9 @@ def report(summary: Summary) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m orchestrator.timeline", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("directory", type=Path, help="the --timeline directory of a serve run")
     args = parser.parse_args(argv)
     try:

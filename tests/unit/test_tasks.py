@@ -37,6 +37,13 @@ def test_attest_without_a_tpm_to_reach_fails_saying_what_to_give() -> None:
     assert "--port" in result.stderr and "--tcti" in result.stderr
 
 
+def test_a_timeline_without_serve_is_refused_before_building() -> None:
+    result = _invoke("run", "--timeline", "/tmp/never-written")
+    assert result.returncode == 2
+    assert "--timeline records a --serve run; add --serve" in result.stderr
+    assert not Path("/tmp/never-written").exists()
+
+
 def test_unknown_lint_check_is_refused_by_name() -> None:
     result = _invoke("lint", "--only", "pylint")
     assert result.returncode == 2
