@@ -34,6 +34,11 @@ struct exit_hook {
     int32_t exits_enabled;  /* 0: only the budget stops */
 };
 
+/* The layout Python checks at load (ExitHookState), so that a library built from an older source
+ * is refused instead of reading its fields at the wrong offsets. */
+const uint64_t tdxsim_exit_hook_layout[2] = {sizeof(struct exit_hook),
+                                             offsetof(struct exit_hook, reason)};
+
 static int is_exit(const struct exit_hook *hook, uint64_t address) {
     if (hook->filter != NULL) {
         uint64_t bit = address & FILTER_MASK;

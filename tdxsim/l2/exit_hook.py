@@ -117,6 +117,17 @@ def _callback() -> int:
             f"the L2 exit hook library {library} cannot be loaded ({exc}); "
             "run ./tdp setup, which compiles it from native/tdxsim_exit_hook.c"
         ) from exc
+    expected = (ctypes.sizeof(ExitHookState), ExitHookState.reason.offset)
+    try:
+        layout = tuple((ctypes.c_uint64 * 2).in_dll(lib, "tdxsim_exit_hook_layout"))
+    except ValueError:
+        layout = ()
+    if layout != expected:
+        raise TdxsimError(
+            f"the L2 exit hook library {library} was built from another source (its state "
+            f"layout (size, offset of reason) is {layout or 'not exported'}, not {expected}); "
+            "run ./tdp setup, which compiles it from native/tdxsim_exit_hook.c"
+        )
     address = ctypes.cast(lib.tdxsim_exit_hook, ctypes.c_void_p).value
     assert address is not None
     return address

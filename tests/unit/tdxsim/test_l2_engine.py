@@ -4,6 +4,9 @@ hook that stops unicorn before exits and at the end of a run's budget (tdxsim.l2
 
 from __future__ import annotations
 
+import ctypes
+import re
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +31,7 @@ from unicorn.unicorn import Uc, UcError
 from tdxsim.errors import TdxsimError
 from tdxsim.l2 import exit_hook
 from tdxsim.l2.engine import Runner, TlbEntry, add_memory_fault_hook, add_tlb_fill_hook
-from tdxsim.l2.exit_hook import ExitHook
+from tdxsim.l2.exit_hook import ExitHook, ExitHookState
 from tdxsim.l2.registers import UC_GPRS, FastRegs, RegisterBlock
 
 UNICORN: Any = Uc  # the binding is untyped
@@ -96,6 +99,42 @@ def test_exit_hook_without_its_library_names_it_and_the_setup_command(
     exit_hook._callback.cache_clear()
     try:
         with pytest.raises(TdxsimError, match=r"/nonexistent/libtdxsim_exit_hook\.so.*tdp setup"):
+            ExitHook(engine())
+    finally:
+        exit_hook._callback.cache_clear()
+
+
+@pytest.mark.parametrize(
+    ("change", "found"),
+    [
+        (
+            ("const uint64_t tdxsim_exit_hook_layout", "static const uint64_t unexported"),
+            "not exported",
+        ),
+        (("    uint64_t budget;", "    uint64_t budget;\n    uint64_t added;"), "a field added"),
+    ],
+    ids=["layout-not-exported", "layout-changed"],
+)
+def test_exit_hook_library_built_from_another_source_is_refused_by_name(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, change: tuple[str, str], found: str
+) -> None:
+    source = exit_hook.SOURCE.read_text()
+    assert change[0] in source
+    (tmp_path / "old.c").write_text(source.replace(*change))
+    library = tmp_path / "libold.so"
+    subprocess.run(
+        [*exit_hook.GCC, "-Wno-unused-const-variable", "-o", str(library), str(tmp_path / "old.c")],
+        check=True,
+    )
+    monkeypatch.setenv(exit_hook.LIBRARY_ENV, str(library))
+    size, reason = ctypes.sizeof(ExitHookState), ExitHookState.reason.offset
+    if found == "a field added":  # 8 more bytes before `reason`, so both figures move
+        found = re.escape(f"({size + 8}, {reason + 8}), not ({size}, {reason})")
+    exit_hook._callback.cache_clear()
+    try:
+        with pytest.raises(
+            TdxsimError, match=rf"libold\.so was built from another source.*{found}.*tdp setup"
+        ):
             ExitHook(engine())
     finally:
         exit_hook._callback.cache_clear()
