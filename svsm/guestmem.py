@@ -46,10 +46,9 @@ class CodeWalk:
     """A walk to a code page the L2 may execute: the page, and what the walk depended on."""
 
     page_gpa: int
-    entries: tuple[tuple[int, int], ...]  # (GPA, value) of each paging entry read, in order
     generation: int  # the alias manager's, when the walk checked the L2's access
-    held: tuple[tuple[int, int], ...]  # the entries as (offset in memory, value): rereading them
-    # at every MMIO exit then costs no GPA lookup (`Memory.u64s_hold`)
+    held: tuple[tuple[int, int], ...]  # each paging entry read, in order, as (offset in memory,
+    # value): rereading them at every MMIO exit then costs no GPA lookup (`Memory.u64s_hold`)
 
 
 class GuestMemory:
@@ -112,7 +111,7 @@ class GuestMemory:
         page = gpa & ~(PAGE_SIZE - 1)
         offset_of = self.memory.offset_of
         held = tuple((offset_of(entry_gpa), value) for entry_gpa, value in read)
-        self._code_walks[key] = CodeWalk(page, tuple(read), self.aliases.generation, held)
+        self._code_walks[key] = CodeWalk(page, self.aliases.generation, held)
         return gpa
 
     def fetch_instruction(self, rip: int, cr0: int, cr3: int) -> bytes:
